@@ -1,0 +1,223 @@
+//! The node config (`/etc/troops/troops.toml`): parsed strictly into raw data, then validated once
+//! into a `Config` that cannot be wrong. A missing file means defaults; every error names the file,
+//! the line and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{line_col, Error, Result};
+
+pub const DEFAULT_PATH: &str = "/etc/troops/troops.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (it may not exist: then everything is a default).
+    pub path: PathBuf,
+    pub branch: String,
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub fetch_timeout: Duration,
+    /// `None`: this machine's fully qualified name, looked up only when needed.
+    pub hostname: Option<String>,
+    pub roles: Vec<String>,
+    pub keep_runs: usize,
+    pub admin_group: String,
+    pub retry: Retry,
+    pub verify: Verify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verify {
+    pub require_signed: bool,
+    pub keyring: PathBuf,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The new tip must be signed.
+    Tip,
+    /// Every commit an update adds must be signed.
+    All,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    branch: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
+    fetch_timeout: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
+    roles: Option<Vec<Spanned<String>>>,
+    keep_runs: Option<Spanned<i64>>,
+    admin_group: Option<Spanned<String>>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    verify: RawVerify,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    require_signed: Option<bool>,
+    keyring: Option<String>,
+    scope: Option<Scope>,
+}
+
+impl Config {
+    /// Loads `path`; a file that does not exist yields the defaults.
+    pub fn load(path: &Path) -> Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::parse(path, ""),
+            Err(e) => Err(Error::path("reading config", path, e)),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let err = |span: std::ops::Range<usize>, message: String| Error::Config {
+            path: path.to_owned(),
+            line: line_col(text, span.start).0,
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+
+        let duration = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
+            None => Ok(humantime::parse_duration(default).expect("default durations parse")),
+            Some(v) => humantime::parse_duration(v.get_ref()).map_err(|e| {
+                err(v.span(), format!("`{key}`: {e} in {:?} (expected e.g. \"60s\" or \"5m\")", v.get_ref()))
+            }),
+        };
+        let word = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
+            None => Ok(default.to_owned()),
+            Some(v) if v.get_ref().trim().is_empty() => Err(err(v.span(), format!("`{key}` must not be empty"))),
+            Some(v) => Ok(v.into_inner()),
+        };
+
+        let branch = word(raw.branch.clone(), "branch", "main")?;
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Err(err(raw.branch.expect("default is valid").span(), format!("`branch`: {branch:?} is not a valid branch name")));
+        }
+        let interval = duration(raw.interval.clone(), "interval", "60s")?;
+        if interval.is_zero() {
+            return Err(err(raw.interval.expect("default is not zero").span(), "`interval` must be more than zero".into()));
+        }
+        let keep_runs = match raw.keep_runs {
+            None => 100,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref() as usize,
+            Some(v) => return Err(err(v.span(), "`keep_runs` must be at least 1".into())),
+        };
+        let mut roles = Vec::new();
+        for role in raw.roles.unwrap_or_default() {
+            if role.get_ref().trim().is_empty() || role.get_ref().contains(',') {
+                return Err(err(role.span(), format!("`roles`: {:?} is not a role name", role.get_ref())));
+            }
+            roles.push(role.into_inner());
+        }
+        let retry = Retry {
+            initial: duration(raw.retry.initial.clone(), "retry.initial", "30s")?,
+            max: duration(raw.retry.max.clone(), "retry.max", "30m")?,
+        };
+        if retry.initial.is_zero() || retry.initial > retry.max {
+            let span = raw.retry.initial.or(raw.retry.max).map_or(0..0, |v| v.span());
+            return Err(err(span, "`retry.initial` must be more than zero and at most `retry.max`".into()));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            branch,
+            interval,
+            jitter: duration(raw.jitter, "jitter", "10s")?,
+            fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s")?,
+            hostname: raw.hostname.map(|h| word(Some(h), "hostname", "")).transpose()?,
+            roles,
+            keep_runs,
+            admin_group: word(raw.admin_group, "admin_group", "troops")?,
+            retry,
+            verify: Verify {
+                require_signed: raw.verify.require_signed.unwrap_or(false),
+                keyring: raw.verify.keyring.map_or_else(|| PathBuf::from("/etc/troops/trusted.pgp"), PathBuf::from),
+                scope: raw.verify.scope.unwrap_or(Scope::Tip),
+            },
+        })
+    }
+
+    /// The name this node goes by: the configured one, else the machine's fully qualified name.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(crate::host::fqdn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/troops/troops.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.branch, "main");
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.jitter, Duration::from_secs(10));
+        assert_eq!(c.fetch_timeout, Duration::from_secs(120));
+        assert_eq!(c.keep_runs, 100);
+        assert_eq!(c.admin_group, "troops");
+        assert_eq!(c.retry, Retry { initial: Duration::from_secs(30), max: Duration::from_secs(1800) });
+        assert!(!c.verify.require_signed);
+        assert_eq!(c.verify.scope, Scope::Tip);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "branch = \"prod\"\ninterval = \"5m\"\nhostname = \"web-1\"\nroles = [\"web\", \"db\"]\n\
+             [retry]\ninitial = \"1s\"\nmax = \"2s\"\n[verify]\nrequire_signed = true\nscope = \"all\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.branch.as_str(), c.hostname.as_deref()), ("prod", Some("web-1")));
+        assert_eq!(c.roles, ["web", "db"]);
+        assert_eq!(c.verify.scope, Scope::All);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("branch = \"main\"\nintervall = \"5s\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:2: "), "{e}");
+        assert!(e.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let e = parse("\n\n[retry]\ninitial = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:4: `retry.initial`"), "{e}");
+    }
+
+    #[test]
+    fn bad_branch_and_keep_runs_are_refused() {
+        assert!(parse("branch = \"a..b\"").unwrap_err().to_string().contains("`branch`"));
+        assert!(parse("keep_runs = 0").unwrap_err().to_string().contains("`keep_runs`"));
+        assert!(parse("[verify]\nscope = \"some\"").unwrap_err().to_string().contains(":2:"));
+    }
+}

@@ -1,0 +1,254 @@
+//! A run, start to end: take the node lock, pick the commit, check it out fresh, load the plan,
+//! run the steps this host selects, keep the record exact at every point, and move
+//! `refs/troops/deployed` only after success. Every trigger (CLI, hook, daemon) comes through here.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use git2::Oid;
+
+use crate::error::{Context, Error, Result};
+use crate::lock::NodeLock;
+use crate::node::Node;
+use crate::plan::{Plan, Step};
+use crate::runs::{now, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
+use crate::{roles, runner};
+
+pub struct Request {
+    pub trigger: Trigger,
+    /// A revision to run; `None`: the branch tip.
+    pub commit: Option<String>,
+    /// Skip the run when the commit is deployed already (pull, push, retry: a trigger that
+    /// arrived during another run may find its work done).
+    pub unless_deployed: bool,
+}
+
+pub enum Outcome {
+    Ran(RunRecord),
+    /// Nothing to do: the commit is the deployed one.
+    AlreadyDeployed(Oid),
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        match self {
+            Outcome::Ran(record) => record.status == RunStatus::Succeeded,
+            Outcome::AlreadyDeployed(_) => true,
+        }
+    }
+}
+
+/// Runs the plan for `request`, writing progress and step output to `out` as it comes. `stop`,
+/// once set, lets the current step finish and ends the run `interrupted`.
+pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
+    let mut lock = NodeLock::acquire(&node.lock_path(), |holder| {
+        let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
+    })?;
+    let runs = node.runs();
+    if let Some(old) = runs.recover(&lock)? {
+        let _ = writeln!(out, "troops: run {} was left running by a process that died; marked interrupted", old.id);
+    }
+    let repo = node.repo()?;
+    let commit = match &request.commit {
+        Some(rev) => repo.resolve(rev)?,
+        None => repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} of {} has no commits yet", repo.branch, node.repo_path().display())))?,
+    };
+    let previous = repo.deployed()?;
+    if request.unless_deployed && previous == Some(commit) {
+        return Ok(Outcome::AlreadyDeployed(commit));
+    }
+
+    let id = runs.create(&lock)?;
+    lock.describe(&format!("run {id} ({}) of {commit}", request.trigger));
+    let mut record = RunRecord {
+        id,
+        trigger: request.trigger,
+        commit: commit.to_string(),
+        previous_commit: previous.map(|p| p.to_string()),
+        host: node.config.hostname(),
+        roles: node.config.roles.clone(),
+        started_at: now(),
+        finished_at: None,
+        status: RunStatus::Running,
+        error: None,
+        steps: Vec::new(),
+    };
+    runs.save(&record)?;
+    let log_path = runs.log_path(id);
+    let log = OpenOptions::new().create(true).append(true).open(&log_path).ctx(|| format!("opening {}", log_path.display()))?;
+    let mut out = Tee { log, out };
+
+    let result = run(node, &repo, &mut record, &mut out, stop);
+    record.finished_at = Some(now());
+    if let Err(e) = &result {
+        record.status = RunStatus::Failed;
+        record.error = Some(e.to_string());
+        let _ = writeln!(out, "troops: {e}");
+    }
+    runs.save(&record)?;
+    runs.prune(node.config.keep_runs, &lock)?;
+    match result {
+        Err(e) if e.class() == crate::error::Class::Environment => Err(e),
+        _ => {
+            if record.status == RunStatus::Succeeded {
+                repo.set_deployed(commit, &format!("troops: run {id} ({}) succeeded", record.trigger))?;
+            }
+            Ok(Outcome::Ran(record))
+        }
+    }
+}
+
+/// The part of a run that happens with a record on disk; errors fail the run.
+fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &mut Tee, stop: &AtomicBool) -> Result<()> {
+    let runs = node.runs();
+    let work = node.work_dir();
+    let checkout = work.join(record.id.to_string());
+    clear_dir(&work)?;
+    let commit = Oid::from_str(&record.commit).expect("record holds a commit id");
+    repo.checkout(commit, &checkout)?;
+    let plan = Plan::load(&checkout).map_err(|e| relative_to(e, &checkout))?;
+    let roles = roles::resolve(&record.host, &node.config.roles, Some(&plan));
+    record.roles = roles.iter().cloned().collect();
+    let selected: Vec<&Step> = plan.steps.iter().filter(|s| roles::selects(s, &roles).0).collect();
+    record.steps = selected
+        .iter()
+        .map(|s| StepRecord { name: s.name.clone(), status: StepStatus::NotRun, exit_code: None, duration_ms: 0 })
+        .collect();
+    runs.save(record)?;
+
+    let started = Instant::now();
+    let _ = writeln!(out, "troops: run {} ({}) of {} on {} [{}]: {} of {} steps", record.id, record.trigger, short(&record.commit), record.host, record.roles.join(","), selected.len(), plan.steps.len());
+    let env = step_env(node, record, &roles);
+    record.status = RunStatus::Succeeded;
+    for (i, step) in selected.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            record.status = RunStatus::Interrupted;
+            record.error = Some("troops was asked to stop; the remaining steps did not run".into());
+            break;
+        }
+        let _ = writeln!(out, "==> {}", step.name);
+        let mut env = env.clone();
+        env.push(("TROOPS_STEP", step.name.clone()));
+        let result = runner::run_step(step, &checkout, &env, out)?;
+        let slot = &mut record.steps[i];
+        slot.status = result.status;
+        slot.exit_code = result.exit_code;
+        slot.duration_ms = result.duration.as_millis() as u64;
+        if result.status != StepStatus::Succeeded {
+            let code = result.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
+            let _ = writeln!(out, "==> {} {}{code}", step.name, result.status);
+            record.status = RunStatus::Failed;
+            record.error = Some(format!("step `{}` {}{code}", step.name, result.status));
+            runs.save(record)?;
+            break;
+        }
+        runs.save(record)?;
+    }
+    let _ = writeln!(out, "troops: {} in {:.1}s", summary(record), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The SPEC's environment of every step, but `TROOPS_STEP`.
+fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&'static str, String)> {
+    vec![
+        ("TROOPS_COMMIT", record.commit.clone()),
+        ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.clone().unwrap_or_default()),
+        ("TROOPS_HOST", record.host.clone()),
+        ("TROOPS_ROLES", roles.iter().cloned().collect::<Vec<_>>().join(",")),
+        ("TROOPS_RUN_ID", record.id.to_string()),
+        ("TROOPS_TRIGGER", record.trigger.to_string()),
+        ("TROOPS_STATE_DIR", node.state_dir.display().to_string()),
+        ("TROOPS_CONFIG", node.config.path.display().to_string()),
+    ]
+}
+
+/// One line on how a run went, e.g. "run 4 failed: step `migrate` failed (exit 1); 2 of 3 steps ran".
+pub fn summary(record: &RunRecord) -> String {
+    let ran = record.steps.iter().filter(|s| s.status != StepStatus::NotRun).count();
+    let reason = record.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
+    format!("run {} {}{reason}; {ran} of {} steps ran (troops log {})", record.id, record.status, record.steps.len(), record.id)
+}
+
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// Plan errors name the file as it is in the repo, not in the throwaway checkout.
+fn relative_to(error: Error, checkout: &Path) -> Error {
+    match error {
+        Error::Plan { path, line, column, message } => {
+            Error::Plan { path: path.strip_prefix(checkout).map(Path::to_path_buf).unwrap_or(path), line, column, message }
+        }
+        other => other,
+    }
+}
+
+/// Empties `work/` of earlier checkouts (steps may have left read-only directories).
+fn clear_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
+        make_writable(&path);
+        let removed = if path.is_dir() && !path.is_symlink() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.ctx(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    if meta.is_dir() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+        std::fs::read_dir(path).into_iter().flatten().flatten().for_each(|e| make_writable(&e.path()));
+    }
+}
+
+/// Output goes to the caller and to the run's `output.log`.
+struct Tee<'a> {
+    log: File,
+    out: &'a mut dyn Write,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.log.write_all(buf)?;
+        // The caller may have gone (a pusher who hung up); the run and its log go on.
+        let _ = self.out.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// What `--dry-run` shows: each step of the plan at `commit`, whether this host runs it, and why.
+pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<(Oid, BTreeSet<String>, Vec<(String, bool, String)>)> {
+    let repo = node.repo()?;
+    let commit = match rev {
+        Some(rev) => repo.resolve(rev)?,
+        None => repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} has no commits yet", repo.branch)))?,
+    };
+    let checkout = node.work_dir().join(format!(".dry-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&checkout);
+    repo.checkout(commit, &checkout)?;
+    let plan = Plan::load(&checkout).map_err(|e| relative_to(e, &checkout));
+    let _ = std::fs::remove_dir_all(&checkout);
+    let plan = plan?;
+    let roles = roles::resolve(&node.config.hostname(), &node.config.roles, Some(&plan));
+    let steps = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let (runs, why) = roles::selects(s, &roles);
+            (s.name.clone(), runs, why)
+        })
+        .collect();
+    Ok((commit, roles, steps))
+}

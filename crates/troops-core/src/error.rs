@@ -1,0 +1,110 @@
+//! The one error type of the core library. Every error names its subject (file, remote, commit,
+//! step) and knows which exit code class it belongs to, so binaries map errors in one place.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad node config: the file, the line and what is wrong with which key.
+    #[error("{}:{line}: {message}", path.display())]
+    Config { path: PathBuf, line: usize, message: String },
+    /// Bad plan: the file, line and column.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Plan { path: PathBuf, line: usize, column: usize, message: String },
+    /// Other bad input from the user (an unknown revision, a malformed argument).
+    #[error("{0}")]
+    Input(String),
+    /// A git operation failed; `context` says on what.
+    #[error("{context}: {}", source.message())]
+    Git { context: String, source: git2::Error },
+    /// An I/O operation failed; `context` names the path or process.
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    /// The environment failed in a way that has no underlying error value.
+    #[error("{0}")]
+    Env(String),
+}
+
+/// The exit code classes of the SPEC (1, "a run failed", is a result, not an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Exit 2: usage, config, plan.
+    Input,
+    /// Exit 3: git, network, IO, lock.
+    Environment,
+}
+
+impl Error {
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Config { .. } | Error::Plan { .. } | Error::Input(_) => Class::Input,
+            Error::Git { .. } | Error::Io { .. } | Error::Env(_) => Class::Environment,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self.class() {
+            Class::Input => 2,
+            Class::Environment => 3,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// An I/O error on a path, with a verb: "reading /x: No such file".
+    pub fn path(verb: &str, path: &Path, source: io::Error) -> Error {
+        Error::io(format!("{verb} {}", path.display()), source)
+    }
+
+    pub fn git(context: impl Into<String>, source: git2::Error) -> Error {
+        Error::Git { context: context.into(), source }
+    }
+}
+
+/// Adds a subject to lower-level errors: `fs::read(p).ctx(|| format!("reading {p}"))`.
+pub trait Context<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, io::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, git2::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::git(context(), e))
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, nix::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), io::Error::from(e)))
+    }
+}
+
+/// Line and column (1-based) of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_col;
+
+    #[test]
+    fn line_col_is_one_based() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab\n", 99), (2, 1));
+    }
+}

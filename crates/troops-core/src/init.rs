@@ -1,0 +1,142 @@
+//! `troops init`: makes a node, or brings an existing one up to date without losing anything.
+//! Creates the state dir, the bare repo (fast-forward only, group-shared, hooks that call
+//! `troops-hook`), the node's SSH key, and records branch, roles and remotes where they belong.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use git2::{Repository, RepositoryInitMode, RepositoryInitOptions};
+
+use crate::config::Config;
+use crate::error::{Context, Error, Result};
+use crate::node::Node;
+
+pub struct Options {
+    pub branch: Option<String>,
+    /// `(name, url)` pairs, added as git remotes of the node repo (or updated to that url).
+    pub remotes: Vec<(String, String)>,
+    pub roles: Vec<String>,
+    /// The `troops-hook` binary the repo's hooks run.
+    pub hook: PathBuf,
+}
+
+/// Initialises the node at `state_dir` with the config file `config_path`; returns the node and
+/// its SSH public key.
+pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(Node, String)> {
+    if options.branch.is_some() || !options.roles.is_empty() {
+        update_config(config_path, options.branch.as_deref(), &options.roles)?;
+    }
+    let node = Node::load(state_dir.to_owned(), config_path)?;
+    for dir in [node.state_dir.clone(), node.runs().dir(0).with_file_name(""), node.work_dir()] {
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    init_repo(&node, options)?;
+    let public_key = ssh_key(&node.ssh_dir())?;
+    Ok((node, public_key))
+}
+
+fn init_repo(node: &Node, options: &Options) -> Result<()> {
+    let path = node.repo_path();
+    let branch = &node.config.branch;
+    let git = match Repository::open_bare(&path) {
+        Ok(git) => git,
+        Err(_) => Repository::init_opts(
+            &path,
+            RepositoryInitOptions::new()
+                .bare(true)
+                .mode(RepositoryInitMode::SHARED_GROUP)
+                .initial_head(&format!("refs/heads/{branch}")),
+        )
+        .ctx(|| format!("creating the node repo {}", path.display()))?,
+    };
+    let mut config = git.config().and_then(|c| c.open_level(git2::ConfigLevel::Local)).ctx(|| format!("opening {}/config", path.display()))?;
+    let state_dir = absolute(&node.state_dir)?;
+    let config_path = absolute(&node.config.path)?;
+    let settings: [(&str, &str); 5] = [
+        ("receive.denyNonFastForwards", "true"),
+        ("receive.denyDeletes", "true"),
+        ("core.sharedRepository", "group"),
+        ("troops.stateDir", &state_dir.to_string_lossy()),
+        ("troops.config", &config_path.to_string_lossy()),
+    ];
+    for (key, value) in settings {
+        config.set_str(key, value).ctx(|| format!("setting {key} in {}", path.display()))?;
+    }
+    // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
+    git.set_head(&format!("refs/heads/{branch}")).ctx(|| format!("pointing HEAD of {} at {branch}", path.display()))?;
+
+    for (name, url) in &options.remotes {
+        match git.find_remote(name) {
+            Ok(remote) if remote.url() == Some(url.as_str()) => {}
+            Ok(_) => git.remote_set_url(name, url).map(drop).ctx(|| format!("setting the url of remote {name}"))?,
+            Err(_) => git.remote(name, url).map(drop).ctx(|| format!("adding remote {name} ({url})"))?,
+        }
+    }
+
+    let hook = options.hook.to_string_lossy().replace('\'', r"'\''");
+    for kind in ["pre-receive", "post-receive"] {
+        let file = path.join("hooks").join(kind);
+        let script = format!("#!/bin/sh\n# Written by `troops init`; runs again on every init.\nexec '{hook}' {kind} \"$@\"\n");
+        crate::atomic::write(&file, script.as_bytes())?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775)).ctx(|| format!("making {} executable", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Adds `roles` and sets `branch` in the node config file, keeping everything else in it.
+fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::path("reading config", path, e)),
+    };
+    Config::parse(path, &text)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().expect("a config that parsed is TOML");
+    if let Some(branch) = branch {
+        doc["branch"] = toml_edit::value(branch);
+    }
+    if !roles.is_empty() {
+        let list = doc.entry("roles").or_insert(toml_edit::value(toml_edit::Array::new()));
+        let array = list.as_array_mut().expect("validated: roles is an array");
+        for role in roles {
+            if !array.iter().any(|r| r.as_str() == Some(role)) {
+                array.push(role.as_str());
+            }
+        }
+    }
+    let text = doc.to_string();
+    Config::parse(path, &text)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    crate::atomic::write(path, text.as_bytes())
+}
+
+/// The node's SSH key for fetching: made once, kept forever. Returns the public half.
+fn ssh_key(dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ctx(|| format!("securing {}", dir.display()))?;
+    let key = dir.join("id_ed25519");
+    if !key.exists() {
+        let comment = format!("troops@{}", crate::host::fqdn());
+        let output = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f"])
+            .arg(&key)
+            .output()
+            .ctx(|| "running ssh-keygen (is openssh-client installed?)".into())?;
+        if !output.status.success() {
+            return Err(Error::Env(format!("ssh-keygen failed to create {}: {}", key.display(), String::from_utf8_lossy(&output.stderr).trim())));
+        }
+    }
+    let known_hosts = dir.join("known_hosts");
+    if !known_hosts.exists() {
+        std::fs::write(&known_hosts, "").ctx(|| format!("creating {}", known_hosts.display()))?;
+    }
+    let public = key.with_extension("pub");
+    std::fs::read_to_string(&public).map(|k| k.trim().to_owned()).ctx(|| format!("reading {}", public.display()))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).ctx(|| format!("resolving {}", path.display()))
+}

@@ -1,0 +1,18 @@
+//! troops-core: everything a node does, synchronously. The binaries (`troops`, `troops-hook`) are
+//! thin shells around it; only the daemon adds an async runtime on top.
+
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod plan;
+
+pub use error::{Error, Result};
+pub mod atomic;
+pub mod lock;
+pub mod repo;
+pub mod roles;
+pub mod runs;
+pub mod runner;
+pub mod deploy;
+pub mod node;
+pub mod init;

@@ -1,0 +1,236 @@
+//! The plan (`troops.toml` at the root of the deploy repo): parsed strictly into `RawPlan`, then
+//! validated once into a `Plan` whose steps are known to be runnable. Every error carries the plan
+//! file, line and column; a plan error stops a run before any step starts.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{line_col, Error, Result};
+
+pub const FILE_NAME: &str = "troops.toml";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub roles: Vec<Role>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub patterns: Vec<glob::Pattern>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    /// `None`: the step runs on every host.
+    pub roles: Option<Vec<String>>,
+    pub action: Action,
+    pub timeout: Duration,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A shell command, run with `/bin/sh -c`.
+    Run(String),
+    /// A file in the checkout, relative to its root, executed directly.
+    Script(PathBuf),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    #[serde(default)]
+    roles: BTreeMap<String, Spanned<RawRole>>,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default, rename = "match")]
+    patterns: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Spanned<String>,
+    roles: Option<Spanned<Vec<String>>>,
+    run: Option<Spanned<String>>,
+    script: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+impl Plan {
+    /// Reads and validates the plan at `root/troops.toml`; scripts must stay inside `root`.
+    pub fn load(root: &Path) -> Result<Plan> {
+        let path = root.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Plan {
+                path: path.clone(),
+                line: 1,
+                column: 1,
+                message: format!("no {FILE_NAME} at the root of the deploy repo"),
+            },
+            _ => Error::path("reading plan", &path, e),
+        })?;
+        Plan::parse(&path, &text, Some(root))
+    }
+
+    /// Validates plan `text`; `path` names it in errors and `root` is the checkout it belongs to
+    /// (without one, scripts are checked only as paths, not on disk).
+    pub fn parse(path: &Path, text: &str, root: Option<&Path>) -> Result<Plan> {
+        let err = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            Error::Plan { path: path.to_owned(), line, column, message }
+        };
+        let raw: RawPlan = toml::from_str(text)
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+
+        let mut roles = Vec::new();
+        for (name, role) in raw.roles {
+            let span = role.span();
+            let role = role.into_inner();
+            if role.hosts.is_empty() && role.patterns.is_empty() {
+                return Err(err(span, format!("role `{name}` has neither `hosts` nor `match`")));
+            }
+            let patterns = role
+                .patterns
+                .into_iter()
+                .map(|p| glob::Pattern::new(p.get_ref()).map_err(|e| err(p.span(), format!("role `{name}`: bad pattern {:?}: {}", p.get_ref(), e.msg))))
+                .collect::<Result<_>>()?;
+            roles.push(Role { name, hosts: role.hosts, patterns });
+        }
+
+        let mut names = HashSet::new();
+        let mut steps = Vec::new();
+        for step in raw.step {
+            let span = step.span();
+            let step = step.into_inner();
+            let name = step.name.get_ref().clone();
+            if name.trim().is_empty() {
+                return Err(err(step.name.span(), "step `name` must not be empty".into()));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(step.name.span(), format!("duplicate step name `{name}`")));
+            }
+            let action = match (step.run, step.script) {
+                (Some(run), None) => Action::Run(run.into_inner()),
+                (None, Some(script)) => Action::Script(
+                    script_path(root, script.get_ref()).map_err(|m| err(script.span(), format!("step `{name}`: {m}")))?,
+                ),
+                (Some(_), Some(script)) => {
+                    return Err(err(script.span(), format!("step `{name}` has both `run` and `script`; keep one")))
+                }
+                (None, None) => return Err(err(span, format!("step `{name}` needs `run` or `script`"))),
+            };
+            let timeout = match step.timeout {
+                None => DEFAULT_TIMEOUT,
+                Some(t) => match humantime::parse_duration(t.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => return Err(err(t.span(), format!("step `{name}`: `timeout` must be more than zero"))),
+                    Err(e) => return Err(err(t.span(), format!("step `{name}`: `timeout` {:?}: {e}", t.get_ref()))),
+                },
+            };
+            let env = match step.env {
+                None => BTreeMap::new(),
+                Some(env) => match env.get_ref().keys().find(|k| k.is_empty() || k.contains('=') || k.starts_with("TROOPS_")) {
+                    Some(key) => return Err(err(env.span(), format!("step `{name}`: `env` may not set {key:?}"))),
+                    None => env.into_inner(),
+                },
+            };
+            let roles = match step.roles {
+                Some(r) if r.get_ref().is_empty() => {
+                    return Err(err(r.span(), format!("step `{name}`: `roles` is empty; leave it out to run on every host")))
+                }
+                r => r.map(Spanned::into_inner),
+            };
+            steps.push(Step { name, roles, action, timeout, env });
+        }
+        Ok(Plan { roles, steps })
+    }
+}
+
+/// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
+/// lead out; returns it relative to `root`.
+fn script_path(root: Option<&Path>, script: &str) -> std::result::Result<PathBuf, String> {
+    let relative = Path::new(script);
+    if script.is_empty() {
+        return Err("`script` must not be empty".into());
+    }
+    if relative.is_absolute() {
+        return Err(format!("script {script:?} is absolute; it must be a path inside the repo"));
+    }
+    if relative.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("script {script:?} leaves the repo through `..`"));
+    }
+    let Some(root) = root else { return Ok(relative.to_owned()) };
+    let root = root.canonicalize().map_err(|e| format!("cannot resolve the checkout {}: {e}", root.display()))?;
+    let full = root.join(relative);
+    let real = full.canonicalize().map_err(|e| format!("script {script:?}: {e}"))?;
+    if !real.starts_with(&root) {
+        return Err(format!("script {script:?} leaves the repo through a symlink to {}", real.display()));
+    }
+    if !real.is_file() {
+        return Err(format!("script {script:?} is not a file"));
+    }
+    Ok(relative.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Plan> {
+        Plan::parse(Path::new("troops.toml"), text, Some(Path::new("/")))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_roles_and_steps() {
+        let plan = parse(
+            "[roles.web]\nhosts = [\"a\"]\nmatch = [\"web-*\"]\n\n[[step]]\nname = \"one\"\nrun = \"true\"\n\
+             roles = [\"web\"]\ntimeout = \"5s\"\nenv = { LEVEL = \"prod\" }\n\n[[step]]\nname = \"two\"\nrun = \"false\"\n",
+        )
+        .unwrap();
+        assert_eq!(plan.roles[0].name, "web");
+        assert!(plan.roles[0].patterns[0].matches("web-3"));
+        assert_eq!(plan.steps.len(), 2);
+        assert_eq!(plan.steps[0].timeout, Duration::from_secs(5));
+        assert_eq!(plan.steps[0].env["LEVEL"], "prod");
+        assert_eq!(plan.steps[1].roles, None);
+        assert_eq!(plan.steps[1].timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nbogus = 1\n").starts_with("troops.toml:4:1: "));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\n[[step]]\nname = \"a\"\nrun = \"y\"\n")
+            .starts_with("troops.toml:5:8: duplicate step name `a`"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nscript = \"s\"\n").contains(":4:10: step `a` has both"));
+        assert!(error("[[step]]\nname = \"a\"\n").contains("needs `run` or `script`"));
+        assert!(error("[[step]\n").starts_with("troops.toml:1:"));
+        assert!(error("[[step]]\nname = \"a\"\nscript = \"../x\"\n").contains(":3:10: step `a`: script \"../x\" leaves the repo through `..`"));
+        assert!(error("[[step]]\nname = \"a\"\nscript = \"/bin/true\"\n").contains("is absolute"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"never\"\n").contains(":4:11:"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = []\n").contains("`roles` is empty"));
+        assert!(error("[roles.web]\nmatch = [\"[\"]\n").contains(":2:10: role `web`: bad pattern"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nenv = { TROOPS_HOST = \"x\" }\n").contains("may not set"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The node's bare repository (`repo/main.git`): its refs (the followed branch, the deployed
+//! commit), resolving revisions and writing a commit's tree into a fresh directory for a run.
+
+use std::path::Path;
+
+use git2::{Oid, Repository};
+
+use crate::error::{Context, Error, Result};
+
+pub const DEPLOYED_REF: &str = "refs/troops/deployed";
+
+pub struct NodeRepo {
+    pub git: Repository,
+    pub branch: String,
+}
+
+impl NodeRepo {
+    pub fn open(path: &Path, branch: &str) -> Result<NodeRepo> {
+        let git = Repository::open_bare(path).map_err(|e| {
+            Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
+        })?;
+        Ok(NodeRepo { git, branch: branch.to_owned() })
+    }
+
+    pub fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    fn target(&self, name: &str) -> Result<Option<Oid>> {
+        match self.git.refname_to_id(name) {
+            Ok(oid) => Ok(Some(oid)),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(Error::git(format!("reading {name}"), e)),
+        }
+    }
+
+    /// The accepted tip of the followed branch.
+    pub fn tip(&self) -> Result<Option<Oid>> {
+        self.target(&self.branch_ref())
+    }
+
+    /// The last commit whose run succeeded.
+    pub fn deployed(&self) -> Result<Option<Oid>> {
+        self.target(DEPLOYED_REF)
+    }
+
+    pub fn set_deployed(&self, commit: Oid, message: &str) -> Result<()> {
+        self.git.reference(DEPLOYED_REF, commit, true, message).ctx(|| format!("moving {DEPLOYED_REF} to {commit}"))?;
+        Ok(())
+    }
+
+    /// The commit `rev` names (a hash, branch, tag or any git revision expression).
+    pub fn resolve(&self, rev: &str) -> Result<Oid> {
+        let object = self.git.revparse_single(rev).map_err(|e| Error::Input(format!("unknown revision {rev:?}: {}", e.message())))?;
+        let commit = object.peel_to_commit().map_err(|_| Error::Input(format!("revision {rev:?} is not a commit")))?;
+        Ok(commit.id())
+    }
+
+    /// The plan file of `commit`, if it has one, read straight from the object store.
+    pub fn plan_text(&self, commit: Oid) -> Result<Option<String>> {
+        let tree = self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+        let Ok(entry) = tree.get_path(Path::new(crate::plan::FILE_NAME)) else { return Ok(None) };
+        let blob = entry.to_object(&self.git).and_then(|o| o.peel_to_blob()).ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
+        Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+    }
+
+    /// Writes the tree of `commit` into `dest`, which must not exist: a plain directory, no `.git`.
+    pub fn checkout(&self, commit: Oid, dest: &Path) -> Result<()> {
+        let tree = self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+        std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
+        let mut options = git2::build::CheckoutBuilder::new();
+        options.target_dir(dest).force().update_index(false).disable_filters(true);
+        self.git
+            .checkout_tree(tree.as_object(), Some(&mut options))
+            .ctx(|| format!("checking out {commit} into {}", dest.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_writes_files_modes_and_links_without_git_dir() {
+        let dir = std::env::temp_dir().join(format!("troops-repo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let git = Repository::init_bare(dir.join("r.git")).unwrap();
+        let oid = {
+            let mut tb = git.treebuilder(None).unwrap();
+            tb.insert("a.txt", git.blob(b"hello\n").unwrap(), 0o100644).unwrap();
+            tb.insert("run.sh", git.blob(b"#!/bin/sh\n").unwrap(), 0o100755).unwrap();
+            tb.insert("link", git.blob(b"a.txt").unwrap(), 0o120000).unwrap();
+            let tree = git.find_tree(tb.write().unwrap()).unwrap();
+            let sig = git2::Signature::now("t", "t@t").unwrap();
+            git.commit(Some("refs/heads/main"), &sig, &sig, "m", &tree, &[]).unwrap()
+        };
+        let repo = NodeRepo { git, branch: "main".into() };
+        assert_eq!(repo.tip().unwrap(), Some(oid));
+        assert_eq!(repo.resolve("main").unwrap(), oid);
+        assert!(matches!(repo.resolve("nope"), Err(Error::Input(_))));
+
+        let dest = dir.join("work/1");
+        repo.checkout(oid, &dest).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::read_to_string(dest.join("a.txt")).unwrap(), "hello\n");
+        assert!(std::fs::metadata(dest.join("run.sh")).unwrap().permissions().mode() & 0o111 != 0);
+        assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("a.txt"));
+        assert!(!dest.join(".git").exists());
+        assert!(!dir.join("r.git/index").exists(), "checkout must not touch the bare repo's index");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

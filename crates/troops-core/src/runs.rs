@@ -1,0 +1,164 @@
+//! Run records: `runs/<id>/run.json` and `runs/<id>/output.log`. Ids increase and are never
+//! reused (the newest run is never pruned, so the next id is always the largest plus one). Records
+//! are replaced atomically; a record left `running` by an owner that died becomes `interrupted`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::lock::NodeLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Push,
+    Pull,
+    Manual,
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    NotRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub status: StepStatus,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: u64,
+    pub trigger: Trigger,
+    pub commit: String,
+    pub previous_commit: Option<String>,
+    pub host: String,
+    pub roles: Vec<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+macro_rules! display_as_serde {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let json = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                f.write_str(json.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+display_as_serde!(Trigger, RunStatus, StepStatus);
+
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The `runs/` directory of a node.
+pub struct Runs {
+    dir: PathBuf,
+}
+
+impl Runs {
+    pub fn new(dir: impl Into<PathBuf>) -> Runs {
+        Runs { dir: dir.into() }
+    }
+
+    pub fn dir(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir(id).join("output.log")
+    }
+
+    /// Ids of the recorded runs, oldest first.
+    pub fn ids(&self) -> Result<Vec<u64>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::path("listing runs in", &self.dir, e)),
+        };
+        let mut ids: Vec<u64> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    pub fn load(&self, id: u64) -> Result<RunRecord> {
+        let path = self.dir(id).join("run.json");
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Input(format!("no run {id} in {}", self.dir.display())),
+            _ => Error::path("reading", &path, e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: not a run record: {e}", path.display())))
+    }
+
+    pub fn latest(&self) -> Result<Option<RunRecord>> {
+        self.ids()?.last().map(|&id| self.load(id)).transpose()
+    }
+
+    /// All records, oldest first; unreadable ones are skipped.
+    pub fn all(&self) -> Result<Vec<RunRecord>> {
+        Ok(self.ids()?.into_iter().filter_map(|id| self.load(id).ok()).collect())
+    }
+
+    /// Makes the folder of a new run and returns its id. Only under the node lock.
+    pub fn create(&self, _lock: &NodeLock) -> Result<u64> {
+        let id = self.ids()?.last().map_or(1, |last| last + 1);
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        Ok(id)
+    }
+
+    pub fn save(&self, record: &RunRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(record).expect("run records serialize");
+        crate::atomic::write(&self.dir(record.id).join("run.json"), &json)
+    }
+
+    /// Marks a `running` record as `interrupted`: under the lock, no run is in progress, so its
+    /// owner is gone. Returns the record it changed.
+    pub fn recover(&self, _lock: &NodeLock) -> Result<Option<RunRecord>> {
+        let Some(mut record) = self.latest()? else { return Ok(None) };
+        if record.status != RunStatus::Running {
+            return Ok(None);
+        }
+        record.status = RunStatus::Interrupted;
+        record.finished_at = Some(now());
+        record.error.get_or_insert_with(|| "the process running it died".to_owned());
+        self.save(&record)?;
+        Ok(Some(record))
+    }
+
+    /// Deletes all but the newest `keep` runs.
+    pub fn prune(&self, keep: usize, _lock: &NodeLock) -> Result<()> {
+        let ids = self.ids()?;
+        for &id in &ids[..ids.len().saturating_sub(keep)] {
+            let dir = self.dir(id);
+            std::fs::remove_dir_all(&dir).ctx(|| format!("pruning {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
