@@ -1,1 +1,12 @@
+//! End-to-end tests: the built `troops` and `troops-hook` binaries against real git repos, real
+//! pushes, a real sshd on 127.0.0.1 and real gpg. Every test owns a temp dir holding its state
+//! dir, config, HOME and repos; nothing touches the machine's troops or git configuration.
+//!
+//! Run `cargo build --workspace` first (the README's test command does): the tests drive the
+//! binaries from the same target dir.
 
+mod support;
+
+mod node;
+mod pull;
+mod push;

@@ -7,7 +7,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use git2::Oid;
 
@@ -120,7 +119,6 @@ fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &
         .collect();
     runs.save(record)?;
 
-    let started = Instant::now();
     let _ = writeln!(out, "troops: run {} ({}) of {} on {} [{}]: {} of {} steps", record.id, record.trigger, short(&record.commit), record.host, record.roles.join(","), selected.len(), plan.steps.len());
     let env = step_env(node, record, &roles);
     record.status = RunStatus::Succeeded;
@@ -148,7 +146,7 @@ fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &
         }
         runs.save(record)?;
     }
-    let _ = writeln!(out, "troops: {} in {:.1}s", summary(record), started.elapsed().as_secs_f64());
+    let _ = writeln!(out, "troops: {}", summary(record));
     Ok(())
 }
 
@@ -166,11 +164,13 @@ fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&
     ]
 }
 
-/// One line on how a run went, e.g. "run 4 failed: step `migrate` failed (exit 1); 2 of 3 steps ran".
+/// One line on how a run went, e.g.
+/// "run 4 failed: step `migrate` failed (exit 1); 2 of 3 steps ran in 1.2s (troops log 4)".
 pub fn summary(record: &RunRecord) -> String {
     let ran = record.steps.iter().filter(|s| s.status != StepStatus::NotRun).count();
-    let reason = record.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
-    format!("run {} {}{reason}; {ran} of {} steps ran (troops log {})", record.id, record.status, record.steps.len(), record.id)
+    let seconds = record.steps.iter().map(|s| s.duration_ms).sum::<u64>() as f64 / 1000.0;
+    let reason = record.error.as_deref().map_or(String::new(), |e| format!(": {e};"));
+    format!("run {} {}{reason} {ran} of {} steps ran in {seconds:.1}s (troops log {})", record.id, record.status, record.steps.len(), record.id)
 }
 
 pub fn short(commit: &str) -> &str {

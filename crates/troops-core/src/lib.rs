@@ -16,3 +16,5 @@ pub mod runner;
 pub mod deploy;
 pub mod node;
 pub mod init;
+pub mod signals;
+pub mod control;

@@ -1,1 +1,28 @@
-fn main() {}
+//! `troops`: parses the command line, runs the command, and maps its outcome to the SPEC's exit
+//! codes in one place.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("troops: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+/// 2 for bad input, 3 for a failed environment (anything not known to be the user's input).
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<troops_core::Error>() {
+        Some(e) => e.exit_code() as u8,
+        None => 3,
+    }
+}

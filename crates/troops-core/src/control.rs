@@ -1,0 +1,58 @@
+//! The control socket's wire protocol (`<state>/troops.sock`), shared by the daemon that serves
+//! it and the CLI and hook that call it: the client sends one JSON request line; the daemon
+//! answers with JSON lines of output and ends with one `done` line. No daemon listening means
+//! "do it in-process": `call` returns `Ok(None)` then.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::runs::Trigger;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// Run the plan (see `deploy::Request`).
+    Deploy { trigger: Trigger, commit: Option<String>, unless_deployed: bool },
+    /// One pull cycle now.
+    Pull,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    /// A chunk of the run's output, as produced.
+    Output(String),
+    /// The end: the exit code the client should exit with, and an error message if it failed
+    /// before or outside a run.
+    Done { exit: i32, error: Option<String> },
+}
+
+/// Sends `request` to the daemon at `socket`, copying its output to `out`; returns the exit code
+/// and error it ended with, or `None` when no daemon listens there.
+pub fn call(socket: &Path, request: &Request, out: &mut dyn Write) -> Result<Option<(i32, Option<String>)>> {
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => return Ok(None),
+        Err(e) => return Err(Error::path("connecting to the daemon at", socket, e)),
+    };
+    let context = || format!("talking to the daemon at {}", socket.display());
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).ctx(context)?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.ctx(context)?;
+        match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Output(text)) => {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            Ok(Reply::Done { exit, error }) => return Ok(Some((exit, error))),
+            Err(e) => return Err(Error::Env(format!("{}: bad reply {line:?}: {e}", context()))),
+        }
+    }
+    Err(Error::Env(format!("{}: the daemon hung up before the end", context())))
+}

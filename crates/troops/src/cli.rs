@@ -1,0 +1,102 @@
+//! The command line: one clap `Args` struct per subcommand; doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "troops", version, about = "A deployment agent: each host follows a git branch by fast-forward and runs the plan for its roles.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The node's state dir.
+    #[arg(long, global = true, env = "TROOPS_STATE_DIR", default_value = troops_core::node::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The node config file (a missing file means defaults).
+    #[arg(long, global = true, env = "TROOPS_CONFIG", default_value = troops_core::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the node (state dir, repo, hooks, SSH key); safe to run again.
+    Init(InitArgs),
+    /// Run the plan now for the branch tip (or REV), even if it is deployed.
+    Deploy(DeployArgs),
+    /// Host, roles, branch tip, deployed commit, running and last run.
+    Status(JsonArgs),
+    /// The run history, newest last.
+    Runs(JsonArgs),
+    /// One run's output (default: the latest).
+    Log(LogArgs),
+    /// This node's roles, one per line.
+    Roles,
+    /// Exit 0 if this node has ROLE, 1 if not (for scripts).
+    HasRole(HasRoleArgs),
+    /// Validate a plan file without a node (for the deploy repo's own CI).
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// The branch to follow (written to the node config).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// A remote to fetch from, as NAME=URL; repeat for several.
+    #[arg(long = "remote", value_name = "NAME=URL", value_parser = parse_remote)]
+    pub remotes: Vec<(String, String)>,
+    /// A role this node has besides those the plan gives it (written to the node config).
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The commit to run (any git revision); default: the branch tip.
+    #[arg(long, value_name = "REV")]
+    pub commit: Option<String>,
+    /// List the steps this host would run and why; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct JsonArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct LogArgs {
+    /// The run id; default: the latest run.
+    pub id: Option<u64>,
+    /// Keep printing output until the run ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Args)]
+pub struct HasRoleArgs {
+    pub role: String,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The plan file.
+    #[arg(default_value = troops_core::plan::FILE_NAME)]
+    pub plan: PathBuf,
+}
+
+fn parse_remote(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, url)) if !name.is_empty() && !url.is_empty() => Ok((name.to_owned(), url.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=URL")),
+    }
+}

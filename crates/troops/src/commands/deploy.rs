@@ -1,0 +1,25 @@
+//! `troops deploy`: run the plan now (or show what would run, with `--dry-run`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use troops_core::deploy::{self, Outcome, Request};
+use troops_core::runs::Trigger;
+
+use crate::cli::{DeployArgs, Global};
+
+pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
+    let node = super::node(global)?;
+    if args.dry_run {
+        let (commit, roles, steps) = deploy::dry_run(&node, args.commit.as_deref())?;
+        let roles: Vec<String> = roles.into_iter().collect();
+        println!("commit {commit} on {} [{}]", node.config.hostname(), roles.join(","));
+        for (name, runs, why) in steps {
+            println!("{} {name}: {why}", if runs { "run " } else { "skip" });
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let request = Request { trigger: Trigger::Manual, commit: args.commit, unless_deployed: false };
+    let outcome = deploy::deploy(&node, &request, &mut std::io::stdout(), troops_core::signals::stop_flag())?;
+    Ok(super::code(matches!(outcome, Outcome::Ran(_)) && outcome.succeeded()))
+}

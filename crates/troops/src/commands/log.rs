@@ -1,0 +1,62 @@
+//! `troops runs` and `troops log`: the run history and one run's output.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use troops_core::deploy::short;
+use troops_core::node::Node;
+use troops_core::runs::RunStatus;
+use troops_core::Error;
+
+use crate::cli::LogArgs;
+
+pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
+    let latest = node.runs().ids()?.last().copied();
+    let records: Vec<_> = node
+        .runs()
+        .all()?
+        .into_iter()
+        .map(|r| if Some(r.id) == latest { super::status::effective(node, r) } else { r })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in records {
+        let ms: u64 = r.steps.iter().map(|s| s.duration_ms).sum();
+        println!("{:>5}  {:<11}  {:<6}  {}  {}  {:>8.1}s  {}", r.id, r.status, r.trigger, short(&r.commit), r.started_at, ms as f64 / 1000.0, r.error.as_deref().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
+    let runs = node.runs();
+    let id = match args.id {
+        Some(id) => id,
+        None => *runs.ids()?.last().ok_or_else(|| Error::Input(format!("no runs yet in {}", node.state_dir.display())))?,
+    };
+    runs.load(id)?;
+    let path = runs.log_path(id);
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::path("opening", &path, e))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        file.read_to_end(&mut buf)?;
+        stdout.write_all(&buf)?;
+        stdout.flush()?;
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if super::status::effective(node, runs.load(id)?).status != RunStatus::Running {
+            // The run may have written its end between our read and the check.
+            buf.clear();
+            file.read_to_end(&mut buf)?;
+            stdout.write_all(&buf)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,42 @@
+//! One module per subcommand; `run` dispatches. Commands return the exit code of a normal outcome
+//! (0, or 1 for "a run failed" / "no"); errors carry their own code.
+
+mod check;
+mod deploy;
+mod init;
+mod log;
+mod roles;
+mod status;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use troops_core::node::Node;
+
+use crate::cli::{Cli, Command, Global};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let global = cli.global;
+    match cli.command {
+        Command::Init(args) => init::run(&global, args),
+        Command::Deploy(args) => deploy::run(&global, args),
+        Command::Status(args) => status::run(&node(&global)?, args.json),
+        Command::Runs(args) => log::runs(&node(&global)?, args.json),
+        Command::Log(args) => log::log(&node(&global)?, args),
+        Command::Roles => roles::list(&node(&global)?),
+        Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
+        Command::Check(args) => check::run(&args.plan),
+    }
+}
+
+fn node(global: &Global) -> Result<Node> {
+    Ok(Node::load(global.state_dir.clone(), &global.config)?)
+}
+
+fn code(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,82 @@
+//! `troops status`: what this node follows, what it has deployed, what it is doing.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::json;
+use troops_core::deploy::{short, summary};
+use troops_core::lock::NodeLock;
+use troops_core::node::Node;
+use troops_core::runs::{RunRecord, RunStatus};
+
+pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
+    let repo = node.repo()?;
+    let tip = repo.tip()?.map(|c| c.to_string());
+    let deployed = repo.deployed()?.map(|c| c.to_string());
+    let host = node.config.hostname();
+    let (roles, plan_error) = match node.roles() {
+        Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
+        Err(e) => (node.config.roles.clone(), Some(e.to_string())),
+    };
+    let remotes: Vec<_> = repo
+        .git
+        .remotes()?
+        .iter()
+        .flatten()
+        .map(|name| (name.to_owned(), repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default()))
+        .collect();
+    let latest = node.runs().latest()?.map(|r| effective(node, r));
+    let (running, last) = match latest {
+        Some(r) if r.status == RunStatus::Running => (Some(r), None),
+        last => (None, last),
+    };
+    let last = match (last, &running) {
+        (None, Some(running)) => node.runs().ids()?.into_iter().rev().find(|&id| id != running.id).map(|id| node.runs().load(id)).transpose()?,
+        (last, _) => last,
+    };
+
+    if json {
+        let status = json!({
+            "host": host,
+            "roles": roles,
+            "plan_error": plan_error,
+            "branch": node.config.branch,
+            "tip": tip,
+            "deployed": deployed,
+            "remotes": remotes.iter().map(|(name, url)| json!({"name": name, "url": url})).collect::<Vec<_>>(),
+            "running": running,
+            "last_run": last,
+        });
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let commit = |c: &Option<String>| c.as_deref().map_or("none".to_owned(), |c| short(c).to_owned());
+    println!("host      {host}");
+    println!("roles     {}", if roles.is_empty() { "none".into() } else { roles.join(", ") });
+    if let Some(e) = plan_error {
+        println!("plan      invalid at the tip: {e}");
+    }
+    println!("branch    {} at {}", node.config.branch, commit(&tip));
+    let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
+    println!("deployed  {}{pending}", commit(&deployed));
+    for (name, url) in &remotes {
+        println!("remote    {name} {url}");
+    }
+    match &running {
+        Some(r) => println!("running   run {} ({}) of {} since {}", r.id, r.trigger, short(&r.commit), r.started_at),
+        None => println!("running   nothing"),
+    }
+    match &last {
+        Some(r) => println!("last run  {} ({}) of {}, {}", summary(r), r.trigger, short(&r.commit), r.finished_at.as_deref().unwrap_or(&r.started_at)),
+        None => println!("last run  none"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A record as it stands: one left `running` while nobody holds the lock is `interrupted`.
+pub fn effective(node: &Node, mut record: RunRecord) -> RunRecord {
+    if record.status == RunStatus::Running && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
+        record.status = RunStatus::Interrupted;
+    }
+    record
+}

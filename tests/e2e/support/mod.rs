@@ -1,0 +1,197 @@
+//! Fixtures: a node in a temp dir (`Env`), deploy repos to commit to and push from, and waiting on
+//! conditions with a deadline (never sleeping as synchronisation).
+
+pub mod sshd;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A built binary of this workspace, next to the test executable's `deps/` dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> dir");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is not built; run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// Waits until `condition` holds, polling every 10 ms, and panics after `limit` naming `what`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One node and everything around it, in one temp dir.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Env {
+    /// A node named `web-1` (not yet initialised).
+    pub fn new() -> Env {
+        let tmp = tempfile::Builder::new().prefix("troops-e2e-").tempdir().expect("temp dir");
+        let root = tmp.path().to_owned();
+        let home = root.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let env = Env { state: root.join("state"), config: root.join("troops.toml"), home, tmp };
+        env.write_config("hostname = \"web-1\"\n");
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.state.join("repo/main.git")
+    }
+
+    /// The environment every process of the test gets: hermetic git, this node, the built
+    /// binaries first on PATH.
+    pub fn hermetic(&self, command: &mut Command) {
+        let bin_dir = bin("troops").parent().unwrap().to_owned();
+        let path = format!("{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", bin_dir.display());
+        command
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", &self.home)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .env("TROOPS_STATE_DIR", &self.state)
+            .env("TROOPS_CONFIG", &self.config)
+            .stdin(Stdio::null());
+    }
+
+    pub fn troops(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("troops"));
+        self.hermetic(&mut command);
+        command.args(args);
+        command
+    }
+
+    /// Runs troops and returns its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.troops(args).output().expect("running troops")
+    }
+
+    /// Runs troops, asserts exit 0, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "troops {args:?} failed ({}):\n{}{}", out.status, text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    pub fn init(&self) -> String {
+        self.ok(&["init"])
+    }
+
+    pub fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let mut command = Command::new("git");
+        self.hermetic(&mut command);
+        let out = command.current_dir(dir).args(args).output().expect("running git");
+        assert!(out.status.success(), "git {args:?} in {} failed:\n{}{}", dir.display(), text(&out.stdout), text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    }
+
+    /// A ref of the node repo, or None.
+    pub fn node_ref(&self, name: &str) -> Option<String> {
+        let mut command = Command::new("git");
+        self.hermetic(&mut command);
+        let out = command.arg("--git-dir").arg(self.repo()).args(["rev-parse", "--verify", "-q", name]).output().unwrap();
+        out.status.success().then(|| text(&out.stdout).trim().to_owned())
+    }
+
+    pub fn deployed(&self) -> Option<String> {
+        self.node_ref("refs/troops/deployed")
+    }
+
+    /// A new deploy repo (a normal git work tree) named `name`.
+    pub fn deploy_repo(&self, name: &str) -> DeployRepo {
+        let path = self.path(name);
+        std::fs::create_dir_all(&path).unwrap();
+        self.git(&path, &["init", "-q", "-b", "main"]);
+        DeployRepo { path }
+    }
+
+    pub fn run_record(&self, id: u64) -> Value {
+        let path = self.state.join(format!("runs/{id}/run.json"));
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    }
+
+    pub fn run_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.state.join(format!("runs/{id}/output.log"))).unwrap()
+    }
+
+    pub fn run_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = std::fs::read_dir(self.state.join("runs"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+pub struct DeployRepo {
+    pub path: PathBuf,
+}
+
+impl DeployRepo {
+    /// Writes `files` (path, content; a content starting with "#!" is made executable), commits
+    /// everything, and returns the new commit id.
+    pub fn commit(&self, env: &Env, files: &[(&str, &str)], message: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, content) in files {
+            let path = self.path.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, content).unwrap();
+            if content.starts_with("#!") {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        env.git(&self.path, &["add", "-A"]);
+        env.git(&self.path, &["commit", "-q", "--allow-empty", "-m", message]);
+        env.git(&self.path, &["rev-parse", "HEAD"])
+    }
+
+    /// Moves the node's branch to this repo's `main` without running the node's hooks (a fetch
+    /// into the node repo, not a push): for tests of `troops deploy`.
+    pub fn publish(&self, env: &Env) -> String {
+        let repo = env.repo().display().to_string();
+        env.git(&self.path, &["--git-dir", &repo, "fetch", "-q", &self.path.display().to_string(), "main:main"]);
+        env.git(&self.path, &["rev-parse", "HEAD"])
+    }
+
+    /// Commits a plan (`troops.toml`) and publishes it to the node (no hooks); returns the commit.
+    pub fn publish_plan(&self, env: &Env, plan: &str) -> String {
+        self.commit(env, &[("troops.toml", plan)], "plan");
+        self.publish(env)
+    }
+
+    /// `git push URL ARGS...`, whatever its outcome.
+    pub fn push(&self, env: &Env, url: &str, args: &[&str]) -> Output {
+        let mut command = Command::new("git");
+        env.hermetic(&mut command);
+        command.current_dir(&self.path).arg("push").arg(url).args(args).output().unwrap()
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
