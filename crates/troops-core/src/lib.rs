@@ -18,3 +18,4 @@ pub mod node;
 pub mod init;
 pub mod signals;
 pub mod control;
+pub mod receive;

@@ -1,0 +1,1 @@
+//! What the node accepts from a push (pre-receive): the checks on each updated ref.
