@@ -169,8 +169,8 @@ fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&
 pub fn summary(record: &RunRecord) -> String {
     let ran = record.steps.iter().filter(|s| s.status != StepStatus::NotRun).count();
     let seconds = record.steps.iter().map(|s| s.duration_ms).sum::<u64>() as f64 / 1000.0;
-    let reason = record.error.as_deref().map_or(String::new(), |e| format!(": {e};"));
-    format!("run {} {}{reason} {ran} of {} steps ran in {seconds:.1}s (troops log {})", record.id, record.status, record.steps.len(), record.id)
+    let reason = record.error.as_deref().map_or(String::new(), |e| format!(" {e};"));
+    format!("run {} {}:{reason} {ran} of {} steps ran in {seconds:.1}s (troops log {})", record.id, record.status, record.steps.len(), record.id)
 }
 
 pub fn short(commit: &str) -> &str {

@@ -19,3 +19,7 @@ pub mod init;
 pub mod signals;
 pub mod control;
 pub mod receive;
+pub mod fastforward;
+pub mod ssh;
+pub mod fetch;
+pub mod pull;

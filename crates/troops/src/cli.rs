@@ -29,6 +29,10 @@ pub enum Command {
     Init(InitArgs),
     /// Run the plan now for the branch tip (or REV), even if it is deployed.
     Deploy(DeployArgs),
+    /// One cycle: fetch every remote, fast-forward if allowed, run if the tip is not deployed.
+    Pull,
+    /// The agent, in the foreground (systemd runs it).
+    Daemon,
     /// Host, roles, branch tip, deployed commit, running and last run.
     Status(JsonArgs),
     /// The run history, newest last.

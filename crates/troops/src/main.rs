@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod daemon;
 
 use std::process::ExitCode;
 

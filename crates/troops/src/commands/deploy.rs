@@ -1,8 +1,10 @@
-//! `troops deploy`: run the plan now (or show what would run, with `--dry-run`).
+//! `troops deploy`: run the plan now, through the daemon when it runs, else in-process (or show
+//! what would run, with `--dry-run`).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
+use troops_core::control::Request as ControlRequest;
 use troops_core::deploy::{self, Outcome, Request};
 use troops_core::runs::Trigger;
 
@@ -18,6 +20,10 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
             println!("{} {name}: {why}", if runs { "run " } else { "skip" });
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    let remote = ControlRequest::Deploy { trigger: Trigger::Manual, commit: args.commit.clone(), unless_deployed: false };
+    if let Some(code) = super::through_daemon(&node, remote)? {
+        return Ok(code);
     }
     let request = Request { trigger: Trigger::Manual, commit: args.commit, unless_deployed: false };
     let outcome = deploy::deploy(&node, &request, &mut std::io::stdout(), troops_core::signals::stop_flag())?;

@@ -5,6 +5,7 @@ mod check;
 mod deploy;
 mod init;
 mod log;
+mod pull;
 mod roles;
 mod status;
 
@@ -20,6 +21,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&global, args),
         Command::Deploy(args) => deploy::run(&global, args),
+        Command::Pull => pull::run(&node(&global)?),
+        Command::Daemon => crate::daemon::run(node(&global)?),
         Command::Status(args) => status::run(&node(&global)?, args.json),
         Command::Runs(args) => log::runs(&node(&global)?, args.json),
         Command::Log(args) => log::log(&node(&global)?, args),
@@ -31,6 +34,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn node(global: &Global) -> Result<Node> {
     Ok(Node::load(global.state_dir.clone(), &global.config)?)
+}
+
+/// Asks a running daemon to do `request`, streaming its output; `None` when no daemon runs.
+fn through_daemon(node: &Node, request: troops_core::control::Request) -> Result<Option<ExitCode>> {
+    let Some((exit, error)) = troops_core::control::call(&node.socket_path(), &request, &mut std::io::stdout())? else { return Ok(None) };
+    if let Some(error) = error {
+        eprintln!("troops: {error}");
+    }
+    Ok(Some(ExitCode::from(exit as u8)))
 }
 
 fn code(success: bool) -> ExitCode {

@@ -1,0 +1,114 @@
+//! Where fast-forward is decided (pull). Pure logic over remote tips and the "descends from"
+//! relation, so the rules of the SPEC read as code: a remote tip is a candidate only if it
+//! descends from the local tip; the branch moves only to a candidate that descends from every
+//! other candidate; forked candidates move nothing.
+
+use git2::Oid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The remote is behind the local tip (a lagging mirror, or older history pushed there).
+    Behind,
+    /// Neither descends from the other: a force-push or rewritten history.
+    Diverged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// The commit to move to and the remotes that offered it.
+    pub advance: Option<(Oid, Vec<String>)>,
+    /// Remotes whose candidates fork from one another (nothing moves then).
+    pub conflict: Vec<String>,
+    /// Remotes whose tips are not candidates, and why.
+    pub refused: Vec<(String, Oid, Refusal)>,
+}
+
+/// Decides for `local` given each remote's fetched tip; `descends(a, b)` is true when `a` is a
+/// strict descendant of `b`.
+pub fn decide(local: Option<Oid>, tips: &[(String, Oid)], descends: impl Fn(Oid, Oid) -> bool) -> Decision {
+    let mut decision = Decision::default();
+    let mut candidates: Vec<(Oid, Vec<String>)> = Vec::new();
+    for (remote, tip) in tips {
+        let verdict = match local {
+            None => None,
+            Some(local) if *tip == local => continue,
+            Some(local) if descends(*tip, local) => None,
+            Some(local) if descends(local, *tip) => Some(Refusal::Behind),
+            Some(_) => Some(Refusal::Diverged),
+        };
+        match verdict {
+            Some(refusal) => decision.refused.push((remote.clone(), *tip, refusal)),
+            None => match candidates.iter_mut().find(|(oid, _)| oid == tip) {
+                Some((_, remotes)) => remotes.push(remote.clone()),
+                None => candidates.push((*tip, vec![remote.clone()])),
+            },
+        }
+    }
+    let newest = candidates.iter().find(|(tip, _)| candidates.iter().all(|(other, _)| other == tip || descends(*tip, *other)));
+    match newest {
+        Some(newest) => decision.advance = Some(newest.clone()),
+        None => decision.conflict = candidates.into_iter().flat_map(|(_, remotes)| remotes).collect(),
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // History: 1 <- 2 <- 3, and 1 <- 4 (a fork).
+    fn descends(a: Oid, b: Oid) -> bool {
+        let parent = |n: u8| match n {
+            2 | 4 => Some(1),
+            3 => Some(2),
+            _ => None,
+        };
+        let (mut a, b) = (a.as_bytes()[0], b.as_bytes()[0]);
+        while let Some(p) = parent(a) {
+            if p == b {
+                return true;
+            }
+            a = p;
+        }
+        false
+    }
+
+    fn c(n: u8) -> Oid {
+        Oid::from_bytes(&[n; 20]).unwrap()
+    }
+
+    fn tips(list: &[(&str, u8)]) -> Vec<(String, Oid)> {
+        list.iter().map(|(r, n)| (r.to_string(), c(*n))).collect()
+    }
+
+    #[test]
+    fn moves_to_the_candidate_that_descends_from_all_others() {
+        let d = decide(Some(c(1)), &tips(&[("a", 2), ("b", 3), ("c", 3)]), descends);
+        assert_eq!(d.advance, Some((c(3), vec!["b".into(), "c".into()])));
+        assert!(d.conflict.is_empty() && d.refused.is_empty());
+    }
+
+    #[test]
+    fn an_empty_branch_takes_any_agreeing_tip() {
+        assert_eq!(decide(None, &tips(&[("a", 1)]), descends).advance, Some((c(1), vec!["a".into()])));
+    }
+
+    #[test]
+    fn same_tips_move_nothing() {
+        assert_eq!(decide(Some(c(3)), &tips(&[("a", 3)]), descends), Decision::default());
+    }
+
+    #[test]
+    fn rewritten_and_older_tips_are_refused_by_name() {
+        let d = decide(Some(c(2)), &tips(&[("old", 1), ("forked", 4), ("good", 3)]), descends);
+        assert_eq!(d.advance, Some((c(3), vec!["good".into()])));
+        assert_eq!(d.refused, vec![("old".into(), c(1), Refusal::Behind), ("forked".into(), c(4), Refusal::Diverged)]);
+    }
+
+    #[test]
+    fn forked_candidates_move_nothing_and_name_the_remotes() {
+        let d = decide(Some(c(1)), &tips(&[("a", 3), ("b", 4)]), descends);
+        assert_eq!(d.advance, None);
+        assert_eq!(d.conflict, vec!["a".to_string(), "b".to_string()]);
+    }
+}

@@ -1,0 +1,126 @@
+//! One pull cycle: fetch every remote, apply the fast-forward rules, move the branch by a
+//! compare-and-swap ref update whose reflog names the remote, and record what each remote said
+//! (`<state>/remotes.json`, for `troops status`). Running the plan afterwards is the caller's call.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use git2::Oid;
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::short;
+use crate::error::{Context, Error, Result};
+use crate::fastforward::{self, Decision, Refusal};
+use crate::fetch::{self, Fetched};
+use crate::node::Node;
+use crate::runs::now;
+
+/// The last fetch of one remote, as `troops status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteState {
+    pub url: String,
+    pub fetched_at: String,
+    pub duration_ms: u64,
+    /// The remote's branch tip, when the fetch worked.
+    pub tip: Option<String>,
+    pub error: Option<String>,
+    /// Why its tip was not taken, if it was not.
+    pub refused: Option<String>,
+}
+
+pub struct Cycle {
+    pub fetched: Vec<Fetched>,
+    pub decision: Decision,
+    /// `(from, to)` when the branch moved.
+    pub moved: Option<(Option<Oid>, Oid)>,
+}
+
+impl Cycle {
+    /// True when there were remotes and none could be fetched (exit 3).
+    pub fn all_failed(&self) -> bool {
+        !self.fetched.is_empty() && self.fetched.iter().all(|f| f.tip.is_err())
+    }
+}
+
+/// Fetches and fast-forwards, telling `out` what happened to each remote.
+pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
+    let repo = node.repo()?;
+    let fetched = fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+    let tips: Vec<(String, Oid)> = fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
+    let local = repo.tip()?;
+    let decision = fastforward::decide(local, &tips, |a, b| repo.git.graph_descendant_of(a, b).unwrap_or(false));
+
+    let mut refusals: BTreeMap<&str, String> = BTreeMap::new();
+    for f in &fetched {
+        match &f.tip {
+            Err(e) => {
+                let _ = writeln!(out, "troops: remote {} ({}) could not be fetched: {e}", f.remote, f.url);
+            }
+            Ok(None) => {
+                let _ = writeln!(out, "troops: remote {} has no branch {}", f.remote, node.config.branch);
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    let local_name = local.map_or("none".to_owned(), |l| short(&l.to_string()).to_owned());
+    for (remote, tip, refusal) in &decision.refused {
+        let why = match refusal {
+            Refusal::Behind => format!("{} is behind the local tip {local_name}", short(&tip.to_string())),
+            Refusal::Diverged => format!("{} does not descend from the local tip {local_name} (force-push or rewritten history); refused", short(&tip.to_string())),
+        };
+        let _ = writeln!(out, "troops: remote {remote}: {why}");
+        refusals.insert(remote, why);
+    }
+    if !decision.conflict.is_empty() {
+        let why = format!("remotes {} offer forked histories; nothing moves until they agree", decision.conflict.join(", "));
+        let _ = writeln!(out, "troops: {why}");
+        for remote in &decision.conflict {
+            refusals.insert(remote, why.clone());
+        }
+    }
+
+    let mut moved = None;
+    if let Some((to, remotes)) = &decision.advance {
+        let message = format!("troops pull: fast-forward from remote {}", remotes.join(", "));
+        let name = repo.branch_ref();
+        let updated = match local {
+            Some(from) => repo.git.reference_matching(&name, *to, true, from, &message),
+            None => repo.git.reference(&name, *to, false, &message),
+        };
+        updated.ctx(|| format!("moving {name} to {to} (did a push move it meanwhile?)"))?;
+        let _ = writeln!(out, "troops: {} moved {local_name} -> {} from remote {}", node.config.branch, short(&to.to_string()), remotes.join(", "));
+        moved = Some((local, *to));
+    }
+    save_states(node, &fetched, &refusals)?;
+    Ok(Cycle { fetched, decision, moved })
+}
+
+fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>) -> Result<()> {
+    let at = now();
+    let states: BTreeMap<&str, RemoteState> = fetched
+        .iter()
+        .map(|f| {
+            let state = RemoteState {
+                url: f.url.clone(),
+                fetched_at: at.clone(),
+                duration_ms: f.duration.as_millis() as u64,
+                tip: f.tip.as_ref().ok().copied().flatten().map(|t| t.to_string()),
+                error: f.tip.as_ref().err().cloned(),
+                refused: refusals.get(f.remote.as_str()).cloned(),
+            };
+            (f.remote.as_str(), state)
+        })
+        .collect();
+    let json = serde_json::to_vec_pretty(&states).expect("states serialize");
+    crate::atomic::write(&node.state_dir.join("remotes.json"), &json)
+}
+
+/// The last recorded fetch of each remote.
+pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
+    let path = node.state_dir.join("remotes.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(Error::path("reading", &path, e)),
+    }
+}

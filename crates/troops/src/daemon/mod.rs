@@ -1,0 +1,129 @@
+//! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
+//! waits on the timer (interval plus jitter), a pending retry, the control socket, inotify (config
+//! and branch ref) and signals; the actual work runs on one worker thread. SIGTERM lets the
+//! current step finish, then exits 0. systemd hears readiness and status through NOTIFY_SOCKET.
+
+mod socket;
+mod watch;
+mod worker;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep_until, Instant};
+use troops_core::config::Config;
+use troops_core::node::Node;
+use troops_core::runs::Trigger;
+
+use watch::{Change, Watch};
+use worker::{Event, Job, Work, Worker};
+
+/// Set on SIGTERM/SIGINT: the run under way stops after its current step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn run(node: Node) -> Result<ExitCode> {
+    init_logging();
+    node.repo()?; // a node that was never initialised fails here, with the reason
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(node))
+}
+
+async fn serve(node: Node) -> Result<ExitCode> {
+    let config = Arc::new(Mutex::new(node.config.clone()));
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let listener = socket::bind(&node.socket_path(), &node.config.admin_group)?;
+    let mut watch = Watch::new(&node.config.path, &node.repo_path(), &node.config.branch)?;
+    let (mut term, mut int, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let socket_path = node.socket_path();
+    let repo_path = node.repo_path();
+    let config_path = node.config.path.clone();
+    let (worker, thread) = Worker::start(Node { state_dir: node.state_dir.clone(), config: node.config.clone() }, config.clone(), &STOP, events_tx);
+    tokio::spawn(socket::serve(listener, worker.clone(), config.clone(), repo_path));
+    tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
+    notify("READY=1\nSTATUS=following the branch");
+
+    let submit = |work: Work| worker.submit(Job { work, reply: None }, || None);
+    submit(Work::Pull);
+    let mut next_tick = Instant::now() + period(&config.lock().unwrap());
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = sleep_until(next_tick) => {
+                submit(Work::Pull);
+                next_tick = Instant::now() + period(&config.lock().unwrap());
+            }
+            _ = sleep_until(retry_at.unwrap_or(next_tick)), if retry_at.is_some() => {
+                retry_at = None;
+                submit(Work::Tip(Trigger::Retry));
+            }
+            Some(Event::RetryAt(at)) = events.recv() => retry_at = at.map(Instant::from_std),
+            change = watch.next() => match change {
+                Change::Config => reload(&config),
+                Change::Branch => if !worker.busy() { submit(Work::Tip(Trigger::Push)) },
+            },
+            _ = hup.recv() => reload(&config),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: the current step may finish first");
+    notify("STOPPING=1");
+    STOP.store(true, Ordering::SeqCst);
+    worker.stop();
+    tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The wait until the next cycle: the interval plus a random share of the jitter.
+fn period(config: &Config) -> Duration {
+    config.interval + Duration::from_millis(fastrand::u64(..=config.jitter.as_millis() as u64))
+}
+
+fn reload(config: &Mutex<Config>) {
+    let path = config.lock().unwrap().path.clone();
+    match Config::load(&path) {
+        Ok(new) => {
+            tracing::info!(config = %path.display(), "config reloaded");
+            *config.lock().unwrap() = new;
+        }
+        Err(e) => tracing::error!(error = %e, "config not reloaded; keeping the previous one"),
+    }
+}
+
+/// Tells systemd (when it started us with NOTIFY_SOCKET) how we are.
+fn notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    if let (Ok(socket), Ok(addr)) = (UnixDatagram::unbound(), addr) {
+        let _ = socket.send_to_addr(state.as_bytes(), &addr);
+    }
+}
+
+/// One line per event with fields: colours on a terminal, no timestamps under journald (it adds them).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TROOPS_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(!journald && std::io::stderr().is_terminal());
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,299 @@
+//! The daemon's one worker thread: it runs jobs one at a time with the synchronous core, and
+//! coalesces what arrives meanwhile. Every queued job that targets the branch tip merges into one
+//! batch, so after a run the newest tip runs once; a push that arrives while a run of the current
+//! tip is under way joins it and sees its output from the start. A failed tip is held back for its
+//! retry (with backoff) and is not rerun by other triggers until a new tip arrives.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use git2::Oid;
+use tokio::sync::mpsc::UnboundedSender;
+use troops_core::config::{Config, Retry};
+use troops_core::control::Reply;
+use troops_core::deploy::{self, Outcome, Request};
+use troops_core::node::Node;
+use troops_core::pull;
+use troops_core::runs::{RunStatus, Trigger};
+
+/// What a job asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// Fetch all remotes, fast-forward, run the tip if it is not deployed.
+    Pull,
+    /// Run the branch tip (`Manual`: even if deployed).
+    Tip(Trigger),
+    /// Run this revision (manual).
+    Commit(String),
+}
+
+pub struct Job {
+    pub work: Work,
+    pub reply: Option<UnboundedSender<Reply>>,
+}
+
+/// What the worker tells the daemon loop after each batch.
+#[derive(Debug)]
+pub enum Event {
+    /// A failed tip should be retried at this instant (or nothing is pending: `None`).
+    RetryAt(Option<Instant>),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    running: Option<Running>,
+    stopping: bool,
+}
+
+/// The batch under way: who listens, and what it printed so far (for those who join late).
+struct Running {
+    tip_batch: bool,
+    commit: Option<Oid>,
+    output: Vec<u8>,
+    listeners: Vec<UnboundedSender<Reply>>,
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<(Mutex<State>, Condvar)>,
+}
+
+/// Output beyond this is not kept for late joiners (it is in output.log).
+const REPLAY_LIMIT: usize = 1 << 20;
+
+impl Handle {
+    pub fn submit(&self, job: Job, tip: impl FnOnce() -> Option<Oid>) {
+        let (lock, wake) = &*self.shared;
+        let mut state = lock.lock().unwrap();
+        if let (Work::Tip(Trigger::Push), Some(reply), Some(running)) = (&job.work, &job.reply, state.running.as_mut()) {
+            if running.tip_batch && (running.commit.is_none() || running.commit == tip()) {
+                let _ = reply.send(Reply::Output(String::from_utf8_lossy(&running.output).into_owned()));
+                running.listeners.push(reply.clone());
+                return;
+            }
+        }
+        if state.stopping {
+            if let Some(reply) = job.reply {
+                let _ = reply.send(Reply::Done { exit: 3, error: Some("the daemon is stopping".into()) });
+            }
+            return;
+        }
+        state.queue.push_back(job);
+        wake.notify_one();
+    }
+
+    /// Asks the worker to finish what it runs and take nothing new.
+    pub fn stop(&self) {
+        let (lock, wake) = &*self.shared;
+        let mut state = lock.lock().unwrap();
+        state.stopping = true;
+        for job in state.queue.drain(..) {
+            if let Some(reply) = job.reply {
+                let _ = reply.send(Reply::Done { exit: 3, error: Some("the daemon is stopping".into()) });
+            }
+        }
+        wake.notify_one();
+    }
+
+    pub fn busy(&self) -> bool {
+        self.shared.0.lock().unwrap().running.is_some()
+    }
+}
+
+pub struct Worker {
+    handle: Handle,
+    node: Node,
+    config: Arc<Mutex<Config>>,
+    stop: &'static AtomicBool,
+    events: UnboundedSender<Event>,
+    /// The tip that failed, how often, and when it is due again.
+    failed: Option<(Oid, u32, Instant)>,
+}
+
+impl Worker {
+    pub fn start(node: Node, config: Arc<Mutex<Config>>, stop: &'static AtomicBool, events: UnboundedSender<Event>) -> (Handle, std::thread::JoinHandle<()>) {
+        let handle = Handle { shared: Arc::default() };
+        let mut worker = Worker { handle: handle.clone(), node, config, stop, events, failed: None };
+        let thread = std::thread::Builder::new().name("troops-worker".into()).spawn(move || worker.run()).expect("spawning the worker");
+        (handle, thread)
+    }
+
+    fn run(&mut self) {
+        while let Some(work) = self.next_batch() {
+            self.node.config = self.config.lock().unwrap().clone();
+            let exit = match &work[0] {
+                Work::Commit(rev) => self.run_commit(rev.clone()),
+                _ => self.run_tip(&work),
+            };
+            self.finish(exit);
+        }
+    }
+
+    /// Waits for jobs, then takes either one explicit-commit job or every tip job queued; their
+    /// listeners become the running batch's.
+    fn next_batch(&self) -> Option<Vec<Work>> {
+        let (lock, wake) = &*self.handle.shared;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if state.stopping {
+                return None;
+            }
+            if let Some(first) = state.queue.pop_front() {
+                let batch = if matches!(first.work, Work::Commit(_)) {
+                    vec![first]
+                } else {
+                    let (tips, rest): (VecDeque<Job>, VecDeque<Job>) = state.queue.drain(..).partition(|j| !matches!(j.work, Work::Commit(_)));
+                    state.queue = rest;
+                    std::iter::once(first).chain(tips).collect()
+                };
+                let tip_batch = !matches!(batch[0].work, Work::Commit(_));
+                let (work, listeners): (Vec<Work>, Vec<_>) = batch.into_iter().map(|j| (j.work, j.reply)).unzip();
+                let listeners = listeners.into_iter().flatten().collect();
+                state.running = Some(Running { tip_batch, commit: None, output: Vec::new(), listeners });
+                return Some(work);
+            }
+            state = wake.wait(state).unwrap();
+        }
+    }
+
+    fn run_commit(&mut self, rev: String) -> (i32, Option<String>) {
+        let request = Request { trigger: Trigger::Manual, commit: Some(rev), unless_deployed: false };
+        let result = deploy::deploy(&self.node, &request, &mut Broadcast(self.handle.clone(), Vec::new()), self.stop);
+        self.outcome(result, None)
+    }
+
+    /// A merged batch of tip jobs: fetch if any asked for it, then run the tip once.
+    fn run_tip(&mut self, work: &[Work]) -> (i32, Option<String>) {
+        let mut out = Broadcast(self.handle.clone(), Vec::new());
+        let mut exit_if_nothing_runs = 0;
+        if work.contains(&Work::Pull) {
+            match pull::cycle(&self.node, &mut out) {
+                Ok(cycle) => {
+                    for f in &cycle.fetched {
+                        match &f.tip {
+                            Ok(tip) => tracing::info!(remote = %f.remote, tip = %tip.map_or("none".into(), |t| t.to_string()), downloaded = f.downloaded, ms = f.duration.as_millis() as u64, "fetched"),
+                            Err(e) => tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed"),
+                        }
+                    }
+                    for (remote, tip, why) in &cycle.decision.refused {
+                        tracing::warn!(remote = %remote, commit = %tip, reason = ?why, "remote tip refused");
+                    }
+                    if !cycle.decision.conflict.is_empty() {
+                        tracing::warn!(remotes = %cycle.decision.conflict.join(","), "remotes forked; nothing moves");
+                    }
+                    if let Some((from, to)) = cycle.moved {
+                        tracing::info!(from = %from.map_or("none".into(), |f| f.to_string()), to = %to, "fast-forwarded");
+                    }
+                    if cycle.all_failed() {
+                        exit_if_nothing_runs = 3;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "pull failed");
+                    return (e.exit_code(), Some(e.to_string()));
+                }
+            }
+        }
+        let trigger = [Trigger::Manual, Trigger::Push, Trigger::Pull, Trigger::Retry]
+            .into_iter()
+            .find(|t| work.iter().any(|w| *w == Work::Tip(*t) || (*t == Trigger::Pull && *w == Work::Pull)))
+            .unwrap_or(Trigger::Pull);
+        let tip = self.node.repo().and_then(|r| r.tip()).ok().flatten();
+        self.set_commit(tip);
+        let held = matches!((self.failed, tip), (Some((failed, _, _)), Some(tip)) if failed == tip);
+        if held && !matches!(trigger, Trigger::Manual | Trigger::Retry) {
+            let due = self.failed.map(|(_, _, due)| due.saturating_duration_since(Instant::now())).unwrap_or_default();
+            let _ = writeln!(out, "troops: the tip failed before; it is retried in {}", humantime::format_duration(Duration::from_secs(due.as_secs())));
+            return (1, None);
+        }
+        let request = Request { trigger, commit: None, unless_deployed: trigger != Trigger::Manual };
+        let result = deploy::deploy(&self.node, &request, &mut out, self.stop);
+        if let Ok(Outcome::AlreadyDeployed(_)) = &result {
+            return (exit_if_nothing_runs, exit_if_nothing_runs.eq(&3).then(|| "no remote could be fetched".into()));
+        }
+        self.outcome(result, tip)
+    }
+
+    /// Logs a run's end, keeps the retry state, and gives the exit code for listeners.
+    fn outcome(&mut self, result: troops_core::Result<Outcome>, tip: Option<Oid>) -> (i32, Option<String>) {
+        match result {
+            Ok(Outcome::Ran(record)) => {
+                for step in &record.steps {
+                    tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = ?step.exit_code, ms = step.duration_ms, "step");
+                }
+                tracing::info!(run = record.id, commit = %record.commit, trigger = %record.trigger, status = %record.status, "run finished");
+                let commit = Oid::from_str(&record.commit).ok();
+                if tip.is_some() && tip == commit {
+                    match record.status {
+                        RunStatus::Succeeded => self.failed = None,
+                        RunStatus::Failed => self.schedule_retry(commit.expect("checked")),
+                        RunStatus::Running | RunStatus::Interrupted => {}
+                    }
+                }
+                (i32::from(record.status != RunStatus::Succeeded), None)
+            }
+            Ok(Outcome::AlreadyDeployed(_)) => (0, None),
+            Err(e) => {
+                tracing::error!(error = %e, "run failed to start");
+                (e.exit_code(), Some(e.to_string()))
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, commit: Oid) {
+        let Retry { initial, max } = self.node.config.retry;
+        let failures = match self.failed {
+            Some((failed, n, _)) if failed == commit => n + 1,
+            _ => 1,
+        };
+        let wait = initial.saturating_mul(1 << (failures - 1).min(20)).min(max);
+        tracing::warn!(commit = %commit, failures, retry_in = %humantime::format_duration(wait), "tip failed; will retry");
+        self.failed = Some((commit, failures, Instant::now() + wait));
+    }
+
+    fn set_commit(&self, commit: Option<Oid>) {
+        if let Some(running) = self.handle.shared.0.lock().unwrap().running.as_mut() {
+            running.commit = commit;
+        }
+    }
+
+    fn finish(&mut self, (exit, error): (i32, Option<String>)) {
+        let running = self.handle.shared.0.lock().unwrap().running.take();
+        for listener in running.map(|r| r.listeners).unwrap_or_default() {
+            let _ = listener.send(Reply::Done { exit, error: error.clone() });
+        }
+        let _ = self.events.send(Event::RetryAt(self.failed.map(|(_, _, due)| due)));
+    }
+}
+
+/// The worker's output: to every listener of the running batch, and kept for late joiners.
+/// Holds back the tail of a UTF-8 sequence split between two writes.
+struct Broadcast(Handle, Vec<u8>);
+
+impl Write for Broadcast {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(buf);
+        let valid = match std::str::from_utf8(&self.1) {
+            Ok(_) => self.1.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.1.len(),
+        };
+        let chunk: Vec<u8> = self.1.drain(..valid).collect();
+        let text = String::from_utf8_lossy(&chunk).into_owned();
+        if let Some(running) = self.0.shared.0.lock().unwrap().running.as_mut() {
+            if running.output.len() < REPLAY_LIMIT {
+                running.output.extend_from_slice(&chunk);
+            }
+            running.listeners.retain(|l| l.send(Reply::Output(text.clone())).is_ok());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
