@@ -1,6 +1,8 @@
 //! The node lock: one run at a time per node, whoever triggers it (daemon, hook or CLI). An
 //! exclusive flock on `<state>/lock`, held by an RAII guard; the holder writes what it is doing
-//! into the file so that a waiting trigger can say what it waits for.
+//! into the file so that a waiting trigger can say what it waits for. That text lives only as long
+//! as the hold: it is cleared on release, and on acquisition in case the last holder died, so a
+//! waiter never names a run that is over.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -26,7 +28,7 @@ impl NodeLock {
                 let file = open(path)?;
                 let file = Flock::lock(file, FlockArg::LockExclusive)
                     .map_err(|(_, e)| Error::io(format!("locking {}", path.display()), e.into()))?;
-                Ok(NodeLock { file })
+                Ok(NodeLock::held(file))
             }
         }
     }
@@ -34,10 +36,16 @@ impl NodeLock {
     /// Takes the lock if it is free.
     pub fn try_acquire(path: &Path) -> Result<Option<NodeLock>> {
         match Flock::lock(open(path)?, FlockArg::LockExclusiveNonblock) {
-            Ok(file) => Ok(Some(NodeLock { file })),
+            Ok(file) => Ok(Some(NodeLock::held(file))),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(e).ctx(|| format!("locking {}", path.display())),
         }
+    }
+
+    /// A new hold starts with no description: what an earlier holder wrote is over.
+    fn held(file: Flock<File>) -> NodeLock {
+        let _ = file.set_len(0);
+        NodeLock { file }
     }
 
     /// Says what the holder is doing, for whoever waits.
@@ -46,6 +54,14 @@ impl NodeLock {
         let _ = self.file.set_len(0);
         let _ = self.file.rewind();
         let _ = writeln!(self.file, "pid {}: {what}", std::process::id());
+    }
+}
+
+impl Drop for NodeLock {
+    fn drop(&mut self) {
+        // Cleared while still held (the flock goes with the field, after this), so the next
+        // waiter cannot read this holder's description once it is gone.
+        let _ = self.file.set_len(0);
     }
 }
 
@@ -84,6 +100,8 @@ mod tests {
         assert!(told.ends_with(": run 7 (push) of abc"), "{told}");
         drop(first);
         waiter.join().unwrap().unwrap();
+        let after = holder(&path);
+        assert_eq!(after, format!("another trigger holding {}", path.display()), "released, yet described");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
