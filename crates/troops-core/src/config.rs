@@ -100,7 +100,7 @@ impl Config {
             message,
         };
         let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().replace('\n', "; ")))?;
 
         let duration = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(humantime::parse_duration(default).expect("default durations parse")),

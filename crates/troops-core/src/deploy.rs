@@ -88,6 +88,8 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         record.error = Some(e.to_string());
         let _ = writeln!(out, "troops: {e}");
     }
+    // Every run's output ends with its summary, whether it ran its steps or failed before them.
+    let _ = writeln!(out, "troops: {}", summary(&record));
     runs.save(&record)?;
     runs.prune(node.config.keep_runs, &lock)?;
     match result {
@@ -121,7 +123,6 @@ fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &
 
     let _ = writeln!(out, "troops: run {} ({}) of {} on {} [{}]: {} of {} steps", record.id, record.trigger, short(&record.commit), record.host, record.roles.join(","), selected.len(), plan.steps.len());
     let env = step_env(node, record, &roles);
-    record.status = RunStatus::Succeeded;
     for (i, step) in selected.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             record.status = RunStatus::Interrupted;
@@ -146,7 +147,10 @@ fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &
         }
         runs.save(record)?;
     }
-    let _ = writeln!(out, "troops: {}", summary(record));
+    // Only now: the record says `running` on disk until the last step is done.
+    if record.status == RunStatus::Running {
+        record.status = RunStatus::Succeeded;
+    }
     Ok(())
 }
 
@@ -235,7 +239,8 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<(Oid, BTreeSet<String>,
         Some(rev) => repo.resolve(rev)?,
         None => repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} has no commits yet", repo.branch)))?,
     };
-    let checkout = node.work_dir().join(format!(".dry-run-{}", std::process::id()));
+    // Outside work/, which a concurrent run empties.
+    let checkout = std::env::temp_dir().join(format!("troops-dry-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&checkout);
     repo.checkout(commit, &checkout)?;
     let plan = Plan::load(&checkout).map_err(|e| relative_to(e, &checkout));

@@ -1,6 +1,6 @@
 //! Fetching the followed branch from every remote of the node repo, all at once, each bounded by
 //! `fetch_timeout`: one slow or dead remote never holds up the others. A remote whose advertised
-//! tip is already known costs one connection and no download. https remotes go through the `git`
+//! tip is already here costs one connection and no download. https remotes go through the `git`
 //! command, so that only they pay for TLS set-up.
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use git2::{AutotagOption, Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
+use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
 
 /// What fetching one remote gave.
 #[derive(Debug, Clone)]
@@ -81,28 +81,27 @@ fn fetch_one(repo_path: &Path, name: &str, branch: &str, ssh_dir: &Path, deadlin
 }
 
 fn fetch_with_libgit2(repo: &Repository, name: &str, url: &str, branch: &str, tracking: &str, ssh_dir: &Path, deadline: Instant) -> Result<(Option<Oid>, bool), String> {
-    let message = |e: git2::Error| e.message().to_owned();
-    let mut remote = repo.find_remote(name).map_err(message)?;
+    let mut remote = repo.find_remote(name).map_err(|e| e.message().to_owned())?;
     let mut callbacks = RemoteCallbacks::new();
-    crate::ssh::callbacks(&mut callbacks, url, ssh_dir);
-    let mut connection = remote.connect_auth(Direction::Fetch, Some(callbacks), None).map_err(message)?;
-    let wanted = format!("refs/heads/{branch}");
-    let advertised = connection.list().map_err(message)?.iter().find(|head| head.name() == wanted).map(|head| head.oid());
-    let Some(tip) = advertised else { return Ok((None, false)) };
-    let known = repo.refname_to_id(tracking).ok() == Some(tip);
-    let have = known || repo.find_commit(tip).is_ok();
-    if !have {
-        let mut progress = RemoteCallbacks::new();
-        progress.transfer_progress(|_| Instant::now() < deadline);
-        let mut options = FetchOptions::new();
-        options.remote_callbacks(progress).download_tags(AutotagOption::None);
-        connection.remote().download(&[format!("+{wanted}:{tracking}")], Some(&mut options)).map_err(message)?;
-        repo.find_commit(tip).map_err(|_| format!("the remote advertised {tip} for {wanted} but did not send it"))?;
+    let refusal = crate::ssh::callbacks(&mut callbacks, url, ssh_dir);
+    callbacks.transfer_progress(|_| Instant::now() < deadline);
+    let mut options = FetchOptions::new();
+    // libgit2 downloads nothing when the advertised tip is already here; prune drops the
+    // tracking ref of a branch the remote no longer has.
+    options.remote_callbacks(callbacks).download_tags(AutotagOption::None).update_fetchhead(false).prune(FetchPrune::On);
+    let refspec = format!("+refs/heads/{branch}:{tracking}");
+    let reflog = format!("troops: fetch {name}");
+    // libgit2 rewrites `shallow` under `shallow.lock` after each download, so two remotes that
+    // finish together collide; the loser's objects are in by then, and trying again is cheap.
+    let mut attempts = 0;
+    while let Err(e) = remote.fetch(&[&refspec], Some(&mut options), Some(&reflog)) {
+        attempts += 1;
+        if e.code() != git2::ErrorCode::Locked || attempts == 5 || Instant::now() >= deadline {
+            return Err(refusal.lock().unwrap().take().unwrap_or_else(|| e.message().to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(5 * attempts));
     }
-    if !known {
-        repo.reference(tracking, tip, true, &format!("troops: fetch {name}")).map_err(message)?;
-    }
-    Ok((Some(tip), !have))
+    Ok((repo.refname_to_id(tracking).ok(), remote.stats().received_objects() > 0))
 }
 
 /// Fetches with the `git` command, killed at the deadline.

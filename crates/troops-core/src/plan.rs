@@ -98,7 +98,7 @@ impl Plan {
             Error::Plan { path: path.to_owned(), line, column, message }
         };
         let raw: RawPlan = toml::from_str(text)
-            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().replace('\n', "; ")))?;
 
         let mut roles = Vec::new();
         for (name, role) in raw.roles {

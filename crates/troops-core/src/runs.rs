@@ -93,7 +93,8 @@ impl Runs {
         self.dir(id).join("output.log")
     }
 
-    /// Ids of the recorded runs, oldest first.
+    /// Ids of the recorded runs, oldest first. A folder without a record (its run died before
+    /// writing one) does not count, and its id is taken again.
     pub fn ids(&self) -> Result<Vec<u64>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -101,7 +102,11 @@ impl Runs {
             Err(e) => return Err(Error::path("listing runs in", &self.dir, e)),
         };
         let mut ids: Vec<u64> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let id = e.file_name().to_str()?.parse().ok()?;
+                e.path().join("run.json").exists().then_some(id)
+            })
             .collect();
         ids.sort_unstable();
         Ok(ids)

@@ -2,6 +2,7 @@
 //! host keys checked against `<state>/ssh/known_hosts`, never trusted on first use.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use git2::{Cred, CredentialType, RemoteCallbacks};
 
@@ -23,7 +24,11 @@ pub fn known_hosts_name(url: &str) -> Option<String> {
 }
 
 /// Sets the credential and host key callbacks for fetching `url` with the keys in `ssh_dir`.
-pub fn callbacks(callbacks: &mut RemoteCallbacks<'_>, url: &str, ssh_dir: &Path) {
+/// libgit2 replaces a refused host key's reason with a generic message; the returned cell keeps
+/// ours, for the caller to report instead.
+pub fn callbacks(callbacks: &mut RemoteCallbacks<'_>, url: &str, ssh_dir: &Path) -> Arc<Mutex<Option<String>>> {
+    let refusal = Arc::new(Mutex::new(None));
+    let refused = refusal.clone();
     let key = ssh_dir.join("id_ed25519");
     let known_hosts = ssh_dir.join("known_hosts");
     let host = known_hosts_name(url);
@@ -45,8 +50,12 @@ pub fn callbacks(callbacks: &mut RemoteCallbacks<'_>, url: &str, ssh_dir: &Path)
         let (Some(kind), Some(blob), Some(host)) = (hostkey.hostkey_type(), hostkey.hostkey(), host.as_deref()) else {
             return Err(git2::Error::from_str("the SSH server sent no usable host key"));
         };
-        check_host_key(&known_hosts, host, kind.name(), blob).map(|()| git2::CertificateCheckStatus::CertificateOk).map_err(|m| git2::Error::from_str(&m))
+        check_host_key(&known_hosts, host, kind.name(), blob).map(|()| git2::CertificateCheckStatus::CertificateOk).map_err(|m| {
+            *refused.lock().unwrap() = Some(m.clone());
+            git2::Error::from_str(&m)
+        })
     });
+    refusal
 }
 
 /// Accepts `key` for `host` only if `known_hosts` lists exactly that key for it.

@@ -1,6 +1,7 @@
 //! Fixtures: a node in a temp dir (`Env`), deploy repos to commit to and push from, and waiting on
 //! conditions with a deadline (never sleeping as synchronisation).
 
+pub mod daemon;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +131,13 @@ impl Env {
         DeployRepo { path }
     }
 
+    /// A clone of the node repo named `name`: a second client that starts from the node's tip.
+    pub fn clone_node(&self, name: &str) -> DeployRepo {
+        let path = self.path(name);
+        self.git(self.tmp.path(), &["clone", "-q", &self.repo().display().to_string(), &path.display().to_string()]);
+        DeployRepo { path }
+    }
+
     pub fn run_record(&self, id: u64) -> Value {
         let path = self.state.join(format!("runs/{id}/run.json"));
         serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
@@ -139,9 +147,11 @@ impl Env {
         std::fs::read_to_string(self.state.join(format!("runs/{id}/output.log"))).unwrap()
     }
 
+    /// Ids of the runs that have a record (a run's folder exists a moment before its record).
     pub fn run_ids(&self) -> Vec<u64> {
+        let recorded = |e: std::fs::DirEntry| e.path().join("run.json").exists().then(|| e.file_name().to_str()?.parse().ok()).flatten();
         let mut ids: Vec<u64> = std::fs::read_dir(self.state.join("runs"))
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .map(|d| d.filter_map(|e| recorded(e.ok()?)).collect())
             .unwrap_or_default();
         ids.sort();
         ids
@@ -186,9 +196,16 @@ impl DeployRepo {
 
     /// `git push URL ARGS...`, whatever its outcome.
     pub fn push(&self, env: &Env, url: &str, args: &[&str]) -> Output {
+        self.push_command(env, url, args).output().unwrap()
+    }
+
+    /// The `git push URL ARGS...` command, not yet started (to add `GIT_SSH_COMMAND`, or to
+    /// read its output as it comes).
+    pub fn push_command(&self, env: &Env, url: &str, args: &[&str]) -> Command {
         let mut command = Command::new("git");
         env.hermetic(&mut command);
-        command.current_dir(&self.path).arg("push").arg(url).args(args).output().unwrap()
+        command.current_dir(&self.path).arg("push").arg(url).args(args);
+        command
     }
 }
 

@@ -18,12 +18,16 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
         Err(e) => (node.config.roles.clone(), Some(e.to_string())),
     };
+    let states = troops_core::pull::remote_states(node)?;
     let remotes: Vec<_> = repo
         .git
         .remotes()?
         .iter()
         .flatten()
-        .map(|name| (name.to_owned(), repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default()))
+        .map(|name| {
+            let url = repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
+            (name.to_owned(), url, states.get(name).cloned())
+        })
         .collect();
     let latest = node.runs().latest()?.map(|r| effective(node, r));
     let (running, last) = match latest {
@@ -43,7 +47,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "branch": node.config.branch,
             "tip": tip,
             "deployed": deployed,
-            "remotes": remotes.iter().map(|(name, url)| json!({"name": name, "url": url})).collect::<Vec<_>>(),
+            "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
             "running": running,
             "last_run": last,
         });
@@ -59,8 +63,16 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     println!("branch    {} at {}", node.config.branch, commit(&tip));
     let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
     println!("deployed  {}{pending}", commit(&deployed));
-    for (name, url) in &remotes {
-        println!("remote    {name} {url}");
+    for (name, url, last) in &remotes {
+        let last = match last {
+            None => "never fetched".to_owned(),
+            Some(s) => match (&s.error, &s.refused, &s.tip) {
+                (Some(e), _, _) => format!("fetch failed at {}: {e}", s.fetched_at),
+                (None, Some(r), _) => format!("fetched at {}: {r}", s.fetched_at),
+                (None, None, tip) => format!("fetched at {}: {}", s.fetched_at, commit(tip)),
+            },
+        };
+        println!("remote    {name} {url} ({last})");
     }
     match &running {
         Some(r) => println!("running   run {} ({}) of {} since {}", r.id, r.trigger, short(&r.commit), r.started_at),

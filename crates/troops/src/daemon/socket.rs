@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Group, Uid};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use troops_core::config::Config;
 use troops_core::control::{Reply, Request};
@@ -49,15 +49,17 @@ pub async fn serve(listener: UnixListener, worker: Handle, config: Arc<Mutex<Con
 }
 
 async fn handle(mut stream: UnixStream, group: &str, worker: Handle, tip: impl FnOnce() -> Option<git2::Oid>) -> anyhow::Result<()> {
-    if let Err(why) = allowed(&stream, group) {
+    let allowed = allowed(&stream, group);
+    let (read, mut write) = stream.split();
+    // Read the request first even from a peer we refuse, so it sees the answer, not a broken pipe.
+    let mut request = String::new();
+    BufReader::new(read.take(MAX_REQUEST)).read_line(&mut request).await?;
+    if let Err(why) = allowed {
         tracing::warn!(reason = %why, "control connection refused");
         let reply = Reply::Done { exit: 3, error: Some(format!("permission denied: {why}")) };
-        stream.write_all(line(&reply).as_bytes()).await?;
+        write.write_all(line(&reply).as_bytes()).await?;
         return Ok(());
     }
-    let (read, mut write) = stream.split();
-    let mut request = String::new();
-    BufReader::new(read).read_line(&mut request).await?;
     let request: Request = match serde_json::from_str(&request) {
         Ok(request) => request,
         Err(e) => {
@@ -83,6 +85,9 @@ async fn handle(mut stream: UnixStream, group: &str, worker: Handle, tip: impl F
     }
     Ok(())
 }
+
+/// Requests are one short JSON line.
+const MAX_REQUEST: u64 = 64 * 1024;
 
 fn line(reply: &Reply) -> String {
     let mut line = serde_json::to_string(reply).expect("replies serialize");

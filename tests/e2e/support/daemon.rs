@@ -1,0 +1,60 @@
+//! A `troops daemon` child for one test: started against the test's node, ready once its control
+//! socket answers, stopped with SIGTERM (and reaped) when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{wait_until, Env};
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(env: &Env) -> Daemon {
+        let log = env.path("daemon.log");
+        let mut command = env.troops(&["daemon"]);
+        command.env("TROOPS_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        let mut daemon = Daemon { child: command.spawn().expect("starting troops daemon"), log };
+        let socket = env.state.join("troops.sock");
+        wait_until("the daemon's control socket", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("the daemon exited early ({status}):\n{}", daemon.log());
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        daemon
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the daemon to exit on its own (after a signal) and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until("the daemon to exit", limit, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
