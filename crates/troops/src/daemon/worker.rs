@@ -223,7 +223,7 @@ impl Worker {
         match result {
             Ok(Outcome::Ran(record)) => {
                 for step in &record.steps {
-                    tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = ?step.exit_code, ms = step.duration_ms, "step");
+                    tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = %step.exit_code.map_or("none".into(), |c| c.to_string()), ms = step.duration_ms, "step");
                 }
                 tracing::info!(run = record.id, commit = %record.commit, trigger = %record.trigger, status = %record.status, "run finished");
                 let commit = Oid::from_str(&record.commit).ok();
