@@ -326,3 +326,43 @@ fn a_peer_outside_the_group_is_refused_by_the_socket() {
     assert!(daemon.log().contains("control connection refused"), "{}", daemon.log());
     assert!(env.run_ids().is_empty());
 }
+
+#[test]
+fn a_push_while_the_daemon_runs_goes_through_the_daemon() {
+    let (env, work) = fleet("interval = \"1h\"\n", &[]);
+    let daemon = Daemon::start(&env);
+    let commit = work.commit(&env, &[("troops.toml", PLAN)], "first");
+    let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("remote: hello from {commit}")) && stderr.contains("run 1 succeeded"), "{stderr}");
+    assert!(daemon.log().contains("control request request=Deploy { trigger: Push"), "{}", daemon.log());
+    assert_eq!(env.run_ids(), [1], "one run, not one per trigger");
+    assert_eq!(env.run_record(1)["trigger"], "push");
+    assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
+}
+
+#[test]
+fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
+    let (env, work) = fleet("interval = \"1h\"\n", &[]);
+    work.commit(&env, &[("troops.toml", "[[step]]\nname = \"host\"\nrun = \"echo host=$TROOPS_HOST\"\n")], "first");
+    work.publish(&env);
+    let daemon = Daemon::start(&env);
+    wait_until("the start-up run", Duration::from_secs(10), || env.deployed().is_some());
+
+    // An edit of the file is noticed by itself.
+    env.write_config("hostname = \"web-2\"\ninterval = \"1h\"\n");
+    wait_until("the reload", Duration::from_secs(10), || daemon.log().matches("config reloaded").count() >= 1);
+    assert!(env.ok(&["deploy"]).contains("host=web-2"));
+
+    // A broken edit is refused, naming the line, and the daemon goes on.
+    env.write_config("hostname = \"web-3\"\nintervall = \"1h\"\n");
+    wait_until("the refusal", Duration::from_secs(10), || daemon.log().contains("config not reloaded"));
+    assert!(daemon.log().contains("troops.toml:2: unknown field `intervall`"), "{}", daemon.log());
+
+    // SIGHUP reloads too.
+    env.write_config("hostname = \"web-4\"\ninterval = \"1h\"\n");
+    daemon.signal(Signal::SIGHUP);
+    wait_until("the reload", Duration::from_secs(10), || daemon.log().matches("config reloaded").count() >= 2);
+    assert!(env.ok(&["deploy"]).contains("host=web-4"));
+}

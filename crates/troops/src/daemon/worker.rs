@@ -267,6 +267,9 @@ impl Worker {
             let _ = listener.send(Reply::Done { exit, error: error.clone() });
         }
         let _ = self.events.send(Event::RetryAt(self.failed.map(|(_, _, due)| due)));
+        let deployed = self.node.repo().and_then(|r| r.deployed()).ok().flatten();
+        let held = self.failed.map_or(String::new(), |(tip, n, _)| format!("; {} failed {n}x, retrying", deploy::short(&tip.to_string())));
+        super::notify(&format!("STATUS=deployed {}{held}", deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned())));
     }
 }
 
