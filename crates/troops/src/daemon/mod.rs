@@ -63,7 +63,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
             Some(Event::RetryAt(at)) = events.recv() => retry_at = at.map(Instant::from_std),
             change = watch.next() => match change {
                 Change::Config => reload(&config),
-                Change::Branch => if !worker.busy() { submit(Work::Tip(Trigger::Push)) },
+                Change::Branch => submit(Work::Tip(Trigger::Push)),
             },
             _ = hup.recv() => reload(&config),
             _ = term.recv() => break,

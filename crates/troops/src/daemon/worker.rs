@@ -98,10 +98,6 @@ impl Handle {
         }
         wake.notify_one();
     }
-
-    pub fn busy(&self) -> bool {
-        self.shared.0.lock().unwrap().running.is_some()
-    }
 }
 
 pub struct Worker {
