@@ -1,6 +1,7 @@
 //! `troops init`: makes a node, or brings an existing one up to date without losing anything.
 //! Creates the state dir, the bare repo (fast-forward only, group-shared, hooks that call
 //! `troops-hook`), the node's SSH key, and records branch, roles and remotes where they belong.
+//! Run as root, it shares the node with `admin_group`, whose members may push and run plans.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,85 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
     }
     init_repo(&node, options)?;
     let public_key = ssh_key(&node.ssh_dir())?;
+    share_with_group(&node)?;
     Ok((node, public_key))
+}
+
+/// The admin group model: members of `admin_group` push to the repo over SSH and, when no daemon
+/// runs, run the plan in-process as themselves. So the repo, `runs/`, `work/` and `lock` belong to
+/// the group, which gets the owner's permissions, and their directories are setgid, so what
+/// anyone creates in them stays the group's; the state dir and `repo/` are setgid and only entered
+/// (group r-x); `ssh/`, the node's private key, stays root's. Only root can give files to a group,
+/// so this happens when root runs `troops init` and the group exists; otherwise nothing changes.
+/// Git keeps the repo shared as it writes (`core.sharedRepository=group`); troops processes keep
+/// the rest shared with [`use_group_umask`].
+fn share_with_group(node: &Node) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let name = &node.config.admin_group;
+    let Some(group) = nix::unistd::Group::from_name(name).ctx(|| format!("looking up admin_group {name}"))? else {
+        return Ok(());
+    };
+    let gid = group.gid.as_raw();
+    let lock = node.lock_path();
+    std::fs::OpenOptions::new().create(true).append(true).open(&lock).ctx(|| format!("creating {}", lock.display()))?;
+    let repo = node.repo_path();
+    for dir in [node.state_dir.as_path(), repo.parent().unwrap_or(&node.state_dir)] {
+        share(dir, gid, 0o050)?;
+    }
+    for tree in [repo.as_path(), &node.runs().dir(0).with_file_name(""), &node.work_dir(), &lock] {
+        share_tree(tree, gid)?;
+    }
+    Ok(())
+}
+
+/// Gives `path` and everything under it to group `gid`, with the owner's permissions, without
+/// following symlinks.
+fn share_tree(path: &Path, gid: u32) -> Result<()> {
+    let meta = share(path, gid, 0o070)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+            share_tree(&entry.ctx(|| format!("listing {}", path.display()))?.path(), gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `path` to group `gid` with the owner's permission bits among `bits` (0o070: all of them;
+/// 0o050: read and enter, never write); directories also get setgid.
+fn share(path: &Path, gid: u32, bits: u32) -> Result<std::fs::Metadata> {
+    let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    if meta.gid() != gid {
+        std::os::unix::fs::lchown(path, None, Some(gid)).ctx(|| format!("giving {} to group {gid}", path.display()))?;
+    }
+    if meta.file_type().is_symlink() {
+        return Ok(meta);
+    }
+    let mode = meta.mode() & 0o7777;
+    let group = (mode & 0o700) >> 3 & bits;
+    // A file the group may write must not run as its owner: setuid and setgid go.
+    let shared = if meta.is_dir() { mode | group | 0o2000 } else { (mode & !0o6000) | group };
+    // Compared with the mode as it is now: chown may have changed it.
+    if std::fs::symlink_metadata(path).map(|m| m.mode() & 0o7777).ok() != Some(shared) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(shared)).ctx(|| format!("sharing {} with its group", path.display()))?;
+    }
+    Ok(meta)
+}
+
+/// For a process that writes node state, possibly as a member of `admin_group` (the hook running a
+/// push in-process as the pusher): when the state dir is shared with a group (setgid, as `troops
+/// init` leaves it), clears the group bits of the umask, so files and directories it creates
+/// (run records, checkouts, refs) stay writable for the next member or root who must replace or
+/// prune them. Steps the process runs inherit the umask.
+pub fn use_group_umask(state_dir: &Path) {
+    use nix::sys::stat::{umask, Mode};
+    let shared = std::fs::metadata(state_dir).is_ok_and(|m| m.permissions().mode() & 0o2000 != 0);
+    if shared {
+        let old = umask(Mode::empty());
+        umask(old & !Mode::S_IRWXG);
+    }
 }
 
 fn init_repo(node: &Node, options: &Options) -> Result<()> {

@@ -69,7 +69,9 @@ impl NodeRepo {
         let tree = self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
         let mut options = git2::build::CheckoutBuilder::new();
-        options.target_dir(dest).force().update_index(false).disable_filters(true);
+        // Directories as mkdir makes them (0777 less the umask; libgit2's default is 0755), so a
+        // group-shared node's next run, by another member of the group, can remove them.
+        options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o777);
         self.git
             .checkout_tree(tree.as_object(), Some(&mut options))
             .ctx(|| format!("checking out {commit} into {}", dest.display()))

@@ -1,1 +1,270 @@
-fn main() {}
+//! `troops-hook`: the node repo's `pre-receive` and `post-receive`, installed by `troops init`.
+//! It reads git's `<old> <new> <ref>` lines, lets troops-core decide (`receive`) and run
+//! (`control`, `deploy`), and maps the outcome to an exit code. Everything it says goes to stderr,
+//! unbuffered, which git relays to the pusher as `remote:` lines as they come. Small and
+//! synchronous on purpose: it runs on every push, often as the pushing user, with nothing of
+//! troops in its environment but what `troops init` recorded in the repo's config.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Result;
+use troops_core::control;
+use troops_core::deploy::{self, short, Outcome};
+use troops_core::node::Node;
+use troops_core::receive::{self, Update, Verdict};
+use troops_core::runs::{RunStatus, Trigger};
+use troops_core::Error;
+
+fn main() -> ExitCode {
+    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
+    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
+    // which may read another system config than git, must not refuse the same repository when a
+    // member of admin_group pushes to the root-owned repo.
+    let _ = unsafe { git2::opts::set_verify_owner_validation(false) };
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let result = match mode.as_str() {
+        "pre-receive" => pre_receive(),
+        "post-receive" => post_receive(),
+        _ => {
+            say("usage: troops-hook pre-receive|post-receive (git runs it from the hooks `troops init` writes)");
+            return ExitCode::from(2);
+        }
+    };
+    result.unwrap_or_else(|error| {
+        match mode.as_str() {
+            "pre-receive" => say(&format!(
+                "troops: refusing the push, since troops cannot check it: {error}"
+            )),
+            _ => say(&format!(
+                "troops: the push was accepted, but deploying it failed: {error}"
+            )),
+        }
+        ExitCode::from(
+            error
+                .downcast_ref::<Error>()
+                .map_or(3, |e| e.exit_code() as u8),
+        )
+    })
+}
+
+/// Accepts the push (exit 0) or refuses all of it (exit 1), saying why for each refused ref.
+fn pre_receive() -> Result<ExitCode> {
+    let updates = updates()?;
+    let git_dir = git_dir()?;
+    let node = node(&git_dir)?;
+    let quarantine = env_path("GIT_QUARANTINE_PATH");
+    let repo = receive::open_pushed(&git_dir, quarantine.as_deref())?;
+    let mut refused = false;
+    for update in &updates {
+        if let Verdict::Refuse(reason) = receive::check(&repo, &node.config, update)? {
+            say(&reason);
+            refused = true;
+        }
+    }
+    Ok(if refused {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs the plan when the deploy branch moved: through the daemon if one listens, else here, as
+/// the pusher. Exit 1 when the run failed (git ignores it; the pusher reads the summary).
+fn post_receive() -> Result<ExitCode> {
+    let updates = updates()?;
+    let node = node(&git_dir()?)?;
+    let branch = &node.config.branch;
+    if !updates.iter().any(|u| u.deploys(branch)) {
+        for update in &updates {
+            say(&format!(
+                "troops: {} is not refs/heads/{branch}, the branch this node deploys; nothing runs",
+                update.refname
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    forget_git_environment();
+    let stop = outlive_the_pusher();
+    troops_core::init::use_group_umask(&node.state_dir);
+
+    let mut out = Counted(std::io::stderr(), 0);
+    let ask = control::Request::Deploy {
+        trigger: Trigger::Push,
+        commit: None,
+        unless_deployed: true,
+    };
+    if let Some((exit, error)) = control::call(&node.socket_path(), &ask, &mut out)? {
+        match error {
+            Some(error) => say(&format!("troops: {error}")),
+            // The daemon watches the branch too: it may have run this tip before the push asked,
+            // and then has nothing to say.
+            None if exit == 0 && out.1 == 0 => {
+                if let Some(commit) = node.repo()?.deployed()? {
+                    say(&already_deployed(&node, commit));
+                }
+            }
+            None => {}
+        }
+        return Ok(ExitCode::from(u8::try_from(exit).unwrap_or(1)));
+    }
+    let request = deploy::Request {
+        trigger: Trigger::Push,
+        commit: None,
+        unless_deployed: true,
+    };
+    match deploy::deploy(&node, &request, &mut out, stop)? {
+        Outcome::Ran(record) if record.status == RunStatus::Succeeded => Ok(ExitCode::SUCCESS),
+        Outcome::Ran(_) => Ok(ExitCode::from(1)),
+        Outcome::AlreadyDeployed(commit) => {
+            say(&already_deployed(&node, commit));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// What a push learns when another run deployed its tip first: which commit, and which run.
+fn already_deployed(node: &Node, commit: git2::Oid) -> String {
+    let commit = commit.to_string();
+    let run = match node.runs().latest() {
+        Ok(Some(run)) if run.commit == commit => {
+            format!(" by run {} (troops log {})", run.id, run.id)
+        }
+        _ => String::new(),
+    };
+    format!(
+        "troops: {}, the tip of refs/heads/{}, is deployed already{run}; nothing runs",
+        short(&commit),
+        node.config.branch
+    )
+}
+
+/// Stderr, counting what went through.
+struct Counted<W>(W, usize);
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1 += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// git's `<old> <new> <ref>` lines on stdin.
+fn updates() -> Result<Vec<Update>> {
+    let mut updates = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| Error::io("reading the pushed refs from git", e))?;
+        if !line.trim().is_empty() {
+            updates.push(Update::parse(&line)?);
+        }
+    }
+    Ok(updates)
+}
+
+/// The repo git runs the hook for: `GIT_DIR` (often `.`), resolved against the working
+/// directory, which git sets to the repo too.
+fn git_dir() -> Result<PathBuf> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::io("finding the hook's working directory", e))?;
+    let dir = env_path("GIT_DIR").map_or(cwd.clone(), |dir| cwd.join(dir));
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
+/// The node that owns the repo at `git_dir`: the state dir and config `troops init` recorded in
+/// the repo's config (a push over SSH brings no troops environment), else `TROOPS_STATE_DIR` and
+/// `TROOPS_CONFIG`; the config defaults to `/etc/troops/troops.toml`.
+fn node(git_dir: &Path) -> Result<Node> {
+    let (state_dir, config) = troops_core::node::recorded_in(git_dir);
+    let state_dir = state_dir
+        .or_else(|| env_path("TROOPS_STATE_DIR"))
+        .ok_or_else(|| {
+            Error::Env(format!(
+                "{} records no troops.stateDir and TROOPS_STATE_DIR is not set; run `troops init`",
+                git_dir.display()
+            ))
+        })?;
+    let config = config
+        .or_else(|| env_path("TROOPS_CONFIG"))
+        .unwrap_or_else(|| troops_core::config::DEFAULT_PATH.into());
+    Ok(Node::load(state_dir, &config)?)
+}
+
+/// Steps must see the environment of a run, not of a hook: git points these at the node repo
+/// (or at its quarantine) and a step's own `git` would obey them. The list is git's own
+/// `local_repo_env`, plus what receive-pack adds for hooks.
+fn forget_git_environment() {
+    const REPO_ENV: &[&str] = &[
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_CONFIG",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_DIR",
+        "GIT_EXEC_PATH",
+        "GIT_GRAFT_FILE",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_NAMESPACE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_PREFIX",
+        "GIT_QUARANTINE_PATH",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_SHALLOW_FILE",
+        "GIT_WORK_TREE",
+        "GIT_REFLOG_ACTION",
+    ];
+    let numbered = [
+        "GIT_PUSH_OPTION_",
+        "GIT_PUSH_CERT",
+        "GIT_CONFIG_KEY_",
+        "GIT_CONFIG_VALUE_",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if REPO_ENV.contains(&name.as_ref())
+            || numbered.iter().any(|prefix| name.starts_with(prefix))
+        {
+            std::env::remove_var(name.as_ref());
+        }
+    }
+}
+
+/// The pusher going away (Ctrl-C on a local push, a dropped SSH connection, a closed terminal)
+/// must not stop a run that started: SIGINT and SIGHUP are caught and dropped (by a handler, not
+/// SIG_IGN, so that steps still start with the default dispositions). SIGTERM, the system
+/// stopping, still ends the run between steps, `interrupted`. Writes to a pusher who is gone
+/// fail with EPIPE (Rust ignores SIGPIPE), and the run's output goes on to its log.
+fn outlive_the_pusher() -> &'static AtomicBool {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    extern "C" fn drop_signal(_: nix::libc::c_int) {}
+    let stop = troops_core::signals::stop_flag();
+    let action = SigAction::new(
+        SigHandler::Handler(drop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
+    stop
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// One line to the pusher; a pusher who is gone is no error.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
