@@ -257,3 +257,13 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<(Oid, BTreeSet<String>,
         .collect();
     Ok((commit, roles, steps))
 }
+
+/// What a trigger learns when another run deployed its commit first: which commit, and which run.
+pub fn already_deployed(node: &Node, commit: Oid) -> String {
+    let commit = commit.to_string();
+    let run = match node.runs().latest() {
+        Ok(Some(run)) if run.commit == commit => format!(" by run {} (troops log {})", run.id, run.id),
+        _ => String::new(),
+    };
+    format!("troops: {}, the tip of refs/heads/{}, is deployed already{run}; nothing runs", short(&commit), node.config.branch)
+}

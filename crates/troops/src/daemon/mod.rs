@@ -28,6 +28,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();
     node.repo()?; // a node that was never initialised fails here, with the reason
+    troops_core::init::use_group_umask(&node.state_dir);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(node))
 }

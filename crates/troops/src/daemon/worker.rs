@@ -82,6 +82,9 @@ impl Handle {
             }
             return;
         }
+        if let (Some(reply), Some(_)) = (&job.reply, &state.running) {
+            let _ = reply.send(Reply::Output("troops: waiting for the daemon's current run to end\n".into()));
+        }
         state.queue.push_back(job);
         wake.notify_one();
     }
@@ -208,7 +211,8 @@ impl Worker {
         }
         let request = Request { trigger, commit: None, unless_deployed: trigger != Trigger::Manual };
         let result = deploy::deploy(&self.node, &request, &mut out, self.stop);
-        if let Ok(Outcome::AlreadyDeployed(_)) = &result {
+        if let Ok(Outcome::AlreadyDeployed(commit)) = &result {
+            let _ = writeln!(out, "{}", deploy::already_deployed(&self.node, *commit));
             return (exit_if_nothing_runs, exit_if_nothing_runs.eq(&3).then(|| "no remote could be fetched".into()));
         }
         self.outcome(result, tip)
