@@ -10,3 +10,4 @@ mod support;
 mod node;
 mod pull;
 mod push;
+mod signed;

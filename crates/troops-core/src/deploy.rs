@@ -56,6 +56,9 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         Some(rev) => repo.resolve(rev)?,
         None => repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} of {} has no commits yet", repo.branch, node.repo_path().display())))?,
     };
+    if request.commit.is_some() {
+        vouch(node, &repo, commit)?;
+    }
     let previous = repo.deployed()?;
     if request.unless_deployed && previous == Some(commit) {
         return Ok(Outcome::AlreadyDeployed(commit));
@@ -99,6 +102,26 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
                 repo.set_deployed(commit, &format!("troops: run {id} ({}) succeeded", record.trigger))?;
             }
             Ok(Outcome::Ran(record))
+        }
+    }
+}
+
+/// With `require_signed`, a commit named by revision runs only if the branch took it (it is the
+/// tip or under it: the branch moves only to verified commits) or it verifies as if the branch
+/// moved to it; otherwise `deploy --commit` would run what a mirror or a pusher slipped into the
+/// repo (a refused remote tip, another branch). Refused: exit 1, with the reason.
+fn vouch(node: &Node, repo: &crate::repo::NodeRepo, commit: Oid) -> Result<()> {
+    let Some(keyring) = crate::verify::enforced(&node.config.verify)? else { return Ok(()) };
+    let tip = repo.tip()?;
+    let on_branch = tip == Some(commit) || tip.is_some_and(|tip| repo.git.graph_descendant_of(tip, commit).unwrap_or(false));
+    if on_branch {
+        return Ok(());
+    }
+    match crate::verify::check_update(&repo.git, &keyring, tip, commit, node.config.verify.scope)? {
+        None => Ok(()),
+        Some(refusal) => {
+            let _ = crate::verify::record_refusal(&node.state_dir, "troops deploy", &refusal);
+            Err(Error::Refused(format!("refusing to run {}: {refusal}, and it is not on branch {}", short(&commit.to_string()), repo.branch)))
         }
     }
 }

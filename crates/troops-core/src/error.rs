@@ -26,11 +26,17 @@ pub enum Error {
     /// The environment failed in a way that has no underlying error value.
     #[error("{0}")]
     Env(String),
+    /// A commit this node may not run (its signature is refused): the commit and why.
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// The exit code classes of the SPEC (1, "a run failed", is a result, not an error).
+/// The exit code classes of the SPEC (1, "a run failed", is a result, not an error; a refused
+/// commit shares its code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    /// Exit 1: the node refuses what it was asked to run (like a failed run, a "no").
+    Refused,
     /// Exit 2: usage, config, plan.
     Input,
     /// Exit 3: git, network, IO, lock.
@@ -42,11 +48,13 @@ impl Error {
         match self {
             Error::Config { .. } | Error::Plan { .. } | Error::Input(_) => Class::Input,
             Error::Git { .. } | Error::Io { .. } | Error::Env(_) => Class::Environment,
+            Error::Refused(_) => Class::Refused,
         }
     }
 
     pub fn exit_code(&self) -> i32 {
         match self.class() {
+            Class::Refused => 1,
             Class::Input => 2,
             Class::Environment => 3,
         }

@@ -11,6 +11,9 @@ pub enum Refusal {
     Behind,
     /// Neither descends from the other: a force-push or rewritten history.
     Diverged,
+    /// Its signature (or, with `scope = "all"`, one of the commits under it) is refused, with
+    /// the reason. Checked before deciding (`verify`), so such a tip never reaches `decide`.
+    Unverified(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -23,3 +23,4 @@ pub mod fastforward;
 pub mod ssh;
 pub mod fetch;
 pub mod pull;
+pub mod verify;

@@ -14,6 +14,7 @@ use crate::fastforward::{self, Decision, Refusal};
 use crate::fetch::{self, Fetched};
 use crate::node::Node;
 use crate::runs::now;
+use crate::verify;
 
 /// The last fetch of one remote, as `troops status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -48,7 +49,10 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let fetched = fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
     let tips: Vec<(String, Oid)> = fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
     let local = repo.tip()?;
-    let decision = fastforward::decide(local, &tips, |a, b| repo.git.graph_descendant_of(a, b).unwrap_or(false));
+    let descends = |a, b| repo.git.graph_descendant_of(a, b).unwrap_or(false);
+    let (tips, unverified) = verify_tips(node, &repo.git, local, tips, descends)?;
+    let mut decision = fastforward::decide(local, &tips, descends);
+    decision.refused.extend(unverified);
 
     let mut refusals: BTreeMap<&str, String> = BTreeMap::new();
     for f in &fetched {
@@ -67,6 +71,7 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
         let why = match refusal {
             Refusal::Behind => format!("{} is behind the local tip {local_name}", short(&tip.to_string())),
             Refusal::Diverged => format!("{} does not descend from the local tip {local_name} (force-push or rewritten history); refused", short(&tip.to_string())),
+            Refusal::Unverified(why) => format!("{} refused: {why}", short(&tip.to_string())),
         };
         let _ = writeln!(out, "troops: remote {remote}: {why}");
         refusals.insert(remote, why);
@@ -93,6 +98,47 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     }
     save_states(node, &fetched, &refusals)?;
     Ok(Cycle { fetched, decision, moved })
+}
+
+/// With `require_signed`, takes out of `tips` each one that would move the branch (a descendant
+/// of `local`) but whose signature, or with `scope = "all"` that of a commit it would add, is
+/// refused; those come back as refusals, also recorded for `troops status`. A tip that cannot be
+/// checked is refused too. A missing or bad keyring fails the cycle: nothing moves.
+#[allow(clippy::type_complexity)]
+fn verify_tips(
+    node: &Node,
+    git: &git2::Repository,
+    local: Option<Oid>,
+    tips: Vec<(String, Oid)>,
+    descends: impl Fn(Oid, Oid) -> bool,
+) -> Result<(Vec<(String, Oid)>, Vec<(String, Oid, Refusal)>)> {
+    let Some(keyring) = verify::enforced(&node.config.verify)? else { return Ok((tips, Vec::new())) };
+    let scope = node.config.verify.scope;
+    let mut checked: BTreeMap<Oid, Option<(verify::Refusal, String)>> = BTreeMap::new();
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for (remote, tip) in tips {
+        let moves = Some(tip) != local && local.is_none_or(|local| descends(tip, local));
+        if !moves {
+            accepted.push((remote, tip));
+            continue;
+        }
+        let verdict = checked.entry(tip).or_insert_with(|| match verify::check_update(git, &keyring, local, tip, scope) {
+            Ok(None) => None,
+            Ok(Some(refusal)) => {
+                let why = refusal.to_string();
+                Some((refusal, why))
+            }
+            Err(e) => Some((verify::Refusal { commit: tip, verification: verify::Verification::Bad { reason: e.to_string() } }, format!("it could not be verified: {e}"))),
+        });
+        match verdict {
+            None => accepted.push((remote, tip)),
+            Some((refusal, why)) => {
+                let _ = verify::record_refusal(&node.state_dir, &format!("remote {remote}"), refusal);
+                refused.push((remote, tip, Refusal::Unverified(why.clone())));
+            }
+        }
+    }
+    Ok((accepted, refused))
 }
 
 fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>) -> Result<()> {

@@ -4,9 +4,9 @@
 //! rewritten), the refs the node keeps for itself (`refs/troops/*`, `refs/remotes/*`) are never
 //! written by a push, and every refusal is one sentence naming the ref and the commits, because
 //! the pusher sees it as it is. Other branches and tags are accepted and never deployed (git's
-//! own `receive.denyDeletes` and `receive.denyNonFastForwards` still guard them). Signature checks
-//! plug in at [`signatures`], the one place the commits that would move the deploy branch are
-//! vetted.
+//! own `receive.denyDeletes` and `receive.denyNonFastForwards` still guard them). With
+//! `require_signed`, [`signatures`] is the one place the commits that would move the deploy branch
+//! are vetted (`verify`).
 
 use std::path::Path;
 
@@ -15,6 +15,7 @@ use git2::{Oid, Repository};
 use crate::config::{Config, Verify};
 use crate::deploy::short;
 use crate::error::{Context, Error, Result};
+use crate::verify::{self, Refusal};
 
 /// Namespaces the node writes itself; a push may not touch them.
 const NODE_REFS: [&str; 2] = ["refs/troops/", "refs/remotes/"];
@@ -66,6 +67,12 @@ pub enum Verdict {
     Accept,
     /// Refused, with the sentence the pusher reads.
     Refuse(String),
+    /// Refused for a commit's signature (`refusal`, for `troops status`), with the sentence the
+    /// pusher reads.
+    Unverified {
+        refusal: Refusal,
+        message: String,
+    },
 }
 
 /// Opens the repo as a pre-receive hook sees it: the pushed objects are still in git's quarantine
@@ -114,25 +121,32 @@ pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verd
             )));
         }
     }
-    Ok(match signatures(repo, &config.verify, update.old, new) {
+    Ok(match signatures(repo, &config.verify, update.old, new)? {
         None => Verdict::Accept,
-        Some(reason) => Verdict::Refuse(format!(
-            "troops: refusing {name} at {}: {reason}",
-            short(&new.to_string())
-        )),
+        Some(refusal) => Verdict::Unverified {
+            message: format!(
+                "troops: refusing {name} at {}: {refusal}",
+                short(&new.to_string())
+            ),
+            refusal,
+        },
     })
 }
 
-/// The place signature checks plug in (`[verify]` of the node config): given the deploy branch
-/// moving from `old` to `new`, the reason to refuse, or `None` to accept. With `scope = "tip"`
-/// only `new` is checked; with `"all"`, every commit reachable from `new` and not from `old`.
-///
-/// Not built yet. Until it is, `require_signed = true` refuses every update of the deploy branch:
-/// a node told to deploy only signed commits must not deploy unverified ones.
-fn signatures(_repo: &Repository, verify: &Verify, _old: Option<Oid>, _new: Oid) -> Option<String> {
-    verify
-        .require_signed
-        .then(|| "require_signed is set, but this troops cannot verify signatures yet, so it accepts no commits".to_owned())
+/// Signature checks (`[verify]` of the node config): given the deploy branch moving from `old` to
+/// `new`, the commit refused and why, or `None` to accept. With `scope = "tip"` only `new` is
+/// checked; with `"all"`, every commit reachable from `new` and not from `old`. A keyring that
+/// cannot be read is an error, which refuses the push too.
+fn signatures(
+    repo: &Repository,
+    verify: &Verify,
+    old: Option<Oid>,
+    new: Oid,
+) -> Result<Option<Refusal>> {
+    match verify::enforced(verify)? {
+        Some(keyring) => verify::check_update(repo, &keyring, old, new, verify.scope),
+        None => Ok(None),
+    }
 }
 
 fn branch_ref(branch: &str) -> String {
@@ -205,7 +219,10 @@ mod tests {
 
     fn refused(verdict: Verdict) -> String {
         match verdict {
-            Verdict::Refuse(reason) => reason,
+            Verdict::Refuse(reason)
+            | Verdict::Unverified {
+                message: reason, ..
+            } => reason,
             Verdict::Accept => panic!("expected a refusal"),
         }
     }
@@ -293,26 +310,21 @@ mod tests {
     }
 
     #[test]
-    fn require_signed_fails_closed_until_signatures_are_checked() {
+    fn require_signed_fails_closed_without_a_keyring() {
         let f = Fixture::new("signed");
         let a = f.commit(&[], "a");
-        let reason = refused(f.check(
-            &config("[verify]\nrequire_signed = true"),
-            None,
-            Some(a),
-            "refs/heads/main",
-        ));
-        assert!(
-            reason.starts_with("troops: refusing refs/heads/main at "),
-            "{reason}"
-        );
+        let config =
+            config("[verify]\nrequire_signed = true\nkeyring = \"/nonexistent/trusted.pgp\"");
+        let update = Update {
+            old: None,
+            new: Some(a),
+            refname: "refs/heads/main".into(),
+        };
+        let error = check(&f.repo, &config, &update).unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/trusted.pgp"), "{error}");
+        // Signatures guard only the deploy branch (what `deploy --commit` runs is checked there).
         assert_eq!(
-            f.check(
-                &config("[verify]\nrequire_signed = true"),
-                None,
-                Some(a),
-                "refs/heads/other"
-            ),
+            f.check(&config, None, Some(a), "refs/heads/other"),
             Verdict::Accept
         );
     }

@@ -59,9 +59,19 @@ fn pre_receive() -> Result<ExitCode> {
     let repo = receive::open_pushed(&git_dir, quarantine.as_deref())?;
     let mut refused = false;
     for update in &updates {
-        if let Verdict::Refuse(reason) = receive::check(&repo, &node.config, update)? {
-            say(&reason);
-            refused = true;
+        match receive::check(&repo, &node.config, update)? {
+            Verdict::Accept => {}
+            Verdict::Refuse(reason) => {
+                say(&reason);
+                refused = true;
+            }
+            Verdict::Unverified { refusal, message } => {
+                say(&message);
+                // For `troops status`; a pusher who may not write the state dir still sees why.
+                let source = format!("push to {}", update.refname);
+                let _ = troops_core::verify::record_refusal(&node.state_dir, &source, &refusal);
+                refused = true;
+            }
         }
     }
     Ok(if refused {

@@ -45,6 +45,8 @@ pub enum Command {
     HasRole(HasRoleArgs),
     /// Validate a plan file without a node (for the deploy repo's own CI).
     Check(CheckArgs),
+    /// Who signed REV, or why this node refuses it ([verify] keyring); exit 0 if good, 1 if not.
+    Verify(VerifyArgs),
 }
 
 #[derive(Args)]
@@ -96,6 +98,12 @@ pub struct CheckArgs {
     /// The plan file.
     #[arg(default_value = troops_core::plan::FILE_NAME)]
     pub plan: PathBuf,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The commit (any git revision of the node repo); default: the branch tip.
+    pub rev: Option<String>,
 }
 
 fn parse_remote(s: &str) -> Result<(String, String), String> {

@@ -2,6 +2,7 @@
 //! conditions with a deadline (never sleeping as synchronisation).
 
 pub mod daemon;
+pub mod gpg;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ mod log;
 mod pull;
 mod roles;
 mod status;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Roles => roles::list(&node(&global)?),
         Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
         Command::Check(args) => check::run(&args.plan),
+        Command::Verify(args) => verify::run(&node(&global)?, args),
     }
 }
 

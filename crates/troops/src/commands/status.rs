@@ -39,6 +39,16 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         (last, _) => last,
     };
 
+    let verify = &node.config.verify;
+    let scope = match verify.scope {
+        troops_core::config::Scope::Tip => "tip",
+        troops_core::config::Scope::All => "all",
+    };
+    // Loaded only to tell whether it works: a broken keyring stops every update.
+    let keyring = verify.require_signed.then(|| troops_core::verify::Keyring::load(&verify.keyring));
+    let keyring_error = keyring.as_ref().and_then(|k| k.as_ref().err().map(|e| e.to_string()));
+    let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
+
     if json {
         let status = json!({
             "host": host,
@@ -50,6 +60,13 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
             "running": running,
             "last_run": last,
+            "verify": {
+                "require_signed": verify.require_signed,
+                "scope": scope,
+                "keyring": verify.keyring,
+                "keyring_error": keyring_error,
+                "last_refusal": last_refusal,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
@@ -81,6 +98,14 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     match &last {
         Some(r) => println!("last run  {} ({}) of {}, {}", summary(r), r.trigger, short(&r.commit), r.finished_at.as_deref().unwrap_or(&r.started_at)),
         None => println!("last run  none"),
+    }
+    match (&keyring, &keyring_error) {
+        (None, _) => println!("verify    off (unsigned commits are deployed)"),
+        (Some(_), Some(e)) => println!("verify    on (scope {scope}), but nothing can be verified: {e}"),
+        (Some(_), None) => println!("verify    on (scope {scope}, keyring {})", verify.keyring.display()),
+    }
+    if let Some(r) = &last_refusal {
+        println!("refused   {} from {} at {}: {}", short(&r.commit), r.source, r.at, r.reason);
     }
     Ok(ExitCode::SUCCESS)
 }

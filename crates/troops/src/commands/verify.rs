@@ -1,0 +1,39 @@
+//! `troops verify [REV]`: checks one commit's signature against the node's keyring, as pull, push
+//! and `deploy --commit` would, and says who signed it or why it is refused (exit 0 or 1). It
+//! checks even when `require_signed` is off, to try a keyring before turning enforcement on.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use troops_core::node::Node;
+use troops_core::verify::{self, Keyring};
+use troops_core::Error;
+
+use crate::cli::VerifyArgs;
+
+pub fn run(node: &Node, args: VerifyArgs) -> Result<ExitCode> {
+    let repo = node.repo()?;
+    let commit = match &args.rev {
+        Some(rev) => repo.resolve(rev)?,
+        None => repo.tip()?.ok_or_else(|| {
+            Error::Input(format!(
+                "branch {} has no commits yet; name a revision",
+                repo.branch
+            ))
+        })?,
+    };
+    let keyring = Keyring::load(&node.config.verify.keyring)?;
+    let verification = verify::verify_commit(&repo.git, &keyring, commit)?;
+    if verification.is_good() {
+        println!("commit {commit} {verification}");
+    } else {
+        println!("commit {commit} {verification}; refused");
+    }
+    if !node.config.verify.require_signed {
+        eprintln!(
+            "troops: note: require_signed is off in {}, so this node does not enforce signatures",
+            node.config.path.display()
+        );
+    }
+    Ok(super::code(verification.is_good()))
+}
