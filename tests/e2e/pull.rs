@@ -101,6 +101,8 @@ fn a_commit_on_any_one_remote_is_deployed_once_including_over_ssh() {
     assert_eq!(env.deployed().as_deref(), Some(second.as_str()));
     assert_eq!(env.run_ids(), [1, 2]);
     assert_eq!(env.run_record(2)["trigger"], "pull");
+    let reflog = env.git(&env.repo(), &["reflog", "show", "--format=%gs", "refs/heads/main"]);
+    assert!(reflog.lines().next().unwrap().contains("fast-forward from remote c"), "{reflog}");
     let remotes = status(&env)["remotes"].clone();
     let c = remotes.as_array().unwrap().iter().find(|r| r["name"] == "c").unwrap();
     assert_eq!(c["last_fetch"]["tip"], second.as_str());

@@ -132,8 +132,10 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
     let mut config = git.config().and_then(|c| c.open_level(git2::ConfigLevel::Local)).ctx(|| format!("opening {}/config", path.display()))?;
     let state_dir = absolute(&node.state_dir)?;
     let config_path = absolute(&node.config.path)?;
-    let settings: [(&str, &str); 5] = [
+    let settings: [(&str, &str); 6] = [
         ("receive.denyNonFastForwards", "true"),
+        // Bare repos keep no reflog by default; ours says which remote or push moved the branch.
+        ("core.logAllRefUpdates", "always"),
         ("receive.denyDeletes", "true"),
         ("core.sharedRepository", "group"),
         ("troops.stateDir", &state_dir.to_string_lossy()),
