@@ -1016,3 +1016,23 @@ fn keep_runs_prunes_old_runs_and_never_reuses_ids() {
     assert_eq!(env.run_record(4)["id"], 4);
     assert!(env.run_log(4).contains("run 4\n"), "{}", env.run_log(4));
 }
+
+#[test]
+fn log_follow_streams_a_running_run_until_it_ends() {
+    let env = Env::new();
+    env.init();
+    let go = env.path("go");
+    let run = format!("echo before; {}; echo after", block_until(&go));
+    env.deploy_repo("deploy").publish_plan(&env, &step("gate", &run));
+    let mut deploy = Background::spawn(&env, &["deploy"], env.path("deploy.out"));
+    wait_until("the step to print", DEADLINE, || env.run_ids() == [1] && env.run_log(1).contains("before"));
+
+    let mut follow = Background::spawn(&env, &["log", "--follow"], env.path("follow.out"));
+    wait_until("log --follow to show the first line", DEADLINE, || follow.output().contains("before"));
+    assert!(follow.child.try_wait().unwrap().is_none(), "log --follow ended while the run goes on");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(follow.wait("log --follow to end with the run").code(), Some(0));
+    let out = follow.output();
+    assert!(out.contains("after") && out.contains("run 1 succeeded"), "{out}");
+    assert_eq!(deploy.wait("the deploy").code(), Some(0));
+}
