@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use troops_core::control;
-use troops_core::deploy::{self, short, Outcome};
+use troops_core::deploy::{self, Outcome};
 use troops_core::node::Node;
 use troops_core::receive::{self, Update, Verdict};
 use troops_core::runs::{RunStatus, Trigger};
@@ -113,7 +113,7 @@ fn post_receive() -> Result<ExitCode> {
             // and then has nothing to say.
             None if exit == 0 && out.1 == 0 => {
                 if let Some(commit) = node.repo()?.deployed()? {
-                    say(&already_deployed(&node, commit));
+                    say(&deploy::already_deployed(&node, commit));
                 }
             }
             None => {}
@@ -129,26 +129,10 @@ fn post_receive() -> Result<ExitCode> {
         Outcome::Ran(record) if record.status == RunStatus::Succeeded => Ok(ExitCode::SUCCESS),
         Outcome::Ran(_) => Ok(ExitCode::from(1)),
         Outcome::AlreadyDeployed(commit) => {
-            say(&already_deployed(&node, commit));
+            say(&deploy::already_deployed(&node, commit));
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// What a push learns when another run deployed its tip first: which commit, and which run.
-fn already_deployed(node: &Node, commit: git2::Oid) -> String {
-    let commit = commit.to_string();
-    let run = match node.runs().latest() {
-        Ok(Some(run)) if run.commit == commit => {
-            format!(" by run {} (troops log {})", run.id, run.id)
-        }
-        _ => String::new(),
-    };
-    format!(
-        "troops: {}, the tip of refs/heads/{}, is deployed already{run}; nothing runs",
-        short(&commit),
-        node.config.branch
-    )
 }
 
 /// Stderr, counting what went through.
