@@ -1,13 +1,14 @@
 //! `troops`: parses the command line, runs the command, and maps its outcome to the SPEC's exit
 //! codes in one place.
 
-mod cli;
 mod commands;
 mod daemon;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+// The CLI definition lives in the library half of this package, for packaging/gen (see lib.rs).
+use troops::cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
