@@ -32,6 +32,11 @@ impl std::os::fd::AsRawFd for Events {
 }
 
 const FLAGS: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE.union(AddWatchFlags::IN_MOVED_TO).union(AddWatchFlags::IN_CREATE);
+/// In the repo's own directory only `packed-refs` matters, and git and libgit2 both replace it by
+/// renaming `packed-refs.lock` over it. Renames alone, then: libgit2 rewrites `FETCH_HEAD` there on
+/// every fetch of every remote (even with FETCH_HEAD updates off), which would wake the daemon
+/// once per remote and cycle for nothing.
+const REPO_FLAGS: AddWatchFlags = AddWatchFlags::IN_MOVED_TO;
 
 impl Watch {
     pub fn new(config: &Path, repo: &Path, branch: &str) -> anyhow::Result<Watch> {
@@ -40,7 +45,7 @@ impl Watch {
         let ref_dir = ref_path.parent().expect("a ref has a directory");
         std::fs::create_dir_all(ref_dir)?;
         let refs = (inotify.add_watch(ref_dir, FLAGS)?, ref_path.file_name().expect("a ref has a name").to_owned());
-        let repo = (inotify.add_watch(repo, FLAGS)?, OsString::from("packed-refs"));
+        let repo = (inotify.add_watch(repo, REPO_FLAGS)?, OsString::from("packed-refs"));
         let config = match (config.parent(), config.file_name()) {
             (Some(dir), Some(name)) => match inotify.add_watch(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, FLAGS) {
                 Ok(wd) => Some((wd, name.to_owned())),
