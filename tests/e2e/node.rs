@@ -48,12 +48,7 @@ impl Marks {
 
 /// `s` as a TOML basic string.
 fn quoted(s: &str) -> String {
-    format!(
-        "\"{}\"",
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    )
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
 
 /// A `[[step]]` table that runs `run` with `/bin/sh -c`.
@@ -81,21 +76,14 @@ fn json(bytes: &[u8]) -> Value {
 }
 
 fn step_names(record: &Value) -> Vec<String> {
-    record["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect()
+    record["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
 }
 
 /// Whether process `pid` exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may hold spaces.
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -136,12 +124,8 @@ struct Background {
 impl Background {
     fn spawn(env: &Env, args: &[&str], output: PathBuf) -> Background {
         let file = File::create(&output).unwrap();
-        let child = env
-            .troops(args)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("starting troops");
+        let child =
+            env.troops(args).stdout(file.try_clone().unwrap()).stderr(file).spawn().expect("starting troops");
         Background { child, output }
     }
 
@@ -169,11 +153,7 @@ impl Drop for Background {
 
 fn record_status(env: &Env, id: u64) -> Option<String> {
     let bytes = std::fs::read(env.state.join(format!("runs/{id}/run.json"))).ok()?;
-    Some(
-        serde_json::from_slice::<Value>(&bytes).ok()?["status"]
-            .as_str()?
-            .to_owned(),
-    )
+    Some(serde_json::from_slice::<Value>(&bytes).ok()?["status"].as_str()?.to_owned())
 }
 
 #[test]
@@ -211,20 +191,15 @@ fn node_runs_only_the_steps_of_its_roles() {
     let mut plan = roles.to_owned();
     for (name, role) in steps {
         let roles = role.map_or(String::new(), |r| format!("roles = [\"{r}\"]\n"));
-        plan += &format!(
-            "[[step]]\nname = \"{name}\"\n{roles}run = {}\n\n",
-            quoted(&marks.touch(name))
-        );
+        plan += &format!("[[step]]\nname = \"{name}\"\n{roles}run = {}\n\n", quoted(&marks.touch(name)));
     }
     let commit = env.deploy_repo("deploy").publish_plan(&env, &plan);
 
     assert_eq!(env.ok(&["roles"]), "frontend\nops\nweb\n");
 
     let dry = env.ok(&["deploy", "--dry-run"]);
-    let lines: Vec<String> = dry
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    let lines: Vec<String> =
+        dry.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     assert_eq!(
         lines,
         [
@@ -238,11 +213,7 @@ fn node_runs_only_the_steps_of_its_roles() {
         ],
         "{dry}"
     );
-    assert!(
-        marks.list().is_empty(),
-        "--dry-run ran steps: {:?}",
-        marks.list()
-    );
+    assert!(marks.list().is_empty(), "--dry-run ran steps: {:?}", marks.list());
     assert!(env.run_ids().is_empty(), "--dry-run recorded a run");
     assert_eq!(env.deployed(), None);
 
@@ -252,14 +223,8 @@ fn node_runs_only_the_steps_of_its_roles() {
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["host"], "web-1");
     assert_eq!(record["trigger"], "manual");
-    assert_eq!(
-        record["roles"],
-        serde_json::json!(["frontend", "ops", "web"])
-    );
-    assert_eq!(
-        step_names(&record),
-        ["everywhere", "web-only", "frontend", "ops"]
-    );
+    assert_eq!(record["roles"], serde_json::json!(["frontend", "ops", "web"]));
+    assert_eq!(step_names(&record), ["everywhere", "web-only", "frontend", "ops"]);
     for step in record["steps"].as_array().unwrap() {
         assert_eq!(step["status"], "succeeded", "{step}");
         assert_eq!(step["exit_code"], 0, "{step}");
@@ -280,11 +245,7 @@ fn has_role_answers_a_step_script() {
     let plan = "[roles.web]\nhosts = [\"web-1\"]\n\n[roles.edge]\nmatch = [\"web-*\"]\n\n[roles.db]\nhosts = [\"db-1\"]\n\n\
                 [[step]]\nname = \"probe\"\nscript = \"steps/probe.sh\"\n";
     let repo = env.deploy_repo("deploy");
-    repo.commit(
-        &env,
-        &[("steps/probe.sh", &script), ("troops.toml", plan)],
-        "probe roles",
-    );
+    repo.commit(&env, &[("steps/probe.sh", &script), ("troops.toml", plan)], "probe roles");
     repo.publish(&env);
 
     // The step finds the node through what troops gives it, not through the caller's environment.
@@ -299,10 +260,7 @@ fn has_role_answers_a_step_script() {
         .output()
         .unwrap();
     assert_eq!(code(&out), Some(0), "{}", all_output(&out));
-    assert_eq!(
-        std::fs::read_to_string(&answers).unwrap(),
-        "web=0\nedge=0\ncache=0\ndb=1\n"
-    );
+    assert_eq!(std::fs::read_to_string(&answers).unwrap(), "web=0\nedge=0\ncache=0\ndb=1\n");
 
     assert_eq!(code(&env.run(&["has-role", "web"])), Some(0));
     assert_eq!(code(&env.run(&["has-role", "db"])), Some(1));
@@ -310,10 +268,7 @@ fn has_role_answers_a_step_script() {
 
 /// Parses `KEY=VALUE` lines.
 fn vars(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
 #[test]
@@ -338,22 +293,11 @@ fn steps_get_the_spec_environment_cwd_and_stdin() {
     let stdin = env.path("stdin.txt");
     std::fs::write(&stdin, "not for steps\n").unwrap();
     let deploy = || {
-        let out = env
-            .troops(&["deploy"])
-            .stdin(File::open(&stdin).unwrap())
-            .output()
-            .unwrap();
+        let out = env.troops(&["deploy"]).stdin(File::open(&stdin).unwrap()).output().unwrap();
         assert_eq!(code(&out), Some(0), "{}", all_output(&out));
     };
-    let first = repo.commit(
-        &env,
-        &[
-            ("probe.sh", &probe),
-            ("troops.toml", plan),
-            ("data.txt", "one"),
-        ],
-        "first",
-    );
+    let first =
+        repo.commit(&env, &[("probe.sh", &probe), ("troops.toml", plan), ("data.txt", "one")], "first");
     repo.publish(&env);
     deploy();
     let second = repo.commit(&env, &[("data.txt", "two")], "second");
@@ -361,16 +305,10 @@ fn steps_get_the_spec_environment_cwd_and_stdin() {
     deploy();
 
     let state = env.state.display().to_string();
-    for (id, commit, previous, data) in
-        [(1, &first, "", "one"), (2, &second, first.as_str(), "two")]
-    {
+    for (id, commit, previous, data) in [(1, &first, "", "one"), (2, &second, first.as_str(), "two")] {
         let seen = vars(&std::fs::read_to_string(seen.join(id.to_string())).unwrap());
         let expect = |key: &str, value: &str| {
-            assert_eq!(
-                seen.get(key).map(String::as_str),
-                Some(value),
-                "run {id}, {key}: {seen:?}"
-            )
+            assert_eq!(seen.get(key).map(String::as_str), Some(value), "run {id}, {key}: {seen:?}")
         };
         expect("TROOPS_COMMIT", commit);
         expect("TROOPS_PREVIOUS_COMMIT", previous);
@@ -403,33 +341,18 @@ fn failing_step_stops_the_run_and_keeps_the_deployed_commit() {
     let bad = repo.publish_plan(&env, &plan);
     let out = env.run(&["deploy"]);
     assert_eq!(code(&out), Some(1), "{}", all_output(&out));
-    assert!(
-        text(&out.stdout).contains("breaking"),
-        "{}",
-        all_output(&out)
-    );
+    assert!(text(&out.stdout).contains("breaking"), "{}", all_output(&out));
     assert_eq!(marks.list(), ["before"]);
     let record = env.run_record(2);
     assert_eq!(record["commit"], bad.as_str());
     assert_eq!(record["status"], "failed");
-    assert!(
-        record["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("breaks")),
-        "{record}"
-    );
+    assert!(record["error"].as_str().is_some_and(|e| e.contains("breaks")), "{record}");
     assert!(record["finished_at"].is_string(), "{record}");
     let steps: Vec<(&str, &str, &Value)> = record["steps"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap(),
-                s["status"].as_str().unwrap(),
-                &s["exit_code"],
-            )
-        })
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap(), &s["exit_code"]))
         .collect();
     assert_eq!(
         steps,
@@ -440,11 +363,7 @@ fn failing_step_stops_the_run_and_keeps_the_deployed_commit() {
         ],
         "{record}"
     );
-    assert_eq!(
-        env.deployed().as_deref(),
-        Some(good.as_str()),
-        "a failed run moved refs/troops/deployed"
-    );
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "a failed run moved refs/troops/deployed");
 }
 
 #[test]
@@ -454,23 +373,15 @@ fn timed_out_step_is_killed_with_its_children() {
     let marks = Marks::new(&env);
     let child_pid = env.path("child.pid");
     let step_pid = env.path("step.pid");
-    let _child = KillOnDrop {
-        pid_file: child_pid.clone(),
-        group: false,
-    };
-    let _step = KillOnDrop {
-        pid_file: step_pid.clone(),
-        group: true,
-    };
+    let _child = KillOnDrop { pid_file: child_pid.clone(), group: false };
+    let _step = KillOnDrop { pid_file: step_pid.clone(), group: true };
     let slow = format!(
         "echo $$ > \"{}\"; sleep 60 & echo $! > \"{}\"; wait",
         step_pid.display(),
         child_pid.display()
     );
-    let plan = format!(
-        "[[step]]\nname = \"slow\"\nrun = {}\ntimeout = \"1s\"\n\n",
-        quoted(&slow)
-    ) + &step("after", &marks.touch("after"));
+    let plan = format!("[[step]]\nname = \"slow\"\nrun = {}\ntimeout = \"1s\"\n\n", quoted(&slow))
+        + &step("after", &marks.touch("after"));
     env.deploy_repo("deploy").publish_plan(&env, &plan);
 
     let out = env.run(&["deploy"]);
@@ -480,20 +391,13 @@ fn timed_out_step_is_killed_with_its_children() {
     assert_eq!(record["steps"][0]["status"], "timed_out", "{record}");
     assert_eq!(record["steps"][1]["status"], "not_run", "{record}");
     let ms = record["steps"][0]["duration_ms"].as_u64().unwrap();
-    assert!(
-        (1000..DEADLINE.as_millis() as u64).contains(&ms),
-        "the 1s step took {ms} ms"
-    );
+    assert!((1000..DEADLINE.as_millis() as u64).contains(&ms), "the 1s step took {ms} ms");
     assert!(marks.list().is_empty(), "{:?}", marks.list());
     assert_eq!(env.deployed(), None);
 
     let step = read_pid(&step_pid).expect("the step wrote its pid");
     let child = read_pid(&child_pid).expect("the step wrote its child's pid");
-    wait_until(
-        "the timed-out step and its child to be gone",
-        DEADLINE,
-        || !alive(step) && !alive(child),
-    );
+    wait_until("the timed-out step and its child to be gone", DEADLINE, || !alive(step) && !alive(child));
 }
 
 #[test]
@@ -504,21 +408,14 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
     let repo = env.deploy_repo("deploy");
     let good = repo.commit(
         &env,
-        &[
-            ("troops.toml", &step("ok", "true")),
-            ("steps/ok.sh", "#!/bin/sh\ntrue\n"),
-        ],
+        &[("troops.toml", &step("ok", "true")), ("steps/ok.sh", "#!/bin/sh\ntrue\n")],
         "good",
     );
     repo.publish(&env);
     env.ok(&["deploy"]);
     // Symlinks that lead out of the checkout: to a file, through a directory, and up through `..`.
     let deep_up = format!("{}etc/passwd", "../".repeat(40));
-    for (link, target) in [
-        ("steps/passwd", "/etc/passwd"),
-        ("bin", "/bin"),
-        ("steps/up", deep_up.as_str()),
-    ] {
+    for (link, target) in [("steps/passwd", "/etc/passwd"), ("bin", "/bin"), ("steps/up", deep_up.as_str())] {
         std::os::unix::fs::symlink(target, repo.path.join(link)).unwrap();
     }
     let check_plan = env.path("check/troops.toml");
@@ -527,27 +424,9 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
     // Each plan starts with a valid step that would leave a mark if anything ran.
     let first = step("first", &marks.touch("first"));
     let cases = [
-        (
-            "bad TOML",
-            "[[step]\nname = \"second\"\n",
-            "5:7",
-            "table header",
-            true,
-        ),
-        (
-            "unknown key",
-            "[[step]]\nname = \"second\"\nrun = \"true\"\nbogus = 1\n",
-            "8:1",
-            "bogus",
-            true,
-        ),
-        (
-            "duplicate name",
-            "[[step]]\nname = \"first\"\nrun = \"true\"\n",
-            "6:8",
-            "duplicate",
-            true,
-        ),
+        ("bad TOML", "[[step]\nname = \"second\"\n", "5:7", "table header", true),
+        ("unknown key", "[[step]]\nname = \"second\"\nrun = \"true\"\nbogus = 1\n", "8:1", "bogus", true),
+        ("duplicate name", "[[step]]\nname = \"first\"\nrun = \"true\"\n", "6:8", "duplicate", true),
         (
             "run and script",
             "[[step]]\nname = \"second\"\nrun = \"true\"\nscript = \"steps/ok.sh\"\n",
@@ -555,20 +434,8 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
             "both",
             true,
         ),
-        (
-            "neither run nor script",
-            "[[step]]\nname = \"second\"\n",
-            "5:1",
-            "second",
-            true,
-        ),
-        (
-            "`..` in script",
-            "[[step]]\nname = \"second\"\nscript = \"../outside.sh\"\n",
-            "7:10",
-            "..",
-            true,
-        ),
+        ("neither run nor script", "[[step]]\nname = \"second\"\n", "5:1", "second", true),
+        ("`..` in script", "[[step]]\nname = \"second\"\nscript = \"../outside.sh\"\n", "7:10", "..", true),
         (
             "symlink to a file outside",
             "[[step]]\nname = \"second\"\nscript = \"steps/passwd\"\n",
@@ -602,28 +469,14 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
         let record = env.run_record(id);
         assert_eq!(record["status"], "failed", "{case}: {record}");
         let error = record["error"].as_str().unwrap_or_default();
-        assert!(
-            error.starts_with(&format!("troops.toml:{position}: ")),
-            "{case}: {error}"
-        );
+        assert!(error.starts_with(&format!("troops.toml:{position}: ")), "{case}: {error}");
         assert!(error.contains(words), "{case}: {error}");
+        assert!(output.contains(error), "{case}: the error is not shown:\n{output}");
         assert!(
-            output.contains(error),
-            "{case}: the error is not shown:\n{output}"
-        );
-        assert!(
-            record["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|s| s["status"] == "not_run"),
+            record["steps"].as_array().unwrap().iter().all(|s| s["status"] == "not_run"),
             "{case}: {record}"
         );
-        assert!(
-            marks.list().is_empty(),
-            "{case}: a step ran: {:?}",
-            marks.list()
-        );
+        assert!(marks.list().is_empty(), "{case}: a step ran: {:?}", marks.list());
         assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "{case}");
 
         let out = env.run(&["deploy", "--dry-run"]);
@@ -633,11 +486,7 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
             "{case}: {}",
             all_output(&out)
         );
-        assert_eq!(
-            env.run_ids().len() as u64,
-            id,
-            "{case}: --dry-run recorded a run"
-        );
+        assert_eq!(env.run_ids().len() as u64, id, "{case}: --dry-run recorded a run");
 
         // `troops check` refuses the same file, where it lies in the deploy repo, and a copy
         // elsewhere (symlinks stay behind, so only the other cases travel).
@@ -660,10 +509,7 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
             );
         }
     }
-    assert_eq!(
-        env.run_ids(),
-        (1..=cases.len() as u64 + 1).collect::<Vec<_>>()
-    );
+    assert_eq!(env.run_ids(), (1..=cases.len() as u64 + 1).collect::<Vec<_>>());
 
     let plan = first + "[[step]]\nname = \"second\"\nscript = \"steps/ok.sh\"\n";
     std::fs::write(repo.path.join("troops.toml"), &plan).unwrap();
@@ -679,18 +525,14 @@ fn second_deploy_waits_for_the_node_lock_then_runs() {
     let go = env.path("go");
     let order = env.path("order");
     let step_pid = env.path("step.pid");
-    let _step = KillOnDrop {
-        pid_file: step_pid.clone(),
-        group: true,
-    };
+    let _step = KillOnDrop { pid_file: step_pid.clone(), group: true };
     let run = format!(
         "echo $$ > \"{}\"; {}; echo $TROOPS_RUN_ID >> \"{}\"",
         step_pid.display(),
         block_until(&go),
         order.display()
     );
-    env.deploy_repo("deploy")
-        .publish_plan(&env, &step("gate", &run));
+    env.deploy_repo("deploy").publish_plan(&env, &step("gate", &run));
 
     let mut first = Background::spawn(&env, &["deploy"], env.path("first.out"));
     wait_until("run 1 to be recorded running", DEADLINE, || {
@@ -703,15 +545,8 @@ fn second_deploy_waits_for_the_node_lock_then_runs() {
         second.output().contains("waiting for the node lock")
     });
     let waiting = second.output();
-    assert!(
-        waiting.contains("run 1"),
-        "the waiter does not say what it waits for: {waiting}"
-    );
-    assert_eq!(
-        env.run_ids(),
-        [1],
-        "the second deploy started a run while the first held the lock"
-    );
+    assert!(waiting.contains("run 1"), "the waiter does not say what it waits for: {waiting}");
+    assert_eq!(env.run_ids(), [1], "the second deploy started a run while the first held the lock");
 
     std::fs::write(&go, "").unwrap();
     let status = first.wait("the first deploy to end");
@@ -735,37 +570,22 @@ fn waiting_deploy_does_not_name_a_finished_run() {
     use nix::fcntl::{Flock, FlockArg};
     let env = Env::new();
     env.init();
-    env.deploy_repo("deploy")
-        .publish_plan(&env, &step("ok", "true"));
+    env.deploy_repo("deploy").publish_plan(&env, &step("ok", "true"));
     env.ok(&["deploy"]);
 
     // Someone holds the lock without having said what for (as every trigger does at first).
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(env.state.join("lock"))
-        .unwrap();
-    let held = Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(env.state.join("lock")).unwrap();
+    let held = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
     let mut waiter = Background::spawn(&env, &["deploy"], env.path("waiter.out"));
     wait_until("the deploy to say it waits", DEADLINE, || {
         waiter.output().contains("waiting for the node lock")
     });
     let said = waiter.output();
-    assert!(
-        !said.contains("run 1"),
-        "the waiter names run 1, which ended before: {said}"
-    );
+    assert!(!said.contains("run 1"), "the waiter names run 1, which ended before: {said}");
     assert_eq!(env.run_ids(), [1]);
 
     drop(held);
-    assert_eq!(
-        waiter.wait("the waiting deploy to end").code(),
-        Some(0),
-        "{}",
-        waiter.output()
-    );
+    assert_eq!(waiter.wait("the waiting deploy to end").code(), Some(0), "{}", waiter.output());
     assert_eq!(env.run_record(2)["status"], "succeeded");
 }
 
@@ -775,26 +595,15 @@ fn killed_run_is_interrupted_and_the_next_deploy_recovers() {
     env.init();
     let go = env.path("go");
     let step_pid = env.path("step.pid");
-    let orphan = KillOnDrop {
-        pid_file: step_pid.clone(),
-        group: true,
-    };
+    let orphan = KillOnDrop { pid_file: step_pid.clone(), group: true };
     let run = format!("echo $$ > \"{}\"; {}", step_pid.display(), block_until(&go));
-    let commit = env
-        .deploy_repo("deploy")
-        .publish_plan(&env, &step("gate", &run));
+    let commit = env.deploy_repo("deploy").publish_plan(&env, &step("gate", &run));
 
     let mut deploy = Background::spawn(&env, &["deploy"], env.path("deploy.out"));
-    wait_until("the step to start", DEADLINE, || {
-        read_pid(&step_pid).is_some()
-    });
+    wait_until("the step to start", DEADLINE, || read_pid(&step_pid).is_some());
     deploy.child.kill().unwrap(); // SIGKILL
     deploy.wait("the killed deploy to be reaped");
-    assert_eq!(
-        record_status(&env, 1).as_deref(),
-        Some("running"),
-        "nobody was left to complete the record"
-    );
+    assert_eq!(record_status(&env, 1).as_deref(), Some("running"), "nobody was left to complete the record");
 
     let status = json(&env.run(&["status", "--json"]).stdout);
     assert_eq!(status["running"], Value::Null, "{status}");
@@ -809,11 +618,7 @@ fn killed_run_is_interrupted_and_the_next_deploy_recovers() {
     std::fs::write(&go, "").unwrap();
     let out = env.run(&["deploy"]);
     assert_eq!(code(&out), Some(0), "{}", all_output(&out));
-    assert!(
-        text(&out.stdout).contains("run 1 was left running"),
-        "{}",
-        all_output(&out)
-    );
+    assert!(text(&out.stdout).contains("run 1 was left running"), "{}", all_output(&out));
     let record = env.run_record(1);
     assert_eq!(record["status"], "interrupted", "{record}");
     assert!(record["finished_at"].is_string(), "{record}");
@@ -826,14 +631,7 @@ fn publish_to(env: &Env, repo: &DeployRepo, branch: &str) -> String {
     let node = env.repo().display().to_string();
     env.git(
         &repo.path,
-        &[
-            "--git-dir",
-            &node,
-            "fetch",
-            "-q",
-            &repo.path.display().to_string(),
-            &format!("main:{branch}"),
-        ],
+        &["--git-dir", &node, "fetch", "-q", &repo.path.display().to_string(), &format!("main:{branch}")],
     );
     env.git(&repo.path, &["rev-parse", "HEAD"])
 }
@@ -841,39 +639,18 @@ fn publish_to(env: &Env, repo: &DeployRepo, branch: &str) -> String {
 #[test]
 fn init_twice_keeps_key_refs_runs_and_config() {
     let env = Env::new();
-    let flags = [
-        "init",
-        "--branch",
-        "prod",
-        "--role",
-        "web",
-        "--role",
-        "db",
-        "--remote",
-        "origin=/srv/deploy.git",
-    ];
+    let flags =
+        ["init", "--branch", "prod", "--role", "web", "--role", "db", "--remote", "origin=/srv/deploy.git"];
     let out = env.ok(&flags);
     let public = std::fs::read_to_string(env.state.join("ssh/id_ed25519.pub")).unwrap();
     let private = std::fs::read(env.state.join("ssh/id_ed25519")).unwrap();
-    assert!(
-        out.contains(public.trim()),
-        "init does not print the public key:\n{out}"
-    );
+    assert!(out.contains(public.trim()), "init does not print the public key:\n{out}");
     let config = std::fs::read_to_string(&env.config).unwrap();
-    assert!(
-        config.contains("hostname = \"web-1\""),
-        "init lost a key of the config:\n{config}"
-    );
+    assert!(config.contains("hostname = \"web-1\""), "init lost a key of the config:\n{config}");
     assert!(config.contains("branch = \"prod\""), "{config}");
     assert_eq!(env.ok(&["roles"]), "db\nweb\n");
     let node = env.repo().display().to_string();
-    assert_eq!(
-        env.git(
-            &env.home,
-            &["--git-dir", &node, "remote", "get-url", "origin"]
-        ),
-        "/srv/deploy.git"
-    );
+    assert_eq!(env.git(&env.home, &["--git-dir", &node, "remote", "get-url", "origin"]), "/srv/deploy.git");
 
     let repo = env.deploy_repo("deploy");
     repo.commit(&env, &[("troops.toml", &step("ok", "true"))], "plan");
@@ -884,41 +661,17 @@ fn init_twice_keeps_key_refs_runs_and_config() {
     let mut again = flags.to_vec();
     again.extend(["--remote", "backup=/srv/backup.git"]);
     env.ok(&again);
-    assert_eq!(
-        std::fs::read_to_string(env.state.join("ssh/id_ed25519.pub")).unwrap(),
-        public
-    );
-    assert_eq!(
-        std::fs::read(env.state.join("ssh/id_ed25519")).unwrap(),
-        private
-    );
+    assert_eq!(std::fs::read_to_string(env.state.join("ssh/id_ed25519.pub")).unwrap(), public);
+    assert_eq!(std::fs::read(env.state.join("ssh/id_ed25519")).unwrap(), private);
     let config_again = std::fs::read_to_string(&env.config).unwrap();
-    assert_eq!(
-        config_again, config,
-        "a second init with the same flags changed the config"
-    );
+    assert_eq!(config_again, config, "a second init with the same flags changed the config");
     assert_eq!(config_again.matches("\"web\"").count(), 1, "{config}");
-    assert_eq!(
-        env.node_ref("refs/heads/prod").as_deref(),
-        Some(commit.as_str())
-    );
+    assert_eq!(env.node_ref("refs/heads/prod").as_deref(), Some(commit.as_str()));
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
     assert_eq!(env.run_ids(), [1]);
     assert_eq!(env.run_record(1)["status"], "succeeded");
-    assert_eq!(
-        env.git(
-            &env.home,
-            &["--git-dir", &node, "remote", "get-url", "origin"]
-        ),
-        "/srv/deploy.git"
-    );
-    assert_eq!(
-        env.git(
-            &env.home,
-            &["--git-dir", &node, "remote", "get-url", "backup"]
-        ),
-        "/srv/backup.git"
-    );
+    assert_eq!(env.git(&env.home, &["--git-dir", &node, "remote", "get-url", "origin"]), "/srv/deploy.git");
+    assert_eq!(env.git(&env.home, &["--git-dir", &node, "remote", "get-url", "backup"]), "/srv/backup.git");
 }
 
 #[test]
@@ -926,26 +679,16 @@ fn bad_node_config_is_refused_with_file_line_and_key() {
     let env = Env::new();
     env.init();
     let marks = Marks::new(&env);
-    env.deploy_repo("deploy")
-        .publish_plan(&env, &step("mark", &marks.touch("mark")));
+    env.deploy_repo("deploy").publish_plan(&env, &step("mark", &marks.touch("mark")));
     let config = env.config.display().to_string();
     for (body, line, key) in [
         ("hostname = \"web-1\"\nbogus_key = 1\n", 2, "bogus_key"),
-        (
-            "hostname = \"web-1\"\n\n[retry]\ninitial = \"soon\"\n",
-            4,
-            "retry.initial",
-        ),
+        ("hostname = \"web-1\"\n\n[retry]\ninitial = \"soon\"\n", 4, "retry.initial"),
     ] {
         env.write_config(body);
         for args in [&["status"][..], &["deploy"]] {
             let out = env.run(args);
-            assert_eq!(
-                code(&out),
-                Some(2),
-                "{args:?} with {body:?}: {}",
-                all_output(&out)
-            );
+            assert_eq!(code(&out), Some(2), "{args:?} with {body:?}: {}", all_output(&out));
             let stderr = text(&out.stderr);
             assert!(
                 stderr.contains(&format!("{config}:{line}")) && stderr.contains(key),
@@ -962,23 +705,16 @@ fn bad_node_config_is_refused_with_file_line_and_key() {
 fn log_and_runs_show_the_history() {
     let env = Env::new();
     env.init();
-    let commit = env
-        .deploy_repo("deploy")
-        .publish_plan(&env, &step("say", "echo output of run $TROOPS_RUN_ID"));
+    let commit =
+        env.deploy_repo("deploy").publish_plan(&env, &step("say", "echo output of run $TROOPS_RUN_ID"));
     env.ok(&["deploy"]);
     env.ok(&["deploy"]);
 
     let latest = env.ok(&["log"]);
-    assert!(
-        latest.contains("output of run 2\n") && !latest.contains("output of run 1"),
-        "{latest}"
-    );
+    assert!(latest.contains("output of run 2\n") && !latest.contains("output of run 1"), "{latest}");
     assert_eq!(latest, env.run_log(2));
     let first = env.ok(&["log", "1"]);
-    assert!(
-        first.contains("output of run 1\n") && !first.contains("output of run 2"),
-        "{first}"
-    );
+    assert!(first.contains("output of run 1\n") && !first.contains("output of run 2"), "{first}");
     let out = env.run(&["log", "99"]);
     assert_eq!(code(&out), Some(2), "{}", all_output(&out));
     assert!(text(&out.stderr).contains("99"), "{}", all_output(&out));
@@ -1005,8 +741,7 @@ fn keep_runs_prunes_old_runs_and_never_reuses_ids() {
     let env = Env::new();
     env.write_config("hostname = \"web-1\"\nkeep_runs = 2\n");
     env.init();
-    env.deploy_repo("deploy")
-        .publish_plan(&env, &step("say", "echo run $TROOPS_RUN_ID"));
+    env.deploy_repo("deploy").publish_plan(&env, &step("say", "echo run $TROOPS_RUN_ID"));
     for _ in 0..3 {
         env.ok(&["deploy"]);
     }

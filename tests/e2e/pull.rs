@@ -204,7 +204,9 @@ fn the_daemon_picks_up_a_new_commit_within_interval_and_jitter() {
     let second = work.commit(&env, &[("x", "1")], "second");
     publish(&env, &work, "b", &[]);
     let pushed = Instant::now();
-    wait_until("the second deploy", Duration::from_secs(10), || env.deployed().as_deref() == Some(second.as_str()));
+    wait_until("the second deploy", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(second.as_str())
+    });
     // interval + jitter, plus room for the run itself on a loaded machine.
     assert!(pushed.elapsed() < Duration::from_secs(4), "took {:?}\n{}", pushed.elapsed(), daemon.log());
     assert_eq!(env.run_ids(), [1, 2], "{}", daemon.log());
@@ -225,10 +227,18 @@ fn a_failing_tip_is_retried_with_growing_gaps_and_a_fix_deploys_at_once() {
     assert!(records[1..].iter().all(|r| r["trigger"] == "retry"), "{records:?}");
     let started: Vec<Duration> = records
         .iter()
-        .map(|r| humantime::parse_rfc3339(r["started_at"].as_str().unwrap()).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap())
+        .map(|r| {
+            humantime::parse_rfc3339(r["started_at"].as_str().unwrap())
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        })
         .collect();
     let gaps: Vec<Duration> = started.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(gaps[0] >= Duration::from_millis(300) && gaps[1] > gaps[0] && gaps[2] > gaps[1], "gaps {gaps:?} must grow from 300ms");
+    assert!(
+        gaps[0] >= Duration::from_millis(300) && gaps[1] > gaps[0] && gaps[2] > gaps[1],
+        "gaps {gaps:?} must grow from 300ms"
+    );
     assert!(env.deployed().is_none());
 
     // A fixing commit does not wait for the backoff: `troops pull` goes through the daemon.
@@ -286,10 +296,15 @@ fn sigterm_mid_step_lets_the_step_finish_then_exits_0() {
     publish(&env, &work, "a", &[]);
     let mut daemon = Daemon::start(&env);
     wait_until("the step to start", Duration::from_secs(10), || {
-        env.run_ids() == [1] && std::fs::read_to_string(env.state.join("runs/1/output.log")).unwrap_or_default().contains("started")
+        env.run_ids() == [1]
+            && std::fs::read_to_string(env.state.join("runs/1/output.log"))
+                .unwrap_or_default()
+                .contains("started")
     });
     daemon.signal(Signal::SIGTERM);
-    wait_until("the daemon to log that it stops", Duration::from_secs(5), || daemon.log().contains("stopping"));
+    wait_until("the daemon to log that it stops", Duration::from_secs(5), || {
+        daemon.log().contains("stopping")
+    });
     assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon must wait for the step");
     std::fs::write(&gate, "").unwrap();
     let status = daemon.wait_exit(Duration::from_secs(10));
@@ -337,7 +352,10 @@ fn a_push_while_the_daemon_runs_goes_through_the_daemon() {
     let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("remote: hello from {commit}")) && stderr.contains("run 1 succeeded"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("remote: hello from {commit}")) && stderr.contains("run 1 succeeded"),
+        "{stderr}"
+    );
     assert!(daemon.log().contains("control request request=Deploy { trigger: Push"), "{}", daemon.log());
     assert_eq!(env.run_ids(), [1], "one run, not one per trigger");
     assert_eq!(env.run_record(1)["trigger"], "push");
@@ -347,14 +365,20 @@ fn a_push_while_the_daemon_runs_goes_through_the_daemon() {
 #[test]
 fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
     let (env, work) = fleet("interval = \"1h\"\n", &[]);
-    work.commit(&env, &[("troops.toml", "[[step]]\nname = \"host\"\nrun = \"echo host=$TROOPS_HOST\"\n")], "first");
+    work.commit(
+        &env,
+        &[("troops.toml", "[[step]]\nname = \"host\"\nrun = \"echo host=$TROOPS_HOST\"\n")],
+        "first",
+    );
     work.publish(&env);
     let daemon = Daemon::start(&env);
     wait_until("the start-up run", Duration::from_secs(10), || env.deployed().is_some());
 
     // An edit of the file is noticed by itself.
     env.write_config("hostname = \"web-2\"\ninterval = \"1h\"\n");
-    wait_until("the reload", Duration::from_secs(10), || daemon.log().matches("config reloaded").count() >= 1);
+    wait_until("the reload", Duration::from_secs(10), || {
+        daemon.log().matches("config reloaded").count() >= 1
+    });
     assert!(env.ok(&["deploy"]).contains("host=web-2"));
 
     // A broken edit is refused, naming the line, and the daemon goes on.
@@ -365,6 +389,8 @@ fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
     // SIGHUP reloads too.
     env.write_config("hostname = \"web-4\"\ninterval = \"1h\"\n");
     daemon.signal(Signal::SIGHUP);
-    wait_until("the reload", Duration::from_secs(10), || daemon.log().matches("config reloaded").count() >= 2);
+    wait_until("the reload", Duration::from_secs(10), || {
+        daemon.log().matches("config reloaded").count() >= 2
+    });
     assert!(env.ok(&["deploy"]).contains("host=web-4"));
 }

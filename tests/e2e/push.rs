@@ -36,11 +36,7 @@ fn local_push(env: &Env, repo: &DeployRepo, args: &[&str]) -> (ExitStatus, Strin
 
 /// What the node said to the pusher (git's `remote:` lines), in order, padding trimmed.
 fn remote_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("remote: "))
-        .map(str::trim_end)
-        .collect()
+    stderr.lines().filter_map(|l| l.strip_prefix("remote: ")).map(str::trim_end).collect()
 }
 
 /// Asserts that `needles` each occur in a line of `lines`, in this order.
@@ -89,10 +85,7 @@ struct Pushing {
 
 impl Pushing {
     fn start(mut command: Command) -> Pushing {
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        command.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
         let mut child = command.spawn().expect("starting git push");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -104,11 +97,7 @@ impl Pushing {
                 }
             }
         });
-        Pushing {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Pushing { child, lines, seen: Vec::new() }
     }
 
     /// Reads the pusher's stderr until a line contains `needle` and returns that line; fails the
@@ -119,24 +108,19 @@ impl Pushing {
         }
         let deadline = Instant::now() + LIMIT;
         loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if line.contains(needle) {
                         return line;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "the pusher saw no {needle:?} within {LIMIT:?}; it saw:\n{}",
-                    self.seen.join("\n")
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "the push ended without showing {needle:?}; it showed:\n{}",
-                    self.seen.join("\n")
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the pusher saw no {needle:?} within {LIMIT:?}; it saw:\n{}", self.seen.join("\n"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the push ended without showing {needle:?}; it showed:\n{}", self.seen.join("\n"))
+                }
             }
         }
     }
@@ -145,16 +129,12 @@ impl Pushing {
     fn finish(mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + LIMIT;
         loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => self.seen.push(line),
                 Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "the push did not end within {LIMIT:?}; it showed:\n{}",
-                    self.seen.join("\n")
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the push did not end within {LIMIT:?}; it showed:\n{}", self.seen.join("\n"))
+                }
             }
         }
         let status = self.child.wait().unwrap();
@@ -165,8 +145,7 @@ impl Pushing {
     /// local push, receive-pack and the hook), as a terminal's Ctrl-C (SIGINT) or a lost
     /// connection would have it; waits for git to end.
     fn signal(&mut self, signal: nix::sys::signal::Signal) {
-        let _ =
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
         let _ = self.child.wait();
     }
 
@@ -201,15 +180,9 @@ fn push_over_ssh_runs_the_plan_and_shows_it_to_the_pusher() {
     let repo = env.deploy_repo("deploy");
     let commit = repo.commit(&env, &[("troops.toml", PLAN)], "plan");
 
-    let out = ssh_push_command(&env, &sshd, &repo, &["main"])
-        .output()
-        .unwrap();
+    let out = ssh_push_command(&env, &sshd, &repo, &["main"]).output().unwrap();
     let stderr = text(&out.stderr);
-    assert!(
-        out.status.success(),
-        "push failed:\n{stderr}\nsshd log:\n{}",
-        sshd.log()
-    );
+    assert!(out.status.success(), "push failed:\n{stderr}\nsshd log:\n{}", sshd.log());
     let lines = remote_lines(&stderr);
     assert_in_order(
         &lines,
@@ -229,20 +202,12 @@ fn push_over_ssh_runs_the_plan_and_shows_it_to_the_pusher() {
         "last line is not the summary: {summary:?}\n{stderr}"
     );
 
-    assert_eq!(
-        env.node_ref("refs/heads/main").as_deref(),
-        Some(commit.as_str())
-    );
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(commit.as_str()));
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
     let record = env.run_record(1);
-    assert_eq!(
-        (record["trigger"].as_str(), record["status"].as_str()),
-        (Some("push"), Some("succeeded"))
-    );
+    assert_eq!((record["trigger"].as_str(), record["status"].as_str()), (Some("push"), Some("succeeded")));
     assert_eq!(record["commit"], commit.as_str());
-    assert!(env
-        .run_log(1)
-        .contains(&format!("hello from web-1 at {commit}")));
+    assert!(env.run_log(1).contains(&format!("hello from web-1 at {commit}")));
 }
 
 #[test]
@@ -250,16 +215,9 @@ fn a_failing_step_is_shown_and_the_deployed_commit_stays() {
     let env = Env::new();
     env.init();
     let repo = env.deploy_repo("deploy");
-    let good = repo.commit(
-        &env,
-        &[("troops.toml", "[[step]]\nname = \"ok\"\nrun = \"true\"\n")],
-        "good",
-    );
+    let good = repo.commit(&env, &[("troops.toml", "[[step]]\nname = \"ok\"\nrun = \"true\"\n")], "good");
     let (status, stderr) = local_push(&env, &repo, &["main"]);
-    assert!(
-        status.success() && stderr.contains("run 1 succeeded"),
-        "{stderr}"
-    );
+    assert!(status.success() && stderr.contains("run 1 succeeded"), "{stderr}");
 
     let plan = "[[step]]\nname = \"first\"\nrun = \"echo first ran\"\n\
                 [[step]]\nname = \"broken\"\nrun = \"echo about to fail; exit 3\"\n\
@@ -271,13 +229,7 @@ fn a_failing_step_is_shown_and_the_deployed_commit_stays() {
     let lines = remote_lines(&stderr);
     assert_in_order(
         &lines,
-        &[
-            "==> first",
-            "first ran",
-            "==> broken",
-            "about to fail",
-            "broken failed (exit 3)",
-        ],
+        &["==> first", "first ran", "==> broken", "about to fail", "broken failed (exit 3)"],
     );
     let summary = lines.last().unwrap();
     assert!(
@@ -288,10 +240,7 @@ fn a_failing_step_is_shown_and_the_deployed_commit_stays() {
     );
     assert!(!stderr.contains("must not run"), "{stderr}");
 
-    assert_eq!(
-        env.node_ref("refs/heads/main").as_deref(),
-        Some(bad.as_str())
-    );
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(bad.as_str()));
     assert_eq!(
         env.deployed().as_deref(),
         Some(good.as_str()),
@@ -299,12 +248,8 @@ fn a_failing_step_is_shown_and_the_deployed_commit_stays() {
     );
     let record = env.run_record(2);
     assert_eq!(record["status"], "failed");
-    let steps: Vec<&str> = record["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let steps: Vec<&str> =
+        record["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
     assert_eq!(steps, ["succeeded", "failed", "not_run"]);
 }
 
@@ -315,14 +260,10 @@ fn deployed_node() -> (Env, Sshd, DeployRepo, String) {
     let sshd = Sshd::start(&env.path("sshd"));
     let repo = env.deploy_repo("deploy");
     let marker = env.path("ran");
-    let plan = format!(
-        "[[step]]\nname = \"mark\"\nrun = \"echo $TROOPS_COMMIT >> '{}'\"\n",
-        marker.display()
-    );
+    let plan =
+        format!("[[step]]\nname = \"mark\"\nrun = \"echo $TROOPS_COMMIT >> '{}'\"\n", marker.display());
     let commit = repo.commit(&env, &[("troops.toml", &plan)], "plan");
-    let out = ssh_push_command(&env, &sshd, &repo, &["main"])
-        .output()
-        .unwrap();
+    let out = ssh_push_command(&env, &sshd, &repo, &["main"]).output().unwrap();
     assert!(
         out.status.success() && env.deployed().as_deref() == Some(commit.as_str()),
         "{}",
@@ -333,22 +274,10 @@ fn deployed_node() -> (Env, Sshd, DeployRepo, String) {
 
 /// Nothing moved and nothing ran since run 1 deployed `commit`.
 fn assert_untouched(env: &Env, commit: &str) {
-    assert_eq!(
-        env.node_ref("refs/heads/main").as_deref(),
-        Some(commit),
-        "the branch moved"
-    );
-    assert_eq!(
-        env.deployed().as_deref(),
-        Some(commit),
-        "refs/troops/deployed moved"
-    );
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(commit), "the branch moved");
+    assert_eq!(env.deployed().as_deref(), Some(commit), "refs/troops/deployed moved");
     assert_eq!(env.run_ids(), [1], "something ran");
-    assert_eq!(
-        std::fs::read_to_string(env.path("ran")).unwrap(),
-        format!("{commit}\n"),
-        "a step ran"
-    );
+    assert_eq!(std::fs::read_to_string(env.path("ran")).unwrap(), format!("{commit}\n"), "a step ran");
 }
 
 #[test]
@@ -357,9 +286,7 @@ fn a_force_push_is_refused_by_the_node() {
     env.git(&repo.path, &["commit", "-q", "--amend", "-m", "rewritten"]);
     let rewritten = env.git(&repo.path, &["rev-parse", "HEAD"]);
 
-    let out = ssh_push_command(&env, &sshd, &repo, &["--force", "main"])
-        .output()
-        .unwrap();
+    let out = ssh_push_command(&env, &sshd, &repo, &["--force", "main"]).output().unwrap();
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "the force push succeeded:\n{stderr}");
     let refusal = format!(
@@ -367,10 +294,7 @@ fn a_force_push_is_refused_by_the_node() {
         short(&rewritten),
         short(&commit)
     );
-    assert!(
-        remote_lines(&stderr).contains(&refusal.as_str()),
-        "no {refusal:?} in:\n{stderr}"
-    );
+    assert!(remote_lines(&stderr).contains(&refusal.as_str()), "no {refusal:?} in:\n{stderr}");
     assert!(stderr.contains("pre-receive hook declined"), "{stderr}");
     assert_untouched(&env, &commit);
 }
@@ -378,19 +302,14 @@ fn a_force_push_is_refused_by_the_node() {
 #[test]
 fn deleting_the_deploy_branch_is_refused_by_the_node() {
     let (env, sshd, repo, commit) = deployed_node();
-    let out = ssh_push_command(&env, &sshd, &repo, &["--delete", "main"])
-        .output()
-        .unwrap();
+    let out = ssh_push_command(&env, &sshd, &repo, &["--delete", "main"]).output().unwrap();
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "the deletion succeeded:\n{stderr}");
     let refusal = format!(
         "troops: refusing to delete refs/heads/main (at {}), the branch this node deploys",
         short(&commit)
     );
-    assert!(
-        remote_lines(&stderr).contains(&refusal.as_str()),
-        "no {refusal:?} in:\n{stderr}"
-    );
+    assert!(remote_lines(&stderr).contains(&refusal.as_str()), "no {refusal:?} in:\n{stderr}");
     assert_untouched(&env, &commit);
 }
 
@@ -398,16 +317,10 @@ fn deleting_the_deploy_branch_is_refused_by_the_node() {
 fn pushes_cannot_write_the_nodes_own_refs() {
     let (env, _sshd, repo, commit) = deployed_node();
     let next = repo.commit(&env, &[("other.txt", "x")], "not deployed");
-    let (status, stderr) = local_push(
-        &env,
-        &repo,
-        &["--force", &format!("{next}:refs/troops/deployed")],
-    );
+    let (status, stderr) = local_push(&env, &repo, &["--force", &format!("{next}:refs/troops/deployed")]);
     assert!(!status.success(), "{stderr}");
     assert!(
-        stderr.contains(
-            "troops: refusing to update refs/troops/deployed: refs/troops/* belongs to the node"
-        ),
+        stderr.contains("troops: refusing to update refs/troops/deployed: refs/troops/* belongs to the node"),
         "{stderr}"
     );
     assert_untouched(&env, &commit);
@@ -421,28 +334,21 @@ fn a_push_to_another_branch_deploys_nothing() {
     let marker = env.path("ran");
     let commit = repo.commit(
         &env,
-        &[(
-            "troops.toml",
-            &format!(
-                "[[step]]\nname = \"mark\"\nrun = \"touch '{}'\"\n",
-                marker.display()
-            ),
-        )],
+        &[("troops.toml", &format!("[[step]]\nname = \"mark\"\nrun = \"touch '{}'\"\n", marker.display()))],
         "plan",
     );
     let (status, stderr) = local_push(&env, &repo, &["main:feature"]);
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("troops: refs/heads/feature is not refs/heads/main, the branch this node deploys; nothing runs"), "{stderr}");
-    assert_eq!(
-        env.node_ref("refs/heads/feature").as_deref(),
-        Some(commit.as_str())
+    assert!(
+        stderr.contains(
+            "troops: refs/heads/feature is not refs/heads/main, the branch this node deploys; nothing runs"
+        ),
+        "{stderr}"
     );
+    assert_eq!(env.node_ref("refs/heads/feature").as_deref(), Some(commit.as_str()));
     assert_eq!(env.node_ref("refs/heads/main"), None);
     assert_eq!(env.deployed(), None);
-    assert!(
-        env.run_ids().is_empty() && !marker.exists(),
-        "something ran"
-    );
+    assert!(env.run_ids().is_empty() && !marker.exists(), "something ran");
 }
 
 /// Run 1 pushed by `first` (a client of its own) blocks on a gate; returns it once the pusher sees
@@ -451,8 +357,7 @@ fn push_a_blocked_run(env: &Env, gate: &Gate) -> (DeployRepo, String, Pushing) {
     let first = env.deploy_repo("first");
     let plan = gated_step("slow", "step of $TROOPS_COMMIT", &gate.0);
     let c1 = first.commit(env, &[("troops.toml", &plan)], "slow plan");
-    let mut pushing =
-        Pushing::start(first.push_command(env, &env.repo().display().to_string(), &["main"]));
+    let mut pushing = Pushing::start(first.push_command(env, &env.repo().display().to_string(), &["main"]));
     pushing.wait_for(&format!("step of {c1}"));
     (first, c1, pushing)
 }
@@ -475,10 +380,7 @@ fn two_pushes_at_once_both_run_one_after_the_other() {
 
     gate.open();
     let (status, first_out) = first_push.finish();
-    assert!(
-        status.success() && first_out.contains("troops: run 1 succeeded"),
-        "{first_out}"
-    );
+    assert!(status.success() && first_out.contains("troops: run 1 succeeded"), "{first_out}");
     let (status, second_out) = second_push.finish();
     assert!(status.success(), "{second_out}");
     assert_in_order(
@@ -491,14 +393,8 @@ fn two_pushes_at_once_both_run_one_after_the_other() {
     );
 
     let (one, two) = (env.run_record(1), env.run_record(2));
-    assert_eq!(
-        (one["commit"].as_str(), two["commit"].as_str()),
-        (Some(c1.as_str()), Some(c2.as_str()))
-    );
-    assert!(
-        two["started_at"].as_str() >= one["finished_at"].as_str(),
-        "runs overlapped: {one}\n{two}"
-    );
+    assert_eq!((one["commit"].as_str(), two["commit"].as_str()), (Some(c1.as_str()), Some(c2.as_str())));
+    assert!(two["started_at"].as_str() >= one["finished_at"].as_str(), "runs overlapped: {one}\n{two}");
     assert_eq!(env.deployed().as_deref(), Some(c2.as_str()));
 }
 
@@ -529,10 +425,7 @@ fn pushes_that_arrive_during_a_run_coalesce_into_one_run_of_the_newest() {
         })
         .collect();
     // Whichever waiting push took the node first ran the newest tip; the other found it deployed.
-    let ran = outputs[1..]
-        .iter()
-        .filter(|o| o.contains("troops: run 2 succeeded"))
-        .count();
+    let ran = outputs[1..].iter().filter(|o| o.contains("troops: run 2 succeeded")).count();
     let skipped = format!(
         "troops: {}, the tip of refs/heads/main, is deployed already by run 2 (troops log 2); nothing runs",
         short(&c3)
@@ -553,10 +446,7 @@ fn the_pusher_sees_each_line_while_the_step_still_runs() {
     let repo = env.deploy_repo("deploy");
     let commit = repo.commit(
         &env,
-        &[(
-            "troops.toml",
-            &gated_step("slow", "first line, then the gate", &gate.0),
-        )],
+        &[("troops.toml", &gated_step("slow", "first line, then the gate", &gate.0))],
         "plan",
     );
 
@@ -569,13 +459,7 @@ fn the_pusher_sees_each_line_while_the_step_still_runs() {
     gate.open();
     let (status, stderr) = pushing.finish();
     assert!(status.success(), "{stderr}");
-    assert!(
-        remote_lines(&stderr)
-            .last()
-            .unwrap()
-            .starts_with("troops: run 1 succeeded"),
-        "{stderr}"
-    );
+    assert!(remote_lines(&stderr).last().unwrap().starts_with("troops: run 1 succeeded"), "{stderr}");
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
 }
 
@@ -604,17 +488,8 @@ fn run_outlives_the_pusher(ssh: bool, hang_up: impl FnOnce(&mut Pushing)) {
         env.run_record(1)["status"] != "running" && lock_is_free(&env)
     });
     let record = env.run_record(1);
-    assert_eq!(
-        record["status"],
-        "succeeded",
-        "{record}\n{}",
-        env.run_log(1)
-    );
-    assert!(
-        env.run_log(1).contains("later step ran"),
-        "{}",
-        env.run_log(1)
-    );
+    assert_eq!(record["status"], "succeeded", "{record}\n{}", env.run_log(1));
+    assert!(env.run_log(1).contains("later step ran"), "{}", env.run_log(1));
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
 }
 
@@ -631,9 +506,7 @@ fn a_dropped_ssh_connection_does_not_stop_the_run() {
 
 #[test]
 fn ctrl_c_on_a_local_push_does_not_stop_the_run() {
-    run_outlives_the_pusher(false, |pushing| {
-        pushing.signal(nix::sys::signal::Signal::SIGINT)
-    });
+    run_outlives_the_pusher(false, |pushing| pushing.signal(nix::sys::signal::Signal::SIGINT));
 }
 
 #[test]
@@ -648,18 +521,8 @@ fn the_hook_asks_a_listening_daemon_to_run_the_tip_and_relays_its_answer() {
         let mut request = String::new();
         BufReader::new(&stream).read_line(&mut request).unwrap();
         let mut stream = &stream;
-        writeln!(
-            stream,
-            "{}",
-            serde_json::json!({"output": "daemon: running it\n"})
-        )
-        .unwrap();
-        writeln!(
-            stream,
-            "{}",
-            serde_json::json!({"done": {"exit": 0, "error": null}})
-        )
-        .unwrap();
+        writeln!(stream, "{}", serde_json::json!({"output": "daemon: running it\n"})).unwrap();
+        writeln!(stream, "{}", serde_json::json!({"done": {"exit": 0, "error": null}})).unwrap();
         tx.send(request).unwrap();
     });
     let repo = env.deploy_repo("deploy");
@@ -667,20 +530,13 @@ fn the_hook_asks_a_listening_daemon_to_run_the_tip_and_relays_its_answer() {
     let (status, stderr) = local_push(&env, &repo, &["main"]);
     assert!(status.success(), "{stderr}");
 
-    let request: serde_json::Value = serde_json::from_str(
-        &requests
-            .recv_timeout(LIMIT)
-            .expect("the hook asked the daemon"),
-    )
-    .unwrap();
+    let request: serde_json::Value =
+        serde_json::from_str(&requests.recv_timeout(LIMIT).expect("the hook asked the daemon")).unwrap();
     assert_eq!(
         request,
         serde_json::json!({"op": "deploy", "trigger": "push", "commit": null, "unless_deployed": true})
     );
-    assert!(
-        remote_lines(&stderr).contains(&"daemon: running it"),
-        "{stderr}"
-    );
+    assert!(remote_lines(&stderr).contains(&"daemon: running it"), "{stderr}");
     assert!(env.run_ids().is_empty(), "the hook ran the plan itself");
     assert_eq!(env.deployed(), None);
 }
@@ -694,20 +550,13 @@ fn with_a_daemon_running_the_push_runs_in_the_daemon_and_streams_from_there() {
     let gate = Gate(env.path("gate"));
     let repo = env.deploy_repo("deploy");
     // A step's parent is the process that runs the plan.
-    let commit = repo.commit(
-        &env,
-        &[(
-            "troops.toml",
-            &gated_step("where", "run by pid $PPID", &gate.0),
-        )],
-        "plan",
-    );
+    let commit =
+        repo.commit(&env, &[("troops.toml", &gated_step("where", "run by pid $PPID", &gate.0))], "plan");
 
     let mut pushing = Pushing::start(ssh_push_command(&env, &sshd, &repo, &["main"]));
     let line = pushing.wait_for("run by pid");
     assert!(
-        line.trim_end()
-            .ends_with(&format!("run by pid {}", daemon.child.id())),
+        line.trim_end().ends_with(&format!("run by pid {}", daemon.child.id())),
         "not run by the daemon: {line}\n{}",
         daemon.log()
     );
@@ -732,10 +581,7 @@ fn pushing_a_deployed_commit_says_so(daemon: bool) {
     let plan = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
     let first = repo.commit(&env, &[("troops.toml", plan)], "first");
     let (status, stderr) = local_push(&env, &repo, &["main"]);
-    assert!(
-        status.success() && stderr.contains("run 1 succeeded"),
-        "{stderr}"
-    );
+    assert!(status.success() && stderr.contains("run 1 succeeded"), "{stderr}");
 
     // The next commit reaches the node on another branch and is deployed by hand first.
     let second = repo.commit(&env, &[("x", "2")], "second");
@@ -751,16 +597,10 @@ fn pushing_a_deployed_commit_says_so(daemon: bool) {
         "troops: {}, the tip of refs/heads/main, is deployed already by run 2 (troops log 2); nothing runs",
         short(&second)
     );
-    assert!(
-        remote_lines(&stderr).contains(&said.as_str()),
-        "no {said:?} in:\n{stderr}"
-    );
+    assert!(remote_lines(&stderr).contains(&said.as_str()), "no {said:?} in:\n{stderr}");
     assert!(!stderr.contains("hello from"), "{stderr}");
     assert_eq!(env.run_ids(), [1, 2]);
-    assert_eq!(
-        env.node_ref("refs/heads/main").as_deref(),
-        Some(second.as_str())
-    );
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(second.as_str()));
     assert_ne!(first, second);
 }
 
@@ -785,15 +625,7 @@ const MEMBER: &str = "4242";
 fn as_member(command: Command) -> Command {
     let mut wrapped = Command::new("setpriv");
     wrapped
-        .args([
-            "--reuid",
-            MEMBER,
-            "--regid",
-            MEMBER,
-            "--groups",
-            &group_id().to_string(),
-            "--",
-        ])
+        .args(["--reuid", MEMBER, "--regid", MEMBER, "--groups", &group_id().to_string(), "--"])
         .arg(command.get_program())
         .args(command.get_args());
     wrapped.env_clear().stdin(Stdio::null());
@@ -809,10 +641,7 @@ fn as_member(command: Command) -> Command {
 }
 
 fn group_id() -> u32 {
-    let out = Command::new("getent")
-        .args(["group", GROUP])
-        .output()
-        .unwrap();
+    let out = Command::new("getent").args(["group", GROUP]).output().unwrap();
     let line = text(&out.stdout);
     line.split(':')
         .nth(2)
@@ -828,9 +657,7 @@ fn members_of_admin_group_push_and_run_beside_root() {
     }
     let gid = group_id();
     let env = Env::new();
-    env.write_config(&format!(
-        "hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\nkeep_runs = 2\n"
-    ));
+    env.write_config(&format!("hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\nkeep_runs = 2\n"));
     // The member must reach the node and the repos in the test's (private) temp dir.
     std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     env.init();
@@ -846,19 +673,10 @@ fn members_of_admin_group_push_and_run_beside_root() {
     ] {
         let meta = std::fs::metadata(env.state.join(path)).unwrap();
         assert_eq!(meta.gid(), gid, "{path} is not the group's");
-        assert_eq!(
-            meta.mode() & mode,
-            mode,
-            "{path} has mode {:o}",
-            meta.mode()
-        );
+        assert_eq!(meta.mode() & mode, mode, "{path} has mode {:o}", meta.mode());
     }
     let ssh = std::fs::metadata(env.state.join("ssh")).unwrap();
-    assert_eq!(
-        (ssh.gid(), ssh.mode() & 0o777),
-        (0, 0o700),
-        "the node's key must stay root's"
-    );
+    assert_eq!((ssh.gid(), ssh.mode() & 0o777), (0, 0o700), "the node's key must stay root's");
 
     // Git itself refuses a repo its user does not own unless told it is safe (README: `git config
     // --system --add safe.directory ...`); here the member's global config says so.
@@ -866,11 +684,7 @@ fn members_of_admin_group_push_and_run_beside_root() {
     let repo = env.deploy_repo("deploy");
     std::fs::write(
         &safe,
-        format!(
-            "[safe]\n\tdirectory = {}\n\tdirectory = {}\n",
-            env.repo().display(),
-            repo.path.display()
-        ),
+        format!("[safe]\n\tdirectory = {}\n\tdirectory = {}\n", env.repo().display(), repo.path.display()),
     )
     .unwrap();
     let plan = "[[step]]\nname = \"who\"\nrun = \"steps/who.sh\"\n";
@@ -885,11 +699,7 @@ fn members_of_admin_group_push_and_run_beside_root() {
 
     // Root deploys first, then the member twice: the member's runs replace root's checkout and
     // prune root's run (keep_runs = 2).
-    repo.commit(
-        &env,
-        &[("troops.toml", plan), ("steps/who.sh", who)],
-        "root",
-    );
+    repo.commit(&env, &[("troops.toml", plan), ("steps/who.sh", who)], "root");
     let (status, stderr) = local_push(&env, &repo, &["main"]);
     assert!(
         status.success() && stderr.contains("ran as uid 0") && stderr.contains("run 1 succeeded"),

@@ -37,19 +37,12 @@ fn signed_node(scope: &str, armor: bool) -> (Env, Gpg, Keys, DeployRepo) {
     keyring.extend(gpg.export_revoked(&keys.gone, armor));
     let keyring_path = env.path("trusted.pgp");
     std::fs::write(&keyring_path, keyring).unwrap();
-    env.write_config(&format!("hostname = \"web-1\"\n[verify]\nrequire_signed = true\nkeyring = \"{}\"\nscope = \"{scope}\"\n", keyring_path.display()));
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[verify]\nrequire_signed = true\nkeyring = \"{}\"\nscope = \"{scope}\"\n",
+        keyring_path.display()
+    ));
     let a = env.path("a.git");
-    env.git(
-        env.tmp.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            &a.display().to_string(),
-        ],
-    );
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
     env.ok(&["init", &format!("--remote=a={}", a.display())]);
     let work = env.deploy_repo("work");
     (env, gpg, keys, work)
@@ -57,16 +50,8 @@ fn signed_node(scope: &str, armor: bool) -> (Env, Gpg, Keys, DeployRepo) {
 
 /// Pushes the work repo's HEAD to remote `a` (forced: cases replace one another there).
 fn publish(env: &Env, work: &DeployRepo) {
-    let out = work.push(
-        env,
-        &env.path("a.git").display().to_string(),
-        &["--force", "HEAD:main"],
-    );
-    assert!(
-        out.status.success(),
-        "push to a failed: {}",
-        text(&out.stderr)
-    );
+    let out = work.push(env, &env.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
+    assert!(out.status.success(), "push to a failed: {}", text(&out.stderr));
 }
 
 fn combined(out: &Output) -> String {
@@ -83,92 +68,50 @@ fn deploy_base(env: &Env, gpg: &Gpg, keys: &Keys, work: &DeployRepo) -> String {
     publish(env, work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
-    assert_eq!(
-        env.deployed().as_deref(),
-        Some(base.as_str()),
-        "{}",
-        combined(&out)
-    );
+    assert_eq!(env.deployed().as_deref(), Some(base.as_str()), "{}", combined(&out));
     base
 }
 
 /// Nothing moved since `base` was deployed as run 1.
 fn assert_untouched(env: &Env, base: &str, case: &str) {
-    assert_eq!(
-        env.node_ref("refs/heads/main").as_deref(),
-        Some(base),
-        "{case}: the branch moved"
-    );
-    assert_eq!(
-        env.deployed().as_deref(),
-        Some(base),
-        "{case}: the deployed commit moved"
-    );
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(base), "{case}: the branch moved");
+    assert_eq!(env.deployed().as_deref(), Some(base), "{case}: the deployed commit moved");
     assert_eq!(env.run_ids(), [1], "{case}: something ran");
 }
 
 /// Each way a commit can fail verification: its name, how to make it on top of the work repo's
 /// HEAD, and what only its refusal says.
-type Case = (
-    &'static str,
-    fn(&Env, &Gpg, &Keys, &DeployRepo) -> String,
-    &'static str,
-);
+type Case = (&'static str, fn(&Env, &Gpg, &Keys, &DeployRepo) -> String, &'static str);
 
-const REASONS: [&str; 5] = [
-    "is not signed",
-    "unknown key",
-    "bad signature",
-    "a key that has expired",
-    "a key that is revoked",
-];
+const REASONS: [&str; 5] =
+    ["is not signed", "unknown key", "bad signature", "a key that has expired", "a key that is revoked"];
 
 fn cases() -> Vec<Case> {
     vec![
-        (
-            "unsigned",
-            |env, _, _, work| work.commit(env, &[("x", "unsigned")], "unsigned"),
-            REASONS[0],
-        ),
+        ("unsigned", |env, _, _, work| work.commit(env, &[("x", "unsigned")], "unsigned"), REASONS[0]),
         (
             "unknown key",
             |env, gpg, keys, work| {
-                gpg.commit(
-                    env,
-                    work,
-                    &keys.stranger,
-                    &[("x", "stranger")],
-                    "by a stranger",
-                )
+                gpg.commit(env, work, &keys.stranger, &[("x", "stranger")], "by a stranger")
             },
             REASONS[1],
         ),
         (
             "tampered",
             |env, gpg, keys, work| {
-                gpg.commit(
-                    env,
-                    work,
-                    &keys.trusted,
-                    &[("x", "tampered")],
-                    "the message is altered",
-                );
+                gpg.commit(env, work, &keys.trusted, &[("x", "tampered")], "the message is altered");
                 tamper(env, work)
             },
             REASONS[2],
         ),
         (
             "expired",
-            |env, gpg, keys, work| {
-                gpg.commit(env, work, &keys.old, &[("x", "old")], "by an expired key")
-            },
+            |env, gpg, keys, work| gpg.commit(env, work, &keys.old, &[("x", "old")], "by an expired key"),
             REASONS[3],
         ),
         (
             "revoked",
-            |env, gpg, keys, work| {
-                gpg.commit(env, work, &keys.gone, &[("x", "gone")], "by a revoked key")
-            },
+            |env, gpg, keys, work| gpg.commit(env, work, &keys.gone, &[("x", "gone")], "by a revoked key"),
             REASONS[4],
         ),
     ]
@@ -176,15 +119,9 @@ fn cases() -> Vec<Case> {
 
 /// `output` gives `reason` and none of the other cases' reasons.
 fn assert_only_reason(output: &str, reason: &str, case: &str) {
-    assert!(
-        output.contains(reason),
-        "{case}: {reason:?} not in:\n{output}"
-    );
+    assert!(output.contains(reason), "{case}: {reason:?} not in:\n{output}");
     for other in REASONS.iter().filter(|r| **r != reason) {
-        assert!(
-            !output.contains(other),
-            "{case}: {other:?} (another case's reason) in:\n{output}"
-        );
+        assert!(!output.contains(other), "{case}: {other:?} (another case's reason) in:\n{output}");
     }
 }
 
@@ -197,17 +134,11 @@ fn a_commit_signed_by_a_trusted_key_deploys_by_pull_and_by_push() {
     let verified = env.ok(&["verify"]);
     assert_eq!(
         verified.trim(),
-        format!(
-            "commit {base} is signed by {} ({})",
-            keys.trusted.fingerprint, keys.trusted.user_id
-        )
+        format!("commit {base} is signed by {} ({})", keys.trusted.fingerprint, keys.trusted.user_id)
     );
     let shown = env.ok(&["status"]);
     assert!(
-        shown.contains(&format!(
-            "verify    on (scope tip, keyring {})",
-            env.path("trusted.pgp").display()
-        )),
+        shown.contains(&format!("verify    on (scope tip, keyring {})", env.path("trusted.pgp").display())),
         "{shown}"
     );
     assert_eq!(status(&env)["verify"]["require_signed"], true);
@@ -215,11 +146,7 @@ fn a_commit_signed_by_a_trusted_key_deploys_by_pull_and_by_push() {
     let pushed = gpg.commit(&env, &work, &keys.trusted, &[("x", "pushed")], "pushed");
     let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("run 2 succeeded"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("run 2 succeeded"), "{}", text(&out.stderr));
     assert_eq!(env.deployed().as_deref(), Some(pushed.as_str()));
     assert_eq!(env.run_record(2)["trigger"], "push");
 }
@@ -237,11 +164,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         let said = combined(&out);
         assert_eq!(out.status.code(), Some(0), "{case}: {said}");
         assert!(
-            said.contains(&format!(
-                "troops: remote a: {} refused: commit {}",
-                &commit[..12],
-                &commit[..12]
-            )),
+            said.contains(&format!("troops: remote a: {} refused: commit {}", &commit[..12], &commit[..12])),
             "{case}: {said}"
         );
         assert_only_reason(&said, reason, case);
@@ -250,10 +173,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         // The refusal is kept for status: by the remote, and as the node's last refusal.
         let status = status(&env);
         assert!(
-            status["remotes"][0]["last_fetch"]["refused"]
-                .as_str()
-                .unwrap()
-                .contains(reason),
+            status["remotes"][0]["last_fetch"]["refused"].as_str().unwrap().contains(reason),
             "{case}: {status}"
         );
         let last = &status["verify"]["last_refusal"];
@@ -264,8 +184,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         );
         let shown = env.ok(&["status"]);
         assert!(
-            shown.contains(&format!("refused   {} from remote a", &commit[..12]))
-                && shown.contains(reason),
+            shown.contains(&format!("refused   {} from remote a", &commit[..12])) && shown.contains(reason),
             "{case}: {shown}"
         );
 
@@ -292,12 +211,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
     publish(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
-    assert_eq!(
-        env.deployed().as_deref(),
-        Some(good.as_str()),
-        "{}",
-        combined(&out)
-    );
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "{}", combined(&out));
 }
 
 #[test]
@@ -310,10 +224,7 @@ fn push_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         let commit = make(&env, &gpg, &keys, &work);
         let out = work.push(&env, &node, &["HEAD:main"]);
         let stderr = text(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "{case}: the push was accepted:\n{stderr}"
-        );
+        assert!(!out.status.success(), "{case}: the push was accepted:\n{stderr}");
         let line = format!(
             "remote: troops: refusing refs/heads/main at {}: commit {}",
             &commit[..12],
@@ -336,57 +247,34 @@ fn scope_all_refuses_an_unsigned_commit_under_a_signed_tip() {
     let (env, gpg, keys, work) = signed_node("all", true);
     let base = deploy_base(&env, &gpg, &keys, &work);
     let unsigned = work.commit(&env, &[("x", "unsigned")], "unsigned");
-    let tip = gpg.commit(
-        &env,
-        &work,
-        &keys.trusted,
-        &[("x", "signed")],
-        "signed on top",
-    );
+    let tip = gpg.commit(&env, &work, &keys.trusted, &[("x", "signed")], "signed on top");
     let refused = format!("commit {} is not signed", &unsigned[..12]);
 
     publish(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
     assert!(
-        combined(&out).contains(&format!(
-            "troops: remote a: {} refused: {refused}",
-            &tip[..12]
-        )),
+        combined(&out).contains(&format!("troops: remote a: {} refused: {refused}", &tip[..12])),
         "{}",
         combined(&out)
     );
     assert_untouched(&env, &base, "pull");
 
     let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(!out.status.success(), "the push was accepted:\n{}", text(&out.stderr));
     assert!(
-        !out.status.success(),
-        "the push was accepted:\n{}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains(&format!(
-            "refusing refs/heads/main at {}: {refused}",
-            &tip[..12]
-        )),
+        text(&out.stderr).contains(&format!("refusing refs/heads/main at {}: {refused}", &tip[..12])),
         "{}",
         text(&out.stderr)
     );
     assert_untouched(&env, &base, "push");
 
     // The same history passes with scope = "tip": the tip alone is checked.
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("scope = \"all\"", "scope = \"tip\"");
+    let config = std::fs::read_to_string(&env.config).unwrap().replace("scope = \"all\"", "scope = \"tip\"");
     env.write_config(&config);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
-    assert_eq!(
-        env.deployed().as_deref(),
-        Some(tip.as_str()),
-        "{}",
-        combined(&out)
-    );
+    assert_eq!(env.deployed().as_deref(), Some(tip.as_str()), "{}", combined(&out));
 }
 
 #[test]
@@ -400,30 +288,17 @@ fn a_missing_keyring_refuses_everything_and_names_the_file() {
     publish(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(3), "{}", combined(&out));
-    assert!(
-        text(&out.stderr).contains(&format!("reading the keyring {keyring}")),
-        "{}",
-        combined(&out)
-    );
+    assert!(text(&out.stderr).contains(&format!("reading the keyring {keyring}")), "{}", combined(&out));
     assert_untouched(&env, &base, "pull");
 
     let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
-    assert!(
-        !out.status.success(),
-        "the push was accepted:\n{}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains(&keyring),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(!out.status.success(), "the push was accepted:\n{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&keyring), "{}", text(&out.stderr));
     assert_untouched(&env, &base, "push");
 
     let shown = env.ok(&["status"]);
     assert!(
-        shown
-            .contains("verify    on (scope tip), but nothing can be verified: reading the keyring"),
+        shown.contains("verify    on (scope tip), but nothing can be verified: reading the keyring"),
         "{shown}"
     );
 }

@@ -110,17 +110,25 @@ impl Config {
         };
         let word = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(default.to_owned()),
-            Some(v) if v.get_ref().trim().is_empty() => Err(err(v.span(), format!("`{key}` must not be empty"))),
+            Some(v) if v.get_ref().trim().is_empty() => {
+                Err(err(v.span(), format!("`{key}` must not be empty")))
+            }
             Some(v) => Ok(v.into_inner()),
         };
 
         let branch = word(raw.branch.clone(), "branch", "main")?;
         if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
-            return Err(err(raw.branch.expect("default is valid").span(), format!("`branch`: {branch:?} is not a valid branch name")));
+            return Err(err(
+                raw.branch.expect("default is valid").span(),
+                format!("`branch`: {branch:?} is not a valid branch name"),
+            ));
         }
         let interval = duration(raw.interval.clone(), "interval", "60s")?;
         if interval.is_zero() {
-            return Err(err(raw.interval.expect("default is not zero").span(), "`interval` must be more than zero".into()));
+            return Err(err(
+                raw.interval.expect("default is not zero").span(),
+                "`interval` must be more than zero".into(),
+            ));
         }
         let keep_runs = match raw.keep_runs {
             None => 100,
@@ -155,7 +163,10 @@ impl Config {
             retry,
             verify: Verify {
                 require_signed: raw.verify.require_signed.unwrap_or(false),
-                keyring: raw.verify.keyring.map_or_else(|| PathBuf::from("/etc/troops/trusted.pgp"), PathBuf::from),
+                keyring: raw
+                    .verify
+                    .keyring
+                    .map_or_else(|| PathBuf::from("/etc/troops/trusted.pgp"), PathBuf::from),
                 scope: raw.verify.scope.unwrap_or(Scope::Tip),
             },
         })

@@ -36,7 +36,11 @@ pub enum Reply {
 pub fn call(socket: &Path, request: &Request, out: &mut dyn Write) -> Result<Option<(i32, Option<String>)>> {
     let mut stream = match UnixStream::connect(socket) {
         Ok(stream) => stream,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => return Ok(None),
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(Error::path("connecting to the daemon at", socket, e)),
     };
     let context = || format!("talking to the daemon at {}", socket.display());

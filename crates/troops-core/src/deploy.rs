@@ -49,12 +49,22 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     })?;
     let runs = node.runs();
     if let Some(old) = runs.recover(&lock)? {
-        let _ = writeln!(out, "troops: run {} was left running by a process that died; marked interrupted", old.id);
+        let _ = writeln!(
+            out,
+            "troops: run {} was left running by a process that died; marked interrupted",
+            old.id
+        );
     }
     let repo = node.repo()?;
     let commit = match &request.commit {
         Some(rev) => repo.resolve(rev)?,
-        None => repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} of {} has no commits yet", repo.branch, node.repo_path().display())))?,
+        None => repo.tip()?.ok_or_else(|| {
+            Error::Input(format!(
+                "branch {} of {} has no commits yet",
+                repo.branch,
+                node.repo_path().display()
+            ))
+        })?,
     };
     if request.commit.is_some() {
         vouch(node, &repo, commit)?;
@@ -81,7 +91,11 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     };
     runs.save(&record)?;
     let log_path = runs.log_path(id);
-    let log = OpenOptions::new().create(true).append(true).open(&log_path).ctx(|| format!("opening {}", log_path.display()))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .ctx(|| format!("opening {}", log_path.display()))?;
     let mut out = Tee { log, out };
 
     let result = run(node, &repo, &mut record, &mut out, stop);
@@ -113,7 +127,8 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
 fn vouch(node: &Node, repo: &crate::repo::NodeRepo, commit: Oid) -> Result<()> {
     let Some(keyring) = crate::verify::enforced(&node.config.verify)? else { return Ok(()) };
     let tip = repo.tip()?;
-    let on_branch = tip == Some(commit) || tip.is_some_and(|tip| repo.git.graph_descendant_of(tip, commit).unwrap_or(false));
+    let on_branch = tip == Some(commit)
+        || tip.is_some_and(|tip| repo.git.graph_descendant_of(tip, commit).unwrap_or(false));
     if on_branch {
         return Ok(());
     }
@@ -121,13 +136,23 @@ fn vouch(node: &Node, repo: &crate::repo::NodeRepo, commit: Oid) -> Result<()> {
         None => Ok(()),
         Some(refusal) => {
             let _ = crate::verify::record_refusal(&node.state_dir, "troops deploy", &refusal);
-            Err(Error::Refused(format!("refusing to run {}: {refusal}, and it is not on branch {}", short(&commit.to_string()), repo.branch)))
+            Err(Error::Refused(format!(
+                "refusing to run {}: {refusal}, and it is not on branch {}",
+                short(&commit.to_string()),
+                repo.branch
+            )))
         }
     }
 }
 
 /// The part of a run that happens with a record on disk; errors fail the run.
-fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &mut Tee, stop: &AtomicBool) -> Result<()> {
+fn run(
+    node: &Node,
+    repo: &crate::repo::NodeRepo,
+    record: &mut RunRecord,
+    out: &mut Tee,
+    stop: &AtomicBool,
+) -> Result<()> {
     let runs = node.runs();
     let work = node.work_dir();
     let checkout = work.join(record.id.to_string());
@@ -140,11 +165,26 @@ fn run(node: &Node, repo: &crate::repo::NodeRepo, record: &mut RunRecord, out: &
     let selected: Vec<&Step> = plan.steps.iter().filter(|s| roles::selects(s, &roles).0).collect();
     record.steps = selected
         .iter()
-        .map(|s| StepRecord { name: s.name.clone(), status: StepStatus::NotRun, exit_code: None, duration_ms: 0 })
+        .map(|s| StepRecord {
+            name: s.name.clone(),
+            status: StepStatus::NotRun,
+            exit_code: None,
+            duration_ms: 0,
+        })
         .collect();
     runs.save(record)?;
 
-    let _ = writeln!(out, "troops: run {} ({}) of {} on {} [{}]: {} of {} steps", record.id, record.trigger, short(&record.commit), record.host, record.roles.join(","), selected.len(), plan.steps.len());
+    let _ = writeln!(
+        out,
+        "troops: run {} ({}) of {} on {} [{}]: {} of {} steps",
+        record.id,
+        record.trigger,
+        short(&record.commit),
+        record.host,
+        record.roles.join(","),
+        selected.len(),
+        plan.steps.len()
+    );
     let env = step_env(node, record, &roles);
     for (i, step) in selected.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
@@ -197,7 +237,13 @@ pub fn summary(record: &RunRecord) -> String {
     let ran = record.steps.iter().filter(|s| s.status != StepStatus::NotRun).count();
     let seconds = record.steps.iter().map(|s| s.duration_ms).sum::<u64>() as f64 / 1000.0;
     let reason = record.error.as_deref().map_or(String::new(), |e| format!(" {e};"));
-    format!("run {} {}:{reason} {ran} of {} steps ran in {seconds:.1}s (troops log {})", record.id, record.status, record.steps.len(), record.id)
+    format!(
+        "run {} {}:{reason} {ran} of {} steps ran in {seconds:.1}s (troops log {})",
+        record.id,
+        record.status,
+        record.steps.len(),
+        record.id
+    )
 }
 
 pub fn short(commit: &str) -> &str {
@@ -207,9 +253,12 @@ pub fn short(commit: &str) -> &str {
 /// Plan errors name the file as it is in the repo, not in the throwaway checkout.
 fn relative_to(error: Error, checkout: &Path) -> Error {
     match error {
-        Error::Plan { path, line, column, message } => {
-            Error::Plan { path: path.strip_prefix(checkout).map(Path::to_path_buf).unwrap_or(path), line, column, message }
-        }
+        Error::Plan { path, line, column, message } => Error::Plan {
+            path: path.strip_prefix(checkout).map(Path::to_path_buf).unwrap_or(path),
+            line,
+            column,
+            message,
+        },
         other => other,
     }
 }
@@ -220,7 +269,11 @@ fn clear_dir(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
         let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
         make_writable(&path);
-        let removed = if path.is_dir() && !path.is_symlink() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
         removed.ctx(|| format!("removing {}", path.display()))?;
     }
     Ok(())
@@ -230,7 +283,10 @@ fn make_writable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else { return };
     if meta.is_dir() {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+        let _ = std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+        );
         std::fs::read_dir(path).into_iter().flatten().flatten().for_each(|e| make_writable(&e.path()));
     }
 }
@@ -256,11 +312,16 @@ impl Write for Tee<'_> {
 }
 
 /// What `--dry-run` shows: each step of the plan at `commit`, whether this host runs it, and why.
-pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<(Oid, BTreeSet<String>, Vec<(String, bool, String)>)> {
+pub fn dry_run(
+    node: &Node,
+    rev: Option<&str>,
+) -> Result<(Oid, BTreeSet<String>, Vec<(String, bool, String)>)> {
     let repo = node.repo()?;
     let commit = match rev {
         Some(rev) => repo.resolve(rev)?,
-        None => repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} has no commits yet", repo.branch)))?,
+        None => {
+            repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} has no commits yet", repo.branch)))?
+        }
     };
     // Outside work/, which a concurrent run empties.
     let checkout = std::env::temp_dir().join(format!("troops-dry-run-{}", std::process::id()));
@@ -288,5 +349,9 @@ pub fn already_deployed(node: &Node, commit: Oid) -> String {
         Ok(Some(run)) if run.commit == commit => format!(" by run {} (troops log {})", run.id, run.id),
         _ => String::new(),
     };
-    format!("troops: {}, the tip of refs/heads/{}, is deployed already{run}; nothing runs", short(&commit), node.config.branch)
+    format!(
+        "troops: {}, the tip of refs/heads/{}, is deployed already{run}; nothing runs",
+        short(&commit),
+        node.config.branch
+    )
 }

@@ -47,7 +47,9 @@ pub fn decide(local: Option<Oid>, tips: &[(String, Oid)], descends: impl Fn(Oid,
             },
         }
     }
-    let newest = candidates.iter().find(|(tip, _)| candidates.iter().all(|(other, _)| other == tip || descends(*tip, *other)));
+    let newest = candidates
+        .iter()
+        .find(|(tip, _)| candidates.iter().all(|(other, _)| other == tip || descends(*tip, *other)));
     match newest {
         Some(newest) => decision.advance = Some(newest.clone()),
         None => decision.conflict = candidates.into_iter().flat_map(|(_, remotes)| remotes).collect(),
@@ -105,7 +107,10 @@ mod tests {
     fn rewritten_and_older_tips_are_refused_by_name() {
         let d = decide(Some(c(2)), &tips(&[("old", 1), ("forked", 4), ("good", 3)]), descends);
         assert_eq!(d.advance, Some((c(3), vec!["good".into()])));
-        assert_eq!(d.refused, vec![("old".into(), c(1), Refusal::Behind), ("forked".into(), c(4), Refusal::Diverged)]);
+        assert_eq!(
+            d.refused,
+            vec![("old".into(), c(1), Refusal::Behind), ("forked".into(), c(4), Refusal::Diverged)]
+        );
     }
 
     #[test]

@@ -23,20 +23,30 @@ pub struct Fetched {
 }
 
 /// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`.
-pub fn fetch_all(repo_path: &Path, branch: &str, ssh_dir: &Path, timeout: Duration) -> crate::Result<Vec<Fetched>> {
-    let repo = Repository::open_bare(repo_path).map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;
-    let remotes = repo.remotes().map_err(|e| crate::Error::git(format!("listing remotes of {}", repo_path.display()), e))?;
+pub fn fetch_all(
+    repo_path: &Path,
+    branch: &str,
+    ssh_dir: &Path,
+    timeout: Duration,
+) -> crate::Result<Vec<Fetched>> {
+    let repo = Repository::open_bare(repo_path)
+        .map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;
+    let remotes = repo
+        .remotes()
+        .map_err(|e| crate::Error::git(format!("listing remotes of {}", repo_path.display()), e))?;
     let names: Vec<String> = remotes.iter().flatten().map(str::to_owned).collect();
     set_socket_timeouts(timeout);
     let deadline = Instant::now() + timeout;
     let (tx, rx) = mpsc::channel();
     for (index, name) in names.iter().enumerate() {
-        let (tx, name, repo_path, branch, ssh_dir) = (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
+        let (tx, name, repo_path, branch, ssh_dir) =
+            (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
         // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
         std::thread::spawn(move || {
             let started = Instant::now();
             let (url, tip, downloaded) = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline);
-            let _ = tx.send((index, Fetched { remote: name, url, tip, downloaded, duration: started.elapsed() }));
+            let _ =
+                tx.send((index, Fetched { remote: name, url, tip, downloaded, duration: started.elapsed() }));
         });
     }
     drop(tx);
@@ -62,7 +72,13 @@ pub fn fetch_all(repo_path: &Path, branch: &str, ssh_dir: &Path, timeout: Durati
         .collect())
 }
 
-fn fetch_one(repo_path: &Path, name: &str, branch: &str, ssh_dir: &Path, deadline: Instant) -> (String, Result<Option<Oid>, String>, bool) {
+fn fetch_one(
+    repo_path: &Path,
+    name: &str,
+    branch: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+) -> (String, Result<Option<Oid>, String>, bool) {
     let repo = match Repository::open_bare(repo_path) {
         Ok(repo) => repo,
         Err(e) => return (String::new(), Err(e.message().to_owned()), false),
@@ -70,7 +86,8 @@ fn fetch_one(repo_path: &Path, name: &str, branch: &str, ssh_dir: &Path, deadlin
     let url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
     let tracking = format!("refs/remotes/{name}/{branch}");
     let result = if url.starts_with("https://") || url.starts_with("http://") {
-        fetch_with_git(repo_path, name, branch, &tracking, deadline).map(|()| (repo.refname_to_id(&tracking).ok(), true))
+        fetch_with_git(repo_path, name, branch, &tracking, deadline)
+            .map(|()| (repo.refname_to_id(&tracking).ok(), true))
     } else {
         fetch_with_libgit2(&repo, name, &url, branch, &tracking, ssh_dir, deadline)
     };
@@ -80,7 +97,15 @@ fn fetch_one(repo_path: &Path, name: &str, branch: &str, ssh_dir: &Path, deadlin
     }
 }
 
-fn fetch_with_libgit2(repo: &Repository, name: &str, url: &str, branch: &str, tracking: &str, ssh_dir: &Path, deadline: Instant) -> Result<(Option<Oid>, bool), String> {
+fn fetch_with_libgit2(
+    repo: &Repository,
+    name: &str,
+    url: &str,
+    branch: &str,
+    tracking: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+) -> Result<(Option<Oid>, bool), String> {
     let mut remote = repo.find_remote(name).map_err(|e| e.message().to_owned())?;
     let mut callbacks = RemoteCallbacks::new();
     let refusal = crate::ssh::callbacks(&mut callbacks, url, ssh_dir);
@@ -88,7 +113,11 @@ fn fetch_with_libgit2(repo: &Repository, name: &str, url: &str, branch: &str, tr
     let mut options = FetchOptions::new();
     // libgit2 downloads nothing when the advertised tip is already here; prune drops the
     // tracking ref of a branch the remote no longer has.
-    options.remote_callbacks(callbacks).download_tags(AutotagOption::None).update_fetchhead(false).prune(FetchPrune::On);
+    options
+        .remote_callbacks(callbacks)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false)
+        .prune(FetchPrune::On);
     let refspec = format!("+refs/heads/{branch}:{tracking}");
     let reflog = format!("troops: fetch {name}");
     // libgit2 rewrites `shallow` under `shallow.lock` after each download, so two remotes that
@@ -105,11 +134,24 @@ fn fetch_with_libgit2(repo: &Repository, name: &str, url: &str, branch: &str, tr
 }
 
 /// Fetches with the `git` command, killed at the deadline.
-fn fetch_with_git(repo_path: &Path, name: &str, branch: &str, tracking: &str, deadline: Instant) -> Result<(), String> {
+fn fetch_with_git(
+    repo_path: &Path,
+    name: &str,
+    branch: &str,
+    tracking: &str,
+    deadline: Instant,
+) -> Result<(), String> {
     let mut child = Command::new("git")
         .arg("--git-dir")
         .arg(repo_path)
-        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", name, &format!("+refs/heads/{branch}:{tracking}")])
+        .args([
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            name,
+            &format!("+refs/heads/{branch}:{tracking}"),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -140,4 +182,3 @@ fn set_socket_timeouts(timeout: Duration) {
         let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
     }
 }
-

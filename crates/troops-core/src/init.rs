@@ -51,12 +51,17 @@ fn share_with_group(node: &Node) -> Result<()> {
         return Ok(());
     }
     let name = &node.config.admin_group;
-    let Some(group) = nix::unistd::Group::from_name(name).ctx(|| format!("looking up admin_group {name}"))? else {
+    let Some(group) = nix::unistd::Group::from_name(name).ctx(|| format!("looking up admin_group {name}"))?
+    else {
         return Ok(());
     };
     let gid = group.gid.as_raw();
     let lock = node.lock_path();
-    std::fs::OpenOptions::new().create(true).append(true).open(&lock).ctx(|| format!("creating {}", lock.display()))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&lock)
+        .ctx(|| format!("creating {}", lock.display()))?;
     let repo = node.repo_path();
     for dir in [node.state_dir.as_path(), repo.parent().unwrap_or(&node.state_dir)] {
         share(dir, gid, 0o050)?;
@@ -85,7 +90,8 @@ fn share(path: &Path, gid: u32, bits: u32) -> Result<std::fs::Metadata> {
     let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
     use std::os::unix::fs::MetadataExt;
     if meta.gid() != gid {
-        std::os::unix::fs::lchown(path, None, Some(gid)).ctx(|| format!("giving {} to group {gid}", path.display()))?;
+        std::os::unix::fs::lchown(path, None, Some(gid))
+            .ctx(|| format!("giving {} to group {gid}", path.display()))?;
     }
     if meta.file_type().is_symlink() {
         return Ok(meta);
@@ -96,7 +102,8 @@ fn share(path: &Path, gid: u32, bits: u32) -> Result<std::fs::Metadata> {
     let shared = if meta.is_dir() { mode | group | 0o2000 } else { (mode & !0o6000) | group };
     // Compared with the mode as it is now: chown may have changed it.
     if std::fs::symlink_metadata(path).map(|m| m.mode() & 0o7777).ok() != Some(shared) {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(shared)).ctx(|| format!("sharing {} with its group", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(shared))
+            .ctx(|| format!("sharing {} with its group", path.display()))?;
     }
     Ok(meta)
 }
@@ -129,7 +136,10 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         )
         .ctx(|| format!("creating the node repo {}", path.display()))?,
     };
-    let mut config = git.config().and_then(|c| c.open_level(git2::ConfigLevel::Local)).ctx(|| format!("opening {}/config", path.display()))?;
+    let mut config = git
+        .config()
+        .and_then(|c| c.open_level(git2::ConfigLevel::Local))
+        .ctx(|| format!("opening {}/config", path.display()))?;
     let state_dir = absolute(&node.state_dir)?;
     let config_path = absolute(&node.config.path)?;
     let settings: [(&str, &str); 6] = [
@@ -145,12 +155,15 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         config.set_str(key, value).ctx(|| format!("setting {key} in {}", path.display()))?;
     }
     // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
-    git.set_head(&format!("refs/heads/{branch}")).ctx(|| format!("pointing HEAD of {} at {branch}", path.display()))?;
+    git.set_head(&format!("refs/heads/{branch}"))
+        .ctx(|| format!("pointing HEAD of {} at {branch}", path.display()))?;
 
     for (name, url) in &options.remotes {
         match git.find_remote(name) {
             Ok(remote) if remote.url() == Some(url.as_str()) => {}
-            Ok(_) => git.remote_set_url(name, url).map(drop).ctx(|| format!("setting the url of remote {name}"))?,
+            Ok(_) => {
+                git.remote_set_url(name, url).map(drop).ctx(|| format!("setting the url of remote {name}"))?
+            }
             Err(_) => git.remote(name, url).map(drop).ctx(|| format!("adding remote {name} ({url})"))?,
         }
     }
@@ -158,9 +171,12 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
     let hook = options.hook.to_string_lossy().replace('\'', r"'\''");
     for kind in ["pre-receive", "post-receive"] {
         let file = path.join("hooks").join(kind);
-        let script = format!("#!/bin/sh\n# Written by `troops init`; runs again on every init.\nexec '{hook}' {kind} \"$@\"\n");
+        let script = format!(
+            "#!/bin/sh\n# Written by `troops init`; runs again on every init.\nexec '{hook}' {kind} \"$@\"\n"
+        );
         crate::atomic::write(&file, script.as_bytes())?;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775)).ctx(|| format!("making {} executable", file.display()))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775))
+            .ctx(|| format!("making {} executable", file.display()))?;
     }
     Ok(())
 }
@@ -197,7 +213,8 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<
 /// The node's SSH key for fetching: made once, kept forever. Returns the public half.
 fn ssh_key(dir: &Path) -> Result<String> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ctx(|| format!("securing {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("securing {}", dir.display()))?;
     let key = dir.join("id_ed25519");
     if !key.exists() {
         let comment = format!("troops@{}", crate::host::fqdn());
@@ -207,7 +224,11 @@ fn ssh_key(dir: &Path) -> Result<String> {
             .output()
             .ctx(|| "running ssh-keygen (is openssh-client installed?)".into())?;
         if !output.status.success() {
-            return Err(Error::Env(format!("ssh-keygen failed to create {}: {}", key.display(), String::from_utf8_lossy(&output.stderr).trim())));
+            return Err(Error::Env(format!(
+                "ssh-keygen failed to create {}: {}",
+                key.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
         }
     }
     let known_hosts = dir.join("known_hosts");
@@ -215,7 +236,9 @@ fn ssh_key(dir: &Path) -> Result<String> {
         std::fs::write(&known_hosts, "").ctx(|| format!("creating {}", known_hosts.display()))?;
     }
     let public = key.with_extension("pub");
-    std::fs::read_to_string(&public).map(|k| k.trim().to_owned()).ctx(|| format!("reading {}", public.display()))
+    std::fs::read_to_string(&public)
+        .map(|k| k.trim().to_owned())
+        .ctx(|| format!("reading {}", public.display()))
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

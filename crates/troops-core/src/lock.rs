@@ -66,7 +66,13 @@ impl Drop for NodeLock {
 }
 
 fn open(path: &Path) -> Result<File> {
-    OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).ctx(|| format!("opening lock {}", path.display()))
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("opening lock {}", path.display()))
 }
 
 /// What the current holder wrote, or a plain phrase when it wrote nothing yet.
@@ -94,7 +100,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let path = path.clone();
-            std::thread::spawn(move || NodeLock::acquire(&path, |what| tx.send(what.to_owned()).unwrap()).map(|_| ()))
+            std::thread::spawn(move || {
+                NodeLock::acquire(&path, |what| tx.send(what.to_owned()).unwrap()).map(|_| ())
+            })
         };
         let told = rx.recv().unwrap();
         assert!(told.ends_with(": run 7 (push) of abc"), "{told}");

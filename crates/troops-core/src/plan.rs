@@ -110,7 +110,11 @@ impl Plan {
             let patterns = role
                 .patterns
                 .into_iter()
-                .map(|p| glob::Pattern::new(p.get_ref()).map_err(|e| err(p.span(), format!("role `{name}`: bad pattern {:?}: {}", p.get_ref(), e.msg))))
+                .map(|p| {
+                    glob::Pattern::new(p.get_ref()).map_err(|e| {
+                        err(p.span(), format!("role `{name}`: bad pattern {:?}: {}", p.get_ref(), e.msg))
+                    })
+                })
                 .collect::<Result<_>>()?;
             roles.push(Role { name, hosts: role.hosts, patterns });
         }
@@ -130,10 +134,14 @@ impl Plan {
             let action = match (step.run, step.script) {
                 (Some(run), None) => Action::Run(run.into_inner()),
                 (None, Some(script)) => Action::Script(
-                    script_path(root, script.get_ref()).map_err(|m| err(script.span(), format!("step `{name}`: {m}")))?,
+                    script_path(root, script.get_ref())
+                        .map_err(|m| err(script.span(), format!("step `{name}`: {m}")))?,
                 ),
                 (Some(_), Some(script)) => {
-                    return Err(err(script.span(), format!("step `{name}` has both `run` and `script`; keep one")))
+                    return Err(err(
+                        script.span(),
+                        format!("step `{name}` has both `run` and `script`; keep one"),
+                    ))
                 }
                 (None, None) => return Err(err(span, format!("step `{name}` needs `run` or `script`"))),
             };
@@ -141,20 +149,33 @@ impl Plan {
                 None => DEFAULT_TIMEOUT,
                 Some(t) => match humantime::parse_duration(t.get_ref()) {
                     Ok(d) if !d.is_zero() => d,
-                    Ok(_) => return Err(err(t.span(), format!("step `{name}`: `timeout` must be more than zero"))),
-                    Err(e) => return Err(err(t.span(), format!("step `{name}`: `timeout` {:?}: {e}", t.get_ref()))),
+                    Ok(_) => {
+                        return Err(err(t.span(), format!("step `{name}`: `timeout` must be more than zero")))
+                    }
+                    Err(e) => {
+                        return Err(err(t.span(), format!("step `{name}`: `timeout` {:?}: {e}", t.get_ref())))
+                    }
                 },
             };
             let env = match step.env {
                 None => BTreeMap::new(),
-                Some(env) => match env.get_ref().keys().find(|k| k.is_empty() || k.contains('=') || k.starts_with("TROOPS_")) {
-                    Some(key) => return Err(err(env.span(), format!("step `{name}`: `env` may not set {key:?}"))),
+                Some(env) => match env
+                    .get_ref()
+                    .keys()
+                    .find(|k| k.is_empty() || k.contains('=') || k.starts_with("TROOPS_"))
+                {
+                    Some(key) => {
+                        return Err(err(env.span(), format!("step `{name}`: `env` may not set {key:?}")))
+                    }
                     None => env.into_inner(),
                 },
             };
             let roles = match step.roles {
                 Some(r) if r.get_ref().is_empty() => {
-                    return Err(err(r.span(), format!("step `{name}`: `roles` is empty; leave it out to run on every host")))
+                    return Err(err(
+                        r.span(),
+                        format!("step `{name}`: `roles` is empty; leave it out to run on every host"),
+                    ))
                 }
                 r => r.map(Spanned::into_inner),
             };
@@ -178,7 +199,8 @@ fn script_path(root: Option<&Path>, script: &str) -> std::result::Result<PathBuf
         return Err(format!("script {script:?} leaves the repo through `..`"));
     }
     let Some(root) = root else { return Ok(relative.to_owned()) };
-    let root = root.canonicalize().map_err(|e| format!("cannot resolve the checkout {}: {e}", root.display()))?;
+    let root =
+        root.canonicalize().map_err(|e| format!("cannot resolve the checkout {}: {e}", root.display()))?;
     let full = root.join(relative);
     let real = full.canonicalize().map_err(|e| format!("script {script:?}: {e}"))?;
     if !real.starts_with(&root) {
@@ -223,14 +245,17 @@ mod tests {
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nbogus = 1\n").starts_with("troops.toml:4:1: "));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\n[[step]]\nname = \"a\"\nrun = \"y\"\n")
             .starts_with("troops.toml:5:8: duplicate step name `a`"));
-        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nscript = \"s\"\n").contains(":4:10: step `a` has both"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nscript = \"s\"\n")
+            .contains(":4:10: step `a` has both"));
         assert!(error("[[step]]\nname = \"a\"\n").contains("needs `run` or `script`"));
         assert!(error("[[step]\n").starts_with("troops.toml:1:"));
-        assert!(error("[[step]]\nname = \"a\"\nscript = \"../x\"\n").contains(":3:10: step `a`: script \"../x\" leaves the repo through `..`"));
+        assert!(error("[[step]]\nname = \"a\"\nscript = \"../x\"\n")
+            .contains(":3:10: step `a`: script \"../x\" leaves the repo through `..`"));
         assert!(error("[[step]]\nname = \"a\"\nscript = \"/bin/true\"\n").contains("is absolute"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"never\"\n").contains(":4:11:"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = []\n").contains("`roles` is empty"));
         assert!(error("[roles.web]\nmatch = [\"[\"]\n").contains(":2:10: role `web`: bad pattern"));
-        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nenv = { TROOPS_HOST = \"x\" }\n").contains("may not set"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nenv = { TROOPS_HOST = \"x\" }\n")
+            .contains("may not set"));
     }
 }

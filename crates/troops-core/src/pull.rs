@@ -46,8 +46,10 @@ impl Cycle {
 /// Fetches and fast-forwards, telling `out` what happened to each remote.
 pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let repo = node.repo()?;
-    let fetched = fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
-    let tips: Vec<(String, Oid)> = fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
+    let fetched =
+        fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+    let tips: Vec<(String, Oid)> =
+        fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
     let local = repo.tip()?;
     let descends = |a, b| repo.git.graph_descendant_of(a, b).unwrap_or(false);
     let (tips, unverified) = verify_tips(node, &repo.git, local, tips, descends)?;
@@ -77,7 +79,10 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
         refusals.insert(remote, why);
     }
     if !decision.conflict.is_empty() {
-        let why = format!("remotes {} offer forked histories; nothing moves until they agree", decision.conflict.join(", "));
+        let why = format!(
+            "remotes {} offer forked histories; nothing moves until they agree",
+            decision.conflict.join(", ")
+        );
         let _ = writeln!(out, "troops: {why}");
         for remote in &decision.conflict {
             refusals.insert(remote, why.clone());
@@ -93,7 +98,13 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
             None => repo.git.reference(&name, *to, false, &message),
         };
         updated.ctx(|| format!("moving {name} to {to} (did a push move it meanwhile?)"))?;
-        let _ = writeln!(out, "troops: {} moved {local_name} -> {} from remote {}", node.config.branch, short(&to.to_string()), remotes.join(", "));
+        let _ = writeln!(
+            out,
+            "troops: {} moved {local_name} -> {} from remote {}",
+            node.config.branch,
+            short(&to.to_string()),
+            remotes.join(", ")
+        );
         moved = Some((local, *to));
     }
     save_states(node, &fetched, &refusals)?;
@@ -122,13 +133,21 @@ fn verify_tips(
             accepted.push((remote, tip));
             continue;
         }
-        let verdict = checked.entry(tip).or_insert_with(|| match verify::check_update(git, &keyring, local, tip, scope) {
-            Ok(None) => None,
-            Ok(Some(refusal)) => {
-                let why = refusal.to_string();
-                Some((refusal, why))
+        let verdict = checked.entry(tip).or_insert_with(|| {
+            match verify::check_update(git, &keyring, local, tip, scope) {
+                Ok(None) => None,
+                Ok(Some(refusal)) => {
+                    let why = refusal.to_string();
+                    Some((refusal, why))
+                }
+                Err(e) => Some((
+                    verify::Refusal {
+                        commit: tip,
+                        verification: verify::Verification::Bad { reason: e.to_string() },
+                    },
+                    format!("it could not be verified: {e}"),
+                )),
             }
-            Err(e) => Some((verify::Refusal { commit: tip, verification: verify::Verification::Bad { reason: e.to_string() } }, format!("it could not be verified: {e}"))),
         });
         match verdict {
             None => accepted.push((remote, tip)),
@@ -165,7 +184,9 @@ fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, Strin
 pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
     let path = node.state_dir.join("remotes.json");
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display()))),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(Error::path("reading", &path, e)),
     }

@@ -32,27 +32,16 @@ pub struct Update {
 impl Update {
     /// Parses `<old> <new> <refname>`, as git writes it to pre-receive and post-receive.
     pub fn parse(line: &str) -> Result<Update> {
-        let bad = || {
-            Error::Env(format!(
-                "git gave the hook a line that is not `<old> <new> <ref>`: {line:?}"
-            ))
-        };
+        let bad =
+            || Error::Env(format!("git gave the hook a line that is not `<old> <new> <ref>`: {line:?}"));
         let mut words = line.split_whitespace();
         let (Some(old), Some(new), Some(refname), None) =
             (words.next(), words.next(), words.next(), words.next())
         else {
             return Err(bad());
         };
-        let id = |hex: &str| {
-            Oid::from_str(hex)
-                .map(|oid| (!oid.is_zero()).then_some(oid))
-                .map_err(|_| bad())
-        };
-        Ok(Update {
-            old: id(old)?,
-            new: id(new)?,
-            refname: refname.to_owned(),
-        })
+        let id = |hex: &str| Oid::from_str(hex).map(|oid| (!oid.is_zero()).then_some(oid)).map_err(|_| bad());
+        Ok(Update { old: id(old)?, new: id(new)?, refname: refname.to_owned() })
     }
 
     /// True when this update moves the deploy branch `branch` to a commit: what post-receive
@@ -78,8 +67,8 @@ pub enum Verdict {
 /// Opens the repo as a pre-receive hook sees it: the pushed objects are still in git's quarantine
 /// directory (`GIT_QUARANTINE_PATH`) until every hook accepts, so it is added as an alternate.
 pub fn open_pushed(git_dir: &Path, quarantine: Option<&Path>) -> Result<Repository> {
-    let repo = Repository::open_bare(git_dir)
-        .ctx(|| format!("opening the node repo {}", git_dir.display()))?;
+    let repo =
+        Repository::open_bare(git_dir).ctx(|| format!("opening the node repo {}", git_dir.display()))?;
     if let Some(quarantine) = quarantine {
         repo.odb()
             .and_then(|odb| odb.add_disk_alternate(&quarantine.to_string_lossy()))
@@ -101,18 +90,14 @@ pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verd
         return Ok(Verdict::Accept);
     }
     let Some(new) = update.new else {
-        let at = update.old.map_or(String::new(), |old| {
-            format!(" (at {})", short(&old.to_string()))
-        });
+        let at = update.old.map_or(String::new(), |old| format!(" (at {})", short(&old.to_string())));
         return Ok(Verdict::Refuse(format!(
             "troops: refusing to delete {name}{at}, the branch this node deploys"
         )));
     };
     if let Some(old) = update.old {
         let forward = old == new
-            || repo
-                .graph_descendant_of(new, old)
-                .ctx(|| format!("comparing {new} with {old} for {name}"))?;
+            || repo.graph_descendant_of(new, old).ctx(|| format!("comparing {new} with {old} for {name}"))?;
         if !forward {
             return Ok(Verdict::Refuse(format!(
                 "troops: refusing non-fast-forward update of {name} ({} does not descend from {})",
@@ -124,10 +109,7 @@ pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verd
     Ok(match signatures(repo, &config.verify, update.old, new)? {
         None => Verdict::Accept,
         Some(refusal) => Verdict::Unverified {
-            message: format!(
-                "troops: refusing {name} at {}: {refusal}",
-                short(&new.to_string())
-            ),
+            message: format!("troops: refusing {name} at {}: {refusal}", short(&new.to_string())),
             refusal,
         },
     })
@@ -137,12 +119,7 @@ pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verd
 /// `new`, the commit refused and why, or `None` to accept. With `scope = "tip"` only `new` is
 /// checked; with `"all"`, every commit reachable from `new` and not from `old`. A keyring that
 /// cannot be read is an error, which refuses the push too.
-fn signatures(
-    repo: &Repository,
-    verify: &Verify,
-    old: Option<Oid>,
-    new: Oid,
-) -> Result<Option<Refusal>> {
+fn signatures(repo: &Repository, verify: &Verify, old: Option<Oid>, new: Oid) -> Result<Option<Refusal>> {
     match verify::enforced(verify)? {
         Some(keyring) => verify::check_update(repo, &keyring, old, new, verify.scope),
         None => Ok(None),
@@ -164,46 +141,22 @@ mod tests {
 
     impl Fixture {
         fn new(name: &str) -> Fixture {
-            let dir =
-                std::env::temp_dir().join(format!("troops-receive-{name}-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("troops-receive-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let repo = Repository::init_bare(&dir).unwrap();
             Fixture { dir, repo }
         }
 
         fn commit(&self, parents: &[Oid], message: &str) -> Oid {
-            let tree = self
-                .repo
-                .find_tree(self.repo.treebuilder(None).unwrap().write().unwrap())
-                .unwrap();
+            let tree = self.repo.find_tree(self.repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
             let sig = git2::Signature::new("t", "t@t", &git2::Time::new(0, 0)).unwrap();
-            let parents: Vec<_> = parents
-                .iter()
-                .map(|p| self.repo.find_commit(*p).unwrap())
-                .collect();
+            let parents: Vec<_> = parents.iter().map(|p| self.repo.find_commit(*p).unwrap()).collect();
             let parents: Vec<_> = parents.iter().collect();
-            self.repo
-                .commit(None, &sig, &sig, message, &tree, &parents)
-                .unwrap()
+            self.repo.commit(None, &sig, &sig, message, &tree, &parents).unwrap()
         }
 
-        fn check(
-            &self,
-            config: &Config,
-            old: Option<Oid>,
-            new: Option<Oid>,
-            refname: &str,
-        ) -> Verdict {
-            check(
-                &self.repo,
-                config,
-                &Update {
-                    old,
-                    new,
-                    refname: refname.into(),
-                },
-            )
-            .unwrap()
+        fn check(&self, config: &Config, old: Option<Oid>, new: Option<Oid>, refname: &str) -> Verdict {
+            check(&self.repo, config, &Update { old, new, refname: refname.into() }).unwrap()
         }
     }
 
@@ -219,10 +172,7 @@ mod tests {
 
     fn refused(verdict: Verdict) -> String {
         match verdict {
-            Verdict::Refuse(reason)
-            | Verdict::Unverified {
-                message: reason, ..
-            } => reason,
+            Verdict::Refuse(reason) | Verdict::Unverified { message: reason, .. } => reason,
             Verdict::Accept => panic!("expected a refusal"),
         }
     }
@@ -234,17 +184,11 @@ mod tests {
         let update = Update::parse(&format!("{zero} {one} refs/heads/main\n")).unwrap();
         assert_eq!(
             update,
-            Update {
-                old: None,
-                new: Some(Oid::from_str(&one).unwrap()),
-                refname: "refs/heads/main".into()
-            }
+            Update { old: None, new: Some(Oid::from_str(&one).unwrap()), refname: "refs/heads/main".into() }
         );
         assert!(update.deploys("main"));
         assert!(!update.deploys("prod"));
-        assert!(!Update::parse(&format!("{one} {zero} refs/heads/main"))
-            .unwrap()
-            .deploys("main"));
+        assert!(!Update::parse(&format!("{one} {zero} refs/heads/main")).unwrap().deploys("main"));
         assert!(Update::parse("abc refs/heads/main").is_err());
         assert!(Update::parse(&format!("{zero} nothex refs/heads/main")).is_err());
     }
@@ -256,24 +200,20 @@ mod tests {
         let a = f.commit(&[], "a");
         let b = f.commit(&[a], "b");
         let other = f.commit(&[], "other");
-        assert_eq!(
-            f.check(&config, None, Some(a), "refs/heads/main"),
-            Verdict::Accept
-        );
-        assert_eq!(
-            f.check(&config, Some(a), Some(b), "refs/heads/main"),
-            Verdict::Accept
-        );
+        assert_eq!(f.check(&config, None, Some(a), "refs/heads/main"), Verdict::Accept);
+        assert_eq!(f.check(&config, Some(a), Some(b), "refs/heads/main"), Verdict::Accept);
 
         let back = refused(f.check(&config, Some(b), Some(a), "refs/heads/main"));
         let (a, b) = (a.to_string(), b.to_string());
-        assert_eq!(back, format!("troops: refusing non-fast-forward update of refs/heads/main ({} does not descend from {})", &a[..12], &b[..12]));
-        let sideways = refused(f.check(
-            &config,
-            Some(b.parse().unwrap()),
-            Some(other),
-            "refs/heads/main",
-        ));
+        assert_eq!(
+            back,
+            format!(
+                "troops: refusing non-fast-forward update of refs/heads/main ({} does not descend from {})",
+                &a[..12],
+                &b[..12]
+            )
+        );
+        let sideways = refused(f.check(&config, Some(b.parse().unwrap()), Some(other), "refs/heads/main"));
         assert!(sideways.contains(&other.to_string()[..12]), "{sideways}");
 
         let delete = refused(f.check(&config, Some(b.parse().unwrap()), None, "refs/heads/main"));
@@ -292,18 +232,9 @@ mod tests {
         let config = config("branch = \"prod\"");
         let a = f.commit(&[], "a");
         let b = f.commit(&[a], "b");
-        assert_eq!(
-            f.check(&config, Some(b), Some(a), "refs/heads/main"),
-            Verdict::Accept
-        );
-        assert_eq!(
-            f.check(&config, Some(b), None, "refs/tags/v1"),
-            Verdict::Accept
-        );
-        assert!(
-            refused(f.check(&config, Some(b), Some(a), "refs/heads/prod"))
-                .contains("non-fast-forward")
-        );
+        assert_eq!(f.check(&config, Some(b), Some(a), "refs/heads/main"), Verdict::Accept);
+        assert_eq!(f.check(&config, Some(b), None, "refs/tags/v1"), Verdict::Accept);
+        assert!(refused(f.check(&config, Some(b), Some(a), "refs/heads/prod")).contains("non-fast-forward"));
         for name in ["refs/troops/deployed", "refs/remotes/origin/prod"] {
             assert!(refused(f.check(&config, None, Some(a), name)).contains("belongs to the node"));
         }
@@ -313,20 +244,12 @@ mod tests {
     fn require_signed_fails_closed_without_a_keyring() {
         let f = Fixture::new("signed");
         let a = f.commit(&[], "a");
-        let config =
-            config("[verify]\nrequire_signed = true\nkeyring = \"/nonexistent/trusted.pgp\"");
-        let update = Update {
-            old: None,
-            new: Some(a),
-            refname: "refs/heads/main".into(),
-        };
+        let config = config("[verify]\nrequire_signed = true\nkeyring = \"/nonexistent/trusted.pgp\"");
+        let update = Update { old: None, new: Some(a), refname: "refs/heads/main".into() };
         let error = check(&f.repo, &config, &update).unwrap_err().to_string();
         assert!(error.contains("/nonexistent/trusted.pgp"), "{error}");
         // Signatures guard only the deploy branch (what `deploy --commit` runs is checked there).
-        assert_eq!(
-            f.check(&config, None, Some(a), "refs/heads/other"),
-            Verdict::Accept
-        );
+        assert_eq!(f.check(&config, None, Some(a), "refs/heads/other"), Verdict::Accept);
     }
 
     #[test]
@@ -344,11 +267,7 @@ mod tests {
             check(
                 &pushed,
                 &config(""),
-                &Update {
-                    old: Some(a),
-                    new: Some(b),
-                    refname: "refs/heads/main".into()
-                }
+                &Update { old: Some(a), new: Some(b), refname: "refs/heads/main".into() }
             )
             .unwrap(),
             Verdict::Accept

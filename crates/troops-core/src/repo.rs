@@ -45,28 +45,39 @@ impl NodeRepo {
     }
 
     pub fn set_deployed(&self, commit: Oid, message: &str) -> Result<()> {
-        self.git.reference(DEPLOYED_REF, commit, true, message).ctx(|| format!("moving {DEPLOYED_REF} to {commit}"))?;
+        self.git
+            .reference(DEPLOYED_REF, commit, true, message)
+            .ctx(|| format!("moving {DEPLOYED_REF} to {commit}"))?;
         Ok(())
     }
 
     /// The commit `rev` names (a hash, branch, tag or any git revision expression).
     pub fn resolve(&self, rev: &str) -> Result<Oid> {
-        let object = self.git.revparse_single(rev).map_err(|e| Error::Input(format!("unknown revision {rev:?}: {}", e.message())))?;
-        let commit = object.peel_to_commit().map_err(|_| Error::Input(format!("revision {rev:?} is not a commit")))?;
+        let object = self
+            .git
+            .revparse_single(rev)
+            .map_err(|e| Error::Input(format!("unknown revision {rev:?}: {}", e.message())))?;
+        let commit =
+            object.peel_to_commit().map_err(|_| Error::Input(format!("revision {rev:?} is not a commit")))?;
         Ok(commit.id())
     }
 
     /// The plan file of `commit`, if it has one, read straight from the object store.
     pub fn plan_text(&self, commit: Oid) -> Result<Option<String>> {
-        let tree = self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+        let tree =
+            self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         let Ok(entry) = tree.get_path(Path::new(crate::plan::FILE_NAME)) else { return Ok(None) };
-        let blob = entry.to_object(&self.git).and_then(|o| o.peel_to_blob()).ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
+        let blob = entry
+            .to_object(&self.git)
+            .and_then(|o| o.peel_to_blob())
+            .ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
         Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
     }
 
     /// Writes the tree of `commit` into `dest`, which must not exist: a plain directory, no `.git`.
     pub fn checkout(&self, commit: Oid, dest: &Path) -> Result<()> {
-        let tree = self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+        let tree =
+            self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
         let mut options = git2::build::CheckoutBuilder::new();
         // Directories as mkdir makes them (0777 less the umask; libgit2's default is 0755), so a

@@ -29,9 +29,15 @@ pub struct StepResult {
 /// Runs `step` in `checkout` with `env` added to the inherited environment, copying its output to
 /// `out` as it is produced. Errors only when troops itself cannot work (no pipe); a step that
 /// cannot start is a failed step, explained in `out`.
-pub fn run_step(step: &Step, checkout: &Path, env: &[(&str, String)], out: &mut dyn Write) -> Result<StepResult> {
+pub fn run_step(
+    step: &Step,
+    checkout: &Path,
+    env: &[(&str, String)],
+    out: &mut dyn Write,
+) -> Result<StepResult> {
     let started = Instant::now();
-    let (mut reader, writer) = std::io::pipe().ctx(|| format!("creating the output pipe of step `{}`", step.name))?;
+    let (mut reader, writer) =
+        std::io::pipe().ctx(|| format!("creating the output pipe of step `{}`", step.name))?;
     let mut command = match &step.action {
         Action::Run(script) => {
             let mut c = Command::new("/bin/sh");
@@ -55,7 +61,11 @@ pub fn run_step(step: &Step, checkout: &Path, env: &[(&str, String)], out: &mut 
         Ok(child) => child,
         Err(e) => {
             let _ = writeln!(out, "troops: cannot start step `{}`: {e}", step.name);
-            return Ok(StepResult { status: StepStatus::Failed, exit_code: None, duration: started.elapsed() });
+            return Ok(StepResult {
+                status: StepStatus::Failed,
+                exit_code: None,
+                duration: started.elapsed(),
+            });
         }
     };
     let pid = child.id() as i32;
@@ -66,7 +76,8 @@ pub fn run_step(step: &Step, checkout: &Path, env: &[(&str, String)], out: &mut 
     let mut buf = [0u8; 16 * 1024];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1).unwrap_or(PollTimeout::MAX);
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
         let mut fds = vec![PollFd::new(exited.as_fd(), PollFlags::POLLIN)];
         if open {
             fds.push(PollFd::new(reader.as_fd(), PollFlags::POLLIN));
@@ -76,7 +87,12 @@ pub fn run_step(step: &Step, checkout: &Path, env: &[(&str, String)], out: &mut 
             Err(e) => return Err(e).ctx(|| format!("waiting for step `{}`", step.name)),
             Ok(0) if Instant::now() >= deadline => {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = writeln!(out, "troops: step `{}` timed out after {}; killed its process group", step.name, humantime::format_duration(step.timeout));
+                let _ = writeln!(
+                    out,
+                    "troops: step `{}` timed out after {}; killed its process group",
+                    step.name,
+                    humantime::format_duration(step.timeout)
+                );
                 timed_out = true;
                 break;
             }
@@ -122,7 +138,9 @@ fn drain(reader: &std::io::PipeReader, buf: &mut [u8], out: &mut dyn Write) {
     let mut reader = reader;
     loop {
         let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) || !copy_available(&mut reader, buf, out) {
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            || !copy_available(&mut reader, buf, out)
+        {
             return;
         }
     }
@@ -156,13 +174,16 @@ mod tests {
 
     fn run(run: &str, timeout_ms: u64) -> (StepResult, String) {
         let mut out = Vec::new();
-        let result = run_step(&step(run, timeout_ms), Path::new("/"), &[("TROOPS_STEP", "t".into())], &mut out).unwrap();
+        let result =
+            run_step(&step(run, timeout_ms), Path::new("/"), &[("TROOPS_STEP", "t".into())], &mut out)
+                .unwrap();
         (result, String::from_utf8(out).unwrap())
     }
 
     #[test]
     fn output_is_merged_and_env_is_set() {
-        let (r, out) = run("echo out; echo err >&2; echo $TROOPS_STEP $LEVEL; read x || echo no-stdin", 10_000);
+        let (r, out) =
+            run("echo out; echo err >&2; echo $TROOPS_STEP $LEVEL; read x || echo no-stdin", 10_000);
         assert_eq!((r.status, r.exit_code), (StepStatus::Succeeded, Some(0)));
         assert_eq!(out, "out\nerr\nt prod\nno-stdin\n");
     }

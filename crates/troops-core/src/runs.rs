@@ -118,7 +118,8 @@ impl Runs {
             std::io::ErrorKind::NotFound => Error::Input(format!("no run {id} in {}", self.dir.display())),
             _ => Error::path("reading", &path, e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: not a run record: {e}", path.display())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Env(format!("{}: not a run record: {e}", path.display())))
     }
 
     pub fn latest(&self) -> Result<Option<RunRecord>> {

@@ -32,10 +32,7 @@ use crate::error::{Context, Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
     /// Signed by a valid signing key of the certificate `fingerprint` (its primary key).
-    Good {
-        fingerprint: String,
-        user_id: Option<String>,
-    },
+    Good { fingerprint: String, user_id: Option<String> },
     /// The commit has no `gpgsig` header.
     Unsigned,
     /// Signed by a key that no certificate in the keyring has.
@@ -83,19 +80,14 @@ impl Verification {
 impl fmt::Display for Verification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Verification::Good {
-                fingerprint,
-                user_id: Some(user_id),
-            } => write!(f, "is signed by {fingerprint} ({user_id})"),
-            Verification::Good {
-                fingerprint,
-                user_id: None,
-            } => write!(f, "is signed by {fingerprint}"),
+            Verification::Good { fingerprint, user_id: Some(user_id) } => {
+                write!(f, "is signed by {fingerprint} ({user_id})")
+            }
+            Verification::Good { fingerprint, user_id: None } => write!(f, "is signed by {fingerprint}"),
             Verification::Unsigned => write!(f, "is not signed"),
-            Verification::UnknownKey { issuer } => write!(
-                f,
-                "is signed by an unknown key {issuer}, which is not in the keyring"
-            ),
+            Verification::UnknownKey { issuer } => {
+                write!(f, "is signed by an unknown key {issuer}, which is not in the keyring")
+            }
             Verification::Bad { reason } => write!(f, "has a bad signature: {reason}"),
             Verification::Expired { fingerprint } => {
                 write!(f, "is signed by {fingerprint}, a key that has expired")
@@ -126,10 +118,7 @@ pub fn split_commit(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let (mut signed, mut in_signature, mut other_signature) = (false, false, false);
     let mut rest = raw;
     while let Some(&first) = rest.first() {
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |nl| nl + 1);
+        let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |nl| nl + 1);
         let (line, next) = rest.split_at(end);
         let value = if in_signature && first == b' ' {
             Some(&line[1..])
@@ -191,10 +180,7 @@ impl Keyring {
 
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Keyring> {
         let bad = |e: &dyn fmt::Display| {
-            Error::Input(format!(
-                "the keyring {} is not a list of OpenPGP certificates: {e}",
-                path.display()
-            ))
+            Error::Input(format!("the keyring {} is not a list of OpenPGP certificates: {e}", path.display()))
         };
         let certs = CertParser::from_bytes(bytes)
             .map_err(|e| bad(&e))?
@@ -206,12 +192,7 @@ impl Keyring {
                 path.display()
             )));
         }
-        Ok(Keyring {
-            path: path.to_owned(),
-            certs,
-            policy: StandardPolicy::new(),
-            at: None,
-        })
+        Ok(Keyring { path: path.to_owned(), certs, policy: StandardPolicy::new(), at: None })
     }
 
     /// Judges expiry and revocation at `time` instead of now (for tests).
@@ -226,10 +207,7 @@ impl Keyring {
 
     /// The fingerprints of the certificates in the keyring.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.certs
-            .iter()
-            .map(|c| c.fingerprint().to_hex())
-            .collect()
+        self.certs.iter().map(|c| c.fingerprint().to_hex()).collect()
     }
 
     /// Checks one signature packet over `payload`.
@@ -242,16 +220,10 @@ impl Keyring {
         let mut candidates = self
             .certs
             .iter()
-            .flat_map(|cert| {
-                cert.keys()
-                    .key_handles(issuers.iter())
-                    .map(move |ka| (cert, ka.key().clone()))
-            })
+            .flat_map(|cert| cert.keys().key_handles(issuers.iter()).map(move |ka| (cert, ka.key().clone())))
             .peekable();
         if candidates.peek().is_none() {
-            return Verification::UnknownKey {
-                issuer: first_issuer.to_hex(),
-            };
+            return Verification::UnknownKey { issuer: first_issuer.to_hex() };
         }
         // The key that made it: of the keys the signature names (a short key id may name
         // several), the one under which it verifies.
@@ -259,17 +231,19 @@ impl Keyring {
         let Some((cert, key)) = candidates.find(|(_, key)| match sig.verify_message(key, payload) {
             Ok(()) => true,
             Err(e) => {
-                mismatch.get_or_insert_with(|| format!("it does not verify with key {} ({e}): the commit or its signature was altered", key.fingerprint()));
+                mismatch.get_or_insert_with(|| {
+                    format!(
+                        "it does not verify with key {} ({e}): the commit or its signature was altered",
+                        key.fingerprint()
+                    )
+                });
                 false
             }
         }) else {
             return bad(mismatch.unwrap_or_default());
         };
         let (cert_fpr, key_fpr) = (cert.fingerprint(), key.fingerprint());
-        if let Err(e) = self
-            .policy
-            .signature(sig, HashAlgoSecurity::CollisionResistance)
-        {
+        if let Err(e) = self.policy.signature(sig, HashAlgoSecurity::CollisionResistance) {
             return bad(format!("its algorithms are not accepted ({e})"));
         }
         let Some(signed_at) = sig.signature_creation_time() else {
@@ -291,29 +265,19 @@ impl Keyring {
             Err(e) => return bad(format!("the certificate {cert_fpr} is not valid ({e})")),
         };
         if let RevocationStatus::Revoked(_) = cert_now.revocation_status() {
-            return Verification::Revoked {
-                fingerprint: cert_fpr.to_hex(),
-            };
+            return Verification::Revoked { fingerprint: cert_fpr.to_hex() };
         }
         let Some(key_now) = cert_now.keys().key_handle(key_fpr.clone()).next() else {
-            return bad(format!(
-                "key {key_fpr} is not validly bound to its certificate {cert_fpr}"
-            ));
+            return bad(format!("key {key_fpr} is not validly bound to its certificate {cert_fpr}"));
         };
         if let RevocationStatus::Revoked(_) = key_now.revocation_status() {
-            return Verification::Revoked {
-                fingerprint: key_fpr.to_hex(),
-            };
+            return Verification::Revoked { fingerprint: key_fpr.to_hex() };
         }
         if cert_now.alive().is_err() {
-            return Verification::Expired {
-                fingerprint: cert_fpr.to_hex(),
-            };
+            return Verification::Expired { fingerprint: cert_fpr.to_hex() };
         }
         if key_now.alive().is_err() {
-            return Verification::Expired {
-                fingerprint: key_fpr.to_hex(),
-            };
+            return Verification::Expired { fingerprint: key_fpr.to_hex() };
         }
         if !key_now.for_signing() {
             return bad(format!("key {key_fpr} is not a signing key"));
@@ -321,33 +285,20 @@ impl Keyring {
 
         // And when it signed: the key existed, could sign, and had not expired.
         let Ok(cert_then) = cert.with_policy(&self.policy, signed_at) else {
-            return bad(format!(
-                "the certificate {cert_fpr} was not valid when the commit was signed"
-            ));
+            return bad(format!("the certificate {cert_fpr} was not valid when the commit was signed"));
         };
         let Some(key_then) = cert_then.keys().key_handle(key_fpr.clone()).next() else {
-            return bad(format!(
-                "key {key_fpr} was not valid when the commit was signed"
-            ));
+            return bad(format!("key {key_fpr} was not valid when the commit was signed"));
         };
         if cert_then.alive().is_err() || key_then.alive().is_err() {
-            return Verification::Expired {
-                fingerprint: key_fpr.to_hex(),
-            };
+            return Verification::Expired { fingerprint: key_fpr.to_hex() };
         }
         if !key_then.for_signing() {
-            return bad(format!(
-                "key {key_fpr} was not a signing key when the commit was signed"
-            ));
+            return bad(format!("key {key_fpr} was not a signing key when the commit was signed"));
         }
-        let user_id = cert_now
-            .primary_userid()
-            .ok()
-            .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned());
-        Verification::Good {
-            fingerprint: cert_fpr.to_hex(),
-            user_id,
-        }
+        let user_id =
+            cert_now.primary_userid().ok().map(|u| String::from_utf8_lossy(u.userid().value()).into_owned());
+        Verification::Good { fingerprint: cert_fpr.to_hex(), user_id }
     }
 }
 
@@ -368,16 +319,11 @@ impl Verifier for Keyring {
             if verification.is_good() {
                 return verification;
             }
-            if worst
-                .as_ref()
-                .is_none_or(|w| verification.severity() > w.severity())
-            {
+            if worst.as_ref().is_none_or(|w| verification.severity() > w.severity()) {
                 worst = Some(verification);
             }
         }
-        worst.unwrap_or(Verification::Bad {
-            reason: "it holds no OpenPGP signature".into(),
-        })
+        worst.unwrap_or(Verification::Bad { reason: "it holds no OpenPGP signature".into() })
     }
 }
 
@@ -385,22 +331,13 @@ impl Verifier for Keyring {
 /// why there are none.
 fn parse_signatures(bytes: &[u8]) -> std::result::Result<Vec<Signature>, String> {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]);
-    if text
-        .trim_start()
-        .starts_with("-----BEGIN SSH SIGNATURE-----")
-    {
+    if text.trim_start().starts_with("-----BEGIN SSH SIGNATURE-----") {
         return Err("it is an SSH signature; this node verifies OpenPGP signatures only".into());
     }
-    if text
-        .trim_start()
-        .starts_with("-----BEGIN SIGNED MESSAGE-----")
-    {
-        return Err(
-            "it is an X.509 (gpgsm) signature; this node verifies OpenPGP signatures only".into(),
-        );
+    if text.trim_start().starts_with("-----BEGIN SIGNED MESSAGE-----") {
+        return Err("it is an X.509 (gpgsm) signature; this node verifies OpenPGP signatures only".into());
     }
-    let pile = PacketPile::from_bytes(bytes)
-        .map_err(|e| format!("it is not an OpenPGP signature ({e})"))?;
+    let pile = PacketPile::from_bytes(bytes).map_err(|e| format!("it is not an OpenPGP signature ({e})"))?;
     let signatures: Vec<Signature> = pile
         .into_children()
         .filter_map(|packet| match packet {
@@ -416,15 +353,10 @@ fn parse_signatures(bytes: &[u8]) -> std::result::Result<Vec<Signature>, String>
 
 /// Verifies the commit `oid` of `repo` with `verifier`.
 pub fn verify_commit(repo: &Repository, verifier: &dyn Verifier, oid: Oid) -> Result<Verification> {
-    let odb = repo
-        .odb()
-        .ctx(|| format!("opening the object store to verify commit {oid}"))?;
+    let odb = repo.odb().ctx(|| format!("opening the object store to verify commit {oid}"))?;
     let object = odb.read(oid).ctx(|| format!("reading commit {oid}"))?;
     if object.kind() != git2::ObjectType::Commit {
-        return Err(Error::Input(format!(
-            "{oid} is a {}, not a commit",
-            object.kind()
-        )));
+        return Err(Error::Input(format!("{oid} is a {}, not a commit", object.kind())));
     }
     Ok(match split_commit(object.data()) {
         Some((signature, payload)) => verifier.verify(&payload, Some(&signature)),
@@ -441,12 +373,7 @@ pub struct Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "commit {} {}",
-            short(&self.commit.to_string()),
-            self.verification
-        )
+        write!(f, "commit {} {}", short(&self.commit.to_string()), self.verification)
     }
 }
 
@@ -470,23 +397,18 @@ pub fn check_update(
                 )
             };
             let mut walk = repo.revwalk().ctx(context)?;
-            walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)
-                .ctx(context)?;
+            walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE).ctx(context)?;
             walk.push(new).ctx(context)?;
             if let Some(old) = old {
                 walk.hide(old).ctx(context)?;
             }
-            walk.collect::<std::result::Result<Vec<Oid>, _>>()
-                .ctx(context)?
+            walk.collect::<std::result::Result<Vec<Oid>, _>>().ctx(context)?
         }
     };
     for commit in commits {
         let verification = verify_commit(repo, verifier, commit)?;
         if !verification.is_good() {
-            return Ok(Some(Refusal {
-                commit,
-                verification,
-            }));
+            return Ok(Some(Refusal { commit, verification }));
         }
     }
     Ok(None)
@@ -494,10 +416,7 @@ pub fn check_update(
 
 /// The keyring of a node's `[verify]`, when it requires signed commits; `None` when it does not.
 pub fn enforced(verify: &Verify) -> Result<Option<Keyring>> {
-    verify
-        .require_signed
-        .then(|| Keyring::load(&verify.keyring))
-        .transpose()
+    verify.require_signed.then(|| Keyring::load(&verify.keyring)).transpose()
 }
 
 /// The last commit refused for its signature, for `troops status` (`<state>/refused.json`).

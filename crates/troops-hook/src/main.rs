@@ -35,18 +35,12 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|error| {
         match mode.as_str() {
-            "pre-receive" => say(&format!(
-                "troops: refusing the push, since troops cannot check it: {error}"
-            )),
-            _ => say(&format!(
-                "troops: the push was accepted, but deploying it failed: {error}"
-            )),
+            "pre-receive" => {
+                say(&format!("troops: refusing the push, since troops cannot check it: {error}"))
+            }
+            _ => say(&format!("troops: the push was accepted, but deploying it failed: {error}")),
         }
-        ExitCode::from(
-            error
-                .downcast_ref::<Error>()
-                .map_or(3, |e| e.exit_code() as u8),
-        )
+        ExitCode::from(error.downcast_ref::<Error>().map_or(3, |e| e.exit_code() as u8))
     })
 }
 
@@ -74,11 +68,7 @@ fn pre_receive() -> Result<ExitCode> {
             }
         }
     }
-    Ok(if refused {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if refused { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Runs the plan when the deploy branch moved: through the daemon if one listens, else here, as
@@ -101,11 +91,7 @@ fn post_receive() -> Result<ExitCode> {
     troops_core::init::use_group_umask(&node.state_dir);
 
     let mut out = Counted(std::io::stderr(), 0);
-    let ask = control::Request::Deploy {
-        trigger: Trigger::Push,
-        commit: None,
-        unless_deployed: true,
-    };
+    let ask = control::Request::Deploy { trigger: Trigger::Push, commit: None, unless_deployed: true };
     if let Some((exit, error)) = control::call(&node.socket_path(), &ask, &mut out)? {
         match error {
             Some(error) => say(&format!("troops: {error}")),
@@ -120,11 +106,7 @@ fn post_receive() -> Result<ExitCode> {
         }
         return Ok(ExitCode::from(u8::try_from(exit).unwrap_or(1)));
     }
-    let request = deploy::Request {
-        trigger: Trigger::Push,
-        commit: None,
-        unless_deployed: true,
-    };
+    let request = deploy::Request { trigger: Trigger::Push, commit: None, unless_deployed: true };
     match deploy::deploy(&node, &request, &mut out, stop)? {
         Outcome::Ran(record) if record.status == RunStatus::Succeeded => Ok(ExitCode::SUCCESS),
         Outcome::Ran(_) => Ok(ExitCode::from(1)),
@@ -165,8 +147,7 @@ fn updates() -> Result<Vec<Update>> {
 /// The repo git runs the hook for: `GIT_DIR` (often `.`), resolved against the working
 /// directory, which git sets to the repo too.
 fn git_dir() -> Result<PathBuf> {
-    let cwd = std::env::current_dir()
-        .map_err(|e| Error::io("finding the hook's working directory", e))?;
+    let cwd = std::env::current_dir().map_err(|e| Error::io("finding the hook's working directory", e))?;
     let dir = env_path("GIT_DIR").map_or(cwd.clone(), |dir| cwd.join(dir));
     Ok(dir.canonicalize().unwrap_or(dir))
 }
@@ -176,14 +157,12 @@ fn git_dir() -> Result<PathBuf> {
 /// `TROOPS_CONFIG`; the config defaults to `/etc/troops/troops.toml`.
 fn node(git_dir: &Path) -> Result<Node> {
     let (state_dir, config) = troops_core::node::recorded_in(git_dir);
-    let state_dir = state_dir
-        .or_else(|| env_path("TROOPS_STATE_DIR"))
-        .ok_or_else(|| {
-            Error::Env(format!(
-                "{} records no troops.stateDir and TROOPS_STATE_DIR is not set; run `troops init`",
-                git_dir.display()
-            ))
-        })?;
+    let state_dir = state_dir.or_else(|| env_path("TROOPS_STATE_DIR")).ok_or_else(|| {
+        Error::Env(format!(
+            "{} records no troops.stateDir and TROOPS_STATE_DIR is not set; run `troops init`",
+            git_dir.display()
+        ))
+    })?;
     let config = config
         .or_else(|| env_path("TROOPS_CONFIG"))
         .unwrap_or_else(|| troops_core::config::DEFAULT_PATH.into());
@@ -215,17 +194,10 @@ fn forget_git_environment() {
         "GIT_WORK_TREE",
         "GIT_REFLOG_ACTION",
     ];
-    let numbered = [
-        "GIT_PUSH_OPTION_",
-        "GIT_PUSH_CERT",
-        "GIT_CONFIG_KEY_",
-        "GIT_CONFIG_VALUE_",
-    ];
+    let numbered = ["GIT_PUSH_OPTION_", "GIT_PUSH_CERT", "GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"];
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if REPO_ENV.contains(&name.as_ref())
-            || numbered.iter().any(|prefix| name.starts_with(prefix))
-        {
+        if REPO_ENV.contains(&name.as_ref()) || numbered.iter().any(|prefix| name.starts_with(prefix)) {
             std::env::remove_var(name.as_ref());
         }
     }
@@ -240,11 +212,7 @@ fn outlive_the_pusher() -> &'static AtomicBool {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     extern "C" fn drop_signal(_: nix::libc::c_int) {}
     let stop = troops_core::signals::stop_flag();
-    let action = SigAction::new(
-        SigHandler::Handler(drop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(drop_signal), SaFlags::SA_RESTART, SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler does nothing, which is async-signal-safe.
         let _ = unsafe { sigaction(signal, &action) };
@@ -253,9 +221,7 @@ fn outlive_the_pusher() -> &'static AtomicBool {
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// One line to the pusher; a pusher who is gone is no error.

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "troops", version, about = "A deployment agent: each host follows a git branch by fast-forward and runs the plan for its roles.")]
+#[command(
+    name = "troops",
+    version,
+    about = "A deployment agent: each host follows a git branch by fast-forward and runs the plan for its roles."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -109,7 +109,11 @@ fn main_page(out: &mut dyn Write) -> std::io::Result<()> {
     }
     roff.control("fi", []).control("RE", []);
     section(&mut roff, "SEE ALSO");
-    let mut pages: Vec<String> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).map(|s| format!("troops-{}(1)", s.get_name())).collect();
+    let mut pages: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| format!("troops-{}(1)", s.get_name()))
+        .collect();
     pages.extend(["git(1)".to_owned(), "systemd.service(5)".to_owned(), "journalctl(1)".to_owned()]);
     roff.control("PP", []).text([roman(pages.join(", "))]);
     roff.to_writer(out)?;
@@ -134,7 +138,13 @@ mod tests {
         for section in ["SUBCOMMANDS", "ENVIRONMENT", "FILES", "EXIT STATUS", "SEE ALSO"] {
             assert!(page.contains(section), "troops.1 lacks {section}");
         }
-        for file in ["man/troops-init.1", "man/troops-pull.1", "completions/troops.bash", "completions/_troops", "completions/troops.fish"] {
+        for file in [
+            "man/troops-init.1",
+            "man/troops-pull.1",
+            "completions/troops.bash",
+            "completions/_troops",
+            "completions/troops.fish",
+        ] {
             assert!(out.join(file).is_file(), "{file} was not written");
         }
         std::fs::remove_dir_all(&out).unwrap();

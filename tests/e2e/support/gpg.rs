@@ -30,15 +30,9 @@ const PAST_SIGNING: &str = "20200101T120000!";
 
 impl Gpg {
     pub fn new() -> Gpg {
-        let dir = tempfile::Builder::new()
-            .prefix("tg")
-            .tempdir_in("/tmp")
-            .expect("GNUPGHOME temp dir");
+        let dir = tempfile::Builder::new().prefix("tg").tempdir_in("/tmp").expect("GNUPGHOME temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        Gpg {
-            dir,
-            scratch: Default::default(),
-        }
+        Gpg { dir, scratch: Default::default() }
     }
 
     pub fn home(&self) -> &Path {
@@ -58,16 +52,8 @@ impl Gpg {
 
     /// Runs gpg in `home` with `args`, asserts success, returns stdout.
     fn run(home: &Path, args: &[&str]) -> Vec<u8> {
-        let out = Gpg::command("gpg", home)
-            .arg("--batch")
-            .args(args)
-            .output()
-            .expect("running gpg");
-        assert!(
-            out.status.success(),
-            "gpg {args:?} failed:\n{}",
-            text(&out.stderr)
-        );
+        let out = Gpg::command("gpg", home).arg("--batch").args(args).output().expect("running gpg");
+        assert!(out.status.success(), "gpg {args:?} failed:\n{}", text(&out.stderr));
         out.stdout
     }
 
@@ -84,18 +70,10 @@ impl Gpg {
     /// 2020-01-01 12:00: its signatures were good when made, and its key has expired since.
     pub fn generate_expired(&self, name: &str) -> Key {
         let wrapper = self.home().join(format!("gpg-{name}"));
-        std::fs::write(
-            &wrapper,
-            format!("#!/bin/sh\nexec gpg --faked-system-time {PAST_SIGNING} \"$@\"\n"),
-        )
-        .unwrap();
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec gpg --faked-system-time {PAST_SIGNING} \"$@\"\n"))
+            .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        self.make_key(
-            name,
-            &["--faked-system-time", PAST],
-            "1d",
-            wrapper.display().to_string(),
-        )
+        self.make_key(name, &["--faked-system-time", PAST], "1d", wrapper.display().to_string())
     }
 
     fn make_key(&self, name: &str, extra: &[&str], expiry: &str, program: String) -> Key {
@@ -115,11 +93,7 @@ impl Gpg {
             .and_then(|l| l.split(':').find(|f| !f.is_empty()))
             .expect("a fingerprint")
             .to_owned();
-        Key {
-            fingerprint,
-            user_id,
-            program,
-        }
+        Key { fingerprint, user_id, program }
     }
 
     /// The public certificates of `keys`, concatenated, armored or binary.
@@ -141,46 +115,22 @@ impl Gpg {
     /// armored or binary. The revocation is applied in another home, so this one can still sign
     /// with `key`.
     pub fn export_revoked(&self, key: &Key, armor: bool) -> Vec<u8> {
-        let other = self
-            .home()
-            .join(format!("r{}", self.scratch.borrow().len()));
+        let other = self.home().join(format!("r{}", self.scratch.borrow().len()));
         std::fs::create_dir(&other).unwrap();
         std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
         self.scratch.borrow_mut().push(other.clone());
         let public = other.join("public.pgp");
         std::fs::write(&public, self.export(&[key], false)).unwrap();
-        let stored = self
-            .home()
-            .join(format!("openpgp-revocs.d/{}.rev", key.fingerprint));
+        let stored = self.home().join(format!("openpgp-revocs.d/{}.rev", key.fingerprint));
         // gpg prefixes the armor line with ':' so that the file is not imported by accident.
-        let revocation = std::fs::read_to_string(&stored)
-            .unwrap()
-            .replace(":-----BEGIN PGP", "-----BEGIN PGP");
+        let revocation =
+            std::fs::read_to_string(&stored).unwrap().replace(":-----BEGIN PGP", "-----BEGIN PGP");
         std::fs::write(other.join("revocation.asc"), revocation).unwrap();
         Gpg::run(&other, &["--import", &public.display().to_string()]);
-        Gpg::run(
-            &other,
-            &[
-                "--import",
-                &other.join("revocation.asc").display().to_string(),
-            ],
-        );
-        let listing = text(&Gpg::run(
-            &other,
-            &["--with-colons", "--list-keys", &key.fingerprint],
-        ));
-        assert!(
-            listing.lines().any(|l| l.starts_with("pub:r:")),
-            "the key is not revoked:\n{listing}"
-        );
-        Gpg::run(
-            &other,
-            &[
-                "--export",
-                if armor { "--armor" } else { "--no-armor" },
-                &key.fingerprint,
-            ],
-        )
+        Gpg::run(&other, &["--import", &other.join("revocation.asc").display().to_string()]);
+        let listing = text(&Gpg::run(&other, &["--with-colons", "--list-keys", &key.fingerprint]));
+        assert!(listing.lines().any(|l| l.starts_with("pub:r:")), "the key is not revoked:\n{listing}");
+        Gpg::run(&other, &["--export", if armor { "--armor" } else { "--no-armor" }, &key.fingerprint])
     }
 
     /// Writes `files`, and commits everything with `git commit -S` signed by `key`; returns the
@@ -202,18 +152,7 @@ impl Gpg {
         self.git(
             env,
             &repo.path,
-            &[
-                "-c",
-                &program,
-                "-c",
-                &signing_key,
-                "commit",
-                "-q",
-                "-S",
-                "--allow-empty",
-                "-m",
-                message,
-            ],
+            &["-c", &program, "-c", &signing_key, "commit", "-q", "-S", "--allow-empty", "-m", message],
         );
         env.git(&repo.path, &["rev-parse", "HEAD"])
     }
@@ -222,12 +161,8 @@ impl Gpg {
     pub fn git(&self, env: &Env, dir: &Path, args: &[&str]) -> String {
         let mut command = Command::new("git");
         env.hermetic(&mut command);
-        let out = command
-            .env("GNUPGHOME", self.home())
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("running git");
+        let out =
+            command.env("GNUPGHOME", self.home()).current_dir(dir).args(args).output().expect("running git");
         assert!(
             out.status.success(),
             "git {args:?} in {} failed:\n{}{}",
@@ -241,9 +176,7 @@ impl Gpg {
 
 impl Drop for Gpg {
     fn drop(&mut self) {
-        for home in
-            std::iter::once(self.home().to_owned()).chain(self.scratch.borrow().iter().cloned())
-        {
+        for home in std::iter::once(self.home().to_owned()).chain(self.scratch.borrow().iter().cloned()) {
             let _ = Gpg::command("gpgconf", &home)
                 .args(["--kill", "gpg-agent"])
                 .stdout(Stdio::null())
@@ -263,16 +196,7 @@ pub fn tamper(env: &Env, repo: &DeployRepo) -> String {
     assert_ne!(altered.trim_end(), raw);
     let path = repo.path.join(".git/tampered");
     std::fs::write(&path, altered).unwrap();
-    let id = env.git(
-        &repo.path,
-        &[
-            "hash-object",
-            "-t",
-            "commit",
-            "-w",
-            &path.display().to_string(),
-        ],
-    );
+    let id = env.git(&repo.path, &["hash-object", "-t", "commit", "-w", &path.display().to_string()]);
     env.git(&repo.path, &["update-ref", "refs/heads/main", &id]);
     id
 }

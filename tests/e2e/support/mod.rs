@@ -96,7 +96,13 @@ impl Env {
     /// Runs troops, asserts exit 0, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "troops {args:?} failed ({}):\n{}{}", out.status, text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "troops {args:?} failed ({}):\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         text(&out.stdout)
     }
 
@@ -108,7 +114,13 @@ impl Env {
         let mut command = Command::new("git");
         self.hermetic(&mut command);
         let out = command.current_dir(dir).args(args).output().expect("running git");
-        assert!(out.status.success(), "git {args:?} in {} failed:\n{}{}", dir.display(), text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?} in {} failed:\n{}{}",
+            dir.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         text(&out.stdout).trim().to_owned()
     }
 
@@ -116,7 +128,12 @@ impl Env {
     pub fn node_ref(&self, name: &str) -> Option<String> {
         let mut command = Command::new("git");
         self.hermetic(&mut command);
-        let out = command.arg("--git-dir").arg(self.repo()).args(["rev-parse", "--verify", "-q", name]).output().unwrap();
+        let out = command
+            .arg("--git-dir")
+            .arg(self.repo())
+            .args(["rev-parse", "--verify", "-q", name])
+            .output()
+            .unwrap();
         out.status.success().then(|| text(&out.stdout).trim().to_owned())
     }
 
@@ -135,13 +152,17 @@ impl Env {
     /// A clone of the node repo named `name`: a second client that starts from the node's tip.
     pub fn clone_node(&self, name: &str) -> DeployRepo {
         let path = self.path(name);
-        self.git(self.tmp.path(), &["clone", "-q", &self.repo().display().to_string(), &path.display().to_string()]);
+        self.git(
+            self.tmp.path(),
+            &["clone", "-q", &self.repo().display().to_string(), &path.display().to_string()],
+        );
         DeployRepo { path }
     }
 
     pub fn run_record(&self, id: u64) -> Value {
         let path = self.state.join(format!("runs/{id}/run.json"));
-        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap()
     }
 
     pub fn run_log(&self, id: u64) -> String {
@@ -150,7 +171,9 @@ impl Env {
 
     /// Ids of the runs that have a record (a run's folder exists a moment before its record).
     pub fn run_ids(&self) -> Vec<u64> {
-        let recorded = |e: std::fs::DirEntry| e.path().join("run.json").exists().then(|| e.file_name().to_str()?.parse().ok()).flatten();
+        let recorded = |e: std::fs::DirEntry| {
+            e.path().join("run.json").exists().then(|| e.file_name().to_str()?.parse().ok()).flatten()
+        };
         let mut ids: Vec<u64> = std::fs::read_dir(self.state.join("runs"))
             .map(|d| d.filter_map(|e| recorded(e.ok()?)).collect())
             .unwrap_or_default();
@@ -185,7 +208,10 @@ impl DeployRepo {
     /// into the node repo, not a push): for tests of `troops deploy`.
     pub fn publish(&self, env: &Env) -> String {
         let repo = env.repo().display().to_string();
-        env.git(&self.path, &["--git-dir", &repo, "fetch", "-q", &self.path.display().to_string(), "main:main"]);
+        env.git(
+            &self.path,
+            &["--git-dir", &repo, "fetch", "-q", &self.path.display().to_string(), "main:main"],
+        );
         env.git(&self.path, &["rev-parse", "HEAD"])
     }
 

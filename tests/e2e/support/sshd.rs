@@ -42,25 +42,18 @@ impl Sshd {
         if run(Command::new("id").arg("-u")) == "0" {
             // sshd running as root insists on its privilege separation directory.
             fs::create_dir_all("/run/sshd").expect("create /run/sshd");
-            fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755))
-                .expect("chmod /run/sshd");
+            fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755)).expect("chmod /run/sshd");
         }
 
         keygen(&dir.join("host_ed25519"));
         keygen(&dir.join("client_ed25519"));
-        let client_pub =
-            fs::read_to_string(dir.join("client_ed25519.pub")).expect("read client key");
+        let client_pub = fs::read_to_string(dir.join("client_ed25519.pub")).expect("read client key");
         fs::write(dir.join("authorized_keys"), client_pub).expect("write authorized_keys");
 
         for _ in 0..BIND_ATTEMPTS {
             let port = free_port();
             let child = spawn(&dir, port);
-            let mut sshd = Sshd {
-                port,
-                user: user.clone(),
-                dir: dir.clone(),
-                child,
-            };
+            let mut sshd = Sshd { port, user: user.clone(), dir: dir.clone(), child };
             match sshd.wait_ready() {
                 Ok(()) => {
                     let line = format!("[127.0.0.1]:{port} {}\n", sshd.host_public_key());
@@ -88,10 +81,7 @@ impl Sshd {
     /// The host key as `ssh-ed25519 AAAA...` (no comment), as it appears in known_hosts.
     pub fn host_public_key(&self) -> String {
         let text = fs::read_to_string(self.dir.join("host_ed25519.pub")).expect("read host key");
-        text.split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ")
+        text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
     }
 
     /// Value for `GIT_SSH_COMMAND`: log in with the client key, trust only this server, never prompt.
@@ -116,17 +106,8 @@ impl Sshd {
 
     /// `ssh://USER@127.0.0.1:PORT/abs/path` for an absolute path on this machine.
     pub fn url(&self, path: &Path) -> String {
-        assert!(
-            path.is_absolute(),
-            "ssh url needs an absolute path: {}",
-            path.display()
-        );
-        format!(
-            "ssh://{}@127.0.0.1:{}{}",
-            self.user,
-            self.port,
-            path.display()
-        )
+        assert!(path.is_absolute(), "ssh url needs an absolute path: {}", path.display());
+        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, path.display())
     }
 
     /// Everything sshd logged so far.
@@ -202,10 +183,7 @@ fn spawn(dir: &Path, port: u16) -> Child {
     let log_path = dir.join("sshd.log");
     // Fresh log per attempt; anything sshd prints before it opens -E lands here too.
     fs::write(&log_path, "").expect("create sshd.log");
-    let log = OpenOptions::new()
-        .append(true)
-        .open(&log_path)
-        .expect("open sshd.log");
+    let log = OpenOptions::new().append(true).open(&log_path).expect("open sshd.log");
     Command::new(SSHD)
         .arg("-D")
         .arg("-e")
@@ -241,24 +219,13 @@ fn keygen(path: &Path) {
         .stdin(Stdio::null())
         .status()
         .expect("run ssh-keygen");
-    assert!(
-        status.success(),
-        "ssh-keygen for {} failed: {status}",
-        path.display()
-    );
+    assert!(status.success(), "ssh-keygen for {} failed: {status}", path.display());
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8 output")
-        .trim()
-        .to_string()
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output").trim().to_string()
 }
 
 /// Single-quotes a path for the shell that git runs GIT_SSH_COMMAND with.

@@ -32,10 +32,7 @@ fn splits_a_signed_commit_as_git_verify_commit_does() {
 
 #[test]
 fn unsigned_commits_and_signatures_in_messages_are_not_signatures() {
-    assert_eq!(
-        split_commit(b"tree 1\nauthor a\n\ngpgsig not a header\n"),
-        None
-    );
+    assert_eq!(split_commit(b"tree 1\nauthor a\n\ngpgsig not a header\n"), None);
     assert_eq!(split_commit(b""), None);
     assert_eq!(split_commit(b"\n"), None);
 }
@@ -54,24 +51,14 @@ fn matches_what_libgit2_signs() {
     let content = dir.content(&[], "message\n\nbody\n");
     let oid = dir
         .repo
-        .commit_signed(
-            &content,
-            "-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----",
-            None,
-        )
+        .commit_signed(&content, "-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----", None)
         .unwrap();
     let raw = dir.repo.odb().unwrap().read(oid).unwrap().data().to_vec();
     let (signature, payload) = split_commit(&raw).unwrap();
     assert_eq!(payload, content.as_bytes());
-    assert_eq!(
-        signature,
-        b"-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----\n"
-    );
+    assert_eq!(signature, b"-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----\n");
     let (theirs, signed) = dir.repo.extract_signature(&oid, None).unwrap();
-    assert_eq!(
-        (&theirs[..], &signed[..]),
-        (&signature[..signature.len() - 1], &payload[..])
-    );
+    assert_eq!((&theirs[..], &signed[..]), (&signature[..signature.len() - 1], &payload[..]));
 }
 
 /// A header line (with continuation lines) that is not a signature: its name never starts with
@@ -88,21 +75,13 @@ fn header() -> impl Strategy<Value = Vec<u8>> {
 
 /// Bytes of one line: anything but a newline.
 fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
-    vec(
-        any::<u8>().prop_filter("not a newline", |b| *b != b'\n'),
-        0..40,
-    )
+    vec(any::<u8>().prop_filter("not a newline", |b| *b != b'\n'), 0..40)
 }
 
 /// A signed commit: (raw object, the signature git reads from it, the payload it verifies).
 fn signed_commit() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<u8>)> {
-    (
-        vec(header(), 0..5),
-        vec(header(), 0..3),
-        vec(line_bytes(), 1..6),
-        vec(any::<u8>(), 0..200),
-    )
-        .prop_map(|(before, after, sig, message)| {
+    (vec(header(), 0..5), vec(header(), 0..3), vec(line_bytes(), 1..6), vec(any::<u8>(), 0..200)).prop_map(
+        |(before, after, sig, message)| {
             let mut raw = before.concat();
             raw.extend_from_slice(b"gpgsig ");
             raw.extend(sig.join(&b"\n "[..]));
@@ -116,7 +95,8 @@ fn signed_commit() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<u8>)> {
             payload.push(b'\n');
             payload.extend(&message);
             (raw, signature, payload)
-        })
+        },
+    )
 }
 
 proptest! {
@@ -211,20 +191,11 @@ impl TempRepo {
 
     /// The text of a commit (not written) with `parents`.
     fn content(&self, parents: &[Oid], message: &str) -> String {
-        let tree = self
-            .repo
-            .find_tree(self.repo.treebuilder(None).unwrap().write().unwrap())
-            .unwrap();
+        let tree = self.repo.find_tree(self.repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
         let sig = git2::Signature::new("t", "t@t", &git2::Time::new(1_700_000_000, 0)).unwrap();
-        let parents: Vec<_> = parents
-            .iter()
-            .map(|p| self.repo.find_commit(*p).unwrap())
-            .collect();
+        let parents: Vec<_> = parents.iter().map(|p| self.repo.find_commit(*p).unwrap()).collect();
         let parents: Vec<_> = parents.iter().collect();
-        let buf = self
-            .repo
-            .commit_create_buffer(&sig, &sig, message, &tree, &parents)
-            .unwrap();
+        let buf = self.repo.commit_create_buffer(&sig, &sig, message, &tree, &parents).unwrap();
         String::from_utf8(buf.to_vec()).unwrap()
     }
 
@@ -234,18 +205,9 @@ impl TempRepo {
         match outcome {
             Some(outcome) => self
                 .repo
-                .commit_signed(
-                    &content,
-                    &format!("{outcome} {}", digest(content.as_bytes())),
-                    None,
-                )
+                .commit_signed(&content, &format!("{outcome} {}", digest(content.as_bytes())), None)
                 .unwrap(),
-            None => self
-                .repo
-                .odb()
-                .unwrap()
-                .write(git2::ObjectType::Commit, content.as_bytes())
-                .unwrap(),
+            None => self.repo.odb().unwrap().write(git2::ObjectType::Commit, content.as_bytes()).unwrap(),
         }
     }
 }
@@ -257,9 +219,7 @@ impl Drop for TempRepo {
 }
 
 fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
 /// Signatures are `<outcome> <digest of the payload>`: a payload that does not match is "bad".
@@ -273,24 +233,16 @@ impl Verifier for Fake {
         let text = String::from_utf8_lossy(signature);
         let (outcome, sum) = text.trim_end().split_once(' ').unwrap_or_default();
         if sum != digest(payload).to_string() {
-            return Verification::Bad {
-                reason: "the payload was altered".into(),
-            };
+            return Verification::Bad { reason: "the payload was altered".into() };
         }
         match outcome {
             "good" => Verification::Good {
                 fingerprint: "F00D".into(),
                 user_id: Some("Fake <fake@example.com>".into()),
             },
-            "unknown" => Verification::UnknownKey {
-                issuer: "BEEF".into(),
-            },
-            "expired" => Verification::Expired {
-                fingerprint: "DEAD".into(),
-            },
-            other => Verification::Bad {
-                reason: format!("fake outcome {other:?}"),
-            },
+            "unknown" => Verification::UnknownKey { issuer: "BEEF".into() },
+            "expired" => Verification::Expired { fingerprint: "DEAD".into() },
+            other => Verification::Bad { reason: format!("fake outcome {other:?}") },
         }
     }
 }
@@ -307,27 +259,18 @@ fn tip_scope_checks_only_the_new_tip_and_all_scope_every_new_commit() {
     assert_eq!(check(None, d, Scope::Tip), None);
     assert_eq!(
         check(Some(b), c, Scope::Tip),
-        Some(Refusal {
-            commit: c,
-            verification: Verification::Unsigned
-        })
+        Some(Refusal { commit: c, verification: Verification::Unsigned })
     );
     assert_eq!(
         check(Some(b), d, Scope::All),
-        Some(Refusal {
-            commit: c,
-            verification: Verification::Unsigned
-        })
+        Some(Refusal { commit: c, verification: Verification::Unsigned })
     );
     assert_eq!(check(Some(c), d, Scope::All), None);
     // From nothing, all of the history: the oldest refusal is reported.
     assert_eq!(check(None, b, Scope::All).map(|r| r.commit), Some(a));
 
     let refusal = check(Some(b), c, Scope::Tip).unwrap();
-    assert_eq!(
-        refusal.to_string(),
-        format!("commit {} is not signed", &c.to_string()[..12])
-    );
+    assert_eq!(refusal.to_string(), format!("commit {} is not signed", &c.to_string()[..12]));
 }
 
 #[test]
@@ -336,15 +279,9 @@ fn each_outcome_is_its_own_refusal_and_an_altered_commit_is_bad() {
     let a = r.commit(&[], "a", Some("good"));
     assert!(verify_commit(&r.repo, &Fake, a).unwrap().is_good());
     let unknown = r.commit(&[a], "u", Some("unknown"));
-    assert_eq!(
-        verify_commit(&r.repo, &Fake, unknown).unwrap().kind(),
-        "unknown_key"
-    );
+    assert_eq!(verify_commit(&r.repo, &Fake, unknown).unwrap().kind(), "unknown_key");
     let expired = r.commit(&[a], "e", Some("expired"));
-    assert_eq!(
-        verify_commit(&r.repo, &Fake, expired).unwrap().kind(),
-        "expired"
-    );
+    assert_eq!(verify_commit(&r.repo, &Fake, expired).unwrap().kind(), "expired");
 
     // The signature of `a` over another message: what a tampered commit looks like.
     let raw = r.repo.odb().unwrap().read(a).unwrap().data().to_vec();
@@ -353,24 +290,16 @@ fn each_outcome_is_its_own_refusal_and_an_altered_commit_is_bad() {
         .repo
         .odb()
         .unwrap()
-        .write(
-            git2::ObjectType::Commit,
-            format!("{}A", text.strip_suffix('a').unwrap()).as_bytes(),
-        )
+        .write(git2::ObjectType::Commit, format!("{}A", text.strip_suffix('a').unwrap()).as_bytes())
         .unwrap();
     assert_ne!(altered, a);
     assert_eq!(
         verify_commit(&r.repo, &Fake, altered).unwrap(),
-        Verification::Bad {
-            reason: "the payload was altered".into()
-        }
+        Verification::Bad { reason: "the payload was altered".into() }
     );
 
     let blob = r.repo.blob(b"x").unwrap();
-    assert!(matches!(
-        verify_commit(&r.repo, &Fake, blob),
-        Err(Error::Input(_))
-    ));
+    assert!(matches!(verify_commit(&r.repo, &Fake, blob), Err(Error::Input(_))));
 }
 
 #[test]
@@ -378,20 +307,9 @@ fn refusals_are_recorded_for_status() {
     let r = TempRepo::new("record");
     assert_eq!(last_refusal(&r.dir).unwrap(), None);
     let commit = r.commit(&[], "a", None);
-    record_refusal(
-        &r.dir,
-        "remote a",
-        &Refusal {
-            commit,
-            verification: Verification::Unsigned,
-        },
-    )
-    .unwrap();
+    record_refusal(&r.dir, "remote a", &Refusal { commit, verification: Verification::Unsigned }).unwrap();
     let last = last_refusal(&r.dir).unwrap().unwrap();
-    assert_eq!(
-        (last.source.as_str(), last.outcome.as_str()),
-        ("remote a", "unsigned")
-    );
+    assert_eq!((last.source.as_str(), last.outcome.as_str()), ("remote a", "unsigned"));
     assert_eq!(last.commit, commit.to_string());
     assert!(last.reason.ends_with("is not signed"), "{}", last.reason);
 }
@@ -424,21 +342,9 @@ fn cert(user_id: &str, age: Duration, validity: Option<Duration>) -> (Cert, Sign
 /// Signs `payload` at `at` with the cert's signing subkey (or its primary key), armored.
 fn sign(cert: &Cert, payload: &[u8], at: SystemTime, primary: bool) -> Vec<u8> {
     let key = if primary {
-        cert.primary_key()
-            .key()
-            .clone()
-            .parts_into_secret()
-            .unwrap()
-            .role_into_unspecified()
+        cert.primary_key().key().clone().parts_into_secret().unwrap().role_into_unspecified()
     } else {
-        cert.keys()
-            .subkeys()
-            .secret()
-            .next()
-            .unwrap()
-            .key()
-            .clone()
-            .role_into_unspecified()
+        cert.keys().subkeys().secret().next().unwrap().key().clone().role_into_unspecified()
     };
     let mut signer = key.into_keypair().unwrap();
     let sig = SignatureBuilder::new(SignatureType::Binary)
@@ -446,8 +352,7 @@ fn sign(cert: &Cert, payload: &[u8], at: SystemTime, primary: bool) -> Vec<u8> {
         .unwrap()
         .sign_message(&mut signer, payload)
         .unwrap();
-    let mut writer =
-        openpgp::armor::Writer::new(Vec::new(), openpgp::armor::Kind::Signature).unwrap();
+    let mut writer = openpgp::armor::Writer::new(Vec::new(), openpgp::armor::Kind::Signature).unwrap();
     Packet::from(sig).serialize(&mut writer).unwrap();
     writer.finalize().unwrap()
 }
@@ -457,9 +362,7 @@ fn keyring_of(certs: &[&Cert]) -> Keyring {
     for cert in certs {
         bytes.extend(cert.armored().to_vec().unwrap());
     }
-    Keyring::parse(Path::new("/etc/troops/trusted.pgp"), &bytes)
-        .unwrap()
-        .at(now())
+    Keyring::parse(Path::new("/etc/troops/trusted.pgp"), &bytes).unwrap().at(now())
 }
 
 /// A keyring with one certificate nothing here signs with.
@@ -486,10 +389,7 @@ fn a_good_signature_names_the_certificate_and_its_user_id() {
     );
     assert_eq!(
         verification.to_string(),
-        format!(
-            "is signed by {} (Alice <alice@example.com>)",
-            alice.fingerprint().to_hex()
-        )
+        format!("is signed by {} (Alice <alice@example.com>)", alice.fingerprint().to_hex())
     );
 
     // Binary (not armored) signatures and keyrings are read too.
@@ -497,9 +397,7 @@ fn a_good_signature_names_the_certificate_and_its_user_id() {
     let binary = PacketPile::from_bytes(&armored).unwrap().to_vec().unwrap();
     assert!(keyring.verify(PAYLOAD, Some(&binary)).is_good());
     let binary_ring = [alice.to_vec().unwrap(), bob.to_vec().unwrap()].concat();
-    let keyring = Keyring::parse(Path::new("k"), &binary_ring)
-        .unwrap()
-        .at(now());
+    let keyring = Keyring::parse(Path::new("k"), &binary_ring).unwrap().at(now());
     assert_eq!(keyring.fingerprints().len(), 2);
     assert!(keyring.verify(PAYLOAD, Some(&armored)).is_good());
 }
@@ -515,53 +413,22 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
     assert_eq!(keyring.verify(PAYLOAD, None), Verification::Unsigned);
 
     let unknown = keyring.verify(PAYLOAD, Some(&sign(&stranger, PAYLOAD, now() - DAY, false)));
-    let stranger_key = stranger
-        .keys()
-        .subkeys()
-        .next()
-        .unwrap()
-        .key()
-        .fingerprint()
-        .to_hex();
-    assert_eq!(
-        unknown,
-        Verification::UnknownKey {
-            issuer: stranger_key
-        }
-    );
+    let stranger_key = stranger.keys().subkeys().next().unwrap().key().fingerprint().to_hex();
+    assert_eq!(unknown, Verification::UnknownKey { issuer: stranger_key });
 
-    let tampered = keyring.verify(
-        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessagE\n",
-        Some(&signed),
-    );
-    assert!(
-        matches!(&tampered, Verification::Bad { reason } if reason.contains("altered")),
-        "{tampered:?}"
-    );
+    let tampered =
+        keyring.verify(b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessagE\n", Some(&signed));
+    assert!(matches!(&tampered, Verification::Bad { reason } if reason.contains("altered")), "{tampered:?}");
 
     // Signed while it was good; it has expired since.
-    let expired = keyring.verify(
-        PAYLOAD,
-        Some(&sign(
-            &old,
-            PAYLOAD,
-            now() - 10 * DAY + 3600 * Duration::from_secs(1),
-            false,
-        )),
-    );
-    assert_eq!(
-        expired,
-        Verification::Expired {
-            fingerprint: old.fingerprint().to_hex()
-        }
-    );
+    let expired = keyring
+        .verify(PAYLOAD, Some(&sign(&old, PAYLOAD, now() - 10 * DAY + 3600 * Duration::from_secs(1), false)));
+    assert_eq!(expired, Verification::Expired { fingerprint: old.fingerprint().to_hex() });
 
     let revoked_keyring = keyring_of(&[&alice.clone().insert_packets(alice_revocation).unwrap().0]);
     assert_eq!(
         revoked_keyring.verify(PAYLOAD, Some(&signed)),
-        Verification::Revoked {
-            fingerprint: alice.fingerprint().to_hex()
-        }
+        Verification::Revoked { fingerprint: alice.fingerprint().to_hex() }
     );
 
     // The primary key of these certificates only certifies.
@@ -577,14 +444,9 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
         "{future:?}"
     );
 
-    let ssh = keyring.verify(
-        PAYLOAD,
-        Some(b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"),
-    );
-    assert!(
-        matches!(&ssh, Verification::Bad { reason } if reason.contains("SSH signature")),
-        "{ssh:?}"
-    );
+    let ssh = keyring
+        .verify(PAYLOAD, Some(b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"));
+    assert!(matches!(&ssh, Verification::Bad { reason } if reason.contains("SSH signature")), "{ssh:?}");
     assert_eq!(keyring.verify(PAYLOAD, Some(b"")).kind(), "bad");
 
     let kinds: std::collections::BTreeSet<_> = [
@@ -592,9 +454,7 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
         unknown,
         tampered,
         expired,
-        Verification::Revoked {
-            fingerprint: String::new(),
-        },
+        Verification::Revoked { fingerprint: String::new() },
     ]
     .iter()
     .map(|v| v.to_string())
@@ -604,24 +464,14 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
 
 #[test]
 fn keyring_errors_name_the_file() {
-    let missing = Keyring::load(Path::new("/nonexistent/trusted.pgp"))
-        .err()
-        .unwrap();
+    let missing = Keyring::load(Path::new("/nonexistent/trusted.pgp")).err().unwrap();
     assert_eq!(missing.class(), crate::error::Class::Environment);
-    assert!(
-        missing.to_string().contains("/nonexistent/trusted.pgp"),
-        "{missing}"
-    );
+    assert!(missing.to_string().contains("/nonexistent/trusted.pgp"), "{missing}");
 
-    let garbage = Keyring::parse(Path::new("/etc/k.pgp"), b"\x99\x01garbage")
-        .err()
-        .unwrap();
+    let garbage = Keyring::parse(Path::new("/etc/k.pgp"), b"\x99\x01garbage").err().unwrap();
     assert_eq!(garbage.class(), crate::error::Class::Input);
     assert!(garbage.to_string().contains("/etc/k.pgp"), "{garbage}");
 
     let empty = Keyring::parse(Path::new("/etc/k.pgp"), b"").err().unwrap();
-    assert!(
-        empty.to_string().contains("holds no OpenPGP certificates"),
-        "{empty}"
-    );
+    assert!(empty.to_string().contains("holds no OpenPGP certificates"), "{empty}");
 }

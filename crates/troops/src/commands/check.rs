@@ -15,6 +15,11 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let plan = Plan::parse(path, &text, Some(root))?;
     let roles: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
-    println!("{}: ok: {} steps, roles: {}", path.display(), plan.steps.len(), if roles.is_empty() { "none".into() } else { roles.join(", ") });
+    println!(
+        "{}: ok: {} steps, roles: {}",
+        path.display(),
+        plan.steps.len(),
+        if roles.is_empty() { "none".into() } else { roles.join(", ") }
+    );
     Ok(ExitCode::SUCCESS)
 }

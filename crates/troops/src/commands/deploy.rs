@@ -21,7 +21,11 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let remote = ControlRequest::Deploy { trigger: Trigger::Manual, commit: args.commit.clone(), unless_deployed: false };
+    let remote = ControlRequest::Deploy {
+        trigger: Trigger::Manual,
+        commit: args.commit.clone(),
+        unless_deployed: false,
+    };
     if let Some(code) = super::through_daemon(&node, remote)? {
         return Ok(code);
     }

@@ -8,9 +8,15 @@ use troops_core::init::{init, Options};
 use crate::cli::{Global, InitArgs};
 
 pub fn run(global: &Global, args: InitArgs) -> Result<ExitCode> {
-    let options = Options { branch: args.branch, remotes: args.remotes, roles: args.roles, hook: hook_binary() };
+    let options =
+        Options { branch: args.branch, remotes: args.remotes, roles: args.roles, hook: hook_binary() };
     let (node, public_key) = init(&global.state_dir, &global.config, &options)?;
-    println!("node ready at {} (branch {}, config {})", node.state_dir.display(), node.config.branch, node.config.path.display());
+    println!(
+        "node ready at {} (branch {}, config {})",
+        node.state_dir.display(),
+        node.config.branch,
+        node.config.path.display()
+    );
     println!("push to:  {}", node.repo_path().display());
     println!("this node fetches over SSH with the key below; add it where the remotes are hosted:");
     println!("{public_key}");

@@ -26,7 +26,16 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
     }
     for r in records {
         let ms: u64 = r.steps.iter().map(|s| s.duration_ms).sum();
-        println!("{:>5}  {:<11}  {:<6}  {}  {}  {:>8.1}s  {}", r.id, r.status, r.trigger, short(&r.commit), r.started_at, ms as f64 / 1000.0, r.error.as_deref().unwrap_or(""));
+        println!(
+            "{:>5}  {:<11}  {:<6}  {}  {}  {:>8.1}s  {}",
+            r.id,
+            r.status,
+            r.trigger,
+            short(&r.commit),
+            r.started_at,
+            ms as f64 / 1000.0,
+            r.error.as_deref().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -35,7 +44,10 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
     let runs = node.runs();
     let id = match args.id {
         Some(id) => id,
-        None => *runs.ids()?.last().ok_or_else(|| Error::Input(format!("no runs yet in {}", node.state_dir.display())))?,
+        None => *runs
+            .ids()?
+            .last()
+            .ok_or_else(|| Error::Input(format!("no runs yet in {}", node.state_dir.display())))?,
     };
     runs.load(id)?;
     let path = runs.log_path(id);

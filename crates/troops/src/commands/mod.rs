@@ -40,7 +40,11 @@ fn node(global: &Global) -> Result<Node> {
 
 /// Asks a running daemon to do `request`, streaming its output; `None` when no daemon runs.
 fn through_daemon(node: &Node, request: troops_core::control::Request) -> Result<Option<ExitCode>> {
-    let Some((exit, error)) = troops_core::control::call(&node.socket_path(), &request, &mut std::io::stdout())? else { return Ok(None) };
+    let Some((exit, error)) =
+        troops_core::control::call(&node.socket_path(), &request, &mut std::io::stdout())?
+    else {
+        return Ok(None);
+    };
     if let Some(error) = error {
         eprintln!("troops: {error}");
     }

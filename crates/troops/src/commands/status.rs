@@ -25,7 +25,8 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         .iter()
         .flatten()
         .map(|name| {
-            let url = repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
+            let url =
+                repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
             (name.to_owned(), url, states.get(name).cloned())
         })
         .collect();
@@ -35,7 +36,14 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         last => (None, last),
     };
     let last = match (last, &running) {
-        (None, Some(running)) => node.runs().ids()?.into_iter().rev().find(|&id| id != running.id).map(|id| node.runs().load(id)).transpose()?,
+        (None, Some(running)) => node
+            .runs()
+            .ids()?
+            .into_iter()
+            .rev()
+            .find(|&id| id != running.id)
+            .map(|id| node.runs().load(id))
+            .transpose()?,
         (last, _) => last,
     };
 
@@ -92,11 +100,19 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         println!("remote    {name} {url} ({last})");
     }
     match &running {
-        Some(r) => println!("running   run {} ({}) of {} since {}", r.id, r.trigger, short(&r.commit), r.started_at),
+        Some(r) => {
+            println!("running   run {} ({}) of {} since {}", r.id, r.trigger, short(&r.commit), r.started_at)
+        }
         None => println!("running   nothing"),
     }
     match &last {
-        Some(r) => println!("last run  {} ({}) of {}, {}", summary(r), r.trigger, short(&r.commit), r.finished_at.as_deref().unwrap_or(&r.started_at)),
+        Some(r) => println!(
+            "last run  {} ({}) of {}, {}",
+            summary(r),
+            r.trigger,
+            short(&r.commit),
+            r.finished_at.as_deref().unwrap_or(&r.started_at)
+        ),
         None => println!("last run  none"),
     }
     match (&keyring, &keyring_error) {
@@ -112,7 +128,8 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
 
 /// A record as it stands: one left `running` while nobody holds the lock is `interrupted`.
 pub fn effective(node: &Node, mut record: RunRecord) -> RunRecord {
-    if record.status == RunStatus::Running && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
+    if record.status == RunStatus::Running && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_)))
+    {
         record.status = RunStatus::Interrupted;
     }
     record

@@ -16,10 +16,7 @@ pub fn run(node: &Node, args: VerifyArgs) -> Result<ExitCode> {
     let commit = match &args.rev {
         Some(rev) => repo.resolve(rev)?,
         None => repo.tip()?.ok_or_else(|| {
-            Error::Input(format!(
-                "branch {} has no commits yet; name a revision",
-                repo.branch
-            ))
+            Error::Input(format!("branch {} has no commits yet; name a revision", repo.branch))
         })?,
     };
     let keyring = Keyring::load(&node.config.verify.keyring)?;

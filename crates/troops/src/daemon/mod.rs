@@ -38,11 +38,17 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let listener = socket::bind(&node.socket_path(), &node.config.admin_group)?;
     let mut watch = Watch::new(&node.config.path, &node.repo_path(), &node.config.branch)?;
-    let (mut term, mut int, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let (mut term, mut int, mut hup) =
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
     let socket_path = node.socket_path();
     let repo_path = node.repo_path();
     let config_path = node.config.path.clone();
-    let (worker, thread) = Worker::start(Node { state_dir: node.state_dir.clone(), config: node.config.clone() }, config.clone(), &STOP, events_tx);
+    let (worker, thread) = Worker::start(
+        Node { state_dir: node.state_dir.clone(), config: node.config.clone() },
+        config.clone(),
+        &STOP,
+        events_tx,
+    );
     tokio::spawn(socket::serve(listener, worker.clone(), config.clone(), repo_path));
     tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
     notify("READY=1\nSTATUS=following the branch");
@@ -75,7 +81,9 @@ async fn serve(node: Node) -> Result<ExitCode> {
     notify("STOPPING=1");
     STOP.store(true, Ordering::SeqCst);
     worker.stop();
-    tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

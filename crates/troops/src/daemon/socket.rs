@@ -22,7 +22,8 @@ pub fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
         anyhow::bail!("another daemon already listens on {}", path.display());
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding the control socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("binding the control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Ok(Some(group)) = Group::from_name(group) {
         // Only root may give the socket to another group; otherwise it stays the daemon's.
@@ -48,7 +49,12 @@ pub async fn serve(listener: UnixListener, worker: Handle, config: Arc<Mutex<Con
     }
 }
 
-async fn handle(mut stream: UnixStream, group: &str, worker: Handle, tip: impl FnOnce() -> Option<git2::Oid>) -> anyhow::Result<()> {
+async fn handle(
+    mut stream: UnixStream,
+    group: &str,
+    worker: Handle,
+    tip: impl FnOnce() -> Option<git2::Oid>,
+) -> anyhow::Result<()> {
     let allowed = allowed(&stream, group);
     let (read, mut write) = stream.split();
     // Read the request first even from a peer we refuse, so it sees the answer, not a broken pipe.
@@ -97,13 +103,15 @@ fn line(reply: &Reply) -> String {
 
 /// Root, the daemon's own user, and members of `group` may talk to the daemon.
 fn allowed(stream: &UnixStream, group: &str) -> Result<(), String> {
-    let cred = getsockopt(stream, PeerCredentials).map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let cred =
+        getsockopt(stream, PeerCredentials).map_err(|e| format!("cannot read peer credentials: {e}"))?;
     let uid = Uid::from_raw(cred.uid());
     if uid.is_root() || uid == Uid::effective() {
         return Ok(());
     }
     let gid = Group::from_name(group).ok().flatten().map(|g| g.gid);
-    let member = gid.is_some_and(|gid| Gid::from_raw(cred.gid()) == gid || process_groups(cred.pid()).contains(&gid));
+    let member =
+        gid.is_some_and(|gid| Gid::from_raw(cred.gid()) == gid || process_groups(cred.pid()).contains(&gid));
     if member {
         Ok(())
     } else {

@@ -31,7 +31,8 @@ impl std::os::fd::AsRawFd for Events {
     }
 }
 
-const FLAGS: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE.union(AddWatchFlags::IN_MOVED_TO).union(AddWatchFlags::IN_CREATE);
+const FLAGS: AddWatchFlags =
+    AddWatchFlags::IN_CLOSE_WRITE.union(AddWatchFlags::IN_MOVED_TO).union(AddWatchFlags::IN_CREATE);
 /// In the repo's own directory only `packed-refs` matters, and git and libgit2 both replace it by
 /// renaming `packed-refs.lock` over it. Renames alone, then: libgit2 rewrites `FETCH_HEAD` there on
 /// every fetch of every remote (even with FETCH_HEAD updates off), which would wake the daemon
@@ -44,10 +45,13 @@ impl Watch {
         let ref_path = repo.join("refs/heads").join(branch);
         let ref_dir = ref_path.parent().expect("a ref has a directory");
         std::fs::create_dir_all(ref_dir)?;
-        let refs = (inotify.add_watch(ref_dir, FLAGS)?, ref_path.file_name().expect("a ref has a name").to_owned());
+        let refs =
+            (inotify.add_watch(ref_dir, FLAGS)?, ref_path.file_name().expect("a ref has a name").to_owned());
         let repo = (inotify.add_watch(repo, REPO_FLAGS)?, OsString::from("packed-refs"));
         let config = match (config.parent(), config.file_name()) {
-            (Some(dir), Some(name)) => match inotify.add_watch(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, FLAGS) {
+            (Some(dir), Some(name)) => match inotify
+                .add_watch(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, FLAGS)
+            {
                 Ok(wd) => Some((wd, name.to_owned())),
                 Err(e) => {
                     tracing::warn!(config = %config.display(), error = %e, "not watching the config's directory; reload with SIGHUP");
@@ -57,7 +61,8 @@ impl Watch {
             _ => None,
         };
         // SAFETY: the descriptor is owned by `Events`, which the AsyncFd owns until both drop.
-        let fd = unsafe { AsyncFd::register(Events(inotify)) }.map_err(|e| anyhow::anyhow!("watching with inotify: {e}"))?;
+        let fd = unsafe { AsyncFd::register(Events(inotify)) }
+            .map_err(|e| anyhow::anyhow!("watching with inotify: {e}"))?;
         Ok(Watch { fd, config, refs, repo })
     }
 
@@ -67,7 +72,10 @@ impl Watch {
             let mut guard = self.fd.readable().await.expect("inotify stays readable");
             match guard.get_inner().0.read_events() {
                 Ok(events) => {
-                    let is = |(wd, name): &(WatchDescriptor, OsString), e: &nix::sys::inotify::InotifyEvent| e.wd == *wd && e.name.as_ref() == Some(name);
+                    let is = |(wd, name): &(WatchDescriptor, OsString),
+                              e: &nix::sys::inotify::InotifyEvent| {
+                        e.wd == *wd && e.name.as_ref() == Some(name)
+                    };
                     if events.iter().any(|e| self.config.as_ref().is_some_and(|c| is(c, e))) {
                         return Change::Config;
                     }

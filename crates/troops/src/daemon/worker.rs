@@ -69,7 +69,9 @@ impl Handle {
     pub fn submit(&self, job: Job, tip: impl FnOnce() -> Option<Oid>) {
         let (lock, wake) = &*self.shared;
         let mut state = lock.lock().unwrap();
-        if let (Work::Tip(Trigger::Push), Some(reply), Some(running)) = (&job.work, &job.reply, state.running.as_mut()) {
+        if let (Work::Tip(Trigger::Push), Some(reply), Some(running)) =
+            (&job.work, &job.reply, state.running.as_mut())
+        {
             if running.tip_batch && (running.commit.is_none() || running.commit == tip()) {
                 let _ = reply.send(Reply::Output(String::from_utf8_lossy(&running.output).into_owned()));
                 running.listeners.push(reply.clone());
@@ -114,10 +116,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(node: Node, config: Arc<Mutex<Config>>, stop: &'static AtomicBool, events: UnboundedSender<Event>) -> (Handle, std::thread::JoinHandle<()>) {
+    pub fn start(
+        node: Node,
+        config: Arc<Mutex<Config>>,
+        stop: &'static AtomicBool,
+        events: UnboundedSender<Event>,
+    ) -> (Handle, std::thread::JoinHandle<()>) {
         let handle = Handle { shared: Arc::default() };
         let mut worker = Worker { handle: handle.clone(), node, config, stop, events, failed: None };
-        let thread = std::thread::Builder::new().name("troops-worker".into()).spawn(move || worker.run()).expect("spawning the worker");
+        let thread = std::thread::Builder::new()
+            .name("troops-worker".into())
+            .spawn(move || worker.run())
+            .expect("spawning the worker");
         (handle, thread)
     }
 
@@ -145,12 +155,14 @@ impl Worker {
                 let batch = if matches!(first.work, Work::Commit(_)) {
                     vec![first]
                 } else {
-                    let (tips, rest): (VecDeque<Job>, VecDeque<Job>) = state.queue.drain(..).partition(|j| !matches!(j.work, Work::Commit(_)));
+                    let (tips, rest): (VecDeque<Job>, VecDeque<Job>) =
+                        state.queue.drain(..).partition(|j| !matches!(j.work, Work::Commit(_)));
                     state.queue = rest;
                     std::iter::once(first).chain(tips).collect()
                 };
                 let tip_batch = !matches!(batch[0].work, Work::Commit(_));
-                let (work, listeners): (Vec<Work>, Vec<_>) = batch.into_iter().map(|j| (j.work, j.reply)).unzip();
+                let (work, listeners): (Vec<Work>, Vec<_>) =
+                    batch.into_iter().map(|j| (j.work, j.reply)).unzip();
                 let listeners = listeners.into_iter().flatten().collect();
                 state.running = Some(Running { tip_batch, commit: None, output: Vec::new(), listeners });
                 return Some(work);
@@ -161,7 +173,8 @@ impl Worker {
 
     fn run_commit(&mut self, rev: String) -> (i32, Option<String>) {
         let request = Request { trigger: Trigger::Manual, commit: Some(rev), unless_deployed: false };
-        let result = deploy::deploy(&self.node, &request, &mut Broadcast(self.handle.clone(), Vec::new()), self.stop);
+        let result =
+            deploy::deploy(&self.node, &request, &mut Broadcast(self.handle.clone(), Vec::new()), self.stop);
         self.outcome(result, None)
     }
 
@@ -174,8 +187,12 @@ impl Worker {
                 Ok(cycle) => {
                     for f in &cycle.fetched {
                         match &f.tip {
-                            Ok(tip) => tracing::info!(remote = %f.remote, tip = %tip.map_or("none".into(), |t| t.to_string()), downloaded = f.downloaded, ms = f.duration.as_millis() as u64, "fetched"),
-                            Err(e) => tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed"),
+                            Ok(tip) => {
+                                tracing::info!(remote = %f.remote, tip = %tip.map_or("none".into(), |t| t.to_string()), downloaded = f.downloaded, ms = f.duration.as_millis() as u64, "fetched")
+                            }
+                            Err(e) => {
+                                tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed")
+                            }
                         }
                     }
                     for (remote, tip, why) in &cycle.decision.refused {
@@ -205,15 +222,25 @@ impl Worker {
         self.set_commit(tip);
         let held = matches!((self.failed, tip), (Some((failed, _, _)), Some(tip)) if failed == tip);
         if held && !matches!(trigger, Trigger::Manual | Trigger::Retry) {
-            let due = self.failed.map(|(_, _, due)| due.saturating_duration_since(Instant::now())).unwrap_or_default();
-            let _ = writeln!(out, "troops: the tip failed before; it is retried in {}", humantime::format_duration(Duration::from_secs(due.as_secs())));
+            let due = self
+                .failed
+                .map(|(_, _, due)| due.saturating_duration_since(Instant::now()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "troops: the tip failed before; it is retried in {}",
+                humantime::format_duration(Duration::from_secs(due.as_secs()))
+            );
             return (1, None);
         }
         let request = Request { trigger, commit: None, unless_deployed: trigger != Trigger::Manual };
         let result = deploy::deploy(&self.node, &request, &mut out, self.stop);
         if let Ok(Outcome::AlreadyDeployed(commit)) = &result {
             let _ = writeln!(out, "{}", deploy::already_deployed(&self.node, *commit));
-            return (exit_if_nothing_runs, exit_if_nothing_runs.eq(&3).then(|| "no remote could be fetched".into()));
+            return (
+                exit_if_nothing_runs,
+                exit_if_nothing_runs.eq(&3).then(|| "no remote could be fetched".into()),
+            );
         }
         self.outcome(result, tip)
     }
@@ -268,8 +295,13 @@ impl Worker {
         }
         let _ = self.events.send(Event::RetryAt(self.failed.map(|(_, _, due)| due)));
         let deployed = self.node.repo().and_then(|r| r.deployed()).ok().flatten();
-        let held = self.failed.map_or(String::new(), |(tip, n, _)| format!("; {} failed {n}x, retrying", deploy::short(&tip.to_string())));
-        super::notify(&format!("STATUS=deployed {}{held}", deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned())));
+        let held = self.failed.map_or(String::new(), |(tip, n, _)| {
+            format!("; {} failed {n}x, retrying", deploy::short(&tip.to_string()))
+        });
+        super::notify(&format!(
+            "STATUS=deployed {}{held}",
+            deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned())
+        ));
     }
 }
 
