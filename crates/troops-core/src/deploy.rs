@@ -311,11 +311,15 @@ impl Write for Tee<'_> {
     }
 }
 
-/// What `--dry-run` shows: each step of the plan at `commit`, whether this host runs it, and why.
-pub fn dry_run(
-    node: &Node,
-    rev: Option<&str>,
-) -> Result<(Oid, BTreeSet<String>, Vec<(String, bool, String)>)> {
+/// What `--dry-run` shows: the commit, this host's roles, and for each step whether it runs and why.
+pub struct DryRun {
+    pub commit: Oid,
+    pub roles: BTreeSet<String>,
+    pub steps: Vec<(String, bool, String)>,
+}
+
+/// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps, running none.
+pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
     let repo = node.repo()?;
     let commit = match rev {
         Some(rev) => repo.resolve(rev)?,
@@ -339,7 +343,7 @@ pub fn dry_run(
             (s.name.clone(), runs, why)
         })
         .collect();
-    Ok((commit, roles, steps))
+    Ok(DryRun { commit, roles, steps })
 }
 
 /// What a trigger learns when another run deployed its commit first: which commit, and which run.

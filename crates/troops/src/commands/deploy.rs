@@ -13,10 +13,10 @@ use crate::cli::{DeployArgs, Global};
 pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
     let node = super::node(global)?;
     if args.dry_run {
-        let (commit, roles, steps) = deploy::dry_run(&node, args.commit.as_deref())?;
-        let roles: Vec<String> = roles.into_iter().collect();
-        println!("commit {commit} on {} [{}]", node.config.hostname(), roles.join(","));
-        for (name, runs, why) in steps {
+        let dry = deploy::dry_run(&node, args.commit.as_deref())?;
+        let roles: Vec<&str> = dry.roles.iter().map(String::as_str).collect();
+        println!("commit {} on {} [{}]", dry.commit, node.config.hostname(), roles.join(","));
+        for (name, runs, why) in dry.steps {
             println!("{} {name}: {why}", if runs { "run " } else { "skip" });
         }
         return Ok(ExitCode::SUCCESS);
