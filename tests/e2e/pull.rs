@@ -319,6 +319,35 @@ fn sigterm_mid_step_lets_the_step_finish_then_exits_0() {
 }
 
 #[test]
+fn a_daemon_killed_mid_run_marks_it_interrupted_and_runs_the_tip_again_on_restart() {
+    let (env, work) = fleet("interval = \"1h\"\n", &[]);
+    let gate = env.path("go");
+    let plan =
+        format!("[[step]]\nname = \"slow\"\nrun = \"echo started; {}; echo finished\"\n", gate_wait(&gate));
+    let commit = work.commit(&env, &[("troops.toml", &plan)], "slow");
+    publish(&env, &work, "a", &[]);
+    let mut daemon = Daemon::start(&env);
+    wait_until("the step to start", Duration::from_secs(10), || {
+        std::fs::read_to_string(env.state.join("runs/1/output.log")).unwrap_or_default().contains("started")
+    });
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5));
+    assert_eq!(env.run_record(1)["status"], "running", "nobody was left to complete the record");
+    // The orphaned step (its own process group, outside systemd's cgroup here) may end now.
+    std::fs::write(&gate, "").unwrap();
+
+    let _daemon = Daemon::start(&env);
+    wait_until("the restarted daemon to run the tip again", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(commit.as_str())
+    });
+    assert_eq!(env.run_record(1)["status"], "interrupted");
+    let record = env.run_record(2);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["commit"], commit.as_str());
+    assert_eq!(env.run_ids(), [1, 2]);
+}
+
+#[test]
 fn a_peer_outside_the_group_is_refused_by_the_socket() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: needs root to act as another user");
