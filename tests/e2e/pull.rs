@@ -109,7 +109,7 @@ fn a_commit_on_any_one_remote_is_deployed_once_including_over_ssh() {
 }
 
 #[test]
-fn an_unknown_ssh_host_key_is_refused_by_name() {
+fn an_unknown_or_changed_ssh_host_key_is_refused_by_name() {
     let (env, work) = fleet("", &[]);
     let (_sshd, url) = ssh_remote(&env, "c");
     std::fs::write(env.state.join("ssh/known_hosts"), "").unwrap();
@@ -119,6 +119,15 @@ fn an_unknown_ssh_host_key_is_refused_by_name() {
     let (code, out) = pull(&env);
     assert!(out.contains("remote c") && out.contains("unknown host [127.0.0.1]:"), "{out}");
     assert_eq!(code, 0, "a and b were fetched (empty), so not every remote failed: {out}");
+    assert_eq!(env.node_ref("refs/heads/main"), None);
+    assert!(env.run_ids().is_empty());
+
+    // Another key listed for that host: a replaced server, or a man in the middle.
+    let port = url.rsplit_once(':').unwrap().1.split('/').next().unwrap();
+    let other_key = std::fs::read_to_string(env.state.join("ssh/id_ed25519.pub")).unwrap();
+    std::fs::write(env.state.join("ssh/known_hosts"), format!("[127.0.0.1]:{port} {other_key}")).unwrap();
+    let (_, out) = pull(&env);
+    assert!(out.contains(&format!("host key of [127.0.0.1]:{port} does not match")), "{out}");
     assert_eq!(env.node_ref("refs/heads/main"), None);
     assert!(env.run_ids().is_empty());
 }

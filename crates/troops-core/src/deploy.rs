@@ -44,6 +44,16 @@ impl Outcome {
 /// Runs the plan for `request`, writing progress and step output to `out` as it comes. `stop`,
 /// once set, lets the current step finish and ends the run `interrupted`.
 pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
+    let repo = node.repo()?;
+    // What nearly every poll finds: the tip is deployed. Refs are read atomically, so this needs
+    // neither the lock nor the run records.
+    if request.unless_deployed && request.commit.is_none() {
+        if let (Some(tip), Some(deployed)) = (repo.tip()?, repo.deployed()?) {
+            if tip == deployed {
+                return Ok(Outcome::AlreadyDeployed(tip));
+            }
+        }
+    }
     let mut lock = NodeLock::acquire(&node.lock_path(), |holder| {
         let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
     })?;
@@ -55,7 +65,6 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             old.id
         );
     }
-    let repo = node.repo()?;
     let commit = match &request.commit {
         Some(rev) => repo.resolve(rev)?,
         None => repo.tip()?.ok_or_else(|| {

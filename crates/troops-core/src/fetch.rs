@@ -1,8 +1,8 @@
 //! Fetching the followed branch from every remote of the node repo, all at once, each bounded by
 //! `fetch_timeout`: one slow or dead remote never holds up the others. A remote whose advertised
-//! tip is already here costs one connection and no download. https remotes go through the `git`
-//! command, so that only they pay for TLS set-up.
+//! tip is already here costs one connection and no download.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -85,11 +85,14 @@ fn fetch_one(
     };
     let url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
     let tracking = format!("refs/remotes/{name}/{branch}");
-    let result = if url.starts_with("https://") || url.starts_with("http://") {
-        fetch_with_git(repo_path, name, branch, &tracking, deadline)
-            .map(|()| (repo.refname_to_id(&tracking).ok(), true))
+    let result = if libgit2_fetches(&url) {
+        fetch_with_libgit2(&repo, name, branch, &tracking, deadline)
     } else {
-        fetch_with_libgit2(&repo, name, &url, branch, &tracking, ssh_dir, deadline)
+        let before = repo.refname_to_id(&tracking).ok();
+        fetch_with_git(repo_path, name, &url, branch, &tracking, ssh_dir, deadline).map(|found| {
+            let tip = if found { repo.refname_to_id(&tracking).ok() } else { None };
+            (tip, tip != before)
+        })
     };
     match result {
         Ok((tip, downloaded)) => (url, Ok(tip), downloaded),
@@ -97,18 +100,25 @@ fn fetch_one(
     }
 }
 
+/// libgit2 fetches local paths, `file://` and `git://` in-process, which is cheapest. SSH and
+/// http(s) go through the `git` command, so that only they pay for OpenSSH or TLS, and the daemon
+/// links neither libssh2 nor OpenSSL.
+fn libgit2_fetches(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((scheme, _)) => matches!(scheme, "file" | "git"),
+        None => !crate::ssh::is_ssh(url),
+    }
+}
+
 fn fetch_with_libgit2(
     repo: &Repository,
     name: &str,
-    url: &str,
     branch: &str,
     tracking: &str,
-    ssh_dir: &Path,
     deadline: Instant,
 ) -> Result<(Option<Oid>, bool), String> {
     let mut remote = repo.find_remote(name).map_err(|e| e.message().to_owned())?;
     let mut callbacks = RemoteCallbacks::new();
-    let refusal = crate::ssh::callbacks(&mut callbacks, url, ssh_dir);
     callbacks.transfer_progress(|_| Instant::now() < deadline);
     let mut options = FetchOptions::new();
     // libgit2 downloads nothing when the advertised tip is already here; prune drops the
@@ -126,50 +136,78 @@ fn fetch_with_libgit2(
     while let Err(e) = remote.fetch(&[&refspec], Some(&mut options), Some(&reflog)) {
         attempts += 1;
         if e.code() != git2::ErrorCode::Locked || attempts == 5 || Instant::now() >= deadline {
-            return Err(refusal.lock().unwrap().take().unwrap_or_else(|| e.message().to_owned()));
+            return Err(e.message().to_owned());
         }
         std::thread::sleep(Duration::from_millis(5 * attempts));
     }
     Ok((repo.refname_to_id(tracking).ok(), remote.stats().received_objects() > 0))
 }
 
-/// Fetches with the `git` command, killed at the deadline.
+/// Fetches with the `git` command (and OpenSSH for SSH), killed with its children at the
+/// deadline. Ok(false): the remote has no such branch, and its tracking ref is gone.
 fn fetch_with_git(
     repo_path: &Path,
     name: &str,
+    url: &str,
     branch: &str,
     tracking: &str,
+    ssh_dir: &Path,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut child = Command::new("git")
         .arg("--git-dir")
         .arg(repo_path)
-        .args([
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            name,
-            &format!("+refs/heads/{branch}:{tracking}"),
-        ])
+        // No automatic maintenance: it would run in the background, beside the other fetches.
+        .args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"])
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", name])
+        .arg(format!("+refs/heads/{branch}:{tracking}"))
+        .env(
+            "GIT_SSH_COMMAND",
+            crate::ssh::command(ssh_dir, deadline.saturating_duration_since(Instant::now())),
+        )
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_REFLOG_ACTION", format!("troops: fetch {name}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("running git fetch: {e}"))?;
     let stderr = child.stderr.take().expect("piped");
     let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            let stderr = reader.join().unwrap_or_default();
-            return if status.success() { Ok(()) } else { Err(stderr.trim().to_owned()) };
+    let status = crate::runner::wait_or_kill(&mut child, deadline)
+        .map_err(|e| format!("waiting for git fetch: {e}"))?;
+    let stderr = reader.join().unwrap_or_default().replace('\r', "");
+    match status {
+        None => Err("timed out".into()),
+        Some(status) if status.success() => Ok(true),
+        Some(_) if stderr.contains("couldn't find remote ref") => {
+            let _ = Repository::open_bare(repo_path)
+                .and_then(|repo| repo.find_reference(tracking).and_then(|mut r| r.delete()));
+            Ok(false)
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("timed out".into());
+        Some(_) => {
+            Err(crate::ssh::host_key_refusal(url, &stderr, ssh_dir).unwrap_or_else(|| summary(&stderr)))
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// git's complaint in one line, without its boilerplate advice.
+fn summary(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Please make sure you have")
+                && !l.starts_with("and the repository exists")
+                && *l != "fatal: Could not read from remote repository."
+        })
+        .collect();
+    if lines.is_empty() {
+        stderr.trim().to_owned()
+    } else {
+        lines.join("; ")
     }
 }
 

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -142,6 +142,28 @@ fn drain(reader: &std::io::PipeReader, buf: &mut [u8], out: &mut dyn Write) {
             || !copy_available(&mut reader, buf, out)
         {
             return;
+        }
+    }
+}
+
+/// Waits for `child`, the leader of its own process group, until `deadline`; past it, kills the
+/// whole group, reaps the child and returns `None`.
+pub(crate) fn wait_or_kill(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+    let exited = pidfd_open(child.id() as i32)?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(exited.as_fd(), PollFlags::POLLIN)], ms) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(0) if Instant::now() >= deadline => {
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                child.wait()?;
+                return Ok(None);
+            }
+            Ok(0) => continue,
+            Ok(_) => return child.wait().map(Some),
         }
     }
 }
