@@ -159,18 +159,7 @@ impl Gpg {
 
     /// git in `dir` with this home as `GNUPGHOME`, otherwise as hermetic as `Env::git`.
     pub fn git(&self, env: &Env, dir: &Path, args: &[&str]) -> String {
-        let mut command = Command::new("git");
-        env.hermetic(&mut command);
-        let out =
-            command.env("GNUPGHOME", self.home()).current_dir(dir).args(args).output().expect("running git");
-        assert!(
-            out.status.success(),
-            "git {args:?} in {} failed:\n{}{}",
-            dir.display(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout).trim().to_owned()
+        env.git_with(dir, args, &[("GNUPGHOME", &self.home())])
     }
 }
 

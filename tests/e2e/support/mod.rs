@@ -111,9 +111,15 @@ impl Env {
     }
 
     pub fn git(&self, dir: &Path, args: &[&str]) -> String {
+        self.git_with(dir, args, &[])
+    }
+
+    /// `git` in `dir`, hermetic but for `vars`; panics with its output if it fails.
+    pub fn git_with(&self, dir: &Path, args: &[&str], vars: &[(&str, &Path)]) -> String {
         let mut command = Command::new("git");
         self.hermetic(&mut command);
-        let out = command.current_dir(dir).args(args).output().expect("running git");
+        let out =
+            command.current_dir(dir).args(args).envs(vars.iter().copied()).output().expect("running git");
         assert!(
             out.status.success(),
             "git {args:?} in {} failed:\n{}{}",
