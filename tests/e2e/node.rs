@@ -245,7 +245,7 @@ fn has_role_answers_a_step_script() {
     let plan = "[roles.web]\nhosts = [\"web-1\"]\n\n[roles.edge]\nmatch = [\"web-*\"]\n\n[roles.db]\nhosts = [\"db-1\"]\n\n\
                 [[step]]\nname = \"probe\"\nscript = \"steps/probe.sh\"\n";
     let repo = env.deploy_repo("deploy");
-    repo.commit(&env, &[("steps/probe.sh", &script), ("troops.toml", plan)], "probe roles");
+    let first = repo.commit(&env, &[("steps/probe.sh", &script), ("troops.toml", plan)], "probe roles");
     repo.publish(&env);
 
     // The step finds the node through what troops gives it, not through the caller's environment.
@@ -264,6 +264,19 @@ fn has_role_answers_a_step_script() {
 
     assert_eq!(code(&env.run(&["has-role", "web"])), Some(0));
     assert_eq!(code(&env.run(&["has-role", "db"])), Some(1));
+
+    // A newer tip takes web away; a step of the older commit still answers by its own plan.
+    repo.commit(
+        &env,
+        &[("troops.toml", &plan.replace("hosts = [\"web-1\"]", "hosts = [\"web-2\"]"))],
+        "no web",
+    );
+    repo.publish(&env);
+    assert_eq!(code(&env.run(&["has-role", "web"])), Some(1), "outside a step: the tip's plan");
+    std::fs::remove_file(&answers).unwrap();
+    let out = env.run(&["deploy", "--commit", &first]);
+    assert_eq!(code(&out), Some(0), "{}", all_output(&out));
+    assert_eq!(std::fs::read_to_string(&answers).unwrap(), "web=0\nedge=0\ncache=0\ndb=1\n");
 }
 
 /// Parses `KEY=VALUE` lines.

@@ -58,16 +58,21 @@ pub fn recorded_in(git_dir: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
 }
 
 impl Node {
-    /// This node's roles now: the config's, plus those the plan at the branch tip gives it.
-    pub fn roles(&self) -> Result<std::collections::BTreeSet<String>> {
+    /// This node's roles: the config's, plus those the plan at `rev` (default: the branch tip)
+    /// gives it.
+    pub fn roles(&self, rev: Option<&str>) -> Result<std::collections::BTreeSet<String>> {
         let repo = self.repo()?;
-        let plan = match repo.tip()? {
-            Some(tip) => match repo.plan_text(tip)? {
-                Some(text) => Some(crate::plan::Plan::parse(Path::new(crate::plan::FILE_NAME), &text, None)?),
-                None => None,
-            },
+        let commit = match rev {
+            Some(rev) => Some(repo.resolve(rev)?),
+            None => repo.tip()?,
+        };
+        let text = match commit {
+            Some(commit) => repo.plan_text(commit)?,
             None => None,
         };
+        let plan = text
+            .map(|text| crate::plan::Plan::parse(Path::new(crate::plan::FILE_NAME), &text, None))
+            .transpose()?;
         Ok(crate::roles::resolve(&self.config.hostname(), &self.config.roles, plan.as_ref()))
     }
 }

@@ -14,7 +14,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let tip = repo.tip()?.map(|c| c.to_string());
     let deployed = repo.deployed()?.map(|c| c.to_string());
     let host = node.config.hostname();
-    let (roles, plan_error) = match node.roles() {
+    let (roles, plan_error) = match node.roles(None) {
         Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
         Err(e) => (node.config.roles.clone(), Some(e.to_string())),
     };
