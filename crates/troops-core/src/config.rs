@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{line_col, Error, Result};
+use crate::error::{line_col, toml_message, Error, Result};
 
 pub const DEFAULT_PATH: &str = "/etc/troops/troops.toml";
 
@@ -99,8 +99,10 @@ impl Config {
             line: line_col(text, span.start).0,
             message,
         };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().replace('\n', "; ")))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            err(span.clone(), toml_message(text, span, e.message()))
+        })?;
 
         let duration = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(humantime::parse_duration(default).expect("default durations parse")),
@@ -223,6 +225,16 @@ mod tests {
     fn bad_duration_names_line_and_key() {
         let e = parse("\n\n[retry]\ninitial = \"soon\"\n").unwrap_err().to_string();
         assert!(e.starts_with("/etc/troops/troops.toml:4: `retry.initial`"), "{e}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_name_their_key() {
+        let e = parse("interval = 5\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:1: `interval`: invalid type"), "{e}");
+        let e = parse("branch = \"main\"\n\n[verify]\nrequire_signed = \"yes\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:4: `verify.require_signed`: invalid type"), "{e}");
+        let e = parse("roles = [\n  \"web\",\n  7,\n]\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:3: `roles`: invalid type"), "{e}");
     }
 
     #[test]

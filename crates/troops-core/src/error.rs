@@ -105,6 +105,35 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// A TOML parse or type error of `text` at `span`, in one line, naming the key it concerns:
+/// serde names an unknown key, but not the key of a value of the wrong type.
+pub fn toml_message(text: &str, span: std::ops::Range<usize>, message: &str) -> String {
+    let message = message.trim().replace('\n', "; ");
+    match key_at(text, span.start) {
+        Some(key) if !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) => {
+            format!("`{key}`: {message}")
+        }
+        _ => message,
+    }
+}
+
+/// The dotted name of the key whose name or value covers byte `offset` of `text`, if any.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn find(table: &toml_edit::Table, offset: usize, prefix: &str) -> Option<String> {
+        let covers = |span: Option<std::ops::Range<usize>>| span.is_some_and(|s| s.contains(&offset));
+        table.iter().find_map(|(key, item)| {
+            let name = format!("{prefix}{key}");
+            let inner = format!("{name}.");
+            match item {
+                toml_edit::Item::Table(t) => find(t, offset, &inner),
+                toml_edit::Item::ArrayOfTables(a) => a.iter().find_map(|t| find(t, offset, &inner)),
+                _ => (covers(item.span()) || covers(table.key(key).and_then(|k| k.span()))).then_some(name),
+            }
+        })
+    }
+    find(toml_edit::ImDocument::parse(text).ok()?.as_table(), offset, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::line_col;

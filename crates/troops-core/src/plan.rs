@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{line_col, Error, Result};
+use crate::error::{line_col, toml_message, Error, Result};
 
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -97,8 +97,10 @@ impl Plan {
             let (line, column) = line_col(text, span.start);
             Error::Plan { path: path.to_owned(), line, column, message }
         };
-        let raw: RawPlan = toml::from_str(text)
-            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().trim().replace('\n', "; ")))?;
+        let raw: RawPlan = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            err(span.clone(), toml_message(text, span, e.message()))
+        })?;
 
         let mut roles = Vec::new();
         for (name, role) in raw.roles {
@@ -257,5 +259,11 @@ mod tests {
         assert!(error("[roles.web]\nmatch = [\"[\"]\n").contains(":2:10: role `web`: bad pattern"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nenv = { TROOPS_HOST = \"x\" }\n")
             .contains("may not set"));
+        assert!(error(
+            "[[step]]\nname = \"a\"\nrun = \"x\"\n[[step]]\nname = \"b\"\nrun = \"x\"\ntimeout = 5\n"
+        )
+        .starts_with("troops.toml:7:11: `step.timeout`: invalid type"));
+        assert!(error("[roles.web]\nhosts = \"a\"\n")
+            .starts_with("troops.toml:2:9: `roles.web.hosts`: invalid type"));
     }
 }

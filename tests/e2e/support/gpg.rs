@@ -159,7 +159,7 @@ impl Gpg {
 
     /// git in `dir` with this home as `GNUPGHOME`, otherwise as hermetic as `Env::git`.
     pub fn git(&self, env: &Env, dir: &Path, args: &[&str]) -> String {
-        env.git_with(dir, args, &[("GNUPGHOME", &self.home())])
+        env.git_with(dir, args, &[("GNUPGHOME", self.home())])
     }
 }
 
