@@ -277,13 +277,17 @@ fn clear_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
         let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
-        make_writable(&path);
-        let removed = if path.is_dir() && !path.is_symlink() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
+        let remove = || match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
         };
-        removed.ctx(|| format!("removing {}", path.display()))?;
+        // A second walk only when the first removal met a directory a step made read-only.
+        remove()
+            .or_else(|_| {
+                make_writable(&path);
+                remove()
+            })
+            .ctx(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }
