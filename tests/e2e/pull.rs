@@ -174,6 +174,30 @@ fn remotes_that_fork_are_refused_together() {
 }
 
 #[test]
+fn pulls_that_bring_objects_keep_the_packs_few() {
+    let (env, work) = fleet("", &[]);
+    let repo = env.repo().display().to_string();
+    // git's thresholds, lowered: repack once more than 3 packs pile up; in the foreground.
+    for (key, value) in [("gc.autoPackLimit", "3"), ("gc.autoDetach", "false")] {
+        env.git(env.tmp.path(), &["--git-dir", &repo, "config", key, value]);
+    }
+    let packs = || {
+        std::fs::read_dir(env.repo().join("objects/pack"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    for i in 0..6 {
+        work.commit(&env, &[("troops.toml", PLAN), ("n", &i.to_string())], &format!("commit {i}"));
+        publish(&env, &work, "a", &[]);
+        let (code, out) = pull(&env);
+        assert_eq!(code, 0, "{out}");
+        assert!(packs() <= 3, "pull {i} left {} packs", packs());
+    }
+    assert_eq!(env.deployed(), env.node_ref("refs/heads/main"));
+}
+
+#[test]
 fn unreachable_remotes_are_skipped_within_their_timeout() {
     // One port refuses at once; one accepts and never says a word (a hung server).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -192,6 +192,26 @@ fn fetch_with_git(
     }
 }
 
+/// What `git fetch` does after a download: `git gc --auto`, which repacks only once the packs or
+/// loose objects pile up past git's thresholds (`gc.autoPackLimit`, `gc.auto`), in the background
+/// (`gc.autoDetach`). libgit2 writes a pack per fetch that brings something, so without this a
+/// node that only ever pulls would collect thousands of packs and slow every later fetch.
+pub fn housekeep(repo_path: &Path) -> Result<(), String> {
+    let status = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo_path)
+        .args(["gc", "--auto", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("running git gc --auto in {}: {e}", repo_path.display()))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(format!("git gc --auto in {} failed ({status})", repo_path.display())),
+    }
+}
+
 /// git's complaint in one line, without its boilerplate advice.
 fn summary(stderr: &str) -> String {
     let lines: Vec<&str> = stderr

@@ -48,6 +48,11 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let repo = node.repo()?;
     let fetched =
         fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+    if fetched.iter().any(|f| f.downloaded) {
+        if let Err(e) = fetch::housekeep(&node.repo_path()) {
+            let _ = writeln!(out, "troops: {e}");
+        }
+    }
     let tips: Vec<(String, Oid)> =
         fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
     let local = repo.tip()?;
