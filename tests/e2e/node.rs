@@ -688,6 +688,20 @@ fn init_twice_keeps_key_refs_runs_and_config() {
 }
 
 #[test]
+fn a_node_that_was_never_initialised_is_one_clear_sentence() {
+    let env = Env::new();
+    for args in [&["status"][..], &["deploy"], &["pull"], &["runs"]] {
+        let out = env.run(args);
+        assert_eq!(code(&out), Some(3), "{args:?}: {}", all_output(&out));
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(&env.repo().display().to_string()), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("No such file or directory").count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("did you run `troops init`?"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_node_config_is_refused_with_file_line_and_key() {
     let env = Env::new();
     env.init();
@@ -697,6 +711,7 @@ fn bad_node_config_is_refused_with_file_line_and_key() {
     for (body, line, key) in [
         ("hostname = \"web-1\"\nbogus_key = 1\n", 2, "bogus_key"),
         ("hostname = \"web-1\"\n\n[retry]\ninitial = \"soon\"\n", 4, "retry.initial"),
+        ("hostname = \"web-1\"\ninterval = 5\n", 2, "`interval`"),
     ] {
         env.write_config(body);
         for args in [&["status"][..], &["deploy"]] {

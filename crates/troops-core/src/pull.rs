@@ -48,6 +48,13 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let repo = node.repo()?;
     let fetched =
         fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+    if fetched.is_empty() {
+        let _ = writeln!(
+            out,
+            "troops: the node repo has no remotes to fetch; add one with `git --git-dir={} remote add NAME URL`",
+            node.repo_path().display()
+        );
+    }
     if fetched.iter().any(|f| f.downloaded) {
         if let Err(e) = fetch::housekeep(&node.repo_path()) {
             let _ = writeln!(out, "troops: {e}");

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("troops: {error:#}");
+            eprintln!("troops: {error}");
             ExitCode::from(exit_code(&error))
         }
     }

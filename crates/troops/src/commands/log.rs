@@ -13,6 +13,7 @@ use troops_core::Error;
 use crate::cli::LogArgs;
 
 pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
+    node.repo()?; // a wrong --state-dir is an error, not an empty history
     let latest = node.runs().ids()?.last().copied();
     let records: Vec<_> = node
         .runs()
