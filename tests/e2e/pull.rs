@@ -218,6 +218,16 @@ fn unreachable_remotes_are_skipped_within_their_timeout() {
 }
 
 #[test]
+fn a_node_without_remotes_says_so_and_runs_nothing() {
+    let env = Env::new();
+    env.init();
+    let (code, out) = pull(&env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("has no remotes to fetch; add one with `git --git-dir="), "{out}");
+    assert!(env.run_ids().is_empty());
+}
+
+#[test]
 fn no_remote_fetched_is_exit_3() {
     let extra = [("closed", format!("ssh://git@127.0.0.1:{}/x.git", closed_port()))];
     let env = Env::new();
