@@ -391,6 +391,33 @@ fn a_daemon_killed_mid_run_marks_it_interrupted_and_runs_the_tip_again_on_restar
 }
 
 #[test]
+fn status_shows_the_daemon_its_next_pull_and_its_retry() {
+    let (env, work) = fleet("interval = \"1h\"\n[retry]\ninitial = \"1h\"\nmax = \"2h\"\n", &[]);
+    assert!(status(&env)["daemon"].is_null(), "{}", status(&env));
+    assert!(env.ok(&["status"]).contains("daemon    not running"));
+    work.commit(&env, &[("troops.toml", "[[step]]\nname = \"fail\"\nrun = \"exit 1\"\n")], "failing");
+    publish(&env, &work, "a", &[]);
+
+    let mut daemon = Daemon::start(&env);
+    wait_until("the failed start-up run's retry to be due", Duration::from_secs(10), || {
+        !status(&env)["daemon"]["retry_at"].is_null()
+    });
+    let daemon_status = status(&env)["daemon"].clone();
+    assert_eq!(daemon_status["pid"], daemon.child.id(), "{daemon_status}");
+    for key in ["started_at", "next_pull_at", "retry_at"] {
+        let at = daemon_status[key].as_str().unwrap_or_else(|| panic!("{key}: {daemon_status}"));
+        humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{key} {at}: {e}"));
+    }
+    let text = env.ok(&["status"]);
+    assert!(text.contains(&format!("daemon    pid {} since ", daemon.child.id())), "{text}");
+    assert!(text.contains("; the failed tip again at "), "{text}");
+
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    assert!(status(&env)["daemon"].is_null(), "{}", status(&env));
+}
+
+#[test]
 fn a_peer_outside_the_group_is_refused_by_the_socket() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: needs root to act as another user");

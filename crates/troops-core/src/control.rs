@@ -19,6 +19,19 @@ pub enum Request {
     Deploy { trigger: Trigger, commit: Option<String>, unless_deployed: bool },
     /// One pull cycle now.
     Pull,
+    /// How the daemon is: one `Output` holding a [`DaemonStatus`] as JSON, then `Done`.
+    Status,
+}
+
+/// What a running daemon says of itself, for `troops status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub started_at: String,
+    /// When the next pull cycle is due.
+    pub next_pull_at: Option<String>,
+    /// When the failed tip is tried again, if one failed.
+    pub retry_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +42,20 @@ pub enum Reply {
     /// The end: the exit code the client should exit with, and an error message if it failed
     /// before or outside a run.
     Done { exit: i32, error: Option<String> },
+}
+
+/// Asks the daemon at `socket` how it is: `None` when none listens, else what it said or why it
+/// would not say (a peer outside `admin_group` is refused).
+pub fn daemon_status(socket: &Path) -> Option<std::result::Result<DaemonStatus, String>> {
+    let mut out = Vec::new();
+    match call(socket, &Request::Status, &mut out) {
+        Ok(None) => None,
+        Ok(Some((0, None))) => Some(serde_json::from_slice(&out).map_err(|e| {
+            format!("the daemon at {} answered {:?}: {e}", socket.display(), String::from_utf8_lossy(&out))
+        })),
+        Ok(Some((_, error))) => Some(Err(error.unwrap_or_else(|| "it gave no reason".into()))),
+        Err(e) => Some(Err(e.to_string())),
+    }
 }
 
 /// Sends `request` to the daemon at `socket`, copying its output to `out`; returns the exit code

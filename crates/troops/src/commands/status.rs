@@ -56,6 +56,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let keyring = verify.require_signed.then(|| troops_core::verify::Keyring::load(&verify.keyring));
     let keyring_error = keyring.as_ref().and_then(|k| k.as_ref().err().map(|e| e.to_string()));
     let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
+    let daemon = troops_core::control::daemon_status(&node.socket_path());
 
     if json {
         let status = json!({
@@ -66,6 +67,11 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "tip": tip,
             "deployed": deployed,
             "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
+            "daemon": match &daemon {
+                None => serde_json::Value::Null,
+                Some(Ok(d)) => json!(d),
+                Some(Err(e)) => json!({ "error": e }),
+            },
             "running": running,
             "last_run": last,
             "verify": {
@@ -98,6 +104,16 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             },
         };
         println!("remote    {name} {url} ({last})");
+    }
+    match &daemon {
+        None => println!("daemon    not running (each trigger runs the plan itself)"),
+        Some(Ok(d)) => {
+            let retry =
+                d.retry_at.as_ref().map_or(String::new(), |at| format!("; the failed tip again at {at}"));
+            let next = d.next_pull_at.as_deref().unwrap_or("not scheduled");
+            println!("daemon    pid {} since {}; next pull at {next}{retry}", d.pid, d.started_at);
+        }
+        Some(Err(e)) => println!("daemon    running, but it does not tell us how: {e}"),
     }
     match &running {
         Some(r) => {

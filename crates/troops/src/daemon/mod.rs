@@ -16,6 +16,7 @@ use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, Instant};
 use troops_core::config::Config;
+use troops_core::control::DaemonStatus;
 use troops_core::node::Node;
 use troops_core::runs::Trigger;
 
@@ -43,13 +44,19 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let socket_path = node.socket_path();
     let repo_path = node.repo_path();
     let config_path = node.config.path.clone();
+    let status = Arc::new(Mutex::new(DaemonStatus {
+        pid: std::process::id(),
+        started_at: troops_core::runs::now(),
+        next_pull_at: None,
+        retry_at: None,
+    }));
     let (worker, thread) = Worker::start(
         Node { state_dir: node.state_dir.clone(), config: node.config.clone() },
         config.clone(),
         &STOP,
         events_tx,
     );
-    tokio::spawn(socket::serve(listener, worker.clone(), config.clone(), repo_path));
+    tokio::spawn(socket::serve(listener, worker.clone(), config.clone(), repo_path, status.clone()));
     tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
     notify("READY=1\nSTATUS=following the branch");
 
@@ -58,6 +65,11 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let mut next_tick = Instant::now() + period(&config.lock().unwrap());
     let mut retry_at: Option<Instant> = None;
     loop {
+        {
+            let mut status = status.lock().unwrap();
+            status.next_pull_at = Some(wall_clock(next_tick));
+            status.retry_at = retry_at.map(wall_clock);
+        }
         tokio::select! {
             _ = sleep_until(next_tick) => {
                 submit(Work::Pull);
@@ -87,6 +99,12 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `at` as a time of day, for `troops status`.
+fn wall_clock(at: Instant) -> String {
+    let at = std::time::SystemTime::now() + at.saturating_duration_since(Instant::now());
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// The wait until the next cycle: the interval plus a random share of the jitter.

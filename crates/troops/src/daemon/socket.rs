@@ -11,7 +11,7 @@ use nix::unistd::{Gid, Group, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use troops_core::config::Config;
-use troops_core::control::{Reply, Request};
+use troops_core::control::{DaemonStatus, Reply, Request};
 
 use super::worker::{Handle, Job, Work};
 
@@ -32,17 +32,23 @@ pub fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, worker: Handle, config: Arc<Mutex<Config>>, repo: PathBuf) {
+pub async fn serve(
+    listener: UnixListener,
+    worker: Handle,
+    config: Arc<Mutex<Config>>,
+    repo: PathBuf,
+    status: Arc<Mutex<DaemonStatus>>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let (group, branch) = {
             let config = config.lock().unwrap();
             (config.admin_group.clone(), format!("refs/heads/{}", config.branch))
         };
-        let (worker, repo) = (worker.clone(), repo.clone());
+        let (worker, repo, status) = (worker.clone(), repo.clone(), status.clone());
         tokio::spawn(async move {
             let tip = move || git2::Repository::open_bare(&repo).ok()?.refname_to_id(&branch).ok();
-            if let Err(e) = handle(stream, &group, worker, tip).await {
+            if let Err(e) = handle(stream, &group, worker, tip, &status).await {
                 tracing::warn!(error = %e, "control connection failed");
             }
         });
@@ -54,6 +60,7 @@ async fn handle(
     group: &str,
     worker: Handle,
     tip: impl FnOnce() -> Option<git2::Oid>,
+    status: &Mutex<DaemonStatus>,
 ) -> anyhow::Result<()> {
     let allowed = allowed(&stream, group);
     let (read, mut write) = stream.split();
@@ -76,6 +83,13 @@ async fn handle(
     };
     tracing::info!(request = ?request, "control request");
     let work = match request {
+        Request::Status => {
+            let status = serde_json::to_string(&*status.lock().unwrap()).expect("status serializes");
+            for reply in [Reply::Output(status), Reply::Done { exit: 0, error: None }] {
+                write.write_all(line(&reply).as_bytes()).await?;
+            }
+            return Ok(());
+        }
         Request::Pull => Work::Pull,
         Request::Deploy { commit: Some(rev), .. } => Work::Commit(rev),
         Request::Deploy { trigger, .. } => Work::Tip(trigger),
