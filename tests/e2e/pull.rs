@@ -459,6 +459,8 @@ fn a_push_while_the_daemon_runs_goes_through_the_daemon() {
     assert_eq!(env.run_ids(), [1], "one run, not one per trigger");
     assert_eq!(env.run_record(1)["trigger"], "push");
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
+    // Its start-up cycle found no commits anywhere: nothing to run, and nothing to complain of.
+    assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
 }
 
 #[test]

@@ -219,6 +219,12 @@ impl Worker {
             .find(|t| work.iter().any(|w| *w == Work::Tip(*t) || (*t == Trigger::Pull && *w == Work::Pull)))
             .unwrap_or(Trigger::Pull);
         let tip = self.node.repo().and_then(|r| r.tip()).ok().flatten();
+        let nothing_runs =
+            (exit_if_nothing_runs, (exit_if_nothing_runs == 3).then(|| "no remote could be fetched".into()));
+        if tip.is_none() && trigger != Trigger::Manual {
+            // A new node whose remotes have no commits yet: nothing to run, nothing wrong.
+            return nothing_runs;
+        }
         self.set_commit(tip);
         let held = matches!((self.failed, tip), (Some((failed, _, _)), Some(tip)) if failed == tip);
         if held && !matches!(trigger, Trigger::Manual | Trigger::Retry) {
@@ -237,10 +243,7 @@ impl Worker {
         let result = deploy::deploy(&self.node, &request, &mut out, self.stop);
         if let Ok(Outcome::AlreadyDeployed(commit)) = &result {
             let _ = writeln!(out, "{}", deploy::already_deployed(&self.node, *commit));
-            return (
-                exit_if_nothing_runs,
-                exit_if_nothing_runs.eq(&3).then(|| "no remote could be fetched".into()),
-            );
+            return nothing_runs;
         }
         self.outcome(result, tip)
     }
