@@ -52,7 +52,9 @@ struct State {
 /// The batch under way: who listens, and what it printed so far (for those who join late).
 struct Running {
     tip_batch: bool,
-    commit: Option<Oid>,
+    /// The tip a tip batch runs: `None` until it has read it (a push may still join then, since
+    /// the read will see its commit), then what it read (`Some(None)`: the branch had none).
+    commit: Option<Option<Oid>>,
     output: Vec<u8>,
     listeners: Vec<UnboundedSender<Reply>>,
 }
@@ -72,7 +74,11 @@ impl Handle {
         if let (Work::Tip(Trigger::Push), Some(reply), Some(running)) =
             (&job.work, &job.reply, state.running.as_mut())
         {
-            if running.tip_batch && (running.commit.is_none() || running.commit == tip()) {
+            let joins = match running.commit {
+                None => true,
+                Some(commit) => commit.is_some() && commit == tip(),
+            };
+            if running.tip_batch && joins {
                 let _ = reply.send(Reply::Output(String::from_utf8_lossy(&running.output).into_owned()));
                 running.listeners.push(reply.clone());
                 return;
@@ -218,14 +224,13 @@ impl Worker {
             .into_iter()
             .find(|t| work.iter().any(|w| *w == Work::Tip(*t) || (*t == Trigger::Pull && *w == Work::Pull)))
             .unwrap_or(Trigger::Pull);
-        let tip = self.node.repo().and_then(|r| r.tip()).ok().flatten();
+        let tip = self.take_tip();
         let nothing_runs =
             (exit_if_nothing_runs, (exit_if_nothing_runs == 3).then(|| "no remote could be fetched".into()));
         if tip.is_none() && trigger != Trigger::Manual {
             // A new node whose remotes have no commits yet: nothing to run, nothing wrong.
             return nothing_runs;
         }
-        self.set_commit(tip);
         let held = matches!((self.failed, tip), (Some((failed, _, _)), Some(tip)) if failed == tip);
         if held && !matches!(trigger, Trigger::Manual | Trigger::Retry) {
             let due = self
@@ -285,10 +290,16 @@ impl Worker {
         self.failed = Some((commit, failures, Instant::now() + wait));
     }
 
-    fn set_commit(&self, commit: Option<Oid>) {
-        if let Some(running) = self.handle.shared.0.lock().unwrap().running.as_mut() {
-            running.commit = commit;
+    /// Reads the tip this batch runs and records it, under the lock `submit` holds while it
+    /// decides whether a push joins: a push either joins before the read (which then sees its
+    /// commit) or finds the tip read, and joins only a run of its own commit.
+    fn take_tip(&self) -> Option<Oid> {
+        let mut state = self.handle.shared.0.lock().unwrap();
+        let tip = self.node.repo().and_then(|r| r.tip()).ok().flatten();
+        if let Some(running) = state.running.as_mut() {
+            running.commit = Some(tip);
         }
+        tip
     }
 
     fn finish(&mut self, (exit, error): (i32, Option<String>)) {
