@@ -1,6 +1,7 @@
 //! A `troops daemon` child for one test: started against the test's node, ready once its control
 //! socket answers, stopped with SIGTERM (and reaped) when dropped.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
@@ -26,7 +27,13 @@ impl Daemon {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("the daemon exited early ({status}):\n{}", daemon.log());
             }
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            // A whole request, as `troops status` makes it, so the daemon logs no broken connection.
+            std::os::unix::net::UnixStream::connect(&socket).is_ok_and(|mut stream| {
+                let mut answer = String::new();
+                stream.write_all(b"{\"op\":\"status\"}\n").is_ok()
+                    && stream.read_to_string(&mut answer).is_ok()
+                    && answer.contains("\"done\"")
+            })
         });
         daemon
     }

@@ -81,8 +81,8 @@ async fn handle(
             return Ok(());
         }
     };
-    tracing::info!(request = ?request, "control request");
-    let work = match request {
+    let work = match &request {
+        // Asked often by scripts and monitoring: answered here, and not logged.
         Request::Status => {
             let status = serde_json::to_string(&*status.lock().unwrap()).expect("status serializes");
             for reply in [Reply::Output(status), Reply::Done { exit: 0, error: None }] {
@@ -91,9 +91,10 @@ async fn handle(
             return Ok(());
         }
         Request::Pull => Work::Pull,
-        Request::Deploy { commit: Some(rev), .. } => Work::Commit(rev),
-        Request::Deploy { trigger, .. } => Work::Tip(trigger),
+        Request::Deploy { commit: Some(rev), .. } => Work::Commit(rev.clone()),
+        Request::Deploy { trigger, .. } => Work::Tip(*trigger),
     };
+    tracing::info!(request = ?request, "control request");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     worker.submit(Job { work, reply: Some(tx) }, tip);
     while let Some(reply) = rx.recv().await {
