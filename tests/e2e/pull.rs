@@ -464,6 +464,26 @@ fn a_push_while_the_daemon_runs_goes_through_the_daemon() {
 }
 
 #[test]
+fn a_push_during_a_pull_cycle_runs_once_in_it_as_a_push() {
+    // A hung remote keeps the daemon's start-up cycle fetching while the push arrives.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = format!("ssh://git@127.0.0.1:{}/x.git", silent.local_addr().unwrap().port());
+    let (env, work) = fleet("interval = \"1h\"\nfetch_timeout = \"5s\"\n", &[("hung", hung)]);
+    let daemon = Daemon::start(&env);
+    let commit = work.commit(&env, &[("troops.toml", PLAN)], "first");
+    let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("remote: hello from {commit}")), "{stderr}\n{}", daemon.log());
+    assert!(stderr.contains("run 1 succeeded"), "{stderr}");
+    let log = daemon.log();
+    let (asked, gave_up) = (log.find("control request"), log.find("fetch failed remote=hung"));
+    assert!(asked.is_some() && gave_up.is_some() && asked < gave_up, "the push came after the cycle:\n{log}");
+    assert_eq!(env.run_ids(), [1], "one run, not one per trigger");
+    assert_eq!(env.run_record(1)["trigger"], "push");
+}
+
+#[test]
 fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
     let (env, work) = fleet("interval = \"1h\"\n", &[]);
     work.commit(

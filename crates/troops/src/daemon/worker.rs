@@ -55,6 +55,8 @@ struct Running {
     /// The tip a tip batch runs: `None` until it has read it (a push may still join then, since
     /// the read will see its commit), then what it read (`Some(None)`: the branch had none).
     commit: Option<Option<Oid>>,
+    /// A push joined before the tip was read: the run is the push's.
+    pushed: bool,
     output: Vec<u8>,
     listeners: Vec<UnboundedSender<Reply>>,
 }
@@ -79,6 +81,7 @@ impl Handle {
                 Some(commit) => commit.is_some() && commit == tip(),
             };
             if running.tip_batch && joins {
+                running.pushed |= running.commit.is_none();
                 let _ = reply.send(Reply::Output(String::from_utf8_lossy(&running.output).into_owned()));
                 running.listeners.push(reply.clone());
                 return;
@@ -170,7 +173,8 @@ impl Worker {
                 let (work, listeners): (Vec<Work>, Vec<_>) =
                     batch.into_iter().map(|j| (j.work, j.reply)).unzip();
                 let listeners = listeners.into_iter().flatten().collect();
-                state.running = Some(Running { tip_batch, commit: None, output: Vec::new(), listeners });
+                state.running =
+                    Some(Running { tip_batch, commit: None, pushed: false, output: Vec::new(), listeners });
                 return Some(work);
             }
             state = wake.wait(state).unwrap();
@@ -220,11 +224,14 @@ impl Worker {
                 }
             }
         }
+        let (tip, pushed) = self.take_tip();
         let trigger = [Trigger::Manual, Trigger::Push, Trigger::Pull, Trigger::Retry]
             .into_iter()
-            .find(|t| work.iter().any(|w| *w == Work::Tip(*t) || (*t == Trigger::Pull && *w == Work::Pull)))
+            .find(|t| {
+                (*t == Trigger::Push && pushed)
+                    || work.iter().any(|w| *w == Work::Tip(*t) || (*t == Trigger::Pull && *w == Work::Pull))
+            })
             .unwrap_or(Trigger::Pull);
-        let tip = self.take_tip();
         let nothing_runs =
             (exit_if_nothing_runs, (exit_if_nothing_runs == 3).then(|| "no remote could be fetched".into()));
         if tip.is_none() && trigger != Trigger::Manual {
@@ -293,13 +300,13 @@ impl Worker {
     /// Reads the tip this batch runs and records it, under the lock `submit` holds while it
     /// decides whether a push joins: a push either joins before the read (which then sees its
     /// commit) or finds the tip read, and joins only a run of its own commit.
-    fn take_tip(&self) -> Option<Oid> {
+    /// Also says whether a push joined before the read.
+    fn take_tip(&self) -> (Option<Oid>, bool) {
         let mut state = self.handle.shared.0.lock().unwrap();
         let tip = self.node.repo().and_then(|r| r.tip()).ok().flatten();
-        if let Some(running) = state.running.as_mut() {
-            running.commit = Some(tip);
-        }
-        tip
+        let running = state.running.as_mut().expect("a batch is running");
+        running.commit = Some(tip);
+        (tip, running.pushed)
     }
 
     fn finish(&mut self, (exit, error): (i32, Option<String>)) {
