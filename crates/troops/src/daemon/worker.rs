@@ -297,10 +297,10 @@ impl Worker {
         self.failed = Some((commit, failures, Instant::now() + wait));
     }
 
-    /// Reads the tip this batch runs and records it, under the lock `submit` holds while it
-    /// decides whether a push joins: a push either joins before the read (which then sees its
-    /// commit) or finds the tip read, and joins only a run of its own commit.
-    /// Also says whether a push joined before the read.
+    /// Reads the tip this batch runs and records it, and says whether a push joined before the
+    /// read. Under the lock `submit` holds while it decides whether a push joins: a push either
+    /// joins before the read (which then sees its commit) or finds the tip read, and then joins
+    /// only a run of its own commit.
     fn take_tip(&self) -> (Option<Oid>, bool) {
         let mut state = self.handle.shared.0.lock().unwrap();
         let tip = self.node.repo().and_then(|r| r.tip()).ok().flatten();
