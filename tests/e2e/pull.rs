@@ -514,4 +514,16 @@ fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
         daemon.log().matches("config reloaded").count() >= 2
     });
     assert!(env.ok(&["deploy"]).contains("host=web-4"));
+
+    // A new branch is watched from the reload on: a commit that lands on it runs at once.
+    env.write_config("hostname = \"web-4\"\ninterval = \"1h\"\nbranch = \"prod\"\n");
+    wait_until("the reload", Duration::from_secs(10), || {
+        daemon.log().matches("config reloaded").count() >= 3
+    });
+    let second = work.commit(&env, &[("n", "2")], "second");
+    let repo = env.repo().display().to_string();
+    env.git(&work.path, &["--git-dir", &repo, "fetch", "-q", &work.path.display().to_string(), "main:prod"]);
+    wait_until("the run of prod's new tip", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(second.as_str())
+    });
 }

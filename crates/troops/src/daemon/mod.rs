@@ -81,10 +81,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
             }
             Some(Event::RetryAt(at)) = events.recv() => retry_at = at.map(Instant::from_std),
             change = watch.next() => match change {
-                Change::Config => reload(&config),
+                Change::Config => reload(&config, &mut watch, &node),
                 Change::Branch => submit(Work::Tip(Trigger::Push)),
             },
-            _ = hup.recv() => reload(&config),
+            _ = hup.recv() => reload(&config, &mut watch, &node),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -112,15 +112,28 @@ fn period(config: &Config) -> Duration {
     config.interval + Duration::from_millis(fastrand::u64(..=config.jitter.as_millis() as u64))
 }
 
-fn reload(config: &Mutex<Config>) {
-    let path = config.lock().unwrap().path.clone();
-    match Config::load(&path) {
-        Ok(new) => {
-            tracing::info!(config = %path.display(), "config reloaded");
-            *config.lock().unwrap() = new;
+/// Re-reads the config file. What the loop set up from the old config follows the new one: the
+/// branch ref it watches and the socket's group.
+fn reload(config: &Mutex<Config>, watch: &mut Watch, node: &Node) {
+    let old = config.lock().unwrap().clone();
+    let new = match Config::load(&old.path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "config not reloaded; keeping the previous one");
+            return;
         }
-        Err(e) => tracing::error!(error = %e, "config not reloaded; keeping the previous one"),
+    };
+    tracing::info!(config = %old.path.display(), "config reloaded");
+    if new.branch != old.branch {
+        match Watch::new(&new.path, &node.repo_path(), &new.branch) {
+            Ok(new_watch) => *watch = new_watch,
+            Err(e) => tracing::warn!(error = %e, branch = %new.branch, "not watching the new branch's ref"),
+        }
     }
+    if new.admin_group != old.admin_group {
+        socket::give_to_group(&node.socket_path(), &new.admin_group);
+    }
+    *config.lock().unwrap() = new;
 }
 
 /// Tells systemd (when it started us with NOTIFY_SOCKET) how we are.

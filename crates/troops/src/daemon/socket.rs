@@ -25,11 +25,16 @@ pub fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("binding the control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    give_to_group(path, group);
+    Ok(listener)
+}
+
+/// Gives the socket to `group`, when it exists. Only root may give it to a group it is not in;
+/// otherwise it stays the daemon's, and the peer check still admits the group's members.
+pub fn give_to_group(path: &Path, group: &str) {
     if let Ok(Some(group)) = Group::from_name(group) {
-        // Only root may give the socket to another group; otherwise it stays the daemon's.
         let _ = nix::unistd::chown(path, None, Some(group.gid));
     }
-    Ok(listener)
 }
 
 pub async fn serve(
