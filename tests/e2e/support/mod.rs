@@ -171,8 +171,13 @@ impl Env {
             .unwrap()
     }
 
+    /// Run `id`'s output so far: empty until the run opens its log, just after its record.
     pub fn run_log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.state.join(format!("runs/{id}/output.log"))).unwrap()
+        let path = self.state.join(format!("runs/{id}/output.log"));
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
     }
 
     /// Ids of the runs that have a record (a run's folder exists a moment before its record).
