@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{line_col, toml_message, Error, Result};
+use crate::error::{from_toml, line_col, Error, Result};
 
 pub const DEFAULT_PATH: &str = "/etc/troops/troops.toml";
 
@@ -99,10 +99,7 @@ impl Config {
             line: line_col(text, span.start).0,
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            err(span.clone(), toml_message(text, span, e.message()))
-        })?;
+        let raw: RawConfig = from_toml(text, err)?;
 
         let duration = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(humantime::parse_duration(default).expect("default durations parse")),

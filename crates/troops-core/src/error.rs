@@ -105,16 +105,24 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// A TOML parse or type error of `text` at `span`, in one line, naming the key it concerns:
-/// serde names an unknown key, but not the key of a value of the wrong type.
-pub fn toml_message(text: &str, span: std::ops::Range<usize>, message: &str) -> String {
-    let message = message.trim().replace('\n', "; ");
-    match key_at(text, span.start) {
-        Some(key) if !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) => {
-            format!("`{key}`: {message}")
-        }
-        _ => message,
-    }
+/// Deserializes TOML `text`; a syntax or type error becomes `err(span, message)`, the message in
+/// one line and naming the key it concerns (serde names an unknown key, but not the key of a value
+/// of the wrong type).
+pub fn from_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    err: impl Fn(std::ops::Range<usize>, String) -> Error,
+) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().replace('\n', "; ");
+        let message = match key_at(text, span.start) {
+            Some(key) if !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) => {
+                format!("`{key}`: {message}")
+            }
+            _ => message,
+        };
+        err(span, message)
+    })
 }
 
 /// The dotted name of the key whose name or value covers byte `offset` of `text`, if any.

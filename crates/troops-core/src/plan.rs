@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::error::{line_col, toml_message, Error, Result};
+use crate::error::{from_toml, line_col, Error, Result};
 
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -97,10 +97,7 @@ impl Plan {
             let (line, column) = line_col(text, span.start);
             Error::Plan { path: path.to_owned(), line, column, message }
         };
-        let raw: RawPlan = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            err(span.clone(), toml_message(text, span, e.message()))
-        })?;
+        let raw: RawPlan = from_toml(text, err)?;
 
         let mut roles = Vec::new();
         for (name, role) in raw.roles {

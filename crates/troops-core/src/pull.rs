@@ -46,17 +46,18 @@ impl Cycle {
 /// Fetches and fast-forwards, telling `out` what happened to each remote.
 pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let repo = node.repo()?;
+    let repo_path = node.repo_path();
     let fetched =
-        fetch::fetch_all(&node.repo_path(), &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+        fetch::fetch_all(&repo_path, &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
     if fetched.is_empty() {
         let _ = writeln!(
             out,
             "troops: the node repo has no remotes to fetch; add one with `git --git-dir={} remote add NAME URL`",
-            node.repo_path().display()
+            repo_path.display()
         );
     }
     if fetched.iter().any(|f| f.downloaded) {
-        if let Err(e) = fetch::housekeep(&node.repo_path()) {
+        if let Err(e) = fetch::housekeep(&repo_path) {
             let _ = writeln!(out, "troops: {e}");
         }
     }
