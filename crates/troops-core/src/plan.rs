@@ -78,16 +78,7 @@ impl Plan {
     /// Reads and validates the plan at `root/troops.toml`; scripts must stay inside `root`.
     pub fn load(root: &Path) -> Result<Plan> {
         let path = root.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Plan {
-                path: path.clone(),
-                line: 1,
-                column: 1,
-                message: format!("no {FILE_NAME} at the root of the deploy repo"),
-            },
-            _ => Error::path("reading plan", &path, e),
-        })?;
-        Plan::parse(&path, &text, Some(root))
+        Plan::parse(&path, &read(&path)?, Some(root))
     }
 
     /// Validates plan `text`; `path` names it in errors and `root` is the checkout it belongs to
@@ -182,6 +173,43 @@ impl Plan {
         }
         Ok(Plan { roles, steps })
     }
+}
+
+/// Reads the plan file at `path` as text. Whatever a deploy repo can put there that is not a
+/// readable plan (nothing, a directory, a symlink, bytes that are not UTF-8) is a plan error, so
+/// it fails the run like bad TOML does; only the node's own trouble reading a file is an
+/// environment error.
+pub fn read(path: &Path) -> Result<String> {
+    let plan_error =
+        |line, column, message: String| Error::Plan { path: path.to_owned(), line, column, message };
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(plan_error(
+                1,
+                1,
+                format!("no such plan file (a deploy repo keeps its plan in {FILE_NAME} at its root)"),
+            ))
+        }
+        Err(e) => return Err(Error::path("reading plan", path, e)),
+    };
+    if kind.is_symlink() {
+        return Err(plan_error(1, 1, "the plan is a symlink; it must be a regular file".into()));
+    }
+    if !kind.is_file() {
+        return Err(plan_error(
+            1,
+            1,
+            "the plan is a directory or special file; it must be a regular file".into(),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::path("reading plan", path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        let (line, column) = line_col(before, valid);
+        plan_error(line, column, format!("the plan is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]))
+    })
 }
 
 /// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
