@@ -86,13 +86,18 @@ impl NodeRepo {
         let git = Repository::open_bare(self.git.path())
             .and_then(|git| git.set_workdir(dest, false).map(|()| git))
             .ctx(|| format!("opening {} to check out {commit}", self.git.path().display()))?;
-        let tree = git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+        let tree =
+            git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         let mut options = git2::build::CheckoutBuilder::new();
         // Directories as mkdir makes them (0777 less the umask; libgit2's default is 0755), so a
         // group-shared node's next run, by another member of the group, can remove them.
         options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o777);
         git.checkout_tree(tree.as_object(), Some(&mut options)).map_err(|e| {
-            Error::Input(format!("commit {commit} cannot be checked out into {}: {}", dest.display(), e.message()))
+            Error::Input(format!(
+                "commit {commit} cannot be checked out into {}: {}",
+                dest.display(),
+                e.message()
+            ))
         })
     }
 }

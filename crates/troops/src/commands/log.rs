@@ -14,10 +14,13 @@ use crate::cli::LogArgs;
 
 pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
     node.repo()?; // a wrong --state-dir is an error, not an empty history
-    let latest = node.runs().ids()?.last().copied();
-    let records: Vec<_> = node
-        .runs()
-        .all()?
+    let history = node.runs().all()?;
+    let latest = history.records.last().map(|r| r.id);
+    for skipped in &history.unreadable {
+        eprintln!("troops: warning: {skipped}");
+    }
+    let records: Vec<_> = history
+        .records
         .into_iter()
         .map(|r| if Some(r.id) == latest { super::status::effective(node, r) } else { r })
         .collect();
