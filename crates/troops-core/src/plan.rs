@@ -13,6 +13,8 @@ use crate::error::{from_toml, line_col, Error, Result};
 
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest step `timeout`: a year (the deadline is added to a clock; no step means more).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(31_557_600);
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -49,7 +51,7 @@ pub enum Action {
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     #[serde(default)]
-    roles: BTreeMap<String, Spanned<RawRole>>,
+    roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
 }
@@ -58,7 +60,7 @@ struct RawPlan {
 #[serde(deny_unknown_fields)]
 struct RawRole {
     #[serde(default)]
-    hosts: Vec<String>,
+    hosts: Vec<Spanned<String>>,
     #[serde(default, rename = "match")]
     patterns: Vec<Spanned<String>>,
 }
@@ -67,7 +69,7 @@ struct RawRole {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Spanned<String>,
-    roles: Option<Spanned<Vec<String>>>,
+    roles: Option<Spanned<Vec<Spanned<String>>>>,
     run: Option<Spanned<String>>,
     script: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
@@ -92,9 +94,23 @@ impl Plan {
 
         let mut roles = Vec::new();
         for (name, role) in raw.roles {
+            if let Some(problem) = crate::roles::role_name_problem(name.get_ref()) {
+                return Err(err(name.span(), format!("role name {:?} {problem}", name.get_ref())));
+            }
+            let name = name.into_inner();
             let span = role.span();
             let role = role.into_inner();
-            if role.hosts.is_empty() && role.patterns.is_empty() {
+            let hosts = role
+                .hosts
+                .into_iter()
+                .map(|h| match crate::roles::name_problem(h.get_ref()) {
+                    Some(problem) => {
+                        Err(err(h.span(), format!("role `{name}`: host {:?} {problem}", h.get_ref())))
+                    }
+                    None => Ok(h.into_inner()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if hosts.is_empty() && role.patterns.is_empty() {
                 return Err(err(span, format!("role `{name}` has neither `hosts` nor `match`")));
             }
             let patterns = role
@@ -106,7 +122,7 @@ impl Plan {
                     })
                 })
                 .collect::<Result<_>>()?;
-            roles.push(Role { name, hosts: role.hosts, patterns });
+            roles.push(Role { name, hosts, patterns });
         }
 
         let mut names = HashSet::new();
@@ -115,8 +131,8 @@ impl Plan {
             let span = step.span();
             let step = step.into_inner();
             let name = step.name.get_ref().clone();
-            if name.trim().is_empty() {
-                return Err(err(step.name.span(), "step `name` must not be empty".into()));
+            if let Some(problem) = crate::roles::name_problem(&name) {
+                return Err(err(step.name.span(), format!("step name {name:?} {problem}")));
             }
             if !names.insert(name.clone()) {
                 return Err(err(step.name.span(), format!("duplicate step name `{name}`")));
@@ -138,6 +154,16 @@ impl Plan {
             let timeout = match step.timeout {
                 None => DEFAULT_TIMEOUT,
                 Some(t) => match humantime::parse_duration(t.get_ref()) {
+                    Ok(d) if d > MAX_TIMEOUT => {
+                        return Err(err(
+                            t.span(),
+                            format!(
+                                "step `{name}`: `timeout` {:?} is too long; at most {}",
+                                t.get_ref(),
+                                humantime::format_duration(MAX_TIMEOUT)
+                            ),
+                        ))
+                    }
                     Ok(d) if !d.is_zero() => d,
                     Ok(_) => {
                         return Err(err(t.span(), format!("step `{name}`: `timeout` must be more than zero")))
@@ -167,7 +193,19 @@ impl Plan {
                         format!("step `{name}`: `roles` is empty; leave it out to run on every host"),
                     ))
                 }
-                r => r.map(Spanned::into_inner),
+                Some(r) => Some(
+                    r.into_inner()
+                        .into_iter()
+                        .map(|role| match crate::roles::role_name_problem(role.get_ref()) {
+                            Some(problem) => Err(err(
+                                role.span(),
+                                format!("step `{name}`: role name {:?} {problem}", role.get_ref()),
+                            )),
+                            None => Ok(role.into_inner()),
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
+                None => None,
             };
             steps.push(Step { name, roles, action, timeout, env });
         }
