@@ -276,4 +276,40 @@ mod tests {
         assert!(parse("keep_runs = 0").unwrap_err().to_string().contains("`keep_runs`"));
         assert!(parse("[verify]\nscope = \"some\"").unwrap_err().to_string().contains(":2:"));
     }
+
+    #[test]
+    fn durations_are_bounded_and_the_error_says_the_bound() {
+        assert_eq!(parse("interval = \"1year\"\njitter = \"1year\"").unwrap().interval, MAX_PERIOD);
+        let e = parse("\ninterval = \"1000000000years\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "/etc/troops/troops.toml:2:12: `interval`: \"1000000000years\" is too long; at most 1year"
+            ),
+            "{e}"
+        );
+        let e = parse("fetch_timeout = \"25h\"").unwrap_err().to_string();
+        assert!(e.contains("`fetch_timeout`: \"25h\" is too long; at most 1day"), "{e}");
+        let e = parse("[retry]\nmax = \"2years\"").unwrap_err().to_string();
+        assert!(e.contains("`retry.max`"), "{e}");
+        assert_eq!(parse("keep_runs = 9223372036854775807").unwrap().keep_runs, i64::MAX as usize);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_with_line_and_column() {
+        let e = parse("branch = \"main\"\nhostname = \"web\\n1\"\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/troops/troops.toml:2:12: `hostname`: \"web\\n1\" has a control character (\\u{a})"
+        );
+        assert!(parse("hostname = \"\"").unwrap_err().to_string().contains("is empty"));
+        assert!(parse("roles = [\"a\\u001b[2J\"]").unwrap_err().to_string().contains(":1:10: `roles`"));
+        assert!(parse("admin_group = \"wheel\\t\"").unwrap_err().to_string().contains("`admin_group`"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let retry = Retry { initial: Duration::from_secs(30), max: Duration::from_secs(100) };
+        let waits: Vec<u64> = [1, 2, 3, 4, u32::MAX].iter().map(|&n| retry.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 100, 100, 100]);
+    }
 }

@@ -329,4 +329,45 @@ mod tests {
         assert!(error("[roles.web]\nhosts = \"a\"\n")
             .starts_with("troops.toml:2:9: `roles.web.hosts`: invalid type"));
     }
+
+    #[test]
+    fn names_with_control_characters_and_huge_timeouts_are_refused() {
+        assert_eq!(
+            error("[[step]]\nname = \"a\\nb\"\nrun = \"x\"\n"),
+            "troops.toml:2:8: step name \"a\\nb\" has a control character (\\u{a})"
+        );
+        assert!(error("[[step]]\nname = \" \"\nrun = \"x\"\n").contains(":2:8: step name \" \" is empty"));
+        assert!(error("[roles.\"w\\u0000\"]\nhosts = [\"a\"]\n").starts_with("troops.toml:1:8: role name"));
+        assert!(error("[roles.web]\nhosts = [\"a\\rb\"]\n").contains(":2:10: role `web`: host"));
+        assert!(error("[roles.\"a,b\"]\nhosts = [\"a\"]\n").contains("has a comma"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = [\"\\u007f\"]\n")
+            .contains(":4:10: step `a`: role name"));
+        let e = error("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"2years\"\n");
+        assert!(e.contains(":4:11: step `a`: `timeout` \"2years\" is too long; at most 1year"), "{e}");
+        assert_eq!(
+            parse("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"1year\"\n").unwrap().steps[0].timeout,
+            MAX_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn a_plan_file_that_is_no_text_file_is_a_plan_error() {
+        let dir = std::env::temp_dir().join(format!("troops-plan-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d/troops.toml")).unwrap();
+        std::fs::create_dir_all(dir.join("l")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("l/troops.toml")).unwrap();
+        std::fs::create_dir_all(dir.join("u")).unwrap();
+        std::fs::write(dir.join("u/troops.toml"), b"[[step]]\nname = \"\xff\"\n").unwrap();
+        let load = |sub: &str| Plan::load(&dir.join(sub)).unwrap_err();
+        assert!(matches!(load("d"), Error::Plan { .. }) && load("d").to_string().contains("is a directory"));
+        assert!(load("l").to_string().contains("is a symlink"), "{}", load("l"));
+        assert!(
+            load("u").to_string().ends_with("troops.toml:2:9: the plan is not UTF-8 text (byte 0xff)"),
+            "{}",
+            load("u")
+        );
+        assert!(load("nothing").to_string().contains("no such plan file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
