@@ -89,6 +89,22 @@ struct RawVerify {
     scope: Option<Scope>,
 }
 
+/// The text of the config file at `path`, `None` if there is none. Bytes that are not UTF-8 are
+/// bad input, like bad TOML.
+pub fn read(path: &Path) -> Result<Option<String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path("reading config", path, e)),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let (line, column) = line_col(std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default(), valid);
+        let message = format!("the config is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]);
+        Error::Config { path: path.to_owned(), line, column, message }
+    })
+}
+
 impl Retry {
     /// How long to wait before retrying a tip that failed `failures` times in a row: `initial`,
     /// doubled for each further failure, at most `max`.
@@ -101,21 +117,7 @@ impl Retry {
 impl Config {
     /// Loads `path`; a file that does not exist yields the defaults.
     pub fn load(path: &Path) -> Result<Config> {
-        match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => Config::parse(path, &text),
-                Err(e) => {
-                    let valid = e.utf8_error().valid_up_to();
-                    let (line, column) =
-                        line_col(std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default(), valid);
-                    let message =
-                        format!("the config is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]);
-                    Err(Error::Config { path: path.to_owned(), line, column, message })
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::parse(path, ""),
-            Err(e) => Err(Error::path("reading config", path, e)),
-        }
+        Config::parse(path, &read(path)?.unwrap_or_default())
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
