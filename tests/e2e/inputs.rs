@@ -196,6 +196,13 @@ fn a_plan_that_is_not_utf8_or_not_a_file_fails_the_push_and_the_pull_as_a_run() 
     assert!(said.contains("troops.toml:2:9: the plan is not UTF-8 text (byte 0xff)"), "{said}");
     assert!(said.contains("run 1 failed"), "{said}");
     assert_eq!(env.run_record(1)["status"], "failed");
+    let shown = env.ok(&["status"]);
+    assert!(
+        shown.contains("plan      invalid at the tip: troops.toml:2:9: the plan is not UTF-8"),
+        "{shown}"
+    );
+    let (code, out) = troops(&env, &["roles"]);
+    assert_eq!(code, 2, "{out}");
     let (code, out) = troops(&env, &["deploy"]);
     assert_eq!(code, 1, "a broken deploy repo is a failed run, not the environment: {out}");
     assert_eq!(env.run_record(2)["status"], "failed");
@@ -329,8 +336,13 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     env.ok(&["deploy"]);
     assert_eq!(env.run_ids(), [1, 2, 3, 4]);
     std::fs::write(record(4), "garbage\n").unwrap();
+    // A record that parses but holds no commit id there: shown as it is, never sliced mid-character.
+    let mut three = env.run_record(3);
+    three["commit"] = format!("x{}", "é".repeat(13)).into();
+    std::fs::write(record(3), three.to_string()).unwrap();
     let out = env.ok(&["runs"]);
     assert!(out.lines().next().unwrap().trim_start().starts_with("3 "), "{out}");
+    assert!(out.contains(&format!("x{}  ", "é".repeat(11))), "{out}");
     assert!(env.ok(&["status"]).contains("last run  run 3 succeeded"));
 
     // A push runs after it, in the daemon, and gets id 5.

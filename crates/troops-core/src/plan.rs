@@ -218,35 +218,44 @@ impl Plan {
 /// it fails the run like bad TOML does; only the node's own trouble reading a file is an
 /// environment error.
 pub fn read(path: &Path) -> Result<String> {
-    let plan_error =
-        |line, column, message: String| Error::Plan { path: path.to_owned(), line, column, message };
     let kind = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta.file_type(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(plan_error(
-                1,
-                1,
-                format!("no such plan file (a deploy repo keeps its plan in {FILE_NAME} at its root)"),
-            ))
+            return Err(Error::Plan {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "no such plan file (a deploy repo keeps its plan in {FILE_NAME} at its root)"
+                ),
+            })
         }
         Err(e) => return Err(Error::path("reading plan", path, e)),
     };
     if kind.is_symlink() {
-        return Err(plan_error(1, 1, "the plan is a symlink; it must be a regular file".into()));
+        return Err(not_a_file(path, "a symlink"));
     }
     if !kind.is_file() {
-        return Err(plan_error(
-            1,
-            1,
-            "the plan is a directory or special file; it must be a regular file".into(),
-        ));
+        return Err(not_a_file(path, "a directory or special file"));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::path("reading plan", path, e))?;
+    text(path, std::fs::read(path).map_err(|e| Error::path("reading plan", path, e))?)
+}
+
+/// The error for a plan at `path` that is `what` instead of a regular file.
+pub fn not_a_file(path: &Path, what: &str) -> Error {
+    let message = format!("the plan is {what}; it must be a regular file");
+    Error::Plan { path: path.to_owned(), line: 1, column: 1, message }
+}
+
+/// The plan `bytes` read from `path` as text; bytes that are not UTF-8 are a plan error at the
+/// first of them.
+pub fn text(path: &Path, bytes: Vec<u8>) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
         let (line, column) = line_col(before, valid);
-        plan_error(line, column, format!("the plan is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]))
+        let message = format!("the plan is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]);
+        Error::Plan { path: path.to_owned(), line, column, message }
     })
 }
 
