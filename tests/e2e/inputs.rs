@@ -353,3 +353,35 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     assert_eq!(env.run_ids(), [1, 2, 3, 4, 5]);
     assert_eq!(status(&env)["last_run"]["id"], 5);
 }
+
+#[test]
+fn a_commit_whose_tree_the_filesystem_refuses_fails_as_a_run_by_push_and_by_pull() {
+    let env = Env::new();
+    env.init();
+    let origin = remote(&env, "a");
+    let work = env.deploy_repo("work");
+    work.commit(&env, &[("troops.toml", PLAN)], "plan");
+    // A file name longer than any Linux filesystem takes (255 bytes), made with git's plumbing.
+    let blob = env.git(&work.path, &["hash-object", "-w", "troops.toml"]);
+    let long = "n".repeat(300);
+    env.git(&work.path, &["update-index", "--add", "--cacheinfo", &format!("100644,{blob},{long}")]);
+    env.git(&work.path, &["commit", "-q", "-m", "a name too long"]);
+
+    let said = push(&env, &work, &env.repo());
+    assert!(said.contains("cannot be checked out into"), "{said}");
+    assert!(said.contains("run 1 failed"), "{said}");
+    assert_eq!(env.deployed(), None);
+    let (code, out) = troops(&env, &["deploy"]);
+    assert_eq!(code, 1, "the commit's fault is a failed run, not the environment: {out}");
+
+    // A second node, pulling the same commit.
+    let other = Env::new();
+    other.init();
+    let origin_url = origin.display().to_string();
+    push(&env, &work, &origin);
+    other.git(&other.repo(), &["remote", "add", "a", &origin_url]);
+    let (code, out) = troops(&other, &["pull"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot be checked out into"), "{out}");
+    assert_eq!(other.run_record(1)["status"], "failed");
+}
