@@ -344,6 +344,12 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     assert!(out.lines().next().unwrap().trim_start().starts_with("3 "), "{out}");
     assert!(out.contains(&format!("x{}  ", "é".repeat(11))), "{out}");
     assert!(env.ok(&["status"]).contains("last run  run 3 succeeded"));
+    for args in [&["log"][..], &["log", "4"], &["log", "--follow"], &["log", "2"]] {
+        let out = env.run(args);
+        assert!(out.status.success(), "troops {args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("hello from"), "troops {args:?}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("not a run record"), "troops {args:?}: {}", text(&out.stderr));
+    }
 
     // A push runs after it, in the daemon, and gets id 5.
     let daemon = Daemon::start(&env);

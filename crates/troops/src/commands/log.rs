@@ -53,7 +53,15 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
             .last()
             .ok_or_else(|| Error::Input(format!("no runs yet in {}", node.state_dir.display())))?,
     };
-    runs.load(id)?;
+    // A run whose record is corrupt still has its output; only a run that never was is an error.
+    let readable = match runs.load(id) {
+        Ok(_) => true,
+        Err(e) if runs.ids()?.contains(&id) => {
+            eprintln!("troops: warning: {e}");
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
     let path = runs.log_path(id);
     let mut file = std::fs::File::open(&path).map_err(|e| Error::path("opening", &path, e))?;
     let mut stdout = std::io::stdout().lock();
@@ -63,7 +71,7 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
         file.read_to_end(&mut buf)?;
         stdout.write_all(&buf)?;
         stdout.flush()?;
-        if !args.follow {
+        if !args.follow || !readable {
             return Ok(ExitCode::SUCCESS);
         }
         if super::status::effective(node, runs.load(id)?).status != RunStatus::Running {
