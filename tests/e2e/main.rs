@@ -7,6 +7,7 @@
 
 mod support;
 
+mod inputs;
 mod node;
 mod pull;
 mod push;

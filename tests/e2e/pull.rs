@@ -505,7 +505,7 @@ fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
     // A broken edit is refused, naming the line, and the daemon goes on.
     env.write_config("hostname = \"web-3\"\nintervall = \"1h\"\n");
     wait_until("the refusal", Duration::from_secs(10), || daemon.log().contains("config not reloaded"));
-    assert!(daemon.log().contains("troops.toml:2: unknown field `intervall`"), "{}", daemon.log());
+    assert!(daemon.log().contains("troops.toml:2:1: unknown field `intervall`"), "{}", daemon.log());
 
     // SIGHUP reloads too.
     env.write_config("hostname = \"web-4\"\ninterval = \"1h\"\n");

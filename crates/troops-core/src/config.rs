@@ -12,6 +12,12 @@ use crate::error::{from_toml, line_col, Error, Result};
 
 pub const DEFAULT_PATH: &str = "/etc/troops/troops.toml";
 
+/// The longest `interval`, `jitter` and `retry` wait: a year (the daemon adds them to clocks, which
+/// overflow not far past the largest durations humantime reads, and no fleet means more).
+pub const MAX_PERIOD: Duration = Duration::from_secs(31_557_600);
+/// The longest `fetch_timeout`: a day (a fetch that takes longer is not going to end).
+pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this came from (it may not exist: then everything is a default).
@@ -83,36 +89,68 @@ struct RawVerify {
     scope: Option<Scope>,
 }
 
+/// The text of the config file at `path`, `None` if there is none. Bytes that are not UTF-8 are
+/// bad input, like bad TOML.
+pub fn read(path: &Path) -> Result<Option<String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path("reading config", path, e)),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let (line, column) = line_col(std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default(), valid);
+        let message = format!("the config is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]);
+        Error::Config { path: path.to_owned(), line, column, message }
+    })
+}
+
+impl Retry {
+    /// How long to wait before retrying a tip that failed `failures` times in a row: `initial`,
+    /// doubled for each further failure, at most `max`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.initial.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
 impl Config {
     /// Loads `path`; a file that does not exist yields the defaults.
     pub fn load(path: &Path) -> Result<Config> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::parse(path, ""),
-            Err(e) => Err(Error::path("reading config", path, e)),
-        }
+        Config::parse(path, &read(path)?.unwrap_or_default())
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
-        let err = |span: std::ops::Range<usize>, message: String| Error::Config {
-            path: path.to_owned(),
-            line: line_col(text, span.start).0,
-            message,
+        let err = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            Error::Config { path: path.to_owned(), line, column, message }
         };
         let raw: RawConfig = from_toml(text, err)?;
 
-        let duration = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
+        let duration = |value: Option<Spanned<String>>, key: &str, default: &str, max: Duration| match value {
             None => Ok(humantime::parse_duration(default).expect("default durations parse")),
-            Some(v) => humantime::parse_duration(v.get_ref()).map_err(|e| {
-                err(v.span(), format!("`{key}`: {e} in {:?} (expected e.g. \"60s\" or \"5m\")", v.get_ref()))
-            }),
+            Some(v) => match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if d <= max => Ok(d),
+                Ok(_) => Err(err(
+                    v.span(),
+                    format!(
+                        "`{key}`: {:?} is too long; at most {}",
+                        v.get_ref(),
+                        humantime::format_duration(max)
+                    ),
+                )),
+                Err(e) => Err(err(
+                    v.span(),
+                    format!("`{key}`: {e} in {:?} (expected e.g. \"60s\" or \"5m\")", v.get_ref()),
+                )),
+            },
         };
         let word = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(default.to_owned()),
-            Some(v) if v.get_ref().trim().is_empty() => {
-                Err(err(v.span(), format!("`{key}` must not be empty")))
-            }
-            Some(v) => Ok(v.into_inner()),
+            Some(v) => match crate::roles::name_problem(v.get_ref()) {
+                Some(problem) => Err(err(v.span(), format!("`{key}`: {:?} {problem}", v.get_ref()))),
+                None => Ok(v.into_inner()),
+            },
         };
 
         let branch = word(raw.branch.clone(), "branch", "main")?;
@@ -122,7 +160,7 @@ impl Config {
                 format!("`branch`: {branch:?} is not a valid branch name"),
             ));
         }
-        let interval = duration(raw.interval.clone(), "interval", "60s")?;
+        let interval = duration(raw.interval.clone(), "interval", "60s", MAX_PERIOD)?;
         if interval.is_zero() {
             return Err(err(
                 raw.interval.expect("default is not zero").span(),
@@ -136,14 +174,14 @@ impl Config {
         };
         let mut roles = Vec::new();
         for role in raw.roles.unwrap_or_default() {
-            if role.get_ref().trim().is_empty() || role.get_ref().contains(',') {
-                return Err(err(role.span(), format!("`roles`: {:?} is not a role name", role.get_ref())));
+            if let Some(problem) = crate::roles::role_name_problem(role.get_ref()) {
+                return Err(err(role.span(), format!("`roles`: {:?} {problem}", role.get_ref())));
             }
             roles.push(role.into_inner());
         }
         let retry = Retry {
-            initial: duration(raw.retry.initial.clone(), "retry.initial", "30s")?,
-            max: duration(raw.retry.max.clone(), "retry.max", "30m")?,
+            initial: duration(raw.retry.initial.clone(), "retry.initial", "30s", MAX_PERIOD)?,
+            max: duration(raw.retry.max.clone(), "retry.max", "30m", MAX_PERIOD)?,
         };
         if retry.initial.is_zero() || retry.initial > retry.max {
             let span = raw.retry.initial.or(raw.retry.max).map_or(0..0, |v| v.span());
@@ -153,8 +191,8 @@ impl Config {
             path: path.to_owned(),
             branch,
             interval,
-            jitter: duration(raw.jitter, "jitter", "10s")?,
-            fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s")?,
+            jitter: duration(raw.jitter, "jitter", "10s", MAX_PERIOD)?,
+            fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s", MAX_FETCH_TIMEOUT)?,
             hostname: raw.hostname.map(|h| word(Some(h), "hostname", "")).transpose()?,
             roles,
             keep_runs,
@@ -214,24 +252,24 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = parse("branch = \"main\"\nintervall = \"5s\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/troops/troops.toml:2: "), "{e}");
+        assert!(e.starts_with("/etc/troops/troops.toml:2:1: "), "{e}");
         assert!(e.contains("intervall"), "{e}");
     }
 
     #[test]
     fn bad_duration_names_line_and_key() {
         let e = parse("\n\n[retry]\ninitial = \"soon\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/troops/troops.toml:4: `retry.initial`"), "{e}");
+        assert!(e.starts_with("/etc/troops/troops.toml:4:11: `retry.initial`"), "{e}");
     }
 
     #[test]
     fn values_of_the_wrong_type_name_their_key() {
         let e = parse("interval = 5\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/troops/troops.toml:1: `interval`: invalid type"), "{e}");
+        assert!(e.starts_with("/etc/troops/troops.toml:1:12: `interval`: invalid type"), "{e}");
         let e = parse("branch = \"main\"\n\n[verify]\nrequire_signed = \"yes\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/troops/troops.toml:4: `verify.require_signed`: invalid type"), "{e}");
+        assert!(e.starts_with("/etc/troops/troops.toml:4:18: `verify.require_signed`: invalid type"), "{e}");
         let e = parse("roles = [\n  \"web\",\n  7,\n]\n").unwrap_err().to_string();
-        assert!(e.starts_with("/etc/troops/troops.toml:3: `roles`: invalid type"), "{e}");
+        assert!(e.starts_with("/etc/troops/troops.toml:3:3: `roles`: invalid type"), "{e}");
     }
 
     #[test]
@@ -239,5 +277,41 @@ mod tests {
         assert!(parse("branch = \"a..b\"").unwrap_err().to_string().contains("`branch`"));
         assert!(parse("keep_runs = 0").unwrap_err().to_string().contains("`keep_runs`"));
         assert!(parse("[verify]\nscope = \"some\"").unwrap_err().to_string().contains(":2:"));
+    }
+
+    #[test]
+    fn durations_are_bounded_and_the_error_says_the_bound() {
+        assert_eq!(parse("interval = \"1year\"\njitter = \"1year\"").unwrap().interval, MAX_PERIOD);
+        let e = parse("\ninterval = \"1000000000years\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "/etc/troops/troops.toml:2:12: `interval`: \"1000000000years\" is too long; at most 1year"
+            ),
+            "{e}"
+        );
+        let e = parse("fetch_timeout = \"25h\"").unwrap_err().to_string();
+        assert!(e.contains("`fetch_timeout`: \"25h\" is too long; at most 1day"), "{e}");
+        let e = parse("[retry]\nmax = \"2years\"").unwrap_err().to_string();
+        assert!(e.contains("`retry.max`"), "{e}");
+        assert_eq!(parse("keep_runs = 9223372036854775807").unwrap().keep_runs, i64::MAX as usize);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_with_line_and_column() {
+        let e = parse("branch = \"main\"\nhostname = \"web\\n1\"\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/troops/troops.toml:2:12: `hostname`: \"web\\n1\" has a control character (\\u{a})"
+        );
+        assert!(parse("hostname = \"\"").unwrap_err().to_string().contains("is empty"));
+        assert!(parse("roles = [\"a\\u001b[2J\"]").unwrap_err().to_string().contains(":1:10: `roles`"));
+        assert!(parse("admin_group = \"wheel\\t\"").unwrap_err().to_string().contains("`admin_group`"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let retry = Retry { initial: Duration::from_secs(30), max: Duration::from_secs(100) };
+        let waits: Vec<u64> = [1, 2, 3, 4, u32::MAX].iter().map(|&n| retry.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 100, 100, 100]);
     }
 }

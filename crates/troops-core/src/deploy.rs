@@ -255,8 +255,9 @@ pub fn summary(record: &RunRecord) -> String {
     )
 }
 
+/// The first 12 characters of `commit` (a record read from disk may hold anything there).
 pub fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+    &commit[..commit.char_indices().nth(12).map_or(commit.len(), |(i, _)| i)]
 }
 
 /// Plan errors name the file as it is in the repo, not in the throwaway checkout.

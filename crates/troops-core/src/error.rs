@@ -8,9 +8,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad node config: the file, the line and what is wrong with which key.
-    #[error("{}:{line}: {message}", path.display())]
-    Config { path: PathBuf, line: usize, message: String },
+    /// Bad node config: the file, line and column, and what is wrong with which key.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Config { path: PathBuf, line: usize, column: usize, message: String },
     /// Bad plan: the file, line and column.
     #[error("{}:{line}:{column}: {message}", path.display())]
     Plan { path: PathBuf, line: usize, column: usize, message: String },

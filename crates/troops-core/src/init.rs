@@ -183,11 +183,7 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
 
 /// Adds `roles` and sets `branch` in the node config file, keeping everything else in it.
 fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::path("reading config", path, e)),
-    };
+    let text = crate::config::read(path)?.unwrap_or_default();
     Config::parse(path, &text)?;
     let mut doc: toml_edit::DocumentMut = text.parse().expect("a config that parsed is TOML");
     if let Some(branch) = branch {

@@ -24,3 +24,6 @@ pub mod runs;
 pub mod signals;
 pub mod ssh;
 pub mod verify;
+
+#[cfg(test)]
+mod accepted;

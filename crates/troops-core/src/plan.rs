@@ -13,6 +13,8 @@ use crate::error::{from_toml, line_col, Error, Result};
 
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest step `timeout`: a year (the deadline is added to a clock; no step means more).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(31_557_600);
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -49,7 +51,7 @@ pub enum Action {
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     #[serde(default)]
-    roles: BTreeMap<String, Spanned<RawRole>>,
+    roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
 }
@@ -58,7 +60,7 @@ struct RawPlan {
 #[serde(deny_unknown_fields)]
 struct RawRole {
     #[serde(default)]
-    hosts: Vec<String>,
+    hosts: Vec<Spanned<String>>,
     #[serde(default, rename = "match")]
     patterns: Vec<Spanned<String>>,
 }
@@ -67,7 +69,7 @@ struct RawRole {
 #[serde(deny_unknown_fields)]
 struct RawStep {
     name: Spanned<String>,
-    roles: Option<Spanned<Vec<String>>>,
+    roles: Option<Spanned<Vec<Spanned<String>>>>,
     run: Option<Spanned<String>>,
     script: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
@@ -78,16 +80,7 @@ impl Plan {
     /// Reads and validates the plan at `root/troops.toml`; scripts must stay inside `root`.
     pub fn load(root: &Path) -> Result<Plan> {
         let path = root.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Plan {
-                path: path.clone(),
-                line: 1,
-                column: 1,
-                message: format!("no {FILE_NAME} at the root of the deploy repo"),
-            },
-            _ => Error::path("reading plan", &path, e),
-        })?;
-        Plan::parse(&path, &text, Some(root))
+        Plan::parse(&path, &read(&path)?, Some(root))
     }
 
     /// Validates plan `text`; `path` names it in errors and `root` is the checkout it belongs to
@@ -101,9 +94,23 @@ impl Plan {
 
         let mut roles = Vec::new();
         for (name, role) in raw.roles {
+            if let Some(problem) = crate::roles::role_name_problem(name.get_ref()) {
+                return Err(err(name.span(), format!("role name {:?} {problem}", name.get_ref())));
+            }
+            let name = name.into_inner();
             let span = role.span();
             let role = role.into_inner();
-            if role.hosts.is_empty() && role.patterns.is_empty() {
+            let hosts = role
+                .hosts
+                .into_iter()
+                .map(|h| match crate::roles::name_problem(h.get_ref()) {
+                    Some(problem) => {
+                        Err(err(h.span(), format!("role `{name}`: host {:?} {problem}", h.get_ref())))
+                    }
+                    None => Ok(h.into_inner()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if hosts.is_empty() && role.patterns.is_empty() {
                 return Err(err(span, format!("role `{name}` has neither `hosts` nor `match`")));
             }
             let patterns = role
@@ -115,7 +122,7 @@ impl Plan {
                     })
                 })
                 .collect::<Result<_>>()?;
-            roles.push(Role { name, hosts: role.hosts, patterns });
+            roles.push(Role { name, hosts, patterns });
         }
 
         let mut names = HashSet::new();
@@ -124,8 +131,8 @@ impl Plan {
             let span = step.span();
             let step = step.into_inner();
             let name = step.name.get_ref().clone();
-            if name.trim().is_empty() {
-                return Err(err(step.name.span(), "step `name` must not be empty".into()));
+            if let Some(problem) = crate::roles::name_problem(&name) {
+                return Err(err(step.name.span(), format!("step name {name:?} {problem}")));
             }
             if !names.insert(name.clone()) {
                 return Err(err(step.name.span(), format!("duplicate step name `{name}`")));
@@ -147,6 +154,16 @@ impl Plan {
             let timeout = match step.timeout {
                 None => DEFAULT_TIMEOUT,
                 Some(t) => match humantime::parse_duration(t.get_ref()) {
+                    Ok(d) if d > MAX_TIMEOUT => {
+                        return Err(err(
+                            t.span(),
+                            format!(
+                                "step `{name}`: `timeout` {:?} is too long; at most {}",
+                                t.get_ref(),
+                                humantime::format_duration(MAX_TIMEOUT)
+                            ),
+                        ))
+                    }
                     Ok(d) if !d.is_zero() => d,
                     Ok(_) => {
                         return Err(err(t.span(), format!("step `{name}`: `timeout` must be more than zero")))
@@ -176,12 +193,70 @@ impl Plan {
                         format!("step `{name}`: `roles` is empty; leave it out to run on every host"),
                     ))
                 }
-                r => r.map(Spanned::into_inner),
+                Some(r) => Some(
+                    r.into_inner()
+                        .into_iter()
+                        .map(|role| match crate::roles::role_name_problem(role.get_ref()) {
+                            Some(problem) => Err(err(
+                                role.span(),
+                                format!("step `{name}`: role name {:?} {problem}", role.get_ref()),
+                            )),
+                            None => Ok(role.into_inner()),
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
+                None => None,
             };
             steps.push(Step { name, roles, action, timeout, env });
         }
         Ok(Plan { roles, steps })
     }
+}
+
+/// Reads the plan file at `path` as text. Whatever a deploy repo can put there that is not a
+/// readable plan (nothing, a directory, a symlink, bytes that are not UTF-8) is a plan error, so
+/// it fails the run like bad TOML does; only the node's own trouble reading a file is an
+/// environment error.
+pub fn read(path: &Path) -> Result<String> {
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Plan {
+                path: path.to_owned(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "no such plan file (a deploy repo keeps its plan in {FILE_NAME} at its root)"
+                ),
+            })
+        }
+        Err(e) => return Err(Error::path("reading plan", path, e)),
+    };
+    if kind.is_symlink() {
+        return Err(not_a_file(path, "a symlink"));
+    }
+    if !kind.is_file() {
+        return Err(not_a_file(path, "a directory or special file"));
+    }
+    text(path, std::fs::read(path).map_err(|e| Error::path("reading plan", path, e))?)
+}
+
+/// The error for a plan at `path` that is `what` instead of a regular file.
+pub fn not_a_file(path: &Path, what: &str) -> Error {
+    let message = format!("the plan is {what}; it must be a regular file");
+    Error::Plan { path: path.to_owned(), line: 1, column: 1, message }
+}
+
+/// The plan `bytes` read from `path` as text; bytes that are not UTF-8 are a plan error at the
+/// first of them.
+pub fn text(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        let (line, column) = line_col(before, valid);
+        let message = format!("the plan is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]);
+        Error::Plan { path: path.to_owned(), line, column, message }
+    })
 }
 
 /// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
@@ -262,5 +337,46 @@ mod tests {
         .starts_with("troops.toml:7:11: `step.timeout`: invalid type"));
         assert!(error("[roles.web]\nhosts = \"a\"\n")
             .starts_with("troops.toml:2:9: `roles.web.hosts`: invalid type"));
+    }
+
+    #[test]
+    fn names_with_control_characters_and_huge_timeouts_are_refused() {
+        assert_eq!(
+            error("[[step]]\nname = \"a\\nb\"\nrun = \"x\"\n"),
+            "troops.toml:2:8: step name \"a\\nb\" has a control character (\\u{a})"
+        );
+        assert!(error("[[step]]\nname = \" \"\nrun = \"x\"\n").contains(":2:8: step name \" \" is empty"));
+        assert!(error("[roles.\"w\\u0000\"]\nhosts = [\"a\"]\n").starts_with("troops.toml:1:8: role name"));
+        assert!(error("[roles.web]\nhosts = [\"a\\rb\"]\n").contains(":2:10: role `web`: host"));
+        assert!(error("[roles.\"a,b\"]\nhosts = [\"a\"]\n").contains("has a comma"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = [\"\\u007f\"]\n")
+            .contains(":4:10: step `a`: role name"));
+        let e = error("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"2years\"\n");
+        assert!(e.contains(":4:11: step `a`: `timeout` \"2years\" is too long; at most 1year"), "{e}");
+        assert_eq!(
+            parse("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"1year\"\n").unwrap().steps[0].timeout,
+            MAX_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn a_plan_file_that_is_no_text_file_is_a_plan_error() {
+        let dir = std::env::temp_dir().join(format!("troops-plan-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d/troops.toml")).unwrap();
+        std::fs::create_dir_all(dir.join("l")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("l/troops.toml")).unwrap();
+        std::fs::create_dir_all(dir.join("u")).unwrap();
+        std::fs::write(dir.join("u/troops.toml"), b"[[step]]\nname = \"\xff\"\n").unwrap();
+        let load = |sub: &str| Plan::load(&dir.join(sub)).unwrap_err();
+        assert!(matches!(load("d"), Error::Plan { .. }) && load("d").to_string().contains("is a directory"));
+        assert!(load("l").to_string().contains("is a symlink"), "{}", load("l"));
+        assert!(
+            load("u").to_string().ends_with("troops.toml:2:9: the plan is not UTF-8 text (byte 0xff)"),
+            "{}",
+            load("u")
+        );
+        assert!(load("nothing").to_string().contains("no such plan file"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

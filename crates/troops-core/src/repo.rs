@@ -62,30 +62,51 @@ impl NodeRepo {
         Ok(commit.id())
     }
 
-    /// The plan file of `commit`, if it has one, read straight from the object store.
+    /// The plan file of `commit`, if it has one, read straight from the object store; one that
+    /// is no regular file or not UTF-8 is a plan error, as in a checkout.
     pub fn plan_text(&self, commit: Oid) -> Result<Option<String>> {
+        let path = Path::new(crate::plan::FILE_NAME);
         let tree =
             self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
-        let Ok(entry) = tree.get_path(Path::new(crate::plan::FILE_NAME)) else { return Ok(None) };
+        let Ok(entry) = tree.get_path(path) else { return Ok(None) };
+        if entry.filemode() == 0o120000 {
+            return Err(crate::plan::not_a_file(path, "a symlink"));
+        }
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            return Err(crate::plan::not_a_file(path, "a directory or special file"));
+        }
         let blob = entry
             .to_object(&self.git)
             .and_then(|o| o.peel_to_blob())
             .ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
-        Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+        crate::plan::text(path, blob.content().to_vec()).map(Some)
     }
 
     /// Writes the tree of `commit` into `dest`, which must not exist: a plain directory, no `.git`.
+    /// A checkout is exactly the commit's tree: files, modes and symlinks as committed, without
+    /// filters; a submodule is an empty directory (its commit is not fetched, its files are not
+    /// there). A tree that cannot be written (a path the filesystem refuses, say) is the commit's
+    /// fault, not the node's: it fails the run as bad input, which the daemon retries with backoff.
     pub fn checkout(&self, commit: Oid, dest: &Path) -> Result<()> {
-        let tree =
-            self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
+        // libgit2 looks submodules up in the work tree and refuses to in a bare repo: a second
+        // handle on the same repo, whose work tree is `dest`, only for this checkout.
+        let git = Repository::open_bare(self.git.path())
+            .and_then(|git| git.set_workdir(dest, false).map(|()| git))
+            .ctx(|| format!("opening {} to check out {commit}", self.git.path().display()))?;
+        let tree =
+            git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         let mut options = git2::build::CheckoutBuilder::new();
         // Directories as mkdir makes them (0777 less the umask; libgit2's default is 0755), so a
         // group-shared node's next run, by another member of the group, can remove them.
         options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o777);
-        self.git
-            .checkout_tree(tree.as_object(), Some(&mut options))
-            .ctx(|| format!("checking out {commit} into {}", dest.display()))
+        git.checkout_tree(tree.as_object(), Some(&mut options)).map_err(|e| {
+            Error::Input(format!(
+                "commit {commit} cannot be checked out into {}: {}",
+                dest.display(),
+                e.message()
+            ))
+        })
     }
 }
 

@@ -16,6 +16,22 @@ pub fn resolve(host: &str, configured: &[String], plan: Option<&Plan>) -> BTreeS
     roles
 }
 
+/// Why `name` (of a host, step, role or group) cannot be one, if it cannot: names go into logs,
+/// step environments, run records and one-line summaries, where a control character (a newline,
+/// an escape sequence, NUL) would forge or garble lines, or fail every step's start.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        return Some("is empty".into());
+    }
+    let c = name.chars().find(|c| c.is_control())?;
+    Some(format!("has a control character ({})", c.escape_unicode()))
+}
+
+/// `name_problem`, and a role name has no comma: `TROOPS_ROLES` lists roles comma-separated.
+pub fn role_name_problem(name: &str) -> Option<String> {
+    name_problem(name).or_else(|| name.contains(',').then(|| "has a comma".into()))
+}
+
 /// Whether a step runs on a node with `roles`, and why, in words for `--dry-run`.
 pub fn selects(step: &Step, roles: &BTreeSet<String>) -> (bool, String) {
     match &step.roles {

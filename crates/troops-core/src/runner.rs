@@ -76,7 +76,7 @@ pub fn run_step(
     let mut buf = [0u8; 16 * 1024];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
         let mut fds = vec![PollFd::new(exited.as_fd(), PollFlags::POLLIN)];
         if open {
@@ -152,7 +152,7 @@ pub(crate) fn wait_or_kill(child: &mut Child, deadline: Instant) -> std::io::Res
     let exited = pidfd_open(child.id() as i32)?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1)
             .unwrap_or(PollTimeout::MAX);
         match poll(&mut [PollFd::new(exited.as_fd(), PollFlags::POLLIN)], ms) {
             Err(nix::errno::Errno::EINTR) => continue,

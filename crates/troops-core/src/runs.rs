@@ -75,6 +75,26 @@ pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// What `Runs::all` finds.
+#[derive(Debug, Default)]
+pub struct History {
+    pub records: Vec<RunRecord>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A run whose `run.json` is there but is not a record; `error` names the file and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub id: u64,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {} is skipped: {}", self.id, self.error)
+    }
+}
+
 /// The `runs/` directory of a node.
 pub struct Runs {
     dir: PathBuf,
@@ -122,13 +142,22 @@ impl Runs {
             .map_err(|e| Error::Env(format!("{}: not a run record: {e}", path.display())))
     }
 
+    /// The newest record that can be read (one that cannot is skipped, as in `all`).
     pub fn latest(&self) -> Result<Option<RunRecord>> {
-        self.ids()?.last().map(|&id| self.load(id)).transpose()
+        Ok(self.ids()?.into_iter().rev().find_map(|id| self.load(id).ok()))
     }
 
-    /// All records, oldest first; unreadable ones are skipped.
-    pub fn all(&self) -> Result<Vec<RunRecord>> {
-        Ok(self.ids()?.into_iter().filter_map(|id| self.load(id).ok()).collect())
+    /// All records, oldest first, and the records that cannot be read (truncated, garbage, empty):
+    /// those are skipped, never fatal, and their ids stay taken.
+    pub fn all(&self) -> Result<History> {
+        let mut history = History::default();
+        for id in self.ids()? {
+            match self.load(id) {
+                Ok(record) => history.records.push(record),
+                Err(e) => history.unreadable.push(Unreadable { id, error: e.to_string() }),
+            }
+        }
+        Ok(history)
     }
 
     /// Makes the folder of a new run and returns its id. Only under the node lock.

@@ -14,10 +14,13 @@ use crate::cli::LogArgs;
 
 pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
     node.repo()?; // a wrong --state-dir is an error, not an empty history
-    let latest = node.runs().ids()?.last().copied();
-    let records: Vec<_> = node
-        .runs()
-        .all()?
+    let history = node.runs().all()?;
+    let latest = history.records.last().map(|r| r.id);
+    for skipped in &history.unreadable {
+        eprintln!("troops: warning: {skipped}");
+    }
+    let records: Vec<_> = history
+        .records
         .into_iter()
         .map(|r| if Some(r.id) == latest { super::status::effective(node, r) } else { r })
         .collect();
@@ -50,7 +53,15 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
             .last()
             .ok_or_else(|| Error::Input(format!("no runs yet in {}", node.state_dir.display())))?,
     };
-    runs.load(id)?;
+    // A run whose record is corrupt still has its output; only a run that never was is an error.
+    let readable = match runs.load(id) {
+        Ok(_) => true,
+        Err(e) if runs.ids()?.contains(&id) => {
+            eprintln!("troops: warning: {e}");
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
     let path = runs.log_path(id);
     let mut file = std::fs::File::open(&path).map_err(|e| Error::path("opening", &path, e))?;
     let mut stdout = std::io::stdout().lock();
@@ -60,7 +71,7 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
         file.read_to_end(&mut buf)?;
         stdout.write_all(&buf)?;
         stdout.flush()?;
-        if !args.follow {
+        if !args.follow || !readable {
             return Ok(ExitCode::SUCCESS);
         }
         if super::status::effective(node, runs.load(id)?).status != RunStatus::Running {

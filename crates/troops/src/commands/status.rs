@@ -30,21 +30,14 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             (name.to_owned(), url, states.get(name).cloned())
         })
         .collect();
-    let latest = node.runs().latest()?.map(|r| effective(node, r));
-    let (running, last) = match latest {
-        Some(r) if r.status == RunStatus::Running => (Some(r), None),
+    let history = node.runs().all()?;
+    for skipped in &history.unreadable {
+        eprintln!("troops: warning: {skipped}");
+    }
+    let mut newest_first = history.records.iter().rev().cloned();
+    let (running, last) = match newest_first.next().map(|r| effective(node, r)) {
+        Some(r) if r.status == RunStatus::Running => (Some(r), newest_first.next()),
         last => (None, last),
-    };
-    let last = match (last, &running) {
-        (None, Some(running)) => node
-            .runs()
-            .ids()?
-            .into_iter()
-            .rev()
-            .find(|&id| id != running.id)
-            .map(|id| node.runs().load(id))
-            .transpose()?,
-        (last, _) => last,
     };
 
     let verify = &node.config.verify;
@@ -74,6 +67,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             },
             "running": running,
             "last_run": last,
+            "unreadable_runs": history.unreadable,
             "verify": {
                 "require_signed": verify.require_signed,
                 "scope": scope,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use git2::Oid;
 use tokio::sync::mpsc::UnboundedSender;
-use troops_core::config::{Config, Retry};
+use troops_core::config::Config;
 use troops_core::control::Reply;
 use troops_core::deploy::{self, Outcome, Request};
 use troops_core::node::Node;
@@ -287,12 +287,11 @@ impl Worker {
     }
 
     fn schedule_retry(&mut self, commit: Oid) {
-        let Retry { initial, max } = self.node.config.retry;
         let failures = match self.failed {
-            Some((failed, n, _)) if failed == commit => n + 1,
+            Some((failed, n, _)) if failed == commit => n.saturating_add(1),
             _ => 1,
         };
-        let wait = initial.saturating_mul(1 << (failures - 1).min(20)).min(max);
+        let wait = self.node.config.retry.backoff(failures);
         tracing::warn!(commit = %commit, failures, retry_in = %humantime::format_duration(wait), "tip failed; will retry");
         self.failed = Some((commit, failures, Instant::now() + wait));
     }
