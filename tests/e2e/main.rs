@@ -7,6 +7,7 @@
 
 mod support;
 
+mod daemon;
 mod node;
 mod pull;
 mod push;
