@@ -1,6 +1,7 @@
 //! One control connection's share of the daemon's output, bounded: the worker never waits for a
 //! client, and a client that reads slowly or not at all costs at most `LIMIT` bytes. What does not
-//! fit is dropped for that client alone, and one notice takes its place.
+//! fit is dropped for that client alone until it has read all it holds; one notice takes the
+//! gap's place, followed by the gap's last lines (a run's summary, when the gap reaches its end).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -9,23 +10,63 @@ use tokio::sync::Notify;
 
 /// What one listener may hold unread; beyond it, its output is skipped until it catches up.
 const LIMIT: usize = 256 * 1024;
+/// How much of the end of a gap is kept, to be shown after its notice.
+const TAIL: usize = 4096;
 
 /// What the connection writes next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Piece {
     Output(String),
-    /// This many bytes of output did not fit and were dropped.
-    Skipped(usize),
-    Done {
-        exit: i32,
-        error: Option<String>,
-    },
+    Skipped(Gap),
+    Done { exit: i32, error: Option<String> },
+}
+
+/// Output that did not fit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Gap {
+    /// All of it, in bytes.
+    bytes: usize,
+    /// Its last `TAIL` bytes (or fewer).
+    tail: String,
+    /// The output before it ended in the middle of a line.
+    mid_line: bool,
+}
+
+impl Gap {
+    /// The notice, on a line of its own, then the gap's last whole lines; `log` is the command
+    /// that shows the whole log. A gap short enough to be kept whole is just its output.
+    pub fn render(&self, log: &str) -> String {
+        if self.tail.len() == self.bytes {
+            return self.tail.clone();
+        }
+        let tail = self.tail.split_once('\n').map_or("", |(_, lines)| lines);
+        let skipped = self.bytes - tail.len();
+        let newline = if self.mid_line { "\n" } else { "" };
+        format!("{newline}troops: {skipped} bytes of output skipped; the whole log: {log}\n{tail}")
+    }
+
+    fn add(&mut self, text: &str) {
+        self.bytes += text.len();
+        self.tail.push_str(text);
+        if self.tail.len() > TAIL {
+            let mut cut = self.tail.len() - TAIL;
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.tail.drain(..cut);
+        }
+    }
 }
 
 #[derive(Default)]
 struct Mailbox {
     pieces: VecDeque<Piece>,
+    /// The bytes of output held.
     bytes: usize,
+    /// Output is being skipped, until the client has read all that is held.
+    skipping: bool,
+    /// The last output held ended in the middle of a line.
+    mid_line: bool,
     /// The connection is gone: nothing more is kept for it.
     closed: bool,
 }
@@ -49,20 +90,28 @@ pub fn channel() -> (Listener, Inbox) {
 }
 
 impl Listener {
-    /// Queues `text`, or counts it as skipped when it does not fit (a first piece always fits,
-    /// so a late joiner gets the replay whole). False once the connection is gone.
+    /// Queues `text`, or adds it to a gap when it does not fit (a first piece always fits, so a
+    /// late joiner gets the replay whole). False once the connection is gone.
     pub fn output(&self, text: &str) -> bool {
         let mut mailbox = self.0.mailbox.lock().unwrap();
         if mailbox.closed {
             return false;
         }
-        if mailbox.bytes > 0 && mailbox.bytes + text.len() > LIMIT {
+        if mailbox.bytes > 0 && (mailbox.skipping || mailbox.bytes + text.len() > LIMIT) {
+            mailbox.skipping = true;
+            let mid_line = mailbox.mid_line;
             match mailbox.pieces.back_mut() {
-                Some(Piece::Skipped(n)) => *n += text.len(),
-                _ => mailbox.pieces.push_back(Piece::Skipped(text.len())),
+                Some(Piece::Skipped(gap)) => gap.add(text),
+                _ => {
+                    let mut gap = Gap { mid_line, ..Gap::default() };
+                    gap.add(text);
+                    mailbox.pieces.push_back(Piece::Skipped(gap));
+                }
             }
-        } else {
+        } else if !text.is_empty() {
+            mailbox.skipping = false;
             mailbox.bytes += text.len();
+            mailbox.mid_line = !text.ends_with('\n');
             mailbox.pieces.push_back(Piece::Output(text.to_owned()));
         }
         drop(mailbox);
@@ -129,20 +178,37 @@ mod tests {
         })
     }
 
+    fn next(inbox: &mut Inbox) -> Option<Piece> {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(inbox.next())
+    }
+
     #[test]
-    fn a_reader_that_does_not_keep_up_gets_one_notice_per_gap_and_the_end() {
+    fn a_reader_that_reads_nothing_gets_one_notice_then_the_last_lines_and_the_end() {
         let (listener, mut inbox) = channel();
-        let chunk = "x".repeat(LIMIT / 4);
-        for _ in 0..10 {
-            assert!(listener.output(&chunk));
+        let line = format!("{}\n", "x".repeat(99));
+        for _ in 0..10_000 {
+            assert!(listener.output(&line));
         }
-        listener.done(1, None);
+        listener.output("troops: run 1 succeeded\n");
+        listener.done(0, None);
         drop(listener);
         let pieces = drain(&mut inbox);
-        assert_eq!(pieces.len(), 6);
-        assert!(pieces[..4].iter().all(|p| *p == Piece::Output(chunk.clone())));
-        assert_eq!(pieces[4], Piece::Skipped(6 * chunk.len()));
-        assert_eq!(pieces[5], Piece::Done { exit: 1, error: None });
+        let kept = pieces.iter().filter(|p| matches!(p, Piece::Output(_))).count();
+        assert_eq!(kept, LIMIT / line.len());
+        let [.., Piece::Skipped(gap), Piece::Done { exit: 0, error: None }] = &pieces[..] else {
+            panic!("{:?}", &pieces[kept..]);
+        };
+        let shown = gap.render("troops log 1");
+        let tail_lines = (TAIL - "troops: run 1 succeeded\n".len()) / line.len();
+        let skipped = (10_000 - kept - tail_lines) * line.len();
+        assert!(
+            shown.starts_with(&format!(
+                "troops: {skipped} bytes of output skipped; the whole log: troops log 1\n"
+            )),
+            "{}",
+            &shown[..200]
+        );
+        assert!(shown.ends_with(&format!("{line}troops: run 1 succeeded\n")));
     }
 
     #[test]
@@ -150,12 +216,15 @@ mod tests {
         let (listener, mut inbox) = channel();
         let big = "y".repeat(LIMIT);
         listener.output(&big);
-        listener.output("lost\n");
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        assert_eq!(runtime.block_on(inbox.next()), Some(Piece::Output(big)));
+        listener.output(&format!("{}\nlast line of the gap\n", "z".repeat(TAIL)));
+        assert_eq!(next(&mut inbox), Some(Piece::Output(big)));
         listener.output("kept\n");
         drop(listener);
-        assert_eq!(drain(&mut inbox), [Piece::Skipped(5), Piece::Output("kept\n".into())]);
+        let pieces = drain(&mut inbox);
+        let [Piece::Skipped(gap), Piece::Output(kept)] = &pieces[..] else { panic!("{pieces:?}") };
+        let notice = format!("troops: {} bytes of output skipped; the whole log: troops log 2", TAIL + 1);
+        assert_eq!(gap.render("troops log 2"), format!("\n{notice}\nlast line of the gap\n"));
+        assert_eq!(kept, "kept\n");
     }
 
     #[test]

@@ -145,7 +145,7 @@ async fn handle(
     while let Some(piece) = inbox.next().await {
         let reply = match piece {
             Piece::Output(text) => Reply::Output(text),
-            Piece::Skipped(bytes) => Reply::Output(skipped(bytes, runs)),
+            Piece::Skipped(gap) => Reply::Output(gap.render(&whole_log(runs))),
             Piece::Done { exit, error } => {
                 return send(&mut write, &Reply::Done { exit, error }).await;
             }
@@ -163,14 +163,13 @@ async fn send(write: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> anyhow
     Ok(())
 }
 
-/// The notice a slow client gets in place of the output it missed. The run it missed is the
-/// latest: output flows only while a run is under way or just ended.
-fn skipped(bytes: usize, runs: &Runs) -> String {
-    let log = match runs.ids().ok().and_then(|ids| ids.last().copied()) {
+/// The command that shows the output a slow client missed: that of the latest run, since output
+/// flows only while a run is under way or just ended.
+fn whole_log(runs: &Runs) -> String {
+    match runs.ids().ok().and_then(|ids| ids.last().copied()) {
         Some(id) => format!("troops log {id}"),
         None => "troops log".into(),
-    };
-    format!("troops: {bytes} bytes of output skipped; the whole log: {log}\n")
+    }
 }
 
 /// Requests are one short JSON line.
