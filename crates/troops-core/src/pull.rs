@@ -63,6 +63,7 @@ pub fn fetch(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.
 /// The lock goes with the returned file.
 fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
+    node.repo()?; // a node that was never initialised fails here, with the reason
     let path = node.state_dir.join("fetch.lock");
     let file = OpenOptions::new()
         .create(true)
