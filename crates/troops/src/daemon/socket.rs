@@ -71,15 +71,14 @@ pub async fn serve(
             }
         };
         failing = false;
-        let (group, branch) = {
+        let (peer, branch) = {
             let config = config.lock().unwrap();
-            (config.admin_group.clone(), format!("refs/heads/{}", config.branch))
+            let peer = Peer { group: config.admin_group.clone(), fetch_timeout: config.fetch_timeout };
+            (peer, format!("refs/heads/{}", config.branch))
         };
-        let fetch_timeout = config.lock().unwrap().fetch_timeout;
         let (worker, repo, runs, status) = (worker.clone(), repo.clone(), runs.clone(), status.clone());
         tokio::spawn(async move {
             let tip = move || git2::Repository::open_bare(&repo).ok()?.refname_to_id(&branch).ok();
-            let peer = Peer { group, fetch_timeout };
             if let Err(e) = handle(stream, &peer, worker, tip, &runs, &status).await {
                 tracing::warn!(error = %e, "control connection dropped");
             }

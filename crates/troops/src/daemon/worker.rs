@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -208,11 +209,8 @@ impl Worker {
         events: UnboundedSender<Event>,
     ) -> (Handle, std::thread::JoinHandle<()>) {
         let handle = Handle { shared: Arc::default(), fetches: Arc::default() };
-        let fetcher = Fetcher {
-            handle: handle.clone(),
-            node: Node { state_dir: node.state_dir.clone(), config: node.config.clone() },
-            config: config.clone(),
-        };
+        let fetcher =
+            Fetcher { handle: handle.clone(), state_dir: node.state_dir.clone(), config: config.clone() };
         supervised("troops-fetcher", events.clone(), move || fetcher.run());
         let mut worker =
             Worker { handle: handle.clone(), node, config, stop, events: events.clone(), failed: None };
@@ -408,7 +406,7 @@ impl Worker {
 /// The thread that fetches, so that a slow remote holds up no run.
 struct Fetcher {
     handle: Handle,
-    node: Node,
+    state_dir: PathBuf,
     config: Arc<Mutex<Config>>,
 }
 
@@ -416,7 +414,7 @@ impl Fetcher {
     fn run(&self) {
         while let Some(listeners) = self.next_fetch() {
             let node =
-                Node { state_dir: self.node.state_dir.clone(), config: self.config.lock().unwrap().clone() };
+                Node { state_dir: self.state_dir.clone(), config: self.config.lock().unwrap().clone() };
             let result = pull::fetch(&node, &mut Fanout(&listeners, Vec::new()));
             self.handle.fetches.0.lock().unwrap().under_way = None;
             match result {
