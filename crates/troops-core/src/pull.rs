@@ -3,7 +3,7 @@
 //! (`<state>/remotes.json`, for `troops status`). Running the plan afterwards is the caller's call.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 
 use git2::Oid;
@@ -61,25 +61,21 @@ pub fn fetch(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
 }
 
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.
-/// The lock goes with the returned file.
+/// The lock is a flock on the repo's directory: no file to create, and whoever may fetch into the
+/// repo may open it. It goes with the returned handle.
 fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
     node.repo()?; // a node that was never initialised fails here, with the reason
-    let path = node.state_dir.join("fetch.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx(|| format!("opening lock {}", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((file, Errno::EWOULDBLOCK)) => {
+    let path = node.repo_path();
+    let dir = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+    let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
+        lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
+    };
+    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Err((dir, Errno::EWOULDBLOCK)) => {
             let _ = writeln!(out, "troops: waiting for another fetch of this node's remotes to end");
-            Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, e)| e)
-                .ctx(|| format!("locking {}", path.display()))
+            locked(Flock::lock(dir, FlockArg::LockExclusive))
         }
-        Err((_, e)) => Err(e).ctx(|| format!("locking {}", path.display())),
+        lock => locked(lock),
     }
 }
 
