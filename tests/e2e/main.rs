@@ -7,6 +7,7 @@
 
 mod support;
 
+mod daemon;
 mod inputs;
 mod node;
 mod pull;

@@ -476,9 +476,15 @@ fn a_push_during_a_pull_cycle_runs_once_in_it_as_a_push() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("remote: hello from {commit}")), "{stderr}\n{}", daemon.log());
     assert!(stderr.contains("run 1 succeeded"), "{stderr}");
-    let log = daemon.log();
-    let (asked, gave_up) = (log.find("control request"), log.find("fetch failed remote=hung"));
-    assert!(asked.is_some() && gave_up.is_some() && asked < gave_up, "the push came after the cycle:\n{log}");
+    // The fetch goes on by itself: the push did not wait for it.
+    assert!(
+        !daemon.log().contains("fetch failed remote=hung"),
+        "the push waited for the fetch:\n{}",
+        daemon.log()
+    );
+    wait_until("the fetch to give up", Duration::from_secs(15), || {
+        daemon.log().contains("fetch failed remote=hung")
+    });
     assert_eq!(env.run_ids(), [1], "one run, not one per trigger");
     assert_eq!(env.run_record(1)["trigger"], "push");
 }

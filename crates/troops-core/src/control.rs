@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,18 +45,55 @@ pub enum Reply {
     Done { exit: i32, error: Option<String> },
 }
 
-/// Asks the daemon at `socket` how it is: `None` when none listens, else what it said or why it
-/// would not say (a peer outside `admin_group` is refused).
-pub fn daemon_status(socket: &Path) -> Option<std::result::Result<DaemonStatus, String>> {
-    let mut out = Vec::new();
-    match call(socket, &Request::Status, &mut out) {
-        Ok(None) => None,
-        Ok(Some((0, None))) => Some(serde_json::from_slice(&out).map_err(|e| {
-            format!("the daemon at {} answered {:?}: {e}", socket.display(), String::from_utf8_lossy(&out))
-        })),
-        Ok(Some((_, error))) => Some(Err(error.unwrap_or_else(|| "it gave no reason".into()))),
-        Err(e) => Some(Err(e.to_string())),
-    }
+/// What `troops status` learns of the daemon at a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Daemon {
+    /// None listens: each trigger runs the plan itself.
+    Absent,
+    Serving(DaemonStatus),
+    /// It would not say, or we may not ask (a peer outside `admin_group`): why.
+    Refused(String),
+    /// Something holds the socket but does not answer in time, or answers nonsense: what is
+    /// sent there is not served.
+    NotServing(String),
+}
+
+/// How long `troops status` waits for the daemon's answer, which comes at once from a healthy one.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the daemon at `socket` how it is, waiting at most `STATUS_TIMEOUT`.
+pub fn daemon_status(socket: &Path) -> Daemon {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = socket.to_owned();
+    // A wedged daemon may not even accept the connection: the whole exchange runs on a thread
+    // that is left behind when it takes too long.
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let daemon = match call(&path, &Request::Status, &mut out) {
+            Ok(None) => Daemon::Absent,
+            Ok(Some((0, None))) => match serde_json::from_slice(&out) {
+                Ok(status) => Daemon::Serving(status),
+                Err(e) => Daemon::NotServing(format!(
+                    "the daemon at {} answered {:?}: {e}",
+                    path.display(),
+                    String::from_utf8_lossy(&out)
+                )),
+            },
+            Ok(Some((_, error))) => Daemon::Refused(error.unwrap_or_else(|| "it gave no reason".into())),
+            Err(Error::Io { context, source }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Daemon::Refused(format!("{context}: {source}"))
+            }
+            Err(e) => Daemon::NotServing(e.to_string()),
+        };
+        let _ = tx.send(daemon);
+    });
+    rx.recv_timeout(STATUS_TIMEOUT).unwrap_or_else(|_| {
+        Daemon::NotServing(format!(
+            "the daemon at {} did not answer within {}s",
+            socket.display(),
+            STATUS_TIMEOUT.as_secs()
+        ))
+    })
 }
 
 /// Sends `request` to the daemon at `socket`, copying its output to `out`; returns the exit code

@@ -3,9 +3,12 @@
 //! (`<state>/remotes.json`, for `troops status`). Running the plan afterwards is the caller's call.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write;
 
 use git2::Oid;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::short;
@@ -43,9 +46,40 @@ impl Cycle {
     }
 }
 
-/// Fetches and fast-forwards, telling `out` what happened to each remote.
+/// Fetches and fast-forwards, telling `out` what happened to each remote. Two cycles of one
+/// node take turns, so the second sees where the first moved the branch.
 pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
-    let repo = node.repo()?;
+    let _lock = lock_fetches(node, out)?;
+    let fetched = fetch_unlocked(node, out)?;
+    advance(node, fetched, out)
+}
+
+/// Fetches every remote (the first half of a cycle), waiting for another fetch of this node.
+pub fn fetch(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
+    let _lock = lock_fetches(node, out)?;
+    fetch_unlocked(node, out)
+}
+
+/// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.
+/// The lock is a flock on the repo's directory: no file to create, and whoever may fetch into the
+/// repo may open it. It goes with the returned handle.
+fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
+    node.repo()?; // a node that was never initialised fails here, with the reason
+    let path = node.repo_path();
+    let dir = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+    let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
+        lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
+    };
+    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Err((dir, Errno::EWOULDBLOCK)) => {
+            let _ = writeln!(out, "troops: waiting for another fetch of this node's remotes to end");
+            locked(Flock::lock(dir, FlockArg::LockExclusive))
+        }
+        lock => locked(lock),
+    }
+}
+
+fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
     let repo_path = node.repo_path();
     let fetched =
         fetch::fetch_all(&repo_path, &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
@@ -61,6 +95,13 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
             let _ = writeln!(out, "troops: {e}");
         }
     }
+    Ok(fetched)
+}
+
+/// Applies the fast-forward rules to what `fetch` gave (the second half of a cycle), moves the
+/// branch, and records what each remote said.
+pub fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cycle> {
+    let repo = node.repo()?;
     let tips: Vec<(String, Oid)> =
         fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
     let local = repo.tip()?;

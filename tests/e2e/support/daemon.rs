@@ -18,8 +18,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
+        Daemon::start_command(env, env.troops(&["daemon"]))
+    }
+
+    /// Starts `command`, which must exec `troops daemon` in its own process (a `prlimit` wrapper,
+    /// say), and waits until the daemon serves.
+    pub fn start_command(env: &Env, mut command: std::process::Command) -> Daemon {
         let log = env.path("daemon.log");
-        let mut command = env.troops(&["daemon"]);
         command.env("TROOPS_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         let mut daemon = Daemon { child: command.spawn().expect("starting troops daemon"), log };
         let socket = env.state.join("troops.sock");

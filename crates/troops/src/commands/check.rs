@@ -1,5 +1,6 @@
 //! `troops check PLAN`: validate a plan file where it lies, with no node around.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,11 +12,12 @@ pub fn run(path: &Path) -> Result<ExitCode> {
     let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let plan = Plan::parse(path, &text, Some(root))?;
     let roles: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{}: ok: {} steps, roles: {}",
         path.display(),
         plan.steps.len(),
         if roles.is_empty() { "none".into() } else { roles.join(", ") }
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

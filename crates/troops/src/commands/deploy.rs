@@ -1,6 +1,7 @@
 //! `troops deploy`: run the plan now, through the daemon when it runs, else in-process (or show
 //! what would run, with `--dry-run`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -15,9 +16,15 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
     if args.dry_run {
         let dry = deploy::dry_run(&node, args.commit.as_deref())?;
         let roles: Vec<&str> = dry.roles.iter().map(String::as_str).collect();
-        println!("commit {} on {} [{}]", dry.commit, node.config.hostname(), roles.join(","));
+        writeln!(
+            std::io::stdout(),
+            "commit {} on {} [{}]",
+            dry.commit,
+            node.config.hostname(),
+            roles.join(",")
+        )?;
         for (name, runs, why) in dry.steps {
-            println!("{} {name}: {why}", if runs { "run " } else { "skip" });
+            writeln!(std::io::stdout(), "{} {name}: {why}", if runs { "run " } else { "skip" })?;
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,5 +1,6 @@
 //! `troops init`: make or refresh the node and print its public key.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -11,15 +12,19 @@ pub fn run(global: &Global, args: InitArgs) -> Result<ExitCode> {
     let options =
         Options { branch: args.branch, remotes: args.remotes, roles: args.roles, hook: hook_binary() };
     let (node, public_key) = init(&global.state_dir, &global.config, &options)?;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "node ready at {} (branch {}, config {})",
         node.state_dir.display(),
         node.config.branch,
         node.config.path.display()
-    );
-    println!("push to:  {}", node.repo_path().display());
-    println!("this node fetches over SSH with the key below; add it where the remotes are hosted:");
-    println!("{public_key}");
+    )?;
+    writeln!(std::io::stdout(), "push to:  {}", node.repo_path().display())?;
+    writeln!(
+        std::io::stdout(),
+        "this node fetches over SSH with the key below; add it where the remotes are hosted:"
+    )?;
+    writeln!(std::io::stdout(), "{public_key}")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,6 @@
 //! `troops runs` and `troops log`: the run history and one run's output.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,12 +25,13 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
         .map(|r| if Some(r.id) == latest { super::status::effective(node, r) } else { r })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&records)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for r in records {
         let ms: u64 = r.steps.iter().map(|s| s.duration_ms).sum();
-        println!(
+        writeln!(
+            std::io::stdout(),
             "{:>5}  {:<11}  {:<6}  {}  {}  {:>8.1}s  {}",
             r.id,
             r.status,
@@ -39,7 +40,7 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
             r.started_at,
             ms as f64 / 1000.0,
             r.error.as_deref().unwrap_or("")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -64,21 +65,18 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
     };
     let path = runs.log_path(id);
     let mut file = std::fs::File::open(&path).map_err(|e| Error::path("opening", &path, e))?;
+    // Streamed, not read whole: a log can be large.
     let mut stdout = std::io::stdout().lock();
-    let mut buf = Vec::new();
     loop {
-        buf.clear();
-        file.read_to_end(&mut buf)?;
-        stdout.write_all(&buf)?;
+        std::io::copy(&mut file, &mut stdout)?;
         stdout.flush()?;
         if !args.follow || !readable {
             return Ok(ExitCode::SUCCESS);
         }
         if super::status::effective(node, runs.load(id)?).status != RunStatus::Running {
             // The run may have written its end between our read and the check.
-            buf.clear();
-            file.read_to_end(&mut buf)?;
-            stdout.write_all(&buf)?;
+            std::io::copy(&mut file, &mut stdout)?;
+            stdout.flush()?;
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -1,5 +1,6 @@
 //! `troops pull`: one cycle, through the daemon when it runs, else in-process (for cron).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -25,6 +26,10 @@ pub fn run(node: &Node) -> Result<ExitCode> {
     };
     Ok(super::code(match outcome {
         Outcome::Ran(record) => record.status == troops_core::runs::RunStatus::Succeeded,
-        Outcome::AlreadyDeployed(_) => true,
+        // As through the daemon: a pull that ran nothing says why.
+        Outcome::AlreadyDeployed(commit) => {
+            writeln!(out, "{}", deploy::already_deployed(node, commit))?;
+            true
+        }
     }))
 }

@@ -1,6 +1,7 @@
 //! `troops roles` and `troops has-role`: this node's roles, for people and for scripts.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -8,7 +9,7 @@ use troops_core::node::Node;
 
 pub fn list(node: &Node) -> Result<ExitCode> {
     for role in roles(node)? {
-        println!("{role}");
+        writeln!(std::io::stdout(), "{role}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

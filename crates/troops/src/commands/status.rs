@@ -1,9 +1,11 @@
 //! `troops status`: what this node follows, what it has deployed, what it is doing.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use serde_json::json;
+use troops_core::control::Daemon;
 use troops_core::deploy::{short, summary};
 use troops_core::lock::NodeLock;
 use troops_core::node::Node;
@@ -61,9 +63,10 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "deployed": deployed,
             "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
             "daemon": match &daemon {
-                None => serde_json::Value::Null,
-                Some(Ok(d)) => json!(d),
-                Some(Err(e)) => json!({ "error": e }),
+                Daemon::Absent => serde_json::Value::Null,
+                Daemon::Serving(d) => json!(d),
+                Daemon::Refused(e) => json!({ "error": e }),
+                Daemon::NotServing(e) => json!({ "error": e, "serving": false }),
             },
             "running": running,
             "last_run": last,
@@ -76,18 +79,22 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
                 "last_refusal": last_refusal,
             },
         });
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&status)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let commit = |c: &Option<String>| c.as_deref().map_or("none".to_owned(), |c| short(c).to_owned());
-    println!("host      {host}");
-    println!("roles     {}", if roles.is_empty() { "none".into() } else { roles.join(", ") });
+    writeln!(std::io::stdout(), "host      {host}")?;
+    writeln!(
+        std::io::stdout(),
+        "roles     {}",
+        if roles.is_empty() { "none".into() } else { roles.join(", ") }
+    )?;
     if let Some(e) = plan_error {
-        println!("plan      invalid at the tip: {e}");
+        writeln!(std::io::stdout(), "plan      invalid at the tip: {e}")?;
     }
-    println!("branch    {} at {}", node.config.branch, commit(&tip));
+    writeln!(std::io::stdout(), "branch    {} at {}", node.config.branch, commit(&tip))?;
     let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
-    println!("deployed  {}{pending}", commit(&deployed));
+    writeln!(std::io::stdout(), "deployed  {}{pending}", commit(&deployed))?;
     for (name, url, last) in &remotes {
         let last = match last {
             None => "never fetched".to_owned(),
@@ -97,41 +104,71 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
                 (None, None, tip) => format!("fetched at {}: {}", s.fetched_at, commit(tip)),
             },
         };
-        println!("remote    {name} {url} ({last})");
+        writeln!(std::io::stdout(), "remote    {name} {url} ({last})")?;
     }
     match &daemon {
-        None => println!("daemon    not running (each trigger runs the plan itself)"),
-        Some(Ok(d)) => {
+        Daemon::Absent => {
+            writeln!(std::io::stdout(), "daemon    not running (each trigger runs the plan itself)")?
+        }
+        Daemon::Serving(d) => {
             let retry =
                 d.retry_at.as_ref().map_or(String::new(), |at| format!("; the failed tip again at {at}"));
             let next = d.next_pull_at.as_deref().unwrap_or("not scheduled");
-            println!("daemon    pid {} since {}; next pull at {next}{retry}", d.pid, d.started_at);
+            writeln!(
+                std::io::stdout(),
+                "daemon    pid {} since {}; next pull at {next}{retry}",
+                d.pid,
+                d.started_at
+            )?;
         }
-        Some(Err(e)) => println!("daemon    running, but it does not tell us how: {e}"),
+        Daemon::Refused(e) => {
+            writeln!(std::io::stdout(), "daemon    running, but it does not tell us how: {e}")?
+        }
+        Daemon::NotServing(e) => writeln!(
+            std::io::stdout(),
+            "daemon    NOT SERVING: {e}; pushes and pulls sent to it hang or fail until it is restarted"
+        )?,
     }
     match &running {
-        Some(r) => {
-            println!("running   run {} ({}) of {} since {}", r.id, r.trigger, short(&r.commit), r.started_at)
-        }
-        None => println!("running   nothing"),
+        Some(r) => writeln!(
+            std::io::stdout(),
+            "running   run {} ({}) of {} since {}",
+            r.id,
+            r.trigger,
+            short(&r.commit),
+            r.started_at
+        )?,
+        None => writeln!(std::io::stdout(), "running   nothing")?,
     }
     match &last {
-        Some(r) => println!(
+        Some(r) => writeln!(
+            std::io::stdout(),
             "last run  {} ({}) of {}, {}",
             summary(r),
             r.trigger,
             short(&r.commit),
             r.finished_at.as_deref().unwrap_or(&r.started_at)
-        ),
-        None => println!("last run  none"),
+        )?,
+        None => writeln!(std::io::stdout(), "last run  none")?,
     }
     match (&keyring, &keyring_error) {
-        (None, _) => println!("verify    off (unsigned commits are deployed)"),
-        (Some(_), Some(e)) => println!("verify    on (scope {scope}), but nothing can be verified: {e}"),
-        (Some(_), None) => println!("verify    on (scope {scope}, keyring {})", verify.keyring.display()),
+        (None, _) => writeln!(std::io::stdout(), "verify    off (unsigned commits are deployed)")?,
+        (Some(_), Some(e)) => {
+            writeln!(std::io::stdout(), "verify    on (scope {scope}), but nothing can be verified: {e}")?
+        }
+        (Some(_), None) => {
+            writeln!(std::io::stdout(), "verify    on (scope {scope}, keyring {})", verify.keyring.display())?
+        }
     }
     if let Some(r) = &last_refusal {
-        println!("refused   {} from {} at {}: {}", short(&r.commit), r.source, r.at, r.reason);
+        writeln!(
+            std::io::stdout(),
+            "refused   {} from {} at {}: {}",
+            short(&r.commit),
+            r.source,
+            r.at,
+            r.reason
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

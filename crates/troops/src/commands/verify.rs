@@ -2,6 +2,7 @@
 //! and `deploy --commit` would, and says who signed it or why it is refused (exit 0 or 1). It
 //! checks even when `require_signed` is off, to try a keyring before turning enforcement on.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -22,9 +23,9 @@ pub fn run(node: &Node, args: VerifyArgs) -> Result<ExitCode> {
     let keyring = Keyring::load(&node.config.verify.keyring)?;
     let verification = verify::verify_commit(&repo.git, &keyring, commit)?;
     if verification.is_good() {
-        println!("commit {commit} {verification}");
+        writeln!(std::io::stdout(), "commit {commit} {verification}")?;
     } else {
-        println!("commit {commit} {verification}; refused");
+        writeln!(std::io::stdout(), "commit {commit} {verification}; refused")?;
     }
     if !node.config.verify.require_signed {
         eprintln!(

@@ -1,8 +1,11 @@
 //! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
 //! waits on the timer (interval plus jitter), a pending retry, the control socket, inotify (config
-//! and branch ref) and signals; the actual work runs on one worker thread. SIGTERM lets the
-//! current step finish, then exits 0. systemd hears readiness and status through NOTIFY_SOCKET.
+//! and branch ref) and signals; the actual work runs on one worker thread, fetches on another.
+//! SIGTERM lets the current step finish, then exits 0. If a worker thread or the socket server
+//! ends, the daemon exits non-zero at once (systemd restarts it) rather than take requests nothing
+//! will answer. systemd hears readiness and status through NOTIFY_SOCKET.
 
+mod listener;
 mod socket;
 mod watch;
 mod worker;
@@ -56,12 +59,21 @@ async fn serve(node: Node) -> Result<ExitCode> {
         &STOP,
         events_tx,
     );
-    tokio::spawn(socket::serve(listener, worker.clone(), config.clone(), repo_path, status.clone()));
+    let runs = Arc::new(node.runs());
+    let mut server = tokio::spawn(socket::serve(
+        listener,
+        worker.clone(),
+        config.clone(),
+        repo_path,
+        runs,
+        status.clone(),
+    ));
     tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
     notify("READY=1\nSTATUS=following the branch");
 
-    let submit = |work: Work| worker.submit(Job { work, reply: None }, || None);
-    submit(Work::Pull);
+    let submit = |work: Work| worker.submit(Job { work, listeners: Vec::new() }, || None);
+    let pull = || worker.pull(None, config.lock().unwrap().fetch_timeout);
+    pull();
     let mut next_tick = Instant::now() + period(&config.lock().unwrap());
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -72,14 +84,24 @@ async fn serve(node: Node) -> Result<ExitCode> {
         }
         tokio::select! {
             _ = sleep_until(next_tick) => {
-                submit(Work::Pull);
+                pull();
                 next_tick = Instant::now() + period(&config.lock().unwrap());
             }
             _ = sleep_until(retry_at.unwrap_or(next_tick)), if retry_at.is_some() => {
                 retry_at = None;
                 submit(Work::Tip(Trigger::Retry));
             }
-            Some(Event::RetryAt(at)) = events.recv() => retry_at = at.map(Instant::from_std),
+            Some(event) = events.recv() => match event {
+                Event::RetryAt(at) => retry_at = at.map(Instant::from_std),
+                Event::Ended(thread) => {
+                    tracing::error!(thread, "a worker thread ended; exiting so that the daemon is restarted");
+                    return Ok(fail(&socket_path));
+                }
+            },
+            _ = &mut server => {
+                tracing::error!("the control socket server ended; exiting so that the daemon is restarted");
+                return Ok(fail(&socket_path));
+            }
             change = watch.next() => match change {
                 Change::Config => reload(&config, &mut watch, &node),
                 Change::Branch => submit(Work::Tip(Trigger::Push)),
@@ -99,6 +121,14 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon cannot go on: its socket goes first, so that hooks and the CLI run the plan
+/// themselves until it is restarted.
+fn fail(socket_path: &std::path::Path) -> ExitCode {
+    notify("STATUS=failed: a worker thread or the socket server ended");
+    let _ = std::fs::remove_file(socket_path);
+    ExitCode::FAILURE
 }
 
 /// `at` as a time of day, for `troops status`.

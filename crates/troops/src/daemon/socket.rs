@@ -1,10 +1,13 @@
 //! The control socket `<state>/troops.sock`: mode 0660, group `admin_group`, and a peer
 //! credential check on every connection (root, the daemon's own user, or a member of the group),
 //! so that filesystem permissions are not the only gate. Each connection is one request whose
-//! output streams back as it is produced.
+//! output streams back as it is produced. No client can wedge it: a request line must come within
+//! `REQUEST_TIMEOUT`, a write that stalls for `WRITE_STALL` drops the client, output waits for a
+//! slow client in a bounded buffer (see `listener`), and running out of descriptors backs off.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Group, Uid};
@@ -12,8 +15,17 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use troops_core::config::Config;
 use troops_core::control::{DaemonStatus, Reply, Request};
+use troops_core::runs::Runs;
 
+use super::listener::{self, Piece};
 use super::worker::{Handle, Job, Work};
+
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one write to a client may stall before the client is dropped (the run goes on).
+const WRITE_STALL: Duration = Duration::from_secs(15);
+/// The pause after a failed accept (out of descriptors, say), so that the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Binds the socket (replacing a stale one) with the SPEC's mode and group.
 pub fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
@@ -42,74 +54,121 @@ pub async fn serve(
     worker: Handle,
     config: Arc<Mutex<Config>>,
     repo: PathBuf,
+    runs: Arc<Runs>,
     status: Arc<Mutex<DaemonStatus>>,
 ) {
+    let mut failing = false;
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let (group, branch) = {
-            let config = config.lock().unwrap();
-            (config.admin_group.clone(), format!("refs/heads/{}", config.branch))
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot accept control connections; retrying");
+                }
+                failing = true;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
-        let (worker, repo, status) = (worker.clone(), repo.clone(), status.clone());
+        failing = false;
+        let (peer, branch) = {
+            let config = config.lock().unwrap();
+            let peer = Peer { group: config.admin_group.clone(), fetch_timeout: config.fetch_timeout };
+            (peer, format!("refs/heads/{}", config.branch))
+        };
+        let (worker, repo, runs, status) = (worker.clone(), repo.clone(), runs.clone(), status.clone());
         tokio::spawn(async move {
             let tip = move || git2::Repository::open_bare(&repo).ok()?.refname_to_id(&branch).ok();
-            if let Err(e) = handle(stream, &group, worker, tip, &status).await {
-                tracing::warn!(error = %e, "control connection failed");
+            if let Err(e) = handle(stream, &peer, worker, tip, &runs, &status).await {
+                tracing::warn!(error = %e, "control connection dropped");
             }
         });
     }
 }
 
+/// What a connection's handler needs to know of the config at the time it was accepted.
+struct Peer {
+    group: String,
+    fetch_timeout: Duration,
+}
+
 async fn handle(
     mut stream: UnixStream,
-    group: &str,
+    peer: &Peer,
     worker: Handle,
     tip: impl FnOnce() -> Option<git2::Oid>,
+    runs: &Runs,
     status: &Mutex<DaemonStatus>,
 ) -> anyhow::Result<()> {
-    let allowed = allowed(&stream, group);
+    let allowed = allowed(&stream, &peer.group);
     let (read, mut write) = stream.split();
     // Read the request first even from a peer we refuse, so it sees the answer, not a broken pipe.
     let mut request = String::new();
-    BufReader::new(read.take(MAX_REQUEST)).read_line(&mut request).await?;
+    tokio::time::timeout(REQUEST_TIMEOUT, BufReader::new(read.take(MAX_REQUEST)).read_line(&mut request))
+        .await
+        .map_err(|_| anyhow::anyhow!("no request line within {}s", REQUEST_TIMEOUT.as_secs()))??;
     if let Err(why) = allowed {
         tracing::warn!(reason = %why, "control connection refused");
         let reply = Reply::Done { exit: 3, error: Some(format!("permission denied: {why}")) };
-        write.write_all(line(&reply).as_bytes()).await?;
-        return Ok(());
+        return send(&mut write, &reply).await;
     }
     let request: Request = match serde_json::from_str(&request) {
         Ok(request) => request,
         Err(e) => {
             let reply = Reply::Done { exit: 2, error: Some(format!("bad request: {e}")) };
-            write.write_all(line(&reply).as_bytes()).await?;
-            return Ok(());
+            return send(&mut write, &reply).await;
         }
     };
-    let work = match &request {
+    let (listener, mut inbox) = listener::channel();
+    match &request {
         // Asked often by scripts and monitoring: answered here, and not logged.
         Request::Status => {
             let status = serde_json::to_string(&*status.lock().unwrap()).expect("status serializes");
-            for reply in [Reply::Output(status), Reply::Done { exit: 0, error: None }] {
-                write.write_all(line(&reply).as_bytes()).await?;
-            }
-            return Ok(());
+            send(&mut write, &Reply::Output(status)).await?;
+            return send(&mut write, &Reply::Done { exit: 0, error: None }).await;
         }
-        Request::Pull => Work::Pull,
-        Request::Deploy { commit: Some(rev), .. } => Work::Commit(rev.clone()),
-        Request::Deploy { trigger, .. } => Work::Tip(*trigger),
-    };
-    tracing::info!(request = ?request, "control request");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    worker.submit(Job { work, reply: Some(tx) }, tip);
-    while let Some(reply) = rx.recv().await {
-        let done = matches!(reply, Reply::Done { .. });
-        // A client that hung up stops listening; the run goes on.
-        if write.write_all(line(&reply).as_bytes()).await.is_err() || done {
-            break;
+        Request::Pull => {
+            tracing::info!(request = ?request, "control request");
+            worker.pull(Some(listener), peer.fetch_timeout);
+        }
+        Request::Deploy { commit, trigger, .. } => {
+            tracing::info!(request = ?request, "control request");
+            let work = match commit {
+                Some(rev) => Work::Commit(rev.clone()),
+                None => Work::Tip(*trigger),
+            };
+            worker.submit(Job { work, listeners: vec![listener] }, tip);
         }
     }
+    // A client that hangs up or stalls stops listening; the run goes on.
+    while let Some(piece) = inbox.next().await {
+        let reply = match piece {
+            Piece::Output(text) => Reply::Output(text),
+            Piece::Skipped(gap) => Reply::Output(gap.render(&whole_log(runs))),
+            Piece::Done { exit, error } => {
+                return send(&mut write, &Reply::Done { exit, error }).await;
+            }
+        };
+        send(&mut write, &reply).await?;
+    }
     Ok(())
+}
+
+/// Writes one reply line, giving up on a client that does not read it within `WRITE_STALL`.
+async fn send(write: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> anyhow::Result<()> {
+    tokio::time::timeout(WRITE_STALL, write.write_all(line(reply).as_bytes()))
+        .await
+        .map_err(|_| anyhow::anyhow!("the client read nothing for {}s", WRITE_STALL.as_secs()))??;
+    Ok(())
+}
+
+/// The command that shows the output a slow client missed: that of the latest run, since output
+/// flows only while a run is under way or just ended.
+fn whole_log(runs: &Runs) -> String {
+    match runs.ids().ok().and_then(|ids| ids.last().copied()) {
+        Some(id) => format!("troops log {id}"),
+        None => "troops log".into(),
+    }
 }
 
 /// Requests are one short JSON line.

@@ -3,9 +3,14 @@
 //! batch, so after a run the newest tip runs once; a push that arrives while a run of the current
 //! tip is under way joins it and sees its output from the start. A failed tip is held back for its
 //! retry (with backoff) and is not rerun by other triggers until a new tip arrives.
+//!
+//! Fetching, which a slow remote can stretch to `fetch_timeout`, happens on a thread of its own:
+//! only the fast-forward and the run that follow it go through the worker, so a push never
+//! waits behind a fetch. Both threads are supervised: if one ends, the daemon exits.
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -13,17 +18,19 @@ use std::time::{Duration, Instant};
 use git2::Oid;
 use tokio::sync::mpsc::UnboundedSender;
 use troops_core::config::Config;
-use troops_core::control::Reply;
 use troops_core::deploy::{self, Outcome, Request};
+use troops_core::fetch::Fetched;
 use troops_core::node::Node;
 use troops_core::pull;
 use troops_core::runs::{RunStatus, Trigger};
 
+use super::listener::Listener;
+
 /// What a job asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Work {
-    /// Fetch all remotes, fast-forward, run the tip if it is not deployed.
-    Pull,
+    /// Fast-forward to what the fetcher fetched, run the tip if it is not deployed.
+    Pull(Arc<Vec<Fetched>>),
     /// Run the branch tip (`Manual`: even if deployed).
     Tip(Trigger),
     /// Run this revision (manual).
@@ -32,14 +39,17 @@ pub enum Work {
 
 pub struct Job {
     pub work: Work,
-    pub reply: Option<UnboundedSender<Reply>>,
+    /// Who hears the job's output and end.
+    pub listeners: Vec<Listener>,
 }
 
-/// What the worker tells the daemon loop after each batch.
-#[derive(Debug)]
+/// What the worker threads tell the daemon loop.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Event {
     /// A failed tip should be retried at this instant (or nothing is pending: `None`).
     RetryAt(Option<Instant>),
+    /// The named thread ended (returned or panicked): nothing will run any more.
+    Ended(&'static str),
 }
 
 #[derive(Default)]
@@ -58,23 +68,35 @@ struct Running {
     /// A push joined before the tip was read: the run is the push's.
     pushed: bool,
     output: Vec<u8>,
-    listeners: Vec<UnboundedSender<Reply>>,
+    listeners: Vec<Listener>,
+}
+
+/// The fetcher's queue: who waits for the next fetch, and since when the one under way runs.
+#[derive(Default)]
+struct Fetches {
+    requested: bool,
+    listeners: Vec<Listener>,
+    under_way: Option<Instant>,
+    stopping: bool,
 }
 
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<(Mutex<State>, Condvar)>,
+    fetches: Arc<(Mutex<Fetches>, Condvar)>,
 }
 
 /// Output beyond this is not kept for late joiners (it is in output.log).
 const REPLAY_LIMIT: usize = 1 << 20;
 
+const STOPPING: &str = "the daemon is stopping";
+
 impl Handle {
     pub fn submit(&self, job: Job, tip: impl FnOnce() -> Option<Oid>) {
         let (lock, wake) = &*self.shared;
         let mut state = lock.lock().unwrap();
-        if let (Work::Tip(Trigger::Push), Some(reply), Some(running)) =
-            (&job.work, &job.reply, state.running.as_mut())
+        if let (Work::Tip(Trigger::Push), [listener], Some(running)) =
+            (&job.work, job.listeners.as_slice(), state.running.as_mut())
         {
             let joins = match running.commit {
                 None => true,
@@ -82,36 +104,91 @@ impl Handle {
             };
             if running.tip_batch && joins {
                 running.pushed |= running.commit.is_none();
-                let _ = reply.send(Reply::Output(String::from_utf8_lossy(&running.output).into_owned()));
-                running.listeners.push(reply.clone());
+                listener.output(&String::from_utf8_lossy(&running.output));
+                running.listeners.push(listener.clone());
                 return;
             }
         }
         if state.stopping {
-            if let Some(reply) = job.reply {
-                let _ = reply.send(Reply::Done { exit: 3, error: Some("the daemon is stopping".into()) });
+            for listener in job.listeners {
+                listener.done(3, Some(STOPPING.into()));
             }
             return;
         }
-        if let (Some(reply), Some(_)) = (&job.reply, &state.running) {
-            let _ = reply.send(Reply::Output("troops: waiting for the daemon's current run to end\n".into()));
+        if state.running.is_some() {
+            for listener in &job.listeners {
+                listener.output("troops: waiting for the daemon's current run to end\n");
+            }
         }
         state.queue.push_back(job);
         wake.notify_one();
     }
 
-    /// Asks the worker to finish what it runs and take nothing new.
+    /// Asks for a pull cycle: the fetcher fetches, then the worker fast-forwards and runs the tip.
+    /// Requests that arrive during a fetch share the next one.
+    pub fn pull(&self, listener: Option<Listener>, fetch_timeout: Duration) {
+        let (lock, wake) = &*self.fetches;
+        let mut fetches = lock.lock().unwrap();
+        if fetches.stopping {
+            if let Some(listener) = listener {
+                listener.done(3, Some(STOPPING.into()));
+            }
+            return;
+        }
+        if let (Some(listener), Some(since)) = (&listener, fetches.under_way) {
+            listener.output(&format!(
+                "troops: waiting for the daemon's fetch under way (started {} ago, gives up after {}), then fetching again\n",
+                humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                humantime::format_duration(fetch_timeout),
+            ));
+        }
+        fetches.requested = true;
+        fetches.listeners.extend(listener);
+        wake.notify_one();
+    }
+
+    /// Asks the worker to finish what it runs and take nothing new, and the fetcher to stop.
     pub fn stop(&self) {
+        let (lock, wake) = &*self.fetches;
+        let mut fetches = lock.lock().unwrap();
+        fetches.stopping = true;
+        for listener in fetches.listeners.drain(..) {
+            listener.done(3, Some(STOPPING.into()));
+        }
+        wake.notify_one();
+        drop(fetches);
+
         let (lock, wake) = &*self.shared;
         let mut state = lock.lock().unwrap();
         state.stopping = true;
-        for job in state.queue.drain(..) {
-            if let Some(reply) = job.reply {
-                let _ = reply.send(Reply::Done { exit: 3, error: Some("the daemon is stopping".into()) });
-            }
+        for listener in state.queue.drain(..).flat_map(|job| job.listeners) {
+            listener.done(3, Some(STOPPING.into()));
         }
         wake.notify_one();
     }
+}
+
+/// Runs `work` on a thread named `name`; when it ends, by returning or by panicking, the daemon
+/// loop hears `Event::Ended(name)`.
+fn supervised(
+    name: &'static str,
+    events: UnboundedSender<Event>,
+    work: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    /// Sends the event when dropped, which unwinding does too.
+    struct Ended(&'static str, UnboundedSender<Event>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            let _ = self.1.send(Event::Ended(self.0));
+        }
+    }
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ended = Ended(name, events);
+            work()
+        })
+        .unwrap_or_else(|e| panic!("spawning the {name} thread: {e}"))
 }
 
 pub struct Worker {
@@ -131,12 +208,13 @@ impl Worker {
         stop: &'static AtomicBool,
         events: UnboundedSender<Event>,
     ) -> (Handle, std::thread::JoinHandle<()>) {
-        let handle = Handle { shared: Arc::default() };
-        let mut worker = Worker { handle: handle.clone(), node, config, stop, events, failed: None };
-        let thread = std::thread::Builder::new()
-            .name("troops-worker".into())
-            .spawn(move || worker.run())
-            .expect("spawning the worker");
+        let handle = Handle { shared: Arc::default(), fetches: Arc::default() };
+        let fetcher =
+            Fetcher { handle: handle.clone(), state_dir: node.state_dir.clone(), config: config.clone() };
+        supervised("troops-fetcher", events.clone(), move || fetcher.run());
+        let mut worker =
+            Worker { handle: handle.clone(), node, config, stop, events: events.clone(), failed: None };
+        let thread = supervised("troops-worker", events, move || worker.run());
         (handle, thread)
     }
 
@@ -171,7 +249,7 @@ impl Worker {
                 };
                 let tip_batch = !matches!(batch[0].work, Work::Commit(_));
                 let (work, listeners): (Vec<Work>, Vec<_>) =
-                    batch.into_iter().map(|j| (j.work, j.reply)).unzip();
+                    batch.into_iter().map(|j| (j.work, j.listeners)).unzip();
                 let listeners = listeners.into_iter().flatten().collect();
                 state.running =
                     Some(Running { tip_batch, commit: None, pushed: false, output: Vec::new(), listeners });
@@ -188,23 +266,18 @@ impl Worker {
         self.outcome(result, None)
     }
 
-    /// A merged batch of tip jobs: fetch if any asked for it, then run the tip once.
+    /// A merged batch of tip jobs: fast-forward to the newest fetch if any brought one, then run
+    /// the tip once.
     fn run_tip(&mut self, work: &[Work]) -> (i32, Option<String>) {
         let mut out = Broadcast(self.handle.clone(), Vec::new());
         let mut exit_if_nothing_runs = 0;
-        if work.contains(&Work::Pull) {
-            match pull::cycle(&self.node, &mut out) {
+        let fetched = work.iter().rev().find_map(|w| match w {
+            Work::Pull(fetched) => Some(fetched),
+            _ => None,
+        });
+        if let Some(fetched) = fetched {
+            match pull::advance(&self.node, fetched.to_vec(), &mut out) {
                 Ok(cycle) => {
-                    for f in &cycle.fetched {
-                        match &f.tip {
-                            Ok(tip) => {
-                                tracing::info!(remote = %f.remote, tip = %tip.map_or("none".into(), |t| t.to_string()), downloaded = f.downloaded, ms = f.duration.as_millis() as u64, "fetched")
-                            }
-                            Err(e) => {
-                                tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed")
-                            }
-                        }
-                    }
                     for (remote, tip, why) in &cycle.decision.refused {
                         tracing::warn!(remote = %remote, commit = %tip, reason = ?why, "remote tip refused");
                     }
@@ -229,7 +302,11 @@ impl Worker {
             .into_iter()
             .find(|t| {
                 (*t == Trigger::Push && pushed)
-                    || work.iter().any(|w| *w == Work::Tip(*t) || (*t == Trigger::Pull && *w == Work::Pull))
+                    || work.iter().any(|w| match w {
+                        Work::Tip(trigger) => trigger == t,
+                        Work::Pull(_) => *t == Trigger::Pull,
+                        Work::Commit(_) => false,
+                    })
             })
             .unwrap_or(Trigger::Pull);
         let nothing_runs =
@@ -311,7 +388,7 @@ impl Worker {
     fn finish(&mut self, (exit, error): (i32, Option<String>)) {
         let running = self.handle.shared.0.lock().unwrap().running.take();
         for listener in running.map(|r| r.listeners).unwrap_or_default() {
-            let _ = listener.send(Reply::Done { exit, error: error.clone() });
+            listener.done(exit, error.clone());
         }
         let _ = self.events.send(Event::RetryAt(self.failed.map(|(_, _, due)| due)));
         let deployed = self.node.repo().and_then(|r| r.deployed()).ok().flatten();
@@ -325,30 +402,122 @@ impl Worker {
     }
 }
 
-/// The worker's output: to every listener of the running batch, and kept for late joiners.
-/// Holds back the tail of a UTF-8 sequence split between two writes.
-struct Broadcast(Handle, Vec<u8>);
+/// The thread that fetches, so that a slow remote holds up no run.
+struct Fetcher {
+    handle: Handle,
+    state_dir: PathBuf,
+    config: Arc<Mutex<Config>>,
+}
 
-impl Write for Broadcast {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.1.extend_from_slice(buf);
-        let valid = match std::str::from_utf8(&self.1) {
-            Ok(_) => self.1.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.1.len(),
-        };
-        let chunk: Vec<u8> = self.1.drain(..valid).collect();
-        let text = String::from_utf8_lossy(&chunk).into_owned();
-        if let Some(running) = self.0.shared.0.lock().unwrap().running.as_mut() {
-            if running.output.len() < REPLAY_LIMIT {
-                running.output.extend_from_slice(&chunk);
+impl Fetcher {
+    fn run(&self) {
+        while let Some(listeners) = self.next_fetch() {
+            let node =
+                Node { state_dir: self.state_dir.clone(), config: self.config.lock().unwrap().clone() };
+            let result = pull::fetch(&node, &mut Fanout(&listeners, Vec::new()));
+            self.handle.fetches.0.lock().unwrap().under_way = None;
+            match result {
+                Ok(fetched) => {
+                    for f in &fetched {
+                        match &f.tip {
+                            Ok(tip) => {
+                                tracing::info!(remote = %f.remote, tip = %tip.map_or("none".into(), |t| t.to_string()), downloaded = f.downloaded, ms = f.duration.as_millis() as u64, "fetched")
+                            }
+                            Err(e) => {
+                                tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed")
+                            }
+                        }
+                    }
+                    self.handle.submit(Job { work: Work::Pull(Arc::new(fetched)), listeners }, || None);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fetch failed");
+                    for listener in listeners {
+                        listener.done(e.exit_code(), Some(e.to_string()));
+                    }
+                }
             }
-            running.listeners.retain(|l| l.send(Reply::Output(text.clone())).is_ok());
+        }
+    }
+
+    /// Waits for a request, then takes every listener waiting; `None` once the daemon stops.
+    fn next_fetch(&self) -> Option<Vec<Listener>> {
+        let (lock, wake) = &*self.handle.fetches;
+        let mut fetches = lock.lock().unwrap();
+        while !fetches.requested && !fetches.stopping {
+            fetches = wake.wait(fetches).unwrap();
+        }
+        if fetches.stopping {
+            return None;
+        }
+        fetches.requested = false;
+        fetches.under_way = Some(Instant::now());
+        Some(std::mem::take(&mut fetches.listeners))
+    }
+}
+
+/// The fetcher's output, to those who asked for the fetch (whole UTF-8 sequences only).
+struct Fanout<'a>(&'a [Listener], Vec<u8>);
+
+impl Write for Fanout<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = whole_utf8(&mut self.1, buf);
+        for listener in self.0 {
+            listener.output(&text);
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Appends `buf` to `pending` and takes out what is whole UTF-8, holding back the tail of a
+/// sequence split between two writes.
+fn whole_utf8(pending: &mut Vec<u8>, buf: &[u8]) -> String {
+    pending.extend_from_slice(buf);
+    let valid = match std::str::from_utf8(pending) {
+        Ok(_) => pending.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => pending.len(),
+    };
+    let chunk: Vec<u8> = pending.drain(..valid).collect();
+    String::from_utf8_lossy(&chunk).into_owned()
+}
+
+/// The worker's output: to every listener of the running batch, and kept for late joiners.
+/// Holds back the tail of a UTF-8 sequence split between two writes.
+struct Broadcast(Handle, Vec<u8>);
+
+impl Write for Broadcast {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = whole_utf8(&mut self.1, buf);
+        if let Some(running) = self.0.shared.0.lock().unwrap().running.as_mut() {
+            if running.output.len() < REPLAY_LIMIT {
+                running.output.extend_from_slice(text.as_bytes());
+            }
+            running.listeners.retain(|l| l.output(&text));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_supervised_thread_that_panics_or_returns_is_reported() {
+        let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let panicked = supervised("test-panics", events.clone(), || panic!("injected"));
+        assert!(panicked.join().is_err());
+        assert_eq!(heard.blocking_recv(), Some(Event::Ended("test-panics")));
+        supervised("test-returns", events, || ()).join().unwrap();
+        assert_eq!(heard.blocking_recv(), Some(Event::Ended("test-returns")));
     }
 }
