@@ -105,6 +105,16 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The text of a config or plan file, `path`: bytes that are not UTF-8 are bad input (exit 2),
+/// named by the line of the first bad byte.
+pub fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::Input(format!("{}:{line}: not UTF-8 text (byte {valid} is not valid UTF-8)", path.display()))
+    })
+}
+
 /// Deserializes TOML `text`; a syntax or type error becomes `err(span, message)`, the message in
 /// one line and naming the key it concerns (serde names an unknown key, but not the key of a value
 /// of the wrong type).

@@ -78,7 +78,7 @@ impl Plan {
     /// Reads and validates the plan at `root/troops.toml`; scripts must stay inside `root`.
     pub fn load(root: &Path) -> Result<Plan> {
         let path = root.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Plan {
                 path: path.clone(),
                 line: 1,
@@ -87,7 +87,7 @@ impl Plan {
             },
             _ => Error::path("reading plan", &path, e),
         })?;
-        Plan::parse(&path, &text, Some(root))
+        Plan::parse(&path, &crate::error::utf8(&path, bytes)?, Some(root))
     }
 
     /// Validates plan `text`; `path` names it in errors and `root` is the checkout it belongs to

@@ -16,6 +16,9 @@ pub struct NodeRepo {
 
 impl NodeRepo {
     pub fn open(path: &Path, branch: &str) -> Result<NodeRepo> {
+        // A member of the admin group can write objects: one replaced on disk must fail to read
+        // rather than run in place of what was verified (libgit2's default, said out loud).
+        git2::opts::strict_hash_verification(true);
         let git = Repository::open_bare(path).map_err(|e| {
             Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
         })?;
@@ -71,18 +74,23 @@ impl NodeRepo {
             .to_object(&self.git)
             .and_then(|o| o.peel_to_blob())
             .ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
-        Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+        let name = Path::new(crate::plan::FILE_NAME);
+        crate::error::utf8(name, blob.content().to_vec()).map(Some)
     }
 
-    /// Writes the tree of `commit` into `dest`, which must not exist: a plain directory, no `.git`.
+    /// Writes the tree of `commit` into `dest`, which must not exist (an existing path, even a
+    /// symlink, is an error, never reused): a plain directory, no `.git`, which only its owner
+    /// can write and the group can only read (mode 0750, whatever the umask), so that nobody
+    /// else edits a script between the checkout and its run.
     pub fn checkout(&self, commit: Oid, dest: &Path) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let tree =
             self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
-        std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
+        std::fs::DirBuilder::new().mode(0o750).create(dest).ctx(|| format!("creating {}", dest.display()))?;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o750))
+            .ctx(|| format!("making {} private", dest.display()))?;
         let mut options = git2::build::CheckoutBuilder::new();
-        // Directories as mkdir makes them (0777 less the umask; libgit2's default is 0755), so a
-        // group-shared node's next run, by another member of the group, can remove them.
-        options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o777);
+        options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o750);
         self.git
             .checkout_tree(tree.as_object(), Some(&mut options))
             .ctx(|| format!("checking out {commit} into {}", dest.display()))
@@ -112,7 +120,7 @@ mod tests {
         assert_eq!(repo.resolve("main").unwrap(), oid);
         assert!(matches!(repo.resolve("nope"), Err(Error::Input(_))));
 
-        let dest = dir.join("work/1");
+        let dest = dir.join("1");
         repo.checkout(oid, &dest).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::read_to_string(dest.join("a.txt")).unwrap(), "hello\n");
