@@ -32,6 +32,9 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
     for dir in [node.state_dir.clone(), node.runs().dir(0).with_file_name(""), node.work_dir()] {
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     }
+    // Private by default: run records, logs and checkouts are nobody's business but root's and
+    // the admin group's, and nothing under the state dir is reachable by others.
+    private(&node.state_dir)?;
     init_repo(&node, options)?;
     let public_key = ssh_key(&node.ssh_dir())?;
     share_with_group(&node)?;
@@ -39,13 +42,23 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 }
 
 /// The admin group model: members of `admin_group` push to the repo over SSH and, when no daemon
-/// runs, run the plan in-process as themselves. So the repo, `runs/`, `work/` and `lock` belong to
-/// the group, which gets the owner's permissions, and their directories are setgid, so what
-/// anyone creates in them stays the group's; the state dir and `repo/` are setgid and only entered
-/// (group r-x); `ssh/`, the node's private key, stays root's. Only root can give files to a group,
-/// so this happens when root runs `troops init` and the group exists; otherwise nothing changes.
-/// Git keeps the repo shared as it writes (`core.sharedRepository=group`); troops processes keep
-/// the rest shared with [`use_group_umask`].
+/// runs, run the plan in-process as themselves; root (the daemon, the CLI) fetches into the repo
+/// and runs plans. So the group may write what a push and an in-process run write, and nothing
+/// root reads as instructions:
+/// - the state dir and `repo/` are entered and read (group r-x); `ssh/`, the node's key, is root's;
+/// - in the repo, `objects/`, `refs/heads`, `refs/tags`, `refs/troops` and their reflogs are the
+///   group's to write, sticky (+t), so a member adds entries but cannot rename or replace root's;
+/// - the repo dir itself, its `config` (remotes, `troops.*`, the recorded `[verify]` policy),
+///   `hooks/`, `info/`, `refs/remotes` and everything else there stay root's, group-readable only:
+///   no member plants a hook, a `core.sshCommand`, a `commondir` or a tracking ref root acts on;
+/// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
+///   record and checkout; root's stay root's (0750 directories, 0640 files);
+/// - `lock` is the group's to read and write.
+///
+/// Directories the group writes are setgid, so what anyone creates in them stays the group's.
+/// Only root can give files to a group, so this happens when root runs `troops init` and the
+/// group exists; otherwise nothing changes. Git keeps the repo shared as it writes
+/// (`core.sharedRepository=0660`); troops processes keep the rest shared with [`use_group_umask`].
 fn share_with_group(node: &Node) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
@@ -66,8 +79,76 @@ fn share_with_group(node: &Node) -> Result<()> {
     for dir in [node.state_dir.as_path(), repo.parent().unwrap_or(&node.state_dir)] {
         share(dir, gid, 0o050)?;
     }
-    for tree in [repo.as_path(), &node.runs().dir(0).with_file_name(""), &node.work_dir(), &lock] {
+    share_read_only(&repo, gid)?;
+    for dir in ["objects", "refs/heads", "refs/tags", "refs/troops", "logs/refs/heads", "logs/refs/troops"] {
+        share_tree(&repo.join(dir), gid)?;
+        sticky(&repo.join(dir))?;
+    }
+    for tree in [&node.runs().dir(0).with_file_name(""), &node.work_dir(), &lock] {
         share_tree(tree, gid)?;
+    }
+    for dir in [node.runs().dir(0).with_file_name(""), node.work_dir()] {
+        sticky(&dir)?;
+    }
+    Ok(())
+}
+
+/// Gives `path` and everything under it to root and group `gid`, which may read but not write
+/// (nor run setuid/setgid): what the group must not change.
+fn share_read_only(path: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    if meta.uid() != 0 || meta.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(0), Some(gid))
+            .ctx(|| format!("giving {} to root and group {gid}", path.display()))?;
+    }
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.mode() & 0o7777;
+    let group = (mode & 0o500) >> 3;
+    let shared = if meta.is_dir() { (mode & 0o700) | group | 0o2000 } else { (mode & 0o700) | group };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(shared))
+        .ctx(|| format!("sharing {} read-only with its group", path.display()))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+            share_read_only(&entry.ctx(|| format!("listing {}", path.display()))?.path(), gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the directory `path` sticky: who may write it adds entries, but renames or removes only
+/// their own.
+fn sticky(path: &Path) -> Result<()> {
+    let mode =
+        std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode((mode & 0o7777) | 0o1000))
+        .ctx(|| format!("making {} sticky", path.display()))
+}
+
+/// Takes away every permission of others from the directory `path`, keeping the rest.
+fn private(path: &Path) -> Result<()> {
+    let mode =
+        std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7770))
+        .ctx(|| format!("making {} private", path.display()))
+}
+
+/// Keeps the repo's `config` root's alone to write after a root process rewrote it (git writes a
+/// new file with the umask, which may let the group write): a member who could write it could
+/// make root's `git` run anything (`core.sshCommand`, `core.fsmonitor`...). Refuses a `config`
+/// that is not a plain file.
+pub fn lock_down_repo_config(git_dir: &Path) -> Result<()> {
+    let path = git_dir.join("config");
+    let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::Env(format!("{} is not a plain file; refusing to use it", path.display())));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o7022 != 0 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o755))
+            .ctx(|| format!("making {} writable by its owner only", path.display()))?;
     }
     Ok(())
 }
@@ -142,23 +223,43 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         .ctx(|| format!("opening {}/config", path.display()))?;
     let state_dir = absolute(&node.state_dir)?;
     let config_path = absolute(&node.config.path)?;
-    let settings: [(&str, &str); 6] = [
+    let settings: [(&str, &str); 7] = [
         ("receive.denyNonFastForwards", "true"),
         // Bare repos keep no reflog by default; ours says which remote or push moved the branch.
         ("core.logAllRefUpdates", "always"),
         ("receive.denyDeletes", "true"),
-        ("core.sharedRepository", "group"),
+        // Shared with the group, not with others.
+        ("core.sharedRepository", "0660"),
+        // A pusher's `git gc` would rewrite files only root may (the repo dir is root's); root's
+        // pulls keep the repo packed (`fetch::housekeep`).
+        ("receive.autoGc", "false"),
         ("troops.stateDir", &state_dir.to_string_lossy()),
         ("troops.config", &config_path.to_string_lossy()),
     ];
     for (key, value) in settings {
         config.set_str(key, value).ctx(|| format!("setting {key} in {}", path.display()))?;
     }
+    if node.config.verify.given.require_signed {
+        crate::node::record_policy(&path, &node.config.verify)?;
+    }
+    // Made before any member can plant something at their names: the dirs root writes refs in.
+    for dir in
+        ["refs/heads", "refs/tags", "refs/troops", "refs/remotes", "logs/refs/heads", "logs/refs/troops"]
+    {
+        let dir = path.join(dir);
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
     // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
     git.set_head(&format!("refs/heads/{branch}"))
         .ctx(|| format!("pointing HEAD of {} at {branch}", path.display()))?;
 
     for (name, url) in &options.remotes {
+        // It becomes an argument of `git fetch`; git's own checks let `-x` through.
+        if name.starts_with('-') || url.starts_with('-') {
+            return Err(Error::Input(format!(
+                "remote {name:?} ({url}): a remote name or url may not start with `-`"
+            )));
+        }
         match git.find_remote(name) {
             Ok(remote) if remote.url() == Some(url.as_str()) => {}
             Ok(_) => {
@@ -174,11 +275,9 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         let script = format!(
             "#!/bin/sh\n# Written by `troops init`; runs again on every init.\nexec '{hook}' {kind} \"$@\"\n"
         );
-        crate::atomic::write(&file, script.as_bytes())?;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775))
-            .ctx(|| format!("making {} executable", file.display()))?;
+        crate::atomic::write_mode(&file, script.as_bytes(), 0o755)?;
     }
-    Ok(())
+    lock_down_repo_config(&path)
 }
 
 /// Adds `roles` and sets `branch` in the node config file, keeping everything else in it.
@@ -207,7 +306,9 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     }
-    crate::atomic::write(path, text.as_bytes())
+    // Pushers' hooks read it: its mode stays as it was, or readable by all when new.
+    let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    crate::atomic::write_mode(path, text.as_bytes(), mode)
 }
 
 /// The node's SSH key for fetching: made once, kept forever. Returns the public half.
