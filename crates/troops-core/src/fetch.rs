@@ -29,6 +29,7 @@ pub fn fetch_all(
     ssh_dir: &Path,
     timeout: Duration,
 ) -> crate::Result<Vec<Fetched>> {
+    crate::repo::refuse_redirects(repo_path)?;
     let repo = Repository::open_bare(repo_path)
         .map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;
     let remotes = repo
@@ -229,7 +230,7 @@ fn root_git(repo_path: &Path) -> Command {
     ] {
         command.args(["-c", setting]);
     }
-    command.env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
+    command.env("GIT_COMMON_DIR", repo_path).env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
     command
 }
 

@@ -3,7 +3,7 @@
 //! `troops-hook`), the node's SSH key, and records branch, roles and remotes where they belong.
 //! Run as root, it shares the node with `admin_group`, whose members may push and run plans.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,8 +46,11 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 /// and runs plans. So the group may write what a push and an in-process run write, and nothing
 /// root reads as instructions:
 /// - the state dir and `repo/` are entered and read (group r-x); `ssh/`, the node's key, is root's;
-/// - in the repo, `objects/`, `refs/heads`, `refs/tags`, `refs/troops` and their reflogs are the
-///   group's to write, sticky (+t), so a member adds entries but cannot rename or replace root's;
+/// - the repo dir is the group's to write (git locks `HEAD` there), sticky (+t), so a member adds
+///   files but cannot rename or replace root's; so are `objects/` and `logs/` (reflogs, which git
+///   appends to; the followed branch's and the deployed commit's exist from the start, root's);
+///   `refs/heads`, `refs/tags` and `refs/troops` are the group's to write, not sticky (git moves
+///   a ref by renaming a new file over it);
 /// - the repo dir itself, its `config` (remotes, `troops.*`, the recorded `[verify]` policy),
 ///   `hooks/`, `info/`, `refs/remotes` and everything else there stay root's, group-readable only:
 ///   no member plants a hook, a `core.sshCommand`, a `commondir` or a tracking ref root acts on;
@@ -80,15 +83,35 @@ fn share_with_group(node: &Node) -> Result<()> {
         share(dir, gid, 0o050)?;
     }
     share_read_only(&repo, gid)?;
-    for dir in ["objects", "refs/heads", "refs/tags", "refs/troops", "logs/refs/heads", "logs/refs/troops"] {
+    // git takes `HEAD.lock` in the repo dir when a push moves the branch HEAD names.
+    share(&repo, gid, 0o070)?;
+    sticky(&repo)?;
+    for dir in ["objects", "refs/heads", "refs/tags", "refs/troops", "logs"] {
         share_tree(&repo.join(dir), gid)?;
-        sticky(&repo.join(dir))?;
     }
-    for tree in [&node.runs().dir(0).with_file_name(""), &node.work_dir(), &lock] {
+    share_read_only(&repo.join("logs/refs/remotes"), gid)?;
+    let (runs, work) = (node.runs().dir(0).with_file_name(""), node.work_dir());
+    for tree in [&runs, &work, &lock] {
         share_tree(tree, gid)?;
     }
-    for dir in [node.runs().dir(0).with_file_name(""), node.work_dir()] {
-        sticky(&dir)?;
+    // Not refs/: git moves a ref by renaming a new file over it, which sticky would forbid.
+    for tree in [&repo.join("objects"), &repo.join("logs"), &runs, &work] {
+        sticky_tree(tree)?;
+    }
+    Ok(())
+}
+
+/// Makes every directory under `path` that the group may write sticky (see [`sticky`]).
+fn sticky_tree(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    if meta.permissions().mode() & 0o020 != 0 {
+        sticky(path)?;
+    }
+    for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+        sticky_tree(&entry.ctx(|| format!("listing {}", path.display()))?.path())?;
     }
     Ok(())
 }
@@ -243,11 +266,20 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         crate::node::record_policy(&path, &node.config.verify)?;
     }
     // Made before any member can plant something at their names: the dirs root writes refs in.
-    for dir in
-        ["refs/heads", "refs/tags", "refs/troops", "refs/remotes", "logs/refs/heads", "logs/refs/troops"]
-    {
+    let dirs = ["refs/heads", "refs/tags", "refs/troops", "refs/remotes"];
+    for dir in dirs.iter().flat_map(|d| [d.to_string(), format!("logs/{d}")]) {
         let dir = path.join(dir);
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    // The reflogs root appends to exist from the start, root's: nobody plants a symlink there.
+    for log in [format!("logs/refs/heads/{branch}"), format!("logs/{}", crate::repo::DEPLOYED_REF)] {
+        let log = path.join(log);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log)
+            .ctx(|| format!("creating {}", log.display()))?;
     }
     // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
     git.set_head(&format!("refs/heads/{branch}"))

@@ -19,6 +19,7 @@ impl NodeRepo {
         // A member of the admin group can write objects: one replaced on disk must fail to read
         // rather than run in place of what was verified (libgit2's default, said out loud).
         git2::opts::strict_hash_verification(true);
+        refuse_redirects(path)?;
         let git = Repository::open_bare(path).map_err(|e| {
             Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
         })?;
@@ -95,6 +96,22 @@ impl NodeRepo {
             .checkout_tree(tree.as_object(), Some(&mut options))
             .ctx(|| format!("checking out {commit} into {}", dest.display()))
     }
+}
+
+/// The repo dir is the admin group's to add files to (see `init::share_with_group`): a `commondir`
+/// or `gitdir` file there would make git and libgit2 read refs, objects and config from wherever
+/// it points. A repo holding one is not opened.
+pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
+    for name in ["commondir", "gitdir"] {
+        let path = git_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::Env(format!(
+                "{} redirects the node repo elsewhere; troops init never makes one: remove it",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
