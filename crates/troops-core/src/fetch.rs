@@ -30,6 +30,10 @@ pub fn fetch_all(
     timeout: Duration,
 ) -> crate::Result<Vec<Fetched>> {
     crate::repo::refuse_redirects(repo_path)?;
+    if nix::unistd::geteuid().is_root() {
+        // `git remote add` by root rewrites the config as shared as the repo (0660).
+        crate::init::lock_down_repo_config(repo_path)?;
+    }
     let repo = Repository::open_bare(repo_path)
         .map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;
     let remotes = repo
