@@ -387,3 +387,15 @@ fn a_config_or_plan_that_is_not_utf8_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", combined(&out));
     assert!(text(&out.stderr).contains(":2: not UTF-8"), "{}", combined(&out));
 }
+
+#[test]
+fn a_remote_name_or_url_that_reads_as_an_option_is_refused() {
+    let env = Env::new();
+    for remote in ["--upload-pack=touch /tmp/troops-opt=/tmp/a.git", "a=-oProxyCommand=touch /tmp/troops-opt"]
+    {
+        let out = env.run(&["init", &format!("--remote={remote}")]);
+        assert_eq!(out.status.code(), Some(2), "{remote}: {}", combined(&out));
+        assert!(text(&out.stderr).contains("may not start with `-`"), "{remote}: {}", combined(&out));
+    }
+    assert!(!Path::new("/tmp/troops-opt").exists());
+}

@@ -25,6 +25,14 @@ pub struct Options {
 /// Initialises the node at `state_dir` with the config file `config_path`; returns the node and
 /// its SSH public key.
 pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(Node, String)> {
+    for (name, url) in &options.remotes {
+        // Both end up on git's command line; git's own checks let `-x` through as a name.
+        if name.starts_with('-') || url.starts_with('-') {
+            return Err(Error::Input(format!(
+                "remote {name:?} ({url}): a remote name or url may not start with `-`"
+            )));
+        }
+    }
     if options.branch.is_some() || !options.roles.is_empty() {
         update_config(config_path, options.branch.as_deref(), &options.roles)?;
     }
@@ -286,12 +294,6 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         .ctx(|| format!("pointing HEAD of {} at {branch}", path.display()))?;
 
     for (name, url) in &options.remotes {
-        // It becomes an argument of `git fetch`; git's own checks let `-x` through.
-        if name.starts_with('-') || url.starts_with('-') {
-            return Err(Error::Input(format!(
-                "remote {name:?} ({url}): a remote name or url may not start with `-`"
-            )));
-        }
         match git.find_remote(name) {
             Ok(remote) if remote.url() == Some(url.as_str()) => {}
             Ok(_) => {

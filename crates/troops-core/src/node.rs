@@ -148,3 +148,42 @@ pub fn record_policy(git_dir: &Path, verify: &Verify) -> Result<()> {
         .map_err(|e| Error::git(context(), e))?;
     crate::init::lock_down_repo_config(git_dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_without_require_signed_takes_the_recorded_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo/main.git");
+        git2::Repository::init_bare(&repo).unwrap();
+        let config = dir.path().join("troops.toml");
+        let keyring = dir.path().join("keys.pgp");
+        let signed = format!("[verify]\nrequire_signed = true\nkeyring = {:?}\nscope = \"all\"\n", keyring);
+        let off = "[verify]\nrequire_signed = false\n";
+        let load = |text: Option<&str>| {
+            match text {
+                Some(text) => std::fs::write(&config, text).unwrap(),
+                None => std::fs::remove_file(&config).unwrap(),
+            }
+            load_config(dir.path(), &config).unwrap().verify
+        };
+        // Nothing recorded yet: an empty file is the default, off.
+        assert!(!load(Some("")).require_signed);
+        record_policy(&repo, &load(Some(&signed))).unwrap();
+        for (case, text) in
+            [("missing", None), ("empty", Some("")), ("other keys", Some("branch = \"main\"\n"))]
+        {
+            let verify = load(text);
+            assert!(verify.require_signed, "{case}");
+            assert_eq!((verify.keyring.as_path(), verify.scope), (keyring.as_path(), Scope::All), "{case}");
+        }
+        // The file's own keyring and scope still win; only an explicit false turns it off.
+        let verify = load(Some("[verify]\nscope = \"tip\"\n"));
+        assert!(verify.require_signed && verify.scope == Scope::Tip);
+        assert!(!load(Some(off)).require_signed);
+        record_policy(&repo, &load(Some(off))).unwrap();
+        assert!(!load(Some("")).require_signed);
+    }
+}
