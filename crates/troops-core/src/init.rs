@@ -59,9 +59,10 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 ///   appends to; the followed branch's and the deployed commit's exist from the start, root's);
 ///   `refs/heads`, `refs/tags` and `refs/troops` are the group's to write, not sticky (git moves
 ///   a ref by renaming a new file over it);
-/// - the repo dir itself, its `config` (remotes, `troops.*`, the recorded `[verify]` policy),
-///   `hooks/`, `info/`, `refs/remotes` and everything else there stay root's, group-readable only:
-///   no member plants a hook, a `core.sshCommand`, a `commondir` or a tracking ref root acts on;
+/// - everything else in the repo stays root's, group-readable only: its `config` (remotes,
+///   `troops.*`, the recorded `[verify]` policy), `hooks/`, `info/`, `refs/`, `refs/remotes`,
+///   `HEAD`: no member plants a hook, a `core.sshCommand` or a tracking ref root acts on, and a
+///   `commondir` a member adds to the repo dir makes root refuse the repo (`repo::refuse_redirects`);
 /// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
 ///   record and checkout; root's stay root's (0750 directories, 0640 files);
 /// - `lock` is the group's to read and write.
@@ -222,9 +223,9 @@ fn share(path: &Path, gid: u32, bits: u32) -> Result<std::fs::Metadata> {
 
 /// For a process that writes node state, possibly as a member of `admin_group` (the hook running a
 /// push in-process as the pusher): when the state dir is shared with a group (setgid, as `troops
-/// init` leaves it), clears the group bits of the umask, so files and directories it creates
-/// (run records, checkouts, refs) stay writable for the next member or root who must replace or
-/// prune them. Steps the process runs inherit the umask.
+/// init` leaves it), clears the group bits of the umask, so the refs and objects it writes stay
+/// writable for the next member or root. Run records and checkouts get their own modes whatever
+/// the umask (0640 files, 0750 directories: their owner's). Steps the process runs inherit it.
 pub fn use_group_umask(state_dir: &Path) {
     use nix::sys::stat::{umask, Mode};
     let shared = std::fs::metadata(state_dir).is_ok_and(|m| m.permissions().mode() & 0o2000 != 0);
