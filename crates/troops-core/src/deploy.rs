@@ -282,9 +282,13 @@ fn clear_dir(dir: &Path) -> Result<()> {
             Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
             _ => std::fs::remove_file(&path),
         };
-        // A second walk only when the first removal met a directory a step made read-only.
+        // A second walk only when the first removal met a directory a step made read-only; never
+        // for root, whom modes do not stop, and who must not chmod through a swapped-in symlink.
         remove()
-            .or_else(|_| {
+            .or_else(|e| {
+                if me.is_root() {
+                    return Err(e);
+                }
                 make_writable(&path);
                 remove()
             })
