@@ -61,6 +61,8 @@ fn shared_node(config: &str) -> Env {
 /// `a.git`, the signed plan deployed by pull as run 1; returns the base commit too.
 fn signed_node(extra: &str) -> (Env, Gpg, Key, DeployRepo, String) {
     let env = Env::new();
+    // A member of the admin group must reach the node in the test's (private) temp dir.
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let gpg = Gpg::new();
     let trusted = gpg.generate("Trusted");
     std::fs::write(env.path("trusted.pgp"), gpg.export(&[&trusted], true)).unwrap();
@@ -91,12 +93,16 @@ fn push_to_a(env: &Env, work: &DeployRepo) {
 /// Puts `commit` of the work repo in the node repo and points its branch at it, as a member of
 /// the admin group with write access to refs could: no hook, no check.
 fn update_ref(env: &Env, work: &DeployRepo, commit: &str) {
+    smuggle(env, work);
     let repo = env.repo().display().to_string();
-    env.git(
-        &work.path,
-        &["--git-dir", &repo, "fetch", "-q", &work.path.display().to_string(), "main:refs/smuggled"],
-    );
     env.git(&work.path, &["--git-dir", &repo, "update-ref", "refs/heads/main", commit]);
+}
+
+/// The work repo's objects in the node repo, under a ref nobody follows.
+fn smuggle(env: &Env, work: &DeployRepo) {
+    let repo = env.repo().display().to_string();
+    let work_path = work.path.display().to_string();
+    env.git(&work.path, &["--git-dir", &repo, "fetch", "-q", &work_path, "+main:refs/smuggled"]);
 }
 
 fn refused(commit: &str) -> String {
@@ -105,7 +111,9 @@ fn refused(commit: &str) -> String {
 
 #[test]
 fn an_unsigned_commit_put_in_place_by_update_ref_is_refused_by_deploy_pull_and_daemon() {
-    let (env, _gpg, _key, work, base) = signed_node("interval = \"1h\"\n");
+    let shared = nix::unistd::geteuid().is_root();
+    let group = if shared { format!("admin_group = \"{GROUP}\"\n") } else { String::new() };
+    let (env, _gpg, _key, work, base) = signed_node(&format!("interval = \"1h\"\n{group}"));
     let unsigned = work.commit(&env, &[("x", "unsigned")], "unsigned");
     update_ref(&env, &work, &unsigned);
 
@@ -127,8 +135,17 @@ fn an_unsigned_commit_put_in_place_by_update_ref_is_refused_by_deploy_pull_and_d
     wait_until("the daemon's refusal", Duration::from_secs(20), || {
         daemon.log().contains(&refused(&unsigned))
     });
+    // This time by a member of the admin group itself, when the test can act as one.
     let later = work.commit(&env, &[("x", "later")], "later, unsigned too");
-    update_ref(&env, &work, &later);
+    if shared {
+        smuggle(&env, &work);
+        let update =
+            format!("git -c safe.directory='*' --git-dir repo/main.git update-ref refs/heads/main {later}");
+        let out = as_member(&env, &env.state, &update);
+        assert!(out.status.success(), "{}", combined(&out));
+    } else {
+        update_ref(&env, &work, &later);
+    }
     wait_until("the daemon's second refusal", Duration::from_secs(20), || {
         daemon.log().contains(&refused(&later))
     });
