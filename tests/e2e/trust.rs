@@ -337,23 +337,35 @@ fn a_root_pull_runs_no_hook_or_command_planted_in_the_repo() {
 
 #[test]
 fn records_logs_and_checkouts_are_private_whatever_the_umask() {
-    let env = Env::new();
-    env.init();
-    let work = env.deploy_repo("work");
-    work.publish_plan(&env, PLAN);
-    let mut command = Command::new("sh");
-    env.hermetic(&mut command);
-    let out = command.args(["-c", "umask 000; exec troops deploy"]).output().unwrap();
-    assert!(out.status.success(), "{}", combined(&out));
-    for (path, mode) in [
-        ("", 0o750),
-        ("runs/1", 0o750),
-        ("runs/1/run.json", 0o640),
-        ("runs/1/output.log", 0o640),
-        ("work/1", 0o750),
-    ] {
-        let meta = std::fs::symlink_metadata(env.state.join(path)).unwrap();
-        assert_eq!(meta.mode() & 0o777, mode, "{path} has mode {:o}", meta.mode());
+    // A node of root's alone, and (when the test can give it to a group) one shared with GROUP,
+    // whose runs the group reads; each run under the loosest umask, then the strictest.
+    let shared = nix::unistd::geteuid().is_root();
+    for env in [Some(Env::new()), shared.then(|| shared_node(""))].into_iter().flatten() {
+        if !env.state.exists() {
+            env.init();
+        }
+        let work = env.deploy_repo("work");
+        work.publish_plan(&env, PLAN);
+        for (id, umask) in [(1, "000"), (2, "077")] {
+            let mut command = Command::new("sh");
+            env.hermetic(&mut command);
+            let out = command.args(["-c", &format!("umask {umask}; exec troops deploy")]).output().unwrap();
+            assert!(out.status.success(), "{}", combined(&out));
+            for (path, mode) in [
+                (String::new(), 0o750),
+                (format!("runs/{id}"), 0o750),
+                (format!("runs/{id}/run.json"), 0o640),
+                (format!("runs/{id}/output.log"), 0o640),
+                (format!("work/{id}"), 0o750),
+            ] {
+                let meta = std::fs::symlink_metadata(env.state.join(&path)).unwrap();
+                assert_eq!(meta.mode() & 0o777, mode, "umask {umask}: {path:?} has mode {:o}", meta.mode());
+            }
+        }
+        let log = std::fs::metadata(env.state.join("runs/2/output.log")).unwrap();
+        if std::fs::read_to_string(&env.config).unwrap().contains(GROUP) {
+            assert_eq!(log.gid(), group_id(), "the group cannot read the log");
+        }
     }
 }
 
