@@ -13,3 +13,4 @@ mod node;
 mod pull;
 mod push;
 mod signed;
+mod trust;

@@ -665,10 +665,11 @@ fn members_of_admin_group_push_and_run_beside_root() {
     for (path, mode) in [
         ("", 0o2050),
         ("repo", 0o2050),
-        ("repo/main.git", 0o2070),
-        ("repo/main.git/refs", 0o2070),
-        ("runs", 0o2070),
-        ("work", 0o2070),
+        ("repo/main.git", 0o3070),
+        ("repo/main.git/objects", 0o3070),
+        ("repo/main.git/refs/heads", 0o2070),
+        ("runs", 0o3070),
+        ("work", 0o3070),
         ("lock", 0o060),
     ] {
         let meta = std::fs::metadata(env.state.join(path)).unwrap();
@@ -697,8 +698,8 @@ fn members_of_admin_group_push_and_run_beside_root() {
         (out.status, text(&out.stderr))
     };
 
-    // Root deploys first, then the member twice: the member's runs replace root's checkout and
-    // prune root's run (keep_runs = 2).
+    // Root deploys first, then the member twice: the member's runs leave root's checkout and
+    // record alone (runs/ and work/ are sticky), and prune only the member's own (keep_runs = 2).
     repo.commit(&env, &[("troops.toml", plan), ("steps/who.sh", who)], "root");
     let (status, stderr) = local_push(&env, &repo, &["main"]);
     assert!(
@@ -716,7 +717,12 @@ fn members_of_admin_group_push_and_run_beside_root() {
         );
         assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
     }
-    assert_eq!(env.run_ids(), [2, 3], "root's run 1 was not pruned");
+    assert_eq!(env.run_ids(), [1, 2, 3], "root's run 1 is not the member's to prune");
+    // Root's next run prunes them all down to two.
+    repo.commit(&env, &[("4.txt", "root again")], "root again");
+    let (status, stderr) = local_push(&env, &repo, &["main"]);
+    assert!(status.success() && stderr.contains("run 4 succeeded"), "{stderr}");
+    assert_eq!(env.run_ids(), [3, 4]);
     let record = std::fs::metadata(env.state.join("runs/3/run.json")).unwrap();
     assert_eq!((record.uid(), record.gid()), (MEMBER.parse().unwrap(), gid));
 }

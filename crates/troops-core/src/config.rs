@@ -46,7 +46,20 @@ pub struct Verify {
     pub require_signed: bool,
     pub keyring: PathBuf,
     pub scope: Scope,
+    /// Which keys the file set; what it leaves out comes from the policy the node recorded
+    /// (`node::load_config`), so a lost or truncated file never turns verification off.
+    pub given: Given,
 }
+
+/// The `[verify]` keys a config file sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    pub require_signed: bool,
+    pub keyring: bool,
+    pub scope: bool,
+}
+
+pub const DEFAULT_KEYRING: &str = "/etc/troops/trusted.pgp";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,7 +128,8 @@ impl Retry {
 }
 
 impl Config {
-    /// Loads `path`; a file that does not exist yields the defaults.
+    /// Loads `path`; a file that does not exist yields the defaults. A file that is not UTF-8 is
+    /// bad input, named with the line of its first bad byte.
     pub fn load(path: &Path) -> Result<Config> {
         Config::parse(path, &read(path)?.unwrap_or_default())
     }
@@ -199,11 +213,13 @@ impl Config {
             admin_group: word(raw.admin_group, "admin_group", "troops")?,
             retry,
             verify: Verify {
+                given: Given {
+                    require_signed: raw.verify.require_signed.is_some(),
+                    keyring: raw.verify.keyring.is_some(),
+                    scope: raw.verify.scope.is_some(),
+                },
                 require_signed: raw.verify.require_signed.unwrap_or(false),
-                keyring: raw
-                    .verify
-                    .keyring
-                    .map_or_else(|| PathBuf::from("/etc/troops/trusted.pgp"), PathBuf::from),
+                keyring: raw.verify.keyring.map_or_else(|| PathBuf::from(DEFAULT_KEYRING), PathBuf::from),
                 scope: raw.verify.scope.unwrap_or(Scope::Tip),
             },
         })

@@ -3,7 +3,7 @@
 //! `refs/troops/deployed` only after success. Every trigger (CLI, hook, daemon) comes through here.
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,13 +75,11 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             ))
         })?,
     };
-    if request.commit.is_some() {
-        vouch(node, &repo, commit)?;
-    }
     let previous = repo.deployed()?;
     if request.unless_deployed && previous == Some(commit) {
         return Ok(Outcome::AlreadyDeployed(commit));
     }
+    vouch(node, &repo, commit, previous, request.trigger)?;
 
     let id = runs.create(&lock)?;
     lock.describe(&format!("run {id} ({}) of {commit}", request.trigger));
@@ -99,12 +97,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         steps: Vec::new(),
     };
     runs.save(&record)?;
-    let log_path = runs.log_path(id);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .ctx(|| format!("opening {}", log_path.display()))?;
+    let log = runs.open_log(id)?;
     let mut out = Tee { log, out };
 
     let result = run(node, &repo, &mut record, &mut out, stop);
@@ -129,29 +122,29 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     }
 }
 
-/// With `require_signed`, a commit named by revision runs only if the branch took it (it is the
-/// tip or under it: the branch moves only to verified commits) or it verifies as if the branch
-/// moved to it; otherwise `deploy --commit` would run what a mirror or a pusher slipped into the
-/// repo (a refused remote tip, another branch). Refused: exit 1, with the reason.
-fn vouch(node: &Node, repo: &crate::repo::NodeRepo, commit: Oid) -> Result<()> {
+/// With `require_signed`, the commit about to run must verify now, under the lock, whatever
+/// moved the ref to it (a push, a pull, `git update-ref` by a member of the admin group, a restored
+/// backup): with scope tip, itself; with scope all, itself and every commit between it and what
+/// is known to be good, the last deployed commit (or their common ancestor, for a rollback).
+/// Refused: exit 1 with the reason, recorded as the node's last refusal; nothing runs.
+fn vouch(
+    node: &Node,
+    repo: &crate::repo::NodeRepo,
+    commit: Oid,
+    deployed: Option<Oid>,
+    trigger: Trigger,
+) -> Result<()> {
     let Some(keyring) = crate::verify::enforced(&node.config.verify)? else { return Ok(()) };
-    let tip = repo.tip()?;
-    let on_branch = tip == Some(commit)
-        || tip.is_some_and(|tip| repo.git.graph_descendant_of(tip, commit).unwrap_or(false));
-    if on_branch {
+    let scope = node.config.verify.scope;
+    let base = deployed.and_then(|d| repo.git.merge_base(d, commit).ok());
+    // A rollback to an ancestor of the deployed commit: its history was checked with that one's.
+    let scope = if base == Some(commit) { crate::config::Scope::Tip } else { scope };
+    let Some(refusal) = crate::verify::check_update(&repo.git, &keyring, base, commit, scope)? else {
         return Ok(());
-    }
-    match crate::verify::check_update(&repo.git, &keyring, tip, commit, node.config.verify.scope)? {
-        None => Ok(()),
-        Some(refusal) => {
-            let _ = crate::verify::record_refusal(&node.state_dir, "troops deploy", &refusal);
-            Err(Error::Refused(format!(
-                "refusing to run {}: {refusal}, and it is not on branch {}",
-                short(&commit.to_string()),
-                repo.branch
-            )))
-        }
-    }
+    };
+    let source = format!("{trigger} run");
+    let _ = crate::verify::record_refusal(&node.state_dir, &source, &refusal);
+    Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
 }
 
 /// The part of a run that happens with a record on disk; errors fail the run.
@@ -273,18 +266,30 @@ fn relative_to(error: Error, checkout: &Path) -> Error {
     }
 }
 
-/// Empties `work/` of earlier checkouts (steps may have left read-only directories).
+/// Empties `work/` of earlier checkouts (steps may have left read-only directories). `work/` is
+/// sticky: a member of the admin group running a push in-process leaves the checkouts of others
+/// (root's) alone; root clears them all.
 fn clear_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let me = nix::unistd::geteuid();
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
         let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
+        let owner = std::fs::symlink_metadata(&path).map(|m| m.uid()).unwrap_or(me.as_raw());
+        if !me.is_root() && owner != me.as_raw() {
+            continue;
+        }
         let remove = || match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
             _ => std::fs::remove_file(&path),
         };
-        // A second walk only when the first removal met a directory a step made read-only.
+        // A second walk only when the first removal met a directory a step made read-only; never
+        // for root, whom modes do not stop, and who must not chmod through a swapped-in symlink.
         remove()
-            .or_else(|_| {
+            .or_else(|e| {
+                if me.is_root() {
+                    return Err(e);
+                }
                 make_writable(&path);
                 remove()
             })
@@ -341,13 +346,15 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
             repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} has no commits yet", repo.branch)))?
         }
     };
-    // Outside work/, which a concurrent run empties.
-    let checkout = std::env::temp_dir().join(format!("troops-dry-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&checkout);
+    // Outside work/, which a concurrent run empties, in a private directory of a name nobody
+    // can guess and plant first; removed when dropped.
+    let tmp = tempfile::Builder::new()
+        .prefix("troops-dry-run-")
+        .tempdir()
+        .ctx(|| format!("creating a temporary directory in {}", std::env::temp_dir().display()))?;
+    let checkout = tmp.path().join("checkout");
     repo.checkout(commit, &checkout)?;
-    let plan = Plan::load(&checkout).map_err(|e| relative_to(e, &checkout));
-    let _ = std::fs::remove_dir_all(&checkout);
-    let plan = plan?;
+    let plan = Plan::load(&checkout).map_err(|e| relative_to(e, &checkout))?;
     let roles = roles::resolve(&node.config.hostname(), &node.config.roles, Some(&plan));
     let steps = plan
         .steps

@@ -29,6 +29,11 @@ pub fn fetch_all(
     ssh_dir: &Path,
     timeout: Duration,
 ) -> crate::Result<Vec<Fetched>> {
+    crate::repo::refuse_redirects(repo_path)?;
+    if nix::unistd::geteuid().is_root() {
+        // `git remote add` by root rewrites the config as shared as the repo (0660).
+        crate::init::lock_down_repo_config(repo_path)?;
+    }
     let repo = Repository::open_bare(repo_path)
         .map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;
     let remotes = repo
@@ -154,12 +159,12 @@ fn fetch_with_git(
     ssh_dir: &Path,
     deadline: Instant,
 ) -> Result<bool, String> {
-    let mut child = Command::new("git")
-        .arg("--git-dir")
-        .arg(repo_path)
+    let mut child = root_git(repo_path)
         // No automatic maintenance: it would run in the background, beside the other fetches.
         .args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"])
-        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", name])
+        // Always a pack under objects/pack, never loose objects in directories a member may make.
+        .args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"])
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", "--end-of-options", name])
         .arg(format!("+refs/heads/{branch}:{tracking}"))
         .env(
             "GIT_SSH_COMMAND",
@@ -197,9 +202,7 @@ fn fetch_with_git(
 /// (`gc.autoDetach`). libgit2 writes a pack per fetch that brings something, so without this a
 /// node that only ever pulls would collect thousands of packs and slow every later fetch.
 pub fn housekeep(repo_path: &Path) -> Result<(), String> {
-    let status = Command::new("git")
-        .arg("--git-dir")
-        .arg(repo_path)
+    let status = root_git(repo_path)
         .args(["gc", "--auto", "--quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -210,6 +213,29 @@ pub fn housekeep(repo_path: &Path) -> Result<(), String> {
         true => Ok(()),
         false => Err(format!("git gc --auto in {} failed ({status})", repo_path.display())),
     }
+}
+
+/// `git --git-dir REPO` as troops runs it, often as root, in a repo members of the admin group
+/// push to: whatever a member managed to put in the repo's config or `hooks/` (they are root's,
+/// see `init::share_with_group`; this holds even if they were not), git runs no hook and no
+/// command the repo names (core.fsmonitor, credential helpers, askpass, ext:: remotes, proxies).
+/// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`.
+fn root_git(repo_path: &Path) -> Command {
+    let mut command = Command::new("git");
+    command.arg("--git-dir").arg(repo_path);
+    for setting in [
+        "core.hooksPath=/dev/null",
+        "core.fsmonitor=false",
+        "core.askPass=",
+        "core.gitProxy=",
+        "credential.helper=",
+        "protocol.ext.allow=never",
+        "protocol.file.allow=never",
+    ] {
+        command.args(["-c", setting]);
+    }
+    command.env("GIT_COMMON_DIR", repo_path).env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
+    command
 }
 
 /// git's complaint in one line, without its boilerplate advice.

@@ -3,7 +3,7 @@
 //! `troops-hook`), the node's SSH key, and records branch, roles and remotes where they belong.
 //! Run as root, it shares the node with `admin_group`, whose members may push and run plans.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,6 +25,14 @@ pub struct Options {
 /// Initialises the node at `state_dir` with the config file `config_path`; returns the node and
 /// its SSH public key.
 pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(Node, String)> {
+    for (name, url) in &options.remotes {
+        // Both end up on git's command line; git's own checks let `-x` through as a name.
+        if name.starts_with('-') || url.starts_with('-') {
+            return Err(Error::Input(format!(
+                "remote {name:?} ({url}): a remote name or url may not start with `-`"
+            )));
+        }
+    }
     if options.branch.is_some() || !options.roles.is_empty() {
         update_config(config_path, options.branch.as_deref(), &options.roles)?;
     }
@@ -32,6 +40,9 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
     for dir in [node.state_dir.clone(), node.runs().dir(0).with_file_name(""), node.work_dir()] {
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     }
+    // Private by default: run records, logs and checkouts are nobody's business but root's and
+    // the admin group's, and nothing under the state dir is reachable by others.
+    private(&node.state_dir)?;
     init_repo(&node, options)?;
     let public_key = ssh_key(&node.ssh_dir())?;
     share_with_group(&node)?;
@@ -39,13 +50,27 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 }
 
 /// The admin group model: members of `admin_group` push to the repo over SSH and, when no daemon
-/// runs, run the plan in-process as themselves. So the repo, `runs/`, `work/` and `lock` belong to
-/// the group, which gets the owner's permissions, and their directories are setgid, so what
-/// anyone creates in them stays the group's; the state dir and `repo/` are setgid and only entered
-/// (group r-x); `ssh/`, the node's private key, stays root's. Only root can give files to a group,
-/// so this happens when root runs `troops init` and the group exists; otherwise nothing changes.
-/// Git keeps the repo shared as it writes (`core.sharedRepository=group`); troops processes keep
-/// the rest shared with [`use_group_umask`].
+/// runs, run the plan in-process as themselves; root (the daemon, the CLI) fetches into the repo
+/// and runs plans. So the group may write what a push and an in-process run write, and nothing
+/// root reads as instructions:
+/// - the state dir and `repo/` are entered and read (group r-x); `ssh/`, the node's key, is root's;
+/// - the repo dir is the group's to write (git locks `HEAD` there), sticky (+t), so a member adds
+///   files but cannot rename or replace root's; so are `objects/` and `logs/` (reflogs, which git
+///   appends to; the followed branch's and the deployed commit's exist from the start, root's);
+///   `refs/heads`, `refs/tags` and `refs/troops` are the group's to write, not sticky (git moves
+///   a ref by renaming a new file over it);
+/// - everything else in the repo stays root's, group-readable only: its `config` (remotes,
+///   `troops.*`, the recorded `[verify]` policy), `hooks/`, `info/`, `refs/`, `refs/remotes`,
+///   `HEAD`: no member plants a hook, a `core.sshCommand` or a tracking ref root acts on, and a
+///   `commondir` a member adds to the repo dir makes root refuse the repo (`repo::refuse_redirects`);
+/// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
+///   record and checkout; root's stay root's (0750 directories, 0640 files);
+/// - `lock` is the group's to read and write.
+///
+/// Directories the group writes are setgid, so what anyone creates in them stays the group's.
+/// Only root can give files to a group, so this happens when root runs `troops init` and the
+/// group exists; otherwise nothing changes. Git keeps the repo shared as it writes
+/// (`core.sharedRepository=0660`); troops processes keep the rest shared with [`use_group_umask`].
 fn share_with_group(node: &Node) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
@@ -66,8 +91,96 @@ fn share_with_group(node: &Node) -> Result<()> {
     for dir in [node.state_dir.as_path(), repo.parent().unwrap_or(&node.state_dir)] {
         share(dir, gid, 0o050)?;
     }
-    for tree in [repo.as_path(), &node.runs().dir(0).with_file_name(""), &node.work_dir(), &lock] {
+    share_read_only(&repo, gid)?;
+    // git takes `HEAD.lock` in the repo dir when a push moves the branch HEAD names.
+    share(&repo, gid, 0o070)?;
+    sticky(&repo)?;
+    for dir in ["objects", "refs/heads", "refs/tags", "refs/troops", "logs"] {
+        share_tree(&repo.join(dir), gid)?;
+    }
+    share_read_only(&repo.join("logs/refs/remotes"), gid)?;
+    let (runs, work) = (node.runs().dir(0).with_file_name(""), node.work_dir());
+    for tree in [&runs, &work, &lock] {
         share_tree(tree, gid)?;
+    }
+    // Not refs/: git moves a ref by renaming a new file over it, which sticky would forbid.
+    for tree in [&repo.join("objects"), &repo.join("logs"), &runs, &work] {
+        sticky_tree(tree)?;
+    }
+    Ok(())
+}
+
+/// Makes every directory under `path` that the group may write sticky (see [`sticky`]).
+fn sticky_tree(path: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    if meta.permissions().mode() & 0o020 != 0 {
+        sticky(path)?;
+    }
+    for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+        sticky_tree(&entry.ctx(|| format!("listing {}", path.display()))?.path())?;
+    }
+    Ok(())
+}
+
+/// Gives `path` and everything under it to root and group `gid`, which may read but not write
+/// (nor run setuid/setgid): what the group must not change.
+fn share_read_only(path: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?;
+    if meta.uid() != 0 || meta.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(0), Some(gid))
+            .ctx(|| format!("giving {} to root and group {gid}", path.display()))?;
+    }
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.mode() & 0o7777;
+    let group = (mode & 0o500) >> 3;
+    let shared = if meta.is_dir() { (mode & 0o700) | group | 0o2000 } else { (mode & 0o700) | group };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(shared))
+        .ctx(|| format!("sharing {} read-only with its group", path.display()))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+            share_read_only(&entry.ctx(|| format!("listing {}", path.display()))?.path(), gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the directory `path` sticky: who may write it adds entries, but renames or removes only
+/// their own.
+fn sticky(path: &Path) -> Result<()> {
+    let mode =
+        std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode((mode & 0o7777) | 0o1000))
+        .ctx(|| format!("making {} sticky", path.display()))
+}
+
+/// Takes away every permission of others from the directory `path`, keeping the rest.
+fn private(path: &Path) -> Result<()> {
+    let mode =
+        std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7770))
+        .ctx(|| format!("making {} private", path.display()))
+}
+
+/// Keeps the repo's `config` root's alone to write after a root process rewrote it (git writes a
+/// new file with the umask, which may let the group write): a member who could write it could
+/// make root's `git` run anything (`core.sshCommand`, `core.fsmonitor`...). Refuses a `config`
+/// that is not a plain file.
+pub fn lock_down_repo_config(git_dir: &Path) -> Result<()> {
+    let path = git_dir.join("config");
+    let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::Env(format!("{} is not a plain file; refusing to use it", path.display())));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o7022 != 0 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o755))
+            .ctx(|| format!("making {} writable by its owner only", path.display()))?;
     }
     Ok(())
 }
@@ -110,9 +223,9 @@ fn share(path: &Path, gid: u32, bits: u32) -> Result<std::fs::Metadata> {
 
 /// For a process that writes node state, possibly as a member of `admin_group` (the hook running a
 /// push in-process as the pusher): when the state dir is shared with a group (setgid, as `troops
-/// init` leaves it), clears the group bits of the umask, so files and directories it creates
-/// (run records, checkouts, refs) stay writable for the next member or root who must replace or
-/// prune them. Steps the process runs inherit the umask.
+/// init` leaves it), clears the group bits of the umask, so the refs and objects it writes stay
+/// writable for the next member or root. Run records and checkouts get their own modes whatever
+/// the umask (0640 files, 0750 directories: their owner's). Steps the process runs inherit it.
 pub fn use_group_umask(state_dir: &Path) {
     use nix::sys::stat::{umask, Mode};
     let shared = std::fs::metadata(state_dir).is_ok_and(|m| m.permissions().mode() & 0o2000 != 0);
@@ -142,17 +255,40 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         .ctx(|| format!("opening {}/config", path.display()))?;
     let state_dir = absolute(&node.state_dir)?;
     let config_path = absolute(&node.config.path)?;
-    let settings: [(&str, &str); 6] = [
+    let settings: [(&str, &str); 7] = [
         ("receive.denyNonFastForwards", "true"),
         // Bare repos keep no reflog by default; ours says which remote or push moved the branch.
         ("core.logAllRefUpdates", "always"),
         ("receive.denyDeletes", "true"),
-        ("core.sharedRepository", "group"),
+        // Shared with the group, not with others.
+        ("core.sharedRepository", "0660"),
+        // A pusher's `git gc` would rewrite files only root may (the repo dir is root's); root's
+        // pulls keep the repo packed (`fetch::housekeep`).
+        ("receive.autoGc", "false"),
         ("troops.stateDir", &state_dir.to_string_lossy()),
         ("troops.config", &config_path.to_string_lossy()),
     ];
     for (key, value) in settings {
         config.set_str(key, value).ctx(|| format!("setting {key} in {}", path.display()))?;
+    }
+    if node.config.verify.given.require_signed {
+        crate::node::record_policy(&path, &node.config.verify)?;
+    }
+    // Made before any member can plant something at their names: the dirs root writes refs in.
+    let dirs = ["refs/heads", "refs/tags", "refs/troops", "refs/remotes"];
+    for dir in dirs.iter().flat_map(|d| [d.to_string(), format!("logs/{d}")]) {
+        let dir = path.join(dir);
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    // The reflogs root appends to exist from the start, root's: nobody plants a symlink there.
+    for log in [format!("logs/refs/heads/{branch}"), format!("logs/{}", crate::repo::DEPLOYED_REF)] {
+        let log = path.join(log);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log)
+            .ctx(|| format!("creating {}", log.display()))?;
     }
     // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
     git.set_head(&format!("refs/heads/{branch}"))
@@ -174,11 +310,9 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
         let script = format!(
             "#!/bin/sh\n# Written by `troops init`; runs again on every init.\nexec '{hook}' {kind} \"$@\"\n"
         );
-        crate::atomic::write(&file, script.as_bytes())?;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o775))
-            .ctx(|| format!("making {} executable", file.display()))?;
+        crate::atomic::write_mode(&file, script.as_bytes(), 0o755)?;
     }
-    Ok(())
+    lock_down_repo_config(&path)
 }
 
 /// Adds `roles` and sets `branch` in the node config file, keeping everything else in it.
@@ -203,7 +337,9 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     }
-    crate::atomic::write(path, text.as_bytes())
+    // Pushers' hooks read it: its mode stays as it was, or readable by all when new.
+    let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    crate::atomic::write_mode(path, text.as_bytes(), mode)
 }
 
 /// The node's SSH key for fetching: made once, kept forever. Returns the public half.

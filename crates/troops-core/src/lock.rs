@@ -65,12 +65,16 @@ impl Drop for NodeLock {
     }
 }
 
+/// The lock file, shared with the admin group (0660), never opened through a symlink.
 fn open(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o660)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ctx(|| format!("opening lock {}", path.display()))
 }

@@ -16,6 +16,10 @@ pub struct NodeRepo {
 
 impl NodeRepo {
     pub fn open(path: &Path, branch: &str) -> Result<NodeRepo> {
+        // A member of the admin group can write objects: one replaced on disk must fail to read
+        // rather than run in place of what was verified (libgit2's default, said out loud).
+        git2::opts::strict_hash_verification(true);
+        refuse_redirects(path)?;
         let git = Repository::open_bare(path).map_err(|e| {
             Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
         })?;
@@ -82,13 +86,19 @@ impl NodeRepo {
         crate::plan::text(path, blob.content().to_vec()).map(Some)
     }
 
-    /// Writes the tree of `commit` into `dest`, which must not exist: a plain directory, no `.git`.
+    /// Writes the tree of `commit` into `dest`, which must not exist (an existing path, even a
+    /// symlink, is an error, never reused): a plain directory, no `.git`, which only its owner
+    /// can write and the group can only read (mode 0750, whatever the umask), so that nobody
+    /// else edits a script between the checkout and its run.
     /// A checkout is exactly the commit's tree: files, modes and symlinks as committed, without
     /// filters; a submodule is an empty directory (its commit is not fetched, its files are not
     /// there). A tree that cannot be written (a path the filesystem refuses, say) is the commit's
     /// fault, not the node's: it fails the run as bad input, which the daemon retries with backoff.
     pub fn checkout(&self, commit: Oid, dest: &Path) -> Result<()> {
-        std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().mode(0o750).create(dest).ctx(|| format!("creating {}", dest.display()))?;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o750))
+            .ctx(|| format!("making {} private", dest.display()))?;
         // libgit2 looks submodules up in the work tree and refuses to in a bare repo: a second
         // handle on the same repo, whose work tree is `dest`, only for this checkout.
         let git = Repository::open_bare(self.git.path())
@@ -97,9 +107,7 @@ impl NodeRepo {
         let tree =
             git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         let mut options = git2::build::CheckoutBuilder::new();
-        // Directories as mkdir makes them (0777 less the umask; libgit2's default is 0755), so a
-        // group-shared node's next run, by another member of the group, can remove them.
-        options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o777);
+        options.target_dir(dest).force().update_index(false).disable_filters(true).dir_perm(0o750);
         git.checkout_tree(tree.as_object(), Some(&mut options)).map_err(|e| {
             Error::Input(format!(
                 "commit {commit} cannot be checked out into {}: {}",
@@ -108,6 +116,22 @@ impl NodeRepo {
             ))
         })
     }
+}
+
+/// The repo dir is the admin group's to add files to (see `init::share_with_group`): a `commondir`
+/// or `gitdir` file there would make git and libgit2 read refs, objects and config from wherever
+/// it points. A repo holding one is not opened.
+pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
+    for name in ["commondir", "gitdir"] {
+        let path = git_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::Env(format!(
+                "{} redirects the node repo elsewhere; troops init never makes one: remove it",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,7 +157,7 @@ mod tests {
         assert_eq!(repo.resolve("main").unwrap(), oid);
         assert!(matches!(repo.resolve("nope"), Err(Error::Input(_))));
 
-        let dest = dir.join("work/1");
+        let dest = dir.join("1");
         repo.checkout(oid, &dest).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::read_to_string(dest.join("a.txt")).unwrap(), "hello\n");

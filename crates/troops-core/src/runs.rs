@@ -125,7 +125,8 @@ impl Runs {
             .filter_map(|e| {
                 let e = e.ok()?;
                 let id = e.file_name().to_str()?.parse().ok()?;
-                e.path().join("run.json").exists().then_some(id)
+                // A symlink planted in runs/ is no run, whatever it points to.
+                (e.file_type().ok()?.is_dir() && e.path().join("run.json").exists()).then_some(id)
             })
             .collect();
         ids.sort_unstable();
@@ -160,12 +161,44 @@ impl Runs {
         Ok(history)
     }
 
-    /// Makes the folder of a new run and returns its id. Only under the node lock.
+    /// Makes the folder of a new run, fresh, and returns its id. Only under the node lock.
+    /// Whatever is at its name goes first (a folder whose run died before its record, or a symlink
+    /// someone planted), so nothing of the run is written through somebody else's path. The folder
+    /// is the owner's, readable by the group, by nobody else (0750, setgid kept from `runs/`).
     pub fn create(&self, _lock: &NodeLock) -> Result<u64> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let id = self.ids()?.last().map_or(1, |last| last + 1);
         let dir = self.dir(id);
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let removed = match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&dir),
+            Ok(_) => std::fs::remove_file(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        removed.ctx(|| format!("removing what was left at {}", dir.display()))?;
+        std::fs::create_dir_all(&self.dir).ctx(|| format!("creating {}", self.dir.display()))?;
+        std::fs::DirBuilder::new().mode(0o750).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let setgid = std::fs::metadata(&dir).map(|m| m.permissions().mode() & 0o2000).unwrap_or(0);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750 | setgid))
+            .ctx(|| format!("making {} private", dir.display()))?;
         Ok(id)
+    }
+
+    /// Opens the output log of run `id` to append to, made private (0640) and never through a
+    /// symlink.
+    pub fn open_log(&self, id: u64) -> Result<std::fs::File> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = self.log_path(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        log.set_permissions(std::fs::Permissions::from_mode(0o640))
+            .ctx(|| format!("making {} private", path.display()))?;
+        Ok(log)
     }
 
     pub fn save(&self, record: &RunRecord) -> Result<()> {
@@ -187,11 +220,17 @@ impl Runs {
         Ok(Some(record))
     }
 
-    /// Deletes all but the newest `keep` runs.
+    /// Deletes all but the newest `keep` runs. `runs/` is sticky: a member of the admin group
+    /// (running a push in-process) prunes only its own runs; root prunes them all.
     pub fn prune(&self, keep: usize, _lock: &NodeLock) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::geteuid();
         let ids = self.ids()?;
         for &id in &ids[..ids.len().saturating_sub(keep)] {
             let dir = self.dir(id);
+            if !me.is_root() && std::fs::symlink_metadata(&dir).is_ok_and(|m| m.uid() != me.as_raw()) {
+                continue;
+            }
             std::fs::remove_dir_all(&dir).ctx(|| format!("pruning {}", dir.display()))?;
         }
         Ok(())

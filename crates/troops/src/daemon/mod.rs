@@ -146,7 +146,8 @@ fn period(config: &Config) -> Duration {
 /// branch ref it watches and the socket's group.
 fn reload(config: &Mutex<Config>, watch: &mut Watch, node: &Node) {
     let old = config.lock().unwrap().clone();
-    let new = match Config::load(&old.path) {
+    // With the node's recorded [verify] policy: a file lost or emptied meanwhile keeps it.
+    let new = match troops_core::node::load_config(&node.state_dir, &old.path) {
         Ok(new) => new,
         Err(e) => {
             tracing::error!(error = %e, "config not reloaded; keeping the previous one");
