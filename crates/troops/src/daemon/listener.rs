@@ -2,16 +2,25 @@
 //! client, and a client that reads slowly or not at all costs at most `LIMIT` bytes. What does not
 //! fit is dropped for that client alone until it has read all it holds; one notice takes the
 //! gap's place, followed by the gap's last lines (a run's summary, when the gap reaches its end).
+//! All connections together hold at most `TOTAL_LIMIT`, so many stalled clients cost no more than
+//! a few.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 /// What one listener may hold unread; beyond it, its output is skipped until it catches up.
 const LIMIT: usize = 256 * 1024;
+/// What all listeners together may hold unread; beyond it, every new piece is skipped (even a
+/// late joiner's replay) until readers catch up.
+const TOTAL_LIMIT: usize = 4 * 1024 * 1024;
 /// How much of the end of a gap is kept, to be shown after its notice.
 const TAIL: usize = 4096;
+
+/// The bytes of output all mailboxes hold.
+static HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// What the connection writes next.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,14 +99,16 @@ pub fn channel() -> (Listener, Inbox) {
 }
 
 impl Listener {
-    /// Queues `text`, or adds it to a gap when it does not fit (a first piece always fits, so a
-    /// late joiner gets the replay whole). False once the connection is gone.
+    /// Queues `text`, or adds it to a gap when it does not fit (a first piece fits while all
+    /// listeners hold little, so a late joiner gets the replay whole). False once the connection
+    /// is gone.
     pub fn output(&self, text: &str) -> bool {
         let mut mailbox = self.0.mailbox.lock().unwrap();
         if mailbox.closed {
             return false;
         }
-        if mailbox.bytes > 0 && (mailbox.skipping || mailbox.bytes + text.len() > LIMIT) {
+        let full = mailbox.bytes > 0 && (mailbox.skipping || mailbox.bytes + text.len() > LIMIT);
+        if full || HELD.load(Ordering::Relaxed) + text.len() > TOTAL_LIMIT {
             mailbox.skipping = true;
             let mid_line = mailbox.mid_line;
             match mailbox.pieces.back_mut() {
@@ -111,6 +122,7 @@ impl Listener {
         } else if !text.is_empty() {
             mailbox.skipping = false;
             mailbox.bytes += text.len();
+            HELD.fetch_add(text.len(), Ordering::Relaxed);
             mailbox.mid_line = !text.ends_with('\n');
             mailbox.pieces.push_back(Piece::Output(text.to_owned()));
         }
@@ -142,6 +154,7 @@ impl Inbox {
                 if let Some(piece) = mailbox.pieces.pop_front() {
                     if let Piece::Output(text) = &piece {
                         mailbox.bytes -= text.len();
+                        HELD.fetch_sub(text.len(), Ordering::Relaxed);
                     }
                     return Some(piece);
                 }
@@ -159,6 +172,7 @@ impl Drop for Inbox {
         let mut mailbox = self.0.mailbox.lock().unwrap();
         mailbox.closed = true;
         mailbox.pieces.clear();
+        HELD.fetch_sub(mailbox.bytes, Ordering::Relaxed);
         mailbox.bytes = 0;
     }
 }
