@@ -82,7 +82,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
             Some(Event::RetryAt(at)) = events.recv() => retry_at = at.map(Instant::from_std),
             change = watch.next() => match change {
                 Change::Config => reload(&config, &mut watch, &node),
-                Change::Branch => submit(Work::Tip(Trigger::Push)),
+                Change::Branch => {
+                    tracing::debug!(branch = %config.lock().unwrap().branch, "branch ref moved");
+                    submit(Work::Tip(Trigger::Push))
+                }
             },
             _ = hup.recv() => reload(&config, &mut watch, &node),
             _ = term.recv() => break,
