@@ -1,8 +1,8 @@
 //! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
-//! waits on the timer (interval plus jitter), a pending retry, the control socket, inotify (config
-//! and branch ref) and signals; the actual work runs on one worker thread. SIGTERM lets the
-//! current step finish, then exits 0. systemd hears readiness and status through NOTIFY_SOCKET.
-
+//! waits on the timer (interval plus jitter), a pending retry, the control socket, file changes
+//! (config and branch ref, read by notify on a thread of its own) and signals; the actual work
+//! runs on one worker thread. SIGTERM lets the current step finish, then exits 0. systemd hears
+//! readiness and status through NOTIFY_SOCKET.
 mod socket;
 mod watch;
 mod worker;
