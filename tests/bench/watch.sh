@@ -35,6 +35,8 @@ for rev in "${REVS[@]}"; do
     echo "building troops at $commit ($rev)" >&2
     CARGO_TARGET_DIR=$ROOT/target cargo build --release --quiet --manifest-path "$src/Cargo.toml" -p troops --bin troops >&2
     cp "$ROOT/target/release/troops" "$ROOT/target/bench/troops-$commit"
-    BINARIES+=("$rev ($commit)=$ROOT/target/bench/troops-$commit")
+    label=$commit
+    [ "$(git rev-parse --short "$rev")" = "$commit" ] || label="$rev ($commit)"
+    BINARIES+=("$label=$ROOT/target/bench/troops-$commit")
 done
 python3 tests/bench/watch.py "${OPTS[@]}" "${BINARIES[@]}"

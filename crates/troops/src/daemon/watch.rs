@@ -3,7 +3,7 @@
 //! waiting for the timer. notify reads inotify on a thread of its own, which sleeps while nothing
 //! in the watched directories changes; its callback keeps only the events that matter and wakes
 //! the tokio loop for those. BENCHMARKS.md ("File watching") has what this costs against raw
-//! inotify on the loop: one thread, 0.3 MiB, and wake-ups of that thread during pull cycles.
+//! inotify on the loop: one thread, 0.3 to 0.5 MiB, and wake-ups of that thread during pull cycles.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
