@@ -279,7 +279,7 @@ case_idle() {
     stop_daemon
     row "5. idle daemon, 3 remotes, 1 s" "resident memory, median of ${IDLE} samples (max; anonymous part)" "" "$(calc "'%.1f MiB (%.1f; %.1f)' % ($rss, $rss_max, $anon)")" "" "< 10 MiB" "$(verdict "$rss_max < 10")"
     row "" "CPU, all threads (per 1 s cycle)" "" "$(calc "'%.2f %% (%.1f ms)' % ($cpu, $cpu * 10)")" "" "" ""
-    row "" "wake-ups of the main and worker threads" "" "$(calc "'%.1f /s' % $wakeups")" "" "" ""
+    row "" "wake-ups of the main, worker and notify threads" "" "$(calc "'%.1f /s' % $wakeups")" "" "" ""
 
     local quiet=10
     say "5. idle daemon with nothing due (interval 1 h), ${quiet} s"

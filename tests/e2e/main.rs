@@ -15,3 +15,4 @@ mod pull;
 mod push;
 mod signed;
 mod trust;
+mod watch;

@@ -1,9 +1,10 @@
 //! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
-//! waits on the timer (interval plus jitter), a pending retry, the control socket, inotify (config
-//! and branch ref) and signals; the actual work runs on one worker thread, fetches on another.
-//! SIGTERM lets the current step finish, then exits 0. If a worker thread or the socket server
-//! ends, the daemon exits non-zero at once (systemd restarts it) rather than take requests nothing
-//! will answer. systemd hears readiness and status through NOTIFY_SOCKET.
+//! waits on the timer (interval plus jitter), a pending retry, the control socket, file changes
+//! (config and branch ref, read by notify on a thread of its own) and signals; the actual work
+//! runs on one worker thread, fetches on another. SIGTERM lets the current step finish, then
+//! exits 0. If a worker thread or the socket server ends, the daemon exits non-zero at once
+//! (systemd restarts it) rather than take requests nothing will answer. systemd hears readiness
+//! and status through NOTIFY_SOCKET.
 
 mod listener;
 mod socket;
@@ -104,7 +105,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
             }
             change = watch.next() => match change {
                 Change::Config => reload(&config, &mut watch, &node),
-                Change::Branch => submit(Work::Tip(Trigger::Push)),
+                Change::Branch => {
+                    tracing::debug!(branch = %config.lock().unwrap().branch, "branch ref moved");
+                    submit(Work::Tip(Trigger::Push))
+                }
             },
             _ = hup.recv() => reload(&config, &mut watch, &node),
             _ = term.recv() => break,

@@ -1,12 +1,16 @@
-//! What the daemon watches besides its timer, through one inotify descriptor on the tokio loop
-//! (no thread, no wake-ups while nothing changes): the config file, and the followed branch's
-//! ref in the node repo (loose or packed), so a moved branch runs without waiting for the timer.
+//! What the daemon watches besides its timer, through the `notify` crate: the config file, and
+//! the followed branch's ref in the node repo (loose or packed), so a moved branch runs without
+//! waiting for the timer. notify reads inotify on a thread of its own, which sleeps while nothing
+//! in the watched directories changes; its callback keeps only the events that matter and wakes
+//! the tokio loop for those. BENCHMARKS.md ("File watching") has what this costs against raw
+//! inotify on the loop: one thread, 0.3 to 0.5 MiB, and wake-ups of that thread during pull cycles.
 
-use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use tokio::io::unix::AsyncFd;
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -15,77 +19,75 @@ pub enum Change {
 }
 
 pub struct Watch {
-    fd: AsyncFd<Events>,
-    config: Option<(WatchDescriptor, OsString)>,
-    refs: (WatchDescriptor, OsString),
-    repo: (WatchDescriptor, OsString),
+    /// Stops notify's thread when dropped.
+    _watcher: RecommendedWatcher,
+    /// One permit each: changes of a kind that arrive before the loop asks count as one.
+    config: Arc<Notify>,
+    branch: Arc<Notify>,
 }
 
-/// The inotify descriptor, as tokio wants it.
-struct Events(Inotify);
-
-impl std::os::fd::AsRawFd for Events {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
+/// The paths that matter, as notify reports them (the watched directory joined with the name).
+struct Paths {
+    config: Option<PathBuf>,
+    branch_ref: PathBuf,
+    packed_refs: PathBuf,
 }
-
-const FLAGS: AddWatchFlags =
-    AddWatchFlags::IN_CLOSE_WRITE.union(AddWatchFlags::IN_MOVED_TO).union(AddWatchFlags::IN_CREATE);
-/// In the repo's own directory only `packed-refs` matters, and git and libgit2 both replace it by
-/// renaming `packed-refs.lock` over it. Renames alone, then: libgit2 rewrites `FETCH_HEAD` there on
-/// every fetch of every remote (even with FETCH_HEAD updates off), which would wake the daemon
-/// once per remote and cycle for nothing.
-const REPO_FLAGS: AddWatchFlags = AddWatchFlags::IN_MOVED_TO;
 
 impl Watch {
     pub fn new(config: &Path, repo: &Path, branch: &str) -> anyhow::Result<Watch> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        let ref_path = repo.join("refs/heads").join(branch);
-        let ref_dir = ref_path.parent().expect("a ref has a directory");
-        std::fs::create_dir_all(ref_dir)?;
-        let refs =
-            (inotify.add_watch(ref_dir, FLAGS)?, ref_path.file_name().expect("a ref has a name").to_owned());
-        let repo = (inotify.add_watch(repo, REPO_FLAGS)?, OsString::from("packed-refs"));
-        let config = match (config.parent(), config.file_name()) {
-            (Some(dir), Some(name)) => match inotify
-                .add_watch(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, FLAGS)
-            {
-                Ok(wd) => Some((wd, name.to_owned())),
-                Err(e) => {
-                    tracing::warn!(config = %config.display(), error = %e, "not watching the config's directory; reload with SIGHUP");
-                    None
-                }
-            },
-            _ => None,
+        let branch_ref = repo.join("refs/heads").join(branch);
+        let ref_dir = branch_ref.parent().expect("a ref has a directory").to_owned();
+        std::fs::create_dir_all(&ref_dir)?;
+        let config_dir =
+            config.parent().map(|dir| if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+        let paths = Paths {
+            config: config_dir.zip(config.file_name()).map(|(dir, name)| dir.join(name)),
+            branch_ref,
+            packed_refs: repo.join("packed-refs"),
         };
-        // SAFETY: the descriptor is owned by `Events`, which the AsyncFd owns until both drop.
-        let fd = unsafe { AsyncFd::register(Events(inotify)) }
-            .map_err(|e| anyhow::anyhow!("watching with inotify: {e}"))?;
-        Ok(Watch { fd, config, refs, repo })
+        let (config_changed, branch_changed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (on_config, on_branch) = (config_changed.clone(), branch_changed.clone());
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            let Ok(event) = event else { return };
+            if paths.config.as_ref().is_some_and(|config| written(&event, config)) {
+                on_config.notify_one();
+            }
+            // In the repo's own directory only `packed-refs` matters, and git and libgit2 both
+            // replace it by renaming `packed-refs.lock` over it. Renames alone, then: libgit2
+            // rewrites `FETCH_HEAD` there on every fetch of every remote, which would wake the
+            // loop once per remote and cycle for nothing.
+            if written(&event, &paths.branch_ref) || renamed_to(&event, &paths.packed_refs) {
+                on_branch.notify_one();
+            }
+        })?;
+        watcher.watch(&ref_dir, RecursiveMode::NonRecursive)?;
+        watcher.watch(repo, RecursiveMode::NonRecursive)?;
+        if let Some(dir) = config_dir {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(config = %config.display(), error = %e, "not watching the config's directory; reload with SIGHUP");
+            }
+        }
+        Ok(Watch { _watcher: watcher, config: config_changed, branch: branch_changed })
     }
 
     /// The next change (several at once count as one of each kind, config first).
     pub async fn next(&mut self) -> Change {
-        loop {
-            let mut guard = self.fd.readable().await.expect("inotify stays readable");
-            match guard.get_inner().0.read_events() {
-                Ok(events) => {
-                    let is = |(wd, name): &(WatchDescriptor, OsString),
-                              e: &nix::sys::inotify::InotifyEvent| {
-                        e.wd == *wd && e.name.as_ref() == Some(name)
-                    };
-                    if events.iter().any(|e| self.config.as_ref().is_some_and(|c| is(c, e))) {
-                        return Change::Config;
-                    }
-                    if events.iter().any(|e| is(&self.refs, e) || is(&self.repo, e)) {
-                        return Change::Branch;
-                    }
-                }
-                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-                Err(e) => panic!("reading inotify events: {e}"),
-            }
+        tokio::select! {
+            biased;
+            _ = self.config.notified() => Change::Config,
+            _ = self.branch.notified() => Change::Branch,
         }
     }
+}
+
+/// `path` was created, written and closed, or renamed into place.
+fn written(event: &Event, path: &Path) -> bool {
+    matches!(event.kind, EventKind::Create(_) | EventKind::Access(AccessKind::Close(AccessMode::Write)))
+        && event.paths.iter().any(|p| p == path)
+        || renamed_to(event, path)
+}
+
+/// Something was renamed to `path` (notify reports the rename's target in a `To` event).
+fn renamed_to(event: &Event, path: &Path) -> bool {
+    event.kind == EventKind::Modify(ModifyKind::Name(RenameMode::To)) && event.paths.iter().any(|p| p == path)
 }

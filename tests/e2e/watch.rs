@@ -1,0 +1,84 @@
+//! The daemon's file watching (notify): a branch moved in the node repo without a push, as a
+//! loose ref or in `packed-refs` only, runs at once; files beside the config do not reload it.
+
+use std::time::Duration;
+
+use crate::support::daemon::Daemon;
+use crate::support::{wait_until, Env};
+
+const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello\"\n";
+
+#[test]
+fn a_branch_moved_without_a_push_runs_at_once_loose_or_packed() {
+    let env = Env::new();
+    env.write_config("hostname = \"web-1\"\ninterval = \"1h\"\n");
+    env.init();
+    let work = env.deploy_repo("work");
+    let first = work.publish_plan(&env, PLAN);
+    let daemon = Daemon::start(&env);
+    wait_until("the start-up run", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(first.as_str())
+    });
+    let repo = env.repo();
+    let git_dir = repo.display().to_string();
+
+    // A loose ref, moved by hand (`git update-ref`, no hook): the objects come first, unreferenced
+    // by the branch.
+    let second = work.commit(&env, &[("n", "2")], "second");
+    env.git(
+        &work.path,
+        &["--git-dir", &git_dir, "fetch", "-q", &work.path.display().to_string(), "main:refs/objects"],
+    );
+    env.git(&work.path, &["--git-dir", &git_dir, "update-ref", "refs/heads/main", &second]);
+    wait_until("the run of the moved ref", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(second.as_str())
+    });
+
+    // Only in `packed-refs`: no loose ref, and the file replaced by renaming its lock over it, as
+    // git and libgit2 do.
+    env.git(&work.path, &["--git-dir", &git_dir, "pack-refs", "--all"]);
+    assert!(!repo.join("refs/heads/main").exists(), "pack-refs left the loose ref");
+    let third = work.commit(&env, &[("n", "3")], "third");
+    env.git(
+        &work.path,
+        &["--git-dir", &git_dir, "fetch", "-q", &work.path.display().to_string(), "main:refs/objects"],
+    );
+    env.git(&work.path, &["--git-dir", &git_dir, "pack-refs", "--all"]);
+    let packed = std::fs::read_to_string(repo.join("packed-refs")).unwrap();
+    assert!(packed.contains(&format!("{second} refs/heads/main")), "{packed}");
+    std::fs::write(
+        repo.join("packed-refs.lock"),
+        packed.replace(&format!("{second} refs/heads/main"), &format!("{third} refs/heads/main")),
+    )
+    .unwrap();
+    std::fs::rename(repo.join("packed-refs.lock"), repo.join("packed-refs")).unwrap();
+    wait_until("the run of the packed ref", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(third.as_str())
+    });
+    assert_eq!(env.run_ids(), [1, 2, 3], "{}", daemon.log());
+}
+
+#[test]
+fn only_the_config_file_itself_reloads_the_config() {
+    let env = Env::new();
+    env.write_config("hostname = \"web-1\"\ninterval = \"1h\"\n");
+    env.init();
+    let daemon = Daemon::start(&env);
+    let dir = env.config.parent().unwrap();
+    let name = env.config.file_name().unwrap().to_str().unwrap();
+
+    // An editor's swap and backup files, and a file renamed into the directory, beside it.
+    std::fs::write(dir.join(format!(".{name}.swp")), "x").unwrap();
+    std::fs::write(dir.join(format!("{name}~")), "hostname = \"web-9\"\n").unwrap();
+    std::fs::write(dir.join("other.toml.tmp"), "x").unwrap();
+    std::fs::rename(dir.join("other.toml.tmp"), dir.join("other.toml")).unwrap();
+
+    // Then the file itself, replaced the way editors save: a new file renamed over it. The events
+    // come in order, so once this reload is logged the ones before would have been too.
+    let new = dir.join(format!("{name}.new"));
+    std::fs::write(&new, "hostname = \"web-2\"\ninterval = \"1h\"\n").unwrap();
+    std::fs::rename(&new, &env.config).unwrap();
+    wait_until("the reload", Duration::from_secs(10), || daemon.log().contains("config reloaded"));
+    assert_eq!(daemon.log().matches("config reloaded").count(), 1, "{}", daemon.log());
+    assert!(env.ok(&["status"]).contains("web-2"), "{}", env.ok(&["status"]));
+}
