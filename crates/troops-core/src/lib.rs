@@ -23,4 +23,5 @@ pub mod runner;
 pub mod runs;
 pub mod signals;
 pub mod ssh;
+pub mod supervise;
 pub mod verify;

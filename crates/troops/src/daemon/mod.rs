@@ -1,7 +1,8 @@
 //! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
 //! waits on the timer (interval plus jitter), a pending retry, the control socket, inotify (config
-//! and branch ref) and signals; the actual work runs on one worker thread. SIGTERM lets the
-//! current step finish, then exits 0. systemd hears readiness and status through NOTIFY_SOCKET.
+//! and branch ref) and signals; the actual work runs on one worker thread. SIGTERM ends the
+//! current step (SIGTERM to all it started, SIGKILL after its `kill_grace`), then exits 0.
+//! systemd hears readiness and status through NOTIFY_SOCKET.
 
 mod socket;
 mod watch;
@@ -23,7 +24,7 @@ use troops_core::runs::Trigger;
 use watch::{Change, Watch};
 use worker::{Event, Job, Work, Worker};
 
-/// Set on SIGTERM/SIGINT: the run under way stops after its current step.
+/// Set on SIGTERM/SIGINT: the run under way ends its current step and stops, `interrupted`.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn run(node: Node) -> Result<ExitCode> {
@@ -89,7 +90,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping: the current step may finish first");
+    tracing::info!("stopping: ending the current step, if any");
     notify("STOPPING=1");
     STOP.store(true, Ordering::SeqCst);
     worker.stop();

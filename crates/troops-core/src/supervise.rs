@@ -1,0 +1,309 @@
+//! The supervisor of one step, so that a step's end ends everything it started. The runner starts
+//! it as a re-exec of the troops binary (`/proc/self/exe __troops-supervise ...`, entered at the
+//! top of each binary's `main` through [`enter_if_asked`]); it starts the step and outlives it.
+//! It is a child subreaper, so what the step leaves behind (`setsid`, a double fork) is
+//! reparented to it rather than to init: when the step's main process exits, or the runner sends
+//! SIGTERM (timeout, stop), or the runner's thread dies (PDEATHSIG), every descendant still alive
+//! gets SIGTERM, then SIGKILL after the grace, and the supervisor exits only once none is left,
+//! with the step's status (its exit code, or 128 + the signal that ended it).
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// The hidden first argument that makes a troops binary a supervisor.
+pub const ARG: &str = "__troops-supervise";
+
+/// What the supervisor exits with when the step cannot start (as a shell does for a missing command).
+pub const CANNOT_START: i32 = 127;
+
+/// The command that runs `program args` under a supervisor, for the runner to complete with the
+/// step's environment, directory and output. `grace` is the wait between SIGTERM and SIGKILL.
+pub fn command(program: &OsStr, args: &[&OsStr], grace: Duration) -> Command {
+    let mut c = Command::new("/proc/self/exe");
+    c.arg(ARG)
+        .arg(std::process::id().to_string())
+        .arg(grace.as_millis().to_string())
+        .arg(program)
+        .args(args)
+        // Its own process group: a terminal's Ctrl-C reaches troops, which decides, not the step.
+        .process_group(0);
+    c
+}
+
+/// Called first thing in each binary's `main`: when this process was started as a supervisor,
+/// supervises and exits; otherwise returns at once.
+pub fn enter_if_asked() {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(OsStr::new(ARG)) {
+        std::process::exit(supervise(args.collect()));
+    }
+}
+
+/// `args`: the runner's pid, the grace in milliseconds, the program and its arguments.
+fn supervise(args: Vec<OsString>) -> i32 {
+    let number = |i: usize| args.get(i).and_then(|a| a.to_str()?.parse::<u64>().ok());
+    let (Some(runner), Some(grace), Some(program)) = (number(0), number(1), args.get(2)) else {
+        eprintln!("troops: {ARG} needs <runner pid> <grace ms> <program> [args]");
+        return 2;
+    };
+    // SAFETY: prctl with integer arguments only changes attributes of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+    }
+    // Taken as they come with sigtimedwait, never by a handler; the step starts with none blocked
+    // (std clears the mask in the child).
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    let _ = signals.thread_block();
+    let mut tree = Tree { grace: Duration::from_millis(grace), main: None, status: None };
+    if nix::unistd::getppid().as_raw() as u64 != runner {
+        return tree.status(); // the runner died before PDEATHSIG was armed: start nothing
+    }
+    umask(Mode::from_bits_truncate(0o022));
+    match Command::new(program).args(&args[3..]).process_group(0).spawn() {
+        Ok(child) => tree.main = Some(Pid::from_raw(child.id() as i32)),
+        Err(e) => {
+            eprintln!("troops: cannot start {}: {e}", program.to_string_lossy());
+            return CANNOT_START;
+        }
+    }
+    loop {
+        match wait_signal(&signals, None) {
+            Some(Signal::SIGCHLD) => {
+                tree.reap();
+                if tree.status.is_some() {
+                    break;
+                }
+            }
+            Some(_) => break, // timeout, stop, or the runner died
+            None => {}
+        }
+    }
+    tree.end(&signals);
+    tree.status()
+}
+
+struct Tree {
+    grace: Duration,
+    /// The step's main process.
+    main: Option<Pid>,
+    /// How the main process ended, as a shell reports it.
+    status: Option<i32>,
+}
+
+impl Tree {
+    /// Ends every descendant: SIGTERM, then SIGKILL to those alive after the grace; returns once
+    /// no child is left (orphans come to us, so no child means no descendant).
+    fn end(&mut self, signals: &SigSet) {
+        if !self.reap() {
+            return;
+        }
+        signal_descendants(Signal::SIGTERM);
+        let deadline = Instant::now() + self.grace;
+        while self.reap() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            wait_signal(signals, Some(left));
+        }
+        loop {
+            signal_descendants(Signal::SIGKILL);
+            match waitpid(None, None) {
+                Ok(status) => self.record(status),
+                Err(Errno::EINTR) => {}
+                Err(_) => return, // ECHILD: nothing left
+            }
+        }
+    }
+
+    /// Reaps every child that has ended; true while some child is left.
+    fn reap(&mut self) -> bool {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return true,
+                Ok(status) => self.record(status),
+                Err(Errno::EINTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn record(&mut self, status: WaitStatus) {
+        let code = match status {
+            WaitStatus::Exited(_, code) => code,
+            WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+            _ => return,
+        };
+        if status.pid() == self.main {
+            self.status = Some(code);
+        }
+    }
+
+    /// The step's status; a step ended by the supervisor before it was reaped counts as killed.
+    fn status(&self) -> i32 {
+        self.status.unwrap_or(128 + Signal::SIGKILL as i32)
+    }
+}
+
+/// Waits up to `timeout` (`None`: for ever) for one of the blocked `signals`.
+fn wait_signal(signals: &SigSet, timeout: Option<Duration>) -> Option<Signal> {
+    let timeout = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: the set and the timeout live across the call; no siginfo is asked for.
+    let signal = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), timeout_ptr) };
+    Signal::try_from(signal).ok()
+}
+
+/// Sends `signal` to every process below this one, found through the parent links in /proc.
+fn signal_descendants(signal: Signal) {
+    for pid in descendants(Pid::this()) {
+        let _ = kill(pid, signal);
+    }
+}
+
+/// The processes below `root`, parents before their children.
+pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
+    let links: Vec<(Pid, Pid)> = processes().filter_map(|pid| Some((pid, parent(pid)?))).collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(links.iter().filter(|(_, p)| *p == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The pids in /proc.
+pub(crate) fn processes() -> impl Iterator<Item = Pid> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok().map(Pid::from_raw))
+}
+
+/// The parent of `pid`, from /proc/<pid>/stat (the field after the state, after the name's `)`).
+pub(crate) fn parent(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok().map(Pid::from_raw)
+}
+
+/// What [`end_leftovers`] found: processes it ended, and any still alive when it gave up.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub ended: Vec<Pid>,
+    pub alive: Vec<Pid>,
+}
+
+impl std::fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |pids: &[Pid]| pids.iter().map(Pid::to_string).collect::<Vec<_>>().join(" ");
+        write!(
+            f,
+            "ended {} process(es) left running by an interrupted run: {}",
+            self.ended.len(),
+            list(&self.ended)
+        )?;
+        if !self.alive.is_empty() {
+            write!(f, "; still alive after SIGKILL: {}", list(&self.alive))?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends the processes of a run of the node at `state_dir` that outlived the troops running it
+/// (SIGKILLed with its supervisor): SIGTERM, then SIGKILL after `grace`, and waits until they are
+/// gone. Only under the node lock, when no step of the node runs. They are found by what every
+/// step and supervisor carries in its environment: `TROOPS_STATE_DIR` and a `TROOPS_RUN_ID`.
+pub fn end_leftovers(state_dir: &std::path::Path, grace: Duration) -> Leftovers {
+    let state = format!("TROOPS_STATE_DIR={}", state_dir.display());
+    // This process, and whatever started it, may carry the same (a step that runs `troops deploy`).
+    let mut spared = vec![Pid::this()];
+    while let Some(up) = parent(*spared.last().unwrap()).filter(|p| p.as_raw() > 1) {
+        spared.push(up);
+    }
+    let find = || -> Vec<Pid> {
+        processes()
+            .filter(|pid| !spared.contains(pid) && is_alive(*pid))
+            .filter(|pid| {
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let mut vars = environ.split(|&b| b == 0);
+                let (mut ours, mut run) = (false, false);
+                for var in &mut vars {
+                    ours |= var == state.as_bytes();
+                    run |= var.starts_with(b"TROOPS_RUN_ID=");
+                }
+                ours && run
+            })
+            .collect()
+    };
+    let mut found = Leftovers::default();
+    let term_until = Instant::now() + grace;
+    let give_up = term_until + Duration::from_secs(5);
+    loop {
+        let alive = find();
+        if alive.is_empty() {
+            return found;
+        }
+        let now = Instant::now();
+        if now >= give_up {
+            found.alive = alive;
+            return found;
+        }
+        for &pid in &alive {
+            if !found.ended.contains(&pid) {
+                found.ended.push(pid);
+                let _ = kill(pid, Signal::SIGTERM);
+            } else if now >= term_until {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` runs: exists and is no zombie (which only waits for its parent to look).
+fn is_alive(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// The unit tests' binary has no `main` of ours: it becomes a supervisor before libtest starts.
+/// (std has not read the arguments yet when this runs, hence /proc/self/cmdline.)
+#[cfg(test)]
+#[used]
+#[link_section = ".init_array"]
+static ENTER_IN_UNIT_TESTS: extern "C" fn() = {
+    extern "C" fn enter() {
+        let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+        let mut args = cmdline.split(|&b| b == 0).map(|a| {
+            use std::os::unix::ffi::OsStrExt;
+            OsStr::from_bytes(a).to_owned()
+        });
+        if args.nth(1).as_deref() == Some(OsStr::new(ARG)) {
+            let mut args: Vec<OsString> = args.collect();
+            args.pop_if(|a| a.is_empty()); // the trailing NUL
+            std::process::exit(supervise(args));
+        }
+    }
+    enter
+};
