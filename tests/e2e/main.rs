@@ -11,3 +11,4 @@ mod node;
 mod pull;
 mod push;
 mod signed;
+mod steps;

@@ -18,9 +18,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
+        Daemon::start_with(env, &[])
+    }
+
+    /// A daemon with `vars` added to its environment (as systemd adds NOTIFY_SOCKET).
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Daemon {
         let log = env.path("daemon.log");
         let mut command = env.troops(&["daemon"]);
-        command.env("TROOPS_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        command
+            .envs(vars.iter().copied())
+            .env("TROOPS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         let mut daemon = Daemon { child: command.spawn().expect("starting troops daemon"), log };
         let socket = env.state.join("troops.sock");
         wait_until("the daemon's control socket", Duration::from_secs(10), || {
