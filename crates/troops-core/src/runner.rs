@@ -257,6 +257,14 @@ mod tests {
     }
 
     #[test]
+    fn the_step_starts_with_no_signal_blocked() {
+        // A step that could not see SIGTERM could not be ended by it.
+        let (r, out) = run("exec grep '^SigBlk' /proc/self/status", 10_000);
+        assert_eq!(r.status, StepStatus::Succeeded, "{out}");
+        assert_eq!(out, "SigBlk:\t0000000000000000\n");
+    }
+
+    #[test]
     fn failure_keeps_the_exit_code() {
         let (r, _) = run("exit 7", 10_000);
         assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(7)));

@@ -59,8 +59,7 @@ fn supervise(args: Vec<OsString>) -> i32 {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
     }
-    // Taken as they come with sigtimedwait, never by a handler; the step starts with none blocked
-    // (std clears the mask in the child).
+    // Taken as they come with sigtimedwait, never by a handler; the step starts with none blocked.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
@@ -71,7 +70,17 @@ fn supervise(args: Vec<OsString>) -> i32 {
         return tree.status(); // the runner died before PDEATHSIG was armed: start nothing
     }
     umask(Mode::from_bits_truncate(0o022));
-    match Command::new(program).args(&args[3..]).process_group(0).spawn() {
+    let mut step = Command::new(program);
+    step.args(&args[3..]).process_group(0);
+    // SAFETY: between fork and exec the child only calls sigprocmask, which is async-signal-safe.
+    // std leaves the mask as it is, and a step that cannot see SIGTERM could not be ended by it.
+    unsafe {
+        step.pre_exec(|| {
+            SigSet::empty().thread_set_mask().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    match step.spawn() {
         Ok(child) => tree.main = Some(Pid::from_raw(child.id() as i32)),
         Err(e) => {
             eprintln!("troops: cannot start {}: {e}", program.to_string_lossy());
