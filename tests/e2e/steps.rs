@@ -177,10 +177,7 @@ fn leaving_plan(pids: &Path, checks: &Path) -> String {
         leave("double-fork", &format!("sh -c 'sleep 60 & echo $! > {}'", p("double-fork")), ""),
         leave(
             "ignores-term",
-            &format!(
-                "sh -c 'trap \"\" TERM; while :; do sleep 0.05; done' & echo $! > {}",
-                p("ignores-term")
-            ),
+            &format!("sh -c 'trap \"\" TERM; exec sleep 60' & echo $! > {}", p("ignores-term")),
             "kill_grace = \"300ms\"",
         ),
     ]
@@ -250,7 +247,7 @@ fn a_timeout_or_a_stopped_daemon_ends_the_step_and_its_descendants() {
     // The daemon asked to stop mid-step: the step and what it started end now, not when done.
     let plan = format!(
         "[[step]]\nname = \"long\"\nkill_grace = \"300ms\"\n\
-         run = 'setsid sh -c \"trap \\\"\\\" TERM; while :; do sleep 0.05; done\" & echo $! > \"{p}/stop-setsid\"; echo started; sleep 60'\n\
+         run = 'setsid sh -c \"trap \\\"\\\" TERM; exec sleep 60\" & echo $! > \"{p}/stop-setsid\"; echo started; sleep 60'\n\
          [[step]]\nname = \"next\"\nrun = 'echo next'\n"
     );
     work.commit(&env, &[("troops.toml", &plan)], "long");

@@ -201,6 +201,7 @@ fn run(
         plan.steps.len()
     );
     let env = step_env(node, record, &roles);
+    let mut supervisor = runner::Supervisor::new(&env);
     for (i, step) in selected.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             record.status = RunStatus::Interrupted;
@@ -210,7 +211,7 @@ fn run(
         let _ = writeln!(out, "==> {}", step.name);
         let mut env = env.clone();
         env.push(("TROOPS_STEP", step.name.clone()));
-        let result = runner::run_step(step, &checkout, &env, stop, out)?;
+        let result = runner::run_step(&mut supervisor, step, &checkout, &env, stop, out)?;
         let slot = &mut record.steps[i];
         slot.status = result.status;
         slot.exit_code = result.exit_code;

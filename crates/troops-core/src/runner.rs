@@ -1,11 +1,12 @@
-//! Runs one step: `/bin/sh -c` or a script from the checkout, under a supervisor (`supervise`),
-//! with exactly the environment it is given, stdin `/dev/null`, stdout and stderr merged into one
-//! pipe whose bytes go to the caller as they come. The step ends when its main process exits,
-//! times out or is stopped; then everything it started is ended too (SIGTERM, then SIGKILL after
-//! the step's `kill_grace`) before the next step starts.
+//! Runs a run's steps: `/bin/sh -c` or a script from the checkout, each under the run's
+//! supervisor (`supervise`), with exactly the environment it is given, stdin `/dev/null`, stdout
+//! and stderr merged into one pipe whose bytes go to the caller as they come. A step ends when
+//! its main process exits, times out or is stopped; then everything it started is ended too
+//! (SIGTERM, then SIGKILL after the step's `kill_grace`) before the next step starts.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
@@ -39,10 +40,69 @@ enum Ending {
     Stopped,
 }
 
-/// Runs `step` in `checkout` with `env` (the whole environment but the step's own `env`), copying
-/// its output to `out` as it is produced; `stop`, once set, ends the step. Errors only when troops
-/// itself cannot work (no pipe); a step that cannot start is a failed step, explained in `out`.
+/// The supervisor of a run's steps, started on the first step and again after one that it ended
+/// by signal (it exits then); it exits when dropped.
+pub struct Supervisor {
+    /// The environment the supervisor itself carries: the run's, by which leftovers of a run
+    /// whose troops was SIGKILLed are found (`supervise::end_leftovers`).
+    env: Vec<(String, String)>,
+    running: Option<Running>,
+}
+
+struct Running {
+    child: Child,
+    exited: OwnedFd,
+    requests: UnixStream,
+    answers: BufReader<UnixStream>,
+    output: std::io::PipeReader,
+}
+
+impl Supervisor {
+    pub fn new(env: &[(&str, String)]) -> Supervisor {
+        Supervisor { env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), running: None }
+    }
+
+    fn running(&mut self, step: &str) -> Result<&mut Running> {
+        if self.running.is_none() {
+            self.running = Some(self.start().ctx(|| format!("starting the supervisor of step `{step}`"))?);
+        }
+        Ok(self.running.as_mut().expect("started above"))
+    }
+
+    fn start(&self) -> std::io::Result<Running> {
+        let (output, writer) = std::io::pipe()?;
+        let (requests, theirs) = UnixStream::pair()?;
+        let stderr = writer.try_clone()?;
+        let mut command = supervise::command();
+        command
+            .current_dir("/")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(writer)
+            .stderr(stderr)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let child = command.spawn()?;
+        drop(command); // closes our copies of its ends
+        let exited = pidfd_open(child.id() as i32)?;
+        let answers = BufReader::new(requests.try_clone()?);
+        Ok(Running { child, exited, requests, answers, output })
+    }
+}
+
+impl Drop for Running {
+    /// The end of its requests: the supervisor exits, and is reaped.
+    fn drop(&mut self) {
+        let _ = self.requests.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `step` in `checkout` under `supervisor` with `env` (the whole environment but the
+/// step's own `env`), copying its output to `out` as it is produced; `stop`, once set, ends the
+/// step. Errors only when troops itself cannot work (no pipe, no supervisor); a step that cannot
+/// start is a failed step, explained in `out`.
 pub fn run_step(
+    supervisor: &mut Supervisor,
     step: &Step,
     checkout: &Path,
     env: &[(&str, String)],
@@ -50,49 +110,32 @@ pub fn run_step(
     out: &mut dyn Write,
 ) -> Result<StepResult> {
     let started = Instant::now();
-    let (mut reader, writer) =
-        std::io::pipe().ctx(|| format!("creating the output pipe of step `{}`", step.name))?;
-    let script;
     let (program, args) = match &step.action {
-        Action::Run(run) => ("/bin/sh".as_ref(), vec!["-c".as_ref(), run.as_ref()]),
-        Action::Script(path) => {
-            script = checkout.join(path);
-            (script.as_os_str(), vec![])
-        }
+        Action::Run(run) => ("/bin/sh".into(), vec!["-c".to_owned(), run.clone()]),
+        Action::Script(path) => (checkout.join(path), vec![]),
     };
-    let mut command = supervise::command(program, &args, step.kill_grace);
-    let stderr = writer.try_clone().ctx(|| format!("creating the output pipe of step `{}`", step.name))?;
-    command
-        .current_dir(checkout)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(stderr)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .envs(&step.env);
-    let spawned = command.spawn();
-    drop(command); // closes our copies of the pipe's write end, so EOF can come
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let _ = writeln!(out, "troops: cannot start step `{}`: {e}", step.name);
-            return Ok(StepResult {
-                status: StepStatus::Failed,
-                exit_code: None,
-                duration: started.elapsed(),
-            });
-        }
+    let request = supervise::Request {
+        program,
+        args,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain(step.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect(),
+        dir: checkout.to_owned(),
+        grace_ms: step.kill_grace.as_millis() as u64,
     };
-    let supervisor = Pid::from_raw(child.id() as i32);
+    let running = supervisor.running(&step.name)?;
+    let line = serde_json::to_string(&request).expect("requests serialize") + "\n";
+    running.requests.write_all(line.as_bytes()).ctx(|| format!("starting step `{}`", step.name))?;
     let deadline = started + step.timeout;
-    let exited = pidfd_open(supervisor.as_raw()).ctx(|| format!("watching step `{}`", step.name))?;
-    let mut open = true;
     let mut ending = None;
     let mut buf = [0u8; 16 * 1024];
-    loop {
+    let mut answer = String::new();
+    let status = loop {
         let now = Instant::now();
         if ending.is_none() {
-            let why = if now >= deadline {
+            ending = if now >= deadline {
                 let _ = writeln!(
                     out,
                     "troops: step `{}` timed out after {}; ending everything it started",
@@ -110,10 +153,9 @@ pub fn run_step(
             } else {
                 None
             };
-            if why.is_some() {
-                // The supervisor ends the step's whole tree, then exits.
-                let _ = kill(supervisor, Signal::SIGTERM);
-                ending = why;
+            if ending.is_some() {
+                // The supervisor ends the step's whole tree, answers, and exits.
+                let _ = kill(Pid::from_raw(running.child.id() as i32), Signal::SIGTERM);
             }
         }
         let wait = match ending {
@@ -121,34 +163,47 @@ pub fn run_step(
             Some(_) => STOP_CHECK,
         };
         let ms = PollTimeout::try_from(wait.as_millis() as i32 + 1).unwrap_or(PollTimeout::MAX);
-        let mut fds = vec![PollFd::new(exited.as_fd(), PollFlags::POLLIN)];
-        if open {
-            fds.push(PollFd::new(reader.as_fd(), PollFlags::POLLIN));
-        }
+        let mut fds = [
+            PollFd::new(running.answers.get_ref().as_fd(), PollFlags::POLLIN),
+            PollFd::new(running.output.as_fd(), PollFlags::POLLIN),
+            PollFd::new(running.exited.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, ms) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).ctx(|| format!("waiting for step `{}`", step.name)),
             Ok(_) => {}
         }
-        let done = fds[0].any().unwrap_or(false);
-        if open && fds.get(1).and_then(|f| f.any()).unwrap_or(false) {
-            open = copy_available(&mut reader, &mut buf, out);
+        let [answered, output, exited] = fds.map(|f| f.any().unwrap_or(false));
+        if output {
+            copy_available(&mut running.output, &mut buf, out);
         }
-        if done {
-            // The supervisor is gone, and with it all the step started: take what they wrote.
-            if open {
-                drain(&reader, &mut buf, out);
-            }
-            break;
+        if answered || exited {
+            // Everything the step started is gone: what they wrote is in the pipe already.
+            drain(&running.output, &mut buf, out);
+            let status = match running.answers.read_line(&mut answer) {
+                Ok(n) if n > 0 => answer.trim().parse().ok(),
+                _ => None,
+            };
+            break status;
         }
+    };
+    let exit_code = match status {
+        Some(code) => Some(code),
+        None => {
+            // The supervisor died without answering (killed, say): what it says by its own end.
+            let mut gone = supervisor.running.take().expect("running above");
+            let status = gone.child.wait().ctx(|| format!("waiting for step `{}`", step.name))?;
+            status.code().or_else(|| status.signal().map(|s| 128 + s))
+        }
+    };
+    if ending.is_some() {
+        drop(supervisor.running.take()); // it exits after a SIGTERM; the next step starts another
     }
-    let status = child.wait().ctx(|| format!("waiting for step `{}`", step.name))?;
-    let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
-    let status = match (ending, status.success()) {
+    let status = match (ending, exit_code) {
         (Some(Ending::TimedOut), _) => StepStatus::TimedOut,
         (Some(Ending::Stopped), _) => StepStatus::Interrupted,
-        (None, true) => StepStatus::Succeeded,
-        (None, false) => StepStatus::Failed,
+        (None, Some(0)) => StepStatus::Succeeded,
+        (None, _) => StepStatus::Failed,
     };
     Ok(StepResult { status, exit_code, duration: started.elapsed() })
 }
@@ -231,7 +286,9 @@ mod tests {
     fn run_with(run: &str, timeout_ms: u64, stop: &AtomicBool) -> (StepResult, String) {
         let mut out = Vec::new();
         let env = [("TROOPS_STEP", "t".into()), ("PATH", "/usr/bin:/bin".into())];
-        let result = run_step(&step(run, timeout_ms), Path::new("/"), &env, stop, &mut out).unwrap();
+        let mut supervisor = Supervisor::new(&[]);
+        let result =
+            run_step(&mut supervisor, &step(run, timeout_ms), Path::new("/"), &env, stop, &mut out).unwrap();
         (result, String::from_utf8(out).unwrap())
     }
 
@@ -278,7 +335,7 @@ mod tests {
         // the grace), a double fork: all gone when the step is.
         let (r, out) = run(
             "sleep 30 & echo $!; setsid sleep 30 & echo $!; \
-             sh -c 'trap \"\" TERM; while :; do sleep 0.05; done' & echo $!; \
+             sh -c 'trap \"\" TERM; exec sleep 60' & echo $!; \
              sh -c 'sleep 30 & echo $!' ; echo done",
             20_000,
         );
@@ -288,7 +345,26 @@ mod tests {
         for pid in pids {
             assert!(!alive(pid), "{pid} outlived its step: {out}");
         }
-        assert!(r.duration < Duration::from_secs(5), "{:?}", r.duration);
+        // The one that ignores SIGTERM took the grace, and no more than a while longer.
+        assert!((300..5000).contains(&r.duration.as_millis()), "{:?}", r.duration);
+    }
+
+    #[test]
+    fn one_supervisor_serves_the_steps_of_a_run_and_another_follows_one_it_ended() {
+        let mut supervisor = Supervisor::new(&[]);
+        let stop = AtomicBool::new(false);
+        let mut step_in = |run: &str, timeout_ms| {
+            let mut out = Vec::new();
+            let env = [("PATH", "/usr/bin:/bin".to_owned())];
+            let r = run_step(&mut supervisor, &step(run, timeout_ms), Path::new("/"), &env, &stop, &mut out);
+            (r.unwrap().status, String::from_utf8(out).unwrap())
+        };
+        let (_, first) = step_in("echo $PPID", 10_000);
+        assert_eq!(step_in("echo $PPID", 10_000).1, first, "the same supervisor");
+        assert_eq!(step_in("sleep 30", 200).0, StepStatus::TimedOut);
+        let (status, after) = step_in("echo $PPID", 10_000);
+        assert_eq!(status, StepStatus::Succeeded);
+        assert_ne!(after, first, "a new supervisor");
     }
 
     #[test]
@@ -313,7 +389,9 @@ mod tests {
         let mut s = step("", 10_000);
         s.action = Action::Script("no/such/script".into());
         let mut out = Vec::new();
-        let r = run_step(&s, Path::new("/"), &[], &AtomicBool::new(false), &mut out).unwrap();
+        let r =
+            run_step(&mut Supervisor::new(&[]), &s, Path::new("/"), &[], &AtomicBool::new(false), &mut out)
+                .unwrap();
         let out = String::from_utf8(out).unwrap();
         assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(supervise::CANNOT_START)));
         assert!(out.contains("cannot start /no/such/script"), "{out}");

@@ -1,15 +1,21 @@
-//! The supervisor of one step, so that a step's end ends everything it started. The runner starts
-//! it as a re-exec of the troops binary (`/proc/self/exe __troops-supervise ...`, entered at the
-//! top of each binary's `main` through [`enter_if_asked`]); it starts the step and outlives it.
-//! It is a child subreaper, so what the step leaves behind (`setsid`, a double fork) is
-//! reparented to it rather than to init: when the step's main process exits, or the runner sends
-//! SIGTERM (timeout, stop), or the runner's thread dies (PDEATHSIG), every descendant still alive
-//! gets SIGTERM, then SIGKILL after the grace, and the supervisor exits only once none is left,
-//! with the step's status (its exit code, or 128 + the signal that ended it).
+//! The supervisor of a run's steps, so that a step's end ends everything it started. The runner
+//! starts one per run as a re-exec of the troops binary (`/proc/self/exe __troops-supervise`,
+//! entered at the top of each binary's `main` through [`enter_if_asked`]); one per run, not per
+//! step, because an exec of troops costs milliseconds and a trivial step less than one. It reads
+//! one [`Request`] line per step from its stdin (a socket to the runner), starts the step and
+//! writes back its status, and exits at end of file. It is a child subreaper, so what a step
+//! leaves behind (`setsid`, a double fork) is reparented to it rather than to init: when the
+//! step's main process exits, or the runner sends SIGTERM (timeout, stop), or the runner's thread
+//! dies (PDEATHSIG), every descendant still alive gets SIGTERM, then SIGKILL after the grace, and
+//! only once none is left does the supervisor answer with the step's status (its exit code, or
+//! 128 + the signal that ended it). After a SIGTERM it exits too.
 
 use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -17,23 +23,31 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
 /// The hidden first argument that makes a troops binary a supervisor.
 pub const ARG: &str = "__troops-supervise";
 
-/// What the supervisor exits with when the step cannot start (as a shell does for a missing command).
+/// The status of a step that cannot start (as a shell reports a missing command).
 pub const CANNOT_START: i32 = 127;
 
-/// The command that runs `program args` under a supervisor, for the runner to complete with the
-/// step's environment, directory and output. `grace` is the wait between SIGTERM and SIGKILL.
-pub fn command(program: &OsStr, args: &[&OsStr], grace: Duration) -> Command {
+/// One step for the supervisor to run: exactly this program, environment and directory.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub dir: PathBuf,
+    pub grace_ms: u64,
+}
+
+/// The supervisor's command, for the runner to complete with its stdin (the request socket),
+/// output and environment.
+pub fn command() -> Command {
     let mut c = Command::new("/proc/self/exe");
     c.arg(ARG)
         .arg(std::process::id().to_string())
-        .arg(grace.as_millis().to_string())
-        .arg(program)
-        .args(args)
-        // Its own process group: a terminal's Ctrl-C reaches troops, which decides, not the step.
+        // Its own process group: a terminal's Ctrl-C reaches troops, which decides, not the steps.
         .process_group(0);
     c
 }
@@ -47,11 +61,10 @@ pub fn enter_if_asked() {
     }
 }
 
-/// `args`: the runner's pid, the grace in milliseconds, the program and its arguments.
+/// `args`: the runner's pid. Requests come on stdin, answers go back on it.
 fn supervise(args: Vec<OsString>) -> i32 {
-    let number = |i: usize| args.get(i).and_then(|a| a.to_str()?.parse::<u64>().ok());
-    let (Some(runner), Some(grace), Some(program)) = (number(0), number(1), args.get(2)) else {
-        eprintln!("troops: {ARG} needs <runner pid> <grace ms> <program> [args]");
+    let Some(runner) = args.first().and_then(|a| a.to_str()?.parse::<i32>().ok()) else {
+        eprintln!("troops: {ARG} needs the runner's pid");
         return 2;
     };
     // SAFETY: prctl with integer arguments only changes attributes of this process.
@@ -59,19 +72,42 @@ fn supervise(args: Vec<OsString>) -> i32 {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
     }
-    // Taken as they come with sigtimedwait, never by a handler; the step starts with none blocked.
+    if nix::unistd::getppid().as_raw() != runner {
+        return 1; // the runner died before PDEATHSIG was armed: start nothing
+    }
+    // Taken as they come with sigtimedwait, never by a handler; steps start with none blocked.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(s);
     }
     let _ = signals.thread_block();
-    let mut tree = Tree { grace: Duration::from_millis(grace), main: None, status: None };
-    if nix::unistd::getppid().as_raw() as u64 != runner {
-        return tree.status(); // the runner died before PDEATHSIG was armed: start nothing
-    }
     umask(Mode::from_bits_truncate(0o022));
-    let mut step = Command::new(program);
-    step.args(&args[3..]).process_group(0);
+    // SAFETY: fd 0 is the runner's socket, ours alone from here on.
+    let socket = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(0) });
+    let mut answers = socket.try_clone().expect("duplicating the runner's socket");
+    for line in BufReader::new(socket).lines() {
+        let Ok(request) =
+            line.map_err(|_| ()).and_then(|l| serde_json::from_str::<Request>(&l).map_err(|_| ()))
+        else {
+            return 2;
+        };
+        let (status, stopped) = run(&request, &signals);
+        if writeln!(answers, "{status}").is_err() || stopped {
+            return 0;
+        }
+    }
+    0
+}
+
+/// Runs one step to its end and ends all it left; the status, and whether a signal ended it.
+fn run(request: &Request, signals: &SigSet) -> (i32, bool) {
+    let mut step = Command::new(&request.program);
+    step.args(&request.args)
+        .env_clear()
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&request.dir)
+        .stdin(Stdio::null())
+        .process_group(0);
     // SAFETY: between fork and exec the child only calls sigprocmask, which is async-signal-safe.
     // std leaves the mask as it is, and a step that cannot see SIGTERM could not be ended by it.
     unsafe {
@@ -80,27 +116,29 @@ fn supervise(args: Vec<OsString>) -> i32 {
             Ok(())
         });
     }
+    let mut tree = Tree { grace: Duration::from_millis(request.grace_ms), main: None, status: None };
     match step.spawn() {
         Ok(child) => tree.main = Some(Pid::from_raw(child.id() as i32)),
         Err(e) => {
-            eprintln!("troops: cannot start {}: {e}", program.to_string_lossy());
-            return CANNOT_START;
+            eprintln!("troops: cannot start {}: {e}", request.program.display());
+            return (CANNOT_START, false);
         }
     }
-    loop {
-        match wait_signal(&signals, None) {
+    let mut stopped = false;
+    while tree.status.is_none() {
+        match wait_signal(signals, None) {
             Some(Signal::SIGCHLD) => {
                 tree.reap();
-                if tree.status.is_some() {
-                    break;
-                }
             }
-            Some(_) => break, // timeout, stop, or the runner died
+            Some(_) => {
+                stopped = true; // timeout, stop, or the runner died
+                break;
+            }
             None => {}
         }
     }
-    tree.end(&signals);
-    tree.status()
+    tree.end(signals);
+    (tree.status(), stopped)
 }
 
 struct Tree {
