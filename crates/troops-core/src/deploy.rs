@@ -68,7 +68,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     // Under the lock no step of this node runs: any process still carrying a run's identity is
     // left from a run whose troops died with it (its supervisor too), and must not overlap ours.
     let leftovers = crate::supervise::end_leftovers(&node.state_dir, crate::plan::DEFAULT_KILL_GRACE);
-    if !leftovers.ended.is_empty() || !leftovers.alive.is_empty() {
+    if !leftovers.is_empty() {
         let _ = writeln!(out, "troops: {leftovers}");
     }
     let commit = match &request.commit {
@@ -265,8 +265,8 @@ fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&
     env
 }
 
-/// [`STEP_PATH`], behind the directory of the running troops binary when it is elsewhere, so that
-/// a step's `troops has-role` is this troops.
+/// [`STEP_PATH`], with the directory of the running troops binary in front when it is not in it,
+/// so that a step's `troops has-role` is this troops.
 fn step_path() -> String {
     let exe_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.display().to_string()));
     match exe_dir {

@@ -260,6 +260,12 @@ pub struct Leftovers {
     pub alive: Vec<Pid>,
 }
 
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.ended.is_empty() && self.alive.is_empty()
+    }
+}
+
 impl std::fmt::Display for Leftovers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let list = |pids: &[Pid]| pids.iter().map(Pid::to_string).collect::<Vec<_>>().join(" ");
