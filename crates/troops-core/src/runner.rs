@@ -335,7 +335,8 @@ mod tests {
         // the grace), a double fork: all gone when the step is.
         let (r, out) = run(
             "sleep 30 & echo $!; setsid sleep 30 & echo $!; \
-             sh -c 'trap \"\" TERM; exec sleep 60' & echo $!; \
+             f=$(mktemp); sh -c \"trap '' TERM; echo \\$\\$ > $f; exec sleep 60\" & \
+             while [ ! -s $f ]; do sleep 0.01; done; cat $f; rm $f; \
              sh -c 'sleep 30 & echo $!' ; echo done",
             20_000,
         );
