@@ -6,7 +6,7 @@
 //! Steps write what they saw and the pids of what they started to files in the test dir; the test
 //! reads them afterwards. What a failed test leaves behind is killed when it ends (`Reap`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -91,14 +91,14 @@ fn no_trigger_passes_its_environment_or_umask_to_a_step() {
     std::fs::create_dir_all(&seen_dir).unwrap();
     let origin = env.path("origin.git").display().to_string();
     let leaks = [("LEAK_ME", "1"), ("SSH_AUTH_SOCK", "/tmp/agent.sock"), ("GIT_TRACE_PACKET", "0")];
-    let mut commit = |n: &str| work.commit(&env, &[("troops.toml", &probe_plan(&seen_dir, n))], n);
+    let commit = |n: &str| work.commit(&env, &[("troops.toml", &probe_plan(&seen_dir, n))], n);
 
     // In-process: a push (the hook runs the plan), a manual deploy, a pull.
     commit("1");
     push_as_pusher(&env, &work, &leaks);
     troops_as_caller(&env, &["deploy"], &leaks);
     commit("3");
-    work.push(&env, &origin, &["main"]);
+    assert!(work.push(&env, &origin, &["main"]).status.success());
     troops_as_caller(&env, &["pull"], &leaks);
     // Through a daemon started with systemd's variables and more: a manual deploy, a push.
     let notify = env.path("notify.sock").display().to_string();
@@ -106,11 +106,16 @@ fn no_trigger_passes_its_environment_or_umask_to_a_step() {
     troops_as_caller(&env, &["deploy"], &leaks);
     commit("5");
     push_as_pusher(&env, &work, &leaks);
+    let log = daemon.log();
+    assert!(
+        log.contains("trigger: Manual") && log.contains("trigger: Push"),
+        "not through the daemon:\n{log}"
+    );
     drop(daemon);
 
     let triggers: Vec<String> = (1..=5).map(|id| env.run_record(id)["trigger"].to_string()).collect();
     assert_eq!(triggers, ["\"push\"", "\"manual\"", "\"pull\"", "\"manual\"", "\"push\""]);
-    let root = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap();
     let (_, first) = seen(&seen_dir, 1);
     for id in 1..=5 {
         let (umask, vars) = seen(&seen_dir, id);
@@ -119,8 +124,8 @@ fn no_trigger_passes_its_environment_or_umask_to_a_step() {
         for key in ["HOME", "LANG", "LOGNAME", "PATH", "USER"] {
             assert_eq!(vars.get(key), first.get(key), "run {id}, {key}");
         }
-        assert_eq!(vars["HOME"], root.dir.display().to_string(), "run {id}: the caller's HOME leaked");
-        assert_eq!(vars["USER"], root.name);
+        assert_eq!(vars["HOME"], user.dir.display().to_string(), "run {id}: the caller's HOME leaked");
+        assert_eq!(vars["USER"], user.name);
         assert_eq!(vars["LANG"], "C.UTF-8");
         let bin_dir = crate::support::bin("troops").parent().unwrap().display().to_string();
         assert_eq!(
