@@ -329,9 +329,19 @@ fn leftovers_of_a_sigkilled_deploy_are_ended_before_the_next_run() {
         deploy.wait().unwrap();
     });
 
+    // An operator trying a step by hand with another run's identity is no leftover.
+    let mut bystander = Command::new("sleep")
+        .arg("30")
+        .env("TROOPS_STATE_DIR", &env.state)
+        .env("TROOPS_RUN_ID", "7")
+        .spawn()
+        .unwrap();
     let out = env.run(&["deploy"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(bystander.try_wait().unwrap().is_none(), "the bystander was ended");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
     assert!(stdout.contains("run 1 was left running"), "{stdout}");
     assert!(stdout.contains("left running by an interrupted run"), "{stdout}");
     assert!(!pids.join("overlap").exists(), "the rerun started while the old step ran:\n{stdout}");

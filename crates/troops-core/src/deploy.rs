@@ -65,11 +65,15 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             old.id
         );
     }
-    // Under the lock no step of this node runs: any process still carrying a run's identity is
-    // left from a run whose troops died with it (its supervisor too), and must not overlap ours.
-    let leftovers = crate::supervise::end_leftovers(&node.state_dir, crate::plan::DEFAULT_KILL_GRACE);
-    if !leftovers.is_empty() {
-        let _ = writeln!(out, "troops: {leftovers}");
+    // A run that ended `interrupted` may have left processes running, if its troops died with
+    // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
+    // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
+    if let Some(last) = runs.latest()?.filter(|r| r.status == RunStatus::Interrupted) {
+        let grace = crate::plan::DEFAULT_KILL_GRACE;
+        let leftovers = crate::supervise::end_leftovers(&node.state_dir, last.id, grace);
+        if !leftovers.is_empty() {
+            let _ = writeln!(out, "troops: {leftovers}");
+        }
     }
     let commit = match &request.commit {
         Some(rev) => repo.resolve(rev)?,

@@ -282,12 +282,13 @@ impl std::fmt::Display for Leftovers {
     }
 }
 
-/// Ends the processes of a run of the node at `state_dir` that outlived the troops running it
+/// Ends the processes of run `id` of the node at `state_dir` that outlived the troops running it
 /// (SIGKILLed with its supervisor): SIGTERM, then SIGKILL after `grace`, and waits until they are
 /// gone. Only under the node lock, when no step of the node runs. They are found by what every
-/// step and supervisor carries in its environment: `TROOPS_STATE_DIR` and a `TROOPS_RUN_ID`.
-pub fn end_leftovers(state_dir: &std::path::Path, grace: Duration) -> Leftovers {
+/// step and supervisor carries in its environment: `TROOPS_STATE_DIR` and `TROOPS_RUN_ID`.
+pub fn end_leftovers(state_dir: &std::path::Path, id: u64, grace: Duration) -> Leftovers {
     let state = format!("TROOPS_STATE_DIR={}", state_dir.display());
+    let run = format!("TROOPS_RUN_ID={id}");
     // This process, and whatever started it, may carry the same (a step that runs `troops deploy`).
     let mut spared = vec![Pid::this()];
     while let Some(up) = parent(*spared.last().unwrap()).filter(|p| p.as_raw() > 1) {
@@ -299,12 +300,12 @@ pub fn end_leftovers(state_dir: &std::path::Path, grace: Duration) -> Leftovers 
             .filter(|pid| {
                 let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
                 let mut vars = environ.split(|&b| b == 0);
-                let (mut ours, mut run) = (false, false);
+                let (mut node, mut of_run) = (false, false);
                 for var in &mut vars {
-                    ours |= var == state.as_bytes();
-                    run |= var.starts_with(b"TROOPS_RUN_ID=");
+                    node |= var == state.as_bytes();
+                    of_run |= var == run.as_bytes();
                 }
-                ours && run
+                node && of_run
             })
             .collect()
     };
