@@ -14,5 +14,6 @@ mod node;
 mod pull;
 mod push;
 mod signed;
+mod steps;
 mod trust;
 mod watch;

@@ -549,9 +549,9 @@ fn with_a_daemon_running_the_push_runs_in_the_daemon_and_streams_from_there() {
     let daemon = Daemon::start(&env);
     let gate = Gate(env.path("gate"));
     let repo = env.deploy_repo("deploy");
-    // A step's parent is the process that runs the plan.
-    let commit =
-        repo.commit(&env, &[("troops.toml", &gated_step("where", "run by pid $PPID", &gate.0))], "plan");
+    // A step's parent is its supervisor, whose parent is the process that runs the plan.
+    let says = "run by pid $(cut -d' ' -f4 /proc/$PPID/stat)";
+    let commit = repo.commit(&env, &[("troops.toml", &gated_step("where", says, &gate.0))], "plan");
 
     let mut pushing = Pushing::start(ssh_push_command(&env, &sshd, &repo, &["main"]));
     let line = pushing.wait_for("run by pid");

@@ -42,7 +42,7 @@ impl Outcome {
 }
 
 /// Runs the plan for `request`, writing progress and step output to `out` as it comes. `stop`,
-/// once set, lets the current step finish and ends the run `interrupted`.
+/// once set, ends the current step (and all it started) and the run, `interrupted`.
 pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
     // What nearly every poll finds: the tip is deployed. Refs are read atomically, so this needs
@@ -64,6 +64,16 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             "troops: run {} was left running by a process that died; marked interrupted",
             old.id
         );
+    }
+    // A run that ended `interrupted` may have left processes running, if its troops died with
+    // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
+    // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
+    if let Some(last) = runs.latest()?.filter(|r| r.status == RunStatus::Interrupted) {
+        let grace = crate::plan::DEFAULT_KILL_GRACE;
+        let leftovers = crate::supervise::end_leftovers(&node.state_dir, last.id, grace);
+        if !leftovers.is_empty() {
+            let _ = writeln!(out, "troops: {leftovers}");
+        }
     }
     let commit = match &request.commit {
         Some(rev) => repo.resolve(rev)?,
@@ -188,6 +198,7 @@ fn run(
         plan.steps.len()
     );
     let env = step_env(node, record, &roles);
+    let mut supervisor = runner::Supervisor::new(&env);
     for (i, step) in selected.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             record.status = RunStatus::Interrupted;
@@ -197,11 +208,18 @@ fn run(
         let _ = writeln!(out, "==> {}", step.name);
         let mut env = env.clone();
         env.push(("TROOPS_STEP", step.name.clone()));
-        let result = runner::run_step(step, &checkout, &env, out)?;
+        let result = runner::run_step(&mut supervisor, step, &checkout, &env, stop, out)?;
         let slot = &mut record.steps[i];
         slot.status = result.status;
         slot.exit_code = result.exit_code;
         slot.duration_ms = result.duration.as_millis() as u64;
+        if result.status == StepStatus::Interrupted {
+            record.status = RunStatus::Interrupted;
+            record.error =
+                Some(format!("troops was asked to stop during step `{}`; it was ended", step.name));
+            runs.save(record)?;
+            break;
+        }
         if result.status != StepStatus::Succeeded {
             let code = result.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
             let _ = writeln!(out, "==> {} {}{code}", step.name, result.status);
@@ -219,9 +237,19 @@ fn run(
     Ok(())
 }
 
-/// The SPEC's environment of every step, but `TROOPS_STEP`.
+/// The PATH of every step: fixed, so that no trigger's PATH leaks in.
+const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment of every step but `TROOPS_STEP` and the step's own `env`, the same for
+/// every trigger (SPEC, "The trust boundary"): nothing of the pusher's, the caller's or systemd's.
 fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&'static str, String)> {
-    vec![
+    let mut env = vec![("PATH", step_path()), ("LANG", "C.UTF-8".to_owned())];
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
+        env.push(("HOME", user.dir.display().to_string()));
+        env.push(("USER", user.name.clone()));
+        env.push(("LOGNAME", user.name));
+    }
+    env.extend([
         ("TROOPS_COMMIT", record.commit.clone()),
         ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.clone().unwrap_or_default()),
         ("TROOPS_HOST", record.host.clone()),
@@ -230,7 +258,18 @@ fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&
         ("TROOPS_TRIGGER", record.trigger.to_string()),
         ("TROOPS_STATE_DIR", node.state_dir.display().to_string()),
         ("TROOPS_CONFIG", node.config.path.display().to_string()),
-    ]
+    ]);
+    env
+}
+
+/// [`STEP_PATH`], with the directory of the running troops binary in front when it is not in it,
+/// so that a step's `troops has-role` is this troops.
+fn step_path() -> String {
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.display().to_string()));
+    match exe_dir {
+        Some(dir) if !STEP_PATH.split(':').any(|d| d == dir) => format!("{dir}:{STEP_PATH}"),
+        _ => STEP_PATH.to_owned(),
+    }
 }
 
 /// One line on how a run went, e.g.

@@ -23,6 +23,7 @@ pub mod runner;
 pub mod runs;
 pub mod signals;
 pub mod ssh;
+pub mod supervise;
 pub mod verify;
 
 #[cfg(test)]

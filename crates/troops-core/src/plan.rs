@@ -15,6 +15,7 @@ pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The longest step `timeout`: a year (the deadline is added to a clock; no step means more).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(31_557_600);
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -36,6 +37,9 @@ pub struct Step {
     pub roles: Option<Vec<String>>,
     pub action: Action,
     pub timeout: Duration,
+    /// When the step ends, times out or is stopped, how long what it started has between SIGTERM
+    /// and SIGKILL.
+    pub kill_grace: Duration,
     pub env: BTreeMap<String, String>,
 }
 
@@ -73,6 +77,7 @@ struct RawStep {
     run: Option<Spanned<String>>,
     script: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    kill_grace: Option<Spanned<String>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
 }
 
@@ -151,28 +156,10 @@ impl Plan {
                 }
                 (None, None) => return Err(err(span, format!("step `{name}` needs `run` or `script`"))),
             };
-            let timeout = match step.timeout {
-                None => DEFAULT_TIMEOUT,
-                Some(t) => match humantime::parse_duration(t.get_ref()) {
-                    Ok(d) if d > MAX_TIMEOUT => {
-                        return Err(err(
-                            t.span(),
-                            format!(
-                                "step `{name}`: `timeout` {:?} is too long; at most {}",
-                                t.get_ref(),
-                                humantime::format_duration(MAX_TIMEOUT)
-                            ),
-                        ))
-                    }
-                    Ok(d) if !d.is_zero() => d,
-                    Ok(_) => {
-                        return Err(err(t.span(), format!("step `{name}`: `timeout` must be more than zero")))
-                    }
-                    Err(e) => {
-                        return Err(err(t.span(), format!("step `{name}`: `timeout` {:?}: {e}", t.get_ref())))
-                    }
-                },
-            };
+            let timeout =
+                duration(&name, "timeout", step.timeout, DEFAULT_TIMEOUT).map_err(|(s, m)| err(s, m))?;
+            let kill_grace = duration(&name, "kill_grace", step.kill_grace, DEFAULT_KILL_GRACE)
+                .map_err(|(s, m)| err(s, m))?;
             let env = match step.env {
                 None => BTreeMap::new(),
                 Some(env) => match env
@@ -207,7 +194,7 @@ impl Plan {
                 ),
                 None => None,
             };
-            steps.push(Step { name, roles, action, timeout, env });
+            steps.push(Step { name, roles, action, timeout, kill_grace, env });
         }
         Ok(Plan { roles, steps })
     }
@@ -259,6 +246,30 @@ pub fn text(path: &Path, bytes: Vec<u8>) -> Result<String> {
     })
 }
 
+/// The duration of step `name`'s `key` (humantime, more than zero), or `default` without one; an
+/// error is the span and message for the caller to place.
+fn duration(
+    name: &str,
+    key: &str,
+    value: Option<Spanned<String>>,
+    default: Duration,
+) -> std::result::Result<Duration, (std::ops::Range<usize>, String)> {
+    let Some(value) = value else { return Ok(default) };
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) if d > MAX_TIMEOUT => Err((
+            value.span(),
+            format!(
+                "step `{name}`: `{key}` {:?} is too long; at most {}",
+                value.get_ref(),
+                humantime::format_duration(MAX_TIMEOUT)
+            ),
+        )),
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err((value.span(), format!("step `{name}`: `{key}` must be more than zero"))),
+        Err(e) => Err((value.span(), format!("step `{name}`: `{key}` {:?}: {e}", value.get_ref()))),
+    }
+}
+
 /// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
 /// lead out; returns it relative to `root`.
 fn script_path(root: Option<&Path>, script: &str) -> std::result::Result<PathBuf, String> {
@@ -302,7 +313,7 @@ mod tests {
     fn parses_roles_and_steps() {
         let plan = parse(
             "[roles.web]\nhosts = [\"a\"]\nmatch = [\"web-*\"]\n\n[[step]]\nname = \"one\"\nrun = \"true\"\n\
-             roles = [\"web\"]\ntimeout = \"5s\"\nenv = { LEVEL = \"prod\" }\n\n[[step]]\nname = \"two\"\nrun = \"false\"\n",
+             roles = [\"web\"]\ntimeout = \"5s\"\nkill_grace = \"300ms\"\nenv = { LEVEL = \"prod\" }\n\n[[step]]\nname = \"two\"\nrun = \"false\"\n",
         )
         .unwrap();
         assert_eq!(plan.roles[0].name, "web");
@@ -312,6 +323,8 @@ mod tests {
         assert_eq!(plan.steps[0].env["LEVEL"], "prod");
         assert_eq!(plan.steps[1].roles, None);
         assert_eq!(plan.steps[1].timeout, DEFAULT_TIMEOUT);
+        assert_eq!(plan.steps[0].kill_grace, Duration::from_millis(300));
+        assert_eq!(plan.steps[1].kill_grace, DEFAULT_KILL_GRACE);
     }
 
     #[test]
@@ -327,6 +340,10 @@ mod tests {
             .contains(":3:10: step `a`: script \"../x\" leaves the repo through `..`"));
         assert!(error("[[step]]\nname = \"a\"\nscript = \"/bin/true\"\n").contains("is absolute"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"never\"\n").contains(":4:11:"));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nkill_grace = \"soon\"\n")
+            .contains(":4:14: step `a`: `kill_grace` \"soon\""));
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nkill_grace = \"0s\"\n")
+            .contains("`kill_grace` must be more than zero"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = []\n").contains("`roles` is empty"));
         assert!(error("[roles.web]\nmatch = [\"[\"]\n").contains(":2:10: role `web`: bad pattern"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nenv = { TROOPS_HOST = \"x\" }\n")

@@ -1,22 +1,26 @@
-//! Runs one step: `/bin/sh -c` or a script from the checkout, in its own process group, stdin
-//! `/dev/null`, stdout and stderr merged into one pipe whose bytes go to the caller as they come.
-//! On timeout the whole process group is killed. The step ends when its main process exits:
-//! what background children it left keep running, but the run does not wait for them.
+//! Runs a run's steps: `/bin/sh -c` or a script from the checkout, each under the run's
+//! supervisor (`supervise`), with exactly the environment it is given, stdin `/dev/null`, stdout
+//! and stderr merged into one pipe whose bytes go to the caller as they come. A step ends when
+//! its main process exits, times out or is stopped; then everything it started is ended too
+//! (SIGTERM, then SIGKILL after the step's `kill_grace`) before the next step starts.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::error::{Context, Result};
 use crate::plan::{Action, Step};
 use crate::runs::StepStatus;
+use crate::supervise;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepResult {
@@ -26,96 +30,180 @@ pub struct StepResult {
     pub duration: Duration,
 }
 
-/// Runs `step` in `checkout` with `env` added to the inherited environment, copying its output to
-/// `out` as it is produced. Errors only when troops itself cannot work (no pipe); a step that
-/// cannot start is a failed step, explained in `out`.
+/// How often a running step looks at the stop flag, which a signal handler or another thread sets.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Why troops ended a step before its main process exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    TimedOut,
+    Stopped,
+}
+
+/// The supervisor of a run's steps, started on the first step and again after one that it ended
+/// by signal (it exits then); it exits when dropped.
+pub struct Supervisor {
+    /// The environment the supervisor itself carries: the run's, by which leftovers of a run
+    /// whose troops was SIGKILLed are found (`supervise::end_leftovers`).
+    env: Vec<(String, String)>,
+    running: Option<Running>,
+}
+
+struct Running {
+    child: Child,
+    exited: OwnedFd,
+    requests: UnixStream,
+    answers: BufReader<UnixStream>,
+    output: std::io::PipeReader,
+}
+
+impl Supervisor {
+    pub fn new(env: &[(&str, String)]) -> Supervisor {
+        Supervisor { env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), running: None }
+    }
+
+    fn running(&mut self, step: &str) -> Result<&mut Running> {
+        if self.running.is_none() {
+            self.running = Some(self.start().ctx(|| format!("starting the supervisor of step `{step}`"))?);
+        }
+        Ok(self.running.as_mut().expect("started above"))
+    }
+
+    fn start(&self) -> std::io::Result<Running> {
+        let (output, writer) = std::io::pipe()?;
+        let (requests, theirs) = UnixStream::pair()?;
+        let stderr = writer.try_clone()?;
+        let mut command = supervise::command();
+        command
+            .current_dir("/")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(writer)
+            .stderr(stderr)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let child = command.spawn()?;
+        drop(command); // closes our copies of its ends
+        let exited = pidfd_open(child.id() as i32)?;
+        let answers = BufReader::new(requests.try_clone()?);
+        Ok(Running { child, exited, requests, answers, output })
+    }
+}
+
+impl Drop for Running {
+    /// The end of its requests: the supervisor exits, and is reaped.
+    fn drop(&mut self) {
+        let _ = self.requests.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `step` in `checkout` under `supervisor` with `env` (the whole environment but the
+/// step's own `env`), copying its output to `out` as it is produced; `stop`, once set, ends the
+/// step. Errors only when troops itself cannot work (no pipe, no supervisor); a step that cannot
+/// start is a failed step, explained in `out`.
 pub fn run_step(
+    supervisor: &mut Supervisor,
     step: &Step,
     checkout: &Path,
     env: &[(&str, String)],
+    stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<StepResult> {
     let started = Instant::now();
-    let (mut reader, writer) =
-        std::io::pipe().ctx(|| format!("creating the output pipe of step `{}`", step.name))?;
-    let mut command = match &step.action {
-        Action::Run(script) => {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c").arg(script);
-            c
-        }
-        Action::Script(path) => Command::new(checkout.join(path)),
+    let (program, args) = match &step.action {
+        Action::Run(run) => ("/bin/sh".into(), vec!["-c".to_owned(), "--".to_owned(), run.clone()]),
+        Action::Script(path) => (checkout.join(path), vec![]),
     };
-    let stderr = writer.try_clone().ctx(|| format!("creating the output pipe of step `{}`", step.name))?;
-    command
-        .current_dir(checkout)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(stderr)
-        .process_group(0)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .envs(&step.env);
-    let spawned = command.spawn();
-    drop(command); // closes our copies of the pipe's write end, so EOF can come
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let _ = writeln!(out, "troops: cannot start step `{}`: {e}", step.name);
-            return Ok(StepResult {
-                status: StepStatus::Failed,
-                exit_code: None,
-                duration: started.elapsed(),
-            });
-        }
+    let request = supervise::Request {
+        program,
+        args,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain(step.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect(),
+        dir: checkout.to_owned(),
+        grace_ms: step.kill_grace.as_millis() as u64,
     };
-    let pid = child.id() as i32;
+    let running = supervisor.running(&step.name)?;
+    let line = serde_json::to_string(&request).expect("requests serialize") + "\n";
+    running.requests.write_all(line.as_bytes()).ctx(|| format!("starting step `{}`", step.name))?;
     let deadline = started + step.timeout;
-    let exited = pidfd_open(pid).ctx(|| format!("watching step `{}`", step.name))?;
-    let mut open = true;
-    let mut timed_out = false;
+    let mut ending = None;
     let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1)
-            .unwrap_or(PollTimeout::MAX);
-        let mut fds = vec![PollFd::new(exited.as_fd(), PollFlags::POLLIN)];
-        if open {
-            fds.push(PollFd::new(reader.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, ms) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).ctx(|| format!("waiting for step `{}`", step.name)),
-            Ok(0) if Instant::now() >= deadline => {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let mut answer = String::new();
+    let status = loop {
+        let now = Instant::now();
+        if ending.is_none() {
+            ending = if now >= deadline {
                 let _ = writeln!(
                     out,
-                    "troops: step `{}` timed out after {}; killed its process group",
+                    "troops: step `{}` timed out after {}; ending everything it started",
                     step.name,
                     humantime::format_duration(step.timeout)
                 );
-                timed_out = true;
-                break;
+                Some(Ending::TimedOut)
+            } else if stop.load(Ordering::SeqCst) {
+                let _ = writeln!(
+                    out,
+                    "troops: asked to stop; ending step `{}` and everything it started",
+                    step.name
+                );
+                Some(Ending::Stopped)
+            } else {
+                None
+            };
+            if ending.is_some() {
+                // The supervisor ends the step's whole tree, answers, and exits.
+                let _ = kill(Pid::from_raw(running.child.id() as i32), Signal::SIGTERM);
             }
+        }
+        let wait = match ending {
+            None => deadline.saturating_duration_since(now).min(STOP_CHECK),
+            Some(_) => STOP_CHECK,
+        };
+        let ms = PollTimeout::try_from(wait.as_millis() as i32 + 1).unwrap_or(PollTimeout::MAX);
+        let mut fds = [
+            PollFd::new(running.answers.get_ref().as_fd(), PollFlags::POLLIN),
+            PollFd::new(running.output.as_fd(), PollFlags::POLLIN),
+            PollFd::new(running.exited.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, ms) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).ctx(|| format!("waiting for step `{}`", step.name)),
             Ok(_) => {}
         }
-        let done = fds[0].any().unwrap_or(false);
-        if open && fds.get(1).and_then(|f| f.any()).unwrap_or(false) {
-            open = copy_available(&mut reader, &mut buf, out);
+        let [answered, output, exited] = fds.map(|f| f.any().unwrap_or(false));
+        if output {
+            copy_available(&mut running.output, &mut buf, out);
         }
-        if done {
-            // The main process is gone: take what it wrote, but do not wait for its children.
-            if open {
-                drain(&reader, &mut buf, out);
-            }
-            break;
+        if answered || exited {
+            // Everything the step started is gone: what they wrote is in the pipe already.
+            drain(&running.output, &mut buf, out);
+            let status = match running.answers.read_line(&mut answer) {
+                Ok(n) if n > 0 => answer.trim().parse().ok(),
+                _ => None,
+            };
+            break status;
         }
+    };
+    let exit_code = match status {
+        Some(code) => Some(code),
+        None => {
+            // The supervisor died without answering (killed, say): what it says by its own end.
+            let mut gone = supervisor.running.take().expect("running above");
+            let status = gone.child.wait().ctx(|| format!("waiting for step `{}`", step.name))?;
+            status.code().or_else(|| status.signal().map(|s| 128 + s))
+        }
+    };
+    if ending.is_some() {
+        drop(supervisor.running.take()); // it exits after a SIGTERM; the next step starts another
     }
-    let status = child.wait().ctx(|| format!("waiting for step `{}`", step.name))?;
-    let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s));
-    let status = match (timed_out, status.success()) {
-        (true, _) => StepStatus::TimedOut,
-        (false, true) => StepStatus::Succeeded,
-        (false, false) => StepStatus::Failed,
+    let status = match (ending, exit_code) {
+        (Some(Ending::TimedOut), _) => StepStatus::TimedOut,
+        (Some(Ending::Stopped), _) => StepStatus::Interrupted,
+        (None, Some(0)) => StepStatus::Succeeded,
+        (None, _) => StepStatus::Failed,
     };
     Ok(StepResult { status, exit_code, duration: started.elapsed() })
 }
@@ -190,37 +278,123 @@ mod tests {
             roles: None,
             action: Action::Run(run.into()),
             timeout: Duration::from_millis(timeout_ms),
+            kill_grace: Duration::from_millis(300),
             env: BTreeMap::from([("LEVEL".into(), "prod".into())]),
         }
     }
 
-    fn run(run: &str, timeout_ms: u64) -> (StepResult, String) {
+    fn run_with(run: &str, timeout_ms: u64, stop: &AtomicBool) -> (StepResult, String) {
         let mut out = Vec::new();
+        let env = [("TROOPS_STEP", "t".into()), ("PATH", "/usr/bin:/bin".into())];
+        let mut supervisor = Supervisor::new(&[]);
         let result =
-            run_step(&step(run, timeout_ms), Path::new("/"), &[("TROOPS_STEP", "t".into())], &mut out)
-                .unwrap();
+            run_step(&mut supervisor, &step(run, timeout_ms), Path::new("/"), &env, stop, &mut out).unwrap();
         (result, String::from_utf8(out).unwrap())
     }
 
+    fn run(run: &str, timeout_ms: u64) -> (StepResult, String) {
+        run_with(run, timeout_ms, &AtomicBool::new(false))
+    }
+
+    fn alive(pid: &str) -> bool {
+        let pid = Pid::from_raw(pid.trim().parse().unwrap());
+        // A zombie is dead too: only its parent has not looked yet.
+        kill(pid, None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+    }
+
     #[test]
-    fn output_is_merged_and_env_is_set() {
-        let (r, out) =
-            run("echo out; echo err >&2; echo $TROOPS_STEP $LEVEL; read x || echo no-stdin", 10_000);
+    fn output_is_merged_and_env_is_set_and_nothing_else() {
+        let (r, out) = run(
+            "echo out; echo err >&2; echo $TROOPS_STEP $LEVEL; read x || echo no-stdin; umask; env | cut -d= -f1 | sort | tr '\\n' ' '",
+            10_000,
+        );
         assert_eq!((r.status, r.exit_code), (StepStatus::Succeeded, Some(0)));
-        assert_eq!(out, "out\nerr\nt prod\nno-stdin\n");
+        assert_eq!(out, "out\nerr\nt prod\nno-stdin\n0022\nLEVEL PATH PWD TROOPS_STEP ");
+    }
+
+    #[test]
+    fn the_step_starts_with_no_signal_blocked() {
+        // A step that could not see SIGTERM could not be ended by it.
+        let (r, out) = run("exec grep '^SigBlk' /proc/self/status", 10_000);
+        assert_eq!(r.status, StepStatus::Succeeded, "{out}");
+        assert_eq!(out, "SigBlk:\t0000000000000000\n");
     }
 
     #[test]
     fn failure_keeps_the_exit_code() {
         let (r, _) = run("exit 7", 10_000);
         assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(7)));
+        let (r, _) = run("kill -9 $$", 10_000);
+        assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(137)));
     }
 
     #[test]
-    fn background_children_do_not_hold_the_step() {
-        let (r, out) = run("echo started; sleep 30 & echo $! > /dev/null", 20_000);
-        assert_eq!(r.status, StepStatus::Succeeded);
-        assert!(r.duration < Duration::from_secs(10), "{:?}", r.duration);
-        assert_eq!(out, "started\n");
+    fn what_a_step_leaves_behind_is_ended_with_it() {
+        // A background child, one in its own session, one that ignores SIGTERM (killed after
+        // the grace), a double fork: all gone when the step is.
+        let (r, out) = run(
+            "sleep 30 & echo $!; setsid sleep 30 & echo $!; \
+             f=$(mktemp); sh -c \"trap '' TERM; echo \\$\\$ > $f; exec sleep 60\" & \
+             while [ ! -s $f ]; do sleep 0.01; done; cat $f; rm $f; \
+             sh -c 'sleep 30 & echo $!' ; echo done",
+            20_000,
+        );
+        assert_eq!((r.status, r.exit_code), (StepStatus::Succeeded, Some(0)), "{out}");
+        let pids: Vec<&str> = out.lines().filter(|l| *l != "done").collect();
+        assert_eq!(pids.len(), 4, "{out}");
+        for pid in pids {
+            assert!(!alive(pid), "{pid} outlived its step: {out}");
+        }
+        // The one that ignores SIGTERM took the grace, and no more than a while longer.
+        assert!((300..5000).contains(&r.duration.as_millis()), "{:?}", r.duration);
+    }
+
+    #[test]
+    fn one_supervisor_serves_the_steps_of_a_run_and_another_follows_one_it_ended() {
+        let mut supervisor = Supervisor::new(&[]);
+        let stop = AtomicBool::new(false);
+        let mut step_in = |run: &str, timeout_ms| {
+            let mut out = Vec::new();
+            let env = [("PATH", "/usr/bin:/bin".to_owned())];
+            let r = run_step(&mut supervisor, &step(run, timeout_ms), Path::new("/"), &env, &stop, &mut out);
+            (r.unwrap().status, String::from_utf8(out).unwrap())
+        };
+        let (_, first) = step_in("echo $PPID", 10_000);
+        assert_eq!(step_in("echo $PPID", 10_000).1, first, "the same supervisor");
+        assert_eq!(step_in("sleep 30", 200).0, StepStatus::TimedOut);
+        let (status, after) = step_in("echo $PPID", 10_000);
+        assert_eq!(status, StepStatus::Succeeded);
+        assert_ne!(after, first, "a new supervisor");
+    }
+
+    #[test]
+    fn a_timeout_ends_the_step_and_its_children() {
+        let (r, out) = run("setsid sleep 30 & echo $!; sleep 30", 300);
+        assert_eq!(r.status, StepStatus::TimedOut, "{out}");
+        assert_eq!(r.exit_code, Some(143), "{out}");
+        assert!(!alive(out.lines().next().unwrap()), "{out}");
+        assert!(out.contains("timed out after 300ms"), "{out}");
+    }
+
+    #[test]
+    fn stop_ends_the_step() {
+        let stop = AtomicBool::new(true);
+        let (r, out) = run_with("sleep 30", 20_000, &stop);
+        assert_eq!(r.status, StepStatus::Interrupted, "{out}");
+        assert!(r.duration < Duration::from_secs(5), "{:?}", r.duration);
+    }
+
+    #[test]
+    fn a_script_that_cannot_start_fails_the_step() {
+        let mut s = step("", 10_000);
+        s.action = Action::Script("no/such/script".into());
+        let mut out = Vec::new();
+        let r =
+            run_step(&mut Supervisor::new(&[]), &s, Path::new("/"), &[], &AtomicBool::new(false), &mut out)
+                .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(supervise::CANNOT_START)));
+        assert!(out.contains("cannot start /no/such/script"), "{out}");
     }
 }

@@ -33,6 +33,8 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     TimedOut,
+    /// Ended because troops was asked to stop (daemon SIGTERM, Ctrl-C of `troops deploy`).
+    Interrupted,
     NotRun,
 }
 

@@ -1,5 +1,6 @@
 //! Stopping a run politely: SIGINT, SIGTERM or SIGHUP to a process running a plan in-process sets
-//! a flag; the current step finishes (bounded by its timeout) and the run ends `interrupted`.
+//! a flag; the current step is ended (SIGTERM, then SIGKILL after its `kill_grace`) and the run
+//! ends `interrupted`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;

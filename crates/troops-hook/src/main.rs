@@ -19,10 +19,11 @@ use troops_core::runs::{RunStatus, Trigger};
 use troops_core::Error;
 
 fn main() -> ExitCode {
-    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
-    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
-    // which may read another system config than git, must not refuse the same repository when a
-    // member of admin_group pushes to the root-owned repo.
+    troops_core::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
+                                              // SAFETY: set once, before any other libgit2 call, while the process has one thread.
+                                              // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
+                                              // which may read another system config than git, must not refuse the same repository when a
+                                              // member of admin_group pushes to the root-owned repo.
     let _ = unsafe { git2::opts::set_verify_owner_validation(false) };
     let mode = std::env::args().nth(1).unwrap_or_default();
     let result = match mode.as_str() {
@@ -206,7 +207,7 @@ fn forget_git_environment() {
 /// The pusher going away (Ctrl-C on a local push, a dropped SSH connection, a closed terminal)
 /// must not stop a run that started: SIGINT and SIGHUP are caught and dropped (by a handler, not
 /// SIG_IGN, so that steps still start with the default dispositions). SIGTERM, the system
-/// stopping, still ends the run between steps, `interrupted`. Writes to a pusher who is gone
+/// stopping, still ends the run (and its current step), `interrupted`. Writes to a pusher who is gone
 /// fail with EPIPE (Rust ignores SIGPIPE), and the run's output goes on to its log.
 fn outlive_the_pusher() -> &'static AtomicBool {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};

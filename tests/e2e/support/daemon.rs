@@ -18,7 +18,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
-        Daemon::start_command(env, env.troops(&["daemon"]))
+        Daemon::start_with(env, &[])
+    }
+
+    /// A daemon with `vars` added to its environment (as systemd adds NOTIFY_SOCKET).
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> Daemon {
+        let mut command = env.troops(&["daemon"]);
+        command.envs(vars.iter().copied());
+        Daemon::start_command(env, command)
     }
 
     /// Starts `command`, which must exec `troops daemon` in its own process (a `prlimit` wrapper,

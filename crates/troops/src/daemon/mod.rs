@@ -1,10 +1,10 @@
 //! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
 //! waits on the timer (interval plus jitter), a pending retry, the control socket, file changes
 //! (config and branch ref, read by notify on a thread of its own) and signals; the actual work
-//! runs on one worker thread, fetches on another. SIGTERM lets the current step finish, then
-//! exits 0. If a worker thread or the socket server ends, the daemon exits non-zero at once
-//! (systemd restarts it) rather than take requests nothing will answer. systemd hears readiness
-//! and status through NOTIFY_SOCKET.
+//! runs on one worker thread, fetches on another. SIGTERM ends the current step (SIGTERM to all
+//! it started, SIGKILL after its `kill_grace`), then exits 0. If a worker thread or the socket
+//! server ends, the daemon exits non-zero at once (systemd restarts it) rather than take requests
+//! nothing will answer. systemd hears readiness and status through NOTIFY_SOCKET.
 
 mod listener;
 mod socket;
@@ -27,7 +27,7 @@ use troops_core::runs::Trigger;
 use watch::{Change, Watch};
 use worker::{Event, Job, Work, Worker};
 
-/// Set on SIGTERM/SIGINT: the run under way stops after its current step.
+/// Set on SIGTERM/SIGINT: the run under way ends its current step and stops, `interrupted`.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn run(node: Node) -> Result<ExitCode> {
@@ -115,7 +115,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping: the current step may finish first");
+    tracing::info!("stopping: ending the current step, if any");
     notify("STOPPING=1");
     STOP.store(true, Ordering::SeqCst);
     worker.stop();
