@@ -384,3 +384,52 @@ fn status_calls_a_daemon_that_does_not_answer_not_serving() {
         env.ok(&["status"]).contains("daemon    pid")
     });
 }
+
+/// A step that upgrades troops (as `apt-get install troops` does: a new file renamed over the
+/// executable) is not ended by it: the daemon finishes the run, then re-executes the new binary,
+/// same pid, and serves again. Two upgrades in a row, so the restarted daemon does it too.
+#[test]
+fn a_step_that_replaces_the_troops_executable_finishes_and_the_daemon_restarts_into_it() {
+    let env = Env::new();
+    env.write_config("hostname = \"web-1\"\ninterval = \"1h\"\n");
+    env.init();
+    let installed = env.path("bin/troops");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(bin("troops"), &installed).unwrap();
+    let mut command = Command::new(&installed);
+    env.hermetic(&mut command);
+    command.arg("daemon");
+    let mut daemon = Daemon::start_command(&env, command);
+    let pid = daemon.child.id();
+    let work = env.deploy_repo("work");
+    let node = env.repo().display().to_string();
+    let upgrade = format!(
+        "[[step]]\nname = \"upgrade\"\nrun = \"cp {0} {1}.new && mv -f {1}.new {1} && echo upgraded\"\n",
+        bin("troops").display(),
+        installed.display()
+    );
+    for round in 1..=2 {
+        work.commit(&env, &[("troops.toml", &upgrade), ("round", &round.to_string())], "upgrade");
+        let out = work.push(&env, &node, &["main"]);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("upgraded") && stderr.contains(&format!("run {round} succeeded")),
+            "{stderr}"
+        );
+        wait_until("the restart into the new executable", Duration::from_secs(20), || {
+            daemon.log().matches("daemon started").count() == round + 1
+        });
+        assert!(
+            daemon.log().contains("the troops executable was replaced; restarting into it"),
+            "{}",
+            daemon.log()
+        );
+        assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon exited:\n{}", daemon.log());
+        let status: Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+        assert_eq!(status["daemon"]["pid"], pid, "{status}");
+    }
+    assert_eq!(env.run_record(2)["status"], "succeeded");
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "{}", daemon.log());
+}

@@ -77,6 +77,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
     pull();
     let mut next_tick = Instant::now() + period(&config.lock().unwrap());
     let mut retry_at: Option<Instant> = None;
+    let mut upgrade = None;
     loop {
         {
             let mut status = status.lock().unwrap();
@@ -93,7 +94,15 @@ async fn serve(node: Node) -> Result<ExitCode> {
                 submit(Work::Tip(Trigger::Retry));
             }
             Some(event) = events.recv() => match event {
-                Event::RetryAt(at) => retry_at = at.map(Instant::from_std),
+                Event::RetryAt(at) => {
+                    retry_at = at.map(Instant::from_std);
+                    if let Some(exe) = replaced_executable() {
+                        if worker.idle_and_closed() {
+                            upgrade = Some(exe);
+                            break;
+                        }
+                    }
+                }
                 Event::Ended(thread) => {
                     tracing::error!(thread, "a worker thread ended; exiting so that the daemon is restarted");
                     return Ok(fail(&socket_path));
@@ -123,8 +132,32 @@ async fn serve(node: Node) -> Result<ExitCode> {
         .await?
         .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(exe) = upgrade {
+        return Ok(restart_into(&exe));
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The path of this process's executable when that file has been replaced since it started (as
+/// dpkg replaces it: a new file renamed over the old, whose inode lives on as "(deleted)").
+fn replaced_executable() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let link = std::fs::read_link("/proc/self/exe").ok()?;
+    let path = link.as_os_str().as_bytes().strip_suffix(b" (deleted)")?;
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path));
+    path.is_file().then_some(path)
+}
+
+/// Becomes the new executable at `exe`, same pid and arguments (systemd keeps following it and
+/// hears READY again); returns only if that fails, with the code that gets the daemon restarted.
+fn restart_into(exe: &std::path::Path) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    tracing::info!(exe = %exe.display(), "the troops executable was replaced; restarting into it");
+    notify("RELOADING=1\nSTATUS=restarting into the new troops executable");
+    let error = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    tracing::error!(exe = %exe.display(), %error, "cannot restart into the new executable");
+    ExitCode::FAILURE
 }
 
 /// The daemon cannot go on: its socket goes first, so that hooks and the CLI run the plan

@@ -147,6 +147,15 @@ impl Handle {
         wake.notify_one();
     }
 
+    /// True, and the worker takes nothing new, when it runs nothing and nothing waits: the
+    /// moment the daemon may replace itself without ending a step.
+    pub fn idle_and_closed(&self) -> bool {
+        let mut state = self.shared.0.lock().unwrap();
+        let idle = state.running.is_none() && state.queue.is_empty() && !state.stopping;
+        state.stopping |= idle;
+        idle
+    }
+
     /// Asks the worker to finish what it runs and take nothing new, and the fetcher to stop.
     pub fn stop(&self) {
         let (lock, wake) = &*self.fetches;
