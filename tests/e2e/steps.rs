@@ -277,6 +277,28 @@ fn a_timeout_or_a_stopped_daemon_ends_the_step_and_its_descendants() {
 /// A plan whose step starts a `setsid` loop that appends to `ticks` (its pid in `pids/leftover`,
 /// its supervisor's in `pids/supervisor`) and waits for `gate`; a rerun records in `pids/overlap`
 /// whether the old loop was still alive when it started.
+/// A node whose tip's plan (`leftover_plan`, published) leaves a ticking process behind; its
+/// processes write their pids into `pids`, which is reaped at the end.
+struct Leaving {
+    env: Env,
+    pids: PathBuf,
+    ticks: PathBuf,
+    commit: String,
+    _reap: Reap,
+}
+
+fn leaving() -> Leaving {
+    let env = Env::new();
+    let work = node(&env);
+    let pids = env.path("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let ticks = env.path("ticks");
+    let plan = leftover_plan(&pids, &ticks, &env.path("gate"));
+    work.commit(&env, &[("troops.toml", &plan)], "leave");
+    let commit = work.publish(&env);
+    Leaving { _reap: Reap(pids.clone()), env, pids, ticks, commit }
+}
+
 fn leftover_plan(pids: &Path, ticks: &Path, gate: &Path) -> String {
     let p = pids.display();
     format!(
@@ -314,14 +336,7 @@ fn kill_troops_and_supervisor(pids: &Path, ticks: &Path, troops: Pid, reap: impl
 
 #[test]
 fn leftovers_of_a_sigkilled_deploy_are_ended_before_the_next_run() {
-    let env = Env::new();
-    let work = node(&env);
-    let pids = env.path("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let _reap = Reap(pids.clone());
-    let ticks = env.path("ticks");
-    work.commit(&env, &[("troops.toml", &leftover_plan(&pids, &ticks, &env.path("gate")))], "leave");
-    work.publish(&env);
+    let Leaving { env, pids, ticks, _reap, .. } = leaving();
 
     let mut deploy = env.troops(&["deploy"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let troops = Pid::from_raw(deploy.id() as i32);
@@ -351,15 +366,7 @@ fn leftovers_of_a_sigkilled_deploy_are_ended_before_the_next_run() {
 
 #[test]
 fn leftovers_of_a_sigkilled_daemon_are_ended_before_its_restart_runs_again() {
-    let env = Env::new();
-    let work = node(&env);
-    let pids = env.path("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let _reap = Reap(pids.clone());
-    let ticks = env.path("ticks");
-    let commit =
-        work.commit(&env, &[("troops.toml", &leftover_plan(&pids, &ticks, &env.path("gate")))], "leave");
-    work.publish(&env);
+    let Leaving { env, pids, ticks, commit, _reap } = leaving();
 
     let mut daemon = Daemon::start(&env);
     let troops = Pid::from_raw(daemon.child.id() as i32);
@@ -379,14 +386,7 @@ fn leftovers_of_a_sigkilled_daemon_are_ended_before_its_restart_runs_again() {
 
 #[test]
 fn a_sigkilled_daemon_takes_its_step_and_what_it_started_along() {
-    let env = Env::new();
-    let work = node(&env);
-    let pids = env.path("pids");
-    std::fs::create_dir_all(&pids).unwrap();
-    let _reap = Reap(pids.clone());
-    let ticks = env.path("ticks");
-    work.commit(&env, &[("troops.toml", &leftover_plan(&pids, &ticks, &env.path("gate")))], "leave");
-    work.publish(&env);
+    let Leaving { env, pids, ticks, _reap, .. } = leaving();
 
     let mut daemon = Daemon::start(&env);
     wait_until("the leftover to tick", DEADLINE, || std::fs::metadata(&ticks).is_ok_and(|m| m.len() > 0));
