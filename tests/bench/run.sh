@@ -4,7 +4,7 @@
 #
 #   tests/bench/run.sh [--quick] [--out FILE] [CASE...]
 #
-# CASE: pull, plan, push, checkout, idle (default: all five, in that order).
+# CASE: pull, plan, push, checkout, idle, hostile (default: all six, in that order).
 # It builds release binaries, installs ansible-core from PyPI into target/bench/venv (reused; pin
 # with BENCH_ANSIBLE=ansible-core==X), and needs hyperfine (installed with apt-get when run as
 # root). Everything happens in a temp dir, with loopback file remotes, no root-owned paths and no
@@ -19,12 +19,12 @@ while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --out) OUT=$2; shift ;;
-        pull | plan | push | checkout | idle) CASES+=("$1") ;;
-        *) echo "usage: tests/bench/run.sh [--quick] [--out FILE] [pull|plan|push|checkout|idle]..." >&2; exit 2 ;;
+        pull | plan | push | checkout | idle | hostile) CASES+=("$1") ;;
+        *) echo "usage: tests/bench/run.sh [--quick] [--out FILE] [pull|plan|push|checkout|idle|hostile]..." >&2; exit 2 ;;
     esac
     shift
 done
-[ ${#CASES[@]} -gt 0 ] || CASES=(pull plan push checkout idle)
+[ ${#CASES[@]} -gt 0 ] || CASES=(pull plan push checkout idle hostile)
 # hyperfine runs: the fast cases, the checkout of 20,000 files, ansible (seconds per run).
 if [ $QUICK = 1 ]; then FAST=5 SLOW=3 ANSIBLE=2 IDLE=10; else FAST=30 SLOW=10 ANSIBLE=7 IDLE=60; fi
 FILES=${BENCH_FILES:-20000}
@@ -293,6 +293,25 @@ case_idle() {
 }
 
 # --- the table ---------------------------------------------------------------------------------
+
+# 6. The hostile minute (tests/e2e/hostile.rs, built in release): pushes with pushers that stop
+# reading, pull deploys beside a remote that never answers, garbage, idle and stalled socket
+# clients, all at once; the slowest `troops status` and the daemon's largest resident memory.
+case_hostile() {
+    say "6. the hostile minute (the e2e test, release build)"
+    local seconds=60 line
+    [ $QUICK = 1 ] && seconds=15
+    line=$(cd "$ROOT" && TROOPS_HOSTILE_SECONDS=$seconds cargo test --release --quiet -p troops-e2e --test e2e -- \
+        --exact hostile::a_hostile_minute_leaves_the_daemon_serving_small_and_exact --nocapture 2>&1 | tee /dev/stderr | grep '^hostile:')
+    # "hostile: N pushes, slowest status 48.0ms, largest RSS 23260 KiB (8636 KiB anonymous)"
+    read -r pushes status rss anon < <("$PY" -c '
+import re, sys
+m = re.search(r"hostile: (\d+) pushes, slowest status ([\d.]+)(ms|s|µs), largest RSS (\d+) KiB \((\d+) KiB", sys.argv[1])
+scale = {"ms": 1, "s": 1000, "µs": 0.001}[m.group(3)]
+print(m.group(1), float(m.group(2)) * scale, int(m.group(4)) / 1024, int(m.group(5)) / 1024)' "$line")
+    row "6. hostile minute (${seconds} s, $pushes pushes)" "slowest \`troops status\`" "" "$(ms "$status")" "" "< 1 s" "$(verdict "$status < 1000")"
+    row "" "daemon's largest resident memory (anonymous part)" "" "$(calc "'%.1f MiB (%.1f)' % ($rss, $anon)")" "" "< 20 MiB" "$(verdict "$rss < 20")"
+}
 
 machine() {
     local cpu
