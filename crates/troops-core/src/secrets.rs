@@ -373,6 +373,7 @@ pub fn edit(
     let old = if repo.join(&secret.file).exists() { open(repo, secret, identity)? } else { Vec::new() };
     let tmp = tempfile::Builder::new()
         .prefix("troops-secret-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .ctx(|| format!("creating a private directory in {}", std::env::temp_dir().display()))?;
     let path = tmp.path().join(&secret.name);
