@@ -367,3 +367,43 @@ fn the_app_example_writes_its_env_file_backs_up_migrates_and_restarts() {
     assert_eq!(backups, 1);
     assert!(files_containing(&app.state, VALUE).is_empty(), "plaintext in the state dir");
 }
+
+#[test]
+fn secrets_a_killed_run_left_are_removed_when_the_next_run_starts() {
+    let db = node("db-1");
+    let (repo, _) = deploy_repo(&db, &[("db-1", db.state.join("ssh/id_ed25519.pub"))]);
+    let out = db.path("out");
+    let go = db.path("go");
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
+    let hold = format!(
+        "[[step]]\nname = \"hold\"\nrun = 'echo \"$TROOPS_SECRETS\" > {out}/held; while [ ! -e {go} ]; do sleep 0.05; done'\n",
+        out = out.display(),
+        go = go.display()
+    );
+    let holding = plan.replace("[[step]]\nname = \"use\"", &format!("{hold}\n[[step]]\nname = \"use\""));
+    repo.commit(&db, &[("troops.toml", &holding)], "hold");
+    repo.publish(&db);
+
+    let mut deploy = db.troops(&["deploy"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let held = out.join("held");
+    crate::support::wait_until("the step to hold", std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(&held).is_ok_and(|t| t.ends_with('\n'))
+    });
+    deploy.kill().unwrap(); // SIGKILL: nothing of troops cleans up
+    deploy.wait().unwrap();
+    let left = PathBuf::from(std::fs::read_to_string(&held).unwrap().trim());
+    assert!(left.join("db_password").exists(), "the killed run's secrets are not there to clean up");
+    std::fs::write(&go, "").unwrap();
+
+    let look = format!(
+        "[[step]]\nname = \"look\"\nrun = 'if [ -e {left} ]; then echo present; else echo gone; fi > {out}/look'\n",
+        left = left.display(),
+        out = out.display()
+    );
+    repo.commit(&db, &[("troops.toml", &format!("{plan}\n{look}"))], "look");
+    repo.publish(&db);
+    let run = db.run(&["deploy"]);
+    assert!(run.status.success(), "{}", text(&run.stdout));
+    assert_eq!(std::fs::read_to_string(out.join("look")).unwrap(), "gone\n");
+    assert!(!left.exists());
+}

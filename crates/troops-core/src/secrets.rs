@@ -461,6 +461,10 @@ pub struct RunSecrets {
 impl Drop for RunSecrets {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The node's dir too, when no other run of it is there (it never is, under the lock).
+        if let Some(node) = self.dir.parent() {
+            let _ = std::fs::remove_dir(node);
+        }
     }
 }
 
@@ -519,20 +523,19 @@ pub fn decrypt_for_run(
         values.push((secret, plaintext));
     }
 
-    let dir = node_dir(state_dir).join(run.to_string());
+    let node = node_dir(state_dir);
+    let base = node.parent().expect("the node's secrets dir has a parent");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir.parent().expect("node dir has a parent"))
-        .ctx(|| format!("creating {}", dir.display()))?;
+        .create(&node)
+        .ctx(|| format!("creating {}", node.display()))?;
+    // Nobody else may own or enter a directory on the way: they could swap what comes below it.
+    private(base)?;
+    private(&node)?;
+    let dir = node.join(run.to_string());
     std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
-    let run_secrets = RunSecrets { dir, values: Vec::new() };
-    let meta = std::fs::symlink_metadata(&run_secrets.dir)
-        .ctx(|| format!("reading {}", run_secrets.dir.display()))?;
-    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
-        return Err(Error::Env(format!("{} is not private to troops", run_secrets.dir.display())));
-    }
-    let mut run_secrets = run_secrets;
+    let mut run_secrets = RunSecrets { dir, values: Vec::new() };
     for (secret, plaintext) in values {
         let path = run_secrets.dir.join(&secret.name);
         let mut file = std::fs::OpenOptions::new()
@@ -553,6 +556,21 @@ pub fn decrypt_for_run(
         run_secrets.values.push((secret.name.clone(), plaintext));
     }
     Ok(Some(run_secrets))
+}
+
+/// Fails unless `dir` is a directory (not a symlink) of this process's user that nobody else can
+/// enter.
+fn private(dir: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir).ctx(|| format!("reading {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(Error::Env(format!(
+            "{} is not a directory private to troops (owner {}, mode {:o}); secrets are not written there",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// The user and group of `user` or `user:group`.
