@@ -140,8 +140,19 @@ fn a_role_secret_reaches_its_nodes_only_and_never_the_output() {
     let pushed = text(&push.stderr);
     assert!(push.status.success(), "{pushed}");
     assert!(pushed.contains("[secret:db_password]") && !pushed.contains(VALUE), "{pushed}");
+    // Through the daemon: the caller's output and the daemon's log are masked as well.
+    let daemon = crate::support::daemon::Daemon::start(&db);
+    let run = db.run(&["deploy"]);
+    let shown = text(&run.stdout) + &text(&run.stderr);
+    assert!(run.status.success(), "{shown}");
+    assert!(shown.contains("[secret:db_password]") && !shown.contains(VALUE), "{shown}");
+    assert!(daemon.log().contains("trigger: Manual"), "not through the daemon: {}", daemon.log());
+    assert!(!daemon.log().contains(VALUE));
+    drop(daemon);
     assert!(files_containing(&db.state, VALUE).is_empty(), "plaintext in the state dir");
-    assert!(db.run_log(2).contains("[secret:db_password]"));
+    for id in 1..=3 {
+        assert!(db.run_log(id).contains("the password is [secret:db_password]"), "run {id}");
+    }
 
     // The web node: no TROOPS_SECRETS, no file; and its key cannot decrypt the secret.
     let run = web.run(&["deploy"]);

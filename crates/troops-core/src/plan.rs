@@ -481,6 +481,33 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_parsed_and_their_mistakes_placed() {
+        let plan = parse(
+            "[[secret]]\nname = \"db\"\nfile = \"secrets/db.age\"\nroles = [\"db\"]\n\
+             [[secret]]\nname = \"tls.key\"\nfile = \"s/tls.age\"\nhosts = [\"web-1\"]\nmode = \"0440\"\nowner = \"www:ssl\"\n",
+        )
+        .unwrap();
+        assert_eq!(plan.secrets[0].file, Path::new("secrets/db.age"));
+        assert_eq!((plan.secrets[0].mode, plan.secrets[0].owner.as_deref()), (0o400, None));
+        assert_eq!(plan.secrets[1].hosts, ["web-1"]);
+        assert_eq!((plan.secrets[1].mode, plan.secrets[1].owner.as_deref()), (0o440, Some("www:ssl")));
+        let secret = |body: &str| error(&format!("[[secret]]\nname = \"db\"\n{body}"));
+        assert!(secret("file = \"a\"\n").contains(":1:1: secret `db` needs `roles` or `hosts`"));
+        assert!(secret("file = \"../a\"\nroles = [\"db\"]\n")
+            .contains(":3:8: secret `db`: `file` \"../a\" leaves"));
+        assert!(secret("file = \"/a\"\nroles = [\"db\"]\n").contains("is absolute"));
+        assert!(
+            secret("file = \"a\"\nroles = [\"db\"]\nmode = \"644x\"\n").contains(":5:8: secret `db`: `mode`")
+        );
+        assert!(secret("file = \"a\"\nroles = [\"db\"]\nmode = \"1777\"\n").contains("not an octal mode"));
+        assert!(secret("file = \"a\"\nroles = [\"db\"]\nbogus = 1\n").contains(":5:1:"));
+        assert!(error("[[secret]]\nname = \"../x\"\nfile = \"a\"\nroles = [\"r\"]\n")
+            .contains(":2:8: secret name"));
+        assert!(error("[[secret]]\nname = \"a\"\nfile = \"a\"\nroles = [\"r\"]\n[[secret]]\nname = \"a\"\nfile = \"b\"\nroles = [\"r\"]\n")
+            .contains(":6:8: duplicate secret name `a`"));
+    }
+
+    #[test]
     fn names_with_control_characters_and_huge_timeouts_are_refused() {
         assert_eq!(
             error("[[step]]\nname = \"a\\nb\"\nrun = \"x\"\n"),
