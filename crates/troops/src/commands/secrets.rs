@@ -30,7 +30,7 @@ pub fn run(command: SecretsCommand) -> Result<ExitCode> {
         }
         SecretsCommand::Edit(args) => {
             let identity = identity(&args.identity)?;
-            let edited = secrets::edit(repo, &plan, &args.name, &identity, |path| run_editor(path))?;
+            let edited = secrets::edit(repo, &plan, &args.name, &identity, run_editor)?;
             let file = secrets::find(&plan, &args.name)?.file.display();
             match edited {
                 Edited::Changed => writeln!(stdout, "{file}: secret `{}` changed", args.name)?,
