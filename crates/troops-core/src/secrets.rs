@@ -68,14 +68,9 @@ impl Key {
         let recipient: age::ssh::Recipient = line.parse().map_err(|e| {
             bad(format!("not an SSH public key age can encrypt to (ssh-ed25519 or ssh-rsa): {e:?}"))
         })?;
-        let wire = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|b| STANDARD.decode(b).ok())
-            .ok_or_else(|| bad("the key is not base64".into()))?;
-        let digest = Sha256::digest(&wire);
+        let digest = key_digest(line).ok_or_else(|| bad("the key is not base64".into()))?;
         Ok(Key {
-            fingerprint: format!("SHA256:{}", STANDARD_NO_PAD.encode(digest)),
+            fingerprint: fingerprint(&digest),
             tag: STANDARD_NO_PAD.encode(&digest[..4]),
             source,
             owner,
@@ -87,6 +82,18 @@ impl Key {
         let text = std::fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))?;
         Key::parse(&text, source, owner)
     }
+}
+
+/// The SHA-256 of the key in an OpenSSH public key line (`ssh-ed25519 AAAA... comment`): what
+/// its fingerprint shows, and what age's stanza tag starts with.
+fn key_digest(line: &str) -> Option<[u8; 32]> {
+    let wire = STANDARD.decode(line.split_whitespace().nth(1)?).ok()?;
+    Some(Sha256::digest(&wire).into())
+}
+
+/// `SHA256:...`, as `ssh-keygen -l` shows a key of `digest`.
+fn fingerprint(digest: &[u8; 32]) -> String {
+    format!("SHA256:{}", STANDARD_NO_PAD.encode(digest))
 }
 
 /// The keys of a deploy repo: node keys by hostname, and the admins'.
@@ -200,8 +207,8 @@ impl Identity {
                 return Err(Error::Input(format!("{}: unsupported SSH key type", path.display())))
             }
         };
-        let public = Key::parse(&public.to_string(), path.to_owned(), KeyOwner::Admin(String::new()))?;
-        Ok(Identity { path: path.to_owned(), fingerprint: public.fingerprint, key })
+        let digest = key_digest(&public.to_string()).expect("age writes a base64 key");
+        Ok(Identity { path: path.to_owned(), fingerprint: fingerprint(&digest), key })
     }
 
     /// Decrypts the age file `bytes`; the error says why in words.
