@@ -418,3 +418,34 @@ fn secrets_a_killed_run_left_are_removed_when_the_next_run_starts() {
     assert_eq!(std::fs::read_to_string(out.join("look")).unwrap(), "gone\n");
     assert!(!left.exists());
 }
+
+#[test]
+fn a_secret_gets_its_mode_and_owner_and_an_unknown_owner_fails_the_run_before_any_step() {
+    let db = node("db-1");
+    let (repo, _) = deploy_repo(&db, &[("db-1", db.state.join("ssh/id_ed25519.pub"))]);
+    let out = db.path("out");
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
+    let owned =
+        plan.replace("roles = [\"db\"]\n\n", "roles = [\"db\"]\nmode = \"0440\"\nowner = \"nobody\"\n\n");
+    repo.commit(&db, &[("troops.toml", &owned)], "owned");
+    repo.publish(&db);
+    let run = db.run(&["deploy"]);
+    assert!(run.status.success(), "{}", text(&run.stdout));
+    assert_eq!(std::fs::read_to_string(out.join("db-1.modes")).unwrap(), "700 root\n440 nobody\n");
+
+    std::fs::remove_file(out.join("db-1.dir")).unwrap();
+    let unknown = plan.replace("roles = [\"db\"]\n\n", "roles = [\"db\"]\nowner = \"no-such-user-here\"\n\n");
+    repo.commit(&db, &[("troops.toml", &unknown)], "unknown owner");
+    repo.publish(&db);
+    let run = db.run(&["deploy"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stdout).contains(
+            "secret `db_password`: owner \"no-such-user-here\": no user no-such-user-here on this node"
+        ),
+        "{}",
+        text(&run.stdout)
+    );
+    assert_eq!(db.run_record(2)["steps"][0]["status"], "not_run");
+    assert!(!out.join("db-1.dir").exists(), "a step ran");
+}
