@@ -65,6 +65,8 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             old.id
         );
     }
+    // Plaintext secrets a run left when its troops died are removed before anything else runs.
+    crate::secrets::remove_leftovers(&node.state_dir)?;
     // A run that ended `interrupted` may have left processes running, if its troops died with
     // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
     // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
@@ -108,7 +110,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     };
     runs.save(&record)?;
     let log = runs.open_log(id)?;
-    let mut out = Tee { log, out };
+    let mut out = Tee { log, out, mask: crate::secrets::Masker::default() };
 
     let result = run(node, &repo, &mut record, &mut out, stop);
     record.finished_at = Some(now());
@@ -119,6 +121,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     }
     // Every run's output ends with its summary, whether it ran its steps or failed before them.
     let _ = writeln!(out, "troops: {}", summary(&record));
+    out.release();
     runs.save(&record)?;
     runs.prune(node.config.keep_runs, &lock)?;
     match result {
@@ -197,7 +200,20 @@ fn run(
         selected.len(),
         plan.steps.len()
     );
-    let env = step_env(node, record, &roles);
+    // Before any step: a secret this node cannot decrypt fails the run with every step `not_run`.
+    let secrets =
+        crate::secrets::decrypt_for_run(&node.state_dir, &checkout, &plan, &record.host, &roles, record.id)?;
+    if let Some(secrets) = &secrets {
+        out.mask = secrets.masker();
+        for name in secrets.unmasked() {
+            let _ = writeln!(
+                out,
+                "troops: secret `{name}` is shorter than {} bytes; its value is not masked in output",
+                crate::secrets::MIN_MASKED
+            );
+        }
+    }
+    let env = step_env(node, record, &roles, secrets.as_ref());
     let mut supervisor = runner::Supervisor::new(&env);
     for (i, step) in selected.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
@@ -209,6 +225,7 @@ fn run(
         let mut env = env.clone();
         env.push(("TROOPS_STEP", step.name.clone()));
         let result = runner::run_step(&mut supervisor, step, &checkout, &env, stop, out)?;
+        out.release();
         let slot = &mut record.steps[i];
         slot.status = result.status;
         slot.exit_code = result.exit_code;
@@ -242,7 +259,13 @@ const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 /// The whole environment of every step but `TROOPS_STEP` and the step's own `env`, the same for
 /// every trigger (SPEC, "The trust boundary"): nothing of the pusher's, the caller's or systemd's.
-fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&'static str, String)> {
+/// `TROOPS_SECRETS` is there only when the node has secrets in this run.
+fn step_env(
+    node: &Node,
+    record: &RunRecord,
+    roles: &BTreeSet<String>,
+    secrets: Option<&crate::secrets::RunSecrets>,
+) -> Vec<(&'static str, String)> {
     let mut env = vec![("PATH", step_path()), ("LANG", "C.UTF-8".to_owned())];
     if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
         env.push(("HOME", user.dir.display().to_string()));
@@ -259,6 +282,9 @@ fn step_env(node: &Node, record: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&
         ("TROOPS_STATE_DIR", node.state_dir.display().to_string()),
         ("TROOPS_CONFIG", node.config.path.display().to_string()),
     ]);
+    if let Some(secrets) = secrets {
+        env.push(("TROOPS_SECRETS", secrets.dir.display().to_string()));
+    }
     env
 }
 
@@ -349,17 +375,32 @@ fn make_writable(path: &Path) {
     }
 }
 
-/// Output goes to the caller and to the run's `output.log`.
+/// Output goes to the caller and to the run's `output.log`, with the run's secret values masked.
 struct Tee<'a> {
     log: File,
     out: &'a mut dyn Write,
+    mask: crate::secrets::Masker,
+}
+
+impl Tee<'_> {
+    /// Writes what the masker holds back (the end of a step's output that might begin a value).
+    fn release(&mut self) {
+        let held = self.mask.release();
+        let _ = self.write_both(&held);
+    }
+
+    fn write_both(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.log.write_all(bytes)?;
+        // The caller may have gone (a pusher who hung up); the run and its log go on.
+        let _ = self.out.write_all(bytes);
+        Ok(())
+    }
 }
 
 impl Write for Tee<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.log.write_all(buf)?;
-        // The caller may have gone (a pusher who hung up); the run and its log go on.
-        let _ = self.out.write_all(buf);
+        let masked = self.mask.mask(buf);
+        self.write_both(&masked)?;
         Ok(buf.len())
     }
 

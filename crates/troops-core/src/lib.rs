@@ -21,6 +21,7 @@ pub mod repo;
 pub mod roles;
 pub mod runner;
 pub mod runs;
+pub mod secrets;
 pub mod signals;
 pub mod ssh;
 pub mod supervise;

@@ -21,6 +21,23 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 pub struct Plan {
     pub roles: Vec<Role>,
     pub steps: Vec<Step>,
+    pub secrets: Vec<Secret>,
+}
+
+/// A `[[secret]]`: an age file in the repo, decrypted on the nodes it is for (see `secrets`).
+#[derive(Debug, Clone)]
+pub struct Secret {
+    /// Also its file name in `TROOPS_SECRETS`.
+    pub name: String,
+    /// The age file, relative to the repo root.
+    pub file: PathBuf,
+    /// The nodes that get it: those with any of `roles`, and those named in `hosts`.
+    pub roles: Vec<String>,
+    pub hosts: Vec<String>,
+    /// Mode of the decrypted file (default 0400).
+    pub mode: u32,
+    /// Owner of the decrypted file, `user` or `user:group`; `None`: the run's user.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +75,21 @@ struct RawPlan {
     roles: BTreeMap<Spanned<String>, Spanned<RawRole>>,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    secret: Vec<Spanned<RawSecret>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    name: Spanned<String>,
+    file: Spanned<String>,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -196,8 +228,100 @@ impl Plan {
             };
             steps.push(Step { name, roles, action, timeout, kill_grace, env });
         }
-        Ok(Plan { roles, steps })
+        let mut secrets = Vec::new();
+        let mut secret_names = HashSet::new();
+        for secret in raw.secret {
+            let span = secret.span();
+            let secret = secret.into_inner();
+            let name = secret.name.get_ref().clone();
+            if let Some(problem) = secret_name_problem(&name) {
+                return Err(err(secret.name.span(), format!("secret name {name:?} {problem}")));
+            }
+            if !secret_names.insert(name.clone()) {
+                return Err(err(secret.name.span(), format!("duplicate secret name `{name}`")));
+            }
+            let file = repo_path(secret.file.get_ref())
+                .map_err(|m| err(secret.file.span(), format!("secret `{name}`: `file` {m}")))?;
+            if secret.roles.is_empty() && secret.hosts.is_empty() {
+                return Err(err(
+                    span,
+                    format!("secret `{name}` needs `roles` or `hosts` (who may decrypt it)"),
+                ));
+            }
+            let names = |list: Vec<Spanned<String>>, what: &str| {
+                list.into_iter()
+                    .map(|n| match crate::roles::role_name_problem(n.get_ref()) {
+                        Some(problem) => {
+                            Err(err(n.span(), format!("secret `{name}`: {what} {:?} {problem}", n.get_ref())))
+                        }
+                        None => Ok(n.into_inner()),
+                    })
+                    .collect::<Result<Vec<_>>>()
+            };
+            let roles = names(secret.roles, "role")?;
+            let hosts = names(secret.hosts, "host")?;
+            let mode = match secret.mode {
+                None => 0o400,
+                Some(mode) => match u32::from_str_radix(mode.get_ref(), 8) {
+                    Ok(m) if m <= 0o777 => m,
+                    _ => {
+                        return Err(err(
+                            mode.span(),
+                            format!(
+                                "secret `{name}`: `mode` {:?} is not an octal mode like \"0440\"",
+                                mode.get_ref()
+                            ),
+                        ))
+                    }
+                },
+            };
+            let owner = match secret.owner {
+                Some(owner)
+                    if crate::roles::name_problem(owner.get_ref()).is_some()
+                        || owner.get_ref().contains(' ') =>
+                {
+                    return Err(err(
+                        owner.span(),
+                        format!(
+                            "secret `{name}`: `owner` {:?} is not `user` or `user:group`",
+                            owner.get_ref()
+                        ),
+                    ))
+                }
+                owner => owner.map(Spanned::into_inner),
+            };
+            secrets.push(Secret { name, file, roles, hosts, mode, owner });
+        }
+        Ok(Plan { roles, steps, secrets })
     }
+}
+
+/// Why `name` cannot name a secret, if it cannot: it is a file name in `TROOPS_SECRETS` and a
+/// word in masked output, so letters, digits, `.`, `_` and `-`, not starting with `.`.
+fn secret_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("is empty");
+    }
+    if name.starts_with('.') {
+        return Some("starts with `.`");
+    }
+    (!name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .then_some("may hold only letters, digits, `.`, `_` and `-`")
+}
+
+/// A path inside the repo as written in the plan: relative, without `..`.
+fn repo_path(path: &str) -> std::result::Result<PathBuf, String> {
+    let relative = Path::new(path);
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if relative.is_absolute() {
+        return Err(format!("{path:?} is absolute; it must be a path inside the repo"));
+    }
+    if relative.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("{path:?} leaves the repo through `..`"));
+    }
+    Ok(relative.to_owned())
 }
 
 /// Reads the plan file at `path` as text. Whatever a deploy repo can put there that is not a
@@ -354,6 +478,33 @@ mod tests {
         .starts_with("troops.toml:7:11: `step.timeout`: invalid type"));
         assert!(error("[roles.web]\nhosts = \"a\"\n")
             .starts_with("troops.toml:2:9: `roles.web.hosts`: invalid type"));
+    }
+
+    #[test]
+    fn secrets_are_parsed_and_their_mistakes_placed() {
+        let plan = parse(
+            "[[secret]]\nname = \"db\"\nfile = \"secrets/db.age\"\nroles = [\"db\"]\n\
+             [[secret]]\nname = \"tls.key\"\nfile = \"s/tls.age\"\nhosts = [\"web-1\"]\nmode = \"0440\"\nowner = \"www:ssl\"\n",
+        )
+        .unwrap();
+        assert_eq!(plan.secrets[0].file, Path::new("secrets/db.age"));
+        assert_eq!((plan.secrets[0].mode, plan.secrets[0].owner.as_deref()), (0o400, None));
+        assert_eq!(plan.secrets[1].hosts, ["web-1"]);
+        assert_eq!((plan.secrets[1].mode, plan.secrets[1].owner.as_deref()), (0o440, Some("www:ssl")));
+        let secret = |body: &str| error(&format!("[[secret]]\nname = \"db\"\n{body}"));
+        assert!(secret("file = \"a\"\n").contains(":1:1: secret `db` needs `roles` or `hosts`"));
+        assert!(secret("file = \"../a\"\nroles = [\"db\"]\n")
+            .contains(":3:8: secret `db`: `file` \"../a\" leaves"));
+        assert!(secret("file = \"/a\"\nroles = [\"db\"]\n").contains("is absolute"));
+        assert!(
+            secret("file = \"a\"\nroles = [\"db\"]\nmode = \"644x\"\n").contains(":5:8: secret `db`: `mode`")
+        );
+        assert!(secret("file = \"a\"\nroles = [\"db\"]\nmode = \"1777\"\n").contains("not an octal mode"));
+        assert!(secret("file = \"a\"\nroles = [\"db\"]\nbogus = 1\n").contains(":5:1:"));
+        assert!(error("[[secret]]\nname = \"../x\"\nfile = \"a\"\nroles = [\"r\"]\n")
+            .contains(":2:8: secret name"));
+        assert!(error("[[secret]]\nname = \"a\"\nfile = \"a\"\nroles = [\"r\"]\n[[secret]]\nname = \"a\"\nfile = \"b\"\nroles = [\"r\"]\n")
+            .contains(":6:8: duplicate secret name `a`"));
     }
 
     #[test]

@@ -51,6 +51,46 @@ pub enum Command {
     Check(CheckArgs),
     /// Who signed REV, or why this node refuses it ([verify] keyring); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
+    /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// Secrets are age files encrypted to the keys of the nodes they are for (`keys/<hostname>.pub`)
+/// and of the admins (`keys/admins/*.pub`).
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Encrypt FILE ("-": stdin) as secret NAME to its recipients, writing the secret's file.
+    Encrypt(EncryptArgs),
+    /// Change secret NAME with $EDITOR; its plaintext is only in a private temp dir meanwhile.
+    Edit(EditArgs),
+    /// Re-encrypt every secret to its current recipients: all files or none.
+    Rekey(IdentityArgs),
+    /// Exit 1 naming file and host when a secret's recipients differ from what the plan and keys/ require.
+    Check,
+}
+
+#[derive(Args)]
+pub struct EncryptArgs {
+    /// The secret's name in the plan.
+    pub name: String,
+    /// The plaintext; "-" reads stdin.
+    pub file: PathBuf,
+}
+
+#[derive(Args)]
+pub struct EditArgs {
+    /// The secret's name in the plan.
+    pub name: String,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Args)]
+pub struct IdentityArgs {
+    /// The admin's SSH private key (unencrypted) that decrypts the secrets; default ~/.ssh/id_ed25519.
+    #[arg(long, env = "TROOPS_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -7,6 +7,7 @@ mod init;
 mod log;
 mod pull;
 mod roles;
+mod secrets;
 mod status;
 mod verify;
 
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
         Command::Check(args) => check::run(&args.plan),
         Command::Verify(args) => verify::run(&node(&global)?, args),
+        Command::Secrets(command) => secrets::run(command),
     }
 }
 

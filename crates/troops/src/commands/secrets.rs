@@ -1,0 +1,90 @@
+//! `troops secrets encrypt|edit|rekey|check`: the operator's side of secrets, run in a clone of
+//! the deploy repo (the current directory); no node needed.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use troops_core::plan::Plan;
+use troops_core::secrets::{self, Edited, Identity};
+
+use crate::cli::{IdentityArgs, SecretsCommand};
+
+pub fn run(command: SecretsCommand) -> Result<ExitCode> {
+    let repo = Path::new(".");
+    let plan_path = Path::new(troops_core::plan::FILE_NAME);
+    let plan = Plan::parse(plan_path, &troops_core::plan::read(plan_path)?, Some(repo))?;
+    let mut stdout = std::io::stdout();
+    match command {
+        SecretsCommand::Encrypt(args) => {
+            let mut plaintext = Vec::new();
+            if args.file == Path::new("-") {
+                std::io::stdin().read_to_end(&mut plaintext).context("reading stdin")?;
+            } else {
+                plaintext =
+                    std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+            }
+            let file = secrets::encrypt_into(repo, &plan, &args.name, &plaintext)?;
+            writeln!(stdout, "{}: secret `{}` encrypted", file.display(), args.name)?;
+        }
+        SecretsCommand::Edit(args) => {
+            let identity = identity(&args.identity)?;
+            let edited = secrets::edit(repo, &plan, &args.name, &identity, run_editor)?;
+            let file = secrets::find(&plan, &args.name)?.file.display();
+            match edited {
+                Edited::Changed => writeln!(stdout, "{file}: secret `{}` changed", args.name)?,
+                Edited::Unchanged => {
+                    writeln!(stdout, "{file}: secret `{}` unchanged; file left as it was", args.name)?
+                }
+            }
+        }
+        SecretsCommand::Rekey(args) => {
+            for file in secrets::rekey(repo, &plan, &identity(&args)?)? {
+                writeln!(stdout, "{}: rekeyed", file.display())?;
+            }
+        }
+        SecretsCommand::Check => {
+            let problems = secrets::check(repo, &plan)?;
+            for problem in &problems {
+                writeln!(stdout, "{problem}")?;
+            }
+            if !problems.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+            writeln!(stdout, "{} secrets: ok", plan.secrets.len())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The admin's key: `--identity`, else `~/.ssh/id_ed25519`.
+fn identity(args: &IdentityArgs) -> Result<Identity> {
+    let path = match &args.identity {
+        Some(path) => path.clone(),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set; give the key with --identity")?;
+            PathBuf::from(home).join(".ssh/id_ed25519")
+        }
+    };
+    Ok(Identity::load(&path)?)
+}
+
+/// Runs `$EDITOR` (through the shell, so it may carry arguments) on `path`.
+fn run_editor(path: &Path) -> troops_core::Result<()> {
+    let editor = std::env::var("EDITOR")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .ok_or_else(|| troops_core::Error::Input("EDITOR is not set; set it to edit a secret".into()))?;
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("{editor} \"$1\""), "sh"])
+        .arg(path)
+        .status()
+        .map_err(|e| troops_core::Error::io(format!("running $EDITOR ({editor})"), e))?;
+    if !status.success() {
+        return Err(troops_core::Error::Input(format!(
+            "$EDITOR ({editor}) failed ({status}); the secret is left as it was"
+        )));
+    }
+    Ok(())
+}

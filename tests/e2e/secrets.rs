@@ -1,0 +1,451 @@
+//! Secrets encrypted to each node: a secret reaches only the nodes it is for, only for the length
+//! of a run, never in output or on disk outside the run's secrets dir; a file the node cannot
+//! decrypt fails the run before any step; `secrets check` catches recipients that drifted from
+//! the plan, and `rekey` fixes them all or changes nothing. Real nodes, real age files, real
+//! ssh-keygen keys.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::{text, DeployRepo, Env};
+
+const VALUE: &str = "s3cret-db-password-4711";
+
+/// A node named `host`, initialised (it has its SSH key).
+fn node(host: &str) -> Env {
+    let env = Env::new();
+    env.write_config(&format!("hostname = \"{host}\"\n"));
+    env.init();
+    env
+}
+
+/// A new unencrypted ed25519 key at `env`'s `name` (and `name.pub`).
+fn ssh_key(env: &Env, name: &str) -> PathBuf {
+    let path = env.path(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+    path
+}
+
+/// The `SHA256:...` fingerprint ssh-keygen gives the public key `pub_path`.
+fn fingerprint(pub_path: &Path) -> String {
+    let out = Command::new("ssh-keygen").arg("-lf").arg(pub_path).output().unwrap();
+    text(&out.stdout).split_whitespace().nth(1).unwrap().to_owned()
+}
+
+/// `troops secrets ARGS` in the deploy repo, whatever its outcome.
+fn secrets(env: &Env, repo: &DeployRepo, args: &[&str]) -> Output {
+    let mut all = vec!["secrets"];
+    all.extend_from_slice(args);
+    env.troops(&all).current_dir(&repo.path).output().unwrap()
+}
+
+fn secrets_ok(env: &Env, repo: &DeployRepo, args: &[&str]) -> String {
+    let out = secrets(env, repo, args);
+    assert!(out.status.success(), "secrets {args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Copies a key into the deploy repo at `name` (e.g. `keys/db-1.pub`).
+fn add_key(repo: &DeployRepo, name: &str, pub_path: &Path) {
+    let path = repo.path.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(pub_path, path).unwrap();
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if meta.is_file()
+            && std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A step script that records what it sees of secrets in `$OUT/<host>.*` and prints the value.
+const USE_SECRET: &str = r#"#!/bin/sh
+set -eu
+echo "${TROOPS_SECRETS-unset}" > "$OUT/$TROOPS_HOST.dir"
+[ -n "${TROOPS_SECRETS-}" ] || exit 0
+cat "$TROOPS_SECRETS/db_password" > "$OUT/$TROOPS_HOST.seen"
+stat -c '%a %U' "$TROOPS_SECRETS" "$TROOPS_SECRETS/db_password" > "$OUT/$TROOPS_HOST.modes"
+echo "the password is $(cat "$TROOPS_SECRETS/db_password")"
+"#;
+
+fn plan(out: &Path) -> String {
+    format!(
+        "[roles.db]\nhosts = [\"db-1\"]\n[roles.web]\nhosts = [\"web-1\"]\n\n\
+         [[secret]]\nname = \"db_password\"\nfile = \"secrets/db.age\"\nroles = [\"db\"]\n\n\
+         [[step]]\nname = \"use\"\nscript = \"steps/use.sh\"\nenv = {{ OUT = \"{}\" }}\n",
+        out.display()
+    )
+}
+
+/// A deploy repo in `env` with the plan, the keys of `hosts` (host, its public key file) and an
+/// admin key, and the secret encrypted; returns it and the admin's private key.
+fn deploy_repo(env: &Env, hosts: &[(&str, PathBuf)]) -> (DeployRepo, PathBuf) {
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let repo = env.deploy_repo("deploy");
+    repo.commit(env, &[("troops.toml", &plan(&out)), ("steps/use.sh", USE_SECRET)], "plan");
+    for (host, key) in hosts {
+        add_key(&repo, &format!("keys/{host}.pub"), key);
+    }
+    let admin = ssh_key(env, "admin");
+    add_key(&repo, "keys/admins/ops.pub", &admin.with_extension("pub"));
+    let plaintext = env.path("plain");
+    std::fs::write(&plaintext, format!("{VALUE}\n")).unwrap();
+    secrets_ok(env, &repo, &["encrypt", "db_password", &plaintext.display().to_string()]);
+    std::fs::remove_file(&plaintext).unwrap();
+    repo.commit(env, &[], "keys and secret");
+    (repo, admin)
+}
+
+#[test]
+fn a_role_secret_reaches_its_nodes_only_and_never_the_output() {
+    let db = node("db-1");
+    let web = node("web-1");
+    let node_key = |env: &Env| env.state.join("ssh/id_ed25519.pub");
+    let (repo, _) = deploy_repo(&db, &[("db-1", node_key(&db)), ("web-1", node_key(&web))]);
+    let out = db.path("out");
+    repo.publish(&db);
+    repo.publish(&web);
+
+    // The db node: its step reads the value from a root-only dir; the output has it masked.
+    let run = db.run(&["deploy"]);
+    let shown = text(&run.stdout) + &text(&run.stderr);
+    assert!(run.status.success(), "{shown}");
+    assert!(shown.contains("the password is [secret:db_password]"), "{shown}");
+    assert!(!shown.contains(VALUE), "{shown}");
+    assert_eq!(std::fs::read_to_string(out.join("db-1.seen")).unwrap(), format!("{VALUE}\n"));
+    assert_eq!(std::fs::read_to_string(out.join("db-1.modes")).unwrap(), "700 root\n400 root\n");
+    let dir = std::fs::read_to_string(out.join("db-1.dir")).unwrap();
+    assert!(!Path::new(dir.trim()).exists(), "{dir} is left after the run");
+
+    // A push: the pusher's output is masked too (the hook runs the plan in-process).
+    repo.commit(&db, &[("again", "1")], "again");
+    let push = repo.push(&db, &db.repo().display().to_string(), &["main"]);
+    let pushed = text(&push.stderr);
+    assert!(push.status.success(), "{pushed}");
+    assert!(pushed.contains("[secret:db_password]") && !pushed.contains(VALUE), "{pushed}");
+    // Through the daemon: the caller's output and the daemon's log are masked as well.
+    let daemon = crate::support::daemon::Daemon::start(&db);
+    let run = db.run(&["deploy"]);
+    let shown = text(&run.stdout) + &text(&run.stderr);
+    assert!(run.status.success(), "{shown}");
+    assert!(shown.contains("[secret:db_password]") && !shown.contains(VALUE), "{shown}");
+    assert!(daemon.log().contains("trigger: Manual"), "not through the daemon: {}", daemon.log());
+    assert!(!daemon.log().contains(VALUE));
+    drop(daemon);
+    assert!(files_containing(&db.state, VALUE).is_empty(), "plaintext in the state dir");
+    for id in 1..=3 {
+        assert!(db.run_log(id).contains("the password is [secret:db_password]"), "run {id}");
+    }
+
+    // The web node: no TROOPS_SECRETS, no file; and its key cannot decrypt the secret.
+    let run = web.run(&["deploy"]);
+    assert!(run.status.success(), "{}", text(&run.stdout));
+    assert_eq!(std::fs::read_to_string(out.join("web-1.dir")).unwrap(), "unset\n");
+    assert!(!out.join("web-1.seen").exists());
+    let web_key = web.state.join("ssh/id_ed25519").display().to_string();
+    let tried = secrets(&db, &repo, &["rekey", "--identity", &web_key]);
+    assert_eq!(tried.status.code(), Some(2), "{}", text(&tried.stderr));
+    assert!(
+        text(&tried.stderr).contains("secret `db_password` (secrets/db.age) cannot be decrypted with")
+            && text(&tried.stderr).contains("it is not encrypted to this key"),
+        "{}",
+        text(&tried.stderr)
+    );
+}
+
+#[test]
+fn a_secret_the_node_cannot_decrypt_fails_the_run_before_any_step() {
+    let db = node("db-1");
+    // keys/db-1.pub is some other key: the file is encrypted to the wrong keys.
+    let other = ssh_key(&db, "other");
+    let (repo, _) = deploy_repo(&db, &[("db-1", other.with_extension("pub"))]);
+    repo.publish(&db);
+    let node_fp = fingerprint(&db.state.join("ssh/id_ed25519.pub"));
+
+    let run = db.run(&["deploy"]);
+    let shown = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "secret `db_password` (secrets/db.age) cannot be decrypted by this node's key {node_fp}"
+        )),
+        "{shown}"
+    );
+    let record = db.run_record(1);
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["steps"][0]["status"], "not_run");
+    assert!(!db.path("out/db-1.dir").exists(), "a step ran");
+
+    // A file that is no age file at all, pushed: the pusher reads why, and no step runs.
+    repo.commit(&db, &[("secrets/db.age", "not an age file\n")], "garbage");
+    let push = repo.push(&db, &db.repo().display().to_string(), &["main"]);
+    let pushed = text(&push.stderr);
+    assert!(pushed.contains("secret `db_password` (secrets/db.age) cannot be decrypted"), "{pushed}");
+    assert_eq!(db.run_record(2)["steps"][0]["status"], "not_run");
+    assert!(!db.path("out/db-1.dir").exists(), "a step ran");
+}
+
+#[test]
+fn check_fails_after_a_host_joins_a_role_until_rekey() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let db2 = ssh_key(&env, "db-2");
+    let (repo, admin) =
+        deploy_repo(&env, &[("db-1", db1.with_extension("pub")), ("db-2", db2.with_extension("pub"))]);
+    let admin = admin.display().to_string();
+    assert!(secrets_ok(&env, &repo, &["check"]).contains("1 secrets: ok"));
+
+    // db-2 joins role db: its key is missing from the file until rekey.
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
+    let joined = plan.replace("hosts = [\"db-1\"]", "hosts = [\"db-1\", \"db-2\"]");
+    std::fs::write(repo.path.join("troops.toml"), &joined).unwrap();
+    let check = secrets(&env, &repo, &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(
+        text(&check.stdout),
+        "secrets/db.age: host db-2 (keys/db-2.pub) cannot decrypt secret `db_password`, which is for it; \
+         run `troops secrets rekey`\n"
+    );
+    secrets_ok(&env, &repo, &["rekey", "--identity", &admin]);
+    assert!(secrets_ok(&env, &repo, &["check"]).contains("ok"));
+
+    // db-1 leaves the role: it can still decrypt the file until rekey.
+    std::fs::write(repo.path.join("troops.toml"), plan.replace("hosts = [\"db-1\"]", "hosts = [\"db-2\"]"))
+        .unwrap();
+    let check = secrets(&env, &repo, &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        text(&check.stdout).contains(
+            "secrets/db.age: host db-1 (keys/db-1.pub) can decrypt secret `db_password`, which is not for it"
+        ),
+        "{}",
+        text(&check.stdout)
+    );
+    // A host the plan names without a key: named too.
+    std::fs::write(repo.path.join("troops.toml"), plan.replace("hosts = [\"db-1\"]", "hosts = [\"db-3\"]"))
+        .unwrap();
+    let check = secrets(&env, &repo, &["check"]);
+    assert!(text(&check.stdout).contains("keys/db-3.pub does not exist"), "{}", text(&check.stdout));
+}
+
+#[test]
+fn rekey_changes_every_file_or_none() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let (repo, admin) = deploy_repo(&env, &[("db-1", db1.with_extension("pub"))]);
+    let admin = admin.display().to_string();
+    // A second secret, listed after the first.
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap()
+        + "\n[[secret]]\nname = \"token\"\nfile = \"secrets/token.age\"\nhosts = [\"db-1\"]\n";
+    std::fs::write(repo.path.join("troops.toml"), plan).unwrap();
+    let token = env.path("token");
+    std::fs::write(&token, "a-long-api-token").unwrap();
+    secrets_ok(&env, &repo, &["encrypt", "token", &token.display().to_string()]);
+    let db_file = repo.path.join("secrets/db.age");
+    let before = std::fs::read(&db_file).unwrap();
+
+    // The second file cannot be decrypted: nothing is rewritten, not even the first.
+    std::fs::write(repo.path.join("secrets/token.age"), "damaged\n").unwrap();
+    let out = secrets(&env, &repo, &["rekey", "--identity", &admin]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("secret `token` (secrets/token.age) cannot be decrypted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&db_file).unwrap(), before, "the first file was rewritten");
+
+    // The second file cannot be read (a directory): the same.
+    std::fs::remove_file(repo.path.join("secrets/token.age")).unwrap();
+    std::fs::create_dir(repo.path.join("secrets/token.age")).unwrap();
+    let out = secrets(&env, &repo, &["rekey", "--identity", &admin]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("reading secret `token` (secrets/token.age)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&db_file).unwrap(), before, "the first file was rewritten");
+    let leftovers: Vec<_> = std::fs::read_dir(repo.path.join("secrets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(leftovers.iter().all(|n| !n.starts_with(".troops-rekey")), "temp files left: {leftovers:?}");
+
+    // Repaired: both are rewritten.
+    std::fs::remove_dir(repo.path.join("secrets/token.age")).unwrap();
+    secrets_ok(&env, &repo, &["encrypt", "token", &token.display().to_string()]);
+    let done = secrets_ok(&env, &repo, &["rekey", "--identity", &admin]);
+    assert_eq!(done, "secrets/db.age: rekeyed\nsecrets/token.age: rekeyed\n");
+    assert_ne!(std::fs::read(&db_file).unwrap(), before);
+}
+
+#[test]
+fn edit_keeps_the_plaintext_in_a_private_temp_dir_only() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let (repo, admin) = deploy_repo(&env, &[("db-1", db1.with_extension("pub"))]);
+    let admin = admin.display().to_string();
+    let seen = env.path("seen");
+    let editor = env.path("editor.sh");
+    std::fs::write(
+        &editor,
+        format!(
+            "#!/bin/sh\nset -eu\ncat \"$1\" > {seen}/text\necho \"$1\" > {seen}/path\nstat -c %a \"$(dirname \"$1\")\" \"$1\" > {seen}/modes\n\
+             [ -z \"${{NEW-}}\" ] || printf '%s' \"$NEW\" > \"$1\"\n",
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(&seen).unwrap();
+    let edit = |new: Option<&str>| {
+        let mut command = env.troops(&["secrets", "edit", "db_password", "--identity", &admin]);
+        command.current_dir(&repo.path).env("EDITOR", format!("sh {}", editor.display()));
+        if let Some(new) = new {
+            command.env("NEW", new);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let file = repo.path.join("secrets/db.age");
+    let before = std::fs::read(&file).unwrap();
+    assert!(edit(None).contains("unchanged"));
+    assert_eq!(std::fs::read(&file).unwrap(), before, "an unchanged secret was rewritten");
+    assert_eq!(std::fs::read_to_string(seen.join("text")).unwrap(), format!("{VALUE}\n"));
+    assert_eq!(std::fs::read_to_string(seen.join("modes")).unwrap(), "700\n600\n");
+    let path = std::fs::read_to_string(seen.join("path")).unwrap();
+    assert!(!Path::new(path.trim()).exists(), "{path} is left");
+
+    assert!(edit(Some("new-password-value")).contains("changed"));
+    edit(None);
+    assert_eq!(std::fs::read_to_string(seen.join("text")).unwrap(), "new-password-value");
+    assert!(files_containing(&repo.path, "new-password-value").is_empty());
+    assert!(secrets_ok(&env, &repo, &["check"]).contains("ok"));
+}
+
+/// examples/app-with-secrets, as an operator would use it: keys, an encrypted env file, a deploy.
+#[test]
+fn the_app_example_writes_its_env_file_backs_up_migrates_and_restarts() {
+    let app = node("app-1");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/app-with-secrets");
+    let repo = app.deploy_repo("deploy");
+    let app_root = app.path("srv-app");
+    let copy = Command::new("cp").arg("-a").arg(example.join(".")).arg(&repo.path).status().unwrap();
+    assert!(copy.success());
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
+    std::fs::write(
+        repo.path.join("troops.toml"),
+        plan.replace("\"/srv/app\"", &format!("\"{}\"", app_root.display())),
+    )
+    .unwrap();
+    add_key(&repo, "keys/app-1.pub", &app.state.join("ssh/id_ed25519.pub"));
+    let plaintext = app.path("app.env");
+    std::fs::write(&plaintext, format!("DB_USER=app\nDB_PASSWORD=\"{VALUE}\"\n")).unwrap();
+    secrets_ok(&app, &repo, &["encrypt", "app_env", &plaintext.display().to_string()]);
+    assert!(secrets_ok(&app, &repo, &["check"]).contains("ok"));
+    repo.commit(&app, &[], "the example");
+    let commit = repo.publish(&app);
+
+    let run = app.run(&["deploy"]);
+    let shown = text(&run.stdout);
+    assert!(run.status.success(), "{shown}");
+    assert!(shown.contains("with password [secret:app_env]") && !shown.contains(VALUE), "{shown}");
+    assert_eq!(
+        std::fs::read_to_string(app_root.join("app.env")).unwrap(),
+        std::fs::read_to_string(&plaintext).unwrap()
+    );
+    assert_eq!(std::fs::read_to_string(app_root.join("restarted")).unwrap().trim(), commit);
+    assert_eq!(std::fs::read_to_string(app_root.join("data/schema_version")).unwrap(), "2\n");
+    let backups = std::fs::read_dir(app_root.join("backups")).unwrap().count();
+    assert_eq!(backups, 1);
+    assert!(files_containing(&app.state, VALUE).is_empty(), "plaintext in the state dir");
+}
+
+#[test]
+fn secrets_a_killed_run_left_are_removed_when_the_next_run_starts() {
+    let db = node("db-1");
+    let (repo, _) = deploy_repo(&db, &[("db-1", db.state.join("ssh/id_ed25519.pub"))]);
+    let out = db.path("out");
+    let go = db.path("go");
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
+    let hold = format!(
+        "[[step]]\nname = \"hold\"\nrun = 'echo \"$TROOPS_SECRETS\" > {out}/held; while [ ! -e {go} ]; do sleep 0.05; done'\n",
+        out = out.display(),
+        go = go.display()
+    );
+    let holding = plan.replace("[[step]]\nname = \"use\"", &format!("{hold}\n[[step]]\nname = \"use\""));
+    repo.commit(&db, &[("troops.toml", &holding)], "hold");
+    repo.publish(&db);
+
+    let mut deploy = db.troops(&["deploy"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let held = out.join("held");
+    crate::support::wait_until("the step to hold", std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(&held).is_ok_and(|t| t.ends_with('\n'))
+    });
+    deploy.kill().unwrap(); // SIGKILL: nothing of troops cleans up
+    deploy.wait().unwrap();
+    let left = PathBuf::from(std::fs::read_to_string(&held).unwrap().trim());
+    assert!(left.join("db_password").exists(), "the killed run's secrets are not there to clean up");
+    std::fs::write(&go, "").unwrap();
+
+    let look = format!(
+        "[[step]]\nname = \"look\"\nrun = 'if [ -e {left} ]; then echo present; else echo gone; fi > {out}/look'\n",
+        left = left.display(),
+        out = out.display()
+    );
+    repo.commit(&db, &[("troops.toml", &format!("{plan}\n{look}"))], "look");
+    repo.publish(&db);
+    let run = db.run(&["deploy"]);
+    assert!(run.status.success(), "{}", text(&run.stdout));
+    assert_eq!(std::fs::read_to_string(out.join("look")).unwrap(), "gone\n");
+    assert!(!left.exists());
+}
+
+#[test]
+fn a_secret_gets_its_mode_and_owner_and_an_unknown_owner_fails_the_run_before_any_step() {
+    let db = node("db-1");
+    let (repo, _) = deploy_repo(&db, &[("db-1", db.state.join("ssh/id_ed25519.pub"))]);
+    let out = db.path("out");
+    let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
+    let owned =
+        plan.replace("roles = [\"db\"]\n\n", "roles = [\"db\"]\nmode = \"0440\"\nowner = \"nobody\"\n\n");
+    repo.commit(&db, &[("troops.toml", &owned)], "owned");
+    repo.publish(&db);
+    let run = db.run(&["deploy"]);
+    assert!(run.status.success(), "{}", text(&run.stdout));
+    assert_eq!(std::fs::read_to_string(out.join("db-1.modes")).unwrap(), "700 root\n440 nobody\n");
+
+    std::fs::remove_file(out.join("db-1.dir")).unwrap();
+    let unknown = plan.replace("roles = [\"db\"]\n\n", "roles = [\"db\"]\nowner = \"no-such-user-here\"\n\n");
+    repo.commit(&db, &[("troops.toml", &unknown)], "unknown owner");
+    repo.publish(&db);
+    let run = db.run(&["deploy"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stdout).contains(
+            "secret `db_password`: owner \"no-such-user-here\": no user no-such-user-here on this node"
+        ),
+        "{}",
+        text(&run.stdout)
+    );
+    assert_eq!(db.run_record(2)["steps"][0]["status"], "not_run");
+    assert!(!out.join("db-1.dir").exists(), "a step ran");
+}
