@@ -226,7 +226,7 @@ fn digest(bytes: &[u8]) -> u64 {
 struct Fake;
 
 impl Verifier for Fake {
-    fn verify(&self, payload: &[u8], signature: Option<&[u8]>) -> Verification {
+    fn verify(&self, _commit: Oid, payload: &[u8], signature: Option<&[u8]>) -> Verification {
         let Some(signature) = signature else {
             return Verification::Unsigned;
         };
@@ -240,7 +240,7 @@ impl Verifier for Fake {
                 fingerprint: "F00D".into(),
                 user_id: Some("Fake <fake@example.com>".into()),
             },
-            "unknown" => Verification::UnknownKey { issuer: "BEEF".into() },
+            "unknown" => Verification::UnknownKey { issuer: "BEEF".into(), list: "fake".into() },
             "expired" => Verification::Expired { fingerprint: "DEAD".into() },
             other => Verification::Bad { reason: format!("fake outcome {other:?}") },
         }
