@@ -252,7 +252,7 @@ mod tests {
         let a = f.commit(&[], "a");
         let config = config("[verify]\nrequire_signed = true\nkeyring = \"/nonexistent/trusted.pgp\"");
         let update = Update { old: None, new: Some(a), refname: "refs/heads/main".into() };
-        let error = check(&f.repo, &config, &update).unwrap_err().to_string();
+        let error = check(&f.repo, &config, &f.dir, &update).unwrap_err().to_string();
         assert!(error.contains("/nonexistent/trusted.pgp"), "{error}");
         // Signatures guard only the deploy branch (what `deploy --commit` runs is checked there).
         assert_eq!(f.check(&config, None, Some(a), "refs/heads/other"), Verdict::Accept);
@@ -273,6 +273,7 @@ mod tests {
             check(
                 &pushed,
                 &config(""),
+                &f.dir,
                 &Update { old: Some(a), new: Some(b), refname: "refs/heads/main".into() }
             )
             .unwrap(),
