@@ -14,6 +14,7 @@ mod node;
 mod pull;
 mod push;
 mod signed;
+mod sshsig;
 mod steps;
 mod trust;
 mod watch;

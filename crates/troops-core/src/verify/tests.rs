@@ -414,15 +414,24 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
 
     let unknown = keyring.verify(Oid::zero(), PAYLOAD, Some(&sign(&stranger, PAYLOAD, now() - DAY, false)));
     let stranger_key = stranger.keys().subkeys().next().unwrap().key().fingerprint().to_hex();
-    assert_eq!(unknown, Verification::UnknownKey { issuer: stranger_key, list: "/etc/troops/trusted.pgp".into() });
+    assert_eq!(
+        unknown,
+        Verification::UnknownKey { issuer: stranger_key, list: "/etc/troops/trusted.pgp".into() }
+    );
 
-    let tampered =
-        keyring.verify(Oid::zero(), b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessagE\n", Some(&signed));
+    let tampered = keyring.verify(
+        Oid::zero(),
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessagE\n",
+        Some(&signed),
+    );
     assert!(matches!(&tampered, Verification::Bad { reason } if reason.contains("altered")), "{tampered:?}");
 
     // Signed while it was good; it has expired since.
-    let expired = keyring
-        .verify(Oid::zero(), PAYLOAD, Some(&sign(&old, PAYLOAD, now() - 10 * DAY + 3600 * Duration::from_secs(1), false)));
+    let expired = keyring.verify(
+        Oid::zero(),
+        PAYLOAD,
+        Some(&sign(&old, PAYLOAD, now() - 10 * DAY + 3600 * Duration::from_secs(1), false)),
+    );
     assert_eq!(expired, Verification::Expired { fingerprint: old.fingerprint().to_hex() });
 
     let revoked_keyring = keyring_of(&[&alice.clone().insert_packets(alice_revocation).unwrap().0]);
@@ -444,8 +453,11 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
         "{future:?}"
     );
 
-    let ssh = keyring
-        .verify(Oid::zero(), PAYLOAD, Some(b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"));
+    let ssh = keyring.verify(
+        Oid::zero(),
+        PAYLOAD,
+        Some(b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"),
+    );
     assert!(matches!(&ssh, Verification::Bad { reason } if reason.contains("SSH signature")), "{ssh:?}");
     assert_eq!(keyring.verify(Oid::zero(), PAYLOAD, Some(b"")).kind(), "bad");
 
