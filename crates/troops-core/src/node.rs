@@ -175,7 +175,10 @@ mod tests {
         git2::Repository::init_bare(&repo).unwrap();
         let config = dir.path().join("troops.toml");
         let keyring = dir.path().join("keys.pgp");
-        let signed = format!("[verify]\nrequire_signed = true\nkeyring = {:?}\nscope = \"all\"\n", keyring);
+        let signers = dir.path().join("allowed_signers");
+        let signed = format!(
+            "[verify]\nrequire_signed = true\nkeyring = {keyring:?}\nallowed_signers = {signers:?}\nscope = \"all\"\n"
+        );
         let off = "[verify]\nrequire_signed = false\n";
         let load = |text: Option<&str>| {
             match text {
@@ -193,6 +196,7 @@ mod tests {
             let verify = load(text);
             assert!(verify.require_signed, "{case}");
             assert_eq!((verify.keyring.as_path(), verify.scope), (keyring.as_path(), Scope::All), "{case}");
+            assert_eq!(verify.allowed_signers.as_deref(), Some(signers.as_path()), "{case}");
         }
         // The file's own keyring and scope still win; only an explicit false turns it off.
         let verify = load(Some("[verify]\nscope = \"tip\"\n"));
