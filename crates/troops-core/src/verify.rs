@@ -2,10 +2,10 @@
 //! as `git commit -S` with GnuPG makes it, by a key in the node's keyring, so that a compromised
 //! mirror or a stolen push key cannot make the fleet run code nobody trusted signed.
 //!
-//! What must stay true: only [`Verification::Good`] passes; every other outcome is a refusal with
-//! its own reason. A signature is good when it matches the commit exactly as git hashes it for
-//! `git verify-commit` ([`split_commit`]), was made by a signing-capable key of a certificate in
-//! the keyring, and that key was valid both when the commit was signed and now: a key that has
+//! What must stay true: only [`Verification::Good`] (and `GoodSsh`) passes; every other outcome
+//! is a refusal with its own reason. An OpenPGP signature is good when it matches the commit
+//! exactly as git hashes it for `git verify-commit` ([`split_commit`]), was made by a
+//! signing-capable key of a certificate in the keyring, and that key was valid both when the commit was signed and now: a key that has
 //! expired or been revoked since (with any reason, as gpg's EXPKEYSIG and REVKEYSIG do) no longer
 //! vouches for anything, even for commits it signed while it was good. The commits an update adds
 //! are checked by [`check_update`]; pull, push and `troops deploy --commit` all come through it.
@@ -40,7 +40,7 @@ pub mod ssh;
 pub use seen::FirstSeen;
 pub use ssh::AllowedSigners;
 
-/// What checking one commit's signature found. Only `Good` passes.
+/// What checking one commit's signature found. Only `Good` and `GoodSsh` pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
     /// OpenPGP: signed by a valid signing key of the certificate `fingerprint` (its primary key).
@@ -69,15 +69,6 @@ pub enum Verification {
 impl Verification {
     pub fn is_good(&self) -> bool {
         matches!(self, Verification::Good { .. } | Verification::GoodSsh { .. })
-    }
-
-    /// The signature format of a good signature: openpgp or ssh.
-    pub fn format(&self) -> Option<&'static str> {
-        match self {
-            Verification::Good { .. } => Some("openpgp"),
-            Verification::GoodSsh { .. } => Some("ssh"),
-            _ => None,
-        }
     }
 
     /// One word for scripts: good, unsigned, unknown_key, wrong_namespace, outside_window, bad,
