@@ -285,4 +285,51 @@ mod tests {
         }
         assert!(parse("# nothing\n").unwrap_err().to_string().contains("lists no keys"));
     }
+
+    /// Signs `payload` with a new key of `kind` (ssh-keygen -t/-b) in `namespace`, as git does;
+    /// returns the public key line and the armored signature.
+    fn ssh_keygen_sign(dir: &Path, kind: &[&str], namespace: &str, payload: &[u8]) -> (String, Vec<u8>) {
+        let key = dir.join(format!("{}-{namespace}", kind.join("")));
+        let run = |command: &mut std::process::Command| {
+            let out = command.output().unwrap();
+            assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(std::process::Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-t"])
+            .args(kind)
+            .arg("-f")
+            .arg(&key));
+        let file = key.with_extension("payload");
+        std::fs::write(&file, payload).unwrap();
+        run(std::process::Command::new("ssh-keygen")
+            .args(["-Y", "sign", "-n", namespace, "-f"])
+            .arg(&key)
+            .arg(&file));
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        (public, std::fs::read(format!("{}.sig", file.display())).unwrap())
+    }
+
+    #[test]
+    fn ed25519_rsa_and_ecdsa_signatures_of_ssh_keygen_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessage\n";
+        let now = SystemTime::now();
+        for kind in
+            [&["ed25519"][..], &["rsa", "-b", "3072"], &["ecdsa", "-b", "256"], &["ecdsa", "-b", "384"]]
+        {
+            let (public, signature) = ssh_keygen_sign(dir.path(), kind, NAMESPACE, payload);
+            let signers = parse(&format!("dev@example.com {public}")).unwrap();
+            let good = signers.verify(payload, &signature, now);
+            assert!(
+                matches!(&good, Verification::GoodSsh { principal, .. } if principal == "dev@example.com"),
+                "{kind:?}: {good:?}"
+            );
+            assert_eq!(signers.verify(b"tampered", &signature, now).kind(), "bad", "{kind:?}");
+            let (_, other) = ssh_keygen_sign(dir.path(), kind, "file", payload);
+            assert_eq!(signers.verify(payload, &other, now).kind(), "unknown_key", "{kind:?}: a new key");
+        }
+        let (public, signature) = ssh_keygen_sign(dir.path(), &["ed25519"], "other", payload);
+        let signers = parse(&format!("dev@example.com {public}")).unwrap();
+        assert_eq!(signers.verify(payload, &signature, now).kind(), "wrong_namespace");
+    }
 }
