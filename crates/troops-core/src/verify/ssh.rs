@@ -332,4 +332,22 @@ mod tests {
         let signers = parse(&format!("dev@example.com {public}")).unwrap();
         assert_eq!(signers.verify(payload, &signature, now).kind(), "wrong_namespace");
     }
+
+    #[test]
+    fn the_window_is_judged_at_the_time_given_not_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, signature) = ssh_keygen_sign(dir.path(), &["ed25519"], NAMESPACE, b"payload");
+        let line =
+            format!("dev@example.com valid-after=\"20200101Z\",valid-before=\"20300101000000Z\" {public}");
+        let signers = parse(&line).unwrap();
+        let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
+        assert!(signers.verify(b"payload", &signature, at("2025-06-01T00:00:00Z")).is_good());
+        for outside in ["2019-12-31T23:59:59Z", "2030-01-01T00:00:01Z"] {
+            let verification = signers.verify(b"payload", &signature, at(outside));
+            assert_eq!(verification.kind(), "outside_window", "{outside}");
+            let said = verification.to_string();
+            assert!(said.contains("from 2020-01-01T00:00:00Z to 2030-01-01T00:00:00Z"), "{said}");
+            assert!(said.contains(&format!("first saw it at {outside}")), "{said}");
+        }
+    }
 }
