@@ -15,6 +15,7 @@ mod pull;
 mod push;
 mod secrets;
 mod signed;
+mod sshsig;
 mod steps;
 mod trust;
 mod watch;

@@ -134,7 +134,11 @@ fn a_commit_signed_by_a_trusted_key_deploys_by_pull_and_by_push() {
     let verified = env.ok(&["verify"]);
     assert_eq!(
         verified.trim(),
-        format!("commit {base} is signed by {} ({})", keys.trusted.fingerprint, keys.trusted.user_id)
+        format!(
+            "commit {base} is signed by {fpr} ({})\nformat openpgp, key {fpr}",
+            keys.trusted.user_id,
+            fpr = keys.trusted.fingerprint
+        )
     );
     let shown = env.ok(&["status"]);
     assert!(

@@ -45,6 +45,8 @@ pub struct Retry {
 pub struct Verify {
     pub require_signed: bool,
     pub keyring: PathBuf,
+    /// SSH keys trusted for commits signed with `gpg.format=ssh`, in git's allowed-signers format.
+    pub allowed_signers: Option<PathBuf>,
     pub scope: Scope,
     /// Which keys the file set; what it leaves out comes from the policy the node recorded
     /// (`node::load_config`), so a lost or truncated file never turns verification off.
@@ -56,6 +58,7 @@ pub struct Verify {
 pub struct Given {
     pub require_signed: bool,
     pub keyring: bool,
+    pub allowed_signers: bool,
     pub scope: bool,
 }
 
@@ -99,6 +102,7 @@ struct RawRetry {
 struct RawVerify {
     require_signed: Option<bool>,
     keyring: Option<String>,
+    allowed_signers: Option<String>,
     scope: Option<Scope>,
 }
 
@@ -216,10 +220,12 @@ impl Config {
                 given: Given {
                     require_signed: raw.verify.require_signed.is_some(),
                     keyring: raw.verify.keyring.is_some(),
+                    allowed_signers: raw.verify.allowed_signers.is_some(),
                     scope: raw.verify.scope.is_some(),
                 },
                 require_signed: raw.verify.require_signed.unwrap_or(false),
                 keyring: raw.verify.keyring.map_or_else(|| PathBuf::from(DEFAULT_KEYRING), PathBuf::from),
+                allowed_signers: raw.verify.allowed_signers.map(PathBuf::from),
                 scope: raw.verify.scope.unwrap_or(Scope::Tip),
             },
         })

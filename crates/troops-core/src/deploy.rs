@@ -147,12 +147,12 @@ fn vouch(
     deployed: Option<Oid>,
     trigger: Trigger,
 ) -> Result<()> {
-    let Some(keyring) = crate::verify::enforced(&node.config.verify)? else { return Ok(()) };
+    let Some(policy) = crate::verify::enforced(&node.config.verify, &node.state_dir)? else { return Ok(()) };
     let scope = node.config.verify.scope;
     let base = deployed.and_then(|d| repo.git.merge_base(d, commit).ok());
     // A rollback to an ancestor of the deployed commit: its history was checked with that one's.
     let scope = if base == Some(commit) { crate::config::Scope::Tip } else { scope };
-    let Some(refusal) = crate::verify::check_update(&repo.git, &keyring, base, commit, scope)? else {
+    let Some(refusal) = crate::verify::check_update(&repo.git, &policy, base, commit, scope)? else {
         return Ok(());
     };
     let source = format!("{trigger} run");

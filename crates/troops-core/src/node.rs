@@ -82,11 +82,12 @@ impl Node {
 /// file only root may write (see `init::share_with_group`).
 const REQUIRE_SIGNED: &str = "troops.requireSigned";
 const KEYRING: &str = "troops.keyring";
+const ALLOWED_SIGNERS: &str = "troops.allowedSigners";
 const SCOPE: &str = "troops.verifyScope";
 
 /// The node config at `path`, for the node at `state_dir`, with its signature policy made to
 /// fail closed: a config file that is missing, empty or lacks `require_signed` takes the policy the
-/// node recorded (keyring and scope too, unless the file sets them), so losing the file never
+/// node recorded (keyring, allowed signers and scope too, unless the file sets them), so losing the file never
 /// turns verification off; only an explicit `require_signed = false` does. Root loading a file that
 /// sets `require_signed` records its policy for next time.
 pub fn load_config(state_dir: &Path, path: &Path) -> Result<Config> {
@@ -103,6 +104,9 @@ pub fn load_config(state_dir: &Path, path: &Path) -> Result<Config> {
             if !verify.given.keyring {
                 verify.keyring = recorded.keyring;
             }
+            if !verify.given.allowed_signers {
+                verify.allowed_signers = recorded.allowed_signers;
+            }
             if !verify.given.scope {
                 verify.scope = recorded.scope;
             }
@@ -118,11 +122,12 @@ fn recorded_policy(git_dir: &Path) -> Option<Verify> {
     let entry = config.get_entry(REQUIRE_SIGNED).ok()?;
     let require_signed = entry.value().is_none_or(|v| !matches!(v, "false" | "no" | "off" | "0"));
     let keyring = config.get_path(KEYRING).unwrap_or_else(|_| DEFAULT_KEYRING.into());
+    let allowed_signers = config.get_path(ALLOWED_SIGNERS).ok();
     let scope = match config.get_string(SCOPE).ok().as_deref() {
         Some("all") => Scope::All,
         _ => Scope::Tip,
     };
-    Some(Verify { require_signed, keyring, scope, given: Default::default() })
+    Some(Verify { require_signed, keyring, allowed_signers, scope, given: Default::default() })
 }
 
 /// Records `verify` in the repo at `git_dir`, writing only what changed, and keeps the repo's
@@ -130,9 +135,12 @@ fn recorded_policy(git_dir: &Path) -> Option<Verify> {
 pub fn record_policy(git_dir: &Path, verify: &Verify) -> Result<()> {
     let path = git_dir.join("config");
     let context = || format!("recording the [verify] policy in {}", path.display());
-    let keyring = std::path::absolute(&verify.keyring).unwrap_or_else(|_| verify.keyring.clone());
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let keyring = absolute(&verify.keyring);
+    let allowed_signers = verify.allowed_signers.as_deref().map(absolute);
     if recorded_policy(git_dir).is_some_and(|r| {
-        (r.require_signed, &r.keyring, r.scope) == (verify.require_signed, &keyring, verify.scope)
+        (r.require_signed, &r.keyring, &r.allowed_signers, r.scope)
+            == (verify.require_signed, &keyring, &allowed_signers, verify.scope)
     }) {
         return Ok(());
     }
@@ -145,6 +153,13 @@ pub fn record_policy(git_dir: &Path, verify: &Verify) -> Result<()> {
         .set_bool(REQUIRE_SIGNED, verify.require_signed)
         .and_then(|()| config.set_str(KEYRING, &keyring.to_string_lossy()))
         .and_then(|()| config.set_str(SCOPE, scope))
+        .and_then(|()| match &allowed_signers {
+            Some(path) => config.set_str(ALLOWED_SIGNERS, &path.to_string_lossy()),
+            None => config.remove(ALLOWED_SIGNERS).or_else(|e| match e.code() {
+                git2::ErrorCode::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        })
         .map_err(|e| Error::git(context(), e))?;
     crate::init::lock_down_repo_config(git_dir)
 }
@@ -160,7 +175,10 @@ mod tests {
         git2::Repository::init_bare(&repo).unwrap();
         let config = dir.path().join("troops.toml");
         let keyring = dir.path().join("keys.pgp");
-        let signed = format!("[verify]\nrequire_signed = true\nkeyring = {:?}\nscope = \"all\"\n", keyring);
+        let signers = dir.path().join("allowed_signers");
+        let signed = format!(
+            "[verify]\nrequire_signed = true\nkeyring = {keyring:?}\nallowed_signers = {signers:?}\nscope = \"all\"\n"
+        );
         let off = "[verify]\nrequire_signed = false\n";
         let load = |text: Option<&str>| {
             match text {
@@ -178,6 +196,7 @@ mod tests {
             let verify = load(text);
             assert!(verify.require_signed, "{case}");
             assert_eq!((verify.keyring.as_path(), verify.scope), (keyring.as_path(), Scope::All), "{case}");
+            assert_eq!(verify.allowed_signers.as_deref(), Some(signers.as_path()), "{case}");
         }
         // The file's own keyring and scope still win; only an explicit false turns it off.
         let verify = load(Some("[verify]\nscope = \"tip\"\n"));

@@ -168,7 +168,7 @@ pub fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Resul
 /// With `require_signed`, takes out of `tips` each one that would move the branch (a descendant
 /// of `local`) but whose signature, or with `scope = "all"` that of a commit it would add, is
 /// refused; those come back as refusals, also recorded for `troops status`. A tip that cannot be
-/// checked is refused too. A missing or bad keyring fails the cycle: nothing moves.
+/// checked is refused too. A missing or bad keyring or allowed signers fails the cycle: nothing moves.
 #[allow(clippy::type_complexity)]
 fn verify_tips(
     node: &Node,
@@ -177,7 +177,9 @@ fn verify_tips(
     tips: Vec<(String, Oid)>,
     descends: impl Fn(Oid, Oid) -> bool,
 ) -> Result<(Vec<(String, Oid)>, Vec<(String, Oid, Refusal)>)> {
-    let Some(keyring) = verify::enforced(&node.config.verify)? else { return Ok((tips, Vec::new())) };
+    let Some(policy) = verify::enforced(&node.config.verify, &node.state_dir)? else {
+        return Ok((tips, Vec::new()));
+    };
     let scope = node.config.verify.scope;
     let mut checked: BTreeMap<Oid, Option<(verify::Refusal, String)>> = BTreeMap::new();
     let (mut accepted, mut refused) = (Vec::new(), Vec::new());
@@ -188,7 +190,7 @@ fn verify_tips(
             continue;
         }
         let verdict = checked.entry(tip).or_insert_with(|| {
-            match verify::check_update(git, &keyring, local, tip, scope) {
+            match verify::check_update(git, &policy, local, tip, scope) {
                 Ok(None) => None,
                 Ok(Some(refusal)) => {
                     let why = refusal.to_string();

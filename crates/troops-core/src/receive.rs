@@ -78,8 +78,8 @@ pub fn open_pushed(git_dir: &Path, quarantine: Option<&Path>) -> Result<Reposito
 }
 
 /// Decides whether the node accepts `update`, with `config` the node config (its `branch` is the
-/// deploy branch).
-pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verdict> {
+/// deploy branch) of the node at `state_dir` (where SSH-signed commits' first-seen times are).
+pub fn check(repo: &Repository, config: &Config, state_dir: &Path, update: &Update) -> Result<Verdict> {
     let name = &update.refname;
     if let Some(space) = NODE_REFS.iter().find(|space| name.starts_with(*space)) {
         return Ok(Verdict::Refuse(format!(
@@ -106,7 +106,7 @@ pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verd
             )));
         }
     }
-    Ok(match signatures(repo, &config.verify, update.old, new)? {
+    Ok(match signatures(repo, &config.verify, state_dir, update.old, new)? {
         None => Verdict::Accept,
         Some(refusal) => Verdict::Unverified {
             message: format!("troops: refusing {name} at {}: {refusal}", short(&new.to_string())),
@@ -117,11 +117,17 @@ pub fn check(repo: &Repository, config: &Config, update: &Update) -> Result<Verd
 
 /// Signature checks (`[verify]` of the node config): given the deploy branch moving from `old` to
 /// `new`, the commit refused and why, or `None` to accept. With `scope = "tip"` only `new` is
-/// checked; with `"all"`, every commit reachable from `new` and not from `old`. A keyring that
-/// cannot be read is an error, which refuses the push too.
-fn signatures(repo: &Repository, verify: &Verify, old: Option<Oid>, new: Oid) -> Result<Option<Refusal>> {
-    match verify::enforced(verify)? {
-        Some(keyring) => verify::check_update(repo, &keyring, old, new, verify.scope),
+/// checked; with `"all"`, every commit reachable from `new` and not from `old`. A keyring or
+/// allowed signers file that cannot be read is an error, which refuses the push too.
+fn signatures(
+    repo: &Repository,
+    verify: &Verify,
+    state_dir: &Path,
+    old: Option<Oid>,
+    new: Oid,
+) -> Result<Option<Refusal>> {
+    match verify::enforced(verify, state_dir)? {
+        Some(policy) => verify::check_update(repo, &policy, old, new, verify.scope),
         None => Ok(None),
     }
 }
@@ -156,7 +162,7 @@ mod tests {
         }
 
         fn check(&self, config: &Config, old: Option<Oid>, new: Option<Oid>, refname: &str) -> Verdict {
-            check(&self.repo, config, &Update { old, new, refname: refname.into() }).unwrap()
+            check(&self.repo, config, &self.dir, &Update { old, new, refname: refname.into() }).unwrap()
         }
     }
 
@@ -246,7 +252,7 @@ mod tests {
         let a = f.commit(&[], "a");
         let config = config("[verify]\nrequire_signed = true\nkeyring = \"/nonexistent/trusted.pgp\"");
         let update = Update { old: None, new: Some(a), refname: "refs/heads/main".into() };
-        let error = check(&f.repo, &config, &update).unwrap_err().to_string();
+        let error = check(&f.repo, &config, &f.dir, &update).unwrap_err().to_string();
         assert!(error.contains("/nonexistent/trusted.pgp"), "{error}");
         // Signatures guard only the deploy branch (what `deploy --commit` runs is checked there).
         assert_eq!(f.check(&config, None, Some(a), "refs/heads/other"), Verdict::Accept);
@@ -267,6 +273,7 @@ mod tests {
             check(
                 &pushed,
                 &config(""),
+                &f.dir,
                 &Update { old: Some(a), new: Some(b), refname: "refs/heads/main".into() }
             )
             .unwrap(),

@@ -2,14 +2,20 @@
 //! as `git commit -S` with GnuPG makes it, by a key in the node's keyring, so that a compromised
 //! mirror or a stolen push key cannot make the fleet run code nobody trusted signed.
 //!
-//! What must stay true: only [`Verification::Good`] passes; every other outcome is a refusal with
-//! its own reason. A signature is good when it matches the commit exactly as git hashes it for
-//! `git verify-commit` ([`split_commit`]), was made by a signing-capable key of a certificate in
-//! the keyring, and that key was valid both when the commit was signed and now: a key that has
+//! What must stay true: only [`Verification::Good`] (and `GoodSsh`) passes; every other outcome
+//! is a refusal with its own reason. An OpenPGP signature is good when it matches the commit
+//! exactly as git hashes it for `git verify-commit` ([`split_commit`]), was made by a
+//! signing-capable key of a certificate in the keyring, and that key was valid both when the commit was signed and now: a key that has
 //! expired or been revoked since (with any reason, as gpg's EXPKEYSIG and REVKEYSIG do) no longer
 //! vouches for anything, even for commits it signed while it was good. The commits an update adds
 //! are checked by [`check_update`]; pull, push and `troops deploy --commit` all come through it.
+//!
+//! Commits signed with SSH keys (`gpg.format=ssh`) are checked against `[verify] allowed_signers`
+//! instead ([`ssh`]); [`TrustPolicy`] holds both and lets each commit's signature block decide
+//! which applies. An SSH key's validity window is judged at the time the node first accepted the
+//! commit ([`seen`]), not at the committer date, which the signer writes.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -28,15 +34,29 @@ use crate::config::{Scope, Verify};
 use crate::deploy::short;
 use crate::error::{Context, Error, Result};
 
-/// What checking one commit's signature found. Only `Good` passes.
+pub mod seen;
+pub mod ssh;
+
+pub use seen::FirstSeen;
+pub use ssh::AllowedSigners;
+
+/// What checking one commit's signature found. Only `Good` and `GoodSsh` pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// Signed by a valid signing key of the certificate `fingerprint` (its primary key).
+    /// OpenPGP: signed by a valid signing key of the certificate `fingerprint` (its primary key).
     Good { fingerprint: String, user_id: Option<String> },
+    /// SSH: signed, for namespace `git`, by the key `fingerprint` (`SHA256:...`) that the allowed
+    /// signers list for `principal`, within its validity window.
+    GoodSsh { fingerprint: String, principal: String },
     /// The commit has no `gpgsig` header.
     Unsigned,
-    /// Signed by a key that no certificate in the keyring has.
-    UnknownKey { issuer: String },
+    /// Signed by a key that the trusted list `list` (keyring or allowed signers) does not have.
+    UnknownKey { issuer: String, list: PathBuf },
+    /// SSH: signed by an allowed key, but not for namespace `git` (`detail` says how).
+    WrongNamespace { fingerprint: String, detail: String },
+    /// SSH: signed by the key of `principal`, whose validity window (`window`) did not hold at
+    /// `seen`, when the node first saw the commit.
+    OutsideWindow { fingerprint: String, principal: String, window: String, seen: String },
     /// The signature does not verify, cannot be read, or is not acceptable (weak algorithm, a
     /// key that may not sign, dated in the future...).
     Bad { reason: String },
@@ -48,15 +68,18 @@ pub enum Verification {
 
 impl Verification {
     pub fn is_good(&self) -> bool {
-        matches!(self, Verification::Good { .. })
+        matches!(self, Verification::Good { .. } | Verification::GoodSsh { .. })
     }
 
-    /// One word for scripts: good, unsigned, unknown_key, bad, expired, revoked.
+    /// One word for scripts: good, unsigned, unknown_key, wrong_namespace, outside_window, bad,
+    /// expired, revoked.
     pub fn kind(&self) -> &'static str {
         match self {
-            Verification::Good { .. } => "good",
+            Verification::Good { .. } | Verification::GoodSsh { .. } => "good",
             Verification::Unsigned => "unsigned",
             Verification::UnknownKey { .. } => "unknown_key",
+            Verification::WrongNamespace { .. } => "wrong_namespace",
+            Verification::OutsideWindow { .. } => "outside_window",
             Verification::Bad { .. } => "bad",
             Verification::Expired { .. } => "expired",
             Verification::Revoked { .. } => "revoked",
@@ -66,9 +89,10 @@ impl Verification {
     /// Of two refusals, which one to report: the most serious.
     fn severity(&self) -> u8 {
         match self {
-            Verification::Good { .. } => 0,
+            Verification::Good { .. } | Verification::GoodSsh { .. } => 0,
             Verification::Unsigned => 1,
             Verification::UnknownKey { .. } => 2,
+            Verification::WrongNamespace { .. } | Verification::OutsideWindow { .. } => 3,
             Verification::Expired { .. } => 3,
             Verification::Revoked { .. } => 4,
             Verification::Bad { .. } => 5,
@@ -84,10 +108,21 @@ impl fmt::Display for Verification {
                 write!(f, "is signed by {fingerprint} ({user_id})")
             }
             Verification::Good { fingerprint, user_id: None } => write!(f, "is signed by {fingerprint}"),
-            Verification::Unsigned => write!(f, "is not signed"),
-            Verification::UnknownKey { issuer } => {
-                write!(f, "is signed by an unknown key {issuer}, which is not in the keyring")
+            Verification::GoodSsh { fingerprint, principal } => {
+                write!(f, "is signed by SSH key {fingerprint} ({principal})")
             }
+            Verification::Unsigned => write!(f, "is not signed"),
+            Verification::UnknownKey { issuer, list } => {
+                write!(f, "is signed by an unknown key {issuer}, which is not in {}", list.display())
+            }
+            Verification::WrongNamespace { fingerprint, detail } => {
+                write!(f, "is signed by SSH key {fingerprint} in the wrong namespace: {detail}")
+            }
+            Verification::OutsideWindow { fingerprint, principal, window, seen } => write!(
+                f,
+                "is signed by SSH key {fingerprint} ({principal}) outside its validity window ({window}): \
+                 the node first saw it at {seen}"
+            ),
             Verification::Bad { reason } => write!(f, "has a bad signature: {reason}"),
             Verification::Expired { fingerprint } => {
                 write!(f, "is signed by {fingerprint}, a key that has expired")
@@ -99,11 +134,15 @@ impl fmt::Display for Verification {
     }
 }
 
-/// Verifies a signature over a payload. The real one is [`Keyring`]; unit tests use fakes.
+/// Verifies a commit's signature over its payload. The real one is [`TrustPolicy`] (or a
+/// [`Keyring`] alone); unit tests use fakes.
 pub trait Verifier {
     /// `signature` is the `gpgsig` header's value (`None`: the commit has none) and `payload` the
-    /// bytes it must sign (see [`split_commit`]).
-    fn verify(&self, payload: &[u8], signature: Option<&[u8]>) -> Verification;
+    /// bytes it must sign (see [`split_commit`]) of the commit `commit`.
+    fn verify(&self, commit: Oid, payload: &[u8], signature: Option<&[u8]>) -> Verification;
+
+    /// Keeps what the checks so far learnt (first-seen times); called once a check is over.
+    fn remember(&self) {}
 }
 
 /// Splits a raw commit object into `(signature, payload)` as git does for `git verify-commit`
@@ -223,7 +262,7 @@ impl Keyring {
             .flat_map(|cert| cert.keys().key_handles(issuers.iter()).map(move |ka| (cert, ka.key().clone())))
             .peekable();
         if candidates.peek().is_none() {
-            return Verification::UnknownKey { issuer: first_issuer.to_hex() };
+            return Verification::UnknownKey { issuer: first_issuer.to_hex(), list: self.path.clone() };
         }
         // The key that made it: of the keys the signature names (a short key id may name
         // several), the one under which it verifies.
@@ -303,7 +342,7 @@ impl Keyring {
 }
 
 impl Verifier for Keyring {
-    fn verify(&self, payload: &[u8], signature: Option<&[u8]>) -> Verification {
+    fn verify(&self, _commit: Oid, payload: &[u8], signature: Option<&[u8]>) -> Verification {
         let Some(signature) = signature else {
             return Verification::Unsigned;
         };
@@ -359,8 +398,8 @@ pub fn verify_commit(repo: &Repository, verifier: &dyn Verifier, oid: Oid) -> Re
         return Err(Error::Input(format!("{oid} is a {}, not a commit", object.kind())));
     }
     Ok(match split_commit(object.data()) {
-        Some((signature, payload)) => verifier.verify(&payload, Some(&signature)),
-        None => verifier.verify(object.data(), None),
+        Some((signature, payload)) => verifier.verify(oid, &payload, Some(&signature)),
+        None => verifier.verify(oid, object.data(), None),
     })
 }
 
@@ -405,7 +444,13 @@ pub fn check_update(
             walk.collect::<std::result::Result<Vec<Oid>, _>>().ctx(context)?
         }
     };
-    for commit in commits {
+    let refusal = first_refusal(repo, verifier, &commits);
+    verifier.remember();
+    refusal
+}
+
+fn first_refusal(repo: &Repository, verifier: &dyn Verifier, commits: &[Oid]) -> Result<Option<Refusal>> {
+    for &commit in commits {
         let verification = verify_commit(repo, verifier, commit)?;
         if !verification.is_good() {
             return Ok(Some(Refusal { commit, verification }));
@@ -414,9 +459,92 @@ pub fn check_update(
     Ok(None)
 }
 
-/// The keyring of a node's `[verify]`, when it requires signed commits; `None` when it does not.
-pub fn enforced(verify: &Verify) -> Result<Option<Keyring>> {
-    verify.require_signed.then(|| Keyring::load(&verify.keyring)).transpose()
+/// What a node trusts: OpenPGP certificates (`[verify] keyring`), SSH keys (`allowed_signers`),
+/// or both. Each commit's signature block picks the list it is checked against; a signature of
+/// a kind the node has no list for is refused.
+pub struct TrustPolicy {
+    /// `None` only when `allowed_signers` is set and the keyring file does not exist.
+    keyring: Option<Keyring>,
+    keyring_path: PathBuf,
+    signers: Option<AllowedSigners>,
+    seen: RefCell<FirstSeen>,
+}
+
+impl TrustPolicy {
+    /// Loads the lists `verify` names, with the first-seen times of the node at `state_dir`. The
+    /// keyring must exist unless `allowed_signers` is set (then OpenPGP signatures are refused
+    /// without it); anything that exists and cannot be read fails, so nothing is verified by a
+    /// list that is only partly understood.
+    pub fn load(verify: &Verify, state_dir: &Path) -> Result<TrustPolicy> {
+        let keyring_missing = std::fs::symlink_metadata(&verify.keyring)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let keyring = if verify.allowed_signers.is_some() && keyring_missing {
+            None
+        } else {
+            Some(Keyring::load(&verify.keyring)?)
+        };
+        let signers = verify.allowed_signers.as_deref().map(AllowedSigners::load).transpose()?;
+        Ok(TrustPolicy {
+            keyring,
+            keyring_path: verify.keyring.clone(),
+            signers,
+            seen: RefCell::new(FirstSeen::load(state_dir)),
+        })
+    }
+
+    /// The OpenPGP keyring, when the node has one.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+
+    /// The SSH allowed signers, when the node has them.
+    pub fn allowed_signers(&self) -> Option<&AllowedSigners> {
+        self.signers.as_ref()
+    }
+}
+
+impl Verifier for TrustPolicy {
+    fn verify(&self, commit: Oid, payload: &[u8], signature: Option<&[u8]>) -> Verification {
+        let Some(signature) = signature else {
+            return Verification::Unsigned;
+        };
+        if !String::from_utf8_lossy(&signature[..signature.len().min(64)])
+            .trim_start()
+            .starts_with("-----BEGIN SSH SIGNATURE-----")
+        {
+            return match &self.keyring {
+                Some(keyring) => keyring.verify(commit, payload, Some(signature)),
+                None => Verification::Bad {
+                    reason: format!(
+                        "it is not an SSH signature, and this node has no OpenPGP keyring ({} does not exist)",
+                        self.keyring_path.display()
+                    ),
+                },
+            };
+        }
+        let Some(signers) = &self.signers else {
+            return Verification::Bad {
+                reason: "it is an SSH signature, and this node has no [verify] allowed_signers".into(),
+            };
+        };
+        let seen_at = self.seen.borrow().time_of(commit);
+        let verification = signers.verify(payload, signature, seen_at);
+        if verification.is_good() {
+            self.seen.borrow_mut().mark(commit);
+        }
+        verification
+    }
+
+    fn remember(&self) {
+        // Best effort: a pusher who may not write the state dir leaves the time to the next check.
+        let _ = self.seen.borrow_mut().save();
+    }
+}
+
+/// The trust policy of a node's `[verify]`, when it requires signed commits; `None` when it does
+/// not.
+pub fn enforced(verify: &Verify, state_dir: &Path) -> Result<Option<TrustPolicy>> {
+    verify.require_signed.then(|| TrustPolicy::load(verify, state_dir)).transpose()
 }
 
 /// The last commit refused for its signature, for `troops status` (`<state>/refused.json`).
@@ -426,7 +554,7 @@ pub struct LastRefusal {
     /// Where it came from: "remote NAME", "push to refs/heads/main", "troops deploy".
     pub source: String,
     pub commit: String,
-    /// good, unsigned, unknown_key, bad, expired or revoked.
+    /// good, unsigned, unknown_key, wrong_namespace, outside_window, bad, expired or revoked.
     pub outcome: String,
     pub reason: String,
 }

@@ -54,7 +54,7 @@ fn pre_receive() -> Result<ExitCode> {
     let repo = receive::open_pushed(&git_dir, quarantine.as_deref())?;
     let mut refused = false;
     for update in &updates {
-        match receive::check(&repo, &node.config, update)? {
+        match receive::check(&repo, &node.config, &node.state_dir, update)? {
             Verdict::Accept => {}
             Verdict::Refuse(reason) => {
                 say(&reason);

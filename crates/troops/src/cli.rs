@@ -49,7 +49,7 @@ pub enum Command {
     HasRole(HasRoleArgs),
     /// Validate a plan file without a node (for the deploy repo's own CI).
     Check(CheckArgs),
-    /// Who signed REV, or why this node refuses it ([verify] keyring); exit 0 if good, 1 if not.
+    /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]

@@ -168,7 +168,7 @@ proptest! {
         } else {
             signature
         };
-        let verification = keyring().verify(b"payload", Some(&signature));
+        let verification = keyring().verify(Oid::zero(), b"payload", Some(&signature));
         prop_assert!(!verification.is_good());
     }
 }
@@ -226,7 +226,7 @@ fn digest(bytes: &[u8]) -> u64 {
 struct Fake;
 
 impl Verifier for Fake {
-    fn verify(&self, payload: &[u8], signature: Option<&[u8]>) -> Verification {
+    fn verify(&self, _commit: Oid, payload: &[u8], signature: Option<&[u8]>) -> Verification {
         let Some(signature) = signature else {
             return Verification::Unsigned;
         };
@@ -240,7 +240,7 @@ impl Verifier for Fake {
                 fingerprint: "F00D".into(),
                 user_id: Some("Fake <fake@example.com>".into()),
             },
-            "unknown" => Verification::UnknownKey { issuer: "BEEF".into() },
+            "unknown" => Verification::UnknownKey { issuer: "BEEF".into(), list: "fake".into() },
             "expired" => Verification::Expired { fingerprint: "DEAD".into() },
             other => Verification::Bad { reason: format!("fake outcome {other:?}") },
         }
@@ -379,7 +379,7 @@ fn a_good_signature_names_the_certificate_and_its_user_id() {
     let (alice, _) = cert("Alice <alice@example.com>", 10 * DAY, Some(365 * DAY));
     let (bob, _) = cert("Bob <bob@example.com>", DAY, None);
     let keyring = keyring_of(&[&bob, &alice]);
-    let verification = keyring.verify(PAYLOAD, Some(&sign(&alice, PAYLOAD, now() - DAY, false)));
+    let verification = keyring.verify(Oid::zero(), PAYLOAD, Some(&sign(&alice, PAYLOAD, now() - DAY, false)));
     assert_eq!(
         verification,
         Verification::Good {
@@ -395,11 +395,11 @@ fn a_good_signature_names_the_certificate_and_its_user_id() {
     // Binary (not armored) signatures and keyrings are read too.
     let armored = sign(&alice, PAYLOAD, now() - DAY, false);
     let binary = PacketPile::from_bytes(&armored).unwrap().to_vec().unwrap();
-    assert!(keyring.verify(PAYLOAD, Some(&binary)).is_good());
+    assert!(keyring.verify(Oid::zero(), PAYLOAD, Some(&binary)).is_good());
     let binary_ring = [alice.to_vec().unwrap(), bob.to_vec().unwrap()].concat();
     let keyring = Keyring::parse(Path::new("k"), &binary_ring).unwrap().at(now());
     assert_eq!(keyring.fingerprints().len(), 2);
-    assert!(keyring.verify(PAYLOAD, Some(&armored)).is_good());
+    assert!(keyring.verify(Oid::zero(), PAYLOAD, Some(&armored)).is_good());
 }
 
 #[test]
@@ -410,44 +410,56 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
     let keyring = keyring_of(&[&alice, &old]);
     let signed = sign(&alice, PAYLOAD, now() - DAY, false);
 
-    assert_eq!(keyring.verify(PAYLOAD, None), Verification::Unsigned);
+    assert_eq!(keyring.verify(Oid::zero(), PAYLOAD, None), Verification::Unsigned);
 
-    let unknown = keyring.verify(PAYLOAD, Some(&sign(&stranger, PAYLOAD, now() - DAY, false)));
+    let unknown = keyring.verify(Oid::zero(), PAYLOAD, Some(&sign(&stranger, PAYLOAD, now() - DAY, false)));
     let stranger_key = stranger.keys().subkeys().next().unwrap().key().fingerprint().to_hex();
-    assert_eq!(unknown, Verification::UnknownKey { issuer: stranger_key });
+    assert_eq!(
+        unknown,
+        Verification::UnknownKey { issuer: stranger_key, list: "/etc/troops/trusted.pgp".into() }
+    );
 
-    let tampered =
-        keyring.verify(b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessagE\n", Some(&signed));
+    let tampered = keyring.verify(
+        Oid::zero(),
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\nmessagE\n",
+        Some(&signed),
+    );
     assert!(matches!(&tampered, Verification::Bad { reason } if reason.contains("altered")), "{tampered:?}");
 
     // Signed while it was good; it has expired since.
-    let expired = keyring
-        .verify(PAYLOAD, Some(&sign(&old, PAYLOAD, now() - 10 * DAY + 3600 * Duration::from_secs(1), false)));
+    let expired = keyring.verify(
+        Oid::zero(),
+        PAYLOAD,
+        Some(&sign(&old, PAYLOAD, now() - 10 * DAY + 3600 * Duration::from_secs(1), false)),
+    );
     assert_eq!(expired, Verification::Expired { fingerprint: old.fingerprint().to_hex() });
 
     let revoked_keyring = keyring_of(&[&alice.clone().insert_packets(alice_revocation).unwrap().0]);
     assert_eq!(
-        revoked_keyring.verify(PAYLOAD, Some(&signed)),
+        revoked_keyring.verify(Oid::zero(), PAYLOAD, Some(&signed)),
         Verification::Revoked { fingerprint: alice.fingerprint().to_hex() }
     );
 
     // The primary key of these certificates only certifies.
-    let by_primary = keyring.verify(PAYLOAD, Some(&sign(&alice, PAYLOAD, now() - DAY, true)));
+    let by_primary = keyring.verify(Oid::zero(), PAYLOAD, Some(&sign(&alice, PAYLOAD, now() - DAY, true)));
     assert!(
         matches!(&by_primary, Verification::Bad { reason } if reason.contains("not a signing key")),
         "{by_primary:?}"
     );
 
-    let future = keyring.verify(PAYLOAD, Some(&sign(&alice, PAYLOAD, now() + DAY, false)));
+    let future = keyring.verify(Oid::zero(), PAYLOAD, Some(&sign(&alice, PAYLOAD, now() + DAY, false)));
     assert!(
         matches!(&future, Verification::Bad { reason } if reason.contains("in the future")),
         "{future:?}"
     );
 
-    let ssh = keyring
-        .verify(PAYLOAD, Some(b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"));
+    let ssh = keyring.verify(
+        Oid::zero(),
+        PAYLOAD,
+        Some(b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"),
+    );
     assert!(matches!(&ssh, Verification::Bad { reason } if reason.contains("SSH signature")), "{ssh:?}");
-    assert_eq!(keyring.verify(PAYLOAD, Some(b"")).kind(), "bad");
+    assert_eq!(keyring.verify(Oid::zero(), PAYLOAD, Some(b"")).kind(), "bad");
 
     let kinds: std::collections::BTreeSet<_> = [
         Verification::Unsigned,

@@ -47,9 +47,18 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         troops_core::config::Scope::Tip => "tip",
         troops_core::config::Scope::All => "all",
     };
-    // Loaded only to tell whether it works: a broken keyring stops every update.
-    let keyring = verify.require_signed.then(|| troops_core::verify::Keyring::load(&verify.keyring));
-    let keyring_error = keyring.as_ref().and_then(|k| k.as_ref().err().map(|e| e.to_string()));
+    // Loaded only to tell whether it works: a broken keyring or allowed signers stops every update.
+    let policy =
+        verify.require_signed.then(|| troops_core::verify::TrustPolicy::load(verify, &node.state_dir));
+    let keyring_error = policy.as_ref().and_then(|p| p.as_ref().err().map(|e| e.to_string()));
+    let lists = match policy.as_ref().and_then(|p| p.as_ref().ok()) {
+        Some(p) => {
+            let keyring = p.keyring().map(|k| format!("keyring {}", k.path().display()));
+            let signers = p.allowed_signers().map(|s| format!("allowed signers {}", s.path().display()));
+            keyring.into_iter().chain(signers).collect::<Vec<_>>().join(", ")
+        }
+        None => String::new(),
+    };
     let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
     let daemon = troops_core::control::daemon_status(&node.socket_path());
 
@@ -75,6 +84,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
                 "require_signed": verify.require_signed,
                 "scope": scope,
                 "keyring": verify.keyring,
+                "allowed_signers": verify.allowed_signers,
                 "keyring_error": keyring_error,
                 "last_refusal": last_refusal,
             },
@@ -151,14 +161,12 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?,
         None => writeln!(std::io::stdout(), "last run  none")?,
     }
-    match (&keyring, &keyring_error) {
+    match (&policy, &keyring_error) {
         (None, _) => writeln!(std::io::stdout(), "verify    off (unsigned commits are deployed)")?,
         (Some(_), Some(e)) => {
             writeln!(std::io::stdout(), "verify    on (scope {scope}), but nothing can be verified: {e}")?
         }
-        (Some(_), None) => {
-            writeln!(std::io::stdout(), "verify    on (scope {scope}, keyring {})", verify.keyring.display())?
-        }
+        (Some(_), None) => writeln!(std::io::stdout(), "verify    on (scope {scope}, {lists})")?,
     }
     if let Some(r) = &last_refusal {
         writeln!(

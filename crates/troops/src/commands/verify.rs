@@ -1,13 +1,14 @@
-//! `troops verify [REV]`: checks one commit's signature against the node's keyring, as pull, push
-//! and `deploy --commit` would, and says who signed it or why it is refused (exit 0 or 1). It
-//! checks even when `require_signed` is off, to try a keyring before turning enforcement on.
+//! `troops verify [REV]`: checks one commit's signature against the node's trust policy (OpenPGP
+//! keyring, SSH allowed signers), as pull, push and `deploy --commit` would, and says who signed
+//! it, in which format, or why it is refused (exit 0 or 1). It checks even when `require_signed`
+//! is off, to try a keyring before turning enforcement on.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use troops_core::node::Node;
-use troops_core::verify::{self, Keyring};
+use troops_core::verify::{self, TrustPolicy, Verification};
 use troops_core::Error;
 
 use crate::cli::VerifyArgs;
@@ -20,10 +21,19 @@ pub fn run(node: &Node, args: VerifyArgs) -> Result<ExitCode> {
             Error::Input(format!("branch {} has no commits yet; name a revision", repo.branch))
         })?,
     };
-    let keyring = Keyring::load(&node.config.verify.keyring)?;
-    let verification = verify::verify_commit(&repo.git, &keyring, commit)?;
+    let policy = TrustPolicy::load(&node.config.verify, &node.state_dir)?;
+    let verification = verify::verify_commit(&repo.git, &policy, commit)?;
     if verification.is_good() {
         writeln!(std::io::stdout(), "commit {commit} {verification}")?;
+        match &verification {
+            Verification::GoodSsh { fingerprint, principal } => {
+                writeln!(std::io::stdout(), "format ssh, principal {principal}, key {fingerprint}")?
+            }
+            Verification::Good { fingerprint, .. } => {
+                writeln!(std::io::stdout(), "format openpgp, key {fingerprint}")?
+            }
+            _ => {}
+        }
     } else {
         writeln!(std::io::stdout(), "commit {commit} {verification}; refused")?;
     }
