@@ -182,9 +182,10 @@ fn leaving_plan(pids: &Path, checks: &Path) -> String {
         leave("double-fork", &format!("sh -c 'sleep 60 & echo $! > {}'", p("double-fork")), ""),
         leave(
             "ignores-term",
-            // It writes its pid once it ignores SIGTERM; the step waits for that.
+            // It writes its pid once it ignores SIGTERM; the step waits for that (and not for
+            // the file an earlier run left).
             &format!(
-                "sh -c 'trap \"\" TERM; echo $$ > {f}; exec sleep 60' & while [ ! -s {f} ]; do sleep 0.01; done",
+                "rm -f {f}; sh -c 'trap \"\" TERM; echo $$ > {f}; exec sleep 60' & while [ ! -s {f} ]; do sleep 0.01; done",
                 f = p("ignores-term")
             ),
             "kill_grace = \"300ms\"",
