@@ -84,7 +84,7 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
                         held.push(c);
                     }
                 }
-                if round % 10 == 0 && held.len() < 150 {
+                if round.is_multiple_of(10) && held.len() < 150 {
                     if let Ok(mut c) = UnixStream::connect(&socket) {
                         let request =
                             r#"{"op":"deploy","trigger":"manual","commit":null,"unless_deployed":false}"#;

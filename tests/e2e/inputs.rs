@@ -14,10 +14,6 @@ use crate::support::{text, wait_until, DeployRepo, Env};
 const LIMIT: Duration = Duration::from_secs(60);
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
-fn status(env: &Env) -> Value {
-    serde_json::from_str(&env.ok(&["status", "--json"])).unwrap()
-}
-
 /// Exit code and stdout plus stderr of `troops ARGS`.
 fn troops(env: &Env, args: &[&str]) -> (i32, String) {
     let out = env.run(args);
@@ -104,9 +100,9 @@ fn the_largest_accepted_durations_and_counts_never_panic_the_cli_or_the_daemon()
     let said = push(&env, &work, &env.repo());
     assert!(said.contains("run 2 failed"), "{said}");
     wait_until("the daemon to schedule the failed tip's retry", LIMIT, || {
-        !status(&env)["daemon"]["retry_at"].is_null()
+        !env.status_json()["daemon"]["retry_at"].is_null()
     });
-    let status = status(&env);
+    let status = env.status_json();
     let retry_at = status["daemon"]["retry_at"].as_str().unwrap();
     let next_pull_at = status["daemon"]["next_pull_at"].as_str().unwrap();
     for at in [retry_at, next_pull_at] {
@@ -232,7 +228,7 @@ fn a_symlinked_plan_fails_in_the_daemon_and_is_retried_with_backoff_not_at_once(
 
     let daemon = Daemon::start(&env);
     wait_until("the failed run's retry to be scheduled", LIMIT, || {
-        !status(&env)["daemon"]["retry_at"].is_null()
+        !env.status_json()["daemon"]["retry_at"].is_null()
     });
     assert_eq!(env.run_ids(), [1], "the failed tip ran again at once:\n{}", daemon.log());
     let record = env.run_record(1);
@@ -324,7 +320,7 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     warned(&text(&out.stderr));
     assert!(text(&out.stdout).contains("last run  run 3 succeeded"), "{}", text(&out.stdout));
-    let json = status(&env);
+    let json = env.status_json();
     assert_eq!(json["unreadable_runs"].as_array().unwrap().len(), 2, "{json}");
     let out = env.run(&["runs", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -357,7 +353,7 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     let said = push(&env, &work, &env.repo());
     assert!(said.contains("run 5 succeeded"), "{said}\n{}", daemon.log());
     assert_eq!(env.run_ids(), [1, 2, 3, 4, 5]);
-    assert_eq!(status(&env)["last_run"]["id"], 5);
+    assert_eq!(env.status_json()["last_run"]["id"], 5);
 }
 
 #[test]

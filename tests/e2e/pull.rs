@@ -59,10 +59,6 @@ fn gate_wait(gate: &std::path::Path) -> String {
     format!("i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done", gate.display())
 }
 
-fn status(env: &Env) -> Value {
-    serde_json::from_str(&env.ok(&["status", "--json"])).unwrap()
-}
-
 /// An sshd that lets the node in: its key authorised, the server's key in the node's known_hosts.
 fn ssh_remote(env: &Env, name: &str) -> (Sshd, String) {
     let sshd = Sshd::start(&env.path("sshd"));
@@ -103,7 +99,7 @@ fn a_commit_on_any_one_remote_is_deployed_once_including_over_ssh() {
     assert_eq!(env.run_record(2)["trigger"], "pull");
     let reflog = env.git(&env.repo(), &["reflog", "show", "--format=%gs", "refs/heads/main"]);
     assert!(reflog.lines().next().unwrap().contains("fast-forward from remote c"), "{reflog}");
-    let remotes = status(&env)["remotes"].clone();
+    let remotes = env.status_json()["remotes"].clone();
     let c = remotes.as_array().unwrap().iter().find(|r| r["name"] == "c").unwrap();
     assert_eq!(c["last_fetch"]["tip"], second.as_str());
 }
@@ -148,7 +144,7 @@ fn a_force_pushed_remote_is_refused_by_name_and_nothing_moves() {
     assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(first.as_str()));
     assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
     assert_eq!(env.run_ids(), [1]);
-    let remotes = status(&env)["remotes"].clone();
+    let remotes = env.status_json()["remotes"].clone();
     let b = remotes.as_array().unwrap().iter().find(|r| r["name"] == "b").unwrap();
     assert!(b["last_fetch"]["refused"].as_str().unwrap().contains("refused"), "{b}");
 }
@@ -391,16 +387,16 @@ fn a_daemon_killed_mid_run_marks_it_interrupted_and_runs_the_tip_again_on_restar
 #[test]
 fn status_shows_the_daemon_its_next_pull_and_its_retry() {
     let (env, work) = fleet("interval = \"1h\"\n[retry]\ninitial = \"1h\"\nmax = \"2h\"\n", &[]);
-    assert!(status(&env)["daemon"].is_null(), "{}", status(&env));
+    assert!(env.status_json()["daemon"].is_null(), "{}", env.status_json());
     assert!(env.ok(&["status"]).contains("daemon    not running"));
     work.commit(&env, &[("troops.toml", "[[step]]\nname = \"fail\"\nrun = \"exit 1\"\n")], "failing");
     publish(&env, &work, "a", &[]);
 
     let mut daemon = Daemon::start(&env);
     wait_until("the failed start-up run's retry to be due", Duration::from_secs(10), || {
-        !status(&env)["daemon"]["retry_at"].is_null()
+        !env.status_json()["daemon"]["retry_at"].is_null()
     });
-    let daemon_status = status(&env)["daemon"].clone();
+    let daemon_status = env.status_json()["daemon"].clone();
     assert_eq!(daemon_status["pid"], daemon.child.id(), "{daemon_status}");
     for key in ["started_at", "next_pull_at", "retry_at"] {
         let at = daemon_status[key].as_str().unwrap_or_else(|| panic!("{key}: {daemon_status}"));
@@ -412,7 +408,7 @@ fn status_shows_the_daemon_its_next_pull_and_its_retry() {
 
     daemon.signal(Signal::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
-    assert!(status(&env)["daemon"].is_null(), "{}", status(&env));
+    assert!(env.status_json()["daemon"].is_null(), "{}", env.status_json());
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{text, DeployRepo, Env};
+use crate::support::{ssh_keygen, text, DeployRepo, Env};
 
 const VALUE: &str = "s3cret-db-password-4711";
 
@@ -22,12 +22,7 @@ fn node(host: &str) -> Env {
 /// A new unencrypted ed25519 key at `env`'s `name` (and `name.pub`).
 fn ssh_key(env: &Env, name: &str) -> PathBuf {
     let path = env.path(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+    ssh_keygen(&path, name);
     path
 }
 

@@ -3,12 +3,8 @@
 //! Unsigned commits, unknown keys, tampered commits, expired and revoked keys are each refused
 //! with their own reason, and nothing moves: not the branch, not the deployed commit, no run.
 
-use std::process::Output;
-
-use serde_json::Value;
-
 use crate::support::gpg::{tamper, Gpg, Key};
-use crate::support::{text, DeployRepo, Env};
+use crate::support::{combined, text, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -52,14 +48,6 @@ fn signed_node(scope: &str, armor: bool) -> (Env, Gpg, Keys, DeployRepo) {
 fn publish(env: &Env, work: &DeployRepo) {
     let out = work.push(env, &env.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
     assert!(out.status.success(), "push to a failed: {}", text(&out.stderr));
-}
-
-fn combined(out: &Output) -> String {
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
-}
-
-fn status(env: &Env) -> Value {
-    serde_json::from_str(&env.ok(&["status", "--json"])).unwrap()
 }
 
 /// Commits the plan signed by `trusted`, deploys it by pull, and returns it.
@@ -145,7 +133,7 @@ fn a_commit_signed_by_a_trusted_key_deploys_by_pull_and_by_push() {
         shown.contains(&format!("verify    on (scope tip, keyring {})", env.path("trusted.pgp").display())),
         "{shown}"
     );
-    assert_eq!(status(&env)["verify"]["require_signed"], true);
+    assert_eq!(env.status_json()["verify"]["require_signed"], true);
 
     let pushed = gpg.commit(&env, &work, &keys.trusted, &[("x", "pushed")], "pushed");
     let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
@@ -175,7 +163,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         assert_untouched(&env, &base, case);
 
         // The refusal is kept for status: by the remote, and as the node's last refusal.
-        let status = status(&env);
+        let status = env.status_json();
         assert!(
             status["remotes"][0]["last_fetch"]["refused"].as_str().unwrap().contains(reason),
             "{case}: {status}"
@@ -237,7 +225,7 @@ fn push_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         assert!(stderr.contains(&line), "{case}: no {line:?} in:\n{stderr}");
         assert_only_reason(&stderr, reason, case);
         assert_untouched(&env, &base, case);
-        let last = &status(&env)["verify"]["last_refusal"];
+        let last = &env.status_json()["verify"]["last_refusal"];
         assert_eq!(
             (last["commit"].as_str(), last["source"].as_str()),
             (Some(commit.as_str()), Some("push to refs/heads/main")),

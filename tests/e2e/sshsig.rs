@@ -6,13 +6,13 @@
 //! accepted the commit; OpenPGP and SSH signatures mix under one policy.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
 use crate::support::gpg::{tamper, Gpg};
-use crate::support::{text, wait_until, DeployRepo, Env};
+use crate::support::{combined, ssh_keygen, text, wait_until, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -23,16 +23,11 @@ struct SshKey {
     fingerprint: String,
 }
 
-fn ssh_keygen(env: &Env, name: &str) -> SshKey {
+fn new_key(env: &Env, name: &str) -> SshKey {
     let dir = env.path("ssh-keys");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+    ssh_keygen(&path, name);
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_owned();
     let out = Command::new("ssh-keygen").args(["-l", "-E", "sha256", "-f"]).arg(&path).output().unwrap();
     let fingerprint = text(&out.stdout).split_whitespace().nth(1).unwrap().to_owned();
@@ -104,11 +99,11 @@ struct Keys {
 fn ssh_node(scope: &str, extra_verify: &str) -> (Env, Keys, DeployRepo) {
     let env = Env::new();
     let keys = Keys {
-        alice: ssh_keygen(&env, "alice"),
-        stranger: ssh_keygen(&env, "stranger"),
-        filer: ssh_keygen(&env, "filer"),
-        retired: ssh_keygen(&env, "retired"),
-        future: ssh_keygen(&env, "future"),
+        alice: new_key(&env, "alice"),
+        stranger: new_key(&env, "stranger"),
+        filer: new_key(&env, "filer"),
+        retired: new_key(&env, "retired"),
+        future: new_key(&env, "future"),
     };
     let signers = format!(
         "# who may sign deploys\nalice@example.com {}\nfiler@example.com namespaces=\"file\" {}\nretired@example.com valid-after=\"20100101\",valid-before=\"20200101Z\" {}\nfuture@example.com valid-after=\"20990101Z\" {}\n",
@@ -129,14 +124,6 @@ fn ssh_node(scope: &str, extra_verify: &str) -> (Env, Keys, DeployRepo) {
 fn publish(env: &Env, work: &DeployRepo) {
     let out = work.push(env, &env.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
     assert!(out.status.success(), "push to a failed: {}", text(&out.stderr));
-}
-
-fn combined(out: &Output) -> String {
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
-}
-
-fn status(env: &Env) -> Value {
-    serde_json::from_str(&env.ok(&["status", "--json"])).unwrap()
 }
 
 /// Commits the plan signed by alice, deploys it by pull, and returns it.
@@ -244,7 +231,7 @@ fn pull_refuses_each_bad_ssh_commit_with_its_own_reason() {
         assert!(said.contains(&format!("refused: commit {}", &commit[..12])), "{case}: {said}");
         assert_only_reason(&said, reason, case);
         assert_untouched(&env, &base, case);
-        let last = &status(&env)["verify"]["last_refusal"];
+        let last = &env.status_json()["verify"]["last_refusal"];
         assert_eq!(
             (last["commit"].as_str(), last["outcome"].as_str()),
             (Some(commit.as_str()), Some(kind)),
@@ -281,7 +268,7 @@ fn push_refuses_each_bad_ssh_commit_with_its_own_reason() {
         assert!(stderr.contains(&line), "{case}: no {line:?} in:\n{stderr}");
         assert_only_reason(&stderr, reason, case);
         assert_untouched(&env, &base, case);
-        assert_eq!(status(&env)["verify"]["last_refusal"]["outcome"], kind, "{case}");
+        assert_eq!(env.status_json()["verify"]["last_refusal"]["outcome"], kind, "{case}");
     }
 }
 
@@ -292,7 +279,7 @@ fn the_validity_window_is_judged_when_the_node_first_accepted_the_commit() {
     // 2026-12-02T02:30:00Z as allowed_signers writes it: 20261202023000Z.
     let stamp: String = until.chars().filter(|c| c.is_ascii_digit()).collect::<String>() + "Z";
     let (env, keys, work) = ssh_node("tip", "");
-    let brief = ssh_keygen(&env, "brief");
+    let brief = new_key(&env, "brief");
     let mut signers = std::fs::read_to_string(env.path("allowed_signers")).unwrap();
     signers.push_str(&format!("brief@example.com valid-before=\"{stamp}\" {}\n", brief.public));
     std::fs::write(env.path("allowed_signers"), signers).unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::daemon::Daemon;
 use crate::support::gpg::{Gpg, Key};
 use crate::support::sshd::Sshd;
-use crate::support::{text, wait_until, DeployRepo, Env};
+use crate::support::{combined, text, wait_until, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -19,10 +19,6 @@ const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_
 /// and a uid no account has, for a member of it who is not root.
 const GROUP: &str = "users";
 const MEMBER: &str = "4242";
-
-fn combined(out: &Output) -> String {
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
-}
 
 fn root_only(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

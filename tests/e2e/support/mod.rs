@@ -143,6 +143,11 @@ impl Env {
         out.status.success().then(|| text(&out.stdout).trim().to_owned())
     }
 
+    /// `troops status --json`, which must succeed.
+    pub fn status_json(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
     pub fn deployed(&self) -> Option<String> {
         self.node_ref("refs/troops/deployed")
     }
@@ -245,6 +250,22 @@ impl DeployRepo {
         command.current_dir(&self.path).arg("push").arg(url).args(args);
         command
     }
+}
+
+/// A command's stdout then stderr, for failure messages.
+pub fn combined(out: &Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// A new unencrypted ed25519 key at `path` (and `path.pub`), with `comment`.
+pub fn ssh_keygen(path: &Path, comment: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen {}: {}", path.display(), text(&out.stderr));
 }
 
 pub fn text(bytes: &[u8]) -> String {
