@@ -62,6 +62,12 @@ build() {
     say "building release binaries"
     cargo build --release --quiet --workspace --bins >&2
     export PATH="$ROOT/target/release:$PATH"
+    if [[ " ${CASES[*]} " == *" hostile "* ]]; then
+        say "building the end-to-end tests in release (case 6)"
+        E2E=$(cargo test --release --no-run -p troops-e2e --test e2e 2>&1 | tee /dev/fd/2 |
+            sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
+        E2E=$ROOT/$E2E
+    fi
 }
 
 sandbox() {
@@ -301,8 +307,9 @@ case_hostile() {
     say "6. the hostile minute (the e2e test, release build)"
     local seconds=60 line
     [ $QUICK = 1 ] && seconds=15
-    line=$(cd "$ROOT" && TROOPS_HOSTILE_SECONDS=$seconds cargo test --release --quiet -p troops-e2e --test e2e -- \
-        --exact hostile::a_hostile_minute_leaves_the_daemon_serving_small_and_exact --nocapture 2>&1 | tee /dev/stderr | grep '^hostile:')
+    TROOPS_HOSTILE_SECONDS=$seconds "$E2E" --exact hostile::a_hostile_minute_leaves_the_daemon_serving_small_and_exact \
+        --nocapture > "$W/hostile.out" 2>&1 || { cat "$W/hostile.out" >&2; return 1; }
+    line=$(grep '^hostile:' "$W/hostile.out")
     # "hostile: N pushes, slowest status 48.0ms, largest RSS 23260 KiB (8636 KiB anonymous)"
     read -r pushes status rss anon < <("$PY" -c '
 import re, sys

@@ -1,8 +1,9 @@
 //! The hostile minute: one daemon under a stream of pushes (some with pushers that stop reading),
 //! pull deploys from a mirror beside a remote that never answers, and a socket abused with garbage,
 //! idle and stalled connections, all at once. Afterwards the daemon must have answered `status`
-//! within 1 s throughout, kept its own (anonymous) memory under 10 MiB (with the binary's pages,
-//! a release build stays under 20 MiB resident: BENCHMARKS.md), and kept an exact record: every push that
+//! within 1 s throughout, kept its own (anonymous) memory under 12 MiB (a release build maps
+//! about 7.5 MiB of code and libraries besides, so it stays under the 20 MiB resident goal:
+//! BENCHMARKS.md, case 6), and kept an exact record: every push that
 //! ended said how its run went, no record is lost, unreadable or left `running`, and the newest
 //! commit is deployed. `TROOPS_HOSTILE_SECONDS` shortens the minute while developing.
 
@@ -144,7 +145,7 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
             largest.anon
         );
         assert!(slowest < Duration::from_secs(1), "status took {slowest:?}");
-        assert!(largest.anon < 10 * 1024, "the daemon grew to {} KiB of its own", largest.anon);
+        assert!(largest.anon < 12 * 1024, "the daemon grew to {} KiB of its own", largest.anon);
         for (commit, stderr) in &ended {
             let said = stderr.contains(" succeeded:")
                 || stderr.contains(" succeeded")
