@@ -4,7 +4,7 @@
 //! with their own reason, and nothing moves: not the branch, not the deployed commit, no run.
 
 use crate::support::gpg::{tamper, Gpg, Key};
-use crate::support::{combined, text, DeployRepo, Env};
+use crate::support::{assert_untouched, combined, publish_to_a, pull_deploys, text, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -44,27 +44,12 @@ fn signed_node(scope: &str, armor: bool) -> (Env, Gpg, Keys, DeployRepo) {
     (env, gpg, keys, work)
 }
 
-/// Pushes the work repo's HEAD to remote `a` (forced: cases replace one another there).
-fn publish(env: &Env, work: &DeployRepo) {
-    let out = work.push(env, &env.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
-    assert!(out.status.success(), "push to a failed: {}", text(&out.stderr));
-}
-
 /// Commits the plan signed by `trusted`, deploys it by pull, and returns it.
 fn deploy_base(env: &Env, gpg: &Gpg, keys: &Keys, work: &DeployRepo) -> String {
     let base = gpg.commit(env, work, &keys.trusted, &[("troops.toml", PLAN)], "base");
-    publish(env, work);
-    let out = env.run(&["pull"]);
-    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
-    assert_eq!(env.deployed().as_deref(), Some(base.as_str()), "{}", combined(&out));
+    publish_to_a(env, work);
+    pull_deploys(env, &base);
     base
-}
-
-/// Nothing moved since `base` was deployed as run 1.
-fn assert_untouched(env: &Env, base: &str, case: &str) {
-    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(base), "{case}: the branch moved");
-    assert_eq!(env.deployed().as_deref(), Some(base), "{case}: the deployed commit moved");
-    assert_eq!(env.run_ids(), [1], "{case}: something ran");
 }
 
 /// Each way a commit can fail verification: its name, how to make it on top of the work repo's
@@ -150,7 +135,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
     for (case, make, reason) in cases() {
         env.git(&work.path, &["reset", "-q", "--hard", &base]);
         let commit = make(&env, &gpg, &keys, &work);
-        publish(&env, &work);
+        publish_to_a(&env, &work);
 
         let out = env.run(&["pull"]);
         let said = combined(&out);
@@ -200,7 +185,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
     // A trusted commit after all that moves the branch as usual.
     env.git(&work.path, &["reset", "-q", "--hard", &base]);
     let good = gpg.commit(&env, &work, &keys.trusted, &[("x", "good")], "good");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
     assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "{}", combined(&out));
@@ -242,7 +227,7 @@ fn scope_all_refuses_an_unsigned_commit_under_a_signed_tip() {
     let tip = gpg.commit(&env, &work, &keys.trusted, &[("x", "signed")], "signed on top");
     let refused = format!("commit {} is not signed", &unsigned[..12]);
 
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
     assert!(
@@ -277,7 +262,7 @@ fn a_missing_keyring_refuses_everything_and_names_the_file() {
     gpg.commit(&env, &work, &keys.trusted, &[("x", "good")], "good");
     let keyring = env.path("trusted.pgp").display().to_string();
 
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(3), "{}", combined(&out));
     assert!(text(&out.stderr).contains(&format!("reading the keyring {keyring}")), "{}", combined(&out));

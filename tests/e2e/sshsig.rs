@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::support::gpg::{tamper, Gpg};
-use crate::support::{combined, ssh_keygen, text, wait_until, DeployRepo, Env};
+use crate::support::{
+    assert_untouched, combined, publish_to_a, pull_deploys, ssh_keygen, text, wait_until, DeployRepo, Env,
+};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -121,25 +123,12 @@ fn ssh_node(scope: &str, extra_verify: &str) -> (Env, Keys, DeployRepo) {
     (env, keys, work)
 }
 
-fn publish(env: &Env, work: &DeployRepo) {
-    let out = work.push(env, &env.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
-    assert!(out.status.success(), "push to a failed: {}", text(&out.stderr));
-}
-
 /// Commits the plan signed by alice, deploys it by pull, and returns it.
 fn deploy_base(env: &Env, keys: &Keys, work: &DeployRepo) -> String {
     let base = ssh_commit(env, work, &keys.alice, None, &[("troops.toml", PLAN)], "base");
-    publish(env, work);
-    let out = env.run(&["pull"]);
-    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
-    assert_eq!(env.deployed().as_deref(), Some(base.as_str()), "{}", combined(&out));
+    publish_to_a(env, work);
+    pull_deploys(env, &base);
     base
-}
-
-fn assert_untouched(env: &Env, base: &str, case: &str) {
-    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(base), "{case}: the branch moved");
-    assert_eq!(env.deployed().as_deref(), Some(base), "{case}: the deployed commit moved");
-    assert_eq!(env.run_ids(), [1], "{case}: something ran");
 }
 
 const REASONS: [&str; 4] =
@@ -223,7 +212,7 @@ fn pull_refuses_each_bad_ssh_commit_with_its_own_reason() {
     for (case, reason, kind) in CASES {
         env.git(&work.path, &["reset", "-q", "--hard", &base]);
         let commit = make_case(&env, &keys, &work, case);
-        publish(&env, &work);
+        publish_to_a(&env, &work);
 
         let out = env.run(&["pull"]);
         let said = combined(&out);
@@ -286,7 +275,7 @@ fn the_validity_window_is_judged_when_the_node_first_accepted_the_commit() {
     deploy_base(&env, &keys, &work);
 
     let early = ssh_commit(&env, &work, &brief, None, &[("x", "early")], "while brief is valid");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert!(SystemTime::now() < window_end, "the test machine is too slow for a 4s window");
     assert_eq!(env.deployed().as_deref(), Some(early.as_str()), "{}", combined(&out));
@@ -301,7 +290,7 @@ fn the_validity_window_is_judged_when_the_node_first_accepted_the_commit() {
 
     // A commit the node sees only now is outside the window, whatever its committer date says.
     let late = ssh_commit(&env, &work, &brief, None, &[("x", "late")], "after brief's window");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert!(combined(&out).contains("outside its validity window"), "{}", combined(&out));
     assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(early.as_str()));
@@ -338,7 +327,7 @@ fn an_unknown_option_in_allowed_signers_is_a_config_error_naming_file_and_line()
     let expected = format!("{}:6:1: unknown option `cert-authority`", path.display());
 
     ssh_commit(&env, &work, &keys.alice, None, &[("x", "good")], "good");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     for args in [&["pull"][..], &["verify"][..]] {
         let out = env.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", combined(&out));
@@ -357,13 +346,13 @@ fn a_lost_config_keeps_the_recorded_allowed_signers() {
     let base = deploy_base(&env, &keys, &work);
     env.write_config("hostname = \"web-1\"\n");
     let stranger = ssh_commit(&env, &work, &keys.stranger, None, &[("x", "stranger")], "stranger");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert!(combined(&out).contains("unknown key"), "{}", combined(&out));
     assert_untouched(&env, &base, "lost config");
     env.git(&work.path, &["reset", "-q", "--hard", &base]);
     let good = ssh_commit(&env, &work, &keys.alice, None, &[("x", "alice")], "alice");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "{stranger}: {}", combined(&out));
 }
@@ -382,7 +371,7 @@ fn openpgp_and_ssh_signatures_mix_under_scope_all() {
     let base = deploy_base(&env, &keys, &work);
     let by_pgp = gpg.commit(&env, &work, &pgp, &[("x", "pgp")], "openpgp");
     let tip = ssh_commit(&env, &work, &keys.alice, None, &[("x", "ssh")], "ssh on top");
-    publish(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(env.deployed().as_deref(), Some(tip.as_str()), "{}", combined(&out));
     assert!(env.ok(&["verify", &by_pgp]).contains("format openpgp"));

@@ -252,6 +252,27 @@ impl DeployRepo {
     }
 }
 
+/// Force-pushes the work repo's HEAD to the bare repo `a.git` in the test dir, the remote `a`
+/// of nodes whose tests replace one case's commit by the next there.
+pub fn publish_to_a(env: &Env, work: &DeployRepo) {
+    let out = work.push(env, &env.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
+    assert!(out.status.success(), "push to a failed: {}", text(&out.stderr));
+}
+
+/// `troops pull`, which must succeed and deploy `commit`.
+pub fn pull_deploys(env: &Env, commit: &str) {
+    let out = env.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(commit), "{}", combined(&out));
+}
+
+/// Nothing moved since `base` was deployed as run 1: what a refusal (`case`) must leave.
+pub fn assert_untouched(env: &Env, base: &str, case: &str) {
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(base), "{case}: the branch moved");
+    assert_eq!(env.deployed().as_deref(), Some(base), "{case}: the deployed commit moved");
+    assert_eq!(env.run_ids(), [1], "{case}: something ran");
+}
+
 /// A command's stdout then stderr, for failure messages.
 pub fn combined(out: &Output) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
