@@ -4,7 +4,10 @@
 //! with their own reason, and nothing moves: not the branch, not the deployed commit, no run.
 
 use crate::support::gpg::{tamper, Gpg, Key};
-use crate::support::{assert_untouched, combined, publish_to_a, pull_deploys, text, DeployRepo, Env};
+use crate::support::{
+    assert_only_reason, assert_untouched, combined, publish_to_a, pull_deploys, push_is_refused, text,
+    DeployRepo, Env,
+};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -90,14 +93,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// `output` gives `reason` and none of the other cases' reasons.
-fn assert_only_reason(output: &str, reason: &str, case: &str) {
-    assert!(output.contains(reason), "{case}: {reason:?} not in:\n{output}");
-    for other in REASONS.iter().filter(|r| **r != reason) {
-        assert!(!output.contains(other), "{case}: {other:?} (another case's reason) in:\n{output}");
-    }
-}
-
 #[test]
 fn a_commit_signed_by_a_trusted_key_deploys_by_pull_and_by_push() {
     let (env, gpg, keys, work) = signed_node("tip", true);
@@ -144,7 +139,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
             said.contains(&format!("troops: remote a: {} refused: commit {}", &commit[..12], &commit[..12])),
             "{case}: {said}"
         );
-        assert_only_reason(&said, reason, case);
+        assert_only_reason(&said, reason, &REASONS, case);
         assert_untouched(&env, &base, case);
 
         // The refusal is kept for status: by the remote, and as the node's last refusal.
@@ -168,7 +163,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
         // `troops verify` says the same, with exit 1.
         let out = env.run(&["verify", &commit]);
         assert_eq!(out.status.code(), Some(1), "{case}: {}", combined(&out));
-        assert_only_reason(&text(&out.stdout), reason, case);
+        assert_only_reason(&text(&out.stdout), reason, &REASONS, case);
 
         // And `deploy --commit` will not run it either.
         let out = env.run(&["deploy", "--commit", "refs/remotes/a/main"]);
@@ -178,7 +173,7 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
             "{case}: {}",
             combined(&out)
         );
-        assert_only_reason(&text(&out.stderr), reason, case);
+        assert_only_reason(&text(&out.stderr), reason, &REASONS, case);
         assert_untouched(&env, &base, case);
     }
 
@@ -195,20 +190,11 @@ fn pull_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
 fn push_refuses_each_bad_commit_with_its_own_reason_and_nothing_moves() {
     let (env, gpg, keys, work) = signed_node("tip", true);
     let base = deploy_base(&env, &gpg, &keys, &work);
-    let node = env.repo().display().to_string();
     for (case, make, reason) in cases() {
         env.git(&work.path, &["reset", "-q", "--hard", &base]);
         let commit = make(&env, &gpg, &keys, &work);
-        let out = work.push(&env, &node, &["HEAD:main"]);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{case}: the push was accepted:\n{stderr}");
-        let line = format!(
-            "remote: troops: refusing refs/heads/main at {}: commit {}",
-            &commit[..12],
-            &commit[..12]
-        );
-        assert!(stderr.contains(&line), "{case}: no {line:?} in:\n{stderr}");
-        assert_only_reason(&stderr, reason, case);
+        let stderr = push_is_refused(&env, &work, &commit, case);
+        assert_only_reason(&stderr, reason, &REASONS, case);
         assert_untouched(&env, &base, case);
         let last = &env.status_json()["verify"]["last_refusal"];
         assert_eq!(

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::support::gpg::{tamper, Gpg};
 use crate::support::{
-    assert_untouched, combined, publish_to_a, pull_deploys, ssh_keygen, text, wait_until, DeployRepo, Env,
+    assert_only_reason, assert_untouched, combined, publish_to_a, pull_deploys, push_is_refused, ssh_keygen,
+    text, wait_until, DeployRepo, Env,
 };
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
@@ -163,13 +164,6 @@ const CASES: [(&str, &str, &str); 6] = [
     ("tampered", REASONS[3], "bad"),
 ];
 
-fn assert_only_reason(output: &str, reason: &str, case: &str) {
-    assert!(output.contains(reason), "{case}: {reason:?} not in:\n{output}");
-    for other in REASONS.iter().filter(|r| **r != reason) {
-        assert!(!output.contains(other), "{case}: {other:?} (another case's reason) in:\n{output}");
-    }
-}
-
 #[test]
 fn a_commit_signed_by_an_allowed_ssh_key_deploys_by_pull_and_by_push() {
     let (env, keys, work) = ssh_node("tip", "");
@@ -218,7 +212,7 @@ fn pull_refuses_each_bad_ssh_commit_with_its_own_reason() {
         let said = combined(&out);
         assert_eq!(out.status.code(), Some(0), "{case}: {said}");
         assert!(said.contains(&format!("refused: commit {}", &commit[..12])), "{case}: {said}");
-        assert_only_reason(&said, reason, case);
+        assert_only_reason(&said, reason, &REASONS, case);
         assert_untouched(&env, &base, case);
         let last = &env.status_json()["verify"]["last_refusal"];
         assert_eq!(
@@ -229,11 +223,11 @@ fn pull_refuses_each_bad_ssh_commit_with_its_own_reason() {
 
         let out = env.run(&["verify", &commit]);
         assert_eq!(out.status.code(), Some(1), "{case}: {}", combined(&out));
-        assert_only_reason(&text(&out.stdout), reason, case);
+        assert_only_reason(&text(&out.stdout), reason, &REASONS, case);
 
         let out = env.run(&["deploy", "--commit", "refs/remotes/a/main"]);
         assert_eq!(out.status.code(), Some(1), "{case}: {}", combined(&out));
-        assert_only_reason(&text(&out.stderr), reason, case);
+        assert_only_reason(&text(&out.stderr), reason, &REASONS, case);
         assert_untouched(&env, &base, case);
     }
 }
@@ -242,20 +236,11 @@ fn pull_refuses_each_bad_ssh_commit_with_its_own_reason() {
 fn push_refuses_each_bad_ssh_commit_with_its_own_reason() {
     let (env, keys, work) = ssh_node("tip", "");
     let base = deploy_base(&env, &keys, &work);
-    let node = env.repo().display().to_string();
     for (case, reason, kind) in CASES {
         env.git(&work.path, &["reset", "-q", "--hard", &base]);
         let commit = make_case(&env, &keys, &work, case);
-        let out = work.push(&env, &node, &["HEAD:main"]);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{case}: the push was accepted:\n{stderr}");
-        let line = format!(
-            "remote: troops: refusing refs/heads/main at {}: commit {}",
-            &commit[..12],
-            &commit[..12]
-        );
-        assert!(stderr.contains(&line), "{case}: no {line:?} in:\n{stderr}");
-        assert_only_reason(&stderr, reason, case);
+        let stderr = push_is_refused(&env, &work, &commit, case);
+        assert_only_reason(&stderr, reason, &REASONS, case);
         assert_untouched(&env, &base, case);
         assert_eq!(env.status_json()["verify"]["last_refusal"]["outcome"], kind, "{case}");
     }

@@ -273,6 +273,26 @@ pub fn assert_untouched(env: &Env, base: &str, case: &str) {
     assert_eq!(env.run_ids(), [1], "{case}: something ran");
 }
 
+/// Pushes the work repo's HEAD to the node's branch, which must refuse `commit` in pre-receive
+/// naming it; returns what the pusher saw.
+pub fn push_is_refused(env: &Env, work: &DeployRepo, commit: &str, case: &str) -> String {
+    let out = work.push(env, &env.repo().display().to_string(), &["HEAD:main"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{case}: the push was accepted:\n{stderr}");
+    let short = &commit[..12];
+    let line = format!("remote: troops: refusing refs/heads/main at {short}: commit {short}");
+    assert!(stderr.contains(&line), "{case}: no {line:?} in:\n{stderr}");
+    stderr
+}
+
+/// `output` gives `reason`, and none of the other `reasons` (each refusal has its own).
+pub fn assert_only_reason(output: &str, reason: &str, reasons: &[&str], case: &str) {
+    assert!(output.contains(reason), "{case}: {reason:?} not in:\n{output}");
+    for other in reasons.iter().filter(|r| **r != reason) {
+        assert!(!output.contains(other), "{case}: {other:?} (another case's reason) in:\n{output}");
+    }
+}
+
 /// A command's stdout then stderr, for failure messages.
 pub fn combined(out: &Output) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
