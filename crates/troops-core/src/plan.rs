@@ -397,20 +397,11 @@ fn duration(
 /// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
 /// lead out; returns it relative to `root`.
 fn script_path(root: Option<&Path>, script: &str) -> std::result::Result<PathBuf, String> {
-    let relative = Path::new(script);
-    if script.is_empty() {
-        return Err("`script` must not be empty".into());
-    }
-    if relative.is_absolute() {
-        return Err(format!("script {script:?} is absolute; it must be a path inside the repo"));
-    }
-    if relative.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("script {script:?} leaves the repo through `..`"));
-    }
-    let Some(root) = root else { return Ok(relative.to_owned()) };
+    let relative = repo_path(script).map_err(|e| format!("script {e}"))?;
+    let Some(root) = root else { return Ok(relative) };
     let root =
         root.canonicalize().map_err(|e| format!("cannot resolve the checkout {}: {e}", root.display()))?;
-    let full = root.join(relative);
+    let full = root.join(&relative);
     let real = full.canonicalize().map_err(|e| format!("script {script:?}: {e}"))?;
     if !real.starts_with(&root) {
         return Err(format!("script {script:?} leaves the repo through a symlink to {}", real.display()));
@@ -418,7 +409,7 @@ fn script_path(root: Option<&Path>, script: &str) -> std::result::Result<PathBuf
     if !real.is_file() {
         return Err(format!("script {script:?} is not a file"));
     }
-    Ok(relative.to_owned())
+    Ok(relative)
 }
 
 #[cfg(test)]
