@@ -96,6 +96,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     let id = runs.create(&lock)?;
     lock.describe(&format!("run {id} ({}) of {commit}", request.trigger));
     let mut record = RunRecord {
+        schema: crate::runs::SCHEMA,
         id,
         trigger: request.trigger,
         commit: commit.to_string(),
@@ -107,6 +108,9 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         status: RunStatus::Running,
         error: None,
         steps: Vec::new(),
+        checks: Vec::new(),
+        rollback_of: None,
+        rolled_back_by: None,
     };
     runs.save(&record)?;
     let log = runs.open_log(id)?;

@@ -16,15 +16,28 @@ pub enum Trigger {
     Pull,
     Manual,
     Retry,
+    /// The last good commit, run again after a commit failed with `on_failure = "rollback"`.
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
+    /// The steps are done; the health checks are under way (and the soak).
+    Checking,
     Succeeded,
     Failed,
     Interrupted,
+    /// Failed, and the last good commit was run again (`rolled_back_by`).
+    RolledBack,
+}
+
+impl RunStatus {
+    /// Still under way (or its owner died and nobody has noticed yet).
+    pub fn unfinished(self) -> bool {
+        matches!(self, RunStatus::Running | RunStatus::Checking)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,8 +59,39 @@ pub struct StepRecord {
     pub duration_ms: u64,
 }
 
+/// One health check of a run: how it ended (or stands), after how many probes, and why it last failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub name: String,
+    pub status: CheckStatus,
+    pub probes: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Probing, not passed yet.
+    Pending,
+    /// Passed, and kept passing so far (the soak is under way).
+    Passing,
+    Passed,
+    Failed,
+    /// Cannot be probed on this host (a `unit` check without systemd); does not fail the run.
+    Skipped,
+    /// The run ended before the check started.
+    NotRun,
+}
+
+/// The version of the `run.json` layout: 2 added `schema`, `checks`, `rollback_of` and
+/// `rolled_back_by`, the statuses `checking` and `rolled_back` and the trigger `rollback`.
+pub const SCHEMA: u32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// [`SCHEMA`] when written; records of troops 0.1 have none (1).
+    #[serde(default = "schema_1")]
+    pub schema: u32,
     pub id: u64,
     pub trigger: Trigger,
     pub commit: String,
@@ -59,6 +103,18 @@ pub struct RunRecord {
     pub status: RunStatus,
     pub error: Option<String>,
     pub steps: Vec<StepRecord>,
+    #[serde(default)]
+    pub checks: Vec<CheckRecord>,
+    /// For a rollback run: the run whose failure it undoes.
+    #[serde(default)]
+    pub rollback_of: Option<u64>,
+    /// For a run that failed and was rolled back: the rollback run.
+    #[serde(default)]
+    pub rolled_back_by: Option<u64>,
+}
+
+fn schema_1() -> u32 {
+    1
 }
 
 macro_rules! display_as_serde {
@@ -71,7 +127,7 @@ macro_rules! display_as_serde {
         }
     )*};
 }
-display_as_serde!(Trigger, RunStatus, StepStatus);
+display_as_serde!(Trigger, RunStatus, StepStatus, CheckStatus);
 
 pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -94,6 +150,29 @@ pub struct Unreadable {
 impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "run {} is skipped: {}", self.id, self.error)
+    }
+}
+
+/// What an unfinished record becomes when its owner is gone: a run that died in its steps is
+/// `interrupted` (and is run again); one that died during its health checks `failed` them
+/// (SPEC: the checks are treated as failed), so its commit's `on_failure` applies.
+pub fn abandon(record: &mut RunRecord) {
+    match record.status {
+        RunStatus::Running => {
+            record.status = RunStatus::Interrupted;
+            record.error.get_or_insert_with(|| "the process running it died".to_owned());
+        }
+        RunStatus::Checking => {
+            record.status = RunStatus::Failed;
+            record.error = Some("troops died during the health checks; they count as failed".to_owned());
+            for check in &mut record.checks {
+                if matches!(check.status, CheckStatus::Pending | CheckStatus::Passing) {
+                    check.status = CheckStatus::Failed;
+                    check.last_error.get_or_insert_with(|| "troops died while probing".to_owned());
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -212,12 +291,11 @@ impl Runs {
     /// owner is gone. Returns the record it changed.
     pub fn recover(&self, _lock: &NodeLock) -> Result<Option<RunRecord>> {
         let Some(mut record) = self.latest()? else { return Ok(None) };
-        if record.status != RunStatus::Running {
+        if !record.status.unfinished() {
             return Ok(None);
         }
-        record.status = RunStatus::Interrupted;
+        abandon(&mut record);
         record.finished_at = Some(now());
-        record.error.get_or_insert_with(|| "the process running it died".to_owned());
         self.save(&record)?;
         Ok(Some(record))
     }

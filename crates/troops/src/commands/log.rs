@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Result;
 use troops_core::deploy::short;
 use troops_core::node::Node;
-use troops_core::runs::RunStatus;
 use troops_core::Error;
 
 use crate::cli::LogArgs;
@@ -73,7 +72,7 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
         if !args.follow || !readable {
             return Ok(ExitCode::SUCCESS);
         }
-        if super::status::effective(node, runs.load(id)?).status != RunStatus::Running {
+        if !super::status::effective(node, runs.load(id)?).status.unfinished() {
             // The run may have written its end between our read and the check.
             std::io::copy(&mut file, &mut stdout)?;
             stdout.flush()?;

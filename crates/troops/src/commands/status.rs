@@ -9,7 +9,7 @@ use troops_core::control::Daemon;
 use troops_core::deploy::{short, summary};
 use troops_core::lock::NodeLock;
 use troops_core::node::Node;
-use troops_core::runs::{RunRecord, RunStatus};
+use troops_core::runs::RunRecord;
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let repo = node.repo()?;
@@ -38,7 +38,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     }
     let mut newest_first = history.records.iter().rev().cloned();
     let (running, last) = match newest_first.next().map(|r| effective(node, r)) {
-        Some(r) if r.status == RunStatus::Running => (Some(r), newest_first.next()),
+        Some(r) if r.status.unfinished() => (Some(r), newest_first.next()),
         last => (None, last),
     };
 
@@ -181,11 +181,11 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A record as it stands: one left `running` while nobody holds the lock is `interrupted`.
+/// A record as it stands: one left unfinished while nobody holds the lock is what the next run
+/// will make of it (`runs::abandon`).
 pub fn effective(node: &Node, mut record: RunRecord) -> RunRecord {
-    if record.status == RunStatus::Running && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_)))
-    {
-        record.status = RunStatus::Interrupted;
+    if record.status.unfinished() && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
+        troops_core::runs::abandon(&mut record);
     }
     record
 }

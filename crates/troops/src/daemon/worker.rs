@@ -358,8 +358,10 @@ impl Worker {
                 if tip.is_some() && tip == commit {
                     match record.status {
                         RunStatus::Succeeded => self.failed = None,
-                        RunStatus::Failed => self.schedule_retry(commit.expect("checked")),
-                        RunStatus::Running | RunStatus::Interrupted => {}
+                        RunStatus::Failed | RunStatus::RolledBack => {
+                            self.schedule_retry(commit.expect("checked"))
+                        }
+                        RunStatus::Running | RunStatus::Checking | RunStatus::Interrupted => {}
                     }
                 }
                 (i32::from(record.status != RunStatus::Succeeded), None)
