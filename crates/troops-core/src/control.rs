@@ -16,8 +16,8 @@ use crate::runs::Trigger;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    /// Run the plan (see `deploy::Request`).
-    Deploy { trigger: Trigger, commit: Option<String>, unless_deployed: bool },
+    /// Run what the trigger calls for (see `deploy::Request::from_trigger`).
+    Deploy { trigger: Trigger, commit: Option<String> },
     /// One pull cycle now.
     Pull,
     /// How the daemon is: one `Output` holding a [`DaemonStatus`] as JSON, then `Done`.

@@ -10,114 +10,315 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use git2::Oid;
 
+use std::path::PathBuf;
+use std::time::SystemTime;
+
 use crate::error::{Context, Error, Result};
 use crate::lock::NodeLock;
 use crate::node::Node;
-use crate::plan::{Plan, Step};
-use crate::runs::{now, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
+use crate::plan::{OnFailure, Phase, Plan, Step};
+use crate::releases::Releases;
+use crate::runs::{now as now_text, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
+use crate::schedule::{self, Cause, Decision, Facts, PastRun, RunNow};
 use crate::{roles, runner};
 
-pub struct Request {
-    pub trigger: Trigger,
-    /// A revision to run; `None`: the branch tip.
-    pub commit: Option<String>,
-    /// Skip the run when the commit is deployed already (pull, push, retry: a trigger that
-    /// arrived during another run may find its work done).
-    pub unless_deployed: bool,
+/// Who asks for a run. What runs is then [`schedule::decide`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The daemon's timer, start, retry timer or fetch, or `troops pull`: run what is due.
+    Tick,
+    /// A push moved the branch.
+    Push,
+    /// A person's `troops deploy` of a revision (default: the tip), whatever the state.
+    Person(Option<String>),
 }
 
-pub enum Outcome {
-    Ran(RunRecord),
-    /// Nothing to do: the commit is the deployed one.
-    AlreadyDeployed(Oid),
-}
-
-impl Outcome {
-    pub fn succeeded(&self) -> bool {
-        match self {
-            Outcome::Ran(record) => record.status == RunStatus::Succeeded,
-            Outcome::AlreadyDeployed(_) => true,
+impl Request {
+    /// The request of a trigger that comes over the control socket.
+    pub fn from_trigger(trigger: Trigger, rev: Option<String>) -> Request {
+        match trigger {
+            Trigger::Manual => Request::Person(rev),
+            Trigger::Push => Request::Push,
+            Trigger::Pull | Trigger::Retry | Trigger::Rollback => Request::Tick,
         }
     }
 }
 
-/// Runs the plan for `request`, writing progress and step output to `out` as it comes. `stop`,
-/// once set, ends the current step (and all it started) and the run, `interrupted`.
+pub enum Outcome {
+    /// A run happened; and when it failed with `on_failure = "rollback"`, the run of the last
+    /// good commit that followed it.
+    Ran { run: RunRecord, rollback: Option<RunRecord> },
+    /// Nothing ran: idle (all is done) or waiting (a failed commit's backoff), and why.
+    Nothing(Decision),
+}
+
+impl Outcome {
+    /// 0 when what was asked for is done, 1 when a run failed or a failed commit waits.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Ran { run, .. } => i32::from(run.status != RunStatus::Succeeded),
+            Outcome::Nothing(Decision::Wait { .. }) => 1,
+            Outcome::Nothing(_) => 0,
+        }
+    }
+
+    /// What a trigger that ran nothing says, e.g. "troops: abc, the tip of refs/heads/main, is
+    /// deployed already by run 2 (troops log 2); nothing runs".
+    pub fn nothing_ran(&self) -> Option<String> {
+        match self {
+            Outcome::Ran { .. } => None,
+            Outcome::Nothing(Decision::Wait { why, .. }) => Some(format!("troops: {why}; nothing runs now")),
+            Outcome::Nothing(Decision::Idle { why }) => Some(format!("troops: {why}; nothing runs")),
+            Outcome::Nothing(Decision::Run(_)) => None,
+        }
+    }
+}
+
+/// Runs what `request` and the node's state call for, writing progress and step output to `out`
+/// as it comes. `stop`, once set, ends the current step (and all it started) and the run,
+/// `interrupted`.
 pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
-    // What nearly every poll finds: the tip is deployed. Refs are read atomically, so this needs
-    // neither the lock nor the run records.
-    if request.unless_deployed && request.commit.is_none() {
-        if let (Some(tip), Some(deployed)) = (repo.tip()?, repo.deployed()?) {
-            if tip == deployed {
-                return Ok(Outcome::AlreadyDeployed(tip));
-            }
+    let mut cause = match request {
+        Request::Tick => Cause::Tick,
+        Request::Push => Cause::Push,
+        Request::Person(rev) => Cause::Person { commit: Some(resolve(node, &repo, rev.as_deref())?) },
+    };
+    // What nearly every poll finds: nothing to do. Decided from refs and the newest record,
+    // without waiting for the lock.
+    // A run on record as under way may be one whose troops died: only the lock tells, so then
+    // the decision waits for it.
+    if !matches!(cause, Cause::Person { .. }) {
+        let facts = facts(node, &repo)?;
+        let decision = schedule::decide(cause, &facts, SystemTime::now(), &node.config.retry);
+        let under_way = facts.recent.first().is_some_and(|r| r.status.unfinished());
+        if !matches!(decision, Decision::Run(_)) && !under_way {
+            return Ok(Outcome::Nothing(decision));
         }
     }
     let mut lock = NodeLock::acquire(&node.lock_path(), |holder| {
         let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
     })?;
-    let runs = node.runs();
-    if let Some(old) = runs.recover(&lock)? {
+    recover(node, &repo, &lock, out)?;
+    let mut ran: Vec<RunRecord> = Vec::new();
+    // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
+    // the last good commit again.
+    while ran.len() < 2 {
+        let decision = schedule::decide(cause, &facts(node, &repo)?, SystemTime::now(), &node.config.retry);
+        let Decision::Run(now) = decision else {
+            if ran.is_empty() {
+                return Ok(Outcome::Nothing(decision));
+            }
+            break;
+        };
+        if now.trigger == Trigger::Rollback {
+            let _ = writeln!(
+                out,
+                "troops: rolling back to {}, the last good commit: {}",
+                short(&now.commit.to_string()),
+                now.why
+            );
+        }
+        let record = run_one(node, &repo, &mut lock, &now, out, stop)?;
+        let quarantined = record.status == RunStatus::Failed
+            && Oid::from_str(&record.commit).is_ok_and(|c| repo.quarantined(c).ok().flatten().is_some());
+        ran.push(record);
+        if !quarantined {
+            break;
+        }
+        cause = Cause::Tick;
+    }
+    let mut ran = ran.into_iter();
+    let mut run = ran.next().expect("one run at least");
+    let rollback = ran.next();
+    if let Some(rollback) = &rollback {
+        // The failed run's record, as the rollback left it.
+        run = node.runs().load(run.id).unwrap_or(run);
         let _ = writeln!(
             out,
-            "troops: run {} was left running by a process that died; marked interrupted",
-            old.id
+            "troops: run {} {}; rolled back to {} by run {}, which {} (troops log {})",
+            run.id,
+            RunStatus::Failed,
+            short(&rollback.commit),
+            rollback.id,
+            rollback.status,
+            rollback.id
         );
     }
-    // Plaintext secrets a run left when its troops died are removed before anything else runs.
-    crate::secrets::remove_leftovers(&node.state_dir)?;
-    // A run that ended `interrupted` may have left processes running, if its troops died with
-    // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
-    // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
-    if let Some(last) = runs.latest()?.filter(|r| r.status == RunStatus::Interrupted) {
-        let grace = crate::plan::DEFAULT_KILL_GRACE;
-        let leftovers = crate::supervise::end_leftovers(&node.state_dir, last.id, grace);
-        if !leftovers.is_empty() {
-            let _ = writeln!(out, "troops: {leftovers}");
-        }
-    }
-    let commit = match &request.commit {
-        Some(rev) => repo.resolve(rev)?,
+    Ok(Outcome::Ran { run, rollback })
+}
+
+/// The commit `rev` names, or the tip.
+fn resolve(node: &Node, repo: &crate::repo::NodeRepo, rev: Option<&str>) -> Result<Oid> {
+    match rev {
+        Some(rev) => repo.resolve(rev),
         None => repo.tip()?.ok_or_else(|| {
             Error::Input(format!(
                 "branch {} of {} has no commits yet",
                 repo.branch,
                 node.repo_path().display()
             ))
-        })?,
-    };
-    let previous = repo.deployed()?;
-    if request.unless_deployed && previous == Some(commit) {
-        return Ok(Outcome::AlreadyDeployed(commit));
+        }),
     }
-    vouch(node, &repo, commit, previous, request.trigger)?;
+}
 
-    let id = runs.create(&lock)?;
-    lock.describe(&format!("run {id} ({}) of {commit}", request.trigger));
+/// What [`schedule::decide`] needs, read from disk: refs, quarantine, and the newest runs (the
+/// newest, then as long as they are of the same commit).
+pub fn facts(node: &Node, repo: &crate::repo::NodeRepo) -> Result<Facts> {
+    let tip = repo.tip()?;
+    let tip_quarantined = match tip {
+        Some(tip) => repo.quarantined(tip)?.map(|q| q.reason),
+        None => None,
+    };
+    let runs = node.runs();
+    let mut recent: Vec<PastRun> = Vec::new();
+    for id in runs.ids()?.into_iter().rev() {
+        let Ok(record) = runs.load(id) else { continue };
+        let commit = Oid::from_str(&record.commit).ok();
+        if recent.first().is_some_and(|first| first.commit != commit) {
+            break;
+        }
+        let quarantined = match commit {
+            Some(commit) => repo.quarantined(commit)?.is_some(),
+            None => false,
+        };
+        let finished_at = record.finished_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        recent.push(PastRun {
+            id,
+            commit,
+            status: record.status,
+            trigger: record.trigger,
+            finished_at,
+            quarantined,
+            rolled_back: record.rolled_back_by.is_some(),
+        });
+        if !matches!(record.status, RunStatus::Failed | RunStatus::RolledBack) {
+            break;
+        }
+    }
+    Ok(Facts { branch: repo.branch.clone(), tip, deployed: repo.deployed()?, tip_quarantined, recent })
+}
+
+/// When the daemon should look again on its own: the end of a failed commit's backoff.
+pub fn next_due(node: &Node) -> Option<SystemTime> {
+    let repo = node.repo().ok()?;
+    match schedule::decide(Cause::Tick, &facts(node, &repo).ok()?, SystemTime::now(), &node.config.retry) {
+        Decision::Wait { until, .. } => Some(until),
+        _ => None,
+    }
+}
+
+/// Under the lock, before anything runs: what a troops that died left behind. A run left
+/// `running` becomes `interrupted`; one left `checking` failed its checks, and its commit's
+/// `on_failure` applies (quarantine, so the rollback follows). Then plaintext secrets and
+/// processes of the dead run are removed.
+fn recover(node: &Node, repo: &crate::repo::NodeRepo, lock: &NodeLock, out: &mut dyn Write) -> Result<()> {
+    let runs = node.runs();
+    let abandoned = runs.recover(lock)?;
+    if let Some(old) = &abandoned {
+        let _ = match old.status {
+            RunStatus::Interrupted => {
+                writeln!(
+                    out,
+                    "troops: run {} was left running by a process that died; marked interrupted",
+                    old.id
+                )
+            }
+            _ => writeln!(
+                out,
+                "troops: run {} was left checking by a process that died; its checks count as failed",
+                old.id
+            ),
+        };
+        if old.status == RunStatus::Failed {
+            if let Ok(commit) = Oid::from_str(&old.commit) {
+                quarantine_if_asked(repo, old, commit, out)?;
+            }
+        }
+    }
+    // Plaintext secrets a run left when its troops died are removed before anything else runs.
+    crate::secrets::remove_leftovers(&node.state_dir)?;
+    // A run that ended `interrupted` may have left processes running, if its troops died with
+    // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
+    // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
+    let abandoned = abandoned.map(|r| r.id);
+    if let Some(last) =
+        runs.latest()?.filter(|r| r.status == RunStatus::Interrupted || Some(r.id) == abandoned)
+    {
+        let grace = crate::plan::DEFAULT_KILL_GRACE;
+        let leftovers = crate::supervise::end_leftovers(&node.state_dir, last.id, grace);
+        if !leftovers.is_empty() {
+            let _ = writeln!(out, "troops: {leftovers}");
+        }
+    }
+    Ok(())
+}
+
+/// A failed run of `commit` whose plan says `on_failure = "rollback"` quarantines it, unless it is
+/// the deployed commit (the last good one is never quarantined: there would be nothing to go back to).
+fn quarantine_if_asked(
+    repo: &crate::repo::NodeRepo,
+    record: &RunRecord,
+    commit: Oid,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let rollback = match repo.plan_text(commit) {
+        Ok(Some(text)) => Plan::parse(Path::new(crate::plan::FILE_NAME), &text, None)
+            .is_ok_and(|plan| plan.health.on_failure == OnFailure::Rollback),
+        _ => false,
+    };
+    if !rollback || repo.deployed()? == Some(commit) || record.trigger == Trigger::Rollback {
+        return Ok(());
+    }
+    let reason = format!("run {}: {}", record.id, record.error.as_deref().unwrap_or("failed"));
+    repo.quarantine(commit, &reason)?;
+    let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&commit.to_string()));
+    Ok(())
+}
+
+/// One run of `now.commit`, start to end, under the lock: record, prepare, execute, check,
+/// finalize.
+fn run_one(
+    node: &Node,
+    repo: &crate::repo::NodeRepo,
+    lock: &mut NodeLock,
+    now: &RunNow,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<RunRecord> {
+    let commit = now.commit;
+    let deployed = repo.deployed()?;
+    vouch(node, repo, commit, deployed, now.trigger)?;
+    let runs = node.runs();
+    let id = runs.create(lock)?;
+    lock.describe(&format!("run {id} ({}) of {commit}", now.trigger));
+    let failed_commit = now.undoes.map(|f| f.commit.to_string());
     let mut record = RunRecord {
         schema: crate::runs::SCHEMA,
         id,
-        trigger: request.trigger,
+        trigger: now.trigger,
         commit: commit.to_string(),
-        previous_commit: previous.map(|p| p.to_string()),
+        // A rollback comes from the failed commit the host was left with.
+        previous_commit: failed_commit.clone().or(deployed.map(|p| p.to_string())),
         host: node.config.hostname(),
         roles: node.config.roles.clone(),
-        started_at: now(),
+        started_at: now_text(),
         finished_at: None,
         status: RunStatus::Running,
         error: None,
         steps: Vec::new(),
         checks: Vec::new(),
-        rollback_of: None,
+        rollback_of: now.undoes.and_then(|f| f.run),
         rolled_back_by: None,
     };
     runs.save(&record)?;
     let log = runs.open_log(id)?;
     let mut out = Tee { log, out, mask: crate::secrets::Masker::default() };
 
-    let result = run(node, &repo, &mut record, &mut out, stop);
-    record.finished_at = Some(now());
+    let mut run = Run { node, repo, record: &mut record, out: &mut out, stop, failed_commit, plan: None };
+    let result = run.execute();
+    let plan = run.plan.take();
+    record.finished_at = Some(now_text());
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
         record.error = Some(e.to_string());
@@ -127,16 +328,62 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     let _ = writeln!(out, "troops: {}", summary(&record));
     out.release();
     runs.save(&record)?;
-    runs.prune(node.config.keep_runs, &lock)?;
-    match result {
-        Err(e) if e.class() == crate::error::Class::Environment => Err(e),
-        _ => {
-            if record.status == RunStatus::Succeeded {
-                repo.set_deployed(commit, &format!("troops: run {id} ({}) succeeded", record.trigger))?;
-            }
-            Ok(Outcome::Ran(record))
+    if let Err(e) = result {
+        if e.class() == crate::error::Class::Environment {
+            return Err(e);
         }
     }
+    finalize(node, repo, lock, &mut record, plan.as_ref(), now, &mut out)?;
+    Ok(record)
+}
+
+/// After a run: the deployed ref on success, quarantine on a failure the plan rolls back, the
+/// undone run's record, then pruning (runs, releases), best effort last.
+fn finalize(
+    node: &Node,
+    repo: &crate::repo::NodeRepo,
+    lock: &NodeLock,
+    record: &mut RunRecord,
+    plan: Option<&Plan>,
+    now: &RunNow,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let runs = node.runs();
+    let commit = now.commit;
+    match record.status {
+        RunStatus::Succeeded => {
+            repo.set_deployed(commit, &format!("troops: run {} ({}) succeeded", record.id, record.trigger))?;
+            // A person ran a quarantined commit on purpose, and it worked.
+            if record.trigger == Trigger::Manual {
+                repo.unquarantine(commit)?;
+            }
+        }
+        RunStatus::Failed => quarantine_if_asked(repo, record, commit, out)?,
+        _ => {}
+    }
+    if let Some(undone) = now.undoes.and_then(|f| f.run) {
+        if let Ok(mut failed) = runs.load(undone) {
+            failed.rolled_back_by = Some(record.id);
+            if record.status == RunStatus::Succeeded {
+                failed.status = RunStatus::RolledBack;
+            }
+            runs.save(&failed)?;
+        }
+    }
+    runs.prune(node.config.keep_runs, lock)?;
+    if let Some(release) = plan.and_then(|p| p.release.as_ref()) {
+        let releases = Releases::new(&node.state_dir, release.link.as_deref());
+        let current = releases.current();
+        let last_good = match repo.deployed()? {
+            Some(deployed) => releases.last_good(deployed, &runs)?.map(|r| r.path),
+            None => None,
+        };
+        let keep: Vec<&Path> = current.iter().chain(last_good.iter()).map(PathBuf::as_path).collect();
+        if let Err(e) = releases.prune(release.keep, release.keep_failed, &runs, &keep) {
+            let _ = writeln!(out, "troops: warning: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// With `require_signed`, the commit about to run must verify now, under the lock, whatever
@@ -164,98 +411,201 @@ fn vouch(
     Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
 }
 
-/// The part of a run that happens with a record on disk; errors fail the run.
-fn run(
-    node: &Node,
-    repo: &crate::repo::NodeRepo,
-    record: &mut RunRecord,
-    out: &mut Tee,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let runs = node.runs();
-    let work = node.work_dir();
-    let checkout = work.join(record.id.to_string());
-    clear_dir(&work)?;
-    let commit = Oid::from_str(&record.commit).expect("record holds a commit id");
-    repo.checkout(commit, &checkout)?;
-    let plan = Plan::load(&checkout).map_err(|e| relative_to(e, &checkout))?;
-    let roles = roles::resolve(&record.host, &node.config.roles, Some(&plan));
-    record.roles = roles.iter().cloned().collect();
-    let selected: Vec<&Step> = plan.steps.iter().filter(|s| roles::selects(s, &roles).0).collect();
-    record.steps = selected
-        .iter()
-        .map(|s| StepRecord {
-            name: s.name.clone(),
-            status: StepStatus::NotRun,
-            exit_code: None,
-            duration_ms: 0,
-        })
-        .collect();
-    runs.save(record)?;
+/// A run under way: its record, output and what it loaded.
+struct Run<'a, 'o> {
+    node: &'a Node,
+    repo: &'a crate::repo::NodeRepo,
+    record: &'a mut RunRecord,
+    out: &'a mut Tee<'o>,
+    stop: &'a AtomicBool,
+    /// For a rollback: the commit it undoes (`TROOPS_FAILED_COMMIT`).
+    failed_commit: Option<String>,
+    /// The plan, once loaded (finalize needs its `[release]`).
+    plan: Option<Plan>,
+}
 
-    let _ = writeln!(
-        out,
-        "troops: run {} ({}) of {} on {} [{}]: {} of {} steps",
-        record.id,
-        record.trigger,
-        short(&record.commit),
-        record.host,
-        record.roles.join(","),
-        selected.len(),
-        plan.steps.len()
-    );
-    // Before any step: a secret this node cannot decrypt fails the run with every step `not_run`.
-    let secrets =
-        crate::secrets::decrypt_for_run(&node.state_dir, &checkout, &plan, &record.host, &roles, record.id)?;
-    if let Some(secrets) = &secrets {
-        out.mask = secrets.masker();
-        for name in secrets.unmasked() {
-            let _ = writeln!(
-                out,
-                "troops: secret `{name}` is shorter than {} bytes; its value is not masked in output",
-                crate::secrets::MIN_MASKED
-            );
+/// Where a run's steps run.
+enum Layout {
+    /// A fresh checkout in `work/<id>`.
+    Work(PathBuf),
+    /// A release: a fresh checkout in `releases/<id>-<sha>/`, or, for a rollback, the last good
+    /// release of the commit, switched back to without building.
+    Release { releases: Releases, dir: PathBuf, reused: bool },
+}
+
+impl Layout {
+    fn root(&self) -> &Path {
+        match self {
+            Layout::Work(dir) | Layout::Release { dir, .. } => dir,
         }
     }
-    let env = step_env(node, record, &roles, secrets.as_ref());
-    let mut supervisor = runner::Supervisor::new(&env);
-    for (i, step) in selected.iter().enumerate() {
-        if stop.load(Ordering::SeqCst) {
-            record.status = RunStatus::Interrupted;
-            record.error = Some("troops was asked to stop; the remaining steps did not run".into());
-            break;
+}
+
+impl Run<'_, '_> {
+    /// The part of a run that happens with a record on disk; errors fail the run.
+    fn execute(&mut self) -> Result<()> {
+        let commit = Oid::from_str(&self.record.commit).expect("record holds a commit id");
+        // prepare: the plan, read from the verified commit, decides where the checkout goes.
+        let plan_path = Path::new(crate::plan::FILE_NAME);
+        let text = self.repo.plan_text(commit)?.ok_or_else(|| crate::plan::missing(plan_path))?;
+        let layout = self.layout(commit, &Plan::parse(plan_path, &text, None)?)?;
+        let root = layout.root().to_owned();
+        let plan =
+            Plan::parse(&root.join(plan_path), &text, Some(&root)).map_err(|e| relative_to(e, &root))?;
+        let roles = roles::resolve(&self.record.host, &self.node.config.roles, Some(&plan));
+        self.record.roles = roles.iter().cloned().collect();
+        let reused = matches!(layout, Layout::Release { reused: true, .. });
+        let selected: Vec<&Step> = plan
+            .steps
+            .iter()
+            .filter(|s| roles::selects(s, &roles).0)
+            .filter(|s| !reused || s.phase == Phase::Activate)
+            .collect();
+        // Build steps first, then (with releases) the switch, then activate steps.
+        let (build, activate): (Vec<&Step>, Vec<&Step>) =
+            selected.iter().partition(|s| s.phase == Phase::Build || plan.release.is_none());
+        self.record.steps = build
+            .iter()
+            .chain(activate.iter())
+            .map(|s| StepRecord {
+                name: s.name.clone(),
+                status: StepStatus::NotRun,
+                exit_code: None,
+                duration_ms: 0,
+            })
+            .collect();
+        self.node.runs().save(self.record)?;
+        let _ = writeln!(
+            self.out,
+            "troops: run {} ({}) of {} on {} [{}]: {} of {} steps{}",
+            self.record.id,
+            self.record.trigger,
+            short(&self.record.commit),
+            self.record.host,
+            self.record.roles.join(","),
+            selected.len(),
+            plan.steps.len(),
+            if reused {
+                format!(" (the activate steps of release {})", root.display())
+            } else {
+                String::new()
+            }
+        );
+        // Before any step: a secret this node cannot decrypt fails the run with every step `not_run`.
+        let secrets = crate::secrets::decrypt_for_run(
+            &self.node.state_dir,
+            &root,
+            &plan,
+            &self.record.host,
+            &roles,
+            self.record.id,
+        )?;
+        if let Some(secrets) = &secrets {
+            self.out.mask = secrets.masker();
+            for name in secrets.unmasked() {
+                let _ = writeln!(
+                    self.out,
+                    "troops: secret `{name}` is shorter than {} bytes; its value is not masked in output",
+                    crate::secrets::MIN_MASKED
+                );
+            }
         }
-        let _ = writeln!(out, "==> {}", step.name);
-        let mut env = env.clone();
-        env.push(("TROOPS_STEP", step.name.clone()));
-        let result = runner::run_step(&mut supervisor, step, &checkout, &env, stop, out)?;
-        out.release();
-        let slot = &mut record.steps[i];
-        slot.status = result.status;
-        slot.exit_code = result.exit_code;
-        slot.duration_ms = result.duration.as_millis() as u64;
-        if result.status == StepStatus::Interrupted {
-            record.status = RunStatus::Interrupted;
-            record.error =
-                Some(format!("troops was asked to stop during step `{}`; it was ended", step.name));
-            runs.save(record)?;
-            break;
+        let mut env = step_env(self.node, self.record, &roles, secrets.as_ref());
+        if let Some(failed) = &self.failed_commit {
+            env.push(("TROOPS_FAILED_COMMIT", failed.clone()));
         }
-        if result.status != StepStatus::Succeeded {
-            let code = result.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
-            let _ = writeln!(out, "==> {} {}{code}", step.name, result.status);
-            record.status = RunStatus::Failed;
-            record.error = Some(format!("step `{}` {}{code}", step.name, result.status));
-            runs.save(record)?;
-            break;
+        if let Layout::Release { releases, dir, .. } = &layout {
+            env.push(("TROOPS_RELEASE_DIR", dir.display().to_string()));
+            env.push(("TROOPS_CURRENT", releases.link.display().to_string()));
         }
-        runs.save(record)?;
+        let mut supervisor = runner::Supervisor::new(&env);
+        // execute
+        let ok = self.steps(&mut supervisor, &build, 0, &root, &env)?;
+        if ok {
+            if let Layout::Release { releases, dir, .. } = &layout {
+                releases.switch(dir)?;
+                let _ = writeln!(self.out, "==> {} -> {}", releases.link.display(), dir.display());
+            }
+            self.steps(&mut supervisor, &activate, build.len(), &root, &env)?;
+        }
+        // Only now: the record says `running` on disk until the last step is done.
+        if self.record.status == RunStatus::Running {
+            self.record.status = RunStatus::Succeeded;
+        }
+        self.plan = Some(plan);
+        Ok(())
     }
-    // Only now: the record says `running` on disk until the last step is done.
-    if record.status == RunStatus::Running {
-        record.status = RunStatus::Succeeded;
+
+    /// Where this run's steps run; checks the commit out unless a rollback reuses its release.
+    fn layout(&mut self, commit: Oid, plan: &Plan) -> Result<Layout> {
+        let Some(release) = &plan.release else {
+            let work = self.node.work_dir();
+            clear_dir(&work)?;
+            let checkout = work.join(self.record.id.to_string());
+            self.repo.checkout(commit, &checkout)?;
+            return Ok(Layout::Work(checkout));
+        };
+        let releases = Releases::new(&self.node.state_dir, release.link.as_deref());
+        if self.record.trigger == Trigger::Rollback {
+            if let Some(good) = releases.last_good(commit, &self.node.runs())? {
+                return Ok(Layout::Release { releases, dir: good.path, reused: true });
+            }
+        }
+        let dir = releases.path_for(self.record.id, commit);
+        std::fs::create_dir_all(&releases.dir).ctx(|| format!("creating {}", releases.dir.display()))?;
+        self.repo.checkout(commit, &dir)?;
+        // A release is read by the services it holds, whoever they run as; nobody else writes it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .ctx(|| format!("opening {} to readers", dir.display()))?;
+        Ok(Layout::Release { releases, dir, reused: false })
     }
-    Ok(())
+
+    /// Runs `steps` (whose records start at `first`) in order; false when one did not succeed
+    /// (the record says why) or troops was asked to stop.
+    fn steps(
+        &mut self,
+        supervisor: &mut runner::Supervisor,
+        steps: &[&Step],
+        first: usize,
+        root: &Path,
+        env: &[(&'static str, String)],
+    ) -> Result<bool> {
+        let runs = self.node.runs();
+        for (i, step) in steps.iter().enumerate() {
+            if self.stop.load(Ordering::SeqCst) {
+                self.record.status = RunStatus::Interrupted;
+                self.record.error = Some("troops was asked to stop; the remaining steps did not run".into());
+                return Ok(false);
+            }
+            let _ = writeln!(self.out, "==> {}", step.name);
+            let mut env = env.to_vec();
+            env.push(("TROOPS_STEP", step.name.clone()));
+            let result = runner::run_step(supervisor, step, root, &env, self.stop, self.out)?;
+            self.out.release();
+            let slot = &mut self.record.steps[first + i];
+            slot.status = result.status;
+            slot.exit_code = result.exit_code;
+            slot.duration_ms = result.duration.as_millis() as u64;
+            if result.status == StepStatus::Interrupted {
+                self.record.status = RunStatus::Interrupted;
+                self.record.error =
+                    Some(format!("troops was asked to stop during step `{}`; it was ended", step.name));
+                runs.save(self.record)?;
+                return Ok(false);
+            }
+            if result.status != StepStatus::Succeeded {
+                let code = result.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
+                let _ = writeln!(self.out, "==> {} {}{code}", step.name, result.status);
+                self.record.status = RunStatus::Failed;
+                self.record.error = Some(format!("step `{}` {}{code}", step.name, result.status));
+                runs.save(self.record)?;
+                return Ok(false);
+            }
+            runs.save(self.record)?;
+        }
+        Ok(true)
+    }
 }
 
 /// The PATH of every step: fixed, so that no trigger's PATH leaks in.
@@ -449,18 +799,4 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
         })
         .collect();
     Ok(DryRun { commit, roles, steps })
-}
-
-/// What a trigger learns when another run deployed its commit first: which commit, and which run.
-pub fn already_deployed(node: &Node, commit: Oid) -> String {
-    let commit = commit.to_string();
-    let run = match node.runs().latest() {
-        Ok(Some(run)) if run.commit == commit => format!(" by run {} (troops log {})", run.id, run.id),
-        _ => String::new(),
-    };
-    format!(
-        "troops: {}, the tip of refs/heads/{}, is deployed already{run}; nothing runs",
-        short(&commit),
-        node.config.branch
-    )
 }

@@ -22,6 +22,43 @@ pub struct Plan {
     pub roles: Vec<Role>,
     pub steps: Vec<Step>,
     pub secrets: Vec<Secret>,
+    pub health: Health,
+    /// `None`: one checkout in `work/` per run, no releases.
+    pub release: Option<Release>,
+}
+
+/// `[health]`: what a failed run leads to.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Try the commit again later, with backoff (the default).
+    #[default]
+    Retry,
+    /// Quarantine the commit and run the last good one again.
+    Rollback,
+}
+
+/// `[release]`: Capistrano-style release directories and a `current` link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub keep: usize,
+    pub keep_failed: usize,
+    /// The link switched to each release; `None`: `current` in the state dir.
+    pub link: Option<PathBuf>,
+}
+
+/// When a step runs in a release: before `current` is switched to it, or after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    #[default]
+    Build,
+    Activate,
 }
 
 /// A `[[secret]]`: an age file in the repo, decrypted on the nodes it is for (see `secrets`).
@@ -58,6 +95,7 @@ pub struct Step {
     /// and SIGKILL.
     pub kill_grace: Duration,
     pub env: BTreeMap<String, String>,
+    pub phase: Phase,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +115,24 @@ struct RawPlan {
     step: Vec<Spanned<RawStep>>,
     #[serde(default)]
     secret: Vec<Spanned<RawSecret>>,
+    #[serde(default)]
+    health: RawHealth,
+    release: Option<Spanned<RawRelease>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    on_failure: OnFailure,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    keep: Option<usize>,
+    keep_failed: Option<usize>,
+    link: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +167,7 @@ struct RawStep {
     timeout: Option<Spanned<String>>,
     kill_grace: Option<Spanned<String>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
+    phase: Option<Spanned<Phase>>,
 }
 
 impl Plan {
@@ -226,7 +283,18 @@ impl Plan {
                 ),
                 None => None,
             };
-            steps.push(Step { name, roles, action, timeout, kill_grace, env });
+            let phase = match step.phase {
+                Some(phase) if raw.release.is_none() && *phase.get_ref() == Phase::Activate => {
+                    return Err(err(
+                        phase.span(),
+                        format!(
+                            "step `{name}`: `phase = \"activate\"` needs a `[release]` table to activate"
+                        ),
+                    ))
+                }
+                phase => phase.map(Spanned::into_inner).unwrap_or_default(),
+            };
+            steps.push(Step { name, roles, action, timeout, kill_grace, env, phase });
         }
         let mut secrets = Vec::new();
         let mut secret_names = HashSet::new();
@@ -292,7 +360,31 @@ impl Plan {
             };
             secrets.push(Secret { name, file, roles, hosts, mode, owner });
         }
-        Ok(Plan { roles, steps, secrets })
+        let release = match raw.release {
+            None => None,
+            Some(release) => {
+                let span = release.span();
+                let release = release.into_inner();
+                let link = match release.link {
+                    Some(link) if !Path::new(link.get_ref()).is_absolute() => {
+                        return Err(err(
+                            link.span(),
+                            format!("[release] `link` {:?} must be an absolute path", link.get_ref()),
+                        ))
+                    }
+                    link => link.map(|l| PathBuf::from(l.into_inner())),
+                };
+                if release.keep == Some(0) {
+                    return Err(err(span, "[release] `keep` must be at least 1".into()));
+                }
+                Some(Release {
+                    keep: release.keep.unwrap_or(5),
+                    keep_failed: release.keep_failed.unwrap_or(3),
+                    link,
+                })
+            }
+        };
+        Ok(Plan { roles, steps, secrets, health: Health { on_failure: raw.health.on_failure }, release })
     }
 }
 
@@ -331,16 +423,7 @@ fn repo_path(path: &str) -> std::result::Result<PathBuf, String> {
 pub fn read(path: &Path) -> Result<String> {
     let kind = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta.file_type(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Plan {
-                path: path.to_owned(),
-                line: 1,
-                column: 1,
-                message: format!(
-                    "no such plan file (a deploy repo keeps its plan in {FILE_NAME} at its root)"
-                ),
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(path)),
         Err(e) => return Err(Error::path("reading plan", path, e)),
     };
     if kind.is_symlink() {
@@ -350,6 +433,12 @@ pub fn read(path: &Path) -> Result<String> {
         return Err(not_a_file(path, "a directory or special file"));
     }
     text(path, std::fs::read(path).map_err(|e| Error::path("reading plan", path, e))?)
+}
+
+/// The error for a plan that is not there.
+pub fn missing(path: &Path) -> Error {
+    let message = format!("no such plan file (a deploy repo keeps its plan in {FILE_NAME} at its root)");
+    Error::Plan { path: path.to_owned(), line: 1, column: 1, message }
 }
 
 /// The error for a plan at `path` that is `what` instead of a regular file.

@@ -8,6 +8,18 @@ use git2::{Oid, Repository};
 use crate::error::{Context, Error, Result};
 
 pub const DEPLOYED_REF: &str = "refs/troops/deployed";
+/// `refs/troops/bad/<sha>`: a quarantined commit, never run again by a pull, a retry or a restart.
+/// The ref names an annotated tag of the commit whose message is the reason.
+pub const QUARANTINE_PREFIX: &str = "refs/troops/bad/";
+
+/// A quarantined commit and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub commit: Oid,
+    pub reason: String,
+    /// When it was quarantined (RFC 3339), if the tag says.
+    pub at: Option<String>,
+}
 
 pub struct NodeRepo {
     pub git: Repository,
@@ -53,6 +65,70 @@ impl NodeRepo {
             .reference(DEPLOYED_REF, commit, true, message)
             .ctx(|| format!("moving {DEPLOYED_REF} to {commit}"))?;
         Ok(())
+    }
+
+    /// Quarantines `commit` with `reason` (replacing an earlier reason).
+    pub fn quarantine(&self, commit: Oid, reason: &str) -> Result<()> {
+        let name = format!("{QUARANTINE_PREFIX}{commit}");
+        let tagger = git2::Signature::now("troops", "troops@localhost")
+            .ctx(|| "making the tagger of a quarantine tag".to_owned())?;
+        let object = self.git.find_object(commit, None).ctx(|| format!("reading commit {commit}"))?;
+        let tag = self
+            .git
+            .tag_annotation_create(&name, &object, &tagger, reason)
+            .ctx(|| format!("writing the quarantine tag of {commit}"))?;
+        self.git
+            .reference(&name, tag, true, &format!("troops: quarantined: {reason}"))
+            .ctx(|| format!("writing {name}"))?;
+        Ok(())
+    }
+
+    /// Lifts the quarantine of `commit` (a person ran it and it succeeded); no error if it had none.
+    pub fn unquarantine(&self, commit: Oid) -> Result<()> {
+        let name = format!("{QUARANTINE_PREFIX}{commit}");
+        match self.git.find_reference(&name) {
+            Ok(mut reference) => reference.delete().ctx(|| format!("deleting {name}")),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(Error::git(format!("reading {name}"), e)),
+        }
+    }
+
+    /// Why `commit` is quarantined, if it is.
+    pub fn quarantined(&self, commit: Oid) -> Result<Option<Quarantined>> {
+        let Some(target) = self.target(&format!("{QUARANTINE_PREFIX}{commit}"))? else { return Ok(None) };
+        Ok(Some(self.quarantine_of(commit, target)))
+    }
+
+    /// Every quarantined commit, oldest first.
+    pub fn all_quarantined(&self) -> Result<Vec<Quarantined>> {
+        let glob = format!("{QUARANTINE_PREFIX}*");
+        let references = self.git.references_glob(&glob).ctx(|| format!("listing {glob}"))?;
+        let mut all: Vec<Quarantined> = references
+            .flatten()
+            .filter_map(|r| {
+                let commit = Oid::from_str(r.name()?.strip_prefix(QUARANTINE_PREFIX)?).ok()?;
+                Some(self.quarantine_of(commit, r.target()?))
+            })
+            .collect();
+        all.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok(all)
+    }
+
+    /// What the quarantine ref of `commit`, pointing at `target`, says. A ref someone made by hand
+    /// (pointing at the commit itself) quarantines just as well, without a reason.
+    fn quarantine_of(&self, commit: Oid, target: Oid) -> Quarantined {
+        match self.git.find_tag(target) {
+            Ok(tag) => Quarantined {
+                commit,
+                reason: tag.message().unwrap_or_default().trim().to_owned(),
+                at: tag.tagger().map(|t| {
+                    let at = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(t.when().seconds().max(0) as u64);
+                    humantime::format_rfc3339_seconds(at).to_string()
+                }),
+            },
+            Err(_) => Quarantined { commit, reason: "no reason recorded".into(), at: None },
+        }
     }
 
     /// The commit `rev` names (a hash, branch, tag or any git revision expression).

@@ -12,10 +12,10 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use troops_core::control;
-use troops_core::deploy::{self, Outcome};
+use troops_core::deploy;
 use troops_core::node::Node;
 use troops_core::receive::{self, Update, Verdict};
-use troops_core::runs::{RunStatus, Trigger};
+use troops_core::runs::Trigger;
 use troops_core::Error;
 
 fn main() -> ExitCode {
@@ -92,30 +92,30 @@ fn post_receive() -> Result<ExitCode> {
     troops_core::init::use_group_umask(&node.state_dir);
 
     let mut out = Counted(std::io::stderr(), 0);
-    let ask = control::Request::Deploy { trigger: Trigger::Push, commit: None, unless_deployed: true };
+    let ask = control::Request::Deploy { trigger: Trigger::Push, commit: None };
     if let Some((exit, error)) = control::call(&node.socket_path(), &ask, &mut out)? {
         match error {
             Some(error) => say(&format!("troops: {error}")),
             // The daemon watches the branch too: it may have run this tip before the push asked,
             // and then has nothing to say.
             None if exit == 0 && out.1 == 0 => {
-                if let Some(commit) = node.repo()?.deployed()? {
-                    say(&deploy::already_deployed(&node, commit));
-                }
+                let outcome = deploy::Outcome::Nothing(troops_core::schedule::decide(
+                    troops_core::schedule::Cause::Push,
+                    &deploy::facts(&node, &node.repo()?)?,
+                    std::time::SystemTime::now(),
+                    &node.config.retry,
+                ));
+                say(&outcome.nothing_ran().unwrap_or_default());
             }
             None => {}
         }
         return Ok(ExitCode::from(u8::try_from(exit).unwrap_or(1)));
     }
-    let request = deploy::Request { trigger: Trigger::Push, commit: None, unless_deployed: true };
-    match deploy::deploy(&node, &request, &mut out, stop)? {
-        Outcome::Ran(record) if record.status == RunStatus::Succeeded => Ok(ExitCode::SUCCESS),
-        Outcome::Ran(_) => Ok(ExitCode::from(1)),
-        Outcome::AlreadyDeployed(commit) => {
-            say(&deploy::already_deployed(&node, commit));
-            Ok(ExitCode::SUCCESS)
-        }
+    let outcome = deploy::deploy(&node, &deploy::Request::Push, &mut out, stop)?;
+    if let Some(message) = outcome.nothing_ran() {
+        say(&message);
     }
+    Ok(ExitCode::from(outcome.exit_code() as u8))
 }
 
 /// Stderr, counting what went through.

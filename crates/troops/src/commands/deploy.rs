@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use troops_core::control::Request as ControlRequest;
-use troops_core::deploy::{self, Outcome, Request};
+use troops_core::deploy::{self, Request};
 use troops_core::runs::Trigger;
 
 use crate::cli::{DeployArgs, Global};
@@ -28,15 +28,9 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let remote = ControlRequest::Deploy {
-        trigger: Trigger::Manual,
-        commit: args.commit.clone(),
-        unless_deployed: false,
-    };
+    let remote = ControlRequest::Deploy { trigger: Trigger::Manual, commit: args.commit.clone() };
     if let Some(code) = super::through_daemon(&node, remote)? {
         return Ok(code);
     }
-    let request = Request { trigger: Trigger::Manual, commit: args.commit, unless_deployed: false };
-    let outcome = deploy::deploy(&node, &request, &mut std::io::stdout(), troops_core::signals::stop_flag())?;
-    Ok(super::code(matches!(outcome, Outcome::Ran(_)) && outcome.succeeded()))
+    super::run_in_process(&node, &Request::Person(args.commit))
 }

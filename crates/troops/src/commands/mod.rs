@@ -53,6 +53,18 @@ fn through_daemon(node: &Node, request: troops_core::control::Request) -> Result
     Ok(Some(ExitCode::from(exit as u8)))
 }
 
+/// Runs what `request` calls for here, in this process (no daemon listens), and says why when
+/// nothing ran.
+fn run_in_process(node: &Node, request: &troops_core::deploy::Request) -> Result<ExitCode> {
+    let mut out = std::io::stdout();
+    let outcome = troops_core::deploy::deploy(node, request, &mut out, troops_core::signals::stop_flag())?;
+    if let Some(message) = outcome.nothing_ran() {
+        use std::io::Write;
+        writeln!(out, "{message}")?;
+    }
+    Ok(ExitCode::from(outcome.exit_code() as u8))
+}
+
 fn code(success: bool) -> ExitCode {
     if success {
         ExitCode::SUCCESS

@@ -1,8 +1,9 @@
 //! The daemon's one worker thread: it runs jobs one at a time with the synchronous core, and
 //! coalesces what arrives meanwhile. Every queued job that targets the branch tip merges into one
 //! batch, so after a run the newest tip runs once; a push that arrives while a run of the current
-//! tip is under way joins it and sees its output from the start. A failed tip is held back for its
-//! retry (with backoff) and is not rerun by other triggers until a new tip arrives.
+//! tip is under way joins it and sees its output from the start. What a batch runs, if anything,
+//! is `schedule`'s decision from the node's state on disk (a failed tip waits for its backoff, a
+//! quarantined one never runs again), and after each batch the daemon hears when to look again.
 //!
 //! Fetching, which a slow remote can stretch to `fetch_timeout`, happens on a thread of its own:
 //! only the fast-forward and the run that follow it go through the worker, so a push never
@@ -22,7 +23,8 @@ use troops_core::deploy::{self, Outcome, Request};
 use troops_core::fetch::Fetched;
 use troops_core::node::Node;
 use troops_core::pull;
-use troops_core::runs::{RunStatus, Trigger};
+use troops_core::runs::Trigger;
+use troops_core::schedule::Decision;
 
 use super::listener::Listener;
 
@@ -206,8 +208,6 @@ pub struct Worker {
     config: Arc<Mutex<Config>>,
     stop: &'static AtomicBool,
     events: UnboundedSender<Event>,
-    /// The tip that failed, how often, and when it is due again.
-    failed: Option<(Oid, u32, Instant)>,
 }
 
 impl Worker {
@@ -221,8 +221,7 @@ impl Worker {
         let fetcher =
             Fetcher { handle: handle.clone(), state_dir: node.state_dir.clone(), config: config.clone() };
         supervised("troops-fetcher", events.clone(), move || fetcher.run());
-        let mut worker =
-            Worker { handle: handle.clone(), node, config, stop, events: events.clone(), failed: None };
+        let mut worker = Worker { handle: handle.clone(), node, config, stop, events: events.clone() };
         let thread = supervised("troops-worker", events, move || worker.run());
         (handle, thread)
     }
@@ -269,10 +268,9 @@ impl Worker {
     }
 
     fn run_commit(&mut self, rev: String) -> (i32, Option<String>) {
-        let request = Request { trigger: Trigger::Manual, commit: Some(rev), unless_deployed: false };
-        let result =
-            deploy::deploy(&self.node, &request, &mut Broadcast(self.handle.clone(), Vec::new()), self.stop);
-        self.outcome(result, None)
+        let mut out = Broadcast(self.handle.clone(), Vec::new());
+        let result = deploy::deploy(&self.node, &Request::Person(Some(rev)), &mut out, self.stop);
+        self.outcome(result, &mut out, (0, None))
     }
 
     /// A merged batch of tip jobs: fast-forward to the newest fetch if any brought one, then run
@@ -324,64 +322,46 @@ impl Worker {
             // A new node whose remotes have no commits yet: nothing to run, nothing wrong.
             return nothing_runs;
         }
-        let held = matches!((self.failed, tip), (Some((failed, _, _)), Some(tip)) if failed == tip);
-        if held && !matches!(trigger, Trigger::Manual | Trigger::Retry) {
-            let due = self
-                .failed
-                .map(|(_, _, due)| due.saturating_duration_since(Instant::now()))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "troops: the tip failed before; it is retried in {}",
-                humantime::format_duration(Duration::from_secs(due.as_secs()))
-            );
-            return (1, None);
-        }
-        let request = Request { trigger, commit: None, unless_deployed: trigger != Trigger::Manual };
-        let result = deploy::deploy(&self.node, &request, &mut out, self.stop);
-        if let Ok(Outcome::AlreadyDeployed(commit)) = &result {
-            let _ = writeln!(out, "{}", deploy::already_deployed(&self.node, *commit));
-            return nothing_runs;
-        }
-        self.outcome(result, tip)
+        let result = deploy::deploy(&self.node, &Request::from_trigger(trigger, None), &mut out, self.stop);
+        self.outcome(result, &mut out, nothing_runs)
     }
 
-    /// Logs a run's end, keeps the retry state, and gives the exit code for listeners.
-    fn outcome(&mut self, result: troops_core::Result<Outcome>, tip: Option<Oid>) -> (i32, Option<String>) {
+    /// Logs a run's end (or why nothing ran) and gives the exit code for listeners; `nothing_runs`
+    /// when nothing ran and nothing waits.
+    fn outcome(
+        &mut self,
+        result: troops_core::Result<Outcome>,
+        out: &mut Broadcast,
+        nothing_runs: (i32, Option<String>),
+    ) -> (i32, Option<String>) {
         match result {
-            Ok(Outcome::Ran(record)) => {
-                for step in &record.steps {
-                    tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = %step.exit_code.map_or("none".into(), |c| c.to_string()), ms = step.duration_ms, "step");
-                }
-                tracing::info!(run = record.id, commit = %record.commit, trigger = %record.trigger, status = %record.status, "run finished");
-                let commit = Oid::from_str(&record.commit).ok();
-                if tip.is_some() && tip == commit {
-                    match record.status {
-                        RunStatus::Succeeded => self.failed = None,
-                        RunStatus::Failed | RunStatus::RolledBack => {
-                            self.schedule_retry(commit.expect("checked"))
+            Ok(outcome) => {
+                if let Outcome::Ran { run, rollback } = &outcome {
+                    for record in std::iter::once(run).chain(rollback) {
+                        for step in &record.steps {
+                            tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = %step.exit_code.map_or("none".into(), |c| c.to_string()), ms = step.duration_ms, "step");
                         }
-                        RunStatus::Running | RunStatus::Checking | RunStatus::Interrupted => {}
+                        tracing::info!(run = record.id, commit = %record.commit, trigger = %record.trigger, status = %record.status, "run finished");
+                    }
+                    if let Some(at) = deploy::next_due(&self.node) {
+                        let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                        tracing::warn!(commit = %run.commit, retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())), "the commit failed; will retry");
                     }
                 }
-                (i32::from(record.status != RunStatus::Succeeded), None)
+                if let Some(message) = outcome.nothing_ran() {
+                    tracing::info!(reason = %message.trim_start_matches("troops: "), "nothing runs");
+                    let _ = writeln!(out, "{message}");
+                }
+                match outcome {
+                    Outcome::Nothing(Decision::Idle { .. }) => nothing_runs,
+                    outcome => (outcome.exit_code(), None),
+                }
             }
-            Ok(Outcome::AlreadyDeployed(_)) => (0, None),
             Err(e) => {
                 tracing::error!(error = %e, "run failed to start");
                 (e.exit_code(), Some(e.to_string()))
             }
         }
-    }
-
-    fn schedule_retry(&mut self, commit: Oid) {
-        let failures = match self.failed {
-            Some((failed, n, _)) if failed == commit => n.saturating_add(1),
-            _ => 1,
-        };
-        let wait = self.node.config.retry.backoff(failures);
-        tracing::warn!(commit = %commit, failures, retry_in = %humantime::format_duration(wait), "tip failed; will retry");
-        self.failed = Some((commit, failures, Instant::now() + wait));
     }
 
     /// Reads the tip this batch runs and records it, and says whether a push joined before the
@@ -401,14 +381,18 @@ impl Worker {
         for listener in running.map(|r| r.listeners).unwrap_or_default() {
             listener.done(exit, error.clone());
         }
-        let _ = self.events.send(Event::RetryAt(self.failed.map(|(_, _, due)| due)));
+        // When a failed commit's backoff ends, as the disk says (a cron pull or a hook may have
+        // run meanwhile): the daemon's retry timer.
+        let due = deploy::next_due(&self.node);
+        let _ =
+            self.events.send(Event::RetryAt(due.map(|at| {
+                Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+            })));
         let deployed = self.node.repo().and_then(|r| r.deployed()).ok().flatten();
-        let held = self.failed.map_or(String::new(), |(tip, n, _)| {
-            format!("; {} failed {n}x, retrying", deploy::short(&tip.to_string()))
-        });
         super::notify(&format!(
-            "STATUS=deployed {}{held}",
-            deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned())
+            "STATUS=deployed {}{}",
+            deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned()),
+            if due.is_some() { "; a failed commit waits for its retry" } else { "" }
         ));
     }
 }
