@@ -13,6 +13,7 @@ mod inputs;
 mod node;
 mod pull;
 mod push;
+mod rollback;
 mod secrets;
 mod signed;
 mod sshsig;

@@ -20,6 +20,8 @@ pub enum Request {
     Deploy { trigger: Trigger, commit: Option<String> },
     /// One pull cycle now.
     Pull,
+    /// Quarantine the deployed commit and run `to` (default: the one before) as a rollback.
+    Rollback { to: Option<String> },
     /// How the daemon is: one `Output` holding a [`DaemonStatus`] as JSON, then `Done`.
     Status,
 }

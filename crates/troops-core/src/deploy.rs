@@ -148,6 +148,60 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     Ok(Outcome::Ran { run, rollback })
 }
 
+/// `troops rollback [--to REV]`: a person quarantines the deployed commit and runs REV, or else
+/// the newest commit that succeeded before it, as a rollback (with releases: switch back and
+/// activate, no build).
+pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
+    let repo = node.repo()?;
+    let mut lock = NodeLock::acquire(&node.lock_path(), |holder| {
+        let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
+    })?;
+    recover(node, &repo, &lock, out)?;
+    let deployed = repo.deployed()?.ok_or_else(|| {
+        Error::Input("nothing is deployed on this node, so there is nothing to roll back".into())
+    })?;
+    let target = match to {
+        Some(rev) => repo.resolve(rev)?,
+        None => previous_good(node, &repo, deployed)?.ok_or_else(|| {
+            Error::Input(format!(
+                "no run before {} succeeded on this node (or its runs were pruned); name a commit with --to",
+                short(&deployed.to_string())
+            ))
+        })?,
+    };
+    if target == deployed {
+        return Err(Error::Input(format!(
+            "{} is the deployed commit; roll back to another one with --to",
+            short(&deployed.to_string())
+        )));
+    }
+    let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
+    repo.quarantine(deployed, &reason)?;
+    let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&deployed.to_string()));
+    let now = RunNow {
+        commit: target,
+        trigger: Trigger::Rollback,
+        undoes: Some(schedule::Failed { run: None, commit: deployed }),
+        why: "asked for by a person".into(),
+    };
+    let run = run_one(node, &repo, &mut lock, &now, out, stop)?;
+    Ok(Outcome::Ran { run, rollback: None })
+}
+
+/// The newest commit other than `deployed` whose run succeeded and that is not quarantined.
+fn previous_good(node: &Node, repo: &crate::repo::NodeRepo, deployed: Oid) -> Result<Option<Oid>> {
+    let runs = node.runs();
+    for id in runs.ids()?.into_iter().rev() {
+        let Ok(record) = runs.load(id) else { continue };
+        let Ok(commit) = Oid::from_str(&record.commit) else { continue };
+        if record.status == RunStatus::Succeeded && commit != deployed && repo.quarantined(commit)?.is_none()
+        {
+            return Ok(Some(commit));
+        }
+    }
+    Ok(None)
+}
+
 /// The commit `rev` names, or the tip.
 fn resolve(node: &Node, repo: &crate::repo::NodeRepo, rev: Option<&str>) -> Result<Oid> {
     match rev {

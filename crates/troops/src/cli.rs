@@ -27,6 +27,13 @@ pub struct Global {
     pub config: PathBuf,
 }
 
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The commit to go back to (default: the newest other commit that succeeded here).
+    #[arg(long, value_name = "REV")]
+    pub to: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Create the node (state dir, repo, hooks, SSH key); safe to run again.
@@ -35,6 +42,8 @@ pub enum Command {
     Deploy(DeployArgs),
     /// One cycle: fetch every remote, fast-forward if allowed, run if the tip is not deployed.
     Pull,
+    /// Quarantine the deployed commit and run the one deployed before it (or REV) again.
+    Rollback(RollbackArgs),
     /// The agent, in the foreground (systemd runs it).
     Daemon,
     /// Host, roles, branch tip, deployed commit, running and last run.

@@ -1,5 +1,5 @@
-//! `troops deploy`: run the plan now, through the daemon when it runs, else in-process (or show
-//! what would run, with `--dry-run`).
+//! `troops deploy` and `troops rollback`: a person's runs, through the daemon when it runs, else
+//! in-process (or, with `--dry-run`, what would run).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,4 +33,14 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
         return Ok(code);
     }
     super::run_in_process(&node, &Request::Person(args.commit))
+}
+
+/// `troops rollback`: through the daemon when it runs, else in-process.
+pub fn rollback(node: &troops_core::node::Node, to: Option<String>) -> Result<ExitCode> {
+    if let Some(code) = super::through_daemon(node, ControlRequest::Rollback { to: to.clone() })? {
+        return Ok(code);
+    }
+    let outcome =
+        deploy::rollback(node, to.as_deref(), &mut std::io::stdout(), troops_core::signals::stop_flag())?;
+    Ok(ExitCode::from(outcome.exit_code() as u8))
 }

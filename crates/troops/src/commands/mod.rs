@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => init::run(&global, args),
         Command::Deploy(args) => deploy::run(&global, args),
         Command::Pull => pull::run(&node(&global)?),
+        Command::Rollback(args) => deploy::rollback(&node(&global)?, args.to),
         Command::Daemon => crate::daemon::run(node(&global)?),
         Command::Status(args) => status::run(&node(&global)?, args.json),
         Command::Runs(args) => log::runs(&node(&global)?, args.json),

@@ -10,6 +10,7 @@ use troops_core::deploy::{short, summary};
 use troops_core::lock::NodeLock;
 use troops_core::node::Node;
 use troops_core::runs::RunRecord;
+use troops_core::schedule::Decision;
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let repo = node.repo()?;
@@ -60,6 +61,23 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         None => String::new(),
     };
     let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
+    let quarantined = repo.all_quarantined()?;
+    // What the node does next on its own, and why: the same decision every trigger obeys.
+    let next = troops_core::schedule::decide(
+        troops_core::schedule::Cause::Tick,
+        &troops_core::deploy::facts(node, &repo)?,
+        std::time::SystemTime::now(),
+        &node.config.retry,
+    );
+    let next_json = match &next {
+        Decision::Run(r) => {
+            json!({"state": "run", "commit": r.commit.to_string(), "trigger": r.trigger, "why": r.why})
+        }
+        Decision::Wait { until, why } => {
+            json!({"state": "wait", "until": humantime::format_rfc3339_seconds(*until).to_string(), "why": why})
+        }
+        Decision::Idle { why } => json!({"state": "idle", "why": why}),
+    };
     let daemon = troops_core::control::daemon_status(&node.socket_path());
 
     if json {
@@ -79,6 +97,8 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             },
             "running": running,
             "last_run": last,
+            "next": next_json,
+            "quarantined": quarantined.iter().map(|q| json!({"commit": q.commit.to_string(), "reason": q.reason, "at": q.at})).collect::<Vec<_>>(),
             "unreadable_runs": history.unreadable,
             "verify": {
                 "require_signed": verify.require_signed,
@@ -142,11 +162,12 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     match &running {
         Some(r) => writeln!(
             std::io::stdout(),
-            "running   run {} ({}) of {} since {}",
+            "running   run {} ({}) of {} since {}{}",
             r.id,
             r.trigger,
             short(&r.commit),
-            r.started_at
+            r.started_at,
+            if r.status == troops_core::runs::RunStatus::Checking { ", checking health" } else { "" }
         )?,
         None => writeln!(std::io::stdout(), "running   nothing")?,
     }
@@ -160,6 +181,26 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             r.finished_at.as_deref().unwrap_or(&r.started_at)
         )?,
         None => writeln!(std::io::stdout(), "last run  none")?,
+    }
+    match &next {
+        Decision::Run(r) => writeln!(
+            std::io::stdout(),
+            "next      run {} ({}): {}",
+            short(&r.commit.to_string()),
+            r.trigger,
+            r.why
+        )?,
+        Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {why}")?,
+        Decision::Idle { why } => writeln!(std::io::stdout(), "next      nothing: {why}")?,
+    }
+    for q in &quarantined {
+        writeln!(
+            std::io::stdout(),
+            "bad       {} quarantined{}: {}",
+            short(&q.commit.to_string()),
+            q.at.as_deref().map_or(String::new(), |at| format!(" at {at}")),
+            q.reason
+        )?;
     }
     match (&policy, &keyring_error) {
         (None, _) => writeln!(std::io::stdout(), "verify    off (unsigned commits are deployed)")?,

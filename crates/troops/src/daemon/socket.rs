@@ -131,6 +131,10 @@ async fn handle(
             tracing::info!(request = ?request, "control request");
             worker.pull(Some(listener), peer.fetch_timeout);
         }
+        Request::Rollback { to } => {
+            tracing::info!(request = ?request, "control request");
+            worker.submit(Job { work: Work::Rollback(to.clone()), listeners: vec![listener] }, tip);
+        }
         Request::Deploy { commit, trigger, .. } => {
             tracing::info!(request = ?request, "control request");
             let work = match commit {

@@ -37,6 +37,15 @@ pub enum Work {
     Tip(Trigger),
     /// Run this revision (manual).
     Commit(String),
+    /// A person's rollback (to this revision, else the commit deployed before).
+    Rollback(Option<String>),
+}
+
+impl Work {
+    /// Whether the job runs the branch tip, and so merges with other such jobs.
+    fn on_tip(&self) -> bool {
+        matches!(self, Work::Pull(_) | Work::Tip(_))
+    }
 }
 
 pub struct Job {
@@ -231,6 +240,7 @@ impl Worker {
             self.node.config = self.config.lock().unwrap().clone();
             let exit = match &work[0] {
                 Work::Commit(rev) => self.run_commit(rev.clone()),
+                Work::Rollback(to) => self.run_rollback(to.as_deref()),
                 _ => self.run_tip(&work),
             };
             self.finish(exit);
@@ -247,15 +257,15 @@ impl Worker {
                 return None;
             }
             if let Some(first) = state.queue.pop_front() {
-                let batch = if matches!(first.work, Work::Commit(_)) {
+                let batch = if !first.work.on_tip() {
                     vec![first]
                 } else {
                     let (tips, rest): (VecDeque<Job>, VecDeque<Job>) =
-                        state.queue.drain(..).partition(|j| !matches!(j.work, Work::Commit(_)));
+                        state.queue.drain(..).partition(|j| j.work.on_tip());
                     state.queue = rest;
                     std::iter::once(first).chain(tips).collect()
                 };
-                let tip_batch = !matches!(batch[0].work, Work::Commit(_));
+                let tip_batch = batch[0].work.on_tip();
                 let (work, listeners): (Vec<Work>, Vec<_>) =
                     batch.into_iter().map(|j| (j.work, j.listeners)).unzip();
                 let listeners = listeners.into_iter().flatten().collect();
@@ -270,6 +280,12 @@ impl Worker {
     fn run_commit(&mut self, rev: String) -> (i32, Option<String>) {
         let mut out = Broadcast(self.handle.clone(), Vec::new());
         let result = deploy::deploy(&self.node, &Request::Person(Some(rev)), &mut out, self.stop);
+        self.outcome(result, &mut out, (0, None))
+    }
+
+    fn run_rollback(&mut self, to: Option<&str>) -> (i32, Option<String>) {
+        let mut out = Broadcast(self.handle.clone(), Vec::new());
+        let result = deploy::rollback(&self.node, to, &mut out, self.stop);
         self.outcome(result, &mut out, (0, None))
     }
 
@@ -312,7 +328,7 @@ impl Worker {
                     || work.iter().any(|w| match w {
                         Work::Tip(trigger) => trigger == t,
                         Work::Pull(_) => *t == Trigger::Pull,
-                        Work::Commit(_) => false,
+                        Work::Commit(_) | Work::Rollback(_) => false,
                     })
             })
             .unwrap_or(Trigger::Pull);

@@ -1,0 +1,258 @@
+//! Rollback and quarantine (`[health] on_failure = "rollback"`, `troops rollback`) and release
+//! directories (`[release]`): a failed commit is quarantined and the last good one runs again at
+//! once; no pull, cron pull, daemon start or retry runs the quarantined commit again, a newer one
+//! and a person's `troops deploy --commit` do; releases switch `current` atomically and a rollback
+//! switches back without building.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::daemon::Daemon;
+use crate::support::{combined, publish_to_a, text, wait_until, DeployRepo, Env};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn short(commit: &str) -> &str {
+    &commit[..12]
+}
+
+/// A node following the bare repo `a.git`, and a deploy repo to push from.
+fn node() -> (Env, DeployRepo) {
+    let env = Env::new();
+    let a = env.path("a.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
+    env.ok(&["init", &format!("--remote=a={}", a.display())]);
+    let work = env.deploy_repo("work");
+    (env, work)
+}
+
+/// A plan whose one step appends "TRIGGER COMMIT failed=FAILED_COMMIT" to `log`, then exits `exit`.
+fn plan(log: &Path, exit: u8, on_failure: &str) -> String {
+    format!(
+        "[health]\non_failure = \"{on_failure}\"\n\n[[step]]\nname = \"apply\"\n\
+         run = \"echo \\\"$TROOPS_TRIGGER $TROOPS_COMMIT failed=${{TROOPS_FAILED_COMMIT-}}\\\" >> {}; exit {exit}\"\n",
+        log.display()
+    )
+}
+
+fn push(env: &Env, work: &DeployRepo) -> String {
+    let out = work.push(env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stderr)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_failed_commit_is_rolled_back_at_once_and_never_run_again_but_a_newer_one_is() {
+    let (env, work) = node();
+    let log = env.path("applied");
+    let good = work.commit(&env, &[("troops.toml", &plan(&log, 0, "rollback"))], "good");
+    push(&env, &work);
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+
+    // The bad commit fails; the pusher sees it quarantined and the good commit run again.
+    let bad = work.commit(&env, &[("troops.toml", &plan(&log, 3, "rollback"))], "bad");
+    let said = push(&env, &work);
+    for line in [
+        format!("remote: troops: quarantined {} (run 2: step `apply` failed (exit 3))", short(&bad)),
+        format!("remote: troops: rolling back to {}, the last good commit", short(&good)),
+        format!(
+            "remote: troops: run 2 failed; rolled back to {} by run 3, which succeeded (troops log 3)",
+            short(&good)
+        ),
+    ] {
+        assert!(said.contains(&line), "no {line:?} in:\n{said}");
+    }
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "deployed must stay at the good commit");
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(bad.as_str()), "the branch never moves back");
+    let failed = env.run_record(2);
+    assert_eq!(
+        (failed["status"].as_str(), failed["rolled_back_by"].as_u64()),
+        (Some("rolled_back"), Some(3))
+    );
+    let rollback = env.run_record(3);
+    assert_eq!(rollback["trigger"], "rollback", "{rollback}");
+    assert_eq!(
+        (rollback["commit"].as_str(), rollback["rollback_of"].as_u64()),
+        (Some(good.as_str()), Some(2))
+    );
+    assert_eq!(rollback["schema"], 2);
+    assert_eq!(
+        lines(&log).last().unwrap(),
+        &format!("rollback {good} failed={bad}"),
+        "the good plan ran again"
+    );
+    let status = env.status_json();
+    assert_eq!(status["quarantined"][0]["commit"], bad.as_str(), "{status}");
+    assert!(status["quarantined"][0]["reason"].as_str().unwrap().contains("step `apply` failed"), "{status}");
+    assert_eq!(status["next"]["state"], "idle", "{status}");
+    assert!(env.ok(&["status"]).contains(&format!("bad       {} quarantined", short(&bad))));
+
+    // A cron pull that fetches the bad commit again runs nothing.
+    publish_to_a(&env, &work);
+    let out = env.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("is quarantined"), "{}", combined(&out));
+    assert_eq!(env.run_ids(), [1, 2, 3]);
+
+    // Nor does a daemon that starts (its start-up pull), nor its retry timer.
+    {
+        let daemon = Daemon::start(&env);
+        wait_until("the daemon's start-up pull to decide", LIMIT, || daemon.log().contains("nothing runs"));
+        assert_eq!(env.run_ids(), [1, 2, 3], "{}", daemon.log());
+        assert!(env.status_json()["daemon"]["retry_at"].is_null(), "no retry is scheduled");
+    }
+
+    // A person may run it on purpose: it fails and is rolled back again.
+    let out = env.run(&["deploy", "--commit", &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    assert_eq!(env.run_record(4)["trigger"], "manual");
+    assert_eq!(env.run_record(5)["trigger"], "rollback");
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+
+    // A newer commit starts over.
+    let fixed = work.commit(&env, &[("troops.toml", &plan(&log, 0, "rollback"))], "fixed");
+    push(&env, &work);
+    assert_eq!(env.deployed().as_deref(), Some(fixed.as_str()));
+    assert_eq!(env.run_record(6)["trigger"], "push");
+}
+
+#[test]
+fn with_on_failure_retry_a_failed_commit_is_not_quarantined_and_waits_for_its_retry() {
+    let (env, work) = node();
+    let log = env.path("applied");
+    let good = work.commit(&env, &[("troops.toml", &plan(&log, 0, "retry"))], "good");
+    push(&env, &work);
+    work.commit(&env, &[("troops.toml", &plan(&log, 1, "retry"))], "bad");
+    let said = push(&env, &work);
+    assert!(!said.contains("quarantined") && !said.contains("rolling back"), "{said}");
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+    // A cron pull within the backoff (30s by default) runs nothing and says when it will.
+    let out = env.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("failed once (run 2); it is retried in"), "{}", combined(&out));
+    assert_eq!(env.run_ids(), [1, 2]);
+    assert_eq!(env.status_json()["next"]["state"], "wait");
+}
+
+#[test]
+fn troops_rollback_quarantines_the_deployed_commit_and_runs_the_one_before() {
+    let (env, work) = node();
+    let log = env.path("applied");
+    let first = work.commit(&env, &[("troops.toml", &plan(&log, 0, "retry"))], "first");
+    push(&env, &work);
+    let second = work.commit(&env, &[("x", "2")], "second");
+    push(&env, &work);
+    assert_eq!(env.deployed().as_deref(), Some(second.as_str()));
+
+    let out = env.run(&["rollback", "--to", "no-such-rev"]);
+    assert_eq!(out.status.code(), Some(2), "{}", combined(&out));
+    assert_eq!(env.run_ids(), [1, 2], "a bad --to runs nothing");
+
+    let out = env.run(&["rollback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
+    assert_eq!(lines(&log).last().unwrap(), &format!("rollback {first} failed={second}"));
+    let status = env.status_json();
+    assert_eq!(status["quarantined"][0]["commit"], second.as_str(), "{status}");
+    assert!(status["quarantined"][0]["reason"].as_str().unwrap().contains("troops rollback"));
+    // The tip is the quarantined commit: nothing runs it by itself.
+    let out = env.run(&["pull"]);
+    assert!(text(&out.stdout).contains("is quarantined"), "{}", combined(&out));
+    assert_eq!(env.run_ids(), [1, 2, 3]);
+    // Rolling back the first too: nothing succeeded before it.
+    let out = env.run(&["rollback"]);
+    assert_eq!(out.status.code(), Some(2), "{}", combined(&out));
+    assert!(text(&out.stderr).contains("name a commit with --to"), "{}", combined(&out));
+}
+
+/// A plan with releases: the build step writes `version` into the release, the activate step
+/// logs what `current` holds (and fails when the commit has a file `broken`).
+fn release_plan(log: &Path) -> String {
+    format!(
+        "[health]\non_failure = \"rollback\"\n\n[release]\nkeep = 2\nkeep_failed = 1\n\n\
+         [[step]]\nname = \"build\"\nrun = \"echo $TROOPS_COMMIT > version; echo build $TROOPS_COMMIT $(pwd) $TROOPS_RELEASE_DIR >> {log}\"\n\n\
+         [[step]]\nname = \"activate\"\nphase = \"activate\"\nrun = \"echo activate $(cat $TROOPS_CURRENT/version) >> {log}; test ! -e broken\"\n",
+        log = log.display()
+    )
+}
+
+#[test]
+fn releases_switch_current_atomically_roll_back_without_building_and_are_pruned() {
+    let (env, work) = node();
+    let log = env.path("applied");
+    let current = env.state.join("current");
+    let releases = env.state.join("releases");
+    // A reader of `current` all along: it only ever sees a whole release.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (current, releases, stop) = (current.clone(), releases.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(target) = std::fs::read_link(&current) {
+                    assert_eq!(target.parent(), Some(releases.as_path()), "{}", target.display());
+                    seen.insert(target);
+                }
+            }
+            seen
+        })
+    };
+    let release_of = |run: u64, commit: &str| releases.join(format!("{run}-{}", short(commit)));
+
+    let v1 = work.commit(&env, &[("troops.toml", &release_plan(&log))], "v1");
+    push(&env, &work);
+    assert_eq!(std::fs::read_link(&current).unwrap(), release_of(1, &v1));
+    let v2 = work.commit(&env, &[("x", "2")], "v2");
+    push(&env, &work);
+    assert_eq!(std::fs::read_link(&current).unwrap(), release_of(2, &v2));
+    assert_eq!(
+        lines(&log)[2],
+        format!("build {v2} {} {}", release_of(2, &v2).display(), release_of(2, &v2).display()),
+        "build steps run in the release"
+    );
+
+    // v3's activate step fails: `current` goes back to v2's release, and only its activate step runs.
+    let v3 = work.commit(&env, &[("broken", "")], "v3");
+    let said = push(&env, &work);
+    assert!(said.contains("rolled back to"), "{said}");
+    assert_eq!(std::fs::read_link(&current).unwrap(), release_of(2, &v2));
+    assert_eq!(
+        lines(&log)[4..],
+        [
+            format!("build {v3} {} {}", release_of(3, &v3).display(), release_of(3, &v3).display()),
+            format!("activate {v3}"),
+            format!("activate {v2}")
+        ],
+        "the rollback did not build again"
+    );
+    let rollback = env.run_record(4);
+    assert_eq!(rollback["steps"].as_array().unwrap().len(), 1, "{rollback}");
+    assert_eq!(env.deployed().as_deref(), Some(v2.as_str()));
+
+    // Three more good releases; keep = 2 good (the current one among them) and keep_failed = 1.
+    let mut last = String::new();
+    for n in 4..=6 {
+        std::fs::remove_file(work.path.join("broken")).ok();
+        last = work.commit(&env, &[("x", &n.to_string())], &format!("v{n}"));
+        push(&env, &work);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.join().expect("the reader saw only whole releases");
+    assert!(seen.len() >= 3, "{seen:?}");
+    let mut left: Vec<PathBuf> = std::fs::read_dir(&releases).unwrap().map(|e| e.unwrap().path()).collect();
+    left.sort();
+    let mut want = vec![
+        release_of(3, &v3),
+        release_of(6, &env.run_record(6)["commit"].as_str().unwrap().to_owned()),
+        release_of(7, &last),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(std::fs::read_link(&current).unwrap(), release_of(7, &last));
+}
