@@ -249,7 +249,7 @@ fn releases_switch_current_atomically_roll_back_without_building_and_are_pruned(
     left.sort();
     let mut want = vec![
         release_of(3, &v3),
-        release_of(6, &env.run_record(6)["commit"].as_str().unwrap().to_owned()),
+        release_of(6, env.run_record(6)["commit"].as_str().unwrap()),
         release_of(7, &last),
     ];
     want.sort();

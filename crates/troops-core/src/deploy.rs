@@ -47,7 +47,7 @@ impl Request {
 pub enum Outcome {
     /// A run happened; and when it failed with `on_failure = "rollback"`, the run of the last
     /// good commit that followed it.
-    Ran { run: RunRecord, rollback: Option<RunRecord> },
+    Ran { run: RunRecord, rollback: Option<Box<RunRecord>> },
     /// Nothing ran: idle (all is done) or waiting (a failed commit's backoff), and why.
     Nothing(Decision),
 }
@@ -130,7 +130,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     }
     let mut ran = ran.into_iter();
     let mut run = ran.next().expect("one run at least");
-    let rollback = ran.next();
+    let rollback = ran.next().map(Box::new);
     if let Some(rollback) = &rollback {
         // The failed run's record, as the rollback left it.
         run = node.runs().load(run.id).unwrap_or(run);

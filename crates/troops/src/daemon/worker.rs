@@ -353,7 +353,7 @@ impl Worker {
         match result {
             Ok(outcome) => {
                 if let Outcome::Ran { run, rollback } = &outcome {
-                    for record in std::iter::once(run).chain(rollback) {
+                    for record in std::iter::once(run).chain(rollback.as_deref()) {
                         for step in &record.steps {
                             tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = %step.exit_code.map_or("none".into(), |c| c.to_string()), ms = step.duration_ms, "step");
                         }
