@@ -22,6 +22,8 @@ pub struct Plan {
     pub roles: Vec<Role>,
     pub steps: Vec<Step>,
     pub secrets: Vec<Secret>,
+    /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); nodes ignore it.
+    pub hosts: BTreeMap<String, String>,
 }
 
 /// A `[[secret]]`: an age file in the repo, decrypted on the nodes it is for (see `secrets`).
@@ -77,6 +79,8 @@ struct RawPlan {
     step: Vec<Spanned<RawStep>>,
     #[serde(default)]
     secret: Vec<Spanned<RawSecret>>,
+    #[serde(default)]
+    hosts: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +134,10 @@ impl Plan {
         let raw: RawPlan = from_toml(text, err)?;
 
         let mut roles = Vec::new();
-        for (name, role) in raw.roles {
+        // In file order, not by name: `troops push` takes hosts (and its canaries) in this order.
+        let mut raw_roles: Vec<_> = raw.roles.into_iter().collect();
+        raw_roles.sort_by_key(|(name, _)| name.span().start);
+        for (name, role) in raw_roles {
             if let Some(problem) = crate::roles::role_name_problem(name.get_ref()) {
                 return Err(err(name.span(), format!("role name {:?} {problem}", name.get_ref())));
             }
@@ -292,7 +299,8 @@ impl Plan {
             };
             secrets.push(Secret { name, file, roles, hosts, mode, owner });
         }
-        Ok(Plan { roles, steps, secrets })
+        let hosts = crate::fanout::parse_hosts(raw.hosts, err)?;
+        Ok(Plan { roles, steps, secrets, hosts })
     }
 }
 
