@@ -13,6 +13,15 @@ use crate::plan::Plan;
 /// Where a node's repo is when `[hosts]` does not say (the SPEC's default state dir).
 pub const DEFAULT_REPO_PATH: &str = "/var/lib/troops/repo/main.git";
 
+/// `troops push --timeout`: a humantime duration, more than zero.
+pub fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Validates the plan's `[hosts]` table (host name to the git URL `troops push` pushes to);
 /// `err` places a message at a span of the plan.
 pub fn parse_hosts(
@@ -174,8 +183,8 @@ pub enum Outcome {
     TimedOut,
     /// The operator stopped `troops push` while this push was under way.
     Interrupted,
-    /// Never pushed, because a canary failed first.
-    NotPushed,
+    /// Never pushed, and why (a canary failed first, the operator stopped `troops push`).
+    NotPushed(String),
 }
 
 impl Outcome {
@@ -208,7 +217,7 @@ impl Outcome {
             Outcome::Unreachable(_) => "unreachable".into(),
             Outcome::TimedOut => "timed out".into(),
             Outcome::Interrupted => "interrupted".into(),
-            Outcome::NotPushed => "not pushed".into(),
+            Outcome::NotPushed(_) => "not pushed".into(),
         }
     }
 
@@ -216,10 +225,12 @@ impl Outcome {
     pub fn detail(&self) -> &str {
         match self {
             Outcome::Ran { detail, .. } => detail,
-            Outcome::Refused(why) | Outcome::NoRun(why) | Outcome::Unreachable(why) => why,
+            Outcome::Refused(why)
+            | Outcome::NoRun(why)
+            | Outcome::Unreachable(why)
+            | Outcome::NotPushed(why) => why,
             Outcome::TimedOut => "killed; the node may still be running the push's run",
             Outcome::Interrupted => "stopped; the node may still be running the push's run",
-            Outcome::NotPushed => "a canary failed first",
             Outcome::AlreadyDeployed { .. } | Outcome::UpToDate => "",
         }
     }
@@ -430,6 +441,6 @@ mod tests {
             gone,
             Outcome::Unreachable("ssh: connect to host 10.0.0.5 port 22: Connection refused".into())
         );
-        assert!(!gone.is_ok() && !Outcome::NotPushed.is_ok() && Outcome::UpToDate.is_ok());
+        assert!(!gone.is_ok() && !Outcome::NotPushed(String::new()).is_ok() && Outcome::UpToDate.is_ok());
     }
 }
