@@ -129,7 +129,7 @@ pub fn select(plan: &Plan, roles: &[String], hosts: &[String]) -> Result<Selecti
         }
         if !globs.is_empty() {
             notes.push(format!(
-                "role `{}`: hosts that only `match` ({}) names are not pushed to; name them with --host",
+                "role `{}`: hosts it has by `match` ({}) cannot be listed and are not pushed to; name them with --host",
                 role.name,
                 globs.join(", ")
             ));
@@ -167,7 +167,8 @@ fn url(plan: &Plan, host: &str) -> String {
 /// What one host's push came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The node ran the pushed commit: run `run` ended `status` (its summary line, `detail`).
+    /// The node ran the pushed commit: run `run` ended `status`; `detail` is the rest of the
+    /// node's summary line (what failed, how many steps ran).
     Ran { run: u64, status: String, detail: String },
     /// The branch moved to a commit the node had deployed already, by run `run` if it said so.
     AlreadyDeployed { run: Option<u64> },
@@ -272,12 +273,12 @@ fn ran(remote: &[&str]) -> Option<Outcome> {
     let summary = remote.iter().find_map(|l| {
         let rest = l.strip_prefix("troops: run ")?;
         let (id, rest) = rest.split_once(' ')?;
-        let (status, _) = rest.split_once(':')?;
+        let (status, detail) = rest.split_once(':')?;
         let word = !status.is_empty() && status.chars().all(|c| c.is_ascii_lowercase() || c == '_');
         Some(Outcome::Ran {
             run: id.parse().ok()?,
             status: word.then(|| status.to_owned())?,
-            detail: (*l).to_owned(),
+            detail: detail.trim().to_owned(),
         })
     });
     summary.or_else(|| {
@@ -335,7 +336,11 @@ mod tests {
         assert_eq!(all.targets[1].url, "root@10.0.0.5:/srv/troops/repo/main.git");
         assert_eq!(all.targets[0].url, "web-2:/var/lib/troops/repo/main.git");
         assert_eq!(all.notes.len(), 2, "{:?}", all.notes);
-        assert!(all.notes[1].contains("role `cache`: hosts that only `match` (cache-*)"), "{:?}", all.notes);
+        assert!(
+            all.notes[1].contains("role `cache`: hosts it has by `match` (cache-*) cannot"),
+            "{:?}",
+            all.notes
+        );
     }
 
     #[test]
@@ -385,6 +390,7 @@ mod tests {
                       remote: troops: run 5 succeeded: 1 of 1 steps ran in 0.1s (troops log 5)\x1b[K\n";
         let outcome = classify(true, stdout, stderr);
         assert_eq!((outcome.run(), outcome.word(), outcome.is_ok()), (Some(4), "failed".into(), false));
+        assert_eq!(outcome.detail(), "step `x` failed (exit 1); 1 of 1 steps ran in 0.1s (troops log 4)");
         let ok = classify(
             true,
             stdout,
