@@ -130,6 +130,20 @@ fn a_failed_canary_stops_the_push_before_the_other_hosts() {
         assert_row(&out, &format!("node-{n}"), "not pushed");
         assert_never_pushed(fleet.node(n));
     }
+
+    // And so does one whose ssh connection fails.
+    // (The test's ssh command names the sshd's port, so the address says where nothing listens.)
+    let closed = "ssh://root@127.0.0.2/nowhere.git".to_owned();
+    let plan = fleet.plan(DEPLOY, |n| if n == 1 { closed.clone() } else { fleet.url(n) });
+    fleet.repo.commit(&fleet.op, &[("troops.toml", &plan)], "canary's ssh fails");
+    let out = fleet.push(&["--canary", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_row(&out, "node-1", "unreachable - ");
+    assert!(row(&text(&out.stdout), "node-1").contains("Connection refused"), "{}", text(&out.stdout));
+    for n in 2..=5 {
+        assert_row(&out, &format!("node-{n}"), "not pushed");
+        assert_never_pushed(fleet.node(n));
+    }
 }
 
 #[test]
@@ -249,6 +263,9 @@ fn a_hanging_host_is_killed_at_its_timeout_and_the_others_go_on() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert_row(&out, &format!("node-{SSH_NODE}"), "timed out - ");
+    let took = row(&stdout, &format!("node-{SSH_NODE}"));
+    let seconds: f64 = took.split(' ').nth(4).and_then(|d| d.strip_suffix('s')?.parse().ok()).unwrap();
+    assert!((5.0..15.0).contains(&seconds), "killed after {seconds}s, not at the 5s timeout: {took}");
     for n in [1, 3, 4, 5] {
         assert_row(&out, &format!("node-{n}"), "succeeded 1 ");
     }
