@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -137,7 +137,8 @@ impl Fleet {
     fn push(&self) -> Vec<Report> {
         let stop = troops_core::signals::stop_flag();
         let mut screen = Screen::new(&self.targets);
-        let (tx, rx) = mpsc::channel();
+        // Bounded: a node that prints faster than the operator's terminal takes waits at its push.
+        let (tx, rx) = mpsc::sync_channel(1024);
         let mut reports: Vec<Option<Report>> = self.targets.iter().map(|_| None).collect();
         let mut running: Vec<Option<Running>> = self.targets.iter().map(|_| None).collect();
         let mut next = 0;
@@ -151,12 +152,14 @@ impl Fleet {
             if running.iter().all(Option::is_none) {
                 break;
             }
+            // Ctrl-C: what it does to one `git push`, to each (the pushes have no terminal): SIGINT
+            // ends git and ssh; a node's hook ignores it and its run goes on.
             if stop.load(Ordering::SeqCst) && halted.is_none() {
                 halted = Some("stopped by the operator".into());
                 for push in running.iter_mut().flatten() {
                     push.killed = Some(Outcome::Interrupted);
                     if let Some(pid) = push.pid {
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                        let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
                     }
                 }
             }
@@ -181,7 +184,7 @@ impl Fleet {
                     if let Some(push) = &mut running[index] {
                         push.pid = Some(pid);
                         if push.killed.is_some() {
-                            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
                         }
                     }
                 }
@@ -227,7 +230,7 @@ impl Fleet {
 /// ends with the push's outcome. git runs in a session of its own, without a terminal: a prompt
 /// (an unknown host key, a passphrase) fails that host's push instead of waiting for a person
 /// among many pushes at once, and a timeout kills git with its ssh as one process group.
-fn spawn_push(index: usize, url: String, branch: String, tx: Sender<Event>) {
+fn spawn_push(index: usize, url: String, branch: String, tx: SyncSender<Event>) {
     std::thread::spawn(move || {
         let outcome = push_one(index, &url, &branch, &tx)
             .unwrap_or_else(|e| Outcome::Unreachable(format!("running git push: {e}")));
@@ -235,7 +238,7 @@ fn spawn_push(index: usize, url: String, branch: String, tx: Sender<Event>) {
     });
 }
 
-fn push_one(index: usize, url: &str, branch: &str, tx: &Sender<Event>) -> std::io::Result<Outcome> {
+fn push_one(index: usize, url: &str, branch: &str, tx: &SyncSender<Event>) -> std::io::Result<Outcome> {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("git");
     command
