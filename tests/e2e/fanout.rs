@@ -276,3 +276,43 @@ fn a_hanging_host_is_killed_at_its_timeout_and_the_others_go_on() {
         node.run_ids() == [1] && node.run_record(1)["status"] != "running"
     });
 }
+
+#[test]
+fn ctrl_c_stops_the_pushes_but_not_the_runs_they_started() {
+    let fleet = Fleet::new(|_| String::new());
+    let gate = fleet.op.path("gate");
+    let wait = format!(
+        "[[step]]\nname = \"wait\"\nrun = 'while [ ! -e {} ]; do sleep 0.05; done'\n",
+        gate.display()
+    );
+    let commit = fleet.commit_plan(&format!("{DEPLOY}{wait}"));
+
+    let mut command = fleet.op.troops(&["push", "--parallel", "1"]);
+    command
+        .current_dir(&fleet.repo.path)
+        .env("GIT_SSH_COMMAND", fleet.sshd.git_ssh_command())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    let node = fleet.node(1);
+    wait_until("node-1's run to reach its waiting step", Duration::from_secs(30), || {
+        node.run_log(1).contains("==> wait")
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert_row(&out, "node-1", "interrupted - ");
+    for n in 2..=5 {
+        assert_row(&out, &format!("node-{n}"), "not pushed - - stopped by the operator");
+        assert_never_pushed(fleet.node(n));
+    }
+    // The node's run goes on, as after a Ctrl-C on one `git push`.
+    assert_eq!(node.run_record(1)["status"], "running");
+    std::fs::write(&gate, "").unwrap();
+    wait_until("node-1's run to succeed", Duration::from_secs(30), || {
+        node.run_record(1)["status"] == "succeeded"
+    });
+    assert_eq!(node.deployed().as_deref(), Some(commit.as_str()));
+}
