@@ -137,7 +137,7 @@ pub struct PushArgs {
     /// The branch to push, to the same branch on every host (default: HEAD's).
     #[arg(long, value_name = "B")]
     pub branch: Option<String>,
-    /// Kill a host's push that has not ended after this long (the node's run goes on).
+    /// Kill a host's push (git and its ssh) that has not ended after this long.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::fanout::parse_timeout)]
     pub timeout: std::time::Duration,
 }
