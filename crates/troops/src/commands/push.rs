@@ -132,6 +132,23 @@ struct Running {
     killed: Option<Outcome>,
 }
 
+impl Running {
+    /// Ends the push (its process group, git and ssh) and remembers why. Ctrl-C does to each push
+    /// what it does to one `git push` (the pushes have no terminal): SIGINT ends git and ssh, and
+    /// a node's hook ignores it, so its run goes on. A timeout kills: the push may hang on anything.
+    /// A push not yet started is ended when it says it has.
+    fn end(&mut self, why: Outcome) {
+        let signal = match why {
+            Outcome::TimedOut => Signal::SIGKILL,
+            _ => Signal::SIGINT,
+        };
+        if let Some(pid) = self.pid {
+            let _ = killpg(Pid::from_raw(pid), signal);
+        }
+        self.killed = Some(why);
+    }
+}
+
 impl Fleet {
     /// Pushes to every target, canaries first and alone, and returns each one's report, in order.
     fn push(&self) -> Vec<Report> {
@@ -152,29 +169,22 @@ impl Fleet {
             if running.iter().all(Option::is_none) {
                 break;
             }
-            // Ctrl-C: what it does to one `git push`, to each (the pushes have no terminal): SIGINT
-            // ends git and ssh; a node's hook ignores it and its run goes on.
             if stop.load(Ordering::SeqCst) && halted.is_none() {
                 halted = Some("stopped by the operator".into());
                 for push in running.iter_mut().flatten() {
-                    push.killed = Some(Outcome::Interrupted);
-                    if let Some(pid) = push.pid {
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
-                    }
+                    push.end(Outcome::Interrupted);
                 }
             }
             let now = Instant::now();
             for push in running.iter_mut().flatten() {
-                if let (Some(pid), None) = (push.pid, &push.killed) {
-                    if now >= push.since + self.timeout {
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                        push.killed = Some(Outcome::TimedOut);
-                    }
+                if push.killed.is_none() && now >= push.since + self.timeout {
+                    push.end(Outcome::TimedOut);
                 }
             }
             let nearest =
-                running.iter().flatten().map(|p| p.since + self.timeout).min().unwrap_or(now + TICK);
-            let event = match rx.recv_timeout(nearest.saturating_duration_since(now).min(TICK)) {
+                running.iter().flatten().filter(|p| p.killed.is_none()).map(|p| p.since + self.timeout);
+            let wait = nearest.min().map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
+            let event = match rx.recv_timeout(wait) {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => unreachable!("this thread holds a sender"),
@@ -183,8 +193,8 @@ impl Fleet {
                 Event::Started { index, pid } => {
                     if let Some(push) = &mut running[index] {
                         push.pid = Some(pid);
-                        if push.killed.is_some() {
-                            let _ = killpg(Pid::from_raw(pid), Signal::SIGINT);
+                        if let Some(why) = push.killed.take() {
+                            push.end(why);
                         }
                     }
                 }
