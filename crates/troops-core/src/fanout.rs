@@ -58,12 +58,8 @@ fn url_problem(url: &str) -> Option<String> {
     if url.starts_with('-') {
         return Some("starts with `-` (git would read it as an option)".into());
     }
-    url.chars().find(|c| c.is_control() || c.is_whitespace()).map(|c| {
-        format!(
-            "has a space or control character ({}); quote nothing, write the URL as git takes it",
-            c.escape_unicode()
-        )
-    })
+    let c = url.chars().find(|c| c.is_control())?;
+    Some(format!("has a control character ({})", c.escape_unicode()))
 }
 
 /// One host a push goes to.
@@ -377,7 +373,7 @@ mod tests {
             error("[hosts]\nweb-1 = \"-oProxyCommand=x\"\n").starts_with("troops.toml:2:9: [hosts]: `web-1`")
         );
         assert!(error("[hosts]\nweb-1 = \"\"\n").contains("is empty"));
-        assert!(error("[hosts]\nweb-1 = \"a b\"\n").contains("has a space"));
+        assert!(error("[hosts]\nweb-1 = \"a\\tb\"\n").contains("has a control character (\\u{9})"));
         assert!(error("[hosts]\n\"-x\" = \"a\"\n").starts_with("troops.toml:2:1: [hosts]: host \"-x\""));
         assert!(error("[hosts]\nweb-1 = 5\n").starts_with("troops.toml:2:9:"));
     }
