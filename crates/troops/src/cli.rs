@@ -52,6 +52,12 @@ pub enum Command {
     /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
     /// Push a branch to the plan's hosts (in a clone of the deploy repo), canaries first; a table of how each went.
+    ///
+    /// The hosts are those the plan of the pushed branch lists in its roles' `hosts` (globs in
+    /// `match` cannot be listed; name such hosts with --host). Each is pushed to at its URL in the
+    /// plan's `[hosts]` table, else at HOST:/var/lib/troops/repo/main.git over ssh. Exit 0 when
+    /// every host deployed or was up to date, 1 when any failed, was refused, unreachable, timed
+    /// out or not pushed, 2 for bad input.
     Push(PushArgs),
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]
@@ -118,8 +124,6 @@ pub struct DeployArgs {
     pub dry_run: bool,
 }
 
-/// Hosts come from the plan of the branch pushed: its roles' `hosts` lists, each pushed to at its
-/// `[hosts]` URL, else at `HOST:/var/lib/troops/repo/main.git` over ssh.
 #[derive(Args)]
 pub struct PushArgs {
     /// Push to the hosts that ROLE lists by name; repeat for several (default: every role's).
