@@ -10,6 +10,7 @@ pub use error::{Error, Result};
 pub mod atomic;
 pub mod control;
 pub mod deploy;
+pub mod fanout;
 pub mod fastforward;
 pub mod fetch;
 pub mod http;

@@ -25,6 +25,8 @@ pub struct Plan {
     pub health: Health,
     /// `None`: one checkout in `work/` per run, no releases.
     pub release: Option<Release>,
+    /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); nodes ignore it.
+    pub hosts: BTreeMap<String, String>,
 }
 
 /// `[health]`: what a failed run leads to.
@@ -118,6 +120,8 @@ struct RawPlan {
     #[serde(default)]
     health: RawHealth,
     release: Option<Spanned<RawRelease>>,
+    #[serde(default)]
+    hosts: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -187,7 +191,10 @@ impl Plan {
         let raw: RawPlan = from_toml(text, err)?;
 
         let mut roles = Vec::new();
-        for (name, role) in raw.roles {
+        // In file order, not by name: `troops push` takes hosts (and its canaries) in this order.
+        let mut raw_roles: Vec<_> = raw.roles.into_iter().collect();
+        raw_roles.sort_by_key(|(name, _)| name.span().start);
+        for (name, role) in raw_roles {
             if let Some(problem) = crate::roles::role_name_problem(name.get_ref()) {
                 return Err(err(name.span(), format!("role name {:?} {problem}", name.get_ref())));
             }
@@ -360,6 +367,7 @@ impl Plan {
             };
             secrets.push(Secret { name, file, roles, hosts, mode, owner });
         }
+        let hosts = crate::fanout::parse_hosts(raw.hosts, err)?;
         let release = match raw.release {
             None => None,
             Some(release) => {
@@ -384,7 +392,14 @@ impl Plan {
                 })
             }
         };
-        Ok(Plan { roles, steps, secrets, health: Health { on_failure: raw.health.on_failure }, release })
+        Ok(Plan {
+            roles,
+            steps,
+            secrets,
+            health: Health { on_failure: raw.health.on_failure },
+            release,
+            hosts,
+        })
     }
 }
 

@@ -60,6 +60,14 @@ pub enum Command {
     Check(CheckArgs),
     /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
+    /// Push a branch to the plan's hosts (in a clone of the deploy repo), canaries first; a table of how each went.
+    ///
+    /// The hosts are those the plan of the pushed branch lists in its roles' `hosts` (globs in
+    /// `match` cannot be listed; name such hosts with --host). Each is pushed to at its URL in the
+    /// plan's `[hosts]` table, else at HOST:/var/lib/troops/repo/main.git over ssh. Exit 0 when
+    /// every host deployed or was up to date, 1 when any failed, was refused, unreachable, timed
+    /// out or not pushed, 2 for bad input.
+    Push(PushArgs),
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -123,6 +131,28 @@ pub struct DeployArgs {
     /// List the steps this host would run and why; run nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// Push to the hosts that ROLE lists by name; repeat for several (default: every role's).
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+    /// Push to HOST; repeat for several. Named hosts go first, in the order given.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// How many hosts to push to at once.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub parallel: u64,
+    /// Push to the first N hosts first, one at a time, and stop at the first that fails.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: usize,
+    /// The branch to push, to the same branch on every host (default: HEAD's).
+    #[arg(long, value_name = "B")]
+    pub branch: Option<String>,
+    /// Kill a host's push (git and its ssh) that has not ended after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::fanout::parse_timeout)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Args)]

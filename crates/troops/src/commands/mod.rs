@@ -6,6 +6,7 @@ mod deploy;
 mod init;
 mod log;
 mod pull;
+mod push;
 mod roles;
 mod secrets;
 mod status;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
         Command::Check(args) => check::run(&args.plan),
         Command::Verify(args) => verify::run(&node(&global)?, args),
+        Command::Push(args) => push::run(args),
         Command::Secrets(command) => secrets::run(command),
     }
 }
