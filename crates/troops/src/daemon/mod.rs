@@ -42,7 +42,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let config = Arc::new(Mutex::new(node.config.clone()));
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let listener = socket::bind(&node.socket_path(), &node.config.admin_group)?;
-    let mut watch = Watch::new(&node.config.path, &node.repo_path(), &node.config.branch)?;
+    let mut watch = Watch::new(&node.config.path, &node.repo_path(), &node.config.branch).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "not watching the branch ref and the config (pushes still reach the daemon through its socket; SIGHUP reloads the config)");
+        Watch::inert()
+    });
     let (mut term, mut int, mut hup) =
         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
     let socket_path = node.socket_path();

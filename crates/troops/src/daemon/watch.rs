@@ -19,8 +19,8 @@ pub enum Change {
 }
 
 pub struct Watch {
-    /// Stops notify's thread when dropped.
-    _watcher: RecommendedWatcher,
+    /// Stops notify's thread when dropped; `None`: nothing is watched (see `inert`).
+    _watcher: Option<RecommendedWatcher>,
     /// One permit each: changes of a kind that arrive before the loop asks count as one.
     config: Arc<Notify>,
     branch: Arc<Notify>,
@@ -67,7 +67,14 @@ impl Watch {
                 tracing::warn!(config = %config.display(), error = %e, "not watching the config's directory; reload with SIGHUP");
             }
         }
-        Ok(Watch { _watcher: watcher, config: config_changed, branch: branch_changed })
+        Ok(Watch { _watcher: Some(watcher), config: config_changed, branch: branch_changed })
+    }
+
+    /// A watch of nothing, for when the system gives no more inotify instances or watches: the
+    /// daemon still hears pushes through its socket (the hook asks it) and polls on its timer,
+    /// and SIGHUP reloads the config.
+    pub fn inert() -> Watch {
+        Watch { _watcher: None, config: Arc::new(Notify::new()), branch: Arc::new(Notify::new()) }
     }
 
     /// The next change (several at once count as one of each kind, config first).
