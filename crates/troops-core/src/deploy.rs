@@ -251,6 +251,11 @@ fn run(
         }
         runs.save(record)?;
     }
+    // The health checks, once every step succeeded: the record says `checking` meanwhile.
+    if record.status == RunStatus::Running {
+        let ctx = crate::check::Context { checkout: &checkout, env: &env };
+        crate::check::run_phase(&plan, &roles, record, &runs, &ctx, out, stop)?;
+    }
     // Only now: the record says `running` on disk until the last step is done.
     if record.status == RunStatus::Running {
         record.status = RunStatus::Succeeded;
