@@ -190,7 +190,10 @@ pub fn run_checks(
                 failed_in_a_row[i] += 1;
                 let _ = writeln!(out, "==> check {}: probe {} failed: {why}", check.name, record.probes);
                 if failed_in_a_row[i] >= check.retries {
-                    let why = format!("{} probes in a row: {why}", check.retries);
+                    let why = match check.retries {
+                        1 => why,
+                        n => format!("{n} probes in a row: {why}"),
+                    };
                     let _ = writeln!(out, "==> check {} failed: {why}", check.name);
                     record.status = CheckStatus::Failed;
                     record.last_error = Some(why);
@@ -370,5 +373,277 @@ fn unit_active(unit: &str, timeout: Duration) -> Probed {
             humantime::format_duration(timeout)
         )),
         Err(e) => Probed::Failed(format!("waiting for systemctl: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+
+    /// An HTTP server on 127.0.0.1 answering request `n` (from 1) with `answer(n)`; it stops when dropped.
+    struct Server {
+        url: String,
+        requests: Arc<AtomicU32>,
+        done: Arc<AtomicBool>,
+    }
+
+    impl Server {
+        fn start(answer: impl Fn(u32) -> (u16, &'static str) + Send + 'static) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/health", listener.local_addr().unwrap());
+            let (requests, done) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(false)));
+            let (count, stop) = (requests.clone(), done.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let (status, body) = answer(count.fetch_add(1, Ordering::SeqCst) + 1);
+                    let reply =
+                        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let _ = conn.write_all(reply.as_bytes());
+                }
+            });
+            Server { url, requests, done }
+        }
+
+        fn requests(&self) -> u32 {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.done.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(self.url.trim_start_matches("http://").trim_end_matches("/health"));
+        }
+    }
+
+    fn check(name: &str, probe: Probe) -> Check {
+        Check {
+            name: name.into(),
+            roles: None,
+            probe,
+            expect: None,
+            start_period: Duration::ZERO,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(2),
+            retries: 3,
+        }
+    }
+
+    /// Runs `checks` with `soak`, returning the records, the output and how long it took; every
+    /// record handed to `progress` is checked to be about these checks.
+    fn probe_all(
+        checks: &[Check],
+        soak: Duration,
+        stop: &AtomicBool,
+    ) -> (Vec<CheckRecord>, String, Duration) {
+        let env = [("PATH", "/usr/bin:/bin".to_owned())];
+        let ctx = Context { checkout: Path::new("/"), env: &env };
+        let mut out = Vec::new();
+        let mut saved = 0;
+        let mut progress = |records: &[CheckRecord]| {
+            assert_eq!(records.len(), checks.len());
+            saved += 1;
+            Ok(())
+        };
+        let started = Instant::now();
+        let refs: Vec<&Check> = checks.iter().collect();
+        let records = run_checks(&refs, soak, &ctx, &mut out, stop, &mut progress).unwrap();
+        let took = started.elapsed();
+        assert!(saved >= 1);
+        (records, String::from_utf8(out).unwrap(), took)
+    }
+
+    fn run_all(checks: &[Check], soak: Duration) -> (Vec<CheckRecord>, String, Duration) {
+        probe_all(checks, soak, &AtomicBool::new(false))
+    }
+
+    #[test]
+    fn an_http_check_that_passes_at_once_takes_one_probe_and_no_wait() {
+        let server = Server::start(|_| (200, "ok"));
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        web.expect = Some("ok".into());
+        web.interval = Duration::from_secs(60);
+        let (records, out, took) = run_all(&[web], Duration::ZERO);
+        assert_eq!(
+            records[0],
+            CheckRecord { name: "web".into(), status: CheckStatus::Passed, probes: 1, last_error: None }
+        );
+        assert!(out.starts_with("==> check web passed (probe 1, 0.0s)\n"), "{out}");
+        assert_eq!(server.requests(), 1);
+        eprintln!("one passing http check took {took:?}");
+        assert!(took < Duration::from_millis(100), "{took:?}");
+    }
+
+    #[test]
+    fn retries_failed_probes_in_a_row_fail_the_check_and_fewer_do_not() {
+        let server = Server::start(|_| (503, "down"));
+        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url.clone()))], Duration::ZERO);
+        assert_eq!((records[0].status, records[0].probes, server.requests()), (CheckStatus::Failed, 3, 3));
+        let why = format!("GET {} answered 503: \"down\"", server.url);
+        assert_eq!(records[0].last_error.as_deref(), Some(&*format!("3 probes in a row: {why}")));
+        for n in 1..=3 {
+            assert!(out.contains(&format!("==> check web: probe {n} failed: {why}\n")), "{out}");
+        }
+        assert!(out.ends_with(&format!("==> check web failed: 3 probes in a row: {why}\n")), "{out}");
+        assert_eq!(failure(&records), Some(format!("check `web` failed: 3 probes in a row: {why}")));
+
+        // Two bad probes, then a good one: within three retries, the check passes.
+        let server = Server::start(|n| if n <= 2 { (500, "starting") } else { (200, "ok") });
+        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url.clone()))], Duration::ZERO);
+        assert_eq!((records[0].status, records[0].probes), (CheckStatus::Passed, 3), "{out}");
+        assert!(out.contains("==> check web passed (probe 3, "), "{out}");
+        assert_eq!(failure(&records), None);
+    }
+
+    #[test]
+    fn expect_wants_its_text_in_the_body() {
+        let server = Server::start(|_| (200, "degraded"));
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        (web.expect, web.retries) = (Some("ok".into()), 1);
+        let (records, _, _) = run_all(&[web], Duration::ZERO);
+        let error = records[0].last_error.as_deref().unwrap();
+        assert!(error.contains("answered 200 without \"ok\" in its body: \"degraded\""), "{error}");
+    }
+
+    #[test]
+    fn start_period_delays_the_first_probe() {
+        let server = Server::start(|_| (200, ""));
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        web.start_period = Duration::from_millis(300);
+        let (records, out, took) = run_all(&[web], Duration::ZERO);
+        assert_eq!((records[0].status, server.requests()), (CheckStatus::Passed, 1));
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(out.starts_with("==> check web: first probe in 300ms (start_period)\n"), "{out}");
+    }
+
+    #[test]
+    fn a_soak_holds_only_while_the_checks_keep_passing() {
+        let server = Server::start(|_| (200, "ok"));
+        let (records, out, took) =
+            run_all(&[check("web", Probe::Http(server.url.clone()))], Duration::from_millis(300));
+        assert_eq!(records[0].status, CheckStatus::Passed);
+        assert!(records[0].probes > 3 && took >= Duration::from_millis(300), "{records:?} {took:?}");
+        assert_eq!(out.matches("passed (probe").count(), 1, "one line per event, not per probe: {out}");
+        assert!(
+            out.contains("==> soak 300ms: every check passed once")
+                && out.ends_with("==> soak 300ms: all checks passing\n"),
+            "{out}"
+        );
+
+        // Good for five probes, then bad: the soak fails two bad probes later.
+        let server = Server::start(|n| if n <= 5 { (200, "ok") } else { (500, "broken") });
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        web.retries = 2;
+        let (records, out, took) = run_all(&[web], Duration::from_secs(30));
+        assert_eq!((records[0].status, records[0].probes), (CheckStatus::Failed, 7), "{out}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        assert!(
+            out.ends_with("answered 500: \"broken\"\n")
+                && out.contains("==> check web failed: 2 probes in a row"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn one_failed_check_ends_the_others() {
+        let server = Server::start(|_| (500, ""));
+        let mut bad = check("bad", Probe::Http(server.url.clone()));
+        bad.retries = 1;
+        let mut late = check("late", Probe::Tcp("127.0.0.1:1".into()));
+        late.start_period = Duration::from_secs(30);
+        let (records, _, took) = run_all(&[late, bad], Duration::ZERO);
+        assert_eq!((records[0].status, records[1].status), (CheckStatus::NotRun, CheckStatus::Failed));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(failure(&records).unwrap().starts_with("check `bad` failed: GET "));
+    }
+
+    #[test]
+    fn tcp_probes_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().to_string();
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let mut down = check("down", Probe::Tcp(closed.clone()));
+        down.retries = 2;
+        let (records, _, _) = run_all(&[check("up", Probe::Tcp(open)), down], Duration::ZERO);
+        assert_eq!(records[0].status, CheckStatus::Passed);
+        assert_eq!((records[1].status, records[1].probes), (CheckStatus::Failed, 2));
+        assert!(records[1].last_error.as_deref().unwrap().contains(&format!("cannot connect to {closed}")));
+    }
+
+    #[test]
+    fn run_probes_show_their_output_only_when_they_fail() {
+        let mut ok = check("ok", Probe::Run("echo all ok; echo $PATH".into()));
+        ok.expect = Some("all ok".into());
+        let (records, out, _) = run_all(&[ok], Duration::ZERO);
+        assert_eq!(records[0].status, CheckStatus::Passed, "{out}");
+        assert!(!out.contains("all ok"), "{out}");
+
+        let mut failing = check("failing", Probe::Run("echo 'not ready' >&2; exit 4".into()));
+        failing.retries = 1;
+        let (records, out, _) = run_all(&[failing], Duration::ZERO);
+        assert_eq!(records[0].last_error.as_deref(), Some("`echo 'not ready' >&2; exit 4` exited 4"));
+        assert!(out.starts_with("not ready\n==> check failing: probe 1 failed"), "{out}");
+
+        let mut unexpected = check("unexpected", Probe::Run("echo fine".into()));
+        (unexpected.expect, unexpected.retries) = (Some("ok".into()), 1);
+        let (records, _, _) = run_all(&[unexpected], Duration::ZERO);
+        assert!(records[0].last_error.as_deref().unwrap().ends_with("exited 0 without \"ok\" in its output"));
+
+        let mut slow = check("slow", Probe::Run("sleep 30".into()));
+        (slow.timeout, slow.retries) = (Duration::from_millis(200), 1);
+        let (records, _, took) = run_all(&[slow], Duration::ZERO);
+        assert!(records[0].last_error.as_deref().unwrap().ends_with("timed out after 200ms"));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_unit_check_is_skipped_without_systemd() {
+        if Path::new(SYSTEMD_RUNNING).is_dir() {
+            eprintln!("SKIPPED: systemd runs here, so unit checks are not skipped");
+            return;
+        }
+        let (records, out, _) =
+            run_all(&[check("nginx", Probe::Unit("nginx.service".into()))], Duration::from_secs(60));
+        assert_eq!((records[0].status, records[0].probes), (CheckStatus::Skipped, 1));
+        assert!(records[0].last_error.as_deref().unwrap().contains("systemd is not running on this host"));
+        assert!(out.contains("==> check nginx skipped: systemd is not running"), "{out}");
+        assert_eq!(failure(&records), None);
+    }
+
+    #[test]
+    fn stop_ends_the_checks_at_once_waiting_or_probing() {
+        for probe in [Probe::Tcp("127.0.0.1:1".into()), Probe::Run("sleep 30".into())] {
+            let stop = AtomicBool::new(false);
+            let mut web = check("web", probe.clone());
+            web.timeout = Duration::from_secs(60);
+            if matches!(probe, Probe::Tcp(_)) {
+                web.start_period = Duration::from_secs(60);
+            }
+            let (records, _, took) = std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    stop.store(true, Ordering::SeqCst);
+                });
+                probe_all(&[web], Duration::ZERO, &stop)
+            });
+            assert!(took < Duration::from_secs(5), "{probe:?}: {took:?}");
+            assert!(matches!(records[0].status, CheckStatus::NotRun | CheckStatus::Failed), "{records:?}");
+        }
     }
 }
