@@ -74,7 +74,14 @@ fn a_passing_http_check_lets_the_run_succeed_and_is_recorded() {
          [[check]]\nname = \"db\"\nroles = [\"db\"]\ntcp = \"127.0.0.1:1\"\n",
         server.url("/health")
     );
-    let (out, commit) = deploy(&env, &repo, &plan(&checks_text));
+    let commit = repo.publish_plan(&env, &plan(&checks_text));
+    let dry = env.ok(&["deploy", "--dry-run"]);
+    assert!(
+        dry.ends_with("run  build: every host\nrun  check web: every host\nskip check db: needs role db\n"),
+        "{dry}"
+    );
+    assert_eq!(server.requests(), 0, "--dry-run probed");
+    let out = env.run(&["deploy"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
     let (id, record) = latest(&env);
     assert_eq!(record["status"], "succeeded");

@@ -419,11 +419,13 @@ impl Write for Tee<'_> {
     }
 }
 
-/// What `--dry-run` shows: the commit, this host's roles, and for each step whether it runs and why.
+/// What `--dry-run` shows: the commit, this host's roles, and for each step and check whether it
+/// runs and why.
 pub struct DryRun {
     pub commit: Oid,
     pub roles: BTreeSet<String>,
     pub steps: Vec<(String, bool, String)>,
+    pub checks: Vec<(String, bool, String)>,
 }
 
 /// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps, running none.
@@ -453,7 +455,15 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
             (s.name.clone(), runs, why)
         })
         .collect();
-    Ok(DryRun { commit, roles, steps })
+    let checks = plan
+        .checks
+        .iter()
+        .map(|c| {
+            let (runs, why) = roles::selects_check(c, &roles);
+            (c.name.clone(), runs, why)
+        })
+        .collect();
+    Ok(DryRun { commit, roles, steps, checks })
 }
 
 /// What a trigger learns when another run deployed its commit first: which commit, and which run.
