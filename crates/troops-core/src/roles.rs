@@ -91,6 +91,6 @@ mod tests {
             selects_check(&plan.checks[1], &resolve("box", &[], Some(&plan))),
             (true, "role web".into())
         );
-        assert_eq!(selects_check(&plan.checks[1], &resolve("db-1", &[], Some(&plan))).0, false);
+        assert!(!selects_check(&plan.checks[1], &resolve("db-1", &[], Some(&plan))).0);
     }
 }
