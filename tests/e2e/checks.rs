@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::daemon::Daemon;
 use crate::support::http::HttpServer;
-use crate::support::{combined, text, DeployRepo, Env};
+use crate::support::{combined, text, wait_until, DeployRepo, Env};
 
 /// A node with a deploy repo whose first commit (a plan with one step, no checks) is deployed.
 fn node() -> (Env, DeployRepo, String) {
@@ -277,6 +281,72 @@ fn tcp_and_run_probes() {
         env.run_log(id)
     );
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()), "the failed runs deployed nothing");
+}
+
+/// A plan whose one check never passes and never fails (a server that is never ready, and many
+/// retries): the run stays `checking` until something ends it.
+fn endless_checks(env: &Env, repo: &DeployRepo, server: &HttpServer) -> String {
+    let text = plan(&format!(
+        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"50ms\"\nretries = 100000\n",
+        server.url("/")
+    ));
+    repo.commit(env, &[("troops.toml", &text)], "endless")
+}
+
+/// Waits until run `id` is `checking` and its record shows a probe (saved as the checks go).
+fn wait_checking(env: &Env, id: u64) {
+    wait_until("the run to be checking, with a probe recorded", Duration::from_secs(30), || {
+        env.run_ids().contains(&id)
+            && env.run_record(id)["status"] == "checking"
+            && env.run_record(id)["checks"][0]["probes"].as_u64() >= Some(1)
+    });
+}
+
+#[test]
+fn a_daemon_asked_to_stop_ends_the_checks_at_once() {
+    let (env, repo, good) = node();
+    let mut daemon = Daemon::start(&env);
+    let server = HttpServer::answering(503, "not yet");
+    endless_checks(&env, &repo, &server);
+    let mut pusher = repo
+        .push_command(&env, &env.repo().display().to_string(), &["main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_checking(&env, 2);
+    let asked = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(20));
+    assert!(asked.elapsed() < Duration::from_secs(5), "the checks held the daemon {:?}", asked.elapsed());
+    pusher.wait().unwrap();
+    let record = env.run_record(2);
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert_eq!(record["error"], "troops was asked to stop during the health checks");
+    assert_eq!(record["checks"][0]["status"], "failed", "probed and never passed: {record}");
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+}
+
+#[test]
+fn a_run_whose_troops_died_while_checking_counts_its_checks_as_failed() {
+    let (env, repo, good) = node();
+    let server = HttpServer::answering(503, "not yet");
+    endless_checks(&env, &repo, &server);
+    repo.publish(&env);
+    let mut troops = env.troops(&["deploy"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_checking(&env, 2);
+    kill(Pid::from_raw(troops.id() as i32), Signal::SIGKILL).unwrap();
+    troops.wait().unwrap();
+    assert_eq!(env.run_record(2)["status"], "checking", "the record on disk says what was under way");
+
+    // The next run finds it: its checks count as failed (SPEC), not as an interrupted run.
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+    let (out, fixed) = deploy(&env, &repo, &plan("# fixed\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    let record = env.run_record(2);
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["checks"][0]["status"], "failed", "{record}");
+    assert_eq!(env.deployed().as_deref(), Some(fixed.as_str()));
 }
 
 #[test]
