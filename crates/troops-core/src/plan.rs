@@ -73,10 +73,9 @@ pub struct Health {
     pub on_failure: OnFailure,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
-    /// The failed commit is retried with backoff (the behaviour of troops 0.1).
-    #[default]
+    /// The failed commit is retried with backoff (the behaviour of troops 0.1); the default.
     Retry,
     /// The failed commit is quarantined and the last good commit runs again.
     Rollback,
@@ -94,9 +93,9 @@ pub struct Release {
 }
 
 /// When a step runs, with `[release]`: before the switch of `current` or after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    #[default]
+    /// The default.
     Build,
     Activate,
 }
@@ -159,8 +158,8 @@ struct RawPlan {
     min_troops: Option<Spanned<String>>,
     #[serde(default)]
     check: Vec<Spanned<health::RawCheck>>,
-    health: Option<Spanned<health::RawHealth>>,
-    release: Option<Spanned<RawRelease>>,
+    health: Option<health::RawHealth>,
+    release: Option<RawRelease>,
 }
 
 #[derive(Deserialize)]
@@ -528,8 +527,7 @@ fn phase(owner: &str, phase: Option<Spanned<String>>, releases: bool) -> Result<
 }
 
 /// `[release]`, with its defaults.
-fn release(raw: Spanned<RawRelease>) -> Result<Release, Problem> {
-    let raw = raw.into_inner();
+fn release(raw: RawRelease) -> Result<Release, Problem> {
     let count = |value: Option<Spanned<i64>>, key: &str, default: u32, least: i64| match value {
         None => Ok(default),
         Some(v) => match u32::try_from(*v.get_ref()) {

@@ -47,12 +47,13 @@ pub(super) fn checks(raw: Vec<Spanned<RawCheck>>) -> Result<Vec<Check>, Problem>
             if !names.insert(name.clone()) {
                 return Err((check.get_ref().name.span(), format!("duplicate check name `{name}`")));
             }
-            one(name, check)
+            check_of(name, check)
         })
         .collect()
 }
 
-fn one(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
+/// The check `name` (its name known to be good) as written in `check`.
+fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
     let owner = format!("check `{name}`");
     let span = check.span();
     let raw = check.into_inner();
@@ -81,6 +82,7 @@ fn one(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
         },
         "run" if text.trim().is_empty() => return problem("is empty".into()),
         "run" => Probe::Run(text),
+        // `unit`: a name for systemctl, never an option of it.
         _ if text.starts_with('-')
             || text.is_empty()
             || text.chars().any(|c| c.is_whitespace() || c.is_control()) =>
@@ -121,8 +123,8 @@ fn one(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
     })
 }
 
-pub(super) fn health(raw: Option<Spanned<RawHealth>>) -> Result<Health, Problem> {
-    let Some(raw) = raw.map(Spanned::into_inner) else {
+pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {
+    let Some(raw) = raw else {
         return Ok(Health { soak: Duration::ZERO, on_failure: OnFailure::Retry });
     };
     let on_failure = match raw.on_failure {
