@@ -33,7 +33,7 @@ const PROBE_KILL_GRACE: Duration = Duration::from_millis(500);
 const SYSTEMD_RUNNING: &str = "/run/systemd/system";
 
 /// Where `run` probes run, and with what.
-pub struct Context<'a> {
+pub struct ProbeEnv<'a> {
     /// The run's checkout: the probes' working directory.
     pub checkout: &'a Path,
     /// The whole environment of the run's steps (deploy's `step_env`), for `run` probes.
@@ -59,7 +59,7 @@ pub fn run_phase(
     roles: &BTreeSet<String>,
     record: &mut RunRecord,
     runs: &Runs,
-    ctx: &Context,
+    ctx: &ProbeEnv,
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -102,7 +102,7 @@ pub fn failure(checks: &[CheckRecord]) -> Option<String> {
 pub fn run_checks(
     checks: &[&Check],
     soak: Duration,
-    ctx: &Context,
+    ctx: &ProbeEnv,
     out: &mut dyn Write,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(&[CheckRecord]) -> Result<()>,
@@ -244,7 +244,7 @@ fn end(records: &mut [CheckRecord], why: &str) {
 /// One probe of `check`, never longer than its timeout (but for a `run` probe's kill grace).
 fn probe(
     check: &Check,
-    ctx: &Context,
+    ctx: &ProbeEnv,
     supervisor: &mut Supervisor,
     stop: &AtomicBool,
     out: &mut dyn Write,
@@ -305,7 +305,7 @@ fn tcp(addr: &str, timeout: Duration) -> Probed {
 fn run(
     check: &Check,
     command: &str,
-    ctx: &Context,
+    ctx: &ProbeEnv,
     supervisor: &mut Supervisor,
     stop: &AtomicBool,
     out: &mut dyn Write,
@@ -453,7 +453,7 @@ mod tests {
         stop: &AtomicBool,
     ) -> (Vec<CheckRecord>, String, Duration) {
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
-        let ctx = Context { checkout: Path::new("/"), env: &env };
+        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env };
         let mut out = Vec::new();
         let mut saved = 0;
         let mut progress = |records: &[CheckRecord]| {
@@ -508,7 +508,7 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(runs.dir(1)).unwrap();
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
-        let ctx = Context { checkout: Path::new("/"), env: &env };
+        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env };
         let started = Instant::now();
         run_phase(
             &plan,

@@ -253,7 +253,7 @@ fn run(
     }
     // The health checks, once every step succeeded: the record says `checking` meanwhile.
     if record.status == RunStatus::Running {
-        let ctx = crate::check::Context { checkout: &checkout, env: &env };
+        let ctx = crate::check::ProbeEnv { checkout: &checkout, env: &env };
         crate::check::run_phase(&plan, &roles, record, &runs, &ctx, out, stop)?;
     }
     // Only now: the record says `running` on disk until the last step is done.
