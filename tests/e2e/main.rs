@@ -7,6 +7,7 @@
 
 mod support;
 
+mod checks;
 mod daemon;
 mod fanout;
 mod hostile;

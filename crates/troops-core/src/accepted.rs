@@ -77,7 +77,14 @@ fn config_text() -> impl Strategy<Value = String> {
 fn plan_text() -> impl Strategy<Value = String> {
     let role = (name(), vec(name(), 0..3), vec("[a-z*?-]{1,6}", 0..2));
     let step = (name(), proptest::option::of(vec(name(), 0..3)), proptest::option::of(duration()));
-    (vec(role, 0..3), vec(step, 0..4)).prop_map(|(roles, steps)| {
+    let check = (
+        name(),
+        proptest::option::of(vec(name(), 0..3)),
+        vec(proptest::option::of(duration()), 3),
+        proptest::option::of(any::<i64>()),
+    );
+    let soak = proptest::option::of(duration());
+    (vec(role, 0..3), vec(step, 0..4), vec(check, 0..3), soak).prop_map(|(roles, steps, checks, soak)| {
         let list = |items: &[String]| {
             format!("[{}]", items.iter().map(|i| quoted(i)).collect::<Vec<_>>().join(", "))
         };
@@ -95,7 +102,15 @@ fn plan_text() -> impl Strategy<Value = String> {
             text += &line("roles", roles.map(|r| list(&r)));
             text += &line("timeout", timeout.map(|t| quoted(&t)));
         }
-        text
+        for (name, roles, durations, retries) in checks {
+            text += &format!("[[check]]\nname = {}\nrun = \"true\"\n", quoted(&name));
+            text += &line("roles", roles.map(|r| list(&r)));
+            for (key, value) in ["start_period", "interval", "timeout"].into_iter().zip(durations) {
+                text += &line(key, value.map(|d| quoted(&d)));
+            }
+            text += &line("retries", retries.map(|r| r.to_string()));
+        }
+        text + &format!("[health]\n{}", line("soak", soak.map(|s| quoted(&s))))
     })
 }
 
@@ -138,6 +153,21 @@ fn use_plan(plan: &Plan) {
     let roles = crate::roles::resolve("web-1", &["web".into()], Some(plan));
     for step in &plan.steps {
         let _ = crate::roles::selects(step, &roles);
+    }
+    // The probe loop's deadlines: a start period, then an interval after a probe that took its
+    // whole timeout, within a soak.
+    let now = Instant::now();
+    let _ = now + plan.health.soak;
+    for check in &plan.checks {
+        let _ = now + check.start_period + check.timeout + check.interval;
+        let _ = humantime::format_duration(check.start_period).to_string();
+        assert!(check.retries >= 1, "{check:?}");
+        assert!(
+            !check.name.chars().any(char::is_control) && !check.name.trim().is_empty(),
+            "{:?}",
+            check.name
+        );
+        let _ = crate::roles::selects_check(check, &roles);
     }
 }
 

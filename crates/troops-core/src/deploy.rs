@@ -433,7 +433,7 @@ fn finalize(
             None => None,
         };
         let keep: Vec<&Path> = current.iter().chain(last_good.iter()).map(PathBuf::as_path).collect();
-        if let Err(e) = releases.prune(release.keep, release.keep_failed, &runs, &keep) {
+        if let Err(e) = releases.prune(release.keep as usize, release.keep_failed as usize, &runs, &keep) {
             let _ = writeln!(out, "troops: warning: {e}");
         }
     }
@@ -581,6 +581,19 @@ impl Run<'_, '_> {
                 let _ = writeln!(self.out, "==> {} -> {}", releases.link.display(), dir.display());
             }
             self.steps(&mut supervisor, &activate, build.len(), &root, &env)?;
+        }
+        // check: once every step succeeded; the record says `checking` meanwhile.
+        if self.record.status == RunStatus::Running {
+            let ctx = crate::check::ProbeEnv { checkout: &root, env: &env };
+            crate::check::run_phase(
+                &plan,
+                &roles,
+                self.record,
+                &self.node.runs(),
+                &ctx,
+                self.out,
+                self.stop,
+            )?;
         }
         // Only now: the record says `running` on disk until the last step is done.
         if self.record.status == RunStatus::Running {
@@ -818,11 +831,13 @@ impl Write for Tee<'_> {
     }
 }
 
-/// What `--dry-run` shows: the commit, this host's roles, and for each step whether it runs and why.
+/// What `--dry-run` shows: the commit, this host's roles, and for each step and check whether it
+/// runs and why.
 pub struct DryRun {
     pub commit: Oid,
     pub roles: BTreeSet<String>,
     pub steps: Vec<(String, bool, String)>,
+    pub checks: Vec<(String, bool, String)>,
 }
 
 /// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps, running none.
@@ -852,5 +867,13 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
             (s.name.clone(), runs, why)
         })
         .collect();
-    Ok(DryRun { commit, roles, steps })
+    let checks = plan
+        .checks
+        .iter()
+        .map(|c| {
+            let (runs, why) = roles::selects_check(c, &roles);
+            (c.name.clone(), runs, why)
+        })
+        .collect();
+    Ok(DryRun { commit, roles, steps, checks })
 }

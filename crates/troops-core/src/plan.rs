@@ -11,6 +11,9 @@ use toml::Spanned;
 
 use crate::error::{from_toml, line_col, Error, Result};
 
+mod health;
+mod version;
+
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The longest step `timeout`: a year (the deadline is added to a clock; no step means more).
@@ -22,43 +25,79 @@ pub struct Plan {
     pub roles: Vec<Role>,
     pub steps: Vec<Step>,
     pub secrets: Vec<Secret>,
+    /// The `[[check]]`s, run after the steps (see `check`).
+    pub checks: Vec<Check>,
     pub health: Health,
-    /// `None`: one checkout in `work/` per run, no releases.
+    /// `None`: one `work/` checkout, no releases.
     pub release: Option<Release>,
+    /// The oldest troops this plan is for, as written ("0.2"); an older troops refuses the plan.
+    pub min_troops: Option<String>,
     /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); nodes ignore it.
     pub hosts: BTreeMap<String, String>,
 }
 
-/// `[health]`: what a failed run leads to.
-#[derive(Debug, Clone, Default)]
+/// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    /// `None`: the check runs on every host.
+    pub roles: Option<Vec<String>>,
+    pub probe: Probe,
+    /// http: a substring of the body; run: a substring of the output. `None`: 2xx / exit 0 is enough.
+    pub expect: Option<String>,
+    /// How long after the steps the first probe waits.
+    pub start_period: Duration,
+    /// From one probe's start to the next's.
+    pub interval: Duration,
+    /// The longest one probe may take.
+    pub timeout: Duration,
+    /// Consecutive failed probes that fail the check (at least 1).
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// GET this `http://` URL; 2xx passes.
+    Http(String),
+    /// Connect to this `host:port`.
+    Tcp(String),
+    /// A shell command, run with `/bin/sh -c` in the checkout, like a step; exit 0 passes.
+    Run(String),
+    /// A systemd unit that must be active.
+    Unit(String),
+}
+
+/// `[health]`: how long checks must keep passing, and what a failed run leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
+    /// After every check passed once, how long they must keep passing; zero: no soak.
+    pub soak: Duration,
     pub on_failure: OnFailure,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
-    /// Try the commit again later, with backoff (the default).
-    #[default]
+    /// The failed commit is retried with backoff (the behaviour of troops 0.1); the default.
     Retry,
-    /// Quarantine the commit and run the last good one again.
+    /// The failed commit is quarantined and the last good commit runs again.
     Rollback,
 }
 
-/// `[release]`: Capistrano-style release directories and a `current` link.
+/// `[release]`: each run checks out into its own release directory, and `current` is switched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
-    pub keep: usize,
-    pub keep_failed: usize,
-    /// The link switched to each release; `None`: `current` in the state dir.
+    /// Successful releases kept (at least 1; current and the previous good are never pruned).
+    pub keep: u32,
+    /// Failed releases kept, apart from the successful ones.
+    pub keep_failed: u32,
+    /// An absolute path for the `current` symlink; `None`: `current` in the state dir.
     pub link: Option<PathBuf>,
 }
 
-/// When a step runs in a release: before `current` is switched to it, or after.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// When a step runs, with `[release]`: before the switch of `current` or after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    #[default]
+    /// The default.
     Build,
     Activate,
 }
@@ -117,25 +156,21 @@ struct RawPlan {
     step: Vec<Spanned<RawStep>>,
     #[serde(default)]
     secret: Vec<Spanned<RawSecret>>,
+    /// Read leniently before the rest too (`version::check`), so that a newer plan is refused by it.
+    min_troops: Option<Spanned<String>>,
     #[serde(default)]
-    health: RawHealth,
-    release: Option<Spanned<RawRelease>>,
+    check: Vec<Spanned<health::RawCheck>>,
+    health: Option<health::RawHealth>,
+    release: Option<RawRelease>,
     #[serde(default)]
     hosts: BTreeMap<Spanned<String>, Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    #[serde(default)]
-    on_failure: OnFailure,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRelease {
-    keep: Option<usize>,
-    keep_failed: Option<usize>,
+    keep: Option<Spanned<i64>>,
+    keep_failed: Option<Spanned<i64>>,
     link: Option<Spanned<String>>,
 }
 
@@ -171,7 +206,7 @@ struct RawStep {
     timeout: Option<Spanned<String>>,
     kill_grace: Option<Spanned<String>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
-    phase: Option<Spanned<Phase>>,
+    phase: Option<Spanned<String>>,
 }
 
 impl Plan {
@@ -188,7 +223,9 @@ impl Plan {
             let (line, column) = line_col(text, span.start);
             Error::Plan { path: path.to_owned(), line, column, message }
         };
-        let raw: RawPlan = from_toml(text, err)?;
+        version::check(text).map_err(|(s, m)| err(s, m))?;
+        let raw: RawPlan = from_toml(text, err).map_err(version::hint_newer)?;
+        let release = raw.release.map(release).transpose().map_err(|(s, m)| err(s, m))?;
 
         let mut roles = Vec::new();
         // In file order, not by name: `troops push` takes hosts (and its canaries) in this order.
@@ -252,10 +289,12 @@ impl Plan {
                 }
                 (None, None) => return Err(err(span, format!("step `{name}` needs `run` or `script`"))),
             };
+            let owner = format!("step `{name}`");
             let timeout =
-                duration(&name, "timeout", step.timeout, DEFAULT_TIMEOUT).map_err(|(s, m)| err(s, m))?;
-            let kill_grace = duration(&name, "kill_grace", step.kill_grace, DEFAULT_KILL_GRACE)
+                duration(&owner, "timeout", step.timeout, DEFAULT_TIMEOUT).map_err(|(s, m)| err(s, m))?;
+            let kill_grace = duration(&owner, "kill_grace", step.kill_grace, DEFAULT_KILL_GRACE)
                 .map_err(|(s, m)| err(s, m))?;
+            let phase = phase(&owner, step.phase, release.is_some()).map_err(|(s, m)| err(s, m))?;
             let env = match step.env {
                 None => BTreeMap::new(),
                 Some(env) => match env
@@ -269,38 +308,7 @@ impl Plan {
                     None => env.into_inner(),
                 },
             };
-            let roles = match step.roles {
-                Some(r) if r.get_ref().is_empty() => {
-                    return Err(err(
-                        r.span(),
-                        format!("step `{name}`: `roles` is empty; leave it out to run on every host"),
-                    ))
-                }
-                Some(r) => Some(
-                    r.into_inner()
-                        .into_iter()
-                        .map(|role| match crate::roles::role_name_problem(role.get_ref()) {
-                            Some(problem) => Err(err(
-                                role.span(),
-                                format!("step `{name}`: role name {:?} {problem}", role.get_ref()),
-                            )),
-                            None => Ok(role.into_inner()),
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                ),
-                None => None,
-            };
-            let phase = match step.phase {
-                Some(phase) if raw.release.is_none() && *phase.get_ref() == Phase::Activate => {
-                    return Err(err(
-                        phase.span(),
-                        format!(
-                            "step `{name}`: `phase = \"activate\"` needs a `[release]` table to activate"
-                        ),
-                    ))
-                }
-                phase => phase.map(Spanned::into_inner).unwrap_or_default(),
-            };
+            let roles = role_list(&owner, step.roles).map_err(|(s, m)| err(s, m))?;
             steps.push(Step { name, roles, action, timeout, kill_grace, env, phase });
         }
         let mut secrets = Vec::new();
@@ -367,39 +375,11 @@ impl Plan {
             };
             secrets.push(Secret { name, file, roles, hosts, mode, owner });
         }
+        let checks = health::checks(raw.check).map_err(|(s, m)| err(s, m))?;
+        let health = health::health(raw.health).map_err(|(s, m)| err(s, m))?;
+        let min_troops = raw.min_troops.map(Spanned::into_inner);
         let hosts = crate::fanout::parse_hosts(raw.hosts, err)?;
-        let release = match raw.release {
-            None => None,
-            Some(release) => {
-                let span = release.span();
-                let release = release.into_inner();
-                let link = match release.link {
-                    Some(link) if !Path::new(link.get_ref()).is_absolute() => {
-                        return Err(err(
-                            link.span(),
-                            format!("[release] `link` {:?} must be an absolute path", link.get_ref()),
-                        ))
-                    }
-                    link => link.map(|l| PathBuf::from(l.into_inner())),
-                };
-                if release.keep == Some(0) {
-                    return Err(err(span, "[release] `keep` must be at least 1".into()));
-                }
-                Some(Release {
-                    keep: release.keep.unwrap_or(5),
-                    keep_failed: release.keep_failed.unwrap_or(3),
-                    link,
-                })
-            }
-        };
-        Ok(Plan {
-            roles,
-            steps,
-            secrets,
-            health: Health { on_failure: raw.health.on_failure },
-            release,
-            hosts,
-        })
+        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts })
     }
 }
 
@@ -474,28 +454,110 @@ pub fn text(path: &Path, bytes: Vec<u8>) -> Result<String> {
     })
 }
 
-/// The duration of step `name`'s `key` (humantime, more than zero), or `default` without one; an
-/// error is the span and message for the caller to place.
+/// A misplaced value: its span in the plan and what is wrong, for the caller to place.
+type Problem = (std::ops::Range<usize>, String);
+
+/// The duration `key` of `owner` (e.g. "step `a`"): humantime, more than zero, at most
+/// [`MAX_TIMEOUT`]; `default` without one.
 fn duration(
-    name: &str,
+    owner: &str,
     key: &str,
     value: Option<Spanned<String>>,
     default: Duration,
-) -> std::result::Result<Duration, (std::ops::Range<usize>, String)> {
+) -> Result<Duration, Problem> {
     let Some(value) = value else { return Ok(default) };
     match humantime::parse_duration(value.get_ref()) {
         Ok(d) if d > MAX_TIMEOUT => Err((
             value.span(),
             format!(
-                "step `{name}`: `{key}` {:?} is too long; at most {}",
+                "{owner}: `{key}` {:?} is too long; at most {}",
                 value.get_ref(),
                 humantime::format_duration(MAX_TIMEOUT)
             ),
         )),
         Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err((value.span(), format!("step `{name}`: `{key}` must be more than zero"))),
-        Err(e) => Err((value.span(), format!("step `{name}`: `{key}` {:?}: {e}", value.get_ref()))),
+        Ok(_) => Err((value.span(), format!("{owner}: `{key}` must be more than zero"))),
+        Err(e) => Err((value.span(), format!("{owner}: `{key}` {:?}: {e}", value.get_ref()))),
     }
+}
+
+/// [`duration`], where zero ("0s") is a value too: "none of it".
+fn duration_or_zero(
+    owner: &str,
+    key: &str,
+    value: Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, Problem> {
+    match &value {
+        Some(v) if humantime::parse_duration(v.get_ref()).is_ok_and(|d| d.is_zero()) => Ok(Duration::ZERO),
+        _ => duration(owner, key, value, default),
+    }
+}
+
+/// The `roles` of `owner` (a step or check): `None` without the key (every host), never empty.
+fn role_list(
+    owner: &str,
+    roles: Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Option<Vec<String>>, Problem> {
+    let Some(roles) = roles else { return Ok(None) };
+    if roles.get_ref().is_empty() {
+        return Err((roles.span(), format!("{owner}: `roles` is empty; leave it out to run on every host")));
+    }
+    roles
+        .into_inner()
+        .into_iter()
+        .map(|role| match crate::roles::role_name_problem(role.get_ref()) {
+            Some(problem) => Err((role.span(), format!("{owner}: role name {:?} {problem}", role.get_ref()))),
+            None => Ok(role.into_inner()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The `phase` of step `owner`; `activate` only in a plan with `[release]`.
+fn phase(owner: &str, phase: Option<Spanned<String>>, releases: bool) -> Result<Phase, Problem> {
+    let Some(phase) = phase else { return Ok(Phase::Build) };
+    match phase.get_ref().as_str() {
+        "build" => Ok(Phase::Build),
+        "activate" if releases => Ok(Phase::Activate),
+        "activate" => Err((
+            phase.span(),
+            format!(
+                "{owner}: `phase = \"activate\"` needs a `[release]`: activate steps run after \
+                 `current` is switched to the new release, and only releases have one"
+            ),
+        )),
+        other => Err((phase.span(), format!("{owner}: `phase` {other:?} is not \"build\" or \"activate\""))),
+    }
+}
+
+/// `[release]`, with its defaults.
+fn release(raw: RawRelease) -> Result<Release, Problem> {
+    let count = |value: Option<Spanned<i64>>, key: &str, default: u32, least: i64| match value {
+        None => Ok(default),
+        Some(v) => match u32::try_from(*v.get_ref()) {
+            Ok(n) if i64::from(n) >= least => Ok(n),
+            _ => {
+                Err((v.span(), format!("release: `{key}` {} must be a number from {least} up", v.get_ref())))
+            }
+        },
+    };
+    let keep = count(raw.keep, "keep", 5, 1)?;
+    let keep_failed = count(raw.keep_failed, "keep_failed", 3, 0)?;
+    let link = match raw.link {
+        None => None,
+        Some(link) => {
+            let path = Path::new(link.get_ref());
+            if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+                return Err((
+                    link.span(),
+                    format!("release: `link` {:?} must be an absolute path without `..`", link.get_ref()),
+                ));
+            }
+            Some(path.to_owned())
+        }
+    };
+    Ok(Release { keep, keep_failed, link })
 }
 
 /// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
@@ -619,6 +681,126 @@ mod tests {
         assert_eq!(
             parse("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"1year\"\n").unwrap().steps[0].timeout,
             MAX_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn checks_health_and_release_are_parsed_with_their_defaults() {
+        let plan = parse(
+            "min_troops = \"0.2\"\n[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1:8080/health\"\nexpect = \"ok\"\n\
+             roles = [\"web\"]\nstart_period = \"5s\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nretries = 5\n\
+             [[check]]\nname = \"db\"\ntcp = \"[::1]:5432\"\n[[check]]\nname = \"cli\"\nrun = \"true\"\n\
+             [[check]]\nname = \"nginx\"\nunit = \"nginx.service\"\n\
+             [health]\nsoak = \"60s\"\non_failure = \"rollback\"\n[release]\nlink = \"/srv/app/current\"\n\
+             [[step]]\nname = \"build\"\nrun = \"x\"\n[[step]]\nname = \"migrate\"\nrun = \"x\"\nphase = \"activate\"\n",
+        )
+        .unwrap();
+        assert_eq!(plan.min_troops.as_deref(), Some("0.2"));
+        let web = &plan.checks[0];
+        assert_eq!(web.probe, Probe::Http("http://127.0.0.1:8080/health".into()));
+        assert_eq!(
+            (web.expect.as_deref(), web.roles.as_deref()),
+            (Some("ok"), Some(&["web".to_owned()][..]))
+        );
+        assert_eq!(
+            (web.start_period, web.interval, web.timeout, web.retries),
+            (Duration::from_secs(5), Duration::from_secs(1), Duration::from_millis(500), 5)
+        );
+        let db = &plan.checks[1];
+        assert_eq!(db.probe, Probe::Tcp("[::1]:5432".into()));
+        assert_eq!(
+            (db.start_period, db.interval, db.timeout, db.retries),
+            (Duration::ZERO, Duration::from_secs(2), Duration::from_secs(2), 3)
+        );
+        assert_eq!(plan.checks[2].probe, Probe::Run("true".into()));
+        assert_eq!(plan.checks[3].probe, Probe::Unit("nginx.service".into()));
+        assert_eq!(plan.health, Health { soak: Duration::from_secs(60), on_failure: OnFailure::Rollback });
+        assert_eq!(
+            plan.release,
+            Some(Release { keep: 5, keep_failed: 3, link: Some("/srv/app/current".into()) })
+        );
+        assert_eq!((plan.steps[0].phase, plan.steps[1].phase), (Phase::Build, Phase::Activate));
+
+        let bare = parse("[[step]]\nname = \"a\"\nrun = \"x\"\n").unwrap();
+        assert_eq!(bare.health, Health { soak: Duration::ZERO, on_failure: OnFailure::Retry });
+        assert!(bare.checks.is_empty() && bare.release.is_none() && bare.min_troops.is_none());
+        let zero =
+            parse("[health]\nsoak = \"0s\"\n[[check]]\nname = \"a\"\nrun = \"x\"\nstart_period = \"0s\"\n")
+                .unwrap();
+        assert_eq!((zero.health.soak, zero.checks[0].start_period), (Duration::ZERO, Duration::ZERO));
+    }
+
+    #[test]
+    fn every_new_key_places_its_mistakes() {
+        let check = |body: &str| error(&format!("[[check]]\nname = \"web\"\n{body}"));
+        let cases: &[(&str, &str)] = &[
+            ("", ":1:1: check `web` needs one of `http`, `tcp`, `run` or `unit`"),
+            (
+                "http = \"http://a/\"\ntcp = \"a:1\"\n",
+                ":4:7: check `web` has both `http` and `tcp`; keep one",
+            ),
+            ("http = \"https://a/\"\n", ":3:8: check `web`: `http` \"https://a/\" is not a URL to probe"),
+            ("tcp = \"localhost\"\n", ":3:7: check `web`: `tcp` \"localhost\" is not `host:port`"),
+            ("tcp = \"a:99999\"\n", ":3:7: check `web`: `tcp` \"a:99999\" is not `host:port`"),
+            ("run = \" \"\n", ":3:7: check `web`: `run` \" \" is empty"),
+            ("unit = \"--all\"\n", ":3:8: check `web`: `unit` \"--all\" is not a systemd unit name"),
+            ("unit = \"a b\"\n", ":3:8: check `web`: `unit` \"a b\" is not a systemd unit name"),
+            ("tcp = \"a:1\"\nexpect = \"ok\"\n", ":4:10: check `web`: `expect` is for `http`"),
+            ("run = \"x\"\nretries = 0\n", ":4:11: check `web`: `retries` 0 must be a number from 1 up"),
+            ("run = \"x\"\nretries = -1\n", ":4:11: check `web`: `retries` -1 must be"),
+            ("run = \"x\"\ninterval = \"0s\"\n", ":4:12: check `web`: `interval` must be more than zero"),
+            ("run = \"x\"\ntimeout = \"soon\"\n", ":4:11: check `web`: `timeout` \"soon\""),
+            (
+                "run = \"x\"\nstart_period = \"2years\"\n",
+                ":4:16: check `web`: `start_period` \"2years\" is too long",
+            ),
+            ("run = \"x\"\nroles = []\n", ":4:9: check `web`: `roles` is empty"),
+            ("run = \"x\"\nroles = [\"a,b\"]\n", ":4:10: check `web`: role name \"a,b\" has a comma"),
+            ("run = \"x\"\nhealthy = true\n", ":4:1: unknown field `healthy`"),
+        ];
+        for (body, want) in cases {
+            let e = check(body);
+            assert!(e.starts_with("troops.toml:") && e.contains(want), "{body:?}: {e}");
+        }
+        assert!(error("[[check]]\nname = \"a\"\nrun = \"x\"\n[[check]]\nname = \"a\"\nrun = \"y\"\n")
+            .contains(":5:8: duplicate check name `a`"));
+        assert!(error("[[check]]\nname = \"a\\u001b\"\nrun = \"x\"\n").contains(":2:8: check name"));
+        assert!(error("[health]\nsoak = \"long\"\n").contains(":2:8: health: `soak` \"long\""));
+        assert!(error("[health]\non_failure = \"panic\"\n")
+            .contains(":2:14: health: `on_failure` \"panic\" is not \"retry\" or \"rollback\""));
+        assert!(error("[release]\nkeep = 0\n").contains(":2:8: release: `keep` 0 must be a number from 1 up"));
+        assert!(error("[release]\nkeep_failed = -1\n").contains(":2:15: release: `keep_failed` -1"));
+        assert!(error("[release]\nlink = \"current\"\n")
+            .contains(":2:8: release: `link` \"current\" must be an absolute path"));
+        assert!(error("[release]\nlink = \"/srv/../etc\"\n").contains("without `..`"));
+        let step = "[[step]]\nname = \"a\"\nrun = \"x\"\nphase = ";
+        assert!(error(&format!("{step}\"activate\"\n")).contains(
+            ":4:9: step `a`: `phase = \"activate\"` needs a `[release]`: activate steps run after `current`"
+        ));
+        assert!(error(&format!("[release]\n{step}\"deploy\"\n"))
+            .contains(":5:9: step `a`: `phase` \"deploy\" is not \"build\" or \"activate\""));
+    }
+
+    #[test]
+    fn a_plan_for_a_newer_troops_is_refused_by_min_troops_before_its_keys() {
+        let mine = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            error("min_troops = \"99.0\"\n[[check]]\nname = \"a\"\nprobe = \"quantum\"\n[fleet]\nwave = 1\n"),
+            format!(
+                "troops.toml:1:14: this plan needs troops 99.0 or later (min_troops); this is troops {mine}"
+            )
+        );
+        assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nmin_troops = \"0.2.1000\"\n")
+            .contains("unknown field"));
+        assert!(error("min_troops = \"0.2.1000\"\n").contains("needs troops 0.2.1000 or later"));
+        assert!(error("min_troops = \"two\"\n")
+            .starts_with("troops.toml:1:14: `min_troops` \"two\" is not a version"));
+        assert!(error("min_troops = 2\n").starts_with("troops.toml:1:14: `min_troops`: invalid type"));
+        assert!(parse("min_troops = \"0.1\"\n").is_ok() && parse("min_troops = \"0.2.0\"\n").is_ok());
+        let unknown = error("[fleet]\nwave = 1\n");
+        assert!(
+            unknown.ends_with("(a key of a newer troops? plans that need one set min_troops)"),
+            "{unknown}"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::plan::{Plan, Step};
+use crate::plan::{Check, Plan, Step};
 
 /// The roles of `host`: `configured` plus the plan roles that name it, sorted and unique.
 pub fn resolve(host: &str, configured: &[String], plan: Option<&Plan>) -> BTreeSet<String> {
@@ -34,7 +34,17 @@ pub fn role_name_problem(name: &str) -> Option<String> {
 
 /// Whether a step runs on a node with `roles`, and why, in words for `--dry-run`.
 pub fn selects(step: &Step, roles: &BTreeSet<String>) -> (bool, String) {
-    match &step.roles {
+    wanted_by(step.roles.as_deref(), roles)
+}
+
+/// Whether a check probes on a node with `roles`, and why, like [`selects`] for steps.
+pub fn selects_check(check: &Check, roles: &BTreeSet<String>) -> (bool, String) {
+    wanted_by(check.roles.as_deref(), roles)
+}
+
+/// Whether a node with `roles` is one of those `wanted` (`None`: every host), and why.
+fn wanted_by(wanted: Option<&[String]>, roles: &BTreeSet<String>) -> (bool, String) {
+    match wanted {
         None => (true, "every host".to_owned()),
         Some(wanted) => match wanted.iter().find(|r| roles.contains(*r)) {
             Some(role) => (true, format!("role {role}")),
@@ -50,7 +60,8 @@ mod tests {
 
     fn plan() -> Plan {
         let text = "[roles.web]\nhosts = [\"box\"]\n[roles.db]\nmatch = [\"db-*\"]\n\
-                    [[step]]\nname = \"all\"\nrun = \"x\"\n[[step]]\nname = \"db\"\nrun = \"x\"\nroles = [\"db\", \"cache\"]\n";
+                    [[step]]\nname = \"all\"\nrun = \"x\"\n[[step]]\nname = \"db\"\nrun = \"x\"\nroles = [\"db\", \"cache\"]\n\
+                    [[check]]\nname = \"up\"\ntcp = \"127.0.0.1:1\"\n[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1/\"\nroles = [\"web\"]\n";
         Plan::parse(Path::new("troops.toml"), text, None).unwrap()
     }
 
@@ -70,5 +81,16 @@ mod tests {
         assert_eq!(selects(&plan.steps[0], &roles), (true, "every host".into()));
         assert_eq!(selects(&plan.steps[1], &roles), (true, "role cache".into()));
         assert_eq!(selects(&plan.steps[1], &BTreeSet::new()), (false, "needs role db or cache".into()));
+    }
+
+    #[test]
+    fn checks_are_selected_like_steps() {
+        let plan = plan();
+        assert_eq!(selects_check(&plan.checks[0], &BTreeSet::new()), (true, "every host".into()));
+        assert_eq!(
+            selects_check(&plan.checks[1], &resolve("box", &[], Some(&plan))),
+            (true, "role web".into())
+        );
+        assert!(!selects_check(&plan.checks[1], &resolve("db-1", &[], Some(&plan))).0);
     }
 }

@@ -280,7 +280,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             kill_grace: Duration::from_millis(300),
             env: BTreeMap::from([("LEVEL".into(), "prod".into())]),
-            phase: Default::default(),
+            phase: crate::plan::Phase::Build,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod gpg;
+pub mod http;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

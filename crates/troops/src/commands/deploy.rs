@@ -26,6 +26,9 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
         for (name, runs, why) in dry.steps {
             writeln!(std::io::stdout(), "{} {name}: {why}", if runs { "run " } else { "skip" })?;
         }
+        for (name, runs, why) in dry.checks {
+            writeln!(std::io::stdout(), "{} check {name}: {why}", if runs { "run " } else { "skip" })?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let remote = ControlRequest::Deploy { trigger: Trigger::Manual, commit: args.commit.clone() };

@@ -1,0 +1,144 @@
+//! The plan's `[[check]]`s and `[health]`: raw as written, validated into `Check` and `Health`
+//! with every mistake placed at its value (the probing itself is `crate::check`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{duration, duration_or_zero, role_list, Check, Health, OnFailure, Probe, Problem};
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_RETRIES: u32 = 3;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    name: Spanned<String>,
+    roles: Option<Spanned<Vec<Spanned<String>>>>,
+    http: Option<Spanned<String>>,
+    tcp: Option<Spanned<String>>,
+    run: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+    start_period: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    soak: Option<Spanned<String>>,
+    on_failure: Option<Spanned<String>>,
+}
+
+pub(super) fn checks(raw: Vec<Spanned<RawCheck>>) -> Result<Vec<Check>, Problem> {
+    let mut names = HashSet::new();
+    raw.into_iter()
+        .map(|check| {
+            let name = check.get_ref().name.get_ref().clone();
+            if let Some(problem) = crate::roles::name_problem(&name) {
+                return Err((check.get_ref().name.span(), format!("check name {name:?} {problem}")));
+            }
+            if !names.insert(name.clone()) {
+                return Err((check.get_ref().name.span(), format!("duplicate check name `{name}`")));
+            }
+            check_of(name, check)
+        })
+        .collect()
+}
+
+/// The check `name` (its name known to be good) as written in `check`.
+fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
+    let owner = format!("check `{name}`");
+    let span = check.span();
+    let raw = check.into_inner();
+    let mut given = [("http", raw.http), ("tcp", raw.tcp), ("run", raw.run), ("unit", raw.unit)]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)));
+    let (key, value) = given
+        .next()
+        .ok_or_else(|| (span.clone(), format!("{owner} needs one of `http`, `tcp`, `run` or `unit`")))?;
+    if let Some((other, extra)) = given.next() {
+        return Err((extra.span(), format!("{owner} has both `{key}` and `{other}`; keep one")));
+    }
+    let problem =
+        |what: String| Err((value.span(), format!("{owner}: `{key}` {:?} {what}", value.get_ref())));
+    let text = value.get_ref().clone();
+    let probe = match key {
+        "http" => match crate::http::Url::parse(&text) {
+            Ok(_) => Probe::Http(text),
+            Err(e) => return problem(format!("is not a URL to probe: {e}")),
+        },
+        "tcp" => match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Probe::Tcp(text)
+            }
+            _ => return problem("is not `host:port`".into()),
+        },
+        "run" if text.trim().is_empty() => return problem("is empty".into()),
+        "run" => Probe::Run(text),
+        // `unit`: a name for systemctl, never an option of it.
+        _ if text.starts_with('-')
+            || text.is_empty()
+            || text.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return problem("is not a systemd unit name".into())
+        }
+        _ => Probe::Unit(text),
+    };
+    if let Some(expect) = &raw.expect {
+        if matches!(probe, Probe::Tcp(_) | Probe::Unit(_)) {
+            return Err((
+                expect.span(),
+                format!("{owner}: `expect` is for `http` (a body substring) and `run` (an output substring)"),
+            ));
+        }
+    }
+    let retries = match raw.retries {
+        None => DEFAULT_RETRIES,
+        Some(r) => match u32::try_from(*r.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err((
+                    r.span(),
+                    format!("{owner}: `retries` {} must be a number from 1 up", r.get_ref()),
+                ))
+            }
+        },
+    };
+    Ok(Check {
+        roles: role_list(&owner, raw.roles)?,
+        probe,
+        expect: raw.expect.map(Spanned::into_inner),
+        start_period: duration_or_zero(&owner, "start_period", raw.start_period, Duration::ZERO)?,
+        interval: duration(&owner, "interval", raw.interval, DEFAULT_INTERVAL)?,
+        timeout: duration(&owner, "timeout", raw.timeout, DEFAULT_TIMEOUT)?,
+        retries,
+        name,
+    })
+}
+
+pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {
+    let Some(raw) = raw else {
+        return Ok(Health { soak: Duration::ZERO, on_failure: OnFailure::Retry });
+    };
+    let on_failure = match raw.on_failure {
+        None => OnFailure::Retry,
+        Some(value) => match value.get_ref().as_str() {
+            "retry" => OnFailure::Retry,
+            "rollback" => OnFailure::Rollback,
+            other => {
+                return Err((
+                    value.span(),
+                    format!("health: `on_failure` {other:?} is not \"retry\" or \"rollback\""),
+                ))
+            }
+        },
+    };
+    Ok(Health { soak: duration_or_zero("health", "soak", raw.soak, Duration::ZERO)?, on_failure })
+}
