@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::daemon::Daemon;
+use crate::support::http::HttpServer;
 use crate::support::{combined, publish_to_a, text, wait_until, DeployRepo, Env};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -255,4 +256,102 @@ fn releases_switch_current_atomically_roll_back_without_building_and_are_pruned(
     want.sort();
     assert_eq!(left, want);
     assert_eq!(std::fs::read_link(&current).unwrap(), release_of(7, &last));
+}
+
+/// A service whose health is what the deployed commit's step wrote to `state`: "ok" answers 200,
+/// "flaky" answers 200 for two probes after it was written and 500 after, anything else 500.
+fn service(state: PathBuf) -> HttpServer {
+    let since = std::sync::Mutex::new((String::new(), 0u32));
+    HttpServer::start(move |_| {
+        let now = std::fs::read_to_string(&state).unwrap_or_default().trim().to_owned();
+        let mut since = since.lock().unwrap();
+        if since.0 != now {
+            *since = (now.clone(), 0);
+        }
+        since.1 += 1;
+        match now.as_str() {
+            "ok" => (200, "ok".into()),
+            "flaky" if since.1 <= 2 => (200, "ok".into()),
+            other => (500, format!("unhealthy: {other}")),
+        }
+    })
+}
+
+/// A plan whose step writes `health` into `state` and whose check probes `server` every 100 ms,
+/// failing after `retries` bad probes in a row.
+fn checked_plan(state: &Path, health: &str, server: &HttpServer, retries: u32) -> String {
+    format!(
+        "[health]\non_failure = \"rollback\"\nsoak = \"1s\"\n\n[[step]]\nname = \"configure\"\n\
+         run = \"echo {health} > {}\"\n\n[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = {retries}\n",
+        state.display(),
+        server.url("/health")
+    )
+}
+
+#[test]
+fn a_failing_check_or_a_soak_that_turns_bad_rolls_back_and_the_good_plan_passes_again() {
+    let (env, work) = node();
+    let state = env.path("service-state");
+    let server = service(state.clone());
+    let good = work.commit(&env, &[("troops.toml", &checked_plan(&state, "ok", &server, 2))], "good");
+    push(&env, &work);
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+
+    for (case, health) in [("a failing check", "broken"), ("a soak that turns bad halfway", "flaky")] {
+        let bad = work.commit(&env, &[("troops.toml", &checked_plan(&state, health, &server, 2))], case);
+        let said = push(&env, &work);
+        assert!(said.contains("check `web` failed"), "{case}:\n{said}");
+        assert!(said.contains(&format!("rolled back to {}", short(&good))), "{case}:\n{said}");
+        assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "{case}");
+        assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "ok", "{case}: the good plan ran again");
+        let status = env.status_json();
+        let quarantined: Vec<&str> =
+            status["quarantined"].as_array().unwrap().iter().map(|q| q["commit"].as_str().unwrap()).collect();
+        assert!(quarantined.contains(&bad.as_str()), "{case}: {status}");
+        let ids = env.run_ids();
+        let (failed, rollback) = (env.run_record(ids[ids.len() - 2]), env.run_record(*ids.last().unwrap()));
+        assert_eq!(failed["checks"][0]["status"], "failed", "{case}: {failed}");
+        assert_eq!(rollback["checks"][0]["status"], "passed", "{case}: {rollback}");
+        if health == "flaky" {
+            assert!(
+                failed["checks"][0]["probes"].as_u64().unwrap() >= 3,
+                "{case}: it passed first: {failed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_daemon_killed_while_checking_rolls_back_when_it_starts_again() {
+    let (env, work) = node();
+    let state = env.path("service-state");
+    let server = service(state.clone());
+    let good = work.commit(&env, &[("troops.toml", &checked_plan(&state, "ok", &server, 2))], "good");
+    push(&env, &work);
+    // The bad commit's check keeps probing for a minute: long enough to kill the daemon meanwhile.
+    work.commit(&env, &[("troops.toml", &checked_plan(&state, "broken", &server, 600))], "bad");
+    let mut daemon = Daemon::start(&env);
+    let mut pusher =
+        work.push_command(&env, &env.repo().display().to_string(), &["HEAD:main"]).spawn().unwrap();
+    wait_until("the bad commit's checks", LIMIT, || {
+        env.run_ids().len() == 2 && env.run_record(2)["status"] == "checking"
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait_exit(LIMIT);
+    pusher.wait().unwrap();
+    assert_eq!(env.run_record(2)["status"], "checking", "the record says what was under way");
+
+    let daemon = Daemon::start(&env);
+    wait_until("the rollback at start", LIMIT, || {
+        env.run_ids().len() == 3 && env.run_record(3)["status"] == "succeeded"
+    });
+    assert_eq!(env.run_record(3)["trigger"], "rollback", "{}", daemon.log());
+    let failed = env.run_record(2);
+    assert_eq!(
+        (failed["status"].as_str(), failed["rolled_back_by"].as_u64()),
+        (Some("rolled_back"), Some(3))
+    );
+    assert!(failed["error"].as_str().unwrap().contains("troops died during the health checks"), "{failed}");
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "ok");
 }
