@@ -22,3 +22,4 @@ mod sshsig;
 mod steps;
 mod trust;
 mod watch;
+mod webapp;
