@@ -4,7 +4,7 @@
 #
 #   tests/bench/run.sh [--quick] [--out FILE] [CASE...]
 #
-# CASE: pull, plan, push, checkout, idle, hostile (default: all six, in that order).
+# CASE: pull, plan, push, checkout, idle, hostile, health (default: all seven, in that order).
 # It builds release binaries, installs ansible-core from PyPI into target/bench/venv (reused; pin
 # with BENCH_ANSIBLE=ansible-core==X), and needs hyperfine (installed with apt-get when run as
 # root). Everything happens in a temp dir, with loopback file remotes, no root-owned paths and no
@@ -19,12 +19,12 @@ while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --out) OUT=$2; shift ;;
-        pull | plan | push | checkout | idle | hostile) CASES+=("$1") ;;
-        *) echo "usage: tests/bench/run.sh [--quick] [--out FILE] [pull|plan|push|checkout|idle|hostile]..." >&2; exit 2 ;;
+        pull | plan | push | checkout | idle | hostile | health) CASES+=("$1") ;;
+        *) echo "usage: tests/bench/run.sh [--quick] [--out FILE] [pull|plan|push|checkout|idle|hostile|health]..." >&2; exit 2 ;;
     esac
     shift
 done
-[ ${#CASES[@]} -gt 0 ] || CASES=(pull plan push checkout idle hostile)
+[ ${#CASES[@]} -gt 0 ] || CASES=(pull plan push checkout idle hostile health)
 # hyperfine runs: the fast cases, the checkout of 20,000 files, ansible (seconds per run).
 if [ $QUICK = 1 ]; then FAST=5 SLOW=3 ANSIBLE=2 IDLE=10; else FAST=30 SLOW=10 ANSIBLE=7 IDLE=60; fi
 FILES=${BENCH_FILES:-20000}
@@ -296,6 +296,51 @@ case_idle() {
     read -r rss rss_max anon cpu wakeups < <("$PY" "$ROOT/tests/bench/sample.py" "$DAEMON" "$quiet")
     stop_daemon
     row "" "with nothing due (interval 1 h): wake-ups over ${quiet} s; resident memory" "" "$(calc "'%d; %.1f MiB' % ($wakeups * $quiet, $rss)")" "" "0" "$(verdict "$wakeups == 0")"
+}
+
+# 7. Health and rollback. (a) What one HTTP check that passes at once adds to a run: troops deploy
+# of a one-step plan with the check (against a static server on loopback) minus the same plan
+# without it. (b) troops rollback of a release (switch `current` back, run its one activate step
+# `true`) minus that step alone, `sh -c true`; each rollback is prepared by a person's deploy of
+# the newer commit (which lifts its quarantine).
+case_health() {
+    say "7. health checks and rollback"
+    mkdir -p "$W/www"
+    echo ok > "$W/www/health"
+    "$PY" -u -m http.server --bind 127.0.0.1 --directory "$W/www" 0 > "$W/www.log" 2>&1 &
+    local server=$! port=""
+    for _ in $(seq 100); do port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$W/www.log" | head -1); [ -n "$port" ] && break; sleep 0.05; done
+    [ -n "$port" ] || { echo "the health server did not start" >&2; kill "$server"; exit 3; }
+    local step='[[step]]\nname = "step"\nrun = "true"\n'
+    local check="[[check]]\nname = \"web\"\nhttp = \"http://127.0.0.1:$port/health\"\nexpect = \"ok\"\n"
+    local plain checked
+    for variant in plain checked; do
+        git init -q -b main "$W/$variant.src"
+        if [ $variant = plain ]; then printf "$step" > "$W/$variant.src/troops.toml"; else printf "$step$check" > "$W/$variant.src/troops.toml"; fi
+        git -C "$W/$variant.src" add -A && git -C "$W/$variant.src" commit -q -m "$variant"
+        node "$variant-node" "" --remote "origin=$W/$variant.src"
+        troops pull >/dev/null
+        printf -v "$variant" '%s' "troops --state-dir $TROOPS_STATE_DIR --config $TROOPS_CONFIG deploy"
+    done
+    bench health "$FAST" "$checked" "$plain"
+    kill "$server"
+
+    git init -q -b main "$W/release.src"
+    printf '[release]\nkeep = 3\n\n[[step]]\nname = "build"\nrun = "true"\n\n[[step]]\nname = "activate"\nphase = "activate"\nrun = "true"\n' > "$W/release.src/troops.toml"
+    git -C "$W/release.src" add -A && git -C "$W/release.src" commit -q -m first
+    local first second
+    first=$(git -C "$W/release.src" rev-parse HEAD)
+    node release-node "" --remote "origin=$W/release.src"
+    troops pull >/dev/null
+    git -C "$W/release.src" commit -q --allow-empty -m second
+    second=$(git -C "$W/release.src" rev-parse HEAD)
+    troops pull >/dev/null
+    bench rollback "$FAST" --prepare "troops deploy --commit $second" "troops rollback --to $first" \
+        --prepare true "sh -c true"
+    local c p r s
+    c=$(median health 0) p=$(median health 1) r=$(median rollback 0) s=$(median rollback 1)
+    row "7. health and rollback" "deploy with one passing HTTP check − without" "$(calc "'+%.1f ms' % ($c-$p)")" "$(ms "$c")" "$(ms "$p")" "≤ +20 ms" "$(verdict "$c - $p <= 20")"
+    row "" "troops rollback of a release (switch + 1 activate step) − the step alone" "$(calc "'+%.1f ms' % ($r-$s)")" "$(ms "$r")" "$(ms "$s")" "≤ +100 ms" "$(verdict "$r - $s <= 100")"
 }
 
 # --- the table ---------------------------------------------------------------------------------
