@@ -286,20 +286,7 @@ fn ran(remote: &[&str]) -> Option<Outcome> {
 
 /// git's complaint about a push that went nowhere, in one line without its boilerplate advice.
 fn complaint(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(clean)
-        .filter(|l| {
-            !l.is_empty()
-                && !l.starts_with("Please make sure you have")
-                && !l.starts_with("and the repository exists")
-                && *l != "fatal: Could not read from remote repository."
-        })
-        .collect();
-    match lines.is_empty() {
-        true => "git push failed and said nothing".into(),
-        false => lines.join("; "),
-    }
+    crate::fetch::complaint(stderr).unwrap_or_else(|| "git push failed and said nothing".into())
 }
 
 /// A line as git relays it, without the padding or clear-to-end-of-line it appends to remote lines.

@@ -191,9 +191,8 @@ fn fetch_with_git(
                 .and_then(|repo| repo.find_reference(tracking).and_then(|mut r| r.delete()));
             Ok(false)
         }
-        Some(_) => {
-            Err(crate::ssh::host_key_refusal(url, &stderr, ssh_dir).unwrap_or_else(|| summary(&stderr)))
-        }
+        Some(_) => Err(crate::ssh::host_key_refusal(url, &stderr, ssh_dir)
+            .unwrap_or_else(|| complaint(&stderr).unwrap_or_else(|| stderr.trim().to_owned()))),
     }
 }
 
@@ -238,11 +237,12 @@ fn root_git(repo_path: &Path) -> Command {
     command
 }
 
-/// git's complaint in one line, without its boilerplate advice.
-fn summary(stderr: &str) -> String {
+/// git's complaint in one line, without its boilerplate advice (and without the padding git adds
+/// to a remote's lines); `None` when it said nothing else.
+pub fn complaint(stderr: &str) -> Option<String> {
     let lines: Vec<&str> = stderr
         .lines()
-        .map(str::trim)
+        .map(|l| l.trim_end_matches("\x1b[K").trim())
         .filter(|l| {
             !l.is_empty()
                 && !l.starts_with("Please make sure you have")
@@ -250,11 +250,7 @@ fn summary(stderr: &str) -> String {
                 && *l != "fatal: Could not read from remote repository."
         })
         .collect();
-    if lines.is_empty() {
-        stderr.trim().to_owned()
-    } else {
-        lines.join("; ")
-    }
+    (!lines.is_empty()).then(|| lines.join("; "))
 }
 
 /// libgit2's socket connect and read timeouts, so that a dead remote gives up on its own.
