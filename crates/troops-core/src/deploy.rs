@@ -124,15 +124,20 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     out.release();
     runs.save(&record)?;
     runs.prune(node.config.keep_runs, &lock)?;
-    match result {
+    let outcome = match result {
         Err(e) if e.class() == crate::error::Class::Environment => Err(e),
         _ => {
             if record.status == RunStatus::Succeeded {
                 repo.set_deployed(commit, &format!("troops: run {id} ({}) succeeded", record.trigger))?;
             }
-            Ok(Outcome::Ran(record))
+            Ok(Outcome::Ran(record.clone()))
         }
-    }
+    };
+    // The record is final and the summary written: metrics and the notify command (neither can
+    // change the run's result).
+    crate::metrics::after_run(node, &record, &[]);
+    crate::notify::after_run(node, &record);
+    outcome
 }
 
 /// With `require_signed`, the commit about to run must verify now, under the lock, whatever
@@ -157,6 +162,7 @@ fn vouch(
     };
     let source = format!("{trigger} run");
     let _ = crate::verify::record_refusal(&node.state_dir, &source, &refusal);
+    crate::metrics::count_refusal(node, refusal.verification.kind());
     Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
 }
 
