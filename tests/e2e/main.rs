@@ -10,6 +10,7 @@ mod support;
 mod daemon;
 mod hostile;
 mod inputs;
+mod metrics;
 mod node;
 mod pull;
 mod push;

@@ -243,18 +243,24 @@ pub fn write_textfile(node: &Node) -> Result<()> {
     crate::atomic::write_mode(path, text.as_bytes(), 0o644)
 }
 
-fn metrics_dir(node: &Node) -> PathBuf {
+/// `<state>/metrics/`: the counters and their lock; the admin group may write it (`init`).
+pub fn dir(node: &Node) -> PathBuf {
     node.state_dir.join("metrics")
 }
 
 fn counters_path(node: &Node) -> PathBuf {
-    metrics_dir(node).join("counters.json")
+    dir(node).join("counters.json")
 }
 
 /// Changes the counters under the metrics lock, then rewrites the textfile; logs what fails.
 fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
+    // A node that exports no metrics pays nothing for them (they count from when it starts to).
+    let settings = &node.config.metrics;
+    if settings.textfile.is_none() && settings.listen.is_none() {
+        return;
+    }
     let result = (|| {
-        let dir = metrics_dir(node);
+        let dir = dir(node);
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let handle = std::fs::File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
         let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
@@ -330,7 +336,12 @@ impl Collector for Snapshot {
         )?;
 
         let mut gauge = |name: &str, help: &str, value: Option<f64>| match value {
-            Some(value) => ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?),
+            Some(value) => ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?),
             None => encoder.encode_descriptor(name, help, None, MetricType::Gauge).map(drop),
         };
         let last = c.last_run;
@@ -339,7 +350,11 @@ impl Collector for Snapshot {
             "1 if the last run succeeded, 0 if it did not",
             last.map(|l| if l.succeeded { 1.0 } else { 0.0 }),
         )?;
-        gauge("troops_last_run_timestamp_seconds", "When the last run ended (Unix time)", last.map(|l| l.at))?;
+        gauge(
+            "troops_last_run_timestamp_seconds",
+            "When the last run ended (Unix time)",
+            last.map(|l| l.at),
+        )?;
         gauge(
             "troops_last_success_timestamp_seconds",
             "When the last successful run ended (Unix time)",
@@ -373,7 +388,8 @@ impl Collector for Snapshot {
         };
         let overflow = h.count - buckets.iter().map(|(_, n)| n).sum::<u64>().min(h.count);
         let buckets: Vec<(f64, u64)> = buckets.into_iter().chain([(f64::INFINITY, overflow)]).collect();
-        duration.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &buckets, None)?;
+        duration
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &buckets, None)?;
 
         let mut fetches = encoder.encode_descriptor(
             "troops_fetch",

@@ -49,7 +49,12 @@ impl Settings {
             None => Settings::default().timeout,
             Some(v) => match humantime::parse_duration(v.get_ref()) {
                 Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => d,
-                Ok(_) => return Err(err(v.span(), "`notify.timeout` must be more than zero and at most 1h".into())),
+                Ok(_) => {
+                    return Err(err(
+                        v.span(),
+                        "`notify.timeout` must be more than zero and at most 1h".into(),
+                    ))
+                }
                 Err(e) => {
                     return Err(err(
                         v.span(),

@@ -6,8 +6,10 @@ fn settings(text: &str) -> Result<Settings> {
 
 #[test]
 fn settings_parse_and_bad_values_name_their_key_and_line() {
-    let s = settings("[metrics]\ntextfile = \"/var/lib/node-exporter/troops.prom\"\nlisten = \"127.0.0.1:9469\"\n")
-        .unwrap();
+    let s = settings(
+        "[metrics]\ntextfile = \"/var/lib/node-exporter/troops.prom\"\nlisten = \"127.0.0.1:9469\"\n",
+    )
+    .unwrap();
     assert_eq!(s.textfile.as_deref(), Some(Path::new("/var/lib/node-exporter/troops.prom")));
     assert_eq!(s.listen, Some("127.0.0.1:9469".parse().unwrap()));
     assert_eq!(settings("").unwrap(), Settings::default());
