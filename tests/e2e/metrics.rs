@@ -37,21 +37,25 @@ fn textfile(env: &Env) -> String {
     std::fs::read_to_string(env.path("node-exporter/troops.prom")).unwrap_or_default()
 }
 
-/// `promtool check metrics` (the Debian package `prometheus`) finds nothing wrong with `text`.
-fn promtool_accepts(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
+/// Runs `promtool ARGS` (the Debian package `prometheus`; tests/run.sh installs it) in `dir`,
+/// with `stdin`, and asserts it is content.
+fn promtool(args: &[&str], dir: &Path, stdin: &str) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    else {
-        eprintln!("SKIPPED: promtool check metrics: promtool is not installed (Debian package prometheus)");
-        return;
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        .expect("running promtool (apt-get install prometheus)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool check metrics:\n{}\n{text}", combined(&out));
+    assert!(out.status.success(), "promtool {args:?}:\n{}\n{stdin}", combined(&out));
+}
+
+/// `promtool check metrics` finds nothing wrong with the exposition `text`.
+fn promtool_accepts(text: &str) {
+    promtool(&["check", "metrics"], Path::new("/"), text);
 }
 
 /// Every sample line is `name{labels} value`: no timestamps (node_exporter refuses them).
@@ -310,4 +314,12 @@ fn a_failing_or_hanging_notify_command_changes_no_run_and_reaches_no_pusher() {
     });
     let log = daemon.log();
     assert!(log.contains("exit status: 7") && log.contains("NOTIFY-SAYS"), "{log}");
+}
+
+#[test]
+fn the_example_alert_rules_are_valid_and_fire_when_they_should() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/prometheus");
+    promtool(&["check", "rules", "troops.rules.yml"], &examples, "");
+    // Each alert on the series that must fire it, and not on a healthy node's.
+    promtool(&["test", "rules", "troops.rules.test.yml"], &examples, "");
 }
