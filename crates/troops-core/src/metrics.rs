@@ -3,7 +3,8 @@
 //! restarts and run pruning; everything else is read fresh (refs, config). Whoever changes the
 //! counters (a run, the daemon's fetcher, a hook run in-process by a member of the admin group)
 //! does it under a flock on `<state>/metrics/`, and then rewrites the `[metrics] textfile` if there
-//! is one. Nothing here ever fails a run or a fetch: a problem is logged and the caller goes on.
+//! is one. A node with neither `textfile` nor `listen` keeps no counters. Nothing here ever fails
+//! a run or a fetch: a problem is logged and the caller goes on.
 
 use std::collections::BTreeMap;
 use std::io::Read;
