@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::daemon::Daemon;
-use crate::support::{combined, text, wait_until, DeployRepo, Env};
+use crate::support::gpg::Gpg;
+use crate::support::{
+    combined, publish_to_a, pull_deploys, push_is_refused, text, wait_until, DeployRepo, Env,
+};
 
 const OK_PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello\"\n";
 const FAILING_PLAN: &str = "[[step]]\nname = \"broken\"\nrun = \"exit 1\"\n";
@@ -82,8 +85,8 @@ fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
     env.git(&env.repo(), &["remote", "add", "gone", &env.path("gone.git").display().to_string()]);
 
     let first = work.commit(&env, &[("troops.toml", OK_PLAN)], "ok");
-    crate::support::publish_to_a(&env, &work);
-    crate::support::pull_deploys(&env, &first);
+    publish_to_a(&env, &work);
+    pull_deploys(&env, &first);
     let text = textfile(&env);
     assert_eq!(
         sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"pull\"}"),
@@ -103,7 +106,7 @@ fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
     promtool_accepts(&text);
 
     let second = work.commit(&env, &[("troops.toml", FAILING_PLAN)], "broken");
-    crate::support::publish_to_a(&env, &work);
+    publish_to_a(&env, &work);
     let out = env.run(&["pull"]);
     assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
     let text = textfile(&env);
@@ -322,4 +325,47 @@ fn the_example_alert_rules_are_valid_and_fire_when_they_should() {
     promtool(&["check", "rules", "troops.rules.yml"], &examples, "");
     // Each alert on the series that must fire it, and not on a healthy node's.
     promtool(&["test", "rules", "troops.rules.test.yml"], &examples, "");
+}
+
+#[test]
+fn refused_commits_are_counted_by_reason_from_a_push_and_a_pull() {
+    let env = Env::new();
+    let gpg = Gpg::new();
+    let (trusted, stranger) = (gpg.generate("Trusted"), gpg.generate("Stranger"));
+    let keyring = env.path("trusted.pgp");
+    std::fs::write(&keyring, gpg.export(&[&trusted], true)).unwrap();
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[verify]\nrequire_signed = true\nkeyring = {:?}\n[metrics]\ntextfile = {:?}\n",
+        keyring.display().to_string(),
+        prom.display().to_string()
+    ));
+    let a = env.path("a.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
+    env.ok(&["init", &format!("--remote=a={}", a.display())]);
+    let work = env.deploy_repo("work");
+    let base = gpg.commit(&env, &work, &trusted, &[("troops.toml", OK_PLAN)], "base");
+    publish_to_a(&env, &work);
+    pull_deploys(&env, &base);
+
+    // A pusher's unsigned commit, refused by the hook.
+    let unsigned = work.commit(&env, &[("x", "unsigned")], "unsigned");
+    push_is_refused(&env, &work, &unsigned, "unsigned push");
+    let text = textfile(&env);
+    assert_eq!(sample(&text, "troops_verify_refusals_total{reason=\"unsigned\"}"), Some(1.0), "{text}");
+
+    // A stranger's commit on a remote, refused by a pull, which deploys nothing.
+    gpg.commit(&env, &work, &stranger, &[("x", "stranger")], "by a stranger");
+    publish_to_a(&env, &work);
+    let out = env.run(&["pull"]);
+    assert_eq!(env.deployed().as_deref(), Some(base.as_str()), "{}", combined(&out));
+    let text = textfile(&env);
+    assert_eq!(sample(&text, "troops_verify_refusals_total{reason=\"unknown_key\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "troops_verify_refusals_total{reason=\"unsigned\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"pull\"}"),
+        Some(1.0),
+        "{text}"
+    );
 }
