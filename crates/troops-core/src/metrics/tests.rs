@@ -90,8 +90,7 @@ fn a_corrupt_or_planted_counters_file_starts_from_zero() {
     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
     assert_eq!(load(&path), Counters::default());
     std::fs::remove_file(&path).unwrap();
-    let mut c = Counters::default();
-    c.rollbacks = 4;
+    let c = Counters { rollbacks: 4, ..Counters::default() };
     std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
     assert_eq!(load(&path).rollbacks, 4);
 }
