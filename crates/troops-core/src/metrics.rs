@@ -426,7 +426,7 @@ impl Collector for Snapshot {
 
         let mut checks = encoder.encode_descriptor(
             "troops_check_up",
-            "1 if the check passed in the last run that ran checks, 0 if it failed",
+            "1 if the check passed in the last run, 0 if it failed",
             None,
             MetricType::Gauge,
         )?;
