@@ -369,3 +369,79 @@ fn refused_commits_are_counted_by_reason_from_a_push_and_a_pull() {
         "{text}"
     );
 }
+
+#[test]
+fn a_members_push_is_counted_and_what_it_may_not_write_fails_nothing() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: only root can give the node to a group and act as another user");
+        return;
+    }
+    use crate::push::{as_member, group_id, GROUP, MEMBER};
+    let env = Env::new();
+    // The textfile's directory is root's alone, as node_exporter's usually is.
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    std::fs::set_permissions(prom.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.init();
+    let metrics = std::fs::metadata(env.state.join("metrics")).unwrap();
+    assert_eq!((metrics.gid(), metrics.mode() & 0o2070), (group_id(), 0o2070), "metrics/ is not the group's");
+
+    let repo = env.deploy_repo("deploy");
+    let safe = env.path("member.gitconfig");
+    std::fs::write(
+        &safe,
+        format!("[safe]\n\tdirectory = {}\n\tdirectory = {}\n", env.repo().display(), repo.path.display()),
+    )
+    .unwrap();
+    let member_push = |n: u64| {
+        repo.commit(&env, &[("troops.toml", OK_PLAN), ("n", &n.to_string())], "member");
+        let mut command = repo.push_command(&env, &env.repo().display().to_string(), &["main"]);
+        command.env("GIT_CONFIG_GLOBAL", &safe);
+        let out = as_member(command).output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success() && stderr.contains(&format!("run {n} succeeded")), "{stderr}");
+        assert_eq!(
+            std::fs::metadata(env.state.join(format!("runs/{n}/run.json"))).unwrap().uid().to_string(),
+            MEMBER
+        );
+    };
+
+    // The member's run counts (metrics/ is the group's), though it may not write the textfile.
+    member_push(1);
+    assert!(!prom.exists(), "the member wrote into root's directory");
+    env.ok(&["deploy"]);
+    let text = textfile(&env);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"push\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A node whose metrics/ the member may not write at all (as one set up before it was shared):
+    // the member's run still succeeds, uncounted; root's counters are intact.
+    std::fs::set_permissions(env.state.join("metrics"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    member_push(3);
+    env.ok(&["deploy"]);
+    let text = textfile(&env);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"push\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(2.0),
+        "{text}"
+    );
+}
