@@ -228,10 +228,17 @@ mod tests {
         assert!(e.contains("took longer than 500ms"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
         let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-        // The background sleep was in the group: it is gone (or a zombie about to be reaped by init).
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z'));
-        assert!(!alive, "the notify command's background process survived its timeout");
+        // The background sleep was in the group: it dies of the SIGKILL (a zombie counts as dead:
+        // its parent, the shell, is gone, so init reaps it).
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z'))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive() {
+            assert!(std::time::Instant::now() < deadline, "the notify command's background process survived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
