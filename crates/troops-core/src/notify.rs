@@ -39,7 +39,7 @@ impl Default for Settings {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSettings {
-    command: Option<String>,
+    command: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
 }
 
@@ -63,7 +63,13 @@ impl Settings {
                 }
             },
         };
-        Ok(Settings { command: raw.command, timeout })
+        let command = match raw.command {
+            Some(c) if c.get_ref().trim().is_empty() => {
+                return Err(err(c.span(), "`notify.command` is empty; leave it out to notify nobody".into()))
+            }
+            command => command.map(Spanned::into_inner),
+        };
+        Ok(Settings { command, timeout })
     }
 }
 
@@ -200,6 +206,22 @@ mod tests {
             error: None,
             steps: Vec::new(),
         }
+    }
+
+    #[test]
+    fn settings_parse_and_bad_values_name_their_key_and_line() {
+        let parse = |text: &str| crate::config::Config::parse(std::path::Path::new("/etc/troops.toml"), text);
+        let notify = parse("[notify]\ncommand = \"curl -d @- x\"\ntimeout = \"5s\"\n").unwrap().notify;
+        assert_eq!(
+            notify,
+            Settings { command: Some("curl -d @- x".into()), timeout: Duration::from_secs(5) }
+        );
+        assert_eq!(parse("").unwrap().notify, Settings::default());
+        let e = parse("[notify]\ncommand = \" \"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops.toml:2:11: `notify.command` is empty"), "{e}");
+        let e = parse("[notify]\ntimeout = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains(":2:11: `notify.timeout`"), "{e}");
+        assert!(parse("[notify]\nurl = \"x\"\n").unwrap_err().to_string().contains("url"));
     }
 
     #[test]
