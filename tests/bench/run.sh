@@ -287,6 +287,33 @@ case_idle() {
     row "" "CPU, all threads (per 1 s cycle)" "" "$(calc "'%.2f %% (%.1f ms)' % ($cpu, $cpu * 10)")" "" "" ""
     row "" "wake-ups of the main, worker and notify threads" "" "$(calc "'%.1f /s' % $wakeups")" "" "" ""
 
+    # The same node with metrics on: the /metrics listener, scraped once a second (Prometheus
+    # scrapes every 15 s or more), and the textfile rewritten after every cycle.
+    say "5. idle daemon with metrics on (/metrics scraped every 1 s, textfile), ${IDLE} s"
+    local port scraper
+    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    { cat "$PULL_CONFIG"; printf '[metrics]\nlisten = "127.0.0.1:%s"\ntextfile = "%s"\n' "$port" "$W/troops.prom"; } > "$W/idle-metrics.toml"
+    export TROOPS_CONFIG=$W/idle-metrics.toml
+    start_daemon idle-metrics
+    "$PY" - "$port" $((IDLE + 10)) <<'PY' &
+import sys, time, urllib.request
+end = time.time() + int(sys.argv[2])
+while time.time() < end:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read()
+    except OSError:
+        pass
+    time.sleep(1)
+PY
+    scraper=$!
+    sleep 5
+    read -r rss rss_max anon cpu wakeups < <("$PY" "$ROOT/tests/bench/sample.py" "$DAEMON" "$IDLE")
+    kill "$scraper" 2>/dev/null; wait "$scraper" 2>/dev/null || true
+    stop_daemon
+    row "" "with metrics on (/metrics scraped every 1 s, textfile): resident memory, median (max; anonymous part)" "" "$(calc "'%.1f MiB (%.1f; %.1f)' % ($rss, $rss_max, $anon)")" "" "< 10 MiB" "$(verdict "$rss_max < 10")"
+    row "" "with metrics on: CPU, all threads (per 1 s cycle)" "" "$(calc "'%.2f %% (%.1f ms)' % ($cpu, $cpu * 10)")" "" "" ""
+    export TROOPS_CONFIG=$PULL_CONFIG
+
     local quiet=10
     say "5. idle daemon with nothing due (interval 1 h), ${quiet} s"
     printf 'hostname = "bench-1"\ninterval = "1h"\n' > "$W/idle-1h.toml"

@@ -12,6 +12,7 @@ mod daemon;
 mod fanout;
 mod hostile;
 mod inputs;
+mod metrics;
 mod node;
 mod pull;
 mod push;

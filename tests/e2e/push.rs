@@ -613,13 +613,13 @@ fn a_push_of_a_deployed_commit_says_so_through_the_daemon_too() {
 
 /// The group that stands for `admin_group` here: `users` (gid 100 on Debian), so the test needs
 /// no new group on the machine.
-const GROUP: &str = "users";
+pub(crate) const GROUP: &str = "users";
 /// A uid no account has: a member of GROUP who is not root.
-const MEMBER: &str = "4242";
+pub(crate) const MEMBER: &str = "4242";
 
 /// `command` (made by `Env::hermetic`, so with a cleared environment), run as MEMBER with GROUP
 /// as its only group (setpriv, util-linux).
-fn as_member(command: Command) -> Command {
+pub(crate) fn as_member(command: Command) -> Command {
     let mut wrapped = Command::new("setpriv");
     wrapped
         .args(["--reuid", MEMBER, "--regid", MEMBER, "--groups", &group_id().to_string(), "--"])
@@ -637,7 +637,7 @@ fn as_member(command: Command) -> Command {
     wrapped
 }
 
-fn group_id() -> u32 {
+pub(crate) fn group_id() -> u32 {
     let out = Command::new("getent").args(["group", GROUP]).output().unwrap();
     let line = text(&out.stdout);
     line.split(':')

@@ -33,6 +33,8 @@ pub struct Config {
     pub admin_group: String,
     pub retry: Retry,
     pub verify: Verify,
+    pub metrics: crate::metrics::Settings,
+    pub notify: crate::notify::Settings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,10 @@ struct RawConfig {
     retry: RawRetry,
     #[serde(default)]
     verify: RawVerify,
+    #[serde(default)]
+    metrics: crate::metrics::RawSettings,
+    #[serde(default)]
+    notify: crate::notify::RawSettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -205,6 +211,8 @@ impl Config {
             let span = raw.retry.initial.or(raw.retry.max).map_or(0..0, |v| v.span());
             return Err(err(span, "`retry.initial` must be more than zero and at most `retry.max`".into()));
         }
+        let metrics = crate::metrics::Settings::parse(raw.metrics, err)?;
+        let notify = crate::notify::Settings::parse(raw.notify, err)?;
         Ok(Config {
             path: path.to_owned(),
             branch,
@@ -228,6 +236,8 @@ impl Config {
                 allowed_signers: raw.verify.allowed_signers.map(PathBuf::from),
                 scope: raw.verify.scope.unwrap_or(Scope::Tip),
             },
+            metrics,
+            notify,
         })
     }
 

@@ -437,6 +437,10 @@ fn finalize(
             let _ = writeln!(out, "troops: warning: {e}");
         }
     }
+    // The record is final and the summary written: metrics and the notify command (neither can
+    // change the run's result).
+    crate::metrics::after_run(node, record);
+    crate::notify::after_run(node, record);
     Ok(())
 }
 
@@ -462,6 +466,7 @@ fn vouch(
     };
     let source = format!("{trigger} run");
     let _ = crate::verify::record_refusal(&node.state_dir, &source, &refusal);
+    crate::metrics::count_refusal(node, refusal.verification.kind());
     Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
 }
 

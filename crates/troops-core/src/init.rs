@@ -65,7 +65,8 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 ///   `commondir` a member adds to the repo dir makes root refuse the repo (`repo::refuse_redirects`);
 /// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
 ///   record and checkout; root's stay root's (0750 directories, 0640 files);
-/// - `lock` is the group's to read and write.
+/// - `lock` is the group's to read and write; so is `metrics/` (not sticky: a member's run
+///   replaces the counters file);
 ///
 /// Directories the group writes are setgid, so what anyone creates in them stays the group's.
 /// Only root can give files to a group, so this happens when root runs `troops init` and the
@@ -100,7 +101,10 @@ fn share_with_group(node: &Node) -> Result<()> {
     }
     share_read_only(&repo.join("logs/refs/remotes"), gid)?;
     let (runs, work) = (node.runs().dir(0).with_file_name(""), node.work_dir());
-    for tree in [&runs, &work, &lock] {
+    // Metrics counters: a member's in-process run counts too (they are only ever read as numbers).
+    let metrics = crate::metrics::dir(node);
+    std::fs::create_dir_all(&metrics).ctx(|| format!("creating {}", metrics.display()))?;
+    for tree in [&runs, &work, &lock, &metrics] {
         share_tree(tree, gid)?;
     }
     // Not refs/: git moves a ref by renaming a new file over it, which sticky would forbid.

@@ -90,6 +90,7 @@ fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
             repo_path.display()
         );
     }
+    crate::metrics::after_fetch(node, &fetched);
     if fetched.iter().any(|f| f.downloaded) {
         if let Err(e) = fetch::housekeep(&repo_path) {
             let _ = writeln!(out, "troops: {e}");
@@ -209,6 +210,7 @@ fn verify_tips(
             None => accepted.push((remote, tip)),
             Some((refusal, why)) => {
                 let _ = verify::record_refusal(&node.state_dir, &format!("remote {remote}"), refusal);
+                crate::metrics::count_refusal(node, refusal.verification.kind());
                 refused.push((remote, tip, Refusal::Unverified(why.clone())));
             }
         }

@@ -65,6 +65,7 @@ fn pre_receive() -> Result<ExitCode> {
                 // For `troops status`; a pusher who may not write the state dir still sees why.
                 let source = format!("push to {}", update.refname);
                 let _ = troops_core::verify::record_refusal(&node.state_dir, &source, &refusal);
+                troops_core::metrics::count_refusal(&node, refusal.verification.kind());
                 refused = true;
             }
         }

@@ -7,6 +7,7 @@
 //! nothing will answer. systemd hears readiness and status through NOTIFY_SOCKET.
 
 mod listener;
+mod metrics;
 mod socket;
 mod watch;
 mod worker;
@@ -73,6 +74,9 @@ async fn serve(node: Node) -> Result<ExitCode> {
         status.clone(),
     ));
     tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
+    if let Some(addr) = node.config.metrics.listen {
+        metrics::start(addr, node.state_dir.clone(), config.clone()).await;
+    }
     notify("READY=1\nSTATUS=following the branch");
 
     let submit = |work: Work| worker.submit(Job { work, listeners: Vec::new() }, || None);

@@ -1,0 +1,448 @@
+//! Metrics and notifications: the textfile node_exporter reads after successes, failures and
+//! fetch errors, from the CLI, the hook and the daemon; counters that outlive the daemon and run
+//! pruning; `GET /metrics` on the daemon's listener; and a notify command that hears failures and
+//! recoveries, not plain successes, and whose failure or hang changes no run.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::daemon::Daemon;
+use crate::support::gpg::Gpg;
+use crate::support::{
+    combined, publish_to_a, pull_deploys, push_is_refused, text, wait_until, DeployRepo, Env,
+};
+
+const OK_PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello\"\n";
+const FAILING_PLAN: &str = "[[step]]\nname = \"broken\"\nrun = \"exit 1\"\n";
+
+/// A node with remote `a` (a bare repo in the test dir) and `extra` config lines.
+fn node(extra: &str) -> (Env, DeployRepo) {
+    let env = Env::new();
+    env.write_config(&format!("hostname = \"web-1\"\n{extra}"));
+    let a = env.path("a.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
+    env.ok(&["init", &format!("--remote=a={}", a.display())]);
+    let work = env.deploy_repo("work");
+    (env, work)
+}
+
+/// The value of the sample `series` (name and labels exactly as written) in exposition `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn textfile(env: &Env) -> String {
+    std::fs::read_to_string(env.path("node-exporter/troops.prom")).unwrap_or_default()
+}
+
+/// Runs `promtool ARGS` (the Debian package `prometheus`; tests/run.sh installs it) in `dir`,
+/// with `stdin`, and asserts it is content.
+fn promtool(args: &[&str], dir: &Path, stdin: &str) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running promtool (apt-get install prometheus)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool {args:?}:\n{}\n{stdin}", combined(&out));
+}
+
+/// `promtool check metrics` finds nothing wrong with the exposition `text`.
+fn promtool_accepts(text: &str) {
+    promtool(&["check", "metrics"], Path::new("/"), text);
+}
+
+/// Every sample line is `name{labels} value`: no timestamps (node_exporter refuses them).
+fn assert_no_timestamps(text: &str) {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let after_series = match line.rsplit_once('}') {
+            Some((_, rest)) => rest,
+            None => line.split_once(' ').map_or("", |(_, rest)| rest),
+        };
+        assert_eq!(after_series.split_whitespace().count(), 1, "not just a value: {line}");
+    }
+}
+
+#[test]
+fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
+    let (env, work) = node("");
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    // A second remote that cannot be fetched.
+    env.git(&env.repo(), &["remote", "add", "gone", &env.path("gone.git").display().to_string()]);
+
+    let first = work.commit(&env, &[("troops.toml", OK_PLAN)], "ok");
+    publish_to_a(&env, &work);
+    pull_deploys(&env, &first);
+    let text = textfile(&env);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"pull\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "troops_last_run_success"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &format!("troops_deployed_info{{commit=\"{first}\"}}")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &format!("troops_tip_info{{commit=\"{first}\"}}")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "troops_fetch_total{remote=\"a\",result=\"succeeded\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "troops_fetch_total{remote=\"gone\",result=\"failed\"}"), Some(1.0), "{text}");
+    assert!(sample(&text, "troops_last_fetch_success_timestamp_seconds{remote=\"a\"}").is_some(), "{text}");
+    assert!(!text.contains("troops_last_fetch_success_timestamp_seconds{remote=\"gone\"}"), "{text}");
+    assert_eq!(sample(&text, "troops_run_duration_seconds_count"), Some(1.0), "{text}");
+    let succeeded_at = sample(&text, "troops_last_success_timestamp_seconds").expect("a last success");
+    assert_no_timestamps(&text);
+    promtool_accepts(&text);
+
+    let second = work.commit(&env, &[("troops.toml", FAILING_PLAN)], "broken");
+    publish_to_a(&env, &work);
+    let out = env.run(&["pull"]);
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    let text = textfile(&env);
+    assert_eq!(sample(&text, "troops_runs_total{result=\"failed\",trigger=\"pull\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"pull\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "troops_last_run_success"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "troops_last_success_timestamp_seconds"), Some(succeeded_at), "{text}");
+    assert_eq!(sample(&text, &format!("troops_deployed_info{{commit=\"{first}\"}}")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &format!("troops_tip_info{{commit=\"{second}\"}}")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "troops_fetch_total{remote=\"gone\",result=\"failed\"}"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "troops_run_duration_seconds_count"), Some(2.0), "{text}");
+
+    // A push, run in-process by the hook (no daemon), counts too; so does `troops deploy`.
+    let third = work.commit(&env, &[("troops.toml", OK_PLAN)], "fixed");
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(third.as_str()));
+    env.ok(&["deploy"]);
+    let text = textfile(&env);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"push\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "troops_last_run_success"), Some(1.0), "{text}");
+    // Only the textfile and nothing beside it: the temp file was renamed into place.
+    let names: Vec<_> =
+        std::fs::read_dir(prom.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["troops.prom"]);
+}
+
+/// A TCP port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A raw HTTP/1.1 request to the daemon's listener: the status line and the body.
+fn http(port: u16, request: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+fn scrape(port: u16) -> String {
+    let (status, body) = http(port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    body
+}
+
+fn deploy_through(env: &Env, daemon: &Daemon) {
+    let out = env.run(&["deploy"]);
+    assert!(out.status.success(), "{}\n{}", combined(&out), daemon.log());
+}
+
+#[test]
+fn a_restarted_daemon_serves_counters_that_outlive_it_and_run_pruning() {
+    let port = free_port();
+    let (env, work) =
+        node(&format!("interval = \"1h\"\nkeep_runs = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    work.publish_plan(&env, OK_PLAN);
+    // Counted without a daemon too (and deployed, so the daemon's first cycle runs nothing).
+    env.ok(&["deploy"]);
+    let mut daemon = Daemon::start(&env);
+    wait_until("the metrics listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    deploy_through(&env, &daemon);
+    deploy_through(&env, &daemon);
+    let text = scrape(port);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "troops_fetch_total{remote=\"a\",result=\"succeeded\"}"), Some(1.0), "{text}");
+    promtool_accepts(&text);
+
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    let daemon = Daemon::start(&env);
+    wait_until("the metrics listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    deploy_through(&env, &daemon);
+    assert_eq!(env.run_ids(), [4], "keep_runs = 1 pruned the older runs");
+    let text = scrape(port);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "troops_run_duration_seconds_count"), Some(4.0), "{text}");
+    // Its first cycle fetched again.
+    assert_eq!(sample(&text, "troops_fetch_total{remote=\"a\",result=\"succeeded\"}"), Some(2.0), "{text}");
+
+    // Anything else: 404 or 405, a head without an end is cut off, and the listener still serves.
+    assert_eq!(http(port, "GET / HTTP/1.1\r\n\r\n").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http(port, "GET /metricsx HTTP/1.0\r\n\r\n").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http(port, "POST /metrics HTTP/1.1\r\n\r\n").0, "HTTP/1.1 405 Method Not Allowed");
+    let endless = format!("GET /metrics HTTP/1.1\r\nX: {}", "y".repeat(64 * 1024));
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = stream.write_all(endless.as_bytes());
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    scrape(port);
+    drop(silent);
+}
+
+/// A node whose notify command saves what it gets in `notify-<run>.json` and `.env`.
+fn notified_node(notify: &str) -> (Env, DeployRepo, PathBuf) {
+    let env = Env::new();
+    let dir = env.path("notified");
+    std::fs::create_dir_all(&dir).unwrap();
+    let command = notify.replace("DIR", &dir.display().to_string());
+    env.write_config(&format!("hostname = \"web-1\"\n[notify]\ncommand = {command:?}\ntimeout = \"2s\"\n"));
+    env.init();
+    let work = env.deploy_repo("work");
+    (env, work, dir)
+}
+
+const SAVE: &str = "cat > DIR/notify-$TROOPS_RUN_ID.json; env > DIR/notify-$TROOPS_RUN_ID.env";
+
+fn notified(dir: &Path, id: u64) -> Option<serde_json::Value> {
+    let json = std::fs::read_to_string(dir.join(format!("notify-{id}.json"))).ok()?;
+    Some(serde_json::from_str(&json).unwrap_or_else(|e| panic!("notify {id} got no JSON ({e}):\n{json}")))
+}
+
+#[test]
+fn a_notify_command_hears_a_failure_and_the_recovery_not_a_plain_success() {
+    let (env, work, dir) = notified_node(SAVE);
+    work.publish_plan(&env, OK_PLAN);
+    env.ok(&["deploy"]);
+    assert!(notified(&dir, 1).is_none(), "a plain success was notified");
+
+    let broken = work.publish_plan(&env, FAILING_PLAN);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    let record = notified(&dir, 2).expect("the failed run was notified");
+    assert_eq!((record["id"].as_u64(), record["status"].as_str()), (Some(2), Some("failed")), "{record}");
+    assert_eq!(record["commit"].as_str(), Some(broken.as_str()));
+    assert_eq!(record["steps"][0]["exit_code"].as_i64(), Some(1), "{record}");
+    let vars = std::fs::read_to_string(dir.join("notify-2.env")).unwrap();
+    for want in [
+        "TROOPS_STATUS=failed",
+        "TROOPS_EVENT=failed",
+        "TROOPS_HOST=web-1",
+        &format!("TROOPS_COMMIT={broken}"),
+    ] {
+        assert!(vars.lines().any(|l| l == want), "{want} not in\n{vars}");
+    }
+    assert!(!vars.contains("TROOPS_STATE_DIR") && !vars.contains("GIT_CONFIG"), "{vars}");
+
+    // Through the daemon, which starts and leaves the failed tip to its backoff (no run, nothing
+    // to notify), then the push path: the fix is a recovery, the next success is not news.
+    let daemon = Daemon::start(&env);
+    wait_until("the daemon's start-up decision", Duration::from_secs(20), || {
+        daemon.log().contains("nothing runs")
+    });
+    work.commit(&env, &[("troops.toml", OK_PLAN)], "fixed");
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = notified(&dir, 3).expect("the recovery was notified");
+    assert_eq!((record["status"].as_str(), record["trigger"].as_str()), (Some("succeeded"), Some("push")));
+    assert!(std::fs::read_to_string(dir.join("notify-3.env")).unwrap().contains("TROOPS_EVENT=recovered"));
+    deploy_through(&env, &daemon);
+    assert!(notified(&dir, 4).is_none(), "a success after a success was notified");
+    assert!(daemon.log().contains("notify command succeeded"), "{}", daemon.log());
+}
+
+#[test]
+fn a_failing_or_hanging_notify_command_changes_no_run_and_reaches_no_pusher() {
+    // Hangs after saying something: killed at its 2 s timeout; the push ends, with its exit code.
+    let (env, work, _dir) = notified_node("echo NOTIFY-SAYS; sleep 600");
+    work.commit(&env, &[("troops.toml", FAILING_PLAN)], "broken");
+    let started = Instant::now();
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    let stderr = text(&out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20), "the push waited {:?}", started.elapsed());
+    assert!(stderr.contains("remote: troops: run 1 failed"), "{stderr}");
+    assert!(!stderr.contains("NOTIFY-SAYS"), "the notify command's output reached the pusher:\n{stderr}");
+    assert_eq!(env.run_record(1)["status"], "failed");
+
+    // Fails: the failed run's exit code stays 1 (not the command's 7, nor 3), through the daemon
+    // and without, and the daemon logs why.
+    let (env, work, _dir) = notified_node("echo NOTIFY-SAYS; exit 7");
+    work.publish_plan(&env, FAILING_PLAN);
+    let out = env.run(&["deploy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    assert!(!combined(&out).contains("NOTIFY-SAYS"), "{}", combined(&out));
+    let daemon = Daemon::start(&env);
+    let out = env.run(&["deploy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    wait_until("the daemon to log the notify failure", Duration::from_secs(10), || {
+        daemon.log().contains("notify command failed")
+    });
+    let log = daemon.log();
+    assert!(log.contains("exit status: 7") && log.contains("NOTIFY-SAYS"), "{log}");
+}
+
+#[test]
+fn the_example_alert_rules_are_valid_and_fire_when_they_should() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/prometheus");
+    promtool(&["check", "rules", "troops.rules.yml"], &examples, "");
+    // Each alert on the series that must fire it, and not on a healthy node's.
+    promtool(&["test", "rules", "troops.rules.test.yml"], &examples, "");
+}
+
+#[test]
+fn refused_commits_are_counted_by_reason_from_a_push_and_a_pull() {
+    let env = Env::new();
+    let gpg = Gpg::new();
+    let (trusted, stranger) = (gpg.generate("Trusted"), gpg.generate("Stranger"));
+    let keyring = env.path("trusted.pgp");
+    std::fs::write(&keyring, gpg.export(&[&trusted], true)).unwrap();
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[verify]\nrequire_signed = true\nkeyring = {:?}\n[metrics]\ntextfile = {:?}\n",
+        keyring.display().to_string(),
+        prom.display().to_string()
+    ));
+    let a = env.path("a.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
+    env.ok(&["init", &format!("--remote=a={}", a.display())]);
+    let work = env.deploy_repo("work");
+    let base = gpg.commit(&env, &work, &trusted, &[("troops.toml", OK_PLAN)], "base");
+    publish_to_a(&env, &work);
+    pull_deploys(&env, &base);
+
+    // A pusher's unsigned commit, refused by the hook.
+    let unsigned = work.commit(&env, &[("x", "unsigned")], "unsigned");
+    push_is_refused(&env, &work, &unsigned, "unsigned push");
+    let text = textfile(&env);
+    assert_eq!(sample(&text, "troops_verify_refusals_total{reason=\"unsigned\"}"), Some(1.0), "{text}");
+
+    // A stranger's commit on a remote, refused by a pull, which deploys nothing.
+    gpg.commit(&env, &work, &stranger, &[("x", "stranger")], "by a stranger");
+    publish_to_a(&env, &work);
+    let out = env.run(&["pull"]);
+    assert_eq!(env.deployed().as_deref(), Some(base.as_str()), "{}", combined(&out));
+    let text = textfile(&env);
+    assert_eq!(sample(&text, "troops_verify_refusals_total{reason=\"unknown_key\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "troops_verify_refusals_total{reason=\"unsigned\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"pull\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_members_push_is_counted_and_what_it_may_not_write_fails_nothing() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: only root can give the node to a group and act as another user");
+        return;
+    }
+    use crate::push::{as_member, group_id, GROUP, MEMBER};
+    let env = Env::new();
+    // The textfile's directory is root's alone, as node_exporter's usually is.
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    std::fs::set_permissions(prom.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.init();
+    let metrics = std::fs::metadata(env.state.join("metrics")).unwrap();
+    assert_eq!((metrics.gid(), metrics.mode() & 0o2070), (group_id(), 0o2070), "metrics/ is not the group's");
+
+    let repo = env.deploy_repo("deploy");
+    let safe = env.path("member.gitconfig");
+    std::fs::write(
+        &safe,
+        format!("[safe]\n\tdirectory = {}\n\tdirectory = {}\n", env.repo().display(), repo.path.display()),
+    )
+    .unwrap();
+    let member_push = |n: u64| {
+        repo.commit(&env, &[("troops.toml", OK_PLAN), ("n", &n.to_string())], "member");
+        let mut command = repo.push_command(&env, &env.repo().display().to_string(), &["main"]);
+        command.env("GIT_CONFIG_GLOBAL", &safe);
+        let out = as_member(command).output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success() && stderr.contains(&format!("run {n} succeeded")), "{stderr}");
+        assert_eq!(
+            std::fs::metadata(env.state.join(format!("runs/{n}/run.json"))).unwrap().uid().to_string(),
+            MEMBER
+        );
+    };
+
+    // The member's run counts (metrics/ is the group's), though it may not write the textfile.
+    member_push(1);
+    assert!(!prom.exists(), "the member wrote into root's directory");
+    env.ok(&["deploy"]);
+    let text = textfile(&env);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"push\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A node whose metrics/ the member may not write at all (as one set up before it was shared):
+    // the member's run still succeeds, uncounted; root's counters are intact.
+    std::fs::set_permissions(env.state.join("metrics"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    member_push(3);
+    env.ok(&["deploy"]);
+    let text = textfile(&env);
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"push\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "troops_runs_total{result=\"succeeded\",trigger=\"manual\"}"),
+        Some(2.0),
+        "{text}"
+    );
+}
