@@ -33,6 +33,11 @@ pub struct Config {
     pub admin_group: String,
     pub retry: Retry,
     pub verify: Verify,
+    /// The remote of the node repo the node publishes its status to (`refs/troops/status/<host>`)
+    /// and reads the fleet's from; `None`: it publishes none.
+    pub status_remote: Option<String>,
+    /// How often the status is published when nothing changes.
+    pub status_heartbeat: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,8 @@ struct RawConfig {
     roles: Option<Vec<Spanned<String>>>,
     keep_runs: Option<Spanned<i64>>,
     admin_group: Option<Spanned<String>>,
+    status_remote: Option<Spanned<String>>,
+    status_heartbeat: Option<Spanned<String>>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -205,7 +212,14 @@ impl Config {
             let span = raw.retry.initial.or(raw.retry.max).map_or(0..0, |v| v.span());
             return Err(err(span, "`retry.initial` must be more than zero and at most `retry.max`".into()));
         }
+        let status_heartbeat = duration(raw.status_heartbeat.clone(), "status_heartbeat", "1h", MAX_PERIOD)?;
+        if status_heartbeat.is_zero() {
+            let span = raw.status_heartbeat.expect("default is not zero").span();
+            return Err(err(span, "`status_heartbeat` must be more than zero".into()));
+        }
         Ok(Config {
+            status_remote: raw.status_remote.map(|r| word(Some(r), "status_remote", "")).transpose()?,
+            status_heartbeat,
             path: path.to_owned(),
             branch,
             interval,

@@ -30,13 +30,15 @@ pub enum Outcome {
     Ran(RunRecord),
     /// Nothing to do: the commit is the deployed one.
     AlreadyDeployed(Oid),
+    /// Not yet: the rollout holds the pulled commit until earlier waves are healthy on it.
+    Held(crate::fleet::rollout::Hold),
 }
 
 impl Outcome {
     pub fn succeeded(&self) -> bool {
         match self {
             Outcome::Ran(record) => record.status == RunStatus::Succeeded,
-            Outcome::AlreadyDeployed(_) => true,
+            Outcome::AlreadyDeployed(_) | Outcome::Held(_) => true,
         }
     }
 }
@@ -90,6 +92,9 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     let previous = repo.deployed()?;
     if request.unless_deployed && previous == Some(commit) {
         return Ok(Outcome::AlreadyDeployed(commit));
+    }
+    if let Some(hold) = crate::fleet::rollout::check(node, &repo, commit, request.trigger)? {
+        return Ok(Outcome::Held(hold));
     }
     vouch(node, &repo, commit, previous, request.trigger)?;
 

@@ -12,6 +12,7 @@ pub mod control;
 pub mod deploy;
 pub mod fastforward;
 pub mod fetch;
+pub mod fleet;
 pub mod init;
 pub mod lock;
 pub mod node;

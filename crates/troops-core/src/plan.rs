@@ -22,6 +22,8 @@ pub struct Plan {
     pub roles: Vec<Role>,
     pub steps: Vec<Step>,
     pub secrets: Vec<Secret>,
+    /// `[rollout]`: the waves a pulled commit goes through (see `fleet::waves`).
+    pub rollout: Option<crate::fleet::waves::Rollout>,
 }
 
 /// A `[[secret]]`: an age file in the repo, decrypted on the nodes it is for (see `secrets`).
@@ -77,6 +79,7 @@ struct RawPlan {
     step: Vec<Spanned<RawStep>>,
     #[serde(default)]
     secret: Vec<Spanned<RawSecret>>,
+    rollout: Option<crate::fleet::waves::RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -292,7 +295,9 @@ impl Plan {
             };
             secrets.push(Secret { name, file, roles, hosts, mode, owner });
         }
-        Ok(Plan { roles, steps, secrets })
+        let rollout =
+            raw.rollout.map(crate::fleet::waves::validate).transpose().map_err(|(s, m)| err(s, m))?;
+        Ok(Plan { roles, steps, secrets, rollout })
     }
 }
 

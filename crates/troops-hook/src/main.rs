@@ -115,6 +115,10 @@ fn post_receive() -> Result<ExitCode> {
             say(&deploy::already_deployed(&node, commit));
             Ok(ExitCode::SUCCESS)
         }
+        Outcome::Held(hold) => {
+            say(&format!("troops: {}", troops_core::fleet::rollout::held_line(&hold)));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
+    /// The fleet at a glance, from the status refs the nodes publish (on a node, or in a clone of the deploy repo).
+    Fleet(FleetArgs),
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -119,6 +121,16 @@ pub struct DeployArgs {
 #[derive(Args)]
 pub struct JsonArgs {
     /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FleetArgs {
+    /// The remote to fetch the status refs from; default: the node's `status_remote`, or `origin` in a clone.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Option<String>,
+    /// Print JSON for scripts: each node's status document plus `behind`, `age_seconds`, `stale`.
     #[arg(long)]
     pub json: bool,
 }

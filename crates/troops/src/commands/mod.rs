@@ -3,6 +3,7 @@
 
 mod check;
 mod deploy;
+mod fleet;
 mod init;
 mod log;
 mod pull;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
         Command::Check(args) => check::run(&args.plan),
         Command::Verify(args) => verify::run(&node(&global)?, args),
+        Command::Fleet(args) => fleet::run(&global, args),
         Command::Secrets(command) => secrets::run(command),
     }
 }

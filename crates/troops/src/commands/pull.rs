@@ -31,5 +31,9 @@ pub fn run(node: &Node) -> Result<ExitCode> {
             writeln!(out, "{}", deploy::already_deployed(node, commit))?;
             true
         }
+        Outcome::Held(hold) => {
+            writeln!(out, "troops: {}", troops_core::fleet::rollout::held_line(&hold))?;
+            true
+        }
     }))
 }

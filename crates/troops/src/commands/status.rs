@@ -61,6 +61,11 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     };
     let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
     let daemon = troops_core::control::daemon_status(&node.socket_path());
+    let fleet = troops_core::fleet::status::StatusDoc::build(node)?;
+    let wave = match repo.tip()? {
+        Some(tip) => troops_core::fleet::rollout::place(node, &repo, tip)?,
+        None => None,
+    };
 
     if json {
         let status = json!({
@@ -80,6 +85,8 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "running": running,
             "last_run": last,
             "unreadable_runs": history.unreadable,
+            "wave": wave.as_ref().map(ToString::to_string),
+            "fleet": fleet,
             "verify": {
                 "require_signed": verify.require_signed,
                 "scope": scope,
@@ -105,6 +112,14 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     writeln!(std::io::stdout(), "branch    {} at {}", node.config.branch, commit(&tip))?;
     let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
     writeln!(std::io::stdout(), "deployed  {}{pending}", commit(&deployed))?;
+    if let Some(wave) = &wave {
+        writeln!(std::io::stdout(), "wave      {wave}")?;
+    }
+    let since = fleet.since.as_deref().map_or(String::new(), |s| format!(" since {s}"));
+    match &fleet.hold {
+        Some(hold) => writeln!(std::io::stdout(), "state     held{since}: {}", hold.why)?,
+        None => writeln!(std::io::stdout(), "state     {}{since}", fleet.state)?,
+    }
     for (name, url, last) in &remotes {
         let last = match last {
             None => "never fetched".to_owned(),

@@ -343,6 +343,11 @@ impl Worker {
             let _ = writeln!(out, "{}", deploy::already_deployed(&self.node, *commit));
             return nothing_runs;
         }
+        if let Ok(Outcome::Held(hold)) = &result {
+            tracing::info!(commit = %hold.commit, reason = %hold.why, "held by the rollout");
+            let _ = writeln!(out, "troops: {}", troops_core::fleet::rollout::held_line(hold));
+            return nothing_runs;
+        }
         self.outcome(result, tip)
     }
 
@@ -364,7 +369,7 @@ impl Worker {
                 }
                 (i32::from(record.status != RunStatus::Succeeded), None)
             }
-            Ok(Outcome::AlreadyDeployed(_)) => (0, None),
+            Ok(Outcome::AlreadyDeployed(_) | Outcome::Held(_)) => (0, None),
             Err(e) => {
                 tracing::error!(error = %e, "run failed to start");
                 (e.exit_code(), Some(e.to_string()))
