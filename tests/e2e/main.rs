@@ -8,6 +8,7 @@
 mod support;
 
 mod daemon;
+mod fleet;
 mod hostile;
 mod inputs;
 mod node;

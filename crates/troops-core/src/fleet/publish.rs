@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 
 /// The refspec that brings every node's status ref (a node's own included: the remote's copy is
-/// what its next status commit must fast-forward).
+/// what its next status commit must fast-forward). No pruning: a node's own ref is here before
+/// its first push is.
 pub const FETCH_REFSPEC: &str = "+refs/troops/status/*:refs/troops/status/*";
 
 /// What one publish did.
@@ -32,8 +33,8 @@ pub fn publish(node: &Node, doc: &StatusDoc, remote: &str, timeout: Duration) ->
     let started = Instant::now();
     let repo_path = node.repo_path();
     crate::repo::refuse_redirects(&repo_path)?;
-    let reference = status::commit(&repo_path, doc)?;
-    push(&repo_path, remote, &reference, &node.ssh_dir(), started + timeout)
+    let (reference, commit) = status::commit(&repo_path, doc)?;
+    push(&repo_path, remote, &format!("{commit}:{reference}"), &node.ssh_dir(), started + timeout)
         .map_err(|e| Error::Env(format!("pushing {reference} to remote {remote}: {e}")))?;
     Ok(Published { reference, remote: remote.to_owned(), duration: started.elapsed() })
 }
@@ -44,16 +45,15 @@ fn url_of(repo_path: &Path, remote: &str) -> std::result::Result<String, String>
     found.url().map(str::to_owned).ok_or_else(|| format!("remote {remote:?} has no URL"))
 }
 
-/// Pushes `reference` to the same name on `remote`, fast-forward only.
+/// Pushes `refspec` (`<commit>:<ref>`) to `remote`, fast-forward only.
 fn push(
     repo_path: &Path,
     remote: &str,
-    reference: &str,
+    refspec: &str,
     ssh_dir: &Path,
     deadline: Instant,
 ) -> std::result::Result<(), String> {
     let url = url_of(repo_path, remote)?;
-    let refspec = format!("{reference}:{reference}");
     if crate::fetch::libgit2_fetches(&url) {
         let git = Repository::open_bare(repo_path).map_err(|e| e.message().to_owned())?;
         let mut found = git.find_remote(remote).map_err(|e| e.message().to_owned())?;
@@ -68,7 +68,7 @@ fn push(
             });
             let mut options = PushOptions::new();
             options.remote_callbacks(callbacks);
-            found.push(&[&refspec], Some(&mut options)).map_err(|e| e.message().to_owned())?;
+            found.push(&[refspec], Some(&mut options)).map_err(|e| e.message().to_owned())?;
         }
         return rejected.map_or(Ok(()), Err);
     }
@@ -77,7 +77,7 @@ fn push(
         &url,
         ssh_dir,
         deadline,
-        &["push", "--quiet", "--porcelain", "--end-of-options", remote, &refspec],
+        &["push", "--quiet", "--porcelain", "--end-of-options", remote, refspec],
     )
 }
 
@@ -93,7 +93,7 @@ pub fn fetch(
         let git = Repository::open_bare(repo_path).map_err(|e| e.message().to_owned())?;
         let mut found = git.find_remote(remote).map_err(|e| e.message().to_owned())?;
         let mut options = git2::FetchOptions::new();
-        options.download_tags(git2::AutotagOption::None).update_fetchhead(false).prune(git2::FetchPrune::On);
+        options.download_tags(git2::AutotagOption::None).update_fetchhead(false).prune(git2::FetchPrune::Off);
         return found
             .fetch(
                 &[FETCH_REFSPEC],
@@ -112,7 +112,7 @@ pub fn fetch(
             "--quiet",
             "--no-tags",
             "--no-write-fetch-head",
-            "--prune",
+            "--no-prune",
             "--end-of-options",
             remote,
             FETCH_REFSPEC,

@@ -234,13 +234,13 @@ pub fn read_all(git: &Repository) -> (Vec<StatusDoc>, Vec<Unreadable>) {
     (docs, bad)
 }
 
-/// Commits `doc` onto this node's status ref in the repo at `repo_path` (a fast-forward of what
-/// is there); returns the ref's name.
-pub fn commit(repo_path: &Path, doc: &StatusDoc) -> Result<String> {
+/// Commits `doc` onto this node's status ref in the repo at `repo_path`, on top of what the ref
+/// holds (the status remote's copy, which pull cycles fetch); returns the ref and the commit.
+pub fn commit(repo_path: &Path, doc: &StatusDoc) -> Result<(String, Oid)> {
     let git = Repository::open_bare(repo_path).ctx(|| format!("opening {}", repo_path.display()))?;
     let name = format!("{REF_PREFIX}{}", doc.host);
     let json = serde_json::to_vec_pretty(doc).expect("a status doc serializes");
-    let write = || -> std::result::Result<(), git2::Error> {
+    let write = || -> std::result::Result<Oid, git2::Error> {
         let blob = git.blob(&json)?;
         let mut tree = git.treebuilder(None)?;
         tree.insert(FILE, blob, 0o100644)?;
@@ -248,9 +248,12 @@ pub fn commit(repo_path: &Path, doc: &StatusDoc) -> Result<String> {
         let parent = git.refname_to_id(&name).ok().and_then(|p| git.find_commit(p).ok());
         let who = git2::Signature::now(&format!("troops on {}", doc.host), "troops@localhost")?;
         let message = format!("{}: {}", doc.host, doc.state);
-        git.commit(Some(&name), &who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
-        Ok(())
+        let commit = git.commit(None, &who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
+        // A fetch may replace the ref meanwhile (with the remote's copy, an ancestor): the push
+        // names the commit, not the ref, so it pushes this one whatever the ref holds by then.
+        git.reference(&name, commit, true, &message)?;
+        Ok(commit)
     };
-    write().ctx(|| format!("committing {name} in {}", repo_path.display()))?;
-    Ok(name)
+    let commit = write().ctx(|| format!("committing {name} in {}", repo_path.display()))?;
+    Ok((name, commit))
 }

@@ -45,9 +45,15 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     if let Err(e) = &fetched {
         eprintln!("troops: the status refs could not be fetched from remote {remote}: {e}; showing those fetched before");
     }
-    let tip = [format!("refs/remotes/{remote}/{branch}"), format!("refs/heads/{branch}")]
-        .iter()
-        .find_map(|name| git.refname_to_id(name).ok());
+    // The branch tip to compare with: the remote's, else origin's (a clone whose status remote is
+    // not where the branch is), else the local branch.
+    let tip = [
+        format!("refs/remotes/{remote}/{branch}"),
+        format!("refs/remotes/origin/{branch}"),
+        format!("refs/heads/{branch}"),
+    ]
+    .iter()
+    .find_map(|name| git.refname_to_id(name).ok());
     let view = view::view(git, &branch, tip, SystemTime::now());
     for bad in &view.unreadable {
         eprintln!("troops: warning: {} is skipped: {}", bad.reference, bad.error);
@@ -66,7 +72,7 @@ fn fetch_in_clone(git_dir: &Path, remote: &str) -> std::result::Result<(), Strin
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(git_dir)
-        .args(["fetch", "--quiet", "--no-tags", "--prune", "--end-of-options", remote, FETCH_REFSPEC])
+        .args(["fetch", "--quiet", "--no-tags", "--end-of-options", remote, FETCH_REFSPEC])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running git fetch: {e}"))?;

@@ -1,7 +1,7 @@
 //! The status publisher: a thread of its own that pushes this node's status document to the
 //! `status_remote` whenever it says something new (after each run and pull cycle, when the loop
 //! pokes it), and once per `status_heartbeat` when nothing changes. A push that fails is logged
-//! and tried again with the retry backoff; it never holds up a run, which goes on in the worker.
+//! and tried again a pull interval later, doubling up to a heartbeat; it never holds up a run, which goes on in the worker.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -60,10 +60,14 @@ impl Publisher {
         let mut last = Published::default();
         // The first round publishes at once: a restarted daemon says so.
         self.poke();
-        while self.wait(&last, config.lock().unwrap().status_heartbeat) {
+        loop {
+            // Read first: the config's lock is not held while waiting.
+            let heartbeat = config.lock().unwrap().status_heartbeat;
+            if !self.wait(&last, heartbeat) {
+                break;
+            }
             let config = config.lock().unwrap().clone();
             let Some(remote) = config.status_remote.clone() else { continue };
-            let heartbeat = config.status_heartbeat;
             let node = Node { state_dir: state_dir.to_owned(), config };
             let doc = match StatusDoc::build(&node) {
                 Ok(doc) => doc,
@@ -86,7 +90,9 @@ impl Publisher {
                 }
                 Err(e) => {
                     last.failures = last.failures.saturating_add(1);
-                    let wait = node.config.retry.backoff(last.failures).min(heartbeat);
+                    // At the pace of the pull cycles, doubling, at most a heartbeat.
+                    let doublings = last.failures.saturating_sub(1).min(20);
+                    let wait = node.config.interval.saturating_mul(1 << doublings).min(heartbeat);
                     tracing::warn!(error = %e, retry_in = %humantime::format_duration(wait), "status not published");
                     last.retry_at = Some(Instant::now() + wait);
                 }
