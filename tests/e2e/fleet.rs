@@ -294,3 +294,144 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
         ssh.iter().sum::<u64>() / ssh.len().max(1) as u64,
     );
 }
+
+/// Two nodes without daemons (cron's `troops pull`): node-00 the canary, node-01 the wave after.
+struct Pair {
+    hub: Env,
+    work: DeployRepo,
+    status: PathBuf,
+    canary: Env,
+    later: Env,
+}
+
+const PAIR_PLAN: &str = "[rollout]\nwaves = [ { name = \"canary\", hosts = [\"node-00\"] }, { name = \"later\", hosts = [\"node-01\"] } ]\nsoak = \"1h\"\n\n[[step]]\nname = \"deploy\"\nrun = \"echo deployed $TROOPS_COMMIT\"\n";
+
+fn pair() -> Pair {
+    let hub = Env::new();
+    let mirror = bare(&hub, "mirror.git");
+    let status = bare(&hub, "status.git");
+    let node = |name: &str| {
+        let env = Env::new();
+        env.write_config(&format!("hostname = \"{name}\"\nstatus_remote = \"status\"\n"));
+        env.ok(&["init", "--remote", &format!("origin={}", mirror.display())]);
+        env.git(&env.repo(), &["remote", "add", "status", &status.display().to_string()]);
+        env
+    };
+    let (canary, later) = (node("node-00"), node("node-01"));
+    let work = hub.deploy_repo("work");
+    work.commit(&hub, &[("troops.toml", PAIR_PLAN)], "plan");
+    Pair { hub, work, status, canary, later }
+}
+
+impl Pair {
+    fn release(&self, message: &str) -> String {
+        let commit = self.work.commit(&self.hub, &[("x", message)], message);
+        let out =
+            self.work.push(&self.hub, &self.hub.path("mirror.git").display().to_string(), &["HEAD:main"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        commit
+    }
+
+    /// The status document `reference` holds on the status remote, if any.
+    fn published(&self, reference: &str) -> Option<Value> {
+        let mut command = std::process::Command::new("git");
+        self.hub.hermetic(&mut command);
+        let out = command
+            .arg("--git-dir")
+            .arg(&self.status)
+            .arg("show")
+            .arg(format!("{reference}:status.json"))
+            .output()
+            .unwrap();
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// Writes `doc` at `reference` on the status remote, as whoever can write there.
+    fn forge(&self, reference: &str, doc: &Value) {
+        let file = self.hub.path("forged.json");
+        std::fs::write(&file, doc.to_string()).unwrap();
+        let git = self.status.display().to_string();
+        let blob = self
+            .hub
+            .git(self.hub.tmp.path(), &["--git-dir", &git, "hash-object", "-w", &file.display().to_string()]);
+        let mut command = std::process::Command::new("git");
+        self.hub.hermetic(&mut command);
+        let mut child = command
+            .args(["--git-dir", &git, "mktree"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "100644 blob {blob}\tstatus.json").unwrap();
+        let tree = text(&child.wait_with_output().unwrap().stdout).trim().to_owned();
+        let commit =
+            self.hub.git(self.hub.tmp.path(), &["--git-dir", &git, "commit-tree", &tree, "-m", "forged"]);
+        self.hub.git(self.hub.tmp.path(), &["--git-dir", &git, "update-ref", reference, &commit]);
+    }
+}
+
+#[test]
+fn a_pulled_commit_waits_for_the_canary_but_a_push_or_a_deploy_by_a_person_does_not() {
+    let p = pair();
+    let first = p.release("first");
+    // The canary (wave 1) goes at once; its in-process pull publishes its status in the background.
+    let out = p.canary.ok(&["pull"]);
+    assert_eq!(deployed(&p.canary).as_deref(), Some(first.as_str()), "{out}");
+    wait_until("the canary's status on the status remote", Duration::from_secs(20), || {
+        p.published("refs/troops/status/node-00")
+            .is_some_and(|d| d["state"] == "healthy" && d["deployed"] == first.as_str())
+    });
+
+    // node-01 pulls it, and waits: the canary has not been healthy on it for the soak (1h).
+    let out = p.later.ok(&["pull"]);
+    let waiting = format!("{} is not run yet: wave 2 of 2 (later): waiting for 1 of 1 canary nodes healthy on {} for 1h; 1 healthy since ", &first[..12], &first[..12]);
+    assert!(out.contains(&waiting), "{out}");
+    assert_eq!(deployed(&p.later), None);
+    let status = p.later.ok(&["status"]);
+    assert!(status.contains("wave      wave 2 of 2 (later)"), "{status}");
+    assert!(status.contains("state     held since "), "{status}");
+    assert!(status.contains(": wave 2 of 2 (later): waiting for 1 of 1 canary nodes"), "{status}");
+    assert!(p.later.ok(&["deploy", "--dry-run"]).contains("wave 2 of 2 (later): a pulled commit waits"));
+    // The daemon-less node's own status went out too, in the background.
+    wait_until("node-01's held status on the status remote", Duration::from_secs(20), || {
+        p.published("refs/troops/status/node-01").is_some_and(|d| d["state"] == "held")
+    });
+
+    // An operator's `troops deploy` is a person's decision: it runs.
+    let out = p.later.ok(&["deploy"]);
+    assert_eq!(deployed(&p.later).as_deref(), Some(first.as_str()), "{out}");
+
+    // A status ref that speaks for another host is no report: an impostor's word that the canary
+    // has long been healthy on the next commit does not let it through.
+    let second = p.release("second");
+    let mut forged = p.published("refs/troops/status/node-00").unwrap();
+    forged["deployed"] = second.as_str().into();
+    forged["run"]["commit"] = second.as_str().into();
+    forged["since"] = "2020-01-01T00:00:00.000Z".into();
+    p.forge("refs/troops/status/impostor", &forged);
+    let out = p.later.run(&["pull"]);
+    assert!(
+        text(&out.stdout).contains(&format!("{} is not run yet", &second[..12])),
+        "{}",
+        crate::support::combined(&out)
+    );
+    assert_eq!(deployed(&p.later).as_deref(), Some(first.as_str()));
+    let fleet = p.later.run(&["fleet"]);
+    assert!(
+        text(&fleet.stderr)
+            .contains("refs/troops/status/impostor is skipped: it speaks for another host, \"node-00\""),
+        "{}",
+        crate::support::combined(&fleet)
+    );
+    // The same words from the canary's own ref do.
+    p.forge("refs/troops/status/node-00", &forged);
+    let out = p.later.ok(&["pull"]);
+    assert_eq!(deployed(&p.later).as_deref(), Some(second.as_str()), "{out}");
+
+    // A push straight to the node is a person's decision too, even of a commit the canary never ran.
+    let third = p.work.commit(&p.hub, &[("x", "third")], "third");
+    let out = p.work.push(&p.hub, &p.later.repo().display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(deployed(&p.later).as_deref(), Some(third.as_str()), "{}", text(&out.stderr));
+}

@@ -108,7 +108,9 @@ fn post_receive() -> Result<ExitCode> {
         return Ok(ExitCode::from(u8::try_from(exit).unwrap_or(1)));
     }
     let request = deploy::Request { trigger: Trigger::Push, commit: None, unless_deployed: true };
-    match deploy::deploy(&node, &request, &mut out, stop)? {
+    let outcome = deploy::deploy(&node, &request, &mut out, stop)?;
+    troops_core::fleet::publish::in_background(&node);
+    match outcome {
         Outcome::Ran(record) if record.status == RunStatus::Succeeded => Ok(ExitCode::SUCCESS),
         Outcome::Ran(_) => Ok(ExitCode::from(1)),
         Outcome::AlreadyDeployed(commit) => {

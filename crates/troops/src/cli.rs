@@ -133,6 +133,10 @@ pub struct FleetArgs {
     /// Print JSON for scripts: each node's status document plus `behind`, `age_seconds`, `stale`.
     #[arg(long)]
     pub json: bool,
+    /// Publish this node's status to its `status_remote` now, and exit (an in-process run starts
+    /// this in the background; the daemon publishes on its own).
+    #[arg(long, conflicts_with = "json")]
+    pub publish: bool,
 }
 
 #[derive(Args)]

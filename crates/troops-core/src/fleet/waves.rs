@@ -436,4 +436,35 @@ mod tests {
         };
         assert!(hosts.iter().all(|h| wave_of(h, &named).index == 1));
     }
+
+    fn plan_error(text: &str) -> String {
+        crate::plan::Plan::parse(std::path::Path::new("troops.toml"), text, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_plan_reads_rollout_and_names_file_line_and_column_of_each_mistake() {
+        let text = "[rollout]\nwaves = [ { name = \"canary\", hosts = [\"web-1\"] }, { name = \"early\", percent = 10 }, { name = \"rest\", percent = 100 } ]\nsoak = \"2s\"\nquorum = 0.5\n";
+        let plan = crate::plan::Plan::parse(std::path::Path::new("troops.toml"), text, None).unwrap();
+        let rollout = plan.rollout.unwrap();
+        assert_eq!(rollout.waves.len(), 3);
+        assert_eq!((rollout.soak, rollout.quorum), (Duration::from_secs(2), 0.5));
+        assert_eq!(rollout.waves[1].members, Members::Percent(10));
+        #[rustfmt::skip]
+        let cases = [
+            ("[rollout]\nwaves = []\n", "troops.toml:2:9: `rollout.waves` is empty"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 50 }, { name = \"b\", percent = 20 }]\n", "troops.toml:2:64: rollout wave `b`: `percent` 20 must be from 1 to 100 and more than the earlier waves' (50)"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 101 }]\n", "troops.toml:2:34: rollout wave `a`: `percent` 101"),
+            ("[rollout]\nwaves = [{ name = \"a\", hosts = [\"x\"], percent = 5 }]\n", "troops.toml:2:49: rollout wave `a` has both `hosts` and `percent`"),
+            ("[rollout]\nwaves = [{ name = \"a\" }]\n", "troops.toml:2:10: rollout wave `a` needs `hosts` or `percent`"),
+            ("[rollout]\nwaves = [{ name = \"a\", hosts = [\"x\"] }, { name = \"a\", percent = 5 }]\n", "troops.toml:2:50: duplicate rollout wave `a`"),
+            ("[rollout]\nwaves = [{ name = \"a\", hosts = [\"x\"] }, { name = \"b\", hosts = [\"x\"] }]\n", "troops.toml:2:64: rollout wave `b`: host \"x\" is in wave `a` already"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoak = \"soon\"\n", "troops.toml:3:8: `rollout.soak` \"soon\""),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nquorum = 1.5\n", "troops.toml:3:10: `rollout.quorum` 1.5 must be more than 0 and at most 1"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoaks = \"1s\"\n", "troops.toml:3:1: unknown field `soaks`"),
+        ];
+        for (text, want) in cases {
+            let got = plan_error(text);
+            assert!(got.starts_with(want), "{text:?}:\n got {got}\nwant {want}");
+        }
+    }
 }

@@ -44,5 +44,6 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
     }
     let request = Request { trigger: Trigger::Manual, commit: args.commit, unless_deployed: false };
     let outcome = deploy::deploy(&node, &request, &mut std::io::stdout(), troops_core::signals::stop_flag())?;
+    troops_core::fleet::publish::in_background(&node);
     Ok(super::code(matches!(outcome, Outcome::Ran(_)) && outcome.succeeded()))
 }

@@ -16,6 +16,9 @@ use troops_core::node::Node;
 use crate::cli::{FleetArgs, Global};
 
 pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
+    if args.publish {
+        return publish_now(&Node::load(global.state_dir.clone(), &global.config)?, args.remote.as_deref());
+    }
     let node = Node::load(global.state_dir.clone(), &global.config).ok().filter(|n| n.repo().is_ok());
     let branch = node.as_ref().map_or("main".to_owned(), |n| n.config.branch.clone());
     let (git, remote, fetched) = match &node {
@@ -65,6 +68,27 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
         print_table(&mut out, &view)?;
     }
     Ok(if fetched.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// Publishes this node's status document to `remote` (default: `status_remote`).
+fn publish_now(node: &Node, remote: Option<&str>) -> Result<ExitCode> {
+    let remote = remote.map(str::to_owned).or(node.config.status_remote.clone()).ok_or_else(|| {
+        anyhow!(
+            "the node config {} has no `status_remote`; name the remote with --remote",
+            node.config.path.display()
+        )
+    })?;
+    let doc = troops_core::fleet::status::StatusDoc::build(node)?;
+    let done = publish::publish(node, &doc, &remote, node.config.fetch_timeout)?;
+    writeln!(
+        std::io::stdout(),
+        "troops: published {} ({}) to remote {} in {} ms",
+        done.reference,
+        doc.state,
+        done.remote,
+        done.duration.as_millis()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `git fetch REMOTE` of the status refs, as the caller (their SSH keys and config).

@@ -24,6 +24,7 @@ pub fn run(node: &Node) -> Result<ExitCode> {
         Some(_) => deploy::deploy(node, &request, &mut out, troops_core::signals::stop_flag())?,
         None => return Ok(ExitCode::SUCCESS),
     };
+    troops_core::fleet::publish::in_background(node);
     Ok(super::code(match outcome {
         Outcome::Ran(record) => record.status == troops_core::runs::RunStatus::Succeeded,
         // As through the daemon: a pull that ran nothing says why.
