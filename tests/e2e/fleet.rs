@@ -14,7 +14,7 @@ use crate::support::{text, wait_until, DeployRepo, Env};
 
 const NODES: usize = 12;
 const SOAK: Duration = Duration::from_secs(2);
-const INTERVAL: &str = "300ms";
+const INTERVAL: &str = "500ms";
 
 fn plan(step: &str) -> String {
     format!(
@@ -34,7 +34,7 @@ const BAD_ON_CANARY: &str = "test \"$TROOPS_HOST\" != node-00";
 struct Member {
     name: String,
     env: Env,
-    _daemon: Daemon,
+    daemon: Daemon,
 }
 
 struct Fleet {
@@ -63,7 +63,7 @@ fn fleet() -> Fleet {
         let name = format!("node-{i:02}");
         let env = Env::new();
         env.write_config(&format!(
-            "hostname = \"{name}\"\ninterval = \"{INTERVAL}\"\njitter = \"100ms\"\nstatus_remote = \"status\"\n\
+            "hostname = \"{name}\"\ninterval = \"{INTERVAL}\"\njitter = \"200ms\"\nstatus_remote = \"status\"\n\
              [retry]\ninitial = \"1h\"\nmax = \"1h\"\n"
         ));
         env.ok(&["init", "--remote", &format!("origin={}", mirror.display())]);
@@ -78,7 +78,7 @@ fn fleet() -> Fleet {
         };
         env.git(&env.repo(), &["remote", "add", "status", &url]);
         let daemon = Daemon::start(&env);
-        members.push(Member { name, env, _daemon: daemon });
+        members.push(Member { name, env, daemon: daemon });
     }
     Fleet { hub, mirror, work, members, _sshd: sshd }
 }
@@ -145,6 +145,11 @@ impl Fleet {
     }
 }
 
+/// The daemon's log line of its newest status publish.
+fn last_published(member: &Member) -> Option<String> {
+    member.daemon.log().lines().rev().find(|l| l.contains("status published")).map(str::to_owned)
+}
+
 /// The node's deployed commit, read from its loose ref file: the waits poll a dozen nodes, and a
 /// `git` process per node and poll would load the machine more than the fleet does.
 fn deployed(env: &Env) -> Option<String> {
@@ -177,9 +182,7 @@ fn news(entry: &Value) -> Value {
 
 #[test]
 fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
-    let t0 = Instant::now();
     let fleet = fleet();
-    eprintln!("PHASE setup {:?}", t0.elapsed());
     let clone = fleet.hub.path("clone");
     fleet.hub.git(
         fleet.hub.tmp.path(),
@@ -190,7 +193,6 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     // A first commit: canary, then early, then the rest, each after the soak.
     let (first, _) = fleet.release(GOOD, "first");
     fleet.goes_through_the_waves(&first);
-    eprintln!("PHASE first {:?}", t0.elapsed());
 
     // A commit that fails on the canary runs nowhere else: every other node holds it.
     let (bad, _) = fleet.release(BAD_ON_CANARY, "bad on the canary");
@@ -217,13 +219,17 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
             m.name
         );
     }
+    // Each node's daemon says when it published; `troops fleet` is asked once they all have.
+    wait_until("every node publishing the hold", Duration::from_secs(20), || {
+        fleet.members[1..].iter().all(|m| last_published(m).is_some_and(|l| l.contains("state=held")))
+            && last_published(canary).is_some_and(|l| l.contains("state=failed"))
+    });
     wait_until("troops fleet showing 11 held and the canary failed", Duration::from_secs(20), || {
         fleet_json(&fleet.hub, &clone)["summary"]
             .as_str()
             .unwrap()
             .contains("11 held, 1 failed (node-00: step `deploy` failed (exit 1))")
     });
-    eprintln!("PHASE held {:?}", t0.elapsed());
     let table = text(
         &fleet
             .hub
@@ -241,9 +247,22 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     let (fixed, pushed) = fleet.release(GOOD, "fixed");
     fleet.goes_through_the_waves(&fixed);
     let whole_fleet = pushed.elapsed();
-    eprintln!("PHASE fixed {:?}", t0.elapsed());
 
     // What the fleet view says of each node is what the node says of itself.
+    let all_healthy = format!("12 healthy on {}", &fixed[..12]);
+    wait_until(
+        "every node publishing that it is healthy on the fixed commit",
+        Duration::from_secs(20),
+        || {
+            fleet.members.iter().all(|m| {
+                last_published(m)
+                    .is_some_and(|l| l.contains("state=healthy") && l.contains(&format!("deployed={fixed}")))
+            })
+        },
+    );
+    wait_until("troops fleet showing all 12 healthy", Duration::from_secs(15), || {
+        fleet_json(&fleet.hub, &clone)["summary"] == all_healthy.as_str()
+    });
     wait_until(
         "troops fleet --json matching every node's troops status --json",
         Duration::from_secs(15),
@@ -259,7 +278,7 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     );
     fleet.hub.git(&clone, &["fetch", "-q", "origin"]);
     let view = fleet_json(&fleet.hub, &clone);
-    assert_eq!(view["summary"], format!("12 healthy on {}", &fixed[..12]));
+    assert_eq!(view["summary"], all_healthy);
     assert!(view["nodes"].as_array().unwrap().iter().all(|n| n["behind"] == 0 && n["stale"] == false));
     // On a node, `troops fleet` reads the node's status remote.
     let on_node = fleet.member("node-05").env.ok(&["fleet"]);
@@ -269,7 +288,7 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
         .members
         .iter()
         .flat_map(|m| {
-            m._daemon
+            m.daemon
                 .log()
                 .lines()
                 .filter(|l| l.contains("status published"))
@@ -278,7 +297,7 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
         })
         .collect();
     let ssh: Vec<u64> = fleet.members[NODES - 1]
-        ._daemon
+        .daemon
         .log()
         .lines()
         .filter(|l| l.contains("status published"))

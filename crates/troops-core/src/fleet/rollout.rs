@@ -82,14 +82,18 @@ pub fn check(node: &Node, repo: &NodeRepo, commit: Oid, trigger: Trigger) -> Res
         Gate::Held { why } => (why, None, true),
     };
     let commit = commit.to_string();
-    let since = match load_hold(node)? {
-        Some(old) if old.commit == commit => old.since,
+    let old = load_hold(node)?;
+    let since = match &old {
+        Some(old) if old.commit == commit => old.since.clone(),
         _ => crate::runs::now(),
     };
     let until = until.map(|u| humantime::format_rfc3339_millis(u).to_string());
     let hold = Hold { commit, wave: me.to_string(), why, until, halted, since };
-    let json = serde_json::to_vec_pretty(&hold).expect("a hold serializes");
-    crate::atomic::write(&node.state_dir.join(FILE), &json)?;
+    // A node waits through many pull cycles: the file is written when the hold says something new.
+    if old.as_ref() != Some(&hold) {
+        let json = serde_json::to_vec_pretty(&hold).expect("a hold serializes");
+        crate::atomic::write(&node.state_dir.join(FILE), &json)?;
+    }
     Ok(Some(hold))
 }
 

@@ -257,3 +257,55 @@ pub fn commit(repo_path: &Path, doc: &StatusDoc) -> Result<(String, Oid)> {
     let commit = write().ctx(|| format!("committing {name} in {}", repo_path.display()))?;
     Ok((name, commit))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::rollout::Hold;
+
+    fn run(commit: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            id: 1,
+            trigger: Trigger::Pull,
+            commit: commit.into(),
+            previous_commit: None,
+            host: "h".into(),
+            roles: vec![],
+            started_at: "start".into(),
+            finished_at: (status != RunStatus::Running).then(|| "end".into()),
+            status,
+            error: None,
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn state_of_as_a_table() {
+        let hold = Hold {
+            commit: "c2".into(),
+            wave: "wave 2 of 2 (later)".into(),
+            why: "waiting".into(),
+            until: None,
+            halted: false,
+            since: "held".into(),
+        };
+        let (ok1, failed1, running2) =
+            (run("c1", RunStatus::Succeeded), run("c1", RunStatus::Failed), run("c2", RunStatus::Running));
+        let (interrupted, ok2) = (run("c1", RunStatus::Interrupted), run("c2", RunStatus::Succeeded));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Option<&RunRecord>, Option<&str>, Option<&str>, Option<&Hold>, State, Option<&str>)> = vec![
+            ("a new node", None, None, None, None, State::Idle, None),
+            ("succeeded and deployed", Some(&ok1), Some("c1"), Some("c1"), None, State::Healthy, Some("end")),
+            ("failed", Some(&failed1), None, Some("c1"), None, State::Failed, Some("end")),
+            ("running", Some(&running2), Some("c1"), Some("c2"), None, State::Deploying, Some("start")),
+            ("interrupted: run again, not a verdict", Some(&interrupted), None, Some("c1"), None, State::Deploying, Some("start")),
+            ("held on the tip", Some(&ok1), Some("c1"), Some("c2"), Some(&hold), State::Held, Some("held")),
+            ("a hold of an older tip is over", Some(&ok1), Some("c1"), Some("c3"), Some(&hold), State::Healthy, Some("end")),
+            ("held after the canary failed here too", Some(&failed1), None, Some("c2"), Some(&hold), State::Held, Some("held")),
+            ("a run of the held commit by a person ends the hold", Some(&ok2), Some("c2"), Some("c2"), Some(&hold), State::Healthy, Some("end")),
+        ];
+        for (case, last, deployed, tip, hold, state, since) in cases {
+            assert_eq!(state_of(last, deployed, tip, hold), (state, since.map(str::to_owned)), "{case}");
+        }
+    }
+}

@@ -84,7 +84,7 @@ impl Publisher {
             }
             match publish::publish(&node, &doc, &remote, node.config.fetch_timeout) {
                 Ok(done) => {
-                    tracing::info!(reference = %done.reference, remote = %done.remote, state = %doc.state, ms = done.duration.as_millis() as u64, "status published");
+                    tracing::info!(reference = %done.reference, remote = %done.remote, state = %doc.state, deployed = %doc.deployed.as_deref().unwrap_or("none"), ms = done.duration.as_millis() as u64, "status published");
                     last =
                         Published { doc: Some(doc), at: Some(Instant::now()), failures: 0, retry_at: None };
                 }
