@@ -345,6 +345,19 @@ mod tests {
     }
 
     #[test]
+    fn status_remote_and_heartbeat() {
+        let c = parse("").unwrap();
+        assert_eq!((c.status_remote, c.status_heartbeat), (None, Duration::from_secs(3600)));
+        let c = parse("status_remote = \"origin\"\nstatus_heartbeat = \"5m\"").unwrap();
+        assert_eq!(
+            (c.status_remote.as_deref(), c.status_heartbeat),
+            (Some("origin"), Duration::from_secs(300))
+        );
+        let e = parse("status_heartbeat = \"0s\"").unwrap_err().to_string();
+        assert!(e.contains(":1:20: `status_heartbeat` must be more than zero"), "{e}");
+    }
+
+    #[test]
     fn backoff_doubles_up_to_max() {
         let retry = Retry { initial: Duration::from_secs(30), max: Duration::from_secs(100) };
         let waits: Vec<u64> = [1, 2, 3, 4, u32::MAX].iter().map(|&n| retry.backoff(n).as_secs()).collect();

@@ -32,12 +32,12 @@ pub struct Hold {
 
 const FILE: &str = "rollout.json";
 
-/// The `[rollout]` of the plan at `commit`, if it has one (a plan that does not parse has none:
-/// its run fails on the plan error anyway).
-pub fn rollout_at(repo: &NodeRepo, commit: Oid) -> Result<Option<Rollout>> {
-    let Some(text) = repo.plan_text(commit)? else { return Ok(None) };
+/// The `[rollout]` of the plan at `commit`, if it has one. A plan that cannot be read or does not
+/// parse has none: the run fails on that plan error anyway, and `troops status` shows it.
+pub fn rollout_at(repo: &NodeRepo, commit: Oid) -> Option<Rollout> {
+    let text = repo.plan_text(commit).ok()??;
     let path = std::path::Path::new(crate::plan::FILE_NAME);
-    Ok(crate::plan::Plan::parse(path, &text, None).ok().and_then(|plan| plan.rollout))
+    crate::plan::Plan::parse(path, &text, None).ok()?.rollout
 }
 
 /// Whether the rollout decides about this run: pulls and retries, and a push-triggered run of a
@@ -62,7 +62,7 @@ fn gated(repo: &NodeRepo, trigger: Trigger, commit: Oid) -> bool {
 /// `Some(hold)` when the rollout says this node must not run `commit` yet. Records the hold, or
 /// clears it when the commit may run.
 pub fn check(node: &Node, repo: &NodeRepo, commit: Oid, trigger: Trigger) -> Result<Option<Hold>> {
-    let rollout = match rollout_at(repo, commit)? {
+    let rollout = match rollout_at(repo, commit) {
         Some(rollout) if gated(repo, trigger, commit) => rollout,
         _ => {
             clear_hold(node)?;
@@ -118,8 +118,8 @@ fn clear_hold(node: &Node) -> Result<()> {
 }
 
 /// "wave 2 of 3 (early)" for this node by the plan at `commit`, `None` without a `[rollout]`.
-pub fn place(node: &Node, repo: &NodeRepo, commit: Oid) -> Result<Option<waves::Place>> {
-    Ok(rollout_at(repo, commit)?.map(|r| waves::wave_of(&node.config.hostname(), &r)))
+pub fn place(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<waves::Place> {
+    rollout_at(repo, commit).map(|r| waves::wave_of(&node.config.hostname(), &r))
 }
 
 /// What a trigger that was held learns: "abc123 is held: wave 2 of 3 (early): waiting for ...; nothing runs".

@@ -136,7 +136,7 @@ impl StatusDoc {
             Err(_) => node.config.roles.clone(),
         };
         let wave = tip
-            .and_then(|tip| super::rollout::rollout_at(&repo, tip).ok().flatten())
+            .and_then(|tip| super::rollout::rollout_at(&repo, tip))
             .map(|rollout| super::waves::wave_of(&host, &rollout).name);
         let tip = tip.map(|t| t.to_string());
         let (state, since) = state_of(last.as_ref(), deployed.as_deref(), tip.as_deref(), hold.as_ref());

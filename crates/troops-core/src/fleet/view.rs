@@ -37,7 +37,7 @@ pub struct View {
 pub fn view(git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
     let (docs, unreadable) = status::read_all(&git);
     let repo = NodeRepo { git, branch: branch.to_owned() };
-    let rollout = tip.and_then(|t| super::rollout::rollout_at(&repo, t).ok().flatten());
+    let rollout = tip.and_then(|t| super::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs
         .into_iter()
         .map(|doc| {

@@ -23,7 +23,7 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
             node.config.hostname(),
             roles.join(",")
         )?;
-        if let Some(wave) = troops_core::fleet::rollout::place(&node, &node.repo()?, dry.commit)? {
+        if let Some(wave) = troops_core::fleet::rollout::place(&node, &node.repo()?, dry.commit) {
             writeln!(
                 std::io::stdout(),
                 "{wave}: a pulled commit waits for the earlier waves; this deploy would not"

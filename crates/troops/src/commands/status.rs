@@ -63,7 +63,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let daemon = troops_core::control::daemon_status(&node.socket_path());
     let fleet = troops_core::fleet::status::StatusDoc::build(node)?;
     let wave = match repo.tip()? {
-        Some(tip) => troops_core::fleet::rollout::place(node, &repo, tip)?,
+        Some(tip) => troops_core::fleet::rollout::place(node, &repo, tip),
         None => None,
     };
 
