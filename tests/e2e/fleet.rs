@@ -78,7 +78,7 @@ fn fleet() -> Fleet {
         };
         env.git(&env.repo(), &["remote", "add", "status", &url]);
         let daemon = Daemon::start(&env);
-        members.push(Member { name, env, daemon: daemon });
+        members.push(Member { name, env, daemon });
     }
     Fleet { hub, mirror, work, members, _sshd: sshd }
 }
@@ -453,4 +453,55 @@ fn a_pulled_commit_waits_for_the_canary_but_a_push_or_a_deploy_by_a_person_does_
     let out = p.work.push(&p.hub, &p.later.repo().display().to_string(), &["HEAD:main"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(deployed(&p.later).as_deref(), Some(third.as_str()), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_status_remote_that_is_down_or_hangs_never_fails_or_holds_up_a_run_and_is_retried() {
+    // A status remote that hangs: it takes the connection and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let env = Env::new();
+    env.write_config("hostname = \"node-00\"\ninterval = \"300ms\"\njitter = \"0s\"\nstatus_remote = \"status\"\nfetch_timeout = \"12s\"\n");
+    env.init();
+    let hanging = format!("ssh://root@127.0.0.1:{}/status.git", silent.local_addr().unwrap().port());
+    env.git(&env.repo(), &["remote", "add", "status", &hanging]);
+    let daemon = Daemon::start(&env);
+    let work = env.deploy_repo("work");
+    let first = work.commit(&env, &[("troops.toml", "[[step]]\nname = \"a\"\nrun = \"true\"\n")], "first");
+    let started = Instant::now();
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(deployed(&env).as_deref(), Some(first.as_str()));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the push waited for the status remote: {:?}",
+        started.elapsed()
+    );
+    assert!(!daemon.log().contains("status published"), "{}", daemon.log());
+
+    // One that refuses: logged, and the run is a success all the same.
+    let refusing = format!("ssh://root@127.0.0.1:{}/status.git", crate::support::sshd::closed_port());
+    env.git(&env.repo(), &["remote", "set-url", "status", &refusing]);
+    let second = work.commit(&env, &[("x", "2")], "second");
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(deployed(&env).as_deref(), Some(second.as_str()));
+    wait_until("the refused status push logged", Duration::from_secs(40), || {
+        daemon
+            .log()
+            .contains("WARN status not published error=pushing refs/troops/status/node-00 to remote status")
+    });
+
+    // Back up: the next try publishes what is true now.
+    let status = bare(&env, "status.git");
+    env.git(&env.repo(), &["remote", "set-url", "status", &status.display().to_string()]);
+    wait_until("the status published once the remote is back", Duration::from_secs(20), || {
+        daemon.log().contains(&format!("state=healthy deployed={second}"))
+    });
+    let published = env.git(
+        env.tmp.path(),
+        &["--git-dir", &status.display().to_string(), "show", "refs/troops/status/node-00:status.json"],
+    );
+    let doc: Value = serde_json::from_str(&published).unwrap();
+    assert_eq!((doc["state"].as_str(), doc["deployed"].as_str()), (Some("healthy"), Some(second.as_str())));
+    drop(silent);
 }

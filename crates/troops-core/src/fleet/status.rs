@@ -280,6 +280,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn state_of_as_a_table() {
         let hold = Hold {
             commit: "c2".into(),

@@ -346,6 +346,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn the_gate_as_a_table() {
         use State::*;
         let early = |r: &Rollout| wave_of("e1", r);
