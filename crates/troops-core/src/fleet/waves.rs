@@ -229,12 +229,15 @@ pub fn gate(
             ),
         };
     }
-    // The nearest earlier wave that has reporting nodes (a percent wave may be empty in a small fleet).
+    // The nearest earlier wave that has reporting nodes (a percent wave may be empty in a small
+    // fleet). A node whose news is stale (three heartbeats missed) does not report: a dead node
+    // must not stop the rollout for good.
     let mut previous = me.index;
     let mut members: Vec<&StatusDoc> = Vec::new();
     while members.is_empty() && previous > 0 {
         previous -= 1;
-        members = fleet.iter().filter(|d| wave_of(&d.host, rollout).index == previous).collect();
+        members =
+            fleet.iter().filter(|d| wave_of(&d.host, rollout).index == previous && !d.stale(now)).collect();
     }
     if members.is_empty() {
         return Gate::Go;
@@ -332,6 +335,12 @@ mod tests {
         }
     }
 
+    /// `doc` with a heartbeat of 1 s: three seconds after its update it is stale.
+    fn stale(mut doc: StatusDoc) -> StatusDoc {
+        doc.heartbeat_seconds = 1;
+        doc
+    }
+
     /// Commit 2 descends from 1; nothing else descends from anything but itself.
     fn descends(a: Oid, b: Oid) -> bool {
         a == b || (a == oid(2) && b == oid(1))
@@ -366,6 +375,8 @@ mod tests {
             ("3 of 4 at quorum 1.0", rollout(5, 1.0), rest(&rollout(5, 1.0)), vec![doc("e1", Healthy, 1, 0), doc("e2", Healthy, 1, 0), doc("e3", Healthy, 1, 0), doc("e4", Held, 9, 0)], 5, "wait"),
             ("an empty previous wave defers to the one before", rollout(5, 1.0), rest(&rollout(5, 1.0)), vec![doc("c1", Healthy, 1, 0)], 5, "go"),
             ("nobody reports at all", rollout(5, 1.0), rest(&rollout(5, 1.0)), vec![], 0, "go"),
+            ("a node deploying holds its wave", rollout(5, 1.0), rest(&rollout(5, 1.0)), vec![doc("e1", Healthy, 1, 0), doc("e2", Deploying, 1, 0)], 5, "wait"),
+            ("unless it is stale: dead nodes do not report", rollout(5, 1.0), rest(&rollout(5, 1.0)), vec![doc("e1", Healthy, 1, 0), stale(doc("e2", Deploying, 1, 0))], 5, "go"),
         ];
         for (case, rollout, me, fleet, now, want) in cases {
             let got = gate(oid(1), &me, &fleet, at(now), &rollout, descends);
