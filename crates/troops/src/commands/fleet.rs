@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use troops_core::deploy::short;
 use troops_core::fleet::publish::{self, FETCH_REFSPEC};
 use troops_core::fleet::view::{self, View};
@@ -24,10 +24,10 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     let (git, remote, fetched) = match &node {
         Some(node) => {
             let remote = args.remote.clone().or(node.config.status_remote.clone()).ok_or_else(|| {
-                anyhow!(
+                troops_core::Error::Input(format!(
                     "the node config {} has no `status_remote`; name the remote with --remote",
                     node.config.path.display()
-                )
+                ))
             })?;
             let deadline = Instant::now() + node.config.fetch_timeout;
             let fetched = publish::fetch(&node.repo_path(), &remote, &node.ssh_dir(), deadline);
@@ -35,10 +35,10 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
         }
         None => {
             let git = git2::Repository::discover(".").map_err(|_| {
-                anyhow!(
+                troops_core::Error::Input(format!(
                     "not on a node (no repo in {}) and not in a git clone of the deploy repo",
                     global.state_dir.display()
-                )
+                ))
             })?;
             let remote = args.remote.clone().unwrap_or_else(|| "origin".to_owned());
             let fetched = fetch_in_clone(git.path(), &remote);
@@ -73,10 +73,10 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
 /// Publishes this node's status document to `remote` (default: `status_remote`).
 fn publish_now(node: &Node, remote: Option<&str>) -> Result<ExitCode> {
     let remote = remote.map(str::to_owned).or(node.config.status_remote.clone()).ok_or_else(|| {
-        anyhow!(
+        troops_core::Error::Input(format!(
             "the node config {} has no `status_remote`; name the remote with --remote",
             node.config.path.display()
-        )
+        ))
     })?;
     let doc = troops_core::fleet::status::StatusDoc::build(node)?;
     let done = publish::publish(node, &doc, &remote, node.config.fetch_timeout)?;
