@@ -10,6 +10,7 @@ mod support;
 mod checks;
 mod daemon;
 mod fanout;
+mod fleet;
 mod hostile;
 mod inputs;
 mod metrics;

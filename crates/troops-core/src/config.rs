@@ -35,6 +35,11 @@ pub struct Config {
     pub verify: Verify,
     pub metrics: crate::metrics::Settings,
     pub notify: crate::notify::Settings,
+    /// The remote of the node repo the node publishes its status to (`refs/troops/status/<host>`)
+    /// and reads the fleet's from; `None`: it publishes none.
+    pub status_remote: Option<String>,
+    /// How often the status is published when nothing changes.
+    pub status_heartbeat: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,8 @@ struct RawConfig {
     roles: Option<Vec<Spanned<String>>>,
     keep_runs: Option<Spanned<i64>>,
     admin_group: Option<Spanned<String>>,
+    status_remote: Option<Spanned<String>>,
+    status_heartbeat: Option<Spanned<String>>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -213,7 +220,14 @@ impl Config {
         }
         let metrics = crate::metrics::Settings::parse(raw.metrics, err)?;
         let notify = crate::notify::Settings::parse(raw.notify, err)?;
+        let status_heartbeat = duration(raw.status_heartbeat.clone(), "status_heartbeat", "1h", MAX_PERIOD)?;
+        if status_heartbeat.is_zero() {
+            let span = raw.status_heartbeat.expect("default is not zero").span();
+            return Err(err(span, "`status_heartbeat` must be more than zero".into()));
+        }
         Ok(Config {
+            status_remote: raw.status_remote.map(|r| word(Some(r), "status_remote", "")).transpose()?,
+            status_heartbeat,
             path: path.to_owned(),
             branch,
             interval,
@@ -338,6 +352,19 @@ mod tests {
         assert!(parse("hostname = \"\"").unwrap_err().to_string().contains("is empty"));
         assert!(parse("roles = [\"a\\u001b[2J\"]").unwrap_err().to_string().contains(":1:10: `roles`"));
         assert!(parse("admin_group = \"wheel\\t\"").unwrap_err().to_string().contains("`admin_group`"));
+    }
+
+    #[test]
+    fn status_remote_and_heartbeat() {
+        let c = parse("").unwrap();
+        assert_eq!((c.status_remote, c.status_heartbeat), (None, Duration::from_secs(3600)));
+        let c = parse("status_remote = \"origin\"\nstatus_heartbeat = \"5m\"").unwrap();
+        assert_eq!(
+            (c.status_remote.as_deref(), c.status_heartbeat),
+            (Some("origin"), Duration::from_secs(300))
+        );
+        let e = parse("status_heartbeat = \"0s\"").unwrap_err().to_string();
+        assert!(e.contains(":1:20: `status_heartbeat` must be more than zero"), "{e}");
     }
 
     #[test]

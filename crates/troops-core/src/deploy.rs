@@ -68,7 +68,9 @@ impl Outcome {
         match self {
             Outcome::Ran { .. } => None,
             Outcome::Nothing(Decision::Wait { why, .. }) => Some(format!("troops: {why}; nothing runs now")),
-            Outcome::Nothing(Decision::Idle { why }) => Some(format!("troops: {why}; nothing runs")),
+            Outcome::Nothing(Decision::Idle { why } | Decision::Hold { why, .. }) => {
+                Some(format!("troops: {why}; nothing runs"))
+            }
             Outcome::Nothing(Decision::Run(_)) => None,
         }
     }
@@ -90,7 +92,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     // the decision waits for it.
     if !matches!(cause, Cause::Person { .. }) {
         let facts = facts(node, &repo)?;
-        let decision = schedule::decide(cause, &facts, SystemTime::now(), &node.config.retry);
+        let decision = decide(node, cause, &facts)?;
         let under_way = facts.recent.first().is_some_and(|r| r.status.unfinished());
         if !matches!(decision, Decision::Run(_)) && !under_way {
             return Ok(Outcome::Nothing(decision));
@@ -104,7 +106,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
     while ran.len() < 2 {
-        let decision = schedule::decide(cause, &facts(node, &repo)?, SystemTime::now(), &node.config.retry);
+        let decision = decide(node, cause, &facts(node, &repo)?)?;
         let Decision::Run(now) = decision else {
             if ran.is_empty() {
                 return Ok(Outcome::Nothing(decision));
@@ -250,14 +252,35 @@ pub fn facts(node: &Node, repo: &crate::repo::NodeRepo) -> Result<Facts> {
             break;
         }
     }
-    Ok(Facts { branch: repo.branch.clone(), tip, deployed: repo.deployed()?, tip_quarantined, recent })
+    let deployed = repo.deployed()?;
+    // The rollout is asked only when the tip may be due: a no-change poll reads no status refs.
+    let rollout = match tip {
+        Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => {
+            crate::fleet::rollout::verdict(node, repo, tip)
+        }
+        _ => None,
+    };
+    let tip_pulled = rollout.is_some() && crate::fleet::rollout::pulled(repo);
+    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, tip_pulled })
 }
 
-/// When the daemon should look again on its own: the end of a failed commit's backoff.
+/// [`schedule::decide`] now, keeping what the rollout holds for status and the fleet.
+fn decide(node: &Node, cause: Cause, facts: &Facts) -> Result<Decision> {
+    let decision = schedule::decide(cause, facts, SystemTime::now(), &node.config.retry);
+    let held = match (&decision, facts.tip, &facts.rollout) {
+        (Decision::Hold { .. }, Some(tip), Some(hold)) => Some((tip, hold)),
+        _ => None,
+    };
+    crate::fleet::rollout::record(node, held)?;
+    Ok(decision)
+}
+
+/// When the daemon should look again on its own: the end of a failed commit's backoff, or of the
+/// earlier wave's soak.
 pub fn next_due(node: &Node) -> Option<SystemTime> {
     let repo = node.repo().ok()?;
     match schedule::decide(Cause::Tick, &facts(node, &repo).ok()?, SystemTime::now(), &node.config.retry) {
-        Decision::Wait { until, .. } => Some(until),
+        Decision::Wait { until, .. } | Decision::Hold { until: Some(until), .. } => Some(until),
         _ => None,
     }
 }

@@ -20,14 +20,18 @@ pub struct Fetched {
     /// Whether objects were downloaded (false: the advertised tip was already here).
     pub downloaded: bool,
     pub duration: Duration,
+    /// Why the fleet's status refs could not be fetched (only from the node's `status_remote`).
+    pub status_error: Option<String>,
 }
 
-/// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`.
+/// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`,
+/// and from `status_remote` also the fleet's status refs (`fleet::publish::FETCH_REFSPEC`).
 pub fn fetch_all(
     repo_path: &Path,
     branch: &str,
     ssh_dir: &Path,
     timeout: Duration,
+    status_remote: Option<&str>,
 ) -> crate::Result<Vec<Fetched>> {
     crate::repo::refuse_redirects(repo_path)?;
     if nix::unistd::geteuid().is_root() {
@@ -46,12 +50,16 @@ pub fn fetch_all(
     for (index, name) in names.iter().enumerate() {
         let (tx, name, repo_path, branch, ssh_dir) =
             (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
+        let status = status_remote == Some(name.as_str());
         // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
         std::thread::spawn(move || {
             let started = Instant::now();
             let (url, tip, downloaded) = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline);
-            let _ =
-                tx.send((index, Fetched { remote: name, url, tip, downloaded, duration: started.elapsed() }));
+            let status_error = status
+                .then(|| crate::fleet::publish::fetch(&repo_path, &name, &ssh_dir, deadline).err())
+                .flatten();
+            let duration = started.elapsed();
+            let _ = tx.send((index, Fetched { remote: name, url, tip, downloaded, duration, status_error }));
         });
     }
     drop(tx);
@@ -72,6 +80,7 @@ pub fn fetch_all(
                 tip: Err(format!("timed out after {}", humantime::format_duration(timeout))),
                 downloaded: false,
                 duration: timeout,
+                status_error: None,
             })
         })
         .collect())
@@ -108,7 +117,7 @@ fn fetch_one(
 /// libgit2 fetches local paths, `file://` and `git://` in-process, which is cheapest. SSH and
 /// http(s) go through the `git` command, so that only they pay for OpenSSH or TLS, and the daemon
 /// links neither libssh2 nor OpenSSL.
-fn libgit2_fetches(url: &str) -> bool {
+pub(crate) fn libgit2_fetches(url: &str) -> bool {
     match url.split_once("://") {
         Some((scheme, _)) => matches!(scheme, "file" | "git"),
         None => !crate::ssh::is_ssh(url),
@@ -219,7 +228,7 @@ pub fn housekeep(repo_path: &Path) -> Result<(), String> {
 /// see `init::share_with_group`; this holds even if they were not), git runs no hook and no
 /// command the repo names (core.fsmonitor, credential helpers, askpass, ext:: remotes, proxies).
 /// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`.
-fn root_git(repo_path: &Path) -> Command {
+pub(crate) fn root_git(repo_path: &Path) -> Command {
     let mut command = Command::new("git");
     command.arg("--git-dir").arg(repo_path);
     for setting in [

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod fanout;
 pub mod fastforward;
 pub mod fetch;
+pub mod fleet;
 pub mod http;
 pub mod init;
 pub mod lock;

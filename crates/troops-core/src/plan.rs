@@ -34,6 +34,8 @@ pub struct Plan {
     pub min_troops: Option<String>,
     /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); nodes ignore it.
     pub hosts: BTreeMap<String, String>,
+    /// `[rollout]`: the waves a pulled commit goes through (see `fleet::waves`).
+    pub rollout: Option<crate::fleet::waves::Rollout>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -164,6 +166,7 @@ struct RawPlan {
     release: Option<RawRelease>,
     #[serde(default)]
     hosts: BTreeMap<Spanned<String>, Spanned<String>>,
+    rollout: Option<crate::fleet::waves::RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -379,7 +382,9 @@ impl Plan {
         let health = health::health(raw.health).map_err(|(s, m)| err(s, m))?;
         let min_troops = raw.min_troops.map(Spanned::into_inner);
         let hosts = crate::fanout::parse_hosts(raw.hosts, err)?;
-        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts })
+        let rollout =
+            raw.rollout.map(crate::fleet::waves::validate).transpose().map_err(|(s, m)| err(s, m))?;
+        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts, rollout })
     }
 }
 

@@ -81,8 +81,13 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
 
 fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
     let repo_path = node.repo_path();
-    let fetched =
-        fetch::fetch_all(&repo_path, &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+    let fetched = fetch::fetch_all(
+        &repo_path,
+        &node.config.branch,
+        &node.ssh_dir(),
+        node.config.fetch_timeout,
+        node.config.status_remote.as_deref(),
+    )?;
     if fetched.is_empty() {
         let _ = writeln!(
             out,
@@ -121,6 +126,13 @@ pub fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Resul
                 let _ = writeln!(out, "troops: remote {} has no branch {}", f.remote, node.config.branch);
             }
             Ok(Some(_)) => {}
+        }
+        if let Some(e) = &f.status_error {
+            let _ = writeln!(
+                out,
+                "troops: the fleet's status refs could not be fetched from remote {}: {e}",
+                f.remote
+            );
         }
     }
     let local_name = local.map_or("none".to_owned(), |l| short(&l.to_string()).to_owned());

@@ -1,5 +1,6 @@
 //! What this node should run now: one pure function of what is on disk (the tip, the deployed
-//! commit, quarantined commits, the newest runs) and the clock, obeyed by every trigger (the hook,
+//! commit, quarantined commits, the newest runs, the fleet's verdict on the tip) and the clock,
+//! obeyed by every trigger (the hook,
 //! the daemon's timer, retry and start, `troops pull` from cron, `troops deploy`), so that a
 //! restarted daemon, a cron pull and a push all agree on backoff and quarantine.
 
@@ -47,6 +48,23 @@ pub struct Facts {
     /// The newest runs, newest first: at least the newest, and then as long as they are runs of
     /// the same commit (how many times in a row it failed).
     pub recent: Vec<PastRun>,
+    /// What the plan's `[rollout]` says of running the tip here, when it holds it back (read only
+    /// when the tip may be due).
+    pub rollout: Option<RolloutHold>,
+    /// The tip was last moved by a pull (a push-triggered run of it is held like a pull's).
+    pub tip_pulled: bool,
+}
+
+/// The rollout holds the tip back: this node's wave, and why (`fleet::waves::gate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutHold {
+    /// "wave 2 of 3 (early)".
+    pub wave: String,
+    pub why: String,
+    /// When the earlier wave will have soaked, if enough of it is healthy already.
+    pub until: Option<SystemTime>,
+    /// A node reported the commit failed: only a newer commit goes on.
+    pub halted: bool,
 }
 
 /// The answer.
@@ -61,6 +79,12 @@ pub enum Decision {
     /// Nothing to do, and nothing wrong with that.
     Idle {
         why: String,
+    },
+    /// The rollout keeps the tip from running yet (earlier waves are not healthy on it long
+    /// enough, or a node reported it failed); `until`: when it may go, if that is known.
+    Hold {
+        why: String,
+        until: Option<SystemTime>,
     },
 }
 
@@ -163,6 +187,14 @@ pub fn decide(cause: Cause, facts: &Facts, now: SystemTime, retry: &Retry) -> De
         (Cause::Push, true) => Trigger::Push,
         _ => Trigger::Pull,
     };
+    // A pulled tip waits for the earlier waves of the rollout; a person's push does not.
+    let pulled = cause == Cause::Tick || (cause == Cause::Push && facts.tip_pulled);
+    if let (true, true, Some(hold)) = (target == tip, pulled, &facts.rollout) {
+        return Decision::Hold {
+            why: format!("{} is not run yet: {}", short(tip), hold.why),
+            until: hold.until,
+        };
+    }
     // A rollback undoes the quarantined tip.
     let undoes = (trigger == Trigger::Rollback).then_some(Failed { run: None, commit: tip });
     let Some(last) = failures.first() else {
@@ -238,7 +270,20 @@ mod tests {
             deployed: deployed.map(oid),
             tip_quarantined: bad_tip.then(|| "check `web` failed".into()),
             recent,
+            rollout: None,
+            tip_pulled: false,
         }
+    }
+
+    /// `facts`, with the rollout holding the tip back; `pulled`: a pull moved the tip.
+    fn held(facts: Facts, pulled: bool) -> Facts {
+        let hold = RolloutHold {
+            wave: "wave 2 of 2 (rest)".into(),
+            why: "waiting".into(),
+            until: None,
+            halted: false,
+        };
+        Facts { rollout: Some(hold), tip_pulled: pulled, ..facts }
     }
 
     const RETRY: Retry = Retry { initial: Duration::from_secs(30), max: Duration::from_secs(1800) };
@@ -256,6 +301,7 @@ mod tests {
                 format!("wait {}s", until.duration_since(at(0)).unwrap().as_secs())
             }
             Decision::Idle { .. } => "idle".into(),
+            Decision::Hold { .. } => "hold".into(),
         }
     }
 
@@ -298,6 +344,12 @@ mod tests {
             ("a person's failed redeploy of the deployed commit", tick, facts(Some(A), Some(A), false, vec![past(2, A, Failed, Manual, false)]), 0, "idle"),
             ("the deployed commit is never rolled back to itself", tick, facts(Some(A), Some(A), false, vec![past(2, A, Failed, PushT, true)]), 0, "idle"),
             ("person, tip quarantined", person, facts(Some(B), Some(A), true, vec![]), 0, "run b manual"),
+            ("the rollout holds a pulled tip", tick, held(facts(Some(B), Some(A), false, vec![]), false), 0, "hold"),
+            ("the rollout holds a retry too", tick, held(facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), false), 60, "hold"),
+            ("a push is a person's: not held", push, held(facts(Some(B), Some(A), false, vec![]), false), 0, "run b push"),
+            ("the watcher's push of a pulled tip is held", push, held(facts(Some(B), Some(A), false, vec![]), true), 0, "hold"),
+            ("a person's deploy is not held", person, held(facts(Some(B), Some(A), false, vec![]), true), 0, "run b manual"),
+            ("a rollback is not held", tick, held(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)]), true), 0, "run a rollback undoing run 2"),
         ];
         let mut wrong = Vec::new();
         for (name, cause, facts, now, want) in table {

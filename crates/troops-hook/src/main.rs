@@ -113,6 +113,7 @@ fn post_receive() -> Result<ExitCode> {
         return Ok(ExitCode::from(u8::try_from(exit).unwrap_or(1)));
     }
     let outcome = deploy::deploy(&node, &deploy::Request::Push, &mut out, stop)?;
+    troops_core::fleet::publish::in_background(&node);
     if let Some(message) = outcome.nothing_ran() {
         say(&message);
     }

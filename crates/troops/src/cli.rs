@@ -68,6 +68,8 @@ pub enum Command {
     /// every host deployed or was up to date, 1 when any failed, was refused, unreachable, timed
     /// out or not pushed, 2 for bad input.
     Push(PushArgs),
+    /// The fleet at a glance, from the status refs the nodes publish (on a node, or in a clone of the deploy repo).
+    Fleet(FleetArgs),
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -160,6 +162,20 @@ pub struct JsonArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FleetArgs {
+    /// The remote to fetch the status refs from; default: the node's `status_remote`, or `origin` in a clone.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Option<String>,
+    /// Print JSON for scripts: each node's status document plus `behind`, `age_seconds`, `stale`.
+    #[arg(long)]
+    pub json: bool,
+    /// Publish this node's status to its `status_remote` now, and exit (an in-process run starts
+    /// this in the background; the daemon publishes on its own).
+    #[arg(long, conflicts_with = "json")]
+    pub publish: bool,
 }
 
 #[derive(Args)]

@@ -23,6 +23,12 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
             node.config.hostname(),
             roles.join(",")
         )?;
+        if let Some(wave) = troops_core::fleet::rollout::place(&node, &node.repo()?, dry.commit) {
+            writeln!(
+                std::io::stdout(),
+                "{wave}: a pulled commit waits for the earlier waves; this deploy would not"
+            )?;
+        }
         for (name, runs, why) in dry.steps {
             writeln!(std::io::stdout(), "{} {name}: {why}", if runs { "run " } else { "skip" })?;
         }
@@ -35,7 +41,7 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
     if let Some(code) = super::through_daemon(&node, remote)? {
         return Ok(code);
     }
-    super::run_in_process(&node, &Request::Person(args.commit))
+    super::in_process(&node, |out, stop| deploy::deploy(&node, &Request::Person(args.commit), out, stop))
 }
 
 /// `troops rollback`: through the daemon when it runs, else in-process.
@@ -43,7 +49,5 @@ pub fn rollback(node: &troops_core::node::Node, to: Option<String>) -> Result<Ex
     if let Some(code) = super::through_daemon(node, ControlRequest::Rollback { to: to.clone() })? {
         return Ok(code);
     }
-    let outcome =
-        deploy::rollback(node, to.as_deref(), &mut std::io::stdout(), troops_core::signals::stop_flag())?;
-    Ok(ExitCode::from(outcome.exit_code() as u8))
+    super::in_process(node, |out, stop| deploy::rollback(node, to.as_deref(), out, stop))
 }

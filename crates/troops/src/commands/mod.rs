@@ -3,6 +3,7 @@
 
 mod check;
 mod deploy;
+mod fleet;
 mod init;
 mod log;
 mod pull;
@@ -15,6 +16,7 @@ mod verify;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use troops_core::deploy::Outcome;
 use troops_core::node::Node;
 
 use crate::cli::{Cli, Command, Global};
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&args.plan),
         Command::Verify(args) => verify::run(&node(&global)?, args),
         Command::Push(args) => push::run(args),
+        Command::Fleet(args) => fleet::run(&global, args),
         Command::Secrets(command) => secrets::run(command),
     }
 }
@@ -56,13 +59,17 @@ fn through_daemon(node: &Node, request: troops_core::control::Request) -> Result
     Ok(Some(ExitCode::from(exit as u8)))
 }
 
-/// Runs what `request` calls for here, in this process (no daemon listens), and says why when
-/// nothing ran.
-fn run_in_process(node: &Node, request: &troops_core::deploy::Request) -> Result<ExitCode> {
+/// Runs `run` here, in this process (no daemon listens), says why when nothing ran, and starts
+/// publishing the node's status to the fleet without waiting for it.
+fn in_process(
+    node: &Node,
+    run: impl FnOnce(&mut dyn std::io::Write, &std::sync::atomic::AtomicBool) -> troops_core::Result<Outcome>,
+) -> Result<ExitCode> {
+    use std::io::Write;
     let mut out = std::io::stdout();
-    let outcome = troops_core::deploy::deploy(node, request, &mut out, troops_core::signals::stop_flag())?;
+    let outcome = run(&mut out, troops_core::signals::stop_flag())?;
+    troops_core::fleet::publish::in_background(node);
     if let Some(message) = outcome.nothing_ran() {
-        use std::io::Write;
         writeln!(out, "{message}")?;
     }
     Ok(ExitCode::from(outcome.exit_code() as u8))

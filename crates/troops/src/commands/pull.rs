@@ -17,5 +17,5 @@ pub fn run(node: &Node) -> Result<ExitCode> {
         eprintln!("troops: no remote could be fetched");
         return Ok(ExitCode::from(3));
     }
-    super::run_in_process(node, &Request::Tick)
+    super::in_process(node, |out, stop| troops_core::deploy::deploy(node, &Request::Tick, out, stop))
 }

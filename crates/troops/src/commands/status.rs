@@ -77,8 +77,16 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             json!({"state": "wait", "until": humantime::format_rfc3339_seconds(*until).to_string(), "why": why})
         }
         Decision::Idle { why } => json!({"state": "idle", "why": why}),
+        Decision::Hold { why, until } => {
+            json!({"state": "hold", "why": why, "until": until.map(|u| humantime::format_rfc3339_seconds(u).to_string())})
+        }
     };
     let daemon = troops_core::control::daemon_status(&node.socket_path());
+    let fleet = troops_core::fleet::status::StatusDoc::build(node)?;
+    let wave = match repo.tip()? {
+        Some(tip) => troops_core::fleet::rollout::place(node, &repo, tip),
+        None => None,
+    };
 
     if json {
         let status = json!({
@@ -100,6 +108,8 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "next": next_json,
             "quarantined": quarantined.iter().map(|q| json!({"commit": q.commit.to_string(), "reason": q.reason, "at": q.at})).collect::<Vec<_>>(),
             "unreadable_runs": history.unreadable,
+            "wave": wave.as_ref().map(ToString::to_string),
+            "fleet": fleet,
             "verify": {
                 "require_signed": verify.require_signed,
                 "scope": scope,
@@ -125,6 +135,14 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     writeln!(std::io::stdout(), "branch    {} at {}", node.config.branch, commit(&tip))?;
     let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
     writeln!(std::io::stdout(), "deployed  {}{pending}", commit(&deployed))?;
+    if let Some(wave) = &wave {
+        writeln!(std::io::stdout(), "wave      {wave}")?;
+    }
+    let since = fleet.since.as_deref().map_or(String::new(), |s| format!(" since {s}"));
+    match &fleet.hold {
+        Some(hold) => writeln!(std::io::stdout(), "state     held{since}: {}", hold.why)?,
+        None => writeln!(std::io::stdout(), "state     {}{since}", fleet.state)?,
+    }
     for (name, url, last) in &remotes {
         let last = match last {
             None => "never fetched".to_owned(),
@@ -192,6 +210,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?,
         Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {why}")?,
         Decision::Idle { why } => writeln!(std::io::stdout(), "next      nothing: {why}")?,
+        Decision::Hold { why, .. } => writeln!(std::io::stdout(), "next      held: {why}")?,
     }
     for q in &quarantined {
         writeln!(

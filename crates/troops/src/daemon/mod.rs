@@ -9,6 +9,7 @@
 mod listener;
 mod metrics;
 mod socket;
+mod status;
 mod watch;
 mod worker;
 
@@ -64,6 +65,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         &STOP,
         events_tx,
     );
+    let publisher = status::Publisher::start(node.state_dir.clone(), config.clone());
     let runs = Arc::new(node.runs());
     let mut server = tokio::spawn(socket::serve(
         listener,
@@ -93,6 +95,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         }
         tokio::select! {
             _ = sleep_until(next_tick) => {
+                publisher.poke();
                 pull();
                 next_tick = Instant::now() + period(&config.lock().unwrap());
             }
@@ -102,6 +105,8 @@ async fn serve(node: Node) -> Result<ExitCode> {
             }
             Some(event) = events.recv() => match event {
                 Event::RetryAt(at) => {
+                    // A batch ended (a run, a pull cycle): the node's status may have changed.
+                    publisher.poke();
                     retry_at = at.map(Instant::from_std);
                     if let Some(exe) = replaced_executable() {
                         if worker.idle_and_closed() {
@@ -135,6 +140,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
     notify("STOPPING=1");
     STOP.store(true, Ordering::SeqCst);
     worker.stop();
+    publisher.stop();
     tokio::task::spawn_blocking(move || thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;

@@ -369,7 +369,7 @@ impl Worker {
                     let _ = writeln!(out, "{message}");
                 }
                 match outcome {
-                    Outcome::Nothing(Decision::Idle { .. }) => nothing_runs,
+                    Outcome::Nothing(Decision::Idle { .. } | Decision::Hold { .. }) => nothing_runs,
                     outcome => (outcome.exit_code(), None),
                 }
             }

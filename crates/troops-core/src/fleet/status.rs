@@ -1,0 +1,340 @@
+//! A node's status document (`status.json`), as it publishes it at `refs/troops/status/<host>`:
+//! built from what is on disk (run records, refs, the rollout hold), so the daemon, `troops
+//! status` and `troops fleet` all say the same thing; and reading the fleet's documents back.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use git2::{Oid, Repository};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Result};
+use crate::node::Node;
+use crate::runs::{RunRecord, RunStatus, Trigger};
+
+/// Where each node's status chain lives, in the node repo and on the status remote.
+pub const REF_PREFIX: &str = "refs/troops/status/";
+/// The one file in a status commit's tree.
+pub const FILE: &str = "status.json";
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub schema: u32,
+    pub host: String,
+    /// The troops that wrote it.
+    pub version: String,
+    pub roles: Vec<String>,
+    /// The node's wave by the plan at its tip; `None`: that plan has no `[rollout]`.
+    pub wave: Option<String>,
+    pub tip: Option<String>,
+    pub deployed: Option<String>,
+    pub state: State,
+    /// When `state` began: the run's start (deploying), its end (healthy, failed), the hold's first
+    /// verdict (held).
+    pub since: Option<String>,
+    /// The newest run.
+    pub run: Option<RunSummary>,
+    /// Why the tip does not run yet, when the rollout holds it.
+    pub hold: Option<super::rollout::Hold>,
+    /// Commits quarantined here (`refs/troops/bad/<sha>`).
+    pub quarantined: Vec<String>,
+    /// The newest run's health checks.
+    #[serde(default)]
+    pub checks: Vec<crate::runs::CheckRecord>,
+    /// The node's `status_heartbeat`: a document older than three of these is stale.
+    pub heartbeat_seconds: u64,
+    pub updated_at: String,
+}
+
+/// A node's state, as `troops fleet` shows it and the rollout gate reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No run has ended here yet.
+    Idle,
+    Deploying,
+    Soaking,
+    Healthy,
+    Failed,
+    RolledBack,
+    /// The rollout keeps the tip from running (see `hold`).
+    Held,
+}
+
+/// The newest run, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: u64,
+    pub commit: String,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl State {
+    /// A report that the node's run of a commit went wrong, which holds that commit for later waves.
+    pub fn reports_failure(self) -> bool {
+        matches!(self, State::Failed | State::RolledBack)
+    }
+
+    /// "failed", "rolled back": for sentences.
+    pub fn as_verb(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Deploying => "deploying",
+            State::Soaking => "soaking",
+            State::Healthy => "healthy",
+            State::Failed => "failed",
+            State::RolledBack => "rolled back",
+            State::Held => "held",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_verb())
+    }
+}
+
+/// A node's state and since when, from its newest run, its deployed commit, its tip and the
+/// rollout's hold on it. The one place that maps a node's records to a state.
+pub fn state_of(
+    last: Option<&RunRecord>,
+    deployed: Option<&str>,
+    tip: Option<&str>,
+    hold: Option<&super::rollout::Hold>,
+) -> (State, Option<String>) {
+    if let Some(run) = last.filter(|r| matches!(r.status, RunStatus::Running | RunStatus::Interrupted)) {
+        // An interrupted run is run again: it is under way, not a verdict on its commit.
+        return (State::Deploying, Some(run.started_at.clone()));
+    }
+    if let Some(run) = last.filter(|r| r.status == RunStatus::Checking) {
+        return (State::Soaking, Some(run.started_at.clone()));
+    }
+    if let Some(hold) =
+        hold.filter(|h| Some(h.commit.as_str()) == tip && last.is_none_or(|r| r.commit != h.commit))
+    {
+        return (State::Held, Some(hold.since.clone()));
+    }
+    match last {
+        None => (State::Idle, None),
+        Some(run) if matches!(run.status, RunStatus::Failed | RunStatus::RolledBack) => {
+            (State::Failed, run.finished_at.clone())
+        }
+        // Back on the last good commit after the tip failed here: the tip is what failed.
+        Some(run) if run.trigger == crate::runs::Trigger::Rollback && run.status == RunStatus::Succeeded => {
+            (State::RolledBack, run.finished_at.clone())
+        }
+        Some(run) if Some(run.commit.as_str()) == deployed => (State::Healthy, run.finished_at.clone()),
+        Some(_) => (State::Idle, None),
+    }
+}
+
+impl StatusDoc {
+    /// This node's document now, from disk.
+    pub fn build(node: &Node) -> Result<StatusDoc> {
+        let repo = node.repo()?;
+        let tip = repo.tip()?;
+        let deployed = repo.deployed()?.map(|c| c.to_string());
+        let host = node.config.hostname();
+        let last = node.runs().latest()?;
+        let hold = super::rollout::load_hold(node)?;
+        let roles: Vec<String> = match node.roles(None) {
+            Ok(roles) => roles.into_iter().collect(),
+            Err(_) => node.config.roles.clone(),
+        };
+        let wave = tip
+            .and_then(|tip| super::rollout::rollout_at(&repo, tip))
+            .map(|rollout| super::waves::wave_of(&host, &rollout).name);
+        let tip = tip.map(|t| t.to_string());
+        let (state, since) = state_of(last.as_ref(), deployed.as_deref(), tip.as_deref(), hold.as_ref());
+        let quarantined = repo
+            .git
+            .references_glob("refs/troops/bad/*")
+            .map(|refs| refs.flatten().filter_map(|r| r.target().map(|t| t.to_string())).collect())
+            .unwrap_or_default();
+        let checks = last.as_ref().map(|r| r.checks.clone()).unwrap_or_default();
+        Ok(StatusDoc {
+            schema: 1,
+            host,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            roles,
+            wave,
+            tip,
+            deployed,
+            state,
+            since,
+            run: last.map(|r| RunSummary {
+                id: r.id,
+                commit: r.commit,
+                trigger: r.trigger,
+                status: r.status,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                error: r.error,
+            }),
+            hold: hold.filter(|_| state == State::Held),
+            quarantined,
+            checks,
+            heartbeat_seconds: node.config.status_heartbeat.as_secs(),
+            updated_at: crate::runs::now(),
+        })
+    }
+
+    /// The same document but for when it was written: what decides whether to publish anew.
+    pub fn same_news(&self, other: &StatusDoc) -> bool {
+        StatusDoc { updated_at: String::new(), ..self.clone() }
+            == StatusDoc { updated_at: String::new(), ..other.clone() }
+    }
+
+    pub fn deployed_oid(&self) -> Option<Oid> {
+        self.deployed.as_deref().and_then(|c| Oid::from_str(c).ok())
+    }
+
+    /// The commit a failure report is about: the newest run's, or after a rollback the tip (the
+    /// commit that failed and stays quarantined there).
+    pub fn failed_commit(&self) -> Option<Oid> {
+        let commit = match self.state {
+            State::RolledBack => self.tip.as_ref(),
+            _ => self.run.as_ref().map(|r| &r.commit),
+        };
+        commit.and_then(|c| Oid::from_str(c).ok())
+    }
+
+    pub fn since_time(&self) -> Option<SystemTime> {
+        self.since.as_deref().and_then(|s| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok())
+    }
+
+    pub fn updated_time(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(self.updated_at.trim_end_matches('Z')).ok()
+    }
+
+    /// Older than three heartbeats at `now`.
+    pub fn stale(&self, now: SystemTime) -> bool {
+        let limit = Duration::from_secs(self.heartbeat_seconds.saturating_mul(3));
+        self.updated_time().is_none_or(|t| now.duration_since(t).is_ok_and(|age| age > limit))
+    }
+}
+
+/// One status ref that could not be read: which, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub reference: String,
+    pub error: String,
+}
+
+/// Every node's newest document in `git`'s `refs/troops/status/*`, and the refs that hold none.
+pub fn read_all(git: &Repository) -> (Vec<StatusDoc>, Vec<Unreadable>) {
+    let (mut docs, mut bad) = (Vec::new(), Vec::new());
+    let Ok(refs) = git.references_glob(&format!("{REF_PREFIX}*")) else { return (docs, bad) };
+    for reference in refs.flatten() {
+        let name = reference.name().unwrap_or_default().to_owned();
+        let read = || -> std::result::Result<StatusDoc, String> {
+            let commit = reference.peel_to_commit().map_err(|e| e.message().to_owned())?;
+            let entry = commit.tree().map_err(|e| e.message().to_owned())?.get_name(FILE).map(|e| e.id());
+            let blob = git
+                .find_blob(entry.ok_or(format!("no {FILE} in {}", commit.id()))?)
+                .map_err(|e| e.message().to_owned())?;
+            serde_json::from_slice(blob.content()).map_err(|e| format!("{FILE} of {}: {e}", commit.id()))
+        };
+        match read() {
+            Ok(doc) if name.strip_prefix(REF_PREFIX) == Some(doc.host.as_str()) => docs.push(doc),
+            Ok(doc) => bad.push(Unreadable {
+                reference: name,
+                error: format!("it speaks for another host, {:?}", doc.host),
+            }),
+            Err(error) => bad.push(Unreadable { reference: name, error }),
+        }
+    }
+    (docs, bad)
+}
+
+/// Commits `doc` onto this node's status ref in the repo at `repo_path`, on top of what the ref
+/// holds (the status remote's copy, which pull cycles fetch); returns the ref and the commit.
+pub fn commit(repo_path: &Path, doc: &StatusDoc) -> Result<(String, Oid)> {
+    let git = Repository::open_bare(repo_path).ctx(|| format!("opening {}", repo_path.display()))?;
+    let name = format!("{REF_PREFIX}{}", doc.host);
+    let json = serde_json::to_vec_pretty(doc).expect("a status doc serializes");
+    let write = || -> std::result::Result<Oid, git2::Error> {
+        let blob = git.blob(&json)?;
+        let mut tree = git.treebuilder(None)?;
+        tree.insert(FILE, blob, 0o100644)?;
+        let tree = git.find_tree(tree.write()?)?;
+        let parent = git.refname_to_id(&name).ok().and_then(|p| git.find_commit(p).ok());
+        let who = git2::Signature::now(&format!("troops on {}", doc.host), "troops@localhost")?;
+        let message = format!("{}: {}", doc.host, doc.state);
+        let commit = git.commit(None, &who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
+        // A fetch may replace the ref meanwhile (with the remote's copy, an ancestor): the push
+        // names the commit, not the ref, so it pushes this one whatever the ref holds by then.
+        git.reference(&name, commit, true, &message)?;
+        Ok(commit)
+    };
+    let commit = write().ctx(|| format!("committing {name} in {}", repo_path.display()))?;
+    Ok((name, commit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::rollout::Hold;
+
+    fn run(commit: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            schema: crate::runs::SCHEMA,
+            id: 1,
+            trigger: Trigger::Pull,
+            commit: commit.into(),
+            previous_commit: None,
+            host: "h".into(),
+            roles: vec![],
+            started_at: "start".into(),
+            finished_at: (!status.unfinished()).then(|| "end".into()),
+            status,
+            error: None,
+            steps: vec![],
+            checks: vec![],
+            rollback_of: None,
+            rolled_back_by: None,
+        }
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn state_of_as_a_table() {
+        let hold = Hold {
+            commit: "c2".into(),
+            wave: "wave 2 of 2 (later)".into(),
+            why: "waiting".into(),
+            until: None,
+            halted: false,
+            since: "held".into(),
+        };
+        let (ok1, failed1, running2) =
+            (run("c1", RunStatus::Succeeded), run("c1", RunStatus::Failed), run("c2", RunStatus::Running));
+        let (interrupted, ok2) = (run("c1", RunStatus::Interrupted), run("c2", RunStatus::Succeeded));
+        let checking2 = run("c2", RunStatus::Checking);
+        let rollback1 =
+            RunRecord { trigger: crate::runs::Trigger::Rollback, ..run("c1", RunStatus::Succeeded) };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Option<&RunRecord>, Option<&str>, Option<&str>, Option<&Hold>, State, Option<&str>)> = vec![
+            ("a new node", None, None, None, None, State::Idle, None),
+            ("succeeded and deployed", Some(&ok1), Some("c1"), Some("c1"), None, State::Healthy, Some("end")),
+            ("failed", Some(&failed1), None, Some("c1"), None, State::Failed, Some("end")),
+            ("running", Some(&running2), Some("c1"), Some("c2"), None, State::Deploying, Some("start")),
+            ("interrupted: run again, not a verdict", Some(&interrupted), None, Some("c1"), None, State::Deploying, Some("start")),
+            ("held on the tip", Some(&ok1), Some("c1"), Some("c2"), Some(&hold), State::Held, Some("held")),
+            ("a hold of an older tip is over", Some(&ok1), Some("c1"), Some("c3"), Some(&hold), State::Healthy, Some("end")),
+            ("held after the canary failed here too", Some(&failed1), None, Some("c2"), Some(&hold), State::Held, Some("held")),
+            ("a run of the held commit by a person ends the hold", Some(&ok2), Some("c2"), Some("c2"), Some(&hold), State::Healthy, Some("end")),
+            ("checks and soak under way", Some(&checking2), Some("c1"), Some("c2"), None, State::Soaking, Some("start")),
+            ("back on the last good commit", Some(&rollback1), Some("c1"), Some("c2"), None, State::RolledBack, Some("end")),
+        ];
+        for (case, last, deployed, tip, hold, state, since) in cases {
+            assert_eq!(state_of(last, deployed, tip, hold), (state, since.map(str::to_owned)), "{case}");
+        }
+    }
+}
