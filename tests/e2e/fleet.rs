@@ -16,19 +16,22 @@ const NODES: usize = 12;
 const SOAK: Duration = Duration::from_secs(2);
 const INTERVAL: &str = "500ms";
 
-fn plan(step: &str) -> String {
+/// The fleet's plan: one step, and one health check that runs `check`; a failed check rolls back.
+fn plan(check: &str) -> String {
     format!(
         "[rollout]\n\
          waves = [ {{ name = \"canary\", hosts = [\"node-00\"] }}, {{ name = \"early\", percent = 40 }}, {{ name = \"rest\", percent = 100 }} ]\n\
          soak = \"{}s\"\n\
          quorum = 1.0\n\n\
-         [[step]]\nname = \"deploy\"\nrun = '{step}'\n",
+         [health]\non_failure = \"rollback\"\n\n\
+         [[step]]\nname = \"deploy\"\nrun = \"echo deployed $TROOPS_COMMIT on $TROOPS_HOST\"\n\n\
+         [[check]]\nname = \"web\"\nrun = '{check}'\nretries = 1\n",
         SOAK.as_secs()
     )
 }
 
-const GOOD: &str = "echo deployed $TROOPS_COMMIT on $TROOPS_HOST";
-/// Fails on the canary only: the later waves would run it fine, if anything let them.
+const GOOD: &str = "true";
+/// Fails on the canary only: the later waves would pass it, if anything let them run it.
 const BAD_ON_CANARY: &str = "test \"$TROOPS_HOST\" != node-00";
 
 struct Member {
@@ -84,9 +87,9 @@ fn fleet() -> Fleet {
 }
 
 impl Fleet {
-    /// Commits a plan whose one step runs `step`, pushes it to the mirror, returns it and when.
-    fn release(&self, step: &str, message: &str) -> (String, Instant) {
-        let commit = self.work.commit(&self.hub, &[("troops.toml", &plan(step))], message);
+    /// Commits a plan whose check runs `check`, pushes it to the mirror, returns it and when.
+    fn release(&self, check: &str, message: &str) -> (String, Instant) {
+        let commit = self.work.commit(&self.hub, &[("troops.toml", &plan(check))], message);
         let out = self.work.push(&self.hub, &self.mirror.display().to_string(), &["HEAD:main"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         (commit, Instant::now())
@@ -194,12 +197,14 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     let (first, _) = fleet.release(GOOD, "first");
     fleet.goes_through_the_waves(&first);
 
-    // A commit that fails on the canary runs nowhere else: every other node holds it.
+    // A commit whose check fails on the canary is rolled back there and runs nowhere else: every
+    // other node holds it.
     let (bad, _) = fleet.release(BAD_ON_CANARY, "bad on the canary");
     let canary = fleet.member("node-00");
-    wait_until("the canary's failed run of the bad commit", Duration::from_secs(20), || {
-        fleet.run_of(canary, &bad).is_some_and(|r| r["status"] == "failed")
+    wait_until("the canary's rolled back run of the bad commit", Duration::from_secs(20), || {
+        fleet.run_of(canary, &bad).is_some_and(|r| r["status"] == "rolled_back")
     });
+    assert_eq!(deployed(&canary.env).as_deref(), Some(first.as_str()), "the canary is back on the first commit");
     wait_until("every other node holding the bad commit", Duration::from_secs(20), || {
         fleet.members[1..].iter().all(|m| {
             let hold: Option<Value> = std::fs::read(m.env.state.join("rollout.json"))
@@ -214,7 +219,7 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
         assert_eq!(m.env.run_ids(), [1], "{} ran something after the first commit", m.name);
         let why = m.env.ok(&["status"]);
         assert!(
-            why.contains(&format!("{} failed on node-00 (canary); held until a newer commit", &bad[..12])),
+            why.contains(&format!("{} rolled back on node-00 (canary); held until a newer commit", &bad[..12])),
             "{}: {why}",
             m.name
         );
@@ -222,13 +227,13 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     // Each node's daemon says when it published; `troops fleet` is asked once they all have.
     wait_until("every node publishing the hold", Duration::from_secs(20), || {
         fleet.members[1..].iter().all(|m| last_published(m).is_some_and(|l| l.contains("state=held")))
-            && last_published(canary).is_some_and(|l| l.contains("state=failed"))
+            && last_published(canary).is_some_and(|l| l.contains("state=rolled back"))
     });
-    wait_until("troops fleet showing 11 held and the canary failed", Duration::from_secs(20), || {
+    wait_until("troops fleet showing 11 held and the canary rolled back", Duration::from_secs(20), || {
         fleet_json(&fleet.hub, &clone)["summary"]
             .as_str()
             .unwrap()
-            .contains("11 held, 1 failed (node-00: step `deploy` failed (exit 1))")
+            .contains("11 held, 1 rolled back (node-00: run 2: check `web` failed")
     });
     let table = text(
         &fleet
@@ -241,7 +246,7 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     );
     assert!(table.lines().next().unwrap().starts_with("HOST"), "{table}");
     assert!(table.lines().nth(1).unwrap().starts_with("node-00"), "the canary's wave first:\n{table}");
-    assert!(table.contains("held") && table.contains("failed"), "{table}");
+    assert!(table.contains("held") && table.contains("rolled back"), "{table}");
 
     // The next good commit goes through every wave again.
     let (fixed, pushed) = fleet.release(GOOD, "fixed");

@@ -37,8 +37,8 @@ pub struct StatusDoc {
     pub run: Option<RunSummary>,
     /// Why the tip does not run yet, when the rollout holds it.
     pub hold: Option<super::rollout::Hold>,
-    /// Commits quarantined here (`refs/troops/bad/<sha>`).
-    pub quarantined: Vec<String>,
+    /// Commits quarantined here (`refs/troops/bad/<sha>`), and why.
+    pub quarantined: Vec<Quarantine>,
     /// The newest run's health checks.
     #[serde(default)]
     pub checks: Vec<crate::runs::CheckRecord>,
@@ -60,6 +60,13 @@ pub enum State {
     RolledBack,
     /// The rollout keeps the tip from running (see `hold`).
     Held,
+}
+
+/// A commit quarantined on the node, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub commit: String,
+    pub reason: String,
 }
 
 /// The newest run, in short.
@@ -153,10 +160,10 @@ impl StatusDoc {
         let tip = tip.map(|t| t.to_string());
         let (state, since) = state_of(last.as_ref(), deployed.as_deref(), tip.as_deref(), hold.as_ref());
         let quarantined = repo
-            .git
-            .references_glob("refs/troops/bad/*")
-            .map(|refs| refs.flatten().filter_map(|r| r.target().map(|t| t.to_string())).collect())
-            .unwrap_or_default();
+            .all_quarantined()?
+            .into_iter()
+            .map(|q| Quarantine { commit: q.commit.to_string(), reason: q.reason })
+            .collect();
         let checks = last.as_ref().map(|r| r.checks.clone()).unwrap_or_default();
         Ok(StatusDoc {
             schema: 1,
@@ -193,6 +200,19 @@ impl StatusDoc {
 
     pub fn deployed_oid(&self) -> Option<Oid> {
         self.deployed.as_deref().and_then(|c| Oid::from_str(c).ok())
+    }
+
+    /// Why the node reports a failure: the newest run's error, or after a rollback why the tip
+    /// was quarantined.
+    pub fn failure(&self) -> Option<&str> {
+        match self.state {
+            State::RolledBack => self
+                .quarantined
+                .iter()
+                .find(|q| Some(&q.commit) == self.tip.as_ref())
+                .map(|q| q.reason.as_str()),
+            _ => self.run.as_ref().and_then(|run| run.error.as_deref()),
+        }
     }
 
     /// The commit a failure report is about: the newest run's, or after a rollback the tip (the

@@ -94,10 +94,7 @@ pub fn summary(nodes: &[Row]) -> String {
             let why: Vec<String> = rows
                 .iter()
                 .take(3)
-                .map(|r| {
-                    let error = r.doc.run.as_ref().and_then(|run| run.error.clone()).unwrap_or_default();
-                    format!("{}: {error}", r.doc.host)
-                })
+                .map(|r| format!("{}: {}", r.doc.host, r.doc.failure().unwrap_or_default()))
                 .collect();
             let more = if rows.len() > 3 { "; ..." } else { "" };
             part += &format!(" ({}{more})", why.join("; "));
