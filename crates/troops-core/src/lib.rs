@@ -16,6 +16,7 @@ pub mod http;
 pub mod init;
 pub mod lock;
 pub mod node;
+pub mod probe;
 pub mod pull;
 pub mod receive;
 pub mod repo;

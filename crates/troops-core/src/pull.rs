@@ -81,8 +81,14 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
 
 fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
     let repo_path = node.repo_path();
-    let fetched =
-        fetch::fetch_all(&repo_path, &node.config.branch, &node.ssh_dir(), node.config.fetch_timeout)?;
+    let probing = crate::probe::Probing::new(&node.state_dir, node.config.probe_trust);
+    let fetched = fetch::fetch_all(
+        &repo_path,
+        &node.config.branch,
+        &node.ssh_dir(),
+        node.config.fetch_timeout,
+        &probing,
+    )?;
     if fetched.is_empty() {
         let _ = writeln!(
             out,
