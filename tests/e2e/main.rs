@@ -11,6 +11,7 @@ mod daemon;
 mod hostile;
 mod inputs;
 mod node;
+mod probe;
 mod pull;
 mod push;
 mod secrets;
