@@ -49,7 +49,8 @@ pub fn fetch_all(
     let names: Vec<String> = remotes.iter().flatten().map(str::to_owned).collect();
     set_socket_timeouts(timeout);
     let deadline = Instant::now() + timeout;
-    let mut probes = probing.load();
+    let saved = probing.load();
+    let mut probes = saved.clone();
     let (tx, rx) = mpsc::channel();
     for (index, name) in names.iter().enumerate() {
         let (tx, name, repo_path, branch, ssh_dir) =
@@ -78,7 +79,8 @@ pub fn fetch_all(
             Err(_) => break,
         }
     }
-    if !probing.trust.is_zero() {
+    // A 304 changes nothing: no write, so that a no-change poll costs the node little too.
+    if !probing.trust.is_zero() && probes != saved {
         probing.save(&probes)?;
     }
     Ok(results
