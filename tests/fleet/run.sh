@@ -151,9 +151,11 @@ done
 DAEMONS=("${PIDS[@]:1}")
 
 deployed() { # how many nodes deployed commit $1
-    local c=0 n
+    local c=0 n tip
     for n in $(seq "$NODES"); do
-        [ "$(cat "$TMP/nodes/$n/state/repo/main.git/refs/troops/deployed" 2>/dev/null)" = "$1" ] && c=$((c + 1))
+        tip=""
+        read -r tip 2>/dev/null <"$TMP/nodes/$n/state/repo/main.git/refs/troops/deployed" || true
+        [ "$tip" = "$1" ] && c=$((c + 1))
     done
     echo $c
 }
