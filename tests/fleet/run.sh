@@ -128,6 +128,14 @@ say "plain git fetch: ${PLAIN_MS} ms of mirror CPU per fetch"
 
 # --- the fleet ----------------------------------------------------------------------------------
 say "starting $NODES nodes (interval $INTERVAL, jitter $JITTER, probe_trust $TRUST)"
+# Every daemon watches its config and repo with one inotify instance, and a user gets 128 by
+# default (fs.inotify.max_user_instances): past that, a daemon stops at start with EMFILE. A real
+# node runs one daemon; here one user runs them all, so the harness raises the limit (as root).
+INSTANCES=/proc/sys/fs/inotify/max_user_instances
+if [ "$(cat $INSTANCES)" -lt $((NODES + 64)) ]; then
+    say "raising $INSTANCES from $(cat $INSTANCES) to $((NODES + 64))"
+    echo $((NODES + 64)) >$INSTANCES || { echo "cannot raise $INSTANCES: run as root, or fewer nodes" >&2; exit 2; }
+fi
 start_node() {
     local n=$1 dir=$TMP/nodes/$1
     mkdir -p "$dir"
@@ -159,19 +167,24 @@ deployed() { # how many nodes deployed commit $1
     done
     echo $c
 }
-wait_all() { # waits until every node deployed $1; prints the seconds since $2
-    local limit=$3
-    until [ "$(deployed "$1")" = "$NODES" ]; do
+wait_all() { # waits until every node deployed $1; sets TIMES to the seconds since $2 to half, 90%, all
+    local limit=$3 done=0 half="" most=""
+    until [ "$done" = "$NODES" ]; do
         if [ "$(python3 -c "print(int($(date +%s.%N) - $2 > $limit))")" = 1 ]; then
-            echo "only $(deployed "$1") of $NODES nodes deployed ${1:0:12} after ${limit}s; kept $TMP" >&2
-            KEEP=1 exit 1
+            echo "only $done of $NODES nodes deployed ${1:0:12} after ${limit}s; kept $TMP" >&2
+            KEEP=1
+            exit 1
         fi
         sleep 0.2
+        done=$(deployed "$1")
+        [ -z "$half" ] && [ $((done * 2)) -ge "$NODES" ] && half=$(date +%s.%N)
+        [ -z "$most" ] && [ $((done * 10)) -ge $((NODES * 9)) ] && most=$(date +%s.%N)
     done
-    python3 -c "print(round($(date +%s.%N) - $2, 1))"
+    TIMES=$(python3 -c "print(*(round(t - $2, 1) for t in ($half, $most, $(date +%s.%N))))")
 }
 PERIOD=$(python3 -c "print($(secs "$INTERVAL") + $(secs "$JITTER"))")
-say "first deploy on all: $(wait_all "$FIRST" "$STARTED" 600) s"
+wait_all "$FIRST" "$STARTED" 600
+say "first deploy on half, 90% and all: $TIMES s"
 
 # Settle one period (every node has probed once with a validator), then a window with no change.
 sleep "$PERIOD"
@@ -194,14 +207,15 @@ echo change >"$TMP/work/note" && git -C "$TMP/work" add -A && git -C "$TMP/work"
 SECOND=$(git -C "$TMP/work" rev-parse HEAD)
 PUSHED=$(date +%s.%N)
 git -C "$TMP/work" push -q "$MIRROR" main
-ALL=$(wait_all "$SECOND" "$PUSHED" 600)
-say "commit to all deployed: $ALL s (interval + jitter: $PERIOD s)"
+wait_all "$SECOND" "$PUSHED" 600
+read -r HALF MOST ALL <<<"$TIMES"
+say "commit to deployed on half, 90% and all: $HALF $MOST $ALL s (interval + jitter: $PERIOD s)"
 
-# | transport | nodes | interval + jitter | troops | git fetch | ratio | polls/s | fetches/s | Pss | Rss | all deployed |
-python3 - "$TRANSPORT" "$NODES" "$INTERVAL" "$JITTER" "$POLL_MS" "$PLAIN_MS" "$POLLS" "$FETCHES" "$WINDOW" "$PSS" "$RSS" "$ALL" "$PERIOD" <<'EOF'
+# | transport | nodes | interval + jitter | troops | git fetch | ratio | polls/s | fetches/s | Pss (per node) | Rss | deployed on half / 90% / all | all / period |
+python3 - "$TRANSPORT" "$NODES" "$INTERVAL" "$JITTER" "$POLL_MS" "$PLAIN_MS" "$POLLS" "$FETCHES" "$WINDOW" "$PSS" "$RSS" "$ALL" "$PERIOD" "$HALF" "$MOST" <<'EOF'
 import sys
-t, n, i, j, poll, plain, polls, fetches, window, pss, rss, all_, period = sys.argv[1:]
+t, n, i, j, poll, plain, polls, fetches, window, pss, rss, all_, period, half, most = sys.argv[1:]
 n, poll, plain, polls, fetches, window, pss, rss, all_, period = int(n), float(poll), float(plain), int(polls), int(fetches), int(window), int(pss), int(rss), float(all_), float(period)
 print(f"| {t} | {n:,} | {i} + {j} | {poll:.2f} ms | {plain:.2f} ms | {poll / plain:.2f}x | {polls / window:.1f} | {fetches / window:.1f} "
-      f"| {pss / 1024:,.0f} MiB ({pss / n / 1024:.1f}) | {rss / 1024:,.0f} MiB | {all_:.1f} s ({all_ / period:.2f}x) |")
+      f"| {pss / 1024:,.0f} MiB ({pss / n / 1024:.1f}) | {rss / 1024:,.0f} MiB | {half} / {most} / {all_:.1f} s | {all_ / period:.2f}x |")
 EOF
