@@ -60,7 +60,7 @@ pub fn fetch_all(
         std::thread::spawn(move || {
             let started = Instant::now();
             let (url, tip, downloaded, probed) =
-                fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, (&mut probe, trust));
+                fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
             let fetched = Fetched { remote: name, url, tip, downloaded, probed, duration: started.elapsed() };
             let _ = tx.send((index, fetched, probe));
         });
@@ -105,7 +105,8 @@ fn fetch_one(
     branch: &str,
     ssh_dir: &Path,
     deadline: Instant,
-    (probe, trust): (&mut ProbeState, Duration),
+    probe: &mut ProbeState,
+    trust: Duration,
 ) -> (String, Result<Option<Oid>, String>, bool, bool) {
     let repo = match Repository::open_bare(repo_path) {
         Ok(repo) => repo,
