@@ -175,6 +175,10 @@ fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
         (fresh.iter().filter(|s| s.is_probe()).count(), fresh.iter().filter(|s| s.is_fetch()).count());
     assert!(fetches < probes, "{fetches} fetches for {probes} probes: {fresh:#?}");
     assert!(server.served("down").iter().all(|s| !s.is_probe() || s.status == 503));
+    let remotes = nodes[0].state.join("remotes.json");
+    wait_until("the fresh node to record a poll its probe answered", Duration::from_secs(10), || {
+        std::fs::read_to_string(&remotes).is_ok_and(|json| json.contains("\"probed\": true"))
+    });
 
     // Pushed just after the stale node's real fetch: its probes are trusted for the next 4 s.
     let stale_fetches = || server.served("stale").iter().filter(|s| s.is_fetch()).count();

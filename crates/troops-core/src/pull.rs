@@ -30,6 +30,9 @@ pub struct RemoteState {
     pub error: Option<String>,
     /// Why its tip was not taken, if it was not.
     pub refused: Option<String>,
+    /// True when its probe said the tip was unchanged, and no fetch ran (`probe`).
+    #[serde(default)]
+    pub probed: bool,
 }
 
 pub struct Cycle {
@@ -234,6 +237,7 @@ fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, Strin
                 tip: f.tip.as_ref().ok().copied().flatten().map(|t| t.to_string()),
                 error: f.tip.as_ref().err().cloned(),
                 refused: refusals.get(f.remote.as_str()).cloned(),
+                probed: f.probed,
             };
             (f.remote.as_str(), state)
         })
