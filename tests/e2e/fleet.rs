@@ -204,7 +204,11 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     wait_until("the canary's rolled back run of the bad commit", Duration::from_secs(20), || {
         fleet.run_of(canary, &bad).is_some_and(|r| r["status"] == "rolled_back")
     });
-    assert_eq!(deployed(&canary.env).as_deref(), Some(first.as_str()), "the canary is back on the first commit");
+    assert_eq!(
+        deployed(&canary.env).as_deref(),
+        Some(first.as_str()),
+        "the canary is back on the first commit"
+    );
     wait_until("every other node holding the bad commit", Duration::from_secs(20), || {
         fleet.members[1..].iter().all(|m| {
             let hold: Option<Value> = std::fs::read(m.env.state.join("rollout.json"))
@@ -219,7 +223,10 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
         assert_eq!(m.env.run_ids(), [1], "{} ran something after the first commit", m.name);
         let why = m.env.ok(&["status"]);
         assert!(
-            why.contains(&format!("{} rolled back on node-00 (canary); held until a newer commit", &bad[..12])),
+            why.contains(&format!(
+                "{} rolled back on node-00 (canary); held until a newer commit",
+                &bad[..12]
+            )),
             "{}: {why}",
             m.name
         );

@@ -15,6 +15,7 @@ mod hostile;
 mod inputs;
 mod metrics;
 mod node;
+mod probe;
 mod pull;
 mod push;
 mod rollback;

@@ -26,6 +26,9 @@ pub struct Config {
     pub interval: Duration,
     pub jitter: Duration,
     pub fetch_timeout: Duration,
+    /// How long after a real fetch an `http://` remote's probe may say "unchanged" and skip the
+    /// next fetches (`probe`); zero: no probes.
+    pub probe_trust: Duration,
     /// `None`: this machine's fully qualified name, looked up only when needed.
     pub hostname: Option<String>,
     pub roles: Vec<String>,
@@ -87,6 +90,7 @@ struct RawConfig {
     interval: Option<Spanned<String>>,
     jitter: Option<Spanned<String>>,
     fetch_timeout: Option<Spanned<String>>,
+    probe_trust: Option<Spanned<String>>,
     hostname: Option<Spanned<String>>,
     roles: Option<Vec<Spanned<String>>>,
     keep_runs: Option<Spanned<i64>>,
@@ -233,6 +237,7 @@ impl Config {
             interval,
             jitter: duration(raw.jitter, "jitter", "10s", MAX_PERIOD)?,
             fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s", MAX_FETCH_TIMEOUT)?,
+            probe_trust: duration(raw.probe_trust, "probe_trust", "15m", MAX_PERIOD)?,
             hostname: raw.hostname.map(|h| word(Some(h), "hostname", "")).transpose()?,
             roles,
             keep_runs,
@@ -276,6 +281,7 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(60));
         assert_eq!(c.jitter, Duration::from_secs(10));
         assert_eq!(c.fetch_timeout, Duration::from_secs(120));
+        assert_eq!(c.probe_trust, Duration::from_secs(900));
         assert_eq!(c.keep_runs, 100);
         assert_eq!(c.admin_group, "troops");
         assert_eq!(c.retry, Retry { initial: Duration::from_secs(30), max: Duration::from_secs(1800) });
@@ -337,6 +343,8 @@ mod tests {
         );
         let e = parse("fetch_timeout = \"25h\"").unwrap_err().to_string();
         assert!(e.contains("`fetch_timeout`: \"25h\" is too long; at most 1day"), "{e}");
+        assert!(parse("probe_trust = \"2years\"").unwrap_err().to_string().contains("`probe_trust`"));
+        assert_eq!(parse("probe_trust = \"0s\"").unwrap().probe_trust, Duration::ZERO);
         let e = parse("[retry]\nmax = \"2years\"").unwrap_err().to_string();
         assert!(e.contains("`retry.max`"), "{e}");
         assert_eq!(parse("keep_runs = 9223372036854775807").unwrap().keep_runs, i64::MAX as usize);

@@ -1,6 +1,7 @@
 //! Fetching the followed branch from every remote of the node repo, all at once, each bounded by
 //! `fetch_timeout`: one slow or dead remote never holds up the others. A remote whose advertised
-//! tip is already here costs one connection and no download.
+//! tip is already here costs one connection and no download; an `http://` one whose probe says
+//! its tip is already here (see `probe`) costs one conditional GET and no fetch.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -9,6 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
+
+use crate::probe::{self, ProbeState, Probing};
 
 /// What fetching one remote gave.
 #[derive(Debug, Clone)]
@@ -19,19 +22,23 @@ pub struct Fetched {
     pub tip: Result<Option<Oid>, String>,
     /// Whether objects were downloaded (false: the advertised tip was already here).
     pub downloaded: bool,
+    /// True when the probe said the tip was already here, and no fetch ran.
+    pub probed: bool,
     pub duration: Duration,
     /// Why the fleet's status refs could not be fetched (only from the node's `status_remote`).
     pub status_error: Option<String>,
 }
 
 /// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`,
-/// and from `status_remote` also the fleet's status refs (`fleet::publish::FETCH_REFSPEC`).
+/// but for those whose probe says it is already there, and from `status_remote` also the fleet's
+/// status refs (`fleet::publish::FETCH_REFSPEC`), probe or not.
 pub fn fetch_all(
     repo_path: &Path,
     branch: &str,
     ssh_dir: &Path,
     timeout: Duration,
     status_remote: Option<&str>,
+    probing: &Probing,
 ) -> crate::Result<Vec<Fetched>> {
     crate::repo::refuse_redirects(repo_path)?;
     if nix::unistd::geteuid().is_root() {
@@ -46,29 +53,44 @@ pub fn fetch_all(
     let names: Vec<String> = remotes.iter().flatten().map(str::to_owned).collect();
     set_socket_timeouts(timeout);
     let deadline = Instant::now() + timeout;
+    let saved = probing.load();
+    let mut probes = saved.clone();
     let (tx, rx) = mpsc::channel();
     for (index, name) in names.iter().enumerate() {
         let (tx, name, repo_path, branch, ssh_dir) =
             (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
+        let (mut probe, trust) = (probes.remove(&name).unwrap_or_default(), probing.trust);
         let status = status_remote == Some(name.as_str());
         // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
         std::thread::spawn(move || {
             let started = Instant::now();
-            let (url, tip, downloaded) = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline);
+            let (url, tip, downloaded, probed) =
+                fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
             let status_error = status
                 .then(|| crate::fleet::publish::fetch(&repo_path, &name, &ssh_dir, deadline).err())
                 .flatten();
             let duration = started.elapsed();
-            let _ = tx.send((index, Fetched { remote: name, url, tip, downloaded, duration, status_error }));
+            let fetched = Fetched { remote: name, url, tip, downloaded, probed, duration, status_error };
+            let _ = tx.send((index, fetched, probe));
         });
     }
     drop(tx);
     let mut results: Vec<Option<Fetched>> = vec![None; names.len()];
+    probes.clear(); // only the remotes there are now, and answered
     while results.iter().any(Option::is_none) {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok((index, fetched)) => results[index] = Some(fetched),
+            Ok((index, fetched, probe)) => {
+                if !probe.url.is_empty() {
+                    probes.insert(fetched.remote.clone(), probe);
+                }
+                results[index] = Some(fetched);
+            }
             Err(_) => break,
         }
+    }
+    // A 304 changes nothing: no write, so that a no-change poll costs the node little too.
+    if !probing.trust.is_zero() && probes != saved {
+        probing.save(&probes)?;
     }
     Ok(results
         .into_iter()
@@ -79,6 +101,7 @@ pub fn fetch_all(
                 url: repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default(),
                 tip: Err(format!("timed out after {}", humantime::format_duration(timeout))),
                 downloaded: false,
+                probed: false,
                 duration: timeout,
                 status_error: None,
             })
@@ -92,13 +115,22 @@ fn fetch_one(
     branch: &str,
     ssh_dir: &Path,
     deadline: Instant,
-) -> (String, Result<Option<Oid>, String>, bool) {
+    probe: &mut ProbeState,
+    trust: Duration,
+) -> (String, Result<Option<Oid>, String>, bool, bool) {
     let repo = match Repository::open_bare(repo_path) {
         Ok(repo) => repo,
-        Err(e) => return (String::new(), Err(e.message().to_owned()), false),
+        Err(e) => return (String::new(), Err(e.message().to_owned()), false, false),
     };
     let url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
     let tracking = format!("refs/remotes/{name}/{branch}");
+    if !trust.is_zero() && probe::applies(&url) {
+        let have = repo.refname_to_id(&tracking).ok();
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if probe::unchanged(probe, &url, branch, have, trust, timeout) {
+            return (url, Ok(have), false, true);
+        }
+    }
     let result = if libgit2_fetches(&url) {
         fetch_with_libgit2(&repo, name, branch, &tracking, deadline)
     } else {
@@ -109,8 +141,13 @@ fn fetch_one(
         })
     };
     match result {
-        Ok((tip, downloaded)) => (url, Ok(tip), downloaded),
-        Err(e) => (url, Err(e), false),
+        Ok((tip, downloaded)) => {
+            if probe::applies(&url) {
+                probe::fetched(probe);
+            }
+            (url, Ok(tip), downloaded, false)
+        }
+        Err(e) => (url, Err(e), false, false),
     }
 }
 

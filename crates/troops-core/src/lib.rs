@@ -21,6 +21,7 @@ pub mod lock;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod probe;
 pub mod pull;
 pub mod receive;
 pub mod releases;

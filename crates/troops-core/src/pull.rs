@@ -30,6 +30,9 @@ pub struct RemoteState {
     pub error: Option<String>,
     /// Why its tip was not taken, if it was not.
     pub refused: Option<String>,
+    /// True when its probe said the tip was unchanged, and no fetch ran (`probe`).
+    #[serde(default)]
+    pub probed: bool,
 }
 
 pub struct Cycle {
@@ -81,12 +84,14 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
 
 fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
     let repo_path = node.repo_path();
+    let probing = crate::probe::Probing::new(&node.state_dir, node.config.probe_trust);
     let fetched = fetch::fetch_all(
         &repo_path,
         &node.config.branch,
         &node.ssh_dir(),
         node.config.fetch_timeout,
         node.config.status_remote.as_deref(),
+        &probing,
     )?;
     if fetched.is_empty() {
         let _ = writeln!(
@@ -242,6 +247,7 @@ fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, Strin
                 tip: f.tip.as_ref().ok().copied().flatten().map(|t| t.to_string()),
                 error: f.tip.as_ref().err().cloned(),
                 refused: refusals.get(f.remote.as_str()).cloned(),
+                probed: f.probed,
             };
             (f.remote.as_str(), state)
         })

@@ -1,0 +1,225 @@
+//! Issue 17: the probe before a fetch. Three daemons follow one static "dumb" HTTP mirror (files
+//! only, as `git update-server-info` leaves them) through three doors: one answers the probe
+//! truthfully, one is a stale cache of `info/refs` (the old file, 304 to its ETag) while the repo
+//! moved, one fails every probe. All three must deploy each commit: a probe only ever skips a
+//! fetch, and its "unchanged" is trusted for `probe_trust`, no longer.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::support::daemon::Daemon;
+use crate::support::{text, wait_until, DeployRepo, Env};
+
+const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
+
+/// One request the mirror answered: the door, the path with its query, the status.
+#[derive(Debug, Clone)]
+struct Served {
+    door: String,
+    target: String,
+    status: u16,
+}
+
+impl Served {
+    fn is_probe(&self) -> bool {
+        self.target.ends_with("/info/refs")
+    }
+
+    fn is_fetch(&self) -> bool {
+        self.target.contains("?service=git-upload-pack")
+    }
+}
+
+/// A static file server for the bare repo `root` at `/<door>/mirror.git/...`, with strong ETags
+/// and 304s. Door `stale` serves the `info/refs` of when it started; door `down` answers 503 to it.
+struct Mirror {
+    url: String,
+    log: Arc<Mutex<Vec<Served>>>,
+}
+
+impl Mirror {
+    fn start(root: PathBuf) -> Mirror {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let frozen = std::fs::read(root.join("info/refs")).expect("the mirror has info/refs");
+        let served = log.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (root, frozen, served) = (root.clone(), frozen.clone(), served.clone());
+                std::thread::spawn(move || {
+                    if let Some(answer) = answer(conn, &root, &frozen) {
+                        served.lock().unwrap().push(answer);
+                    }
+                });
+            }
+        });
+        Mirror { url, log }
+    }
+
+    fn url(&self, door: &str) -> String {
+        format!("{}/{door}/mirror.git", self.url)
+    }
+
+    fn served(&self, door: &str) -> Vec<Served> {
+        self.log.lock().unwrap().iter().filter(|s| s.door == door).cloned().collect()
+    }
+}
+
+fn answer(mut conn: TcpStream, root: &Path, frozen: &[u8]) -> Option<Served> {
+    let mut reader = BufReader::new(conn.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut if_none_match = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("if-none-match") {
+                if_none_match = Some(value.trim().to_owned());
+            }
+        }
+    }
+    let target = request_line.split_whitespace().nth(1)?.to_owned();
+    let path = target.split('?').next()?;
+    let (door, rest) = path.trim_start_matches('/').split_once("/mirror.git/")?;
+    let is_probe = !target.contains('?') && rest == "info/refs";
+    let body = match (door, is_probe) {
+        _ if rest.split('/').any(|part| part == "..") => None,
+        ("down", true) => {
+            let _ = conn.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return Some(Served { door: door.into(), target, status: 503 });
+        }
+        ("stale", true) => Some(frozen.to_vec()),
+        _ => std::fs::read(root.join(rest)).ok(),
+    };
+    let status = match &body {
+        None => 404,
+        Some(body) if if_none_match.as_deref() == Some(etag(body).as_str()) => 304,
+        Some(_) => 200,
+    };
+    let head = match (&body, status) {
+        (Some(body), 200) => format!(
+            "HTTP/1.1 200 OK\r\nETag: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            etag(body),
+            body.len()
+        ),
+        (Some(body), _) => {
+            format!("HTTP/1.1 304 Not Modified\r\nETag: {}\r\nConnection: close\r\n\r\n", etag(body))
+        }
+        (None, _) => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+    };
+    let _ = conn.write_all(head.as_bytes());
+    if status == 200 {
+        let _ = conn.write_all(body.as_deref().unwrap_or_default());
+    }
+    Some(Served { door: door.into(), target, status })
+}
+
+fn etag(body: &[u8]) -> String {
+    let mut hasher = DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("\"{:x}-{}\"", hasher.finish(), body.len())
+}
+
+/// Pushes the work repo's main to the mirror and refreshes its `info/refs`, as a post-update hook
+/// (or `receive.updateServerInfo`) would.
+fn publish(env: &Env, work: &DeployRepo, mirror: &Path) {
+    let out = work.push(env, &mirror.display().to_string(), &["main"]);
+    assert!(out.status.success(), "push to the mirror failed: {}", text(&out.stderr));
+    env.git(mirror, &["update-server-info"]);
+}
+
+#[test]
+fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
+    let env = Env::new();
+    let mirror = env.path("mirror.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
+    let work = env.deploy_repo("work");
+    let first = work.commit(&env, &[("troops.toml", PLAN)], "plan");
+    publish(&env, &work, &mirror);
+    let server = Mirror::start(mirror.clone());
+
+    let doors = ["fresh", "stale", "down"];
+    let nodes: Vec<Env> = doors
+        .iter()
+        .map(|door| {
+            let node = Env::new();
+            // A probe's "unchanged" is trusted 4 s: the stale door holds its node back no longer.
+            node.write_config(&format!(
+                "hostname = \"{door}-1\"\ninterval = \"1s\"\njitter = \"0s\"\nprobe_trust = \"4s\"\n"
+            ));
+            node.ok(&["init", &format!("--remote=origin={}", server.url(door))]);
+            node
+        })
+        .collect();
+    let daemons: Vec<Daemon> = nodes.iter().map(Daemon::start).collect();
+    let all_deployed = |commit: &str| nodes.iter().all(|n| n.deployed().as_deref() == Some(commit));
+    wait_until("all three nodes to deploy the first commit", Duration::from_secs(20), || {
+        all_deployed(&first)
+    });
+
+    // With nothing new, the truthful door answers the probes 304, and most polls fetch nothing.
+    wait_until("two probes answered 304 at the fresh door", Duration::from_secs(10), || {
+        server.served("fresh").iter().filter(|s| s.is_probe() && s.status == 304).count() >= 2
+    });
+    let fresh = server.served("fresh");
+    let (probes, fetches) =
+        (fresh.iter().filter(|s| s.is_probe()).count(), fresh.iter().filter(|s| s.is_fetch()).count());
+    assert!(fetches < probes, "{fetches} fetches for {probes} probes: {fresh:#?}");
+    assert!(server.served("down").iter().all(|s| !s.is_probe() || s.status == 503));
+    let remotes = nodes[0].state.join("remotes.json");
+    wait_until("the fresh node to record a poll its probe answered", Duration::from_secs(10), || {
+        std::fs::read_to_string(&remotes).is_ok_and(|json| json.contains("\"probed\": true"))
+    });
+
+    // Pushed just after the stale node's real fetch: its probes are trusted for the next 4 s.
+    let stale_fetches = || server.served("stale").iter().filter(|s| s.is_fetch()).count();
+    let fetches = stale_fetches();
+    wait_until("a real fetch at the stale door", Duration::from_secs(10), || stale_fetches() > fetches);
+    let before = server.served("stale").len();
+    let second = work.commit(&env, &[("note", "2")], "second");
+    publish(&env, &work, &mirror);
+    wait_until("all three nodes to deploy the second commit", Duration::from_secs(20), || {
+        all_deployed(&second)
+    });
+    for (node, daemon) in nodes.iter().zip(&daemons) {
+        let runs = node.run_ids();
+        assert_eq!(runs.len(), 2, "{}: {runs:?}\n{}", node.config.display(), daemon.log());
+    }
+    // The stale door said "unchanged" after the push (a 304 to the old ETag) and the node fetched
+    // all the same once the trust ran out.
+    let stale = server.served("stale")[before..].to_vec();
+    let fooled = stale.iter().position(|s| s.is_probe() && s.status == 304);
+    let fetched = stale.iter().rposition(|s| s.is_fetch() && s.status == 200);
+    assert!(matches!((fooled, fetched), (Some(f), Some(g)) if f < g), "{stale:#?}");
+}
+
+#[test]
+fn probe_trust_zero_never_probes() {
+    let env = Env::new();
+    let mirror = env.path("mirror.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
+    let work = env.deploy_repo("work");
+    let first = work.commit(&env, &[("troops.toml", PLAN)], "plan");
+    publish(&env, &work, &mirror);
+    let server = Mirror::start(mirror.clone());
+    env.write_config("hostname = \"web-1\"\nprobe_trust = \"0s\"\n");
+    env.ok(&["init", &format!("--remote=origin={}", server.url("fresh"))]);
+    for _ in 0..2 {
+        let out = env.run(&["pull"]);
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    }
+    assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
+    let served = server.served("fresh");
+    assert!(served.iter().all(|s| !s.is_probe()), "{served:#?}");
+    assert_eq!(served.iter().filter(|s| s.is_fetch()).count(), 2, "{served:#?}");
+    assert!(!env.state.join("probes.json").exists());
+}
