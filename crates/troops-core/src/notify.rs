@@ -196,23 +196,7 @@ mod tests {
     use crate::runs::Trigger;
 
     fn record(id: u64, status: RunStatus) -> RunRecord {
-        RunRecord {
-            schema: crate::runs::SCHEMA,
-            id,
-            trigger: Trigger::Pull,
-            commit: "c".repeat(40),
-            previous_commit: None,
-            host: "web-1".into(),
-            roles: Vec::new(),
-            started_at: crate::runs::now(),
-            finished_at: Some(crate::runs::now()),
-            status,
-            error: None,
-            steps: Vec::new(),
-            checks: Vec::new(),
-            rollback_of: None,
-            rolled_back_by: None,
-        }
+        RunRecord::for_test(id, &"c".repeat(40), status)
     }
 
     #[test]

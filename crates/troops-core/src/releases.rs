@@ -124,23 +124,7 @@ mod tests {
     use crate::runs::RunRecord;
 
     fn record(id: u64, status: RunStatus) -> RunRecord {
-        RunRecord {
-            schema: crate::runs::SCHEMA,
-            id,
-            trigger: crate::runs::Trigger::Push,
-            commit: "c".repeat(40),
-            previous_commit: None,
-            host: "h".into(),
-            roles: vec![],
-            started_at: "t".into(),
-            finished_at: None,
-            status,
-            error: None,
-            steps: vec![],
-            checks: vec![],
-            rollback_of: None,
-            rolled_back_by: None,
-        }
+        RunRecord::for_test(id, &"c".repeat(40), status)
     }
 
     #[test]

@@ -117,6 +117,31 @@ fn schema_1() -> u32 {
     1
 }
 
+#[cfg(test)]
+impl RunRecord {
+    /// A run of `commit` for unit tests: pulled on web-1, started at "start", ended at "end" unless
+    /// `status` is unfinished, no steps; change what a test needs.
+    pub fn for_test(id: u64, commit: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            schema: SCHEMA,
+            id,
+            trigger: Trigger::Pull,
+            commit: commit.to_owned(),
+            previous_commit: None,
+            host: "web-1".into(),
+            roles: Vec::new(),
+            started_at: "start".into(),
+            finished_at: (!status.unfinished()).then(|| "end".into()),
+            status,
+            error: None,
+            steps: Vec::new(),
+            checks: Vec::new(),
+            rollback_of: None,
+            rolled_back_by: None,
+        }
+    }
+}
+
 macro_rules! display_as_serde {
     ($($t:ty),*) => {$(
         impl std::fmt::Display for $t {

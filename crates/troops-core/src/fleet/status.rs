@@ -303,23 +303,7 @@ mod tests {
     use crate::fleet::rollout::Hold;
 
     fn run(commit: &str, status: RunStatus) -> RunRecord {
-        RunRecord {
-            schema: crate::runs::SCHEMA,
-            id: 1,
-            trigger: Trigger::Pull,
-            commit: commit.into(),
-            previous_commit: None,
-            host: "h".into(),
-            roles: vec![],
-            started_at: "start".into(),
-            finished_at: (!status.unfinished()).then(|| "end".into()),
-            status,
-            error: None,
-            steps: vec![],
-            checks: vec![],
-            rollback_of: None,
-            rolled_back_by: None,
-        }
+        RunRecord::for_test(1, commit, status)
     }
 
     #[test]
