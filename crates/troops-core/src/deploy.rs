@@ -87,9 +87,8 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         Request::Person(rev) => Cause::Person { commit: Some(resolve(node, &repo, rev.as_deref())?) },
     };
     // What nearly every poll finds: nothing to do. Decided from refs and the newest record,
-    // without waiting for the lock.
-    // A run on record as under way may be one whose troops died: only the lock tells, so then
-    // the decision waits for it.
+    // without waiting for the lock; but a run on record as under way may be one whose troops
+    // died, which only the lock tells, so then the decision waits for it.
     if !matches!(cause, Cause::Person { .. }) {
         let facts = facts(node, &repo)?;
         let decision = decide(node, cause, &facts)?;
@@ -98,10 +97,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             return Ok(Outcome::Nothing(decision));
         }
     }
-    let mut lock = NodeLock::acquire(&node.lock_path(), |holder| {
-        let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
-    })?;
-    recover(node, &repo, &lock, out)?;
+    let mut lock = lock_and_recover(node, &repo, out)?;
     let mut ran: Vec<RunRecord> = Vec::new();
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
@@ -155,10 +151,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
 /// activate, no build).
 pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
-    let mut lock = NodeLock::acquire(&node.lock_path(), |holder| {
-        let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
-    })?;
-    recover(node, &repo, &lock, out)?;
+    let mut lock = lock_and_recover(node, &repo, out)?;
     let deployed = repo.deployed()?.ok_or_else(|| {
         Error::Input("nothing is deployed on this node, so there is nothing to roll back".into())
     })?;
@@ -283,6 +276,15 @@ pub fn next_due(node: &Node) -> Option<SystemTime> {
         Decision::Wait { until, .. } | Decision::Hold { until: Some(until), .. } => Some(until),
         _ => None,
     }
+}
+
+/// Takes the node lock (saying what it waits for), then cleans up after a troops that died.
+fn lock_and_recover(node: &Node, repo: &crate::repo::NodeRepo, out: &mut dyn Write) -> Result<NodeLock> {
+    let lock = NodeLock::acquire(&node.lock_path(), |holder| {
+        let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
+    })?;
+    recover(node, repo, &lock, out)?;
+    Ok(lock)
 }
 
 /// Under the lock, before anything runs: what a troops that died left behind. A run left
