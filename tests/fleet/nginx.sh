@@ -8,13 +8,17 @@
 # Starts a private fcgiwrap and a private nginx (own config, pid file, logs and temp dirs under
 # DIR; no system service) serving the repos under ROOT on 127.0.0.1:PORT, and waits until it
 # answers. Sets SERVERS to their pids (nginx's master, whose workers are its children, and
-# fcgiwrap, which waits for every http-backend it runs) and defines `polls`, which prints the
-# polls and the smart fetches served so far, counted from nginx's access log.
+# fcgiwrap with its preforked workers) and defines `polls`, which prints the polls and the smart
+# fetches served so far, counted from nginx's access log, and `cgi_cpu`, the CPU seconds of every
+# http-backend run so far: fcgiwrap ignores SIGCHLD, so they are not in its cutime and
+# tests/fleet/cgi-cpu.py writes them down.
 start_nginx() {
     local dir=$1 root=$2 port=$3 user=""
     mkdir -p "$dir/tmp"
     # As root, nginx's workers would switch to `nobody`, who cannot read a mktemp dir.
     [ "$(id -u)" = 0 ] && user="user root;"
+    local wrapper
+    wrapper=$(realpath "$(dirname "${BASH_SOURCE[0]}")/cgi-cpu.py")
     /usr/sbin/fcgiwrap -c 2 -s "unix:$dir/fcgiwrap.sock" &
     SERVERS=("$!")
     cat >"$dir/nginx.conf" <<CONF
@@ -36,7 +40,8 @@ http {
     server {
         listen 127.0.0.1:$port backlog=4096;
         root $root;
-        fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
+        fastcgi_param SCRIPT_FILENAME $wrapper;
+        fastcgi_param CPU_LOG $dir/cgi-cpu.log;
         fastcgi_param GIT_PROJECT_ROOT $root;
         fastcgi_param GIT_HTTP_EXPORT_ALL 1;
         fastcgi_param GIT_CONFIG_NOSYSTEM 1;
@@ -59,7 +64,9 @@ CONF
     /usr/sbin/nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
     SERVERS+=("$!")
     until curl -sf "http://127.0.0.1:$port/deploy.git/HEAD" >/dev/null; do sleep 0.1; done
-    NGINX_LOG=$dir/access.log
+    NGINX_LOG=$dir/access.log CGI_LOG=$dir/cgi-cpu.log
+    touch "$CGI_LOG"
+    cgi_cpu() { awk '{ t += $1 } END { print t + 0 }' "$CGI_LOG"; }
     # Polls: GETs of info/refs, a probe (no query) or a fetch that no probe preceded (a smart GET).
     polls() { awk '$1 == "GET" && $2 ~ /\/info\/refs$/ { p++; if ($3 != "-") f++ } END { print p + 0, f + 0 }' "$NGINX_LOG"; }
 }

@@ -64,7 +64,9 @@ export HOME=$TMP/home GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 export GIT_AUTHOR_NAME=fleet GIT_AUTHOR_EMAIL=fleet@example.com GIT_COMMITTER_NAME=fleet GIT_COMMITTER_EMAIL=fleet@example.com
 mkdir -p "$HOME" "$TMP/mirror" "$TMP/nodes"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# CPU seconds of the processes $@, their live descendants and the descendants they waited for.
+# CPU seconds a CGI's wrapper wrote down (nginx.sh); the other servers wait for their children.
+cgi_cpu() { echo 0; }
+# CPU seconds of the mirror: the processes $@, their live descendants and the descendants they waited for.
 cpu() {
     local pids=("$@") i=0 kids
     while [ "$i" -lt "${#pids[@]}" ]; do
@@ -73,7 +75,7 @@ cpu() {
         i=$((i + 1))
     done
     (cd /proc && cat "${pids[@]/%//stat}" 2>/dev/null || true) |
-        awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); t += $12+$13+$14+$15 } END { print t/hz }'
+        awk -v hz="$(getconf CLK_TCK)" -v cgi="$(cgi_cpu)" '{ sub(/^.*\) /, ""); t += $12+$13+$14+$15 } END { print t/hz + cgi }'
 }
 
 # --- the mirror ---------------------------------------------------------------------------------
