@@ -57,6 +57,7 @@ cleanup() {
         kill "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null) 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    [ -n "${INSTANCES_WERE:-}" ] && echo "$INSTANCES_WERE" >"$INSTANCES"
     [ "${KEEP:-0}" = 1 ] && echo "kept $TMP" >&2 || rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -164,6 +165,7 @@ say "starting $NODES nodes (interval $INTERVAL, jitter $JITTER, probe_trust $TRU
 INSTANCES=/proc/sys/fs/inotify/max_user_instances
 if [ "$(cat $INSTANCES)" -lt $((NODES + 64)) ]; then
     say "raising $INSTANCES from $(cat $INSTANCES) to $((NODES + 64))"
+    INSTANCES_WERE=$(cat $INSTANCES) # set back on exit
     echo $((NODES + 64)) >$INSTANCES || { echo "cannot raise $INSTANCES: run as root, or fewer nodes" >&2; exit 2; }
 fi
 start_node() {
@@ -220,12 +222,14 @@ say "first deploy on half, 90% and all: $TIMES s"
 sleep "$PERIOD"
 read -r polls0 fetches0 < <(polls)
 cpu0=$(cpu "${SERVERS[@]}")
+cgi0=$(cgi_cpu)
 sleep "$WINDOW"
 read -r polls1 fetches1 < <(polls)
 cpu1=$(cpu "${SERVERS[@]}")
+cgi1=$(cgi_cpu)
 POLLS=$((polls1 - polls0)) FETCHES=$((fetches1 - fetches0))
 POLL_MS=$(python3 -c "print(round(($cpu1 - $cpu0) * 1000 / max($POLLS, 1), 2))")
-say "window ${WINDOW}s: $POLLS polls, $FETCHES real fetches, $(python3 -c "print(round($cpu1 - $cpu0, 2))") s mirror CPU"
+say "window ${WINDOW}s: $POLLS polls, $FETCHES real fetches, $(python3 -c "print(round($cpu1 - $cpu0, 2), 's mirror CPU, of which', round($cgi1 - $cgi0, 2), 'in CGIs written down by cgi-cpu.py')")"
 
 PSS=0 RSS=0
 for pid in "${DAEMONS[@]}"; do
