@@ -19,7 +19,7 @@ start_nginx() {
     [ "$(id -u)" = 0 ] && user="user root;"
     local wrapper
     wrapper=$(realpath "$(dirname "${BASH_SOURCE[0]}")/cgi-cpu.py")
-    /usr/sbin/fcgiwrap -c 2 -s "unix:$dir/fcgiwrap.sock" &
+    /usr/sbin/fcgiwrap -c 4 -s "unix:$dir/fcgiwrap.sock" &
     SERVERS=("$!")
     cat >"$dir/nginx.conf" <<CONF
 $user
