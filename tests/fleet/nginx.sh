@@ -19,8 +19,16 @@ start_nginx() {
     [ "$(id -u)" = 0 ] && user="user root;"
     local wrapper
     wrapper=$(realpath "$(dirname "${BASH_SOURCE[0]}")/cgi-cpu.py")
-    /usr/sbin/fcgiwrap -c 4 -s "unix:$dir/fcgiwrap.sock" &
+    # fcgiwrap's own socket (-s) has a backlog of 5: a thousand nodes fetching at once got 502s.
+    # Given a listening socket as stdin (as spawn-fcgi does), it uses that one.
+    python3 -c 'import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(4096)
+os.dup2(s.fileno(), 0)
+os.execv("/usr/sbin/fcgiwrap", ["fcgiwrap", "-c", "4"])' "$dir/fcgiwrap.sock" &
     SERVERS=("$!")
+    until [ -S "$dir/fcgiwrap.sock" ]; do sleep 0.1; done
     cat >"$dir/nginx.conf" <<CONF
 $user
 daemon off;
