@@ -104,7 +104,7 @@ http)
     nginx)
         # shellcheck source=tests/fleet/nginx.sh
         . "$ROOT/tests/fleet/nginx.sh"
-        start_nginx "$TMP/nginx" "$TMP/mirror" "$PORT" # sets SERVERS, defines polls
+        start_nginx "$TMP/nginx" "$TMP/mirror" "$PORT" # sets SERVERS, defines polls and cgi_cpu
         ;;
     *) echo "--server is nginx or python" >&2; exit 2 ;;
     esac
