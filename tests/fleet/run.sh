@@ -3,17 +3,21 @@
 # config, polling ONE mirror, and what that costs the mirror. Not part of the test suite.
 #
 #   tests/fleet/run.sh [--nodes N] [--interval 2s] [--jitter 2s] [--window SECONDS]
-#                      [--transport http|ssh] [--probe-trust DURATION] [--bin PATH]
+#                      [--transport http|ssh] [--server nginx|python] [--probe-trust DURATION]
+#                      [--bin PATH]
 #
-# The mirror is a bare repo served over HTTP by tests/fleet/mirror.py (static files with ETags and
-# 304s, `git http-backend` for smart requests; the repo keeps `info/refs` fresh with
-# receive.updateServerInfo) or over SSH by a private sshd on 127.0.0.1 (MaxStartups raised so
-# that no connection is dropped, and an empty ~/.bashrc: see below). It measures, and prints as
-# one markdown table row:
-#   - mirror CPU per no-change poll: the server's utime+stime+cutime+cstime from /proc/PID/stat
-#     (every sshd session, http-backend and upload-pack is a waited-for descendant, so it lands in
-#     cutime/cstime) over a window with no commits, divided by the polls served in it (HTTP: the
-#     server's request counts; SSH: "Accepted publickey" lines in sshd's log);
+# The mirror is a bare repo (the repo keeps `info/refs` fresh with receive.updateServerInfo)
+# served over HTTP, static files with ETags and 304s first and `git http-backend` for smart
+# requests, by --server: `nginx` (the default when /usr/sbin/nginx and /usr/sbin/fcgiwrap are
+# installed: a private nginx with http-backend behind a private fcgiwrap, see tests/fleet/nginx.sh)
+# or `python` (tests/fleet/mirror.py); or over SSH by a private sshd on 127.0.0.1 (MaxStartups
+# raised so that no connection is dropped, and an empty ~/.bashrc: see below). It measures, and
+# prints as one markdown table row:
+#   - mirror CPU per no-change poll: utime+stime+cutime+cstime from /proc/PID/stat of the server
+#     processes and all their live descendants (nginx's workers; every sshd session, http-backend
+#     and upload-pack is a waited-for descendant, so once it ends it lands in cutime/cstime) over
+#     a window with no commits, divided by the polls served in it (HTTP: the server's request
+#     counts; SSH: "Accepted publickey" lines in sshd's log);
 #   - the same for plain `git fetch` from a clone over the same transport, 100 times in a row;
 #   - polls and real fetches per second served in the window;
 #   - total daemon memory: the sum of Pss (and of Rss) of every daemon;
@@ -24,7 +28,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-NODES=10 INTERVAL=2s JITTER=2s WINDOW=30 TRANSPORT=http TRUST="" BIN=$ROOT/target/release/troops
+NODES=10 INTERVAL=2s JITTER=2s WINDOW=30 TRANSPORT=http TRUST="" BIN=$ROOT/target/release/troops SERVER_KIND=python
+[ -x /usr/sbin/nginx ] && [ -x /usr/sbin/fcgiwrap ] && SERVER_KIND=nginx
 while [ $# -gt 0 ]; do
     case $1 in
         --nodes) NODES=$2; shift ;;
@@ -32,9 +37,10 @@ while [ $# -gt 0 ]; do
         --jitter) JITTER=$2; shift ;;
         --window) WINDOW=$2; shift ;;
         --transport) TRANSPORT=$2; shift ;;
+        --server) SERVER_KIND=$2; shift ;;
         --probe-trust) TRUST=$2; shift ;;
         --bin) BIN=$(realpath "$2"); shift ;;
-        *) echo "usage: tests/fleet/run.sh [--nodes N] [--interval D] [--jitter D] [--window S] [--transport http|ssh] [--probe-trust D] [--bin PATH]" >&2; exit 2 ;;
+        *) echo "usage: tests/fleet/run.sh [--nodes N] [--interval D] [--jitter D] [--window S] [--transport http|ssh] [--server nginx|python] [--probe-trust D] [--bin PATH]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -46,8 +52,12 @@ say() { printf '== %s\n' "$*" >&2; }
 TMP=$(mktemp -d /tmp/troops-fleet.XXXXXX)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # With their children: fcgiwrap's preforked workers outlive it otherwise.
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null) 2>/dev/null || true
+    done
     wait 2>/dev/null || true
+    [ -n "${INSTANCES_WERE:-}" ] && echo "$INSTANCES_WERE" >"$INSTANCES"
     [ "${KEEP:-0}" = 1 ] && echo "kept $TMP" >&2 || rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -55,8 +65,19 @@ export HOME=$TMP/home GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 export GIT_AUTHOR_NAME=fleet GIT_AUTHOR_EMAIL=fleet@example.com GIT_COMMITTER_NAME=fleet GIT_COMMITTER_EMAIL=fleet@example.com
 mkdir -p "$HOME" "$TMP/mirror" "$TMP/nodes"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# CPU seconds of process $1 and its waited-for descendants.
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12+$13+$14+$15)/hz }' "/proc/$1/stat"; }
+# CPU seconds a CGI's wrapper wrote down (nginx.sh); the other servers wait for their children.
+cgi_cpu() { echo 0; }
+# CPU seconds of the mirror: the processes $@, their live descendants and the descendants they waited for.
+cpu() {
+    local pids=("$@") i=0 kids
+    while [ "$i" -lt "${#pids[@]}" ]; do
+        kids=$(cat /proc/"${pids[$i]}"/task/*/children 2>/dev/null || true)
+        for kid in $kids; do pids+=("$kid"); done
+        i=$((i + 1))
+    done
+    (cd /proc && cat "${pids[@]/%//stat}" 2>/dev/null || true) |
+        awk -v hz="$(getconf CLK_TCK)" -v cgi="$(cgi_cpu)" '{ sub(/^.*\) /, ""); t += $12+$13+$14+$15 } END { print t/hz + cgi }'
+}
 
 # --- the mirror ---------------------------------------------------------------------------------
 MIRROR=$TMP/mirror/deploy.git
@@ -71,12 +92,22 @@ FIRST=$(git -C "$TMP/work" rev-parse HEAD)
 case $TRANSPORT in
 http)
     PORT=$(free_port)
-    python3 "$ROOT/tests/fleet/mirror.py" "$TMP/mirror" "$PORT" &
-    SERVER=$!
     URL=http://127.0.0.1:$PORT/deploy.git
-    until curl -sf "http://127.0.0.1:$PORT/_stats" >/dev/null; do sleep 0.1; done
-    # Polls: probes of info/refs plus fetches that no probe preceded (each opens with a smart GET).
-    polls() { curl -sf "http://127.0.0.1:$PORT/_stats" | python3 -c 'import json,sys; c=json.load(sys.stdin); print(c["static_200"]+c["static_304"]+c["smart_get"], c["smart_get"])'; }
+    case $SERVER_KIND in
+    python)
+        python3 "$ROOT/tests/fleet/mirror.py" "$TMP/mirror" "$PORT" &
+        SERVERS=("$!")
+        until curl -sf "http://127.0.0.1:$PORT/_stats" >/dev/null; do sleep 0.1; done
+        # Polls: probes of info/refs plus fetches that no probe preceded (each opens with a smart GET).
+        polls() { curl -sf "http://127.0.0.1:$PORT/_stats" | python3 -c 'import json,sys; c=json.load(sys.stdin); print(c["static_200"]+c["static_304"]+c["smart_get"], c["smart_get"])'; }
+        ;;
+    nginx)
+        # shellcheck source=tests/fleet/nginx.sh
+        . "$ROOT/tests/fleet/nginx.sh"
+        start_nginx "$TMP/nginx" "$TMP/mirror" "$PORT" # sets SERVERS, defines polls and cgi_cpu
+        ;;
+    *) echo "--server is nginx or python" >&2; exit 2 ;;
+    esac
     ;;
 ssh)
     D=$TMP/sshd PORT=$(free_port)
@@ -107,7 +138,7 @@ EOF
     else
         /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/log" &
     fi
-    SERVER=$!
+    SERVERS=("$!")
     URL=ssh://$(id -un)@127.0.0.1:$PORT$MIRROR
     until grep -q "Server listening" "$D/log" 2>/dev/null; do sleep 0.1; done
     echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$D/host.pub")" >"$D/known_hosts"
@@ -116,14 +147,14 @@ EOF
     ;;
 *) echo "--transport is http or ssh" >&2; exit 2 ;;
 esac
-PIDS+=("$SERVER")
+PIDS+=("${SERVERS[@]}")
 
 # --- plain git fetch over the same transport ----------------------------------------------------
 say "baseline: 100 no-change \`git fetch\` over $TRANSPORT"
 git clone -q "$URL" "$TMP/plain"
-before=$(cpu "$SERVER")
+before=$(cpu "${SERVERS[@]}")
 for _ in $(seq 100); do git -C "$TMP/plain" fetch -q origin; done
-PLAIN_MS=$(python3 -c "print(round(($(cpu "$SERVER") - $before) * 1000 / 100, 2))")
+PLAIN_MS=$(python3 -c "print(round(($(cpu "${SERVERS[@]}") - $before) * 1000 / 100, 2))")
 say "plain git fetch: ${PLAIN_MS} ms of mirror CPU per fetch"
 
 # --- the fleet ----------------------------------------------------------------------------------
@@ -134,6 +165,7 @@ say "starting $NODES nodes (interval $INTERVAL, jitter $JITTER, probe_trust $TRU
 INSTANCES=/proc/sys/fs/inotify/max_user_instances
 if [ "$(cat $INSTANCES)" -lt $((NODES + 64)) ]; then
     say "raising $INSTANCES from $(cat $INSTANCES) to $((NODES + 64))"
+    INSTANCES_WERE=$(cat $INSTANCES) # set back on exit
     echo $((NODES + 64)) >$INSTANCES || { echo "cannot raise $INSTANCES: run as root, or fewer nodes" >&2; exit 2; }
 fi
 start_node() {
@@ -156,7 +188,7 @@ for n in $(seq "$NODES"); do
         "$BIN" daemon >"$dir/daemon.log" 2>&1 &
     PIDS+=("$!")
 done
-DAEMONS=("${PIDS[@]:1}")
+DAEMONS=("${PIDS[@]:${#SERVERS[@]}}")
 
 deployed() { # how many nodes deployed commit $1
     local c=0 n tip
@@ -189,13 +221,15 @@ say "first deploy on half, 90% and all: $TIMES s"
 # Settle one period (every node has probed once with a validator), then a window with no change.
 sleep "$PERIOD"
 read -r polls0 fetches0 < <(polls)
-cpu0=$(cpu "$SERVER")
+cpu0=$(cpu "${SERVERS[@]}")
+cgi0=$(cgi_cpu)
 sleep "$WINDOW"
 read -r polls1 fetches1 < <(polls)
-cpu1=$(cpu "$SERVER")
+cpu1=$(cpu "${SERVERS[@]}")
+cgi1=$(cgi_cpu)
 POLLS=$((polls1 - polls0)) FETCHES=$((fetches1 - fetches0))
 POLL_MS=$(python3 -c "print(round(($cpu1 - $cpu0) * 1000 / max($POLLS, 1), 2))")
-say "window ${WINDOW}s: $POLLS polls, $FETCHES real fetches, $(python3 -c "print(round($cpu1 - $cpu0, 2))") s mirror CPU"
+say "window ${WINDOW}s: $POLLS polls, $FETCHES real fetches, $(python3 -c "print(round($cpu1 - $cpu0, 2), 's mirror CPU, of which', round($cgi1 - $cgi0, 2), 'in CGIs written down by cgi-cpu.py')")"
 
 PSS=0 RSS=0
 for pid in "${DAEMONS[@]}"; do
@@ -212,7 +246,9 @@ read -r HALF MOST ALL <<<"$TIMES"
 say "commit to deployed on half, 90% and all: $HALF $MOST $ALL s (interval + jitter: $PERIOD s)"
 
 # | transport | nodes | interval + jitter | troops | git fetch | ratio | polls/s | fetches/s | Pss (per node) | Rss | deployed on half / 90% / all | all / period |
-python3 - "$TRANSPORT" "$NODES" "$INTERVAL" "$JITTER" "$POLL_MS" "$PLAIN_MS" "$POLLS" "$FETCHES" "$WINDOW" "$PSS" "$RSS" "$ALL" "$PERIOD" "$HALF" "$MOST" <<'EOF'
+LABEL=$TRANSPORT
+[ "$TRANSPORT" = http ] && LABEL="http ($SERVER_KIND)"
+python3 - "$LABEL" "$NODES" "$INTERVAL" "$JITTER" "$POLL_MS" "$PLAIN_MS" "$POLLS" "$FETCHES" "$WINDOW" "$PSS" "$RSS" "$ALL" "$PERIOD" "$HALF" "$MOST" <<'EOF'
 import sys
 t, n, i, j, poll, plain, polls, fetches, window, pss, rss, all_, period, half, most = sys.argv[1:]
 n, poll, plain, polls, fetches, window, pss, rss, all_, period = int(n), float(poll), float(plain), int(polls), int(fetches), int(window), int(pss), int(rss), float(all_), float(period)

@@ -1,0 +1,80 @@
+# shellcheck shell=bash
+# The fleet benchmark's HTTP mirror as users run one: nginx serving the bare repos' files
+# statically (its default strong-enough ETag from mtime and size, and 304 to If-None-Match or
+# If-Modified-Since) and smart HTTP through `git http-backend` behind fcgiwrap. Sourced by run.sh.
+#
+#   start_nginx DIR ROOT PORT
+#
+# Starts a private fcgiwrap and a private nginx (own config, pid file, logs and temp dirs under
+# DIR; no system service) serving the repos under ROOT on 127.0.0.1:PORT, and waits until it
+# answers. Sets SERVERS to their pids (nginx's master, whose workers are its children, and
+# fcgiwrap with its preforked workers) and defines `polls`, which prints the polls and the smart
+# fetches served so far, counted from nginx's access log, and `cgi_cpu`, the CPU seconds of every
+# http-backend run so far: fcgiwrap ignores SIGCHLD, so they are not in its cutime and
+# tests/fleet/cgi-cpu.py writes them down.
+start_nginx() {
+    local dir=$1 root=$2 port=$3 user=""
+    mkdir -p "$dir/tmp"
+    # As root, nginx's workers would switch to `nobody`, who cannot read a mktemp dir.
+    [ "$(id -u)" = 0 ] && user="user root;"
+    local wrapper
+    wrapper=$(realpath "$(dirname "${BASH_SOURCE[0]}")/cgi-cpu.py")
+    # fcgiwrap's own socket (-s) has a backlog of 5: a thousand nodes fetching at once got 502s.
+    # Given a listening socket as stdin (as spawn-fcgi does), it uses that one.
+    python3 -c 'import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(4096)
+os.dup2(s.fileno(), 0)
+os.execv("/usr/sbin/fcgiwrap", ["fcgiwrap", "-c", "4"])' "$dir/fcgiwrap.sock" &
+    SERVERS=("$!")
+    until [ -S "$dir/fcgiwrap.sock" ]; do sleep 0.1; done
+    cat >"$dir/nginx.conf" <<CONF
+$user
+daemon off;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+    log_format polls '\$request_method \$uri \$args \$status';
+    access_log $dir/access.log polls;
+    default_type application/octet-stream;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        root $root;
+        fastcgi_param SCRIPT_FILENAME $wrapper;
+        fastcgi_param CPU_LOG $dir/cgi-cpu.log;
+        fastcgi_param GIT_PROJECT_ROOT $root;
+        fastcgi_param GIT_HTTP_EXPORT_ALL 1;
+        fastcgi_param GIT_CONFIG_NOSYSTEM 1;
+        fastcgi_param GIT_CONFIG_GLOBAL /dev/null;
+        fastcgi_param PATH_INFO \$uri;
+        fastcgi_param QUERY_STRING \$args;
+        fastcgi_param REQUEST_METHOD \$request_method;
+        fastcgi_param CONTENT_TYPE \$content_type;
+        fastcgi_param CONTENT_LENGTH \$content_length;
+        fastcgi_param REMOTE_ADDR \$remote_addr;
+        fastcgi_param GIT_PROTOCOL \$http_git_protocol if_not_empty;
+        # A path with a query (\`info/refs?service=\`) and the POSTs are smart HTTP; the rest, files.
+        location / {
+            if (\$args) { fastcgi_pass unix:$dir/fcgiwrap.sock; }
+        }
+        location ~ /git-upload-pack\$ { fastcgi_pass unix:$dir/fcgiwrap.sock; }
+    }
+}
+CONF
+    /usr/sbin/nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
+    SERVERS+=("$!")
+    until curl -sf "http://127.0.0.1:$port/deploy.git/HEAD" >/dev/null; do sleep 0.1; done
+    NGINX_LOG=$dir/access.log CGI_LOG=$dir/cgi-cpu.log
+    touch "$CGI_LOG"
+    cgi_cpu() { awk '{ t += $1 } END { print t + 0 }' "$CGI_LOG"; }
+    # Polls: GETs of info/refs, a probe (no query) or a fetch that no probe preceded (a smart GET).
+    polls() { awk '$1 == "GET" && $2 ~ /\/info\/refs$/ { p++; if ($3 != "-") f++ } END { print p + 0, f + 0 }' "$NGINX_LOG"; }
+}
