@@ -66,6 +66,11 @@ impl Publisher {
             if !self.wait(&last, heartbeat) {
                 break;
             }
+            // Without a status remote the thread only waits: it allocates nothing, so it keeps no
+            // memory arena of its own warm.
+            if config.lock().unwrap().status_remote.is_none() {
+                continue;
+            }
             let config = config.lock().unwrap().clone();
             let Some(remote) = config.status_remote.clone() else { continue };
             let node = Node { state_dir: state_dir.to_owned(), config };
