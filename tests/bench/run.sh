@@ -366,8 +366,8 @@ case_health() {
         --prepare true "sh -c true"
     local c p r s
     c=$(median health 0) p=$(median health 1) r=$(median rollback 0) s=$(median rollback 1)
-    row "7. health and rollback" "deploy with one passing HTTP check − without" "$(calc "'+%.1f ms' % ($c-$p)")" "$(ms "$c")" "$(ms "$p")" "≤ +20 ms" "$(verdict "$c - $p <= 20")"
-    row "" "troops rollback of a release (switch + 1 activate step) − the step alone" "$(calc "'+%.1f ms' % ($r-$s)")" "$(ms "$r")" "$(ms "$s")" "≤ +100 ms" "$(verdict "$r - $s <= 100")"
+    row "7. health and rollback" "deploy with one passing HTTP check − without" "$(calc "'%+.1f ms' % ($c-$p)")" "$(ms "$c")" "$(ms "$p")" "≤ +20 ms" "$(verdict "$c - $p <= 20")"
+    row "" "troops rollback of a release (switch + 1 activate step) − the step alone" "$(calc "'%+.1f ms' % ($r-$s)")" "$(ms "$r")" "$(ms "$s")" "≤ +100 ms" "$(verdict "$r - $s <= 100")"
 }
 
 # --- the table ---------------------------------------------------------------------------------
