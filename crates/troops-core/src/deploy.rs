@@ -268,11 +268,17 @@ fn decide(node: &Node, cause: Cause, facts: &Facts) -> Result<Decision> {
     Ok(decision)
 }
 
+/// What `schedule` decides for `cause` now, from the node's state on disk, with no side effect:
+/// for `troops status`, the daemon's retry timer, and a hook whose work the daemon did already.
+pub fn decision(node: &Node, cause: Cause) -> Result<Decision> {
+    let repo = node.repo()?;
+    Ok(schedule::decide(cause, &facts(node, &repo)?, SystemTime::now(), &node.config.retry))
+}
+
 /// When the daemon should look again on its own: the end of a failed commit's backoff, or of the
 /// earlier wave's soak.
 pub fn next_due(node: &Node) -> Option<SystemTime> {
-    let repo = node.repo().ok()?;
-    match schedule::decide(Cause::Tick, &facts(node, &repo).ok()?, SystemTime::now(), &node.config.retry) {
+    match decision(node, Cause::Tick).ok()? {
         Decision::Wait { until, .. } | Decision::Hold { until: Some(until), .. } => Some(until),
         _ => None,
     }

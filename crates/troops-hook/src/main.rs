@@ -100,12 +100,8 @@ fn post_receive() -> Result<ExitCode> {
             // The daemon watches the branch too: it may have run this tip before the push asked,
             // and then has nothing to say.
             None if exit == 0 && out.1 == 0 => {
-                let outcome = deploy::Outcome::Nothing(troops_core::schedule::decide(
-                    troops_core::schedule::Cause::Push,
-                    &deploy::facts(&node, &node.repo()?)?,
-                    std::time::SystemTime::now(),
-                    &node.config.retry,
-                ));
+                let outcome =
+                    deploy::Outcome::Nothing(deploy::decision(&node, troops_core::schedule::Cause::Push)?);
                 say(&outcome.nothing_ran().unwrap_or_default());
             }
             None => {}

@@ -63,12 +63,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
     let quarantined = repo.all_quarantined()?;
     // What the node does next on its own, and why: the same decision every trigger obeys.
-    let next = troops_core::schedule::decide(
-        troops_core::schedule::Cause::Tick,
-        &troops_core::deploy::facts(node, &repo)?,
-        std::time::SystemTime::now(),
-        &node.config.retry,
-    );
+    let next = troops_core::deploy::decision(node, troops_core::schedule::Cause::Tick)?;
     let next_json = match &next {
         Decision::Run(r) => {
             json!({"state": "run", "commit": r.commit.to_string(), "trigger": r.trigger, "why": r.why})
