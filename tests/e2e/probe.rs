@@ -1,8 +1,9 @@
 //! Issue 17: the probe before a fetch. Three daemons follow one static "dumb" HTTP mirror (files
 //! only, as `git update-server-info` leaves them) through three doors: one answers the probe
-//! truthfully, one is a stale cache of `info/refs` (the old file, 304 to its ETag) while the repo
+//! truthfully, one is a stale cache of `info/refs` (an old copy, 304 to its ETag) while the repo
 //! moved, one fails every probe. All three must deploy each commit: a probe only ever skips a
-//! fetch, and its "unchanged" is trusted for `probe_trust`, no longer.
+//! fetch, and its "unchanged" is trusted for `probe_trust`, no longer. A door caught lagging is
+//! not believed again until it shows a change as it happens.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -36,9 +37,12 @@ impl Served {
 }
 
 /// A static file server for the bare repo `root` at `/<door>/mirror.git/...`, with strong ETags
-/// and 304s. Door `stale` serves the `info/refs` of when it started; door `down` answers 503 to it.
+/// and 304s. Door `stale` serves a copy of `info/refs` made when it started (and by `catch_up`);
+/// door `down` answers 503 to it.
 struct Mirror {
     url: String,
+    root: PathBuf,
+    copy: Arc<Mutex<Vec<u8>>>,
     log: Arc<Mutex<Vec<Served>>>,
 }
 
@@ -47,19 +51,28 @@ impl Mirror {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
-        let frozen = std::fs::read(root.join("info/refs")).expect("the mirror has info/refs");
-        let served = log.clone();
+        let copy = Arc::new(Mutex::new(Vec::new()));
+        let (served, copied, files) = (log.clone(), copy.clone(), root.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (root, frozen, served) = (root.clone(), frozen.clone(), served.clone());
+                let (root, copy, served) = (files.clone(), copied.clone(), served.clone());
                 std::thread::spawn(move || {
-                    if let Some(answer) = answer(conn, &root, &frozen) {
+                    let copy = copy.lock().unwrap().clone();
+                    if let Some(answer) = answer(conn, &root, &copy) {
                         served.lock().unwrap().push(answer);
                     }
                 });
             }
         });
-        Mirror { url, log }
+        let mirror = Mirror { url, root, copy, log };
+        mirror.catch_up();
+        mirror
+    }
+
+    /// The stale door's copy of `info/refs` becomes the mirror's current one.
+    fn catch_up(&self) {
+        *self.copy.lock().unwrap() =
+            std::fs::read(self.root.join("info/refs")).expect("the mirror has info/refs");
     }
 
     fn url(&self, door: &str) -> String {
@@ -71,7 +84,7 @@ impl Mirror {
     }
 }
 
-fn answer(mut conn: TcpStream, root: &Path, frozen: &[u8]) -> Option<Served> {
+fn answer(mut conn: TcpStream, root: &Path, copy: &[u8]) -> Option<Served> {
     let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line).ok()?;
@@ -97,7 +110,7 @@ fn answer(mut conn: TcpStream, root: &Path, frozen: &[u8]) -> Option<Served> {
             let _ = conn.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             return Some(Served { door: door.into(), target, status: 503 });
         }
-        ("stale", true) => Some(frozen.to_vec()),
+        ("stale", true) => Some(copy.to_vec()),
         _ => std::fs::read(root.join(rest)).ok(),
     };
     let status = match &body {
@@ -222,4 +235,60 @@ fn probe_trust_zero_never_probes() {
     assert!(served.iter().all(|s| !s.is_probe()), "{served:#?}");
     assert_eq!(served.iter().filter(|s| s.is_fetch()).count(), 2, "{served:#?}");
     assert!(!env.state.join("probes.json").exists());
+}
+
+#[test]
+fn a_door_caught_lagging_is_not_believed_until_it_shows_a_change_as_it_happens() {
+    let env = Env::new();
+    let mirror = env.path("mirror.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
+    let work = env.deploy_repo("work");
+    let first = work.commit(&env, &[("troops.toml", PLAN)], "plan");
+    publish(&env, &work, &mirror);
+    let server = Mirror::start(mirror.clone());
+    let config = |trust: &str| format!("hostname = \"web-1\"\nprobe_trust = \"{trust}\"\n");
+    env.write_config(&config("1s"));
+    env.ok(&["init", &format!("--remote=origin={}", server.url("stale"))]);
+    env.ok(&["pull"]);
+    assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
+    let pull = || {
+        let out = env.run(&["pull"]);
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout) + &text(&out.stderr)
+    };
+
+    // The repo moves and the door keeps saying "unchanged": believed until the trust runs out,
+    // then the fetch finds the branch moved and says why.
+    let second = work.commit(&env, &[("note", "2")], "second");
+    publish(&env, &work, &mirror);
+    let mut said = String::new();
+    wait_until("the node to deploy the second commit", Duration::from_secs(20), || {
+        said += &pull();
+        env.deployed().as_deref() == Some(second.as_str())
+    });
+    assert!(said.contains("remote origin") && said.contains("lags behind the repo"), "{said}");
+    assert!(said.contains(&second[..12]), "{said}");
+
+    // It catches up late, as a nightly `update-server-info` would. With a trust of an hour, a
+    // believed door would keep the node at the second commit; this one is fetched at once.
+    server.catch_up();
+    env.write_config(&config("1h"));
+    let third = work.commit(&env, &[("note", "3")], "third");
+    publish(&env, &work, &mirror);
+    let said = pull();
+    assert_eq!(env.deployed().as_deref(), Some(third.as_str()), "{said}");
+
+    // Listing a commit before the node has it, it shows a change as it happens: believed again.
+    let fourth = work.commit(&env, &[("note", "4")], "fourth");
+    publish(&env, &work, &mirror);
+    server.catch_up();
+    let said = pull();
+    assert!(said.contains("believed again"), "{said}");
+    assert_eq!(env.deployed().as_deref(), Some(fourth.as_str()));
+    work.commit(&env, &[("note", "5")], "fifth");
+    publish(&env, &work, &mirror);
+    pull();
+    assert_eq!(env.deployed().as_deref(), Some(fourth.as_str()), "a believed \"unchanged\" skips the fetch");
+    let remotes = std::fs::read_to_string(env.state.join("remotes.json")).unwrap();
+    assert!(remotes.contains("\"probed\": true"), "{remotes}");
 }

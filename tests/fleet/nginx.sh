@@ -7,21 +7,18 @@
 #
 # Starts a private fcgiwrap and a private nginx (own config, pid file, logs and temp dirs under
 # DIR; no system service) serving the repos under ROOT on 127.0.0.1:PORT, and waits until it
-# answers. Sets SERVERS to their pids (nginx's master, whose workers are its children, and
-# fcgiwrap with its preforked workers) and defines `polls`, which prints the polls and the smart
-# fetches served so far, counted from nginx's access log, and `cgi_cpu`, the CPU seconds of every
-# http-backend run so far: fcgiwrap ignores SIGCHLD, so they are not in its cutime and
-# tests/fleet/cgi-cpu.py writes them down.
+# answers, both in the mirror's cgroup (run.sh's `in_cgroup`: fcgiwrap ignores SIGCHLD, so the
+# kernel reaps its http-backends and their CPU is in no parent's cutime, only in the cgroup's).
+# Sets SERVERS to their pids and defines `polls`, which prints the polls and the smart fetches
+# served so far, counted from nginx's access log.
 start_nginx() {
     local dir=$1 root=$2 port=$3 user=""
     mkdir -p "$dir/tmp"
     # As root, nginx's workers would switch to `nobody`, who cannot read a mktemp dir.
     [ "$(id -u)" = 0 ] && user="user root;"
-    local wrapper
-    wrapper=$(realpath "$(dirname "${BASH_SOURCE[0]}")/cgi-cpu.py")
     # fcgiwrap's own socket (-s) has a backlog of 5: a thousand nodes fetching at once got 502s.
     # Given a listening socket as stdin (as spawn-fcgi does), it uses that one.
-    python3 -c 'import os, socket, sys
+    in_cgroup python3 -c 'import os, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind(sys.argv[1])
 s.listen(4096)
@@ -48,8 +45,7 @@ http {
     server {
         listen 127.0.0.1:$port backlog=4096;
         root $root;
-        fastcgi_param SCRIPT_FILENAME $wrapper;
-        fastcgi_param CPU_LOG $dir/cgi-cpu.log;
+        fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
         fastcgi_param GIT_PROJECT_ROOT $root;
         fastcgi_param GIT_HTTP_EXPORT_ALL 1;
         fastcgi_param GIT_CONFIG_NOSYSTEM 1;
@@ -69,12 +65,10 @@ http {
     }
 }
 CONF
-    /usr/sbin/nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
+    in_cgroup /usr/sbin/nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
     SERVERS+=("$!")
     until curl -sf "http://127.0.0.1:$port/deploy.git/HEAD" >/dev/null; do sleep 0.1; done
-    NGINX_LOG=$dir/access.log CGI_LOG=$dir/cgi-cpu.log
-    touch "$CGI_LOG"
-    cgi_cpu() { awk '{ t += $1 } END { print t + 0 }' "$CGI_LOG"; }
+    NGINX_LOG=$dir/access.log
     # Polls: GETs of info/refs, a probe (no query) or a fetch that no probe preceded (a smart GET).
     polls() { awk '$1 == "GET" && $2 ~ /\/info\/refs$/ { p++; if ($3 != "-") f++ } END { print p + 0, f + 0 }' "$NGINX_LOG"; }
 }

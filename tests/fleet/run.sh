@@ -13,22 +13,26 @@
 # or `python` (tests/fleet/mirror.py); or over SSH by a private sshd on 127.0.0.1 (MaxStartups
 # raised so that no connection is dropped, and an empty ~/.bashrc: see below). It measures, and
 # prints as one markdown table row:
-#   - mirror CPU per no-change poll: utime+stime+cutime+cstime from /proc/PID/stat of the server
-#     processes and all their live descendants (nginx's workers; every sshd session, http-backend
-#     and upload-pack is a waited-for descendant, so once it ends it lands in cutime/cstime) over
-#     a window with no commits, divided by the polls served in it (HTTP: the server's request
-#     counts; SSH: "Accepted publickey" lines in sshd's log);
+#   - mirror CPU per no-change poll: the CPU time of a cgroup that holds the mirror's servers and
+#     everything they start (nginx and its workers, fcgiwrap and the http-backends it leaves to the
+#     kernel to reap, the Python server, sshd and its sessions, upload-pack), over a window with no
+#     commits, divided by the polls served in it (HTTP: the server's request counts; SSH:
+#     "Accepted publickey" lines in sshd's log). The window is one `probe_trust` and one period
+#     long unless --window says otherwise, so that it holds every node's forced fetch (a real
+#     fetch at least every `probe_trust`) and not only probes;
 #   - the same for plain `git fetch` from a clone over the same transport, 100 times in a row;
 #   - polls and real fetches per second served in the window;
 #   - total daemon memory: the sum of Pss (and of Rss) of every daemon;
 #   - the time from a push to the mirror to all N nodes deployed, against interval + jitter.
-# probe_trust defaults to 15 intervals (the default 15m over the default 60s interval).
+# probe_trust defaults to as many intervals as the product's default does (1h over 60s: 60), and
+# --jitter to a sixth of the interval (10s over 60s). It needs root: for the cgroup, and to raise
+# fs.inotify.max_user_instances (see below).
 # Everything lives in a temp dir (kept with KEEP=1); progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-NODES=10 INTERVAL=2s JITTER=2s WINDOW=30 TRANSPORT=http TRUST="" BIN=$ROOT/target/release/troops SERVER_KIND=python
+NODES=10 INTERVAL=2s JITTER="" WINDOW="" TRANSPORT=http TRUST="" BIN=$ROOT/target/release/troops SERVER_KIND=python
 [ -x /usr/sbin/nginx ] && [ -x /usr/sbin/fcgiwrap ] && SERVER_KIND=nginx
 while [ $# -gt 0 ]; do
     case $1 in
@@ -45,18 +49,33 @@ while [ $# -gt 0 ]; do
     shift
 done
 secs() { python3 -c "import re,sys; v=sys.argv[1]; print(float(v[:-2])/1000 if v.endswith('ms') else float(v.rstrip('s')))" "$1"; }
-[ -n "$TRUST" ] || TRUST="$(python3 -c "print(int($(secs "$INTERVAL") * 15))")s"
+[ -n "$JITTER" ] || JITTER="$(python3 -c "print(int($(secs "$INTERVAL") * 1000 / 6))")ms"
+[ -n "$TRUST" ] || TRUST="$(python3 -c "print(int($(secs "$INTERVAL") * 60))")s"
+PERIOD=$(python3 -c "print($(secs "$INTERVAL") + $(secs "$JITTER"))")
+[ -n "$WINDOW" ] || WINDOW=$(python3 -c "import math; print(math.ceil($(secs "$TRUST") + $PERIOD))")
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p troops (or pass --bin)" >&2; exit 2; }
 say() { printf '== %s\n' "$*" >&2; }
 
 TMP=$(mktemp -d /tmp/troops-fleet.XXXXXX)
+# The mirror's cgroup (v2, or v1's cpuacct): its CPU time counts every process in it, reaped by a
+# parent or not.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CG=/sys/fs/cgroup/troops-fleet-$$
+    mirror_cpu() { awk '$1 == "usage_usec" { print $2 / 1e6 }' "$CG/cpu.stat"; }
+else
+    CG=/sys/fs/cgroup/cpuacct/troops-fleet-$$
+    mirror_cpu() { awk '{ print $1 / 1e9 }' "$CG/cpuacct.usage"; }
+fi
+mkdir "$CG" || { echo "cannot make the mirror's cgroup $CG: run as root" >&2; exit 2; }
+# Runs a mirror server in the mirror's cgroup; call it in the background (`in_cgroup CMD &`), so
+# that it replaces the subshell and $! is the server.
+in_cgroup() { echo "$BASHPID" >"$CG/cgroup.procs" && exec "$@"; }
 PIDS=()
 cleanup() {
-    # With their children: fcgiwrap's preforked workers outlive it otherwise.
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null) 2>/dev/null || true
-    done
+    kill "${PIDS[@]}" $(cat "$CG/cgroup.procs" 2>/dev/null) 2>/dev/null || true
     wait 2>/dev/null || true
+    while [ -s "$CG/cgroup.procs" ]; do kill -9 $(cat "$CG/cgroup.procs") 2>/dev/null || true; sleep 0.1; done
+    rmdir "$CG"
     [ -n "${INSTANCES_WERE:-}" ] && echo "$INSTANCES_WERE" >"$INSTANCES"
     [ "${KEEP:-0}" = 1 ] && echo "kept $TMP" >&2 || rm -rf "$TMP"
 }
@@ -65,19 +84,6 @@ export HOME=$TMP/home GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 export GIT_AUTHOR_NAME=fleet GIT_AUTHOR_EMAIL=fleet@example.com GIT_COMMITTER_NAME=fleet GIT_COMMITTER_EMAIL=fleet@example.com
 mkdir -p "$HOME" "$TMP/mirror" "$TMP/nodes"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# CPU seconds a CGI's wrapper wrote down (nginx.sh); the other servers wait for their children.
-cgi_cpu() { echo 0; }
-# CPU seconds of the mirror: the processes $@, their live descendants and the descendants they waited for.
-cpu() {
-    local pids=("$@") i=0 kids
-    while [ "$i" -lt "${#pids[@]}" ]; do
-        kids=$(cat /proc/"${pids[$i]}"/task/*/children 2>/dev/null || true)
-        for kid in $kids; do pids+=("$kid"); done
-        i=$((i + 1))
-    done
-    (cd /proc && cat "${pids[@]/%//stat}" 2>/dev/null || true) |
-        awk -v hz="$(getconf CLK_TCK)" -v cgi="$(cgi_cpu)" '{ sub(/^.*\) /, ""); t += $12+$13+$14+$15 } END { print t/hz + cgi }'
-}
 
 # --- the mirror ---------------------------------------------------------------------------------
 MIRROR=$TMP/mirror/deploy.git
@@ -95,7 +101,7 @@ http)
     URL=http://127.0.0.1:$PORT/deploy.git
     case $SERVER_KIND in
     python)
-        python3 "$ROOT/tests/fleet/mirror.py" "$TMP/mirror" "$PORT" &
+        in_cgroup python3 "$ROOT/tests/fleet/mirror.py" "$TMP/mirror" "$PORT" &
         SERVERS=("$!")
         until curl -sf "http://127.0.0.1:$PORT/_stats" >/dev/null; do sleep 0.1; done
         # Polls: probes of info/refs plus fetches that no probe preceded (each opens with a smart GET).
@@ -104,7 +110,7 @@ http)
     nginx)
         # shellcheck source=tests/fleet/nginx.sh
         . "$ROOT/tests/fleet/nginx.sh"
-        start_nginx "$TMP/nginx" "$TMP/mirror" "$PORT" # sets SERVERS, defines polls and cgi_cpu
+        start_nginx "$TMP/nginx" "$TMP/mirror" "$PORT" # sets SERVERS, defines polls
         ;;
     *) echo "--server is nginx or python" >&2; exit 2 ;;
     esac
@@ -133,10 +139,10 @@ EOF
     # user's ~/.bashrc: that file's cost is the user's, not SSH's (pyenv's init is 110 ms here).
     # sshd gets a private mount namespace in which ~/.bashrc is empty, when it can.
     if [ -f ~root/.bashrc ] && [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
-        unshare -m sh -c 'mount --bind /dev/null ~root/.bashrc && exec /usr/sbin/sshd "$@"' sshd \
+        in_cgroup unshare -m sh -c 'mount --bind /dev/null ~root/.bashrc && exec /usr/sbin/sshd "$@"' sshd \
             -D -f "$D/sshd_config" -E "$D/log" &
     else
-        /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/log" &
+        in_cgroup /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/log" &
     fi
     SERVERS=("$!")
     URL=ssh://$(id -un)@127.0.0.1:$PORT$MIRROR
@@ -152,9 +158,9 @@ PIDS+=("${SERVERS[@]}")
 # --- plain git fetch over the same transport ----------------------------------------------------
 say "baseline: 100 no-change \`git fetch\` over $TRANSPORT"
 git clone -q "$URL" "$TMP/plain"
-before=$(cpu "${SERVERS[@]}")
+before=$(mirror_cpu)
 for _ in $(seq 100); do git -C "$TMP/plain" fetch -q origin; done
-PLAIN_MS=$(python3 -c "print(round(($(cpu "${SERVERS[@]}") - $before) * 1000 / 100, 2))")
+PLAIN_MS=$(python3 -c "print(round(($(mirror_cpu) - $before) * 1000 / 100, 2))")
 say "plain git fetch: ${PLAIN_MS} ms of mirror CPU per fetch"
 
 # --- the fleet ----------------------------------------------------------------------------------
@@ -214,22 +220,19 @@ wait_all() { # waits until every node deployed $1; sets TIMES to the seconds sin
     done
     TIMES=$(python3 -c "print(*(round(t - $2, 1) for t in ($half, $most, $(date +%s.%N))))")
 }
-PERIOD=$(python3 -c "print($(secs "$INTERVAL") + $(secs "$JITTER"))")
 wait_all "$FIRST" "$STARTED" 600
 say "first deploy on half, 90% and all: $TIMES s"
 
 # Settle one period (every node has probed once with a validator), then a window with no change.
 sleep "$PERIOD"
 read -r polls0 fetches0 < <(polls)
-cpu0=$(cpu "${SERVERS[@]}")
-cgi0=$(cgi_cpu)
+cpu0=$(mirror_cpu)
 sleep "$WINDOW"
 read -r polls1 fetches1 < <(polls)
-cpu1=$(cpu "${SERVERS[@]}")
-cgi1=$(cgi_cpu)
+cpu1=$(mirror_cpu)
 POLLS=$((polls1 - polls0)) FETCHES=$((fetches1 - fetches0))
 POLL_MS=$(python3 -c "print(round(($cpu1 - $cpu0) * 1000 / max($POLLS, 1), 2))")
-say "window ${WINDOW}s: $POLLS polls, $FETCHES real fetches, $(python3 -c "print(round($cpu1 - $cpu0, 2), 's mirror CPU, of which', round($cgi1 - $cgi0, 2), 'in CGIs written down by cgi-cpu.py')")"
+say "window ${WINDOW}s: $POLLS polls, $FETCHES real fetches, $(python3 -c "print(round($cpu1 - $cpu0, 2))") s of mirror CPU"
 
 PSS=0 RSS=0
 for pid in "${DAEMONS[@]}"; do

@@ -24,6 +24,8 @@ pub struct Fetched {
     pub downloaded: bool,
     /// True when the probe said the tip was already here, and no fetch ran.
     pub probed: bool,
+    /// What the fetch showed of the remote's probe target, when that is news.
+    pub probe_news: Option<probe::News>,
     pub duration: Duration,
     /// Why the fleet's status refs could not be fetched (only from the node's `status_remote`).
     pub status_error: Option<String>,
@@ -64,13 +66,11 @@ pub fn fetch_all(
         // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
         std::thread::spawn(move || {
             let started = Instant::now();
-            let (url, tip, downloaded, probed) =
-                fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
-            let status_error = status
+            let mut fetched = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
+            fetched.status_error = status
                 .then(|| crate::fleet::publish::fetch(&repo_path, &name, &ssh_dir, deadline).err())
                 .flatten();
-            let duration = started.elapsed();
-            let fetched = Fetched { remote: name, url, tip, downloaded, probed, duration, status_error };
+            fetched.duration = started.elapsed();
             let _ = tx.send((index, fetched, probe));
         });
     }
@@ -102,6 +102,7 @@ pub fn fetch_all(
                 tip: Err(format!("timed out after {}", humantime::format_duration(timeout))),
                 downloaded: false,
                 probed: false,
+                probe_news: None,
                 duration: timeout,
                 status_error: None,
             })
@@ -109,6 +110,8 @@ pub fn fetch_all(
         .collect())
 }
 
+/// Fetches `name` unless its probe says its tip is already here; the duration and the status
+/// refs' error are the caller's to fill in.
 fn fetch_one(
     repo_path: &Path,
     name: &str,
@@ -117,37 +120,46 @@ fn fetch_one(
     deadline: Instant,
     probe: &mut ProbeState,
     trust: Duration,
-) -> (String, Result<Option<Oid>, String>, bool, bool) {
+) -> Fetched {
+    let mut fetched = Fetched {
+        remote: name.to_owned(),
+        url: String::new(),
+        tip: Ok(None),
+        downloaded: false,
+        probed: false,
+        probe_news: None,
+        duration: Duration::ZERO,
+        status_error: None,
+    };
     let repo = match Repository::open_bare(repo_path) {
         Ok(repo) => repo,
-        Err(e) => return (String::new(), Err(e.message().to_owned()), false, false),
+        Err(e) => return Fetched { tip: Err(e.message().to_owned()), ..fetched },
     };
-    let url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
+    fetched.url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
+    let url = fetched.url.as_str();
     let tracking = format!("refs/remotes/{name}/{branch}");
-    if !trust.is_zero() && probe::applies(&url) {
-        let have = repo.refname_to_id(&tracking).ok();
+    let look = (!trust.is_zero() && probe::applies(url)).then(|| {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        if probe::unchanged(probe, &url, branch, have, trust, timeout) {
-            return (url, Ok(have), false, true);
-        }
+        probe::look(probe, url, branch, timeout)
+    });
+    let before = repo.refname_to_id(&tracking).ok();
+    if look.is_some_and(|look| probe::skips(probe, look, before, trust)) {
+        return Fetched { tip: Ok(before), probed: true, ..fetched };
     }
-    let result = if libgit2_fetches(&url) {
+    let result = if libgit2_fetches(url) {
         fetch_with_libgit2(&repo, name, branch, &tracking, deadline)
     } else {
-        let before = repo.refname_to_id(&tracking).ok();
-        fetch_with_git(repo_path, name, &url, branch, &tracking, ssh_dir, deadline).map(|found| {
+        fetch_with_git(repo_path, name, url, branch, &tracking, ssh_dir, deadline).map(|found| {
             let tip = if found { repo.refname_to_id(&tracking).ok() } else { None };
             (tip, tip != before)
         })
     };
     match result {
         Ok((tip, downloaded)) => {
-            if probe::applies(&url) {
-                probe::fetched(probe);
-            }
-            (url, Ok(tip), downloaded, false)
+            fetched.probe_news = look.and_then(|look| probe::fetched(probe, look, before, tip));
+            Fetched { tip: Ok(tip), downloaded, ..fetched }
         }
-        Err(e) => (url, Err(e), false, false),
+        Err(e) => Fetched { tip: Err(e), ..fetched },
     }
 }
 

@@ -132,6 +132,9 @@ pub fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Resul
             }
             Ok(Some(_)) => {}
         }
+        if let Some(news) = &f.probe_news {
+            let _ = writeln!(out, "troops: remote {} ({}): {news}", f.remote, f.url);
+        }
         if let Some(e) = &f.status_error {
             let _ = writeln!(
                 out,

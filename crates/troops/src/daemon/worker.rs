@@ -22,6 +22,7 @@ use troops_core::config::Config;
 use troops_core::deploy::{self, Outcome, Request};
 use troops_core::fetch::Fetched;
 use troops_core::node::Node;
+use troops_core::probe::News as ProbeNews;
 use troops_core::pull;
 use troops_core::runs::Trigger;
 use troops_core::schedule::Decision;
@@ -437,6 +438,13 @@ impl Fetcher {
                             Err(e) => {
                                 tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed")
                             }
+                        }
+                        match &f.probe_news {
+                            Some(news @ ProbeNews::Lags { .. }) => {
+                                tracing::warn!(remote = %f.remote, url = %f.url, "{news}")
+                            }
+                            Some(news) => tracing::info!(remote = %f.remote, url = %f.url, "{news}"),
+                            None => {}
                         }
                     }
                     self.handle.submit(Job { work: Work::Pull(Arc::new(fetched)), listeners }, || None);
