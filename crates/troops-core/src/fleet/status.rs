@@ -17,6 +17,10 @@ pub const REF_PREFIX: &str = "refs/troops/status/";
 /// The one file in a status commit's tree.
 pub const FILE: &str = "status.json";
 
+/// The largest status document read: a node's is a few KiB, and a hostile one must not cost
+/// every other node's memory (its size is read from the object's header, not by inflating it).
+const MAX_DOC: usize = 256 * 1024;
+
 /// What a node says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusDoc {
@@ -256,9 +260,16 @@ pub fn read_all(git: &Repository) -> (Vec<StatusDoc>, Vec<Unreadable>) {
         let read = || -> std::result::Result<StatusDoc, String> {
             let commit = reference.peel_to_commit().map_err(|e| e.message().to_owned())?;
             let entry = commit.tree().map_err(|e| e.message().to_owned())?.get_name(FILE).map(|e| e.id());
-            let blob = git
-                .find_blob(entry.ok_or(format!("no {FILE} in {}", commit.id()))?)
-                .map_err(|e| e.message().to_owned())?;
+            let id = entry.ok_or(format!("no {FILE} in {}", commit.id()))?;
+            let (size, _) =
+                git.odb().and_then(|odb| odb.read_header(id)).map_err(|e| e.message().to_owned())?;
+            if size > MAX_DOC {
+                return Err(format!(
+                    "{FILE} of {} is {size} bytes, over the {MAX_DOC} a status document may have",
+                    commit.id()
+                ));
+            }
+            let blob = git.find_blob(id).map_err(|e| e.message().to_owned())?;
             serde_json::from_slice(blob.content()).map_err(|e| format!("{FILE} of {}: {e}", commit.id()))
         };
         match read() {
@@ -340,5 +351,42 @@ mod tests {
         for (case, last, deployed, tip, hold, state, since) in cases {
             assert_eq!(state_of(last, deployed, tip, hold), (state, since.map(str::to_owned)), "{case}");
         }
+    }
+
+    #[test]
+    fn documents_too_large_unparsable_or_for_another_host_are_set_aside_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Repository::init_bare(dir.path()).unwrap();
+        let doc = |host: &str| -> StatusDoc {
+            serde_json::from_value(serde_json::json!({
+                "schema": 1, "host": host, "version": "0.2.0", "roles": [], "wave": null, "tip": null,
+                "deployed": null, "state": "idle", "since": null, "run": null, "hold": null,
+                "quarantined": [], "heartbeat_seconds": 60, "updated_at": "2026-12-02T06:00:00Z"
+            }))
+            .unwrap()
+        };
+        commit(dir.path(), &doc("web-1")).unwrap();
+        let (name, _) = commit(dir.path(), &doc("web-2")).unwrap();
+        git.reference("refs/troops/status/web-3", git.refname_to_id(&name).unwrap(), true, "").unwrap();
+        let put = |host: &str, bytes: &[u8]| {
+            let mut tree = git.treebuilder(None).unwrap();
+            tree.insert(FILE, git.blob(bytes).unwrap(), 0o100644).unwrap();
+            let tree = git.find_tree(tree.write().unwrap()).unwrap();
+            let who = git2::Signature::now("hostile", "h@example.com").unwrap();
+            let commit = git.commit(None, &who, &who, "x", &tree, &[]).unwrap();
+            git.reference(&format!("{REF_PREFIX}{host}"), commit, true, "").unwrap();
+        };
+        let mut huge = serde_json::to_vec(&doc("web-4")).unwrap();
+        huge.extend(std::iter::repeat_n(b' ', MAX_DOC));
+        put("web-4", &huge);
+        put("web-5", b"{ not json");
+        let (docs, bad) = read_all(&git);
+        let hosts: Vec<&str> = docs.iter().map(|d| d.host.as_str()).collect();
+        assert_eq!(hosts, ["web-1", "web-2"]);
+        let why: Vec<(&str, &str)> = bad.iter().map(|b| (b.reference.as_str(), b.error.as_str())).collect();
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[0].0.ends_with("web-3") && why[0].1.contains("another host, \"web-2\""), "{why:?}");
+        assert!(why[1].0.ends_with("web-4") && why[1].1.contains("over the 262144"), "{why:?}");
+        assert!(why[2].0.ends_with("web-5") && why[2].1.contains("status.json of"), "{why:?}");
     }
 }

@@ -84,7 +84,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
     let submit = |work: Work| worker.submit(Job { work, listeners: Vec::new() }, || None);
     let pull = || worker.pull(None, config.lock().unwrap().fetch_timeout);
     pull();
-    let mut next_tick = Instant::now() + period(&config.lock().unwrap());
+    // The first tick falls anywhere in the first period, so that daemons started together (a
+    // fleet's reboot, a package upgrade) spread their polls over it from the start.
+    let first = period(&config.lock().unwrap());
+    let mut next_tick = Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64));
     let mut retry_at: Option<Instant> = None;
     let mut upgrade = None;
     loop {
