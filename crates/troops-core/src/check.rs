@@ -38,6 +38,9 @@ pub struct ProbeEnv<'a> {
     pub checkout: &'a Path,
     /// The whole environment of the run's steps (deploy's `step_env`), for `run` probes.
     pub env: &'a [(&'static str, String)],
+    /// The run's secret values, masked in what a failed probe says (it goes to run.json, the
+    /// fleet's status refs and notifications).
+    pub mask: &'a crate::secrets::Masker,
 }
 
 /// What one probe found.
@@ -164,7 +167,11 @@ pub fn run_checks(
         let Some(i) = next.filter(|i| due[*i] <= Instant::now()) else { continue };
         let check = checks[i];
         let started = Instant::now();
-        let probed = probe(check, ctx, &mut supervisor, stop, out)?;
+        let probed = match probe(check, ctx, &mut supervisor, stop, out)? {
+            Probed::Failed(why) => Probed::Failed(ctx.mask.masked(&why)),
+            Probed::Skipped(why) => Probed::Skipped(ctx.mask.masked(&why)),
+            Probed::Passed => Probed::Passed,
+        };
         due[i] = started + check.interval;
         let record = &mut records[i];
         record.probes += 1;
@@ -382,6 +389,7 @@ fn unit_active(unit: &str, timeout: Duration) -> Probed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::Masker;
     use std::io::Read;
     use std::net::TcpListener;
     use std::sync::atomic::AtomicU32;
@@ -453,7 +461,7 @@ mod tests {
         stop: &AtomicBool,
     ) -> (Vec<CheckRecord>, String, Duration) {
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
-        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env };
+        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &Masker::default() };
         let mut out = Vec::new();
         let mut saved = 0;
         let mut progress = |records: &[CheckRecord]| {
@@ -510,7 +518,7 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(runs.dir(1)).unwrap();
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
-        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env };
+        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &Masker::default() };
         let started = Instant::now();
         run_phase(
             &plan,
@@ -527,6 +535,24 @@ mod tests {
         assert_eq!((record.status, record.checks[0].status), (RunStatus::Succeeded, CheckStatus::Passed));
         let saved = runs.load(1).unwrap();
         assert_eq!((saved.status, saved.checks[0].status), (RunStatus::Checking, CheckStatus::Pending));
+    }
+
+    #[test]
+    fn what_a_failed_probe_says_is_masked_before_it_is_recorded() {
+        let env = [("PATH", "/usr/bin:/bin".to_owned())];
+        let mask = Masker::new(&[("db".into(), b"hunter2-secret".to_vec())]);
+        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &mask };
+        let server = Server::start(|_| (500, "config: password=hunter2-secret"));
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        let mut leaky = check("leaky", Probe::Run("echo password is hunter2-secret; exit 1".into()));
+        (web.retries, leaky.retries) = (1, 1);
+        for check in [web, leaky] {
+            let stop = AtomicBool::new(false);
+            let records =
+                run_checks(&[&check], Duration::ZERO, &ctx, &mut Vec::new(), &stop, &mut |_| Ok(())).unwrap();
+            let why = records[0].last_error.as_deref().unwrap();
+            assert!(why.contains("[secret:db]") && !why.contains("hunter2"), "{why}");
+        }
     }
 
     #[test]

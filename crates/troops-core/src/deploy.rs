@@ -620,7 +620,8 @@ impl Run<'_, '_> {
         }
         // check: once every step succeeded; the record says `checking` meanwhile.
         if self.record.status == RunStatus::Running {
-            let ctx = crate::check::ProbeEnv { checkout: &root, env: &env };
+            let mask = self.out.mask.clone();
+            let ctx = crate::check::ProbeEnv { checkout: &root, env: &env, mask: &mask };
             crate::check::run_phase(
                 &plan,
                 &roles,

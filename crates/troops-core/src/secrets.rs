@@ -606,7 +606,7 @@ fn owner_ids(owner: &str) -> std::result::Result<(nix::unistd::Uid, Option<nix::
 /// split across writes: a tail that may begin a value is held back until the next write shows
 /// whether it does, or until `release`. Masked are the whole value and each of its lines, and the
 /// value of each `KEY=VALUE` line (an env file), when at least `MIN_MASKED` bytes long.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Masker {
     /// (value, replacement), longest value first.
     pieces: Vec<(Vec<u8>, Vec<u8>)>,
@@ -656,6 +656,11 @@ impl Masker {
     pub fn release(&mut self) -> Vec<u8> {
         let data = std::mem::take(&mut self.pending);
         self.scan(&data, false)
+    }
+
+    /// `text`, whole (nothing held back or before it), with values masked.
+    pub fn masked(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.clone().scan(text.as_bytes(), false)).into_owned()
     }
 
     fn scan(&mut self, data: &[u8], hold: bool) -> Vec<u8> {
