@@ -291,6 +291,34 @@ fn a_notify_command_hears_a_failure_and_the_recovery_not_a_plain_success() {
 }
 
 #[test]
+fn a_rolled_back_failure_is_told_once_and_only_after_the_rollback_ran() {
+    // The command notes when it began, in nanoseconds.
+    let (env, work, dir) = notified_node(&format!("date +%s%N > DIR/began-$TROOPS_RUN_ID; {SAVE}; sleep 1"));
+    let good = work.publish_plan(&env, OK_PLAN);
+    env.ok(&["deploy"]);
+    let rollback_plan = format!("[health]\non_failure = \"rollback\"\n\n{FAILING_PLAN}");
+    work.publish_plan(&env, &rollback_plan);
+    let out = env.run(&["deploy"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("rolled back to") && said.contains("by run 3, which succeeded"), "{said}");
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+
+    assert!(notified(&dir, 2).is_none(), "the failure was told apart from its rollback");
+    let record = notified(&dir, 3).expect("the rollback was notified");
+    assert_eq!(
+        (record["status"].as_str(), record["rollback_of"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{record}"
+    );
+    assert!(std::fs::read_to_string(dir.join("notify-3.env")).unwrap().contains("TROOPS_EVENT=rolled_back"));
+    // The one notification began once the rollback had finished: none held it up.
+    let began: u128 = std::fs::read_to_string(dir.join("began-3")).unwrap().trim().parse().unwrap();
+    let finished = humantime::parse_rfc3339(record["finished_at"].as_str().unwrap()).unwrap();
+    let finished = finished.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    assert!(finished <= began, "run 3 finished at {finished}, after its notification began at {began}");
+}
+
+#[test]
 fn a_failing_or_hanging_notify_command_changes_no_run_and_reaches_no_pusher() {
     // Hangs after saying something: killed at its 2 s timeout; the push ends, with its exit code.
     let (env, work, _dir) = notified_node("echo NOTIFY-SAYS; sleep 600");

@@ -126,6 +126,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         }
         cause = Cause::Tick;
     }
+    notify_all(node, lock, &ran.iter().collect::<Vec<_>>());
     let mut ran = ran.into_iter();
     let mut run = ran.next().expect("one run at least");
     let rollback = ran.next().map(Box::new);
@@ -180,6 +181,7 @@ pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &Atomi
         why: "asked for by a person".into(),
     };
     let run = run_one(node, &repo, &mut lock, &now, out, stop)?;
+    notify_all(node, lock, &[&run]);
     Ok(Outcome::Ran { run, rollback: None })
 }
 
@@ -468,11 +470,21 @@ fn finalize(
             let _ = writeln!(out, "troops: warning: {e}");
         }
     }
-    // The record is final and the summary written: metrics and the notify command (neither can
-    // change the run's result).
+    // The record is final and the summary written: metrics (which cannot change the run's
+    // result). The notify command waits for the caller to release the lock (`notify_all`).
     crate::metrics::after_run(node, record);
-    crate::notify::after_run(node, record);
     Ok(())
+}
+
+/// Once the lock is released: the notify command for each run, in order, as its record is on
+/// disk by then. So a rollback is not held up by the failed run's notification, and a failure
+/// that was rolled back is told once, by the rollback's record (`rolled_back`, naming it).
+fn notify_all(node: &Node, lock: NodeLock, runs: &[&RunRecord]) {
+    drop(lock);
+    for record in runs {
+        let record = node.runs().load(record.id).unwrap_or_else(|_| (*record).clone());
+        crate::notify::after_run(node, &record);
+    }
 }
 
 /// With `require_signed`, the commit about to run must verify now, under the lock, whatever
