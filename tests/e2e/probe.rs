@@ -150,15 +150,28 @@ fn publish(env: &Env, work: &DeployRepo, mirror: &Path) {
     env.git(mirror, &["update-server-info"]);
 }
 
-#[test]
-fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
-    let env = Env::new();
+/// A bare mirror with the plan committed and published, and its server.
+struct Serving {
+    mirror: PathBuf,
+    work: DeployRepo,
+    first: String,
+    server: Mirror,
+}
+
+fn serve(env: &Env) -> Serving {
     let mirror = env.path("mirror.git");
     env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
     let work = env.deploy_repo("work");
-    let first = work.commit(&env, &[("troops.toml", PLAN)], "plan");
-    publish(&env, &work, &mirror);
+    let first = work.commit(env, &[("troops.toml", PLAN)], "plan");
+    publish(env, &work, &mirror);
     let server = Mirror::start(mirror.clone());
+    Serving { mirror, work, first, server }
+}
+
+#[test]
+fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
+    let env = Env::new();
+    let Serving { mirror, work, first, server } = serve(&env);
 
     let doors = ["fresh", "stale", "down"];
     let nodes: Vec<Env> = doors
@@ -218,12 +231,7 @@ fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
 #[test]
 fn probe_trust_zero_never_probes() {
     let env = Env::new();
-    let mirror = env.path("mirror.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
-    let work = env.deploy_repo("work");
-    let first = work.commit(&env, &[("troops.toml", PLAN)], "plan");
-    publish(&env, &work, &mirror);
-    let server = Mirror::start(mirror.clone());
+    let Serving { first, server, .. } = serve(&env);
     env.write_config("hostname = \"web-1\"\nprobe_trust = \"0s\"\n");
     env.ok(&["init", &format!("--remote=origin={}", server.url("fresh"))]);
     for _ in 0..2 {
@@ -240,12 +248,7 @@ fn probe_trust_zero_never_probes() {
 #[test]
 fn a_door_caught_lagging_is_not_believed_until_it_shows_a_change_as_it_happens() {
     let env = Env::new();
-    let mirror = env.path("mirror.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
-    let work = env.deploy_repo("work");
-    let first = work.commit(&env, &[("troops.toml", PLAN)], "plan");
-    publish(&env, &work, &mirror);
-    let server = Mirror::start(mirror.clone());
+    let Serving { mirror, work, first, server } = serve(&env);
     let config = |trust: &str| format!("hostname = \"web-1\"\nprobe_trust = \"{trust}\"\n");
     env.write_config(&config("1s"));
     env.ok(&["init", &format!("--remote=origin={}", server.url("stale"))]);
