@@ -63,9 +63,9 @@ async fn serve(node: Node) -> Result<ExitCode> {
         Node { state_dir: node.state_dir.clone(), config: node.config.clone() },
         config.clone(),
         &STOP,
-        events_tx,
+        events_tx.clone(),
     );
-    let publisher = status::Publisher::start(node.state_dir.clone(), config.clone());
+    let publisher = status::Publisher::start(node.state_dir.clone(), config.clone(), events_tx);
     let runs = Arc::new(node.runs());
     let mut server = tokio::spawn(socket::serve(
         listener,

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::UnboundedSender;
 use troops_core::config::Config;
 use troops_core::fleet::publish;
 use troops_core::fleet::status::StatusDoc;
 use troops_core::node::Node;
+
+use super::worker::Event;
 
 #[derive(Default)]
 struct Pokes {
@@ -33,13 +36,15 @@ struct Published {
 }
 
 impl Publisher {
-    pub fn start(state_dir: PathBuf, config: Arc<Mutex<Config>>) -> Publisher {
+    /// Starts the publisher thread; the daemon loop hears through `events` if it ever ends.
+    pub fn start(
+        state_dir: PathBuf,
+        config: Arc<Mutex<Config>>,
+        events: UnboundedSender<Event>,
+    ) -> Publisher {
         let publisher = Publisher { shared: Arc::default() };
         let thread = publisher.clone();
-        std::thread::Builder::new()
-            .name("troops-status".into())
-            .spawn(move || thread.run(&state_dir, &config))
-            .expect("spawning the status publisher thread");
+        super::worker::supervised("troops-status", events, move || thread.run(&state_dir, &config));
         publisher
     }
 

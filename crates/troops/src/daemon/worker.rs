@@ -191,7 +191,7 @@ impl Handle {
 
 /// Runs `work` on a thread named `name`; when it ends, by returning or by panicking, the daemon
 /// loop hears `Event::Ended(name)`.
-fn supervised(
+pub(super) fn supervised(
     name: &'static str,
     events: UnboundedSender<Event>,
     work: impl FnOnce() + Send + 'static,
