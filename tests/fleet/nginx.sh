@@ -69,6 +69,7 @@ CONF
     SERVERS+=("$!")
     until curl -sf "http://127.0.0.1:$port/deploy.git/HEAD" >/dev/null; do sleep 0.1; done
     NGINX_LOG=$dir/access.log
-    # Polls: GETs of info/refs, a probe (no query) or a fetch that no probe preceded (a smart GET).
-    polls() { awk '$1 == "GET" && $2 ~ /\/info\/refs$/ { p++; if ($3 != "-") f++ } END { print p + 0, f + 0 }' "$NGINX_LOG"; }
+    # Polls: probes, GETs of info/refs with no query (each poll of a node opens with one); fetches:
+    # smart GETs of it.
+    polls() { awk '$1 == "GET" && $2 ~ /\/info\/refs$/ { if ($3 == "-") p++; else f++ } END { print p + 0, f + 0 }' "$NGINX_LOG"; }
 }
