@@ -38,7 +38,7 @@ impl Served {
 
 /// A static file server for the bare repo `root` at `/<door>/mirror.git/...`, with strong ETags
 /// and 304s. Door `stale` serves a copy of `info/refs` made when it started (and by `catch_up`);
-/// door `down` answers 503 to it.
+/// door `down` answers 503 to it, door `stall` never answers it.
 struct Mirror {
     url: String,
     root: PathBuf,
@@ -111,6 +111,11 @@ fn answer(mut conn: TcpStream, root: &Path, copy: &[u8]) -> Option<Served> {
             return Some(Served { door: door.into(), target, status: 503 });
         }
         ("stale", true) => Some(copy.to_vec()),
+        ("stall", true) => {
+            // Holds the connection, answering nothing, until the client gives up.
+            let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            return None;
+        }
         _ => std::fs::read(root.join(rest)).ok(),
     };
     let status = match &body {
@@ -294,4 +299,16 @@ fn a_door_caught_lagging_is_not_believed_until_it_shows_a_change_as_it_happens()
     assert_eq!(env.deployed().as_deref(), Some(fourth.as_str()), "a believed \"unchanged\" skips the fetch");
     let remotes = std::fs::read_to_string(env.state.join("remotes.json")).unwrap();
     assert!(remotes.contains("\"probed\": true"), "{remotes}");
+}
+
+#[test]
+fn a_probe_target_that_never_answers_takes_half_the_fetch_timeout_and_the_fetch_still_runs() {
+    let env = Env::new();
+    let Serving { first, server, .. } = serve(&env);
+    env.write_config("hostname = \"web-1\"\nfetch_timeout = \"4s\"\n");
+    env.ok(&["init", &format!("--remote=origin={}", server.url("stall"))]);
+    let out = env.run(&["pull"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
+    assert!(server.served("stall").iter().any(|s| s.is_fetch()), "{:#?}", server.served("stall"));
 }

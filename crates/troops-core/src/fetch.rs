@@ -138,8 +138,9 @@ fn fetch_one(
     fetched.url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
     let url = fetched.url.as_str();
     let tracking = format!("refs/remotes/{name}/{branch}");
+    // A probe target that stalls may take half the time left, never the fetch's half.
     let look = (!trust.is_zero() && probe::applies(url)).then(|| {
-        let timeout = deadline.saturating_duration_since(Instant::now());
+        let timeout = deadline.saturating_duration_since(Instant::now()) / 2;
         probe::look(probe, url, branch, timeout)
     });
     let before = repo.refname_to_id(&tracking).ok();
