@@ -24,7 +24,7 @@
 #   - polls and real fetches per second served in the window;
 #   - total daemon memory: the sum of Pss (and of Rss) of every daemon;
 #   - the time from a push to the mirror to all N nodes deployed, against interval + jitter.
-# probe_trust defaults to as many intervals as the product's default does (15m over 60s: 15), and
+# probe_trust defaults to as many intervals as the product's default does (30m over 60s: 30), and
 # --jitter to a sixth of the interval (10s over 60s). It needs root: for the cgroup, and to raise
 # fs.inotify.max_user_instances (see below).
 # Everything lives in a temp dir (kept with KEEP=1); progress goes to stderr.
@@ -50,7 +50,7 @@ while [ $# -gt 0 ]; do
 done
 secs() { python3 -c "import re,sys; v=sys.argv[1]; print(float(v[:-2])/1000 if v.endswith('ms') else float(v.rstrip('s')))" "$1"; }
 [ -n "$JITTER" ] || JITTER="$(python3 -c "print(int($(secs "$INTERVAL") * 1000 / 6))")ms"
-[ -n "$TRUST" ] || TRUST="$(python3 -c "print(int($(secs "$INTERVAL") * 15))")s"
+[ -n "$TRUST" ] || TRUST="$(python3 -c "print(int($(secs "$INTERVAL") * 30))")s"
 PERIOD=$(python3 -c "print($(secs "$INTERVAL") + $(secs "$JITTER"))")
 [ -n "$WINDOW" ] || WINDOW=$(python3 -c "import math; print(math.ceil($(secs "$TRUST") + $PERIOD))")
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p troops (or pass --bin)" >&2; exit 2; }

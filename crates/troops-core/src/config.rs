@@ -237,7 +237,7 @@ impl Config {
             interval,
             jitter: duration(raw.jitter, "jitter", "10s", MAX_PERIOD)?,
             fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s", MAX_FETCH_TIMEOUT)?,
-            probe_trust: duration(raw.probe_trust, "probe_trust", "15m", MAX_PERIOD)?,
+            probe_trust: duration(raw.probe_trust, "probe_trust", "30m", MAX_PERIOD)?,
             hostname: raw.hostname.map(|h| word(Some(h), "hostname", "")).transpose()?,
             roles,
             keep_runs,
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(60));
         assert_eq!(c.jitter, Duration::from_secs(10));
         assert_eq!(c.fetch_timeout, Duration::from_secs(120));
-        assert_eq!(c.probe_trust, Duration::from_secs(900));
+        assert_eq!(c.probe_trust, Duration::from_secs(1800));
         assert_eq!(c.keep_runs, 100);
         assert_eq!(c.admin_group, "troops");
         assert_eq!(c.retry, Retry { initial: Duration::from_secs(30), max: Duration::from_secs(1800) });
