@@ -126,13 +126,15 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
         }
         cause = Cause::Tick;
     }
-    notify_all(node, lock, &ran.iter().collect::<Vec<_>>());
     let mut ran = ran.into_iter();
     let mut run = ran.next().expect("one run at least");
     let rollback = ran.next().map(Box::new);
-    if let Some(rollback) = &rollback {
+    if rollback.is_some() {
         // The failed run's record, as the rollback left it.
         run = node.runs().load(run.id).unwrap_or(run);
+    }
+    notify_all(node, lock, std::iter::once(&run).chain(rollback.as_deref()));
+    if let Some(rollback) = &rollback {
         let _ = writeln!(
             out,
             "troops: run {} {}; rolled back to {} by run {}, which {} (troops log {})",
@@ -181,7 +183,7 @@ pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &Atomi
         why: "asked for by a person".into(),
     };
     let run = run_one(node, &repo, &mut lock, &now, out, stop)?;
-    notify_all(node, lock, &[&run]);
+    notify_all(node, lock, [&run]);
     Ok(Outcome::Ran { run, rollback: None })
 }
 
@@ -476,14 +478,13 @@ fn finalize(
     Ok(())
 }
 
-/// Once the lock is released: the notify command for each run, in order, as its record is on
-/// disk by then. So a rollback is not held up by the failed run's notification, and a failure
-/// that was rolled back is told once, by the rollback's record (`rolled_back`, naming it).
-fn notify_all(node: &Node, lock: NodeLock, runs: &[&RunRecord]) {
+/// Once the lock is released: the notify command for each run's final record, in order. So a
+/// rollback is not held up by the failed run's notification, and a failure that was rolled back
+/// is told once, by the rollback's record (its own says `rolled_back`, which is not news).
+fn notify_all<'a>(node: &Node, lock: NodeLock, records: impl IntoIterator<Item = &'a RunRecord>) {
     drop(lock);
-    for record in runs {
-        let record = node.runs().load(record.id).unwrap_or_else(|_| (*record).clone());
-        crate::notify::after_run(node, &record);
+    for record in records {
+        crate::notify::after_run(node, record);
     }
 }
 

@@ -31,6 +31,22 @@ pub struct Fetched {
     pub status_error: Option<String>,
 }
 
+impl Fetched {
+    /// Remote `name`, before anything is known of it.
+    fn nothing_yet(name: &str) -> Fetched {
+        Fetched {
+            remote: name.to_owned(),
+            url: String::new(),
+            tip: Ok(None),
+            downloaded: false,
+            probed: false,
+            probe_news: None,
+            duration: Duration::ZERO,
+            status_error: None,
+        }
+    }
+}
+
 /// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`,
 /// but for those whose probe says it is already there, and from `status_remote` also the fleet's
 /// status refs (`fleet::publish::FETCH_REFSPEC`), probe or not.
@@ -97,14 +113,10 @@ pub fn fetch_all(
         .zip(&names)
         .map(|(result, name)| {
             result.unwrap_or_else(|| Fetched {
-                remote: name.clone(),
                 url: repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default(),
                 tip: Err(format!("timed out after {}", humantime::format_duration(timeout))),
-                downloaded: false,
-                probed: false,
-                probe_news: None,
                 duration: timeout,
-                status_error: None,
+                ..Fetched::nothing_yet(name)
             })
         })
         .collect())
@@ -121,16 +133,7 @@ fn fetch_one(
     probe: &mut ProbeState,
     trust: Duration,
 ) -> Fetched {
-    let mut fetched = Fetched {
-        remote: name.to_owned(),
-        url: String::new(),
-        tip: Ok(None),
-        downloaded: false,
-        probed: false,
-        probe_news: None,
-        duration: Duration::ZERO,
-        status_error: None,
-    };
+    let mut fetched = Fetched::nothing_yet(name);
     let repo = match Repository::open_bare(repo_path) {
         Ok(repo) => repo,
         Err(e) => return Fetched { tip: Err(e.message().to_owned()), ..fetched },
