@@ -140,9 +140,7 @@ fn a_socket_client_that_asks_for_a_run_and_never_reads_is_dropped() {
     );
     let before = rss_kb(daemon.child.id());
     let mut client = UnixStream::connect(env.state.join("troops.sock")).unwrap();
-    let request = format!(
-        "{{\"op\":\"deploy\",\"trigger\":\"manual\",\"commit\":\"{commit}\",\"unless_deployed\":false}}\n"
-    );
+    let request = format!("{{\"op\":\"run\",\"ask\":\"deploy\",\"rev\":\"{commit}\"}}\n");
     client.write_all(request.as_bytes()).unwrap();
     wait_until("run 1 to start", Duration::from_secs(20), || env.run_ids().contains(&1));
     assert_status_answers_fast(&env);

@@ -9,6 +9,7 @@ mod support;
 
 mod checks;
 mod daemon;
+mod dispatch;
 mod fanout;
 mod fleet;
 mod hostile;

@@ -449,7 +449,7 @@ fn a_push_while_the_daemon_runs_goes_through_the_daemon() {
         stderr.contains(&format!("remote: hello from {commit}")) && stderr.contains("run 1 succeeded"),
         "{stderr}"
     );
-    assert!(daemon.log().contains("control request request=Deploy { trigger: Push"), "{}", daemon.log());
+    assert!(daemon.log().contains("control request request=Run(Push)"), "{}", daemon.log());
     assert_eq!(env.run_ids(), [1], "one run, not one per trigger");
     assert_eq!(env.run_record(1)["trigger"], "push");
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));

@@ -532,7 +532,7 @@ fn the_hook_asks_a_listening_daemon_to_run_the_tip_and_relays_its_answer() {
 
     let request: serde_json::Value =
         serde_json::from_str(&requests.recv_timeout(LIMIT).expect("the hook asked the daemon")).unwrap();
-    assert_eq!(request, serde_json::json!({"op": "deploy", "trigger": "push", "commit": null}));
+    assert_eq!(request, serde_json::json!({"op": "run", "ask": "push"}));
     assert!(remote_lines(&stderr).contains(&"daemon: running it"), "{stderr}");
     assert!(env.run_ids().is_empty(), "the hook ran the plan itself");
     assert_eq!(env.deployed(), None);

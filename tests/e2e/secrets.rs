@@ -141,7 +141,7 @@ fn a_role_secret_reaches_its_nodes_only_and_never_the_output() {
     let shown = text(&run.stdout) + &text(&run.stderr);
     assert!(run.status.success(), "{shown}");
     assert!(shown.contains("[secret:db_password]") && !shown.contains(VALUE), "{shown}");
-    assert!(daemon.log().contains("trigger: Manual"), "not through the daemon: {}", daemon.log());
+    assert!(daemon.log().contains("request=Run(Deploy"), "not through the daemon: {}", daemon.log());
     assert!(!daemon.log().contains(VALUE));
     drop(daemon);
     assert!(files_containing(&db.state, VALUE).is_empty(), "plaintext in the state dir");

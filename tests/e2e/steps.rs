@@ -108,7 +108,7 @@ fn no_trigger_passes_its_environment_or_umask_to_a_step() {
     push_as_pusher(&env, &work, &leaks);
     let log = daemon.log();
     assert!(
-        log.contains("trigger: Manual") && log.contains("trigger: Push"),
+        log.contains("request=Run(Deploy") && log.contains("request=Run(Push)"),
         "not through the daemon:\n{log}"
     );
     drop(daemon);

@@ -82,3 +82,44 @@ fn only_the_config_file_itself_reloads_the_config() {
     assert_eq!(daemon.log().matches("config reloaded").count(), 1, "{}", daemon.log());
     assert!(env.ok(&["status"]).contains("web-2"), "{}", env.ok(&["status"]));
 }
+
+/// The daemon hears each change once: a push is its hook's ask (the watcher leaves the move to
+/// it), the daemon's own fast-forward does not wake it, and only a move troops did not make (`git
+/// update-ref` by hand) runs as a tick.
+#[test]
+fn a_push_and_the_daemons_own_pull_are_heard_once_and_a_hand_moved_branch_as_a_tick() {
+    let env = Env::new();
+    env.write_config("hostname = \"web-1\"\ninterval = \"1h\"\n");
+    let mirror = env.path("a.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
+    env.ok(&["init", &format!("--remote=a={}", mirror.display())]);
+    let work = env.deploy_repo("work");
+    let daemon = Daemon::start(&env);
+    let node = env.repo().display().to_string();
+
+    let pushed = work.commit(&env, &[("troops.toml", PLAN)], "pushed");
+    let out = work.push(&env, &node, &["HEAD:main"]);
+    assert!(out.status.success(), "{}", crate::support::combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(pushed.as_str()), "{}", daemon.log());
+
+    let pulled = work.commit(&env, &[("n", "2")], "pulled");
+    crate::support::publish_to_a(&env, &work);
+    env.ok(&["pull"]);
+    assert_eq!(env.deployed().as_deref(), Some(pulled.as_str()), "{}", daemon.log());
+
+    let moved = work.commit(&env, &[("n", "3")], "moved by hand");
+    env.git(
+        &work.path,
+        &["--git-dir", &node, "fetch", "-q", &work.path.display().to_string(), "main:refs/objects"],
+    );
+    env.git(&work.path, &["--git-dir", &node, "update-ref", "refs/heads/main", &moved]);
+    wait_until("the run of the moved ref", Duration::from_secs(10), || {
+        env.deployed().as_deref() == Some(moved.as_str())
+    });
+    let triggers: Vec<String> =
+        env.run_ids().iter().map(|id| env.run_record(*id)["trigger"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(triggers, ["push", "pull", "pull"], "{}", daemon.log());
+    // Moves are heard in order: had the push's or the pull's been taken for a move outside
+    // troops, it would be logged before the hand's.
+    assert_eq!(daemon.log().matches("the branch moved outside troops").count(), 1, "{}", daemon.log());
+}

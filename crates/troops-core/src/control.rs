@@ -10,18 +10,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ask::Ask;
+use crate::error::Exit;
 use crate::error::{Context, Error, Result};
-use crate::runs::Trigger;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    /// Run what the trigger calls for (see `deploy::Request::from_trigger`).
-    Deploy { trigger: Trigger, commit: Option<String> },
-    /// One pull cycle now.
+    /// Run what the ask calls for.
+    Run(Ask),
+    /// One pull cycle now: fetch every remote, fast-forward, then run what is due (`Ask::Tick`).
     Pull,
-    /// Quarantine the deployed commit and run `to` (default: the one before) as a rollback.
-    Rollback { to: Option<String> },
     /// How the daemon is: one `Output` holding a [`DaemonStatus`] as JSON, then `Done`.
     Status,
 }
@@ -42,9 +41,16 @@ pub struct DaemonStatus {
 pub enum Reply {
     /// A chunk of the run's output, as produced.
     Output(String),
-    /// The end: the exit code the client should exit with, and an error message if it failed
-    /// before or outside a run.
-    Done { exit: i32, error: Option<String> },
+    /// The end: what the client should exit with, and an error message if it failed before or
+    /// outside a run.
+    Done(Done),
+}
+
+/// How a request the daemon served ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    pub exit: Exit,
+    pub error: Option<String>,
 }
 
 /// What `troops status` learns of the daemon at a socket.
@@ -73,7 +79,7 @@ pub fn daemon_status(socket: &Path) -> Daemon {
         let mut out = Vec::new();
         let daemon = match call(&path, &Request::Status, &mut out) {
             Ok(None) => Daemon::Absent,
-            Ok(Some((0, None))) => match serde_json::from_slice(&out) {
+            Ok(Some(Done { exit: Exit::Success, error: None })) => match serde_json::from_slice(&out) {
                 Ok(status) => Daemon::Serving(status),
                 Err(e) => Daemon::NotServing(format!(
                     "the daemon at {} answered {:?}: {e}",
@@ -81,7 +87,9 @@ pub fn daemon_status(socket: &Path) -> Daemon {
                     String::from_utf8_lossy(&out)
                 )),
             },
-            Ok(Some((_, error))) => Daemon::Refused(error.unwrap_or_else(|| "it gave no reason".into())),
+            Ok(Some(Done { error, .. })) => {
+                Daemon::Refused(error.unwrap_or_else(|| "it gave no reason".into()))
+            }
             Err(Error::Io { context, source }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Daemon::Refused(format!("{context}: {source}"))
             }
@@ -98,9 +106,9 @@ pub fn daemon_status(socket: &Path) -> Daemon {
     })
 }
 
-/// Sends `request` to the daemon at `socket`, copying its output to `out`; returns the exit code
-/// and error it ended with, or `None` when no daemon listens there.
-pub fn call(socket: &Path, request: &Request, out: &mut dyn Write) -> Result<Option<(i32, Option<String>)>> {
+/// Sends `request` to the daemon at `socket`, copying its output to `out`; returns how it ended,
+/// or `None` when no daemon listens there.
+pub fn call(socket: &Path, request: &Request, out: &mut dyn Write) -> Result<Option<Done>> {
     let mut stream = match UnixStream::connect(socket) {
         Ok(stream) => stream,
         Err(e)
@@ -121,7 +129,7 @@ pub fn call(socket: &Path, request: &Request, out: &mut dyn Write) -> Result<Opt
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
             }
-            Ok(Reply::Done { exit, error }) => return Ok(Some((exit, error))),
+            Ok(Reply::Done(done)) => return Ok(Some(done)),
             Err(e) => return Err(Error::Env(format!("{}: bad reply {line:?}: {e}", context()))),
         }
     }

@@ -13,7 +13,8 @@ use git2::Oid;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::error::{Context, Error, Result};
+use crate::ask::Ask;
+use crate::error::{Context, Error, Exit, Result};
 use crate::lock::NodeLock;
 use crate::node::Node;
 use crate::plan::{OnFailure, Phase, Plan, Step};
@@ -22,43 +23,27 @@ use crate::runs::{now as now_text, RunRecord, RunStatus, StepRecord, StepStatus,
 use crate::schedule::{self, Cause, Decision, Facts, PastRun, RunNow};
 use crate::{roles, runner};
 
-/// Who asks for a run. What runs is then [`schedule::decide`]'s answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// The daemon's timer, start, retry timer or fetch, or `troops pull`: run what is due.
-    Tick,
-    /// A push moved the branch.
-    Push,
-    /// A person's `troops deploy` of a revision (default: the tip), whatever the state.
-    Person(Option<String>),
-}
-
-impl Request {
-    /// The request of a trigger that comes over the control socket.
-    pub fn from_trigger(trigger: Trigger, rev: Option<String>) -> Request {
-        match trigger {
-            Trigger::Manual => Request::Person(rev),
-            Trigger::Push => Request::Push,
-            Trigger::Pull | Trigger::Retry | Trigger::Rollback => Request::Tick,
-        }
-    }
-}
-
+/// How an ask ended: the one source of a trigger's exit code.
+#[derive(Debug)]
 pub enum Outcome {
     /// A run happened; and when it failed with `on_failure = "rollback"`, the run of the last
     /// good commit that followed it.
     Ran { run: RunRecord, rollback: Option<Box<RunRecord>> },
     /// Nothing ran: idle (all is done) or waiting (a failed commit's backoff), and why.
     Nothing(Decision),
+    /// A pull could fetch no remote, and nothing ran: the decision, on what it had.
+    Unreachable(Decision),
 }
 
 impl Outcome {
-    /// 0 when what was asked for is done, 1 when a run failed or a failed commit waits.
-    pub fn exit_code(&self) -> i32 {
+    /// Success when what was asked for is done; failed when a run failed or a failed commit
+    /// waits; the environment's failure when no remote could be fetched and nothing ran.
+    pub fn exit(&self) -> Exit {
         match self {
-            Outcome::Ran { run, .. } => i32::from(run.status != RunStatus::Succeeded),
-            Outcome::Nothing(Decision::Wait { .. }) => 1,
-            Outcome::Nothing(_) => 0,
+            Outcome::Ran { run, .. } => Exit::ok_if(run.status == RunStatus::Succeeded),
+            Outcome::Nothing(Decision::Wait { .. }) => Exit::Failed,
+            Outcome::Nothing(_) => Exit::Success,
+            Outcome::Unreachable(_) => Exit::Environment,
         }
     }
 
@@ -67,6 +52,10 @@ impl Outcome {
     pub fn nothing_ran(&self) -> Option<String> {
         match self {
             Outcome::Ran { .. } => None,
+            Outcome::Unreachable(decision) => {
+                let why = Outcome::Nothing(decision.clone()).nothing_ran().unwrap_or_default();
+                Some(format!("troops: no remote could be fetched; {}", why.trim_start_matches("troops: ")))
+            }
             Outcome::Nothing(Decision::Wait { why, .. }) => Some(format!("troops: {why}; nothing runs now")),
             Outcome::Nothing(Decision::Idle { why } | Decision::Hold { why, .. }) => {
                 Some(format!("troops: {why}; nothing runs"))
@@ -76,15 +65,16 @@ impl Outcome {
     }
 }
 
-/// Runs what `request` and the node's state call for, writing progress and step output to `out`
+/// Runs what `ask` and the node's state call for, writing progress and step output to `out`
 /// as it comes. `stop`, once set, ends the current step (and all it started) and the run,
 /// `interrupted`.
-pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
+pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
-    let mut cause = match request {
-        Request::Tick => Cause::Tick,
-        Request::Push => Cause::Push,
-        Request::Person(rev) => Cause::Person { commit: Some(resolve(node, &repo, rev.as_deref())?) },
+    let mut cause = match ask {
+        Ask::Tick => Cause::Tick,
+        Ask::Push => Cause::Push,
+        Ask::Deploy { rev } => Cause::Person { commit: Some(resolve(node, &repo, rev.as_deref())?) },
+        Ask::Rollback { to } => return rollback(node, to.as_deref(), out, stop),
     };
     // What nearly every poll finds: nothing to do. Decided from refs and the newest record,
     // without waiting for the lock; but a run on record as under way may be one whose troops
@@ -149,10 +139,10 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
     Ok(Outcome::Ran { run, rollback })
 }
 
-/// `troops rollback [--to REV]`: a person quarantines the deployed commit and runs REV, or else
+/// `troops rollback [--to REV]` (`Ask::Rollback`): a person quarantines the deployed commit and runs REV, or else
 /// the newest commit that succeeded before it, as a rollback (with releases: switch back and
 /// activate, no build).
-pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
+fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
     let mut lock = lock_and_recover(node, &repo, out)?;
     let deployed = repo.deployed()?.ok_or_else(|| {
@@ -418,7 +408,7 @@ fn run_one(
     out.release();
     runs.save(&record)?;
     if let Err(e) = result {
-        if e.class() == crate::error::Class::Environment {
+        if e.exit() == crate::error::Exit::Environment {
             return Err(e);
         }
     }

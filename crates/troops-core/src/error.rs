@@ -29,34 +29,77 @@ pub enum Error {
     /// A commit this node may not run (its signature is refused): the commit and why.
     #[error("{0}")]
     Refused(String),
+    /// The daemon did the work and it ended in this error, told over the control socket.
+    #[error("{message}")]
+    Daemon { exit: Exit, message: String },
 }
 
-/// The exit code classes of the SPEC (1, "a run failed", is a result, not an error; a refused
-/// commit shares its code).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Exit 1: the node refuses what it was asked to run (like a failed run, a "no").
-    Refused,
-    /// Exit 2: usage, config, plan.
+/// The SPEC's exit codes, the only place their numbers are written: every command, the hook and
+/// the daemon's answers over its socket exit with one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum Exit {
+    /// 0: done, or nothing to do.
+    Success,
+    /// 1: a run failed, a failed commit waits for its retry, or the node refuses ("no").
+    Failed,
+    /// 2: bad input: usage, config, plan.
     Input,
-    /// Exit 3: git, network, IO, lock.
+    /// 3: the environment failed: git, network, IO, lock.
     Environment,
 }
 
-impl Error {
-    pub fn class(&self) -> Class {
+impl Exit {
+    pub fn code(self) -> u8 {
         match self {
-            Error::Config { .. } | Error::Plan { .. } | Error::Input(_) => Class::Input,
-            Error::Git { .. } | Error::Io { .. } | Error::Env(_) => Class::Environment,
-            Error::Refused(_) => Class::Refused,
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Input => 2,
+            Exit::Environment => 3,
         }
     }
 
-    pub fn exit_code(&self) -> i32 {
-        match self.class() {
-            Class::Refused => 1,
-            Class::Input => 2,
-            Class::Environment => 3,
+    /// Success when `ok`, else failed (a "no" of a command like `has-role`).
+    pub fn ok_if(ok: bool) -> Exit {
+        if ok {
+            Exit::Success
+        } else {
+            Exit::Failed
+        }
+    }
+}
+
+impl From<Exit> for u8 {
+    fn from(exit: Exit) -> u8 {
+        exit.code()
+    }
+}
+
+impl TryFrom<u8> for Exit {
+    type Error = String;
+
+    fn try_from(code: u8) -> std::result::Result<Exit, String> {
+        [Exit::Success, Exit::Failed, Exit::Input, Exit::Environment]
+            .into_iter()
+            .find(|e| e.code() == code)
+            .ok_or_else(|| format!("{code} is not an exit code of troops"))
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> std::process::ExitCode {
+        std::process::ExitCode::from(exit.code())
+    }
+}
+
+impl Error {
+    /// The exit code this error ends a command with (a refused commit is a "no", like a failed run).
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Config { .. } | Error::Plan { .. } | Error::Input(_) => Exit::Input,
+            Error::Git { .. } | Error::Io { .. } | Error::Env(_) => Exit::Environment,
+            Error::Refused(_) => Exit::Failed,
+            Error::Daemon { exit, .. } => *exit,
         }
     }
 

@@ -6,11 +6,13 @@ pub mod error;
 pub mod host;
 pub mod plan;
 
-pub use error::{Error, Result};
+pub use error::{Error, Exit, Result};
+pub mod ask;
 pub mod atomic;
 pub mod check;
 pub mod control;
 pub mod deploy;
+pub mod dispatch;
 pub mod fanout;
 pub mod fastforward;
 pub mod fetch;

@@ -11,6 +11,7 @@ use crate::runs::Runs;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/troops";
 
+#[derive(Clone)]
 pub struct Node {
     pub state_dir: PathBuf,
     pub config: Config,

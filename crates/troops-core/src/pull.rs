@@ -57,12 +57,6 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     advance(node, fetched, out)
 }
 
-/// Fetches every remote (the first half of a cycle), waiting for another fetch of this node.
-pub fn fetch(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
-    let _lock = lock_fetches(node, out)?;
-    fetch_unlocked(node, out)
-}
-
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.
 /// The lock is a flock on the repo's directory: no file to create, and whoever may fetch into the
 /// repo may open it. It goes with the returned handle.
@@ -111,7 +105,7 @@ fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
 
 /// Applies the fast-forward rules to what `fetch` gave (the second half of a cycle), moves the
 /// branch, and records what each remote said.
-pub fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cycle> {
+fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cycle> {
     let repo = node.repo()?;
     let tips: Vec<(String, Oid)> =
         fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();

@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
+use troops_core::ask::Ask;
 use troops_core::control;
-use troops_core::deploy;
+use troops_core::dispatch::dispatch;
 use troops_core::node::Node;
 use troops_core::receive::{self, Update, Verdict};
-use troops_core::runs::Trigger;
-use troops_core::Error;
+use troops_core::{Error, Exit};
 
 fn main() -> ExitCode {
     troops_core::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         "post-receive" => post_receive(),
         _ => {
             say("usage: troops-hook pre-receive|post-receive (git runs it from the hooks `troops init` writes)");
-            return ExitCode::from(2);
+            return Exit::Input.into();
         }
     };
     result.unwrap_or_else(|error| {
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             }
             _ => say(&format!("troops: the push was accepted, but deploying it failed: {error}")),
         }
-        ExitCode::from(error.downcast_ref::<Error>().map_or(3, |e| e.exit_code() as u8))
+        error.downcast_ref::<Error>().map_or(Exit::Environment, Error::exit).into()
     })
 }
 
@@ -70,11 +70,12 @@ fn pre_receive() -> Result<ExitCode> {
             }
         }
     }
-    Ok(if refused { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(Exit::ok_if(!refused).into())
 }
 
 /// Runs the plan when the deploy branch moved: through the daemon if one listens, else here, as
-/// the pusher. Exit 1 when the run failed (git ignores it; the pusher reads the summary).
+/// the pusher, the same way the CLI does (`dispatch`). Exit 1 when the run failed (git ignores
+/// it; the pusher reads the summary).
 fn post_receive() -> Result<ExitCode> {
     let updates = updates()?;
     let node = node(&git_dir()?)?;
@@ -92,43 +93,8 @@ fn post_receive() -> Result<ExitCode> {
     let stop = outlive_the_pusher();
     troops_core::init::use_group_umask(&node.state_dir);
 
-    let mut out = Counted(std::io::stderr(), 0);
-    let ask = control::Request::Deploy { trigger: Trigger::Push, commit: None };
-    if let Some((exit, error)) = control::call(&node.socket_path(), &ask, &mut out)? {
-        match error {
-            Some(error) => say(&format!("troops: {error}")),
-            // The daemon watches the branch too: it may have run this tip before the push asked,
-            // and then has nothing to say.
-            None if exit == 0 && out.1 == 0 => {
-                let outcome =
-                    deploy::Outcome::Nothing(deploy::decision(&node, troops_core::schedule::Cause::Push)?);
-                say(&outcome.nothing_ran().unwrap_or_default());
-            }
-            None => {}
-        }
-        return Ok(ExitCode::from(u8::try_from(exit).unwrap_or(1)));
-    }
-    let outcome = deploy::deploy(&node, &deploy::Request::Push, &mut out, stop)?;
-    troops_core::fleet::publish::in_background(&node);
-    if let Some(message) = outcome.nothing_ran() {
-        say(&message);
-    }
-    Ok(ExitCode::from(outcome.exit_code() as u8))
-}
-
-/// Stderr, counting what went through.
-struct Counted<W>(W, usize);
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.1 += n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
+    let request = control::Request::Run(Ask::Push);
+    Ok(dispatch(&node, &request, &mut std::io::stderr(), stop)?.into())
 }
 
 /// git's `<old> <new> <ref>` lines on stdin.

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Err(error) if broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("troops: {error}");
-            ExitCode::from(exit_code(&error))
+            exit_code(&error).into()
         }
     }
 }
@@ -31,10 +31,9 @@ fn broken_pipe(error: &anyhow::Error) -> bool {
         .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// 2 for bad input, 3 for a failed environment (anything not known to be the user's input).
-fn exit_code(error: &anyhow::Error) -> u8 {
-    match error.downcast_ref::<troops_core::Error>() {
-        Some(e) => e.exit_code() as u8,
-        None => 3,
-    }
+/// The error's own exit code; anything not known to be the user's input is the environment's.
+fn exit_code(error: &anyhow::Error) -> troops_core::Exit {
+    error
+        .downcast_ref::<troops_core::Error>()
+        .map_or(troops_core::Exit::Environment, troops_core::Error::exit)
 }

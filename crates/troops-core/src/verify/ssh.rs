@@ -278,7 +278,7 @@ mod tests {
             ("justaprincipal\n".to_owned(), "1:1: expected"),
         ] {
             let e = parse(&text).unwrap_err();
-            assert_eq!(e.class(), crate::error::Class::Input, "{text}");
+            assert_eq!(e.exit(), crate::error::Exit::Input, "{text}");
             let message = e.to_string();
             assert!(message.starts_with("/etc/troops/allowed_signers:"), "{message}");
             assert!(message.contains(expect), "{message} lacks {expect}");

@@ -477,11 +477,11 @@ fn every_other_outcome_is_refused_with_its_own_reason() {
 #[test]
 fn keyring_errors_name_the_file() {
     let missing = Keyring::load(Path::new("/nonexistent/trusted.pgp")).err().unwrap();
-    assert_eq!(missing.class(), crate::error::Class::Environment);
+    assert_eq!(missing.exit(), crate::error::Exit::Environment);
     assert!(missing.to_string().contains("/nonexistent/trusted.pgp"), "{missing}");
 
     let garbage = Keyring::parse(Path::new("/etc/k.pgp"), b"\x99\x01garbage").err().unwrap();
-    assert_eq!(garbage.class(), crate::error::Class::Input);
+    assert_eq!(garbage.exit(), crate::error::Exit::Input);
     assert!(garbage.to_string().contains("/etc/k.pgp"), "{garbage}");
 
     let empty = Keyring::parse(Path::new("/etc/k.pgp"), b"").err().unwrap();

@@ -1,13 +1,13 @@
-//! `troops deploy` and `troops rollback`: a person's runs, through the daemon when it runs, else
-//! in-process (or, with `--dry-run`, what would run).
+//! `troops deploy`: a person's run, through the daemon when it runs, else in-process (or, with
+//! `--dry-run`, what would run).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::control::Request as ControlRequest;
-use troops_core::deploy::{self, Request};
-use troops_core::runs::Trigger;
+use troops_core::ask::Ask;
+use troops_core::control::Request;
+use troops_core::deploy;
 
 use crate::cli::{DeployArgs, Global};
 
@@ -37,17 +37,5 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let remote = ControlRequest::Deploy { trigger: Trigger::Manual, commit: args.commit.clone() };
-    if let Some(code) = super::through_daemon(&node, remote)? {
-        return Ok(code);
-    }
-    super::in_process(&node, |out, stop| deploy::deploy(&node, &Request::Person(args.commit), out, stop))
-}
-
-/// `troops rollback`: through the daemon when it runs, else in-process.
-pub fn rollback(node: &troops_core::node::Node, to: Option<String>) -> Result<ExitCode> {
-    if let Some(code) = super::through_daemon(node, ControlRequest::Rollback { to: to.clone() })? {
-        return Ok(code);
-    }
-    super::in_process(node, |out, stop| deploy::rollback(node, to.as_deref(), out, stop))
+    super::dispatch(&node, Request::Run(Ask::Deploy { rev: args.commit }))
 }

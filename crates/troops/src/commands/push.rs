@@ -48,7 +48,7 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
     };
     let results = fleet.push();
     print_table(&fleet.targets, &results)?;
-    Ok(super::code(results.iter().all(|r| r.outcome.is_ok())))
+    Ok(troops_core::Exit::ok_if(results.iter().all(|r| r.outcome.is_ok())).into())
 }
 
 /// The branch HEAD is on.

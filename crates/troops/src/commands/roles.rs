@@ -15,7 +15,7 @@ pub fn list(node: &Node) -> Result<ExitCode> {
 }
 
 pub fn has(node: &Node, role: &str) -> Result<ExitCode> {
-    Ok(super::code(roles(node)?.contains(role)))
+    Ok(troops_core::Exit::ok_if(roles(node)?.contains(role)).into())
 }
 
 /// In a step, the roles by the plan of the commit it runs for (`TROOPS_COMMIT`), which

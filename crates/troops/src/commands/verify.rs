@@ -43,5 +43,5 @@ pub fn run(node: &Node, args: VerifyArgs) -> Result<ExitCode> {
             node.config.path.display()
         );
     }
-    Ok(super::code(verification.is_good()))
+    Ok(troops_core::Exit::ok_if(verification.is_good()).into())
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use troops_core::control::Done;
 
 /// What one listener may hold unread; beyond it, its output is skipped until it catches up.
 const LIMIT: usize = 256 * 1024;
@@ -27,7 +28,7 @@ static HELD: AtomicUsize = AtomicUsize::new(0);
 pub enum Piece {
     Output(String),
     Skipped(Gap),
-    Done { exit: i32, error: Option<String> },
+    Done(Done),
 }
 
 /// Output that did not fit.
@@ -132,8 +133,8 @@ impl Listener {
     }
 
     /// The end, which is always kept.
-    pub fn done(&self, exit: i32, error: Option<String>) {
-        self.0.mailbox.lock().unwrap().pieces.push_back(Piece::Done { exit, error });
+    pub fn done(&self, done: Done) {
+        self.0.mailbox.lock().unwrap().pieces.push_back(Piece::Done(done));
         self.0.wake.notify_one();
     }
 }
@@ -204,12 +205,14 @@ mod tests {
             assert!(listener.output(&line));
         }
         listener.output("troops: run 1 succeeded\n");
-        listener.done(0, None);
+        listener.done(Done { exit: troops_core::Exit::Success, error: None });
         drop(listener);
         let pieces = drain(&mut inbox);
         let kept = pieces.iter().filter(|p| matches!(p, Piece::Output(_))).count();
         assert_eq!(kept, LIMIT / line.len());
-        let [.., Piece::Skipped(gap), Piece::Done { exit: 0, error: None }] = &pieces[..] else {
+        let [.., Piece::Skipped(gap), Piece::Done(Done { exit: troops_core::Exit::Success, error: None })] =
+            &pieces[..]
+        else {
             panic!("{:?}", &pieces[kept..]);
         };
         let shown = gap.render("troops log 1");

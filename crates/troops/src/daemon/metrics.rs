@@ -5,12 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use troops_core::config::Config;
 use troops_core::node::Node;
 
@@ -23,7 +23,7 @@ const MAX_CONNECTIONS: usize = 8;
 
 /// Binds `addr` and serves it from a task of the daemon's loop. A port that cannot be bound is
 /// logged and the daemon goes on without the listener: deploys matter more than metrics.
-pub async fn start(addr: SocketAddr, state_dir: PathBuf, config: Arc<Mutex<Config>>) {
+pub async fn start(addr: SocketAddr, state_dir: PathBuf, config: watch::Receiver<Arc<Config>>) {
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -35,7 +35,7 @@ pub async fn start(addr: SocketAddr, state_dir: PathBuf, config: Arc<Mutex<Confi
     tokio::spawn(serve(listener, state_dir, config));
 }
 
-async fn serve(listener: TcpListener, state_dir: PathBuf, config: Arc<Mutex<Config>>) {
+async fn serve(listener: TcpListener, state_dir: PathBuf, config: watch::Receiver<Arc<Config>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
@@ -48,7 +48,7 @@ async fn serve(listener: TcpListener, state_dir: PathBuf, config: Arc<Mutex<Conf
                 continue;
             }
         };
-        let node = Node { state_dir: state_dir.clone(), config: config.lock().unwrap().clone() };
+        let node = Node { state_dir: state_dir.clone(), config: (**config.borrow()).clone() };
         tokio::spawn(async move {
             if tokio::time::timeout(TIMEOUT, answer(stream, node)).await.is_err() {
                 tracing::debug!("metrics listener: a client was too slow; dropped");

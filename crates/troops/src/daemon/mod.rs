@@ -1,48 +1,131 @@
-//! `troops daemon`: the agent, and the only async part of troops. A single-threaded tokio loop
-//! waits on the timer (interval plus jitter), a pending retry, the control socket, file changes
-//! (config and branch ref, read by notify on a thread of its own) and signals; the actual work
-//! runs on one worker thread, fetches on another. SIGTERM ends the current step (SIGTERM to all
-//! it started, SIGKILL after its `kill_grace`), then exits 0. If a worker thread or the socket
-//! server ends, the daemon exits non-zero at once (systemd restarts it) rather than take requests
+//! `troops daemon`: the agent, and the only async part of troops. One single-threaded tokio loop
+//! owns all of the daemon's state (the config, the queue of asks, the run under way, the fetch,
+//! the status publisher, the timers) and hears everything as events on one channel: the timer,
+//! the retry timer, the control socket, file changes, signals, and the ends of its jobs. Anything
+//! that blocks (git, runs, NSS lookups) is a job on tokio's blocking pool, so nothing stalls the
+//! loop: at most one run, one fetch and one status publish at a time. SIGTERM ends the current
+//! step (SIGTERM to all it started, SIGKILL after its `kill_grace`), then exits 0. A job that
+//! panics ends the daemon non-zero at once (systemd restarts it) rather than take requests
 //! nothing will answer. systemd hears readiness and status through NOTIFY_SOCKET.
 
+mod jobs;
 mod listener;
 mod metrics;
+mod publisher;
+mod queue;
 mod socket;
-mod status;
 mod watch;
-mod worker;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
+use git2::Oid;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
+use troops_core::ask::Ask;
 use troops_core::config::Config;
-use troops_core::control::DaemonStatus;
+use troops_core::control::{DaemonStatus, Done, Request};
 use troops_core::node::Node;
-use troops_core::runs::Trigger;
+use troops_core::Exit;
 
+use listener::Listener;
+use queue::{Pending, Queue};
 use watch::{Change, Watch};
-use worker::{Event, Job, Work, Worker};
 
 /// Set on SIGTERM/SIGINT: the run under way ends its current step and stops, `interrupted`.
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// How long a moved branch may wait for the push that moved it to ask: a push's hook asks over
+/// the socket right after git moved the ref, and its run is the push's; a branch moved by hand
+/// (`git update-ref`) runs as a tick once this has passed.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Everything the loop hears.
+pub enum Event {
+    /// A client's request, with the branch tip when it arrived (for a push to join the run of it).
+    Request { request: Request, listener: Listener, tip: Option<Oid> },
+    /// `troops status` asks how the daemon is.
+    Status(oneshot::Sender<DaemonStatus>),
+    /// Output of the run under way.
+    RunOutput(String),
+    /// The run under way read the branch tip it runs.
+    RunTip(Option<Oid>),
+    /// The run under way ended.
+    RunDone(jobs::RunEnd),
+    /// Output of the pull cycle under way.
+    FetchOutput(String),
+    /// The pull cycle under way ended: the tip it left, and whether no remote could be fetched.
+    Pulled(Result<jobs::Pulled, Done>),
+    /// The status publisher's round ended.
+    Published(Box<publisher::Round>),
+    /// The branch tip, read after a move settled.
+    TipRead(Option<Oid>),
+    /// The config file, read again.
+    Reloaded(Box<Option<Config>>),
+    /// When a failed commit is due again, read at start.
+    NextDue(Option<SystemTime>),
+    /// A job panicked: nothing can be trusted to run any more.
+    Panicked(&'static str),
+}
+
+/// The events' sending end, for jobs and connections.
+pub type Events = mpsc::UnboundedSender<Event>;
 
 pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();
     node.repo()?; // a node that was never initialised fails here, with the reason
     troops_core::init::use_group_umask(&node.state_dir);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(node))
+    let code = runtime.block_on(serve(node));
+    // A fetch may still wait on a remote: its process group is killed at its own deadline.
+    runtime.shutdown_background();
+    code
+}
+
+/// The run under way: who listens, what it printed so far (for those who join late), and the
+/// tip it runs once it has read it.
+struct Running {
+    follows_tip: bool,
+    tip: Option<Oid>,
+    output: Vec<u8>,
+    listeners: Vec<Listener>,
+}
+
+/// Output beyond this is not kept for late joiners (it is in output.log).
+const REPLAY_LIMIT: usize = 1 << 20;
+
+const STOPPING: &str = "the daemon is stopping";
+
+struct Daemon {
+    state_dir: std::path::PathBuf,
+    /// The config, held here alone; connections and the metrics listener see it through the
+    /// watch channel's receivers.
+    config: tokio::sync::watch::Sender<Arc<Config>>,
+    /// A reload changed the branch: the watch must follow it.
+    rewatch: bool,
+    events: Events,
+    queue: Queue<Listener>,
+    running: Option<Running>,
+    /// Listeners of the pull cycle under way (`Some` while one runs), and of the next one.
+    fetching: Option<(Instant, Vec<Listener>)>,
+    fetch_again: Option<Vec<Listener>>,
+    publisher: publisher::Publisher,
+    /// The tip as the daemon last knew it: a branch move to anything else was not its own.
+    known_tip: Option<Oid>,
+    settle: Option<Instant>,
+    next_tick: Instant,
+    retry_at: Option<Instant>,
+    started_at: String,
+    stopping: bool,
 }
 
 async fn serve(node: Node) -> Result<ExitCode> {
-    let config = Arc::new(Mutex::new(node.config.clone()));
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (events, mut heard) = mpsc::unbounded_channel();
+    let (config, config_seen) = tokio::sync::watch::channel(Arc::new(node.config.clone()));
     let listener = socket::bind(&node.socket_path(), &node.config.admin_group)?;
     let mut watch = Watch::new(&node.config.path, &node.repo_path(), &node.config.branch).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "not watching the branch ref and the config (pushes still reach the daemon through its socket; SIGHUP reloads the config)");
@@ -50,109 +133,335 @@ async fn serve(node: Node) -> Result<ExitCode> {
     });
     let (mut term, mut int, mut hup) =
         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
-    let socket_path = node.socket_path();
-    let repo_path = node.repo_path();
-    let config_path = node.config.path.clone();
-    let status = Arc::new(Mutex::new(DaemonStatus {
-        pid: std::process::id(),
-        started_at: troops_core::runs::now(),
-        next_pull_at: None,
-        retry_at: None,
-    }));
-    let (worker, thread) = Worker::start(
-        Node { state_dir: node.state_dir.clone(), config: node.config.clone() },
-        config.clone(),
-        &STOP,
-        events_tx.clone(),
-    );
-    let publisher = status::Publisher::start(node.state_dir.clone(), config.clone(), events_tx);
-    let runs = Arc::new(node.runs());
-    let mut server = tokio::spawn(socket::serve(
-        listener,
-        worker.clone(),
-        config.clone(),
-        repo_path,
-        runs,
-        status.clone(),
-    ));
-    tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
+    let mut server = tokio::spawn(socket::serve(listener, events.clone(), config_seen.clone(), node.clone()));
+    tracing::info!(state_dir = %node.state_dir.display(), config = %node.config.path.display(), branch = %node.config.branch, "daemon started");
     if let Some(addr) = node.config.metrics.listen {
-        metrics::start(addr, node.state_dir.clone(), config.clone()).await;
+        metrics::start(addr, node.state_dir.clone(), config_seen).await;
     }
     notify("READY=1\nSTATUS=following the branch");
-
-    let submit = |work: Work| worker.submit(Job { work, listeners: Vec::new() }, || None);
-    let pull = || worker.pull(None, config.lock().unwrap().fetch_timeout);
-    pull();
     // The first tick falls anywhere in the first period, so that daemons started together (a
     // fleet's reboot, a package upgrade) spread their polls over it from the start.
-    let first = period(&config.lock().unwrap());
-    let mut next_tick = Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64));
-    let mut retry_at: Option<Instant> = None;
+    let first = period(&node.config);
+    let mut daemon = Daemon {
+        publisher: publisher::Publisher::default(),
+        state_dir: node.state_dir.clone(),
+        config,
+        rewatch: false,
+        events,
+        queue: Queue::default(),
+        running: None,
+        fetching: None,
+        fetch_again: None,
+        known_tip: None,
+        settle: None,
+        next_tick: Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64)),
+        retry_at: None,
+        started_at: troops_core::runs::now(),
+        stopping: false,
+    };
+    daemon.pull(None);
+    daemon.publisher.poke();
+    daemon.job("startup", {
+        let node = daemon.snapshot();
+        move || Event::NextDue(troops_core::deploy::next_due(&node))
+    });
     let mut upgrade = None;
     loop {
-        {
-            let mut status = status.lock().unwrap();
-            status.next_pull_at = Some(wall_clock(next_tick));
-            status.retry_at = retry_at.map(wall_clock);
+        daemon.start_work();
+        if daemon.stopping && daemon.running.is_none() {
+            break;
         }
+        let publish_at = daemon.publisher.due(&daemon.config.borrow());
         tokio::select! {
-            _ = sleep_until(next_tick) => {
-                publisher.poke();
-                pull();
-                next_tick = Instant::now() + period(&config.lock().unwrap());
+            _ = sleep_until(daemon.next_tick) => {
+                daemon.publisher.poke();
+                daemon.pull(None);
+                daemon.next_tick = Instant::now() + period(&daemon.config.borrow());
             }
-            _ = sleep_until(retry_at.unwrap_or(next_tick)), if retry_at.is_some() => {
-                retry_at = None;
-                submit(Work::Tip(Trigger::Retry));
+            _ = sleep_until(daemon.retry_at.unwrap_or(daemon.next_tick)), if daemon.retry_at.is_some() => {
+                daemon.retry_at = None;
+                daemon.ask(Ask::Tick, Vec::new());
             }
-            Some(event) = events.recv() => match event {
-                Event::RetryAt(at) => {
-                    // A batch ended (a run, a pull cycle): the node's status may have changed.
-                    publisher.poke();
-                    retry_at = at.map(Instant::from_std);
+            _ = sleep_until(daemon.settle.unwrap_or(daemon.next_tick)), if daemon.settle.is_some() => {
+                daemon.settle = None;
+                let node = daemon.snapshot();
+                daemon.job("branch", move || Event::TipRead(jobs::tip(&node)));
+            }
+            _ = sleep_until(publish_at.unwrap_or(daemon.next_tick)), if publish_at.is_some() => {
+                daemon.publish();
+            }
+            Some(event) = heard.recv() => {
+                if let Some(code) = daemon.hear(event) {
+                    return Ok(code);
+                }
+                if daemon.running.is_none() && daemon.queue.is_empty() && !daemon.stopping {
                     if let Some(exe) = replaced_executable() {
-                        if worker.idle_and_closed() {
-                            upgrade = Some(exe);
-                            break;
-                        }
+                        upgrade = Some(exe);
+                        daemon.stop();
                     }
                 }
-                Event::Ended(thread) => {
-                    tracing::error!(thread, "a worker thread ended; exiting so that the daemon is restarted");
-                    return Ok(fail(&socket_path));
-                }
-            },
+            }
             _ = &mut server => {
                 tracing::error!("the control socket server ended; exiting so that the daemon is restarted");
-                return Ok(fail(&socket_path));
+                return Ok(fail(&node.socket_path()));
             }
             change = watch.next() => match change {
-                Change::Config => reload(&config, &mut watch, &node),
-                Change::Branch => {
-                    tracing::debug!(branch = %config.lock().unwrap().branch, "branch ref moved");
-                    submit(Work::Tip(Trigger::Push))
-                }
+                Change::Config => daemon.reload(),
+                Change::Branch => daemon.settle = Some(Instant::now() + SETTLE),
             },
-            _ = hup.recv() => reload(&config, &mut watch, &node),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = hup.recv() => daemon.reload(),
+            _ = term.recv() => daemon.stop(),
+            _ = int.recv() => daemon.stop(),
+        }
+        if std::mem::take(&mut daemon.rewatch) {
+            let config = daemon.config.borrow().clone();
+            match Watch::new(&config.path, &node.repo_path(), &config.branch) {
+                Ok(new) => watch = new,
+                Err(e) => {
+                    tracing::warn!(error = %e, branch = %config.branch, "not watching the new branch's ref")
+                }
+            }
         }
     }
-    tracing::info!("stopping: ending the current step, if any");
-    notify("STOPPING=1");
-    STOP.store(true, Ordering::SeqCst);
-    worker.stop();
-    publisher.stop();
-    tokio::task::spawn_blocking(move || thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
-    let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(node.socket_path());
     if let Some(exe) = upgrade {
         return Ok(restart_into(&exe));
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+impl Daemon {
+    /// A copy of the node as the loop holds it now, for a job.
+    fn snapshot(&self) -> Node {
+        Node { state_dir: self.state_dir.clone(), config: (**self.config.borrow()).clone() }
+    }
+
+    /// Runs `work` on the blocking pool; the loop hears its event, or `Panicked(name)`.
+    fn job(&self, name: &'static str, work: impl FnOnce() -> Event + Send + 'static) {
+        let events = self.events.clone();
+        let handle = tokio::task::spawn_blocking(work);
+        tokio::spawn(async move {
+            let _ = events.send(handle.await.unwrap_or(Event::Panicked(name)));
+        });
+    }
+
+    /// Handles one event; `Some` when the daemon must exit with that code.
+    fn hear(&mut self, event: Event) -> Option<ExitCode> {
+        match event {
+            Event::Request { request, listener, tip } => self.request(request, listener, tip),
+            Event::Status(reply) => {
+                let _ = reply.send(DaemonStatus {
+                    pid: std::process::id(),
+                    started_at: self.started_at.clone(),
+                    next_pull_at: Some(wall_clock(self.next_tick)),
+                    retry_at: self.retry_at.map(wall_clock),
+                });
+            }
+            Event::RunOutput(text) => {
+                if let Some(running) = self.running.as_mut() {
+                    if running.output.len() < REPLAY_LIMIT {
+                        running.output.extend_from_slice(text.as_bytes());
+                    }
+                    running.listeners.retain(|l| l.output(&text));
+                }
+            }
+            Event::RunTip(tip) => {
+                if let Some(running) = self.running.as_mut() {
+                    running.tip = tip;
+                    self.known_tip = tip.or(self.known_tip);
+                }
+            }
+            Event::RunDone(end) => {
+                let running = self.running.take();
+                for listener in running.map(|r| r.listeners).unwrap_or_default() {
+                    listener.done(end.done.clone());
+                }
+                self.due_at(end.next_due);
+                notify(&end.sd_status);
+                self.publisher.poke();
+            }
+            Event::FetchOutput(text) => {
+                if let Some((_, listeners)) = self.fetching.as_mut() {
+                    listeners.retain(|l| l.output(&text));
+                }
+            }
+            Event::Pulled(result) => {
+                let listeners = self.fetching.take().map(|(_, l)| l).unwrap_or_default();
+                match result {
+                    Ok(pulled) => {
+                        self.known_tip = pulled.tip.or(self.known_tip);
+                        if !self.stopping {
+                            self.queue.push(Pending {
+                                ask: Ask::Tick,
+                                no_remote: pulled.no_remote,
+                                listeners,
+                            });
+                        }
+                    }
+                    Err(done) => listeners.into_iter().for_each(|l| l.done(done.clone())),
+                }
+                self.publisher.poke();
+                if let Some(waiting) = self.fetch_again.take() {
+                    self.fetching = None;
+                    self.pull_now(waiting);
+                }
+            }
+            Event::Published(round) => self.publisher.ended(*round, &self.config.borrow()),
+            Event::TipRead(tip) => {
+                if tip.is_some() && tip != self.known_tip {
+                    tracing::info!(tip = %tip.map_or("none".into(), |t| t.to_string()), "the branch moved outside troops");
+                    self.known_tip = tip;
+                    self.ask(Ask::Tick, Vec::new());
+                }
+            }
+            Event::Reloaded(config) => {
+                if let Some(config) = *config {
+                    tracing::info!(config = %config.path.display(), "config reloaded");
+                    let old = self.config.borrow().clone();
+                    if config.admin_group != old.admin_group {
+                        socket::give_to_group(&self.snapshot().socket_path(), &config.admin_group);
+                    }
+                    self.rewatch = config.branch != old.branch;
+                    self.config.send_replace(Arc::new(config));
+                }
+            }
+            Event::NextDue(at) => self.due_at(at),
+            Event::Panicked(name) => {
+                tracing::error!(
+                    job = name,
+                    "a job of the daemon panicked; exiting so that the daemon is restarted"
+                );
+                return Some(fail(&self.snapshot().socket_path()));
+            }
+        }
+        None
+    }
+
+    fn request(&mut self, request: Request, listener: Listener, tip: Option<Oid>) {
+        if self.stopping {
+            listener.done(Done { exit: Exit::Environment, error: Some(STOPPING.into()) });
+            return;
+        }
+        match request {
+            Request::Status => {} // answered by the connection itself
+            Request::Pull => self.pull(Some(listener)),
+            Request::Run(ask) => {
+                if ask == Ask::Push {
+                    self.known_tip = tip.or(self.known_tip);
+                    // A push of the tip that the run under way runs joins it, from its start.
+                    if let Some(running) = self.running.as_mut().filter(|r| r.follows_tip && r.tip.is_some())
+                    {
+                        if running.tip == tip {
+                            listener.output(&String::from_utf8_lossy(&running.output));
+                            running.listeners.push(listener);
+                            return;
+                        }
+                    }
+                }
+                self.ask(ask, vec![listener]);
+            }
+        }
+    }
+
+    /// Queues `ask`, saying so to whoever waits behind a run.
+    fn ask(&mut self, ask: Ask, listeners: Vec<Listener>) {
+        if self.running.is_some() {
+            for listener in &listeners {
+                listener.output("troops: waiting for the daemon's current run to end\n");
+            }
+        }
+        self.queue.push(Pending { ask, no_remote: false, listeners });
+    }
+
+    /// Starts the next batch when nothing runs.
+    fn start_work(&mut self) {
+        if self.running.is_some() || self.stopping {
+            return;
+        }
+        let Some(batch) = self.queue.next() else { return };
+        self.running = Some(Running {
+            follows_tip: batch.ask.follows_tip(),
+            tip: None,
+            output: Vec::new(),
+            listeners: batch.listeners,
+        });
+        let node = self.snapshot();
+        let events = self.events.clone();
+        let work = troops_core::dispatch::Work { ask: batch.ask, no_remote: batch.no_remote };
+        self.job("run", move || Event::RunDone(jobs::run(&node, &work, &events, &STOP)));
+    }
+
+    /// Asks for a pull cycle; one that arrives during a cycle waits for the next one.
+    fn pull(&mut self, listener: Option<Listener>) {
+        if self.stopping {
+            return;
+        }
+        match &self.fetching {
+            Some((since, _)) => {
+                if let Some(listener) = &listener {
+                    listener.output(&format!(
+                        "troops: waiting for the daemon's fetch under way (started {} ago, gives up after {}), then fetching again\n",
+                        humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                        humantime::format_duration(self.config.borrow().fetch_timeout),
+                    ));
+                }
+                self.fetch_again.get_or_insert_with(Vec::new).extend(listener);
+            }
+            None => self.pull_now(listener.into_iter().collect()),
+        }
+    }
+
+    fn pull_now(&mut self, listeners: Vec<Listener>) {
+        self.fetching = Some((Instant::now(), listeners));
+        let node = self.snapshot();
+        let events = self.events.clone();
+        self.job("fetch", move || Event::Pulled(jobs::pull(&node, &events)));
+    }
+
+    fn publish(&mut self) {
+        let config = self.config.borrow().clone();
+        if let Some(round) = self.publisher.start(&config) {
+            let node = self.snapshot();
+            self.job("status", move || Event::Published(Box::new(round.run(&node))));
+        }
+    }
+
+    fn due_at(&mut self, at: Option<SystemTime>) {
+        self.retry_at =
+            at.map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
+    }
+
+    fn reload(&self) {
+        let (state_dir, path) = (self.state_dir.clone(), self.config.borrow().path.clone());
+        self.job("config", move || {
+            // With the node's recorded [verify] policy: a file lost or emptied meanwhile keeps it.
+            Event::Reloaded(Box::new(match troops_core::node::load_config(&state_dir, &path) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    tracing::error!(error = %e, "config not reloaded; keeping the previous one");
+                    None
+                }
+            }))
+        });
+    }
+
+    /// Takes nothing new, tells whoever waits, and lets the run under way end its current step.
+    fn stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        tracing::info!("stopping: ending the current step, if any");
+        notify("STOPPING=1");
+        self.stopping = true;
+        STOP.store(true, Ordering::SeqCst);
+        let stopping = Done { exit: Exit::Environment, error: Some(STOPPING.into()) };
+        let fetching = self.fetching.as_mut().map(|(_, l)| std::mem::take(l)).unwrap_or_default();
+        let waiting = self.fetch_again.take().unwrap_or_default();
+        for listener in self.queue.drain_listeners().into_iter().chain(fetching).chain(waiting) {
+            listener.done(stopping.clone());
+        }
+    }
 }
 
 /// The path of this process's executable when that file has been replaced since it started (as
@@ -179,45 +488,20 @@ fn restart_into(exe: &std::path::Path) -> ExitCode {
 /// The daemon cannot go on: its socket goes first, so that hooks and the CLI run the plan
 /// themselves until it is restarted.
 fn fail(socket_path: &std::path::Path) -> ExitCode {
-    notify("STATUS=failed: a worker thread or the socket server ended");
+    notify("STATUS=failed: a job of the daemon or its socket server ended");
     let _ = std::fs::remove_file(socket_path);
     ExitCode::FAILURE
 }
 
 /// `at` as a time of day, for `troops status`.
 fn wall_clock(at: Instant) -> String {
-    let at = std::time::SystemTime::now() + at.saturating_duration_since(Instant::now());
+    let at = SystemTime::now() + at.saturating_duration_since(Instant::now());
     humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// The wait until the next cycle: the interval plus a random share of the jitter.
 fn period(config: &Config) -> Duration {
     config.interval + Duration::from_millis(fastrand::u64(..=config.jitter.as_millis() as u64))
-}
-
-/// Re-reads the config file. What the loop set up from the old config follows the new one: the
-/// branch ref it watches and the socket's group.
-fn reload(config: &Mutex<Config>, watch: &mut Watch, node: &Node) {
-    let old = config.lock().unwrap().clone();
-    // With the node's recorded [verify] policy: a file lost or emptied meanwhile keeps it.
-    let new = match troops_core::node::load_config(&node.state_dir, &old.path) {
-        Ok(new) => new,
-        Err(e) => {
-            tracing::error!(error = %e, "config not reloaded; keeping the previous one");
-            return;
-        }
-    };
-    tracing::info!(config = %old.path.display(), "config reloaded");
-    if new.branch != old.branch {
-        match Watch::new(&new.path, &node.repo_path(), &new.branch) {
-            Ok(new_watch) => *watch = new_watch,
-            Err(e) => tracing::warn!(error = %e, branch = %new.branch, "not watching the new branch's ref"),
-        }
-    }
-    if new.admin_group != old.admin_group {
-        socket::give_to_group(&node.socket_path(), &new.admin_group);
-    }
-    *config.lock().unwrap() = new;
 }
 
 /// Tells systemd (when it started us with NOTIFY_SOCKET) how we are.

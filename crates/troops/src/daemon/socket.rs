@@ -5,20 +5,23 @@
 //! `REQUEST_TIMEOUT`, a write that stalls for `WRITE_STALL` drops the client, output waits for a
 //! slow client in a bounded buffer (see `listener`), and running out of descriptors backs off.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
 use nix::unistd::{Gid, Group, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use troops_core::ask::Ask;
 use troops_core::config::Config;
-use troops_core::control::{DaemonStatus, Reply, Request};
+use troops_core::control::{Done, Reply, Request};
+use troops_core::node::Node;
 use troops_core::runs::Runs;
+use troops_core::Exit;
 
 use super::listener::{self, Piece};
-use super::worker::{Handle, Job, Work};
+use super::{Event, Events};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,11 +54,9 @@ pub fn give_to_group(path: &Path, group: &str) {
 
 pub async fn serve(
     listener: UnixListener,
-    worker: Handle,
-    config: Arc<Mutex<Config>>,
-    repo: PathBuf,
-    runs: Arc<Runs>,
-    status: Arc<Mutex<DaemonStatus>>,
+    events: Events,
+    config: tokio::sync::watch::Receiver<Arc<Config>>,
+    node: Node,
 ) {
     let mut failing = false;
     loop {
@@ -71,36 +72,23 @@ pub async fn serve(
             }
         };
         failing = false;
-        let (peer, branch) = {
-            let config = config.lock().unwrap();
-            let peer = Peer { group: config.admin_group.clone(), fetch_timeout: config.fetch_timeout };
-            (peer, format!("refs/heads/{}", config.branch))
-        };
-        let (worker, repo, runs, status) = (worker.clone(), repo.clone(), runs.clone(), status.clone());
+        let node = Node { state_dir: node.state_dir.clone(), config: (**config.borrow()).clone() };
+        let events = events.clone();
         tokio::spawn(async move {
-            let tip = move || git2::Repository::open_bare(&repo).ok()?.refname_to_id(&branch).ok();
-            if let Err(e) = handle(stream, &peer, worker, tip, &runs, &status).await {
+            if let Err(e) = handle(stream, node, events).await {
                 tracing::warn!(error = %e, "control connection dropped");
             }
         });
     }
 }
 
-/// What a connection's handler needs to know of the config at the time it was accepted.
-struct Peer {
-    group: String,
-    fetch_timeout: Duration,
-}
-
-async fn handle(
-    mut stream: UnixStream,
-    peer: &Peer,
-    worker: Handle,
-    tip: impl FnOnce() -> Option<git2::Oid>,
-    runs: &Runs,
-    status: &Mutex<DaemonStatus>,
-) -> anyhow::Result<()> {
-    let allowed = allowed(&stream, &peer.group);
+/// One connection: its request, checked against who sent it, goes to the loop with a listener;
+/// what the listener hears streams back.
+async fn handle(mut stream: UnixStream, node: Node, events: Events) -> anyhow::Result<()> {
+    let credentials = getsockopt(&stream, PeerCredentials);
+    let group = node.config.admin_group.clone();
+    // Group lookups go through NSS, which may block: off the loop.
+    let allowed = tokio::task::spawn_blocking(move || allowed(credentials, &group)).await?;
     let (read, mut write) = stream.split();
     // Read the request first even from a peer we refuse, so it sees the answer, not a broken pipe.
     let mut request = String::new();
@@ -109,49 +97,43 @@ async fn handle(
         .map_err(|_| anyhow::anyhow!("no request line within {}s", REQUEST_TIMEOUT.as_secs()))??;
     if let Err(why) = allowed {
         tracing::warn!(reason = %why, "control connection refused");
-        let reply = Reply::Done { exit: 3, error: Some(format!("permission denied: {why}")) };
-        return send(&mut write, &reply).await;
+        let done = Done { exit: Exit::Environment, error: Some(format!("permission denied: {why}")) };
+        return send(&mut write, &Reply::Done(done)).await;
     }
     let request: Request = match serde_json::from_str(&request) {
         Ok(request) => request,
         Err(e) => {
-            let reply = Reply::Done { exit: 2, error: Some(format!("bad request: {e}")) };
-            return send(&mut write, &reply).await;
+            let done = Done { exit: Exit::Input, error: Some(format!("bad request: {e}")) };
+            return send(&mut write, &Reply::Done(done)).await;
         }
     };
-    let (listener, mut inbox) = listener::channel();
-    match &request {
-        // Asked often by scripts and monitoring: answered here, and not logged.
-        Request::Status => {
-            let status = serde_json::to_string(&*status.lock().unwrap()).expect("status serializes");
-            send(&mut write, &Reply::Output(status)).await?;
-            return send(&mut write, &Reply::Done { exit: 0, error: None }).await;
-        }
-        Request::Pull => {
-            tracing::info!(request = ?request, "control request");
-            worker.pull(Some(listener), peer.fetch_timeout);
-        }
-        Request::Rollback { to } => {
-            tracing::info!(request = ?request, "control request");
-            worker.submit(Job { work: Work::Rollback(to.clone()), listeners: vec![listener] }, tip);
-        }
-        Request::Deploy { commit, trigger, .. } => {
-            tracing::info!(request = ?request, "control request");
-            let work = match commit {
-                Some(rev) => Work::Commit(rev.clone()),
-                None => Work::Tip(*trigger),
-            };
-            worker.submit(Job { work, listeners: vec![listener] }, tip);
-        }
+    if request == Request::Status {
+        // Asked often by scripts and monitoring: answered at once, and not logged.
+        let (reply, status) = tokio::sync::oneshot::channel();
+        events.send(Event::Status(reply)).map_err(|_| anyhow::anyhow!("the daemon's loop is gone"))?;
+        let status = serde_json::to_string(&status.await?).expect("status serializes");
+        send(&mut write, &Reply::Output(status)).await?;
+        return send(&mut write, &Reply::Done(Done { exit: Exit::Success, error: None })).await;
     }
+    tracing::info!(request = ?request, "control request");
+    // A push joins the run of the tip it pushed, if that runs.
+    let tip = match request {
+        Request::Run(Ask::Push) => {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || super::jobs::tip(&node)).await?
+        }
+        _ => None,
+    };
+    let (listener, mut inbox) = listener::channel();
+    events
+        .send(Event::Request { request, listener, tip })
+        .map_err(|_| anyhow::anyhow!("the daemon's loop is gone"))?;
     // A client that hangs up or stalls stops listening; the run goes on.
     while let Some(piece) = inbox.next().await {
         let reply = match piece {
             Piece::Output(text) => Reply::Output(text),
-            Piece::Skipped(gap) => Reply::Output(gap.render(&whole_log(runs))),
-            Piece::Done { exit, error } => {
-                return send(&mut write, &Reply::Done { exit, error }).await;
-            }
+            Piece::Skipped(gap) => Reply::Output(gap.render(&whole_log(&node.runs()))),
+            Piece::Done(done) => return send(&mut write, &Reply::Done(done)).await,
         };
         send(&mut write, &reply).await?;
     }
@@ -185,9 +167,8 @@ fn line(reply: &Reply) -> String {
 }
 
 /// Root, the daemon's own user, and members of `group` may talk to the daemon.
-fn allowed(stream: &UnixStream, group: &str) -> Result<(), String> {
-    let cred =
-        getsockopt(stream, PeerCredentials).map_err(|e| format!("cannot read peer credentials: {e}"))?;
+fn allowed(credentials: nix::Result<UnixCredentials>, group: &str) -> Result<(), String> {
+    let cred = credentials.map_err(|e| format!("cannot read peer credentials: {e}"))?;
     let uid = Uid::from_raw(cred.uid());
     if uid.is_root() || uid == Uid::effective() {
         return Ok(());

@@ -1,0 +1,27 @@
+//! Who asks for a run: one type, carried unchanged from the CLI, the hook and the daemon's socket
+//! to the run's decision (`deploy`, `schedule`), so a trigger means the same whichever way it came.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ask", rename_all = "snake_case")]
+pub enum Ask {
+    /// The daemon's timer or retry timer, a fetch, `troops pull`, a branch moved by hand: run
+    /// what is due.
+    Tick,
+    /// A push moved the branch: run the tip as the push's (a person's: no rollout holds it).
+    Push,
+    /// A person's `troops deploy` of `rev` (default: the tip), whatever the state.
+    Deploy { rev: Option<String> },
+    /// A person's `troops rollback`: quarantine the deployed commit and run `to` (default: the
+    /// newest other commit that succeeded here).
+    Rollback { to: Option<String> },
+}
+
+impl Ask {
+    /// Whether it runs the branch tip as the node's state calls for (and so may share a run with
+    /// other such asks), rather than a person's explicit choice.
+    pub fn follows_tip(&self) -> bool {
+        matches!(self, Ask::Tick | Ask::Push)
+    }
+}

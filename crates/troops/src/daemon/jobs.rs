@@ -1,0 +1,148 @@
+//! The daemon's blocking work, each piece run on tokio's blocking pool by the loop, which hears
+//! its output and its end as events: a run (the same `dispatch::perform` that the CLI and the
+//! hook call in-process, so a trigger runs the same either way), a pull cycle, a read of the tip.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use git2::Oid;
+use troops_core::control::Done;
+use troops_core::deploy::{self, Outcome};
+use troops_core::dispatch::{self, Work};
+use troops_core::node::Node;
+use troops_core::probe::News as ProbeNews;
+use troops_core::pull;
+
+use super::{Event, Events};
+
+/// How a run ended, for its listeners, the retry timer and systemd.
+pub struct RunEnd {
+    pub done: Done,
+    /// When a failed commit is due again, as the disk says after the run.
+    pub next_due: Option<SystemTime>,
+    /// The `STATUS=` line for systemd.
+    pub sd_status: String,
+}
+
+/// Runs `work`, its output going to the loop as it comes. A run that follows the tip first tells
+/// the loop which tip it read, so that a push of that tip can join it.
+pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunEnd {
+    if work.ask.follows_tip() {
+        let _ = events.send(Event::RunTip(tip(node)));
+    }
+    let mut out = Output::new(events.clone(), Event::RunOutput);
+    let (done, next_due) = match dispatch::perform(node, work, &mut out, stop) {
+        Ok(outcome) => {
+            let next_due = deploy::next_due(node);
+            log(&outcome, next_due);
+            (Done { exit: dispatch::conclude(&outcome, &mut out), error: None }, next_due)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "run failed to start");
+            (Done { exit: e.exit(), error: Some(e.to_string()) }, deploy::next_due(node))
+        }
+    };
+    let deployed = node.repo().and_then(|r| r.deployed()).ok().flatten();
+    let sd_status = format!(
+        "STATUS=deployed {}{}",
+        deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned()),
+        if next_due.is_some() { "; a failed commit waits for its retry" } else { "" }
+    );
+    RunEnd { done, next_due, sd_status }
+}
+
+fn log(outcome: &Outcome, next_due: Option<SystemTime>) {
+    if let Outcome::Ran { run, rollback } = outcome {
+        for record in std::iter::once(run).chain(rollback.as_deref()) {
+            for step in &record.steps {
+                tracing::info!(run = record.id, step = %step.name, status = %step.status, exit_code = %step.exit_code.map_or("none".into(), |c| c.to_string()), ms = step.duration_ms, "step");
+            }
+            tracing::info!(run = record.id, commit = %record.commit, trigger = %record.trigger, status = %record.status, "run finished");
+        }
+        if let Some(at) = next_due {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tracing::warn!(commit = %run.commit, retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())), "the commit failed; will retry");
+        }
+    }
+    if let Some(message) = outcome.nothing_ran() {
+        tracing::info!(reason = %message.trim_start_matches("troops: "), "nothing runs");
+    }
+}
+
+/// What a pull cycle left: the tip, and whether it could fetch no remote.
+pub struct Pulled {
+    pub tip: Option<Oid>,
+    pub no_remote: bool,
+}
+
+/// One pull cycle (fetch every remote, fast-forward), its output going to the loop.
+pub fn pull(node: &Node, events: &Events) -> Result<Pulled, Done> {
+    let mut out = Output::new(events.clone(), Event::FetchOutput);
+    let cycle = pull::cycle(node, &mut out).map_err(|e| {
+        tracing::error!(error = %e, "pull failed");
+        Done { exit: e.exit(), error: Some(e.to_string()) }
+    })?;
+    for f in &cycle.fetched {
+        match &f.tip {
+            Ok(tip) => {
+                tracing::info!(remote = %f.remote, tip = %tip.map_or("none".into(), |t| t.to_string()), downloaded = f.downloaded, ms = f.duration.as_millis() as u64, "fetched")
+            }
+            Err(e) => tracing::warn!(remote = %f.remote, url = %f.url, error = %e, "fetch failed"),
+        }
+        match &f.probe_news {
+            Some(news @ ProbeNews::Lags { .. }) => tracing::warn!(remote = %f.remote, url = %f.url, "{news}"),
+            Some(news) => tracing::info!(remote = %f.remote, url = %f.url, "{news}"),
+            None => {}
+        }
+    }
+    for (remote, tip, why) in &cycle.decision.refused {
+        tracing::warn!(remote = %remote, commit = %tip, reason = ?why, "remote tip refused");
+    }
+    if !cycle.decision.conflict.is_empty() {
+        tracing::warn!(remotes = %cycle.decision.conflict.join(","), "remotes forked; nothing moves");
+    }
+    if let Some((from, to)) = cycle.moved {
+        tracing::info!(from = %from.map_or("none".into(), |f| f.to_string()), to = %to, "fast-forwarded");
+    }
+    Ok(Pulled { tip: tip(node), no_remote: cycle.all_failed() })
+}
+
+/// The node's branch tip, if it can be read.
+pub fn tip(node: &Node) -> Option<Oid> {
+    node.repo().and_then(|repo| repo.tip()).ok().flatten()
+}
+
+/// A job's output, sent to the loop in whole UTF-8 sequences as `event`s.
+struct Output {
+    events: Events,
+    event: fn(String) -> Event,
+    pending: Vec<u8>,
+}
+
+impl Output {
+    fn new(events: Events, event: fn(String) -> Event) -> Output {
+        Output { events, event, pending: Vec::new() }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        // Hold back the tail of a UTF-8 sequence split between two writes.
+        let whole = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let chunk: Vec<u8> = self.pending.drain(..whole).collect();
+        if !chunk.is_empty() {
+            let _ = self.events.send((self.event)(String::from_utf8_lossy(&chunk).into_owned()));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
