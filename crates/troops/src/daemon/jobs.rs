@@ -14,16 +14,7 @@ use troops_core::node::Node;
 use troops_core::probe::News as ProbeNews;
 use troops_core::pull;
 
-use super::{Event, Events};
-
-/// How a run ended, for its listeners, the retry timer and systemd.
-pub struct RunEnd {
-    pub done: Done,
-    /// When a failed commit is due again, as the disk says after the run.
-    pub next_due: Option<SystemTime>,
-    /// The `STATUS=` line for systemd.
-    pub sd_status: String,
-}
+use super::events::{Event, Events, Pulled, RunEnd};
 
 /// Runs `work`, its output going to the loop as it comes. A run that follows the tip first tells
 /// the loop which tip it read, so that a push of that tip can join it.
@@ -68,12 +59,6 @@ fn log(outcome: &Outcome, next_due: Option<SystemTime>) {
     if let Some(message) = outcome.nothing_ran() {
         tracing::info!(reason = %message.trim_start_matches("troops: "), "nothing runs");
     }
-}
-
-/// What a pull cycle left: the tip, and whether it could fetch no remote.
-pub struct Pulled {
-    pub tip: Option<Oid>,
-    pub no_remote: bool,
 }
 
 /// One pull cycle (fetch every remote, fast-forward), its output going to the loop.

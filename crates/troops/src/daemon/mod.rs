@@ -8,6 +8,7 @@
 //! panics ends the daemon non-zero at once (systemd restarts it) rather than take requests
 //! nothing will answer. systemd hears readiness and status through NOTIFY_SOCKET.
 
+mod events;
 mod jobs;
 mod listener;
 mod metrics;
@@ -24,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use git2::Oid;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use troops_core::ask::Ask;
 use troops_core::config::Config;
@@ -32,6 +33,7 @@ use troops_core::control::{DaemonStatus, Done, Request};
 use troops_core::node::Node;
 use troops_core::Exit;
 
+use events::{Event, Events};
 use listener::Listener;
 use queue::{Pending, Queue};
 use watch::{Change, Watch};
@@ -43,37 +45,6 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// the socket right after git moved the ref, and its run is the push's; a branch moved by hand
 /// (`git update-ref`) runs as a tick once this has passed.
 const SETTLE: Duration = Duration::from_millis(500);
-
-/// Everything the loop hears.
-pub enum Event {
-    /// A client's request, with the branch tip when it arrived (for a push to join the run of it).
-    Request { request: Request, listener: Listener, tip: Option<Oid> },
-    /// `troops status` asks how the daemon is.
-    Status(oneshot::Sender<DaemonStatus>),
-    /// Output of the run under way.
-    RunOutput(String),
-    /// The run under way read the branch tip it runs.
-    RunTip(Option<Oid>),
-    /// The run under way ended.
-    RunDone(jobs::RunEnd),
-    /// Output of the pull cycle under way.
-    FetchOutput(String),
-    /// The pull cycle under way ended: the tip it left, and whether no remote could be fetched.
-    Pulled(Result<jobs::Pulled, Done>),
-    /// The status publisher's round ended.
-    Published(Box<publisher::Round>),
-    /// The branch tip, read after a move settled.
-    TipRead(Option<Oid>),
-    /// The config file, read again.
-    Reloaded(Box<Option<Config>>),
-    /// When a failed commit is due again, read at start.
-    NextDue(Option<SystemTime>),
-    /// A job panicked: nothing can be trusted to run any more.
-    Panicked(&'static str),
-}
-
-/// The events' sending end, for jobs and connections.
-pub type Events = mpsc::UnboundedSender<Event>;
 
 pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();

@@ -20,8 +20,8 @@ use troops_core::node::Node;
 use troops_core::runs::Runs;
 use troops_core::Exit;
 
+use super::events::{Event, Events};
 use super::listener::{self, Piece};
-use super::{Event, Events};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
