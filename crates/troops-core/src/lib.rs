@@ -8,6 +8,7 @@ pub mod plan;
 
 pub use error::{Error, Result};
 pub mod atomic;
+pub mod background;
 pub mod check;
 pub mod control;
 pub mod deploy;
