@@ -36,6 +36,8 @@ pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();
     node.repo()?; // a node that was never initialised fails here, with the reason
     troops_core::init::use_group_umask(&node.state_dir);
+    // Runs, and whoever waits for them, never wait for a notify command; its output is logged.
+    troops_core::notify::on_a_thread();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(node))
 }
