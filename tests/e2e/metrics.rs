@@ -230,6 +230,74 @@ fn a_restarted_daemon_serves_counters_that_outlive_it_and_run_pruning() {
     drop(silent);
 }
 
+#[test]
+fn clients_that_connect_and_say_nothing_never_keep_a_scrape_waiting() {
+    let port = free_port();
+    let (env, _work) = node(&format!("interval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let _daemon = Daemon::start(&env);
+    wait_until("the metrics listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // Many more than the listener keeps open: silent ones, and ones that stop mid-head.
+    let mut idle = Vec::new();
+    for i in 0..100 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i % 2 == 0 {
+            stream.write_all(b"GET /metr").unwrap();
+        }
+        idle.push(stream);
+    }
+    // Answered well within the 10 s a silent client is given, however many there are.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let read = stream.read_to_string(&mut answer);
+    assert!(read.is_ok() && answer.starts_with("HTTP/1.1 200 OK"), "{read:?}: {answer}");
+    assert!(answer.contains("troops_build_info"), "{answer}");
+    drop(idle);
+}
+
+#[test]
+fn a_metrics_port_another_process_holds_is_reported_and_served_once_it_is_free() {
+    use std::os::unix::net::UnixDatagram;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let (env, _work) = node(&format!("interval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // systemd's end of NOTIFY_SOCKET.
+    let systemd = UnixDatagram::bind(env.path("notify.sock")).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The first message to systemd that `is` what the test waits for.
+    let told = |what: &str, is: &dyn Fn(&str) -> bool| loop {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).unwrap_or_else(|e| panic!("no message to systemd says {what}: {e}"));
+        let message = text(&buf[..n]);
+        if is(&message) {
+            return message;
+        }
+    };
+    let daemon =
+        Daemon::start_with(&env, &[("NOTIFY_SOCKET", &env.path("notify.sock").display().to_string())]);
+
+    // The daemon runs on, and says so everywhere: systemd, `troops status`, its log.
+    let taken = format!("127.0.0.1:{port} is taken by another process");
+    let ready = told("ready", &|m| m.contains("READY=1"));
+    assert!(ready.contains(&format!("/metrics NOT SERVED: {taken}")), "{ready}");
+    let status = env.ok(&["status"]);
+    assert!(status.contains(&format!("metrics   NOT SERVED: {taken}")), "{status}");
+    let json = env.status_json();
+    assert!(json["daemon"]["metrics_error"].as_str().is_some_and(|e| e.contains(&taken)), "{json}");
+    assert!(daemon.log().contains("/metrics NOT SERVED"), "{}", daemon.log());
+
+    // Once the port is free, the daemon has it, and takes the complaint back.
+    drop(squatter);
+    told("all is well", &|m| m == "STATUS=following the branch");
+    let (status, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(env.status_json()["daemon"].get("metrics_error").is_none());
+    assert!(!env.ok(&["status"]).contains("NOT SERVED"));
+}
+
 /// A node whose notify command is `notify` (where `DIR`, a directory for its files, is
 /// replaced), with a 2 s timeout.
 fn notified_node(notify: &str) -> (Env, DeployRepo, PathBuf) {

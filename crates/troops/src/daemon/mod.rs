@@ -60,6 +60,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         started_at: troops_core::runs::now(),
         next_pull_at: None,
         retry_at: None,
+        metrics_error: None,
     }));
     let (worker, thread) = Worker::start(
         Node { state_dir: node.state_dir.clone(), config: node.config.clone() },
@@ -79,9 +80,9 @@ async fn serve(node: Node) -> Result<ExitCode> {
     ));
     tracing::info!(state_dir = %node.state_dir.display(), config = %config_path.display(), branch = %node.config.branch, "daemon started");
     if let Some(addr) = node.config.metrics.listen {
-        metrics::start(addr, node.state_dir.clone(), config.clone()).await;
+        metrics::start(addr, node.state_dir.clone(), config.clone(), status.clone()).await;
     }
-    notify("READY=1\nSTATUS=following the branch");
+    notify(&format!("READY=1\nSTATUS={}", systemd_status(&status.lock().unwrap())));
 
     let submit = |work: Work| worker.submit(Job { work, listeners: Vec::new() }, || None);
     let pull = || worker.pull(None, config.lock().unwrap().fetch_timeout);
@@ -220,6 +221,15 @@ fn reload(config: &Mutex<Config>, watch: &mut Watch, node: &Node) {
         socket::give_to_group(&node.socket_path(), &new.admin_group);
     }
     *config.lock().unwrap() = new;
+}
+
+/// What systemd shows of the running daemon (`systemctl status`): that it works, and what it
+/// cannot do.
+fn systemd_status(status: &DaemonStatus) -> String {
+    match &status.metrics_error {
+        None => "following the branch".to_owned(),
+        Some(e) => format!("following the branch; /metrics NOT SERVED: {e}"),
+    }
 }
 
 /// Tells systemd (when it started us with NOTIFY_SOCKET) how we are.
