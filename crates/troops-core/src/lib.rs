@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod fastforward;
 pub mod fetch;
 pub mod fleet;
+pub mod fs_safe;
 pub mod http;
 pub mod init;
 pub mod lock;
