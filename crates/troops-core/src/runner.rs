@@ -246,6 +246,32 @@ fn drain(reader: &std::io::PipeReader, buf: &mut [u8], out: &mut dyn Write) {
     }
 }
 
+/// The most of a helper's output (git's stderr, say, which a remote's messages fill) that is kept
+/// by [`read_tail`].
+pub(crate) const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+/// Reads `reader` to its end in pieces, keeping only its last `max` bytes (where git's complaint
+/// is), as text: a helper that writes without end costs no more memory than that.
+pub(crate) fn read_tail(mut reader: impl Read, max: usize) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * max {
+                    kept.drain(..kept.len() - max);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let start = kept.len().saturating_sub(max);
+    String::from_utf8_lossy(&kept[start..]).into_owned()
+}
+
 /// Waits for `child`, the leader of its own process group, until `deadline`; past it, kills the
 /// whole group, reaps the child and returns `None`.
 pub(crate) fn wait_or_kill(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
@@ -396,6 +422,15 @@ mod tests {
         let (r, out) = run_with("sleep 30", 20_000, &stop);
         assert_eq!(r.status, StepStatus::Interrupted, "{out}");
         assert!(r.duration < Duration::from_secs(5), "{:?}", r.duration);
+    }
+
+    #[test]
+    fn read_tail_keeps_the_end_of_output_without_end() {
+        let endless = std::io::repeat(b'x').take(10 << 20).chain(&b"fatal: the end"[..]);
+        let tail = read_tail(endless, 100);
+        assert_eq!(tail.len(), 100);
+        assert!(tail.ends_with("xxfatal: the end"), "{tail}");
+        assert_eq!(read_tail(&b"short"[..], 100), "short");
     }
 
     #[test]

@@ -143,8 +143,8 @@ fn git_with_key(
         .spawn()
         .map_err(|e| format!("running git {}: {e}", args[0]))?;
     let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let out = std::thread::spawn(move || crate::runner::read_tail(stdout, crate::runner::MAX_KEPT_OUTPUT));
+    let err = std::thread::spawn(move || crate::runner::read_tail(stderr, crate::runner::MAX_KEPT_OUTPUT));
     let status = crate::runner::wait_or_kill(&mut child, deadline)
         .map_err(|e| format!("waiting for git {}: {e}", args[0]))?;
     let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
