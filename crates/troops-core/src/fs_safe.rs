@@ -178,12 +178,13 @@ fn open_dir(root: &Path, relative: &Path, make: bool) -> Result<Option<OwnedFd>>
             Err(Errno::ENOENT) => return Ok(None),
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
                 return Err(match kind_at(&dir, name) {
-                    Some(kind) => Error::Input(format!(
-                        "{} is {}, not a directory{}",
-                        shown.display(),
-                        describe(kind),
-                        never_through(kind)
+                    Some(libc::S_IFLNK) => Error::Input(format!(
+                        "{} is a symlink, not a directory; troops never follows a symlink there",
+                        shown.display()
                     )),
+                    Some(kind) => {
+                        Error::Input(format!("{} is {}, not a directory", shown.display(), describe(kind)))
+                    }
                     None => Error::path("opening", &shown, e.into()),
                 })
             }
@@ -290,9 +291,13 @@ mod tests {
         // A directory on the way that is a symlink, even to a directory inside the tree.
         symlink(root.join("keys"), root.join("elsewhere")).unwrap();
         let e = read(&root, Path::new("elsewhere/a.pub"), 1 << 20).unwrap_err().to_string();
-        assert_eq!(e, "elsewhere is a symlink, not a directory, never through a symlink");
+        assert_eq!(e, "elsewhere is a symlink, not a directory; troops never follows a symlink there");
+        std::fs::write(root.join("file"), "").unwrap();
+        let e = read(&root, Path::new("file/a.pub"), 1 << 20).unwrap_err().to_string();
+        assert_eq!(e, "file is a regular file, not a directory");
         assert!(list(&root, Path::new("elsewhere")).is_err());
         assert_eq!(list(&root, Path::new("keys")).unwrap().len(), 5);
+        assert!(list(&root, Path::new("none")).unwrap().is_empty());
         drop(dir);
     }
 
