@@ -107,7 +107,7 @@ fn a_failing_check_fails_the_run_naming_it_and_the_deployed_commit_stays() {
     let (env, repo, good) = node();
     let server = HttpServer::answering(503, "warming up");
     let checks_text = format!(
-        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"50ms\"\nretries = 2\n",
+        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 2\n",
         server.url("/health")
     );
     let (out, _) = deploy(&env, &repo, &plan(&checks_text));
@@ -182,7 +182,7 @@ fn retries_fail_a_check_after_that_many_bad_probes_and_not_before() {
     let flaky = HttpServer::start(|n| if n <= 3 { (500, "no".into()) } else { (200, "yes".into()) });
     let check = |retries: u32| {
         format!(
-            "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"20ms\"\nretries = {retries}\n",
+            "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = {retries}\n",
             flaky.url("/")
         )
     };
@@ -196,7 +196,7 @@ fn retries_fail_a_check_after_that_many_bad_probes_and_not_before() {
     // allowed, and the first probe passes.
     let again = HttpServer::start(|n| if n <= 3 { (500, "no".into()) } else { (200, "yes".into()) });
     let text = plan(&format!(
-        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"20ms\"\nretries = 4\n",
+        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 4\n",
         again.url("/")
     ));
     let (out, commit) = deploy(&env, &repo, &text);
@@ -211,7 +211,7 @@ fn a_soak_where_the_server_turns_bad_halfway_fails_and_a_steady_one_passes() {
     let (env, repo, good) = node();
     let turning = HttpServer::start(|n| if n <= 5 { (200, "ok".into()) } else { (500, "crashed".into()) });
     let text = plan(&format!(
-        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"50ms\"\nretries = 2\n[health]\nsoak = \"1h\"\n",
+        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 2\n[health]\nsoak = \"1h\"\n",
         turning.url("/")
     ));
     let (out, _) = deploy(&env, &repo, &text);
@@ -226,7 +226,7 @@ fn a_soak_where_the_server_turns_bad_halfway_fails_and_a_steady_one_passes() {
 
     let steady = HttpServer::answering(200, "ok");
     let text = plan(&format!(
-        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"50ms\"\n[health]\nsoak = \"500ms\"\n",
+        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\n[health]\nsoak = \"500ms\"\n",
         steady.url("/")
     ));
     let started = Instant::now();
@@ -287,7 +287,7 @@ fn tcp_and_run_probes() {
 /// retries): the run stays `checking` until something ends it.
 fn endless_checks(env: &Env, repo: &DeployRepo, server: &HttpServer) -> String {
     let text = plan(&format!(
-        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"50ms\"\nretries = 100000\n",
+        "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 100000\n",
         server.url("/")
     ));
     repo.commit(env, &[("troops.toml", &text)], "endless")
@@ -407,6 +407,11 @@ fn troops_check_places_every_new_keys_bad_value() {
         ("[[check]]\nname = \"w\"\nunit = \"-x\"\n", "3:8: check `w`: `unit`"),
         ("[[check]]\nname = \"w\"\nrun = \"x\"\nretries = 0\n", "4:11: check `w`: `retries`"),
         ("[[check]]\nname = \"w\"\nrun = \"x\"\ninterval = \"fast\"\n", "4:12: check `w`: `interval`"),
+        (
+            "[[check]]\nname = \"w\"\nrun = \"x\"\ninterval = \"1ns\"\n",
+            "4:12: check `w`: `interval` \"1ns\" is too short; at least 100ms",
+        ),
+        ("[health]\nsoak = \"10ms\"\n", "2:8: health: `soak` \"10ms\" is too short"),
         ("[[check]]\nname = \"w\"\nrun = \"x\"\nstart_period = \"-1s\"\n", "4:16: check `w`: `start_period`"),
         (
             "[[check]]\nname = \"w\"\nrun = \"x\"\ntimeout = \"0s\"\n",

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -230,23 +230,112 @@ fn a_restarted_daemon_serves_counters_that_outlive_it_and_run_pruning() {
     drop(silent);
 }
 
-/// A node whose notify command saves what it gets in `notify-<run>.json` and `.env`.
+#[test]
+fn clients_that_connect_and_say_nothing_never_keep_a_scrape_waiting() {
+    let port = free_port();
+    let (env, _work) = node(&format!("interval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let _daemon = Daemon::start(&env);
+    wait_until("the metrics listener", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // Many more than the listener keeps open: silent ones, and ones that stop mid-head.
+    let mut idle = Vec::new();
+    for i in 0..100 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i % 2 == 0 {
+            stream.write_all(b"GET /metr").unwrap();
+        }
+        idle.push(stream);
+    }
+    // Answered well within the 10 s a silent client is given, however many there are.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let read = stream.read_to_string(&mut answer);
+    assert!(read.is_ok() && answer.starts_with("HTTP/1.1 200 OK"), "{read:?}: {answer}");
+    assert!(answer.contains("troops_build_info"), "{answer}");
+    drop(idle);
+}
+
+#[test]
+fn a_metrics_port_another_process_holds_is_reported_and_served_once_it_is_free() {
+    use std::os::unix::net::UnixDatagram;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let (env, _work) = node(&format!("interval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // systemd's end of NOTIFY_SOCKET.
+    let systemd = UnixDatagram::bind(env.path("notify.sock")).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The first message to systemd that `is` what the test waits for.
+    let told = |what: &str, is: &dyn Fn(&str) -> bool| loop {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).unwrap_or_else(|e| panic!("no message to systemd says {what}: {e}"));
+        let message = text(&buf[..n]);
+        if is(&message) {
+            return message;
+        }
+    };
+    let daemon =
+        Daemon::start_with(&env, &[("NOTIFY_SOCKET", &env.path("notify.sock").display().to_string())]);
+
+    // The daemon runs on, and says so everywhere: systemd, `troops status`, its log.
+    let taken = format!("127.0.0.1:{port} is taken by another process");
+    let ready = told("ready", &|m| m.contains("READY=1"));
+    assert!(ready.contains(&format!("/metrics NOT SERVED: {taken}")), "{ready}");
+    let status = env.ok(&["status"]);
+    assert!(status.contains(&format!("metrics   NOT SERVED: {taken}")), "{status}");
+    let json = env.status_json();
+    assert!(json["daemon"]["metrics_error"].as_str().is_some_and(|e| e.contains(&taken)), "{json}");
+    assert!(daemon.log().contains("/metrics NOT SERVED"), "{}", daemon.log());
+
+    // Once the port is free, the daemon has it, and takes the complaint back.
+    drop(squatter);
+    told("all is well", &|m| m.starts_with("STATUS=") && !m.contains("NOT SERVED"));
+    let (status, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(env.status_json()["daemon"].get("metrics_error").is_none());
+    assert!(!env.ok(&["status"]).contains("NOT SERVED"));
+}
+
+/// A node whose notify command is `notify` (where `DIR`, a directory for its files, is
+/// replaced), with a 2 s timeout.
 fn notified_node(notify: &str) -> (Env, DeployRepo, PathBuf) {
+    notified_node_with(notify, "2s")
+}
+
+fn notified_node_with(notify: &str, timeout: &str) -> (Env, DeployRepo, PathBuf) {
     let env = Env::new();
     let dir = env.path("notified");
     std::fs::create_dir_all(&dir).unwrap();
     let command = notify.replace("DIR", &dir.display().to_string());
-    env.write_config(&format!("hostname = \"web-1\"\n[notify]\ncommand = {command:?}\ntimeout = \"2s\"\n"));
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[notify]\ncommand = {command:?}\ntimeout = \"{timeout}\"\n"
+    ));
     env.init();
     let work = env.deploy_repo("work");
     (env, work, dir)
 }
 
-const SAVE: &str = "cat > DIR/notify-$TROOPS_RUN_ID.json; env > DIR/notify-$TROOPS_RUN_ID.env";
+/// Saves what the command gets: `notify-<run>.env`, then `notify-<run>.json`, renamed into place
+/// last, so that a reader who sees the JSON sees both whole.
+const SAVE: &str = "cat > DIR/.json-$TROOPS_RUN_ID; env > DIR/notify-$TROOPS_RUN_ID.env; \
+                    mv DIR/.json-$TROOPS_RUN_ID DIR/notify-$TROOPS_RUN_ID.json";
 
 fn notified(dir: &Path, id: u64) -> Option<serde_json::Value> {
     let json = std::fs::read_to_string(dir.join(format!("notify-{id}.json"))).ok()?;
     Some(serde_json::from_str(&json).unwrap_or_else(|e| panic!("notify {id} got no JSON ({e}):\n{json}")))
+}
+
+/// The record run `id`'s notification got, once it has come: a run in-process hands the command
+/// to a detached process and does not wait for it.
+fn wait_notified(dir: &Path, id: u64) -> serde_json::Value {
+    let mut record = None;
+    wait_until(&format!("the notification of run {id}"), Duration::from_secs(20), || {
+        record = notified(dir, id);
+        record.is_some()
+    });
+    record.unwrap()
 }
 
 #[test]
@@ -254,11 +343,12 @@ fn a_notify_command_hears_a_failure_and_the_recovery_not_a_plain_success() {
     let (env, work, dir) = notified_node(SAVE);
     work.publish_plan(&env, OK_PLAN);
     env.ok(&["deploy"]);
-    assert!(notified(&dir, 1).is_none(), "a plain success was notified");
 
     let broken = work.publish_plan(&env, FAILING_PLAN);
     assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
-    let record = notified(&dir, 2).expect("the failed run was notified");
+    let record = wait_notified(&dir, 2);
+    // Run 1's notification, had there been one, started before run 2 did.
+    assert!(notified(&dir, 1).is_none(), "a plain success was notified");
     assert_eq!((record["id"].as_u64(), record["status"].as_str()), (Some(2), Some("failed")), "{record}");
     assert_eq!(record["commit"].as_str(), Some(broken.as_str()));
     assert_eq!(record["steps"][0]["exit_code"].as_i64(), Some(1), "{record}");
@@ -282,12 +372,19 @@ fn a_notify_command_hears_a_failure_and_the_recovery_not_a_plain_success() {
     work.commit(&env, &[("troops.toml", OK_PLAN)], "fixed");
     let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let record = notified(&dir, 3).expect("the recovery was notified");
+    let record = wait_notified(&dir, 3);
     assert_eq!((record["status"].as_str(), record["trigger"].as_str()), (Some("succeeded"), Some("push")));
     assert!(std::fs::read_to_string(dir.join("notify-3.env")).unwrap().contains("TROOPS_EVENT=recovered"));
+    wait_until("the daemon to log the notification", Duration::from_secs(10), || {
+        daemon.log().contains("notify command succeeded")
+    });
     deploy_through(&env, &daemon);
+    // The daemon's notifications go one after another: one of run 4 would have come before 5's.
+    work.commit(&env, &[("troops.toml", FAILING_PLAN)], "broken again");
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    assert!(text(&out.stderr).contains("run 5 failed"), "{}", text(&out.stderr));
+    wait_notified(&dir, 5);
     assert!(notified(&dir, 4).is_none(), "a success after a success was notified");
-    assert!(daemon.log().contains("notify command succeeded"), "{}", daemon.log());
 }
 
 #[test]
@@ -303,8 +400,8 @@ fn a_rolled_back_failure_is_told_once_and_only_after_the_rollback_ran() {
     assert!(said.contains("rolled back to") && said.contains("by run 3, which succeeded"), "{said}");
     assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
 
+    let record = wait_notified(&dir, 3);
     assert!(notified(&dir, 2).is_none(), "the failure was told apart from its rollback");
-    let record = notified(&dir, 3).expect("the rollback was notified");
     assert_eq!(
         (record["status"].as_str(), record["rollback_of"].as_u64()),
         (Some("succeeded"), Some(2)),
@@ -320,16 +417,15 @@ fn a_rolled_back_failure_is_told_once_and_only_after_the_rollback_ran() {
 
 #[test]
 fn a_failing_or_hanging_notify_command_changes_no_run_and_reaches_no_pusher() {
-    // Hangs after saying something: killed at its 2 s timeout; the push ends, with its exit code.
-    let (env, work, _dir) = notified_node("echo NOTIFY-SAYS; sleep 600");
+    // Hangs after saying something: ended at its 2 s timeout, after the push ended.
+    let (env, work, dir) = notified_node("echo NOTIFY-SAYS; touch DIR/began; sleep 600");
     work.commit(&env, &[("troops.toml", FAILING_PLAN)], "broken");
-    let started = Instant::now();
     let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
     let stderr = text(&out.stderr);
-    assert!(started.elapsed() < Duration::from_secs(20), "the push waited {:?}", started.elapsed());
     assert!(stderr.contains("remote: troops: run 1 failed"), "{stderr}");
     assert!(!stderr.contains("NOTIFY-SAYS"), "the notify command's output reached the pusher:\n{stderr}");
     assert_eq!(env.run_record(1)["status"], "failed");
+    wait_until("the notify command to start", Duration::from_secs(20), || dir.join("began").exists());
 
     // Fails: the failed run's exit code stays 1 (not the command's 7, nor 3), through the daemon
     // and without, and the daemon logs why.
@@ -346,6 +442,71 @@ fn a_failing_or_hanging_notify_command_changes_no_run_and_reaches_no_pusher() {
     });
     let log = daemon.log();
     assert!(log.contains("exit status: 7") && log.contains("NOTIFY-SAYS"), "{log}");
+}
+
+#[test]
+fn a_push_run_in_process_returns_while_its_notify_command_still_runs() {
+    // The command runs until the test lets it end (or its 60 s timeout).
+    let (env, work, dir) = notified_node_with(
+        "touch DIR/began; while [ ! -e DIR/release ]; do sleep 0.05; done; touch DIR/finished",
+        "60s",
+    );
+    work.commit(&env, &[("troops.toml", FAILING_PLAN)], "broken");
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    // The push is back, and the notify command cannot have finished: nothing released it yet.
+    assert!(text(&out.stderr).contains("remote: troops: run 1 failed"), "{}", text(&out.stderr));
+    assert!(!dir.join("finished").exists(), "the notify command finished before it was released");
+    wait_until("the notify command to start", Duration::from_secs(20), || dir.join("began").exists());
+    std::fs::write(dir.join("release"), "").unwrap();
+    wait_until("the notify command to finish", Duration::from_secs(20), || dir.join("finished").exists());
+}
+
+#[test]
+fn a_notify_command_is_ended_at_its_timeout_with_what_left_its_session() {
+    // A grandchild in a session of its own (out of the command's process group) notes its pid.
+    let (env, work, dir) = notified_node(
+        "setsid sh -c 'echo $$ > DIR/.pid; mv DIR/.pid DIR/grandchild; exec sleep 600' & sleep 600",
+    );
+    let daemon = Daemon::start(&env);
+    work.publish_plan(&env, FAILING_PLAN);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    wait_until("the notify command to time out", Duration::from_secs(30), || {
+        daemon.log().contains("notify command failed")
+    });
+    let log = daemon.log();
+    assert!(log.contains("took longer than 2s; it was ended with everything it started"), "{log}");
+    // Gone by the time the failure is logged, not merely signalled.
+    let pid = std::fs::read_to_string(dir.join("grandchild")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    assert!(stat.is_err(), "the setsid grandchild {} outlived the timeout: {stat:?}", pid.trim());
+}
+
+/// The most memory the process `pid` has held, in KiB (`VmHWM`).
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_notify_command_printing_hundreds_of_megabytes_without_a_newline_costs_the_daemon_little() {
+    const MIB: u64 = 1024 * 1024;
+    let (env, work, _dir) =
+        notified_node_with(&format!("echo first words; head -c {} /dev/zero", 300 * MIB), "60s");
+    let daemon = Daemon::start(&env);
+    let before = peak_kib(daemon.child.id());
+    work.publish_plan(&env, FAILING_PLAN);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    wait_until("the notify command to end", Duration::from_secs(60), || {
+        daemon.log().contains("notify command succeeded")
+    });
+    let log = daemon.log();
+    assert!(log.contains("first words"), "{log}");
+    assert!(log.contains("the rest of its output was not logged"), "{log}");
+    let after = peak_kib(daemon.child.id());
+    eprintln!("the daemon's peak memory: {before} KiB before the notification, {after} KiB after");
+    // Reading the whole "line" would have taken 300 MiB; the daemon reads it in 16 KiB pieces.
+    assert!(after < before + 64 * 1024, "the daemon's peak grew from {before} KiB to {after} KiB");
 }
 
 #[test]

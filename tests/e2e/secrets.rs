@@ -271,9 +271,10 @@ fn rekey_changes_every_file_or_none() {
     std::fs::remove_file(repo.path.join("secrets/token.age")).unwrap();
     std::fs::create_dir(repo.path.join("secrets/token.age")).unwrap();
     let out = secrets(&env, &repo, &["rekey", "--identity", &admin]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("reading secret `token` (secrets/token.age)"),
+        text(&out.stderr)
+            .contains("troops: secrets/token.age is a directory; troops reads only regular files there"),
         "{}",
         text(&out.stderr)
     );
@@ -282,7 +283,7 @@ fn rekey_changes_every_file_or_none() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(leftovers.iter().all(|n| !n.starts_with(".troops-rekey")), "temp files left: {leftovers:?}");
+    assert_eq!(leftovers.len(), 2, "temp files left: {leftovers:?}");
 
     // Repaired: both are rewritten.
     std::fs::remove_dir(repo.path.join("secrets/token.age")).unwrap();
@@ -290,6 +291,165 @@ fn rekey_changes_every_file_or_none() {
     let done = secrets_ok(&env, &repo, &["rekey", "--identity", &admin]);
     assert_eq!(done, "secrets/db.age: rekeyed\nsecrets/token.age: rekeyed\n");
     assert_ne!(std::fs::read(&db_file).unwrap(), before);
+}
+
+/// `troops secrets ARGS` in the deploy repo, which must end within 20 s (it is killed, and the
+/// test fails, if it does not).
+fn secrets_ending(env: &Env, repo: &DeployRepo, args: &[&str]) -> Output {
+    let mut all = vec!["secrets"];
+    all.extend_from_slice(args);
+    let mut child = env
+        .troops(&all)
+        .current_dir(&repo.path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`troops secrets {}` did not end within 20 s", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The outcome refuses `file` as `what` (exit 2, naming it).
+fn refused(out: &Output, file: &str, what: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{file}: {}{stderr}", text(&out.stdout));
+    assert!(stderr.starts_with(&format!("troops: {file} is {what}")), "{file}: {stderr}");
+}
+
+#[test]
+fn check_refuses_a_key_or_secret_that_is_a_symlink_a_fifo_or_huge_and_ends_at_once() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let (repo, admin) = deploy_repo(&env, &[("db-1", db1.with_extension("pub"))]);
+    let admin = admin.display().to_string();
+    let keys = repo.path.join("keys");
+    let clean = |name: &str| {
+        let path = repo.path.join(name);
+        let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir(&path));
+    };
+
+    // keys/evil.pub -> /dev/zero had check read without end; a FIFO had it wait for ever.
+    std::os::unix::fs::symlink("/dev/zero", keys.join("evil.pub")).unwrap();
+    repo.commit(&env, &[], "a key that is a symlink");
+    refused(&secrets_ending(&env, &repo, &["check"]), "keys/evil.pub", "a symlink");
+    refused(&secrets_ending(&env, &repo, &["rekey", "--identity", &admin]), "keys/evil.pub", "a symlink");
+    clean("keys/evil.pub");
+    nix::unistd::mkfifo(&keys.join("fifo.pub"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    refused(&secrets_ending(&env, &repo, &["check"]), "keys/fifo.pub", "a FIFO");
+    clean("keys/fifo.pub");
+    // A symlink to a good key in the repo is refused too: the rule is no symlink, not no bad target.
+    std::os::unix::fs::symlink("db-1.pub", keys.join("db-2.pub")).unwrap();
+    refused(&secrets_ending(&env, &repo, &["check"]), "keys/db-2.pub", "a symlink");
+    clean("keys/db-2.pub");
+    std::fs::write(keys.join("big.pub"), vec![b'a'; 1 << 20]).unwrap();
+    let out = secrets_ending(&env, &repo, &["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("keys/big.pub is larger than 65536 bytes"), "{}", text(&out.stderr));
+    clean("keys/big.pub");
+    // The admins' directory a symlink (to the node keys, which look harmless): refused.
+    std::fs::rename(keys.join("admins"), repo.path.join("admins")).unwrap();
+    std::os::unix::fs::symlink("../admins", keys.join("admins")).unwrap();
+    refused(&secrets_ending(&env, &repo, &["check"]), "keys/admins", "a symlink, not a directory");
+    clean("keys/admins");
+    std::fs::rename(repo.path.join("admins"), keys.join("admins")).unwrap();
+
+    // The secret's file: a symlink to /dev/zero, then a FIFO.
+    let db = repo.path.join("secrets/db.age");
+    let saved = std::fs::read(&db).unwrap();
+    clean("secrets/db.age");
+    std::os::unix::fs::symlink("/dev/zero", &db).unwrap();
+    refused(&secrets_ending(&env, &repo, &["check"]), "secrets/db.age", "a symlink");
+    refused(&secrets_ending(&env, &repo, &["rekey", "--identity", &admin]), "secrets/db.age", "a symlink");
+    clean("secrets/db.age");
+    nix::unistd::mkfifo(&db, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    refused(&secrets_ending(&env, &repo, &["check"]), "secrets/db.age", "a FIFO");
+    clean("secrets/db.age");
+    std::fs::write(&db, saved).unwrap();
+    assert_eq!(secrets_ok(&env, &repo, &["check"]), "1 secrets: ok\n");
+
+    // What the operator names is theirs (a symlink may lead to it), but is still bounded: an
+    // identity that is no regular file, and a plaintext without end.
+    let out = secrets_ending(&env, &repo, &["rekey", "--identity", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/dev/zero is not a regular file, so no SSH key"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env
+        .troops(&["secrets", "encrypt", "db_password", "-"])
+        .current_dir(&repo.path)
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("stdin holds more than 16777216 bytes"), "{}", text(&out.stderr));
+    assert_eq!(secrets_ok(&env, &repo, &["check"]), "1 secrets: ok\n");
+}
+
+#[test]
+fn encrypt_edit_and_rekey_never_write_through_a_committed_symlink() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let (repo, admin) = deploy_repo(&env, &[("db-1", db1.with_extension("pub"))]);
+    let admin = admin.display().to_string();
+    let plaintext = env.path("new-value");
+    std::fs::write(&plaintext, "another-long-value").unwrap();
+    let plaintext = plaintext.display().to_string();
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("db.age"), "theirs").unwrap();
+    let untouched = || {
+        let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["db.age"], "something was written outside the repo");
+        assert_eq!(std::fs::read_to_string(outside.join("db.age")).unwrap(), "theirs");
+    };
+
+    // The secret's file is a committed symlink out of the repo: to a file, and dangling.
+    let db = repo.path.join("secrets/db.age");
+    std::fs::remove_file(&db).unwrap();
+    for target in [outside.join("db.age"), outside.join("planted.age")] {
+        std::os::unix::fs::symlink(&target, &db).unwrap();
+        repo.commit(&env, &[], "the secret is a symlink");
+        let out = secrets_ending(&env, &repo, &["encrypt", "db_password", &plaintext]);
+        refused(&out, "secrets/db.age", "a symlink; troops writes it only onto a regular file or nothing");
+        refused(
+            &secrets_ending(&env, &repo, &["rekey", "--identity", &admin]),
+            "secrets/db.age",
+            "a symlink",
+        );
+        let mut edit = env.troops(&["secrets", "edit", "db_password", "--identity", &admin]);
+        let out = edit.current_dir(&repo.path).env("EDITOR", "true").output().unwrap();
+        refused(&out, "secrets/db.age", "a symlink");
+        assert!(std::fs::symlink_metadata(&db).unwrap().is_symlink(), "the committed symlink was replaced");
+        untouched();
+        std::fs::remove_file(&db).unwrap();
+    }
+
+    // The secrets directory is a symlink out of the repo.
+    std::fs::remove_dir(repo.path.join("secrets")).unwrap();
+    std::os::unix::fs::symlink(&outside, repo.path.join("secrets")).unwrap();
+    repo.commit(&env, &[], "the secrets directory is a symlink");
+    let out = secrets_ending(&env, &repo, &["encrypt", "db_password", &plaintext]);
+    refused(&out, "secrets", "a symlink, not a directory");
+    untouched();
+    std::fs::remove_file(repo.path.join("secrets")).unwrap();
+
+    // With the way clear, encrypt writes a regular file in the repo, and nothing beside it.
+    secrets_ok(&env, &repo, &["encrypt", "db_password", &plaintext]);
+    assert!(std::fs::symlink_metadata(&db).unwrap().is_file());
+    let names: Vec<_> =
+        std::fs::read_dir(repo.path.join("secrets")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["db.age"]);
+    untouched();
 }
 
 #[test]

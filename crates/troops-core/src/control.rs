@@ -34,6 +34,9 @@ pub struct DaemonStatus {
     pub next_pull_at: Option<String>,
     /// When the failed tip is tried again, if one failed.
     pub retry_at: Option<String>,
+    /// Why `[metrics] listen` is not served now (the daemon keeps trying to bind it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -36,6 +36,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The runs that happened, in order: for whoever tells a person about them (`notify`).
+    pub fn records(&self) -> impl Iterator<Item = &RunRecord> {
+        let (run, rollback) = match self {
+            Outcome::Ran { run, rollback } => (Some(run), rollback.as_deref()),
+            _ => (None, None),
+        };
+        run.into_iter().chain(rollback)
+    }
+
     /// Success when what was asked for is done; failed when a run failed or a failed commit
     /// waits; the environment's failure when no remote could be fetched and nothing ran.
     pub fn exit(&self) -> Exit {
@@ -123,7 +132,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
         // The failed run's record, as the rollback left it.
         run = node.runs().load(run.id).unwrap_or(run);
     }
-    notify_all(node, lock, std::iter::once(&run).chain(rollback.as_deref()));
+    drop(lock);
     if let Some(rollback) = &rollback {
         let _ = writeln!(
             out,
@@ -173,7 +182,7 @@ fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBoo
         why: "asked for by a person".into(),
     };
     let run = run_one(node, &repo, &mut lock, &now, out, stop)?;
-    notify_all(node, lock, [&run]);
+    drop(lock);
     Ok(Outcome::Ran { run, rollback: None })
 }
 
@@ -463,19 +472,9 @@ fn finalize(
         }
     }
     // The record is final and the summary written: metrics (which cannot change the run's
-    // result). The notify command waits for the caller to release the lock (`notify_all`).
+    // result). The notify command is the caller's, once the lock is released (`Outcome::records`).
     crate::metrics::after_run(node, record);
     Ok(())
-}
-
-/// Once the lock is released: the notify command for each run's final record, in order. So a
-/// rollback is not held up by the failed run's notification, and a failure that was rolled back
-/// is told once, by the rollback's record (its own says `rolled_back`, which is not news).
-fn notify_all<'a>(node: &Node, lock: NodeLock, records: impl IntoIterator<Item = &'a RunRecord>) {
-    drop(lock);
-    for record in records {
-        crate::notify::after_run(node, record);
-    }
 }
 
 /// With `require_signed`, the commit about to run must verify now, under the lock, whatever

@@ -50,6 +50,9 @@ pub fn dispatch(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atom
         Request::Status => return Err(Error::Input("no daemon runs to say how it is".into())),
     };
     let outcome = perform(node, &work, out, stop)?;
+    for record in outcome.records() {
+        crate::notify::in_background(node, record);
+    }
     crate::fleet::publish::in_background(node);
     Ok(conclude(&outcome, out))
 }

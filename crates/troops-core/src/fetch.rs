@@ -241,7 +241,7 @@ fn fetch_with_git(
         .spawn()
         .map_err(|e| format!("running git fetch: {e}"))?;
     let stderr = child.stderr.take().expect("piped");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let reader = std::thread::spawn(move || crate::runner::read_tail(stderr, crate::runner::MAX_KEPT_OUTPUT));
     let status = crate::runner::wait_or_kill(&mut child, deadline)
         .map_err(|e| format!("waiting for git fetch: {e}"))?;
     let stderr = reader.join().unwrap_or_default().replace('\r', "");

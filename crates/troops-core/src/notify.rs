@@ -1,13 +1,15 @@
 //! `[notify] command`: tells a person (a chat webhook, a pager, via curl) when a run failed, was
 //! rolled back, or recovered (succeeded after the node's previous run failed). The command gets
-//! the run record as JSON on stdin and a clean environment, runs in a process group of its own,
-//! and is killed with that group at its timeout. Its output goes to the log (tracing), never to
-//! the pusher; whatever it does, the run's result stays what it was.
+//! the run record as JSON on stdin and a clean environment, and runs under a supervisor, as a
+//! step does (`runner`): at its timeout it is ended with everything it started, also what left
+//! its process group or session. Nobody who waits for the run waits for it: the daemon runs it
+//! as a job of its own, one at a time, after the run's listeners heard its end; any other process
+//! hands it to a detached `troops notify` (`background`). Its output goes to the log (tracing), never to the pusher, read in bounded
+//! chunks of which a bounded amount is kept; whatever it does, the run's result stays what it was.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::ops::Range;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,12 +17,18 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::runs::{RunRecord, RunStatus};
+use crate::runner::{self, Supervisor};
+use crate::runs::{RunRecord, RunStatus, StepStatus};
+use crate::supervise;
 
 /// The longest `[notify] timeout`: a notification that takes longer is not arriving.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long what the command left running has after its timeout's SIGTERM, before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Lines of the command's output that reach the log; the rest is read and dropped.
 const MAX_LOGGED_LINES: usize = 100;
+/// The most of one line of its output that reaches the log; the rest of the line is dropped.
+const MAX_LOGGED_LINE: usize = 2048;
 
 /// The node config's `[notify]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,84 +118,158 @@ fn failed(status: RunStatus) -> bool {
     matches!(status, RunStatus::Failed | RunStatus::RolledBack)
 }
 
-/// After a run's record is final and its summary written: runs the notify command if the run is
-/// worth one. Waits for it (at most its timeout), so that a CLI or hook process does not end
-/// before it; the pusher has seen the summary line by then.
-pub fn after_run(node: &Node, record: &RunRecord) {
-    let Some(command) = &node.config.notify.command else { return };
+/// Whether `record` is worth a notification on `node`: a command is set, and the run failed, was
+/// rolled back to, or recovered.
+pub fn worth_telling(node: &Node, record: &RunRecord) -> bool {
+    node.config.notify.command.is_some() && event(record, previous(node, record).as_ref()).is_some()
+}
+
+/// After a run in a process that ends soon (a CLI command, a hook): hands the notification, if
+/// the run is worth one, to a detached `troops notify`, and returns without waiting for it.
+pub fn in_background(node: &Node, record: &RunRecord) {
+    if !worth_telling(node, record) {
+        return;
+    }
+    if let Err(e) = crate::background::troops(node, &["notify", &record.id.to_string()]) {
+        tracing::warn!(run = record.id, error = %e, "cannot start troops notify");
+    }
+}
+
+/// Runs the notify command for run `id` of `node` if the run is worth one, and waits for it (at
+/// most its timeout and the grace), logging how it went: `troops notify RUN`, and the daemon's
+/// notify job.
+pub fn now(node: &Node, id: u64) -> Result<()> {
+    let Some(command) = &node.config.notify.command else { return Ok(()) };
+    let record = node.runs().load(id)?;
+    let Some(event) = event(&record, previous(node, &record).as_ref()) else { return Ok(()) };
+    let result = notify(command, node.config.notify.timeout, &record, event);
+    log_result(id, event, &result);
+    result
+}
+
+/// The node's newest run before `record` that can be read.
+fn previous(node: &Node, record: &RunRecord) -> Option<RunRecord> {
     let runs = node.runs();
-    let previous = runs
-        .ids()
-        .ok()
-        .and_then(|ids| ids.into_iter().rev().filter(|&id| id < record.id).find_map(|id| runs.load(id).ok()));
-    let Some(event) = event(record, previous.as_ref()) else { return };
-    match notify(command, node.config.notify.timeout, record, event) {
-        Ok(()) => tracing::info!(run = record.id, event = event.name(), "notify command succeeded"),
-        Err(e) => tracing::warn!(run = record.id, event = event.name(), error = %e, "notify command failed"),
+    runs.ids().ok()?.into_iter().rev().filter(|&id| id < record.id).find_map(|id| runs.load(id).ok())
+}
+
+fn log_result(run: u64, event: Event, result: &Result<()>) {
+    match result {
+        Ok(()) => tracing::info!(run, event = event.name(), "notify command succeeded"),
+        Err(e) => tracing::warn!(run, event = event.name(), error = %e, "notify command failed"),
     }
 }
 
 /// The PATH of the notify command: fixed, like a step's.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Runs `command` for `record` under a supervisor of its own, for at most `timeout`.
 fn notify(command: &str, timeout: Duration, record: &RunRecord, event: Event) -> Result<()> {
-    let io = |what: &str, e| Error::io(format!("{what} the notify command `{command}`"), e);
-    let (reader, writer) = std::io::pipe().map_err(|e| io("making a pipe for", e))?;
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(command).env_clear().env("PATH", PATH).env("LANG", "C.UTF-8");
+    let mut env = vec![("PATH".to_owned(), PATH.to_owned()), ("LANG".to_owned(), "C.UTF-8".to_owned())];
     if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
-        cmd.env("HOME", user.dir);
+        env.push(("HOME".to_owned(), user.dir.display().to_string()));
     }
-    cmd.env("TROOPS_RUN_ID", record.id.to_string())
-        .env("TROOPS_COMMIT", &record.commit)
-        .env("TROOPS_STATUS", record.status.to_string())
-        .env("TROOPS_HOST", &record.host)
-        .env("TROOPS_EVENT", event.name())
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(writer.try_clone().map_err(|e| io("making a pipe for", e))?)
-        .stderr(writer)
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| io("starting", e))?;
-    drop(cmd); // our copies of the pipe's write end: the reader sees EOF when the command ends
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-
-    // Neither feeding stdin nor reading output may block us: a command that reads nothing, or a
-    // leftover of it that holds the pipe open, only keeps these threads, which end with it.
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let json = serde_json::to_vec_pretty(record).expect("run records serialize");
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(&json);
-    });
+    for (name, value) in [
+        ("TROOPS_RUN_ID", record.id.to_string()),
+        ("TROOPS_COMMIT", record.commit.clone()),
+        ("TROOPS_STATUS", record.status.to_string()),
+        ("TROOPS_HOST", record.host.clone()),
+        ("TROOPS_EVENT", event.name().to_owned()),
+    ] {
+        env.push((name.to_owned(), value));
+    }
+    let request = supervise::Request {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "--".into(), command.to_owned()],
+        env,
+        dir: "/".into(),
+        grace_ms: KILL_GRACE.as_millis() as u64,
+        input: Some(serde_json::to_string_pretty(record).expect("run records serialize")),
+    };
     let run = record.id;
-    std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(reader).split(b'\n');
-        for (i, line) in lines.by_ref().map_while(|l| l.ok()).enumerate() {
-            if i < MAX_LOGGED_LINES {
-                tracing::info!(run, output = %String::from_utf8_lossy(&line), "notify command");
+    let mut output = Logged::new(|line: &[u8]| {
+        tracing::info!(run, output = %String::from_utf8_lossy(line), "notify command");
+    });
+    let result = runner::run(
+        &mut Supervisor::new(&[]),
+        "the notify command",
+        &request,
+        timeout,
+        &AtomicBool::new(false),
+        &mut output,
+    );
+    let dropped = output.finish();
+    if dropped > 0 {
+        tracing::info!(run, bytes = dropped, "notify command: the rest of its output was not logged");
+    }
+    let result = result?;
+    match (result.status, result.exit_code) {
+        (StepStatus::Succeeded, _) => Ok(()),
+        (StepStatus::TimedOut, _) => Err(Error::Env(format!(
+            "the notify command `{command}` took longer than {}; it was ended with everything it started",
+            humantime::format_duration(timeout)
+        ))),
+        (_, Some(code)) => {
+            Err(Error::Env(format!("the notify command `{command}` ended with exit status: {code}")))
+        }
+        (_, None) => Err(Error::Env(format!("the notify command `{command}` ended without a status"))),
+    }
+}
+
+/// The command's output, a line at a time to `line`: at most [`MAX_LOGGED_LINES`] lines of at
+/// most [`MAX_LOGGED_LINE`] bytes. The rest is counted and dropped, so output without end, or
+/// without a newline, costs no memory.
+struct Logged<F: FnMut(&[u8])> {
+    line: F,
+    /// The line under way, up to its limit.
+    pending: Vec<u8>,
+    lines: usize,
+    dropped: u64,
+}
+
+impl<F: FnMut(&[u8])> Logged<F> {
+    fn new(line: F) -> Logged<F> {
+        Logged { line, pending: Vec::new(), lines: 0, dropped: 0 }
+    }
+
+    fn end_line(&mut self) {
+        if self.lines < MAX_LOGGED_LINES {
+            (self.line)(&self.pending);
+            self.lines += 1;
+        }
+        self.pending.clear();
+    }
+
+    /// Logs the last line if it had no newline; returns how many bytes were dropped.
+    fn finish(mut self) -> u64 {
+        if !self.pending.is_empty() {
+            self.end_line();
+        }
+        self.dropped
+    }
+}
+
+impl<F: FnMut(&[u8])> Write for Logged<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for piece in buf.split_inclusive(|&b| b == b'\n') {
+            let (text, ends) = match piece.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (piece, false),
+            };
+            let room = if self.lines < MAX_LOGGED_LINES { MAX_LOGGED_LINE - self.pending.len() } else { 0 };
+            let kept = text.len().min(room);
+            self.pending.extend_from_slice(&text[..kept]);
+            self.dropped += (text.len() - kept) as u64;
+            if ends {
+                self.end_line();
             }
         }
-    });
-
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(child.wait());
-    });
-    let status = match done_rx.recv_timeout(timeout) {
-        Ok(status) => status.map_err(|e| io("waiting for", e))?,
-        Err(_) => {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-            let _ = done_rx.recv();
-            return Err(Error::Env(format!(
-                "the notify command `{command}` took longer than {}; its process group was killed",
-                humantime::format_duration(timeout)
-            )));
-        }
-    };
-    if !status.success() {
-        return Err(Error::Env(format!("the notify command `{command}` ended with {status}")));
+        Ok(buf.len())
     }
-    Ok(())
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -235,29 +317,58 @@ mod tests {
         assert_eq!(event(&ok, Some(&rolled_back)), Some(Event::Recovered));
     }
 
+    /// Whether `pid` runs (a zombie is dead: only its parent has not looked yet).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z'))
+    }
+
     #[test]
-    fn a_hanging_command_is_killed_at_its_timeout_with_what_it_started() {
+    fn a_hanging_command_is_ended_at_its_timeout_with_all_it_started() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pid");
-        let command = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+        let pids = dir.path().join("pids");
+        // A background child, and one in a session of its own (out of the command's group).
+        let command =
+            format!("sleep 600 & echo $! > {0}; setsid sleep 600 & echo $! >> {0}; wait", pids.display());
         let started = std::time::Instant::now();
         let e = notify(&command, Duration::from_millis(500), &record(1, RunStatus::Failed), Event::Failed)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("took longer than 500ms"), "{e}");
+        assert!(e.contains("took longer than 500ms; it was ended with everything it started"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
-        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-        // The background sleep was in the group: it dies of the SIGKILL (a zombie counts as dead:
-        // its parent, the shell, is gone, so init reaps it).
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z'))
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while alive() {
-            assert!(std::time::Instant::now() < deadline, "the notify command's background process survived");
-            std::thread::sleep(Duration::from_millis(10));
+        // Ended before notify returned, not just signalled.
+        let pids = std::fs::read_to_string(&pids).unwrap();
+        assert_eq!(pids.lines().count(), 2, "{pids}");
+        for pid in pids.lines() {
+            assert!(!alive(pid), "{pid} outlived the notify command");
         }
+    }
+
+    #[test]
+    fn output_is_logged_a_bounded_line_at_a_time_and_the_rest_dropped() {
+        let mut lines = Vec::new();
+        let mut logged = Logged::new(|line: &[u8]| lines.push(line.to_vec()));
+        logged.write_all(b"one\ntw").unwrap();
+        logged.write_all(b"o\n").unwrap();
+        // A line without end, in many writes: one line of the limit is kept.
+        for _ in 0..1000 {
+            logged.write_all(&[b'x'; 1000]).unwrap();
+        }
+        logged.write_all(b"\n").unwrap();
+        for i in 0..MAX_LOGGED_LINES {
+            logged.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        logged.write_all(b"unfinished").unwrap();
+        let dropped = logged.finish();
+        assert_eq!(lines.len(), MAX_LOGGED_LINES);
+        assert_eq!((lines[0].as_slice(), lines[1].as_slice()), (&b"one"[..], &b"two"[..]));
+        assert_eq!(lines[2], vec![b'x'; MAX_LOGGED_LINE]);
+        assert_eq!(lines[3], b"line 0");
+        let last_kept = MAX_LOGGED_LINES - 4;
+        assert_eq!(lines.last().unwrap(), format!("line {last_kept}").as_bytes());
+        let dropped_lines: u64 =
+            (last_kept + 1..MAX_LOGGED_LINES).map(|i| format!("line {i}").len() as u64).sum();
+        assert_eq!(dropped, (1_000_000 - MAX_LOGGED_LINE) as u64 + dropped_lines + "unfinished".len() as u64);
     }
 
     #[test]

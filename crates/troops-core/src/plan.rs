@@ -754,6 +754,15 @@ mod tests {
             ("run = \"x\"\nretries = 0\n", ":4:11: check `web`: `retries` 0 must be a number from 1 up"),
             ("run = \"x\"\nretries = -1\n", ":4:11: check `web`: `retries` -1 must be"),
             ("run = \"x\"\ninterval = \"0s\"\n", ":4:12: check `web`: `interval` must be more than zero"),
+            (
+                "run = \"x\"\ninterval = \"1ns\"\n",
+                ":4:12: check `web`: `interval` \"1ns\" is too short; at least 100ms",
+            ),
+            ("run = \"x\"\ntimeout = \"99ms\"\n", ":4:11: check `web`: `timeout` \"99ms\" is too short"),
+            (
+                "run = \"x\"\nstart_period = \"1us\"\n",
+                ":4:16: check `web`: `start_period` \"1us\" is too short",
+            ),
             ("run = \"x\"\ntimeout = \"soon\"\n", ":4:11: check `web`: `timeout` \"soon\""),
             (
                 "run = \"x\"\nstart_period = \"2years\"\n",
@@ -771,6 +780,7 @@ mod tests {
             .contains(":5:8: duplicate check name `a`"));
         assert!(error("[[check]]\nname = \"a\\u001b\"\nrun = \"x\"\n").contains(":2:8: check name"));
         assert!(error("[health]\nsoak = \"long\"\n").contains(":2:8: health: `soak` \"long\""));
+        assert!(error("[health]\nsoak = \"1ms\"\n").contains(":2:8: health: `soak` \"1ms\" is too short"));
         assert!(error("[health]\non_failure = \"panic\"\n")
             .contains(":2:14: health: `on_failure` \"panic\" is not \"retry\" or \"rollback\""));
         assert!(error("[release]\nkeep = 0\n").contains(":2:8: release: `keep` 0 must be a number from 1 up"));

@@ -134,12 +134,14 @@ pub fn look(state: &mut ProbeState, url: &str, branch: &str, timeout: Duration) 
 }
 
 /// Whether the fetch can be skipped: the look lists the tip this node has (`have`), the target is
-/// not known to lag, and the last real fetch was less than `trust` ago.
+/// not known to lag, and the last real fetch was less than `trust` ago. A fetch stamped later than
+/// now (the clock was set back since) tells nothing of how long ago it was: it is not trusted, so
+/// the fetch runs and stamps it anew.
 pub fn skips(state: &ProbeState, look: Look, have: Option<Oid>, trust: Duration) -> bool {
     have.is_some()
         && look == Look::Listed(have)
         && !state.lags
-        && now().saturating_sub(state.fetched_at) < trust.as_secs()
+        && now().checked_sub(state.fetched_at).is_some_and(|age| age < trust.as_secs())
 }
 
 /// Notes a real fetch just now, after `look`, that found the branch at `found` where this node
@@ -280,6 +282,16 @@ mod tests {
         assert_eq!(look(&mut old, &url, "main", WAIT), Look::Listed(oid(A)));
         assert!(!skips(&old, Look::Listed(oid(A)), oid(A), TRUST));
         assert!(seen.lock().unwrap()[0].contains("If-None-Match"));
+        // Stamped in the future (the clock stepped back since): not trusted, however near.
+        for ahead in [1, 60, TRUST.as_secs(), 10 * 365 * 86400] {
+            let future = ProbeState { fetched_at: now() + ahead, ..old.clone() };
+            assert!(!skips(&future, Look::Listed(oid(A)), oid(A), TRUST), "{ahead}s ahead was trusted");
+        }
+        assert!(skips(&ProbeState { fetched_at: now(), ..old.clone() }, Look::Listed(oid(A)), oid(A), TRUST));
+        // The fetch that follows stamps it anew, and it is trusted again.
+        let mut future = ProbeState { fetched_at: now() + 3600, ..old.clone() };
+        fetched(&mut future, Look::Listed(oid(A)), oid(A), oid(A));
+        assert!(skips(&future, Look::Listed(oid(A)), oid(A), TRUST));
         let mut moved = ProbeState { fetched_at: now(), ..old.clone() };
         let elsewhere = "http://127.0.0.1:1/elsewhere.git";
         assert_eq!(look(&mut moved, elsewhere, "main", WAIT), Look::Unanswered);

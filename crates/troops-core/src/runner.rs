@@ -1,8 +1,10 @@
-//! Runs a run's steps: `/bin/sh -c` or a script from the checkout, each under the run's
-//! supervisor (`supervise`), with exactly the environment it is given, stdin `/dev/null`, stdout
-//! and stderr merged into one pipe whose bytes go to the caller as they come. A step ends when
-//! its main process exits, times out or is stopped; then everything it started is ended too
-//! (SIGTERM, then SIGKILL after the step's `kill_grace`) before the next step starts.
+//! Runs a run's steps, and the other commands troops must end with everything they started
+//! (`run` health checks, the notify command): `/bin/sh -c` or a script from the checkout, each
+//! under a supervisor (`supervise`), with exactly the environment it is given, stdin `/dev/null`
+//! (or the input it is given), stdout and stderr merged into one pipe whose bytes go to the
+//! caller as they come. A step ends when its main process exits, times out or is stopped; then
+//! everything it started is ended too (SIGTERM, then SIGKILL after the step's `kill_grace`)
+//! before the next step starts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -62,9 +64,9 @@ impl Supervisor {
         Supervisor { env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), running: None }
     }
 
-    fn running(&mut self, step: &str) -> Result<&mut Running> {
+    fn running(&mut self, what: &str) -> Result<&mut Running> {
         if self.running.is_none() {
-            self.running = Some(self.start().ctx(|| format!("starting the supervisor of step `{step}`"))?);
+            self.running = Some(self.start().ctx(|| format!("starting the supervisor of {what}"))?);
         }
         Ok(self.running.as_mut().expect("started above"))
     }
@@ -109,7 +111,6 @@ pub fn run_step(
     stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<StepResult> {
-    let started = Instant::now();
     let (program, args) = match &step.action {
         Action::Run(run) => ("/bin/sh".into(), vec!["-c".to_owned(), "--".to_owned(), run.clone()]),
         Action::Script(path) => (checkout.join(path), vec![]),
@@ -124,11 +125,27 @@ pub fn run_step(
             .collect(),
         dir: checkout.to_owned(),
         grace_ms: step.kill_grace.as_millis() as u64,
+        input: None,
     };
-    let running = supervisor.running(&step.name)?;
-    let line = serde_json::to_string(&request).expect("requests serialize") + "\n";
-    running.requests.write_all(line.as_bytes()).ctx(|| format!("starting step `{}`", step.name))?;
-    let deadline = started + step.timeout;
+    run(supervisor, &format!("step `{}`", step.name), &request, step.timeout, stop, out)
+}
+
+/// Runs `request` under `supervisor` as [`run_step`] runs a step, for at most `timeout`; `what`
+/// names it in what troops says (`step `build``, `the notify command`). Its output reaches `out`
+/// in reads of at most 16 KiB, as it comes: nothing here holds more of it.
+pub fn run(
+    supervisor: &mut Supervisor,
+    what: &str,
+    request: &supervise::Request,
+    timeout: Duration,
+    stop: &AtomicBool,
+    out: &mut dyn Write,
+) -> Result<StepResult> {
+    let started = Instant::now();
+    let running = supervisor.running(what)?;
+    let line = serde_json::to_string(request).expect("requests serialize") + "\n";
+    running.requests.write_all(line.as_bytes()).ctx(|| format!("starting {what}"))?;
+    let deadline = started + timeout;
     let mut ending = None;
     let mut buf = [0u8; 16 * 1024];
     let mut answer = String::new();
@@ -138,17 +155,12 @@ pub fn run_step(
             ending = if now >= deadline {
                 let _ = writeln!(
                     out,
-                    "troops: step `{}` timed out after {}; ending everything it started",
-                    step.name,
-                    humantime::format_duration(step.timeout)
+                    "troops: {what} timed out after {}; ending everything it started",
+                    humantime::format_duration(timeout)
                 );
                 Some(Ending::TimedOut)
             } else if stop.load(Ordering::SeqCst) {
-                let _ = writeln!(
-                    out,
-                    "troops: asked to stop; ending step `{}` and everything it started",
-                    step.name
-                );
+                let _ = writeln!(out, "troops: asked to stop; ending {what} and everything it started");
                 Some(Ending::Stopped)
             } else {
                 None
@@ -170,7 +182,7 @@ pub fn run_step(
         ];
         match poll(&mut fds, ms) {
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).ctx(|| format!("waiting for step `{}`", step.name)),
+            Err(e) => return Err(e).ctx(|| format!("waiting for {what}")),
             Ok(_) => {}
         }
         let [answered, output, exited] = fds.map(|f| f.any().unwrap_or(false));
@@ -192,7 +204,7 @@ pub fn run_step(
         None => {
             // The supervisor died without answering (killed, say): what it says by its own end.
             let mut gone = supervisor.running.take().expect("running above");
-            let status = gone.child.wait().ctx(|| format!("waiting for step `{}`", step.name))?;
+            let status = gone.child.wait().ctx(|| format!("waiting for {what}"))?;
             status.code().or_else(|| status.signal().map(|s| 128 + s))
         }
     };
@@ -232,6 +244,32 @@ fn drain(reader: &std::io::PipeReader, buf: &mut [u8], out: &mut dyn Write) {
             return;
         }
     }
+}
+
+/// The most of a helper's output (git's stderr, say, which a remote's messages fill) that is kept
+/// by [`read_tail`].
+pub(crate) const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+/// Reads `reader` to its end in pieces, keeping only its last `max` bytes (where git's complaint
+/// is), as text: a helper that writes without end costs no more memory than that.
+pub(crate) fn read_tail(mut reader: impl Read, max: usize) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * max {
+                    kept.drain(..kept.len() - max);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let start = kept.len().saturating_sub(max);
+    String::from_utf8_lossy(&kept[start..]).into_owned()
 }
 
 /// Waits for `child`, the leader of its own process group, until `deadline`; past it, kills the
@@ -384,6 +422,15 @@ mod tests {
         let (r, out) = run_with("sleep 30", 20_000, &stop);
         assert_eq!(r.status, StepStatus::Interrupted, "{out}");
         assert!(r.duration < Duration::from_secs(5), "{:?}", r.duration);
+    }
+
+    #[test]
+    fn read_tail_keeps_the_end_of_output_without_end() {
+        let endless = std::io::repeat(b'x').take(10 << 20).chain(&b"fatal: the end"[..]);
+        let tail = read_tail(endless, 100);
+        assert_eq!(tail.len(), 100);
+        assert!(tail.ends_with("xxfatal: the end"), "{tail}");
+        assert_eq!(read_tail(&b"short"[..], 100), "short");
     }
 
     #[test]

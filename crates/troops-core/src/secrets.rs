@@ -7,7 +7,10 @@
 //!
 //! What must stay true: plaintext is written only to a run's secrets directory (removed when the
 //! run ends, or under the node lock at the next run after a crash) and to the operator's private
-//! temp dir during `edit`; never to `work/`, the run's log or the pusher.
+//! temp dir during `edit`; never to `work/`, the run's log or the pusher. The operator's side
+//! reads and writes the clone through `fs_safe`: only regular files of a bounded size, never
+//! through a symlink, a secret's file replaced by rename, so a committed symlink, FIFO or huge
+//! file is refused by name rather than followed, waited on or read without end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -25,6 +28,10 @@ use crate::plan::{Plan, Secret};
 pub const KEYS_DIR: &str = "keys";
 /// Where a deploy repo keeps the keys of admins, who can decrypt every secret.
 pub const ADMIN_KEYS_DIR: &str = "keys/admins";
+/// The largest secret file (an age file) the operator's side reads or writes.
+pub const MAX_SECRET_FILE: u64 = 16 << 20;
+/// The largest key file read (`keys/*.pub`, an identity): a 16384-bit RSA key is under 4 KiB.
+const MAX_KEY_FILE: u64 = 64 << 10;
 /// Values (and lines of values) shorter than this are not masked: masking `on` or `1` everywhere
 /// would garble the output and still tell the value.
 pub const MIN_MASKED: usize = 6;
@@ -78,8 +85,13 @@ impl Key {
         })
     }
 
-    fn read(path: &Path, source: PathBuf, owner: KeyOwner) -> Result<Key> {
-        let text = std::fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))?;
+    /// Reads the key at `source` in the deploy repo at `repo`, which lists it.
+    fn read(repo: &Path, source: PathBuf, owner: KeyOwner) -> Result<Key> {
+        let bytes = crate::fs_safe::read(repo, &source, MAX_KEY_FILE)?.ok_or_else(|| {
+            Error::Input(format!("{} went away while troops read {KEYS_DIR}/", source.display()))
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Input(format!("{}: not text, so no SSH public key", source.display())))?;
         Key::parse(&text, source, owner)
     }
 }
@@ -106,19 +118,10 @@ impl RepoKeys {
     pub fn load(repo: &Path) -> Result<RepoKeys> {
         let read = |dir: &str, owner: fn(String) -> KeyOwner| -> Result<Vec<(String, Key)>> {
             let mut keys = Vec::new();
-            let entries = match std::fs::read_dir(repo.join(dir)) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
-                entries => entries.ctx(|| format!("listing {}", repo.join(dir).display()))?,
-            };
-            for entry in entries {
-                let path = entry.ctx(|| format!("listing {}", repo.join(dir).display()))?.path();
-                let Some(name) =
-                    path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".pub"))
-                else {
-                    continue;
-                };
-                let source = Path::new(dir).join(format!("{name}.pub"));
-                keys.push((name.to_owned(), Key::read(&path, source, owner(name.to_owned()))?));
+            for file in crate::fs_safe::list(repo, Path::new(dir))? {
+                let Some(name) = file.to_str().and_then(|n| n.strip_suffix(".pub")) else { continue };
+                let source = Path::new(dir).join(&file);
+                keys.push((name.to_owned(), Key::read(repo, source, owner(name.to_owned()))?));
             }
             keys.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(keys)
@@ -189,10 +192,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Reads an unencrypted OpenSSH private key.
+    /// Reads an unencrypted OpenSSH private key: a regular file of at most 64 KiB (the path,
+    /// which the node or the operator names, may be a symlink).
     pub fn load(path: &Path) -> Result<Identity> {
-        let file = std::fs::File::open(path).ctx(|| format!("reading the key {}", path.display()))?;
-        let key = age::ssh::Identity::from_buffer(std::io::BufReader::new(file), None)
+        let bytes = read_key_file(path)?;
+        let key = age::ssh::Identity::from_buffer(&bytes[..], None)
             .map_err(|e| Error::Input(format!("{}: not an SSH private key: {e}", path.display())))?;
         let public = match &key {
             age::ssh::Identity::Unencrypted(_) => age::ssh::Recipient::try_from(key.clone())
@@ -223,6 +227,29 @@ impl Identity {
         reader.read_to_end(&mut plaintext).map_err(|e| format!("the file is damaged: {e}"))?;
         Ok(plaintext)
     }
+}
+
+/// The bytes of the key file at `path`, refused when it is not a regular file (opened without
+/// waiting, so a FIFO is refused rather than waited on) or larger than [`MAX_KEY_FILE`].
+fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+    let what = || format!("reading the key {}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ctx(what)?;
+    if !file.metadata().ctx(what)?.is_file() {
+        return Err(Error::Input(format!("{} is not a regular file, so no SSH key", path.display())));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes).ctx(what)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(Error::Input(format!(
+            "{} is larger than {MAX_KEY_FILE} bytes, so no SSH key",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// One recipient stanza of an age header: its type, and for SSH keys their tag.
@@ -272,16 +299,12 @@ pub fn check(repo: &Path, plan: &Plan) -> Result<Vec<String>> {
                 continue;
             }
         };
-        let bytes = match std::fs::read(repo.join(&secret.file)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                problems.push(format!(
-                    "{file}: no such file for secret `{}`; create it with `troops secrets encrypt {} FILE`",
-                    secret.name, secret.name
-                ));
-                continue;
-            }
-            Err(e) => return Err(Error::path("reading", &repo.join(&secret.file), e)),
+        let Some(bytes) = crate::fs_safe::read(repo, &secret.file, MAX_SECRET_FILE)? else {
+            problems.push(format!(
+                "{file}: no such file for secret `{}`; create it with `troops secrets encrypt {} FILE`",
+                secret.name, secret.name
+            ));
+            continue;
         };
         let stanzas = match header_recipients(&bytes) {
             Ok(stanzas) => stanzas,
@@ -331,25 +354,35 @@ pub fn find<'a>(plan: &'a Plan, name: &str) -> Result<&'a Secret> {
 }
 
 /// Encrypts `plaintext` as secret `name` of the deploy repo at `repo` to its recipients, and
-/// writes its file; returns the file (relative to `repo`).
+/// writes its file (see `fs_safe::write`); returns the file (relative to `repo`).
 pub fn encrypt_into(repo: &Path, plan: &Plan, name: &str, plaintext: &[u8]) -> Result<PathBuf> {
     let secret = find(plan, name)?;
     let keys = RepoKeys::load(repo)?;
-    let bytes = encrypt(plaintext, &recipients(plan, &keys, secret)?)?;
-    let path = repo.join(&secret.file);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-    }
-    crate::atomic::write_mode(&path, &bytes, 0o644)?;
+    let bytes = sealed(secret, plaintext, &recipients(plan, &keys, secret)?)?;
+    crate::fs_safe::write(repo, &secret.file, &bytes, 0o644)?;
     Ok(secret.file.clone())
 }
 
-/// Reads and decrypts secret `secret` of the repo at `repo` with `identity`.
-fn open(repo: &Path, secret: &Secret, identity: &Identity) -> Result<Vec<u8>> {
-    let path = repo.join(&secret.file);
-    let bytes = std::fs::read(&path)
-        .ctx(|| format!("reading secret `{}` ({})", secret.name, secret.file.display()))?;
-    identity.decrypt(&bytes).map_err(|why| {
+/// `plaintext` encrypted to `keys` as the file of `secret`, refused when that file would be larger
+/// than the tooling reads back.
+fn sealed(secret: &Secret, plaintext: &[u8], keys: &[&Key]) -> Result<Vec<u8>> {
+    let bytes = encrypt(plaintext, keys)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(Error::Input(format!(
+            "secret `{}` would be a file of {} bytes ({}), more than the {MAX_SECRET_FILE} troops reads",
+            secret.name,
+            bytes.len(),
+            secret.file.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads and decrypts secret `secret` of the repo at `repo` with `identity`; `None` when its file
+/// does not exist.
+fn open(repo: &Path, secret: &Secret, identity: &Identity) -> Result<Option<Vec<u8>>> {
+    let Some(bytes) = crate::fs_safe::read(repo, &secret.file, MAX_SECRET_FILE)? else { return Ok(None) };
+    identity.decrypt(&bytes).map(Some).map_err(|why| {
         Error::Input(format!(
             "secret `{}` ({}) cannot be decrypted with {} ({}): {why}",
             secret.name,
@@ -377,7 +410,7 @@ pub fn edit(
     editor: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<Edited> {
     let secret = find(plan, name)?;
-    let old = if repo.join(&secret.file).exists() { open(repo, secret, identity)? } else { Vec::new() };
+    let old = open(repo, secret, identity)?.unwrap_or_default();
     let tmp = tempfile::Builder::new()
         .prefix("troops-secret-")
         .permissions(std::fs::Permissions::from_mode(0o700))
@@ -392,7 +425,10 @@ pub fn edit(
         .and_then(|mut f| f.write_all(&old))
         .ctx(|| format!("writing {}", path.display()))?;
     editor(&path)?;
-    let new = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+    let new =
+        crate::fs_safe::read(tmp.path(), Path::new(&secret.name), MAX_SECRET_FILE)?.ok_or_else(|| {
+            Error::Input(format!("{} is gone after the editor; the secret is left as it was", path.display()))
+        })?;
     drop(tmp);
     if new == old {
         return Ok(Edited::Unchanged);
@@ -402,32 +438,29 @@ pub fn edit(
 }
 
 /// Re-encrypts every secret of the repo at `repo` to its current recipients, all or nothing:
-/// every file is decrypted and its new version written to a temp file first; only when all are
-/// written are they renamed into place. Returns the files rekeyed.
+/// every file is decrypted and its new version written to a temp file beside it first
+/// (`fs_safe::stage`); only when all are written are they renamed into place. Returns the files
+/// rekeyed.
 pub fn rekey(repo: &Path, plan: &Plan, identity: &Identity) -> Result<Vec<PathBuf>> {
     let keys = RepoKeys::load(repo)?;
     let mut staged = Vec::new();
     for secret in &plan.secrets {
-        let plaintext = open(repo, secret, identity)?;
-        let bytes = encrypt(&plaintext, &recipients(plan, &keys, secret)?)?;
-        let path = repo.join(&secret.file);
-        let dir = path.parent().unwrap_or(repo);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".troops-rekey-")
-            .tempfile_in(dir)
-            .ctx(|| format!("creating a temp file in {} for secret `{}`", dir.display(), secret.name))?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .and_then(|()| tmp.write_all(&bytes))
-            .and_then(|()| tmp.as_file().sync_all())
-            .ctx(|| format!("writing {}", tmp.path().display()))?;
-        staged.push((tmp, path, secret.file.clone()));
+        let plaintext = open(repo, secret, identity)?.ok_or_else(|| {
+            Error::Input(format!(
+                "secret `{}`: no such file {}; create it with `troops secrets encrypt {} FILE`",
+                secret.name,
+                secret.file.display(),
+                secret.name
+            ))
+        })?;
+        let bytes = sealed(secret, &plaintext, &recipients(plan, &keys, secret)?)?;
+        staged.push((crate::fs_safe::stage(repo, &secret.file, &bytes, 0o644)?, secret.file.clone()));
     }
     // Every new file is written; a failure before here dropped the temp files and left all as it was.
     let mut done = Vec::new();
-    for (tmp, path, file) in staged {
-        tmp.persist(&path).map_err(|e| Error::path("replacing", &path, e.error))?;
-        done.push(file);
+    for (file, path) in staged {
+        file.commit()?;
+        done.push(path);
     }
     Ok(done)
 }

@@ -1,5 +1,6 @@
-//! The supervisor of a run's steps, so that a step's end ends everything it started. The runner
-//! starts one per run as a re-exec of the troops binary (`/proc/self/exe __troops-supervise`,
+//! The supervisor of a run's steps (and of the other commands troops runs for an operator and
+//! must end: `run` health checks, the notify command), so that a step's end ends everything it
+//! started. The runner starts one per run as a re-exec of the troops binary (`/proc/self/exe __troops-supervise`,
 //! entered at the top of each binary's `main` through [`enter_if_asked`]); one per run, not per
 //! step, because an exec of troops costs milliseconds and a trivial step less than one. It reads
 //! one [`Request`] line per step from its stdin (a socket to the runner), starts the step and
@@ -39,6 +40,9 @@ pub struct Request {
     pub env: Vec<(String, String)>,
     pub dir: PathBuf,
     pub grace_ms: u64,
+    /// Fed to its stdin, which is `/dev/null` without it.
+    #[serde(default)]
+    pub input: Option<String>,
 }
 
 /// The supervisor's command, for the runner to complete with its stdin (the request socket),
@@ -106,7 +110,7 @@ fn run(request: &Request, signals: &SigSet) -> (i32, bool) {
         .env_clear()
         .envs(request.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&request.dir)
-        .stdin(Stdio::null())
+        .stdin(if request.input.is_some() { Stdio::piped() } else { Stdio::null() })
         .process_group(0);
     // SAFETY: between fork and exec the child only calls sigprocmask, which is async-signal-safe.
     // std leaves the mask as it is, and a step that cannot see SIGTERM could not be ended by it.
@@ -118,7 +122,16 @@ fn run(request: &Request, signals: &SigSet) -> (i32, bool) {
     }
     let mut tree = Tree { grace: Duration::from_millis(request.grace_ms), main: None, status: None };
     match step.spawn() {
-        Ok(child) => tree.main = Some(Pid::from_raw(child.id() as i32)),
+        Ok(mut child) => {
+            tree.main = Some(Pid::from_raw(child.id() as i32));
+            // Fed from a thread, which a step that reads nothing only keeps until it is ended
+            // (the write fails then). Threads start with the signals blocked, as they must stay.
+            if let (Some(mut stdin), Some(input)) = (child.stdin.take(), request.input.clone()) {
+                std::thread::spawn(move || {
+                    let _ = stdin.write_all(input.as_bytes());
+                });
+            }
+        }
         Err(e) => {
             eprintln!("troops: cannot start {}: {e}", request.program.display());
             return (CANNOT_START, false);

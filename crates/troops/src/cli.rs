@@ -73,6 +73,16 @@ pub enum Command {
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Run the notify command for run RUN now, if the run is worth one, and wait for it (a run
+    /// in-process starts this detached, so that its caller does not wait).
+    #[command(hide = true)]
+    Notify(NotifyArgs),
+}
+
+#[derive(Args)]
+pub struct NotifyArgs {
+    /// The run id.
+    pub run: u64,
 }
 
 /// Secrets are age files encrypted to the keys of the nodes they are for (`keys/<hostname>.pub`)

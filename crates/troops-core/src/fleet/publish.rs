@@ -143,8 +143,8 @@ fn git_with_key(
         .spawn()
         .map_err(|e| format!("running git {}: {e}", args[0]))?;
     let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let out = std::thread::spawn(move || crate::runner::read_tail(stdout, crate::runner::MAX_KEPT_OUTPUT));
+    let err = std::thread::spawn(move || crate::runner::read_tail(stderr, crate::runner::MAX_KEPT_OUTPUT));
     let status = crate::runner::wait_or_kill(&mut child, deadline)
         .map_err(|e| format!("waiting for git {}: {e}", args[0]))?;
     let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
@@ -162,27 +162,11 @@ fn git_with_key(
 }
 
 /// After a run in-process (no daemon: cron's `troops pull`, a push hook, `troops deploy`), starts
-/// `troops fleet --publish` for `node` in the background, detached, and returns at once: the
-/// caller never waits for the network. Nothing happens without a `status_remote`. The `troops`
-/// started is the one beside the running executable (`troops-hook` is installed beside it).
+/// `troops fleet --publish` for `node` in the background, detached (`background`), and returns at
+/// once: the caller never waits for the network. Nothing happens without a `status_remote`.
 pub fn in_background(node: &Node) {
     if node.config.status_remote.is_none() {
         return;
     }
-    let troops = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("troops")))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| "troops".into());
-    let _ = std::process::Command::new(troops)
-        .arg("--state-dir")
-        .arg(&node.state_dir)
-        .arg("--config")
-        .arg(&node.config.path)
-        .args(["fleet", "--publish"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
+    let _ = crate::background::troops(node, &["fleet", "--publish"]);
 }

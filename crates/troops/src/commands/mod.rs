@@ -6,6 +6,7 @@ mod deploy;
 mod fleet;
 mod init;
 mod log;
+mod notify;
 mod push;
 mod roles;
 mod secrets;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Push(args) => push::run(args),
         Command::Fleet(args) => fleet::run(&global, args),
         Command::Secrets(command) => secrets::run(command),
+        Command::Notify(args) => notify::run(&node(&global)?, args.run),
     }
 }
 

@@ -18,13 +18,14 @@ pub fn run(command: SecretsCommand) -> Result<ExitCode> {
     let mut stdout = std::io::stdout();
     match command {
         SecretsCommand::Encrypt(args) => {
-            let mut plaintext = Vec::new();
-            if args.file == Path::new("-") {
-                std::io::stdin().read_to_end(&mut plaintext).context("reading stdin")?;
+            let plaintext = if args.file == Path::new("-") {
+                bounded(std::io::stdin().lock(), "stdin")?
             } else {
-                plaintext =
-                    std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-            }
+                // The operator's own file, named by them: a pipe (`<(pass show db)`) is fine.
+                let file = std::fs::File::open(&args.file)
+                    .with_context(|| format!("reading {}", args.file.display()))?;
+                bounded(file, &args.file.display().to_string())?
+            };
             let file = secrets::encrypt_into(repo, &plan, &args.name, &plaintext)?;
             writeln!(stdout, "{}: secret `{}` encrypted", file.display(), args.name)?;
         }
@@ -56,6 +57,23 @@ pub fn run(command: SecretsCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// All of `input`, refused past the largest secret file troops writes (which holds a little more
+/// than its plaintext): a plaintext that large is not a secret, and `/dev/zero` has no end.
+fn bounded(input: impl Read, what: &str) -> Result<Vec<u8>> {
+    let mut plaintext = Vec::new();
+    input
+        .take(secrets::MAX_SECRET_FILE + 1)
+        .read_to_end(&mut plaintext)
+        .with_context(|| format!("reading {what}"))?;
+    if plaintext.len() as u64 > secrets::MAX_SECRET_FILE {
+        anyhow::bail!(troops_core::Error::Input(format!(
+            "{what} holds more than {} bytes, more than a secret troops encrypts",
+            secrets::MAX_SECRET_FILE
+        )));
+    }
+    Ok(plaintext)
 }
 
 /// The admin's key: `--identity`, else `~/.ssh/id_ed25519`.

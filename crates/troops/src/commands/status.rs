@@ -163,6 +163,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
                 d.pid,
                 d.started_at
             )?;
+            if let Some(e) = &d.metrics_error {
+                writeln!(std::io::stdout(), "metrics   NOT SERVED: {e}")?;
+            }
         }
         Daemon::Refused(e) => {
             writeln!(std::io::stdout(), "daemon    running, but it does not tell us how: {e}")?

@@ -36,6 +36,10 @@ pub enum Event {
     Reloaded(Box<Option<Config>>),
     /// When a failed commit is due again, read at start.
     NextDue(Option<SystemTime>),
+    /// A notify command ended.
+    Told,
+    /// Why `/metrics` is not served (another process holds its port), or `None`: it is again.
+    MetricsServed(Option<String>),
     /// A job panicked: nothing can be trusted to run any more.
     Panicked(&'static str),
 }
@@ -48,8 +52,10 @@ pub struct RunEnd {
     pub done: Done,
     /// When a failed commit is due again, as the disk says after the run.
     pub next_due: Option<SystemTime>,
-    /// The `STATUS=` line for systemd.
-    pub sd_status: String,
+    /// What systemd's STATUS says after it: what is deployed, whether a failed commit waits.
+    pub summary: String,
+    /// Runs worth a notification, in order.
+    pub tell: Vec<u64>,
 }
 
 /// What a pull cycle left: the tip, and whether it could fetch no remote.

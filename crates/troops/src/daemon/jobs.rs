@@ -11,6 +11,7 @@ use troops_core::control::Done;
 use troops_core::deploy::{self, Outcome};
 use troops_core::dispatch::{self, Work};
 use troops_core::node::Node;
+use troops_core::notify;
 use troops_core::probe::News as ProbeNews;
 use troops_core::pull;
 
@@ -23,24 +24,25 @@ pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunE
         let _ = events.send(Event::RunTip(tip(node)));
     }
     let mut out = Output::new(events.clone(), Event::RunOutput);
-    let (done, next_due) = match dispatch::perform(node, work, &mut out, stop) {
+    let (done, next_due, tell) = match dispatch::perform(node, work, &mut out, stop) {
         Ok(outcome) => {
             let next_due = deploy::next_due(node);
             log(&outcome, next_due);
-            (Done { exit: dispatch::conclude(&outcome, &mut out), error: None }, next_due)
+            let tell = outcome.records().filter(|r| notify::worth_telling(node, r)).map(|r| r.id).collect();
+            (Done { exit: dispatch::conclude(&outcome, &mut out), error: None }, next_due, tell)
         }
         Err(e) => {
             tracing::error!(error = %e, "run failed to start");
-            (Done { exit: e.exit(), error: Some(e.to_string()) }, deploy::next_due(node))
+            (Done { exit: e.exit(), error: Some(e.to_string()) }, deploy::next_due(node), Vec::new())
         }
     };
     let deployed = node.repo().and_then(|r| r.deployed()).ok().flatten();
-    let sd_status = format!(
-        "STATUS=deployed {}{}",
+    let summary = format!(
+        "deployed {}{}",
         deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned()),
         if next_due.is_some() { "; a failed commit waits for its retry" } else { "" }
     );
-    RunEnd { done, next_due, sd_status }
+    RunEnd { done, next_due, summary, tell }
 }
 
 fn log(outcome: &Outcome, next_due: Option<SystemTime>) {

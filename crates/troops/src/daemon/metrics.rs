@@ -1,8 +1,16 @@
 //! `[metrics] listen`: the daemon's `GET /metrics`, for Prometheus to scrape. A small HTTP/1.1
 //! responder on the daemon's loop: one request per connection, its head bounded in size and time,
-//! a bounded number of connections at once, and the metrics read on a blocking thread, so that no
-//! client can stall the loop or grow the daemon. Anything but `GET /metrics` gets 404 (or 405).
+//! and the metrics read on a blocking thread, so that no client can stall the loop or grow the
+//! daemon. Open connections are bounded too, and a new one past the bound closes the oldest: a
+//! scraper's connection is always the newest, so clients that connect and say nothing never keep
+//! a scrape waiting. Anything but `GET /metrics` gets 404 (or 405).
+//!
+//! A port that cannot be bound (another process holds it: one that could answer scrapes with
+//! numbers of its own) does not stop the daemon, since deploys matter more than metrics, but it
+//! is not quiet either: the daemon logs it, says it in `troops status` and systemd's STATUS, and
+//! tries to bind again, every 30 s at most, until it can.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,35 +18,76 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use troops_core::config::Config;
 use troops_core::node::Node;
+
+use super::events::{Event, Events};
 
 /// The largest request head read; the request line of a scrape is far shorter.
 const MAX_HEAD: usize = 8 * 1024;
 /// How long a client has to send its request head and read the answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 8;
+/// Connections open at once; one more closes the oldest.
+const MAX_CONNECTIONS: usize = 32;
+/// The first wait before binding again after a failure; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Binds `addr` and serves it from a task of the daemon's loop. A port that cannot be bound is
-/// logged and the daemon goes on without the listener: deploys matter more than metrics.
-pub async fn start(addr: SocketAddr, state_dir: PathBuf, config: watch::Receiver<Arc<Config>>) {
-    let listener = match TcpListener::bind(addr).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%addr, %error, "cannot listen for metrics; going on without /metrics");
-            return;
+/// Binds `addr` and serves it from a task of the daemon's loop; when it cannot be bound, returns
+/// why (so the daemon says it before it tells systemd it is ready), tells the loop again whenever
+/// the reason changes or the port is bound at last, and keeps trying from a task, serving once it
+/// can.
+pub async fn start(
+    addr: SocketAddr,
+    state_dir: PathBuf,
+    config: watch::Receiver<Arc<Config>>,
+    events: Events,
+) -> Option<String> {
+    let mut attempt = TcpListener::bind(addr).await;
+    let first = attempt.as_ref().err().map(|error| complain(addr, error));
+    let mut said = first.clone();
+    tokio::spawn(async move {
+        let mut wait = RETRY_FIRST;
+        let listener = loop {
+            match attempt {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    let problem = complain(addr, &error);
+                    if said.as_ref() != Some(&problem) {
+                        tracing::error!(%addr, %error, "/metrics NOT SERVED; the daemon goes on, and tries to bind again");
+                        let _ = events.send(Event::MetricsServed(Some(problem.clone())));
+                        said = Some(problem);
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                    attempt = TcpListener::bind(addr).await;
+                }
+            }
+        };
+        if said.is_some() {
+            let _ = events.send(Event::MetricsServed(None));
         }
-    };
-    tracing::info!(%addr, "serving /metrics");
-    tokio::spawn(serve(listener, state_dir, config));
+        tracing::info!(%addr, "serving /metrics");
+        serve(listener, state_dir, config).await
+    });
+    first
+}
+
+/// Why `addr` cannot be bound, in a sentence for `troops status` and systemd.
+fn complain(addr: SocketAddr, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{addr} is taken by another process, which may answer scrapes there with numbers of its own ({error}); trying again"
+        ),
+        _ => format!("cannot listen on {addr} ({error}); trying again"),
+    }
 }
 
 async fn serve(listener: TcpListener, state_dir: PathBuf, config: watch::Receiver<Arc<Config>>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
     loop {
-        let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -48,13 +97,20 @@ async fn serve(listener: TcpListener, state_dir: PathBuf, config: watch::Receive
                 continue;
             }
         };
+        open.retain(|task| !task.is_finished());
+        if open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+                tracing::debug!("metrics listener: {MAX_CONNECTIONS} connections open; closed the oldest");
+            }
+        }
         let node = Node { state_dir: state_dir.clone(), config: (**config.borrow()).clone() };
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if tokio::time::timeout(TIMEOUT, answer(stream, node)).await.is_err() {
                 tracing::debug!("metrics listener: a client was too slow; dropped");
             }
-            drop(slot);
         });
+        open.push_back(task.abort_handle());
     }
 }
 

@@ -71,6 +71,12 @@ const REPLAY_LIMIT: usize = 1 << 20;
 
 const STOPPING: &str = "the daemon is stopping";
 
+/// Notifications that may wait for a slow notify command; one more is dropped, and logged.
+const MAX_TO_TELL: usize = 64;
+
+/// systemd's STATUS before the first run has ended.
+const FOLLOWING: &str = "following the branch";
+
 struct Daemon {
     state_dir: std::path::PathBuf,
     /// The config, held here alone; connections and the metrics listener see it through the
@@ -91,6 +97,13 @@ struct Daemon {
     next_tick: Instant,
     retry_at: Option<Instant>,
     started_at: String,
+    /// Runs whose notify command waits for the one under way (`telling`), oldest first.
+    to_tell: std::collections::VecDeque<u64>,
+    telling: bool,
+    /// Why `/metrics` is not served, when it is not.
+    metrics_error: Option<String>,
+    /// What systemd's STATUS says the daemon does: what it deployed after its last run.
+    summary: String,
     stopping: bool,
 }
 
@@ -106,10 +119,11 @@ async fn serve(node: Node) -> Result<ExitCode> {
         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
     let mut server = tokio::spawn(socket::serve(listener, events.clone(), config_seen.clone(), node.clone()));
     tracing::info!(state_dir = %node.state_dir.display(), config = %node.config.path.display(), branch = %node.config.branch, "daemon started");
-    if let Some(addr) = node.config.metrics.listen {
-        metrics::start(addr, node.state_dir.clone(), config_seen).await;
-    }
-    notify("READY=1\nSTATUS=following the branch");
+    let metrics_error = match node.config.metrics.listen {
+        Some(addr) => metrics::start(addr, node.state_dir.clone(), config_seen, events.clone()).await,
+        None => None,
+    };
+    notify(&format!("READY=1\nSTATUS={}", systemd_status(FOLLOWING, metrics_error.as_deref())));
     // The first tick falls anywhere in the first period, so that daemons started together (a
     // fleet's reboot, a package upgrade) spread their polls over it from the start.
     let first = period(&node.config);
@@ -128,6 +142,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
         next_tick: Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64)),
         retry_at: None,
         started_at: troops_core::runs::now(),
+        to_tell: Default::default(),
+        telling: false,
+        metrics_error,
+        summary: FOLLOWING.to_owned(),
         stopping: false,
     };
     daemon.pull(None);
@@ -227,6 +245,7 @@ impl Daemon {
                     started_at: self.started_at.clone(),
                     next_pull_at: Some(wall_clock(self.next_tick)),
                     retry_at: self.retry_at.map(wall_clock),
+                    metrics_error: self.metrics_error.clone(),
                 });
             }
             Event::RunOutput(text) => {
@@ -249,7 +268,9 @@ impl Daemon {
                     listener.done(end.done.clone());
                 }
                 self.due_at(end.next_due);
-                notify(&end.sd_status);
+                self.tell(end.tell);
+                self.summary = end.summary;
+                notify(&format!("STATUS={}", systemd_status(&self.summary, self.metrics_error.as_deref())));
                 self.publisher.poke();
             }
             Event::FetchOutput(text) => {
@@ -298,6 +319,14 @@ impl Daemon {
                 }
             }
             Event::NextDue(at) => self.due_at(at),
+            Event::Told => {
+                self.telling = false;
+                self.tell(Vec::new());
+            }
+            Event::MetricsServed(problem) => {
+                self.metrics_error = problem;
+                notify(&format!("STATUS={}", systemd_status(&self.summary, self.metrics_error.as_deref())));
+            }
             Event::Panicked(name) => {
                 tracing::error!(
                     job = name,
@@ -398,6 +427,33 @@ impl Daemon {
         }
     }
 
+    /// Queues notifications for `runs`, and runs the next one when none runs: one at a time, after
+    /// the run's listeners heard its end, so nobody waits for a notify command.
+    fn tell(&mut self, runs: Vec<u64>) {
+        for run in runs {
+            if self.to_tell.len() >= MAX_TO_TELL {
+                tracing::warn!(
+                    run,
+                    "notification dropped: {MAX_TO_TELL} are waiting for slow notify commands already"
+                );
+                continue;
+            }
+            self.to_tell.push_back(run);
+        }
+        if self.telling {
+            return;
+        }
+        if let Some(run) = self.to_tell.pop_front() {
+            self.telling = true;
+            let node = self.snapshot();
+            self.job("notify", move || {
+                // It logs how it went; its failure never changes the run's.
+                let _ = troops_core::notify::now(&node, run);
+                Event::Told
+            });
+        }
+    }
+
     fn due_at(&mut self, at: Option<SystemTime>) {
         self.retry_at =
             at.map(|at| Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default());
@@ -473,6 +529,15 @@ fn wall_clock(at: Instant) -> String {
 /// The wait until the next cycle: the interval plus a random share of the jitter.
 fn period(config: &Config) -> Duration {
     config.interval + Duration::from_millis(fastrand::u64(..=config.jitter.as_millis() as u64))
+}
+
+/// What systemd shows of the running daemon (`systemctl status`): that it works, and what it
+/// cannot do.
+fn systemd_status(now: &str, metrics_error: Option<&str>) -> String {
+    match metrics_error {
+        None => now.to_owned(),
+        Some(e) => format!("{now}; /metrics NOT SERVED: {e}"),
+    }
 }
 
 /// Tells systemd (when it started us with NOTIFY_SOCKET) how we are.
