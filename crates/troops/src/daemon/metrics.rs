@@ -45,38 +45,53 @@ pub async fn start(
     config: watch::Receiver<Arc<Config>>,
     events: Events,
 ) -> Option<String> {
-    let mut attempt = TcpListener::bind(addr).await;
-    let first = attempt.as_ref().err().map(|error| complain(addr, error));
-    let mut said = first.clone();
-    tokio::spawn(async move {
-        let mut wait = RETRY_FIRST;
-        let listener = loop {
-            match attempt {
-                Ok(listener) => break listener,
-                Err(error) => {
-                    let problem = complain(addr, &error);
-                    if said.as_ref() != Some(&problem) {
-                        tracing::error!(%addr, %error, "/metrics NOT SERVED; the daemon goes on, and tries to bind again");
-                        let _ = events.send(Event::MetricsServed(Some(problem.clone())));
-                        said = Some(problem);
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(RETRY_MAX);
-                    attempt = TcpListener::bind(addr).await;
+    let first = TcpListener::bind(addr).await;
+    let problem = first.as_ref().err().map(|error| complain(addr, error));
+    tokio::spawn(bind_and_serve(addr, first, problem.clone(), state_dir, config, events));
+    problem
+}
+
+/// Tries to bind `addr` until it can (after `attempt`, whose failure the loop heard as `said`),
+/// telling the loop whenever the reason changes and once it is bound; then serves it.
+async fn bind_and_serve(
+    addr: SocketAddr,
+    mut attempt: std::io::Result<TcpListener>,
+    mut said: Option<String>,
+    state_dir: PathBuf,
+    config: watch::Receiver<Arc<Config>>,
+    events: Events,
+) {
+    let mut wait = RETRY_FIRST;
+    let listener = loop {
+        match attempt {
+            Ok(listener) => break listener,
+            Err(error) => {
+                let problem = problem(addr, &error);
+                if said.as_ref() != Some(&problem) {
+                    let _ = events.send(Event::MetricsServed(Some(complain(addr, &error))));
+                    said = Some(problem);
                 }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+                attempt = TcpListener::bind(addr).await;
             }
-        };
-        if said.is_some() {
-            let _ = events.send(Event::MetricsServed(None));
         }
-        tracing::info!(%addr, "serving /metrics");
-        serve(listener, state_dir, config).await
-    });
-    first
+    };
+    if said.is_some() {
+        let _ = events.send(Event::MetricsServed(None));
+    }
+    tracing::info!(%addr, "serving /metrics");
+    serve(listener, state_dir, config).await
+}
+
+/// Logs that `addr` cannot be bound, and says why for `troops status` and systemd.
+fn complain(addr: SocketAddr, error: &std::io::Error) -> String {
+    tracing::error!(%addr, %error, "/metrics NOT SERVED; the daemon goes on, and tries to bind again");
+    problem(addr, error)
 }
 
 /// Why `addr` cannot be bound, in a sentence for `troops status` and systemd.
-fn complain(addr: SocketAddr, error: &std::io::Error) -> String {
+fn problem(addr: SocketAddr, error: &std::io::Error) -> String {
     match error.kind() {
         std::io::ErrorKind::AddrInUse => format!(
             "{addr} is taken by another process, which may answer scrapes there with numbers of its own ({error}); trying again"
