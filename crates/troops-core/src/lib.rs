@@ -34,6 +34,7 @@ pub mod secrets;
 pub mod signals;
 pub mod ssh;
 pub mod supervise;
+pub mod trust;
 pub mod verify;
 
 #[cfg(test)]

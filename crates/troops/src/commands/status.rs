@@ -37,6 +37,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     for skipped in &history.unreadable {
         eprintln!("troops: warning: {skipped}");
     }
+    let others = others(&history.others);
     let mut newest_first = history.records.iter().rev().cloned();
     let (running, last) = match newest_first.next().map(|r| effective(node, r)) {
         Some(r) if r.status.unfinished() => (Some(r), newest_first.next()),
@@ -103,6 +104,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "next": next_json,
             "quarantined": quarantined.iter().map(|q| json!({"commit": q.commit.to_string(), "reason": q.reason, "at": q.at})).collect::<Vec<_>>(),
             "unreadable_runs": history.unreadable,
+            "others_runs": history.others,
             "wave": wave.as_ref().map(ToString::to_string),
             "fleet": fleet,
             "verify": {
@@ -195,6 +197,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?,
         None => writeln!(std::io::stdout(), "last run  none")?,
     }
+    if let Some(others) = &others {
+        writeln!(std::io::stdout(), "others    {others}")?;
+    }
     match &next {
         Decision::Run(r) => writeln!(
             std::io::stdout(),
@@ -234,6 +239,25 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What is said of the runs others recorded: "runs 5, 6 recorded by uid 4242, not gone by (troops
+/// log ID shows them)".
+pub fn others(others: &[troops_core::runs::Other]) -> Option<String> {
+    if others.is_empty() {
+        return None;
+    }
+    let mut uids: Vec<u32> = others.iter().map(|o| o.uid).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    let ids: Vec<String> = others.iter().map(|o| o.id.to_string()).collect();
+    let uids: Vec<String> = uids.iter().map(u32::to_string).collect();
+    Some(format!(
+        "run{} {} recorded by uid {}, not gone by (troops log ID shows them)",
+        if ids.len() == 1 { "" } else { "s" },
+        ids.join(", "),
+        uids.join(", ")
+    ))
 }
 
 /// A record as it stands: one left unfinished while nobody holds the lock is what the next run
