@@ -97,7 +97,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
             return Ok(Outcome::Nothing(decision));
         }
     }
-    let mut lock = lock_and_recover(node, &repo, out)?;
+    let mut lock = lock_and_recover(node, &repo, out, stop)?;
     let mut ran: Vec<RunRecord> = Vec::new();
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
@@ -154,7 +154,7 @@ pub fn deploy(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atomic
 /// activate, no build).
 pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
-    let mut lock = lock_and_recover(node, &repo, out)?;
+    let mut lock = lock_and_recover(node, &repo, out, stop)?;
     let deployed = repo.deployed()?.ok_or_else(|| {
         Error::Input("nothing is deployed on this node, so there is nothing to roll back".into())
     })?;
@@ -288,9 +288,15 @@ pub fn next_due(node: &Node) -> Option<SystemTime> {
     }
 }
 
-/// Takes the node lock (saying what it waits for), then cleans up after a troops that died.
-fn lock_and_recover(node: &Node, repo: &crate::repo::NodeRepo, out: &mut dyn Write) -> Result<NodeLock> {
-    let lock = NodeLock::acquire(&node.lock_path(), |holder| {
+/// Takes the node lock (saying what it waits for, and giving up when asked to stop), then
+/// cleans up after a troops that died.
+fn lock_and_recover(
+    node: &Node,
+    repo: &crate::repo::NodeRepo,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<NodeLock> {
+    let lock = NodeLock::acquire(&node.lock_path(), stop, |holder| {
         let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
     })?;
     recover(node, repo, &lock, out)?;
