@@ -173,6 +173,16 @@ pub fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &Atomi
             short(&deployed.to_string())
         )));
     }
+    // A rollback returns to a commit known to be good; running a quarantined one is a person's
+    // explicit decision, which `troops deploy --commit` is.
+    if let Some(bad) = repo.quarantined(target)? {
+        let target = short(&target.to_string()).to_owned();
+        return Err(Error::Input(format!(
+            "{target} is quarantined ({}), so it is no commit to roll back to; name a good one with \
+             --to, or run {target} on purpose with `troops deploy --commit {target}`",
+            bad.reason
+        )));
+    }
     let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
     repo.quarantine(deployed, &reason)?;
     let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&deployed.to_string()));
@@ -498,6 +508,8 @@ fn notify_all<'a>(node: &Node, lock: NodeLock, records: impl IntoIterator<Item =
 /// moved the ref to it (a push, a pull, `git update-ref` by a member of the admin group, a restored
 /// backup): with scope tip, itself; with scope all, itself and every commit between it and what
 /// is known to be good, the last deployed commit (or their common ancestor, for a rollback).
+/// `deployed` is what this process goes by ([`crate::repo::NodeRepo::deployed`]): for root, its
+/// ledger, never `refs/troops/deployed`, which the admin group can move.
 /// Refused: exit 1 with the reason, recorded as the node's last refusal; nothing runs.
 fn vouch(
     node: &Node,

@@ -62,11 +62,16 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 /// - everything else in the repo stays root's, group-readable only: its `config` (remotes,
 ///   `troops.*`, the recorded `[verify]` policy), `hooks/`, `info/`, `refs/`, `refs/remotes`,
 ///   `HEAD`: no member plants a hook, a `core.sshCommand` or a tracking ref root acts on, and a
-///   `commondir` a member adds to the repo dir makes root refuse the repo (`repo::refuse_redirects`);
+///   `commondir`, `shallow` or commit-graph a member adds makes root refuse the repo
+///   (`repo::refuse_redirects`); what root goes by for the deployed and quarantined commits is
+///   its ledger in the state dir (`ledger`), not `refs/troops`, which the group writes;
 /// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
-///   record and checkout; root's stay root's (0750 directories, 0640 files);
+///   record and checkout; root's stay root's (0750 directories, 0640 files), and root decides
+///   only from its own records (`trust`);
 /// - `lock` is the group's to read and write; so is `metrics/` (not sticky: a member's run
-///   replaces the counters file);
+///   replaces the counters file), whose counters and flock root reads and waits for only within
+///   bounds (`metrics`);
+/// - `releases/` is root's alone: a service runs what it holds;
 ///
 /// Directories the group writes are setgid, so what anyone creates in them stays the group's.
 /// Only root can give files to a group, so this happens when root runs `troops init` and the
@@ -242,6 +247,18 @@ pub fn use_group_umask(state_dir: &Path) {
 fn init_repo(node: &Node, options: &Options) -> Result<()> {
     let path = node.repo_path();
     let branch = &node.config.branch;
+    // What an older troops's `git gc` left: group-writable, so not to be believed
+    // (`repo::refuse_redirects`); git builds it again only when asked to.
+    for name in [crate::repo::COMMIT_GRAPH, crate::repo::COMMIT_GRAPHS] {
+        let graph = path.join(name);
+        let removed = match std::fs::symlink_metadata(&graph) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&graph),
+            Ok(_) => std::fs::remove_file(&graph),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        removed.ctx(|| format!("removing {}", graph.display()))?;
+    }
     let git = match Repository::open_bare(&path) {
         Ok(git) => git,
         Err(_) => Repository::init_opts(

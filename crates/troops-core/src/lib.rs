@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod http;
 pub mod init;
+pub mod ledger;
 pub mod lock;
 pub mod metrics;
 pub mod node;

@@ -16,6 +16,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let repo = node.repo()?;
     let tip = repo.tip()?.map(|c| c.to_string());
     let deployed = repo.deployed()?.map(|c| c.to_string());
+    // What git shows as deployed, which a member of the admin group can move (and their push run
+    // in-process does): root goes by its ledger, and says when the two differ.
+    let deployed_ref = repo.deployed_ref()?.map(|c| c.to_string());
     let host = node.config.hostname();
     let (roles, plan_error) = match node.roles(None) {
         Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
@@ -92,6 +95,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "branch": node.config.branch,
             "tip": tip,
             "deployed": deployed,
+            "deployed_ref": deployed_ref,
             "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
             "daemon": match &daemon {
                 Daemon::Absent => serde_json::Value::Null,
@@ -132,6 +136,13 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     writeln!(std::io::stdout(), "branch    {} at {}", node.config.branch, commit(&tip))?;
     let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
     writeln!(std::io::stdout(), "deployed  {}{pending}", commit(&deployed))?;
+    if deployed_ref != deployed {
+        writeln!(
+            std::io::stdout(),
+            "          (refs/troops/deployed says {}: moved by another user's run or by hand; not gone by)",
+            commit(&deployed_ref)
+        )?;
+    }
     if let Some(wave) = &wave {
         writeln!(std::io::stdout(), "wave      {wave}")?;
     }
