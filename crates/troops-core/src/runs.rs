@@ -443,3 +443,29 @@ impl Runs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_the_names_troops_writes_and_never_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Runs::new(dir.path().join("runs"));
+        let lock = NodeLock::try_acquire(&dir.path().join("lock")).unwrap().unwrap();
+        assert_eq!(runs.create(&lock).unwrap(), 1);
+        runs.save(&RunRecord::for_test(1, &"a".repeat(40), RunStatus::Succeeded)).unwrap();
+        // "007" is no name troops writes: it is not run 7, and not the newest run.
+        std::fs::create_dir(dir.path().join("runs/007")).unwrap();
+        std::fs::write(dir.path().join("runs/007/run.json"), "{}").unwrap();
+        assert_eq!(runs.ids().unwrap(), [1]);
+        assert_eq!(runs.create(&lock).unwrap(), 2);
+        // A record at the largest id: the next one is an error, never 0.
+        let max = RunRecord::for_test(u64::MAX, &"a".repeat(40), RunStatus::Succeeded);
+        std::fs::create_dir(runs.dir(u64::MAX)).unwrap();
+        runs.save(&max).unwrap();
+        let e = runs.create(&lock).unwrap_err().to_string();
+        assert!(e.contains("no run id is left"), "{e}");
+        assert!(!runs.dir(0).exists());
+    }
+}
