@@ -420,9 +420,18 @@ fn run_one(
     let log = runs.open_log(id)?;
     let mut out = Tee { log, out, mask: crate::secrets::Masker::default() };
 
-    let mut run = Run { node, repo, record: &mut record, out: &mut out, stop, failed_commit, plan: None };
+    let mut run = Run {
+        node,
+        repo,
+        record: &mut record,
+        out: &mut out,
+        stop,
+        failed_commit,
+        plan: None,
+        release: None,
+    };
     let result = run.execute();
-    let plan = run.plan.take();
+    let (plan, release) = (run.plan.take(), run.release.take());
     record.finished_at = Some(now_text());
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
@@ -438,18 +447,21 @@ fn run_one(
             return Err(e);
         }
     }
-    finalize(node, repo, lock, &mut record, plan.as_ref(), now, &mut out)?;
+    finalize(node, repo, lock, &mut record, plan.as_ref(), release.as_deref(), now, &mut out)?;
     Ok(record)
 }
 
-/// After a run: the deployed ref on success, quarantine on a failure the plan rolls back, the
-/// undone run's record, then pruning (runs, releases), best effort last.
+/// After a run: the deployed commit on success (and its release known good), quarantine on a
+/// failure the plan rolls back, the undone run's record, then pruning (runs, releases), best
+/// effort last.
+#[allow(clippy::too_many_arguments)]
 fn finalize(
     node: &Node,
     repo: &crate::repo::NodeRepo,
     lock: &NodeLock,
     record: &mut RunRecord,
     plan: Option<&Plan>,
+    release: Option<&Path>,
     now: &RunNow,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -457,6 +469,9 @@ fn finalize(
     let commit = now.commit;
     match record.status {
         RunStatus::Succeeded => {
+            if let Some(release) = release {
+                Releases::new(&node.state_dir, None).note_good(release, &runs)?;
+            }
             repo.set_deployed(commit, &format!("troops: run {} ({}) succeeded", record.id, record.trigger))?;
             // A person ran a quarantined commit on purpose, and it worked.
             if record.trigger == Trigger::Manual {
@@ -543,6 +558,8 @@ struct Run<'a, 'o> {
     failed_commit: Option<String>,
     /// The plan, once loaded (finalize needs its `[release]`).
     plan: Option<Plan>,
+    /// The release the run switched to, once it did (finalize notes it good on success).
+    release: Option<PathBuf>,
 }
 
 /// Where a run's steps run.
@@ -643,8 +660,16 @@ impl Run<'_, '_> {
         // execute
         let ok = self.steps(&mut supervisor, &build, 0, &root, &env)?;
         if ok {
+            // A rollback first puts back every link the failed run switched (its plan may have
+            // named another link than this one).
+            if let Some(failed) = self.failed_commit.as_deref().and_then(|f| Oid::from_str(f).ok()) {
+                for line in Releases::new(&self.node.state_dir, None).undo(failed, &self.node.runs())? {
+                    let _ = writeln!(self.out, "==> {line}");
+                }
+            }
             if let Layout::Release { releases, dir, .. } = &layout {
-                releases.switch(dir)?;
+                releases.switch_to(dir, &self.node.runs())?;
+                self.release = Some(dir.clone());
                 let _ = writeln!(self.out, "==> {} -> {}", releases.link.display(), dir.display());
             }
             self.steps(&mut supervisor, &activate, build.len(), &root, &env)?;
@@ -687,8 +712,9 @@ impl Run<'_, '_> {
             }
         }
         let dir = releases.path_for(self.record.id, commit);
-        std::fs::create_dir_all(&releases.dir).ctx(|| format!("creating {}", releases.dir.display()))?;
+        releases.make_dir()?;
         self.repo.checkout(commit, &dir)?;
+        releases.note_made(&dir, commit, &self.node.runs())?;
         // A release is read by the services it holds, whoever they run as; nobody else writes it.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))

@@ -46,7 +46,22 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
     init_repo(&node, options)?;
     let public_key = ssh_key(&node.ssh_dir())?;
     share_with_group(&node)?;
+    start_ledger(&node)?;
+    crate::releases::Releases::new(&node.state_dir, None).secure_dir()?;
     Ok((node, public_key))
+}
+
+/// The owner's ledger, for a node that has none yet (made by an older troops): taken from
+/// `refs/troops/*` once, now, rather than at the first run, so that what a member writes there
+/// from now on is never read as root's. Under the node lock, if it is free (a run under way writes
+/// the ledger itself when it changes it).
+fn start_ledger(node: &Node) -> Result<()> {
+    if !node.is_owner() || node.ledger_path().exists() {
+        return Ok(());
+    }
+    let Some(_lock) = crate::lock::NodeLock::try_acquire(&node.lock_path())? else { return Ok(()) };
+    let ledger = node.repo()?.ledger_from_refs()?;
+    crate::ledger::save(&node.ledger_path(), &ledger)
 }
 
 /// The admin group model: members of `admin_group` push to the repo over SSH and, when no daemon
