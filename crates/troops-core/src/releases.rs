@@ -148,7 +148,7 @@ impl Releases {
         Ok(())
     }
 
-    /// Notes a release just checked out for run `run` of `commit`, not good yet.
+    /// Notes `release`, just checked out from `commit`: not good yet.
     pub fn note_made(&self, release: &Path, commit: Oid, runs: &Runs) -> Result<()> {
         self.change(runs, |index| {
             let entry = Entry { commit: commit.to_string(), ..Entry::default() };
@@ -187,10 +187,8 @@ impl Releases {
     pub fn undo(&self, failed: Oid, runs: &Runs) -> Result<Vec<String>> {
         let index = self.index(runs)?;
         let full = failed.to_string();
-        let short = crate::deploy::short(&full);
         let Some(release) = self.all()?.into_iter().rev().find(|r| {
             index.releases.get(&name_of(&r.path)).is_some_and(|e| full.starts_with(e.commit.as_str()))
-                || (r.short == short && !index.releases.contains_key(&name_of(&r.path)))
         }) else {
             return Ok(Vec::new());
         };

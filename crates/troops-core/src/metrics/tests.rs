@@ -109,7 +109,8 @@ fn a_fifo_for_counters_or_a_held_lock_holds_nothing_up() {
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let e = lock(dir.path()).err().expect("locked what another holds").to_string();
+    let Err(e) = lock(dir.path()) else { panic!("locked what another holds") };
+    let e = e.to_string();
     assert!(e.contains("stayed locked by another process"), "{e}");
     assert!(started.elapsed() < LOCK_WAIT * 3, "waited {:?}", started.elapsed());
     drop(held);
@@ -118,9 +119,11 @@ fn a_fifo_for_counters_or_a_held_lock_holds_nothing_up() {
 
 #[test]
 fn forged_huge_counts_neither_overflow_nor_break_the_histogram() {
-    let mut c = Counters::default();
-    c.run_duration = Histogram { buckets: vec![u64::MAX; DURATION_BUCKETS.len()], sum: 1.0, count: 5 };
-    c.rollbacks = u64::MAX;
+    let mut c = Counters {
+        run_duration: Histogram { buckets: vec![u64::MAX; DURATION_BUCKETS.len()], sum: 1.0, count: 5 },
+        rollbacks: u64::MAX,
+        ..Counters::default()
+    };
     c.run_duration.observe(1.0);
     let text = render(&snapshot(c));
     assert!(text.contains("troops_run_duration_seconds_bucket{le=\"+Inf\"} 6\n"), "{text}");
