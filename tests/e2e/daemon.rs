@@ -308,8 +308,8 @@ fn a_pull_behind_another_pulls_fetch_says_what_it_waits_for() {
     work.push(&env, &env.path("a.git").display().to_string(), &["main"]);
     let first = env.troops(&["pull"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     wait_until("the first pull to hold the fetch lock", Duration::from_secs(10), || {
-        let repo = std::fs::File::open(env.repo()).unwrap();
-        nix::fcntl::Flock::lock(repo, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+        let Ok(lock) = std::fs::File::open(env.state.join("fetch.lock")) else { return false };
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
     });
     let second = env.run(&["pull"]);
     let first = first.wait_with_output().unwrap();

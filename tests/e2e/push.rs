@@ -715,11 +715,17 @@ fn members_of_admin_group_push_and_run_beside_root() {
         assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
     }
     assert_eq!(env.run_ids(), [1, 2, 3], "root's run 1 is not the member's to prune");
-    // Root's next run prunes them all down to two.
+    // Root goes by its own records, not the member's (README, "The trust boundary"): its next
+    // run keeps its own newest two, and the member's, which are newer than those.
     repo.commit(&env, &[("4.txt", "root again")], "root again");
     let (status, stderr) = local_push(&env, &repo, &["main"]);
     assert!(status.success() && stderr.contains("run 4 succeeded"), "{stderr}");
-    assert_eq!(env.run_ids(), [3, 4]);
+    assert_eq!(env.run_ids(), [1, 2, 3, 4]);
     let record = std::fs::metadata(env.state.join("runs/3/run.json")).unwrap();
     assert_eq!((record.uid(), record.gid()), (MEMBER.parse().unwrap(), gid));
+    // Its run after that keeps 4 and 5, and prunes everything older, the member's runs too.
+    repo.commit(&env, &[("5.txt", "root once more")], "root once more");
+    let (status, stderr) = local_push(&env, &repo, &["main"]);
+    assert!(status.success() && stderr.contains("run 5 succeeded"), "{stderr}");
+    assert_eq!(env.run_ids(), [4, 5]);
 }

@@ -356,3 +356,134 @@ fn a_daemon_killed_while_checking_rolls_back_when_it_starts_again() {
     assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
     assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "ok");
 }
+
+/// A plan with releases switched to `link`: the build step logs what it builds, the activate step
+/// fails when the commit has a file `broken`.
+fn link_plan(log: &Path, link: &Path, on_failure: &str) -> String {
+    format!(
+        "[health]\non_failure = \"{on_failure}\"\n\n[release]\nkeep = 1\nkeep_failed = 1\nlink = \"{}\"\n\n\
+         [[step]]\nname = \"build\"\nrun = \"echo build $TROOPS_COMMIT >> {log}\"\n\n\
+         [[step]]\nname = \"activate\"\nphase = \"activate\"\nrun = \"test ! -e broken\"\n",
+        link.display(),
+        log = log.display()
+    )
+}
+
+#[test]
+fn a_rollback_puts_back_every_link_the_failed_run_switched_and_retention_keeps_their_releases() {
+    let (env, work) = node();
+    let log = env.path("built");
+    let (a, b) = (env.path("srv/a/current"), env.path("srv/b/current"));
+    let release_of = |run: u64, commit: &str| env.state.join(format!("releases/{run}-{}", short(commit)));
+
+    // g1 serves through b, then g2 through a; b still points at g1's release, which retention
+    // (keep = 1) must not delete while it does.
+    let g1 = work.commit(&env, &[("troops.toml", &link_plan(&log, &b, "rollback"))], "g1");
+    push(&env, &work);
+    let g2 = work.commit(&env, &[("troops.toml", &link_plan(&log, &a, "rollback"))], "g2");
+    push(&env, &work);
+    assert_eq!(std::fs::read_link(&a).unwrap(), release_of(2, &g2));
+    assert_eq!(std::fs::read_link(&b).unwrap(), release_of(1, &g1));
+    assert!(release_of(1, &g1).is_dir(), "retention deleted what b points at");
+
+    // The failing commit moves the link back to b and switches it: the rollback to g2 must put b
+    // back where it was as well as a.
+    let bad = work.commit(&env, &[("troops.toml", &link_plan(&log, &b, "rollback")), ("broken", "")], "bad");
+    let said = push(&env, &work);
+    assert!(said.contains(&format!("rolled back to {} by run 4, which succeeded", short(&g2))), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{} -> {} (where it pointed before",
+            b.display(),
+            release_of(1, &g1).display()
+        )),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_link(&a).unwrap(), release_of(2, &g2), "{said}");
+    assert_eq!(std::fs::read_link(&b).unwrap(), release_of(1, &g1), "{said}");
+    assert_eq!(env.run_record(4)["steps"].as_array().unwrap().len(), 1, "the rollback built again");
+
+    // A newer good commit through a: retention runs again, and b's release stays.
+    std::fs::remove_file(work.path.join("broken")).unwrap();
+    let g3 = work.commit(&env, &[("troops.toml", &link_plan(&log, &a, "rollback"))], "g3");
+    push(&env, &work);
+    assert_eq!(std::fs::read_link(&a).unwrap(), release_of(5, &g3));
+    for link in [&a, &b] {
+        let target = std::fs::read_link(link).unwrap();
+        assert!(target.is_dir(), "{} dangles at {}", link.display(), target.display());
+    }
+    // keep = 1 and keep_failed = 1: g3's (a points at it), the failed one, and g1's, which b
+    // points at; g2's release goes.
+    let mut left: Vec<PathBuf> =
+        std::fs::read_dir(env.state.join("releases")).unwrap().map(|e| e.unwrap().path()).collect();
+    left.sort();
+    assert_eq!(left, [release_of(1, &g1), release_of(3, &bad), release_of(5, &g3)]);
+}
+
+#[test]
+fn a_rollback_reuses_the_good_release_after_its_run_record_was_pruned_and_keeps_it() {
+    let env = Env::new();
+    env.write_config("hostname = \"web-1\"\nkeep_runs = 2\n");
+    env.init();
+    let work = env.deploy_repo("work");
+    let log = env.path("built");
+    let current = env.state.join("current");
+    let good = work.commit(&env, &[("troops.toml", &release_plan(&log))], "good");
+    work.publish(&env);
+    env.ok(&["deploy"]);
+    let good_release = env.state.join(format!("releases/1-{}", short(&good)));
+    assert_eq!(std::fs::read_link(&current).unwrap(), good_release);
+
+    // Three failed runs since (a person runs the broken commit again and again); the good run's
+    // record is pruned (keep_runs = 2) before the third one fails and is rolled back.
+    work.commit(&env, &[("broken", "")], "broken");
+    work.publish(&env);
+    for _ in 0..3 {
+        let out = env.run(&["deploy"]);
+        assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    }
+    let ids = env.run_ids();
+    assert!(!ids.contains(&1), "run 1's record was not pruned: {ids:?}");
+    let rollback = env.run_record(*ids.last().unwrap());
+    assert_eq!(
+        (rollback["trigger"].as_str(), rollback["commit"].as_str()),
+        (Some("rollback"), Some(good.as_str()))
+    );
+    assert_eq!(rollback["steps"].as_array().unwrap().len(), 1, "it built again: {rollback}");
+    assert_eq!(
+        lines(&log).iter().filter(|l| l.starts_with(&format!("build {good}"))).count(),
+        1,
+        "built twice"
+    );
+    assert_eq!(std::fs::read_link(&current).unwrap(), good_release);
+    assert!(good_release.join("version").is_file(), "retention deleted the good release");
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+}
+
+#[test]
+fn troops_rollback_to_a_quarantined_commit_is_refused_and_nothing_moves() {
+    let (env, work) = node();
+    let log = env.path("applied");
+    work.commit(&env, &[("troops.toml", &plan(&log, 0, "retry"))], "first");
+    push(&env, &work);
+    let second = work.commit(&env, &[("x", "2")], "second");
+    push(&env, &work);
+    env.ok(&["rollback"]);
+    let third = work.commit(&env, &[("x", "3")], "third");
+    push(&env, &work);
+    assert_eq!(env.deployed().as_deref(), Some(third.as_str()));
+    let before = (env.run_ids(), env.status_json()["quarantined"].clone(), lines(&log));
+
+    for to in [second.as_str(), &second[..12]] {
+        let out = env.run(&["rollback", "--to", to]);
+        assert_eq!(out.status.code(), Some(2), "{}", combined(&out));
+        let said = text(&out.stderr);
+        assert!(
+            said.contains(&format!("{} is quarantined (rolled back by a person", short(&second))),
+            "{said}"
+        );
+        assert!(said.contains(&format!("troops deploy --commit {}", short(&second))), "{said}");
+        assert_eq!(env.deployed().as_deref(), Some(third.as_str()), "{said}");
+        assert_eq!((env.run_ids(), env.status_json()["quarantined"].clone(), lines(&log)), before, "{said}");
+    }
+}

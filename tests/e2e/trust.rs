@@ -242,7 +242,7 @@ fn members_cannot_change_what_root_runs_or_reads() {
     }
     let env = shared_node("");
     let work = env.deploy_repo("work");
-    work.commit(
+    let tip = work.commit(
         &env,
         &[("troops.toml", "[[step]]\nname = \"x\"\nscript = \"x.sh\"\n"), ("x.sh", "#!/bin/sh\necho x\n")],
         "x",
@@ -279,6 +279,24 @@ fn members_cannot_change_what_root_runs_or_reads() {
     assert_eq!(out.status.code(), Some(3), "{}", combined(&out));
     assert!(text(&out.stderr).contains("commondir redirects the node repo"), "{}", combined(&out));
     assert_eq!(env.run_ids(), [1]);
+
+    // So is a `shallow` file (libgit2 takes the commits it names to have no parents, which would
+    // cut short the history `scope = "all"` verifies) or a commit-graph (believed for parents).
+    for (plant, said) in [
+        (format!("echo {tip} > repo/main.git/shallow"), "shallow cuts the node repo's history short"),
+        ("touch repo/main.git/objects/info/commit-graph".to_owned(), "commit-graph would rewire"),
+    ] {
+        let out = as_member(
+            &env,
+            &state,
+            &format!("rm -f repo/main.git/commondir repo/main.git/shallow && {plant}"),
+        );
+        assert!(out.status.success(), "{plant}: {}", combined(&out));
+        let out = env.run(&["deploy"]);
+        assert_eq!(out.status.code(), Some(3), "{plant}: {}", combined(&out));
+        assert!(text(&out.stderr).contains(said), "{plant}: {}", combined(&out));
+        assert_eq!(env.run_ids(), [1], "{plant}");
+    }
 }
 
 #[test]
@@ -402,4 +420,258 @@ fn a_remote_name_or_url_that_reads_as_an_option_is_refused() {
         assert!(text(&out.stderr).contains("may not start with `-`"), "{remote}: {}", combined(&out));
     }
     assert!(!Path::new("/tmp/troops-opt").exists());
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A process of MEMBER holding an exclusive flock on `path` (in the state dir), having written
+/// `text` into it when it is a file; killed when dropped.
+struct Held(std::process::Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn hold_as_member(env: &Env, path: &str, text: Option<&str>) -> Held {
+    let write = text.map_or(String::new(), |t| format!("printf '{t}' >&9; "));
+    let open = if text.is_some() { "<>" } else { "<" };
+    let mut command = Command::new("setpriv");
+    env.hermetic(&mut command);
+    command
+        .args(["--reuid", MEMBER, "--regid", MEMBER, "--groups", &group_id().to_string(), "--"])
+        .args(["sh", "-c", &format!("exec 9{open}{path}; flock -x 9; {write}exec sleep 600")])
+        .current_dir(&env.state);
+    let held = Held(command.spawn().unwrap());
+    let target = env.state.join(path);
+    wait_until(&format!("the member's flock on {path}"), LIMIT, || {
+        let file = std::fs::File::open(&target).unwrap();
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+    });
+    held
+}
+
+/// `troops ARGS` as root, which must end within LIMIT (it is killed if it does not).
+fn run_within(env: &Env, args: &[&str]) -> Output {
+    let mut command = env.troops(args);
+    let child =
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(LIMIT).unwrap_or_else(|_| {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        panic!("troops {args:?} did not end within {LIMIT:?}")
+    })
+}
+
+#[test]
+fn locks_and_files_a_member_holds_or_plants_hold_no_root_run_up() {
+    if !root_only("locks_and_files_a_member_holds_or_plants_hold_no_root_run_up") {
+        return;
+    }
+    let env = shared_node("");
+    let prom = env.path("troops.prom").display().to_string();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\ninterval = \"1h\"\n[metrics]\ntextfile = {prom:?}\n"
+    ));
+    let work = env.deploy_repo("work");
+    work.publish_plan(&env, PLAN);
+    env.ok(&["deploy"]);
+    assert!(env.state.join("metrics/counters.json").is_file());
+
+    // The member swaps the counters (metrics/ is the group's) for a FIFO nobody writes to, and
+    // holds the flock on metrics/ and on the repo directory (where fetches once took turns).
+    let out = as_member(&env, &env.state, "rm metrics/counters.json && mkfifo metrics/counters.json");
+    assert!(out.status.success(), "{}", combined(&out));
+    let metrics = hold_as_member(&env, "metrics", None);
+    let repo = hold_as_member(&env, "repo/main.git", None);
+    let second = work.commit(&env, &[("n", "2")], "second");
+    work.publish(&env);
+    let out = run_within(&env, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(second.as_str()), "{}", combined(&out));
+    assert_eq!(env.run_record(2)["status"], "succeeded");
+    let status = env.status_json();
+    assert!(status["running"].is_null(), "{status}");
+    assert_eq!(status["last_run"]["id"], 2, "{status}");
+    drop((metrics, repo));
+    // Once the member lets go, root's counters are a file of root's again.
+    env.ok(&["deploy"]);
+    let counters = std::fs::symlink_metadata(env.state.join("metrics/counters.json")).unwrap();
+    assert!(counters.is_file() && counters.uid() == 0, "{counters:?}");
+
+    // A member who holds the node lock (writing what a terminal would obey into it) keeps the
+    // daemon's run waiting; SIGTERM still ends the daemon, and the waiter sees the text escaped.
+    // (A commit of its own, not the branch's, so that only this deploy runs.)
+    let mut daemon = Daemon::start(&env);
+    let lock = hold_as_member(&env, "lock", Some("pid 1: \\033]0;owned\\007 run 9"));
+    let third = work.commit(&env, &[("n", "3")], "third");
+    smuggle(&env, &work);
+    let mut client =
+        env.troops(&["deploy", "--commit", &third]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (mut stdout, said) = (client.stdout.take().unwrap(), said.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                said.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    wait_until("the daemon to wait for the member's lock", LIMIT, || {
+        said.lock().unwrap().contains("waiting for the node lock")
+    });
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let exit = daemon.wait_exit(LIMIT);
+    assert!(exit.success(), "{exit}:\n{}", daemon.log());
+    client.wait().unwrap();
+    reader.join().unwrap();
+    let said = said.lock().unwrap().clone();
+    assert!(said.contains("(pid 1: \\u{1b}]0;owned\\u{7} run 9)"), "{said}");
+    assert!(!said.contains('\x1b'), "{said:?}");
+    drop(lock);
+    assert_ne!(env.deployed().as_deref(), Some(third.as_str()), "it ran while the member held the lock");
+}
+
+#[test]
+fn run_ids_a_member_plants_are_passed_over_and_never_root_s_last_run() {
+    if !root_only("run_ids_a_member_plants_are_passed_over_and_never_root_s_last_run") {
+        return;
+    }
+    let env = shared_node("");
+    let work = env.deploy_repo("work");
+    let first = work.publish_plan(&env, PLAN);
+    env.ok(&["deploy"]);
+
+    // The largest id there is, "running" the tip (so that, believed, nothing would ever run
+    // again), and the id root would take next, "succeeded" with a commit that never ran.
+    let second = work.commit(&env, &[("n", "2")], "second");
+    work.publish(&env);
+    let max = u64::MAX;
+    let forge = |id: u64, commit: &str, status: &str| {
+        format!(
+            "mkdir runs/{id} && printf '%s' '{{\"schema\":2,\"id\":{id},\"trigger\":\"push\",\"commit\":\"{commit}\",\
+             \"previous_commit\":null,\"host\":\"web-1\",\"roles\":[],\"started_at\":\"2020-01-01T00:00:00Z\",\
+             \"finished_at\":null,\"status\":\"{status}\",\"error\":null,\"steps\":[]}}' > runs/{id}/run.json"
+        )
+    };
+    for script in [forge(max, &second, "running"), forge(2, &first, "succeeded")] {
+        let out = as_member(&env, &env.state, &script);
+        assert!(out.status.success(), "{}", combined(&out));
+    }
+    let planted = std::fs::read(env.state.join(format!("runs/{max}/run.json"))).unwrap();
+
+    // A pull (what the daemon's timer does) runs the tip, as run 3: past the member's 2, not 0.
+    let out = run_within(&env, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("run 3 (pull)"), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(second.as_str()));
+    assert!(!env.state.join("runs/0").exists(), "ids wrapped");
+    assert_eq!(
+        std::fs::read(env.state.join(format!("runs/{max}/run.json"))).unwrap(),
+        planted,
+        "root wrote it"
+    );
+    let third = work.commit(&env, &[("n", "3")], "third");
+    work.publish(&env);
+    env.ok(&["deploy"]);
+    assert_eq!(env.run_record(4)["commit"], third.as_str());
+
+    // Status tells root's truth, and names what others recorded; so does the published state.
+    let status = env.status_json();
+    assert!(status["running"].is_null(), "{status}");
+    assert_eq!(status["last_run"]["id"], 4, "{status}");
+    assert_eq!(status["fleet"]["run"]["id"], 4, "{status}");
+    assert_eq!(status["next"]["state"], "idle", "{status}");
+    let others: Vec<u64> =
+        status["others_runs"].as_array().unwrap().iter().map(|o| o["id"].as_u64().unwrap()).collect();
+    assert_eq!(others, [2, max], "{status}");
+    assert!(status["others_runs"].as_array().unwrap().iter().all(|o| o["uid"] == 4242), "{status}");
+    let said = env.ok(&["status"]);
+    assert!(
+        said.contains(&format!("others    runs 2, {max} recorded by uid {MEMBER}, not gone by")),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_deployed_ref_a_member_moves_is_not_what_scope_all_verifies_from() {
+    if !root_only("a_deployed_ref_a_member_moves_is_not_what_scope_all_verifies_from") {
+        return;
+    }
+    let group = format!("admin_group = \"{GROUP}\"\n");
+    let (env, gpg, trusted, work, base) = signed_node(&group);
+    env.write_config(&format!("{}scope = \"all\"\n", signed_config(&env, &group)));
+
+    // A signed tip carrying an unsigned commit; the member points refs/troops/deployed (the
+    // group's to write) at the unsigned one and the branch at the tip.
+    let unsigned = work.commit(&env, &[("x", "unsigned")], "unsigned");
+    let tip = gpg.commit(&env, &work, &trusted, &[("y", "signed")], "signed, on unsigned history");
+    update_ref(&env, &work, &tip);
+    let git = "git -c safe.directory='*' --git-dir repo/main.git";
+    let out = as_member(&env, &env.state, &format!("{git} update-ref refs/troops/deployed {unsigned}"));
+    assert!(out.status.success(), "{}", combined(&out));
+
+    // scope = "all" checks from what root verified, the base: the unsigned commit is found.
+    for args in [&["deploy"][..], &["pull"]] {
+        let out = run_within(&env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", combined(&out));
+        let said = format!("refusing to run {}: commit {} is not signed", &tip[..12], &unsigned[..12]);
+        assert!(text(&out.stderr).contains(&said), "{args:?}: {}", combined(&out));
+        assert_eq!(env.run_ids(), [1], "{args:?}: something ran");
+    }
+    let status = env.status_json();
+    assert_eq!(status["deployed"], base.as_str(), "{status}");
+    assert_eq!(status["deployed_ref"], unsigned.as_str(), "{status}");
+    let said = env.ok(&["status"]);
+    assert!(said.contains(&format!("refs/troops/deployed says {}", &unsigned[..12])), "{said}");
+}
+
+#[test]
+fn quarantine_refs_a_member_removes_or_plants_do_not_change_what_root_runs() {
+    if !root_only("quarantine_refs_a_member_removes_or_plants_do_not_change_what_root_runs") {
+        return;
+    }
+    let env = shared_node("interval = \"1h\"\n");
+    let work = env.deploy_repo("work");
+    let plan = |exit: u8| {
+        format!("[health]\non_failure = \"rollback\"\n[[step]]\nname = \"apply\"\nrun = \"exit {exit}\"\n")
+    };
+    let good = work.commit(&env, &[("troops.toml", &plan(0))], "good");
+    work.publish(&env);
+    env.ok(&["deploy"]);
+    let bad = work.commit(&env, &[("troops.toml", &plan(1))], "bad");
+    work.publish(&env);
+    // With the daemon's umask, which keeps what root adds to the repo the group's to write.
+    let mut command = Command::new("sh");
+    env.hermetic(&mut command);
+    let out = command.args(["-c", "umask 002; exec troops deploy"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    assert_eq!((env.deployed().as_deref(), env.run_ids()), (Some(good.as_str()), vec![1, 2, 3]));
+
+    // The member lifts the quarantine (refs/troops is the group's): root still never runs it.
+    let git = "git -c safe.directory='*' --git-dir repo/main.git";
+    let out = as_member(&env, &env.state, &format!("{git} update-ref -d refs/troops/bad/{bad}"));
+    assert!(out.status.success(), "{}", combined(&out));
+    let out = run_within(&env, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("is quarantined"), "{}", combined(&out));
+    assert_eq!(env.run_ids(), [1, 2, 3]);
+    assert_eq!(env.status_json()["quarantined"][0]["commit"], bad.as_str());
+
+    // And a quarantine the member plants for a newer commit does not keep root from running it.
+    let fixed = work.commit(&env, &[("troops.toml", &plan(0))], "fixed");
+    smuggle(&env, &work);
+    let plant = format!(
+        "{git} update-ref refs/troops/bad/{fixed} {fixed} && {git} update-ref refs/heads/main {fixed}"
+    );
+    let out = as_member(&env, &env.state, &plant);
+    assert!(out.status.success(), "{}", combined(&out));
+    let out = run_within(&env, &["pull"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(fixed.as_str()), "{}", combined(&out));
 }

@@ -96,7 +96,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             return Ok(Outcome::Nothing(decision));
         }
     }
-    let mut lock = lock_and_recover(node, &repo, out)?;
+    let mut lock = lock_and_recover(node, &repo, out, stop)?;
     let mut ran: Vec<RunRecord> = Vec::new();
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
@@ -153,7 +153,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
 /// activate, no build).
 fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
-    let mut lock = lock_and_recover(node, &repo, out)?;
+    let mut lock = lock_and_recover(node, &repo, out, stop)?;
     let deployed = repo.deployed()?.ok_or_else(|| {
         Error::Input("nothing is deployed on this node, so there is nothing to roll back".into())
     })?;
@@ -170,6 +170,16 @@ fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBoo
         return Err(Error::Input(format!(
             "{} is the deployed commit; roll back to another one with --to",
             short(&deployed.to_string())
+        )));
+    }
+    // A rollback returns to a commit known to be good; running a quarantined one is a person's
+    // explicit decision, which `troops deploy --commit` is.
+    if let Some(bad) = repo.quarantined(target)? {
+        let target = short(&target.to_string()).to_owned();
+        return Err(Error::Input(format!(
+            "{target} is quarantined ({}), so it is no commit to roll back to; name a good one with \
+             --to, or run {target} on purpose with `troops deploy --commit {target}`",
+            bad.reason
         )));
     }
     let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
@@ -287,9 +297,15 @@ pub fn next_due(node: &Node) -> Option<SystemTime> {
     }
 }
 
-/// Takes the node lock (saying what it waits for), then cleans up after a troops that died.
-fn lock_and_recover(node: &Node, repo: &crate::repo::NodeRepo, out: &mut dyn Write) -> Result<NodeLock> {
-    let lock = NodeLock::acquire(&node.lock_path(), |holder| {
+/// Takes the node lock (saying what it waits for, and giving up when asked to stop), then
+/// cleans up after a troops that died.
+fn lock_and_recover(
+    node: &Node,
+    repo: &crate::repo::NodeRepo,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<NodeLock> {
+    let lock = NodeLock::acquire(&node.lock_path(), stop, |holder| {
         let _ = writeln!(out, "troops: waiting for the node lock ({holder})");
     })?;
     recover(node, repo, &lock, out)?;
@@ -403,9 +419,18 @@ fn run_one(
     let log = runs.open_log(id)?;
     let mut out = Tee { log, out, mask: crate::secrets::Masker::default() };
 
-    let mut run = Run { node, repo, record: &mut record, out: &mut out, stop, failed_commit, plan: None };
+    let mut run = Run {
+        node,
+        repo,
+        record: &mut record,
+        out: &mut out,
+        stop,
+        failed_commit,
+        plan: None,
+        release: None,
+    };
     let result = run.execute();
-    let plan = run.plan.take();
+    let (plan, release) = (run.plan.take(), run.release.take());
     record.finished_at = Some(now_text());
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
@@ -421,18 +446,21 @@ fn run_one(
             return Err(e);
         }
     }
-    finalize(node, repo, lock, &mut record, plan.as_ref(), now, &mut out)?;
+    finalize(node, repo, lock, &mut record, plan.as_ref(), release.as_deref(), now, &mut out)?;
     Ok(record)
 }
 
-/// After a run: the deployed ref on success, quarantine on a failure the plan rolls back, the
-/// undone run's record, then pruning (runs, releases), best effort last.
+/// After a run: the deployed commit on success (and its release known good), quarantine on a
+/// failure the plan rolls back, the undone run's record, then pruning (runs, releases), best
+/// effort last.
+#[allow(clippy::too_many_arguments)]
 fn finalize(
     node: &Node,
     repo: &crate::repo::NodeRepo,
     lock: &NodeLock,
     record: &mut RunRecord,
     plan: Option<&Plan>,
+    release: Option<&Path>,
     now: &RunNow,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -440,6 +468,9 @@ fn finalize(
     let commit = now.commit;
     match record.status {
         RunStatus::Succeeded => {
+            if let Some(release) = release {
+                Releases::new(&node.state_dir, None).note_good(release, &runs)?;
+            }
             repo.set_deployed(commit, &format!("troops: run {} ({}) succeeded", record.id, record.trigger))?;
             // A person ran a quarantined commit on purpose, and it worked.
             if record.trigger == Trigger::Manual {
@@ -481,6 +512,8 @@ fn finalize(
 /// moved the ref to it (a push, a pull, `git update-ref` by a member of the admin group, a restored
 /// backup): with scope tip, itself; with scope all, itself and every commit between it and what
 /// is known to be good, the last deployed commit (or their common ancestor, for a rollback).
+/// `deployed` is what this process goes by ([`crate::repo::NodeRepo::deployed`]): for root, its
+/// ledger, never `refs/troops/deployed`, which the admin group can move.
 /// Refused: exit 1 with the reason, recorded as the node's last refusal; nothing runs.
 fn vouch(
     node: &Node,
@@ -514,6 +547,8 @@ struct Run<'a, 'o> {
     failed_commit: Option<String>,
     /// The plan, once loaded (finalize needs its `[release]`).
     plan: Option<Plan>,
+    /// The release the run switched to, once it did (finalize notes it good on success).
+    release: Option<PathBuf>,
 }
 
 /// Where a run's steps run.
@@ -614,8 +649,16 @@ impl Run<'_, '_> {
         // execute
         let ok = self.steps(&mut supervisor, &build, 0, &root, &env)?;
         if ok {
+            // A rollback first puts back every link the failed run switched (its plan may have
+            // named another link than this one).
+            if let Some(failed) = self.failed_commit.as_deref().and_then(|f| Oid::from_str(f).ok()) {
+                for line in Releases::new(&self.node.state_dir, None).undo(failed, &self.node.runs())? {
+                    let _ = writeln!(self.out, "==> {line}");
+                }
+            }
             if let Layout::Release { releases, dir, .. } = &layout {
-                releases.switch(dir)?;
+                releases.switch_to(dir, &self.node.runs())?;
+                self.release = Some(dir.clone());
                 let _ = writeln!(self.out, "==> {} -> {}", releases.link.display(), dir.display());
             }
             self.steps(&mut supervisor, &activate, build.len(), &root, &env)?;
@@ -658,8 +701,9 @@ impl Run<'_, '_> {
             }
         }
         let dir = releases.path_for(self.record.id, commit);
-        std::fs::create_dir_all(&releases.dir).ctx(|| format!("creating {}", releases.dir.display()))?;
+        releases.make_dir()?;
         self.repo.checkout(commit, &dir)?;
+        releases.note_made(&dir, commit, &self.node.runs())?;
         // A release is read by the services it holds, whoever they run as; nobody else writes it.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))

@@ -280,7 +280,8 @@ pub fn housekeep(repo_path: &Path) -> Result<(), String> {
 /// push to: whatever a member managed to put in the repo's config or `hooks/` (they are root's,
 /// see `init::share_with_group`; this holds even if they were not), git runs no hook and no
 /// command the repo names (core.fsmonitor, credential helpers, askpass, ext:: remotes, proxies).
-/// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`.
+/// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`. It writes no
+/// commit-graph.
 pub(crate) fn root_git(repo_path: &Path) -> Command {
     let mut command = Command::new("git");
     command.arg("--git-dir").arg(repo_path);
@@ -292,6 +293,10 @@ pub(crate) fn root_git(repo_path: &Path) -> Command {
         "credential.helper=",
         "protocol.ext.allow=never",
         "protocol.file.allow=never",
+        // A commit-graph would be group-writable (core.sharedRepository) and believed for parents
+        // by every history walk; the repo is refused while one exists (`repo::refuse_redirects`).
+        "gc.writeCommitGraph=false",
+        "fetch.writeCommitGraph=false",
     ] {
         command.args(["-c", setting]);
     }

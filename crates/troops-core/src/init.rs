@@ -46,7 +46,22 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
     init_repo(&node, options)?;
     let public_key = ssh_key(&node.ssh_dir())?;
     share_with_group(&node)?;
+    start_ledger(&node)?;
+    crate::releases::Releases::new(&node.state_dir, None).secure_dir()?;
     Ok((node, public_key))
+}
+
+/// The owner's ledger, for a node that has none yet (made by an older troops): taken from
+/// `refs/troops/*` once, now, rather than at the first run, so that what a member writes there
+/// from now on is never read as root's. Under the node lock, if it is free (a run under way writes
+/// the ledger itself when it changes it).
+fn start_ledger(node: &Node) -> Result<()> {
+    if !node.is_owner() || node.ledger_path().exists() {
+        return Ok(());
+    }
+    let Some(_lock) = crate::lock::NodeLock::try_acquire(&node.lock_path())? else { return Ok(()) };
+    let ledger = node.repo()?.ledger_from_refs()?;
+    crate::ledger::save(&node.ledger_path(), &ledger)
 }
 
 /// The admin group model: members of `admin_group` push to the repo over SSH and, when no daemon
@@ -62,11 +77,16 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
 /// - everything else in the repo stays root's, group-readable only: its `config` (remotes,
 ///   `troops.*`, the recorded `[verify]` policy), `hooks/`, `info/`, `refs/`, `refs/remotes`,
 ///   `HEAD`: no member plants a hook, a `core.sshCommand` or a tracking ref root acts on, and a
-///   `commondir` a member adds to the repo dir makes root refuse the repo (`repo::refuse_redirects`);
+///   `commondir`, `shallow` or commit-graph a member adds makes root refuse the repo
+///   (`repo::refuse_redirects`); what root goes by for the deployed and quarantined commits is
+///   its ledger in the state dir (`ledger`), not `refs/troops`, which the group writes;
 /// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
-///   record and checkout; root's stay root's (0750 directories, 0640 files);
+///   record and checkout; root's stay root's (0750 directories, 0640 files), and root decides
+///   only from its own records (`trust`);
 /// - `lock` is the group's to read and write; so is `metrics/` (not sticky: a member's run
-///   replaces the counters file);
+///   replaces the counters file), whose counters and flock root reads and waits for only within
+///   bounds (`metrics`);
+/// - `releases/` is root's alone: a service runs what it holds;
 ///
 /// Directories the group writes are setgid, so what anyone creates in them stays the group's.
 /// Only root can give files to a group, so this happens when root runs `troops init` and the
@@ -242,6 +262,18 @@ pub fn use_group_umask(state_dir: &Path) {
 fn init_repo(node: &Node, options: &Options) -> Result<()> {
     let path = node.repo_path();
     let branch = &node.config.branch;
+    // What an older troops's `git gc` left: group-writable, so not to be believed
+    // (`repo::refuse_redirects`); git builds it again only when asked to.
+    for name in [crate::repo::COMMIT_GRAPH, crate::repo::COMMIT_GRAPHS] {
+        let graph = path.join(name);
+        let removed = match std::fs::symlink_metadata(&graph) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&graph),
+            Ok(_) => std::fs::remove_file(&graph),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        removed.ctx(|| format!("removing {}", graph.display()))?;
+    }
     let git = match Repository::open_bare(&path) {
         Ok(git) => git,
         Err(_) => Repository::init_opts(

@@ -21,6 +21,7 @@ pub mod fleet;
 pub mod fs_safe;
 pub mod http;
 pub mod init;
+pub mod ledger;
 pub mod lock;
 pub mod metrics;
 pub mod node;
@@ -38,6 +39,7 @@ pub mod secrets;
 pub mod signals;
 pub mod ssh;
 pub mod supervise;
+pub mod trust;
 pub mod verify;
 
 #[cfg(test)]

@@ -4,14 +4,16 @@
 //! counters (a run, the daemon's fetcher, a hook run in-process by a member of the admin group)
 //! does it under a flock on `<state>/metrics/`, and then rewrites the `[metrics] textfile` if there
 //! is one. A node with neither `textfile` nor `listen` keeps no counters. Nothing here ever fails
-//! a run or a fetch: a problem is logged and the caller goes on.
+//! a run or a fetch, nor holds one up: the admin group may write `metrics/`, so the counters are
+//! read as [`crate::trust::read_state_file`] reads (never waiting on a FIFO planted there), and the
+//! flock, which a member can hold, is waited for at most [`LOCK_WAIT`]; a problem is logged and
+//! the caller goes on.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -35,6 +37,10 @@ pub const DURATION_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.
 
 /// A counters file larger than this is not ours (nothing we write comes near it).
 const MAX_COUNTERS_BYTES: u64 = 1 << 20;
+
+/// The longest a change of the counters waits for another's: each takes milliseconds, so a
+/// holder that takes longer is stuck or hostile, and the change is skipped (logged).
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// The node config's `[metrics]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,10 +142,10 @@ impl Histogram {
             *self = Histogram { buckets: vec![0; DURATION_BUCKETS.len()], ..Histogram::default() };
         }
         if let Some(i) = DURATION_BUCKETS.iter().position(|&bound| value <= bound) {
-            self.buckets[i] += 1;
+            self.buckets[i] = self.buckets[i].saturating_add(1);
         }
         self.sum += value;
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
     }
 }
 
@@ -148,7 +154,7 @@ impl Histogram {
 pub struct Snapshot {
     pub deployed: Option<String>,
     pub tip: Option<String>,
-    /// How many `refs/troops/bad/*` refs there are: commits quarantined after a failure.
+    /// How many commits are quarantined after a failure (`refs/troops/bad/*`, as root's ledger says).
     pub quarantined: usize,
     pub counters: Counters,
 }
@@ -161,12 +167,12 @@ pub fn after_run(node: &Node, record: &RunRecord) {
     let duration = seconds_between(&record.started_at, record.finished_at.as_deref());
     update(node, |c| {
         let (result, trigger) = (record.status.to_string(), record.trigger.to_string());
-        *c.runs.entry(result).or_default().entry(trigger.clone()).or_default() += 1;
+        increment(c.runs.entry(result).or_default().entry(trigger.clone()).or_default());
         if let Some(seconds) = duration {
             c.run_duration.observe(seconds);
         }
         if record.trigger == Trigger::Rollback {
-            c.rollbacks += 1;
+            increment(&mut c.rollbacks);
         }
         let succeeded = record.status == RunStatus::Succeeded;
         c.last_run = Some(LastRun { succeeded, at: now });
@@ -193,7 +199,7 @@ pub fn after_fetch(node: &Node, fetched: &[Fetched]) {
         c.last_fetch_success.retain(|remote, _| fetched.iter().any(|f| &f.remote == remote));
         for f in fetched {
             let result = if f.tip.is_ok() { "succeeded" } else { "failed" };
-            *c.fetches.entry(f.remote.clone()).or_default().entry(result.to_owned()).or_default() += 1;
+            increment(c.fetches.entry(f.remote.clone()).or_default().entry(result.to_owned()).or_default());
             if f.tip.is_ok() {
                 c.last_fetch_success.insert(f.remote.clone(), now);
             }
@@ -204,7 +210,7 @@ pub fn after_fetch(node: &Node, fetched: &[Fetched]) {
 /// A commit refused for its signature, with `reason` the kind of refusal
 /// (`verify::Verification::kind`).
 pub fn count_refusal(node: &Node, reason: &str) {
-    update(node, |c| *c.verify_refusals.entry(reason.to_owned()).or_default() += 1);
+    update(node, |c| increment(c.verify_refusals.entry(reason.to_owned()).or_default()));
 }
 
 /// Whether the rollout holds this node back (a commit failed in an earlier wave).
@@ -217,11 +223,8 @@ pub fn snapshot(node: &Node) -> Result<Snapshot> {
     let repo = node.repo()?;
     let deployed = repo.deployed()?.map(|c| c.to_string());
     let tip = repo.tip()?.map(|c| c.to_string());
-    let quarantined = repo
-        .git
-        .references_glob("refs/troops/bad/*")
-        .map_err(|e| Error::git(format!("listing refs/troops/bad/ in {}", node.repo_path().display()), e))?
-        .count();
+    // As this process goes by them (root: its ledger, not refs a member can add).
+    let quarantined = repo.all_quarantined()?.len();
     Ok(Snapshot { deployed, tip, quarantined, counters: load(&counters_path(node)) })
 }
 
@@ -262,9 +265,7 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
     let result = (|| {
         let dir = dir(node);
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        let handle = std::fs::File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
-        let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io(format!("locking {}", dir.display()), e.into()))?;
+        let _lock = lock(&dir)?;
         let path = counters_path(node);
         let mut counters = load(&path);
         change(&mut counters);
@@ -276,23 +277,42 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
     }
 }
 
+/// The flock on `dir` that orders changes of the counters, waited for at most [`LOCK_WAIT`]
+/// (polled: a blocked flock(2) would outlast SIGTERM, and a member may hold this one for ever).
+fn lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut handle = std::fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+    loop {
+        match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                handle = file;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(Error::Env(format!(
+                    "{} stayed locked by another process for {}s",
+                    dir.display(),
+                    LOCK_WAIT.as_secs()
+                )))
+            }
+            Err((_, e)) => return Err(Error::io(format!("locking {}", dir.display()), e.into())),
+        }
+    }
+}
+
+fn increment(n: &mut u64) {
+    *n = n.saturating_add(1);
+}
+
 /// The counters at `path`; none yet, or a file that is not counters: zero (said in the log).
-/// Opened without following a symlink and read only up to a bound: the admin group may write
-/// `metrics/`.
+/// Read as a file the admin group may have put there (`trust::read_state_file`): never through a
+/// symlink, never waiting on a FIFO, only up to a bound.
 fn load(path: &Path) -> Counters {
-    use std::os::unix::fs::OpenOptionsExt;
-    let read = || -> std::io::Result<Vec<u8>> {
-        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_COUNTERS_BYTES + 1).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
-    let problem = match read() {
+    let problem = match crate::trust::read_state_file(path, MAX_COUNTERS_BYTES) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Counters::default(),
         Err(e) => format!("cannot be read: {e}"),
-        Ok(bytes) if bytes.len() as u64 > MAX_COUNTERS_BYTES => {
-            format!("is larger than {MAX_COUNTERS_BYTES} bytes")
-        }
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(counters) => return counters,
             Err(e) => format!("is not a counters file: {e}"),
@@ -386,8 +406,18 @@ impl Collector for Snapshot {
         } else {
             DURATION_BUCKETS.iter().map(|&bound| (bound, 0)).collect()
         };
-        let overflow = h.count - buckets.iter().map(|(_, n)| n).sum::<u64>().min(h.count);
-        let buckets: Vec<(f64, u64)> = buckets.into_iter().chain([(f64::INFINITY, overflow)]).collect();
+        // The numbers come from a file the admin group may write: the encoder adds the buckets
+        // up, so they are cut to what adds up to `count` at most.
+        let mut room = h.count;
+        let buckets: Vec<(f64, u64)> = buckets
+            .into_iter()
+            .map(|(bound, n)| {
+                let n = n.min(room);
+                room -= n;
+                (bound, n)
+            })
+            .collect();
+        let buckets: Vec<(f64, u64)> = buckets.into_iter().chain([(f64::INFINITY, room)]).collect();
         duration
             .encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &buckets, None)?;
 

@@ -27,8 +27,22 @@ impl Node {
         self.state_dir.join("repo/main.git")
     }
 
+    /// The node repo; in a process of the node's owner (root, on a node shared with the admin
+    /// group), with the owner's ledger, which it goes by for what is deployed and quarantined.
     pub fn repo(&self) -> Result<NodeRepo> {
-        NodeRepo::open(&self.repo_path(), &self.config.branch)
+        NodeRepo::open(&self.repo_path(), &self.config.branch, self.is_owner().then(|| self.ledger_path()))
+    }
+
+    /// `<state>/ledger.json` (see `ledger`).
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join(crate::ledger::FILE)
+    }
+
+    /// Whether this process's user owns the state dir (made it, with `troops init`), so writes
+    /// and goes by the ledger. Members of the admin group only read the state dir.
+    pub fn is_owner(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.state_dir).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
     }
 
     pub fn runs(&self) -> Runs {

@@ -58,19 +58,28 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
 }
 
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.
-/// The lock is a flock on the repo's directory: no file to create, and whoever may fetch into the
-/// repo may open it. It goes with the returned handle.
+/// The lock is a flock on `<state>/fetch.lock`, which only the node's owner can open (0600, in the
+/// state dir the admin group may only read): a member, who could open the repo directory and
+/// flock that, cannot hold up root's fetches. It goes with the returned handle.
 fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
     node.repo()?; // a node that was never initialised fails here, with the reason
-    let path = node.repo_path();
-    let dir = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+    let path = node.state_dir.join("fetch.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
     let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
         lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
     };
-    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-        Err((dir, Errno::EWOULDBLOCK)) => {
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Err((file, Errno::EWOULDBLOCK)) => {
             let _ = writeln!(out, "troops: waiting for another fetch of this node's remotes to end");
-            locked(Flock::lock(dir, FlockArg::LockExclusive))
+            locked(Flock::lock(file, FlockArg::LockExclusive))
         }
         lock => locked(lock),
     }
@@ -253,10 +262,13 @@ fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, Strin
     crate::atomic::write(&node.state_dir.join("remotes.json"), &json)
 }
 
+/// More than the states of any number of remotes a node has.
+const MAX_STATES_BYTES: u64 = 16 << 20;
+
 /// The last recorded fetch of each remote.
 pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
     let path = node.state_dir.join("remotes.json");
-    match std::fs::read(&path) {
+    match crate::trust::read_state_file(&path, MAX_STATES_BYTES) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display())))
         }

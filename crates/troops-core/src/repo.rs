@@ -1,7 +1,7 @@
 //! The node's bare repository (`repo/main.git`): its refs (the followed branch, the deployed
 //! commit), resolving revisions and writing a commit's tree into a fresh directory for a run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
@@ -24,10 +24,15 @@ pub struct Quarantined {
 pub struct NodeRepo {
     pub git: Repository,
     pub branch: String,
+    /// In a process of the node's owner, its ledger (`<state>/ledger.json`): what it goes by for
+    /// the deployed and quarantined commits, and writes along with the refs. `None` in any other
+    /// process (a member's push run in-process), which goes by the refs it can write.
+    pub ledger: Option<PathBuf>,
 }
 
 impl NodeRepo {
-    pub fn open(path: &Path, branch: &str) -> Result<NodeRepo> {
+    /// Opens the repo at `path`, following `branch`; `ledger`: see [`NodeRepo::ledger`].
+    pub fn open(path: &Path, branch: &str, ledger: Option<PathBuf>) -> Result<NodeRepo> {
         // A member of the admin group can write objects: one replaced on disk must fail to read
         // rather than run in place of what was verified (libgit2's default, said out loud).
         git2::opts::strict_hash_verification(true);
@@ -35,7 +40,7 @@ impl NodeRepo {
         let git = Repository::open_bare(path).map_err(|e| {
             Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
         })?;
-        Ok(NodeRepo { git, branch: branch.to_owned() })
+        Ok(NodeRepo { git, branch: branch.to_owned(), ledger })
     }
 
     pub fn branch_ref(&self) -> String {
@@ -55,24 +60,35 @@ impl NodeRepo {
         self.target(&self.branch_ref())
     }
 
-    /// The last commit whose run succeeded.
+    /// The last commit whose run succeeded: by the owner's ledger in the owner's process, else
+    /// by `refs/troops/deployed`.
     pub fn deployed(&self) -> Result<Option<Oid>> {
-        self.target(DEPLOYED_REF)
+        match self.owners_ledger()? {
+            Some((path, ledger)) => ledger.deployed.as_deref().map(|c| ledger_oid(&path, c)).transpose(),
+            None => self.target(DEPLOYED_REF),
+        }
     }
 
+    /// Records `commit` as deployed: in the ledger (the owner's process) and `refs/troops/deployed`.
     pub fn set_deployed(&self, commit: Oid, message: &str) -> Result<()> {
+        self.change_ledger(|ledger| ledger.deployed = Some(commit.to_string()))?;
         self.git
             .reference(DEPLOYED_REF, commit, true, message)
             .ctx(|| format!("moving {DEPLOYED_REF} to {commit}"))?;
         Ok(())
     }
 
-    /// Quarantines `commit` with `reason` (replacing an earlier reason).
+    /// Quarantines `commit` with `reason` (replacing an earlier reason): in the ledger (the
+    /// owner's process) and as `refs/troops/bad/<commit>`.
     pub fn quarantine(&self, commit: Oid, reason: &str) -> Result<()> {
         let name = format!("{QUARANTINE_PREFIX}{commit}");
         let tagger = git2::Signature::now("troops", "troops@localhost")
             .ctx(|| "making the tagger of a quarantine tag".to_owned())?;
         let object = self.git.find_object(commit, None).ctx(|| format!("reading commit {commit}"))?;
+        let entry = crate::ledger::Entry { reason: reason.to_owned(), at: Some(crate::runs::now()) };
+        self.change_ledger(|ledger| {
+            ledger.quarantined.insert(commit.to_string(), entry);
+        })?;
         let tag = self
             .git
             .tag_annotation_create(&name, &object, &tagger, reason)
@@ -85,6 +101,9 @@ impl NodeRepo {
 
     /// Lifts the quarantine of `commit` (a person ran it and it succeeded); no error if it had none.
     pub fn unquarantine(&self, commit: Oid) -> Result<()> {
+        self.change_ledger(|ledger| {
+            ledger.quarantined.remove(&commit.to_string());
+        })?;
         let name = format!("{QUARANTINE_PREFIX}{commit}");
         match self.git.find_reference(&name) {
             Ok(mut reference) => reference.delete().ctx(|| format!("deleting {name}")),
@@ -95,23 +114,78 @@ impl NodeRepo {
 
     /// Why `commit` is quarantined, if it is.
     pub fn quarantined(&self, commit: Oid) -> Result<Option<Quarantined>> {
+        if let Some((_, ledger)) = self.owners_ledger()? {
+            return Ok(ledger.quarantined.get(&commit.to_string()).map(|e| Quarantined {
+                commit,
+                reason: e.reason.clone(),
+                at: e.at.clone(),
+            }));
+        }
         let Some(target) = self.target(&format!("{QUARANTINE_PREFIX}{commit}"))? else { return Ok(None) };
         Ok(Some(self.quarantine_of(commit, target)))
     }
 
     /// Every quarantined commit, oldest first.
     pub fn all_quarantined(&self) -> Result<Vec<Quarantined>> {
+        let mut all = match self.owners_ledger()? {
+            Some((path, ledger)) => ledger
+                .quarantined
+                .into_iter()
+                .map(|(commit, e)| {
+                    Ok(Quarantined { commit: ledger_oid(&path, &commit)?, reason: e.reason, at: e.at })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => self.quarantine_refs()?,
+        };
+        all.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok(all)
+    }
+
+    /// What `refs/troops/deployed` says, whoever moved it (for `troops status`, beside what the
+    /// ledger says).
+    pub fn deployed_ref(&self) -> Result<Option<Oid>> {
+        self.target(DEPLOYED_REF)
+    }
+
+    /// The quarantine refs, whoever wrote them.
+    fn quarantine_refs(&self) -> Result<Vec<Quarantined>> {
         let glob = format!("{QUARANTINE_PREFIX}*");
         let references = self.git.references_glob(&glob).ctx(|| format!("listing {glob}"))?;
-        let mut all: Vec<Quarantined> = references
+        Ok(references
             .flatten()
             .filter_map(|r| {
                 let commit = Oid::from_str(r.name()?.strip_prefix(QUARANTINE_PREFIX)?).ok()?;
                 Some(self.quarantine_of(commit, r.target()?))
             })
+            .collect())
+    }
+
+    /// In the owner's process, its ledger and where it is; a node that has none yet takes it from
+    /// the refs (see `ledger`).
+    fn owners_ledger(&self) -> Result<Option<(PathBuf, crate::ledger::Ledger)>> {
+        let Some(path) = &self.ledger else { return Ok(None) };
+        let ledger = match crate::ledger::load(path)? {
+            Some(ledger) => ledger,
+            None => self.ledger_from_refs()?,
+        };
+        Ok(Some((path.clone(), ledger)))
+    }
+
+    /// The ledger as the refs say it, for a node that has none yet.
+    pub fn ledger_from_refs(&self) -> Result<crate::ledger::Ledger> {
+        let quarantined = self
+            .quarantine_refs()?
+            .into_iter()
+            .map(|q| (q.commit.to_string(), crate::ledger::Entry { reason: q.reason, at: q.at }))
             .collect();
-        all.sort_by(|a, b| a.at.cmp(&b.at));
-        Ok(all)
+        Ok(crate::ledger::Ledger { deployed: self.target(DEPLOYED_REF)?.map(|d| d.to_string()), quarantined })
+    }
+
+    /// Changes the ledger, in the owner's process (only under the node lock); nothing elsewhere.
+    fn change_ledger(&self, change: impl FnOnce(&mut crate::ledger::Ledger)) -> Result<()> {
+        let Some((path, mut ledger)) = self.owners_ledger()? else { return Ok(()) };
+        change(&mut ledger);
+        crate::ledger::save(&path, &ledger)
     }
 
     /// What the quarantine ref of `commit`, pointing at `target`, says. A ref someone made by hand
@@ -194,21 +268,42 @@ impl NodeRepo {
     }
 }
 
-/// The repo dir is the admin group's to add files to (see `init::share_with_group`): a `commondir`
-/// or `gitdir` file there would make git and libgit2 read refs, objects and config from wherever
-/// it points. A repo holding one is not opened.
+/// A commit id the ledger at `path` holds.
+fn ledger_oid(path: &Path, commit: &str) -> Result<Oid> {
+    Oid::from_str(commit)
+        .map_err(|_| Error::Env(format!("{}: {commit:?} is not a commit id", path.display())))
+}
+
+/// The repo dir and `objects/` are the admin group's to add files to (see
+/// `init::share_with_group`). Some files there change what git and libgit2 take the repo to be:
+/// a `commondir` or `gitdir` file makes them read refs, objects and config from wherever it
+/// points; a `shallow` file makes the commits it lists parentless; a commit-graph is believed for
+/// parents by every history walk and merge base. Any of them would let a member cut short the
+/// history `scope = "all"` verifies. troops makes none of them (its `git gc` writes no
+/// commit-graph; `troops init` removes one an older troops left), so a repo holding one is not
+/// opened.
 pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
-    for name in ["commondir", "gitdir"] {
+    for (name, what) in [
+        ("commondir", "redirects the node repo elsewhere"),
+        ("gitdir", "redirects the node repo elsewhere"),
+        ("shallow", "cuts the node repo's history short"),
+        (COMMIT_GRAPH, "would rewire the node repo's history"),
+        (COMMIT_GRAPHS, "would rewire the node repo's history"),
+    ] {
         let path = git_dir.join(name);
         if std::fs::symlink_metadata(&path).is_ok() {
             return Err(Error::Env(format!(
-                "{} redirects the node repo elsewhere; troops init never makes one: remove it",
+                "{} {what}; troops init never makes one: remove it",
                 path.display()
             )));
         }
     }
     Ok(())
 }
+
+/// Where git keeps a commit-graph, and a chain of them.
+pub const COMMIT_GRAPH: &str = "objects/info/commit-graph";
+pub const COMMIT_GRAPHS: &str = "objects/info/commit-graphs";
 
 #[cfg(test)]
 mod tests {
@@ -228,7 +323,7 @@ mod tests {
             let sig = git2::Signature::now("t", "t@t").unwrap();
             git.commit(Some("refs/heads/main"), &sig, &sig, "m", &tree, &[]).unwrap()
         };
-        let repo = NodeRepo { git, branch: "main".into() };
+        let repo = NodeRepo { git, branch: "main".into(), ledger: None };
         assert_eq!(repo.tip().unwrap(), Some(oid));
         assert_eq!(repo.resolve("main").unwrap(), oid);
         assert!(matches!(repo.resolve("nope"), Err(Error::Input(_))));
@@ -242,5 +337,22 @@ mod tests {
         assert!(!dest.join(".git").exists());
         assert!(!dir.join("r.git/index").exists(), "checkout must not touch the bare repo's index");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_repo_whose_history_or_location_a_planted_file_would_change_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.git");
+        Repository::init_bare(&path).unwrap();
+        NodeRepo::open(&path, "main", None).unwrap();
+        for name in ["commondir", "gitdir", "shallow", COMMIT_GRAPH] {
+            let planted = path.join(name);
+            std::fs::write(&planted, "x\n").unwrap();
+            let e = NodeRepo::open(&path, "main", None).err().expect("opened").to_string();
+            assert!(e.contains(&planted.display().to_string()) && e.contains("remove it"), "{name}: {e}");
+            std::fs::remove_file(&planted).unwrap();
+        }
+        std::fs::create_dir(path.join(COMMIT_GRAPHS)).unwrap();
+        assert!(NodeRepo::open(&path, "main", None).is_err(), "a commit-graph chain");
     }
 }

@@ -36,7 +36,7 @@ pub struct View {
 /// The fleet as the status refs in `git` tell it, against `tip` (the branch tip to compare with).
 pub fn view(git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
     let (docs, unreadable) = status::read_all(&git);
-    let repo = NodeRepo { git, branch: branch.to_owned() };
+    let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None };
     let rollout = tip.and_then(|t| super::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs
         .into_iter()

@@ -94,3 +94,37 @@ fn a_corrupt_or_planted_counters_file_starts_from_zero() {
     std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
     assert_eq!(load(&path).rollbacks, 4);
 }
+
+#[test]
+fn a_fifo_for_counters_or_a_held_lock_holds_nothing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("counters.json");
+    // Nobody ever writes to it: a blocking open would never return.
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o660)).unwrap();
+    assert_eq!(load(&path), Counters::default());
+
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::open(dir.path()).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let Err(e) = lock(dir.path()) else { panic!("locked what another holds") };
+    let e = e.to_string();
+    assert!(e.contains("stayed locked by another process"), "{e}");
+    assert!(started.elapsed() < LOCK_WAIT * 3, "waited {:?}", started.elapsed());
+    drop(held);
+    lock(dir.path()).unwrap();
+}
+
+#[test]
+fn forged_huge_counts_neither_overflow_nor_break_the_histogram() {
+    let mut c = Counters {
+        run_duration: Histogram { buckets: vec![u64::MAX; DURATION_BUCKETS.len()], sum: 1.0, count: 5 },
+        rollbacks: u64::MAX,
+        ..Counters::default()
+    };
+    c.run_duration.observe(1.0);
+    let text = render(&snapshot(c));
+    assert!(text.contains("troops_run_duration_seconds_bucket{le=\"+Inf\"} 6\n"), "{text}");
+}

@@ -18,6 +18,9 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
     for skipped in &history.unreadable {
         eprintln!("troops: warning: {skipped}");
     }
+    if let Some(others) = super::status::others(&history.others) {
+        eprintln!("troops: note: {others}");
+    }
     let records: Vec<_> = history
         .records
         .into_iter()
@@ -63,7 +66,9 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let path = runs.log_path(id);
-    let mut file = std::fs::File::open(&path).map_err(|e| Error::path("opening", &path, e))?;
+    // A member's run folder may hold anything at that name: never wait on a FIFO there.
+    let mut file =
+        troops_core::trust::open_state_file(&path).map_err(|e| Error::path("opening", &path, e))?;
     // Streamed, not read whole: a log can be large.
     let mut stdout = std::io::stdout().lock();
     loop {

@@ -16,6 +16,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let repo = node.repo()?;
     let tip = repo.tip()?.map(|c| c.to_string());
     let deployed = repo.deployed()?.map(|c| c.to_string());
+    // What git shows as deployed, which a member of the admin group can move (and their push run
+    // in-process does): root goes by its ledger, and says when the two differ.
+    let deployed_ref = repo.deployed_ref()?.map(|c| c.to_string());
     let host = node.config.hostname();
     let (roles, plan_error) = match node.roles(None) {
         Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
@@ -37,6 +40,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     for skipped in &history.unreadable {
         eprintln!("troops: warning: {skipped}");
     }
+    let others = others(&history.others);
     let mut newest_first = history.records.iter().rev().cloned();
     let (running, last) = match newest_first.next().map(|r| effective(node, r)) {
         Some(r) if r.status.unfinished() => (Some(r), newest_first.next()),
@@ -91,6 +95,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "branch": node.config.branch,
             "tip": tip,
             "deployed": deployed,
+            "deployed_ref": deployed_ref,
             "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
             "daemon": match &daemon {
                 Daemon::Absent => serde_json::Value::Null,
@@ -103,6 +108,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "next": next_json,
             "quarantined": quarantined.iter().map(|q| json!({"commit": q.commit.to_string(), "reason": q.reason, "at": q.at})).collect::<Vec<_>>(),
             "unreadable_runs": history.unreadable,
+            "others_runs": history.others,
             "wave": wave.as_ref().map(ToString::to_string),
             "fleet": fleet,
             "verify": {
@@ -130,6 +136,13 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     writeln!(std::io::stdout(), "branch    {} at {}", node.config.branch, commit(&tip))?;
     let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
     writeln!(std::io::stdout(), "deployed  {}{pending}", commit(&deployed))?;
+    if deployed_ref != deployed {
+        writeln!(
+            std::io::stdout(),
+            "          (refs/troops/deployed says {}: moved by another user's run or by hand; not gone by)",
+            commit(&deployed_ref)
+        )?;
+    }
     if let Some(wave) = &wave {
         writeln!(std::io::stdout(), "wave      {wave}")?;
     }
@@ -198,6 +211,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?,
         None => writeln!(std::io::stdout(), "last run  none")?,
     }
+    if let Some(others) = &others {
+        writeln!(std::io::stdout(), "others    {others}")?;
+    }
     match &next {
         Decision::Run(r) => writeln!(
             std::io::stdout(),
@@ -237,6 +253,25 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What is said of the runs others recorded: "runs 5, 6 recorded by uid 4242, not gone by (troops
+/// log ID shows them)".
+pub fn others(others: &[troops_core::runs::Other]) -> Option<String> {
+    if others.is_empty() {
+        return None;
+    }
+    let mut uids: Vec<u32> = others.iter().map(|o| o.uid).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    let ids: Vec<String> = others.iter().map(|o| o.id.to_string()).collect();
+    let uids: Vec<String> = uids.iter().map(u32::to_string).collect();
+    Some(format!(
+        "run{} {} recorded by uid {}, not gone by (troops log ID shows them)",
+        if ids.len() == 1 { "" } else { "s" },
+        ids.join(", "),
+        uids.join(", ")
+    ))
 }
 
 /// A record as it stands: one left unfinished while nobody holds the lock is what the next run
