@@ -281,7 +281,8 @@ fn ledger_oid(path: &Path, commit: &str) -> Result<Oid> {
 /// parents by every history walk and merge base. Any of them would let a member cut short the
 /// history `scope = "all"` verifies. troops makes none of them (its `git gc` writes no
 /// commit-graph; `troops init` removes one an older troops left), so a repo holding one is not
-/// opened.
+/// opened. libgit2 itself writes an empty `shallow` for a moment during each fetch, which lists
+/// no commit and cuts nothing: only one that is not an empty regular file is refused.
 pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
     for (name, what) in [
         ("commondir", "redirects the node repo elsewhere"),
@@ -291,7 +292,9 @@ pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
         (COMMIT_GRAPHS, "would rewire the node repo's history"),
     ] {
         let path = git_dir.join(name);
-        if std::fs::symlink_metadata(&path).is_ok() {
+        let found = std::fs::symlink_metadata(&path);
+        let harmless = name == "shallow" && found.as_ref().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if found.is_ok() && !harmless {
             return Err(Error::Env(format!(
                 "{} {what}; troops init never makes one: remove it",
                 path.display()
@@ -308,6 +311,21 @@ pub const COMMIT_GRAPHS: &str = "objects/info/commit-graphs";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_shallow_file_as_libgit2_leaves_during_a_fetch_is_harmless_a_listing_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Repository::init_bare(dir.path()).unwrap();
+        let shallow = dir.path().join("shallow");
+        std::fs::write(&shallow, "").unwrap();
+        refuse_redirects(dir.path()).unwrap();
+        std::fs::write(&shallow, format!("{}\n", Oid::zero())).unwrap();
+        let refused = refuse_redirects(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains("shallow cuts the node repo's history short"), "{refused}");
+        std::fs::remove_file(&shallow).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &shallow).unwrap();
+        assert!(refuse_redirects(dir.path()).is_err(), "a symlink named shallow");
+    }
 
     #[test]
     fn checkout_writes_files_modes_and_links_without_git_dir() {
