@@ -235,4 +235,29 @@ mod tests {
         assert_eq!(seen.fetch.unwrap().error.as_deref(), Some("connection refused"));
         assert_eq!(seen.hosts.len(), 1, "a failed fetch forgets nothing");
     }
+
+    #[test]
+    fn only_a_file_root_wrote_itself_is_believed() {
+        let state = tempfile::tempdir().unwrap();
+        let forged = r#"{"fetch": {"remote": "status", "error": null}, "hosts": {"web-1": {"commit": "aa", "changed": "2001-01-01T00:00:00Z", "healthy": {"on": "bb", "since": "2001-01-01T00:00:00Z"}}}}"#;
+        let path = state.path().join(FILE);
+        std::fs::write(&path, forged).unwrap();
+        assert_eq!(Sightings::load(state.path()).hosts.len(), 1, "its owner's own file");
+        // A symlink to a file with old times in it is no record, whoever owns either.
+        let elsewhere = state.path().join("elsewhere.json");
+        std::fs::rename(&path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert_eq!(Sightings::load(state.path()), Sightings::default());
+        std::fs::remove_file(&path).unwrap();
+        // Root believes no file another user wrote: a member of the admin group could backdate.
+        // (Anyone else believes its own: it is the only one who records there.)
+        std::fs::rename(&elsewhere, &path).unwrap();
+        match nix::unistd::geteuid().is_root() {
+            true => {
+                std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+                assert_eq!(Sightings::load(state.path()), Sightings::default());
+            }
+            false => assert_eq!(Sightings::load(state.path()).hosts.len(), 1),
+        }
+    }
 }
