@@ -123,6 +123,7 @@ pub fn fetch(
     }
     let path = git.path().to_owned();
     let _lock = lock(&path)?;
+    clear_leftovers(&path);
     let fetched = url_of(node_repo, remote).and_then(|url| {
         let packs = packs(&path);
         let mut command = quiet_git(&path);
@@ -219,19 +220,29 @@ fn packs(git_dir: &Path) -> Vec<std::ffi::OsString> {
     names
 }
 
-/// What a stopped download leaves in `objects/pack`: git's `tmp_pack_*`, `tmp_idx_*`.
+/// What a stopped `git` leaves in the status repo: a download's `objects/pack/tmp_*`, and the
+/// `*.lock` files (`shallow.lock`, a ref's) of a fetch killed at its deadline or with its troops,
+/// each of which would fail every fetch after it.
 fn leftovers(git_dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(git_dir.join("objects/pack"))
-        .map(|dir| {
-            dir.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("tmp_"))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
+    fn files(dir: &Path, found: &mut Vec<PathBuf>, keep: &dyn Fn(&str) -> bool, deep: bool) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && deep => files(&entry.path(), found, keep, deep),
+                Ok(t) if t.is_file() && keep(&entry.file_name().to_string_lossy()) => {
+                    found.push(entry.path())
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(&git_dir.join("objects/pack"), &mut found, &|name| name.starts_with("tmp_"), false);
+    files(git_dir, &mut found, &|name| name.ends_with(".lock"), false);
+    files(&git_dir.join("refs"), &mut found, &|name| name.ends_with(".lock"), true);
+    found
 }
 
-/// Removes what a stopped download left: under the lock, nothing else writes there.
+/// Removes what a stopped `git` left: under the lock, nothing else writes there.
 fn clear_leftovers(git_dir: &Path) {
     for file in leftovers(git_dir) {
         let _ = std::fs::remove_file(file);
@@ -350,5 +361,33 @@ mod tests {
         assert!(node.find_reference("refs/troops/status/web-1").is_err(), "the old ref is still there");
         let seen = super::super::sightings::Sightings::load(&state);
         assert_eq!(seen.fetch.map(|f| (f.remote, f.error)), Some(("status".to_owned(), None)));
+    }
+
+    #[test]
+    fn what_a_killed_fetch_left_does_not_fail_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, remote) = (dir.path().join("state"), dir.path().join("status.git"));
+        let peer = Repository::init_bare(&remote).unwrap();
+        let tree = peer.find_tree(peer.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        let who = git2::Signature::now("troops", "troops@localhost").unwrap();
+        let doc = peer.commit(None, &who, &who, "web-1", &tree, &[]).unwrap();
+        peer.reference("refs/troops/status/web-1", doc, false, "").unwrap();
+        let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
+        node.remote("status", &remote.display().to_string()).unwrap();
+        let status = open(&state).unwrap().path().to_owned();
+        // A fetch killed at its deadline (SIGKILL: git cleans up nothing) leaves its locks and
+        // its half-written pack.
+        std::fs::create_dir_all(status.join("refs/troops/status")).unwrap();
+        for file in
+            ["shallow.lock", "packed-refs.lock", "refs/troops/status/web-1.lock", "objects/pack/tmp_pack_x"]
+        {
+            std::fs::write(status.join(file), "").unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
+        let fetched =
+            Repository::open_bare(&status).unwrap().refname_to_id("refs/troops/status/web-1").unwrap();
+        assert_eq!(fetched, doc);
+        assert_eq!(leftovers(&status), Vec::<PathBuf>::new());
     }
 }
