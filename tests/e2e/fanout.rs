@@ -321,3 +321,33 @@ fn ctrl_c_stops_the_pushes_but_not_the_runs_they_started() {
     });
     assert_eq!(node.run_record(1)["status"], "succeeded");
 }
+
+#[test]
+fn what_a_hostile_node_prints_reaches_the_operator_escaped() {
+    let op = Env::new();
+    // A "node" that is any repo whose hook says what it likes: escape sequences that clear the
+    // screen, a carriage return that would overwrite the line, and words for the table.
+    let evil = op.path("evil.git");
+    op.git(op.tmp.path(), &["init", "-q", "--bare", &evil.display().to_string()]);
+    let hook = evil.join("hooks/post-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nprintf 'cleared \\033[2J\\033[Hnode-2 | remote: troops: run 1 succeeded\\n' >&2\n\
+         printf 'troops: \\033[31mforged\\033[0m, nothing runs\\n' >&2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let repo = op.deploy_repo("deploy");
+    let plan = format!("[roles.web]\nhosts = [\"evil\"]\n[hosts]\nevil = \"{}\"\n{DEPLOY}", evil.display());
+    repo.commit(&op, &[("troops.toml", &plan)], "plan");
+
+    let out = op.troops(&["push"]).current_dir(&repo.path).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(!stdout.chars().any(|c| c.is_control() && c != '\n'), "{stdout:?}");
+    assert!(
+        stdout.contains("evil | remote: cleared \\u{1b}[2J\\u{1b}[Hnode-2 | remote: troops: run 1 succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\\u{1b}[31mforged\\u{1b}[0m"), "{stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("node-2")), "a forged line of its own:\n{stdout}");
+}

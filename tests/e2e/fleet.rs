@@ -335,9 +335,12 @@ struct Pair {
     later: Env,
 }
 
-const PAIR_PLAN: &str = "[rollout]\nwaves = [ { name = \"canary\", hosts = [\"node-00\"] }, { name = \"later\", hosts = [\"node-01\"] } ]\nsoak = \"1h\"\n\n[[step]]\nname = \"deploy\"\nrun = \"echo deployed $TROOPS_COMMIT\"\n";
+/// The pair's plan: canary node-00, then node-01 after `soak`.
+fn pair_plan(soak: &str) -> String {
+    format!("[rollout]\nwaves = [ {{ name = \"canary\", hosts = [\"node-00\"] }}, {{ name = \"later\", hosts = [\"node-01\"] }} ]\nsoak = \"{soak}\"\n\n[[step]]\nname = \"deploy\"\nrun = \"echo deployed $TROOPS_COMMIT\"\n")
+}
 
-fn pair() -> Pair {
+fn pair(soak: &str) -> Pair {
     let hub = Env::new();
     let mirror = bare(&hub, "mirror.git");
     let status = bare(&hub, "status.git");
@@ -350,7 +353,7 @@ fn pair() -> Pair {
     };
     let (canary, later) = (node("node-00"), node("node-01"));
     let work = hub.deploy_repo("work");
-    work.commit(&hub, &[("troops.toml", PAIR_PLAN)], "plan");
+    work.commit(&hub, &[("troops.toml", &pair_plan(soak))], "plan");
     Pair { hub, work, status, canary, later }
 }
 
@@ -381,30 +384,43 @@ impl Pair {
     fn forge(&self, reference: &str, doc: &Value) {
         let file = self.hub.path("forged.json");
         std::fs::write(&file, doc.to_string()).unwrap();
-        let git = self.status.display().to_string();
-        let blob = self
-            .hub
-            .git(self.hub.tmp.path(), &["--git-dir", &git, "hash-object", "-w", &file.display().to_string()]);
-        let mut command = std::process::Command::new("git");
-        self.hub.hermetic(&mut command);
-        let mut child = command
-            .args(["--git-dir", &git, "mktree"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "100644 blob {blob}\tstatus.json").unwrap();
-        let tree = text(&child.wait_with_output().unwrap().stdout).trim().to_owned();
-        let commit =
-            self.hub.git(self.hub.tmp.path(), &["--git-dir", &git, "commit-tree", &tree, "-m", "forged"]);
-        self.hub.git(self.hub.tmp.path(), &["--git-dir", &git, "update-ref", reference, &commit]);
+        forge_file(&self.hub, &self.status, reference, &file);
     }
+}
+
+/// Points `reference` of the status remote `status` at a commit whose `status.json` is `file`.
+fn forge_file(hub: &Env, status: &Path, reference: &str, file: &Path) {
+    let git = status.display().to_string();
+    let blob =
+        hub.git(hub.tmp.path(), &["--git-dir", &git, "hash-object", "-w", &file.display().to_string()]);
+    let mut command = std::process::Command::new("git");
+    hub.hermetic(&mut command);
+    let mut child = command
+        .args(["--git-dir", &git, "mktree"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "100644 blob {blob}\tstatus.json").unwrap();
+    let tree = text(&child.wait_with_output().unwrap().stdout).trim().to_owned();
+    let commit = hub.git(hub.tmp.path(), &["--git-dir", &git, "commit-tree", &tree, "-m", "forged"]);
+    hub.git(hub.tmp.path(), &["--git-dir", &git, "update-ref", reference, &commit]);
+}
+
+/// A status document of `host`, `state` on `deployed`, as troops writes one.
+fn status_doc(host: &str, state: &str, deployed: &str) -> Value {
+    serde_json::json!({
+        "schema": 1, "host": host, "version": "0.2.0", "roles": [], "wave": "canary",
+        "tip": deployed, "deployed": deployed, "state": state, "since": "2020-01-01T00:00:00.000Z",
+        "run": null, "hold": null, "quarantined": [], "checks": [], "heartbeat_seconds": 3600,
+        "updated_at": "2020-01-01T00:00:00.000Z"
+    })
 }
 
 #[test]
 fn a_pulled_commit_waits_for_the_canary_but_a_push_or_a_deploy_by_a_person_does_not() {
-    let p = pair();
+    let p = pair("1h");
     let first = p.release("first");
     // The canary (wave 1) goes at once; its in-process pull publishes its status in the background.
     let out = p.canary.ok(&["pull"]);
@@ -455,10 +471,12 @@ fn a_pulled_commit_waits_for_the_canary_but_a_push_or_a_deploy_by_a_person_does_
         "{}",
         crate::support::combined(&fleet)
     );
-    // The same words from the canary's own ref do.
+    // The same words from the canary's own ref, backdated by years, do not skip the soak: it is
+    // measured from when this node first saw the canary healthy on the commit.
     p.forge("refs/troops/status/node-00", &forged);
     let out = p.later.ok(&["pull"]);
-    assert_eq!(deployed(&p.later).as_deref(), Some(second.as_str()), "{out}");
+    assert!(out.contains(&format!("{} is not run yet: wave 2 of 2 (later): waiting for 1 of 1 canary nodes healthy on {} for 1h; 1 healthy since ", &second[..12], &second[..12])), "{out}");
+    assert_eq!(deployed(&p.later).as_deref(), Some(first.as_str()), "{out}");
 
     // A push straight to the node is a person's decision too, even of a commit the canary never ran.
     let third = p.work.commit(&p.hub, &[("x", "third")], "third");
@@ -516,4 +534,257 @@ fn a_status_remote_that_is_down_or_hangs_never_fails_or_holds_up_a_run_and_is_re
     let doc: Value = serde_json::from_str(&published).unwrap();
     assert_eq!((doc["state"].as_str(), doc["deployed"].as_str()), (Some("healthy"), Some(second.as_str())));
     drop(silent);
+}
+
+#[test]
+fn the_next_wave_goes_only_on_evidence_it_can_read_and_date_itself() {
+    // No soak: the moment node-01 sees the canary healthy on a commit, it may run it. So each hold
+    // below is for want of evidence, and the last pull shows what evidence does.
+    let p = pair("0s");
+    let first = p.release("first");
+    let holds = |says: &str| {
+        let out = p.later.run(&["pull"]);
+        let said = crate::support::combined(&out);
+        assert!(
+            said.contains(&format!("{} is not run yet: wave 2 of 2 (later): ", &first[..12])),
+            "{says}:\n{said}"
+        );
+        assert!(said.contains(says), "not {says:?}:\n{said}");
+        assert_eq!(deployed(&p.later), None, "{says}:\n{said}");
+        said
+    };
+    let canary = "refs/troops/status/node-00";
+
+    // Nobody has reported: the plan names the canary, and it has said nothing.
+    holds("none healthy yet; node-00: no status document");
+
+    // A document for another host at the canary's ref; a newer schema; one over the size limit.
+    p.forge(canary, &status_doc("node-05", "healthy", &first));
+    holds("node-00's document is unreadable: it speaks for another host, \"node-05\"");
+    let mut newer = status_doc("node-00", "healthy", &first);
+    newer["schema"] = 2.into();
+    p.forge(canary, &newer);
+    holds("has schema 2; this troops reads 1");
+    let mut large = status_doc("node-00", "healthy", &first);
+    large["padding"] = "x".repeat(300 * 1024).into();
+    p.forge(canary, &large);
+    holds("bytes, over the 262144 a status document may have");
+
+    // The canary died deploying it: its report goes stale three heartbeats after node-01 last saw
+    // it change, by node-01's clock, and a stale member is missing evidence, not absent.
+    let mut dying = status_doc("node-00", "deploying", &first);
+    dying["heartbeat_seconds"] = 1.into();
+    dying["updated_at"] = "2100-01-01T00:00:00.000Z".into();
+    p.forge(canary, &dying);
+    holds("none healthy yet");
+    wait_until("node-01 saying the canary is stale", Duration::from_secs(20), || {
+        holds("").contains("node-00 is stale: its status has not changed here since ")
+    });
+
+    // The canary healthy on it, but the status remote cannot be fetched: node-01 does not know
+    // what the canary says now.
+    p.forge(canary, &status_doc("node-00", "healthy", &first));
+    let status = p.status.display().to_string();
+    p.later.git(&p.later.repo(), &["remote", "set-url", "status", "/nonexistent/status.git"]);
+    holds("the status remote status could not be fetched: ");
+    let status_says = p.later.ok(&["status"]);
+    assert!(status_says.contains("next      held: "), "{status_says}");
+    p.later.git(&p.later.repo(), &["remote", "set-url", "status", &status]);
+    let out = p.later.ok(&["pull"]);
+    assert_eq!(deployed(&p.later).as_deref(), Some(first.as_str()), "{out}");
+}
+
+/// The bytes of the files under `path`.
+fn size_of(path: &Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(path) else { return 0 };
+    dir.flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => size_of(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// The peak resident memory of process `pid` so far, in KiB (`VmHWM`).
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// What the node recorded of its last fetch of the status refs.
+fn sightings(env: &Env) -> Value {
+    std::fs::read(env.state.join("sightings.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_huge_status_ref_is_stopped_as_it_downloads_and_leaves_the_node_as_it_was() {
+    let hub = Env::new();
+    let mirror = bare(&hub, "mirror.git");
+    let status = bare(&hub, "status.git");
+    let sshd = Sshd::start(&hub.path("sshd"));
+    let node = Env::new();
+    node.write_config(
+        "hostname = \"node-01\"\ninterval = \"2s\"\njitter = \"0s\"\nstatus_remote = \"status\"\n",
+    );
+    node.ok(&["init", "--remote", &format!("origin={}", mirror.display())]);
+    let key = std::fs::read_to_string(node.state.join("ssh/id_ed25519.pub")).unwrap();
+    sshd.authorize(key.trim());
+    let known = format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_public_key());
+    std::fs::write(node.state.join("ssh/known_hosts"), known).unwrap();
+    node.git(&node.repo(), &["remote", "add", "status", &sshd.url(&status)]);
+    let daemon = Daemon::start(&node);
+    // The node's own status published and fetched back over SSH: the node as a fleet of one has it.
+    wait_until("the node's status published and fetched back", Duration::from_secs(30), || {
+        let seen = sightings(&node);
+        seen["fetch"]["error"].is_null() && seen["hosts"]["node-01"].is_object()
+    });
+    let (repo_before, peak_before) = (size_of(&node.state), peak_kib(daemon.child.id()));
+
+    // A peer's ref holding 48 MB, random so that no compression makes it small on the wire.
+    let hog = hub.path("hog.json");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&hog, bytes).unwrap();
+    forge_file(&hub, &status, "refs/troops/status/hog", &hog);
+    let started = Instant::now();
+    wait_until("the node stopping the huge download", Duration::from_secs(60), || {
+        sightings(&node)["fetch"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than the 33554432 bytes a fetch of them may bring; stopped"))
+    });
+    let stopped = started.elapsed();
+    let (repo_after, peak_after) = (size_of(&node.state), peak_kib(daemon.child.id()));
+    drop(daemon);
+
+    let leftovers: Vec<_> = std::fs::read_dir(node.state.join("status.git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| name.to_string_lossy().starts_with("tmp_"))
+        .collect();
+    assert!(leftovers.is_empty(), "a stopped download left {leftovers:?}");
+    assert!(
+        repo_after < repo_before + (1 << 20),
+        "the state dir grew from {repo_before} to {repo_after} bytes"
+    );
+    assert!(
+        peak_after < peak_before + 8 * 1024,
+        "the daemon's peak memory grew from {peak_before} to {peak_after} KiB"
+    );
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(node.state.join("status.git"))
+        .args(["rev-parse", "--verify", "--quiet", "refs/troops/status/hog"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the node took the huge ref in");
+    eprintln!(
+        "MEASURE: a 48 MiB status ref over SSH: stopped {:.1}s after it was pushed; state dir {} -> {} KiB; daemon peak RSS {} -> {} KiB",
+        stopped.as_secs_f64(),
+        repo_before / 1024,
+        repo_after / 1024,
+        peak_before,
+        peak_after
+    );
+}
+
+/// Writes `doc` at `reference` of the status remote `status`, as whoever can write there.
+fn forge(hub: &Env, status: &Path, reference: &str, doc: &Value) {
+    let file = hub.path("forged.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    forge_file(hub, status, reference, &file);
+}
+
+#[test]
+fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
+    let hub = Env::new();
+    let status = bare(&hub, "status.git");
+    let clone = hub.path("clone");
+    hub.git(hub.tmp.path(), &["init", "-q", &clone.display().to_string()]);
+    hub.git(&clone, &["remote", "add", "status", &status.display().to_string()]);
+    let commit = "1".repeat(40);
+    let mut doc = status_doc("evil", "failed", &commit);
+    doc["roles"] = serde_json::json!(["web", "\u{1b}[2J\u{1b}[H"]);
+    doc["wave"] = "canary\nnode-99  web  rest  0123456789ab  0  healthy  1s".into();
+    doc["deployed"] = "\u{1b}[31m0123456789abcdef".into();
+    doc["run"] = serde_json::json!({
+        "id": 7, "commit": commit, "trigger": "pull", "status": "failed",
+        "started_at": "2020-01-01T00:00:00.000Z", "finished_at": "2020-01-01T00:00:01.000Z",
+        "error": "nothing failed\r\u{1b}[K"
+    });
+    doc["hold"] = serde_json::json!({
+        "commit": commit, "wave": "wave 1 of 1 (x)", "why": "\u{1b}]0;owned\u{7}waiting",
+        "until": null, "halted": false, "since": "2020-01-01T00:00:00.000Z"
+    });
+    forge(&hub, &status, "refs/troops/status/evil", &doc);
+    let fleet = |args: &[&str]| {
+        let mut command = hub.troops(&["--state-dir", "/nonexistent", "fleet", "--remote", "status"]);
+        let out = command.args(args).current_dir(&clone).output().unwrap();
+        assert!(out.status.success(), "{}", crate::support::combined(&out));
+        text(&out.stdout)
+    };
+
+    let table = fleet(&[]);
+    assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+    assert_eq!(table.lines().count(), 4, "the header, evil, its hold, the summary:\n{table}");
+    for escaped in [
+        "evil  web,\\u{1b}[2J\\u{1b}[H  canary\\nnode-99  web  rest  0123456789ab  0  healthy  1s  \\u{1b}[31m0123456  ?",
+        "evil: \\u{1b}]0;owned\\u{7}waiting",
+        "1 failed (evil: nothing failed\\r\\u{1b}[K)",
+    ] {
+        assert!(table.contains(escaped), "{escaped:?} in:\n{table}");
+    }
+    // --json keeps a peer's words as they are, in JSON's own escapes.
+    let json: Value = serde_json::from_str(&fleet(&["--json"])).unwrap();
+    assert_eq!(json["nodes"][0]["roles"][1], "\u{1b}[2J\u{1b}[H");
+}
+
+#[test]
+fn a_nodes_status_chain_stays_short_however_often_it_publishes() {
+    let hub = Env::new();
+    let status = bare(&hub, "status.git");
+    let node = Env::new();
+    node.write_config("hostname = \"node-00\"\nstatus_remote = \"status\"\n");
+    node.init();
+    node.git(&node.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    let git = status.display().to_string();
+    let mut lengths = Vec::new();
+    for _ in 0..40 {
+        node.ok(&["fleet", "--publish"]);
+        let count = hub
+            .git(hub.tmp.path(), &["--git-dir", &git, "rev-list", "--count", "refs/troops/status/node-00"]);
+        lengths.push(count.trim().parse::<usize>().unwrap());
+    }
+    // Sixteen commits at most; then a new chain, pushed in place of the old one.
+    let expected: Vec<usize> = (0..40).map(|n| n % 16 + 1).collect();
+    assert_eq!(lengths, expected);
+    // What is not on a chain any more is garbage the status remote collects; what a reader
+    // fetches is one commit.
+    let reader = Env::new();
+    reader.write_config("hostname = \"node-01\"\nstatus_remote = \"status\"\n");
+    reader.init();
+    reader.git(&reader.repo(), &["remote", "add", "status", &git]);
+    reader.ok(&["fleet"]);
+    let fetched = reader.git(
+        reader.tmp.path(),
+        &[
+            "--git-dir",
+            &reader.state.join("status.git").display().to_string(),
+            "rev-list",
+            "--count",
+            "--all",
+        ],
+    );
+    assert_eq!(fetched.trim(), "1", "the reader fetched more than the newest commit");
 }

@@ -48,14 +48,15 @@ impl Fetched {
 }
 
 /// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`,
-/// but for those whose probe says it is already there, and from `status_remote` also the fleet's
-/// status refs (`fleet::publish::FETCH_REFSPEC`), probe or not.
+/// but for those whose probe says it is already there, and from `status` (the status remote, and
+/// the state dir whose status repo takes them) also the fleet's status refs
+/// (`fleet::publish::fetch`), probe or not.
 pub fn fetch_all(
     repo_path: &Path,
     branch: &str,
     ssh_dir: &Path,
     timeout: Duration,
-    status_remote: Option<&str>,
+    status: Option<(&str, &Path)>,
     probing: &Probing,
 ) -> crate::Result<Vec<Fetched>> {
     crate::repo::refuse_redirects(repo_path)?;
@@ -78,14 +79,14 @@ pub fn fetch_all(
         let (tx, name, repo_path, branch, ssh_dir) =
             (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
         let (mut probe, trust) = (probes.remove(&name).unwrap_or_default(), probing.trust);
-        let status = status_remote == Some(name.as_str());
+        let status = status.filter(|(remote, _)| *remote == name).map(|(_, state_dir)| state_dir.to_owned());
         // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
         std::thread::spawn(move || {
             let started = Instant::now();
             let mut fetched = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
-            fetched.status_error = status
-                .then(|| crate::fleet::publish::fetch(&repo_path, &name, &ssh_dir, deadline).err())
-                .flatten();
+            fetched.status_error = status.and_then(|state_dir| {
+                crate::fleet::publish::fetch(&repo_path, &state_dir, &name, &ssh_dir, deadline).err()
+            });
             fetched.duration = started.elapsed();
             let _ = tx.send((index, fetched, probe));
         });

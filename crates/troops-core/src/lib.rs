@@ -36,6 +36,7 @@ pub mod runner;
 pub mod runs;
 pub mod schedule;
 pub mod secrets;
+pub mod shown;
 pub mod signals;
 pub mod ssh;
 pub mod supervise;

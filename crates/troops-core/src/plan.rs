@@ -32,7 +32,8 @@ pub struct Plan {
     pub release: Option<Release>,
     /// The oldest troops this plan is for, as written ("0.2"); an older troops refuses the plan.
     pub min_troops: Option<String>,
-    /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); nodes ignore it.
+    /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); to nodes, only one more way the
+    /// plan names a host (`fleet::waves::Known`).
     pub hosts: BTreeMap<String, String>,
     /// `[rollout]`: the waves a pulled commit goes through (see `fleet::waves`).
     pub rollout: Option<crate::fleet::waves::Rollout>,

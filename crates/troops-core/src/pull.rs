@@ -93,7 +93,7 @@ fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
         &node.config.branch,
         &node.ssh_dir(),
         node.config.fetch_timeout,
-        node.config.status_remote.as_deref(),
+        node.config.status_remote.as_deref().map(|remote| (remote, node.state_dir.as_path())),
         &probing,
     )?;
     if fetched.is_empty() {

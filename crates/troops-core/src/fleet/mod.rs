@@ -4,6 +4,7 @@
 
 pub mod publish;
 pub mod rollout;
+pub mod sightings;
 pub mod status;
 pub mod view;
 pub mod waves;

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use git2::Oid;
 use serde::{Deserialize, Serialize};
 
-use super::waves::{self, Gate, Rollout};
+use super::sightings::Sightings;
+use super::waves::{self, Evidence, Gate, Report, Rollout};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::repo::NodeRepo;
@@ -36,9 +37,13 @@ const FILE: &str = "rollout.json";
 /// The `[rollout]` of the plan at `commit`, if it has one. A plan that cannot be read or does not
 /// parse has none: the run fails on that plan error anyway, and `troops status` shows it.
 pub fn rollout_at(repo: &NodeRepo, commit: Oid) -> Option<Rollout> {
+    plan_at(repo, commit)?.rollout
+}
+
+fn plan_at(repo: &NodeRepo, commit: Oid) -> Option<crate::plan::Plan> {
     let text = repo.plan_text(commit).ok()??;
     let path = std::path::Path::new(crate::plan::FILE_NAME);
-    crate::plan::Plan::parse(path, &text, None).ok()?.rollout
+    crate::plan::Plan::parse(path, &text, None).ok()
 }
 
 /// Whether the tip was last moved by a pull (the branch's reflog says so): then a run of it that
@@ -50,19 +55,54 @@ pub fn pulled(repo: &NodeRepo) -> bool {
 }
 
 /// The rollout's say on running `commit` here: `None` when the plan at it has no `[rollout]` or
-/// the gate says go; else what holds it back.
+/// the gate says go; else what holds it back. Reads; writes nothing.
 pub fn verdict(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<RolloutHold> {
-    let rollout = rollout_at(repo, commit)?;
-    let me = waves::wave_of(&node.config.hostname(), &rollout);
-    let (fleet, _) = super::status::read_all(&repo.git);
-    let fleet: Vec<_> = fleet.into_iter().filter(|d| d.host != node.config.hostname()).collect();
+    let plan = plan_at(repo, commit)?;
+    let rollout = plan.rollout.as_ref()?;
+    let me = waves::wave_of(&node.config.hostname(), rollout);
+    let evidence = if me.index == 0 { Evidence::default() } else { evidence(node) };
+    let known = waves::Known::of(&plan);
     let descends = |a: Oid, b: Oid| a == b || repo.git.graph_descendant_of(a, b).unwrap_or(false);
     let wave = me.to_string();
-    match waves::gate(commit, &me, &fleet, SystemTime::now(), &rollout, descends) {
+    match waves::gate(commit, &me, &evidence, &known, SystemTime::now(), rollout, descends) {
         Gate::Go => None,
         Gate::Wait { why, until } => Some(RolloutHold { wave, why, until, halted: false }),
         Gate::Held { why } => Some(RolloutHold { wave, why, until: None, halted: true }),
     }
+}
+
+/// What this node knows of the others' status: their refs in the status repo as its last fetch
+/// left them, with when it saw each change (`sightings`), and whether that fetch worked.
+fn evidence(node: &Node) -> Evidence {
+    let sightings = Sightings::load(&node.state_dir);
+    let blind = match (&node.config.status_remote, &sightings.fetch) {
+        (None, _) => {
+            Some("this node has no `status_remote` to read the earlier waves' status from".to_owned())
+        }
+        (Some(remote), Some(fetch)) if fetch.remote == *remote => {
+            fetch.error.as_ref().map(|e| format!("the status remote {remote} could not be fetched: {e}"))
+        }
+        (Some(remote), _) => Some(format!("the status refs were not fetched from remote {remote} here yet")),
+    };
+    let me = node.config.hostname();
+    let reports = match git2::Repository::open_bare(super::publish::repo_path(&node.state_dir)) {
+        Ok(git) => super::status::read_refs(&git)
+            .into_iter()
+            .filter(|read| read.host != me)
+            .map(|read| {
+                let changed = read.commit.and_then(|c| sightings.changed(&read.host, c));
+                let healthy_since = match (&read.doc, read.commit) {
+                    (Ok(doc), Some(c)) => {
+                        doc.deployed_oid().and_then(|on| sightings.healthy_since(&read.host, c, on))
+                    }
+                    _ => None,
+                };
+                Report { host: read.host, doc: read.doc, changed, healthy_since }
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Evidence { reports, blind }
 }
 
 /// Keeps what the rollout holds (`schedule`'s hold of `commit`, with this node's `wave` and the

@@ -33,9 +33,10 @@ pub struct View {
     pub summary: String,
 }
 
-/// The fleet as the status refs in `git` tell it, against `tip` (the branch tip to compare with).
-pub fn view(git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
-    let (docs, unreadable) = status::read_all(&git);
+/// The fleet as the status refs in `status` tell it, against `tip` (the branch tip of the deploy
+/// repo `git` to compare with).
+pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
+    let (docs, unreadable) = status::read_all(status);
     let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None };
     let rollout = tip.and_then(|t| super::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs

@@ -1,17 +1,18 @@
 //! `troops fleet`: the fleet at a glance, from the status refs every node publishes. On a node it
-//! reads the node repo (fetching from `status_remote`); anywhere else, the git clone of the deploy
-//! repo in the current directory (fetching from `origin`, with the caller's own git and SSH).
+//! reads the node's status repo (fetching from `status_remote`); anywhere else, the git clone of
+//! the deploy repo in the current directory, with the status refs fetched from `origin` into a
+//! scratch repo (with the caller's own git and SSH, bounded as a node's fetch is).
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use troops_core::deploy::short;
-use troops_core::fleet::publish::{self, FETCH_REFSPEC};
+use troops_core::fleet::publish;
 use troops_core::fleet::view::{self, View};
 use troops_core::node::Node;
+use troops_core::shown::escape;
 
 use crate::cli::{FleetArgs, Global};
 
@@ -21,7 +22,9 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     }
     let node = Node::load(global.state_dir.clone(), &global.config).ok().filter(|n| n.repo().is_ok());
     let branch = node.as_ref().map_or("main".to_owned(), |n| n.config.branch.clone());
-    let (git, remote, fetched) = match &node {
+    // In a clone, the status refs go to a scratch repo of their own, never into the clone.
+    let mut scratch = None;
+    let (git, status, remote, fetched) = match &node {
         Some(node) => {
             let remote = args.remote.clone().or(node.config.status_remote.clone()).ok_or_else(|| {
                 troops_core::Error::Input(format!(
@@ -30,8 +33,10 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
                 ))
             })?;
             let deadline = Instant::now() + node.config.fetch_timeout;
-            let fetched = publish::fetch(&node.repo_path(), &remote, &node.ssh_dir(), deadline);
-            (git2::Repository::open_bare(node.repo_path())?, remote, fetched)
+            let fetched =
+                publish::fetch(&node.repo_path(), &node.state_dir, &remote, &node.ssh_dir(), deadline);
+            let status = publish::repo_path(&node.state_dir);
+            (git2::Repository::open_bare(node.repo_path())?, status, remote, fetched)
         }
         None => {
             let git = git2::Repository::discover(".").map_err(|_| {
@@ -41,13 +46,22 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
                 ))
             })?;
             let remote = args.remote.clone().unwrap_or_else(|| "origin".to_owned());
-            let fetched = fetch_in_clone(git.path(), &remote);
-            (git, remote, fetched)
+            let url = git.find_remote(&remote).ok().and_then(|r| r.url().map(str::to_owned));
+            let dir = scratch.insert(tempfile::tempdir()?).path().to_owned();
+            git2::Repository::init_bare(&dir)?;
+            let fetched = publish::fetch_as_caller(&dir, url.as_deref().unwrap_or(&remote));
+            (git, dir, remote, fetched)
         }
     };
     if let Err(e) = &fetched {
-        eprintln!("troops: the status refs could not be fetched from remote {remote}: {e}; showing those fetched before");
+        eprintln!(
+            "troops: the status refs could not be fetched from remote {remote}: {}; showing those fetched before",
+            escape(e)
+        );
     }
+    let status = git2::Repository::open_bare(&status).map_err(|e| {
+        troops_core::Error::Env(format!("opening the status repo {}: {}", status.display(), e.message()))
+    })?;
     // The branch tip to compare with: the remote's, else origin's (a clone whose status remote is
     // not where the branch is), else the local branch.
     let tip = [
@@ -57,9 +71,9 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     ]
     .iter()
     .find_map(|name| git.refname_to_id(name).ok());
-    let view = view::view(git, &branch, tip, SystemTime::now());
+    let view = view::view(&status, git, &branch, tip, SystemTime::now());
     for bad in &view.unreadable {
-        eprintln!("troops: warning: {} is skipped: {}", bad.reference, bad.error);
+        eprintln!("troops: warning: {} is skipped: {}", escape(&bad.reference), escape(&bad.error));
     }
     let mut out = std::io::stdout();
     if args.json {
@@ -91,31 +105,18 @@ fn publish_now(node: &Node, remote: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `git fetch REMOTE` of the status refs, as the caller (their SSH keys and config).
-fn fetch_in_clone(git_dir: &Path, remote: &str) -> std::result::Result<(), String> {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(git_dir)
-        .args(["fetch", "--quiet", "--no-tags", "--end-of-options", remote, FETCH_REFSPEC])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running git fetch: {e}"))?;
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")),
-    }
-}
-
+/// The table, each node's hold, and the summary. Every word a node wrote is escaped: a status
+/// document is a peer's bytes.
 fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
     let mut rows =
         vec![["HOST", "ROLES", "WAVE", "DEPLOYED", "BEHIND", "STATE", "AGE", "STALE"].map(String::from)];
     for row in &view.nodes {
         let doc = &row.doc;
         rows.push([
-            doc.host.clone(),
-            if doc.roles.is_empty() { "-".into() } else { doc.roles.join(",") },
-            doc.wave.clone().unwrap_or_else(|| "-".into()),
-            doc.deployed.as_deref().map_or("-".into(), |d| short(d).to_owned()),
+            escape(&doc.host).into_owned(),
+            if doc.roles.is_empty() { "-".into() } else { escape(&doc.roles.join(",")).into_owned() },
+            escape(doc.wave.as_deref().unwrap_or("-")).into_owned(),
+            doc.deployed.as_deref().map_or("-".into(), |d| escape(short(d)).into_owned()),
             row.behind.map_or("?".into(), |b| b.to_string()),
             doc.state.to_string(),
             row.age_seconds.map_or("?".into(), |s| age(Duration::from_secs(s))),
@@ -130,9 +131,9 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
     }
     for row in view.nodes.iter().filter(|r| r.doc.hold.is_some()) {
         let hold = row.doc.hold.as_ref().expect("filtered");
-        writeln!(out, "{}: {}", row.doc.host, hold.why)?;
+        writeln!(out, "{}: {}", escape(&row.doc.host), escape(&hold.why))?;
     }
-    writeln!(out, "{}", view.summary)?;
+    writeln!(out, "{}", escape(&view.summary))?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use troops_core::fanout::{self, Outcome, Target};
 use troops_core::plan::{self, Plan};
+use troops_core::shown::escape;
 use troops_core::Error;
 
 use crate::cli::PushArgs;
@@ -310,9 +311,12 @@ impl Screen {
         }
     }
 
+    /// A node's line, escaped: it is the node's bytes, which must not move the cursor, clear the
+    /// screen or start lines of their own.
     fn line(&mut self, index: usize, line: &str) {
         self.clear();
         let mut out = std::io::stdout().lock();
+        let line = escape(line);
         let _ = writeln!(out, "{:<width$} | {line}", self.hosts[index], width = self.width);
         let _ = out.flush();
     }
@@ -341,7 +345,7 @@ impl Screen {
     }
 }
 
-/// host, result, run, duration, and why; then one line of totals.
+/// host, result, run, duration, and why (escaped: the node's words); then one line of totals.
 fn print_table(targets: &[Target], reports: &[Report]) -> Result<()> {
     let rows: Vec<[String; 5]> = targets
         .iter()
@@ -352,7 +356,7 @@ fn print_table(targets: &[Target], reports: &[Report]) -> Result<()> {
                 report.outcome.word(),
                 report.outcome.run().map_or("-".into(), |r| r.to_string()),
                 report.took.map_or("-".into(), |t| format!("{:.1}s", t.as_secs_f64())),
-                report.outcome.detail().to_owned(),
+                escape(report.outcome.detail()).into_owned(),
             ]
         })
         .collect();

@@ -11,6 +11,7 @@ use troops_core::lock::NodeLock;
 use troops_core::node::Node;
 use troops_core::runs::RunRecord;
 use troops_core::schedule::Decision;
+use troops_core::shown::escape;
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let repo = node.repo()?;
@@ -148,15 +149,15 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     }
     let since = fleet.since.as_deref().map_or(String::new(), |s| format!(" since {s}"));
     match &fleet.hold {
-        Some(hold) => writeln!(std::io::stdout(), "state     held{since}: {}", hold.why)?,
+        Some(hold) => writeln!(std::io::stdout(), "state     held{since}: {}", escape(&hold.why))?,
         None => writeln!(std::io::stdout(), "state     {}{since}", fleet.state)?,
     }
     for (name, url, last) in &remotes {
         let last = match last {
             None => "never fetched".to_owned(),
             Some(s) => match (&s.error, &s.refused, &s.tip) {
-                (Some(e), _, _) => format!("fetch failed at {}: {e}", s.fetched_at),
-                (None, Some(r), _) => format!("fetched at {}: {r}", s.fetched_at),
+                (Some(e), _, _) => format!("fetch failed at {}: {}", s.fetched_at, escape(e)),
+                (None, Some(r), _) => format!("fetched at {}: {}", s.fetched_at, escape(r)),
                 (None, None, tip) => format!("fetched at {}: {}", s.fetched_at, commit(tip)),
             },
         };
@@ -222,9 +223,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             r.trigger,
             r.why
         )?,
-        Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {why}")?,
-        Decision::Idle { why } => writeln!(std::io::stdout(), "next      nothing: {why}")?,
-        Decision::Hold { why, .. } => writeln!(std::io::stdout(), "next      held: {why}")?,
+        Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {}", escape(why))?,
+        Decision::Idle { why } => writeln!(std::io::stdout(), "next      nothing: {}", escape(why))?,
+        Decision::Hold { why, .. } => writeln!(std::io::stdout(), "next      held: {}", escape(why))?,
     }
     for q in &quarantined {
         writeln!(
