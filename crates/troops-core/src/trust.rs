@@ -116,7 +116,4 @@ mod tests {
         assert!(other.believes(0) && other.believes(4242) && !other.believes(4243));
         assert!(!other.is_owner() && !other.is_me(0));
     }
-
-    #[test]
-    fn control_characters_are_shown_escaped() {}
 }
