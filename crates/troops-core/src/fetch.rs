@@ -59,7 +59,7 @@ pub fn fetch_all(
     status: Option<(&str, &Path)>,
     probing: &Probing,
 ) -> crate::Result<Vec<Fetched>> {
-    crate::repo::refuse_redirects(repo_path)?;
+    crate::repo::guard_node_repo(repo_path)?;
     if nix::unistd::geteuid().is_root() {
         // `git remote add` by root rewrites the config as shared as the repo (0660).
         crate::init::lock_down_repo_config(repo_path)?;
@@ -295,7 +295,7 @@ pub(crate) fn root_git(repo_path: &Path) -> Command {
         "protocol.ext.allow=never",
         "protocol.file.allow=never",
         // A commit-graph would be group-writable (core.sharedRepository) and believed for parents
-        // by every history walk; the repo is refused while one exists (`repo::refuse_redirects`).
+        // by every history walk; the repo is refused while one exists (`repo::guard_node_repo`).
         "gc.writeCommitGraph=false",
         "fetch.writeCommitGraph=false",
     ] {

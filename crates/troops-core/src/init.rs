@@ -78,7 +78,7 @@ fn start_ledger(node: &Node) -> Result<()> {
 ///   `troops.*`, the recorded `[verify]` policy), `hooks/`, `info/`, `refs/`, `refs/remotes`,
 ///   `HEAD`: no member plants a hook, a `core.sshCommand` or a tracking ref root acts on, and a
 ///   `commondir`, `shallow` or commit-graph a member adds makes root refuse the repo
-///   (`repo::refuse_redirects`); what root goes by for the deployed and quarantined commits is
+///   (`repo::guard_node_repo`); what root goes by for the deployed and quarantined commits is
 ///   its ledger in the state dir (`ledger`), not `refs/troops`, which the group writes;
 /// - `runs/` and `work/` are the group's to write, sticky: a member's in-process run adds its own
 ///   record and checkout; root's stay root's (0750 directories, 0640 files), and root decides
@@ -263,7 +263,7 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
     let path = node.repo_path();
     let branch = &node.config.branch;
     // What an older troops's `git gc` left: group-writable, so not to be believed
-    // (`repo::refuse_redirects`); git builds it again only when asked to.
+    // (`repo::guard_node_repo`); git builds it again only when asked to.
     for name in [crate::repo::COMMIT_GRAPH, crate::repo::COMMIT_GRAPHS] {
         let graph = path.join(name);
         let removed = match std::fs::symlink_metadata(&graph) {

@@ -36,7 +36,7 @@ impl NodeRepo {
         // A member of the admin group can write objects: one replaced on disk must fail to read
         // rather than run in place of what was verified (libgit2's default, said out loud).
         git2::opts::strict_hash_verification(true);
-        refuse_redirects(path)?;
+        guard_node_repo(path)?;
         let git = Repository::open_bare(path).map_err(|e| {
             Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
         })?;
@@ -277,16 +277,16 @@ fn ledger_oid(path: &Path, commit: &str) -> Result<Oid> {
 /// The repo dir and `objects/` are the admin group's to add files to (see
 /// `init::share_with_group`). Some files there change what git and libgit2 take the repo to be:
 /// a `commondir` or `gitdir` file makes them read refs, objects and config from wherever it
-/// points; a `shallow` file makes the commits it lists parentless; a commit-graph is believed for
-/// parents by every history walk and merge base. Any of them would let a member cut short the
-/// history `scope = "all"` verifies. troops makes none of them (its `git gc` writes no
-/// commit-graph; `troops init` removes one an older troops left), so a repo holding one is not
-/// opened. libgit2 itself writes an empty `shallow` for a moment during each fetch, which lists
-/// no commit and cuts nothing: only one that is not an empty regular file is refused.
-pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
+/// points (`refuse_redirects`); a `shallow` file makes the commits it lists parentless; a
+/// commit-graph is believed for parents by every history walk and merge base. Either of those
+/// would let a member cut short the history `scope = "all"` verifies. troops makes none of them
+/// in the node repo (its `git gc` writes no commit-graph; `troops init` removes one an older
+/// troops left), so a node repo holding one is not opened. libgit2 itself writes an empty
+/// `shallow` for a moment during each fetch, which lists no commit and cuts nothing: only one
+/// that is not an empty regular file is refused.
+pub fn guard_node_repo(git_dir: &Path) -> Result<()> {
+    refuse_redirects(git_dir)?;
     for (name, what) in [
-        ("commondir", "redirects the node repo elsewhere"),
-        ("gitdir", "redirects the node repo elsewhere"),
         ("shallow", "cuts the node repo's history short"),
         (COMMIT_GRAPH, "would rewire the node repo's history"),
         (COMMIT_GRAPHS, "would rewire the node repo's history"),
@@ -295,13 +295,26 @@ pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
         let found = std::fs::symlink_metadata(&path);
         let harmless = name == "shallow" && found.as_ref().is_ok_and(|m| m.is_file() && m.len() == 0);
         if found.is_ok() && !harmless {
-            return Err(Error::Env(format!(
-                "{} {what}; troops init never makes one: remove it",
-                path.display()
-            )));
+            return Err(refused(&path, what));
         }
     }
     Ok(())
+}
+
+/// Refuses a repo whose `commondir` or `gitdir` file would make git and libgit2 read refs,
+/// objects and config from somewhere else: any repo troops opens (the node repo, the status repo).
+pub fn refuse_redirects(git_dir: &Path) -> Result<()> {
+    for name in ["commondir", "gitdir"] {
+        let path = git_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(refused(&path, "redirects the repo elsewhere"));
+        }
+    }
+    Ok(())
+}
+
+fn refused(path: &Path, what: &str) -> Error {
+    Error::Env(format!("{} {what}; troops never makes one: remove it", path.display()))
 }
 
 /// Where git keeps a commit-graph, and a chain of them.
@@ -318,13 +331,13 @@ mod tests {
         Repository::init_bare(dir.path()).unwrap();
         let shallow = dir.path().join("shallow");
         std::fs::write(&shallow, "").unwrap();
-        refuse_redirects(dir.path()).unwrap();
+        guard_node_repo(dir.path()).unwrap();
         std::fs::write(&shallow, format!("{}\n", Oid::zero())).unwrap();
-        let refused = refuse_redirects(dir.path()).unwrap_err().to_string();
+        let refused = guard_node_repo(dir.path()).unwrap_err().to_string();
         assert!(refused.contains("shallow cuts the node repo's history short"), "{refused}");
         std::fs::remove_file(&shallow).unwrap();
         std::os::unix::fs::symlink("/dev/null", &shallow).unwrap();
-        assert!(refuse_redirects(dir.path()).is_err(), "a symlink named shallow");
+        assert!(guard_node_repo(dir.path()).is_err(), "a symlink named shallow");
     }
 
     #[test]
