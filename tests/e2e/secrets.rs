@@ -241,6 +241,91 @@ fn check_fails_after_a_host_joins_a_role_until_rekey() {
 }
 
 #[test]
+fn encrypt_refuses_a_secret_no_admin_could_open_and_check_never_advises_a_rekey_that_cannot_work() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let out = env.path("out");
+    let repo = env.deploy_repo("deploy");
+    repo.commit(&env, &[("troops.toml", &plan(&out)), ("steps/use.sh", USE_SECRET)], "plan");
+    add_key(&repo, "keys/db-1.pub", &db1.with_extension("pub"));
+    let plaintext = env.path("plain");
+    std::fs::write(&plaintext, format!("{VALUE}\n")).unwrap();
+    let plaintext = plaintext.display().to_string();
+    let file = repo.path.join("secrets/db.age");
+
+    // No keys/admins/, then one holding no key: refused, saying why and the way out; nothing written.
+    for case in ["no keys/admins/", "keys/admins/ without a key"] {
+        let tried = secrets(&env, &repo, &["encrypt", "db_password", &plaintext]);
+        let said = text(&tried.stderr);
+        assert_eq!(tried.status.code(), Some(2), "{case}: {said}");
+        assert!(
+            said.contains("secret `db_password` would be encrypted to no admin: keys/admins/ holds no key")
+                && said.contains("`troops secrets encrypt --allow-no-admin db_password FILE`"),
+            "{case}: {said}"
+        );
+        assert!(!file.exists(), "{case}: a secret no admin can open was written");
+        std::fs::create_dir_all(repo.path.join("keys/admins")).unwrap();
+        std::fs::write(repo.path.join("keys/admins/README"), "admins' keys go here, as NAME.pub\n").unwrap();
+    }
+
+    // Asked for by name: for its host alone. check passes and says so; rekey still refuses.
+    secrets_ok(&env, &repo, &["encrypt", "--allow-no-admin", "db_password", &plaintext]);
+    assert_eq!(
+        secrets_ok(&env, &repo, &["check"]),
+        "1 secrets: ok (keys/admins/ holds no key: only their hosts can decrypt them)\n"
+    );
+    let host_key = db1.display().to_string();
+    let tried = secrets(&env, &repo, &["rekey", "--identity", &host_key]);
+    assert_eq!(tried.status.code(), Some(2), "{}", text(&tried.stderr));
+    assert!(text(&tried.stderr).contains("would be encrypted to no admin"), "{}", text(&tried.stderr));
+
+    // An admin joins. No admin can open the file, so rekey cannot work: check says to encrypt it
+    // again, and so does the rekey that fails.
+    let admin = ssh_key(&env, "admin");
+    add_key(&repo, "keys/admins/ops.pub", &admin.with_extension("pub"));
+    let encrypt_again = "no admin key in keys/admins/ can decrypt it, so `rekey` cannot: encrypt it again \
+                         from its plaintext with `troops secrets encrypt db_password FILE`";
+    let check = secrets(&env, &repo, &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(
+        text(&check.stdout),
+        format!(
+            "secrets/db.age: admin ops (keys/admins/ops.pub) cannot decrypt secret `db_password`, which is \
+             for it; {encrypt_again}\n"
+        )
+    );
+    let admin_key = admin.display().to_string();
+    let tried = secrets(&env, &repo, &["rekey", "--identity", &admin_key]);
+    assert_eq!(tried.status.code(), Some(2), "{}", text(&tried.stderr));
+    assert!(
+        text(&tried.stderr).contains("it is not encrypted to this key")
+            && text(&tried.stderr).contains(
+                "encrypt it again from its plaintext with `troops secrets encrypt db_password FILE`"
+            ),
+        "{}",
+        text(&tried.stderr)
+    );
+    // The advice works.
+    secrets_ok(&env, &repo, &["encrypt", "db_password", &plaintext]);
+    assert_eq!(secrets_ok(&env, &repo, &["check"]), "1 secrets: ok\n");
+
+    // The only admin leaves and another joins: the old admin's stanza is a stranger's now, and
+    // the new admin cannot open the file either; every line says to encrypt it again.
+    std::fs::remove_file(repo.path.join("keys/admins/ops.pub")).unwrap();
+    let other = ssh_key(&env, "other");
+    add_key(&repo, "keys/admins/other.pub", &other.with_extension("pub"));
+    let check = secrets(&env, &repo, &["check"]);
+    let said = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(said.lines().count(), 2, "{said}");
+    assert!(said.lines().all(|line| line.ends_with(encrypt_again)), "{said}");
+    assert!(said.contains("admin other (keys/admins/other.pub) cannot decrypt"), "{said}");
+    assert!(said.contains("a ssh-ed25519 key that is in no file of keys/ can decrypt"), "{said}");
+    secrets_ok(&env, &repo, &["encrypt", "db_password", &plaintext]);
+    assert_eq!(secrets_ok(&env, &repo, &["check"]), "1 secrets: ok\n");
+}
+
+#[test]
 fn rekey_changes_every_file_or_none() {
     let env = Env::new();
     let db1 = ssh_key(&env, "db-1");
@@ -512,6 +597,8 @@ fn the_app_example_writes_its_env_file_backs_up_migrates_and_restarts() {
     )
     .unwrap();
     add_key(&repo, "keys/app-1.pub", &app.state.join("ssh/id_ed25519.pub"));
+    let admin = ssh_key(&app, "admin");
+    add_key(&repo, "keys/admins/ops.pub", &admin.with_extension("pub"));
     let plaintext = app.path("app.env");
     std::fs::write(&plaintext, format!("DB_USER=app\nDB_PASSWORD=\"{VALUE}\"\n")).unwrap();
     secrets_ok(&app, &repo, &["encrypt", "app_env", &plaintext.display().to_string()]);

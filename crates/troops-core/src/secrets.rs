@@ -313,15 +313,25 @@ pub fn check(repo: &Path, plan: &Plan) -> Result<Vec<String>> {
                 continue;
             }
         };
-        for key in &wanted {
-            if !stanzas.iter().any(|s| s.tag.as_deref() == Some(&key.tag)) {
-                problems.push(format!(
-                    "{file}: {} ({}) cannot decrypt secret `{}`, which is for it; run `troops secrets rekey`",
-                    key.owner,
-                    key.source.display(),
-                    secret.name
-                ));
-            }
+        let opens = |key: &Key| stanzas.iter().any(|s| s.tag.as_deref() == Some(&key.tag));
+        // `rekey` decrypts with an admin's key: without one that opens the file, only its plaintext
+        // can make it again.
+        let fix = if keys.admins.iter().any(opens) {
+            "run `troops secrets rekey`".to_owned()
+        } else {
+            format!(
+                "no admin key in {ADMIN_KEYS_DIR}/ can decrypt it, so `rekey` cannot: encrypt it again \
+                 from its plaintext with `troops secrets encrypt {} FILE`",
+                secret.name
+            )
+        };
+        for key in wanted.iter().filter(|key| !opens(key)) {
+            problems.push(format!(
+                "{file}: {} ({}) cannot decrypt secret `{}`, which is for it; {fix}",
+                key.owner,
+                key.source.display(),
+                secret.name
+            ));
         }
         for stanza in &stanzas {
             if stanza.tag.as_ref().is_some_and(|t| wanted.iter().any(|k| &k.tag == t)) {
@@ -330,13 +340,13 @@ pub fn check(repo: &Path, plan: &Plan) -> Result<Vec<String>> {
             let known = keys.all().find(|k| stanza.tag.as_ref() == Some(&k.tag));
             problems.push(match known {
                 Some(key) => format!(
-                    "{file}: {} ({}) can decrypt secret `{}`, which is not for it; run `troops secrets rekey`",
+                    "{file}: {} ({}) can decrypt secret `{}`, which is not for it; {fix}",
                     key.owner,
                     key.source.display(),
                     secret.name
                 ),
                 None => format!(
-                    "{file}: a {} key that is in no file of {KEYS_DIR}/ can decrypt secret `{}`; run `troops secrets rekey`",
+                    "{file}: a {} key that is in no file of {KEYS_DIR}/ can decrypt secret `{}`; {fix}",
                     stanza.kind, secret.name
                 ),
             });
@@ -355,17 +365,41 @@ pub fn find<'a>(plan: &'a Plan, name: &str) -> Result<&'a Secret> {
 
 /// Encrypts `plaintext` as secret `name` of the deploy repo at `repo` to its recipients, and
 /// writes its file (see `fs_safe::write`); returns the file (relative to `repo`).
-pub fn encrypt_into(repo: &Path, plan: &Plan, name: &str, plaintext: &[u8]) -> Result<PathBuf> {
+pub fn encrypt_into(
+    repo: &Path,
+    plan: &Plan,
+    name: &str,
+    plaintext: &[u8],
+    no_admin: NoAdmin,
+) -> Result<PathBuf> {
     let secret = find(plan, name)?;
     let keys = RepoKeys::load(repo)?;
-    let bytes = sealed(secret, plaintext, &recipients(plan, &keys, secret)?)?;
+    let bytes = sealed(secret, plaintext, &recipients(plan, &keys, secret)?, no_admin)?;
     crate::fs_safe::write(repo, &secret.file, &bytes, 0o644)?;
     Ok(secret.file.clone())
 }
 
-/// `plaintext` encrypted to `keys` as the file of `secret`, refused when that file would be larger
-/// than the tooling reads back.
-fn sealed(secret: &Secret, plaintext: &[u8], keys: &[&Key]) -> Result<Vec<u8>> {
+/// Whether a secret may be encrypted with no admin among its recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAdmin {
+    /// Refused: nobody could `edit` or `rekey` it, and with its hosts' keys it would be lost.
+    Refuse,
+    /// Encrypted for its hosts alone, as the operator asked (`encrypt --allow-no-admin`).
+    Allow,
+}
+
+/// `plaintext` encrypted to `keys` as the file of `secret`, refused when no admin is among them
+/// (unless `no_admin` allows it) and when that file would be larger than the tooling reads back.
+fn sealed(secret: &Secret, plaintext: &[u8], keys: &[&Key], no_admin: NoAdmin) -> Result<Vec<u8>> {
+    if no_admin == NoAdmin::Refuse && !keys.iter().any(|k| matches!(k.owner, KeyOwner::Admin(_))) {
+        return Err(Error::Input(format!(
+            "secret `{}` would be encrypted to no admin: {ADMIN_KEYS_DIR}/ holds no key. Only its hosts \
+             could decrypt it: nobody could `edit` or `rekey` it, and if their keys were lost, so would \
+             it be. Put your SSH public key in {ADMIN_KEYS_DIR}/<you>.pub and run this again, or encrypt \
+             it for its hosts alone with `troops secrets encrypt --allow-no-admin {} FILE`",
+            secret.name, secret.name
+        )));
+    }
     let bytes = encrypt(plaintext, keys)?;
     if bytes.len() as u64 > MAX_SECRET_FILE {
         return Err(Error::Input(format!(
@@ -384,11 +418,14 @@ fn open(repo: &Path, secret: &Secret, identity: &Identity) -> Result<Option<Vec<
     let Some(bytes) = crate::fs_safe::read(repo, &secret.file, MAX_SECRET_FILE)? else { return Ok(None) };
     identity.decrypt(&bytes).map(Some).map_err(|why| {
         Error::Input(format!(
-            "secret `{}` ({}) cannot be decrypted with {} ({}): {why}",
+            "secret `{}` ({}) cannot be decrypted with {} ({}): {why}; decrypt with the key of an \
+             admin it is encrypted to (--identity), or, if no admin's key can, encrypt it again from \
+             its plaintext with `troops secrets encrypt {} FILE`",
             secret.name,
             secret.file.display(),
             identity.path.display(),
-            identity.fingerprint
+            identity.fingerprint,
+            secret.name
         ))
     })
 }
@@ -433,7 +470,7 @@ pub fn edit(
     if new == old {
         return Ok(Edited::Unchanged);
     }
-    encrypt_into(repo, plan, name, &new)?;
+    encrypt_into(repo, plan, name, &new, NoAdmin::Refuse)?;
     Ok(Edited::Changed)
 }
 
@@ -453,7 +490,7 @@ pub fn rekey(repo: &Path, plan: &Plan, identity: &Identity) -> Result<Vec<PathBu
                 secret.name
             ))
         })?;
-        let bytes = sealed(secret, &plaintext, &recipients(plan, &keys, secret)?)?;
+        let bytes = sealed(secret, &plaintext, &recipients(plan, &keys, secret)?, NoAdmin::Refuse)?;
         staged.push((crate::fs_safe::stage(repo, &secret.file, &bytes, 0o644)?, secret.file.clone()));
     }
     // Every new file is written; a failure before here dropped the temp files and left all as it was.
@@ -554,7 +591,8 @@ pub fn decrypt_for_run(
         let plaintext = identity.decrypt(&bytes).map_err(|why| {
             Error::Input(format!(
                 "secret `{}` ({file}) cannot be decrypted by this node's key {} ({}.pub): {why}; \
-                 put that key in {KEYS_DIR}/{host}.pub of the deploy repo and run `troops secrets rekey`",
+                 put that key in {KEYS_DIR}/{host}.pub of the deploy repo and run `troops secrets check` \
+                 there, which says how to encrypt the secret to it",
                 secret.name,
                 identity.fingerprint,
                 key.display()
