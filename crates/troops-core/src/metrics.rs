@@ -158,7 +158,7 @@ pub struct Snapshot {
 /// the textfile.
 pub fn after_run(node: &Node, record: &RunRecord) {
     let now = unix_now();
-    let duration = seconds_between(&record.started_at, record.finished_at.as_deref());
+    let duration = record.wall_time(SystemTime::now()).map(|d| d.as_secs_f64());
     update(node, |c| {
         let (result, trigger) = (record.status.to_string(), record.trigger.to_string());
         *c.runs.entry(result).or_default().entry(trigger.clone()).or_default() += 1;
@@ -304,13 +304,6 @@ fn load(path: &Path) -> Counters {
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Seconds from one RFC 3339 time of a run record to another.
-fn seconds_between(start: &str, end: Option<&str>) -> Option<f64> {
-    let start = humantime::parse_rfc3339_weak(start).ok()?;
-    let end = humantime::parse_rfc3339_weak(end?).ok()?;
-    Some(end.duration_since(start).ok()?.as_secs_f64())
 }
 
 impl Collector for Snapshot {
