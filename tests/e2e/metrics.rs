@@ -147,6 +147,68 @@ fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
     assert_eq!(names, ["troops.prom"]);
 }
 
+#[test]
+fn each_run_counts_once_by_its_final_status_a_rolled_back_one_as_rolled_back() {
+    let (env, work) = node("");
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    let runs = |text: &str, result: &str, trigger: &str| {
+        sample(text, &format!("troops_runs_total{{result=\"{result}\",trigger=\"{trigger}\"}}"))
+    };
+    let all_runs = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("troops_runs_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let failing = format!("[health]\non_failure = \"rollback\"\n\n{FAILING_PLAN}");
+    // The good commit fails once this flag exists: then going back to it fails too.
+    let flag = env.path("rollback-fails");
+    let good_plan = format!("[[step]]\nname = \"good\"\nrun = \"test ! -e {}\"\n", flag.display());
+
+    // Nothing deployed to go back to: no rollback follows, and the failure counts at once.
+    work.publish_plan(&env, &failing);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    let prom_text = textfile(&env);
+    assert_eq!(runs(&prom_text, "failed", "manual"), Some(1.0), "{prom_text}");
+
+    work.publish_plan(&env, &good_plan);
+    env.ok(&["deploy"]);
+
+    // Rolled back: run 3 failed, run 4 went back to the good commit; run 3 is `rolled_back`.
+    work.publish_plan(&env, &format!("{failing}# again\n"));
+    let out = env.run(&["deploy"]);
+    assert!(text(&out.stdout).contains("by run 4, which succeeded"), "{}", combined(&out));
+    assert_eq!(env.run_record(3)["status"], "rolled_back");
+    let prom_text = textfile(&env);
+    assert_eq!(runs(&prom_text, "rolled_back", "manual"), Some(1.0), "{prom_text}");
+    assert_eq!(
+        runs(&prom_text, "failed", "manual"),
+        Some(1.0),
+        "the rolled-back run counted as failed:\n{prom_text}"
+    );
+    assert_eq!(runs(&prom_text, "succeeded", "rollback"), Some(1.0), "{prom_text}");
+    assert_eq!(all_runs(&prom_text), 4.0, "{prom_text}");
+
+    // The rollback fails too: run 5 stays `failed` and counts so, once; run 6 is a failed rollback.
+    std::fs::write(&flag, "").unwrap();
+    work.publish_plan(&env, &format!("{failing}# and again\n"));
+    let out = env.run(&["deploy"]);
+    assert!(text(&out.stdout).contains("by run 6, which failed"), "{}", combined(&out));
+    assert_eq!(env.run_record(5)["status"], "failed");
+    let prom_text = textfile(&env);
+    assert_eq!(runs(&prom_text, "failed", "manual"), Some(2.0), "{prom_text}");
+    assert_eq!(runs(&prom_text, "failed", "rollback"), Some(1.0), "{prom_text}");
+    assert_eq!(runs(&prom_text, "rolled_back", "manual"), Some(1.0), "{prom_text}");
+    assert_eq!(all_runs(&prom_text), 6.0, "every run once: {prom_text}");
+    assert_eq!(sample(&prom_text, "troops_run_duration_seconds_count"), Some(6.0), "{prom_text}");
+    assert_eq!(sample(&prom_text, "troops_rollbacks_total"), Some(2.0), "{prom_text}");
+}
+
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -449,13 +449,15 @@ fn finalize(
         RunStatus::Failed => quarantine_if_asked(repo, record, commit, out)?,
         _ => {}
     }
-    if let Some(undone) = now.undoes.and_then(|f| f.run) {
-        if let Ok(mut failed) = runs.load(undone) {
+    let mut undone = None;
+    if let Some(id) = now.undoes.and_then(|f| f.run) {
+        if let Ok(mut failed) = runs.load(id) {
             failed.rolled_back_by = Some(record.id);
             if record.status == RunStatus::Succeeded {
                 failed.status = RunStatus::RolledBack;
             }
             runs.save(&failed)?;
+            undone = Some(failed);
         }
     }
     runs.prune(node.config.keep_runs, lock)?;
@@ -473,7 +475,15 @@ fn finalize(
     }
     // The record is final and the summary written: metrics (which cannot change the run's
     // result). The notify command is the caller's, once the lock is released (`Outcome::records`).
-    crate::metrics::after_run(node, record);
+    // Each run counts once, by its final status: a failed run that a rollback undoes next is
+    // counted when that rollback ends, as it leaves it (`rolled_back`, or still `failed`).
+    let rollback_follows = record.status == RunStatus::Failed
+        && decision(node, Cause::Tick).is_ok_and(|next| match next {
+            Decision::Run(next) => next.undoes.is_some_and(|failed| failed.run == Some(record.id)),
+            _ => false,
+        });
+    let results: Vec<&RunRecord> = undone.iter().chain((!rollback_follows).then_some(&*record)).collect();
+    crate::metrics::after_run(node, record, &results);
     Ok(())
 }
 
