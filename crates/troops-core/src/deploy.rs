@@ -445,6 +445,17 @@ fn finalize(
             if record.trigger == Trigger::Manual {
                 repo.unquarantine(commit)?;
             }
+            // A commit deployed (not gone back to): quarantines the branch has moved past end.
+            if let (Some(tip), false) = (repo.tip()?, record.trigger == Trigger::Rollback) {
+                for q in repo.lift_passed_quarantines(tip, commit)? {
+                    let _ = writeln!(
+                        out,
+                        "troops: {} is no longer quarantined: the branch has moved past it (it was: {})",
+                        short(&q.commit.to_string()),
+                        q.reason
+                    );
+                }
+            }
         }
         RunStatus::Failed => quarantine_if_asked(repo, record, commit, out)?,
         _ => {}
