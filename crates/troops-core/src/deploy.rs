@@ -325,7 +325,7 @@ fn recover(node: &Node, repo: &crate::repo::NodeRepo, lock: &NodeLock, out: &mut
         }
     }
     // Plaintext secrets a run left when its troops died are removed before anything else runs.
-    crate::secrets::remove_leftovers(&node.state_dir)?;
+    crate::secrets::remove_leftovers(node)?;
     // A run that ended `interrupted` may have left processes running, if its troops died with
     // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
     // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
@@ -606,7 +606,7 @@ impl Run<'_, '_> {
         );
         // Before any step: a secret this node cannot decrypt fails the run with every step `not_run`.
         let secrets = crate::secrets::decrypt_for_run(
-            &self.node.state_dir,
+            self.node,
             &root,
             &plan,
             &self.record.host,

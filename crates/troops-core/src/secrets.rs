@@ -1,8 +1,8 @@
 //! Secrets, encrypted to each node. A `[[secret]]` of the plan is an age file in the deploy repo
 //! whose recipients are the SSH keys of the nodes it is for (`keys/<hostname>.pub`, the key
 //! `troops init` prints) and the admins' (`keys/admins/*.pub`). A node decrypts its own secrets
-//! with its key into a root-only directory on tmpfs for the length of one run, and masks their
-//! values in the run's output. The operator's side (encrypt, edit, rekey, check) works in a clone
+//! with its key into a root-only directory on tmpfs (or ramfs; never anything else) for the
+//! length of one run, and masks their values in the run's output. The operator's side (encrypt, edit, rekey, check) works in a clone
 //! of the deploy repo and needs no node.
 //!
 //! What must stay true: plaintext is written only to a run's secrets directory (removed when the
@@ -22,6 +22,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
+use crate::node::Node;
 use crate::plan::{Plan, Secret};
 
 /// Where a deploy repo keeps node keys, one `<hostname>.pub` each.
@@ -502,24 +503,25 @@ pub fn rekey(repo: &Path, plan: &Plan, identity: &Identity) -> Result<Vec<PathBu
     Ok(done)
 }
 
-/// The directory under which this node's runs keep their secrets, on tmpfs: as root
-/// `/run/troops/secrets/<node>`, else `/dev/shm/troops-<uid>/<node>`, where `<node>` is the start
-/// of the SHA-256 of the state dir's path (several nodes, as in tests, never share one).
-pub fn node_dir(state_dir: &Path) -> PathBuf {
+/// The directory under which this node's runs keep their secrets, on tmpfs: `<base>/<node>`, the
+/// base being the node config's `secrets_dir`, else as root `/run/troops/secrets`, else
+/// `/dev/shm/troops-<uid>`, and `<node>` the start of the SHA-256 of the state dir's path
+/// (several nodes, as in tests, never share one).
+pub fn node_dir(node: &Node) -> PathBuf {
     let uid = nix::unistd::geteuid();
-    let base = if uid.is_root() {
-        PathBuf::from("/run/troops/secrets")
-    } else {
-        PathBuf::from(format!("/dev/shm/troops-{uid}"))
+    let base = match &node.config.secrets_dir {
+        Some(dir) => dir.clone(),
+        None if uid.is_root() => PathBuf::from("/run/troops/secrets"),
+        None => PathBuf::from(format!("/dev/shm/troops-{uid}")),
     };
-    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let digest = Sha256::digest(node.state_dir.as_os_str().as_encoded_bytes());
     base.join(digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Removes what runs of this node left in `node_dir` (a troops that died mid-run). Call under
 /// the node lock.
-pub fn remove_leftovers(state_dir: &Path) -> Result<()> {
-    let dir = node_dir(state_dir);
+pub fn remove_leftovers(node: &Node) -> Result<()> {
+    let dir = node_dir(node);
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Ok(meta) if meta.is_dir() => {
@@ -562,10 +564,11 @@ impl RunSecrets {
 }
 
 /// Decrypts the secrets of `plan` that node `host` with `roles` gets, from `checkout`, with the
-/// node's key, into a fresh root-only directory for run `run`; `None` when it gets none. A secret
-/// that cannot be decrypted fails it, naming the secret and the node key's fingerprint.
+/// node's key, into a fresh root-only directory for run `run` on tmpfs or ramfs; `None` when it
+/// gets none. A secret that cannot be decrypted fails it, naming the secret and the node key's
+/// fingerprint; a directory that is not in memory fails it before any plaintext is written.
 pub fn decrypt_for_run(
-    state_dir: &Path,
+    node: &Node,
     checkout: &Path,
     plan: &Plan,
     host: &str,
@@ -576,7 +579,7 @@ pub fn decrypt_for_run(
     if wanted.is_empty() {
         return Ok(None);
     }
-    let key = state_dir.join("ssh/id_ed25519");
+    let key = node.state_dir.join("ssh/id_ed25519");
     let identity = Identity::load(&key).map_err(|e| Error::Env(format!("the node's key: {e}")))?;
     let root = checkout.canonicalize().ctx(|| format!("resolving {}", checkout.display()))?;
     let mut values = Vec::new();
@@ -601,19 +604,21 @@ pub fn decrypt_for_run(
         values.push((secret, plaintext));
     }
 
-    let node = node_dir(state_dir);
-    let base = node.parent().expect("the node's secrets dir has a parent");
+    let node_dir = node_dir(node);
+    let base = node_dir.parent().expect("the node's secrets dir has a parent");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&node)
-        .ctx(|| format!("creating {}", node.display()))?;
+        .create(&node_dir)
+        .ctx(|| format!("creating {}", node_dir.display()))?;
     // Nobody else may own or enter a directory on the way: they could swap what comes below it.
     private(base)?;
-    private(&node)?;
-    let dir = node.join(run.to_string());
+    private(&node_dir)?;
+    let dir = node_dir.join(run.to_string());
     std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    // Dropped on an error, this removes what was made.
     let mut run_secrets = RunSecrets { dir, values: Vec::new() };
+    in_memory(&run_secrets.dir, base, &node.config.path)?;
     for (secret, plaintext) in values {
         let path = run_secrets.dir.join(&secret.name);
         let mut file = std::fs::OpenOptions::new()
@@ -634,6 +639,26 @@ pub fn decrypt_for_run(
         run_secrets.values.push((secret.name.clone(), plaintext));
     }
     Ok(Some(run_secrets))
+}
+
+/// Fails unless `dir` is on tmpfs or ramfs, so that plaintext written there never reaches a disk
+/// (`/run` is not tmpfs everywhere: in many containers it is on the image's disk).
+fn in_memory(dir: &Path, base: &Path, config: &Path) -> Result<()> {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6_u32 as _);
+    let kind = statfs(dir).ctx(|| format!("reading the filesystem of {}", dir.display()))?.filesystem_type();
+    if kind == TMPFS_MAGIC || kind == RAMFS_MAGIC {
+        return Ok(());
+    }
+    Err(Error::Env(format!(
+        "{} is not on tmpfs or ramfs (its filesystem's type is {:#x}): decrypted there, secrets \
+         could reach a disk, so none is. Mount a tmpfs at {}, or set `secrets_dir` in {} to a \
+         directory on one",
+        dir.display(),
+        kind.0,
+        base.display(),
+        config.display()
+    )))
 }
 
 /// Fails unless `dir` is a directory (not a symlink) of this process's user that nobody else can
@@ -789,6 +814,24 @@ mod tests {
         assert_eq!(masked(&env, &["DB_PASSWORD=\"correct-horse\""]), "[secret:app]");
         assert_eq!(masked(&env, &["LEVEL=prod", " prod"]), "[secret:app] prod");
         assert_eq!(masked(&[("pin", "1234")], &["pin 1234"]), "pin 1234");
+    }
+
+    #[test]
+    fn plaintext_goes_only_onto_tmpfs_or_ramfs() {
+        let config = Path::new("/etc/troops/troops.toml");
+        in_memory(Path::new("/dev/shm"), Path::new("/dev"), config).unwrap();
+        // procfs is no tmpfs (nor a disk, but troops knows only these two): refused, naming the dir
+        // and the ways out.
+        let e = in_memory(Path::new("/proc"), Path::new("/"), config).unwrap_err();
+        assert_eq!(e.exit(), crate::Exit::Environment);
+        let e = e.to_string();
+        assert!(e.starts_with("/proc is not on tmpfs or ramfs (its filesystem's type is 0x9fa0)"), "{e}");
+        assert!(
+            e.ends_with(
+                "Mount a tmpfs at /, or set `secrets_dir` in /etc/troops/troops.toml to a directory on one"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
