@@ -75,8 +75,8 @@ impl Expect {
         }
     }
 
-    /// How `text` that does not hold this falls short, for its `what` ("body", "output"):
-    /// `without "ok" in its body`.
+    /// Why a `what` ("body", "output") that does not hold this fails, in words that follow "exited
+    /// 0" or "answered 200": `without "ok" in its body`, `but its body is not exactly "ok"`.
     pub fn missed(&self, what: &str) -> String {
         match self {
             Expect::Contains(want) => format!("without {want:?} in its {what}"),

@@ -2,8 +2,8 @@
 //! whose recipients are the SSH keys of the nodes it is for (`keys/<hostname>.pub`, the key
 //! `troops init` prints) and the admins' (`keys/admins/*.pub`). A node decrypts its own secrets
 //! with its key into a root-only directory on tmpfs (or ramfs; never anything else) for the
-//! length of one run, and masks their values in the run's output. The operator's side (encrypt, edit, rekey, check) works in a clone
-//! of the deploy repo and needs no node.
+//! length of one run, and masks their values in the run's output. The operator's side (encrypt,
+//! edit, rekey, check) works in a clone of the deploy repo and needs no node.
 //!
 //! What must stay true: plaintext is written only to a run's secrets directory (removed when the
 //! run ends, or under the node lock at the next run after a crash) and to the operator's private
