@@ -275,12 +275,55 @@ fn tcp_and_run_probes() {
     assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
     let (id, record) = latest(&env);
     assert_eq!(record["error"], "check `script` failed: `echo database unreachable; exit 2` exited 2");
+    // The probe's line first, then its output: never read as the output of the step before.
+    let log = env.run_log(id);
     assert!(
-        env.run_log(id).contains("database unreachable\n==> check script: probe 1 failed"),
-        "{}",
-        env.run_log(id)
+        log.contains(
+            "==> check script: probe 1 failed: `echo database unreachable; exit 2` exited 2\n\
+             database unreachable\n==> check script failed: "
+        ),
+        "{log}"
     );
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()), "the failed runs deployed nothing");
+}
+
+#[test]
+fn expect_is_a_substring_and_expect_exact_the_whole_answer() {
+    let (env, repo, _) = node();
+    // "broken" holds "ok": the old `expect` passes it, as it always did; `expect_exact` does not.
+    let server = HttpServer::answering(200, "broken");
+    let web = |key: &str| {
+        plan(&format!(
+            "[[check]]\nname = \"web\"\nhttp = \"{}\"\n{key} = \"ok\"\nretries = 1\n",
+            server.url("/")
+        ))
+    };
+    let (out, substring) = deploy(&env, &repo, &web("expect"));
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(substring.as_str()));
+    let (out, _) = deploy(&env, &repo, &web("expect_exact"));
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    let (_, record) = latest(&env);
+    assert_eq!(
+        record["error"],
+        format!(
+            "check `web` failed: GET {} answered 200 but its body is not exactly \"ok\": \"broken\"",
+            server.url("/")
+        )
+    );
+    assert_eq!(env.deployed().as_deref(), Some(substring.as_str()));
+
+    // A run probe's whole output, its trailing newline aside.
+    let cli = |command: &str| {
+        plan(&format!("[[check]]\nname = \"cli\"\nrun = \"{command}\"\nexpect_exact = \"ok\"\nretries = 1\n"))
+    };
+    let (out, exact) = deploy(&env, &repo, &cli("echo ok"));
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(exact.as_str()));
+    let (out, _) = deploy(&env, &repo, &cli("echo not ok"));
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("`echo not ok` exited 0 but its output is not exactly \"ok\""));
+    assert_eq!(env.deployed().as_deref(), Some(exact.as_str()));
 }
 
 /// A plan whose one check never passes and never fails (a server that is never ready, and many
@@ -418,6 +461,14 @@ fn troops_check_places_every_new_keys_bad_value() {
             "4:11: check `w`: `timeout` must be more than zero",
         ),
         ("[[check]]\nname = \"w\"\ntcp = \"x:1\"\nexpect = \"ok\"\n", "4:10: check `w`: `expect`"),
+        (
+            "[[check]]\nname = \"w\"\ntcp = \"x:1\"\nexpect_exact = \"ok\"\n",
+            "4:16: check `w`: `expect_exact`",
+        ),
+        (
+            "[[check]]\nname = \"w\"\nrun = \"x\"\nexpect = \"ok\"\nexpect_exact = \"ok\"\n",
+            "5:16: check `w` has both `expect` and `expect_exact`; keep one",
+        ),
         ("[[check]]\nname = \"w\"\nrun = \"x\"\nroles = []\n", "4:9: check `w`: `roles` is empty"),
         ("[health]\nsoak = \"a while\"\n", "2:8: health: `soak`"),
         ("[health]\non_failure = \"ignore\"\n", "2:14: health: `on_failure`"),

@@ -320,7 +320,7 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     let out = env.run(&["status"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     warned(&text(&out.stderr));
-    assert!(text(&out.stdout).contains("last run  run 3 succeeded"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("last run  run 3 (manual) of "), "{}", text(&out.stdout));
     let json = env.status_json();
     assert_eq!(json["unreadable_runs"].as_array().unwrap().len(), 2, "{json}");
     let out = env.run(&["runs", "--json"]);
@@ -338,9 +338,9 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     three["commit"] = format!("x{}", "é".repeat(13)).into();
     std::fs::write(record(3), three.to_string()).unwrap();
     let out = env.ok(&["runs"]);
-    assert!(out.lines().next().unwrap().trim_start().starts_with("3 "), "{out}");
+    assert!(out.lines().nth(1).unwrap().trim_start().starts_with("3 "), "{out}");
     assert!(out.contains(&format!("x{}  ", "é".repeat(11))), "{out}");
-    assert!(env.ok(&["status"]).contains("last run  run 3 succeeded"));
+    assert!(env.ok(&["status"]).contains("last run  run 3 (manual) of "));
     for args in [&["log"][..], &["log", "4"], &["log", "--follow"], &["log", "2"]] {
         let out = env.run(args);
         assert!(out.status.success(), "troops {args:?}: {}", text(&out.stderr));

@@ -147,6 +147,140 @@ fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
     assert_eq!(names, ["troops.prom"]);
 }
 
+#[test]
+fn each_run_counts_once_by_its_final_status_a_rolled_back_one_as_rolled_back() {
+    let (env, work) = node("");
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    let runs = |text: &str, result: &str, trigger: &str| {
+        sample(text, &format!("troops_runs_total{{result=\"{result}\",trigger=\"{trigger}\"}}"))
+    };
+    let all_runs = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("troops_runs_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let failing = format!("[health]\non_failure = \"rollback\"\n\n{FAILING_PLAN}");
+    // The good commit fails once this flag exists: then going back to it fails too.
+    let flag = env.path("rollback-fails");
+    let good_plan = format!("[[step]]\nname = \"good\"\nrun = \"test ! -e {}\"\n", flag.display());
+
+    // Nothing deployed to go back to: no rollback follows, and the failure counts at once.
+    work.publish_plan(&env, &failing);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    let prom_text = textfile(&env);
+    assert_eq!(runs(&prom_text, "failed", "manual"), Some(1.0), "{prom_text}");
+
+    work.publish_plan(&env, &good_plan);
+    env.ok(&["deploy"]);
+
+    // Rolled back: run 3 failed, run 4 went back to the good commit; run 3 is `rolled_back`.
+    work.publish_plan(&env, &format!("{failing}# again\n"));
+    let out = env.run(&["deploy"]);
+    assert!(text(&out.stdout).contains("by run 4, which succeeded"), "{}", combined(&out));
+    assert_eq!(env.run_record(3)["status"], "rolled_back");
+    let prom_text = textfile(&env);
+    assert_eq!(runs(&prom_text, "rolled_back", "manual"), Some(1.0), "{prom_text}");
+    assert_eq!(
+        runs(&prom_text, "failed", "manual"),
+        Some(1.0),
+        "the rolled-back run counted as failed:\n{prom_text}"
+    );
+    assert_eq!(runs(&prom_text, "succeeded", "rollback"), Some(1.0), "{prom_text}");
+    assert_eq!(all_runs(&prom_text), 4.0, "{prom_text}");
+
+    // The rollback fails too: run 5 stays `failed` and counts so, once; run 6 is a failed rollback.
+    std::fs::write(&flag, "").unwrap();
+    work.publish_plan(&env, &format!("{failing}# and again\n"));
+    let out = env.run(&["deploy"]);
+    assert!(text(&out.stdout).contains("by run 6, which failed"), "{}", combined(&out));
+    assert_eq!(env.run_record(5)["status"], "failed");
+    let prom_text = textfile(&env);
+    assert_eq!(runs(&prom_text, "failed", "manual"), Some(2.0), "{prom_text}");
+    assert_eq!(runs(&prom_text, "failed", "rollback"), Some(1.0), "{prom_text}");
+    assert_eq!(runs(&prom_text, "rolled_back", "manual"), Some(1.0), "{prom_text}");
+    assert_eq!(all_runs(&prom_text), 6.0, "every run once: {prom_text}");
+    assert_eq!(sample(&prom_text, "troops_run_duration_seconds_count"), Some(6.0), "{prom_text}");
+    assert_eq!(sample(&prom_text, "troops_rollbacks_total"), Some(2.0), "{prom_text}");
+}
+
+#[test]
+fn quarantines_the_branch_has_moved_past_end_with_the_next_deploy() {
+    let (env, work) = node("");
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    let quarantined = || sample(&textfile(&env), "troops_quarantined_commits");
+    let bad_lines = || -> Vec<String> {
+        env.ok(&["status"]).lines().filter(|l| l.starts_with("bad ")).map(str::to_owned).collect()
+    };
+    let failing = format!("[health]\non_failure = \"rollback\"\n\n{FAILING_PLAN}");
+    let good = work.publish_plan(&env, OK_PLAN);
+    env.ok(&["deploy"]);
+
+    // Two bad commits in a row, each rolled back: both stay quarantined (the second is the tip;
+    // a rollback lifts nothing).
+    let first_bad = work.publish_plan(&env, &failing);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    let second_bad = work.publish_plan(&env, &format!("{failing}# still\n"));
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
+    assert_eq!(quarantined(), Some(2.0));
+    assert_eq!(bad_lines().len(), 2, "{:?}", bad_lines());
+
+    // The fix reaches the branch. Before it runs, a person runs a commit off the branch, and one
+    // ahead of it (a child of the tip, not on the branch yet): both fail and are quarantined.
+    let fixed = work.publish_plan(&env, &format!("{OK_PLAN}# fixed\n"));
+    let branch_at = |rev: &str, name: &str, plan: &str| {
+        env.git(&work.path, &["checkout", "-q", "-b", name, rev]);
+        let commit = work.commit(&env, &[("troops.toml", plan)], name);
+        env.git(&work.path, &["checkout", "-q", "main"]);
+        let out = work.push(&env, &env.repo().display().to_string(), &[&format!("{name}:{name}")]);
+        assert!(out.status.success(), "{}", combined(&out));
+        commit
+    };
+    let off = branch_at(&good, "off", &format!("{failing}# off the branch\n"));
+    let ahead = branch_at("main", "ahead", &format!("{failing}# ahead\n"));
+    for commit in [&off, &ahead] {
+        assert_eq!(env.run(&["deploy", "--commit", commit]).status.code(), Some(1));
+    }
+    assert_eq!(quarantined(), Some(4.0));
+
+    // The fix deploys: the two the branch has passed and the one off it are released, saying so;
+    // the one ahead of the tip stays (the branch may yet come to it).
+    let out = env.run(&["deploy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(fixed.as_str()));
+    let said = text(&out.stdout);
+    for commit in [&first_bad, &second_bad, &off] {
+        let line = format!(
+            "troops: {} is no longer quarantined: the branch has moved past it (it was: run ",
+            &commit[..12]
+        );
+        assert!(said.contains(&line), "no {line:?} in:\n{said}");
+    }
+    assert_eq!(quarantined(), Some(1.0));
+    let left = bad_lines();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(&format!("bad       {} quarantined", &ahead[..12])), "{left:?}");
+    let kept = env.node_ref(&format!("refs/troops/bad/{ahead}"));
+    assert!(kept.is_some(), "the quarantine of a commit ahead of the tip was lifted");
+    // Pushed, it is the tip, and still never run by a pull.
+    let out = work.push(&env, &env.repo().display().to_string(), &["ahead:main"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    let status = env.status_json();
+    assert_eq!(status["next"]["state"], "idle", "{status}");
+    assert_eq!(env.deployed().as_deref(), Some(fixed.as_str()));
+}
+
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -761,7 +761,68 @@ fn log_and_runs_show_the_history() {
     assert_eq!(runs[1]["previous_commit"], commit.as_str());
     assert_eq!(runs[0]["previous_commit"], Value::Null);
     let table = env.ok(&["runs"]);
-    assert_eq!(table.lines().count(), 2, "{table}");
+    assert_eq!(table.lines().count(), 3, "a header and two runs: {table}");
+}
+
+#[test]
+fn runs_show_each_runs_wall_time_in_columns_and_status_the_last_run_in_one_sentence() {
+    let env = Env::new();
+    env.init();
+    let repo = env.deploy_repo("deploy");
+    // The step takes no time; the run takes 1 s more, waiting for its check.
+    let checked = format!(
+        "{}[[check]]\nname = \"later\"\nrun = \"true\"\nstart_period = \"1s\"\n",
+        step("say", "echo hello")
+    );
+    repo.publish_plan(&env, &checked);
+    env.ok(&["deploy"]);
+    repo.publish_plan(&env, &step("broken", "echo broken; exit 3"));
+    assert_eq!(code(&env.run(&["deploy"])), Some(1));
+
+    let table = env.ok(&["runs"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert_eq!(
+        lines[0], "RUN  STATUS     TRIGGER  COMMIT        STARTED                   DURATION  ERROR",
+        "{table}"
+    );
+    // Every row lines up under the header: left columns at their header's start, DURATION at its end.
+    let start = |line: &str, word: &str| line.find(word).unwrap();
+    let record = |id: u64| env.run_record(id);
+    let before_error =
+        |line: &str| line.get(..start(lines[0], "ERROR")).unwrap_or(line).trim_end().to_owned();
+    for (line, id) in [(lines[1], 1), (lines[2], 2)] {
+        let r = record(id);
+        for (column, value) in [
+            ("STATUS", r["status"].as_str().unwrap()),
+            ("TRIGGER", "manual"),
+            ("COMMIT", &r["commit"].as_str().unwrap()[..12]),
+            ("STARTED", r["started_at"].as_str().unwrap()),
+        ] {
+            assert_eq!(start(line, value), start(lines[0], column), "{column} of run {id}:\n{table}");
+        }
+        let duration = before_error(line);
+        assert_eq!(duration.len(), start(lines[0], "DURATION") + "DURATION".len(), "{table}");
+    }
+    // The run's wall time, start to end: the check's second counts, though no step took it.
+    let seconds = |line: &str| -> f64 {
+        let cells = before_error(line);
+        cells.rsplit(' ').next().unwrap().strip_suffix('s').unwrap().parse().unwrap()
+    };
+    assert!(seconds(lines[1]) >= 1.0, "{table}");
+    assert!(lines[2].ends_with("  step `broken` failed (exit 3)"), "{table}");
+
+    let status = env.ok(&["status"]);
+    let last = status.lines().find(|l| l.starts_with("last run  ")).unwrap();
+    let r = record(2);
+    let prefix = format!(
+        "last run  run 2 (manual) of {} failed at {} after ",
+        &r["commit"].as_str().unwrap()[..12],
+        r["finished_at"].as_str().unwrap()
+    );
+    assert!(last.starts_with(&prefix), "{last}");
+    assert!(last.ends_with("s: step `broken` failed (exit 3); its output: troops log 2"), "{last}");
+    assert_eq!(last.matches("run 2").count(), 1, "{last}");
 }
 
 #[test]

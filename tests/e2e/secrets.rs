@@ -11,12 +11,32 @@ use crate::support::{ssh_keygen, text, DeployRepo, Env};
 
 const VALUE: &str = "s3cret-db-password-4711";
 
-/// A node named `host`, initialised (it has its SSH key).
-fn node(host: &str) -> Env {
+/// A node named `host`, initialised (it has its SSH key), whose runs decrypt into a tmpfs
+/// directory of its own (`secrets_dir`): root's default, in `/run`, is not tmpfs in every place
+/// the tests run (a container's `/run` may be on its disk, and troops refuses it then).
+fn node(host: &str) -> Node {
     let env = Env::new();
-    env.write_config(&format!("hostname = \"{host}\"\n"));
+    let secrets = tempfile::Builder::new().prefix("troops-e2e-").tempdir_in("/dev/shm").unwrap();
+    env.write_config(&format!(
+        "hostname = \"{host}\"\nsecrets_dir = \"{}\"\n",
+        secrets.path().join("secrets").display()
+    ));
     env.init();
-    env
+    Node { env, _secrets: secrets }
+}
+
+/// A node (`Env`) and the tmpfs directory its runs decrypt into, removed with it.
+struct Node {
+    env: Env,
+    _secrets: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Env;
+
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 /// A new unencrypted ed25519 key at `env`'s `name` (and `name.pub`).
@@ -76,6 +96,7 @@ echo "${TROOPS_SECRETS-unset}" > "$OUT/$TROOPS_HOST.dir"
 [ -n "${TROOPS_SECRETS-}" ] || exit 0
 cat "$TROOPS_SECRETS/db_password" > "$OUT/$TROOPS_HOST.seen"
 stat -c '%a %U' "$TROOPS_SECRETS" "$TROOPS_SECRETS/db_password" > "$OUT/$TROOPS_HOST.modes"
+stat -f -c %T "$TROOPS_SECRETS" > "$OUT/$TROOPS_HOST.fs"
 echo "the password is $(cat "$TROOPS_SECRETS/db_password")"
 "#;
 
@@ -126,6 +147,7 @@ fn a_role_secret_reaches_its_nodes_only_and_never_the_output() {
     assert!(!shown.contains(VALUE), "{shown}");
     assert_eq!(std::fs::read_to_string(out.join("db-1.seen")).unwrap(), format!("{VALUE}\n"));
     assert_eq!(std::fs::read_to_string(out.join("db-1.modes")).unwrap(), "700 root\n400 root\n");
+    assert_eq!(std::fs::read_to_string(out.join("db-1.fs")).unwrap(), "tmpfs\n");
     let dir = std::fs::read_to_string(out.join("db-1.dir")).unwrap();
     assert!(!Path::new(dir.trim()).exists(), "{dir} is left after the run");
 
@@ -238,6 +260,91 @@ fn check_fails_after_a_host_joins_a_role_until_rekey() {
         .unwrap();
     let check = secrets(&env, &repo, &["check"]);
     assert!(text(&check.stdout).contains("keys/db-3.pub does not exist"), "{}", text(&check.stdout));
+}
+
+#[test]
+fn encrypt_refuses_a_secret_no_admin_could_open_and_check_never_advises_a_rekey_that_cannot_work() {
+    let env = Env::new();
+    let db1 = ssh_key(&env, "db-1");
+    let out = env.path("out");
+    let repo = env.deploy_repo("deploy");
+    repo.commit(&env, &[("troops.toml", &plan(&out)), ("steps/use.sh", USE_SECRET)], "plan");
+    add_key(&repo, "keys/db-1.pub", &db1.with_extension("pub"));
+    let plaintext = env.path("plain");
+    std::fs::write(&plaintext, format!("{VALUE}\n")).unwrap();
+    let plaintext = plaintext.display().to_string();
+    let file = repo.path.join("secrets/db.age");
+
+    // No keys/admins/, then one holding no key: refused, saying why and the way out; nothing written.
+    for case in ["no keys/admins/", "keys/admins/ without a key"] {
+        let tried = secrets(&env, &repo, &["encrypt", "db_password", &plaintext]);
+        let said = text(&tried.stderr);
+        assert_eq!(tried.status.code(), Some(2), "{case}: {said}");
+        assert!(
+            said.contains("secret `db_password` would be encrypted to no admin: keys/admins/ holds no key")
+                && said.contains("`troops secrets encrypt --allow-no-admin db_password FILE`"),
+            "{case}: {said}"
+        );
+        assert!(!file.exists(), "{case}: a secret no admin can open was written");
+        std::fs::create_dir_all(repo.path.join("keys/admins")).unwrap();
+        std::fs::write(repo.path.join("keys/admins/README"), "admins' keys go here, as NAME.pub\n").unwrap();
+    }
+
+    // Asked for by name: for its host alone. check passes and says so; rekey still refuses.
+    secrets_ok(&env, &repo, &["encrypt", "--allow-no-admin", "db_password", &plaintext]);
+    assert_eq!(
+        secrets_ok(&env, &repo, &["check"]),
+        "1 secrets: ok (keys/admins/ holds no key: only their hosts can decrypt them)\n"
+    );
+    let host_key = db1.display().to_string();
+    let tried = secrets(&env, &repo, &["rekey", "--identity", &host_key]);
+    assert_eq!(tried.status.code(), Some(2), "{}", text(&tried.stderr));
+    assert!(text(&tried.stderr).contains("would be encrypted to no admin"), "{}", text(&tried.stderr));
+
+    // An admin joins. No admin can open the file, so rekey cannot work: check says to encrypt it
+    // again, and so does the rekey that fails.
+    let admin = ssh_key(&env, "admin");
+    add_key(&repo, "keys/admins/ops.pub", &admin.with_extension("pub"));
+    let encrypt_again = "no admin key in keys/admins/ can decrypt it, so `rekey` cannot: encrypt it again \
+                         from its plaintext with `troops secrets encrypt db_password FILE`";
+    let check = secrets(&env, &repo, &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(
+        text(&check.stdout),
+        format!(
+            "secrets/db.age: admin ops (keys/admins/ops.pub) cannot decrypt secret `db_password`, which is \
+             for it; {encrypt_again}\n"
+        )
+    );
+    let admin_key = admin.display().to_string();
+    let tried = secrets(&env, &repo, &["rekey", "--identity", &admin_key]);
+    assert_eq!(tried.status.code(), Some(2), "{}", text(&tried.stderr));
+    assert!(
+        text(&tried.stderr).contains("it is not encrypted to this key")
+            && text(&tried.stderr).contains(
+                "encrypt it again from its plaintext with `troops secrets encrypt db_password FILE`"
+            ),
+        "{}",
+        text(&tried.stderr)
+    );
+    // The advice works.
+    secrets_ok(&env, &repo, &["encrypt", "db_password", &plaintext]);
+    assert_eq!(secrets_ok(&env, &repo, &["check"]), "1 secrets: ok\n");
+
+    // The only admin leaves and another joins: the old admin's stanza is a stranger's now, and
+    // the new admin cannot open the file either; every line says to encrypt it again.
+    std::fs::remove_file(repo.path.join("keys/admins/ops.pub")).unwrap();
+    let other = ssh_key(&env, "other");
+    add_key(&repo, "keys/admins/other.pub", &other.with_extension("pub"));
+    let check = secrets(&env, &repo, &["check"]);
+    let said = text(&check.stdout);
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(said.lines().count(), 2, "{said}");
+    assert!(said.lines().all(|line| line.ends_with(encrypt_again)), "{said}");
+    assert!(said.contains("admin other (keys/admins/other.pub) cannot decrypt"), "{said}");
+    assert!(said.contains("a ssh-ed25519 key that is in no file of keys/ can decrypt"), "{said}");
+    secrets_ok(&env, &repo, &["encrypt", "db_password", &plaintext]);
+    assert_eq!(secrets_ok(&env, &repo, &["check"]), "1 secrets: ok\n");
 }
 
 #[test]
@@ -512,6 +619,8 @@ fn the_app_example_writes_its_env_file_backs_up_migrates_and_restarts() {
     )
     .unwrap();
     add_key(&repo, "keys/app-1.pub", &app.state.join("ssh/id_ed25519.pub"));
+    let admin = ssh_key(&app, "admin");
+    add_key(&repo, "keys/admins/ops.pub", &admin.with_extension("pub"));
     let plaintext = app.path("app.env");
     std::fs::write(&plaintext, format!("DB_USER=app\nDB_PASSWORD=\"{VALUE}\"\n")).unwrap();
     secrets_ok(&app, &repo, &["encrypt", "app_env", &plaintext.display().to_string()]);
@@ -572,6 +681,82 @@ fn secrets_a_killed_run_left_are_removed_when_the_next_run_starts() {
     assert!(run.status.success(), "{}", text(&run.stdout));
     assert_eq!(std::fs::read_to_string(out.join("look")).unwrap(), "gone\n");
     assert!(!left.exists());
+}
+
+/// The name of a node's directory under the secrets base: the start of the SHA-256 of its state
+/// dir's path, as `sha256sum` gives it.
+fn node_dir_name(state: &Path) -> String {
+    let mut sha = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sha.stdin.take().unwrap(), state.as_os_str().as_encoded_bytes()).unwrap();
+    text(&sha.wait_with_output().unwrap().stdout)[..16].to_owned()
+}
+
+/// Whether `path` is on tmpfs, as `stat -f` says.
+fn on_tmpfs(path: &Path) -> bool {
+    let out = Command::new("stat").args(["-f", "-c", "%T"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "stat -f {}: {}", path.display(), text(&out.stderr));
+    text(&out.stdout).trim() == "tmpfs"
+}
+
+#[test]
+fn secrets_are_never_decrypted_onto_a_disk() {
+    let db = node("db-1");
+    let (repo, _) = deploy_repo(&db, &[("db-1", db.state.join("ssh/id_ed25519.pub"))]);
+    repo.publish(&db);
+    let out = db.path("out");
+    let config = db.config.display().to_string();
+    let refused = |id: u64, base: &Path| {
+        let run = db.run(&["deploy"]);
+        let shown = text(&run.stdout);
+        assert_eq!(run.status.code(), Some(3), "{shown}{}", text(&run.stderr));
+        let node_dir = base.join(node_dir_name(&db.state));
+        let why = format!(
+            "{} is not on tmpfs or ramfs (its filesystem's type is 0x",
+            node_dir.join(id.to_string()).display()
+        );
+        assert!(shown.contains(&why), "no {why:?} in:\n{shown}");
+        let fix = format!(
+            "Mount a tmpfs at {}, or set `secrets_dir` in {config} to a directory on one",
+            base.display()
+        );
+        assert!(shown.contains(&fix), "no {fix:?} in:\n{shown}");
+        // The run failed before any step, and left no plaintext and no run directory behind.
+        let record = db.run_record(id);
+        assert_eq!(
+            (record["status"].as_str(), record["steps"][0]["status"].as_str()),
+            (Some("failed"), Some("not_run"))
+        );
+        assert!(!out.join("db-1.dir").exists(), "a step ran");
+        assert!(files_containing(base, VALUE).is_empty(), "plaintext on the disk");
+        assert!(!node_dir.join(id.to_string()).exists(), "the run's directory is left");
+    };
+
+    // A secrets_dir on a disk: the tests' target dir (the build's own disk, not a tmpfs).
+    let disk = tempfile::Builder::new().prefix("secrets-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    assert!(
+        !on_tmpfs(disk.path()),
+        "{} is on tmpfs; this test needs a directory on a disk",
+        disk.path().display()
+    );
+    let base = disk.path().join("secrets");
+    db.write_config(&format!("hostname = \"db-1\"\nsecrets_dir = \"{}\"\n", base.display()));
+    refused(1, &base);
+
+    // The default (as root, /run/troops/secrets): refused the same way where /run is not tmpfs
+    // (many containers), used where it is.
+    db.write_config("hostname = \"db-1\"\n");
+    let default = Path::new("/run/troops/secrets");
+    if on_tmpfs(default.ancestors().find(|dir| dir.exists()).unwrap()) {
+        let run = db.run(&["deploy"]);
+        assert!(run.status.success(), "{}", text(&run.stdout));
+        assert_eq!(std::fs::read_to_string(out.join("db-1.fs")).unwrap(), "tmpfs\n");
+    } else {
+        refused(2, default);
+    }
 }
 
 #[test]

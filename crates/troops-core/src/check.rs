@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::plan::{Action, Check, Phase, Plan, Probe, Step};
+use crate::plan::{Action, Check, Expect, Phase, Plan, Probe, Step};
 use crate::runner::{self, Supervisor};
 use crate::runs::{CheckRecord, CheckStatus, RunRecord, RunStatus, Runs, StepStatus};
 
@@ -167,7 +167,9 @@ pub fn run_checks(
         let Some(i) = next.filter(|i| due[*i] <= Instant::now()) else { continue };
         let check = checks[i];
         let started = Instant::now();
-        let probed = match probe(check, ctx, &mut supervisor, stop, out)? {
+        // What a failed probe shows (a `run` probe's output) comes after its line, not before it.
+        let mut shown = Vec::new();
+        let probed = match probe(check, ctx, &mut supervisor, stop, &mut shown)? {
             Probed::Failed(why) => Probed::Failed(ctx.mask.masked(&why)),
             Probed::Skipped(why) => Probed::Skipped(ctx.mask.masked(&why)),
             Probed::Passed => Probed::Passed,
@@ -201,6 +203,7 @@ pub fn run_checks(
             Probed::Failed(why) => {
                 failed_in_a_row[i] += 1;
                 let _ = writeln!(out, "==> check {}: probe {} failed: {why}", check.name, record.probes);
+                let _ = out.write_all(&shown);
                 if failed_in_a_row[i] >= check.retries {
                     let why = match check.retries {
                         1 => why,
@@ -256,16 +259,15 @@ fn probe(
     stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<Probed> {
-    let expect = check.expect.as_deref();
     Ok(match &check.probe {
-        Probe::Http(url) => http(url, expect, check.timeout),
+        Probe::Http(url) => http(url, check.expect.as_ref(), check.timeout),
         Probe::Tcp(addr) => tcp(addr, check.timeout),
         Probe::Run(command) => run(check, command, ctx, supervisor, stop, out)?,
         Probe::Unit(unit) => unit_active(unit, check.timeout),
     })
 }
 
-fn http(url: &str, expect: Option<&str>, timeout: Duration) -> Probed {
+fn http(url: &str, expect: Option<&Expect>, timeout: Duration) -> Probed {
     let response = match crate::http::get(url, &[], timeout, MAX_BODY) {
         Ok(response) => response,
         Err(e) => return Probed::Failed(format!("GET {url}: {e}")),
@@ -280,8 +282,8 @@ fn http(url: &str, expect: Option<&str>, timeout: Duration) -> Probed {
         return Probed::Failed(format!("GET {url} answered {status}: {}", shown()));
     }
     match expect {
-        Some(expect) if !body.contains(expect) => {
-            Probed::Failed(format!("GET {url} answered {status} without {expect:?} in its body: {}", shown()))
+        Some(expect) if !expect.holds(&body) => {
+            Probed::Failed(format!("GET {url} answered {status} {}: {}", expect.missed("body"), shown()))
         }
         _ => Probed::Passed,
     }
@@ -330,9 +332,9 @@ fn run(
     let result = runner::run_step(supervisor, &step, ctx.checkout, ctx.env, stop, &mut output)?;
     let code = result.exit_code.map_or(String::new(), |c| format!(" {c}"));
     let why = match result.status {
-        StepStatus::Succeeded => match check.expect.as_deref() {
-            Some(expect) if !String::from_utf8_lossy(&output).contains(expect) => {
-                format!("`{command}` exited 0 without {expect:?} in its output")
+        StepStatus::Succeeded => match &check.expect {
+            Some(expect) if !expect.holds(&String::from_utf8_lossy(&output)) => {
+                format!("`{command}` exited 0 {}", expect.missed("output"))
             }
             _ => return Ok(Probed::Passed),
         },
@@ -485,7 +487,7 @@ mod tests {
     fn an_http_check_that_passes_at_once_takes_one_probe_and_no_wait() {
         let server = Server::start(|_| (200, "ok"));
         let mut web = check("web", Probe::Http(server.url.clone()));
-        web.expect = Some("ok".into());
+        web.expect = Some(Expect::Contains("ok".into()));
         web.interval = Duration::from_secs(60);
         let (records, out, took) = run_all(&[web.clone()], Duration::ZERO);
         assert_eq!(
@@ -580,10 +582,46 @@ mod tests {
     fn expect_wants_its_text_in_the_body() {
         let server = Server::start(|_| (200, "degraded"));
         let mut web = check("web", Probe::Http(server.url.clone()));
-        (web.expect, web.retries) = (Some("ok".into()), 1);
+        (web.expect, web.retries) = (Some(Expect::Contains("ok".into())), 1);
         let (records, _, _) = run_all(&[web], Duration::ZERO);
         let error = records[0].last_error.as_deref().unwrap();
         assert!(error.contains("answered 200 without \"ok\" in its body: \"degraded\""), "{error}");
+    }
+
+    #[test]
+    fn expect_exact_wants_the_whole_body_or_output_not_a_part() {
+        // "broken" holds "ok": a substring passes it, an exact match does not.
+        let server = Server::start(|_| (200, "broken"));
+        let web = |expect: Expect| {
+            let mut web = check("web", Probe::Http(server.url.clone()));
+            (web.expect, web.retries) = (Some(expect), 1);
+            web
+        };
+        let (records, _, _) = run_all(&[web(Expect::Contains("ok".into()))], Duration::ZERO);
+        assert_eq!(records[0].status, CheckStatus::Passed);
+        let (records, _, _) = run_all(&[web(Expect::Exact("ok".into()))], Duration::ZERO);
+        assert_eq!(
+            records[0].last_error.as_deref(),
+            Some(&*format!("GET {} answered 200 but its body is not exactly \"ok\": \"broken\"", server.url))
+        );
+        // Whitespace at either end aside, as `echo` and most health endpoints end with a newline.
+        let server = Server::start(|_| (200, "ok\r\n"));
+        let mut exact = check("web", Probe::Http(server.url.clone()));
+        exact.expect = Some(Expect::Exact("ok".into()));
+        let (records, _, _) = run_all(&[exact], Duration::ZERO);
+        assert_eq!(records[0].status, CheckStatus::Passed);
+
+        let run = |command: &str| {
+            let mut cli = check("cli", Probe::Run(command.into()));
+            (cli.expect, cli.retries) = (Some(Expect::Exact("ok".into())), 1);
+            run_all(&[cli], Duration::ZERO).0.remove(0)
+        };
+        assert_eq!(run("echo ok").status, CheckStatus::Passed);
+        let broken = run("echo broken; echo ok");
+        assert_eq!(
+            broken.last_error.as_deref(),
+            Some("`echo broken; echo ok` exited 0 but its output is not exactly \"ok\"")
+        );
     }
 
     #[test]
@@ -657,7 +695,7 @@ mod tests {
     #[test]
     fn run_probes_show_their_output_only_when_they_fail() {
         let mut ok = check("ok", Probe::Run("echo all ok; echo $PATH".into()));
-        ok.expect = Some("all ok".into());
+        ok.expect = Some(Expect::Contains("all ok".into()));
         let (records, out, _) = run_all(&[ok], Duration::ZERO);
         assert_eq!(records[0].status, CheckStatus::Passed, "{out}");
         assert!(!out.contains("all ok"), "{out}");
@@ -666,10 +704,14 @@ mod tests {
         failing.retries = 1;
         let (records, out, _) = run_all(&[failing], Duration::ZERO);
         assert_eq!(records[0].last_error.as_deref(), Some("`echo 'not ready' >&2; exit 4` exited 4"));
-        assert!(out.starts_with("not ready\n==> check failing: probe 1 failed"), "{out}");
+        assert_eq!(
+            out,
+            "==> check failing: probe 1 failed: `echo 'not ready' >&2; exit 4` exited 4\nnot ready\n\
+             ==> check failing failed: `echo 'not ready' >&2; exit 4` exited 4\n"
+        );
 
         let mut unexpected = check("unexpected", Probe::Run("echo fine".into()));
-        (unexpected.expect, unexpected.retries) = (Some("ok".into()), 1);
+        (unexpected.expect, unexpected.retries) = (Some(Expect::Contains("ok".into())), 1);
         let (records, _, _) = run_all(&[unexpected], Duration::ZERO);
         assert!(records[0].last_error.as_deref().unwrap().ends_with("exited 0 without \"ok\" in its output"));
 

@@ -43,6 +43,9 @@ pub struct Config {
     pub status_remote: Option<String>,
     /// How often the status is published when nothing changes.
     pub status_heartbeat: Duration,
+    /// Where runs decrypt secrets (on tmpfs or ramfs, or they refuse); `None`: as root
+    /// `/run/troops/secrets`, as another user `/dev/shm/troops-<uid>` (`secrets::node_dir`).
+    pub secrets_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,7 @@ struct RawConfig {
     admin_group: Option<Spanned<String>>,
     status_remote: Option<Spanned<String>>,
     status_heartbeat: Option<Spanned<String>>,
+    secrets_dir: Option<Spanned<String>>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -229,7 +233,19 @@ impl Config {
             let span = raw.status_heartbeat.expect("default is not zero").span();
             return Err(err(span, "`status_heartbeat` must be more than zero".into()));
         }
+        let secrets_dir = match raw.secrets_dir {
+            None => None,
+            // Its files are created where it says, whatever the cwd of whoever runs.
+            Some(v) if !Path::new(v.get_ref()).is_absolute() => {
+                return Err(err(
+                    v.span(),
+                    format!("`secrets_dir`: {:?} must be an absolute path", v.get_ref()),
+                ))
+            }
+            Some(v) => Some(PathBuf::from(v.into_inner())),
+        };
         Ok(Config {
+            secrets_dir,
             status_remote: raw.status_remote.map(|r| word(Some(r), "status_remote", "")).transpose()?,
             status_heartbeat,
             path: path.to_owned(),
@@ -322,6 +338,20 @@ mod tests {
         assert!(e.starts_with("/etc/troops/troops.toml:4:18: `verify.require_signed`: invalid type"), "{e}");
         let e = parse("roles = [\n  \"web\",\n  7,\n]\n").unwrap_err().to_string();
         assert!(e.starts_with("/etc/troops/troops.toml:3:3: `roles`: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn secrets_dir_is_an_absolute_path() {
+        assert_eq!(parse("").unwrap().secrets_dir, None);
+        let c = parse("secrets_dir = \"/mnt/ram/troops\"\n").unwrap();
+        assert_eq!(c.secrets_dir.as_deref(), Some(Path::new("/mnt/ram/troops")));
+        let e = parse("\nsecrets_dir = \"run/secrets\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "/etc/troops/troops.toml:2:15: `secrets_dir`: \"run/secrets\" must be an absolute path"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

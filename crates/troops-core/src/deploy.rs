@@ -341,7 +341,7 @@ fn recover(node: &Node, repo: &crate::repo::NodeRepo, lock: &NodeLock, out: &mut
         }
     }
     // Plaintext secrets a run left when its troops died are removed before anything else runs.
-    crate::secrets::remove_leftovers(&node.state_dir)?;
+    crate::secrets::remove_leftovers(node)?;
     // A run that ended `interrupted` may have left processes running, if its troops died with
     // the supervisor of its steps; they must not overlap ours. Until a new run is recorded the
     // interrupted one stays the latest, so a troops that dies here too leaves the work to the next.
@@ -476,17 +476,30 @@ fn finalize(
             if record.trigger == Trigger::Manual {
                 repo.unquarantine(commit)?;
             }
+            // A commit deployed (not gone back to): quarantines the branch has moved past end.
+            if let (Some(tip), false) = (repo.tip()?, record.trigger == Trigger::Rollback) {
+                for q in repo.lift_passed_quarantines(tip, commit)? {
+                    let _ = writeln!(
+                        out,
+                        "troops: {} is no longer quarantined: the branch has moved past it (it was: {})",
+                        short(&q.commit.to_string()),
+                        q.reason
+                    );
+                }
+            }
         }
         RunStatus::Failed => quarantine_if_asked(repo, record, commit, out)?,
         _ => {}
     }
-    if let Some(undone) = now.undoes.and_then(|f| f.run) {
-        if let Ok(mut failed) = runs.load(undone) {
+    let mut undone = None;
+    if let Some(id) = now.undoes.and_then(|f| f.run) {
+        if let Ok(mut failed) = runs.load(id) {
             failed.rolled_back_by = Some(record.id);
             if record.status == RunStatus::Succeeded {
                 failed.status = RunStatus::RolledBack;
             }
             runs.save(&failed)?;
+            undone = Some(failed);
         }
     }
     runs.prune(node.config.keep_runs, lock)?;
@@ -504,7 +517,15 @@ fn finalize(
     }
     // The record is final and the summary written: metrics (which cannot change the run's
     // result). The notify command is the caller's, once the lock is released (`Outcome::records`).
-    crate::metrics::after_run(node, record);
+    // Each run counts once, by its final status: a failed run that a rollback undoes next is
+    // counted when that rollback ends, as it leaves it (`rolled_back`, or still `failed`).
+    let rollback_follows = record.status == RunStatus::Failed
+        && decision(node, Cause::Tick).is_ok_and(|next| match next {
+            Decision::Run(next) => next.undoes.is_some_and(|failed| failed.run == Some(record.id)),
+            _ => false,
+        });
+    let results: Vec<&RunRecord> = undone.iter().chain((!rollback_follows).then_some(&*record)).collect();
+    crate::metrics::after_run(node, record, &results);
     Ok(())
 }
 
@@ -620,7 +641,7 @@ impl Run<'_, '_> {
         );
         // Before any step: a secret this node cannot decrypt fails the run with every step `not_run`.
         let secrets = crate::secrets::decrypt_for_run(
-            &self.node.state_dir,
+            self.node,
             &root,
             &plan,
             &self.record.host,

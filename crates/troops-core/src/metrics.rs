@@ -96,7 +96,8 @@ impl Settings {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
-    /// Runs by result (the run's final status) and trigger.
+    /// Runs by result (the run's final status: a failed run that was rolled back is
+    /// `rolled_back`) and trigger.
     pub runs: BTreeMap<String, BTreeMap<String, u64>>,
     pub run_duration: Histogram,
     /// Fetches by remote and result (`succeeded`, `failed`).
@@ -159,15 +160,19 @@ pub struct Snapshot {
     pub counters: Counters,
 }
 
-/// After a run's record is final (and `refs/troops/deployed` moved if it succeeded): counts it,
-/// keeps the checks it probed (its `checks[]`) as the node's current check results, and rewrites
-/// the textfile.
-pub fn after_run(node: &Node, record: &RunRecord) {
+/// After a run's record is final (and `refs/troops/deployed` moved if it succeeded): observes its
+/// duration, keeps the checks it probed (its `checks[]`) as the node's current check results,
+/// counts the runs of `results` by final status and trigger, and rewrites the textfile. `results`
+/// is the run itself, unless a rollback of it follows (which knows its final status), and the
+/// failed run a rollback undid, with the status the rollback left it (`rolled_back`, or `failed`).
+pub fn after_run(node: &Node, record: &RunRecord, results: &[&RunRecord]) {
     let now = unix_now();
-    let duration = seconds_between(&record.started_at, record.finished_at.as_deref());
+    let duration = record.wall_time(SystemTime::now()).map(|d| d.as_secs_f64());
     update(node, |c| {
-        let (result, trigger) = (record.status.to_string(), record.trigger.to_string());
-        increment(c.runs.entry(result).or_default().entry(trigger.clone()).or_default());
+        for run in results {
+            let (result, trigger) = (run.status.to_string(), run.trigger.to_string());
+            increment(c.runs.entry(result).or_default().entry(trigger).or_default());
+        }
         if let Some(seconds) = duration {
             c.run_duration.observe(seconds);
         }
@@ -324,13 +329,6 @@ fn load(path: &Path) -> Counters {
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Seconds from one RFC 3339 time of a run record to another.
-fn seconds_between(start: &str, end: Option<&str>) -> Option<f64> {
-    let start = humantime::parse_rfc3339_weak(start).ok()?;
-    let end = humantime::parse_rfc3339_weak(end?).ok()?;
-    Some(end.duration_since(start).ok()?.as_secs_f64())
 }
 
 impl Collector for Snapshot {

@@ -46,8 +46,8 @@ pub struct Check {
     /// `None`: the check runs on every host.
     pub roles: Option<Vec<String>>,
     pub probe: Probe,
-    /// http: a substring of the body; run: a substring of the output. `None`: 2xx / exit 0 is enough.
-    pub expect: Option<String>,
+    /// What the body (http) or the output (run) must be. `None`: 2xx / exit 0 is enough.
+    pub expect: Option<Expect>,
     /// How long after the steps the first probe waits.
     pub start_period: Duration,
     /// From one probe's start to the next's.
@@ -56,6 +56,34 @@ pub struct Check {
     pub timeout: Duration,
     /// Consecutive failed probes that fail the check (at least 1).
     pub retries: u32,
+}
+
+/// What a check's body (http) or output (run) must be, besides a 2xx or an exit 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// `expect`: holds this text somewhere ("broken" holds "ok").
+    Contains(String),
+    /// `expect_exact`: is this text and nothing else, whitespace at either end aside.
+    Exact(String),
+}
+
+impl Expect {
+    /// Whether `text` (a body, an output) is what this expects.
+    pub fn holds(&self, text: &str) -> bool {
+        match self {
+            Expect::Contains(want) => text.contains(want.as_str()),
+            Expect::Exact(want) => text.trim() == want.trim(),
+        }
+    }
+
+    /// Why a `what` ("body", "output") that does not hold this fails, in words that follow "exited
+    /// 0" or "answered 200": `without "ok" in its body`, `but its body is not exactly "ok"`.
+    pub fn missed(&self, what: &str) -> String {
+        match self {
+            Expect::Contains(want) => format!("without {want:?} in its {what}"),
+            Expect::Exact(want) => format!("but its {what} is not exactly {want:?}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -705,8 +733,8 @@ mod tests {
         let web = &plan.checks[0];
         assert_eq!(web.probe, Probe::Http("http://127.0.0.1:8080/health".into()));
         assert_eq!(
-            (web.expect.as_deref(), web.roles.as_deref()),
-            (Some("ok"), Some(&["web".to_owned()][..]))
+            (web.expect.as_ref(), web.roles.as_deref()),
+            (Some(&Expect::Contains("ok".into())), Some(&["web".to_owned()][..]))
         );
         assert_eq!(
             (web.start_period, web.interval, web.timeout, web.retries),
@@ -752,6 +780,11 @@ mod tests {
             ("unit = \"--all\"\n", ":3:8: check `web`: `unit` \"--all\" is not a systemd unit name"),
             ("unit = \"a b\"\n", ":3:8: check `web`: `unit` \"a b\" is not a systemd unit name"),
             ("tcp = \"a:1\"\nexpect = \"ok\"\n", ":4:10: check `web`: `expect` is for `http`"),
+            ("unit = \"a\"\nexpect_exact = \"ok\"\n", ":4:16: check `web`: `expect_exact` is for `http`"),
+            (
+                "run = \"x\"\nexpect = \"ok\"\nexpect_exact = \"ok\"\n",
+                ":5:16: check `web` has both `expect` and `expect_exact`; keep one",
+            ),
             ("run = \"x\"\nretries = 0\n", ":4:11: check `web`: `retries` 0 must be a number from 1 up"),
             ("run = \"x\"\nretries = -1\n", ":4:11: check `web`: `retries` -1 must be"),
             ("run = \"x\"\ninterval = \"0s\"\n", ":4:12: check `web`: `interval` must be more than zero"),

@@ -112,6 +112,23 @@ impl NodeRepo {
         }
     }
 
+    /// Lifts the quarantine of every commit the branch can no longer come to: all but `tip`,
+    /// the commits ahead of it, and `deployed`. The branch moves only forward, so an ancestor of
+    /// the tip, or a commit off its history, is never the tip again and no pull, retry or
+    /// restart would run it; only a person can (`troops deploy --commit`). Returns those lifted.
+    pub fn lift_passed_quarantines(&self, tip: Oid, deployed: Oid) -> Result<Vec<Quarantined>> {
+        let mut lifted = Vec::new();
+        for q in self.all_quarantined()? {
+            let ahead = || self.git.graph_descendant_of(q.commit, tip).unwrap_or(true);
+            if q.commit == tip || q.commit == deployed || ahead() {
+                continue;
+            }
+            self.unquarantine(q.commit)?;
+            lifted.push(q);
+        }
+        Ok(lifted)
+    }
+
     /// Why `commit` is quarantined, if it is.
     pub fn quarantined(&self, commit: Oid) -> Result<Option<Quarantined>> {
         if let Some((_, ledger)) = self.owners_ledger()? {

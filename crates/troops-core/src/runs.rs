@@ -122,6 +122,20 @@ fn schema_1() -> u32 {
     1
 }
 
+impl RunRecord {
+    /// How long the run took, from its start to its end, checks and soak included (to `now` while
+    /// it is under way); `None` when a time on record is not one.
+    pub fn wall_time(&self, now: std::time::SystemTime) -> Option<std::time::Duration> {
+        let time = |text: &str| humantime::parse_rfc3339_weak(text).ok();
+        let end = match &self.finished_at {
+            Some(end) => time(end)?,
+            None if self.status.unfinished() => now,
+            None => return None,
+        };
+        end.duration_since(time(&self.started_at)?).ok()
+    }
+}
+
 #[cfg(test)]
 impl RunRecord {
     /// A run of `commit` for unit tests: pulled on web-1, started at "start", ended at "end" unless

@@ -1,9 +1,9 @@
 //! Secrets, encrypted to each node. A `[[secret]]` of the plan is an age file in the deploy repo
 //! whose recipients are the SSH keys of the nodes it is for (`keys/<hostname>.pub`, the key
 //! `troops init` prints) and the admins' (`keys/admins/*.pub`). A node decrypts its own secrets
-//! with its key into a root-only directory on tmpfs for the length of one run, and masks their
-//! values in the run's output. The operator's side (encrypt, edit, rekey, check) works in a clone
-//! of the deploy repo and needs no node.
+//! with its key into a root-only directory on tmpfs (or ramfs; never anything else) for the
+//! length of one run, and masks their values in the run's output. The operator's side (encrypt,
+//! edit, rekey, check) works in a clone of the deploy repo and needs no node.
 //!
 //! What must stay true: plaintext is written only to a run's secrets directory (removed when the
 //! run ends, or under the node lock at the next run after a crash) and to the operator's private
@@ -22,6 +22,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
+use crate::node::Node;
 use crate::plan::{Plan, Secret};
 
 /// Where a deploy repo keeps node keys, one `<hostname>.pub` each.
@@ -313,15 +314,25 @@ pub fn check(repo: &Path, plan: &Plan) -> Result<Vec<String>> {
                 continue;
             }
         };
-        for key in &wanted {
-            if !stanzas.iter().any(|s| s.tag.as_deref() == Some(&key.tag)) {
-                problems.push(format!(
-                    "{file}: {} ({}) cannot decrypt secret `{}`, which is for it; run `troops secrets rekey`",
-                    key.owner,
-                    key.source.display(),
-                    secret.name
-                ));
-            }
+        let opens = |key: &Key| stanzas.iter().any(|s| s.tag.as_deref() == Some(&key.tag));
+        // `rekey` decrypts with an admin's key: without one that opens the file, only its plaintext
+        // can make it again.
+        let fix = if keys.admins.iter().any(opens) {
+            "run `troops secrets rekey`".to_owned()
+        } else {
+            format!(
+                "no admin key in {ADMIN_KEYS_DIR}/ can decrypt it, so `rekey` cannot: encrypt it again \
+                 from its plaintext with `troops secrets encrypt {} FILE`",
+                secret.name
+            )
+        };
+        for key in wanted.iter().filter(|key| !opens(key)) {
+            problems.push(format!(
+                "{file}: {} ({}) cannot decrypt secret `{}`, which is for it; {fix}",
+                key.owner,
+                key.source.display(),
+                secret.name
+            ));
         }
         for stanza in &stanzas {
             if stanza.tag.as_ref().is_some_and(|t| wanted.iter().any(|k| &k.tag == t)) {
@@ -330,13 +341,13 @@ pub fn check(repo: &Path, plan: &Plan) -> Result<Vec<String>> {
             let known = keys.all().find(|k| stanza.tag.as_ref() == Some(&k.tag));
             problems.push(match known {
                 Some(key) => format!(
-                    "{file}: {} ({}) can decrypt secret `{}`, which is not for it; run `troops secrets rekey`",
+                    "{file}: {} ({}) can decrypt secret `{}`, which is not for it; {fix}",
                     key.owner,
                     key.source.display(),
                     secret.name
                 ),
                 None => format!(
-                    "{file}: a {} key that is in no file of {KEYS_DIR}/ can decrypt secret `{}`; run `troops secrets rekey`",
+                    "{file}: a {} key that is in no file of {KEYS_DIR}/ can decrypt secret `{}`; {fix}",
                     stanza.kind, secret.name
                 ),
             });
@@ -355,17 +366,41 @@ pub fn find<'a>(plan: &'a Plan, name: &str) -> Result<&'a Secret> {
 
 /// Encrypts `plaintext` as secret `name` of the deploy repo at `repo` to its recipients, and
 /// writes its file (see `fs_safe::write`); returns the file (relative to `repo`).
-pub fn encrypt_into(repo: &Path, plan: &Plan, name: &str, plaintext: &[u8]) -> Result<PathBuf> {
+pub fn encrypt_into(
+    repo: &Path,
+    plan: &Plan,
+    name: &str,
+    plaintext: &[u8],
+    no_admin: NoAdmin,
+) -> Result<PathBuf> {
     let secret = find(plan, name)?;
     let keys = RepoKeys::load(repo)?;
-    let bytes = sealed(secret, plaintext, &recipients(plan, &keys, secret)?)?;
+    let bytes = sealed(secret, plaintext, &recipients(plan, &keys, secret)?, no_admin)?;
     crate::fs_safe::write(repo, &secret.file, &bytes, 0o644)?;
     Ok(secret.file.clone())
 }
 
-/// `plaintext` encrypted to `keys` as the file of `secret`, refused when that file would be larger
-/// than the tooling reads back.
-fn sealed(secret: &Secret, plaintext: &[u8], keys: &[&Key]) -> Result<Vec<u8>> {
+/// Whether a secret may be encrypted with no admin among its recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAdmin {
+    /// Refused: nobody could `edit` or `rekey` it, and with its hosts' keys it would be lost.
+    Refuse,
+    /// Encrypted for its hosts alone, as the operator asked (`encrypt --allow-no-admin`).
+    Allow,
+}
+
+/// `plaintext` encrypted to `keys` as the file of `secret`, refused when no admin is among them
+/// (unless `no_admin` allows it) and when that file would be larger than the tooling reads back.
+fn sealed(secret: &Secret, plaintext: &[u8], keys: &[&Key], no_admin: NoAdmin) -> Result<Vec<u8>> {
+    if no_admin == NoAdmin::Refuse && !keys.iter().any(|k| matches!(k.owner, KeyOwner::Admin(_))) {
+        return Err(Error::Input(format!(
+            "secret `{}` would be encrypted to no admin: {ADMIN_KEYS_DIR}/ holds no key. Only its hosts \
+             could decrypt it: nobody could `edit` or `rekey` it, and if their keys were lost, so would \
+             it be. Put your SSH public key in {ADMIN_KEYS_DIR}/<you>.pub and run this again, or encrypt \
+             it for its hosts alone with `troops secrets encrypt --allow-no-admin {} FILE`",
+            secret.name, secret.name
+        )));
+    }
     let bytes = encrypt(plaintext, keys)?;
     if bytes.len() as u64 > MAX_SECRET_FILE {
         return Err(Error::Input(format!(
@@ -384,11 +419,14 @@ fn open(repo: &Path, secret: &Secret, identity: &Identity) -> Result<Option<Vec<
     let Some(bytes) = crate::fs_safe::read(repo, &secret.file, MAX_SECRET_FILE)? else { return Ok(None) };
     identity.decrypt(&bytes).map(Some).map_err(|why| {
         Error::Input(format!(
-            "secret `{}` ({}) cannot be decrypted with {} ({}): {why}",
+            "secret `{}` ({}) cannot be decrypted with {} ({}): {why}; decrypt with the key of an \
+             admin it is encrypted to (--identity), or, if no admin's key can, encrypt it again from \
+             its plaintext with `troops secrets encrypt {} FILE`",
             secret.name,
             secret.file.display(),
             identity.path.display(),
-            identity.fingerprint
+            identity.fingerprint,
+            secret.name
         ))
     })
 }
@@ -433,7 +471,7 @@ pub fn edit(
     if new == old {
         return Ok(Edited::Unchanged);
     }
-    encrypt_into(repo, plan, name, &new)?;
+    encrypt_into(repo, plan, name, &new, NoAdmin::Refuse)?;
     Ok(Edited::Changed)
 }
 
@@ -453,7 +491,7 @@ pub fn rekey(repo: &Path, plan: &Plan, identity: &Identity) -> Result<Vec<PathBu
                 secret.name
             ))
         })?;
-        let bytes = sealed(secret, &plaintext, &recipients(plan, &keys, secret)?)?;
+        let bytes = sealed(secret, &plaintext, &recipients(plan, &keys, secret)?, NoAdmin::Refuse)?;
         staged.push((crate::fs_safe::stage(repo, &secret.file, &bytes, 0o644)?, secret.file.clone()));
     }
     // Every new file is written; a failure before here dropped the temp files and left all as it was.
@@ -465,24 +503,25 @@ pub fn rekey(repo: &Path, plan: &Plan, identity: &Identity) -> Result<Vec<PathBu
     Ok(done)
 }
 
-/// The directory under which this node's runs keep their secrets, on tmpfs: as root
-/// `/run/troops/secrets/<node>`, else `/dev/shm/troops-<uid>/<node>`, where `<node>` is the start
-/// of the SHA-256 of the state dir's path (several nodes, as in tests, never share one).
-pub fn node_dir(state_dir: &Path) -> PathBuf {
+/// The directory under which this node's runs keep their secrets, on tmpfs: `<base>/<node>`, the
+/// base being the node config's `secrets_dir`, else as root `/run/troops/secrets`, else
+/// `/dev/shm/troops-<uid>`, and `<node>` the start of the SHA-256 of the state dir's path
+/// (several nodes, as in tests, never share one).
+pub fn node_dir(node: &Node) -> PathBuf {
     let uid = nix::unistd::geteuid();
-    let base = if uid.is_root() {
-        PathBuf::from("/run/troops/secrets")
-    } else {
-        PathBuf::from(format!("/dev/shm/troops-{uid}"))
+    let base = match &node.config.secrets_dir {
+        Some(dir) => dir.clone(),
+        None if uid.is_root() => PathBuf::from("/run/troops/secrets"),
+        None => PathBuf::from(format!("/dev/shm/troops-{uid}")),
     };
-    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let digest = Sha256::digest(node.state_dir.as_os_str().as_encoded_bytes());
     base.join(digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Removes what runs of this node left in `node_dir` (a troops that died mid-run). Call under
 /// the node lock.
-pub fn remove_leftovers(state_dir: &Path) -> Result<()> {
-    let dir = node_dir(state_dir);
+pub fn remove_leftovers(node: &Node) -> Result<()> {
+    let dir = node_dir(node);
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Ok(meta) if meta.is_dir() => {
@@ -525,10 +564,11 @@ impl RunSecrets {
 }
 
 /// Decrypts the secrets of `plan` that node `host` with `roles` gets, from `checkout`, with the
-/// node's key, into a fresh root-only directory for run `run`; `None` when it gets none. A secret
-/// that cannot be decrypted fails it, naming the secret and the node key's fingerprint.
+/// node's key, into a fresh root-only directory for run `run` on tmpfs or ramfs; `None` when it
+/// gets none. A secret that cannot be decrypted fails it, naming the secret and the node key's
+/// fingerprint; a directory that is not in memory fails it before any plaintext is written.
 pub fn decrypt_for_run(
-    state_dir: &Path,
+    node: &Node,
     checkout: &Path,
     plan: &Plan,
     host: &str,
@@ -539,7 +579,7 @@ pub fn decrypt_for_run(
     if wanted.is_empty() {
         return Ok(None);
     }
-    let key = state_dir.join("ssh/id_ed25519");
+    let key = node.state_dir.join("ssh/id_ed25519");
     let identity = Identity::load(&key).map_err(|e| Error::Env(format!("the node's key: {e}")))?;
     let root = checkout.canonicalize().ctx(|| format!("resolving {}", checkout.display()))?;
     let mut values = Vec::new();
@@ -554,7 +594,8 @@ pub fn decrypt_for_run(
         let plaintext = identity.decrypt(&bytes).map_err(|why| {
             Error::Input(format!(
                 "secret `{}` ({file}) cannot be decrypted by this node's key {} ({}.pub): {why}; \
-                 put that key in {KEYS_DIR}/{host}.pub of the deploy repo and run `troops secrets rekey`",
+                 put that key in {KEYS_DIR}/{host}.pub of the deploy repo and run `troops secrets check` \
+                 there, which says how to encrypt the secret to it",
                 secret.name,
                 identity.fingerprint,
                 key.display()
@@ -563,19 +604,21 @@ pub fn decrypt_for_run(
         values.push((secret, plaintext));
     }
 
-    let node = node_dir(state_dir);
-    let base = node.parent().expect("the node's secrets dir has a parent");
+    let node_dir = node_dir(node);
+    let base = node_dir.parent().expect("the node's secrets dir has a parent");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&node)
-        .ctx(|| format!("creating {}", node.display()))?;
+        .create(&node_dir)
+        .ctx(|| format!("creating {}", node_dir.display()))?;
     // Nobody else may own or enter a directory on the way: they could swap what comes below it.
     private(base)?;
-    private(&node)?;
-    let dir = node.join(run.to_string());
+    private(&node_dir)?;
+    let dir = node_dir.join(run.to_string());
     std::fs::DirBuilder::new().mode(0o700).create(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    // Dropped on an error, this removes what was made.
     let mut run_secrets = RunSecrets { dir, values: Vec::new() };
+    in_memory(&run_secrets.dir, base, &node.config.path)?;
     for (secret, plaintext) in values {
         let path = run_secrets.dir.join(&secret.name);
         let mut file = std::fs::OpenOptions::new()
@@ -596,6 +639,26 @@ pub fn decrypt_for_run(
         run_secrets.values.push((secret.name.clone(), plaintext));
     }
     Ok(Some(run_secrets))
+}
+
+/// Fails unless `dir` is on tmpfs or ramfs, so that plaintext written there never reaches a disk
+/// (`/run` is not tmpfs everywhere: in many containers it is on the image's disk).
+fn in_memory(dir: &Path, base: &Path, config: &Path) -> Result<()> {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6_u32 as _);
+    let kind = statfs(dir).ctx(|| format!("reading the filesystem of {}", dir.display()))?.filesystem_type();
+    if kind == TMPFS_MAGIC || kind == RAMFS_MAGIC {
+        return Ok(());
+    }
+    Err(Error::Env(format!(
+        "{} is not on tmpfs or ramfs (its filesystem's type is {:#x}): decrypted there, secrets \
+         could reach a disk, so none is. Mount a tmpfs at {}, or set `secrets_dir` in {} to a \
+         directory on one",
+        dir.display(),
+        kind.0,
+        base.display(),
+        config.display()
+    )))
 }
 
 /// Fails unless `dir` is a directory (not a symlink) of this process's user that nobody else can
@@ -751,6 +814,24 @@ mod tests {
         assert_eq!(masked(&env, &["DB_PASSWORD=\"correct-horse\""]), "[secret:app]");
         assert_eq!(masked(&env, &["LEVEL=prod", " prod"]), "[secret:app] prod");
         assert_eq!(masked(&[("pin", "1234")], &["pin 1234"]), "pin 1234");
+    }
+
+    #[test]
+    fn plaintext_goes_only_onto_tmpfs_or_ramfs() {
+        let config = Path::new("/etc/troops/troops.toml");
+        in_memory(Path::new("/dev/shm"), Path::new("/dev"), config).unwrap();
+        // procfs is no tmpfs (nor a disk, but troops knows only these two): refused, naming the dir
+        // and the ways out.
+        let e = in_memory(Path::new("/proc"), Path::new("/"), config).unwrap_err();
+        assert_eq!(e.exit(), crate::Exit::Environment);
+        let e = e.to_string();
+        assert!(e.starts_with("/proc is not on tmpfs or ramfs (its filesystem's type is 0x9fa0)"), "{e}");
+        assert!(
+            e.ends_with(
+                "Mount a tmpfs at /, or set `secrets_dir` in /etc/troops/troops.toml to a directory on one"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub struct EncryptArgs {
     pub name: String,
     /// The plaintext; "-" reads stdin.
     pub file: PathBuf,
+    /// Encrypt although keys/admins/ holds no key: only the secret's hosts can decrypt it, so
+    /// nobody can edit or rekey it, and it is lost with their keys.
+    #[arg(long)]
+    pub allow_no_admin: bool,
 }
 
 #[derive(Args)]

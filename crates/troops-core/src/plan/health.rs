@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{duration, duration_or_zero, role_list, Check, Health, OnFailure, Probe, Problem};
+use super::{duration, duration_or_zero, role_list, Check, Expect, Health, OnFailure, Probe, Problem};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +26,7 @@ pub(super) struct RawCheck {
     run: Option<Spanned<String>>,
     unit: Option<Spanned<String>>,
     expect: Option<Spanned<String>>,
+    expect_exact: Option<Spanned<String>>,
     start_period: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
@@ -94,11 +95,19 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
         }
         _ => Probe::Unit(text),
     };
-    if let Some(expect) = &raw.expect {
+    let expect = match (raw.expect, raw.expect_exact) {
+        (Some(_), Some(exact)) => {
+            return Err((exact.span(), format!("{owner} has both `expect` and `expect_exact`; keep one")))
+        }
+        (Some(text), None) => Some(("expect", text.span(), Expect::Contains(text.into_inner()))),
+        (None, Some(text)) => Some(("expect_exact", text.span(), Expect::Exact(text.into_inner()))),
+        (None, None) => None,
+    };
+    if let Some((key, span, _)) = &expect {
         if matches!(probe, Probe::Tcp(_) | Probe::Unit(_)) {
             return Err((
-                expect.span(),
-                format!("{owner}: `expect` is for `http` (a body substring) and `run` (an output substring)"),
+                span.clone(),
+                format!("{owner}: `{key}` is for `http` (the body) and `run` (the output)"),
             ));
         }
     }
@@ -117,7 +126,7 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
     Ok(Check {
         roles: role_list(&owner, raw.roles)?,
         probe,
-        expect: raw.expect.map(Spanned::into_inner),
+        expect: expect.map(|(_, _, expect)| expect),
         start_period: not_too_short(&owner, "start_period", raw.start_period, |v| {
             duration_or_zero(&owner, "start_period", v, Duration::ZERO)
         })?,

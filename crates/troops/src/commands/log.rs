@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use troops_core::deploy::short;
@@ -30,19 +30,36 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
         writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&records)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for r in records {
-        let ms: u64 = r.steps.iter().map(|s| s.duration_ms).sum();
-        writeln!(
-            std::io::stdout(),
-            "{:>5}  {:<11}  {:<6}  {}  {}  {:>8.1}s  {}",
-            r.id,
-            r.status,
-            r.trigger,
-            short(&r.commit),
-            r.started_at,
-            ms as f64 / 1000.0,
-            r.error.as_deref().unwrap_or("")
-        )?;
+    let now = SystemTime::now();
+    let rows: Vec<[String; 7]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.status.to_string(),
+                r.trigger.to_string(),
+                short(&r.commit).to_owned(),
+                r.started_at.clone(),
+                r.wall_time(now).map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["RUN", "STATUS", "TRIGGER", "COMMIT", "STARTED", "DURATION", "ERROR"].map(String::from);
+    // Each column as wide as its widest cell; numbers (RUN, DURATION) aligned right; ERROR, the
+    // last, unpadded.
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().chain([&header]).map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut stdout = std::io::stdout().lock();
+    for row in [&header].into_iter().chain(&rows) {
+        let cells: Vec<String> = (0..6)
+            .map(|c| match c {
+                0 | 5 => format!("{:>w$}", row[c], w = widths[c]),
+                _ => format!("{:<w$}", row[c], w = widths[c]),
+            })
+            .collect();
+        writeln!(stdout, "{}", format!("{}  {}", cells.join("  "), row[6]).trim_end())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use troops_core::plan::Plan;
-use troops_core::secrets::{self, Edited, Identity};
+use troops_core::secrets::{self, Edited, Identity, NoAdmin, RepoKeys};
+use troops_core::Exit;
 
 use crate::cli::{IdentityArgs, SecretsCommand};
 
@@ -26,7 +27,8 @@ pub fn run(command: SecretsCommand) -> Result<ExitCode> {
                     .with_context(|| format!("reading {}", args.file.display()))?;
                 bounded(file, &args.file.display().to_string())?
             };
-            let file = secrets::encrypt_into(repo, &plan, &args.name, &plaintext)?;
+            let no_admin = if args.allow_no_admin { NoAdmin::Allow } else { NoAdmin::Refuse };
+            let file = secrets::encrypt_into(repo, &plan, &args.name, &plaintext, no_admin)?;
             writeln!(stdout, "{}: secret `{}` encrypted", file.display(), args.name)?;
         }
         SecretsCommand::Edit(args) => {
@@ -51,9 +53,14 @@ pub fn run(command: SecretsCommand) -> Result<ExitCode> {
                 writeln!(stdout, "{problem}")?;
             }
             if !problems.is_empty() {
-                return Ok(ExitCode::from(1));
+                return Ok(Exit::Failed.into());
             }
-            writeln!(stdout, "{} secrets: ok", plan.secrets.len())?;
+            let hosts_only = if !plan.secrets.is_empty() && RepoKeys::load(repo)?.admins.is_empty() {
+                format!(" ({}/ holds no key: only their hosts can decrypt them)", secrets::ADMIN_KEYS_DIR)
+            } else {
+                String::new()
+            };
+            writeln!(stdout, "{} secrets: ok{hosts_only}", plan.secrets.len())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,11 +2,12 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::Result;
 use serde_json::json;
 use troops_core::control::Daemon;
-use troops_core::deploy::{short, summary};
+use troops_core::deploy::short;
 use troops_core::lock::NodeLock;
 use troops_core::node::Node;
 use troops_core::runs::RunRecord;
@@ -202,14 +203,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         None => writeln!(std::io::stdout(), "running   nothing")?,
     }
     match &last {
-        Some(r) => writeln!(
-            std::io::stdout(),
-            "last run  {} ({}) of {}, {}",
-            summary(r),
-            r.trigger,
-            short(&r.commit),
-            r.finished_at.as_deref().unwrap_or(&r.started_at)
-        )?,
+        Some(r) => writeln!(std::io::stdout(), "last run  {}", last_run(r))?,
         None => writeln!(std::io::stdout(), "last run  none")?,
     }
     if let Some(others) = &others {
@@ -273,6 +267,23 @@ pub fn others(others: &[troops_core::runs::Other]) -> Option<String> {
         ids.join(", "),
         uids.join(", ")
     ))
+}
+
+/// The last run in one sentence: "run 3 (pull) of 2fcbae4df3f5 succeeded at ... after 4.2s; its
+/// output: troops log 3", with why it failed before the output.
+fn last_run(r: &RunRecord) -> String {
+    let at = r.finished_at.as_deref().map_or(String::new(), |at| format!(" at {at}"));
+    let took =
+        r.wall_time(SystemTime::now()).map_or(String::new(), |d| format!(" after {:.1}s", d.as_secs_f64()));
+    let why = r.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
+    format!(
+        "run {} ({}) of {} {}{at}{took}{why}; its output: troops log {}",
+        r.id,
+        r.trigger,
+        short(&r.commit),
+        r.status.to_string().replace('_', " "),
+        r.id
+    )
 }
 
 /// A record as it stands: one left unfinished while nobody holds the lock is what the next run
