@@ -711,9 +711,16 @@ impl Run<'_, '_> {
             }
             if result.status != StepStatus::Succeeded {
                 let code = result.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
-                let _ = writeln!(self.out, "==> {} {}{code}", step.name, result.status);
+                let why = match (&step.action, &result.cannot_start) {
+                    (crate::plan::Action::Script(script), Some(why)) => {
+                        format!(": script {} could not be started: {why}", script.display())
+                    }
+                    (_, Some(why)) => format!(": it could not be started: {why}"),
+                    (_, None) => String::new(),
+                };
+                let _ = writeln!(self.out, "==> {} {}{code}{why}", step.name, result.status);
                 self.record.status = RunStatus::Failed;
-                self.record.error = Some(format!("step `{}` {}{code}", step.name, result.status));
+                self.record.error = Some(format!("step `{}` {}{code}{why}", step.name, result.status));
                 runs.save(self.record)?;
                 return Ok(false);
             }
