@@ -25,5 +25,6 @@ mod signed;
 mod sshsig;
 mod steps;
 mod trust;
+mod wait;
 mod watch;
 mod webapp;

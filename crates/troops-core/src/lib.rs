@@ -21,6 +21,7 @@ pub mod fleet;
 pub mod fs_safe;
 pub mod http;
 pub mod init;
+pub mod limits;
 pub mod lock;
 pub mod metrics;
 pub mod node;
@@ -39,6 +40,7 @@ pub mod signals;
 pub mod ssh;
 pub mod supervise;
 pub mod verify;
+pub mod wait;
 
 #[cfg(test)]
 mod accepted;

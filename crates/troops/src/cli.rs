@@ -50,6 +50,14 @@ pub enum Command {
     Status(JsonArgs),
     /// The run history, newest last.
     Runs(JsonArgs),
+    /// Wait until the run of COMMIT (default: the branch tip) has ended; exit 0 if it deployed,
+    /// 1 if it failed, was rolled back or is quarantined, 3 on timeout.
+    ///
+    /// For CI, since `git push` exits 0 whatever its run did: `ssh NODE troops wait SHA`. It
+    /// prints the run's summary line. A commit the node does not have yet (a full id) is waited
+    /// for; one that never ran by itself because a newer push on top of it ran instead stands or
+    /// falls with that newer tip.
+    Wait(WaitArgs),
     /// One run's output (default: the latest).
     Log(LogArgs),
     /// This node's roles, one per line.
@@ -163,7 +171,7 @@ pub struct PushArgs {
     #[arg(long, value_name = "B")]
     pub branch: Option<String>,
     /// Kill a host's push (git and its ssh) that has not ended after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::fanout::parse_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::limits::duration_arg)]
     pub timeout: std::time::Duration,
 }
 
@@ -186,6 +194,16 @@ pub struct FleetArgs {
     /// this in the background; the daemon publishes on its own).
     #[arg(long, conflicts_with = "json")]
     pub publish: bool,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// The commit (any git revision of the node repo, or a full commit id it has yet to get);
+    /// default: the branch tip.
+    pub commit: Option<String>,
+    /// Give up (exit 3) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::limits::duration_arg)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Args)]

@@ -12,6 +12,7 @@ mod roles;
 mod secrets;
 mod status;
 mod verify;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Daemon => crate::daemon::run(node(&global)?),
         Command::Status(args) => status::run(&node(&global)?, args.json),
         Command::Runs(args) => log::runs(&node(&global)?, args.json),
+        Command::Wait(args) => wait::run(&node(&global)?, args),
         Command::Log(args) => log::log(&node(&global)?, args),
         Command::Roles => roles::list(&node(&global)?),
         Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
