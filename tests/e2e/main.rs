@@ -16,6 +16,7 @@ mod hostile;
 mod inputs;
 mod metrics;
 mod node;
+mod plans;
 mod probe;
 mod pull;
 mod push;
