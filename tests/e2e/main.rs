@@ -7,12 +7,14 @@
 
 mod support;
 
+mod access;
 mod checks;
 mod daemon;
 mod dispatch;
 mod fanout;
 mod fleet;
 mod hostile;
+mod init;
 mod inputs;
 mod metrics;
 mod node;

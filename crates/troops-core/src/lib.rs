@@ -7,6 +7,7 @@ pub mod host;
 pub mod plan;
 
 pub use error::{Error, Exit, Result};
+pub mod access;
 pub mod ask;
 pub mod atomic;
 pub mod background;

@@ -135,12 +135,18 @@ pub struct InitArgs {
     /// The branch to follow (written to the node config).
     #[arg(long)]
     pub branch: Option<String>,
-    /// A remote to fetch from, as NAME=URL; repeat for several.
+    /// A remote to fetch from, as NAME=URL; repeat for several. A remote the node has already,
+    /// with another URL, is refused (change it with `git remote set-url`); a relative path is made
+    /// absolute.
     #[arg(long = "remote", value_name = "NAME=URL", value_parser = parse_remote)]
     pub remotes: Vec<(String, String)>,
     /// A role this node has besides those the plan gives it (written to the node config).
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
+    /// This node's name (in the plan's roles, its status ref, keys/NAME.pub), written to the node
+    /// config if it names none; default: this machine's fully qualified name.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Args)]
