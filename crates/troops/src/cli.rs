@@ -64,7 +64,12 @@ pub enum Command {
     Roles,
     /// Exit 0 if this node has ROLE, 1 if not (for scripts).
     HasRole(HasRoleArgs),
-    /// Validate a plan file without a node (for the deploy repo's own CI).
+    /// Validate a plan and its scripts as a node would, without a node (for the deploy repo's CI).
+    ///
+    /// In a clone of the deploy repo (PLAN at the root of a git work tree) it checks what git would
+    /// commit, the index, not the work tree: a script that is not added, or lacks its executable
+    /// bit there, fails; paths where the work tree differs are named on stderr. Elsewhere, the
+    /// files where they lie.
     Check(CheckArgs),
     /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
