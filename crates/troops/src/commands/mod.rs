@@ -25,7 +25,10 @@ use crate::cli::{Cli, Command, Global};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     // What is done in a clone of the deploy repo, not on a node, is no business of admin_group.
-    let on_node = !matches!(cli.command, Command::Check(_) | Command::Push(_) | Command::Secrets(_));
+    let on_node = !matches!(
+        cli.command,
+        Command::Check(_) | Command::Push(_) | Command::Secrets(_) | Command::Fleet(_)
+    );
     let global = cli.global.clone();
     command(cli).map_err(|error| match on_node.then(|| refused(&global, &error)).flatten() {
         Some(why) => troops_core::Error::Env(format!("{error}: {why}")).into(),
