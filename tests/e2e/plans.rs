@@ -116,20 +116,26 @@ fn a_pulled_plan_that_cannot_be_read_fails_its_run_and_follows_the_deployed_plan
     assert!(text(&out.stdout).contains("is quarantined"), "{}", combined(&out));
     assert_eq!(env.run_ids(), [1, 2, 3]);
 
-    // The deployed plan retries: so is the broken commit, with backoff, and it is not quarantined.
-    let (env, work) = node();
-    work.commit(&env, &[("troops.toml", &plan("retry", "true"))], "good");
-    publish_to_a(&env, &work);
-    assert_eq!(env.run(&["pull"]).status.code(), Some(0));
-    let broken = work.commit(&env, &[("troops.toml", "[[step]\n")], "broken");
-    publish_to_a(&env, &work);
-    assert_eq!(env.run(&["pull"]).status.code(), Some(1));
-    assert_eq!(env.run_record(2)["status"], "failed");
-    assert_eq!(env.node_ref(&format!("refs/troops/bad/{broken}")), None, "quarantined under retry");
-    let out = env.run(&["pull"]);
-    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
-    assert!(text(&out.stdout).contains("it is retried in"), "{}", combined(&out));
-    assert_eq!(env.run_ids(), [1, 2]);
+    // The deployed plan retries: so is the broken commit, with backoff, and it is not quarantined;
+    // nor is one with nothing deployed before it (there is nothing to go back to).
+    for deployed in [Some("retry"), None] {
+        let (env, work) = node();
+        if let Some(on_failure) = deployed {
+            work.commit(&env, &[("troops.toml", &plan(on_failure, "true"))], "good");
+            publish_to_a(&env, &work);
+            assert_eq!(env.run(&["pull"]).status.code(), Some(0));
+        }
+        let broken = work.commit(&env, &[("troops.toml", "[[step]\n")], "broken");
+        publish_to_a(&env, &work);
+        assert_eq!(env.run(&["pull"]).status.code(), Some(1), "{deployed:?}");
+        let failed = *env.run_ids().last().unwrap();
+        assert_eq!(env.run_record(failed)["status"], "failed", "{deployed:?}");
+        assert_eq!(env.node_ref(&format!("refs/troops/bad/{broken}")), None, "{deployed:?}: quarantined");
+        let out = env.run(&["pull"]);
+        assert_eq!(out.status.code(), Some(1), "{deployed:?}: {}", combined(&out));
+        assert!(text(&out.stdout).contains("it is retried in"), "{deployed:?}: {}", combined(&out));
+        assert_eq!(env.run_ids().last(), Some(&failed), "{deployed:?}: it ran again at once");
+    }
 }
 
 /// `troops check` run in `dir`: exit code, stdout, stderr.
