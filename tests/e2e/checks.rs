@@ -416,7 +416,7 @@ fn a_unit_check_is_skipped_where_systemd_is_not_running() {
 }
 
 #[test]
-fn a_plan_for_a_newer_troops_is_refused_by_check_and_by_a_pushed_run() {
+fn a_plan_for_a_newer_troops_is_refused_by_check_by_a_push_and_by_a_run() {
     // It also uses a key this troops does not know: the refusal names the versions, not the key.
     let newer = "min_troops = \"99.0\"\n[[step]]\nname = \"a\"\nrun = \"true\"\nwave = 3\n";
     let sentence =
@@ -431,9 +431,14 @@ fn a_plan_for_a_newer_troops_is_refused_by_check_and_by_a_pushed_run() {
 
     env.init();
     let repo = env.deploy_repo("deploy");
-    let (stderr, _) = push(&env, &repo, newer);
-    assert!(stderr.contains(&format!("remote: troops: {sentence}")), "{stderr}");
+    let (stderr, commit) = push(&env, &repo, newer);
+    let refusal = format!("remote: troops: refusing refs/heads/main at {}: {sentence}", &commit[..12]);
+    assert!(stderr.contains(&refusal), "{stderr}");
     assert!(!stderr.contains("unknown field"), "{stderr}");
+    assert_eq!((env.node_ref("refs/heads/main"), env.run_ids()), (None, vec![]));
+    // On the branch by another way (a pull, a fetch by hand), its run fails with the same words.
+    repo.publish(&env);
+    assert_eq!(env.run(&["deploy"]).status.code(), Some(1));
     assert_eq!(env.deployed(), None);
     let (_, record) = latest(&env);
     assert_eq!((record["status"].as_str(), record["error"].as_str()), (Some("failed"), Some(sentence)));

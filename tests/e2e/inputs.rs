@@ -148,11 +148,12 @@ fn control_characters_in_names_are_refused_with_line_and_column() {
     env.init();
     let work = env.deploy_repo("work");
     work.commit(&env, &[("troops.toml", plan)], "forged step");
-    let said = push(&env, &work, &env.repo());
+    let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "the push was accepted:\n{said}");
     assert!(said.contains("troops.toml:5:8: step name"), "{said}");
-    let record = env.run_record(1);
-    assert_eq!(record["status"], "failed", "{record}");
-    assert!(record["steps"].as_array().unwrap().is_empty(), "{record}");
+    assert_eq!(env.node_ref("refs/heads/main"), None, "the branch moved");
+    assert_eq!(env.run_ids(), Vec::<u64>::new(), "something ran");
     assert_eq!(env.deployed(), None);
 }
 
@@ -180,18 +181,26 @@ fn a_config_or_plan_that_is_not_utf8_is_bad_input() {
 }
 
 #[test]
-fn a_plan_that_is_not_utf8_or_not_a_file_fails_the_push_and_the_pull_as_a_run() {
+fn a_plan_that_is_not_utf8_or_not_a_file_is_refused_by_a_push_and_fails_a_pull_as_a_run() {
     let env = Env::new();
     env.init();
     let origin = remote(&env, "a");
     let work = env.deploy_repo("work");
 
-    // A push (no daemon: the hook runs it): a plan that is not UTF-8.
+    // A plan that is not UTF-8: a push of it is refused before the branch moves; a pull fails
+    // its run.
     std::fs::write(work.path.join("troops.toml"), b"[[step]]\nname = \"\xff\"\nrun = \"true\"\n").unwrap();
     commit_all(&env, &work, "latin-1 plan");
-    let said = push(&env, &work, &env.repo());
+    let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "the push was accepted:\n{said}");
     assert!(said.contains("troops.toml:2:9: the plan is not UTF-8 text (byte 0xff)"), "{said}");
-    assert!(said.contains("run 1 failed"), "{said}");
+    assert_eq!((env.node_ref("refs/heads/main"), env.run_ids()), (None, vec![]));
+    push(&env, &work, &origin);
+    let (code, out) = troops(&env, &["pull"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("troops.toml:2:9: the plan is not UTF-8 text (byte 0xff)"), "{out}");
+    assert!(out.contains("run 1 failed"), "{out}");
     assert_eq!(env.run_record(1)["status"], "failed");
     let shown = env.ok(&["status"]);
     assert!(
@@ -237,13 +246,21 @@ fn a_symlinked_plan_fails_in_the_daemon_and_is_retried_with_backoff_not_at_once(
     assert!(record["error"].as_str().unwrap().contains("troops.toml:1:1: the plan is a symlink"), "{record}");
     assert!(daemon.log().contains("will retry"), "{}", daemon.log());
 
-    // A push of the same content as a new commit resets the backoff and fails the same way.
-    work.commit(&env, &[("x", "1")], "another");
-    push(&env, &work, &env.repo());
-    wait_until("the pushed commit's run", LIMIT, || {
-        env.run_ids().len() == 2 && env.run_record(2)["status"] != "running"
-    });
-    assert_eq!(env.run_record(2)["status"], "failed");
+    // A push of the same content as a new commit is refused before the branch moves; pulled, the
+    // new commit resets the backoff and fails the same way.
+    let another = work.commit(&env, &[("x", "1")], "another");
+    let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("troops.toml:1:1: the plan is a symlink"), "{}", text(&out.stderr));
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(tip.as_str()));
+    push(&env, &work, &origin);
+    let (code, out) = troops(&env, &["pull"]);
+    assert_eq!(code, 1, "{out}");
+    let record = env.run_record(2);
+    assert_eq!(
+        (record["status"].as_str(), record["commit"].as_str()),
+        (Some("failed"), Some(another.as_str()))
+    );
     assert_eq!(env.run_ids(), [1, 2]);
 }
 

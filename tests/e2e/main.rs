@@ -7,15 +7,18 @@
 
 mod support;
 
+mod access;
 mod checks;
 mod daemon;
 mod dispatch;
 mod fanout;
 mod fleet;
 mod hostile;
+mod init;
 mod inputs;
 mod metrics;
 mod node;
+mod plans;
 mod probe;
 mod pull;
 mod push;
@@ -25,5 +28,6 @@ mod signed;
 mod sshsig;
 mod steps;
 mod trust;
+mod wait;
 mod watch;
 mod webapp;

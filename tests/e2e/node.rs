@@ -524,8 +524,10 @@ fn plan_errors_are_refused_with_line_and_column_before_any_step() {
     }
     assert_eq!(env.run_ids(), (1..=cases.len() as u64 + 1).collect::<Vec<_>>());
 
+    // In a clone, `troops check` reads what git would commit: the plan as staged.
     let plan = first + "[[step]]\nname = \"second\"\nscript = \"steps/ok.sh\"\n";
     std::fs::write(repo.path.join("troops.toml"), &plan).unwrap();
+    env.git(&repo.path, &["add", "troops.toml"]);
     let out = env.run(&["check", repo.path.join("troops.toml").to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", all_output(&out));
     assert!(marks.list().is_empty(), "`troops check` ran a step");

@@ -366,11 +366,7 @@ fn quarantine_if_asked(
     commit: Oid,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let rollback = match repo.plan_text(commit) {
-        Ok(Some(text)) => Plan::parse(Path::new(crate::plan::FILE_NAME), &text, None)
-            .is_ok_and(|plan| plan.health.on_failure == OnFailure::Rollback),
-        _ => false,
-    };
+    let rollback = on_failure(repo, commit) == OnFailure::Rollback;
     if !rollback || repo.deployed()? == Some(commit) || record.trigger == Trigger::Rollback {
         return Ok(());
     }
@@ -378,6 +374,19 @@ fn quarantine_if_asked(
     repo.quarantine(commit, &reason)?;
     let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&commit.to_string()));
     Ok(())
+}
+
+/// What a failed run of `commit` leads to: its plan's `on_failure`. A plan that cannot be read
+/// (bad TOML, a bad key, for a newer troops) asks for nothing, so the policy in force on the node
+/// holds, that of the deployed commit's plan: with "rollback" there, such a commit is quarantined
+/// and the last good one runs again, as for a commit whose script is missing (both fail before
+/// any step); with nothing deployed, it is retried.
+fn on_failure(repo: &crate::repo::NodeRepo, commit: Oid) -> OnFailure {
+    let of = |commit: Oid| {
+        let text = repo.plan_text(commit).ok().flatten()?;
+        Some(Plan::parse(Path::new(crate::plan::FILE_NAME), &text, None).ok()?.health.on_failure)
+    };
+    of(commit).or_else(|| of(repo.deployed().ok().flatten()?)).unwrap_or(OnFailure::Retry)
 }
 
 /// One run of `now.commit`, start to end, under the lock: record, prepare, execute, check,
@@ -767,9 +776,16 @@ impl Run<'_, '_> {
             }
             if result.status != StepStatus::Succeeded {
                 let code = result.exit_code.map_or(String::new(), |c| format!(" (exit {c})"));
-                let _ = writeln!(self.out, "==> {} {}{code}", step.name, result.status);
+                let why = match (&step.action, &result.cannot_start) {
+                    (crate::plan::Action::Script(script), Some(why)) => {
+                        format!(": script {} could not be started: {why}", script.display())
+                    }
+                    (_, Some(why)) => format!(": it could not be started: {why}"),
+                    (_, None) => String::new(),
+                };
+                let _ = writeln!(self.out, "==> {} {}{code}{why}", step.name, result.status);
                 self.record.status = RunStatus::Failed;
-                self.record.error = Some(format!("step `{}` {}{code}", step.name, result.status));
+                self.record.error = Some(format!("step `{}` {}{code}{why}", step.name, result.status));
                 runs.save(self.record)?;
                 return Ok(false);
             }

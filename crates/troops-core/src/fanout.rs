@@ -13,15 +13,6 @@ use crate::plan::Plan;
 /// Where a node's repo is when `[hosts]` does not say (the SPEC's default state dir).
 pub const DEFAULT_REPO_PATH: &str = "/var/lib/troops/repo/main.git";
 
-/// `troops push --timeout`: a humantime duration, more than zero.
-pub fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Validates the plan's `[hosts]` table (host name to the git URL `troops push` pushes to);
 /// `err` places a message at a span of the plan.
 pub fn parse_hosts(

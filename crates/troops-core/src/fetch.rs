@@ -152,7 +152,9 @@ fn fetch_one(
         return Fetched { tip: Ok(before), probed: true, ..fetched };
     }
     let result = if libgit2_fetches(url) {
+        // libgit2 takes a path where no repository is for a URL of no protocol it knows.
         fetch_with_libgit2(&repo, name, branch, &tracking, deadline)
+            .map_err(|e| no_repository(url).unwrap_or(e))
     } else {
         fetch_with_git(repo_path, name, url, branch, &tracking, ssh_dir, deadline).map(|found| {
             let tip = if found { repo.refname_to_id(&tracking).ok() } else { None };
@@ -175,6 +177,35 @@ pub(crate) fn libgit2_fetches(url: &str) -> bool {
     match url.split_once("://") {
         Some((scheme, _)) => matches!(scheme, "file" | "git"),
         None => !crate::ssh::is_ssh(url),
+    }
+}
+
+/// The path on this host a remote's `url` names, if it names one (a path, or `file://`).
+pub fn local_path(url: &str) -> Option<&Path> {
+    match url.split_once("://") {
+        Some(("file", path)) => Some(Path::new(path)),
+        Some(_) => None,
+        None => (!crate::ssh::is_ssh(url)).then(|| Path::new(url)),
+    }
+}
+
+/// "no repository at PATH", when `url` names a path on this host where no git repository is.
+pub fn no_repository(url: &str) -> Option<String> {
+    let path = local_path(url)?;
+    let missing = matches!(Repository::open(path), Err(e) if e.code() == git2::ErrorCode::NotFound);
+    missing.then(|| format!("no repository at {}", path.display()))
+}
+
+/// How the node fetches from `url`, in a few words.
+pub fn how(url: &str) -> &'static str {
+    if local_path(url).is_some() {
+        "a path on this host, read in-process"
+    } else if crate::ssh::is_ssh(url) {
+        "over SSH, with this node's key"
+    } else if libgit2_fetches(url) {
+        "git://, in-process"
+    } else {
+        "over HTTP(S), with git"
     }
 }
 

@@ -15,16 +15,20 @@ use crate::node::Node;
 
 pub struct Options {
     pub branch: Option<String>,
-    /// `(name, url)` pairs, added as git remotes of the node repo (or updated to that url).
+    /// `(name, url)` pairs, added as git remotes of the node repo; a remote of that name with
+    /// another url is refused, never replaced.
     pub remotes: Vec<(String, String)>,
     pub roles: Vec<String>,
+    /// The node's hostname, written into the node config if it names none.
+    pub hostname: Option<String>,
     /// The `troops-hook` binary the repo's hooks run.
     pub hook: PathBuf,
 }
 
 /// Initialises the node at `state_dir` with the config file `config_path`; returns the node and
-/// its SSH public key.
+/// its SSH public key. What the options ask for is checked before anything is written.
 pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(Node, String)> {
+    let mut remotes = Vec::new();
     for (name, url) in &options.remotes {
         // Both end up on git's command line; git's own checks let `-x` through as a name.
         if name.starts_with('-') || url.starts_with('-') {
@@ -32,9 +36,16 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
                 "remote {name:?} ({url}): a remote name or url may not start with `-`"
             )));
         }
+        // The daemon fetches from `/`, not from where init ran: a relative path is made absolute.
+        let url = match crate::fetch::local_path(url) {
+            Some(path) if path.is_relative() => absolute(path)?.display().to_string(),
+            _ => url.clone(),
+        };
+        remotes.push((name.clone(), url));
     }
-    if options.branch.is_some() || !options.roles.is_empty() {
-        update_config(config_path, options.branch.as_deref(), &options.roles)?;
+    keep_remotes(&state_dir.join("repo/main.git"), &remotes)?;
+    if options.branch.is_some() || !options.roles.is_empty() || options.hostname.is_some() {
+        update_config(config_path, options.branch.as_deref(), &options.roles, options.hostname.as_deref())?;
     }
     let node = Node::load(state_dir.to_owned(), config_path)?;
     for dir in [node.state_dir.clone(), node.runs().dir(0).with_file_name(""), node.work_dir()] {
@@ -43,8 +54,8 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
     // Private by default: run records, logs and checkouts are nobody's business but root's and
     // the admin group's, and nothing under the state dir is reachable by others.
     private(&node.state_dir)?;
-    init_repo(&node, options)?;
-    let public_key = ssh_key(&node.ssh_dir())?;
+    init_repo(&node, &remotes, &options.hook)?;
+    let public_key = ssh_key(&node.ssh_dir(), &node.config.hostname())?;
     share_with_group(&node)?;
     start_ledger(&node)?;
     crate::releases::Releases::new(&node.state_dir, None).secure_dir()?;
@@ -259,7 +270,7 @@ pub fn use_group_umask(state_dir: &Path) {
     }
 }
 
-fn init_repo(node: &Node, options: &Options) -> Result<()> {
+fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<()> {
     let path = node.repo_path();
     let branch = &node.config.branch;
     // What an older troops's `git gc` left: group-writable, so not to be believed
@@ -330,17 +341,13 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
     git.set_head(&format!("refs/heads/{branch}"))
         .ctx(|| format!("pointing HEAD of {} at {branch}", path.display()))?;
 
-    for (name, url) in &options.remotes {
-        match git.find_remote(name) {
-            Ok(remote) if remote.url() == Some(url.as_str()) => {}
-            Ok(_) => {
-                git.remote_set_url(name, url).map(drop).ctx(|| format!("setting the url of remote {name}"))?
-            }
-            Err(_) => git.remote(name, url).map(drop).ctx(|| format!("adding remote {name} ({url})"))?,
+    for (name, url) in remotes {
+        if git.find_remote(name).is_err() {
+            git.remote(name, url).map(drop).ctx(|| format!("adding remote {name} ({url})"))?;
         }
     }
 
-    let hook = options.hook.to_string_lossy().replace('\'', r"'\''");
+    let hook = hook.to_string_lossy().replace('\'', r"'\''");
     for kind in ["pre-receive", "post-receive"] {
         let file = path.join("hooks").join(kind);
         let script = format!(
@@ -351,13 +358,45 @@ fn init_repo(node: &Node, options: &Options) -> Result<()> {
     lock_down_repo_config(&path)
 }
 
-/// Adds `roles` and sets `branch` in the node config file, keeping everything else in it.
-fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<()> {
+/// Refuses a remote of `remotes` that the node repo at `git_dir` has already, with another url:
+/// `troops init` run again with a mistyped or stale `--remote` must not quietly move the node to
+/// another mirror. Changing a remote is git's: `git remote set-url`, as the message says.
+fn keep_remotes(git_dir: &Path, remotes: &[(String, String)]) -> Result<()> {
+    let Ok(git) = Repository::open_bare(git_dir) else { return Ok(()) };
+    for (name, url) in remotes {
+        let Ok(remote) = git.find_remote(name) else { continue };
+        let current = String::from_utf8_lossy(remote.url_bytes());
+        if current != *url {
+            return Err(Error::Input(format!(
+                "remote {name} of {} is {current}, not {url}; troops init does not replace a remote: \
+                 to move it, git --git-dir={} remote set-url {name} {url}",
+                git_dir.display(),
+                git_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds `roles`, sets `branch` and, if the file names none, `hostname` in the node config file,
+/// keeping everything else in it. A hostname other than the one the file names is refused: it is
+/// the node's name in the plan's roles, its status ref and its key in the deploy repo.
+fn update_config(path: &Path, branch: Option<&str>, roles: &[String], hostname: Option<&str>) -> Result<()> {
     let text = crate::config::read(path)?.unwrap_or_default();
-    Config::parse(path, &text)?;
+    let config = Config::parse(path, &text)?;
     let mut doc: toml_edit::DocumentMut = text.parse().expect("a config that parsed is TOML");
     if let Some(branch) = branch {
         doc["branch"] = toml_edit::value(branch);
+    }
+    match (hostname, config.hostname.as_deref()) {
+        (Some(new), Some(old)) if new != old => {
+            return Err(Error::Input(format!(
+                "{} names this host {old:?} already, not {new:?}; edit the file to rename the host",
+                path.display()
+            )))
+        }
+        (Some(new), None) => doc["hostname"] = toml_edit::value(new),
+        _ => {}
     }
     if !roles.is_empty() {
         let list = doc.entry("roles").or_insert(toml_edit::value(toml_edit::Array::new()));
@@ -378,14 +417,15 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String]) -> Result<
     crate::atomic::write_mode(path, text.as_bytes(), mode)
 }
 
-/// The node's SSH key for fetching: made once, kept forever. Returns the public half.
-fn ssh_key(dir: &Path) -> Result<String> {
+/// The node's SSH key for fetching (and the secrets of its roles), `troops@HOSTNAME`: made once,
+/// kept forever. Returns the public half.
+fn ssh_key(dir: &Path, hostname: &str) -> Result<String> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("securing {}", dir.display()))?;
     let key = dir.join("id_ed25519");
     if !key.exists() {
-        let comment = format!("troops@{}", crate::host::fqdn());
+        let comment = format!("troops@{hostname}");
         let output = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f"])
             .arg(&key)

@@ -7,6 +7,7 @@ pub mod host;
 pub mod plan;
 
 pub use error::{Error, Exit, Result};
+pub mod access;
 pub mod ask;
 pub mod atomic;
 pub mod background;
@@ -22,6 +23,7 @@ pub mod fs_safe;
 pub mod http;
 pub mod init;
 pub mod ledger;
+pub mod limits;
 pub mod lock;
 pub mod metrics;
 pub mod node;
@@ -42,6 +44,7 @@ pub mod ssh;
 pub mod supervise;
 pub mod trust;
 pub mod verify;
+pub mod wait;
 
 #[cfg(test)]
 mod accepted;

@@ -594,20 +594,34 @@ fn release(raw: RawRelease) -> Result<Release, Problem> {
     Ok(Release { keep, keep_failed, link })
 }
 
-/// Checks that `script` names a file inside `root`, without `..`, absolute paths or symlinks that
-/// lead out; returns it relative to `root`.
+/// Checks that `script` names an executable file inside `root`, without `..`, absolute paths or
+/// symlinks that lead out; returns it relative to `root`.
 fn script_path(root: Option<&Path>, script: &str) -> std::result::Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
     let relative = repo_path(script).map_err(|e| format!("script {e}"))?;
     let Some(root) = root else { return Ok(relative) };
     let root =
         root.canonicalize().map_err(|e| format!("cannot resolve the checkout {}: {e}", root.display()))?;
     let full = root.join(&relative);
-    let real = full.canonicalize().map_err(|e| format!("script {script:?}: {e}"))?;
+    let real = full.canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("script {script:?} is not in the repo (is it committed?)"),
+        _ => format!("script {script:?}: {e}"),
+    })?;
     if !real.starts_with(&root) {
         return Err(format!("script {script:?} leaves the repo through a symlink to {}", real.display()));
     }
-    if !real.is_file() {
+    let meta = std::fs::metadata(&real).map_err(|e| format!("script {script:?}: {e}"))?;
+    if !meta.is_file() {
         return Err(format!("script {script:?} is not a file"));
+    }
+    // Executed directly: without an executable bit it could only fail, "Permission denied".
+    if meta.permissions().mode() & 0o111 == 0 {
+        let file = real.strip_prefix(&root).unwrap_or(&relative).display();
+        return Err(format!(
+            "script {script:?} is not executable (mode {:o}); commit it with its executable bit: \
+             git update-index --chmod=+x {file}",
+            meta.permissions().mode() & 0o7777
+        ));
     }
     Ok(relative)
 }
@@ -851,6 +865,42 @@ mod tests {
             unknown.ends_with("(a key of a newer troops? plans that need one set min_troops)"),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn a_script_must_be_an_executable_file_in_the_checkout() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("steps/run.sh", 0o755);
+        write("steps/plain.sh", 0o644);
+        std::os::unix::fs::symlink("run.sh", dir.path().join("steps/link.sh")).unwrap();
+        std::os::unix::fs::symlink("plain.sh", dir.path().join("steps/plain-link.sh")).unwrap();
+        let check = |script: &str| {
+            let text = format!("[[step]]\nname = \"a\"\nscript = \"{script}\"\n");
+            Plan::parse(Path::new("troops.toml"), &text, Some(dir.path()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check("steps/run.sh"), Ok(()));
+        assert_eq!(check("steps/link.sh"), Ok(()));
+        assert_eq!(
+            check("steps/plain.sh").unwrap_err(),
+            "troops.toml:3:10: step `a`: script \"steps/plain.sh\" is not executable (mode 644); \
+             commit it with its executable bit: git update-index --chmod=+x steps/plain.sh"
+        );
+        // Through a symlink, the file to fix is the one it leads to.
+        assert!(check("steps/plain-link.sh").unwrap_err().ends_with("--chmod=+x steps/plain.sh"));
+        assert_eq!(
+            check("steps/gone.sh").unwrap_err(),
+            "troops.toml:3:10: step `a`: script \"steps/gone.sh\" is not in the repo (is it committed?)"
+        );
+        assert!(check("steps").unwrap_err().ends_with("script \"steps\" is not a file"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! the pusher sees it as it is. Other branches and tags are accepted and never deployed (git's
 //! own `receive.denyDeletes` and `receive.denyNonFastForwards` still guard them). With
 //! `require_signed`, [`signatures`] is the one place the commits that would move the deploy branch
-//! are vetted (`verify`).
+//! are vetted (`verify`). A plan that cannot be read ([`plan_error`]) never reaches the branch: a
+//! push of it is refused with the plan's file, line and column.
 
 use std::path::Path;
 
@@ -106,13 +107,33 @@ pub fn check(repo: &Repository, config: &Config, state_dir: &Path, update: &Upda
             )));
         }
     }
-    Ok(match signatures(repo, &config.verify, state_dir, update.old, new)? {
-        None => Verdict::Accept,
-        Some(refusal) => Verdict::Unverified {
+    if let Some(refusal) = signatures(repo, &config.verify, state_dir, update.old, new)? {
+        return Ok(Verdict::Unverified {
             message: format!("troops: refusing {name} at {}: {refusal}", short(&new.to_string())),
             refusal,
-        },
+        });
+    }
+    Ok(match plan_error(repo, new)? {
+        None => Verdict::Accept,
+        Some(error) => {
+            Verdict::Refuse(format!("troops: refusing {name} at {}: {error}", short(&new.to_string())))
+        }
     })
+}
+
+/// Why the plan of `commit` cannot be run, if it cannot even be read: missing, not a regular
+/// file, not UTF-8, bad TOML, a bad key or value, or for a newer troops. Its scripts are checked in
+/// the run's checkout (and by `troops check` in a clone), not here: a pre-receive hook has no
+/// checkout.
+fn plan_error(repo: &Repository, commit: Oid) -> Result<Option<Error>> {
+    let path = Path::new(crate::plan::FILE_NAME);
+    let text = match crate::repo::plan_text(repo, commit) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(Some(crate::plan::missing(path))),
+        Err(e @ Error::Plan { .. }) => return Ok(Some(e)),
+        Err(e) => return Err(e),
+    };
+    Ok(crate::plan::Plan::parse(path, &text, None).err())
 }
 
 /// Signature checks (`[verify]` of the node config): given the deploy branch moving from `old` to
@@ -153,8 +174,18 @@ mod tests {
             Fixture { dir, repo }
         }
 
+        /// A commit whose plan is one step.
         fn commit(&self, parents: &[Oid], message: &str) -> Oid {
-            let tree = self.repo.find_tree(self.repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
+            self.commit_plan(parents, message, Some("[[step]]\nname = \"a\"\nrun = \"true\"\n"))
+        }
+
+        /// A commit whose tree holds only `plan` as `troops.toml` (nothing: `None`).
+        fn commit_plan(&self, parents: &[Oid], message: &str, plan: Option<&str>) -> Oid {
+            let mut tree = self.repo.treebuilder(None).unwrap();
+            if let Some(plan) = plan {
+                tree.insert("troops.toml", self.repo.blob(plan.as_bytes()).unwrap(), 0o100644).unwrap();
+            }
+            let tree = self.repo.find_tree(tree.write().unwrap()).unwrap();
             let sig = git2::Signature::new("t", "t@t", &git2::Time::new(0, 0)).unwrap();
             let parents: Vec<_> = parents.iter().map(|p| self.repo.find_commit(*p).unwrap()).collect();
             let parents: Vec<_> = parents.iter().collect();
@@ -230,6 +261,30 @@ mod tests {
                 &b[..12]
             )
         );
+    }
+
+    #[test]
+    fn a_plan_that_cannot_be_read_never_reaches_the_deploy_branch() {
+        let f = Fixture::new("plans");
+        let config = config("");
+        let good = f.commit(&[], "good");
+        for (case, plan, says) in [
+            ("bad TOML", Some("[[step]\nname = \"a\"\n"), "troops.toml:1:7: "),
+            ("unknown key", Some("[[step]]\nname = \"a\"\nrun = \"true\"\nrnu = 1\n"), "troops.toml:4:1: "),
+            ("a newer troops", Some("min_troops = \"99.0\"\n"), "troops.toml:1:14: "),
+            ("no plan", None, "troops.toml:1:1: no such plan file"),
+        ] {
+            let bad = f.commit_plan(&[good], case, plan);
+            let refusal = refused(f.check(&config, Some(good), Some(bad), "refs/heads/main"));
+            let at = format!("troops: refusing refs/heads/main at {}: {says}", &bad.to_string()[..12]);
+            assert!(refusal.starts_with(&at), "{case}: {refusal}");
+            // Only the branch the node deploys carries a plan.
+            assert_eq!(
+                f.check(&config, Some(good), Some(bad), "refs/heads/other"),
+                Verdict::Accept,
+                "{case}"
+            );
+        }
     }
 
     #[test]

@@ -233,24 +233,9 @@ impl NodeRepo {
         Ok(commit.id())
     }
 
-    /// The plan file of `commit`, if it has one, read straight from the object store; one that
-    /// is no regular file or not UTF-8 is a plan error, as in a checkout.
+    /// The plan file of `commit`, if it has one (see [`plan_text`]).
     pub fn plan_text(&self, commit: Oid) -> Result<Option<String>> {
-        let path = Path::new(crate::plan::FILE_NAME);
-        let tree =
-            self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
-        let Ok(entry) = tree.get_path(path) else { return Ok(None) };
-        if entry.filemode() == 0o120000 {
-            return Err(crate::plan::not_a_file(path, "a symlink"));
-        }
-        if entry.kind() != Some(git2::ObjectType::Blob) {
-            return Err(crate::plan::not_a_file(path, "a directory or special file"));
-        }
-        let blob = entry
-            .to_object(&self.git)
-            .and_then(|o| o.peel_to_blob())
-            .ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
-        crate::plan::text(path, blob.content().to_vec()).map(Some)
+        plan_text(&self.git, commit)
     }
 
     /// Writes the tree of `commit` into `dest`, which must not exist (an existing path, even a
@@ -283,6 +268,26 @@ impl NodeRepo {
             ))
         })
     }
+}
+
+/// The plan file of `commit` in `git`, if it has one, read straight from the object store (the
+/// node repo, or a push still in quarantine); one that is no regular file or not UTF-8 is a plan
+/// error, as in a checkout.
+pub fn plan_text(git: &Repository, commit: Oid) -> Result<Option<String>> {
+    let path = Path::new(crate::plan::FILE_NAME);
+    let tree = git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+    let Ok(entry) = tree.get_path(path) else { return Ok(None) };
+    if entry.filemode() == 0o120000 {
+        return Err(crate::plan::not_a_file(path, "a symlink"));
+    }
+    if entry.kind() != Some(git2::ObjectType::Blob) {
+        return Err(crate::plan::not_a_file(path, "a directory or special file"));
+    }
+    let blob = entry
+        .to_object(git)
+        .and_then(|o| o.peel_to_blob())
+        .ctx(|| format!("reading {} of {commit}", crate::plan::FILE_NAME))?;
+    crate::plan::text(path, blob.content().to_vec()).map(Some)
 }
 
 /// A commit id the ledger at `path` holds.

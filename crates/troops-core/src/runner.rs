@@ -24,11 +24,13 @@ use crate::plan::{Action, Step};
 use crate::runs::StepStatus;
 use crate::supervise;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepResult {
     pub status: StepStatus,
     /// The exit code, or 128 + the signal that ended the step (as a shell reports it).
     pub exit_code: Option<i32>,
+    /// Why the step could not even start (its program could not be executed), if so.
+    pub cannot_start: Option<String>,
     pub duration: Duration,
 }
 
@@ -193,19 +195,19 @@ pub fn run(
             // Everything the step started is gone: what they wrote is in the pipe already.
             drain(&running.output, &mut buf, out);
             let status = match running.answers.read_line(&mut answer) {
-                Ok(n) if n > 0 => answer.trim().parse().ok(),
+                Ok(n) if n > 0 => supervise::Answer::parse(&answer),
                 _ => None,
             };
             break status;
         }
     };
-    let exit_code = match status {
-        Some(code) => Some(code),
+    let (exit_code, cannot_start) = match status {
+        Some(answer) => (Some(answer.status), answer.cannot_start),
         None => {
             // The supervisor died without answering (killed, say): what it says by its own end.
             let mut gone = supervisor.running.take().expect("running above");
             let status = gone.child.wait().ctx(|| format!("waiting for {what}"))?;
-            status.code().or_else(|| status.signal().map(|s| 128 + s))
+            (status.code().or_else(|| status.signal().map(|s| 128 + s)), None)
         }
     };
     if ending.is_some() {
@@ -217,7 +219,7 @@ pub fn run(
         (None, Some(0)) => StepStatus::Succeeded,
         (None, _) => StepStatus::Failed,
     };
-    Ok(StepResult { status, exit_code, duration: started.elapsed() })
+    Ok(StepResult { status, exit_code, cannot_start, duration: started.elapsed() })
 }
 
 /// Copies one read's worth of output; false at end of file.
@@ -444,5 +446,23 @@ mod tests {
         let out = String::from_utf8(out).unwrap();
         assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(supervise::CANNOT_START)));
         assert!(out.contains("cannot start /no/such/script"), "{out}");
+        assert_eq!(r.cannot_start.as_deref(), Some("No such file or directory (os error 2)"));
+        // A file without its executable bit: the system's words come back with the status.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plain.sh"), "#!/bin/sh\necho never\n").unwrap();
+        s.action = Action::Script("plain.sh".into());
+        let r = run_step(
+            &mut Supervisor::new(&[]),
+            &s,
+            dir.path(),
+            &[],
+            &AtomicBool::new(false),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(supervise::CANNOT_START)));
+        assert_eq!(r.cannot_start.as_deref(), Some("Permission denied (os error 13)"));
+        // A step that started and exited 127 itself did start.
+        assert_eq!(run("exit 127", 10_000).0.cannot_start, None);
     }
 }

@@ -9,7 +9,8 @@
 //! step's main process exits, or the runner sends SIGTERM (timeout, stop), or the runner's thread
 //! dies (PDEATHSIG), every descendant still alive gets SIGTERM, then SIGKILL after the grace, and
 //! only once none is left does the supervisor answer with the step's status (its exit code, or
-//! 128 + the signal that ended it). After a SIGTERM it exits too.
+//! 128 + the signal that ended it; for a step that could not start, 127 and why). After a SIGTERM
+//! it exits too.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
@@ -31,6 +32,30 @@ pub const ARG: &str = "__troops-supervise";
 
 /// The status of a step that cannot start (as a shell reports a missing command).
 pub const CANNOT_START: i32 = 127;
+
+/// The supervisor's answer for one step, one line: its status, then, if it could not even start,
+/// why (the system's words: "Permission denied", "No such file or directory"...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: i32,
+    pub cannot_start: Option<String>,
+}
+
+impl Answer {
+    fn line(&self) -> String {
+        match &self.cannot_start {
+            None => self.status.to_string(),
+            Some(why) => format!("{} {}", self.status, why.replace('\n', " ")),
+        }
+    }
+
+    /// The answer in `line`; `None` if it is not one.
+    pub fn parse(line: &str) -> Option<Answer> {
+        let line = line.trim();
+        let (status, why) = line.split_once(' ').map_or((line, None), |(s, why)| (s, Some(why)));
+        Some(Answer { status: status.parse().ok()?, cannot_start: why.map(str::to_owned) })
+    }
+}
 
 /// One step for the supervisor to run: exactly this program, environment and directory.
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,16 +120,16 @@ fn supervise(args: Vec<OsString>) -> i32 {
         else {
             return 2;
         };
-        let (status, stopped) = run(&request, &signals);
-        if writeln!(answers, "{status}").is_err() || stopped {
+        let (answer, stopped) = run(&request, &signals);
+        if writeln!(answers, "{}", answer.line()).is_err() || stopped {
             return 0;
         }
     }
     0
 }
 
-/// Runs one step to its end and ends all it left; the status, and whether a signal ended it.
-fn run(request: &Request, signals: &SigSet) -> (i32, bool) {
+/// Runs one step to its end and ends all it left; the answer, and whether a signal ended it.
+fn run(request: &Request, signals: &SigSet) -> (Answer, bool) {
     let mut step = Command::new(&request.program);
     step.args(&request.args)
         .env_clear()
@@ -134,7 +159,7 @@ fn run(request: &Request, signals: &SigSet) -> (i32, bool) {
         }
         Err(e) => {
             eprintln!("troops: cannot start {}: {e}", request.program.display());
-            return (CANNOT_START, false);
+            return (Answer { status: CANNOT_START, cannot_start: Some(e.to_string()) }, false);
         }
     }
     let mut stopped = false;
@@ -151,7 +176,7 @@ fn run(request: &Request, signals: &SigSet) -> (i32, bool) {
         }
     }
     tree.end(signals);
-    (tree.status(), stopped)
+    (Answer { status: tree.status(), cannot_start: None }, stopped)
 }
 
 struct Tree {

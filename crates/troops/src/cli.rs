@@ -50,13 +50,26 @@ pub enum Command {
     Status(JsonArgs),
     /// The run history, newest last.
     Runs(JsonArgs),
+    /// Wait until the run of COMMIT (default: the branch tip) has ended; exit 0 if it deployed,
+    /// 1 if it failed, was rolled back or is quarantined, 3 on timeout.
+    ///
+    /// For CI, since `git push` exits 0 whatever its run did: `ssh NODE troops wait SHA`. It
+    /// prints the run's summary line. A commit the node does not have yet (a full id) is waited
+    /// for; one that never ran by itself because a newer push on top of it ran instead stands or
+    /// falls with that newer tip.
+    Wait(WaitArgs),
     /// One run's output (default: the latest).
     Log(LogArgs),
     /// This node's roles, one per line.
     Roles,
     /// Exit 0 if this node has ROLE, 1 if not (for scripts).
     HasRole(HasRoleArgs),
-    /// Validate a plan file without a node (for the deploy repo's own CI).
+    /// Validate a plan and its scripts as a node would, without a node (for the deploy repo's CI).
+    ///
+    /// In a clone of the deploy repo (PLAN at the root of a git work tree) it checks what git would
+    /// commit, the index, not the work tree: a script that is not added, or lacks its executable
+    /// bit there, fails; paths where the work tree differs are named on stderr. Elsewhere, the
+    /// files where they lie.
     Check(CheckArgs),
     /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
@@ -131,12 +144,18 @@ pub struct InitArgs {
     /// The branch to follow (written to the node config).
     #[arg(long)]
     pub branch: Option<String>,
-    /// A remote to fetch from, as NAME=URL; repeat for several.
+    /// A remote to fetch from, as NAME=URL; repeat for several. A remote the node has already,
+    /// with another URL, is refused (change it with `git remote set-url`); a relative path is made
+    /// absolute.
     #[arg(long = "remote", value_name = "NAME=URL", value_parser = parse_remote)]
     pub remotes: Vec<(String, String)>,
     /// A role this node has besides those the plan gives it (written to the node config).
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
+    /// This node's name (in the plan's roles, its status ref, keys/NAME.pub), written to the node
+    /// config if it names none; default: this machine's fully qualified name.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Args)]
@@ -167,7 +186,7 @@ pub struct PushArgs {
     #[arg(long, value_name = "B")]
     pub branch: Option<String>,
     /// Kill a host's push (git and its ssh) that has not ended after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::fanout::parse_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::limits::duration_arg)]
     pub timeout: std::time::Duration,
 }
 
@@ -190,6 +209,16 @@ pub struct FleetArgs {
     /// this in the background; the daemon publishes on its own).
     #[arg(long, conflicts_with = "json")]
     pub publish: bool,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// The commit (any git revision of the node repo, or a full commit id it has yet to get);
+    /// default: the branch tip.
+    pub commit: Option<String>,
+    /// Give up (exit 3) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::limits::duration_arg)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Args)]

@@ -12,6 +12,7 @@ mod roles;
 mod secrets;
 mod status;
 mod verify;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,19 @@ use troops_core::node::Node;
 use crate::cli::{Cli, Command, Global};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    // What is done in a clone of the deploy repo, not on a node, is no business of admin_group.
+    let on_node = !matches!(
+        cli.command,
+        Command::Check(_) | Command::Push(_) | Command::Secrets(_) | Command::Fleet(_)
+    );
+    let global = cli.global.clone();
+    command(cli).map_err(|error| match on_node.then(|| refused(&global, &error)).flatten() {
+        Some(why) => troops_core::Error::Env(format!("{error}: {why}")).into(),
+        None => error,
+    })
+}
+
+fn command(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Init(args) => init::run(&global, args),
@@ -32,6 +46,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Daemon => crate::daemon::run(node(&global)?),
         Command::Status(args) => status::run(&node(&global)?, args.json),
         Command::Runs(args) => log::runs(&node(&global)?, args.json),
+        Command::Wait(args) => wait::run(&node(&global)?, args),
         Command::Log(args) => log::log(&node(&global)?, args),
         Command::Roles => roles::list(&node(&global)?),
         Command::HasRole(args) => roles::has(&node(&global)?, &args.role),
@@ -44,8 +59,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The node of `global`, which this process may use (`access::check` says who may, otherwise).
 fn node(global: &Global) -> Result<Node> {
-    Ok(Node::load(global.state_dir.clone(), &global.config)?)
+    let node = Node::load(global.state_dir.clone(), &global.config)?;
+    troops_core::access::check(&node)?;
+    Ok(node)
+}
+
+/// Why the node's permission model refused what ended in `error`, if the system refused it:
+/// a member doing what is root's, a login without the group yet.
+fn refused(global: &Global, error: &anyhow::Error) -> Option<String> {
+    let denied = error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if !denied {
+        return None;
+    }
+    troops_core::access::denied(&Node::load(global.state_dir.clone(), &global.config).ok()?)
 }
 
 /// Does `request` through the daemon when it runs, else here (`dispatch`), output to stdout.
