@@ -79,8 +79,30 @@ struct Running {
     commit: Option<Option<Oid>>,
     /// A push joined before the tip was read: the run is the push's.
     pushed: bool,
+    /// The output so far, up to `REPLAY_LIMIT`.
     output: Vec<u8>,
+    /// How many bytes of output came after `output` was full, and are not kept.
+    dropped: usize,
     listeners: Vec<Listener>,
+}
+
+impl Running {
+    /// What a listener that joins late gets first: the output so far, and, when only its start
+    /// was kept, a notice of the rest on a line of its own, so that what follows (troops' lines
+    /// among it) starts a line as it does for everyone else.
+    fn replay(&self) -> String {
+        let mut replay = String::from_utf8_lossy(&self.output).into_owned();
+        if self.dropped > 0 {
+            if !replay.is_empty() && !replay.ends_with('\n') {
+                replay.push('\n');
+            }
+            replay.push_str(&format!(
+                "troops: {} bytes of output skipped; the whole log: troops log\n",
+                self.dropped
+            ));
+        }
+        replay
+    }
 }
 
 /// The fetcher's queue: who waits for the next fetch, and since when the one under way runs.
@@ -116,7 +138,7 @@ impl Handle {
             };
             if running.tip_batch && joins {
                 running.pushed |= running.commit.is_none();
-                listener.output(&String::from_utf8_lossy(&running.output));
+                listener.output(&running.replay());
                 running.listeners.push(listener.clone());
                 return;
             }
@@ -270,8 +292,14 @@ impl Worker {
                 let (work, listeners): (Vec<Work>, Vec<_>) =
                     batch.into_iter().map(|j| (j.work, j.listeners)).unzip();
                 let listeners = listeners.into_iter().flatten().collect();
-                state.running =
-                    Some(Running { tip_batch, commit: None, pushed: false, output: Vec::new(), listeners });
+                state.running = Some(Running {
+                    tip_batch,
+                    commit: None,
+                    pushed: false,
+                    output: Vec::new(),
+                    dropped: 0,
+                    listeners,
+                });
                 return Some(work);
             }
             state = wake.wait(state).unwrap();
@@ -515,6 +543,8 @@ impl Write for Broadcast {
         if let Some(running) = self.0.shared.0.lock().unwrap().running.as_mut() {
             if running.output.len() < REPLAY_LIMIT {
                 running.output.extend_from_slice(text.as_bytes());
+            } else {
+                running.dropped += text.len();
             }
             running.listeners.retain(|l| l.output(&text));
         }
@@ -529,6 +559,24 @@ impl Write for Broadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_listener_is_told_of_output_past_the_replay_limit_on_a_line_of_its_own() {
+        let mut running = Running {
+            tip_batch: true,
+            commit: None,
+            pushed: false,
+            output: b"==> build\ncompiling".to_vec(),
+            dropped: 0,
+            listeners: Vec::new(),
+        };
+        assert_eq!(running.replay(), "==> build\ncompiling", "all of it was kept");
+        running.dropped = 4096;
+        assert_eq!(
+            running.replay(),
+            "==> build\ncompiling\ntroops: 4096 bytes of output skipped; the whole log: troops log\n"
+        );
+    }
 
     #[test]
     fn a_supervised_thread_that_panics_or_returns_is_reported() {
