@@ -13,6 +13,8 @@ mod fanout;
 mod fleet;
 mod hostile;
 mod inputs;
+mod lines;
+mod masking;
 mod metrics;
 mod node;
 mod probe;
