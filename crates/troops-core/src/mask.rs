@@ -9,9 +9,11 @@
 //! also where occurrences of several values overlap; a stream is masked as it flows, holding back
 //! only a tail that may still begin a value (nothing, when it ends with a newline no value spans);
 //! and the work is linear in the bytes masked: one Aho-Corasick automaton over every form of every
-//! value, stepped once per byte, whatever the number or size of the values.
+//! value, stepped once per byte however many and however long the values are, plus a note of each
+//! occurrence found. Its size grows with the values' (about 20 bytes for each byte of each form),
+//! and it lives for one run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use aho_corasick::automaton::{Automaton, StateID};
@@ -44,9 +46,9 @@ struct Values {
     owner: Vec<usize>,
     /// `[secret:NAME]` of each value.
     replacement: Vec<Vec<u8>>,
-    /// How many bytes of some pattern's start each state of the automaton stands for: the
-    /// longest tail of the bytes seen so far that may still begin an occurrence.
-    depth: HashMap<StateID, u32>,
+    /// How many bytes of some pattern's start each state of the automaton stands for (the
+    /// longest tail of the bytes seen so far that may still begin an occurrence), by state.
+    depth: Vec<(StateID, u32)>,
     /// The longest pattern.
     longest: usize,
 }
@@ -97,16 +99,18 @@ impl Masker {
             .map_err(|e| too_large(&e))?;
         let start = automaton.start_state(Anchored::No).map_err(|e| too_large(&e))?;
         // Each state reached on a pattern's first k bytes from the start stands for those k bytes.
-        let mut depth = HashMap::from([(start, 0)]);
+        let mut depth = vec![(start, 0)];
         for pattern in &patterns {
             let mut state = start;
             for (k, byte) in pattern.iter().enumerate() {
                 state = automaton.next_state(Anchored::No, state, *byte);
-                let k = u32::try_from(k + 1).map_err(|e| too_large(&e))?;
-                let known = depth.entry(state).or_insert(k);
-                *known = (*known).max(k);
+                depth.push((state, u32::try_from(k + 1).map_err(|e| too_large(&e))?));
             }
         }
+        // A state reached twice stands for the same bytes; the most is kept, should it not.
+        depth.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        depth.dedup_by_key(|(state, _)| *state);
+        depth.shrink_to_fit();
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
         let replacement = values.iter().map(|(name, _)| format!("[secret:{name}]").into_bytes()).collect();
         let values = Values { automaton, start, owner, replacement, depth, longest };
@@ -118,8 +122,7 @@ impl Masker {
     pub fn mask(&mut self, buf: &[u8]) -> Vec<u8> {
         let Some(values) = &self.values else { return buf.to_vec() };
         self.stream.feed(values, buf);
-        let live =
-            self.stream.state.map_or(0, |s| values.depth.get(&s).map_or(values.longest, |d| *d as usize));
+        let live = self.stream.state.map_or(0, |s| values.depth_of(s));
         let upto = self.stream.held.len().saturating_sub(live);
         self.stream.write(values, upto)
     }
@@ -150,6 +153,16 @@ impl Masker {
     /// cap kept out) is dropped, not shown.
     pub fn masked_cut(&self, bytes: &[u8]) -> Vec<u8> {
         Masker { values: self.values.clone(), stream: Stream::default() }.mask(bytes)
+    }
+}
+
+impl Values {
+    /// The bytes `state` stands for; for a state not on record, all there may be.
+    fn depth_of(&self, state: StateID) -> usize {
+        match self.depth.binary_search_by_key(&state, |(s, _)| *s) {
+            Ok(i) => self.depth[i].1 as usize,
+            Err(_) => self.longest,
+        }
     }
 }
 
@@ -436,11 +449,16 @@ mod tests {
             let took = started.elapsed();
             let out = String::from_utf8(out).unwrap();
             assert!(lines.iter().all(|l| !out.contains(l.as_str())), "{what}: a line of the bundle shows");
+            let values = ca.values.as_ref().unwrap();
             eprintln!(
-                "masking {:.1} MB of {what} with a {}-line secret took {took:?} (the automaton: {built:?}, {} patterns)",
+                "masking {:.1} MB of {what} with a {}-line secret took {took:?} (building the masker: {built:?}; \
+                 {} patterns, {} states, automaton {:.1} MiB and depths {:.1} MiB)",
                 text.len() as f64 / 1e6,
                 lines.len(),
-                ca.values.as_ref().unwrap().owner.len()
+                values.owner.len(),
+                values.depth.len(),
+                values.automaton.memory_usage() as f64 / (1 << 20) as f64,
+                (values.depth.capacity() * std::mem::size_of::<(StateID, u32)>()) as f64 / (1 << 20) as f64
             );
             if what == "ordinary output" {
                 assert_eq!(
