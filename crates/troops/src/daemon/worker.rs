@@ -27,7 +27,7 @@ use troops_core::pull;
 use troops_core::runs::Trigger;
 use troops_core::schedule::Decision;
 
-use super::listener::Listener;
+use super::listener::{Gap, Listener};
 
 /// What a job asks for.
 #[derive(Debug, Clone)]
@@ -81,25 +81,19 @@ struct Running {
     pushed: bool,
     /// The output so far, up to `REPLAY_LIMIT`.
     output: Vec<u8>,
-    /// How many bytes of output came after `output` was full, and are not kept.
-    dropped: usize,
+    /// The output after that: how much, and its end.
+    dropped: Gap,
     listeners: Vec<Listener>,
 }
 
 impl Running {
-    /// What a listener that joins late gets first: the output so far, and, when only its start
-    /// was kept, a notice of the rest on a line of its own, so that what follows (troops' lines
-    /// among it) starts a line as it does for everyone else.
+    /// What a listener that joins late gets first: the output so far, or when that was more
+    /// than `REPLAY_LIMIT`, its start, a notice of what is left out on a line of its own, and
+    /// the last lines (a run's summary, when the run has ended), as a slow reader gets them.
     fn replay(&self) -> String {
         let mut replay = String::from_utf8_lossy(&self.output).into_owned();
-        if self.dropped > 0 {
-            if !replay.is_empty() && !replay.ends_with('\n') {
-                replay.push('\n');
-            }
-            replay.push_str(&format!(
-                "troops: {} bytes of output skipped; the whole log: troops log\n",
-                self.dropped
-            ));
+        if !self.dropped.is_empty() {
+            replay.push_str(&self.dropped.render("troops log"));
         }
         replay
     }
@@ -297,7 +291,7 @@ impl Worker {
                     commit: None,
                     pushed: false,
                     output: Vec::new(),
-                    dropped: 0,
+                    dropped: Gap::default(),
                     listeners,
                 });
                 return Some(work);
@@ -544,7 +538,10 @@ impl Write for Broadcast {
             if running.output.len() < REPLAY_LIMIT {
                 running.output.extend_from_slice(text.as_bytes());
             } else {
-                running.dropped += text.len();
+                if running.dropped.is_empty() {
+                    running.dropped = Gap::after(!running.output.ends_with(b"\n"));
+                }
+                running.dropped.add(&text);
             }
             running.listeners.retain(|l| l.output(&text));
         }
@@ -561,21 +558,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_late_listener_is_told_of_output_past_the_replay_limit_on_a_line_of_its_own() {
+    fn a_late_listener_gets_the_start_a_notice_on_its_own_line_and_the_end() {
         let mut running = Running {
             tip_batch: true,
             commit: None,
             pushed: false,
             output: b"==> build\ncompiling".to_vec(),
-            dropped: 0,
+            dropped: Gap::default(),
             listeners: Vec::new(),
         };
         assert_eq!(running.replay(), "==> build\ncompiling", "all of it was kept");
-        running.dropped = 4096;
-        assert_eq!(
-            running.replay(),
-            "==> build\ncompiling\ntroops: 4096 bytes of output skipped; the whole log: troops log\n"
-        );
+        // Past the limit: the summary, at the end, reaches a listener that joins as the run ends.
+        running.dropped = Gap::after(true);
+        for _ in 0..1000 {
+            running.dropped.add(" more\n");
+        }
+        running.dropped.add("troops: run 4 succeeded: 1 of 1 steps ran in 9.0s (troops log 4)\n");
+        let replay = running.replay();
+        let (head, _) =
+            replay.split_once(" bytes of output skipped; the whole log: troops log\n more\n").unwrap();
+        assert!(head.starts_with("==> build\ncompiling\ntroops: "), "{head}");
+        assert!(replay
+            .ends_with(" more\n more\ntroops: run 4 succeeded: 1 of 1 steps ran in 9.0s (troops log 4)\n"));
     }
 
     #[test]
