@@ -16,6 +16,8 @@ mod fleet;
 mod hostile;
 mod init;
 mod inputs;
+mod lines;
+mod masking;
 mod metrics;
 mod node;
 mod plans;

@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::http::HttpError;
+use crate::mask::Masker;
+use crate::output::Output;
 use crate::plan::{Action, Check, Expect, Phase, Plan, Probe, Step};
 use crate::runner::{self, Supervisor};
 use crate::runs::{CheckRecord, CheckStatus, RunRecord, RunStatus, Runs, StepStatus};
@@ -23,9 +26,9 @@ use crate::runs::{CheckRecord, CheckStatus, RunRecord, RunStatus, Runs, StepStat
 const STOP_CHECK: Duration = Duration::from_millis(100);
 /// The most of an HTTP body read, for `expect`.
 const MAX_BODY: usize = 64 * 1024;
-/// The most of an HTTP body, in characters, an error quotes.
+/// The most of an HTTP body (or of what answered in its place), in characters, an error quotes.
 const BODY_SHOWN: usize = 120;
-/// The most of a failed `run` probe's output shown, in bytes (its end).
+/// The most of a failed `run` probe's output shown, in bytes (its end, cut from masked output).
 const OUTPUT_SHOWN: usize = 4096;
 /// How long what a `run` probe started has between SIGTERM and SIGKILL when the probe ends.
 const PROBE_KILL_GRACE: Duration = Duration::from_millis(500);
@@ -39,8 +42,8 @@ pub struct ProbeEnv<'a> {
     /// The whole environment of the run's steps (deploy's `step_env`), for `run` probes.
     pub env: &'a [(&'static str, String)],
     /// The run's secret values, masked in what a failed probe says (it goes to run.json, the
-    /// fleet's status refs and notifications).
-    pub mask: &'a crate::secrets::Masker,
+    /// fleet's status refs and notifications) before anything of it is cut or quoted.
+    pub mask: &'a Masker,
 }
 
 /// What one probe found.
@@ -63,7 +66,7 @@ pub fn run_phase(
     record: &mut RunRecord,
     runs: &Runs,
     ctx: &ProbeEnv,
-    out: &mut dyn Write,
+    out: &mut Output,
     stop: &AtomicBool,
 ) -> Result<()> {
     let checks: Vec<&Check> =
@@ -106,7 +109,7 @@ pub fn run_checks(
     checks: &[&Check],
     soak: Duration,
     ctx: &ProbeEnv,
-    out: &mut dyn Write,
+    out: &mut Output,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(&[CheckRecord]) -> Result<()>,
 ) -> Result<Vec<CheckRecord>> {
@@ -167,11 +170,13 @@ pub fn run_checks(
         let Some(i) = next.filter(|i| due[*i] <= Instant::now()) else { continue };
         let check = checks[i];
         let started = Instant::now();
-        // What a failed probe shows (a `run` probe's output) comes after its line, not before it.
+        // The probes mask what they quote of a service as they quote it; this pass covers the
+        // rest of what they say (an error of the network, say). What a failed probe shows (a
+        // `run` probe's output, masked) comes after its line, not before it.
         let mut shown = Vec::new();
         let probed = match probe(check, ctx, &mut supervisor, stop, &mut shown)? {
-            Probed::Failed(why) => Probed::Failed(ctx.mask.masked(&why)),
-            Probed::Skipped(why) => Probed::Skipped(ctx.mask.masked(&why)),
+            Probed::Failed(why) => Probed::Failed(ctx.mask.masked_text(&why)),
+            Probed::Skipped(why) => Probed::Skipped(ctx.mask.masked_text(&why)),
             Probed::Passed => Probed::Passed,
         };
         due[i] = started + check.interval;
@@ -203,7 +208,8 @@ pub fn run_checks(
             Probed::Failed(why) => {
                 failed_in_a_row[i] += 1;
                 let _ = writeln!(out, "==> check {}: probe {} failed: {why}", check.name, record.probes);
-                let _ = out.write_all(&shown);
+                let _ = out.relay(&shown);
+                let _ = out.release();
                 if failed_in_a_row[i] >= check.retries {
                     let why = match check.retries {
                         1 => why,
@@ -251,42 +257,60 @@ fn end(records: &mut [CheckRecord], why: &str) {
     }
 }
 
-/// One probe of `check`, never longer than its timeout (but for a `run` probe's kill grace).
+/// One probe of `check`, never longer than its timeout (but for a `run` probe's kill grace);
+/// what a failed one shows of its output, masked, goes to `shown`.
 fn probe(
     check: &Check,
     ctx: &ProbeEnv,
     supervisor: &mut Supervisor,
     stop: &AtomicBool,
-    out: &mut dyn Write,
+    shown: &mut Vec<u8>,
 ) -> Result<Probed> {
     Ok(match &check.probe {
-        Probe::Http(url) => http(url, check.expect.as_ref(), check.timeout),
+        Probe::Http(url) => http(url, check.expect.as_ref(), check.timeout, ctx.mask),
         Probe::Tcp(addr) => tcp(addr, check.timeout),
-        Probe::Run(command) => run(check, command, ctx, supervisor, stop, out)?,
+        Probe::Run(command) => run(check, command, ctx, supervisor, stop, shown)?,
         Probe::Unit(unit) => unit_active(unit, check.timeout),
     })
 }
 
-fn http(url: &str, expect: Option<&Expect>, timeout: Duration) -> Probed {
+/// An `http` probe. What it quotes of the server (the start of the body, a line that is not
+/// HTTP) is masked first, then cut and escaped.
+fn http(url: &str, expect: Option<&Expect>, timeout: Duration, mask: &Masker) -> Probed {
     let response = match crate::http::get(url, &[], timeout, MAX_BODY) {
         Ok(response) => response,
+        Err(HttpError::StatusLine(line)) => {
+            let shown = excerpt(&mask.masked(line.as_bytes()), false);
+            return Probed::Failed(format!("GET {url}: the response is not HTTP: status line {shown}"));
+        }
         Err(e) => return Probed::Failed(format!("GET {url}: {e}")),
     };
-    let body = String::from_utf8_lossy(&response.body);
     let shown = || {
-        let start: String = body.trim().chars().take(BODY_SHOWN).collect();
-        format!("{start:?}{}", if body.trim().chars().nth(BODY_SHOWN).is_some() { "..." } else { "" })
+        // A body as long as the cap may go on beyond it: a tail that may begin a value is dropped.
+        let cut = response.body.len() >= MAX_BODY;
+        let masked = if cut { mask.masked_cut(&response.body) } else { mask.masked(&response.body) };
+        excerpt(&masked, cut)
     };
     let status = response.status;
     if !(200..300).contains(&status) {
         return Probed::Failed(format!("GET {url} answered {status}: {}", shown()));
     }
     match expect {
-        Some(expect) if !expect.holds(&body) => {
+        Some(expect) if !expect.holds(&String::from_utf8_lossy(&response.body)) => {
             Probed::Failed(format!("GET {url} answered {status} {}: {}", expect.missed("body"), shown()))
         }
         _ => Probed::Passed,
     }
+}
+
+/// The start of `masked` (trimmed), at most `BODY_SHOWN` characters, quoted and escaped; "..."
+/// after it when there is more, or when `cut` (the text went on beyond what was read).
+fn excerpt(masked: &[u8], cut: bool) -> String {
+    let text = String::from_utf8_lossy(masked);
+    let text = text.trim();
+    let start: String = text.chars().take(BODY_SHOWN).collect();
+    let more = cut || text.chars().nth(BODY_SHOWN).is_some();
+    format!("{start:?}{}", if more { "..." } else { "" })
 }
 
 fn tcp(addr: &str, timeout: Duration) -> Probed {
@@ -310,14 +334,15 @@ fn tcp(addr: &str, timeout: Duration) -> Probed {
 }
 
 /// A `run` probe: the command as a step would run (the run's environment, in the checkout,
-/// under the run's kind of supervisor); its output is shown only when the probe fails.
+/// under the run's kind of supervisor); its output is shown only when the probe fails: the last
+/// `OUTPUT_SHOWN` bytes of it, cut after it was masked whole, into `shown`.
 fn run(
     check: &Check,
     command: &str,
     ctx: &ProbeEnv,
     supervisor: &mut Supervisor,
     stop: &AtomicBool,
-    out: &mut dyn Write,
+    shown: &mut Vec<u8>,
 ) -> Result<Probed> {
     let step = Step {
         name: format!("check {}", check.name),
@@ -329,7 +354,8 @@ fn run(
         phase: Phase::Build,
     };
     let mut output = Vec::new();
-    let result = runner::run_step(supervisor, &step, ctx.checkout, ctx.env, stop, &mut output)?;
+    let result =
+        runner::run_step(supervisor, &step, ctx.checkout, ctx.env, stop, &mut Output::new(&mut output))?;
     let code = result.exit_code.map_or(String::new(), |c| format!(" {c}"));
     let why = match result.status {
         StepStatus::Succeeded => match &check.expect {
@@ -344,13 +370,8 @@ fn run(
         StepStatus::Interrupted => "troops was asked to stop".to_owned(),
         StepStatus::Failed | StepStatus::NotRun => format!("`{command}` exited{code}"),
     };
-    let shown = &output[output.len().saturating_sub(OUTPUT_SHOWN)..];
-    if !shown.is_empty() {
-        let _ = out.write_all(shown);
-        if !shown.ends_with(b"\n") {
-            let _ = out.write_all(b"\n");
-        }
-    }
+    let masked = ctx.mask.masked(&output);
+    shown.extend_from_slice(&masked[masked.len().saturating_sub(OUTPUT_SHOWN)..]);
     Ok(Probed::Failed(why))
 }
 
@@ -391,7 +412,6 @@ fn unit_active(unit: &str, timeout: Duration) -> Probed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::Masker;
     use std::io::Read;
     use std::net::TcpListener;
     use std::sync::atomic::AtomicU32;
@@ -473,7 +493,7 @@ mod tests {
         };
         let started = Instant::now();
         let refs: Vec<&Check> = checks.iter().collect();
-        let records = run_checks(&refs, soak, &ctx, &mut out, stop, &mut progress).unwrap();
+        let records = run_checks(&refs, soak, &ctx, &mut Output::new(&mut out), stop, &mut progress).unwrap();
         let took = started.elapsed();
         assert!(saved >= 1);
         (records, String::from_utf8(out).unwrap(), took)
@@ -528,7 +548,7 @@ mod tests {
             &mut record,
             &runs,
             &ctx,
-            &mut Vec::new(),
+            &mut Output::new(&mut Vec::new()),
             &AtomicBool::new(false),
         )
         .unwrap();
@@ -539,22 +559,90 @@ mod tests {
         assert_eq!((saved.status, saved.checks[0].status), (RunStatus::Checking, CheckStatus::Pending));
     }
 
+    /// Runs `check` once with `mask`: what it recorded, and what it wrote.
+    fn probe_masked(check: &Check, mask: &Masker) -> (String, String) {
+        let env = [("PATH", "/usr/bin:/bin".to_owned())];
+        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask };
+        let (stop, mut out) = (AtomicBool::new(false), Vec::new());
+        let records =
+            run_checks(&[check], Duration::ZERO, &ctx, &mut Output::new(&mut out), &stop, &mut |_| Ok(()))
+                .unwrap();
+        (records[0].last_error.clone().unwrap(), String::from_utf8(out).unwrap())
+    }
+
     #[test]
     fn what_a_failed_probe_says_is_masked_before_it_is_recorded() {
-        let env = [("PATH", "/usr/bin:/bin".to_owned())];
-        let mask = Masker::new(&[("db".into(), b"hunter2-secret".to_vec())]);
-        let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &mask };
+        let mask = Masker::new(&[("db".into(), b"hunter2-secret".to_vec())]).unwrap();
         let server = Server::start(|_| (500, "config: password=hunter2-secret"));
         let mut web = check("web", Probe::Http(server.url.clone()));
         let mut leaky = check("leaky", Probe::Run("echo password is hunter2-secret; exit 1".into()));
         (web.retries, leaky.retries) = (1, 1);
         for check in [web, leaky] {
-            let stop = AtomicBool::new(false);
-            let records =
-                run_checks(&[&check], Duration::ZERO, &ctx, &mut Vec::new(), &stop, &mut |_| Ok(())).unwrap();
-            let why = records[0].last_error.as_deref().unwrap();
+            let (why, out) = probe_masked(&check, &mask);
             assert!(why.contains("[secret:db]") && !why.contains("hunter2"), "{why}");
+            assert!(!out.contains("hunter2"), "{out}");
         }
+    }
+
+    #[test]
+    fn a_value_with_quotes_and_backslashes_is_masked_before_the_body_is_quoted() {
+        // The body holds it raw and JSON-escaped; the error quotes the body escaped again.
+        let value = r#"pa"ss\word-4711"#;
+        let mask = Masker::new(&[("db".into(), value.as_bytes().to_vec())]).unwrap();
+        let server = Server::start(|_| (500, r#"raw pa"ss\word-4711, json {"pw": "pa"ss\word-4711"}"#));
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        web.retries = 1;
+        let (why, out) = probe_masked(&web, &mask);
+        for shown in [why.as_str(), out.as_str()] {
+            assert!(!shown.contains("word-4711"), "{shown}");
+            assert!(shown.contains(r#": "raw [secret:db], json {\"pw\": \"[secret:db]\"}""#), "{shown}");
+        }
+        // Not HTTP at all: the line that came is masked before it is quoted.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = conn.write_all(br#"pa"ss\word-4711 says hello"#);
+            let _ = conn.write_all(b"\r\n\r\n");
+        });
+        let mut banner = check("banner", Probe::Http(url));
+        banner.retries = 1;
+        let (why, _) = probe_masked(&banner, &mask);
+        assert!(why.ends_with(r#"the response is not HTTP: status line "[secret:db] says hello""#), "{why}");
+    }
+
+    #[test]
+    fn a_body_cut_by_the_read_cap_shows_no_start_of_a_value() {
+        // One value fills the cap but for the first bytes of another: those are all that would show.
+        let big = "B".repeat(MAX_BODY - 10);
+        let mask = Masker::new(&[
+            ("big".into(), big.clone().into_bytes()),
+            ("db".into(), b"hunter2-secret".to_vec()),
+        ])
+        .unwrap();
+        let body: &'static str = Box::leak(format!("{big}hunter2-secret and more").into_boxed_str());
+        let server = Server::start(move |_| (500, body));
+        let mut web = check("web", Probe::Http(server.url.clone()));
+        web.retries = 1;
+        let (why, _) = probe_masked(&web, &mask);
+        assert!(why.ends_with(": \"[secret:big]\"..."), "{why}");
+    }
+
+    #[test]
+    fn a_run_probe_shows_the_end_of_its_masked_output_and_no_part_of_a_value_across_the_cut() {
+        let mask = Masker::new(&[("db".into(), b"hunter2-secret-value".to_vec())]).unwrap();
+        // The value, then as much as puts the 4 KiB cut 14 bytes into it: `-value` would show.
+        let filler = OUTPUT_SHOWN - 6;
+        let command =
+            format!("printf hunter2-; printf secret-value; head -c {filler} /dev/zero | tr '\\0' x; exit 1");
+        let mut leaky = check("leaky", Probe::Run(command));
+        leaky.retries = 1;
+        let (_, out) = probe_masked(&leaky, &mask);
+        let (shown, said) = out.split_once("\n==> check leaky: probe 1 failed: `printf").unwrap();
+        assert!(!shown.contains("value") && !shown.contains("hunter2"), "{}", &shown[..100]);
+        assert!(shown.len() == OUTPUT_SHOWN && shown.starts_with("et:db]xxx"), "{}", &shown[..100]);
+        // The output ended mid-line; troops' lines start their own.
+        assert!(said.ends_with("exited 1\n==> check leaky failed: `printf hunter2-; printf secret-value; head -c 4090 /dev/zero | tr '\\0' x; exit 1` exited 1\n"), "{said}");
     }
 
     #[test]

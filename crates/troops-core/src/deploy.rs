@@ -17,6 +17,7 @@ use crate::ask::Ask;
 use crate::error::{Context, Error, Exit, Result};
 use crate::lock::NodeLock;
 use crate::node::Node;
+use crate::output::Output;
 use crate::plan::{OnFailure, Phase, Plan, Step};
 use crate::releases::Releases;
 use crate::runs::{now as now_text, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
@@ -426,7 +427,8 @@ fn run_one(
     };
     runs.save(&record)?;
     let log = runs.open_log(id)?;
-    let mut out = Tee { log, out, mask: crate::secrets::Masker::default() };
+    let mut tee = Tee { log, out };
+    let mut out = Output::new(&mut tee);
 
     let mut run = Run {
         node,
@@ -441,14 +443,16 @@ fn run_one(
     let result = run.execute();
     let (plan, release) = (run.plan.take(), run.release.take());
     record.finished_at = Some(now_text());
+    // What a step's output held back is written before troops' last lines, not after them.
+    let _ = out.release();
     if let Err(e) = &result {
         record.status = RunStatus::Failed;
-        record.error = Some(e.to_string());
+        record.error = Some(out.mask().masked_text(&e.to_string()));
         let _ = writeln!(out, "troops: {e}");
     }
-    // Every run's output ends with its summary, whether it ran its steps or failed before them.
+    // Every run's output ends with its summary, whether it ran its steps or failed before them:
+    // on a line of its own (`Output`), and the last a step can be before.
     let _ = writeln!(out, "troops: {}", summary(&record));
-    out.release();
     runs.save(&record)?;
     if let Err(e) = result {
         if e.exit() == crate::error::Exit::Environment {
@@ -571,7 +575,7 @@ struct Run<'a, 'o> {
     node: &'a Node,
     repo: &'a crate::repo::NodeRepo,
     record: &'a mut RunRecord,
-    out: &'a mut Tee<'o>,
+    out: &'a mut Output<'o>,
     stop: &'a AtomicBool,
     /// For a rollback: the commit it undoes (`TROOPS_FAILED_COMMIT`).
     failed_commit: Option<String>,
@@ -658,12 +662,12 @@ impl Run<'_, '_> {
             self.record.id,
         )?;
         if let Some(secrets) = &secrets {
-            self.out.mask = secrets.masker();
+            self.out.set_mask(secrets.masker()?);
             for name in secrets.unmasked() {
                 let _ = writeln!(
                     self.out,
                     "troops: secret `{name}` is shorter than {} bytes; its value is not masked in output",
-                    crate::secrets::MIN_MASKED
+                    crate::mask::MIN_MASKED
                 );
             }
         }
@@ -695,7 +699,7 @@ impl Run<'_, '_> {
         }
         // check: once every step succeeded; the record says `checking` meanwhile.
         if self.record.status == RunStatus::Running {
-            let mask = self.out.mask.clone();
+            let mask = self.out.mask().clone();
             let ctx = crate::check::ProbeEnv { checkout: &root, env: &env, mask: &mask };
             crate::check::run_phase(
                 &plan,
@@ -762,7 +766,7 @@ impl Run<'_, '_> {
             let mut env = env.to_vec();
             env.push(("TROOPS_STEP", step.name.clone()));
             let result = runner::run_step(supervisor, step, root, &env, self.stop, self.out)?;
-            self.out.release();
+            let _ = self.out.release();
             let slot = &mut self.record.steps[first + i];
             slot.status = result.status;
             slot.exit_code = result.exit_code;
@@ -916,32 +920,18 @@ fn make_writable(path: &Path) {
     }
 }
 
-/// Output goes to the caller and to the run's `output.log`, with the run's secret values masked.
+/// A run's output (masked by the `Output` that writes here) goes to the caller and to the run's
+/// `output.log`.
 struct Tee<'a> {
     log: File,
     out: &'a mut dyn Write,
-    mask: crate::secrets::Masker,
-}
-
-impl Tee<'_> {
-    /// Writes what the masker holds back (the end of a step's output that might begin a value).
-    fn release(&mut self) {
-        let held = self.mask.release();
-        let _ = self.write_both(&held);
-    }
-
-    fn write_both(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.log.write_all(bytes)?;
-        // The caller may have gone (a pusher who hung up); the run and its log go on.
-        let _ = self.out.write_all(bytes);
-        Ok(())
-    }
 }
 
 impl Write for Tee<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let masked = self.mask.mask(buf);
-        self.write_both(&masked)?;
+        self.log.write_all(buf)?;
+        // The caller may have gone (a pusher who hung up); the run and its log go on.
+        let _ = self.out.write_all(buf);
         Ok(buf.len())
     }
 

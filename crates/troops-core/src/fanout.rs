@@ -253,14 +253,19 @@ pub fn classify(exited_ok: bool, stdout: &str, stderr: &str) -> Outcome {
     }
 }
 
-/// The run the push started, from the node's first summary line ("troops: run 4 failed: ..."):
-/// the first, because what follows it (a rollback's own run) is not the pushed commit's run.
-/// Else the node's "deployed already" line.
+/// The run the push started, from troops' summary of it. A step can print a line that looks like
+/// one ("troops: run 9 succeeded: ..."), so the last such line counts, which is troops' own: a
+/// run's summary ("troops: run 4 failed: ...") comes after everything its steps print, on a line
+/// of its own, and after it the node says only what happened next, in lines of other forms; but
+/// when a rollback ran after it, whose steps print after that summary, the node ends with a line
+/// on the pushed run that comes after them ("troops: run 4 failed; rolled back to abc by run 5,
+/// which succeeded (troops log 5)"). Else the node's "deployed already" line.
 fn ran(remote: &[&str]) -> Option<Outcome> {
-    let summary = remote.iter().find_map(|l| {
+    let summary = remote.iter().rev().find_map(|l| {
         let rest = l.strip_prefix("troops: run ")?;
         let (id, rest) = rest.split_once(' ')?;
-        let (status, detail) = rest.split_once(':')?;
+        let (status, detail) = rest.split_at(rest.find([':', ';'])?);
+        let detail = &detail[1..];
         let word = !status.is_empty() && status.chars().all(|c| c.is_ascii_lowercase() || c == '_');
         Some(Outcome::Ran {
             run: id.parse().ok()?,
@@ -357,18 +362,30 @@ mod tests {
     }
 
     #[test]
-    fn a_run_is_read_from_the_nodes_first_summary_line() {
+    fn a_run_is_read_from_the_nodes_last_summary_line_not_a_steps_imitation() {
         let stdout = "To /n.git\n \trefs/heads/main:refs/heads/main\tabc..def\nDone\n";
         let stderr = "remote: troops: run 4 (push) of abc on web-1 [web]: 0 of 1 steps        \n\
-                      remote: troops: run 4 failed: step `x` failed (exit 1); 1 of 1 steps ran in 0.1s (troops log 4)\n\
-                      remote: troops: run 5 succeeded: 1 of 1 steps ran in 0.1s (troops log 5)\x1b[K\n";
+                      remote: troops: run 4 succeeded: what a step printed\n\
+                      remote: troops: run 4 failed: step `x` failed (exit 1); 1 of 1 steps ran in 0.1s (troops log 4)\x1b[K\n\
+                      remote: troops: quarantined abc (run 4: step `x` failed (exit 1))\n";
         let outcome = classify(true, stdout, stderr);
         assert_eq!((outcome.run(), outcome.word(), outcome.is_ok()), (Some(4), "failed".into(), false));
         assert_eq!(outcome.detail(), "step `x` failed (exit 1); 1 of 1 steps ran in 0.1s (troops log 4)");
+        // A rollback followed: its steps may imitate anything; the node's last line tells.
+        let rolled = format!(
+            "{stderr}remote: troops: rolling back to 012, the last good commit: x\n\
+             remote: troops: run 5 (rollback) of 012 on web-1 [web]: 1 of 1 steps\n\
+             remote: troops: run 4 succeeded: what the rollback's step printed\n\
+             remote: troops: run 5 succeeded: 1 of 1 steps ran in 0.1s (troops log 5)\n\
+             remote: troops: run 4 failed; rolled back to 012 by run 5, which succeeded (troops log 5)\n"
+        );
+        let outcome = classify(true, stdout, &rolled);
+        assert_eq!((outcome.run(), outcome.word(), outcome.is_ok()), (Some(4), "failed".into(), false));
+        assert_eq!(outcome.detail(), "rolled back to 012 by run 5, which succeeded (troops log 5)");
         let ok = classify(
             true,
             stdout,
-            "remote: troops: run 7 succeeded: 1 of 1 steps ran in 0.1s (troops log 7)\n",
+            "remote: troops: run 7 failed: a step's words\nremote: troops: run 7 succeeded: 1 of 1 steps ran in 0.1s (troops log 7)\n",
         );
         assert_eq!((ok.run(), ok.is_ok()), (Some(7), true));
         let rolled = classify(true, stdout, "remote: troops: run 8 rolled_back: x\n");

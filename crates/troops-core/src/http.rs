@@ -35,6 +35,10 @@ pub enum HttpError {
     Io(String),
     #[error("the response is not HTTP: {0}")]
     Malformed(String),
+    /// The response's first line, which is not an HTTP status line: the server's bytes, kept
+    /// as they came so that a caller can mask them before it quotes them.
+    #[error("the response is not HTTP: status line {0:?}")]
+    StatusLine(String),
 }
 
 /// A parsed `http://host[:port][/path]` URL.
@@ -118,7 +122,7 @@ pub fn get(
         .strip_prefix("HTTP/1.")
         .and_then(|s| s.get(2..5))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| HttpError::Malformed(format!("status line {status_line:?}")))?;
+        .ok_or_else(|| HttpError::StatusLine(status_line.to_owned()))?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -314,7 +318,7 @@ mod tests {
         assert!(matches!(get(&url, &[], Duration::from_secs(2), 10), Err(HttpError::Connect { .. })));
         assert!(matches!(
             get(&serve_once(b"SSH-2.0-OpenSSH\r\n\r\n"), &[], Duration::from_secs(2), 10),
-            Err(HttpError::Malformed(_))
+            Err(HttpError::StatusLine(line)) if line == "SSH-2.0-OpenSSH"
         ));
         assert!(get("http://127.0.0.1:1/", &[("X", "a\r\nb")], Duration::from_secs(1), 1).is_err());
     }

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::output::Output;
 use crate::runner::{self, Supervisor};
 use crate::runs::{RunRecord, RunStatus, StepStatus};
 use crate::supervise;
@@ -196,7 +197,7 @@ fn notify(command: &str, timeout: Duration, record: &RunRecord, event: Event) ->
         &request,
         timeout,
         &AtomicBool::new(false),
-        &mut output,
+        &mut Output::new(&mut output),
     );
     let dropped = output.finish();
     if dropped > 0 {

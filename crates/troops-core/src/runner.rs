@@ -20,6 +20,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::error::{Context, Result};
+use crate::output::Output;
 use crate::plan::{Action, Step};
 use crate::runs::StepStatus;
 use crate::supervise;
@@ -102,7 +103,7 @@ impl Drop for Running {
 }
 
 /// Runs `step` in `checkout` under `supervisor` with `env` (the whole environment but the
-/// step's own `env`), copying its output to `out` as it is produced; `stop`, once set, ends the
+/// step's own `env`), relaying its output to `out` as it is produced; `stop`, once set, ends the
 /// step. Errors only when troops itself cannot work (no pipe, no supervisor); a step that cannot
 /// start is a failed step, explained in `out`.
 pub fn run_step(
@@ -111,7 +112,7 @@ pub fn run_step(
     checkout: &Path,
     env: &[(&str, String)],
     stop: &AtomicBool,
-    out: &mut dyn Write,
+    out: &mut Output,
 ) -> Result<StepResult> {
     let (program, args) = match &step.action {
         Action::Run(run) => ("/bin/sh".into(), vec!["-c".to_owned(), "--".to_owned(), run.clone()]),
@@ -141,7 +142,7 @@ pub fn run(
     request: &supervise::Request,
     timeout: Duration,
     stop: &AtomicBool,
-    out: &mut dyn Write,
+    out: &mut Output,
 ) -> Result<StepResult> {
     let started = Instant::now();
     let running = supervisor.running(what)?;
@@ -222,12 +223,12 @@ pub fn run(
     Ok(StepResult { status, exit_code, cannot_start, duration: started.elapsed() })
 }
 
-/// Copies one read's worth of output; false at end of file.
-fn copy_available(reader: &mut impl Read, buf: &mut [u8], out: &mut dyn Write) -> bool {
+/// Relays one read's worth of output; false at end of file.
+fn copy_available(reader: &mut impl Read, buf: &mut [u8], out: &mut Output) -> bool {
     match reader.read(buf) {
         Ok(0) => false,
         Ok(n) => {
-            let _ = out.write_all(&buf[..n]);
+            let _ = out.relay(&buf[..n]);
             let _ = out.flush();
             true
         }
@@ -236,7 +237,7 @@ fn copy_available(reader: &mut impl Read, buf: &mut [u8], out: &mut dyn Write) -
 }
 
 /// Copies whatever is in the pipe now, without blocking on writers that are still alive.
-fn drain(reader: &std::io::PipeReader, buf: &mut [u8], out: &mut dyn Write) {
+fn drain(reader: &std::io::PipeReader, buf: &mut [u8], out: &mut Output) {
     let mut reader = reader;
     loop {
         let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
@@ -328,8 +329,9 @@ mod tests {
         let mut out = Vec::new();
         let env = [("TROOPS_STEP", "t".into()), ("PATH", "/usr/bin:/bin".into())];
         let mut supervisor = Supervisor::new(&[]);
+        let step = step(run, timeout_ms);
         let result =
-            run_step(&mut supervisor, &step(run, timeout_ms), Path::new("/"), &env, stop, &mut out).unwrap();
+            run_step(&mut supervisor, &step, Path::new("/"), &env, stop, &mut Output::new(&mut out)).unwrap();
         (result, String::from_utf8(out).unwrap())
     }
 
@@ -398,7 +400,8 @@ mod tests {
         let mut step_in = |run: &str, timeout_ms| {
             let mut out = Vec::new();
             let env = [("PATH", "/usr/bin:/bin".to_owned())];
-            let r = run_step(&mut supervisor, &step(run, timeout_ms), Path::new("/"), &env, &stop, &mut out);
+            let step = step(run, timeout_ms);
+            let r = run_step(&mut supervisor, &step, Path::new("/"), &env, &stop, &mut Output::new(&mut out));
             (r.unwrap().status, String::from_utf8(out).unwrap())
         };
         let (_, first) = step_in("echo $PPID", 10_000);
@@ -416,6 +419,10 @@ mod tests {
         assert_eq!(r.exit_code, Some(143), "{out}");
         assert!(!alive(out.lines().next().unwrap()), "{out}");
         assert!(out.contains("timed out after 300ms"), "{out}");
+        // What troops says of it starts a line, also after output that ended mid-line.
+        let (r, out) = run("printf 'progress 50%%'; sleep 30", 300);
+        assert_eq!(r.status, StepStatus::TimedOut, "{out}");
+        assert!(out.starts_with("progress 50%\ntroops: step `t` timed out after 300ms;"), "{out}");
     }
 
     #[test]
@@ -440,8 +447,9 @@ mod tests {
         let mut s = step("", 10_000);
         s.action = Action::Script("no/such/script".into());
         let mut out = Vec::new();
+        let stop = AtomicBool::new(false);
         let r =
-            run_step(&mut Supervisor::new(&[]), &s, Path::new("/"), &[], &AtomicBool::new(false), &mut out)
+            run_step(&mut Supervisor::new(&[]), &s, Path::new("/"), &[], &stop, &mut Output::new(&mut out))
                 .unwrap();
         let out = String::from_utf8(out).unwrap();
         assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(supervise::CANNOT_START)));

@@ -22,6 +22,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
+use crate::mask::{Masker, MIN_MASKED};
 use crate::node::Node;
 use crate::plan::{Plan, Secret};
 
@@ -33,9 +34,6 @@ pub const ADMIN_KEYS_DIR: &str = "keys/admins";
 pub const MAX_SECRET_FILE: u64 = 16 << 20;
 /// The largest key file read (`keys/*.pub`, an identity): a 16384-bit RSA key is under 4 KiB.
 const MAX_KEY_FILE: u64 = 64 << 10;
-/// Values (and lines of values) shorter than this are not masked: masking `on` or `1` everywhere
-/// would garble the output and still tell the value.
-pub const MIN_MASKED: usize = 6;
 
 /// An SSH public key a secret can be encrypted to.
 pub struct Key {
@@ -549,7 +547,7 @@ impl Drop for RunSecrets {
 
 impl RunSecrets {
     /// A masker of every value of these secrets.
-    pub fn masker(&self) -> Masker {
+    pub fn masker(&self) -> Result<Masker> {
         Masker::new(&self.values)
     }
 
@@ -698,123 +696,9 @@ fn owner_ids(owner: &str) -> std::result::Result<(nix::unistd::Uid, Option<nix::
     Ok((uid, gid))
 }
 
-/// Replaces each secret value in a stream of output with `[secret:NAME]`, also when a value is
-/// split across writes: a tail that may begin a value is held back until the next write shows
-/// whether it does, or until `release`. Masked are the whole value and each of its lines, and the
-/// value of each `KEY=VALUE` line (an env file), when at least `MIN_MASKED` bytes long.
-#[derive(Default, Clone)]
-pub struct Masker {
-    /// (value, replacement), longest value first.
-    pieces: Vec<(Vec<u8>, Vec<u8>)>,
-    pending: Vec<u8>,
-}
-
-impl Masker {
-    pub fn new(values: &[(String, Vec<u8>)]) -> Masker {
-        let mut pieces = Vec::new();
-        for (name, value) in values {
-            let replacement = format!("[secret:{name}]").into_bytes();
-            let lines = value.split(|b| *b == b'\n');
-            let assigned = lines.clone().filter_map(|l| Some(&l[l.iter().position(|b| *b == b'=')? + 1..]));
-            let unquoted = |v: &[u8]| -> Vec<u8> {
-                let v = v.trim_ascii();
-                match (v.first(), v.last()) {
-                    (Some(b'"'), Some(b'"')) | (Some(b'\''), Some(b'\'')) if v.len() >= 2 => {
-                        v[1..v.len() - 1].to_vec()
-                    }
-                    _ => v.to_vec(),
-                }
-            };
-            let candidates = std::iter::once(value.trim_ascii().to_vec())
-                .chain(lines.map(|l| l.trim_ascii().to_vec()))
-                .chain(assigned.map(unquoted));
-            for piece in candidates {
-                if piece.len() >= MIN_MASKED && !pieces.iter().any(|(p, _)| *p == piece) {
-                    pieces.push((piece, replacement.clone()));
-                }
-            }
-        }
-        pieces.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        Masker { pieces, pending: Vec::new() }
-    }
-
-    /// `buf` with values masked, less a tail held back that may begin a value.
-    pub fn mask(&mut self, buf: &[u8]) -> Vec<u8> {
-        if self.pieces.is_empty() {
-            return buf.to_vec();
-        }
-        let mut data = std::mem::take(&mut self.pending);
-        data.extend_from_slice(buf);
-        self.scan(&data, true)
-    }
-
-    /// What is held back, masked as far as it can be.
-    pub fn release(&mut self) -> Vec<u8> {
-        let data = std::mem::take(&mut self.pending);
-        self.scan(&data, false)
-    }
-
-    /// `text`, whole (nothing held back or before it), with values masked.
-    pub fn masked(&self, text: &str) -> String {
-        String::from_utf8_lossy(&self.clone().scan(text.as_bytes(), false)).into_owned()
-    }
-
-    fn scan(&mut self, data: &[u8], hold: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(data.len());
-        let mut i = 0;
-        'scan: while i < data.len() {
-            let rest = &data[i..];
-            for (piece, replacement) in &self.pieces {
-                if rest.starts_with(piece) {
-                    out.extend_from_slice(replacement);
-                    i += piece.len();
-                    continue 'scan;
-                }
-            }
-            if hold && self.pieces.iter().any(|(p, _)| p.len() > rest.len() && p.starts_with(rest)) {
-                self.pending = rest.to_vec();
-                break;
-            }
-            out.push(data[i]);
-            i += 1;
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masked(values: &[(&str, &str)], writes: &[&str]) -> String {
-        let values: Vec<(String, Vec<u8>)> =
-            values.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
-        let mut masker = Masker::new(&values);
-        let mut out = Vec::new();
-        for w in writes {
-            out.extend(masker.mask(w.as_bytes()));
-        }
-        out.extend(masker.release());
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn values_are_masked_also_when_split_across_writes() {
-        let db = [("db", "hunter2-secret\n")];
-        assert_eq!(masked(&db, &["pw=hunter2-secret ok\n"]), "pw=[secret:db] ok\n");
-        assert_eq!(masked(&db, &["pw=hun", "ter2-se", "cret ok"]), "pw=[secret:db] ok");
-        assert_eq!(masked(&db, &["a hunter", "!"]), "a hunter!");
-        assert_eq!(masked(&db, &["ends with hunt"]), "ends with hunt");
-    }
-
-    #[test]
-    fn lines_and_env_values_are_masked_short_ones_not() {
-        let env = [("app", "DB_PASSWORD=\"correct-horse\"\nLEVEL=prod\n")];
-        assert_eq!(masked(&env, &["correct-horse"]), "[secret:app]");
-        assert_eq!(masked(&env, &["DB_PASSWORD=\"correct-horse\""]), "[secret:app]");
-        assert_eq!(masked(&env, &["LEVEL=prod", " prod"]), "[secret:app] prod");
-        assert_eq!(masked(&[("pin", "1234")], &["pin 1234"]), "pin 1234");
-    }
 
     #[test]
     fn plaintext_goes_only_onto_tmpfs_or_ramfs() {

@@ -43,6 +43,16 @@ pub struct Gap {
 }
 
 impl Gap {
+    /// A gap in output that, before it, ended in the middle of a line if `mid_line`.
+    pub fn after(mid_line: bool) -> Gap {
+        Gap { mid_line, ..Gap::default() }
+    }
+
+    /// Whether any output fell into it.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
     /// The notice, on a line of its own, then the gap's last whole lines; `log` is the command
     /// that shows the whole log. A gap short enough to be kept whole is just its output.
     pub fn render(&self, log: &str) -> String {
@@ -55,7 +65,7 @@ impl Gap {
         format!("{newline}troops: {skipped} bytes of output skipped; the whole log: {log}\n{tail}")
     }
 
-    fn add(&mut self, text: &str) {
+    pub fn add(&mut self, text: &str) {
         self.bytes += text.len();
         self.tail.push_str(text);
         if self.tail.len() > TAIL {
@@ -115,7 +125,7 @@ impl Listener {
             match mailbox.pieces.back_mut() {
                 Some(Piece::Skipped(gap)) => gap.add(text),
                 _ => {
-                    let mut gap = Gap { mid_line, ..Gap::default() };
+                    let mut gap = Gap::after(mid_line);
                     gap.add(text);
                     mailbox.pieces.push_back(Piece::Skipped(gap));
                 }

@@ -34,7 +34,7 @@ use troops_core::node::Node;
 use troops_core::Exit;
 
 use events::{Event, Events};
-use listener::Listener;
+use listener::{Gap, Listener};
 use queue::{Pending, Queue};
 use watch::{Change, Watch};
 
@@ -62,8 +62,40 @@ pub fn run(node: Node) -> Result<ExitCode> {
 struct Running {
     follows_tip: bool,
     tip: Option<Oid>,
+    /// The output so far, up to `REPLAY_LIMIT`.
     output: Vec<u8>,
+    /// The output after that: how much, and its end.
+    dropped: Gap,
     listeners: Vec<Listener>,
+}
+
+impl Running {
+    fn new(follows_tip: bool, listeners: Vec<Listener>) -> Running {
+        Running { follows_tip, tip: None, output: Vec::new(), dropped: Gap::default(), listeners }
+    }
+
+    /// Keeps `text` for those who join late: whole up to `REPLAY_LIMIT`, then its end.
+    fn keep(&mut self, text: &str) {
+        if self.output.len() < REPLAY_LIMIT {
+            self.output.extend_from_slice(text.as_bytes());
+            return;
+        }
+        if self.dropped.is_empty() {
+            self.dropped = Gap::after(!self.output.ends_with(b"\n"));
+        }
+        self.dropped.add(text);
+    }
+
+    /// What a listener that joins late gets first: the output so far, or when that was more
+    /// than `REPLAY_LIMIT`, its start, a notice of what is left out on a line of its own, and
+    /// the last lines (a run's summary, when the run has ended), as a slow reader gets them.
+    fn replay(&self) -> String {
+        let mut replay = String::from_utf8_lossy(&self.output).into_owned();
+        if !self.dropped.is_empty() {
+            replay.push_str(&self.dropped.render("troops log"));
+        }
+        replay
+    }
 }
 
 /// Output beyond this is not kept for late joiners (it is in output.log).
@@ -250,9 +282,7 @@ impl Daemon {
             }
             Event::RunOutput(text) => {
                 if let Some(running) = self.running.as_mut() {
-                    if running.output.len() < REPLAY_LIMIT {
-                        running.output.extend_from_slice(text.as_bytes());
-                    }
+                    running.keep(&text);
                     running.listeners.retain(|l| l.output(&text));
                 }
             }
@@ -353,7 +383,7 @@ impl Daemon {
                     if let Some(running) = self.running.as_mut().filter(|r| r.follows_tip && r.tip.is_some())
                     {
                         if running.tip == tip {
-                            listener.output(&String::from_utf8_lossy(&running.output));
+                            listener.output(&running.replay());
                             running.listeners.push(listener);
                             return;
                         }
@@ -380,12 +410,7 @@ impl Daemon {
             return;
         }
         let Some(batch) = self.queue.next() else { return };
-        self.running = Some(Running {
-            follows_tip: batch.ask.follows_tip(),
-            tip: None,
-            output: Vec::new(),
-            listeners: batch.listeners,
-        });
+        self.running = Some(Running::new(batch.ask.follows_tip(), batch.listeners));
         let node = self.snapshot();
         let events = self.events.clone();
         let work = troops_core::dispatch::Work { ask: batch.ask, no_remote: batch.no_remote };
@@ -569,5 +594,34 @@ fn init_logging() {
         builder.without_time().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_listener_gets_the_start_a_notice_on_its_own_line_and_the_end() {
+        let mut running = Running::new(true, Vec::new());
+        running.keep("==> build\ncompiling");
+        assert_eq!(running.replay(), "==> build\ncompiling", "all of it was kept");
+        // Past the limit: the summary, at the end, reaches a listener that joins as the run ends.
+        running.keep(&"x".repeat(REPLAY_LIMIT));
+        for _ in 0..1000 {
+            running.keep(" more\n");
+        }
+        running.keep("troops: run 4 succeeded: 1 of 1 steps ran in 9.0s (troops log 4)\n");
+        let replay = running.replay();
+        let (head, _) =
+            replay.split_once(" bytes of output skipped; the whole log: troops log\n more\n").unwrap();
+        assert!(head.starts_with("==> build\ncompilingxxx"), "{}", &head[..40]);
+        assert!(
+            head.ends_with("x\ntroops: 5"),
+            "the notice starts its own line: {}",
+            &head[head.len() - 20..]
+        );
+        assert!(replay
+            .ends_with(" more\n more\ntroops: run 4 succeeded: 1 of 1 steps ran in 9.0s (troops log 4)\n"));
     }
 }
