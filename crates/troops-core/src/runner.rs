@@ -465,7 +465,7 @@ mod tests {
             dir.path(),
             &[],
             &AtomicBool::new(false),
-            &mut Vec::new(),
+            &mut Output::new(&mut Vec::new()),
         )
         .unwrap();
         assert_eq!((r.status, r.exit_code), (StepStatus::Failed, Some(supervise::CANNOT_START)));
