@@ -11,19 +11,19 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
-use troops_core::ask::Ask;
-use troops_core::control;
-use troops_core::dispatch::dispatch;
-use troops_core::node::Node;
-use troops_core::receive::{self, Update, Verdict};
+use troops_core::mech::control;
+use troops_core::model::ask::Ask;
+use troops_core::model::node::Node;
+use troops_core::node::dispatch::dispatch;
+use troops_core::node::receive::{self, Update, Verdict};
 use troops_core::{Error, Exit};
 
 fn main() -> ExitCode {
-    troops_core::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
-                                              // SAFETY: set once, before any other libgit2 call, while the process has one thread.
-                                              // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
-                                              // which may read another system config than git, must not refuse the same repository when a
-                                              // member of admin_group pushes to the root-owned repo.
+    troops_core::mech::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
+                                                    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
+                                                    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
+                                                    // which may read another system config than git, must not refuse the same repository when a
+                                                    // member of admin_group pushes to the root-owned repo.
     let _ = unsafe { git2::opts::set_verify_owner_validation(false) };
     let mode = std::env::args().nth(1).unwrap_or_default();
     let result = match mode.as_str() {
@@ -64,8 +64,8 @@ fn pre_receive() -> Result<ExitCode> {
                 say(&message);
                 // For `troops status`; a pusher who may not write the state dir still sees why.
                 let source = format!("push to {}", update.refname);
-                let _ = troops_core::verify::record_refusal(&node.state_dir, &source, &refusal);
-                troops_core::metrics::count_refusal(&node, refusal.verification.kind());
+                let _ = troops_core::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
+                troops_core::mech::metrics::count_refusal(&node, refusal.verification.kind());
                 refused = true;
             }
         }
@@ -91,7 +91,7 @@ fn post_receive() -> Result<ExitCode> {
     }
     forget_git_environment();
     let stop = outlive_the_pusher();
-    troops_core::init::use_group_umask(&node.state_dir);
+    troops_core::node::init::use_group_umask(&node.state_dir);
 
     let request = control::Request::Run(Ask::Push);
     Ok(dispatch(&node, &request, &mut std::io::stderr(), stop)?.into())
@@ -121,7 +121,7 @@ fn git_dir() -> Result<PathBuf> {
 /// the repo's config (a push over SSH brings no troops environment), else `TROOPS_STATE_DIR` and
 /// `TROOPS_CONFIG`; the config defaults to `/etc/troops/troops.toml`.
 fn node(git_dir: &Path) -> Result<Node> {
-    let (state_dir, config) = troops_core::node::recorded_in(git_dir);
+    let (state_dir, config) = troops_core::model::node::recorded_in(git_dir);
     let state_dir = state_dir.or_else(|| env_path("TROOPS_STATE_DIR")).ok_or_else(|| {
         Error::Env(format!(
             "{} records no troops.stateDir and TROOPS_STATE_DIR is not set; run `troops init`",
@@ -130,7 +130,7 @@ fn node(git_dir: &Path) -> Result<Node> {
     })?;
     let config = config
         .or_else(|| env_path("TROOPS_CONFIG"))
-        .unwrap_or_else(|| troops_core::config::DEFAULT_PATH.into());
+        .unwrap_or_else(|| troops_core::model::config::DEFAULT_PATH.into());
     Ok(Node::load(state_dir, &config)?)
 }
 
@@ -176,7 +176,7 @@ fn forget_git_environment() {
 fn outlive_the_pusher() -> &'static AtomicBool {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     extern "C" fn drop_signal(_: nix::libc::c_int) {}
-    let stop = troops_core::signals::stop_flag();
+    let stop = troops_core::mech::signals::stop_flag();
     let action = SigAction::new(SigHandler::Handler(drop_signal), SaFlags::SA_RESTART, SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler does nothing, which is async-signal-safe.

@@ -20,10 +20,10 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// The node's state dir.
-    #[arg(long, global = true, env = "TROOPS_STATE_DIR", default_value = troops_core::node::DEFAULT_STATE_DIR)]
+    #[arg(long, global = true, env = "TROOPS_STATE_DIR", default_value = troops_core::model::node::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// The node config file (a missing file means defaults).
-    #[arg(long, global = true, env = "TROOPS_CONFIG", default_value = troops_core::config::DEFAULT_PATH)]
+    #[arg(long, global = true, env = "TROOPS_CONFIG", default_value = troops_core::model::config::DEFAULT_PATH)]
     pub config: PathBuf,
 }
 
@@ -186,7 +186,7 @@ pub struct PushArgs {
     #[arg(long, value_name = "B")]
     pub branch: Option<String>,
     /// Kill a host's push (git and its ssh) that has not ended after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::limits::duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::duration_arg)]
     pub timeout: std::time::Duration,
 }
 
@@ -217,7 +217,7 @@ pub struct WaitArgs {
     /// default: the branch tip.
     pub commit: Option<String>,
     /// Give up (exit 3) after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::limits::duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::duration_arg)]
     pub timeout: std::time::Duration,
 }
 
@@ -238,7 +238,7 @@ pub struct HasRoleArgs {
 #[derive(Args)]
 pub struct CheckArgs {
     /// The plan file.
-    #[arg(default_value = troops_core::plan::FILE_NAME)]
+    #[arg(default_value = troops_core::model::plan::FILE_NAME)]
     pub plan: PathBuf,
 }
 

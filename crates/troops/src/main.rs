@@ -11,7 +11,7 @@ use clap::Parser;
 use troops::cli;
 
 fn main() -> ExitCode {
-    troops_core::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
+    troops_core::mech::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,

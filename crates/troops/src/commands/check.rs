@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::plan::Plan;
+use troops_core::model::plan::Plan;
 use troops_core::Error;
 
 /// How many paths the note on unstaged changes names before it counts the rest.
@@ -27,7 +27,7 @@ pub fn run(path: &Path) -> Result<ExitCode> {
             note_unstaged(&repo)?;
             (plan?, " (git's index: what the next commit holds)")
         }
-        None => (Plan::parse(path, &troops_core::plan::read(path)?, Some(dir))?, ""),
+        None => (Plan::parse(path, &troops_core::model::plan::read(path)?, Some(dir))?, ""),
     };
     let roles: Vec<&str> = plan.roles.iter().map(|r| r.name.as_str()).collect();
     let checks: Vec<&str> = plan.checks.iter().map(|c| c.name.as_str()).collect();

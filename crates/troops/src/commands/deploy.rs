@@ -5,16 +5,16 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::ask::Ask;
-use troops_core::control::Request;
-use troops_core::deploy;
+use troops_core::mech::control::Request;
+use troops_core::model::ask::Ask;
+use troops_core::node::run;
 
 use crate::cli::{DeployArgs, Global};
 
 pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
     let node = super::node(global)?;
     if args.dry_run {
-        let dry = deploy::dry_run(&node, args.commit.as_deref())?;
+        let dry = run::dry_run(&node, args.commit.as_deref())?;
         let roles: Vec<&str> = dry.roles.iter().map(String::as_str).collect();
         writeln!(
             std::io::stdout(),
@@ -23,7 +23,7 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
             node.config.hostname(),
             roles.join(",")
         )?;
-        if let Some(wave) = troops_core::fleet::rollout::place(&node, &node.repo()?, dry.commit) {
+        if let Some(wave) = troops_core::node::rollout::place(&node, &node.repo()?, dry.commit) {
             writeln!(
                 std::io::stdout(),
                 "{wave}: a pulled commit waits for the earlier waves; this deploy would not"

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use troops_core::deploy::short;
-use troops_core::fleet::publish;
-use troops_core::fleet::view::{self, View};
-use troops_core::node::Node;
-use troops_core::shown::escape;
+use troops_core::mech::shown::escape;
+use troops_core::mech::statusrefs;
+use troops_core::model::names::short;
+use troops_core::model::node::Node;
+use troops_core::node::fleet_view::{self, View};
 
 use crate::cli::{FleetArgs, Global};
 
@@ -34,8 +34,8 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
             })?;
             let deadline = Instant::now() + node.config.fetch_timeout;
             let fetched =
-                publish::fetch(&node.repo_path(), &node.state_dir, &remote, &node.ssh_dir(), deadline);
-            let status = publish::repo_path(&node.state_dir);
+                statusrefs::fetch(&node.repo_path(), &node.state_dir, &remote, &node.ssh_dir(), deadline);
+            let status = statusrefs::repo_path(&node.state_dir);
             (git2::Repository::open_bare(node.repo_path())?, status, remote, fetched)
         }
         None => {
@@ -49,7 +49,7 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
             let url = git.find_remote(&remote).ok().and_then(|r| r.url().map(str::to_owned));
             let dir = scratch.insert(tempfile::tempdir()?).path().to_owned();
             git2::Repository::init_bare(&dir)?;
-            let fetched = publish::fetch_as_caller(&dir, url.as_deref().unwrap_or(&remote));
+            let fetched = statusrefs::fetch_as_caller(&dir, url.as_deref().unwrap_or(&remote));
             (git, dir, remote, fetched)
         }
     };
@@ -71,7 +71,7 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     ]
     .iter()
     .find_map(|name| git.refname_to_id(name).ok());
-    let view = view::view(&status, git, &branch, tip, SystemTime::now());
+    let view = fleet_view::view(&status, git, &branch, tip, SystemTime::now());
     for bad in &view.unreadable {
         eprintln!("troops: warning: {} is skipped: {}", escape(&bad.reference), escape(&bad.error));
     }
@@ -92,8 +92,8 @@ fn publish_now(node: &Node, remote: Option<&str>) -> Result<ExitCode> {
             node.config.path.display()
         ))
     })?;
-    let doc = troops_core::fleet::status::StatusDoc::build(node)?;
-    let done = publish::publish(node, &doc, &remote, node.config.fetch_timeout)?;
+    let doc = troops_core::model::status::StatusDoc::build(node)?;
+    let done = statusrefs::publish(node, &doc, &remote, node.config.fetch_timeout)?;
     writeln!(
         std::io::stdout(),
         "troops: published {} ({}) to remote {} in {} ms",

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::fetch;
-use troops_core::init::{init, Options};
+use troops_core::mech::fetch;
+use troops_core::node::init::{init, Options};
 
 use crate::cli::{Global, InitArgs};
 
@@ -47,7 +47,7 @@ pub fn run(global: &Global, args: InitArgs) -> Result<ExitCode> {
     if remotes.is_empty() {
         writeln!(out, "remote    none: pushes only (add one with troops init --remote NAME=URL)")?;
     }
-    let (who, warning) = troops_core::access::sharing(&node);
+    let (who, warning) = troops_core::node::access::sharing(&node);
     writeln!(out, "who       {who}")?;
     if let Some(warning) = warning {
         writeln!(out, "warning   {warning}")?;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use troops_core::deploy::short;
-use troops_core::node::Node;
+use troops_core::model::names::short;
+use troops_core::model::node::Node;
 use troops_core::Error;
 
 use crate::cli::LogArgs;
@@ -85,7 +85,7 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
     let path = runs.log_path(id);
     // A member's run folder may hold anything at that name: never wait on a FIFO there.
     let mut file =
-        troops_core::trust::open_state_file(&path).map_err(|e| Error::path("opening", &path, e))?;
+        troops_core::mech::trust::open_state_file(&path).map_err(|e| Error::path("opening", &path, e))?;
     // Streamed, not read whole: a log can be large.
     let mut stdout = std::io::stdout().lock();
     loop {

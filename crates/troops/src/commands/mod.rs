@@ -17,9 +17,9 @@ mod wait;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::ask::Ask;
-use troops_core::control::Request;
-use troops_core::node::Node;
+use troops_core::mech::control::Request;
+use troops_core::model::ask::Ask;
+use troops_core::model::node::Node;
 
 use crate::cli::{Cli, Command, Global};
 
@@ -62,7 +62,7 @@ fn command(cli: Cli) -> Result<ExitCode> {
 /// The node of `global`, which this process may use (`access::check` says who may, otherwise).
 fn node(global: &Global) -> Result<Node> {
     let node = Node::load(global.state_dir.clone(), &global.config)?;
-    troops_core::access::check(&node)?;
+    troops_core::node::access::check(&node)?;
     Ok(node)
 }
 
@@ -76,11 +76,11 @@ fn refused(global: &Global, error: &anyhow::Error) -> Option<String> {
     if !denied {
         return None;
     }
-    troops_core::access::denied(&Node::load(global.state_dir.clone(), &global.config).ok()?)
+    troops_core::node::access::denied(&Node::load(global.state_dir.clone(), &global.config).ok()?)
 }
 
 /// Does `request` through the daemon when it runs, else here (`dispatch`), output to stdout.
 fn dispatch(node: &Node, request: Request) -> Result<ExitCode> {
-    let stop = troops_core::signals::stop_flag();
-    Ok(troops_core::dispatch::dispatch(node, &request, &mut std::io::stdout(), stop)?.into())
+    let stop = troops_core::mech::signals::stop_flag();
+    Ok(troops_core::node::dispatch::dispatch(node, &request, &mut std::io::stdout(), stop)?.into())
 }

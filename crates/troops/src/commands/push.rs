@@ -2,7 +2,7 @@
 //! `git push` (so ssh, the operator's ssh config and the nodes' hooks work as for a person) to
 //! every selected node, canaries first and alone, then `--parallel` at a time; shows the nodes'
 //! output as whole lines prefixed by host, and ends with a table. Which hosts, and what a push's
-//! output means, is `troops_core::fanout`'s; this module runs the processes and the screen.
+//! output means, is `troops_core::node::fanout`'s; this module runs the processes and the screen.
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use troops_core::fanout::{self, Outcome, Target};
-use troops_core::plan::{self, Plan};
-use troops_core::shown::escape;
+use troops_core::mech::shown::escape;
+use troops_core::model::plan::{self, Plan};
+use troops_core::node::fanout::{self, Outcome, Target};
 use troops_core::Error;
 
 use crate::cli::PushArgs;
@@ -153,7 +153,7 @@ impl Running {
 impl Fleet {
     /// Pushes to every target, canaries first and alone, and returns each one's report, in order.
     fn push(&self) -> Vec<Report> {
-        let stop = troops_core::signals::stop_flag();
+        let stop = troops_core::mech::signals::stop_flag();
         let mut screen = Screen::new(&self.targets);
         // Bounded: a node that prints faster than the operator's terminal takes waits at its push.
         let (tx, rx) = mpsc::sync_channel(1024);

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::node::Node;
+use troops_core::model::node::Node;
 
 pub fn list(node: &Node) -> Result<ExitCode> {
     for role in roles(node)? {

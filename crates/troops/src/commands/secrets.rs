@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use troops_core::plan::Plan;
-use troops_core::secrets::{self, Edited, Identity, NoAdmin, RepoKeys};
+use troops_core::mech::secrets::{self, Edited, Identity, NoAdmin, RepoKeys};
+use troops_core::model::plan::Plan;
 use troops_core::Exit;
 
 use crate::cli::{IdentityArgs, SecretsCommand};
 
 pub fn run(command: SecretsCommand) -> Result<ExitCode> {
     let repo = Path::new(".");
-    let plan_path = Path::new(troops_core::plan::FILE_NAME);
-    let plan = Plan::parse(plan_path, &troops_core::plan::read(plan_path)?, Some(repo))?;
+    let plan_path = Path::new(troops_core::model::plan::FILE_NAME);
+    let plan = Plan::parse(plan_path, &troops_core::model::plan::read(plan_path)?, Some(repo))?;
     let mut stdout = std::io::stdout();
     match command {
         SecretsCommand::Encrypt(args) => {

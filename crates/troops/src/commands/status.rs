@@ -6,13 +6,13 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use serde_json::json;
-use troops_core::control::Daemon;
-use troops_core::deploy::short;
-use troops_core::lock::NodeLock;
-use troops_core::node::Node;
-use troops_core::runs::RunRecord;
-use troops_core::schedule::Decision;
-use troops_core::shown::escape;
+use troops_core::mech::control::Daemon;
+use troops_core::mech::lock::NodeLock;
+use troops_core::mech::runs::RunRecord;
+use troops_core::mech::shown::escape;
+use troops_core::model::names::short;
+use troops_core::model::node::Node;
+use troops_core::policy::schedule::Decision;
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let repo = node.repo()?;
@@ -26,7 +26,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
         Err(e) => (node.config.roles.clone(), Some(e.to_string())),
     };
-    let states = troops_core::pull::remote_states(node)?;
+    let states = troops_core::node::pull::remote_states(node)?;
     let remotes: Vec<_> = repo
         .git
         .remotes()?
@@ -51,12 +51,12 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
 
     let verify = &node.config.verify;
     let scope = match verify.scope {
-        troops_core::config::Scope::Tip => "tip",
-        troops_core::config::Scope::All => "all",
+        troops_core::model::config::Scope::Tip => "tip",
+        troops_core::model::config::Scope::All => "all",
     };
     // Loaded only to tell whether it works: a broken keyring or allowed signers stops every update.
     let policy =
-        verify.require_signed.then(|| troops_core::verify::TrustPolicy::load(verify, &node.state_dir));
+        verify.require_signed.then(|| troops_core::mech::verify::TrustPolicy::load(verify, &node.state_dir));
     let keyring_error = policy.as_ref().and_then(|p| p.as_ref().err().map(|e| e.to_string()));
     let lists = match policy.as_ref().and_then(|p| p.as_ref().ok()) {
         Some(p) => {
@@ -66,10 +66,10 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         }
         None => String::new(),
     };
-    let last_refusal = troops_core::verify::last_refusal(&node.state_dir)?;
+    let last_refusal = troops_core::mech::verify::last_refusal(&node.state_dir)?;
     let quarantined = repo.all_quarantined()?;
     // What the node does next on its own, and why: the same decision every trigger obeys.
-    let next = troops_core::deploy::decision(node, troops_core::schedule::Cause::Tick)?;
+    let next = troops_core::node::run::decision(node, troops_core::policy::schedule::Cause::Tick)?;
     let next_json = match &next {
         Decision::Run(r) => {
             json!({"state": "run", "commit": r.commit.to_string(), "trigger": r.trigger, "why": r.why})
@@ -82,10 +82,10 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             json!({"state": "hold", "why": why, "until": until.map(|u| humantime::format_rfc3339_seconds(u).to_string())})
         }
     };
-    let daemon = troops_core::control::daemon_status(&node.socket_path());
-    let fleet = troops_core::fleet::status::StatusDoc::build(node)?;
+    let daemon = troops_core::mech::control::daemon_status(&node.socket_path());
+    let fleet = troops_core::model::status::StatusDoc::build(node)?;
     let wave = match repo.tip()? {
-        Some(tip) => troops_core::fleet::rollout::place(node, &repo, tip),
+        Some(tip) => troops_core::node::rollout::place(node, &repo, tip),
         None => None,
     };
 
@@ -198,7 +198,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             r.trigger,
             short(&r.commit),
             r.started_at,
-            if r.status == troops_core::runs::RunStatus::Checking { ", checking health" } else { "" }
+            if r.status == troops_core::mech::runs::RunStatus::Checking { ", checking health" } else { "" }
         )?,
         None => writeln!(std::io::stdout(), "running   nothing")?,
     }
@@ -252,7 +252,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
 
 /// What is said of the runs others recorded: "runs 5, 6 recorded by uid 4242, not gone by (troops
 /// log ID shows them)".
-pub fn others(others: &[troops_core::runs::Other]) -> Option<String> {
+pub fn others(others: &[troops_core::mech::runs::Other]) -> Option<String> {
     if others.is_empty() {
         return None;
     }
@@ -290,7 +290,7 @@ fn last_run(r: &RunRecord) -> String {
 /// will make of it (`runs::abandon`).
 pub fn effective(node: &Node, mut record: RunRecord) -> RunRecord {
     if record.status.unfinished() && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
-        troops_core::runs::abandon(&mut record);
+        troops_core::mech::runs::abandon(&mut record);
     }
     record
 }

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use troops_core::node::Node;
-use troops_core::verify::{self, TrustPolicy, Verification};
+use troops_core::mech::verify::{self, TrustPolicy, Verification};
+use troops_core::model::node::Node;
 use troops_core::Error;
 
 use crate::cli::VerifyArgs;

@@ -1,6 +1,6 @@
 //! `troops wait [COMMIT] [--timeout D]`: waits until the run of COMMIT has ended and exits as it
 //! did (0 deployed, 1 failed, rolled back or quarantined), or 3 once the timeout is up. It looks
-//! at the node's records again every [`LOOK_AGAIN`] (`troops_core::wait::progress`); what it waits
+//! at the node's records again every [`LOOK_AGAIN`] (`troops_core::node::wait::progress`); what it waits
 //! for goes to stderr as it changes, the run's summary to stdout at the end.
 
 use std::io::Write;
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use git2::Oid;
-use troops_core::node::Node;
-use troops_core::wait::{progress, Progress};
+use troops_core::model::node::Node;
+use troops_core::node::wait::{progress, Progress};
 use troops_core::Error;
 
 use crate::cli::WaitArgs;

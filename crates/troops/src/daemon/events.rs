@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use git2::Oid;
 use tokio::sync::{mpsc, oneshot};
-use troops_core::config::Config;
-use troops_core::control::{DaemonStatus, Done, Request};
+use troops_core::mech::control::{DaemonStatus, Done, Request};
+use troops_core::model::config::Config;
 
 use super::listener::Listener;
 use super::publisher;

@@ -7,13 +7,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use git2::Oid;
-use troops_core::control::Done;
-use troops_core::deploy::{self, Outcome};
-use troops_core::dispatch::{self, Work};
-use troops_core::node::Node;
-use troops_core::notify;
-use troops_core::probe::News as ProbeNews;
-use troops_core::pull;
+use troops_core::mech::control::Done;
+use troops_core::mech::notify;
+use troops_core::mech::probe::News as ProbeNews;
+use troops_core::model::node::Node;
+use troops_core::node::dispatch::{self, Work};
+use troops_core::node::pull;
+use troops_core::node::run::{self, Outcome};
 
 use super::events::{Event, Events, Pulled, RunEnd};
 
@@ -26,20 +26,20 @@ pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunE
     let mut out = Output::new(events.clone(), Event::RunOutput);
     let (done, next_due, tell) = match dispatch::perform(node, work, &mut out, stop) {
         Ok(outcome) => {
-            let next_due = deploy::next_due(node);
+            let next_due = run::next_due(node);
             log(&outcome, next_due);
             let tell = outcome.records().filter(|r| notify::worth_telling(node, r)).map(|r| r.id).collect();
             (Done { exit: dispatch::conclude(&outcome, &mut out), error: None }, next_due, tell)
         }
         Err(e) => {
             tracing::error!(error = %e, "run failed to start");
-            (Done { exit: e.exit(), error: Some(e.to_string()) }, deploy::next_due(node), Vec::new())
+            (Done { exit: e.exit(), error: Some(e.to_string()) }, run::next_due(node), Vec::new())
         }
     };
     let deployed = node.repo().and_then(|r| r.deployed()).ok().flatten();
     let summary = format!(
         "deployed {}{}",
-        deployed.map_or("nothing".into(), |d| deploy::short(&d.to_string()).to_owned()),
+        deployed.map_or("nothing".into(), |d| troops_core::model::names::short(&d.to_string()).to_owned()),
         if next_due.is_some() { "; a failed commit waits for its retry" } else { "" }
     );
     RunEnd { done, next_due, summary, tell }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
-use troops_core::control::Done;
+use troops_core::mech::control::Done;
 
 /// What one listener may hold unread; beyond it, its output is skipped until it catches up.
 const LIMIT: usize = 256 * 1024;

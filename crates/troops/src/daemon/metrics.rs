@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use troops_core::config::Config;
-use troops_core::node::Node;
+use troops_core::model::config::Config;
+use troops_core::model::node::Node;
 
 use super::events::{Event, Events};
 
@@ -153,12 +153,12 @@ async fn answer(mut stream: TcpStream, node: Node) {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n").await;
     }
     let rendered = tokio::task::spawn_blocking(move || {
-        troops_core::metrics::snapshot(&node).map(|s| troops_core::metrics::render(&s))
+        troops_core::mech::metrics::snapshot(&node).map(|s| troops_core::mech::metrics::render(&s))
     })
     .await;
     match rendered {
         Ok(Ok(text)) => {
-            respond(&mut stream, "200 OK", troops_core::metrics::CONTENT_TYPE, text.as_bytes()).await
+            respond(&mut stream, "200 OK", troops_core::mech::metrics::CONTENT_TYPE, text.as_bytes()).await
         }
         Ok(Err(error)) => {
             tracing::warn!(%error, "metrics could not be read");

@@ -27,10 +27,10 @@ use git2::Oid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use troops_core::ask::Ask;
-use troops_core::config::Config;
-use troops_core::control::{DaemonStatus, Done, Request};
-use troops_core::node::Node;
+use troops_core::mech::control::{DaemonStatus, Done, Request};
+use troops_core::model::ask::Ask;
+use troops_core::model::config::Config;
+use troops_core::model::node::Node;
 use troops_core::Exit;
 
 use events::{Event, Events};
@@ -49,7 +49,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();
     node.repo()?; // a node that was never initialised fails here, with the reason
-    troops_core::init::use_group_umask(&node.state_dir);
+    troops_core::node::init::use_group_umask(&node.state_dir);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let code = runtime.block_on(serve(node));
     // A fetch may still wait on a remote: its process group is killed at its own deadline.
@@ -173,7 +173,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         settle: None,
         next_tick: Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64)),
         retry_at: None,
-        started_at: troops_core::runs::now(),
+        started_at: troops_core::mech::runs::now(),
         to_tell: Default::default(),
         telling: false,
         metrics_error,
@@ -184,7 +184,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
     daemon.publisher.poke();
     daemon.job("startup", {
         let node = daemon.snapshot();
-        move || Event::NextDue(troops_core::deploy::next_due(&node))
+        move || Event::NextDue(troops_core::node::run::next_due(&node))
     });
     let mut upgrade = None;
     loop {
@@ -413,7 +413,7 @@ impl Daemon {
         self.running = Some(Running::new(batch.ask.follows_tip(), batch.listeners));
         let node = self.snapshot();
         let events = self.events.clone();
-        let work = troops_core::dispatch::Work { ask: batch.ask, no_remote: batch.no_remote };
+        let work = troops_core::node::dispatch::Work { ask: batch.ask, no_remote: batch.no_remote };
         self.job("run", move || Event::RunDone(jobs::run(&node, &work, &events, &STOP)));
     }
 
@@ -473,7 +473,7 @@ impl Daemon {
             let node = self.snapshot();
             self.job("notify", move || {
                 // It logs how it went; its failure never changes the run's.
-                let _ = troops_core::notify::now(&node, run);
+                let _ = troops_core::mech::notify::now(&node, run);
                 Event::Told
             });
         }
@@ -488,7 +488,7 @@ impl Daemon {
         let (state_dir, path) = (self.state_dir.clone(), self.config.borrow().path.clone());
         self.job("config", move || {
             // With the node's recorded [verify] policy: a file lost or emptied meanwhile keeps it.
-            Event::Reloaded(Box::new(match troops_core::node::load_config(&state_dir, &path) {
+            Event::Reloaded(Box::new(match troops_core::model::node::load_config(&state_dir, &path) {
                 Ok(config) => Some(config),
                 Err(e) => {
                     tracing::error!(error = %e, "config not reloaded; keeping the previous one");

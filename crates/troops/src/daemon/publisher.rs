@@ -5,10 +5,10 @@
 //! holds up a run. Without a status remote nothing runs and nothing is kept.
 
 use tokio::time::Instant;
-use troops_core::config::Config;
-use troops_core::fleet::publish;
-use troops_core::fleet::status::StatusDoc;
-use troops_core::node::Node;
+use troops_core::mech::statusrefs;
+use troops_core::model::config::Config;
+use troops_core::model::node::Node;
+use troops_core::model::status::StatusDoc;
 
 #[derive(Default)]
 pub struct Publisher {
@@ -110,7 +110,7 @@ impl Round {
             self.outcome = Outcome::Unchanged;
             return self;
         }
-        self.outcome = match publish::publish(node, &doc, &self.remote, node.config.fetch_timeout) {
+        self.outcome = match statusrefs::publish(node, &doc, &self.remote, node.config.fetch_timeout) {
             Ok(done) => {
                 tracing::info!(reference = %done.reference, remote = %done.remote, state = %doc.state, deployed = %doc.deployed.as_deref().unwrap_or("none"), ms = done.duration.as_millis() as u64, "status published");
                 Outcome::Published(Box::new(doc))

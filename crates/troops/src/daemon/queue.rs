@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use troops_core::ask::Ask;
+use troops_core::model::ask::Ask;
 
 /// One ask waiting to run, and who hears how it goes.
 #[derive(Debug)]

@@ -13,11 +13,11 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
 use nix::unistd::{Gid, Group, Uid};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use troops_core::ask::Ask;
-use troops_core::config::Config;
-use troops_core::control::{Done, Reply, Request};
-use troops_core::node::Node;
-use troops_core::runs::Runs;
+use troops_core::mech::control::{Done, Reply, Request};
+use troops_core::mech::runs::Runs;
+use troops_core::model::ask::Ask;
+use troops_core::model::config::Config;
+use troops_core::model::node::Node;
 use troops_core::Exit;
 
 use super::events::{Event, Events};

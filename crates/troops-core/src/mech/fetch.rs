@@ -1,0 +1,365 @@
+//! Fetching the followed branch from every remote of the node repo, all at once, each bounded by
+//! `fetch_timeout`: one slow or dead remote never holds up the others. A remote whose advertised
+//! tip is already here costs one connection and no download; an `http://` one whose probe says
+//! its tip is already here (see `probe`) costs one conditional GET and no fetch.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
+
+use crate::mech::probe::{self, ProbeState, Probing};
+
+/// What fetching one remote gave.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub remote: String,
+    pub url: String,
+    /// The remote's branch tip (`None`: the remote has no such branch), or why the fetch failed.
+    pub tip: Result<Option<Oid>, String>,
+    /// Whether objects were downloaded (false: the advertised tip was already here).
+    pub downloaded: bool,
+    /// True when the probe said the tip was already here, and no fetch ran.
+    pub probed: bool,
+    /// What the fetch showed of the remote's probe target, when that is news.
+    pub probe_news: Option<probe::News>,
+    pub duration: Duration,
+    /// Why the fleet's status refs could not be fetched (only from the node's `status_remote`).
+    pub status_error: Option<String>,
+}
+
+impl Fetched {
+    /// Remote `name`, before anything is known of it.
+    fn nothing_yet(name: &str) -> Fetched {
+        Fetched {
+            remote: name.to_owned(),
+            url: String::new(),
+            tip: Ok(None),
+            downloaded: false,
+            probed: false,
+            probe_news: None,
+            duration: Duration::ZERO,
+            status_error: None,
+        }
+    }
+}
+
+/// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`,
+/// but for those whose probe says it is already there, and from `status` (the status remote, and
+/// the state dir whose status repo takes them) also the fleet's status refs
+/// (`fleet::statusrefs::fetch`), probe or not.
+pub fn fetch_all(
+    repo_path: &Path,
+    branch: &str,
+    ssh_dir: &Path,
+    timeout: Duration,
+    status: Option<(&str, &Path)>,
+    probing: &Probing,
+) -> crate::Result<Vec<Fetched>> {
+    crate::mech::repo::guard_node_repo(repo_path)?;
+    if nix::unistd::geteuid().is_root() {
+        // `git remote add` by root rewrites the config as shared as the repo (0660).
+        crate::node::init::lock_down_repo_config(repo_path)?;
+    }
+    let repo = Repository::open_bare(repo_path)
+        .map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;
+    let remotes = repo
+        .remotes()
+        .map_err(|e| crate::Error::git(format!("listing remotes of {}", repo_path.display()), e))?;
+    let names: Vec<String> = remotes.iter().flatten().map(str::to_owned).collect();
+    set_socket_timeouts(timeout);
+    let deadline = Instant::now() + timeout;
+    let saved = probing.load();
+    let mut probes = saved.clone();
+    let (tx, rx) = mpsc::channel();
+    for (index, name) in names.iter().enumerate() {
+        let (tx, name, repo_path, branch, ssh_dir) =
+            (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
+        let (mut probe, trust) = (probes.remove(&name).unwrap_or_default(), probing.trust);
+        let status = status.filter(|(remote, _)| *remote == name).map(|(_, state_dir)| state_dir.to_owned());
+        // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut fetched = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
+            fetched.status_error = status.and_then(|state_dir| {
+                crate::mech::statusrefs::fetch(&repo_path, &state_dir, &name, &ssh_dir, deadline).err()
+            });
+            fetched.duration = started.elapsed();
+            let _ = tx.send((index, fetched, probe));
+        });
+    }
+    drop(tx);
+    let mut results: Vec<Option<Fetched>> = vec![None; names.len()];
+    probes.clear(); // only the remotes there are now, and answered
+    while results.iter().any(Option::is_none) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((index, fetched, probe)) => {
+                if !probe.url.is_empty() {
+                    probes.insert(fetched.remote.clone(), probe);
+                }
+                results[index] = Some(fetched);
+            }
+            Err(_) => break,
+        }
+    }
+    // A 304 changes nothing: no write, so that a no-change poll costs the node little too.
+    if !probing.trust.is_zero() && probes != saved {
+        probing.save(&probes)?;
+    }
+    Ok(results
+        .into_iter()
+        .zip(&names)
+        .map(|(result, name)| {
+            result.unwrap_or_else(|| Fetched {
+                url: repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default(),
+                tip: Err(format!("timed out after {}", humantime::format_duration(timeout))),
+                duration: timeout,
+                ..Fetched::nothing_yet(name)
+            })
+        })
+        .collect())
+}
+
+/// Fetches `name` unless its probe says its tip is already here; the duration and the status
+/// refs' error are the caller's to fill in.
+fn fetch_one(
+    repo_path: &Path,
+    name: &str,
+    branch: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+    probe: &mut ProbeState,
+    trust: Duration,
+) -> Fetched {
+    let mut fetched = Fetched::nothing_yet(name);
+    let repo = match Repository::open_bare(repo_path) {
+        Ok(repo) => repo,
+        Err(e) => return Fetched { tip: Err(e.message().to_owned()), ..fetched },
+    };
+    fetched.url = repo.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
+    let url = fetched.url.as_str();
+    let tracking = format!("refs/remotes/{name}/{branch}");
+    // A probe target that stalls may take half the time left, never the fetch's half.
+    let look = (!trust.is_zero() && probe::applies(url)).then(|| {
+        let timeout = deadline.saturating_duration_since(Instant::now()) / 2;
+        probe::look(probe, url, branch, timeout)
+    });
+    let before = repo.refname_to_id(&tracking).ok();
+    if look.is_some_and(|look| probe::skips(probe, look, before, trust)) {
+        return Fetched { tip: Ok(before), probed: true, ..fetched };
+    }
+    let result = if libgit2_fetches(url) {
+        // libgit2 takes a path where no repository is for a URL of no protocol it knows.
+        fetch_with_libgit2(&repo, name, branch, &tracking, deadline)
+            .map_err(|e| no_repository(url).unwrap_or(e))
+    } else {
+        fetch_with_git(repo_path, name, url, branch, &tracking, ssh_dir, deadline).map(|found| {
+            let tip = if found { repo.refname_to_id(&tracking).ok() } else { None };
+            (tip, tip != before)
+        })
+    };
+    match result {
+        Ok((tip, downloaded)) => {
+            fetched.probe_news = look.and_then(|look| probe::fetched(probe, look, before, tip));
+            Fetched { tip: Ok(tip), downloaded, ..fetched }
+        }
+        Err(e) => Fetched { tip: Err(e), ..fetched },
+    }
+}
+
+/// libgit2 fetches local paths, `file://` and `git://` in-process, which is cheapest. SSH and
+/// http(s) go through the `git` command, so that only they pay for OpenSSH or TLS, and the daemon
+/// links neither libssh2 nor OpenSSL.
+pub(crate) fn libgit2_fetches(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((scheme, _)) => matches!(scheme, "file" | "git"),
+        None => !crate::mech::ssh::is_ssh(url),
+    }
+}
+
+/// The path on this host a remote's `url` names, if it names one (a path, or `file://`).
+pub fn local_path(url: &str) -> Option<&Path> {
+    match url.split_once("://") {
+        Some(("file", path)) => Some(Path::new(path)),
+        Some(_) => None,
+        None => (!crate::mech::ssh::is_ssh(url)).then(|| Path::new(url)),
+    }
+}
+
+/// "no repository at PATH", when `url` names a path on this host where no git repository is.
+pub fn no_repository(url: &str) -> Option<String> {
+    let path = local_path(url)?;
+    let missing = matches!(Repository::open(path), Err(e) if e.code() == git2::ErrorCode::NotFound);
+    missing.then(|| format!("no repository at {}", path.display()))
+}
+
+/// How the node fetches from `url`, in a few words.
+pub fn how(url: &str) -> &'static str {
+    if local_path(url).is_some() {
+        "a path on this host, read in-process"
+    } else if crate::mech::ssh::is_ssh(url) {
+        "over SSH, with this node's key"
+    } else if libgit2_fetches(url) {
+        "git://, in-process"
+    } else {
+        "over HTTP(S), with git"
+    }
+}
+
+fn fetch_with_libgit2(
+    repo: &Repository,
+    name: &str,
+    branch: &str,
+    tracking: &str,
+    deadline: Instant,
+) -> Result<(Option<Oid>, bool), String> {
+    let mut remote = repo.find_remote(name).map_err(|e| e.message().to_owned())?;
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.transfer_progress(|_| Instant::now() < deadline);
+    let mut options = FetchOptions::new();
+    // libgit2 downloads nothing when the advertised tip is already here; prune drops the
+    // tracking ref of a branch the remote no longer has.
+    options
+        .remote_callbacks(callbacks)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false)
+        .prune(FetchPrune::On);
+    let refspec = format!("+refs/heads/{branch}:{tracking}");
+    let reflog = format!("troops: fetch {name}");
+    // libgit2 rewrites `shallow` under `shallow.lock` after each download, so two remotes that
+    // finish together collide; the loser's objects are in by then, and trying again is cheap.
+    let mut attempts = 0;
+    while let Err(e) = remote.fetch(&[&refspec], Some(&mut options), Some(&reflog)) {
+        attempts += 1;
+        if e.code() != git2::ErrorCode::Locked || attempts == 5 || Instant::now() >= deadline {
+            return Err(e.message().to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(5 * attempts));
+    }
+    Ok((repo.refname_to_id(tracking).ok(), remote.stats().received_objects() > 0))
+}
+
+/// Fetches with the `git` command (and OpenSSH for SSH), killed with its children at the
+/// deadline. Ok(false): the remote has no such branch, and its tracking ref is gone.
+fn fetch_with_git(
+    repo_path: &Path,
+    name: &str,
+    url: &str,
+    branch: &str,
+    tracking: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+) -> Result<bool, String> {
+    let mut child = root_git(repo_path)
+        // No automatic maintenance: it would run in the background, beside the other fetches.
+        .args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"])
+        // Always a pack under objects/pack, never loose objects in directories a member may make.
+        .args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"])
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", "--end-of-options", name])
+        .arg(format!("+refs/heads/{branch}:{tracking}"))
+        .env(
+            "GIT_SSH_COMMAND",
+            crate::mech::ssh::command(ssh_dir, deadline.saturating_duration_since(Instant::now())),
+        )
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_REFLOG_ACTION", format!("troops: fetch {name}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("running git fetch: {e}"))?;
+    let stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        crate::mech::runner::read_tail(stderr, crate::mech::runner::MAX_KEPT_OUTPUT)
+    });
+    let status = crate::mech::runner::wait_or_kill(&mut child, deadline)
+        .map_err(|e| format!("waiting for git fetch: {e}"))?;
+    let stderr = reader.join().unwrap_or_default().replace('\r', "");
+    match status {
+        None => Err("timed out".into()),
+        Some(status) if status.success() => Ok(true),
+        Some(_) if stderr.contains("couldn't find remote ref") => {
+            let _ = Repository::open_bare(repo_path)
+                .and_then(|repo| repo.find_reference(tracking).and_then(|mut r| r.delete()));
+            Ok(false)
+        }
+        Some(_) => Err(crate::mech::ssh::host_key_refusal(url, &stderr, ssh_dir)
+            .unwrap_or_else(|| complaint(&stderr).unwrap_or_else(|| stderr.trim().to_owned()))),
+    }
+}
+
+/// What `git fetch` does after a download: `git gc --auto`, which repacks only once the packs or
+/// loose objects pile up past git's thresholds (`gc.autoPackLimit`, `gc.auto`), in the background
+/// (`gc.autoDetach`). libgit2 writes a pack per fetch that brings something, so without this a
+/// node that only ever pulls would collect thousands of packs and slow every later fetch.
+pub fn housekeep(repo_path: &Path) -> Result<(), String> {
+    let status = root_git(repo_path)
+        .args(["gc", "--auto", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("running git gc --auto in {}: {e}", repo_path.display()))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(format!("git gc --auto in {} failed ({status})", repo_path.display())),
+    }
+}
+
+/// `git --git-dir REPO` as troops runs it, often as root, in a repo members of the admin group
+/// push to: whatever a member managed to put in the repo's config or `hooks/` (they are root's,
+/// see `init::share_with_group`; this holds even if they were not), git runs no hook and no
+/// command the repo names (core.fsmonitor, credential helpers, askpass, ext:: remotes, proxies).
+/// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`. It writes no
+/// commit-graph.
+pub(crate) fn root_git(repo_path: &Path) -> Command {
+    let mut command = Command::new("git");
+    command.arg("--git-dir").arg(repo_path);
+    for setting in [
+        "core.hooksPath=/dev/null",
+        "core.fsmonitor=false",
+        "core.askPass=",
+        "core.gitProxy=",
+        "credential.helper=",
+        "protocol.ext.allow=never",
+        "protocol.file.allow=never",
+        // A commit-graph would be group-writable (core.sharedRepository) and believed for parents
+        // by every history walk; the repo is refused while one exists (`repo::guard_node_repo`).
+        "gc.writeCommitGraph=false",
+        "fetch.writeCommitGraph=false",
+    ] {
+        command.args(["-c", setting]);
+    }
+    command.env("GIT_COMMON_DIR", repo_path).env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
+    command
+}
+
+/// git's complaint in one line, without its boilerplate advice (and without the padding git adds
+/// to a remote's lines); `None` when it said nothing else.
+pub fn complaint(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.trim_end_matches("\x1b[K").trim())
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Please make sure you have")
+                && !l.starts_with("and the repository exists")
+                && *l != "fatal: Could not read from remote repository."
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+/// libgit2's socket connect and read timeouts, so that a dead remote gives up on its own.
+fn set_socket_timeouts(timeout: Duration) {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: these set process-wide libgit2 options; they are only ever set here, before fetching.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
+    }
+}

@@ -1,0 +1,31 @@
+//! The second floor: how troops touches the world, one mechanism a module (git and the node
+//! repo, files kept safe and atomic, locks, processes and their supervisor, the network, the
+//! control socket, signatures, secrets, metrics). Each does what it is told; none decides what a
+//! node should do next.
+
+pub mod atomic;
+pub mod background;
+pub mod control;
+pub mod fetch;
+pub mod fs_safe;
+pub mod http;
+pub mod ledger;
+pub mod lock;
+pub mod mask;
+pub mod metrics;
+pub mod notify;
+pub mod output;
+pub mod probe;
+pub mod releases;
+pub mod repo;
+pub mod runner;
+pub mod runs;
+pub mod secrets;
+pub mod shown;
+pub mod sightings;
+pub mod signals;
+pub mod ssh;
+pub mod statusrefs;
+pub mod supervise;
+pub mod trust;
+pub mod verify;

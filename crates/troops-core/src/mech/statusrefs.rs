@@ -1,0 +1,382 @@
+//! Publishing a node's status and fetching the fleet's, each bounded. The documents live in a repo
+//! of their own on the node (`<state>/status.git`), apart from the node repo: what peers publish
+//! never enters the deploy code's object store, and what nothing points at any more is pruned at
+//! the next repack, not two weeks later. Publishing commits the node's document there (on a short chain, `status::commit`) and
+//! force-pushes that one ref to the status remote: only the node writes its ref. Fetching brings
+//! each node's newest commit only (depth 1) and at most `MAX_FETCH` bytes, stopped while it
+//! downloads, so a peer's ref cannot fill a node's memory or disk. Both go through root's hardened
+//! `git` (fetch.rs) with the node's SSH key, whatever the URL: a child process can be bounded
+//! while it downloads, and it pushes from a shallow repo.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use git2::Repository;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::model::error::{Context, Error, Result};
+use crate::model::node::Node;
+use crate::model::status::{self, StatusDoc};
+
+/// The refspec that brings every node's status ref.
+pub const REFSPEC: &str = "+refs/troops/status/*:refs/troops/status/*";
+
+/// The most one fetch of the status refs may bring: all that a hostile ref can cost a node per
+/// fetch. A node's newest document, with its commit and tree, packs to a few hundred bytes (222 on
+/// average for a thousand nodes), so even a first fetch of a fleet of 30,000 fits.
+pub const MAX_FETCH: u64 = 32 << 20;
+
+/// The status repo of the node with state dir `state_dir`.
+pub fn repo_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.git")
+}
+
+/// Opens the status repo of `state_dir`, creating it if it is missing (which only whoever may
+/// write the state dir can: root on a node).
+pub fn open(state_dir: &Path) -> Result<Repository> {
+    let path = repo_path(state_dir);
+    crate::mech::repo::refuse_redirects(&path)?;
+    match Repository::open_bare(&path) {
+        Ok(git) => Ok(git),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => {
+            Repository::init_bare(&path).ctx(|| format!("creating the status repo {}", path.display()))
+        }
+        Err(e) => Err(Error::git(format!("opening the status repo {}", path.display()), e)),
+    }
+}
+
+/// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears what
+/// a stopped download left behind and prunes, which must not meet another's objects half written.
+fn lock(path: &Path) -> std::result::Result<Flock<File>, String> {
+    let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+}
+
+/// What one publish did.
+#[derive(Debug)]
+pub struct Published {
+    pub reference: String,
+    pub remote: String,
+    /// Committing and pushing, together.
+    pub duration: Duration,
+}
+
+/// Commits `doc` in the status repo and pushes it to `remote` of the node repo, giving up after
+/// `timeout`.
+pub fn publish(node: &Node, doc: &StatusDoc, remote: &str, timeout: Duration) -> Result<Published> {
+    let started = Instant::now();
+    let url = url_of(&node.repo_path(), remote)
+        .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
+    let path = repo_path(&node.state_dir);
+    let git = open(&node.state_dir)?;
+    let (reference, commit) = {
+        let _lock = lock(&path).map_err(Error::Env)?;
+        status::commit(&git, doc)?
+    };
+    push(&git, &url, &format!("+{commit}:{reference}"), &node.ssh_dir(), started + timeout)
+        .map_err(|e| Error::Env(format!("pushing {reference} to remote {remote}: {e}")))?;
+    Ok(Published { reference, remote: remote.to_owned(), duration: started.elapsed() })
+}
+
+/// The URL of `remote` in the node repo at `repo_path`.
+fn url_of(repo_path: &Path, remote: &str) -> std::result::Result<String, String> {
+    crate::mech::repo::refuse_redirects(repo_path).map_err(|e| e.to_string())?;
+    let git = Repository::open_bare(repo_path).map_err(|e| e.message().to_owned())?;
+    let found = git.find_remote(remote).map_err(|_| format!("the node repo has no remote {remote:?}"))?;
+    found.url().map(str::to_owned).ok_or_else(|| format!("remote {remote:?} has no URL"))
+}
+
+/// Pushes `refspec` (`+<commit>:<ref>`) from the status repo `git` to `url`, with root's `git`
+/// whatever the URL: the status repo is shallow (fetches bring the newest commits only), which
+/// libgit2's push cannot walk.
+fn push(
+    git: &Repository,
+    url: &str,
+    refspec: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+) -> std::result::Result<(), String> {
+    let mut command = quiet_git(git.path());
+    command.args(["-c", "protocol.file.allow=always"]);
+    command.args(["push", "--quiet", "--porcelain", "--end-of-options", url, refspec]);
+    git_with_key(command, url, ssh_dir, deadline, "push")
+        .map_err(|e| crate::mech::shown::escape(&e).into_owned())
+}
+
+/// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo of
+/// `state_dir` with root's `git`, whatever the URL: newest commits only, at most [`MAX_FETCH`]
+/// bytes. Then records what came of it, and what the refs say now, for the rollout gate
+/// (`sightings`). Errors quote the remote escaped.
+pub fn fetch(
+    node_repo: &Path,
+    state_dir: &Path,
+    remote: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+) -> std::result::Result<(), String> {
+    let created = !repo_path(state_dir).exists();
+    let git = open(state_dir).map_err(|e| e.to_string())?;
+    if created {
+        forget_old_refs(node_repo);
+    }
+    let path = git.path().to_owned();
+    let _lock = lock(&path)?;
+    clear_leftovers(&path);
+    let fetched = url_of(node_repo, remote).and_then(|url| {
+        let packs = packs(&path);
+        let mut command = quiet_git(&path);
+        // A local path too (which libgit2 would fetch without `depth`, and check against the limit
+        // only after each whole object); git still refuses a local repo whose owner is not root.
+        command.args(["-c", "protocol.file.allow=always"]);
+        // One pack, however few objects: a stopped download leaves a file this can find.
+        command.args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"]);
+        command.args(FETCH_ARGS).args([url.as_str(), REFSPEC]);
+        let fetched =
+            git_with_key(capped(command), &url, ssh_dir, deadline, "fetch").map_err(|e| over_cap(&path, e));
+        clear_leftovers(&path);
+        if fetched.is_ok() && packs != self::packs(&path) {
+            prune(&path);
+        }
+        fetched
+    });
+    let fetched = fetched.map_err(|e| crate::mech::shown::escape(&e).into_owned());
+    let recorded = crate::mech::sightings::record(state_dir, remote, fetched.as_ref().err(), &git)
+        .map_err(|e| format!("recording what the status refs say: {e}"));
+    fetched.and(recorded)
+}
+
+/// Deletes the status refs that troops kept in the node repo before it had a status repo: pushes
+/// to the node no longer list them, and their objects go with the node repo's next `gc`.
+fn forget_old_refs(repo_path: &Path) {
+    let Ok(git) = Repository::open_bare(repo_path) else { return };
+    let Ok(refs) = git.references_glob(&format!("{}*", status::REF_PREFIX)) else { return };
+    for mut reference in refs.flatten() {
+        let _ = reference.delete();
+    }
+}
+
+/// Fetches every status ref of `url` into the (new, scratch) status repo at `status_repo` with the
+/// caller's own `git`, SSH keys and config, bounded as a node's fetch is: `troops fleet` in a clone
+/// of the deploy repo. Errors quote the remote escaped.
+pub fn fetch_as_caller(status_repo: &Path, url: &str) -> std::result::Result<(), String> {
+    let mut command = Command::new("git");
+    command.arg("--git-dir").arg(status_repo).args(["-c", "fetch.unpackLimit=1"]);
+    command.args(FETCH_ARGS).args([url, REFSPEC]).stdin(Stdio::null());
+    let out = capped(command).output().map_err(|e| format!("running git fetch: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || nothing_matched(out.status, &stderr) {
+        return Ok(());
+    }
+    let why = crate::mech::fetch::complaint(&stderr)
+        .unwrap_or_else(|| format!("git fetch failed ({})", out.status));
+    Err(crate::mech::shown::escape(&over_cap(status_repo, why)).into_owned())
+}
+
+/// Whether a `git fetch --depth` that failed did so only because no ref matched the refspec (no
+/// node has published yet): it exits 1 then, saying nothing.
+fn nothing_matched(status: std::process::ExitStatus, stderr: &str) -> bool {
+    status.code() == Some(1) && stderr.trim().is_empty()
+}
+
+/// `git fetch`'s options for the status refs: the newest commit of each, nothing else.
+const FETCH_ARGS: [&str; 6] =
+    ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--end-of-options"];
+
+/// `command` (a `git fetch`) unable to write a file larger than [`MAX_FETCH`]: its pack, which it
+/// writes as the bytes arrive. The kernel stops it (SIGXFSZ) at the limit.
+fn capped(mut command: Command) -> Command {
+    // SAFETY: setrlimit is async-signal-safe and changes only the child's own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: MAX_FETCH, rlim_max: MAX_FETCH };
+            match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    command
+}
+
+/// `error`, or that the download reached [`MAX_FETCH`] when a pack it left in `git_dir` did.
+fn over_cap(git_dir: &Path, error: String) -> String {
+    let full = leftovers(git_dir).iter().any(|f| f.metadata().is_ok_and(|m| m.len() >= MAX_FETCH));
+    match full {
+        true => {
+            format!("the status refs are more than the {MAX_FETCH} bytes a fetch of them may bring; stopped")
+        }
+        false => error,
+    }
+}
+
+/// The pack files of the repo at `git_dir`, by name: whether a fetch brought any.
+fn packs(git_dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(git_dir.join("objects/pack"))
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// What a stopped `git` leaves in the status repo: a download's `objects/pack/tmp_*`, and the
+/// `*.lock` files (`shallow.lock`, a ref's) of a fetch killed at its deadline or with its troops,
+/// each of which would fail every fetch after it.
+fn leftovers(git_dir: &Path) -> Vec<PathBuf> {
+    fn files(dir: &Path, found: &mut Vec<PathBuf>, keep: &dyn Fn(&str) -> bool, deep: bool) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && deep => files(&entry.path(), found, keep, deep),
+                Ok(t) if t.is_file() && keep(&entry.file_name().to_string_lossy()) => {
+                    found.push(entry.path())
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(&git_dir.join("objects/pack"), &mut found, &|name| name.starts_with("tmp_"), false);
+    files(git_dir, &mut found, &|name| name.ends_with(".lock"), false);
+    files(&git_dir.join("refs"), &mut found, &|name| name.ends_with(".lock"), true);
+    found
+}
+
+/// Removes what a stopped `git` left: under the lock, nothing else writes there.
+fn clear_leftovers(git_dir: &Path) {
+    for file in leftovers(git_dir) {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// `git gc --auto` in the status repo, with what no ref points at (a peer's older documents)
+/// pruned at once rather than in two weeks: only troops writes there, under the lock. A few packs
+/// are repacked into one, so the repo holds little more than the fleet's newest documents.
+fn prune(git_dir: &Path) {
+    let _ = crate::mech::fetch::root_git(git_dir)
+        .args(["-c", "gc.autoPackLimit=8", "-c", "gc.pruneExpire=now", "-c", "gc.autoDetach=false"])
+        .args(["gc", "--auto", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Root's hardened `git` (fetch.rs) in the status repo, with no maintenance of its own: `prune`
+/// does it, under the lock.
+fn quiet_git(git_dir: &Path) -> Command {
+    let mut command = crate::mech::fetch::root_git(git_dir);
+    command.args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"]);
+    command
+}
+
+/// Runs `command` (`quiet_git`'s `push` or `fetch`) with the node's key, killed with its children
+/// at `deadline`; its error says why, from git's words.
+fn git_with_key(
+    mut command: Command,
+    url: &str,
+    ssh_dir: &Path,
+    deadline: Instant,
+    what: &str,
+) -> std::result::Result<(), String> {
+    let mut child = command
+        .env(
+            "GIT_SSH_COMMAND",
+            crate::mech::ssh::command(ssh_dir, deadline.saturating_duration_since(Instant::now())),
+        )
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("running git {what}: {e}"))?;
+    let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let out = std::thread::spawn(move || {
+        crate::mech::runner::read_tail(stdout, crate::mech::runner::MAX_KEPT_OUTPUT)
+    });
+    let err = std::thread::spawn(move || {
+        crate::mech::runner::read_tail(stderr, crate::mech::runner::MAX_KEPT_OUTPUT)
+    });
+    let status = crate::mech::runner::wait_or_kill(&mut child, deadline)
+        .map_err(|e| format!("waiting for git {what}: {e}"))?;
+    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    match status {
+        None => Err("timed out".into()),
+        Some(status) if status.success() => Ok(()),
+        Some(status) if what == "fetch" && nothing_matched(status, &stderr) => Ok(()),
+        Some(status) => {
+            // `--porcelain` says which ref was refused and why, e.g. "!\trefs/...\t[rejected] (non-fast-forward)".
+            let refused = stdout.lines().find(|l| l.starts_with('!')).map(|l| l.replace('\t', " "));
+            Err(crate::mech::ssh::host_key_refusal(url, &stderr, ssh_dir)
+                .or(refused)
+                .or_else(|| crate::mech::fetch::complaint(&stderr))
+                .unwrap_or_else(|| format!("git {what} failed ({status})")))
+        }
+    }
+}
+
+/// After a run in-process (no daemon: cron's `troops pull`, a push hook, `troops deploy`), starts
+/// `troops fleet --publish` for `node` in the background, detached (`background`), and returns at
+/// once: the caller never waits for the network. Nothing happens without a `status_remote`.
+pub fn in_background(node: &Node) {
+    if node.config.status_remote.is_none() {
+        return;
+    }
+    let _ = crate::mech::background::troops(node, &["fleet", "--publish"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_fetch_makes_the_status_repo_and_clears_the_node_repos_old_status_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, remote) = (dir.path().join("state"), dir.path().join("status.git"));
+        Repository::init_bare(&remote).unwrap();
+        let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
+        node.remote("status", &remote.display().to_string()).unwrap();
+        let tree = node.find_tree(node.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        let who = git2::Signature::now("troops", "troops@localhost").unwrap();
+        let old = node.commit(None, &who, &who, "old", &tree, &[]).unwrap();
+        node.reference("refs/troops/status/web-1", old, false, "").unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The status remote has no status ref yet: that is no failure.
+        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
+        assert!(Repository::open_bare(repo_path(&state)).is_ok());
+        assert!(node.find_reference("refs/troops/status/web-1").is_err(), "the old ref is still there");
+        let seen = super::super::sightings::Sightings::load(&state);
+        assert_eq!(seen.fetch.map(|f| (f.remote, f.error)), Some(("status".to_owned(), None)));
+    }
+
+    #[test]
+    fn what_a_killed_fetch_left_does_not_fail_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, remote) = (dir.path().join("state"), dir.path().join("status.git"));
+        let peer = Repository::init_bare(&remote).unwrap();
+        let tree = peer.find_tree(peer.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        let who = git2::Signature::now("troops", "troops@localhost").unwrap();
+        let doc = peer.commit(None, &who, &who, "web-1", &tree, &[]).unwrap();
+        peer.reference("refs/troops/status/web-1", doc, false, "").unwrap();
+        let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
+        node.remote("status", &remote.display().to_string()).unwrap();
+        let status = open(&state).unwrap().path().to_owned();
+        // A fetch killed at its deadline (SIGKILL: git cleans up nothing) leaves its locks and
+        // its half-written pack.
+        std::fs::create_dir_all(status.join("refs/troops/status")).unwrap();
+        for file in
+            ["shallow.lock", "packed-refs.lock", "refs/troops/status/web-1.lock", "objects/pack/tmp_pack_x"]
+        {
+            std::fs::write(status.join(file), "").unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
+        let fetched =
+            Repository::open_bare(&status).unwrap().refname_to_id("refs/troops/status/web-1").unwrap();
+        assert_eq!(fetched, doc);
+        assert_eq!(leftovers(&status), Vec::<PathBuf>::new());
+    }
+}

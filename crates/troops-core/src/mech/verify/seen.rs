@@ -1,0 +1,116 @@
+//! When the node first accepted each SSH-signed commit (`<state>/seen.json`), so that an SSH key's
+//! validity window is judged at that time, not at the committer date the signer chose, and a
+//! commit accepted while its key was valid still runs later (the run-time check under the lock
+//! uses the recorded time, not its own).
+//!
+//! The rule: a commit's first-seen time is the time of the first verification that accepted it
+//! (pre-receive hook, pull, or the run-time check) that could record it. Refused commits are not
+//! recorded. When root reads the file it trusts it only if root owns it: the state dir is shared
+//! with the admin group, and a time a group member wrote could backdate a commit into a retired
+//! key's window. So in a root-owned state dir only root records (a pusher's hook would replace
+//! root's file with one root ignores); elsewhere, whoever owns the node does. Writing is best
+//! effort; a check that does not record leaves it to the next, whose later time is stricter for
+//! `valid-before`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use git2::Oid;
+
+use crate::model::error::Result;
+
+const FILE: &str = "seen.json";
+
+/// The first-seen times of a node, and the time of the check under way (`now`).
+#[derive(Debug)]
+pub struct FirstSeen {
+    path: PathBuf,
+    /// Commit id to RFC 3339 time.
+    times: BTreeMap<String, String>,
+    now: SystemTime,
+    changed: bool,
+    /// Whether this process may record (see the module doc).
+    records: bool,
+}
+
+impl FirstSeen {
+    /// The times recorded in `state_dir`; none when the file is missing, unreadable, or (read by
+    /// root) not root's.
+    pub fn load(state_dir: &Path) -> FirstSeen {
+        let path = state_dir.join(FILE);
+        let root = nix::unistd::geteuid().is_root();
+        let trusted = |meta: &std::fs::Metadata| !root || meta.uid() == 0;
+        let records = root || std::fs::metadata(state_dir).is_ok_and(|meta| meta.uid() != 0);
+        let times = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|meta| meta.is_file() && trusted(meta))
+            .and_then(|_| std::fs::read(&path).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        FirstSeen { path, times, now: SystemTime::now(), changed: false, records }
+    }
+
+    /// When `commit` was first accepted, or now if it never was.
+    pub fn time_of(&self, commit: Oid) -> SystemTime {
+        self.times.get(&commit.to_string()).and_then(|t| humantime::parse_rfc3339(t).ok()).unwrap_or(self.now)
+    }
+
+    /// Records that `commit` was accepted now, unless it was before.
+    pub fn mark(&mut self, commit: Oid) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.times.entry(commit.to_string()) {
+            entry.insert(humantime::format_rfc3339_seconds(self.now).to_string());
+            self.changed = true;
+        }
+    }
+
+    /// Writes the times, if any is new and this process records, atomically.
+    pub fn save(&mut self) -> Result<()> {
+        if !self.changed || !self.records {
+            return Ok(());
+        }
+        let json = serde_json::to_vec_pretty(&self.times).expect("times serialize");
+        crate::mech::atomic::write(&self.path, &json)?;
+        self.changed = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_time_is_kept_and_an_unknown_commit_is_seen_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Oid::from_str(&"a".repeat(40)).unwrap(), Oid::from_str(&"b".repeat(40)).unwrap());
+        let mut seen = FirstSeen::load(dir.path());
+        assert_eq!(seen.time_of(a), seen.now);
+        seen.mark(a);
+        seen.save().unwrap();
+        let first = seen.time_of(a);
+
+        let mut later = FirstSeen::load(dir.path());
+        later.now += std::time::Duration::from_secs(3600);
+        later.mark(a);
+        assert_eq!(later.time_of(a), first, "a second acceptance does not move the first");
+        assert_eq!(later.time_of(b), later.now);
+    }
+
+    #[test]
+    fn root_ignores_times_it_did_not_write() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: the ownership rule is root's");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = Oid::from_str(&"a".repeat(40)).unwrap();
+        std::fs::write(dir.path().join(FILE), format!("{{\"{a}\": \"2020-01-01T00:00:00Z\"}}")).unwrap();
+        let old = humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap();
+        assert_eq!(FirstSeen::load(dir.path()).time_of(a), old);
+        std::os::unix::fs::chown(dir.path().join(FILE), Some(65534), None).unwrap();
+        let seen = FirstSeen::load(dir.path());
+        assert_eq!(seen.time_of(a), seen.now);
+    }
+}

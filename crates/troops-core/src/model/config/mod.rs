@@ -1,0 +1,417 @@
+//! The node config (`/etc/troops/troops.toml`): parsed strictly into raw data, then validated once
+//! into a `Config` that cannot be wrong. A missing file means defaults; every error names the file,
+//! the line and the key.
+
+pub mod metrics;
+pub mod notify;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::error::{from_toml, line_col, Error, Result};
+
+pub const DEFAULT_PATH: &str = "/etc/troops/troops.toml";
+
+/// The longest `interval`, `jitter` and `retry` wait: a year (the daemon adds them to clocks, which
+/// overflow not far past the largest durations humantime reads, and no fleet means more).
+pub const MAX_PERIOD: Duration = Duration::from_secs(31_557_600);
+/// The longest `fetch_timeout`: a day (a fetch that takes longer is not going to end).
+pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (it may not exist: then everything is a default).
+    pub path: PathBuf,
+    pub branch: String,
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub fetch_timeout: Duration,
+    /// How long after a real fetch an `http://` remote's probe may say "unchanged" and skip the
+    /// next fetches (`probe`); zero: no probes.
+    pub probe_trust: Duration,
+    /// `None`: this machine's fully qualified name, looked up only when needed.
+    pub hostname: Option<String>,
+    pub roles: Vec<String>,
+    pub keep_runs: usize,
+    pub admin_group: String,
+    pub retry: Retry,
+    pub verify: Verify,
+    pub metrics: metrics::Settings,
+    pub notify: notify::Settings,
+    /// The remote of the node repo the node publishes its status to (`refs/troops/status/<host>`)
+    /// and reads the fleet's from; `None`: it publishes none.
+    pub status_remote: Option<String>,
+    /// How often the status is published when nothing changes.
+    pub status_heartbeat: Duration,
+    /// Where runs decrypt secrets (on tmpfs or ramfs, or they refuse); `None`: as root
+    /// `/run/troops/secrets`, as another user `/dev/shm/troops-<uid>` (`secrets::node_dir`).
+    pub secrets_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verify {
+    pub require_signed: bool,
+    pub keyring: PathBuf,
+    /// SSH keys trusted for commits signed with `gpg.format=ssh`, in git's allowed-signers format.
+    pub allowed_signers: Option<PathBuf>,
+    pub scope: Scope,
+    /// Which keys the file set; what it leaves out comes from the policy the node recorded
+    /// (`node::load_config`), so a lost or truncated file never turns verification off.
+    pub given: Given,
+}
+
+/// The `[verify]` keys a config file sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    pub require_signed: bool,
+    pub keyring: bool,
+    pub allowed_signers: bool,
+    pub scope: bool,
+}
+
+pub const DEFAULT_KEYRING: &str = "/etc/troops/trusted.pgp";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The new tip must be signed.
+    Tip,
+    /// Every commit an update adds must be signed.
+    All,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    branch: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
+    fetch_timeout: Option<Spanned<String>>,
+    probe_trust: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
+    roles: Option<Vec<Spanned<String>>>,
+    keep_runs: Option<Spanned<i64>>,
+    admin_group: Option<Spanned<String>>,
+    status_remote: Option<Spanned<String>>,
+    status_heartbeat: Option<Spanned<String>>,
+    secrets_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    verify: RawVerify,
+    #[serde(default)]
+    metrics: metrics::RawSettings,
+    #[serde(default)]
+    notify: notify::RawSettings,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    require_signed: Option<bool>,
+    keyring: Option<String>,
+    allowed_signers: Option<String>,
+    scope: Option<Scope>,
+}
+
+/// The text of the config file at `path`, `None` if there is none. Bytes that are not UTF-8 are
+/// bad input, like bad TOML.
+pub fn read(path: &Path) -> Result<Option<String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path("reading config", path, e)),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let (line, column) = line_col(std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default(), valid);
+        let message = format!("the config is not UTF-8 text (byte 0x{:02x})", e.as_bytes()[valid]);
+        Error::Config { path: path.to_owned(), line, column, message }
+    })
+}
+
+impl Retry {
+    /// How long to wait before retrying a tip that failed `failures` times in a row: `initial`,
+    /// doubled for each further failure, at most `max`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.initial.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+impl Config {
+    /// Loads `path`; a file that does not exist yields the defaults. A file that is not UTF-8 is
+    /// bad input, named with the line of its first bad byte.
+    pub fn load(path: &Path) -> Result<Config> {
+        Config::parse(path, &read(path)?.unwrap_or_default())
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let err = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            Error::Config { path: path.to_owned(), line, column, message }
+        };
+        let raw: RawConfig = from_toml(text, err)?;
+
+        let duration = |value: Option<Spanned<String>>, key: &str, default: &str, max: Duration| match value {
+            None => Ok(humantime::parse_duration(default).expect("default durations parse")),
+            Some(v) => match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if d <= max => Ok(d),
+                Ok(_) => Err(err(
+                    v.span(),
+                    format!(
+                        "`{key}`: {:?} is too long; at most {}",
+                        v.get_ref(),
+                        humantime::format_duration(max)
+                    ),
+                )),
+                Err(e) => Err(err(
+                    v.span(),
+                    format!("`{key}`: {e} in {:?} (expected e.g. \"60s\" or \"5m\")", v.get_ref()),
+                )),
+            },
+        };
+        let word = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
+            None => Ok(default.to_owned()),
+            Some(v) => match crate::model::names::name_problem(v.get_ref()) {
+                Some(problem) => Err(err(v.span(), format!("`{key}`: {:?} {problem}", v.get_ref()))),
+                None => Ok(v.into_inner()),
+            },
+        };
+
+        let branch = word(raw.branch.clone(), "branch", "main")?;
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Err(err(
+                raw.branch.expect("default is valid").span(),
+                format!("`branch`: {branch:?} is not a valid branch name"),
+            ));
+        }
+        let interval = duration(raw.interval.clone(), "interval", "60s", MAX_PERIOD)?;
+        if interval.is_zero() {
+            return Err(err(
+                raw.interval.expect("default is not zero").span(),
+                "`interval` must be more than zero".into(),
+            ));
+        }
+        let keep_runs = match raw.keep_runs {
+            None => 100,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref() as usize,
+            Some(v) => return Err(err(v.span(), "`keep_runs` must be at least 1".into())),
+        };
+        let mut roles = Vec::new();
+        for role in raw.roles.unwrap_or_default() {
+            if let Some(problem) = crate::model::names::role_name_problem(role.get_ref()) {
+                return Err(err(role.span(), format!("`roles`: {:?} {problem}", role.get_ref())));
+            }
+            roles.push(role.into_inner());
+        }
+        let retry = Retry {
+            initial: duration(raw.retry.initial.clone(), "retry.initial", "30s", MAX_PERIOD)?,
+            max: duration(raw.retry.max.clone(), "retry.max", "30m", MAX_PERIOD)?,
+        };
+        if retry.initial.is_zero() || retry.initial > retry.max {
+            let span = raw.retry.initial.or(raw.retry.max).map_or(0..0, |v| v.span());
+            return Err(err(span, "`retry.initial` must be more than zero and at most `retry.max`".into()));
+        }
+        let metrics = metrics::Settings::parse(raw.metrics, err)?;
+        let notify = notify::Settings::parse(raw.notify, err)?;
+        let status_heartbeat = duration(raw.status_heartbeat.clone(), "status_heartbeat", "1h", MAX_PERIOD)?;
+        if status_heartbeat.is_zero() {
+            let span = raw.status_heartbeat.expect("default is not zero").span();
+            return Err(err(span, "`status_heartbeat` must be more than zero".into()));
+        }
+        let secrets_dir = match raw.secrets_dir {
+            None => None,
+            // Its files are created where it says, whatever the cwd of whoever runs.
+            Some(v) if !Path::new(v.get_ref()).is_absolute() => {
+                return Err(err(
+                    v.span(),
+                    format!("`secrets_dir`: {:?} must be an absolute path", v.get_ref()),
+                ))
+            }
+            Some(v) => Some(PathBuf::from(v.into_inner())),
+        };
+        Ok(Config {
+            secrets_dir,
+            status_remote: raw.status_remote.map(|r| word(Some(r), "status_remote", "")).transpose()?,
+            status_heartbeat,
+            path: path.to_owned(),
+            branch,
+            interval,
+            jitter: duration(raw.jitter, "jitter", "10s", MAX_PERIOD)?,
+            fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s", MAX_FETCH_TIMEOUT)?,
+            probe_trust: duration(raw.probe_trust, "probe_trust", "30m", MAX_PERIOD)?,
+            hostname: raw.hostname.map(|h| word(Some(h), "hostname", "")).transpose()?,
+            roles,
+            keep_runs,
+            admin_group: word(raw.admin_group, "admin_group", "troops")?,
+            retry,
+            verify: Verify {
+                given: Given {
+                    require_signed: raw.verify.require_signed.is_some(),
+                    keyring: raw.verify.keyring.is_some(),
+                    allowed_signers: raw.verify.allowed_signers.is_some(),
+                    scope: raw.verify.scope.is_some(),
+                },
+                require_signed: raw.verify.require_signed.unwrap_or(false),
+                keyring: raw.verify.keyring.map_or_else(|| PathBuf::from(DEFAULT_KEYRING), PathBuf::from),
+                allowed_signers: raw.verify.allowed_signers.map(PathBuf::from),
+                scope: raw.verify.scope.unwrap_or(Scope::Tip),
+            },
+            metrics,
+            notify,
+        })
+    }
+
+    /// The name this node goes by: the configured one, else the machine's fully qualified name.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(crate::model::host::fqdn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/troops/troops.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.branch, "main");
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.jitter, Duration::from_secs(10));
+        assert_eq!(c.fetch_timeout, Duration::from_secs(120));
+        assert_eq!(c.probe_trust, Duration::from_secs(1800));
+        assert_eq!(c.keep_runs, 100);
+        assert_eq!(c.admin_group, "troops");
+        assert_eq!(c.retry, Retry { initial: Duration::from_secs(30), max: Duration::from_secs(1800) });
+        assert!(!c.verify.require_signed);
+        assert_eq!(c.verify.scope, Scope::Tip);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "branch = \"prod\"\ninterval = \"5m\"\nhostname = \"web-1\"\nroles = [\"web\", \"db\"]\n\
+             [retry]\ninitial = \"1s\"\nmax = \"2s\"\n[verify]\nrequire_signed = true\nscope = \"all\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.branch.as_str(), c.hostname.as_deref()), ("prod", Some("web-1")));
+        assert_eq!(c.roles, ["web", "db"]);
+        assert_eq!(c.verify.scope, Scope::All);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("branch = \"main\"\nintervall = \"5s\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:2:1: "), "{e}");
+        assert!(e.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let e = parse("\n\n[retry]\ninitial = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:4:11: `retry.initial`"), "{e}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_name_their_key() {
+        let e = parse("interval = 5\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:1:12: `interval`: invalid type"), "{e}");
+        let e = parse("branch = \"main\"\n\n[verify]\nrequire_signed = \"yes\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:4:18: `verify.require_signed`: invalid type"), "{e}");
+        let e = parse("roles = [\n  \"web\",\n  7,\n]\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/troops/troops.toml:3:3: `roles`: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn secrets_dir_is_an_absolute_path() {
+        assert_eq!(parse("").unwrap().secrets_dir, None);
+        let c = parse("secrets_dir = \"/mnt/ram/troops\"\n").unwrap();
+        assert_eq!(c.secrets_dir.as_deref(), Some(Path::new("/mnt/ram/troops")));
+        let e = parse("\nsecrets_dir = \"run/secrets\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "/etc/troops/troops.toml:2:15: `secrets_dir`: \"run/secrets\" must be an absolute path"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_branch_and_keep_runs_are_refused() {
+        assert!(parse("branch = \"a..b\"").unwrap_err().to_string().contains("`branch`"));
+        assert!(parse("keep_runs = 0").unwrap_err().to_string().contains("`keep_runs`"));
+        assert!(parse("[verify]\nscope = \"some\"").unwrap_err().to_string().contains(":2:"));
+    }
+
+    #[test]
+    fn durations_are_bounded_and_the_error_says_the_bound() {
+        assert_eq!(parse("interval = \"1year\"\njitter = \"1year\"").unwrap().interval, MAX_PERIOD);
+        let e = parse("\ninterval = \"1000000000years\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "/etc/troops/troops.toml:2:12: `interval`: \"1000000000years\" is too long; at most 1year"
+            ),
+            "{e}"
+        );
+        let e = parse("fetch_timeout = \"25h\"").unwrap_err().to_string();
+        assert!(e.contains("`fetch_timeout`: \"25h\" is too long; at most 1day"), "{e}");
+        assert!(parse("probe_trust = \"2years\"").unwrap_err().to_string().contains("`probe_trust`"));
+        assert_eq!(parse("probe_trust = \"0s\"").unwrap().probe_trust, Duration::ZERO);
+        let e = parse("[retry]\nmax = \"2years\"").unwrap_err().to_string();
+        assert!(e.contains("`retry.max`"), "{e}");
+        assert_eq!(parse("keep_runs = 9223372036854775807").unwrap().keep_runs, i64::MAX as usize);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_with_line_and_column() {
+        let e = parse("branch = \"main\"\nhostname = \"web\\n1\"\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/troops/troops.toml:2:12: `hostname`: \"web\\n1\" has a control character (\\u{a})"
+        );
+        assert!(parse("hostname = \"\"").unwrap_err().to_string().contains("is empty"));
+        assert!(parse("roles = [\"a\\u001b[2J\"]").unwrap_err().to_string().contains(":1:10: `roles`"));
+        assert!(parse("admin_group = \"wheel\\t\"").unwrap_err().to_string().contains("`admin_group`"));
+    }
+
+    #[test]
+    fn status_remote_and_heartbeat() {
+        let c = parse("").unwrap();
+        assert_eq!((c.status_remote, c.status_heartbeat), (None, Duration::from_secs(3600)));
+        let c = parse("status_remote = \"origin\"\nstatus_heartbeat = \"5m\"").unwrap();
+        assert_eq!(
+            (c.status_remote.as_deref(), c.status_heartbeat),
+            (Some("origin"), Duration::from_secs(300))
+        );
+        let e = parse("status_heartbeat = \"0s\"").unwrap_err().to_string();
+        assert!(e.contains(":1:20: `status_heartbeat` must be more than zero"), "{e}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let retry = Retry { initial: Duration::from_secs(30), max: Duration::from_secs(100) };
+        let waits: Vec<u64> = [1, 2, 3, 4, u32::MAX].iter().map(|&n| retry.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 100, 100, 100]);
+    }
+}

@@ -1,0 +1,17 @@
+//! The ground floor: what troops knows and says, as plain data that reads and checks itself (the
+//! node config, the plan, run records, status documents, names, limits, errors). Nothing here
+//! touches a repo, a process or the network, and nothing here names a floor above.
+
+pub mod ask;
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod limits;
+pub mod names;
+pub mod node;
+pub mod plan;
+pub mod roles;
+pub mod status;
+
+#[cfg(test)]
+mod accepted;

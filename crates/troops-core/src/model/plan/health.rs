@@ -1,0 +1,188 @@
+//! The plan's `[[check]]`s and `[health]`: raw as written, validated into `Check` and `Health`
+//! with every mistake placed at its value (the probing itself is `crate::node::run::check`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::plan::{
+    duration, duration_or_zero, role_list, Check, Expect, Health, OnFailure, Probe, Problem,
+};
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_RETRIES: u32 = 3;
+/// The shortest check duration (`interval` and `timeout`; `start_period` and `soak` unless zero,
+/// for none). Each probe saves the run record with an fsync: at most ten a second per check.
+const MIN_DURATION: Duration = Duration::from_millis(100);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    name: Spanned<String>,
+    roles: Option<Spanned<Vec<Spanned<String>>>>,
+    http: Option<Spanned<String>>,
+    tcp: Option<Spanned<String>>,
+    run: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+    expect_exact: Option<Spanned<String>>,
+    start_period: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    soak: Option<Spanned<String>>,
+    on_failure: Option<Spanned<String>>,
+}
+
+pub(super) fn checks(raw: Vec<Spanned<RawCheck>>) -> Result<Vec<Check>, Problem> {
+    let mut names = HashSet::new();
+    raw.into_iter()
+        .map(|check| {
+            let name = check.get_ref().name.get_ref().clone();
+            if let Some(problem) = crate::model::names::name_problem(&name) {
+                return Err((check.get_ref().name.span(), format!("check name {name:?} {problem}")));
+            }
+            if !names.insert(name.clone()) {
+                return Err((check.get_ref().name.span(), format!("duplicate check name `{name}`")));
+            }
+            check_of(name, check)
+        })
+        .collect()
+}
+
+/// The check `name` (its name known to be good) as written in `check`.
+fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
+    let owner = format!("check `{name}`");
+    let span = check.span();
+    let raw = check.into_inner();
+    let mut given = [("http", raw.http), ("tcp", raw.tcp), ("run", raw.run), ("unit", raw.unit)]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)));
+    let (key, value) = given
+        .next()
+        .ok_or_else(|| (span.clone(), format!("{owner} needs one of `http`, `tcp`, `run` or `unit`")))?;
+    if let Some((other, extra)) = given.next() {
+        return Err((extra.span(), format!("{owner} has both `{key}` and `{other}`; keep one")));
+    }
+    let problem =
+        |what: String| Err((value.span(), format!("{owner}: `{key}` {:?} {what}", value.get_ref())));
+    let text = value.get_ref().clone();
+    let probe = match key {
+        "http" => match crate::mech::http::Url::parse(&text) {
+            Ok(_) => Probe::Http(text),
+            Err(e) => return problem(format!("is not a URL to probe: {e}")),
+        },
+        "tcp" => match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Probe::Tcp(text)
+            }
+            _ => return problem("is not `host:port`".into()),
+        },
+        "run" if text.trim().is_empty() => return problem("is empty".into()),
+        "run" => Probe::Run(text),
+        // `unit`: a name for systemctl, never an option of it.
+        _ if text.starts_with('-')
+            || text.is_empty()
+            || text.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return problem("is not a systemd unit name".into())
+        }
+        _ => Probe::Unit(text),
+    };
+    let expect = match (raw.expect, raw.expect_exact) {
+        (Some(_), Some(exact)) => {
+            return Err((exact.span(), format!("{owner} has both `expect` and `expect_exact`; keep one")))
+        }
+        (Some(text), None) => Some(("expect", text.span(), Expect::Contains(text.into_inner()))),
+        (None, Some(text)) => Some(("expect_exact", text.span(), Expect::Exact(text.into_inner()))),
+        (None, None) => None,
+    };
+    if let Some((key, span, _)) = &expect {
+        if matches!(probe, Probe::Tcp(_) | Probe::Unit(_)) {
+            return Err((
+                span.clone(),
+                format!("{owner}: `{key}` is for `http` (the body) and `run` (the output)"),
+            ));
+        }
+    }
+    let retries = match raw.retries {
+        None => DEFAULT_RETRIES,
+        Some(r) => match u32::try_from(*r.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err((
+                    r.span(),
+                    format!("{owner}: `retries` {} must be a number from 1 up", r.get_ref()),
+                ))
+            }
+        },
+    };
+    Ok(Check {
+        roles: role_list(&owner, raw.roles)?,
+        probe,
+        expect: expect.map(|(_, _, expect)| expect),
+        start_period: not_too_short(&owner, "start_period", raw.start_period, |v| {
+            duration_or_zero(&owner, "start_period", v, Duration::ZERO)
+        })?,
+        interval: not_too_short(&owner, "interval", raw.interval, |v| {
+            duration(&owner, "interval", v, DEFAULT_INTERVAL)
+        })?,
+        timeout: not_too_short(&owner, "timeout", raw.timeout, |v| {
+            duration(&owner, "timeout", v, DEFAULT_TIMEOUT)
+        })?,
+        retries,
+        name,
+    })
+}
+
+pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {
+    let Some(raw) = raw else {
+        return Ok(Health { soak: Duration::ZERO, on_failure: OnFailure::Retry });
+    };
+    let on_failure = match raw.on_failure {
+        None => OnFailure::Retry,
+        Some(value) => match value.get_ref().as_str() {
+            "retry" => OnFailure::Retry,
+            "rollback" => OnFailure::Rollback,
+            other => {
+                return Err((
+                    value.span(),
+                    format!("health: `on_failure` {other:?} is not \"retry\" or \"rollback\""),
+                ))
+            }
+        },
+    };
+    let soak =
+        not_too_short("health", "soak", raw.soak, |v| duration_or_zero("health", "soak", v, Duration::ZERO))?;
+    Ok(Health { soak, on_failure })
+}
+
+/// The duration `key` of `owner` as `parse` reads it, refused at its value when it is shorter
+/// than [`MIN_DURATION`] and not zero.
+fn not_too_short(
+    owner: &str,
+    key: &str,
+    value: Option<Spanned<String>>,
+    parse: impl FnOnce(Option<Spanned<String>>) -> Result<Duration, Problem>,
+) -> Result<Duration, Problem> {
+    let given = value.as_ref().map(|v| (v.span(), v.get_ref().clone()));
+    let d = parse(value)?;
+    match given {
+        Some((span, text)) if !d.is_zero() && d < MIN_DURATION => Err((
+            span,
+            format!(
+                "{owner}: `{key}` {text:?} is too short; at least {}",
+                humantime::format_duration(MIN_DURATION)
+            ),
+        )),
+        _ => Ok(d),
+    }
+}

@@ -1,0 +1,60 @@
+//! One way to do what a trigger asks, whoever asks (the CLI, the hook) and wherever it runs: the
+//! daemon does it when one listens on its socket, else this process does the very same work
+//! (`perform`, which the daemon's own jobs call too), so a trigger gives the same run, record,
+//! output and exit code either way.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+
+use crate::mech::control::{self, Done, Request};
+use crate::model::ask::Ask;
+use crate::model::error::{Error, Exit, Result};
+use crate::model::node::Node;
+use crate::node::run::{self, Outcome};
+
+/// A run asked for: the ask, and whether it follows a pull cycle that could fetch no remote
+/// (then nothing running is the environment's failure, exit 3).
+pub struct Work {
+    pub ask: Ask,
+    pub no_remote: bool,
+}
+
+/// Does `work`: runs what the ask and the node's state call for.
+pub fn perform(node: &Node, work: &Work, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
+    Ok(match run::deploy(node, &work.ask, out, stop)? {
+        Outcome::Nothing(decision) if work.no_remote => Outcome::Unreachable(decision),
+        outcome => outcome,
+    })
+}
+
+/// The end of a trigger: says why when nothing ran, and gives the exit code.
+pub fn conclude(outcome: &Outcome, out: &mut dyn Write) -> Exit {
+    if let Some(message) = outcome.nothing_ran() {
+        let _ = writeln!(out, "{message}");
+    }
+    outcome.exit()
+}
+
+/// Does `request` through the daemon when one listens, else here; `out` gets all the output. An
+/// error the daemon ended with comes back as `Error::Daemon`, with its exit code.
+pub fn dispatch(node: &Node, request: &Request, out: &mut dyn Write, stop: &AtomicBool) -> Result<Exit> {
+    if let Some(Done { exit, error }) = control::call(&node.socket_path(), request, out)? {
+        return match error {
+            Some(message) => Err(Error::Daemon { exit, message }),
+            None => Ok(exit),
+        };
+    }
+    let work = match request {
+        Request::Run(ask) => Work { ask: ask.clone(), no_remote: false },
+        Request::Pull => {
+            Work { ask: Ask::Tick, no_remote: crate::node::pull::cycle(node, out)?.all_failed() }
+        }
+        Request::Status => return Err(Error::Input("no daemon runs to say how it is".into())),
+    };
+    let outcome = perform(node, &work, out, stop)?;
+    for record in outcome.records() {
+        crate::mech::notify::in_background(node, record);
+    }
+    crate::mech::statusrefs::in_background(node);
+    Ok(conclude(&outcome, out))
+}

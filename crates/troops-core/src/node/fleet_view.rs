@@ -1,0 +1,110 @@
+//! What `troops fleet` shows: every node's status document with what a reader needs beside it
+//! (its wave's place, how far behind the branch tip it is, how old its news is), sorted by wave
+//! then host, and a one-line summary.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use git2::{Oid, Repository};
+use serde::Serialize;
+
+use crate::mech::repo::NodeRepo;
+use crate::model::names::short;
+use crate::model::status::{self, State, StatusDoc, Unreadable};
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub doc: StatusDoc,
+    /// The wave's position by the plan at the branch tip (0: the first).
+    pub wave_index: Option<usize>,
+    /// Commits on the branch tip that the deployed commit lacks; `None`: unknown here.
+    pub behind: Option<usize>,
+    pub age_seconds: Option<u64>,
+    pub stale: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct View {
+    /// The branch tip the nodes are compared with.
+    pub tip: Option<String>,
+    pub nodes: Vec<Row>,
+    pub unreadable: Vec<Unreadable>,
+    pub summary: String,
+}
+
+/// The fleet as the status refs in `status` tell it, against `tip` (the branch tip of the deploy
+/// repo `git` to compare with).
+pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
+    let (docs, unreadable) = status::read_all(status);
+    let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None };
+    let rollout = tip.and_then(|t| crate::node::rollout::rollout_at(&repo, t));
+    let mut nodes: Vec<Row> = docs
+        .into_iter()
+        .map(|doc| {
+            let behind = match (tip, doc.deployed_oid()) {
+                (Some(tip), Some(deployed)) => {
+                    repo.git.graph_ahead_behind(deployed, tip).ok().map(|(_, behind)| behind)
+                }
+                (Some(tip), None) => repo.git.revwalk().ok().and_then(|mut walk| {
+                    walk.push(tip).ok()?;
+                    Some(walk.count())
+                }),
+                (None, _) => None,
+            };
+            let age = doc.updated_time().and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs());
+            Row {
+                wave_index: rollout.as_ref().map(|r| crate::policy::waves::wave_of(&doc.host, r).index),
+                behind,
+                age_seconds: age,
+                stale: doc.stale(now),
+                doc,
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| {
+        (a.wave_index.unwrap_or(usize::MAX), &a.doc.host)
+            .cmp(&(b.wave_index.unwrap_or(usize::MAX), &b.doc.host))
+    });
+    let summary = summary(&nodes);
+    View { tip: tip.map(|t| t.to_string()), nodes, unreadable, summary }
+}
+
+/// "42 healthy on abc123, 3 held, 1 failed (web-7: step `migrate` failed (exit 1)), 2 stale".
+pub fn summary(nodes: &[Row]) -> String {
+    if nodes.is_empty() {
+        return "no node has published its status".into();
+    }
+    let mut healthy: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in nodes.iter().filter(|r| r.doc.state == State::Healthy) {
+        *healthy.entry(row.doc.deployed.as_deref().map_or("nothing", short)).or_default() += 1;
+    }
+    let mut healthy: Vec<(&str, usize)> = healthy.into_iter().collect();
+    healthy.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut parts: Vec<String> =
+        healthy.iter().map(|(commit, n)| format!("{n} healthy on {commit}")).collect();
+    for state in
+        [State::Deploying, State::Soaking, State::Held, State::Failed, State::RolledBack, State::Idle]
+    {
+        let rows: Vec<&Row> = nodes.iter().filter(|r| r.doc.state == state).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut part = format!("{} {}", rows.len(), state.as_verb());
+        if state.reports_failure() {
+            let why: Vec<String> = rows
+                .iter()
+                .take(3)
+                .map(|r| format!("{}: {}", r.doc.host, r.doc.failure().unwrap_or_default()))
+                .collect();
+            let more = if rows.len() > 3 { "; ..." } else { "" };
+            part += &format!(" ({}{more})", why.join("; "));
+        }
+        parts.push(part);
+    }
+    let stale = nodes.iter().filter(|r| r.stale).count();
+    if stale > 0 {
+        parts.push(format!("{stale} stale"));
+    }
+    parts.join(", ")
+}

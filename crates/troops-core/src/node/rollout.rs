@@ -1,0 +1,161 @@
+//! The rollout on the run path: the plan of a pulled commit says the waves, the fleet's status refs
+//! (fetched with every pull cycle) say how the earlier waves fare, and `waves::gate` answers; the
+//! answer is one of the facts `schedule` decides on (pushes and `troops deploy` are a person's
+//! decision and are never held). A hold is kept in `<state>/rollout.json` for `troops status`,
+//! the node's status document and the `troops_rollout_held` metric.
+
+use std::time::SystemTime;
+
+use git2::Oid;
+use serde::{Deserialize, Serialize};
+
+use crate::mech::repo::NodeRepo;
+use crate::mech::sightings::Sightings;
+use crate::model::error::{Error, Result};
+use crate::model::node::Node;
+use crate::policy::schedule::RolloutHold;
+use crate::policy::waves::{self, Evidence, Gate, Report, Rollout};
+
+/// Why the rollout keeps a commit from running here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub commit: String,
+    /// "wave 2 of 3 (early)".
+    pub wave: String,
+    /// The gate's sentence: what it waits for, or which failure halted the commit.
+    pub why: String,
+    /// When the previous wave will have soaked, if that is known.
+    pub until: Option<String>,
+    /// A failure report halted the commit: only a newer one goes on.
+    pub halted: bool,
+    /// When this commit was first held here.
+    pub since: String,
+}
+
+const FILE: &str = "rollout.json";
+
+/// The `[rollout]` of the plan at `commit`, if it has one. A plan that cannot be read or does not
+/// parse has none: the run fails on that plan error anyway, and `troops status` shows it.
+pub fn rollout_at(repo: &NodeRepo, commit: Oid) -> Option<Rollout> {
+    plan_at(repo, commit)?.rollout
+}
+
+fn plan_at(repo: &NodeRepo, commit: Oid) -> Option<crate::model::plan::Plan> {
+    let text = repo.plan_text(commit).ok()??;
+    let path = std::path::Path::new(crate::model::plan::FILE_NAME);
+    crate::model::plan::Plan::parse(path, &text, None).ok()
+}
+
+/// Whether the tip was last moved by a pull (the branch's reflog says so): then a run of it that
+/// the daemon's branch watcher reports as a push is a pulled commit still, and the rollout holds it.
+pub fn pulled(repo: &NodeRepo) -> bool {
+    repo.git.reflog(&repo.branch_ref()).ok().is_some_and(|log| {
+        log.get(0).and_then(|e| e.message().map(|m| m.starts_with("troops pull:"))).unwrap_or(false)
+    })
+}
+
+/// The rollout's say on running `commit` here: `None` when the plan at it has no `[rollout]` or
+/// the gate says go; else what holds it back. Reads; writes nothing.
+pub fn verdict(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<RolloutHold> {
+    let plan = plan_at(repo, commit)?;
+    let rollout = plan.rollout.as_ref()?;
+    let me = waves::wave_of(&node.config.hostname(), rollout);
+    let evidence = if me.index == 0 { Evidence::default() } else { evidence(node) };
+    let known = waves::Known::of(&plan);
+    let descends = |a: Oid, b: Oid| a == b || repo.git.graph_descendant_of(a, b).unwrap_or(false);
+    let wave = me.to_string();
+    match waves::gate(commit, &me, &evidence, &known, SystemTime::now(), rollout, descends) {
+        Gate::Go => None,
+        Gate::Wait { why, until } => Some(RolloutHold { wave, why, until, halted: false }),
+        Gate::Held { why } => Some(RolloutHold { wave, why, until: None, halted: true }),
+    }
+}
+
+/// What this node knows of the others' status: their refs in the status repo as its last fetch
+/// left them, with when it saw each change (`sightings`), and whether that fetch worked.
+fn evidence(node: &Node) -> Evidence {
+    let sightings = Sightings::load(&node.state_dir);
+    let blind = match (&node.config.status_remote, &sightings.fetch) {
+        (None, _) => {
+            Some("this node has no `status_remote` to read the earlier waves' status from".to_owned())
+        }
+        (Some(remote), Some(fetch)) if fetch.remote == *remote => {
+            fetch.error.as_ref().map(|e| format!("the status remote {remote} could not be fetched: {e}"))
+        }
+        (Some(remote), _) => Some(format!("the status refs were not fetched from remote {remote} here yet")),
+    };
+    let me = node.config.hostname();
+    let reports = match git2::Repository::open_bare(crate::mech::statusrefs::repo_path(&node.state_dir)) {
+        Ok(git) => crate::model::status::read_refs(&git)
+            .into_iter()
+            .filter(|read| read.host != me)
+            .map(|read| {
+                let changed = read.commit.and_then(|c| sightings.changed(&read.host, c));
+                let healthy_since = match (&read.doc, read.commit) {
+                    (Ok(doc), Some(c)) => {
+                        doc.deployed_oid().and_then(|on| sightings.healthy_since(&read.host, c, on))
+                    }
+                    _ => None,
+                };
+                Report { host: read.host, doc: read.doc, changed, healthy_since }
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Evidence { reports, blind }
+}
+
+/// Keeps what the rollout holds (`schedule`'s hold of `commit`, with this node's `wave` and the
+/// gate's answer), or clears it: for `troops status`, the node's status document and the metric.
+/// The file is written only when the hold says something new: a node waits through many polls.
+pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<()> {
+    let old = load_hold(node)?;
+    let Some((commit, held)) = held else {
+        if old.is_some() {
+            clear_hold(node)?;
+            crate::mech::metrics::set_rollout_held(node, false);
+        }
+        return Ok(());
+    };
+    let commit = commit.to_string();
+    let since = match &old {
+        Some(old) if old.commit == commit => old.since.clone(),
+        _ => crate::mech::runs::now(),
+    };
+    let until = held.until.map(|u| humantime::format_rfc3339_millis(u).to_string());
+    let hold =
+        Hold { commit, wave: held.wave.clone(), why: held.why.clone(), until, halted: held.halted, since };
+    if old.as_ref() != Some(&hold) {
+        let json = serde_json::to_vec_pretty(&hold).expect("a hold serializes");
+        crate::mech::atomic::write(&node.state_dir.join(FILE), &json)?;
+        if old.is_none() {
+            crate::mech::metrics::set_rollout_held(node, true);
+        }
+    }
+    Ok(())
+}
+
+/// The hold recorded by the last gate decision, if it held.
+pub fn load_hold(node: &Node) -> Result<Option<Hold>> {
+    let path = node.state_dir.join(FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Env(format!("{}: not a rollout hold: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::path("reading", &path, e)),
+    }
+}
+
+fn clear_hold(node: &Node) -> Result<()> {
+    let path = node.state_dir.join(FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::path("removing", &path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// "wave 2 of 3 (early)" for this node by the plan at `commit`, `None` without a `[rollout]`.
+pub fn place(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<waves::Place> {
+    rollout_at(repo, commit).map(|r| waves::wave_of(&node.config.hostname(), &r))
+}
