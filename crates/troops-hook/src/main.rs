@@ -121,14 +121,15 @@ fn git_dir() -> Result<PathBuf> {
 /// the repo's config (a push over SSH brings no troops environment), else `TROOPS_STATE_DIR` and
 /// `TROOPS_CONFIG`; the config defaults to `/etc/troops/troops.toml`.
 fn node(git_dir: &Path) -> Result<Node> {
-    let (state_dir, config) = troops_core::model::node::recorded_in(git_dir);
-    let state_dir = state_dir.or_else(|| env_path("TROOPS_STATE_DIR")).ok_or_else(|| {
+    let recorded = troops_core::mech::recorded::recorded_in(git_dir);
+    let state_dir = recorded.state_dir.or_else(|| env_path("TROOPS_STATE_DIR")).ok_or_else(|| {
         Error::Env(format!(
             "{} records no troops.stateDir and TROOPS_STATE_DIR is not set; run `troops init`",
             git_dir.display()
         ))
     })?;
-    let config = config
+    let config = recorded
+        .config
         .or_else(|| env_path("TROOPS_CONFIG"))
         .unwrap_or_else(|| troops_core::model::config::DEFAULT_PATH.into());
     Ok(Node::load(state_dir, &config)?)

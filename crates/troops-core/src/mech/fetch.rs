@@ -62,7 +62,7 @@ pub fn fetch_all(
     crate::mech::repo::guard_node_repo(repo_path)?;
     if nix::unistd::geteuid().is_root() {
         // `git remote add` by root rewrites the config as shared as the repo (0660).
-        crate::node::init::lock_down_repo_config(repo_path)?;
+        crate::mech::repo::lock_down_repo_config(repo_path)?;
     }
     let repo = Repository::open_bare(repo_path)
         .map_err(|e| crate::Error::git(format!("opening {}", repo_path.display()), e))?;

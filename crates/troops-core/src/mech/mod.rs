@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod probe;
+pub mod recorded;
 pub mod releases;
 pub mod repo;
 pub mod runner;

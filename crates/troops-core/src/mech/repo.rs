@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use git2::{Oid, Repository};
 
 use crate::model::error::{Context, Error, Result};
+use crate::model::node::Node;
 
 pub const DEPLOYED_REF: &str = "refs/troops/deployed";
 /// `refs/troops/bad/<sha>`: a quarantined commit, never run again by a pull, a retry or a restart.
@@ -346,6 +347,33 @@ fn refused(path: &Path, what: &str) -> Error {
 /// Where git keeps a commit-graph, and a chain of them.
 pub const COMMIT_GRAPH: &str = "objects/info/commit-graph";
 pub const COMMIT_GRAPHS: &str = "objects/info/commit-graphs";
+
+impl Node {
+    /// The node repo; in a process of the node's owner (root, on a node shared with the admin
+    /// group), with the owner's ledger, which it goes by for what is deployed and quarantined.
+    pub fn repo(&self) -> Result<NodeRepo> {
+        NodeRepo::open(&self.repo_path(), &self.config.branch, self.is_owner().then(|| self.ledger_path()))
+    }
+}
+
+/// Keeps the repo's `config` root's alone to write after a root process rewrote it (git writes a
+/// new file with the umask, which may let the group write): a member who could write it could
+/// make root's `git` run anything (`core.sshCommand`, `core.fsmonitor`...). Refuses a `config`
+/// that is not a plain file.
+pub fn lock_down_repo_config(git_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = git_dir.join("config");
+    let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::Env(format!("{} is not a plain file; refusing to use it", path.display())));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o7022 != 0 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o755))
+            .ctx(|| format!("making {} writable by its owner only", path.display()))?;
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

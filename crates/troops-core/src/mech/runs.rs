@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::mech::lock::NodeLock;
 use crate::mech::trust::Believer;
 use crate::model::error::{Context, Error, Result};
+use crate::model::node::Node;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,6 +134,12 @@ impl RunRecord {
             None => return None,
         };
         end.duration_since(time(&self.started_at)?).ok()
+    }
+}
+
+impl Node {
+    pub fn runs(&self) -> Runs {
+        Runs::new(self.runs_dir())
     }
 }
 

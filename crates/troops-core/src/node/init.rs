@@ -202,24 +202,6 @@ fn private(path: &Path) -> Result<()> {
         .ctx(|| format!("making {} private", path.display()))
 }
 
-/// Keeps the repo's `config` root's alone to write after a root process rewrote it (git writes a
-/// new file with the umask, which may let the group write): a member who could write it could
-/// make root's `git` run anything (`core.sshCommand`, `core.fsmonitor`...). Refuses a `config`
-/// that is not a plain file.
-pub fn lock_down_repo_config(git_dir: &Path) -> Result<()> {
-    let path = git_dir.join("config");
-    let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
-    if !meta.is_file() {
-        return Err(Error::Env(format!("{} is not a plain file; refusing to use it", path.display())));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o7022 != 0 {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o755))
-            .ctx(|| format!("making {} writable by its owner only", path.display()))?;
-    }
-    Ok(())
-}
-
 /// Gives `path` and everything under it to group `gid`, with the owner's permissions, without
 /// following symlinks.
 fn share_tree(path: &Path, gid: u32) -> Result<()> {
@@ -319,7 +301,7 @@ fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<(
         config.set_str(key, value).ctx(|| format!("setting {key} in {}", path.display()))?;
     }
     if node.config.verify.given.require_signed {
-        crate::model::node::record_policy(&path, &node.config.verify)?;
+        crate::mech::recorded::record_policy(&path, &node.config.verify)?;
     }
     // Made before any member can plant something at their names: the dirs root writes refs in.
     let dirs = ["refs/heads", "refs/tags", "refs/troops", "refs/remotes"];
@@ -355,7 +337,7 @@ fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<(
         );
         crate::mech::atomic::write_mode(&file, script.as_bytes(), 0o755)?;
     }
-    lock_down_repo_config(&path)
+    crate::mech::repo::lock_down_repo_config(&path)
 }
 
 /// Refuses a remote of `remotes` that the node repo at `git_dir` has already, with another url:

@@ -12,3 +12,28 @@ pub mod receive;
 pub mod rollout;
 pub mod run;
 pub mod wait;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::model::error::Result;
+use crate::model::node::Node;
+use crate::model::plan::{Plan, FILE_NAME};
+
+impl Node {
+    /// This node's roles: the config's, plus those the plan at `rev` (default: the branch tip)
+    /// gives it.
+    pub fn roles(&self, rev: Option<&str>) -> Result<BTreeSet<String>> {
+        let repo = self.repo()?;
+        let commit = match rev {
+            Some(rev) => Some(repo.resolve(rev)?),
+            None => repo.tip()?,
+        };
+        let text = match commit {
+            Some(commit) => repo.plan_text(commit)?,
+            None => None,
+        };
+        let plan = text.map(|text| Plan::parse(Path::new(FILE_NAME), &text, None)).transpose()?;
+        Ok(crate::model::roles::resolve(&self.config.hostname(), &self.config.roles, plan.as_ref()))
+    }
+}

@@ -488,7 +488,7 @@ impl Daemon {
         let (state_dir, path) = (self.state_dir.clone(), self.config.borrow().path.clone());
         self.job("config", move || {
             // With the node's recorded [verify] policy: a file lost or emptied meanwhile keeps it.
-            Event::Reloaded(Box::new(match troops_core::model::node::load_config(&state_dir, &path) {
+            Event::Reloaded(Box::new(match troops_core::mech::recorded::load_config(&state_dir, &path) {
                 Ok(config) => Some(config),
                 Err(e) => {
                     tracing::error!(error = %e, "config not reloaded; keeping the previous one");
