@@ -390,55 +390,8 @@ fn unit_active(unit: &str, timeout: Duration) -> Probed {
 mod tests {
     use super::*;
     use crate::secrets::Masker;
-    use std::io::Read;
     use std::net::TcpListener;
-    use std::sync::atomic::AtomicU32;
-    use std::sync::Arc;
-
-    /// An HTTP server on 127.0.0.1 answering request `n` (from 1) with `answer(n)`; it stops when dropped.
-    struct Server {
-        url: String,
-        requests: Arc<AtomicU32>,
-        done: Arc<AtomicBool>,
-    }
-
-    impl Server {
-        fn start(answer: impl Fn(u32) -> (u16, &'static str) + Send + 'static) -> Server {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}/health", listener.local_addr().unwrap());
-            let (requests, done) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(false)));
-            let (count, stop) = (requests.clone(), done.clone());
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut conn) = conn else { continue };
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
-                        head.push(byte[0]);
-                    }
-                    let (status, body) = answer(count.fetch_add(1, Ordering::SeqCst) + 1);
-                    let reply =
-                        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                    let _ = conn.write_all(reply.as_bytes());
-                }
-            });
-            Server { url, requests, done }
-        }
-
-        fn requests(&self) -> u32 {
-            self.requests.load(Ordering::SeqCst)
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.done.store(true, Ordering::SeqCst);
-            let _ = TcpStream::connect(self.url.trim_start_matches("http://").trim_end_matches("/health"));
-        }
-    }
+    use troops_testkit::http::{HttpServer, Reply};
 
     fn check(name: &str, probe: Probe) -> Check {
         Check {
@@ -483,8 +436,8 @@ mod tests {
 
     #[test]
     fn an_http_check_that_passes_at_once_takes_one_probe_and_no_wait() {
-        let server = Server::start(|_| (200, "ok"));
-        let mut web = check("web", Probe::Http(server.url.clone()));
+        let server = HttpServer::answering(200, "ok");
+        let mut web = check("web", Probe::Http(server.url("/health")));
         web.expect = Some("ok".into());
         web.interval = Duration::from_secs(60);
         let (records, out, took) = run_all(&[web.clone()], Duration::ZERO);
@@ -502,10 +455,10 @@ mod tests {
 
     #[test]
     fn the_check_phase_saves_the_record_checking_before_it_probes() {
-        let server = Server::start(|_| (200, "ok"));
+        let server = HttpServer::answering(200, "ok");
         let plan = Plan::parse(
             Path::new("troops.toml"),
-            &format!("[[check]]\nname = \"web\"\nhttp = \"{}\"\n", server.url),
+            &format!("[[check]]\nname = \"web\"\nhttp = \"{}\"\n", server.url("/health")),
             None,
         )
         .unwrap();
@@ -542,8 +495,8 @@ mod tests {
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
         let mask = Masker::new(&[("db".into(), b"hunter2-secret".to_vec())]);
         let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &mask };
-        let server = Server::start(|_| (500, "config: password=hunter2-secret"));
-        let mut web = check("web", Probe::Http(server.url.clone()));
+        let server = HttpServer::answering(500, "config: password=hunter2-secret");
+        let mut web = check("web", Probe::Http(server.url("/health")));
         let mut leaky = check("leaky", Probe::Run("echo password is hunter2-secret; exit 1".into()));
         (web.retries, leaky.retries) = (1, 1);
         for check in [web, leaky] {
@@ -557,10 +510,10 @@ mod tests {
 
     #[test]
     fn retries_failed_probes_in_a_row_fail_the_check_and_fewer_do_not() {
-        let server = Server::start(|_| (503, "down"));
-        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url.clone()))], Duration::ZERO);
+        let server = HttpServer::answering(503, "down");
+        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url("/health")))], Duration::ZERO);
         assert_eq!((records[0].status, records[0].probes, server.requests()), (CheckStatus::Failed, 3, 3));
-        let why = format!("GET {} answered 503: \"down\"", server.url);
+        let why = format!("GET {} answered 503: \"down\"", server.url("/health"));
         assert_eq!(records[0].last_error.as_deref(), Some(&*format!("3 probes in a row: {why}")));
         for n in 1..=3 {
             assert!(out.contains(&format!("==> check web: probe {n} failed: {why}\n")), "{out}");
@@ -569,8 +522,9 @@ mod tests {
         assert_eq!(failure(&records), Some(format!("check `web` failed: 3 probes in a row: {why}")));
 
         // Two bad probes, then a good one: within three retries, the check passes.
-        let server = Server::start(|n| if n <= 2 { (500, "starting") } else { (200, "ok") });
-        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url.clone()))], Duration::ZERO);
+        let server =
+            HttpServer::start(|r| if r.n <= 2 { Reply::new(500, "starting") } else { Reply::new(200, "ok") });
+        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url("/health")))], Duration::ZERO);
         assert_eq!((records[0].status, records[0].probes), (CheckStatus::Passed, 3), "{out}");
         assert!(out.contains("==> check web passed (probe 3, "), "{out}");
         assert_eq!(failure(&records), None);
@@ -578,8 +532,8 @@ mod tests {
 
     #[test]
     fn expect_wants_its_text_in_the_body() {
-        let server = Server::start(|_| (200, "degraded"));
-        let mut web = check("web", Probe::Http(server.url.clone()));
+        let server = HttpServer::answering(200, "degraded");
+        let mut web = check("web", Probe::Http(server.url("/health")));
         (web.expect, web.retries) = (Some("ok".into()), 1);
         let (records, _, _) = run_all(&[web], Duration::ZERO);
         let error = records[0].last_error.as_deref().unwrap();
@@ -588,8 +542,8 @@ mod tests {
 
     #[test]
     fn start_period_delays_the_first_probe() {
-        let server = Server::start(|_| (200, ""));
-        let mut web = check("web", Probe::Http(server.url.clone()));
+        let server = HttpServer::answering(200, "");
+        let mut web = check("web", Probe::Http(server.url("/health")));
         web.start_period = Duration::from_millis(300);
         let (records, out, took) = run_all(&[web], Duration::ZERO);
         assert_eq!((records[0].status, server.requests()), (CheckStatus::Passed, 1));
@@ -599,9 +553,9 @@ mod tests {
 
     #[test]
     fn a_soak_holds_only_while_the_checks_keep_passing() {
-        let server = Server::start(|_| (200, "ok"));
+        let server = HttpServer::answering(200, "ok");
         let (records, out, took) =
-            run_all(&[check("web", Probe::Http(server.url.clone()))], Duration::from_millis(300));
+            run_all(&[check("web", Probe::Http(server.url("/health")))], Duration::from_millis(300));
         assert_eq!(records[0].status, CheckStatus::Passed);
         assert!(records[0].probes > 3 && took >= Duration::from_millis(300), "{records:?} {took:?}");
         assert_eq!(out.matches("passed (probe").count(), 1, "one line per event, not per probe: {out}");
@@ -612,8 +566,9 @@ mod tests {
         );
 
         // Good for five probes, then bad: the soak fails two bad probes later.
-        let server = Server::start(|n| if n <= 5 { (200, "ok") } else { (500, "broken") });
-        let mut web = check("web", Probe::Http(server.url.clone()));
+        let server =
+            HttpServer::start(|r| if r.n <= 5 { Reply::new(200, "ok") } else { Reply::new(500, "broken") });
+        let mut web = check("web", Probe::Http(server.url("/health")));
         web.retries = 2;
         let (records, out, took) = run_all(&[web], Duration::from_secs(30));
         assert_eq!((records[0].status, records[0].probes), (CheckStatus::Failed, 7), "{out}");
@@ -627,8 +582,8 @@ mod tests {
 
     #[test]
     fn one_failed_check_ends_the_others() {
-        let server = Server::start(|_| (500, ""));
-        let mut bad = check("bad", Probe::Http(server.url.clone()));
+        let server = HttpServer::answering(500, "");
+        let mut bad = check("bad", Probe::Http(server.url("/health")));
         bad.retries = 1;
         let mut late = check("late", Probe::Tcp("127.0.0.1:1".into()));
         late.start_period = Duration::from_secs(30);

@@ -1,16 +1,32 @@
-//! Fixtures: a node in a temp dir (`Env`), deploy repos to commit to and push from, and waiting on
-//! conditions with a deadline (never sleeping as synchronisation).
+//! What troops' tests share, so that every test builds on the same real parts: a node in a temp
+//! dir (`Env`), deploy repos to commit to and push from, a `troops daemon` child, a real sshd and
+//! gpg, one fake HTTP server, waiting on conditions with a deadline (never sleeping as
+//! synchronisation), one time budget for what must not wait for a long timeout, and the rule that a
+//! test that cannot run here fails unless the run allows skips (`skip`).
+//!
+//! The end-to-end tests (tests/e2e) use all of it, as `crate::support`; troops-core's unit tests
+//! use the HTTP server and the budget.
 
 pub mod daemon;
 pub mod gpg;
 pub mod http;
+mod skip;
 pub mod sshd;
+
+pub use skip::{require, require_root, require_tool, ALLOW_SKIP, SKIPPED};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// How long something may take that must not wait for a timeout, a hung peer or a long interval:
+/// far under what such a wait costs (the tests that use it make that at least 30 s: a check's
+/// soak, a step's sleep, a hung fetch, the default 60 s interval, or forever), and far over what a
+/// loaded 2-core machine needs (a few seconds). A test bounded by a timeout of its own (`T`) takes
+/// `T` plus this. The one wall-clock bound the tests assert.
+pub const BUDGET: Duration = Duration::from_secs(10);
 
 /// A built binary of this workspace, next to the test executable's `deps/` dir.
 pub fn bin(name: &str) -> PathBuf {
@@ -27,6 +43,26 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     while !condition() {
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `command` to its end and returns its output; kills it and panics naming `what` if it has
+/// not ended within `limit`.
+pub fn output_within(what: &str, command: &mut Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (sender, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match ended.recv_timeout(limit) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {what}: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{what} did not end within {limit:?}");
+        }
     }
 }
 
