@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 
 use crate::support::daemon::Daemon;
 use crate::support::http::{HttpServer, Reply};
-use crate::support::{combined, text, wait_until, DeployRepo, Env};
+use crate::support::{combined, text, wait_until, DeployRepo, Env, BUDGET};
 
 /// A node with a deploy repo whose first commit (a plan with one step, no checks) is deployed.
 fn node() -> (Env, DeployRepo, String) {
@@ -320,10 +320,9 @@ fn a_daemon_asked_to_stop_ends_the_checks_at_once() {
         .spawn()
         .unwrap();
     wait_checking(&env, 2);
-    let asked = Instant::now();
+    // The checks would go on for hours (100000 retries): the daemon ends them and exits.
     daemon.signal(Signal::SIGTERM);
-    daemon.wait_exit(Duration::from_secs(20));
-    assert!(asked.elapsed() < Duration::from_secs(5), "the checks held the daemon {:?}", asked.elapsed());
+    daemon.wait_exit(BUDGET);
     pusher.wait().unwrap();
     let record = env.run_record(2);
     assert_eq!(record["status"], "interrupted", "{record}");
@@ -356,8 +355,9 @@ fn a_run_whose_troops_died_while_checking_counts_its_checks_as_failed() {
 
 #[test]
 fn a_unit_check_is_skipped_where_systemd_is_not_running() {
-    if std::path::Path::new("/run/systemd/system").is_dir() {
-        eprintln!("SKIPPED: systemd runs on this host, so a unit check is probed, not skipped");
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    if !crate::support::require(!systemd, "systemd runs on this host, so a unit check is probed, not skipped")
+    {
         return;
     }
     let (env, repo, _) = node();

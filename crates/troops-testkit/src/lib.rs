@@ -15,6 +15,7 @@ pub mod sshd;
 
 pub use skip::{require, require_root, require_tool, ALLOW_SKIP, SKIPPED};
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +63,34 @@ pub fn output_within(what: &str, command: &mut Command, limit: Duration) -> Outp
         Err(_) => {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             panic!("{what} did not end within {limit:?}");
+        }
+    }
+}
+
+/// Waits for a client of `listener` (a hung remote: it takes connections and never says a word)
+/// to connect, and returns the connection: kept, it keeps the client waiting.
+pub fn accept_within(listener: &TcpListener, what: &str, limit: Duration) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let mut conn = None;
+    wait_until(what, limit, || {
+        conn = listener.accept().ok().map(|(conn, _)| conn);
+        conn.is_some()
+    });
+    conn.unwrap()
+}
+
+/// Whether the client of `conn` still holds it open (what it sent is read and dropped): a client
+/// that gave up has closed it.
+pub fn still_open(conn: &mut TcpStream) -> bool {
+    use std::io::Read;
+    conn.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
         }
     }
 }
