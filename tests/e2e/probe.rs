@@ -254,5 +254,5 @@ fn a_probe_target_that_never_answers_takes_half_the_fetch_timeout_and_the_fetch_
     let out = env.run(&["pull"]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
-    assert!(server.served("stall").iter().any(|s| is_fetch(s)), "{:#?}", server.served("stall"));
+    assert!(server.served("stall").iter().any(is_fetch), "{:#?}", server.served("stall"));
 }
