@@ -13,7 +13,7 @@ pub mod http;
 mod skip;
 pub mod sshd;
 
-pub use skip::{require, require_root, require_tool, ALLOW_SKIP, SKIPPED};
+pub use skip::{require, require_root, require_tool};
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,9 +24,11 @@ use serde_json::Value;
 
 /// How long something may take that must not wait for a timeout, a hung peer or a long interval:
 /// far under what such a wait costs (the tests that use it make that at least 30 s: a check's
-/// soak, a step's sleep, a hung fetch, the default 60 s interval, or forever), and far over what a
-/// loaded 2-core machine needs (a few seconds). A test bounded by a timeout of its own (`T`) takes
-/// `T` plus this. The one wall-clock bound the tests assert.
+/// soak, a step's sleep, the default 60 s interval, or forever), and far over what a loaded 2-core
+/// machine needs (a few seconds). Where the product itself waits a timeout `T` first, the bound is
+/// `T` plus this. The one bound on how long something took that the tests assert (a `wait_until`
+/// limit is how long a test waits before it gives up); otherwise they assert the order of events,
+/// or a lower bound (what the product must at least wait), which no load breaks.
 pub const BUDGET: Duration = Duration::from_secs(10);
 
 /// A built binary of this workspace, next to the test executable's `deps/` dir.
