@@ -11,14 +11,6 @@ use crate::support::{combined, text, Env};
 const STRANGER: u32 = 4242;
 const GROUP: &str = "users";
 
-fn root_only(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: {test} needs root to give the node to a group and act as another user");
-    false
-}
-
 fn gid(name: &str) -> u32 {
     nix::unistd::Group::from_name(name).unwrap().unwrap_or_else(|| panic!("no group {name}")).gid.as_raw()
 }
@@ -72,7 +64,7 @@ fn refused(out: &Output, says: &[&str], case: &str) {
 
 #[test]
 fn a_user_outside_the_admin_group_is_told_who_may_and_how_to_become_one() {
-    if !root_only("a_user_outside_the_admin_group_is_told_who_may_and_how_to_become_one") {
+    if !crate::support::require_root("giving the node to a group and acting as another user") {
         return;
     }
     let (env, said) = node(GROUP);
@@ -109,7 +101,7 @@ fn a_user_outside_the_admin_group_is_told_who_may_and_how_to_become_one() {
 
 #[test]
 fn a_member_whose_login_predates_the_group_or_a_node_not_shared_is_told_what_to_do() {
-    if !root_only("a_member_whose_login_predates_the_group_or_a_node_not_shared_is_told_what_to_do") {
+    if !crate::support::require_root("giving the node to a group and acting as another user") {
         return;
     }
     // `daemon` is in group daemon by its passwd entry; a session without that group is stale.
@@ -137,7 +129,7 @@ fn a_member_whose_login_predates_the_group_or_a_node_not_shared_is_told_what_to_
 
 #[test]
 fn an_admin_group_that_does_not_exist_is_warned_of_by_init_and_named_to_users() {
-    if !root_only("an_admin_group_that_does_not_exist_is_warned_of_by_init_and_named_to_users") {
+    if !crate::support::require_root("giving the node to a group and acting as another user") {
         return;
     }
     let (env, said) = node("troops-e2e-no-such-group");

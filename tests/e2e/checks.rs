@@ -12,8 +12,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::support::daemon::Daemon;
-use crate::support::http::HttpServer;
-use crate::support::{combined, text, wait_until, DeployRepo, Env};
+use crate::support::http::{HttpServer, Reply};
+use crate::support::{combined, text, wait_until, DeployRepo, Env, BUDGET};
 
 /// A node with a deploy repo whose first commit (a plan with one step, no checks) is deployed.
 fn node() -> (Env, DeployRepo, String) {
@@ -144,9 +144,10 @@ fn a_check_passes_after_start_period_when_the_service_comes_up_late() {
     let (env, repo, _) = node();
     // Healthy only a second from now: a probe before that fails the check at once (retries = 1).
     let up_at = Instant::now() + Duration::from_secs(1);
-    let late = HttpServer::start(
-        move |_| if Instant::now() >= up_at { (200, "up".into()) } else { (503, "".into()) },
-    );
+    let late =
+        HttpServer::start(
+            move |_| if Instant::now() >= up_at { Reply::new(200, "up") } else { Reply::new(503, "") },
+        );
     let check = |start_period: &str| {
         format!(
             "[[check]]\nname = \"web\"\nhttp = \"{}\"\nretries = 1\nstart_period = \"{start_period}\"\n",
@@ -166,10 +167,13 @@ fn a_check_passes_after_start_period_when_the_service_comes_up_late() {
 
     // Without the start period, a service that comes up late fails the check.
     let up_later = Instant::now() + Duration::from_secs(3600);
-    let later =
-        HttpServer::start(
-            move |_| if Instant::now() >= up_later { (200, "up".into()) } else { (503, "".into()) },
-        );
+    let later = HttpServer::start(move |_| {
+        if Instant::now() >= up_later {
+            Reply::new(200, "up")
+        } else {
+            Reply::new(503, "")
+        }
+    });
     let plan_text = plan(&format!("[[check]]\nname = \"web\"\nhttp = \"{}\"\nretries = 1\n", later.url("/")));
     let (out, _) = deploy(&env, &repo, &plan_text);
     assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
@@ -179,7 +183,7 @@ fn a_check_passes_after_start_period_when_the_service_comes_up_late() {
 #[test]
 fn retries_fail_a_check_after_that_many_bad_probes_and_not_before() {
     let (env, repo, good) = node();
-    let flaky = HttpServer::start(|n| if n <= 3 { (500, "no".into()) } else { (200, "yes".into()) });
+    let flaky = HttpServer::start(|r| if r.n <= 3 { Reply::new(500, "no") } else { Reply::new(200, "yes") });
     let check = |retries: u32| {
         format!(
             "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = {retries}\n",
@@ -194,7 +198,7 @@ fn retries_fail_a_check_after_that_many_bad_probes_and_not_before() {
 
     // From there the server answers well: with retries = 4 a fourth bad probe would have been
     // allowed, and the first probe passes.
-    let again = HttpServer::start(|n| if n <= 3 { (500, "no".into()) } else { (200, "yes".into()) });
+    let again = HttpServer::start(|r| if r.n <= 3 { Reply::new(500, "no") } else { Reply::new(200, "yes") });
     let text = plan(&format!(
         "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 4\n",
         again.url("/")
@@ -209,7 +213,8 @@ fn retries_fail_a_check_after_that_many_bad_probes_and_not_before() {
 #[test]
 fn a_soak_where_the_server_turns_bad_halfway_fails_and_a_steady_one_passes() {
     let (env, repo, good) = node();
-    let turning = HttpServer::start(|n| if n <= 5 { (200, "ok".into()) } else { (500, "crashed".into()) });
+    let turning =
+        HttpServer::start(|r| if r.n <= 5 { Reply::new(200, "ok") } else { Reply::new(500, "crashed") });
     let text = plan(&format!(
         "[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = 2\n[health]\nsoak = \"1h\"\n",
         turning.url("/")
@@ -358,10 +363,9 @@ fn a_daemon_asked_to_stop_ends_the_checks_at_once() {
         .spawn()
         .unwrap();
     wait_checking(&env, 2);
-    let asked = Instant::now();
+    // The checks would go on for hours (100000 retries): the daemon ends them and exits.
     daemon.signal(Signal::SIGTERM);
-    daemon.wait_exit(Duration::from_secs(20));
-    assert!(asked.elapsed() < Duration::from_secs(5), "the checks held the daemon {:?}", asked.elapsed());
+    daemon.wait_exit(BUDGET);
     pusher.wait().unwrap();
     let record = env.run_record(2);
     assert_eq!(record["status"], "interrupted", "{record}");
@@ -394,8 +398,9 @@ fn a_run_whose_troops_died_while_checking_counts_its_checks_as_failed() {
 
 #[test]
 fn a_unit_check_is_skipped_where_systemd_is_not_running() {
-    if std::path::Path::new("/run/systemd/system").is_dir() {
-        eprintln!("SKIPPED: systemd runs on this host, so a unit check is probed, not skipped");
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    if !crate::support::require(!systemd, "systemd runs on this host, so a unit check is probed, not skipped")
+    {
         return;
     }
     let (env, repo, _) = node();

@@ -13,7 +13,9 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::support::daemon::Daemon;
-use crate::support::{bin, text, wait_until, DeployRepo, Env};
+use crate::support::{
+    accept_within, bin, output_within, still_open, text, wait_until, DeployRepo, Env, BUDGET,
+};
 
 /// What a step prints in the tests of slow readers: far more than any buffer the daemon keeps.
 const BIG: usize = 40_000_000;
@@ -53,26 +55,18 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// The status request straight on the socket: how long the daemon takes to answer it.
-fn status_round_trip(env: &Env) -> Duration {
-    let started = Instant::now();
+/// `troops status` calls the daemon healthy (it calls one that has not answered within 2 s NOT
+/// SERVING), and the status request straight on the socket is answered within the budget (a
+/// daemon that a client holds up never answers it).
+fn assert_status_answers(env: &Env) {
+    let out = env.ok(&["status"]);
+    assert!(out.contains("daemon    pid"), "{out}");
     let mut stream = UnixStream::connect(env.state.join("troops.sock")).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_read_timeout(Some(BUDGET)).unwrap();
     stream.write_all(b"{\"op\":\"status\"}\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.contains("\"done\""), "{answer}");
-    started.elapsed()
-}
-
-/// `troops status` answers in under a second and calls the daemon healthy.
-fn assert_status_answers_fast(env: &Env) {
-    let started = Instant::now();
-    let out = env.ok(&["status"]);
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "troops status took {took:?}");
-    assert!(out.contains("daemon    pid"), "{out}");
-    assert!(status_round_trip(env) < Duration::from_secs(1));
 }
 
 /// Waits for run `id` to end, watching the daemon's memory meanwhile; returns the peak RSS.
@@ -104,10 +98,10 @@ fn a_pusher_that_stops_reading_costs_a_bounded_buffer_and_holds_up_nothing() {
     let mut command = repo.push_command(&env, &env.repo().display().to_string(), &["main"]);
     let mut pushing = Reaped(command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
     wait_until("run 1 to start", Duration::from_secs(20), || env.run_ids().contains(&1));
-    assert_status_answers_fast(&env);
+    assert_status_answers(&env);
     let peak = wait_for_run_watching_rss(&env, &daemon, 1, Duration::from_secs(60));
     assert!(peak < before + RSS_GROWTH_LIMIT_KB, "daemon RSS grew from {before} kB to {peak} kB");
-    assert_status_answers_fast(&env);
+    assert_status_answers(&env);
 
     // The pusher reads at last: the start of the output, a notice for each gap (one, or two when
     // the pipes drained once while filling up), the gap's last lines and the run's summary.
@@ -143,10 +137,10 @@ fn a_socket_client_that_asks_for_a_run_and_never_reads_is_dropped() {
     let request = format!("{{\"op\":\"run\",\"ask\":\"deploy\",\"rev\":\"{commit}\"}}\n");
     client.write_all(request.as_bytes()).unwrap();
     wait_until("run 1 to start", Duration::from_secs(20), || env.run_ids().contains(&1));
-    assert_status_answers_fast(&env);
+    assert_status_answers(&env);
     let peak = wait_for_run_watching_rss(&env, &daemon, 1, Duration::from_secs(60));
     assert!(peak < before + RSS_GROWTH_LIMIT_KB, "daemon RSS grew from {before} kB to {peak} kB");
-    assert_status_answers_fast(&env);
+    assert_status_answers(&env);
     wait_until("the stalled client to be dropped", Duration::from_secs(40), || {
         daemon.log().contains("control connection dropped error=the client read nothing for 15s")
     });
@@ -187,18 +181,16 @@ fn garbage_huge_lines_and_idle_connections_do_not_stop_status() {
     let _ = huge.read_to_string(&mut answer);
     assert!(answer.contains("bad request"), "{answer}");
 
-    assert_status_answers_fast(&env);
-    // The idle ones are dropped after the request timeout (5 s).
-    let started = Instant::now();
+    assert_status_answers(&env);
+    // The idle ones are dropped after the request timeout (5 s), and the daemon says so; kept,
+    // they would outlive the budget.
     for mut stream in idle {
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.set_read_timeout(Some(BUDGET)).unwrap();
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).expect("the daemon closes an idle connection");
     }
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(12), "idle connections lived {took:?}");
     assert!(daemon.log().contains("no request line within 5s"), "{}", daemon.log());
-    assert_status_answers_fast(&env);
+    assert_status_answers(&env);
 }
 
 #[test]
@@ -251,33 +243,31 @@ const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_
 
 #[test]
 fn a_push_does_not_wait_for_the_daemons_fetch_of_a_hung_remote() {
-    let (_silent, url) = hung_remote();
-    let (env, work) = following("interval = \"1h\"\nfetch_timeout = \"20s\"\n", &[("slow", &url)]);
+    let (silent, url) = hung_remote();
+    let (env, work) = following("interval = \"1h\"\nfetch_timeout = \"60s\"\n", &[("slow", &url)]);
     let daemon = Daemon::start(&env);
-    // The start-up cycle's fetch of `slow` hangs for 20 s from here on.
+    // The start-up cycle's fetch of `slow` connects, and hangs for 60 s from there.
+    let mut fetch = accept_within(&silent, "the daemon's fetch of the hung remote", BUDGET);
     let commit = work.commit(&env, &[("troops.toml", PLAN)], "first");
-    let started = Instant::now();
     let out = work.push(&env, &env.repo().display().to_string(), &["main"]);
-    let took = started.elapsed();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("hello from {commit}")) && stderr.contains("run 1 succeeded"),
         "{stderr}"
     );
-    assert!(took < Duration::from_secs(10), "the push took {took:?} behind a 20 s fetch");
+    // The push ended while the fetch still hangs: it did not wait for it.
+    assert!(still_open(&mut fetch), "the fetch ended before the push did:\n{}", daemon.log());
     assert!(!daemon.log().contains("fetch failed remote=slow"), "{}", daemon.log());
-    println!("a push during a hung 20 s fetch ran in {took:?}");
 
-    // A pull asked meanwhile says at once what it waits for.
+    // A pull asked meanwhile says what it waits for while the fetch still hangs, not after.
     let mut pull = Reaped(env.troops(&["pull"]).stdout(Stdio::piped()).spawn().unwrap());
-    let started = Instant::now();
     let mut line = String::new();
     BufReader::new(pull.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3), "the pull said nothing for {:?}", started.elapsed());
+    assert!(still_open(&mut fetch), "the pull said nothing until the fetch ended: {line:?}");
     assert!(
         line.starts_with("troops: waiting for the daemon's fetch under way (started ")
-            && line.trim_end().ends_with("gives up after 20s), then fetching again"),
+            && line.trim_end().ends_with("gives up after 1m), then fetching again"),
         "{line:?}"
     );
 }
@@ -360,9 +350,9 @@ fn status_calls_a_daemon_that_does_not_answer_not_serving() {
     env.init();
     // Something holds the socket and never answers.
     let wedged = UnixListener::bind(env.state.join("troops.sock")).unwrap();
-    let started = Instant::now();
-    let out = env.ok(&["status"]);
-    assert!(started.elapsed() < Duration::from_secs(5), "status took {:?}", started.elapsed());
+    let out = output_within("troops status", &mut env.troops(&["status"]), BUDGET);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = text(&out.stdout);
     assert!(
         out.contains("daemon    NOT SERVING: the daemon at ") && out.contains("did not answer within 2s"),
         "{out}"

@@ -4,8 +4,11 @@
 //!
 //! Run `cargo build --workspace` first (the README's test command does): the tests drive the
 //! binaries from the same target dir.
+//!
+//! The fixtures (`Env`, `DeployRepo`, the daemon, sshd, gpg, the HTTP server) live in
+//! `crates/troops-testkit`, shared with the unit tests; `crate::support` names it here.
 
-mod support;
+use troops_testkit as support;
 
 mod access;
 mod checks;

@@ -697,8 +697,7 @@ fn refused_commits_are_counted_by_reason_from_a_push_and_a_pull() {
 #[test]
 fn a_members_push_is_counted_and_what_it_may_not_write_fails_nothing() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: only root can give the node to a group and act as another user");
+    if !crate::support::require_root("giving the node to a group and acting as another user") {
         return;
     }
     use crate::push::{as_member, group_id, GROUP, MEMBER};

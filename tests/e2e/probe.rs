@@ -7,64 +7,39 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::daemon::Daemon;
+use crate::support::http::{HttpServer, Reply, Request, Served};
 use crate::support::{text, wait_until, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
-/// One request the mirror answered: the door, the path with its query, the status.
-#[derive(Debug, Clone)]
-struct Served {
-    door: String,
-    target: String,
-    status: u16,
+fn is_probe(served: &Served) -> bool {
+    served.request.target.ends_with("/info/refs")
 }
 
-impl Served {
-    fn is_probe(&self) -> bool {
-        self.target.ends_with("/info/refs")
-    }
-
-    fn is_fetch(&self) -> bool {
-        self.target.contains("?service=git-upload-pack")
-    }
+fn is_fetch(served: &Served) -> bool {
+    served.request.target.contains("?service=git-upload-pack")
 }
 
 /// A static file server for the bare repo `root` at `/<door>/mirror.git/...`, with strong ETags
 /// and 304s. Door `stale` serves a copy of `info/refs` made when it started (and by `catch_up`);
 /// door `down` answers 503 to it, door `stall` never answers it.
 struct Mirror {
-    url: String,
     root: PathBuf,
     copy: Arc<Mutex<Vec<u8>>>,
-    log: Arc<Mutex<Vec<Served>>>,
+    server: HttpServer,
 }
 
 impl Mirror {
     fn start(root: PathBuf) -> Mirror {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let log = Arc::new(Mutex::new(Vec::new()));
         let copy = Arc::new(Mutex::new(Vec::new()));
-        let (served, copied, files) = (log.clone(), copy.clone(), root.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (root, copy, served) = (files.clone(), copied.clone(), served.clone());
-                std::thread::spawn(move || {
-                    let copy = copy.lock().unwrap().clone();
-                    if let Some(answer) = answer(conn, &root, &copy) {
-                        served.lock().unwrap().push(answer);
-                    }
-                });
-            }
-        });
-        let mirror = Mirror { url, root, copy, log };
+        let (files, copied) = (root.clone(), copy.clone());
+        let server = HttpServer::start(move |request| answer(request, &files, &copied.lock().unwrap()));
+        let mirror = Mirror { root, copy, server };
         mirror.catch_up();
         mirror
     }
@@ -76,69 +51,38 @@ impl Mirror {
     }
 
     fn url(&self, door: &str) -> String {
-        format!("{}/{door}/mirror.git", self.url)
+        self.server.url(&format!("/{door}/mirror.git"))
     }
 
+    /// The requests at `door`, with what it answered.
     fn served(&self, door: &str) -> Vec<Served> {
-        self.log.lock().unwrap().iter().filter(|s| s.door == door).cloned().collect()
+        let prefix = format!("/{door}/");
+        self.server.served().into_iter().filter(|s| s.request.target.starts_with(&prefix)).collect()
     }
 }
 
-fn answer(mut conn: TcpStream, root: &Path, copy: &[u8]) -> Option<Served> {
-    let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).ok()?;
-    let mut if_none_match = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("if-none-match") {
-                if_none_match = Some(value.trim().to_owned());
-            }
-        }
-    }
-    let target = request_line.split_whitespace().nth(1)?.to_owned();
-    let path = target.split('?').next()?;
-    let (door, rest) = path.trim_start_matches('/').split_once("/mirror.git/")?;
-    let is_probe = !target.contains('?') && rest == "info/refs";
+fn answer(request: &Request, root: &Path, copy: &[u8]) -> Reply {
+    let not_found = Reply::new(404, "");
+    let path = request.target.split('?').next().unwrap_or_default();
+    let Some((door, rest)) = path.trim_start_matches('/').split_once("/mirror.git/") else {
+        return not_found;
+    };
+    let is_probe = !request.target.contains('?') && rest == "info/refs";
     let body = match (door, is_probe) {
-        _ if rest.split('/').any(|part| part == "..") => None,
-        ("down", true) => {
-            let _ = conn.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            return Some(Served { door: door.into(), target, status: 503 });
-        }
-        ("stale", true) => Some(copy.to_vec()),
-        ("stall", true) => {
-            // Holds the connection, answering nothing, until the client gives up.
-            let _ = std::io::copy(&mut conn, &mut std::io::sink());
-            return None;
-        }
-        _ => std::fs::read(root.join(rest)).ok(),
+        _ if rest.split('/').any(|part| part == "..") => return not_found,
+        ("down", true) => return Reply::new(503, ""),
+        ("stale", true) => copy.to_vec(),
+        ("stall", true) => return Reply::silent(),
+        _ => match std::fs::read(root.join(rest)) {
+            Ok(body) => body,
+            Err(_) => return not_found,
+        },
     };
-    let status = match &body {
-        None => 404,
-        Some(body) if if_none_match.as_deref() == Some(etag(body).as_str()) => 304,
-        Some(_) => 200,
-    };
-    let head = match (&body, status) {
-        (Some(body), 200) => format!(
-            "HTTP/1.1 200 OK\r\nETag: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            etag(body),
-            body.len()
-        ),
-        (Some(body), _) => {
-            format!("HTTP/1.1 304 Not Modified\r\nETag: {}\r\nConnection: close\r\n\r\n", etag(body))
-        }
-        (None, _) => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
-    };
-    let _ = conn.write_all(head.as_bytes());
-    if status == 200 {
-        let _ = conn.write_all(body.as_deref().unwrap_or_default());
+    let etag = etag(&body);
+    if request.header("If-None-Match") == Some(etag.as_str()) {
+        return Reply::new(304, "").header("ETag", &etag);
     }
-    Some(Served { door: door.into(), target, status })
+    Reply::new(200, body).header("ETag", &etag)
 }
 
 fn etag(body: &[u8]) -> String {
@@ -199,20 +143,20 @@ fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
 
     // With nothing new, the truthful door answers the probes 304, and most polls fetch nothing.
     wait_until("two probes answered 304 at the fresh door", Duration::from_secs(10), || {
-        server.served("fresh").iter().filter(|s| s.is_probe() && s.status == 304).count() >= 2
+        server.served("fresh").iter().filter(|s| is_probe(s) && s.status == Some(304)).count() >= 2
     });
     let fresh = server.served("fresh");
     let (probes, fetches) =
-        (fresh.iter().filter(|s| s.is_probe()).count(), fresh.iter().filter(|s| s.is_fetch()).count());
+        (fresh.iter().filter(|s| is_probe(s)).count(), fresh.iter().filter(|s| is_fetch(s)).count());
     assert!(fetches < probes, "{fetches} fetches for {probes} probes: {fresh:#?}");
-    assert!(server.served("down").iter().all(|s| !s.is_probe() || s.status == 503));
+    assert!(server.served("down").iter().all(|s| !is_probe(s) || s.status == Some(503)));
     let remotes = nodes[0].state.join("remotes.json");
     wait_until("the fresh node to record a poll its probe answered", Duration::from_secs(10), || {
         std::fs::read_to_string(&remotes).is_ok_and(|json| json.contains("\"probed\": true"))
     });
 
     // Pushed just after the stale node's real fetch: its probes are trusted for the next 4 s.
-    let stale_fetches = || server.served("stale").iter().filter(|s| s.is_fetch()).count();
+    let stale_fetches = || server.served("stale").iter().filter(|s| is_fetch(s)).count();
     let fetches = stale_fetches();
     wait_until("a real fetch at the stale door", Duration::from_secs(10), || stale_fetches() > fetches);
     let before = server.served("stale").len();
@@ -228,8 +172,8 @@ fn nodes_deploy_through_a_truthful_a_stale_and_a_failing_probe() {
     // The stale door said "unchanged" after the push (a 304 to the old ETag) and the node fetched
     // all the same once the trust ran out.
     let stale = server.served("stale")[before..].to_vec();
-    let fooled = stale.iter().position(|s| s.is_probe() && s.status == 304);
-    let fetched = stale.iter().rposition(|s| s.is_fetch() && s.status == 200);
+    let fooled = stale.iter().position(|s| is_probe(s) && s.status == Some(304));
+    let fetched = stale.iter().rposition(|s| is_fetch(s) && s.status == Some(200));
     assert!(matches!((fooled, fetched), (Some(f), Some(g)) if f < g), "{stale:#?}");
 }
 
@@ -245,8 +189,8 @@ fn probe_trust_zero_never_probes() {
     }
     assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
     let served = server.served("fresh");
-    assert!(served.iter().all(|s| !s.is_probe()), "{served:#?}");
-    assert_eq!(served.iter().filter(|s| s.is_fetch()).count(), 2, "{served:#?}");
+    assert!(served.iter().all(|s| !is_probe(s)), "{served:#?}");
+    assert_eq!(served.iter().filter(|s| is_fetch(s)).count(), 2, "{served:#?}");
     assert!(!env.state.join("probes.json").exists());
 }
 
@@ -310,5 +254,5 @@ fn a_probe_target_that_never_answers_takes_half_the_fetch_timeout_and_the_fetch_
     let out = env.run(&["pull"]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
-    assert!(server.served("stall").iter().any(|s| s.is_fetch()), "{:#?}", server.served("stall"));
+    assert!(server.served("stall").iter().any(is_fetch), "{:#?}", server.served("stall"));
 }

@@ -4,14 +4,14 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::support::daemon::Daemon;
 use crate::support::sshd::{closed_port, Sshd};
-use crate::support::{text, wait_until, DeployRepo, Env};
+use crate::support::{combined, output_within, text, wait_until, DeployRepo, Env, BUDGET};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -204,13 +204,12 @@ fn unreachable_remotes_are_skipped_within_their_timeout() {
     let (env, work) = fleet("fetch_timeout = \"2s\"\n", &extra);
     let commit = work.commit(&env, &[("troops.toml", PLAN)], "first");
     publish(&env, &work, "a", &[]);
-    let started = Instant::now();
-    let (code, out) = pull(&env);
-    let took = started.elapsed();
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("remote closed (") && out.contains("remote silent ("), "{out}");
+    // The silent remote would hold a pull that did not give up on it forever.
+    let out = output_within("troops pull", &mut env.troops(&["pull"]), BUDGET);
+    let out_text = combined(&out);
+    assert_eq!(out.status.code(), Some(0), "{out_text}");
+    assert!(out_text.contains("remote closed (") && out_text.contains("remote silent ("), "{out_text}");
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
-    assert!(took < Duration::from_secs(10), "pull took {took:?} with a 2s fetch_timeout");
 }
 
 #[test]
@@ -242,12 +241,8 @@ fn the_daemon_picks_up_a_new_commit_within_interval_and_jitter() {
     wait_until("the first deploy", Duration::from_secs(10), || env.deployed().is_some());
     let second = work.commit(&env, &[("x", "1")], "second");
     publish(&env, &work, "b", &[]);
-    let pushed = Instant::now();
-    wait_until("the second deploy", Duration::from_secs(10), || {
-        env.deployed().as_deref() == Some(second.as_str())
-    });
-    // interval + jitter, plus room for the run itself on a loaded machine.
-    assert!(pushed.elapsed() < Duration::from_secs(4), "took {:?}\n{}", pushed.elapsed(), daemon.log());
+    // Within the budget: far under the 60 s default interval a daemon that ignored these would wait.
+    wait_until("the second deploy", BUDGET, || env.deployed().as_deref() == Some(second.as_str()));
     assert_eq!(env.run_ids(), [1, 2], "{}", daemon.log());
     assert!(daemon.log().contains("fast-forwarded"), "{}", daemon.log());
 }
@@ -413,8 +408,7 @@ fn status_shows_the_daemon_its_next_pull_and_its_retry() {
 
 #[test]
 fn a_peer_outside_the_group_is_refused_by_the_socket() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root to act as another user");
+    if !crate::support::require_root("acting as another user") {
         return;
     }
     let (env, work) = fleet("interval = \"1h\"\nadmin_group = \"troops-e2e-nobody-has-this\"\n", &[]);

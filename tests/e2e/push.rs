@@ -648,8 +648,7 @@ pub(crate) fn group_id() -> u32 {
 
 #[test]
 fn members_of_admin_group_push_and_run_beside_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: only root can give the node to a group and act as another user");
+    if !crate::support::require_root("giving the node to a group and acting as another user") {
         return;
     }
     let gid = group_id();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::daemon::Daemon;
-use crate::support::http::HttpServer;
+use crate::support::http::{HttpServer, Reply};
 use crate::support::{combined, publish_to_a, text, wait_until, DeployRepo, Env};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -270,9 +270,9 @@ fn service(state: PathBuf) -> HttpServer {
         }
         since.1 += 1;
         match now.as_str() {
-            "ok" => (200, "ok".into()),
-            "flaky" if since.1 <= 2 => (200, "ok".into()),
-            other => (500, format!("unhealthy: {other}")),
+            "ok" => Reply::new(200, "ok"),
+            "flaky" if since.1 <= 2 => Reply::new(200, "ok"),
+            other => Reply::new(500, format!("unhealthy: {other}")),
         }
     })
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{ssh_keygen, text, DeployRepo, Env};
+use crate::support::{output_within, ssh_keygen, text, DeployRepo, Env, BUDGET};
 
 const VALUE: &str = "s3cret-db-password-4711";
 
@@ -400,28 +400,13 @@ fn rekey_changes_every_file_or_none() {
     assert_ne!(std::fs::read(&db_file).unwrap(), before);
 }
 
-/// `troops secrets ARGS` in the deploy repo, which must end within 20 s (it is killed, and the
-/// test fails, if it does not).
+/// `troops secrets ARGS` in the deploy repo, which must end within the budget (it is killed, and
+/// the test fails, if it does not).
 fn secrets_ending(env: &Env, repo: &DeployRepo, args: &[&str]) -> Output {
     let mut all = vec!["secrets"];
     all.extend_from_slice(args);
-    let mut child = env
-        .troops(&all)
-        .current_dir(&repo.path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`troops secrets {}` did not end within 20 s", args.join(" "));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    let what = format!("`troops secrets {}`", args.join(" "));
+    output_within(&what, env.troops(&all).current_dir(&repo.path), BUDGET)
 }
 
 /// The outcome refuses `file` as `what` (exit 2, naming it).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::daemon::Daemon;
 use crate::support::gpg::{Gpg, Key};
 use crate::support::sshd::Sshd;
-use crate::support::{combined, text, wait_until, DeployRepo, Env};
+use crate::support::{combined, require_root, text, wait_until, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -20,13 +20,8 @@ const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_
 const GROUP: &str = "users";
 const MEMBER: &str = "4242";
 
-fn root_only(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: {test} needs root to give the node to a group and act as a member");
-    false
-}
+/// What the tests that give the node to GROUP and act as MEMBER need root for.
+const AS_MEMBER: &str = "giving the node to a group and acting as a member";
 
 fn group_id() -> u32 {
     nix::unistd::Group::from_name(GROUP).unwrap().unwrap_or_else(|| panic!("no group {GROUP}")).gid.as_raw()
@@ -107,7 +102,7 @@ fn refused(commit: &str) -> String {
 
 #[test]
 fn an_unsigned_commit_put_in_place_by_update_ref_is_refused_by_deploy_pull_and_daemon() {
-    let shared = nix::unistd::geteuid().is_root();
+    let shared = require_root(AS_MEMBER);
     let group = if shared { format!("admin_group = \"{GROUP}\"\n") } else { String::new() };
     let (env, _gpg, _key, work, base) = signed_node(&format!("interval = \"1h\"\n{group}"));
     let unsigned = work.commit(&env, &[("x", "unsigned")], "unsigned");
@@ -237,7 +232,7 @@ fn a_loose_object_replaced_after_the_push_fails_the_run_instead_of_running() {
 
 #[test]
 fn members_cannot_change_what_root_runs_or_reads() {
-    if !root_only("members_cannot_change_what_root_runs_or_reads") {
+    if !require_root(AS_MEMBER) {
         return;
     }
     let env = shared_node("");
@@ -351,9 +346,9 @@ fn a_root_pull_runs_no_hook_or_command_planted_in_the_repo() {
 
 #[test]
 fn records_logs_and_checkouts_are_private_whatever_the_umask() {
-    // A node of root's alone, and (when the test can give it to a group) one shared with GROUP,
-    // whose runs the group reads; each run under the loosest umask, then the strictest.
-    let shared = nix::unistd::geteuid().is_root();
+    // A node of root's alone, and one shared with GROUP, whose runs the group reads; each run
+    // under the loosest umask, then the strictest.
+    let shared = require_root(AS_MEMBER);
     for env in [Some(Env::new()), shared.then(|| shared_node(""))].into_iter().flatten() {
         if !env.state.exists() {
             env.init();
@@ -469,7 +464,7 @@ fn run_within(env: &Env, args: &[&str]) -> Output {
 
 #[test]
 fn locks_and_files_a_member_holds_or_plants_hold_no_root_run_up() {
-    if !root_only("locks_and_files_a_member_holds_or_plants_hold_no_root_run_up") {
+    if !require_root(AS_MEMBER) {
         return;
     }
     let env = shared_node("");
@@ -539,7 +534,7 @@ fn locks_and_files_a_member_holds_or_plants_hold_no_root_run_up() {
 
 #[test]
 fn run_ids_a_member_plants_are_passed_over_and_never_root_s_last_run() {
-    if !root_only("run_ids_a_member_plants_are_passed_over_and_never_root_s_last_run") {
+    if !require_root(AS_MEMBER) {
         return;
     }
     let env = shared_node("");
@@ -600,7 +595,7 @@ fn run_ids_a_member_plants_are_passed_over_and_never_root_s_last_run() {
 
 #[test]
 fn a_deployed_ref_a_member_moves_is_not_what_scope_all_verifies_from() {
-    if !root_only("a_deployed_ref_a_member_moves_is_not_what_scope_all_verifies_from") {
+    if !require_root(AS_MEMBER) {
         return;
     }
     let group = format!("admin_group = \"{GROUP}\"\n");
@@ -633,7 +628,7 @@ fn a_deployed_ref_a_member_moves_is_not_what_scope_all_verifies_from() {
 
 #[test]
 fn quarantine_refs_a_member_removes_or_plants_do_not_change_what_root_runs() {
-    if !root_only("quarantine_refs_a_member_removes_or_plants_do_not_change_what_root_runs") {
+    if !require_root(AS_MEMBER) {
         return;
     }
     let env = shared_node("interval = \"1h\"\n");

@@ -79,10 +79,7 @@ fn push(env: &Env, work: &DeployRepo) -> String {
 
 #[test]
 fn the_webapp_example_deploys_as_releases_and_rolls_back_a_broken_health_page() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!(
-            "SKIPPED: python3 (the example's server) is not installed; tests/run.sh installs it as root"
-        );
+    if !crate::support::require_tool("python3", "the example's server") {
         return;
     }
     let env = Env::new();

@@ -244,22 +244,11 @@ fn chunks(raw: &[u8], max: usize) -> (Vec<u8>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use troops_testkit::http::{HttpServer, Reply};
 
-    /// Serves one connection with `reply` after reading the request head; returns the URL.
-    fn serve_once(reply: &'static [u8]) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
-                head.push(byte[0]);
-            }
-            let _ = conn.write_all(reply);
-        });
-        format!("http://{addr}/health")
+    /// A server answering its one request with `reply` as it is.
+    fn serve_once(reply: &'static [u8]) -> HttpServer {
+        HttpServer::script(vec![Reply::raw(reply)])
     }
 
     #[test]
@@ -277,7 +266,7 @@ mod tests {
     #[test]
     fn a_response_by_length_chunks_or_close_is_read_whole() {
         let r = get(
-            &serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"),
+            &serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").url("/health"),
             &[],
             Duration::from_secs(5),
             1024,
@@ -287,7 +276,8 @@ mod tests {
         let r = get(
             &serve_once(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-            ),
+            )
+            .url("/health"),
             &[],
             Duration::from_secs(5),
             1024,
@@ -295,7 +285,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.body, b"abcde");
         let r = get(
-            &serve_once(b"HTTP/1.0 503 Busy\r\nETag: \"v1\"\r\n\r\nnot yet"),
+            &serve_once(b"HTTP/1.0 503 Busy\r\nETag: \"v1\"\r\n\r\nnot yet").url("/health"),
             &[],
             Duration::from_secs(5),
             3,
@@ -306,18 +296,19 @@ mod tests {
 
     #[test]
     fn silence_connection_refused_and_garbage_are_errors() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let started = Instant::now();
-        assert_eq!(
-            get(&url, &[], Duration::from_millis(200), 10),
-            Err(HttpError::Timeout(Duration::from_millis(200)))
-        );
-        assert!(started.elapsed() < Duration::from_secs(2));
-        drop(listener);
+        let timeout = Duration::from_millis(200);
+        // One that never answers; one that answers a byte every 20 ms, which no single read waits
+        // 200 ms for: the deadline is on the whole exchange, so neither is read whole.
+        let silent = HttpServer::start(|_| Reply::silent());
+        let slow = HttpServer::start(|_| Reply::new(200, "x".repeat(100)).slowly(Duration::from_millis(20)));
+        for server in [&silent, &slow] {
+            assert_eq!(get(&server.url("/"), &[], timeout, 1000), Err(HttpError::Timeout(timeout)));
+        }
+        let url = silent.url("/");
+        drop(silent);
         assert!(matches!(get(&url, &[], Duration::from_secs(2), 10), Err(HttpError::Connect { .. })));
         assert!(matches!(
-            get(&serve_once(b"SSH-2.0-OpenSSH\r\n\r\n"), &[], Duration::from_secs(2), 10),
+            get(&serve_once(b"SSH-2.0-OpenSSH\r\n\r\n").url("/"), &[], Duration::from_secs(2), 10),
             Err(HttpError::StatusLine(line)) if line == "SSH-2.0-OpenSSH"
         ));
         assert!(get("http://127.0.0.1:1/", &[("X", "a\r\nb")], Duration::from_secs(1), 1).is_err());

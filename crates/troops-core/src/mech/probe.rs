@@ -189,33 +189,22 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
     use std::net::TcpListener;
-    use std::sync::{Arc, Mutex};
+    use troops_testkit::http::{HttpServer, Reply};
 
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";
 
-    /// A server answering each request with the next of `replies`; returns its URL and the
-    /// request heads it saw.
-    fn serve(replies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/deploy.git", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for reply in replies {
-                let (mut conn, _) = listener.accept().unwrap();
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
-                    head.push(byte[0]);
-                }
-                log.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
-                let _ = conn.write_all(reply.as_bytes());
-            }
-        });
-        (url, seen)
+    /// A server answering each request with the next of `replies`, and its URL.
+    fn serve(replies: Vec<String>) -> (HttpServer, String) {
+        let server = HttpServer::script(replies.into_iter().map(Reply::raw).collect());
+        let url = server.url("/deploy.git");
+        (server, url)
+    }
+
+    /// The request heads `server` saw.
+    fn heads(server: &HttpServer) -> Vec<String> {
+        server.served().into_iter().map(|s| s.request.head).collect()
     }
 
     fn ok(body: &str) -> String {
@@ -242,11 +231,11 @@ mod tests {
     #[test]
     fn the_same_tip_or_a_304_skips_and_sends_the_validator_back() {
         let refs = format!("{B}\trefs/heads/other\n{A}\trefs/heads/main\n");
-        let (url, seen) = serve(vec![ok(&refs), "HTTP/1.1 304 Not Modified\r\n\r\n".into()]);
+        let (server, url) = serve(vec![ok(&refs), "HTTP/1.1 304 Not Modified\r\n\r\n".into()]);
         let mut state = fresh(&url);
         assert!(skip(&mut state, &url, oid(A)));
         assert!(skip(&mut state, &url, oid(A)));
-        let seen = seen.lock().unwrap();
+        let seen = heads(&server);
         assert!(seen[0].starts_with("GET /deploy.git/info/refs HTTP/1.1"), "{}", seen[0]);
         assert!(seen[1].contains("If-None-Match: \"v1\""), "{}", seen[1]);
     }
@@ -254,10 +243,10 @@ mod tests {
     #[test]
     fn another_tip_no_branch_an_error_or_silence_mean_a_fetch() {
         for reply in [ok(&format!("{B}\trefs/heads/main\n")), ok(&format!("{A}\trefs/heads/mainline\n"))] {
-            let (url, _) = serve(vec![reply.clone()]);
+            let (_server, url) = serve(vec![reply.clone()]);
             assert!(!skip(&mut fresh(&url), &url, oid(A)), "{reply}");
         }
-        let (url, _) = serve(vec!["HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()]);
+        let (_server, url) = serve(vec!["HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()]);
         let mut state = fresh(&url);
         assert_eq!(look(&mut state, &url, "main", WAIT), Look::Unanswered);
         let dead = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -265,13 +254,13 @@ mod tests {
         assert_eq!(look(&mut fresh(&url), &url, "main", Duration::from_millis(200)), Look::Unanswered);
         assert!(!skips(&fresh(&url), Look::Unanswered, oid(A), TRUST));
         // Nothing fetched yet: nothing to compare with.
-        let (url, _) = serve(vec![ok(&format!("{A}\trefs/heads/main\n"))]);
+        let (_server, url) = serve(vec![ok(&format!("{A}\trefs/heads/main\n"))]);
         assert!(!skip(&mut fresh(&url), &url, None));
     }
 
     #[test]
     fn a_304_is_trusted_only_for_the_trust_period_and_for_the_same_url() {
-        let (url, seen) = serve(vec!["HTTP/1.1 304 Not Modified\r\n\r\n".into()]);
+        let (server, url) = serve(vec!["HTTP/1.1 304 Not Modified\r\n\r\n".into()]);
         let mut old = ProbeState {
             url: url.clone(),
             etag: Some("\"v1\"".into()),
@@ -281,7 +270,7 @@ mod tests {
         };
         assert_eq!(look(&mut old, &url, "main", WAIT), Look::Listed(oid(A)));
         assert!(!skips(&old, Look::Listed(oid(A)), oid(A), TRUST));
-        assert!(seen.lock().unwrap()[0].contains("If-None-Match"));
+        assert!(heads(&server)[0].contains("If-None-Match"));
         // Stamped in the future (the clock stepped back since): not trusted, however near.
         for ahead in [1, 60, TRUST.as_secs(), 10 * 365 * 86400] {
             let future = ProbeState { fetched_at: now() + ahead, ..old.clone() };
@@ -333,7 +322,7 @@ mod tests {
                 refs.len()
             )
         };
-        let (url, seen) =
+        let (server, url) =
             serve(vec![reply(date, Some(date)), reply(date, None), reply(earlier, Some(date)), ok(&refs)]);
         let mut state = fresh(&url);
         for _ in 0..3 {
@@ -341,7 +330,7 @@ mod tests {
         }
         assert_eq!(state.etag.as_deref(), Some("\"v1\""));
         assert!(skip(&mut state, &url, oid(A)));
-        let seen = seen.lock().unwrap();
+        let seen = heads(&server);
         assert!(!seen[1].contains("If-None-Match") && !seen[1].contains("If-Modified-Since"), "{}", seen[1]);
         assert!(!seen[2].contains("If-None-Match"), "no Date: cannot tell, {}", seen[2]);
         assert!(seen[3].contains("If-None-Match: \"v1\"") && seen[3].contains(earlier), "{}", seen[3]);

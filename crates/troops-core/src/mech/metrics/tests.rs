@@ -89,7 +89,8 @@ fn a_fifo_for_counters_or_a_held_lock_holds_nothing_up() {
     let Err(e) = lock(dir.path()) else { panic!("locked what another holds") };
     let e = e.to_string();
     assert!(e.contains("stayed locked by another process"), "{e}");
-    assert!(started.elapsed() < LOCK_WAIT * 3, "waited {:?}", started.elapsed());
+    // It waited LOCK_WAIT, not for the lock, which is held until after this.
+    assert!(started.elapsed() < troops_testkit::BUDGET, "waited {:?}", started.elapsed());
     drop(held);
     lock(dir.path()).unwrap();
 }

@@ -100,8 +100,7 @@ mod tests {
 
     #[test]
     fn root_ignores_times_it_did_not_write() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: the ownership rule is root's");
+        if !troops_testkit::require_root("root's ownership rule") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,8 @@ const PAST: &str = "20200101T000000!";
 const PAST_SIGNING: &str = "20200101T120000!";
 
 impl Gpg {
+    // A fixture makes a temp dir and starts an agent: `new` says so, where a Default would not.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Gpg {
         let dir = tempfile::Builder::new().prefix("tg").tempdir_in("/tmp").expect("GNUPGHOME temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

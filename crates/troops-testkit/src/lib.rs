@@ -1,16 +1,35 @@
-//! Fixtures: a node in a temp dir (`Env`), deploy repos to commit to and push from, and waiting on
-//! conditions with a deadline (never sleeping as synchronisation).
+//! What troops' tests share, so that every test builds on the same real parts: a node in a temp
+//! dir (`Env`), deploy repos to commit to and push from, a `troops daemon` child, a real sshd and
+//! gpg, one fake HTTP server, waiting on conditions with a deadline (never sleeping as
+//! synchronisation), one time budget for what must not wait for a long timeout, and the rule that a
+//! test that cannot run here fails unless the run allows skips (`skip`).
+//!
+//! The end-to-end tests (tests/e2e) use all of it, as `crate::support`; troops-core's unit tests
+//! use the HTTP server and the budget.
 
 pub mod daemon;
 pub mod gpg;
 pub mod http;
+mod skip;
 pub mod sshd;
 
+pub use skip::{require, require_root, require_tool};
+
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// How long something may take that must not wait for a timeout, a hung peer or a long interval:
+/// far under what such a wait costs (the tests that use it make that at least 30 s: a check's
+/// soak, a step's sleep, the default 60 s interval, or forever), and far over what a loaded 2-core
+/// machine needs (a few seconds). Where the product itself waits a timeout `T` first, the bound is
+/// `T` plus this. The one bound on how long something took that the tests assert (a `wait_until`
+/// limit is how long a test waits before it gives up); otherwise they assert the order of events,
+/// or a lower bound (what the product must at least wait), which no load breaks.
+pub const BUDGET: Duration = Duration::from_secs(10);
 
 /// A built binary of this workspace, next to the test executable's `deps/` dir.
 pub fn bin(name: &str) -> PathBuf {
@@ -30,6 +49,54 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Runs `command` to its end and returns its output; kills it and panics naming `what` if it has
+/// not ended within `limit`.
+pub fn output_within(what: &str, command: &mut Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (sender, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match ended.recv_timeout(limit) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {what}: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{what} did not end within {limit:?}");
+        }
+    }
+}
+
+/// Waits for a client of `listener` (a hung remote: it takes connections and never says a word)
+/// to connect, and returns the connection: kept, it keeps the client waiting.
+pub fn accept_within(listener: &TcpListener, what: &str, limit: Duration) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let mut conn = None;
+    wait_until(what, limit, || {
+        conn = listener.accept().ok().map(|(conn, _)| conn);
+        conn.is_some()
+    });
+    conn.unwrap()
+}
+
+/// Whether the client of `conn` still holds it open (what it sent is read and dropped): a client
+/// that gave up has closed it.
+pub fn still_open(conn: &mut TcpStream) -> bool {
+    use std::io::Read;
+    conn.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// One node and everything around it, in one temp dir.
 pub struct Env {
     pub tmp: tempfile::TempDir,
@@ -40,6 +107,8 @@ pub struct Env {
 
 impl Env {
     /// A node named `web-1` (not yet initialised).
+    // A fixture makes a temp dir: `new` says so, where a Default would not.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Env {
         let tmp = tempfile::Builder::new().prefix("troops-e2e-").tempdir().expect("temp dir");
         let root = tmp.path().to_owned();

@@ -7,8 +7,6 @@
 //! found on sshd's default PATH (Debian: `/usr/local/bin:/usr/bin:...`) plus whatever the login
 //! user's `~/.bashrc` adds, and hooks must find their settings in the repo's git config.
 
-#![allow(dead_code)]
-
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
