@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use crate::mech::output::Output;
 use crate::mech::runner::{self, Supervisor};
-use crate::mech::runs::{RunRecord, RunStatus, StepStatus};
 use crate::mech::supervise;
 use crate::model::error::{Error, Result};
 use crate::model::node::Node;
+use crate::model::records::{RunRecord, RunStatus, StepStatus};
 
 /// How long what the command left running has after its timeout's SIGTERM, before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -51,7 +51,7 @@ pub fn event(record: &RunRecord, previous: Option<&RunRecord>) -> Option<Event> 
         RunStatus::Failed => Some(Event::Failed),
         // The last good commit ran again after a failure: the record is the rollback's
         // (`rollback_of` names the failed run).
-        RunStatus::Succeeded if record.trigger == crate::mech::runs::Trigger::Rollback => {
+        RunStatus::Succeeded if record.trigger == crate::model::records::Trigger::Rollback => {
             Some(Event::RolledBack)
         }
         RunStatus::Succeeded if previous.is_some_and(|p| failed(p.status)) => Some(Event::Recovered),
@@ -221,7 +221,7 @@ impl<F: FnMut(&[u8])> Write for Logged<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mech::runs::Trigger;
+    use crate::model::records::Trigger;
 
     fn record(id: u64, status: RunStatus) -> RunRecord {
         RunRecord::for_test(id, &"c".repeat(40), status)

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use git2::Oid;
 use serde::{Deserialize, Serialize};
 
-use crate::mech::runs::{RunStatus, Runs};
+use crate::mech::runs::Runs;
 use crate::model::error::{Context, Error, Result};
+use crate::model::records::RunStatus;
 
 pub struct Releases {
     /// `<state>/releases`.
@@ -366,7 +367,7 @@ fn remove_release(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mech::runs::RunRecord;
+    use crate::model::records::RunRecord;
 
     fn record(id: u64, status: RunStatus) -> RunRecord {
         RunRecord::for_test(id, &"c".repeat(40), status)

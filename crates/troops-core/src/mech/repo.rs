@@ -87,7 +87,7 @@ impl NodeRepo {
             .ctx(|| "making the tagger of a quarantine tag".to_owned())?;
         let object = self.git.find_object(commit, None).ctx(|| format!("reading commit {commit}"))?;
         let entry =
-            crate::mech::ledger::Entry { reason: reason.to_owned(), at: Some(crate::mech::runs::now()) };
+            crate::mech::ledger::Entry { reason: reason.to_owned(), at: Some(crate::model::records::now()) };
         self.change_ledger(|ledger| {
             ledger.quarantined.insert(commit.to_string(), entry);
         })?;

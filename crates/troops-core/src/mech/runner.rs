@@ -20,10 +20,10 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::mech::output::Output;
-use crate::mech::runs::StepStatus;
 use crate::mech::supervise;
 use crate::model::error::{Context, Result};
 use crate::model::plan::{Action, Step};
+use crate::model::records::StepStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepResult {

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod names;
 pub mod node;
 pub mod plan;
+pub mod records;
 pub mod roles;
 pub mod status;
 

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use git2::{Oid, Repository};
 use serde::{Deserialize, Serialize};
 
-use crate::mech::runs::{RunRecord, RunStatus, Trigger};
 use crate::model::error::{Context, Result};
 use crate::model::node::Node;
+use crate::model::records::{RunRecord, RunStatus, Trigger};
 
 /// Where each node's status chain lives, in the node repo and on the status remote.
 pub const REF_PREFIX: &str = "refs/troops/status/";
@@ -44,7 +44,7 @@ pub struct StatusDoc {
     pub quarantined: Vec<Quarantine>,
     /// The newest run's health checks.
     #[serde(default)]
-    pub checks: Vec<crate::mech::runs::CheckRecord>,
+    pub checks: Vec<crate::model::records::CheckRecord>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
@@ -137,7 +137,8 @@ pub fn state_of(
         }
         // Back on the last good commit after the tip failed here: the tip is what failed.
         Some(run)
-            if run.trigger == crate::mech::runs::Trigger::Rollback && run.status == RunStatus::Succeeded =>
+            if run.trigger == crate::model::records::Trigger::Rollback
+                && run.status == RunStatus::Succeeded =>
         {
             (State::RolledBack, run.finished_at.clone())
         }
@@ -193,7 +194,7 @@ impl StatusDoc {
             quarantined,
             checks,
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
-            updated_at: crate::mech::runs::now(),
+            updated_at: crate::model::records::now(),
         })
     }
 
@@ -410,8 +411,10 @@ mod tests {
             (run("c1", RunStatus::Succeeded), run("c1", RunStatus::Failed), run("c2", RunStatus::Running));
         let (interrupted, ok2) = (run("c1", RunStatus::Interrupted), run("c2", RunStatus::Succeeded));
         let checking2 = run("c2", RunStatus::Checking);
-        let rollback1 =
-            RunRecord { trigger: crate::mech::runs::Trigger::Rollback, ..run("c1", RunStatus::Succeeded) };
+        let rollback1 = RunRecord {
+            trigger: crate::model::records::Trigger::Rollback,
+            ..run("c1", RunStatus::Succeeded)
+        };
         #[rustfmt::skip]
         let cases: Vec<(&str, Option<&RunRecord>, Option<&str>, Option<&str>, Option<&Hold>, State, Option<&str>)> = vec![
             ("a new node", None, None, None, None, State::Idle, None),

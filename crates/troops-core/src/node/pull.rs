@@ -12,11 +12,11 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::mech::fetch::{self, Fetched};
-use crate::mech::runs::now;
 use crate::mech::verify;
 use crate::model::error::{Context, Error, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
+use crate::model::records::now;
 use crate::policy::fastforward::{self, Decision, Refusal};
 
 /// The last fetch of one remote, as `troops status` shows it.

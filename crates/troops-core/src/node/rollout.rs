@@ -120,7 +120,7 @@ pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<()> {
     let commit = commit.to_string();
     let since = match &old {
         Some(old) if old.commit == commit => old.since.clone(),
-        _ => crate::mech::runs::now(),
+        _ => crate::model::records::now(),
     };
     let until = held.until.map(|u| humantime::format_rfc3339_millis(u).to_string());
     let hold =

@@ -7,10 +7,10 @@
 use git2::Oid;
 
 use crate::mech::lock::NodeLock;
-use crate::mech::runs::{RunRecord, RunStatus};
 use crate::model::error::{Exit, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
+use crate::model::records::{RunRecord, RunStatus};
 use crate::node::run::summary;
 use crate::policy::schedule::{Cause, Decision};
 
@@ -126,7 +126,7 @@ fn newest_runs(node: &Node, commit: Oid) -> Result<(Option<RunRecord>, Option<Ru
 
 fn as_it_stands(node: &Node, mut record: RunRecord) -> RunRecord {
     if record.status.unfinished() && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
-        crate::mech::runs::abandon(&mut record);
+        crate::model::records::abandon(&mut record);
     }
     record
 }

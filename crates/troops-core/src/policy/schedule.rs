@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use git2::Oid;
 
-use crate::mech::runs::{RunStatus, Trigger};
 use crate::model::config::Retry;
+use crate::model::records::{RunStatus, Trigger};
 
 /// Why someone asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

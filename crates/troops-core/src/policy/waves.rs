@@ -385,7 +385,7 @@ pub fn clock(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mech::runs::RunStatus;
+    use crate::model::records::RunStatus;
     use crate::model::status::{RunSummary, State};
 
     /// canary: c1; early: e1 to e4; rest: everyone else.
@@ -471,7 +471,7 @@ mod tests {
             run: Some(RunSummary {
                 id: 1,
                 commit: oid(on).to_string(),
-                trigger: crate::mech::runs::Trigger::Pull,
+                trigger: crate::model::records::Trigger::Pull,
                 status: if failed { RunStatus::Failed } else { RunStatus::Succeeded },
                 started_at: stamp.clone(),
                 finished_at: Some(stamp.clone()),

@@ -8,10 +8,10 @@ use anyhow::Result;
 use serde_json::json;
 use troops_core::mech::control::Daemon;
 use troops_core::mech::lock::NodeLock;
-use troops_core::mech::runs::RunRecord;
 use troops_core::mech::shown::escape;
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
+use troops_core::model::records::RunRecord;
 use troops_core::policy::schedule::Decision;
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
@@ -198,7 +198,11 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             r.trigger,
             short(&r.commit),
             r.started_at,
-            if r.status == troops_core::mech::runs::RunStatus::Checking { ", checking health" } else { "" }
+            if r.status == troops_core::model::records::RunStatus::Checking {
+                ", checking health"
+            } else {
+                ""
+            }
         )?,
         None => writeln!(std::io::stdout(), "running   nothing")?,
     }
@@ -290,7 +294,7 @@ fn last_run(r: &RunRecord) -> String {
 /// will make of it (`runs::abandon`).
 pub fn effective(node: &Node, mut record: RunRecord) -> RunRecord {
     if record.status.unfinished() && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
-        troops_core::mech::runs::abandon(&mut record);
+        troops_core::model::records::abandon(&mut record);
     }
     record
 }

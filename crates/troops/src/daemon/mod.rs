@@ -173,7 +173,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         settle: None,
         next_tick: Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64)),
         retry_at: None,
-        started_at: troops_core::mech::runs::now(),
+        started_at: troops_core::model::records::now(),
         to_tell: Default::default(),
         telling: false,
         metrics_error,

@@ -21,9 +21,9 @@ use prometheus_client::metrics::MetricType;
 use serde::{Deserialize, Serialize};
 
 use crate::mech::fetch::Fetched;
-use crate::mech::runs::{CheckStatus, RunRecord, RunStatus, Trigger};
 use crate::model::error::{Context, Error, Result};
 use crate::model::node::Node;
+use crate::model::records::{CheckStatus, RunRecord, RunStatus, Trigger};
 
 /// The `Content-Type` of what [`render`] gives (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

@@ -564,7 +564,7 @@ const REFUSED_FILE: &str = "refused.json";
 /// Records `refusal` as the node's last, atomically.
 pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Result<()> {
     let record = LastRefusal {
-        at: crate::mech::runs::now(),
+        at: crate::model::records::now(),
         source: source.to_owned(),
         commit: refusal.commit.to_string(),
         outcome: refusal.verification.kind().to_owned(),

@@ -18,9 +18,10 @@ use crate::mech::http::HttpError;
 use crate::mech::mask::Masker;
 use crate::mech::output::Output;
 use crate::mech::runner::{self, Supervisor};
-use crate::mech::runs::{CheckRecord, CheckStatus, RunRecord, RunStatus, Runs, StepStatus};
+use crate::mech::runs::Runs;
 use crate::model::error::Result;
 use crate::model::plan::{Action, Check, Expect, Phase, Plan, Probe, Step};
+use crate::model::records::{CheckRecord, CheckStatus, RunRecord, RunStatus, StepStatus};
 
 /// How often a wait between probes looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);

@@ -18,12 +18,12 @@ use std::time::SystemTime;
 use crate::mech::lock::NodeLock;
 use crate::mech::output::Output;
 use crate::mech::releases::Releases;
-use crate::mech::runs::{now as now_text, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
 use crate::model::ask::Ask;
 use crate::model::error::{Context, Error, Exit, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::plan::{OnFailure, Phase, Plan, Step};
+use crate::model::records::{now as now_text, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
 use crate::policy::schedule::{self, Cause, Decision, Facts, PastRun, RunNow};
 use crate::{mech::runner, model::roles};
 
@@ -416,7 +416,7 @@ fn run_one(
     lock.describe(&format!("run {id} ({}) of {commit}", now.trigger));
     let failed_commit = now.undoes.map(|f| f.commit.to_string());
     let mut record = RunRecord {
-        schema: crate::mech::runs::SCHEMA,
+        schema: crate::model::records::SCHEMA,
         id,
         trigger: now.trigger,
         commit: commit.to_string(),
