@@ -107,7 +107,7 @@ fn holder(path: &Path) -> String {
     }
     match String::from_utf8_lossy(&bytes).trim() {
         "" => format!("another trigger holding {}", path.display()),
-        t => crate::mech::shown::escape(t).into_owned(),
+        t => crate::model::shown::escape(t).into_owned(),
     }
 }
 

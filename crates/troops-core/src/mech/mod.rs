@@ -22,7 +22,6 @@ pub mod repo;
 pub mod runner;
 pub mod runs;
 pub mod secrets;
-pub mod shown;
 pub mod sightings;
 pub mod signals;
 pub mod ssh;

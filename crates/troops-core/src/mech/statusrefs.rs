@@ -103,7 +103,7 @@ fn push(
     command.args(["-c", "protocol.file.allow=always"]);
     command.args(["push", "--quiet", "--porcelain", "--end-of-options", url, refspec]);
     git_with_key(command, url, ssh_dir, deadline, "push")
-        .map_err(|e| crate::mech::shown::escape(&e).into_owned())
+        .map_err(|e| crate::model::shown::escape(&e).into_owned())
 }
 
 /// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo of
@@ -142,7 +142,7 @@ pub fn fetch(
         }
         fetched
     });
-    let fetched = fetched.map_err(|e| crate::mech::shown::escape(&e).into_owned());
+    let fetched = fetched.map_err(|e| crate::model::shown::escape(&e).into_owned());
     let recorded = crate::mech::sightings::record(state_dir, remote, fetched.as_ref().err(), &git)
         .map_err(|e| format!("recording what the status refs say: {e}"));
     fetched.and(recorded)
@@ -172,7 +172,7 @@ pub fn fetch_as_caller(status_repo: &Path, url: &str) -> std::result::Result<(),
     }
     let why = crate::mech::fetch::complaint(&stderr)
         .unwrap_or_else(|| format!("git fetch failed ({})", out.status));
-    Err(crate::mech::shown::escape(&over_cap(status_repo, why)).into_owned())
+    Err(crate::model::shown::escape(&over_cap(status_repo, why)).into_owned())
 }
 
 /// Whether a `git fetch --depth` that failed did so only because no ref matched the refspec (no

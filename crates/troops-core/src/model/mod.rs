@@ -12,7 +12,5 @@ pub mod node;
 pub mod plan;
 pub mod records;
 pub mod roles;
+pub mod shown;
 pub mod status;
-
-#[cfg(test)]
-mod accepted;

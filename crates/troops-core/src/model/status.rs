@@ -298,7 +298,7 @@ pub fn read_host(git: &Repository, host: &str) -> Read {
         true => Ok(doc),
         false => Err(format!("it speaks for another host, {:?}", doc.host)),
     });
-    let doc = doc.map_err(|e| crate::mech::shown::escape(&e).into_owned());
+    let doc = doc.map_err(|e| crate::model::shown::escape(&e).into_owned());
     Read { host: host.to_owned(), commit: commit.map(|c| c.id()), doc }
 }
 

@@ -3,56 +3,11 @@
 //! `git push` output says happened there. Pure, so every rule is tested here; the command runs the
 //! pushes.
 
-use std::collections::BTreeMap;
-
-use toml::Spanned;
-
 use crate::model::error::{Error, Result};
 use crate::model::plan::Plan;
 
 /// Where a node's repo is when `[hosts]` does not say (the SPEC's default state dir).
 pub const DEFAULT_REPO_PATH: &str = "/var/lib/troops/repo/main.git";
-
-/// Validates the plan's `[hosts]` table (host name to the git URL `troops push` pushes to);
-/// `err` places a message at a span of the plan.
-pub fn parse_hosts(
-    raw: BTreeMap<Spanned<String>, Spanned<String>>,
-    err: impl Fn(std::ops::Range<usize>, String) -> Error,
-) -> Result<BTreeMap<String, String>> {
-    let mut hosts = BTreeMap::new();
-    for (host, url) in raw {
-        if let Some(problem) = host_problem(host.get_ref()) {
-            return Err(err(host.span(), format!("[hosts]: host {:?} {problem}", host.get_ref())));
-        }
-        if let Some(problem) = url_problem(url.get_ref()) {
-            return Err(err(
-                url.span(),
-                format!("[hosts]: `{}` = {:?} {problem}", host.get_ref(), url.get_ref()),
-            ));
-        }
-        hosts.insert(host.into_inner(), url.into_inner());
-    }
-    Ok(hosts)
-}
-
-/// Why `host` cannot be pushed to by name, if it cannot: it goes into logs and, without a `[hosts]`
-/// entry, into an ssh address, where a leading `-` would be read as an option.
-fn host_problem(host: &str) -> Option<String> {
-    crate::model::names::name_problem(host)
-        .or_else(|| host.starts_with('-').then(|| "starts with `-`".into()))
-}
-
-/// Why `url` is no git URL to push to, if it is not.
-fn url_problem(url: &str) -> Option<String> {
-    if url.trim().is_empty() {
-        return Some("is empty".into());
-    }
-    if url.starts_with('-') {
-        return Some("starts with `-` (git would read it as an option)".into());
-    }
-    let c = url.chars().find(|c| c.is_control())?;
-    Some(format!("has a control character ({})", c.escape_unicode()))
-}
 
 /// One host a push goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +33,7 @@ pub fn select(plan: &Plan, roles: &[String], hosts: &[String]) -> Result<Selecti
     let mut names: Vec<&str> = Vec::new();
     let mut notes = Vec::new();
     for host in hosts {
-        if let Some(problem) = host_problem(host) {
+        if let Some(problem) = crate::model::plan::hosts::host_problem(host) {
             return Err(Error::Input(format!("--host {host:?} {problem}")));
         }
         if !known_host(plan, host) {

@@ -13,6 +13,9 @@ pub mod rollout;
 pub mod run;
 pub mod wait;
 
+#[cfg(test)]
+mod accepted;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 

@@ -13,8 +13,9 @@ use crate::mech::repo::NodeRepo;
 use crate::mech::sightings::Sightings;
 use crate::model::error::{Error, Result};
 use crate::model::node::Node;
+use crate::model::plan::rollout::Rollout;
 use crate::policy::schedule::RolloutHold;
-use crate::policy::waves::{self, Evidence, Gate, Report, Rollout};
+use crate::policy::waves::{self, Evidence, Gate, Report};
 
 /// Why the rollout keeps a commit from running here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

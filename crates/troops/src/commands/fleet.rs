@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use troops_core::mech::shown::escape;
 use troops_core::mech::statusrefs;
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
+use troops_core::model::shown::escape;
 use troops_core::node::fleet_view::{self, View};
 
 use crate::cli::{FleetArgs, Global};

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use troops_core::mech::shown::escape;
 use troops_core::model::plan::{self, Plan};
+use troops_core::model::shown::escape;
 use troops_core::node::fanout::{self, Outcome, Target};
 use troops_core::Error;
 

@@ -8,10 +8,10 @@ use anyhow::Result;
 use serde_json::json;
 use troops_core::mech::control::Daemon;
 use troops_core::mech::lock::NodeLock;
-use troops_core::mech::shown::escape;
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
 use troops_core::model::records::RunRecord;
+use troops_core::model::shown::escape;
 use troops_core::policy::schedule::Decision;
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {

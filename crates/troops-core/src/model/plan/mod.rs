@@ -12,6 +12,8 @@ use toml::Spanned;
 use crate::model::error::{from_toml, line_col, Error, Result};
 
 mod health;
+pub mod hosts;
+pub mod rollout;
 mod version;
 
 pub const FILE_NAME: &str = "troops.toml";
@@ -36,7 +38,7 @@ pub struct Plan {
     /// plan names a host (`fleet::waves::Known`).
     pub hosts: BTreeMap<String, String>,
     /// `[rollout]`: the waves a pulled commit goes through (see `fleet::waves`).
-    pub rollout: Option<crate::policy::waves::Rollout>,
+    pub rollout: Option<rollout::Rollout>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -195,7 +197,7 @@ struct RawPlan {
     release: Option<RawRelease>,
     #[serde(default)]
     hosts: BTreeMap<Spanned<String>, Spanned<String>>,
-    rollout: Option<crate::policy::waves::RawRollout>,
+    rollout: Option<rollout::RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -410,9 +412,8 @@ impl Plan {
         let checks = health::checks(raw.check).map_err(|(s, m)| err(s, m))?;
         let health = health::health(raw.health).map_err(|(s, m)| err(s, m))?;
         let min_troops = raw.min_troops.map(Spanned::into_inner);
-        let hosts = crate::node::fanout::parse_hosts(raw.hosts, err)?;
-        let rollout =
-            raw.rollout.map(crate::policy::waves::validate).transpose().map_err(|(s, m)| err(s, m))?;
+        let hosts = hosts::parse_hosts(raw.hosts, err)?;
+        let rollout = raw.rollout.map(rollout::validate).transpose().map_err(|(s, m)| err(s, m))?;
         Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts, rollout })
     }
 }
