@@ -2,6 +2,7 @@
 //! request per connection, a deadline on the whole exchange, a cap on what is read. No TLS: the
 //! endpoints it is for are a node's own services on loopback and mirrors behind plain HTTP.
 
+use crate::model::url::Url;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -41,42 +42,6 @@ pub enum HttpError {
     StatusLine(String),
 }
 
-/// A parsed `http://host[:port][/path]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    pub host: String,
-    pub port: u16,
-    /// Starts with `/`.
-    pub path: String,
-}
-
-impl Url {
-    pub fn parse(url: &str) -> Result<Url, HttpError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            HttpError::Url(format!("{url:?} is not an http:// URL (troops speaks plain HTTP only)"))
-        })?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let path = if path.is_empty() { "/" } else { path };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(HttpError::Url(format!("{url:?} has no host, or has user info")));
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            // `[::1]:8080` or `host:8080`; a bare `[::1]` has no port after its `]`.
-            Some((host, port)) if !port.contains(']') => {
-                let port =
-                    port.parse().map_err(|_| HttpError::Url(format!("{url:?} has a bad port {port:?}")))?;
-                (host, port)
-            }
-            _ => (authority, 80),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if path.chars().any(|c| c.is_ascii_control() || c == ' ') {
-            return Err(HttpError::Url(format!("{url:?} has spaces or control characters")));
-        }
-        Ok(Url { host: host.to_owned(), port, path: path.to_owned() })
-    }
-}
-
 /// GETs `url` with `headers` added, within `timeout` for everything (connecting, sending,
 /// reading), reading at most `max_body` bytes of the body.
 pub fn get(
@@ -85,7 +50,7 @@ pub fn get(
     timeout: Duration,
     max_body: usize,
 ) -> Result<Response, HttpError> {
-    let url = Url::parse(url)?;
+    let url = Url::parse(url).map_err(HttpError::Url)?;
     let deadline = Instant::now() + timeout;
     let mut stream = connect(&url, deadline, timeout)?;
     let host = if url.host.contains(':') { format!("[{}]", url.host) } else { url.host.clone() };
@@ -249,18 +214,6 @@ mod tests {
     /// A server answering its one request with `reply` as it is.
     fn serve_once(reply: &'static [u8]) -> HttpServer {
         HttpServer::script(vec![Reply::raw(reply)])
-    }
-
-    #[test]
-    fn urls_are_parsed_or_refused_with_the_reason() {
-        let url = Url::parse("http://127.0.0.1:8080/health?x=1").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("127.0.0.1", 8080, "/health?x=1"));
-        let url = Url::parse("http://[::1]:81").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("::1", 81, "/"));
-        assert_eq!(Url::parse("http://example.com/").unwrap().port, 80);
-        for bad in ["https://x/", "x:80", "http://", "http://a:b/", "http://u@h/", "http://h/a b"] {
-            assert!(Url::parse(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod records;
 pub mod roles;
 pub mod shown;
 pub mod status;
+pub mod url;

@@ -1,5 +1,5 @@
 //! The plan's `[[check]]`s and `[health]`: raw as written, validated into `Check` and `Health`
-//! with every mistake placed at its value (the probing itself is `crate::node::run::check`).
+//! with every mistake placed at its value (the probing itself is the run's check phase).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -76,7 +76,7 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
         |what: String| Err((value.span(), format!("{owner}: `{key}` {:?} {what}", value.get_ref())));
     let text = value.get_ref().clone();
     let probe = match key {
-        "http" => match crate::mech::http::Url::parse(&text) {
+        "http" => match crate::model::url::Url::parse(&text) {
             Ok(_) => Probe::Http(text),
             Err(e) => return problem(format!("is not a URL to probe: {e}")),
         },
