@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use git2::Repository;
 use serde::{Deserialize, Serialize};
 
-use crate::model::status::{self, State};
+use crate::model::status::State;
 
 const FILE: &str = "sightings.json";
 
@@ -73,13 +73,13 @@ impl Sightings {
     pub fn observe(&mut self, git: &Repository, now: SystemTime) {
         let stamp = time(now);
         let mut hosts = BTreeMap::new();
-        for (host, commit) in status::hosts(git) {
+        for (host, commit) in crate::mech::statusrefs::hosts(git) {
             let commit = commit.map(|c| c.to_string()).unwrap_or_default();
             let old = self.hosts.remove(&host);
             let sighting = match old {
                 Some(old) if old.commit == commit => old,
                 old => {
-                    let read = status::read_host(git, &host);
+                    let read = crate::mech::statusrefs::read_host(git, &host);
                     let on = read.doc.ok().filter(|d| d.state == State::Healthy).and_then(|d| d.deployed);
                     let healthy = on.map(|on| match old.and_then(|o| o.healthy).filter(|h| h.on == on) {
                         Some(kept) => kept,
@@ -149,11 +149,12 @@ mod tests {
     /// A status ref of `host` in `git` holding `json`, as a peer would publish it.
     fn put(git: &Repository, host: &str, json: &serde_json::Value) -> git2::Oid {
         let mut tree = git.treebuilder(None).unwrap();
-        tree.insert(status::FILE, git.blob(json.to_string().as_bytes()).unwrap(), 0o100644).unwrap();
+        tree.insert(crate::model::status::FILE, git.blob(json.to_string().as_bytes()).unwrap(), 0o100644)
+            .unwrap();
         let tree = git.find_tree(tree.write().unwrap()).unwrap();
         let who = git2::Signature::now("peer", "p@example.com").unwrap();
         let commit = git.commit(None, &who, &who, &json.to_string(), &tree, &[]).unwrap();
-        git.reference(&format!("{}{host}", status::REF_PREFIX), commit, true, "").unwrap();
+        git.reference(&format!("{}{host}", crate::model::status::REF_PREFIX), commit, true, "").unwrap();
         commit
     }
 

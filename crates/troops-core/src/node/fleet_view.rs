@@ -9,8 +9,9 @@ use git2::{Oid, Repository};
 use serde::Serialize;
 
 use crate::mech::repo::NodeRepo;
+use crate::mech::statusrefs::Unreadable;
 use crate::model::names::short;
-use crate::model::status::{self, State, StatusDoc, Unreadable};
+use crate::model::status::{State, StatusDoc};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -36,7 +37,7 @@ pub struct View {
 /// The fleet as the status refs in `status` tell it, against `tip` (the branch tip of the deploy
 /// repo `git` to compare with).
 pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
-    let (docs, unreadable) = status::read_all(status);
+    let (docs, unreadable) = crate::mech::statusrefs::read_all(status);
     let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None };
     let rollout = tip.and_then(|t| crate::node::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs

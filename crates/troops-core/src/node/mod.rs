@@ -11,6 +11,7 @@ pub mod pull;
 pub mod receive;
 pub mod rollout;
 pub mod run;
+pub mod state;
 pub mod wait;
 
 #[cfg(test)]

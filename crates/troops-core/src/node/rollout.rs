@@ -7,31 +7,15 @@
 use std::time::SystemTime;
 
 use git2::Oid;
-use serde::{Deserialize, Serialize};
 
 use crate::mech::repo::NodeRepo;
 use crate::mech::sightings::Sightings;
 use crate::model::error::{Error, Result};
 use crate::model::node::Node;
 use crate::model::plan::rollout::Rollout;
+use crate::model::status::Hold;
 use crate::policy::schedule::RolloutHold;
 use crate::policy::waves::{self, Evidence, Gate, Report};
-
-/// Why the rollout keeps a commit from running here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hold {
-    pub commit: String,
-    /// "wave 2 of 3 (early)".
-    pub wave: String,
-    /// The gate's sentence: what it waits for, or which failure halted the commit.
-    pub why: String,
-    /// When the previous wave will have soaked, if that is known.
-    pub until: Option<String>,
-    /// A failure report halted the commit: only a newer one goes on.
-    pub halted: bool,
-    /// When this commit was first held here.
-    pub since: String,
-}
 
 const FILE: &str = "rollout.json";
 
@@ -87,7 +71,7 @@ fn evidence(node: &Node) -> Evidence {
     };
     let me = node.config.hostname();
     let reports = match git2::Repository::open_bare(crate::mech::statusrefs::repo_path(&node.state_dir)) {
-        Ok(git) => crate::model::status::read_refs(&git)
+        Ok(git) => crate::mech::statusrefs::read_refs(&git)
             .into_iter()
             .filter(|read| read.host != me)
             .map(|read| {

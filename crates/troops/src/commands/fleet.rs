@@ -92,7 +92,7 @@ fn publish_now(node: &Node, remote: Option<&str>) -> Result<ExitCode> {
             node.config.path.display()
         ))
     })?;
-    let doc = troops_core::model::status::StatusDoc::build(node)?;
+    let doc = troops_core::node::state::status_doc(node)?;
     let done = statusrefs::publish(node, &doc, &remote, node.config.fetch_timeout)?;
     writeln!(
         std::io::stdout(),

@@ -83,7 +83,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         }
     };
     let daemon = troops_core::mech::control::daemon_status(&node.socket_path());
-    let fleet = troops_core::model::status::StatusDoc::build(node)?;
+    let fleet = troops_core::node::state::status_doc(node)?;
     let wave = match repo.tip()? {
         Some(tip) => troops_core::node::rollout::place(node, &repo, tip),
         None => None,

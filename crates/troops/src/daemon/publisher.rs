@@ -97,7 +97,7 @@ impl Publisher {
 impl Round {
     /// Builds the document and publishes it when it is news or a heartbeat is due (blocking).
     pub fn run(mut self, node: &Node) -> Round {
-        let doc = match StatusDoc::build(node) {
+        let doc = match troops_core::node::state::status_doc(node) {
             Ok(doc) => doc,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the status document");
