@@ -5,7 +5,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,6 @@ pub struct Fetched {
     /// What the fetch showed of the remote's probe target, when that is news.
     pub probe_news: Option<probe::News>,
     pub duration: Duration,
-    /// Why the fleet's status refs could not be fetched (only from the node's `status_remote`).
-    pub status_error: Option<String>,
 }
 
 impl Fetched {
@@ -42,21 +40,17 @@ impl Fetched {
             probed: false,
             probe_news: None,
             duration: Duration::ZERO,
-            status_error: None,
         }
     }
 }
 
 /// Fetches `branch` from every remote of the repo at `repo_path` into `refs/remotes/<remote>/<branch>`,
-/// but for those whose probe says it is already there, and from `status` (the status remote, and
-/// the state dir whose status repo takes them) also the fleet's status refs
-/// (`fleet::statusrefs::fetch`), probe or not.
+/// but for those whose probe says it is already there.
 pub fn fetch_all(
     repo_path: &Path,
     branch: &str,
     ssh_dir: &Path,
     timeout: Duration,
-    status: Option<(&str, &Path)>,
     probing: &Probing,
 ) -> crate::Result<Vec<Fetched>> {
     crate::mech::repo::guard_node_repo(repo_path)?;
@@ -79,14 +73,10 @@ pub fn fetch_all(
         let (tx, name, repo_path, branch, ssh_dir) =
             (tx.clone(), name.clone(), repo_path.to_owned(), branch.to_owned(), ssh_dir.to_owned());
         let (mut probe, trust) = (probes.remove(&name).unwrap_or_default(), probing.trust);
-        let status = status.filter(|(remote, _)| *remote == name).map(|(_, state_dir)| state_dir.to_owned());
         // A remote stuck past its deadline is reported and left behind; its socket timeouts end it.
         std::thread::spawn(move || {
             let started = Instant::now();
             let mut fetched = fetch_one(&repo_path, &name, &branch, &ssh_dir, deadline, &mut probe, trust);
-            fetched.status_error = status.and_then(|state_dir| {
-                crate::mech::statusrefs::fetch(&repo_path, &state_dir, &name, &ssh_dir, deadline).err()
-            });
             fetched.duration = started.elapsed();
             let _ = tx.send((index, fetched, probe));
         });
@@ -253,7 +243,7 @@ fn fetch_with_git(
     ssh_dir: &Path,
     deadline: Instant,
 ) -> Result<bool, String> {
-    let mut child = root_git(repo_path)
+    let mut child = crate::mech::git::root_git(repo_path)
         // No automatic maintenance: it would run in the background, beside the other fetches.
         .args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"])
         // Always a pack under objects/pack, never loose objects in directories a member may make.
@@ -287,8 +277,9 @@ fn fetch_with_git(
                 .and_then(|repo| repo.find_reference(tracking).and_then(|mut r| r.delete()));
             Ok(false)
         }
-        Some(_) => Err(crate::mech::ssh::host_key_refusal(url, &stderr, ssh_dir)
-            .unwrap_or_else(|| complaint(&stderr).unwrap_or_else(|| stderr.trim().to_owned()))),
+        Some(_) => Err(crate::mech::ssh::host_key_refusal(url, &stderr, ssh_dir).unwrap_or_else(|| {
+            crate::mech::git::complaint(&stderr).unwrap_or_else(|| stderr.trim().to_owned())
+        })),
     }
 }
 
@@ -297,7 +288,7 @@ fn fetch_with_git(
 /// (`gc.autoDetach`). libgit2 writes a pack per fetch that brings something, so without this a
 /// node that only ever pulls would collect thousands of packs and slow every later fetch.
 pub fn housekeep(repo_path: &Path) -> Result<(), String> {
-    let status = root_git(repo_path)
+    let status = crate::mech::git::root_git(repo_path)
         .args(["gc", "--auto", "--quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -308,50 +299,6 @@ pub fn housekeep(repo_path: &Path) -> Result<(), String> {
         true => Ok(()),
         false => Err(format!("git gc --auto in {} failed ({status})", repo_path.display())),
     }
-}
-
-/// `git --git-dir REPO` as troops runs it, often as root, in a repo members of the admin group
-/// push to: whatever a member managed to put in the repo's config or `hooks/` (they are root's,
-/// see `init::share_with_group`; this holds even if they were not), git runs no hook and no
-/// command the repo names (core.fsmonitor, credential helpers, askpass, ext:: remotes, proxies).
-/// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`. It writes no
-/// commit-graph.
-pub(crate) fn root_git(repo_path: &Path) -> Command {
-    let mut command = Command::new("git");
-    command.arg("--git-dir").arg(repo_path);
-    for setting in [
-        "core.hooksPath=/dev/null",
-        "core.fsmonitor=false",
-        "core.askPass=",
-        "core.gitProxy=",
-        "credential.helper=",
-        "protocol.ext.allow=never",
-        "protocol.file.allow=never",
-        // A commit-graph would be group-writable (core.sharedRepository) and believed for parents
-        // by every history walk; the repo is refused while one exists (`repo::guard_node_repo`).
-        "gc.writeCommitGraph=false",
-        "fetch.writeCommitGraph=false",
-    ] {
-        command.args(["-c", setting]);
-    }
-    command.env("GIT_COMMON_DIR", repo_path).env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
-    command
-}
-
-/// git's complaint in one line, without its boilerplate advice (and without the padding git adds
-/// to a remote's lines); `None` when it said nothing else.
-pub fn complaint(stderr: &str) -> Option<String> {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(|l| l.trim_end_matches("\x1b[K").trim())
-        .filter(|l| {
-            !l.is_empty()
-                && !l.starts_with("Please make sure you have")
-                && !l.starts_with("and the repository exists")
-                && *l != "fatal: Could not read from remote repository."
-        })
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("; "))
 }
 
 /// libgit2's socket connect and read timeouts, so that a dead remote gives up on its own.

@@ -8,6 +8,7 @@ pub mod background;
 pub mod control;
 pub mod fetch;
 pub mod fs_safe;
+pub mod git;
 pub mod http;
 pub mod ledger;
 pub mod lock;

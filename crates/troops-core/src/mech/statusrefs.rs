@@ -144,10 +144,7 @@ pub fn fetch(
         }
         fetched
     });
-    let fetched = fetched.map_err(|e| crate::model::shown::escape(&e).into_owned());
-    let recorded = crate::mech::sightings::record(state_dir, remote, fetched.as_ref().err(), &git)
-        .map_err(|e| format!("recording what the status refs say: {e}"));
-    fetched.and(recorded)
+    fetched.map_err(|e| crate::model::shown::escape(&e).into_owned())
 }
 
 /// Deletes the status refs that troops kept in the node repo before it had a status repo: pushes
@@ -172,8 +169,8 @@ pub fn fetch_as_caller(status_repo: &Path, url: &str) -> std::result::Result<(),
     if out.status.success() || nothing_matched(out.status, &stderr) {
         return Ok(());
     }
-    let why = crate::mech::fetch::complaint(&stderr)
-        .unwrap_or_else(|| format!("git fetch failed ({})", out.status));
+    let why =
+        crate::mech::git::complaint(&stderr).unwrap_or_else(|| format!("git fetch failed ({})", out.status));
     Err(crate::model::shown::escape(&over_cap(status_repo, why)).into_owned())
 }
 
@@ -256,7 +253,7 @@ fn clear_leftovers(git_dir: &Path) {
 /// pruned at once rather than in two weeks: only troops writes there, under the lock. A few packs
 /// are repacked into one, so the repo holds little more than the fleet's newest documents.
 fn prune(git_dir: &Path) {
-    let _ = crate::mech::fetch::root_git(git_dir)
+    let _ = crate::mech::git::root_git(git_dir)
         .args(["-c", "gc.autoPackLimit=8", "-c", "gc.pruneExpire=now", "-c", "gc.autoDetach=false"])
         .args(["gc", "--auto", "--quiet"])
         .stdin(Stdio::null())
@@ -268,7 +265,7 @@ fn prune(git_dir: &Path) {
 /// Root's hardened `git` (fetch.rs) in the status repo, with no maintenance of its own: `prune`
 /// does it, under the lock.
 fn quiet_git(git_dir: &Path) -> Command {
-    let mut command = crate::mech::fetch::root_git(git_dir);
+    let mut command = crate::mech::git::root_git(git_dir);
     command.args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"]);
     command
 }
@@ -313,7 +310,7 @@ fn git_with_key(
             let refused = stdout.lines().find(|l| l.starts_with('!')).map(|l| l.replace('\t', " "));
             Err(crate::mech::ssh::host_key_refusal(url, &stderr, ssh_dir)
                 .or(refused)
-                .or_else(|| crate::mech::fetch::complaint(&stderr))
+                .or_else(|| crate::mech::git::complaint(&stderr))
                 .unwrap_or_else(|| format!("git {what} failed ({status})")))
         }
     }

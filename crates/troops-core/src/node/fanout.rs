@@ -238,7 +238,7 @@ fn ran(remote: &[&str]) -> Option<Outcome> {
 
 /// git's complaint about a push that went nowhere, in one line without its boilerplate advice.
 fn complaint(stderr: &str) -> String {
-    crate::mech::fetch::complaint(stderr).unwrap_or_else(|| "git push failed and said nothing".into())
+    crate::mech::git::complaint(stderr).unwrap_or_else(|| "git push failed and said nothing".into())
 }
 
 /// A line as git relays it, without the padding or clear-to-end-of-line it appends to remote lines.

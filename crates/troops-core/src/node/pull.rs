@@ -37,6 +37,8 @@ pub struct RemoteState {
 
 pub struct Cycle {
     pub fetched: Vec<Fetched>,
+    /// Why the fleet's status refs could not be fetched from the `status_remote`, if they could not.
+    pub status_error: Option<String>,
     pub decision: Decision,
     /// `(from, to)` when the branch moved.
     pub moved: Option<(Option<Oid>, Oid)>,
@@ -53,8 +55,40 @@ impl Cycle {
 /// node take turns, so the second sees where the first moved the branch.
 pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let _lock = lock_fetches(node, out)?;
-    let fetched = fetch_unlocked(node, out)?;
-    advance(node, fetched, out)
+    // The fleet's status refs come meanwhile, from the status remote, so a slow one holds up
+    // nothing but itself.
+    let (fetched, status_error) = std::thread::scope(|scope| {
+        let status = node.config.status_remote.as_deref().map(|remote| {
+            let deadline = std::time::Instant::now() + node.config.fetch_timeout;
+            scope.spawn(move || fetch_status(node, remote, deadline).err())
+        });
+        let fetched = fetch_unlocked(node, out);
+        (fetched, status.and_then(|s| s.join().unwrap_or(Some("the status fetch panicked".into()))))
+    });
+    if let Some(e) = &status_error {
+        let remote = node.config.status_remote.as_deref().unwrap_or_default();
+        let _ =
+            writeln!(out, "troops: the fleet's status refs could not be fetched from remote {remote}: {e}");
+    }
+    let mut cycle = advance(node, fetched?, out)?;
+    cycle.status_error = status_error;
+    Ok(cycle)
+}
+
+/// Fetches the fleet's status refs from `remote` into the node's status repo, and records what
+/// this node saw of them and when (`sightings`), a failure too: the rollout believes only
+/// what it saw itself.
+pub fn fetch_status(
+    node: &Node,
+    remote: &str,
+    deadline: std::time::Instant,
+) -> std::result::Result<(), String> {
+    let fetched =
+        crate::mech::statusrefs::fetch(&node.repo_path(), &node.state_dir, remote, &node.ssh_dir(), deadline);
+    let git = crate::mech::statusrefs::open(&node.state_dir).map_err(|e| e.to_string())?;
+    let recorded = crate::mech::sightings::record(&node.state_dir, remote, fetched.as_ref().err(), &git)
+        .map_err(|e| format!("recording what the status refs say: {e}"));
+    fetched.and(recorded)
 }
 
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.
@@ -93,7 +127,6 @@ fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
         &node.config.branch,
         &node.ssh_dir(),
         node.config.fetch_timeout,
-        node.config.status_remote.as_deref().map(|remote| (remote, node.state_dir.as_path())),
         &probing,
     )?;
     if fetched.is_empty() {
@@ -138,13 +171,6 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
         if let Some(news) = &f.probe_news {
             let _ = writeln!(out, "troops: remote {} ({}): {news}", f.remote, f.url);
         }
-        if let Some(e) = &f.status_error {
-            let _ = writeln!(
-                out,
-                "troops: the fleet's status refs could not be fetched from remote {}: {e}",
-                f.remote
-            );
-        }
     }
     let local_name = local.map_or("none".to_owned(), |l| short(&l.to_string()).to_owned());
     for (remote, tip, refusal) in &decision.refused {
@@ -186,7 +212,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
         moved = Some((local, *to));
     }
     save_states(node, &fetched, &refusals)?;
-    Ok(Cycle { fetched, decision, moved })
+    Ok(Cycle { fetched, status_error: None, decision, moved })
 }
 
 /// With `require_signed`, takes out of `tips` each one that would move the branch (a descendant
