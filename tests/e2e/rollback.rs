@@ -464,26 +464,21 @@ fn a_rollback_reuses_the_good_release_after_its_run_record_was_pruned_and_keeps_
 fn troops_rollback_to_a_quarantined_commit_is_refused_and_nothing_moves() {
     let (env, work) = node();
     let log = env.path("applied");
-    work.commit(&env, &[("troops.toml", &plan(&log, 0, "retry"))], "first");
+    let good = work.commit(&env, &[("troops.toml", &plan(&log, 0, "rollback"))], "good");
     push(&env, &work);
-    let second = work.commit(&env, &[("x", "2")], "second");
+    // The tip fails and is quarantined; the good commit runs again and stays deployed.
+    let bad = work.commit(&env, &[("troops.toml", &plan(&log, 3, "rollback"))], "bad");
     push(&env, &work);
-    env.ok(&["rollback"]);
-    let third = work.commit(&env, &[("x", "3")], "third");
-    push(&env, &work);
-    assert_eq!(env.deployed().as_deref(), Some(third.as_str()));
+    assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
     let before = (env.run_ids(), env.status_json()["quarantined"].clone(), lines(&log));
 
-    for to in [second.as_str(), &second[..12]] {
+    for to in [bad.as_str(), &bad[..12], "HEAD"] {
         let out = env.run(&["rollback", "--to", to]);
         assert_eq!(out.status.code(), Some(2), "{}", combined(&out));
         let said = text(&out.stderr);
-        assert!(
-            said.contains(&format!("{} is quarantined (rolled back by a person", short(&second))),
-            "{said}"
-        );
-        assert!(said.contains(&format!("troops deploy --commit {}", short(&second))), "{said}");
-        assert_eq!(env.deployed().as_deref(), Some(third.as_str()), "{said}");
+        assert!(said.contains(&format!("{} is quarantined (run ", short(&bad))), "{said}");
+        assert!(said.contains(&format!("troops deploy --commit {}", short(&bad))), "{said}");
+        assert_eq!(env.deployed().as_deref(), Some(good.as_str()), "{said}");
         assert_eq!((env.run_ids(), env.status_json()["quarantined"].clone(), lines(&log)), before, "{said}");
     }
 }

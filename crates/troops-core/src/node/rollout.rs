@@ -31,14 +31,6 @@ fn plan_at(repo: &NodeRepo, commit: Oid) -> Option<crate::model::plan::Plan> {
     crate::model::plan::Plan::parse(path, &text, None).ok()
 }
 
-/// Whether the tip was last moved by a pull (the branch's reflog says so): then a run of it that
-/// the daemon's branch watcher reports as a push is a pulled commit still, and the rollout holds it.
-pub fn pulled(repo: &NodeRepo) -> bool {
-    repo.git.reflog(&repo.branch_ref()).ok().is_some_and(|log| {
-        log.get(0).and_then(|e| e.message().map(|m| m.starts_with("troops pull:"))).unwrap_or(false)
-    })
-}
-
 /// The rollout's say on running `commit` here: `None` when the plan at it has no `[rollout]` or
 /// the gate says go; else what holds it back. Reads; writes nothing.
 pub fn verdict(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<RolloutHold> {

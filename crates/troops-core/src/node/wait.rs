@@ -7,12 +7,13 @@
 use git2::Oid;
 
 use crate::mech::lock::NodeLock;
+use crate::model::ask::Ask;
 use crate::model::error::{Exit, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::records::{RunRecord, RunStatus};
 use crate::node::run::summary;
-use crate::policy::schedule::{Cause, Decision};
+use crate::policy::schedule::Decision;
 
 /// How the run of a commit stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,11 +83,11 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
         None => match tip {
             Some(tip) if tip == commit => Ok(Progress::Pending(format!(
                 "{name} has not run yet: {}",
-                match crate::node::run::decision(node, Cause::Tick)? {
+                match crate::node::run::decision(node, &Ask::Tick)? {
                     Decision::Run(now) => format!("it runs next ({})", now.why),
                     Decision::Wait { why, .. } => format!("waiting: {why}"),
                     Decision::Hold { why, .. } => format!("held: {why}"),
-                    Decision::Idle { why } => why,
+                    Decision::Idle { why } | Decision::Refuse { why } => why,
                 }
             ))),
             Some(tip) if repo.git.graph_descendant_of(tip, commit).unwrap_or(false) => {

@@ -1,27 +1,17 @@
-//! What this node should run now: one pure function of what is on disk (the tip, the deployed
-//! commit, quarantined commits, the newest runs, the fleet's verdict on the tip) and the clock,
-//! obeyed by every trigger (the hook,
-//! the daemon's timer, retry and start, `troops pull` from cron, `troops deploy`), so that a
-//! restarted daemon, a cron pull and a push all agree on backoff and quarantine.
+//! What this node should run now: one pure function of who asks (`Ask`, unchanged from the CLI,
+//! the hook or the socket), what is on disk (the tip, the deployed commit, quarantined commits,
+//! the newest runs, the fleet's verdict on the tip, what a person named) and the clock, obeyed by
+//! every trigger (the hook, the daemon's timer, retry and start, `troops pull` from cron,
+//! `troops deploy`, `troops rollback`), so that a restarted daemon, a cron pull and a push all
+//! agree on backoff and quarantine, and a person's rollback is decided like any other run.
 
 use std::time::{Duration, SystemTime};
 
 use git2::Oid;
 
+use crate::model::ask::Ask;
 use crate::model::config::Retry;
 use crate::model::records::{RunStatus, Trigger};
-
-/// Why someone asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The daemon's timer, a fetch, its start or retry timer, or `troops pull`: run what is due.
-    Tick,
-    /// A push moved the branch: as `Tick`, but the run is the push's.
-    Push,
-    /// A person's `troops deploy` (of `commit`, else the tip): runs whatever the state, even a
-    /// quarantined or deployed commit.
-    Person { commit: Option<Oid> },
-}
 
 /// One finished or unfinished run, as far as deciding needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +41,19 @@ pub struct Facts {
     /// What the plan's `[rollout]` says of running the tip here, when it holds it back (read only
     /// when the tip may be due).
     pub rollout: Option<RolloutHold>,
-    /// The tip was last moved by a pull (a push-triggered run of it is held like a pull's).
-    pub tip_pulled: bool,
+    /// What a person named (`troops deploy`, `troops rollback`), resolved; `None` for the asks
+    /// that follow the tip.
+    pub asked: Option<Asked>,
+}
+
+/// The commit a person's ask names, as the node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// `troops deploy`: the named commit, else the tip. `troops rollback`: the named commit, else
+    /// the newest other commit that succeeded here and is not quarantined. `None`: there is none.
+    pub commit: Option<Oid>,
+    /// Why that commit is quarantined, if it is.
+    pub quarantined: Option<String>,
 }
 
 /// The rollout holds the tip back: this node's wave, and why (`fleet::waves::gate`).
@@ -86,6 +87,10 @@ pub enum Decision {
         why: String,
         until: Option<SystemTime>,
     },
+    /// What a person asked for cannot be (a rollback with nothing to go back to, say): bad input.
+    Refuse {
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +99,8 @@ pub struct RunNow {
     pub trigger: Trigger,
     /// For a rollback: the run whose failure it undoes, and its commit.
     pub undoes: Option<Failed>,
+    /// A person's rollback quarantines the commit it leaves before it runs.
+    pub quarantines: Option<Oid>,
     pub why: String,
 }
 
@@ -104,13 +111,18 @@ pub struct Failed {
     pub commit: Oid,
 }
 
-pub fn decide(cause: Cause, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
+pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
     let newest = facts.recent.first();
-    if let Cause::Person { commit } = cause {
-        return match commit.or(facts.tip) {
-            Some(commit) => run(commit, Trigger::Manual, None, "asked for by a person"),
-            None => Decision::Idle { why: "the branch has no commits yet".into() },
-        };
+    let asked = facts.asked.as_ref().and_then(|a| a.commit);
+    match ask {
+        Ask::Deploy { .. } => {
+            return match asked {
+                Some(commit) => run(commit, Trigger::Manual, None, "asked for by a person"),
+                None => Decision::Idle { why: "the branch has no commits yet".into() },
+            }
+        }
+        Ask::Rollback { .. } => return persons_rollback(facts),
+        Ask::Tick | Ask::Push => {}
     }
     let Some(tip) = facts.tip else {
         return Decision::Idle { why: "the branch has no commits yet".into() };
@@ -182,14 +194,13 @@ pub fn decide(cause: Cause, facts: &Facts, now: SystemTime, retry: &Retry) -> De
             };
         }
     }
-    let trigger = match (cause, target == tip) {
+    let trigger = match (ask, target == tip) {
         (_, false) => Trigger::Rollback,
-        (Cause::Push, true) => Trigger::Push,
+        (Ask::Push, true) => Trigger::Push,
         _ => Trigger::Pull,
     };
     // A pulled tip waits for the earlier waves of the rollout; a person's push does not.
-    let pulled = cause == Cause::Tick || (cause == Cause::Push && facts.tip_pulled);
-    if let (true, true, Some(hold)) = (target == tip, pulled, &facts.rollout) {
+    if let (true, Ask::Tick, Some(hold)) = (target == tip, ask, &facts.rollout) {
         return Decision::Hold {
             why: format!("{} is not run yet: {}", short(tip), hold.why),
             until: hold.until,
@@ -223,8 +234,45 @@ pub fn decide(cause: Cause, facts: &Facts, now: SystemTime, retry: &Retry) -> De
     )
 }
 
+/// A person's `troops rollback`: back from the deployed commit, which it quarantines, to the one
+/// they named or the newest other good one; never to a quarantined commit (running one on purpose
+/// is `troops deploy --commit`), and never held.
+fn persons_rollback(facts: &Facts) -> Decision {
+    let refuse = |why: String| Decision::Refuse { why };
+    let Some(deployed) = facts.deployed else {
+        return refuse("nothing is deployed on this node, so there is nothing to roll back".into());
+    };
+    let asked = facts.asked.as_ref();
+    let Some(target) = asked.and_then(|a| a.commit) else {
+        return refuse(format!(
+            "no run before {} succeeded on this node (or its runs were pruned); name a commit with --to",
+            short(deployed)
+        ));
+    };
+    if target == deployed {
+        return refuse(format!(
+            "{} is the deployed commit; roll back to another one with --to",
+            short(target)
+        ));
+    }
+    if let Some(reason) = asked.and_then(|a| a.quarantined.as_deref()) {
+        let target = short(target);
+        return refuse(format!(
+            "{target} is quarantined ({reason}), so it is no commit to roll back to; name a good one with \
+             --to, or run {target} on purpose with `troops deploy --commit {target}`"
+        ));
+    }
+    Decision::Run(RunNow {
+        commit: target,
+        trigger: Trigger::Rollback,
+        undoes: Some(Failed { run: None, commit: deployed }),
+        quarantines: Some(deployed),
+        why: "asked for by a person".into(),
+    })
+}
+
 fn run(commit: Oid, trigger: Trigger, undoes: Option<Failed>, why: &str) -> Decision {
-    Decision::Run(RunNow { commit, trigger, undoes, why: why.to_owned() })
+    Decision::Run(RunNow { commit, trigger, undoes, quarantines: None, why: why.to_owned() })
 }
 
 fn short(commit: Oid) -> String {
@@ -271,19 +319,25 @@ mod tests {
             tip_quarantined: bad_tip.then(|| "check `web` failed".into()),
             recent,
             rollout: None,
-            tip_pulled: false,
+            asked: None,
         }
     }
 
-    /// `facts`, with the rollout holding the tip back; `pulled`: a pull moved the tip.
-    fn held(facts: Facts, pulled: bool) -> Facts {
+    /// `facts`, with the rollout holding the tip back.
+    fn held(facts: Facts) -> Facts {
         let hold = RolloutHold {
             wave: "wave 2 of 2 (rest)".into(),
             why: "waiting".into(),
             until: None,
             halted: false,
         };
-        Facts { rollout: Some(hold), tip_pulled: pulled, ..facts }
+        Facts { rollout: Some(hold), ..facts }
+    }
+
+    /// `facts` for a person's ask naming `commit` (quarantined when `bad`), as read from disk.
+    fn naming(facts: Facts, commit: Option<u8>, bad: bool) -> Facts {
+        let asked = Asked { commit: commit.map(oid), quarantined: bad.then(|| "run 2 failed".into()) };
+        Facts { asked: Some(asked), ..facts }
     }
 
     const RETRY: Retry = Retry { initial: Duration::from_secs(30), max: Duration::from_secs(1800) };
@@ -302,6 +356,7 @@ mod tests {
             }
             Decision::Idle { .. } => "idle".into(),
             Decision::Hold { .. } => "hold".into(),
+            Decision::Refuse { .. } => "refuse".into(),
         }
     }
 
@@ -309,51 +364,57 @@ mod tests {
     fn every_trigger_and_state() {
         use RunStatus::*;
         use Trigger::{Manual, Pull, Push as PushT, Rollback as RollbackT};
-        let tick = Cause::Tick;
-        let push = Cause::Push;
-        let person = Cause::Person { commit: None };
-        let person_a = Cause::Person { commit: Some(oid(A)) };
+        let (tick, push) = (Ask::Tick, Ask::Push);
+        let person = Ask::Deploy { rev: None };
+        let person_a = Ask::Deploy { rev: Some("a".into()) };
+        let back = Ask::Rollback { to: None };
         #[rustfmt::skip]
-        let table: Vec<(&str, Cause, Facts, u64, &str)> = vec![
-            ("empty branch", tick, facts(None, None, false, vec![]), 0, "idle"),
-            ("empty branch, person", person, facts(None, None, false, vec![]), 0, "idle"),
-            ("steady", tick, facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "idle"),
-            ("steady, push", push, facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "idle"),
-            ("steady, person redeploys", person, facts(Some(A), Some(A), false, vec![]), 0, "run a manual"),
-            ("person runs a quarantined commit", person_a, facts(Some(B), Some(B), true, vec![]), 0, "run a manual"),
-            ("first deploy", tick, facts(Some(A), None, false, vec![]), 0, "run a pull"),
-            ("new tip by pull", tick, facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "run b pull"),
-            ("new tip by push", push, facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "run b push"),
-            ("run under way", tick, facts(Some(B), Some(A), false, vec![past(2, B, Running, Pull, false)]), 0, "idle"),
-            ("checks under way", tick, facts(Some(B), Some(A), false, vec![past(2, B, Checking, Pull, false)]), 0, "idle"),
-            ("interrupted: again at once", tick, facts(Some(B), Some(A), false, vec![past(2, B, Interrupted, Pull, false)]), 0, "run b pull"),
-            ("failed once, in backoff", tick, facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 10, "wait 30s"),
-            ("failed once, push of the same tip waits too", push, facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 10, "wait 30s"),
-            ("failed once, backoff over", tick, facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 30, "run b retry"),
-            ("failed twice: longer backoff", tick, facts(Some(B), Some(A), false, vec![past(3, B, Failed, Trigger::Retry, false), past(2, B, Failed, Pull, false)]), 30, "wait 60s"),
-            ("a newer tip starts over", tick, facts(Some(C), Some(A), false, vec![past(3, B, Failed, Pull, false)]), 0, "run c pull"),
-            ("failed with rollback: roll back at once", tick, facts(Some(B), Some(A), true, vec![past(2, B, Failed, Pull, true)]), 0, "run a rollback undoing run 2"),
-            ("failed with rollback, nothing to go back to", tick, facts(Some(B), None, true, vec![past(2, B, Failed, Pull, true)]), 0, "idle"),
-            ("rolled back: the quarantined tip stays out", tick, facts(Some(B), Some(A), true, vec![past(3, A, Succeeded, RollbackT, false), past(2, B, RolledBack, Pull, true)]), 0, "idle"),
-            ("rolled back: a push of it neither", push, facts(Some(B), Some(A), true, vec![past(3, A, Succeeded, RollbackT, false)]), 9999, "idle"),
-            ("rolled back: a newer tip runs", tick, facts(Some(C), Some(A), false, vec![past(3, A, Succeeded, RollbackT, false)]), 0, "run c pull"),
-            ("rollback failed: retried with backoff", tick, facts(Some(B), Some(A), true, vec![past(3, A, Failed, RollbackT, false)]), 10, "wait 30s"),
-            ("rollback failed: backoff over", tick, facts(Some(B), Some(A), true, vec![past(3, A, Failed, RollbackT, false)]), 31, "run a rollback"),
-            ("rollback interrupted: again at once", tick, facts(Some(B), Some(A), true, vec![past(3, A, Interrupted, RollbackT, false)]), 0, "run a rollback"),
-            ("a person's failed commit is rolled back", tick, facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)]), 0, "run a rollback undoing run 2"),
-            ("a person's failed redeploy of the deployed commit", tick, facts(Some(A), Some(A), false, vec![past(2, A, Failed, Manual, false)]), 0, "idle"),
-            ("the deployed commit is never rolled back to itself", tick, facts(Some(A), Some(A), false, vec![past(2, A, Failed, PushT, true)]), 0, "idle"),
-            ("person, tip quarantined", person, facts(Some(B), Some(A), true, vec![]), 0, "run b manual"),
-            ("the rollout holds a pulled tip", tick, held(facts(Some(B), Some(A), false, vec![]), false), 0, "hold"),
-            ("the rollout holds a retry too", tick, held(facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), false), 60, "hold"),
-            ("a push is a person's: not held", push, held(facts(Some(B), Some(A), false, vec![]), false), 0, "run b push"),
-            ("the watcher's push of a pulled tip is held", push, held(facts(Some(B), Some(A), false, vec![]), true), 0, "hold"),
-            ("a person's deploy is not held", person, held(facts(Some(B), Some(A), false, vec![]), true), 0, "run b manual"),
-            ("a rollback is not held", tick, held(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)]), true), 0, "run a rollback undoing run 2"),
+        let table: Vec<(&str, Ask, Facts, u64, &str)> = vec![
+            ("empty branch", tick.clone(), facts(None, None, false, vec![]), 0, "idle"),
+            ("empty branch, person", person.clone(), naming(facts(None, None, false, vec![]), None, false), 0, "idle"),
+            ("steady", tick.clone(), facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "idle"),
+            ("steady, push", push.clone(), facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "idle"),
+            ("steady, person redeploys", person.clone(), naming(facts(Some(A), Some(A), false, vec![]), Some(A), false), 0, "run a manual"),
+            ("person runs a quarantined commit", person_a, naming(facts(Some(B), Some(B), true, vec![]), Some(A), true), 0, "run a manual"),
+            ("first deploy", tick.clone(), facts(Some(A), None, false, vec![]), 0, "run a pull"),
+            ("new tip by pull", tick.clone(), facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "run b pull"),
+            ("new tip by push", push.clone(), facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "run b push"),
+            ("run under way", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Running, Pull, false)]), 0, "idle"),
+            ("checks under way", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Checking, Pull, false)]), 0, "idle"),
+            ("interrupted: again at once", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Interrupted, Pull, false)]), 0, "run b pull"),
+            ("failed once, in backoff", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 10, "wait 30s"),
+            ("failed once, push of the same tip waits too", push.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 10, "wait 30s"),
+            ("failed once, backoff over", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 30, "run b retry"),
+            ("failed twice: longer backoff", tick.clone(), facts(Some(B), Some(A), false, vec![past(3, B, Failed, Trigger::Retry, false), past(2, B, Failed, Pull, false)]), 30, "wait 60s"),
+            ("a newer tip starts over", tick.clone(), facts(Some(C), Some(A), false, vec![past(3, B, Failed, Pull, false)]), 0, "run c pull"),
+            ("failed with rollback: roll back at once", tick.clone(), facts(Some(B), Some(A), true, vec![past(2, B, Failed, Pull, true)]), 0, "run a rollback undoing run 2"),
+            ("failed with rollback, nothing to go back to", tick.clone(), facts(Some(B), None, true, vec![past(2, B, Failed, Pull, true)]), 0, "idle"),
+            ("rolled back: the quarantined tip stays out", tick.clone(), facts(Some(B), Some(A), true, vec![past(3, A, Succeeded, RollbackT, false), past(2, B, RolledBack, Pull, true)]), 0, "idle"),
+            ("rolled back: a push of it neither", push.clone(), facts(Some(B), Some(A), true, vec![past(3, A, Succeeded, RollbackT, false)]), 9999, "idle"),
+            ("rolled back: a newer tip runs", tick.clone(), facts(Some(C), Some(A), false, vec![past(3, A, Succeeded, RollbackT, false)]), 0, "run c pull"),
+            ("rollback failed: retried with backoff", tick.clone(), facts(Some(B), Some(A), true, vec![past(3, A, Failed, RollbackT, false)]), 10, "wait 30s"),
+            ("rollback failed: backoff over", tick.clone(), facts(Some(B), Some(A), true, vec![past(3, A, Failed, RollbackT, false)]), 31, "run a rollback"),
+            ("rollback interrupted: again at once", tick.clone(), facts(Some(B), Some(A), true, vec![past(3, A, Interrupted, RollbackT, false)]), 0, "run a rollback"),
+            ("a person's failed commit is rolled back", tick.clone(), facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)]), 0, "run a rollback undoing run 2"),
+            ("a person's failed redeploy of the deployed commit", tick.clone(), facts(Some(A), Some(A), false, vec![past(2, A, Failed, Manual, false)]), 0, "idle"),
+            ("the deployed commit is never rolled back to itself", tick.clone(), facts(Some(A), Some(A), false, vec![past(2, A, Failed, PushT, true)]), 0, "idle"),
+            ("person, tip quarantined", person.clone(), naming(facts(Some(B), Some(A), true, vec![]), Some(B), true), 0, "run b manual"),
+            ("the rollout holds a pulled tip", tick.clone(), held(facts(Some(B), Some(A), false, vec![])), 0, "hold"),
+            ("the rollout holds a retry too", tick.clone(), held(facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)])), 60, "hold"),
+            ("a push is a person's: not held", push.clone(), held(facts(Some(B), Some(A), false, vec![])), 0, "run b push"),
+            ("a person's deploy is not held", person.clone(), naming(held(facts(Some(B), Some(A), false, vec![])), Some(B), false), 0, "run b manual"),
+            ("a rollback is not held", tick.clone(), held(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
+            ("a person's rollback to the newest good commit", back.clone(), naming(facts(Some(B), Some(B), false, vec![]), Some(A), false), 0, "run a rollback"),
+            ("a person's rollback with nothing deployed", back.clone(), naming(facts(Some(B), None, false, vec![]), None, false), 0, "refuse"),
+            ("a person's rollback with nothing to go back to", back.clone(), naming(facts(Some(B), Some(B), false, vec![]), None, false), 0, "refuse"),
+            ("a person's rollback to the deployed commit", back.clone(), naming(facts(Some(B), Some(B), false, vec![]), Some(B), false), 0, "refuse"),
+            ("a person's rollback to a quarantined commit", back.clone(), naming(facts(Some(B), Some(B), false, vec![]), Some(A), true), 0, "refuse"),
+            ("a person's rollback is not held", back.clone(), naming(held(facts(Some(B), Some(B), false, vec![])), Some(A), false), 0, "run a rollback"),
+            ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
         let mut wrong = Vec::new();
-        for (name, cause, facts, now, want) in table {
-            let got = verdict(&decide(cause, &facts, at(now), &RETRY));
+        for (name, ask, facts, now, want) in table {
+            let got = verdict(&decide(&ask, &facts, at(now), &RETRY));
             if got != want {
                 wrong.push(format!("{name}: got {got:?}, want {want:?}"));
             }
@@ -364,10 +425,10 @@ mod tests {
     #[test]
     fn waits_and_idles_say_why() {
         let f = facts(Some(B), Some(A), false, vec![past(7, B, RunStatus::Failed, Trigger::Pull, false)]);
-        let Decision::Wait { why, .. } = decide(Cause::Tick, &f, at(10), &RETRY) else { panic!() };
+        let Decision::Wait { why, .. } = decide(&Ask::Tick, &f, at(10), &RETRY) else { panic!() };
         assert_eq!(why, "0b0b0b0b0b0b failed once (run 7); it is retried in 20s");
         let f = facts(Some(B), Some(A), true, vec![]);
-        let Decision::Idle { why } = decide(Cause::Tick, &f, at(0), &RETRY) else { panic!() };
+        let Decision::Idle { why } = decide(&Ask::Tick, &f, at(0), &RETRY) else { panic!() };
         assert_eq!(
             why,
             "the tip 0b0b0b0b0b0b is quarantined (check `web` failed); 0a0a0a0a0a0a stays deployed"

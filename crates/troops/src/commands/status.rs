@@ -69,7 +69,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let last_refusal = troops_core::mech::verify::last_refusal(&node.state_dir)?;
     let quarantined = repo.all_quarantined()?;
     // What the node does next on its own, and why: the same decision every trigger obeys.
-    let next = troops_core::node::run::decision(node, troops_core::policy::schedule::Cause::Tick)?;
+    let next = troops_core::node::run::decision(node, &troops_core::model::ask::Ask::Tick)?;
     let next_json = match &next {
         Decision::Run(r) => {
             json!({"state": "run", "commit": r.commit.to_string(), "trigger": r.trigger, "why": r.why})
@@ -77,7 +77,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         Decision::Wait { until, why } => {
             json!({"state": "wait", "until": humantime::format_rfc3339_seconds(*until).to_string(), "why": why})
         }
-        Decision::Idle { why } => json!({"state": "idle", "why": why}),
+        Decision::Idle { why } | Decision::Refuse { why } => json!({"state": "idle", "why": why}),
         Decision::Hold { why, until } => {
             json!({"state": "hold", "why": why, "until": until.map(|u| humantime::format_rfc3339_seconds(u).to_string())})
         }
@@ -222,7 +222,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             r.why
         )?,
         Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {}", escape(why))?,
-        Decision::Idle { why } => writeln!(std::io::stdout(), "next      nothing: {}", escape(why))?,
+        Decision::Idle { why } | Decision::Refuse { why } => {
+            writeln!(std::io::stdout(), "next      nothing: {}", escape(why))?
+        }
         Decision::Hold { why, .. } => writeln!(std::io::stdout(), "next      held: {}", escape(why))?,
     }
     for q in &quarantined {

@@ -24,7 +24,7 @@ use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::plan::{OnFailure, Phase, Plan, Step};
 use crate::model::records::{now as now_text, RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
-use crate::policy::schedule::{self, Cause, Decision, Facts, PastRun, RunNow};
+use crate::policy::schedule::{self, Asked, Decision, Facts, PastRun, RunNow};
 use crate::{mech::runner, model::roles};
 
 /// How an ask ended: the one source of a trigger's exit code.
@@ -55,6 +55,7 @@ impl Outcome {
         match self {
             Outcome::Ran { run, .. } => Exit::ok_if(run.status == RunStatus::Succeeded),
             Outcome::Nothing(Decision::Wait { .. }) => Exit::Failed,
+            Outcome::Nothing(Decision::Refuse { .. }) => Exit::Input,
             Outcome::Nothing(_) => Exit::Success,
             Outcome::Unreachable(_) => Exit::Environment,
         }
@@ -70,9 +71,9 @@ impl Outcome {
                 Some(format!("troops: no remote could be fetched; {}", why.trim_start_matches("troops: ")))
             }
             Outcome::Nothing(Decision::Wait { why, .. }) => Some(format!("troops: {why}; nothing runs now")),
-            Outcome::Nothing(Decision::Idle { why } | Decision::Hold { why, .. }) => {
-                Some(format!("troops: {why}; nothing runs"))
-            }
+            Outcome::Nothing(
+                Decision::Idle { why } | Decision::Hold { why, .. } | Decision::Refuse { why },
+            ) => Some(format!("troops: {why}; nothing runs")),
             Outcome::Nothing(Decision::Run(_)) => None,
         }
     }
@@ -83,18 +84,13 @@ impl Outcome {
 /// `interrupted`.
 pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
-    let mut cause = match ask {
-        Ask::Tick => Cause::Tick,
-        Ask::Push => Cause::Push,
-        Ask::Deploy { rev } => Cause::Person { commit: Some(resolve(node, &repo, rev.as_deref())?) },
-        Ask::Rollback { to } => return rollback(node, to.as_deref(), out, stop),
-    };
     // What nearly every poll finds: nothing to do. Decided from refs and the newest record,
     // without waiting for the lock; but a run on record as under way may be one whose troops
-    // died, which only the lock tells, so then the decision waits for it.
-    if !matches!(cause, Cause::Person { .. }) {
-        let facts = facts(node, &repo)?;
-        let decision = decide(node, cause, &facts)?;
+    // died, which only the lock tells, so then the decision waits for it. A person's ask always
+    // goes to the lock.
+    if ask.follows_tip() {
+        let facts = facts(node, &repo, ask)?;
+        let decision = decide(node, ask, &facts)?;
         let under_way = facts.recent.first().is_some_and(|r| r.status.unfinished());
         if !matches!(decision, Decision::Run(_)) && !under_way {
             return Ok(Outcome::Nothing(decision));
@@ -102,17 +98,18 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     }
     let mut lock = lock_and_recover(node, &repo, out, stop)?;
     let mut ran: Vec<RunRecord> = Vec::new();
+    let mut ask = ask.clone();
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
     while ran.len() < 2 {
-        let decision = decide(node, cause, &facts(node, &repo)?)?;
+        let decision = decide(node, &ask, &facts(node, &repo, &ask)?)?;
         let Decision::Run(now) = decision else {
             if ran.is_empty() {
                 return Ok(Outcome::Nothing(decision));
             }
             break;
         };
-        if now.trigger == Trigger::Rollback {
+        if now.trigger == Trigger::Rollback && now.quarantines.is_none() {
             let _ = writeln!(
                 out,
                 "troops: rolling back to {}, the last good commit: {}",
@@ -122,12 +119,13 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
         }
         let record = run_one(node, &repo, &mut lock, &now, out, stop)?;
         let quarantined = record.status == RunStatus::Failed
+            && now.quarantines.is_none()
             && Oid::from_str(&record.commit).is_ok_and(|c| repo.quarantined(c).ok().flatten().is_some());
         ran.push(record);
         if !quarantined {
             break;
         }
-        cause = Cause::Tick;
+        ask = Ask::Tick;
     }
     let mut ran = ran.into_iter();
     let mut run = ran.next().expect("one run at least");
@@ -152,54 +150,6 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     Ok(Outcome::Ran { run, rollback })
 }
 
-/// `troops rollback [--to REV]` (`Ask::Rollback`): a person quarantines the deployed commit and runs REV, or else
-/// the newest commit that succeeded before it, as a rollback (with releases: switch back and
-/// activate, no build).
-fn rollback(node: &Node, to: Option<&str>, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
-    let repo = node.repo()?;
-    let mut lock = lock_and_recover(node, &repo, out, stop)?;
-    let deployed = repo.deployed()?.ok_or_else(|| {
-        Error::Input("nothing is deployed on this node, so there is nothing to roll back".into())
-    })?;
-    let target = match to {
-        Some(rev) => repo.resolve(rev)?,
-        None => previous_good(node, &repo, deployed)?.ok_or_else(|| {
-            Error::Input(format!(
-                "no run before {} succeeded on this node (or its runs were pruned); name a commit with --to",
-                short(&deployed.to_string())
-            ))
-        })?,
-    };
-    if target == deployed {
-        return Err(Error::Input(format!(
-            "{} is the deployed commit; roll back to another one with --to",
-            short(&deployed.to_string())
-        )));
-    }
-    // A rollback returns to a commit known to be good; running a quarantined one is a person's
-    // explicit decision, which `troops deploy --commit` is.
-    if let Some(bad) = repo.quarantined(target)? {
-        let target = short(&target.to_string()).to_owned();
-        return Err(Error::Input(format!(
-            "{target} is quarantined ({}), so it is no commit to roll back to; name a good one with \
-             --to, or run {target} on purpose with `troops deploy --commit {target}`",
-            bad.reason
-        )));
-    }
-    let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
-    repo.quarantine(deployed, &reason)?;
-    let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&deployed.to_string()));
-    let now = RunNow {
-        commit: target,
-        trigger: Trigger::Rollback,
-        undoes: Some(schedule::Failed { run: None, commit: deployed }),
-        why: "asked for by a person".into(),
-    };
-    let run = run_one(node, &repo, &mut lock, &now, out, stop)?;
-    drop(lock);
-    Ok(Outcome::Ran { run, rollback: None })
-}
-
 /// The newest commit other than `deployed` whose run succeeded and that is not quarantined.
 fn previous_good(node: &Node, repo: &crate::mech::repo::NodeRepo, deployed: Oid) -> Result<Option<Oid>> {
     let runs = node.runs();
@@ -214,23 +164,29 @@ fn previous_good(node: &Node, repo: &crate::mech::repo::NodeRepo, deployed: Oid)
     Ok(None)
 }
 
-/// The commit `rev` names, or the tip.
-fn resolve(node: &Node, repo: &crate::mech::repo::NodeRepo, rev: Option<&str>) -> Result<Oid> {
-    match rev {
-        Some(rev) => repo.resolve(rev),
-        None => repo.tip()?.ok_or_else(|| {
-            Error::Input(format!(
-                "branch {} of {} has no commits yet",
-                repo.branch,
-                node.repo_path().display()
-            ))
-        }),
-    }
+/// What a person's ask names, resolved: for `troops deploy` the named revision or the tip, for
+/// `troops rollback` the named revision or the newest other good commit; an unknown revision is
+/// bad input.
+fn asked(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Result<Option<Asked>> {
+    let commit = match ask {
+        Ask::Tick | Ask::Push => return Ok(None),
+        Ask::Deploy { rev: Some(rev) } | Ask::Rollback { to: Some(rev) } => Some(repo.resolve(rev)?),
+        Ask::Deploy { rev: None } => repo.tip()?,
+        Ask::Rollback { to: None } => match repo.deployed()? {
+            Some(deployed) => previous_good(node, repo, deployed)?,
+            None => None,
+        },
+    };
+    let quarantined = match commit {
+        Some(commit) => repo.quarantined(commit)?.map(|q| q.reason),
+        None => None,
+    };
+    Ok(Some(Asked { commit, quarantined }))
 }
 
-/// What [`schedule::decide`] needs, read from disk: refs, quarantine, and the newest runs (the
-/// newest, then as long as they are of the same commit).
-pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo) -> Result<Facts> {
+/// What [`schedule::decide`] needs for `ask`, read from disk: refs, quarantine, the newest runs
+/// (the newest, then as long as they are of the same commit), and what a person named.
+pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Result<Facts> {
     let tip = repo.tip()?;
     let tip_quarantined = match tip {
         Some(tip) => repo.quarantined(tip)?.map(|q| q.reason),
@@ -270,13 +226,17 @@ pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo) -> Result<Facts> {
         }
         _ => None,
     };
-    let tip_pulled = rollout.is_some() && crate::node::rollout::pulled(repo);
-    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, tip_pulled })
+    let asked = asked(node, repo, ask)?;
+    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, asked })
 }
 
-/// [`schedule::decide`] now, keeping what the rollout holds for status and the fleet.
-fn decide(node: &Node, cause: Cause, facts: &Facts) -> Result<Decision> {
-    let decision = schedule::decide(cause, facts, SystemTime::now(), &node.config.retry);
+/// [`schedule::decide`] now, keeping what the rollout holds for status and the fleet; what a
+/// person asked for that cannot be is bad input.
+fn decide(node: &Node, ask: &Ask, facts: &Facts) -> Result<Decision> {
+    let decision = schedule::decide(ask, facts, SystemTime::now(), &node.config.retry);
+    if let Decision::Refuse { why } = decision {
+        return Err(Error::Input(why));
+    }
     let held = match (&decision, facts.tip, &facts.rollout) {
         (Decision::Hold { .. }, Some(tip), Some(hold)) => Some((tip, hold)),
         _ => None,
@@ -285,17 +245,17 @@ fn decide(node: &Node, cause: Cause, facts: &Facts) -> Result<Decision> {
     Ok(decision)
 }
 
-/// What `schedule` decides for `cause` now, from the node's state on disk, with no side effect:
-/// for `troops status`, the daemon's retry timer, and a hook whose work the daemon did already.
-pub fn decision(node: &Node, cause: Cause) -> Result<Decision> {
+/// What `schedule` decides for `ask` now, from the node's state on disk, with no side effect:
+/// for `troops status`, the daemon's retry timer and `troops wait`.
+pub fn decision(node: &Node, ask: &Ask) -> Result<Decision> {
     let repo = node.repo()?;
-    Ok(schedule::decide(cause, &facts(node, &repo)?, SystemTime::now(), &node.config.retry))
+    Ok(schedule::decide(ask, &facts(node, &repo, ask)?, SystemTime::now(), &node.config.retry))
 }
 
 /// When the daemon should look again on its own: the end of a failed commit's backoff, or of the
 /// earlier wave's soak.
 pub fn next_due(node: &Node) -> Option<SystemTime> {
-    match decision(node, Cause::Tick).ok()? {
+    match decision(node, &Ask::Tick).ok()? {
         Decision::Wait { until, .. } | Decision::Hold { until: Some(until), .. } => Some(until),
         _ => None,
     }
@@ -411,6 +371,12 @@ fn run_one(
     let commit = now.commit;
     let deployed = repo.deployed()?;
     vouch(node, repo, commit, deployed, now.trigger)?;
+    // A person's rollback: the commit it leaves is quarantined first, so nothing runs it again.
+    if let Some(leaving) = now.quarantines {
+        let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
+        repo.quarantine(leaving, &reason)?;
+        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&leaving.to_string()));
+    }
     let runs = node.runs();
     let id = runs.create(lock)?;
     lock.describe(&format!("run {id} ({}) of {commit}", now.trigger));
@@ -541,7 +507,7 @@ fn finalize(
     // Each run counts once, by its final status: a failed run that a rollback undoes next is
     // counted when that rollback ends, as it leaves it (`rolled_back`, or still `failed`).
     let rollback_follows = record.status == RunStatus::Failed
-        && decision(node, Cause::Tick).is_ok_and(|next| match next {
+        && decision(node, &Ask::Tick).is_ok_and(|next| match next {
             Decision::Run(next) => next.undoes.is_some_and(|failed| failed.run == Some(record.id)),
             _ => false,
         });
