@@ -29,11 +29,12 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
                 "{wave}: a pulled commit waits for the earlier waves; this deploy would not"
             )?;
         }
-        for (name, runs, why) in dry.steps {
-            writeln!(std::io::stdout(), "{} {name}: {why}", if runs { "run " } else { "skip" })?;
+        let verb = |runs: bool| if runs { "run " } else { "skip" };
+        for s in dry.steps {
+            writeln!(std::io::stdout(), "{} {}: {}", verb(s.runs), s.name, s.why)?;
         }
-        for (name, runs, why) in dry.checks {
-            writeln!(std::io::stdout(), "{} check {name}: {why}", if runs { "run " } else { "skip" })?;
+        for c in dry.checks {
+            writeln!(std::io::stdout(), "{} check {}: {}", verb(c.runs), c.name, c.why)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
