@@ -62,7 +62,7 @@ fn a_step_without_a_trailing_newline_leaves_the_summary_on_its_own_line_hook_dae
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
     assert!(stdout.contains("web-1 | remote: troops: run 2 succeeded: 3 of 3 steps"), "{stdout}");
-    assert!(daemon.log().contains("trigger: Push"), "not through the daemon: {}", daemon.log());
+    assert!(daemon.log().contains("request=Run(Push)"), "not through the daemon: {}", daemon.log());
     assert!(node.run_log(2).contains(&steps_on_their_lines(2)), "{}", node.run_log(2));
     drop(daemon);
 

@@ -4,8 +4,6 @@
 
 pub mod access;
 pub mod dispatch;
-pub mod fanout;
-pub mod fleet_view;
 pub mod init;
 pub mod pull;
 pub mod receive;

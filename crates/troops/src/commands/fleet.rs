@@ -12,7 +12,7 @@ use troops_core::mech::statusrefs;
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
 use troops_core::model::shown::escape;
-use troops_core::node::fleet_view::{self, View};
+use troops_operator::fleet::{self as fleet_view, View};
 
 use crate::cli::{FleetArgs, Global};
 

@@ -2,7 +2,7 @@
 //! `git push` (so ssh, the operator's ssh config and the nodes' hooks work as for a person) to
 //! every selected node, canaries first and alone, then `--parallel` at a time; shows the nodes'
 //! output as whole lines prefixed by host, and ends with a table. Which hosts, and what a push's
-//! output means, is `troops_core::node::fanout`'s; this module runs the processes and the screen.
+//! output means, is `troops_operator::push`'s; this module runs the processes and the screen.
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,8 +16,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use troops_core::model::plan::{self, Plan};
 use troops_core::model::shown::escape;
-use troops_core::node::fanout::{self, Outcome, Target};
 use troops_core::Error;
+use troops_operator::push::{self as fanout, Outcome, Target};
 
 use crate::cli::PushArgs;
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use troops_core::mech::secrets::{self, Edited, Identity, NoAdmin, RepoKeys};
+use troops_core::mech::secrets::Identity;
 use troops_core::model::plan::Plan;
 use troops_core::Exit;
+use troops_operator::secrets::{self, Edited, NoAdmin, RepoKeys};
 
 use crate::cli::{IdentityArgs, SecretsCommand};
 

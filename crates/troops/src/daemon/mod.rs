@@ -50,7 +50,16 @@ pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();
     node.repo()?; // a node that was never initialised fails here, with the reason
     troops_core::node::init::use_group_umask(&node.state_dir);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Every thread glibc gives an allocation arena of its own keeps what it once held, and the
+    // blocking pool's threads come and go: two arenas bound what the daemon keeps after a storm
+    // of connections, and the pool has a ceiling.
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING)
+        .thread_keep_alive(Duration::from_secs(5))
+        .build()?;
     let code = runtime.block_on(serve(node));
     // A fetch may still wait on a remote: its process group is killed at its own deadline.
     runtime.shutdown_background();
@@ -97,6 +106,10 @@ impl Running {
         replay
     }
 }
+
+/// The most jobs that run at once: one run, fetch, status publish and notification each, and the
+/// short reads connections make (credentials, the tip), which wait for a thread beyond this.
+const MAX_BLOCKING: usize = 16;
 
 /// Output beyond this is not kept for late joiners (it is in output.log).
 const REPLAY_LIMIT: usize = 1 << 20;

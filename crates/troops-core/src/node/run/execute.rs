@@ -3,7 +3,6 @@
 //! puts back every link the failed run switched) the atomic switch of `current`, then the
 //! activate steps. The first step that does not succeed ends the phase, and the record says why.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -15,9 +14,8 @@ use super::{Layout, Run};
 use crate::mech::releases::Releases;
 use crate::mech::runner;
 use crate::model::error::Result;
-use crate::model::node::Node;
 use crate::model::plan::Step;
-use crate::model::records::{RunRecord, RunStatus, StepStatus};
+use crate::model::records::{RunStatus, StepStatus};
 
 impl Run<'_, '_> {
     /// The build steps, the switch and the activate steps; stops at the first step that does not
@@ -98,49 +96,5 @@ impl Run<'_, '_> {
             runs.save(self.record)?;
         }
         Ok(true)
-    }
-}
-
-/// The PATH of every step: fixed, so that no trigger's PATH leaks in.
-const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The whole environment of every step but `TROOPS_STEP` and the step's own `env`, the same for
-/// every trigger (SPEC, "The trust boundary"): nothing of the pusher's, the caller's or systemd's.
-/// `TROOPS_SECRETS` is there only when the node has secrets in this run.
-pub(super) fn step_env(
-    node: &Node,
-    record: &RunRecord,
-    roles: &BTreeSet<String>,
-    secrets: Option<&crate::mech::secrets::RunSecrets>,
-) -> Vec<(&'static str, String)> {
-    let mut env = vec![("PATH", step_path()), ("LANG", "C.UTF-8".to_owned())];
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
-        env.push(("HOME", user.dir.display().to_string()));
-        env.push(("USER", user.name.clone()));
-        env.push(("LOGNAME", user.name));
-    }
-    env.extend([
-        ("TROOPS_COMMIT", record.commit.clone()),
-        ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.clone().unwrap_or_default()),
-        ("TROOPS_HOST", record.host.clone()),
-        ("TROOPS_ROLES", roles.iter().cloned().collect::<Vec<_>>().join(",")),
-        ("TROOPS_RUN_ID", record.id.to_string()),
-        ("TROOPS_TRIGGER", record.trigger.to_string()),
-        ("TROOPS_STATE_DIR", node.state_dir.display().to_string()),
-        ("TROOPS_CONFIG", node.config.path.display().to_string()),
-    ]);
-    if let Some(secrets) = secrets {
-        env.push(("TROOPS_SECRETS", secrets.dir.display().to_string()));
-    }
-    env
-}
-
-/// [`STEP_PATH`], with the directory of the running troops binary in front when it is not in it,
-/// so that a step's `troops has-role` is this troops.
-fn step_path() -> String {
-    let exe_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.display().to_string()));
-    match exe_dir {
-        Some(dir) if !STEP_PATH.split(':').any(|d| d == dir) => format!("{dir}:{STEP_PATH}"),
-        _ => STEP_PATH.to_owned(),
     }
 }

@@ -8,10 +8,10 @@ use std::time::SystemTime;
 use git2::{Oid, Repository};
 use serde::Serialize;
 
-use crate::mech::repo::NodeRepo;
-use crate::mech::statusrefs::Unreadable;
-use crate::model::names::short;
-use crate::model::status::{State, StatusDoc};
+use troops_core::mech::repo::NodeRepo;
+use troops_core::mech::statusrefs::Unreadable;
+use troops_core::model::names::short;
+use troops_core::model::status::{State, StatusDoc};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -37,9 +37,9 @@ pub struct View {
 /// The fleet as the status refs in `status` tell it, against `tip` (the branch tip of the deploy
 /// repo `git` to compare with).
 pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
-    let (docs, unreadable) = crate::mech::statusrefs::read_all(status);
+    let (docs, unreadable) = troops_core::mech::statusrefs::read_all(status);
     let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None };
-    let rollout = tip.and_then(|t| crate::node::rollout::rollout_at(&repo, t));
+    let rollout = tip.and_then(|t| troops_core::node::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs
         .into_iter()
         .map(|doc| {
@@ -55,7 +55,7 @@ pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>
             };
             let age = doc.updated_time().and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs());
             Row {
-                wave_index: rollout.as_ref().map(|r| crate::policy::waves::wave_of(&doc.host, r).index),
+                wave_index: rollout.as_ref().map(|r| troops_core::policy::waves::wave_of(&doc.host, r).index),
                 behind,
                 age_seconds: age,
                 stale: doc.stale(now),

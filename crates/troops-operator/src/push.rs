@@ -3,8 +3,8 @@
 //! `git push` output says happened there. Pure, so every rule is tested here; the command runs the
 //! pushes.
 
-use crate::model::error::{Error, Result};
-use crate::model::plan::Plan;
+use troops_core::model::error::{Error, Result};
+use troops_core::model::plan::Plan;
 
 /// Where a node's repo is when `[hosts]` does not say (the SPEC's default state dir).
 pub const DEFAULT_REPO_PATH: &str = "/var/lib/troops/repo/main.git";
@@ -33,7 +33,7 @@ pub fn select(plan: &Plan, roles: &[String], hosts: &[String]) -> Result<Selecti
     let mut names: Vec<&str> = Vec::new();
     let mut notes = Vec::new();
     for host in hosts {
-        if let Some(problem) = crate::model::plan::hosts::host_problem(host) {
+        if let Some(problem) = troops_core::model::plan::hosts::host_problem(host) {
             return Err(Error::Input(format!("--host {host:?} {problem}")));
         }
         if !known_host(plan, host) {
@@ -44,7 +44,7 @@ pub fn select(plan: &Plan, roles: &[String], hosts: &[String]) -> Result<Selecti
         names.push(host);
     }
     let everything = roles.is_empty() && hosts.is_empty();
-    let chosen: Vec<&crate::model::plan::Role> = if everything {
+    let chosen: Vec<&troops_core::model::plan::Role> = if everything {
         plan.roles.iter().collect()
     } else {
         roles
@@ -238,7 +238,7 @@ fn ran(remote: &[&str]) -> Option<Outcome> {
 
 /// git's complaint about a push that went nowhere, in one line without its boilerplate advice.
 fn complaint(stderr: &str) -> String {
-    crate::mech::git::complaint(stderr).unwrap_or_else(|| "git push failed and said nothing".into())
+    troops_core::mech::git::complaint(stderr).unwrap_or_else(|| "git push failed and said nothing".into())
 }
 
 /// A line as git relays it, without the padding or clear-to-end-of-line it appends to remote lines.
