@@ -768,3 +768,133 @@ fn a_members_push_is_counted_and_what_it_may_not_write_fails_nothing() {
         "{text}"
     );
 }
+
+/// The process group a step leads, from the pid it wrote to `file`; killed when dropped, so a
+/// failed test leaves no step behind.
+struct StepGroup(PathBuf);
+
+impl StepGroup {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok().filter(|&p| p > 1)
+    }
+
+    fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for StepGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// This node's document as published to `status.git` (fetched with `troops fleet`).
+fn published(env: &Env) -> serde_json::Value {
+    let fleet: serde_json::Value =
+        serde_json::from_str(&env.ok(&["fleet", "--remote", "status", "--json"])).unwrap();
+    fleet["nodes"][0].clone()
+}
+
+/// The node's state and its last run that is over, as `troops status` (text and `--json`), the
+/// status document `doc` and each of `metrics` (exposition texts) say it: one reading of the
+/// node, so they agree.
+fn all_say(env: &Env, state: &str, last: (u64, &str), doc: &serde_json::Value, metrics: &[(&str, String)]) {
+    let status = env.status_json();
+    assert_eq!(status["state"], state, "{status}");
+    assert_eq!(status["last_run"]["id"], last.0, "{status}");
+    assert_eq!(status["last_run"]["status"], last.1, "{status}");
+    let human = env.ok(&["status"]);
+    assert!(human.contains(&format!("\nstate     {state}")), "{human}");
+    let line = human.lines().find(|l| l.starts_with("last run")).unwrap_or_default();
+    assert!(line.starts_with(&format!("last run  run {} (", last.0)), "{human}");
+    assert!(line.contains(&format!(" {}", last.1.replace('_', " "))), "{human}");
+
+    if !doc.is_null() {
+        assert_eq!(doc["state"], state, "{doc}");
+        // The document names the newest run, under way or over.
+        let newest = if status["running"].is_null() { &status["last_run"] } else { &status["running"] };
+        assert_eq!(doc["run"]["id"], newest["id"], "{doc}\n{status}");
+        assert_eq!(doc["run"]["status"], newest["status"], "{doc}\n{status}");
+    }
+    let success = if last.1 == "succeeded" { 1.0 } else { 0.0 };
+    for (source, text) in metrics {
+        assert!(text.contains(&format!("troops_state{{state=\"{state}\"}} 1\n")), "{source}:\n{text}");
+        assert_eq!(sample(text, "troops_last_run_success"), Some(success), "{source}:\n{text}");
+    }
+}
+
+#[test]
+fn status_the_status_document_and_the_metrics_say_the_same_of_a_killed_run_and_its_rerun() {
+    let port = free_port();
+    let env = Env::new();
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\ninterval = \"1h\"\nstatus_remote = \"status\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    env.init();
+    let status = env.path("status.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", &status.display().to_string()]);
+    env.git(&env.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    let work = env.deploy_repo("work");
+    work.publish_plan(&env, OK_PLAN);
+    env.ok(&["deploy"]);
+    // The run published in the background; once it is there nothing else publishes.
+    wait_until("run 1's document", Duration::from_secs(10), || published(&env)["run"]["id"] == 1);
+    all_say(&env, "healthy", (1, "succeeded"), &published(&env), &[("textfile", textfile(&env))]);
+
+    // Run 2 blocks in its step until `go` exists; its troops is killed there.
+    let (go, pid) = (env.path("go"), env.path("step.pid"));
+    let step = StepGroup(pid.clone());
+    let run = format!(
+        "echo $$ > {pid:?}; i=0; while [ ! -e {go:?} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {go:?} ]",
+        pid = pid.display().to_string(),
+        go = go.display().to_string()
+    );
+    work.publish_plan(&env, &format!("[[step]]\nname = \"gate\"\nrun = {:?}\n", run));
+    let mut deploy = env.troops(&["deploy"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_until("run 2's step to start", Duration::from_secs(10), || step.pid().is_some());
+    let during = textfile(&env);
+    assert!(during.contains("troops_state{state=\"deploying\"} 1\n"), "written as the run began:\n{during}");
+    deploy.kill().unwrap(); // SIGKILL
+    deploy.wait().unwrap();
+    step.kill();
+    std::fs::remove_file(&pid).unwrap();
+    // Nobody is left to finish run 2: it is interrupted, to be run again, whoever reads it.
+    env.ok(&["fleet", "--publish"]);
+    all_say(&env, "deploying", (2, "interrupted"), &published(&env), &[]);
+    let next = &env.status_json()["next"];
+    assert_eq!(next["state"], "run", "what runs next is the interrupted commit again: {next}");
+
+    // The daemon runs it again (run 3, blocked in the step in turn): /metrics as it serves and
+    // the textfile as run 3 began say it too.
+    let daemon = Daemon::start(&env);
+    wait_until("run 3's step to start", Duration::from_secs(10), || step.pid().is_some());
+    assert_eq!(env.status_json()["running"]["id"], 3, "{}", daemon.log());
+    all_say(
+        &env,
+        "deploying",
+        (2, "interrupted"),
+        &serde_json::Value::Null,
+        &[("textfile", textfile(&env)), ("/metrics", scrape(port))],
+    );
+
+    // It ends well; the daemon publishes that.
+    std::fs::write(&go, "").unwrap();
+    wait_until("run 3's document", Duration::from_secs(10), || {
+        let doc = published(&env);
+        doc["run"]["id"] == 3 && doc["run"]["status"] == "succeeded"
+    });
+    all_say(
+        &env,
+        "healthy",
+        (3, "succeeded"),
+        &published(&env),
+        &[("textfile", textfile(&env)), ("/metrics", scrape(port))],
+    );
+}

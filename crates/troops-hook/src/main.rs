@@ -66,6 +66,7 @@ fn pre_receive() -> Result<ExitCode> {
                 let source = format!("push to {}", update.refname);
                 let _ = troops_core::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
                 troops_core::mech::metrics::count_refusal(&node, refusal.verification.kind());
+                troops_core::node::state::write_textfile(&node);
                 refused = true;
             }
         }

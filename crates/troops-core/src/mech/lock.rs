@@ -26,8 +26,14 @@ impl NodeLock {
     /// error: nothing ran); `waiting` is told once, with the holder's description, before the wait
     /// starts.
     pub fn acquire(path: &Path, stop: &AtomicBool, waiting: impl FnOnce(&str)) -> Result<NodeLock> {
-        if let Some(lock) = Self::try_acquire(path)? {
-            return Ok(lock);
+        // A reader's glance (`is_held`) holds it for a moment: only a hold that lasts is waited
+        // for out loud.
+        let glance = std::time::Instant::now() + GLANCE;
+        while std::time::Instant::now() < glance {
+            if let Some(lock) = Self::try_acquire(path)? {
+                return Ok(lock);
+            }
+            std::thread::sleep(POLL / 4);
         }
         waiting(&holder(path));
         // Polled, not a blocking flock: a blocked flock(2) outlives SIGTERM (the handlers restart
@@ -53,6 +59,17 @@ impl NodeLock {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(e).ctx(|| format!("locking {}", path.display())),
         }
+    }
+
+    /// Whether someone holds the lock now, asked without taking it from them: a shared flock is
+    /// taken and let go at once when nobody holds it, and refused while a run holds it. A lock
+    /// file that is not there is held by nobody.
+    pub fn is_held(path: &Path) -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else {
+            return false;
+        };
+        matches!(Flock::lock(file, FlockArg::LockSharedNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
     }
 
     /// A new hold starts with no description: what an earlier holder wrote is over.
@@ -91,6 +108,9 @@ fn open(path: &Path) -> Result<File> {
         .open(path)
         .ctx(|| format!("opening lock {}", path.display()))
 }
+
+/// How long a reader's glance at the lock may last before a waiter says what it waits for.
+const GLANCE: Duration = Duration::from_millis(50);
 
 /// How often a waiter tries the lock again.
 const POLL: Duration = Duration::from_millis(20);

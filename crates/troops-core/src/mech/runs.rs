@@ -22,6 +22,16 @@ impl Node {
     }
 }
 
+/// `record` as it stands: one on record as under way while nobody holds the node lock lost its
+/// troops, and is what the next run will make of it (`interrupted`). Every reader that does not
+/// hold the lock (status, log, wait, what runs next) sees a record so.
+pub fn as_it_stands(node: &Node, mut record: RunRecord) -> RunRecord {
+    if record.status.unfinished() && !NodeLock::is_held(&node.lock_path()) {
+        abandon(&mut record);
+    }
+    record
+}
+
 /// What `Runs::all` finds.
 #[derive(Debug, Default)]
 pub struct History {

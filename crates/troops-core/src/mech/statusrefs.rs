@@ -43,11 +43,28 @@ pub fn open(state_dir: &Path) -> Result<Repository> {
     crate::mech::repo::refuse_redirects(&path)?;
     match Repository::open_bare(&path) {
         Ok(git) => Ok(git),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => {
-            Repository::init_bare(&path).ctx(|| format!("creating the status repo {}", path.display()))
-        }
+        Err(e) if e.code() == git2::ErrorCode::NotFound => create(&path),
         Err(e) => Err(Error::git(format!("opening the status repo {}", path.display()), e)),
     }
+}
+
+/// Creates the status repo whole or not at all: made beside `path` and renamed into place, so
+/// that processes racing to create it (a run's background publish and `troops fleet`) each open
+/// a whole repo, never one another is still making.
+fn create(path: &Path) -> Result<Repository> {
+    let creating = || format!("creating the status repo {}", path.display());
+    let parent = path.parent().unwrap_or(Path::new("."));
+    // Removed when dropped, unless renamed into place.
+    let building = tempfile::Builder::new().prefix("status.git.new-").tempdir_in(parent).ctx(creating)?;
+    Repository::init_bare(building.path()).ctx(creating)?;
+    match std::fs::rename(building.path(), path) {
+        Ok(()) => {}
+        // Another process made it first: theirs is the repo.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
+        Err(e) => return Err(Error::io(creating(), e)),
+    }
+    Repository::open_bare(path)
+        .map_err(|e| Error::git(format!("opening the status repo {}", path.display()), e))
 }
 
 /// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears what
@@ -461,6 +478,21 @@ fn chain_length(commit: &git2::Commit) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn processes_racing_to_create_the_status_repo_each_open_it_whole() {
+        for _ in 0..20 {
+            let state = tempfile::tempdir().unwrap();
+            let opened: Vec<_> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..4).map(|_| scope.spawn(|| open(state.path()).map(drop))).collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert!(opened.iter().all(|o| o.is_ok()), "{opened:?}");
+            let left: Vec<_> =
+                std::fs::read_dir(state.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, ["status.git"], "what the losers built is gone");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -72,6 +72,7 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     }
     let mut cycle = advance(node, fetched?, out)?;
     cycle.status_error = status_error;
+    crate::node::state::write_textfile(node);
     Ok(cycle)
 }
 

@@ -90,7 +90,7 @@ pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<()> {
     let Some((commit, held)) = held else {
         if old.is_some() {
             clear_hold(node)?;
-            crate::mech::metrics::set_rollout_held(node, false);
+            crate::node::state::write_textfile(node);
         }
         return Ok(());
     };
@@ -106,7 +106,7 @@ pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<()> {
         let json = serde_json::to_vec_pretty(&hold).expect("a hold serializes");
         crate::mech::atomic::write(&node.state_dir.join(FILE), &json)?;
         if old.is_none() {
-            crate::mech::metrics::set_rollout_held(node, true);
+            crate::node::state::write_textfile(node);
         }
     }
     Ok(())

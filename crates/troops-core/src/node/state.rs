@@ -1,56 +1,222 @@
-//! What a node is now, read from disk without taking anything: the one view `troops status`, the
-//! published status document, the metrics and systemd hear from, so they never disagree.
+//! What a node is now, read from disk without taking anything: the one view that `troops status`
+//! (text and `--json`), the published status document, the metrics and systemd's status line are
+//! all made from, so they never disagree. A run on record as under way is taken as it stands:
+//! when nobody holds the node lock its troops is gone, and it is shown as what the next run will
+//! make of it (`runs::as_it_stands`), by every one of them alike.
 
+use std::time::SystemTime;
+
+use git2::Oid;
+
+use crate::mech::metrics::{Gauges, LastRun};
+use crate::mech::repo::Quarantined;
+use crate::mech::runs::{Other, Unreadable};
+use crate::model::ask::Ask;
 use crate::model::error::Result;
 use crate::model::node::Node;
-use crate::model::status::{state_of, Quarantine, RunSummary, State, StatusDoc, SCHEMA};
+use crate::model::records::{CheckStatus, RunRecord, RunStatus};
+use crate::model::status::{state_of, Hold, Quarantine, RunSummary, State, StatusDoc, SCHEMA};
+use crate::node::pull::RemoteState;
+use crate::policy::schedule::Decision;
+use crate::policy::waves::Place;
 
-/// This node's document now, from disk.
-pub fn status_doc(node: &Node) -> Result<StatusDoc> {
+/// A node as it is now.
+#[derive(Debug)]
+pub struct NodeState {
+    pub host: String,
+    /// Its roles by the plan at the tip (the config's alone when that plan cannot be read).
+    pub roles: Vec<String>,
+    /// Why the plan at the tip cannot be read, when it cannot.
+    pub plan_error: Option<String>,
+    pub branch: String,
+    pub tip: Option<Oid>,
+    /// What this process goes by as deployed (root: its ledger).
+    pub deployed: Option<Oid>,
+    /// What `refs/troops/deployed` says, which another user's run or a hand can move.
+    pub deployed_ref: Option<Oid>,
+    /// The run under way, if one is (its troops holds the node lock).
+    pub running: Option<RunRecord>,
+    /// The newest run that is over, as it stands (one whose troops died included).
+    pub last: Option<RunRecord>,
+    /// Run records that cannot be read, and runs others recorded: shown, never decided from.
+    pub unreadable: Vec<Unreadable>,
+    pub others: Vec<Other>,
+    /// What the node runs next on its own, and why (`schedule`, for a tick).
+    pub next: Decision,
+    /// What the rollout holds back, when it holds the tip.
+    pub hold: Option<Hold>,
+    /// This node's wave by the plan at the tip.
+    pub wave: Option<Place>,
+    pub quarantined: Vec<Quarantined>,
+    pub remotes: Vec<Remote>,
+    /// The node's state, and since when.
+    pub state: State,
+    pub since: Option<String>,
+}
+
+/// One remote of the node repo, and what its last fetch said.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub name: String,
+    pub url: String,
+    pub last_fetch: Option<RemoteState>,
+}
+
+/// Reads the node at once, taking no lock but a glance at whether the node lock is held.
+pub fn read(node: &Node) -> Result<NodeState> {
     let repo = node.repo()?;
     let tip = repo.tip()?;
-    let deployed = repo.deployed()?.map(|c| c.to_string());
-    let host = node.config.hostname();
-    let last = node.runs().latest()?;
-    let hold = crate::node::rollout::load_hold(node)?;
-    let roles: Vec<String> = match node.roles(None) {
-        Ok(roles) => roles.into_iter().collect(),
-        Err(_) => node.config.roles.clone(),
+    let deployed = repo.deployed()?;
+    let (roles, plan_error) = match node.roles(None) {
+        Ok(roles) => (roles.into_iter().collect(), None),
+        Err(e) => (node.config.roles.clone(), Some(e.to_string())),
     };
-    let wave = tip
-        .and_then(|tip| crate::node::rollout::rollout_at(&repo, tip))
-        .map(|rollout| crate::policy::waves::wave_of(&host, &rollout).name);
-    let tip = tip.map(|t| t.to_string());
-    let (state, since) = state_of(last.as_ref(), deployed.as_deref(), tip.as_deref(), hold.as_ref());
-    let quarantined = repo
-        .all_quarantined()?
-        .into_iter()
-        .map(|q| Quarantine { commit: q.commit.to_string(), reason: q.reason })
+    let fetched = crate::node::pull::remote_states(node)?;
+    let remotes = repo
+        .git
+        .remotes()
+        .map_err(|e| crate::Error::git(format!("listing the remotes of {}", node.repo_path().display()), e))?
+        .iter()
+        .flatten()
+        .map(|name| Remote {
+            name: name.to_owned(),
+            url: repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default(),
+            last_fetch: fetched.get(name).cloned(),
+        })
         .collect();
-    let checks = last.as_ref().map(|r| r.checks.clone()).unwrap_or_default();
-    Ok(StatusDoc {
-        schema: SCHEMA,
-        host,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+    let history = node.runs().all()?;
+    let mut newest_first = history.records.into_iter().rev();
+    let (running, last) = match newest_first.next().map(|r| crate::mech::runs::as_it_stands(node, r)) {
+        Some(r) if r.status.unfinished() => (Some(r), newest_first.next()),
+        last => (None, last),
+    };
+    let hold = crate::node::rollout::load_hold(node)?;
+    let wave = tip.and_then(|tip| crate::node::rollout::place(node, &repo, tip));
+    let (tip_text, deployed_text) = (tip.map(|t| t.to_string()), deployed.map(|d| d.to_string()));
+    let newest = running.as_ref().or(last.as_ref());
+    let (state, since) = state_of(newest, deployed_text.as_deref(), tip_text.as_deref(), hold.as_ref());
+    Ok(NodeState {
+        host: node.config.hostname(),
         roles,
-        wave,
+        plan_error,
+        branch: node.config.branch.clone(),
         tip,
         deployed,
+        deployed_ref: repo.deployed_ref()?,
+        running,
+        last,
+        unreadable: history.unreadable,
+        others: history.others,
+        next: crate::node::run::decision(node, &Ask::Tick)?,
+        hold: hold.filter(|_| state == State::Held),
+        wave,
+        quarantined: repo.all_quarantined()?,
+        remotes,
         state,
         since,
-        run: last.map(|r| RunSummary {
-            id: r.id,
-            commit: r.commit,
-            trigger: r.trigger,
-            status: r.status,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-            error: r.error,
-        }),
-        hold: hold.filter(|_| state == State::Held),
-        quarantined,
-        checks,
-        heartbeat_seconds: node.config.status_heartbeat.as_secs(),
-        updated_at: crate::model::records::now(),
     })
+}
+
+impl NodeState {
+    /// The newest run, under way or over.
+    pub fn newest(&self) -> Option<&RunRecord> {
+        self.running.as_ref().or(self.last.as_ref())
+    }
+
+    /// The document this node publishes to the fleet.
+    pub fn status_doc(&self, node: &Node) -> StatusDoc {
+        let newest = self.newest();
+        StatusDoc {
+            schema: SCHEMA,
+            host: self.host.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            roles: self.roles.clone(),
+            wave: self.wave.as_ref().map(|w| w.name.clone()),
+            tip: self.tip.map(|t| t.to_string()),
+            deployed: self.deployed.map(|d| d.to_string()),
+            state: self.state,
+            since: self.since.clone(),
+            run: newest.map(|r| RunSummary {
+                id: r.id,
+                commit: r.commit.clone(),
+                trigger: r.trigger,
+                status: r.status,
+                started_at: r.started_at.clone(),
+                finished_at: r.finished_at.clone(),
+                error: r.error.clone(),
+            }),
+            hold: self.hold.clone(),
+            quarantined: self
+                .quarantined
+                .iter()
+                .map(|q| Quarantine { commit: q.commit.to_string(), reason: q.reason.clone() })
+                .collect(),
+            checks: newest.map(|r| r.checks.clone()).unwrap_or_default(),
+            heartbeat_seconds: node.config.status_heartbeat.as_secs(),
+            updated_at: crate::model::records::now(),
+        }
+    }
+
+    /// What the metrics show of the node now (the counters are kept apart, `metrics`).
+    pub fn gauges(&self) -> Gauges {
+        let last = self.last.as_ref();
+        let ended = |r: &RunRecord| {
+            let at = r.finished_at.as_deref().unwrap_or(&r.started_at);
+            humantime::parse_rfc3339_weak(at).ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        };
+        Gauges {
+            deployed: self.deployed.map(|d| d.to_string()),
+            tip: self.tip.map(|t| t.to_string()),
+            state: self.state.to_string(),
+            quarantined: self.quarantined.len(),
+            last_run: last.map(|r| LastRun {
+                succeeded: r.status == RunStatus::Succeeded,
+                at: ended(r).map_or(0.0, |d| d.as_secs_f64()),
+            }),
+            checks: last
+                .map(|r| {
+                    r.checks
+                        .iter()
+                        .filter(|c| !matches!(c.status, CheckStatus::Skipped | CheckStatus::NotRun))
+                        .map(|c| {
+                            (c.name.clone(), matches!(c.status, CheckStatus::Passed | CheckStatus::Passing))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            rollout_held: self.hold.is_some(),
+        }
+    }
+
+    /// What systemd's status line says of the node: its state and what is deployed.
+    pub fn summary(&self) -> String {
+        let deployed = self
+            .deployed
+            .map_or("nothing".to_owned(), |d| crate::model::names::short(&d.to_string()).to_owned());
+        format!("{}; deployed {deployed}", self.state)
+    }
+}
+
+/// This node's status document now, from disk.
+pub fn status_doc(node: &Node) -> Result<StatusDoc> {
+    Ok(read(node)?.status_doc(node))
+}
+
+/// The metrics of this node now, as the textfile and `/metrics` show them.
+pub fn metrics(node: &Node) -> Result<String> {
+    let gauges = read(node)?.gauges();
+    Ok(crate::mech::metrics::render(&crate::mech::metrics::snapshot(node, gauges)))
+}
+
+/// Rewrites the `[metrics] textfile`, if there is one, after whatever changed the node; a
+/// failure is reported (the metrics never change a run's result).
+pub fn write_textfile(node: &Node) {
+    let Some(path) = &node.config.metrics.textfile else { return };
+    let written = metrics(node).and_then(|text| {
+        // node_exporter runs as its own user: the file is for everyone to read.
+        crate::mech::atomic::write_mode(path, text.as_bytes(), 0o644)
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, textfile = %path.display(), "metrics textfile not written");
+    }
 }

@@ -6,7 +6,6 @@
 
 use git2::Oid;
 
-use crate::mech::lock::NodeLock;
 use crate::model::ask::Ask;
 use crate::model::error::{Exit, Result};
 use crate::model::names::short;
@@ -116,20 +115,13 @@ fn newest_runs(node: &Node, commit: Oid) -> Result<(Option<RunRecord>, Option<Ru
     let mut newest = None;
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
-        let record = as_it_stands(node, record);
+        let record = crate::mech::runs::as_it_stands(node, record);
         if record.commit == hex {
             return Ok((newest.or_else(|| Some(record.clone())), Some(record)));
         }
         newest.get_or_insert(record);
     }
     Ok((newest, None))
-}
-
-fn as_it_stands(node: &Node, mut record: RunRecord) -> RunRecord {
-    if record.status.unfinished() && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
-        crate::model::records::abandon(&mut record);
-    }
-    record
 }
 
 fn short_id(commit: Oid) -> String {

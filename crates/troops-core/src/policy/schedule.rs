@@ -24,6 +24,9 @@ pub struct PastRun {
     /// Its commit is quarantined.
     pub quarantined: bool,
     pub rolled_back: bool,
+    /// It is on record as under way, but its troops died (nobody holds the node lock): `status`
+    /// is what the next run's recovery makes of it.
+    pub abandoned: bool,
 }
 
 /// The node's state, as read from disk.
@@ -129,6 +132,15 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
     };
     if let Some(newest) = newest.filter(|r| r.status.unfinished()) {
         return Decision::Idle { why: format!("run {} is under way", newest.id) };
+    }
+    // Its failed checks may quarantine its commit, which only the recovery under the lock does.
+    if let Some(newest) = newest.filter(|r| r.abandoned && r.status != RunStatus::Interrupted) {
+        return Decision::Idle {
+            why: format!(
+                "run {} was left checking by a troops that died; the next trigger fails its checks first",
+                newest.id
+            ),
+        };
     }
     // A commit that failed with `on_failure = "rollback"` is quarantined; until the last good
     // commit ran again, that is what runs.
@@ -308,6 +320,7 @@ mod tests {
             finished_at: (!status.unfinished()).then(|| at(0)),
             quarantined,
             rolled_back: false,
+            abandoned: false,
         }
     }
 
@@ -382,6 +395,8 @@ mod tests {
             ("run under way", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Running, Pull, false)]), 0, "idle"),
             ("checks under way", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Checking, Pull, false)]), 0, "idle"),
             ("interrupted: again at once", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Interrupted, Pull, false)]), 0, "run b pull"),
+            ("its troops died running it: again at once", tick.clone(), facts(Some(B), Some(A), false, vec![PastRun { abandoned: true, ..past(2, B, Interrupted, Pull, false) }]), 0, "run b pull"),
+            ("its troops died checking it: the recovery decides", tick.clone(), facts(Some(B), Some(A), false, vec![PastRun { abandoned: true, ..past(2, B, Failed, Pull, false) }]), 0, "idle"),
             ("failed once, in backoff", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 10, "wait 30s"),
             ("failed once, push of the same tip waits too", push.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 10, "wait 30s"),
             ("failed once, backoff over", tick.clone(), facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)]), 30, "run b retry"),

@@ -24,7 +24,7 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
     let records: Vec<_> = history
         .records
         .into_iter()
-        .map(|r| if Some(r.id) == latest { super::status::effective(node, r) } else { r })
+        .map(|r| if Some(r.id) == latest { troops_core::mech::runs::as_it_stands(node, r) } else { r })
         .collect();
     if json {
         writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&records)?)?;
@@ -94,7 +94,7 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
         if !args.follow || !readable {
             return Ok(ExitCode::SUCCESS);
         }
-        if !super::status::effective(node, runs.load(id)?).status.unfinished() {
+        if !troops_core::mech::runs::as_it_stands(node, runs.load(id)?).status.unfinished() {
             // The run may have written its end between our read and the check.
             std::io::copy(&mut file, &mut stdout)?;
             stdout.flush()?;

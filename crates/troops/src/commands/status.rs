@@ -5,50 +5,88 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Result;
-use serde_json::json;
+use git2::Oid;
+use serde::Serialize;
 use troops_core::mech::control::Daemon;
-use troops_core::mech::lock::NodeLock;
+use troops_core::mech::runs::{Other, Unreadable};
+use troops_core::mech::verify::LastRefusal;
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
-use troops_core::model::records::RunRecord;
+use troops_core::model::records::{RunRecord, RunStatus, Trigger};
 use troops_core::model::shown::escape;
+use troops_core::model::status::{State, StatusDoc};
+use troops_core::node::pull::RemoteState;
 use troops_core::policy::schedule::Decision;
 
+/// The layout of `troops status --json`; a reader tolerates fields it does not know.
+const SCHEMA: u32 = 1;
+
+/// `troops status --json`: the node as it is (`node::state`), what its daemon says, and its
+/// signature policy.
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: u32,
+    host: &'a str,
+    roles: &'a [String],
+    plan_error: Option<&'a str>,
+    branch: &'a str,
+    tip: Option<String>,
+    deployed: Option<String>,
+    deployed_ref: Option<String>,
+    remotes: Vec<RemoteReport<'a>>,
+    daemon: serde_json::Value,
+    running: Option<&'a RunRecord>,
+    last_run: Option<&'a RunRecord>,
+    next: Next<'a>,
+    quarantined: Vec<QuarantineReport<'a>>,
+    unreadable_runs: &'a [Unreadable],
+    others_runs: &'a [Other],
+    wave: Option<String>,
+    state: State,
+    since: Option<&'a str>,
+    fleet: StatusDoc,
+    verify: VerifyReport<'a>,
+}
+
+#[derive(Serialize)]
+struct RemoteReport<'a> {
+    name: &'a str,
+    url: &'a str,
+    last_fetch: Option<&'a RemoteState>,
+}
+
+/// What the node runs next on its own.
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum Next<'a> {
+    Run { commit: String, trigger: Trigger, why: &'a str },
+    Wait { until: String, why: &'a str },
+    Idle { why: &'a str },
+    Hold { why: &'a str, until: Option<String> },
+}
+
+#[derive(Serialize)]
+struct QuarantineReport<'a> {
+    commit: String,
+    reason: &'a str,
+    at: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct VerifyReport<'a> {
+    require_signed: bool,
+    scope: &'static str,
+    keyring: &'a std::path::Path,
+    allowed_signers: Option<&'a std::path::Path>,
+    keyring_error: Option<String>,
+    last_refusal: Option<LastRefusal>,
+}
+
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
-    let repo = node.repo()?;
-    let tip = repo.tip()?.map(|c| c.to_string());
-    let deployed = repo.deployed()?.map(|c| c.to_string());
-    // What git shows as deployed, which a member of the admin group can move (and their push run
-    // in-process does): root goes by its ledger, and says when the two differ.
-    let deployed_ref = repo.deployed_ref()?.map(|c| c.to_string());
-    let host = node.config.hostname();
-    let (roles, plan_error) = match node.roles(None) {
-        Ok(roles) => (roles.into_iter().collect::<Vec<_>>(), None),
-        Err(e) => (node.config.roles.clone(), Some(e.to_string())),
-    };
-    let states = troops_core::node::pull::remote_states(node)?;
-    let remotes: Vec<_> = repo
-        .git
-        .remotes()?
-        .iter()
-        .flatten()
-        .map(|name| {
-            let url =
-                repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default();
-            (name.to_owned(), url, states.get(name).cloned())
-        })
-        .collect();
-    let history = node.runs().all()?;
-    for skipped in &history.unreadable {
+    let now = troops_core::node::state::read(node)?;
+    for skipped in &now.unreadable {
         eprintln!("troops: warning: {skipped}");
     }
-    let others = others(&history.others);
-    let mut newest_first = history.records.iter().rev().cloned();
-    let (running, last) = match newest_first.next().map(|r| effective(node, r)) {
-        Some(r) if r.status.unfinished() => (Some(r), newest_first.next()),
-        last => (None, last),
-    };
-
     let verify = &node.config.verify;
     let scope = match verify.scope {
         troops_core::model::config::Scope::Tip => "tip",
@@ -67,169 +105,161 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         None => String::new(),
     };
     let last_refusal = troops_core::mech::verify::last_refusal(&node.state_dir)?;
-    let quarantined = repo.all_quarantined()?;
-    // What the node does next on its own, and why: the same decision every trigger obeys.
-    let next = troops_core::node::run::decision(node, &troops_core::model::ask::Ask::Tick)?;
-    let next_json = match &next {
-        Decision::Run(r) => {
-            json!({"state": "run", "commit": r.commit.to_string(), "trigger": r.trigger, "why": r.why})
-        }
-        Decision::Wait { until, why } => {
-            json!({"state": "wait", "until": humantime::format_rfc3339_seconds(*until).to_string(), "why": why})
-        }
-        Decision::Idle { why } | Decision::Refuse { why } => json!({"state": "idle", "why": why}),
-        Decision::Hold { why, until } => {
-            json!({"state": "hold", "why": why, "until": until.map(|u| humantime::format_rfc3339_seconds(u).to_string())})
-        }
-    };
     let daemon = troops_core::mech::control::daemon_status(&node.socket_path());
-    let fleet = troops_core::node::state::status_doc(node)?;
-    let wave = match repo.tip()? {
-        Some(tip) => troops_core::node::rollout::place(node, &repo, tip),
-        None => None,
-    };
+    let id = |c: Option<Oid>| c.map(|c| c.to_string());
+    let commit = |c: Option<Oid>| c.map_or("none".to_owned(), |c| short(&c.to_string()).to_owned());
 
     if json {
-        let status = json!({
-            "host": host,
-            "roles": roles,
-            "plan_error": plan_error,
-            "branch": node.config.branch,
-            "tip": tip,
-            "deployed": deployed,
-            "deployed_ref": deployed_ref,
-            "remotes": remotes.iter().map(|(name, url, last)| json!({"name": name, "url": url, "last_fetch": last})).collect::<Vec<_>>(),
-            "daemon": match &daemon {
+        let report = Report {
+            schema: SCHEMA,
+            host: &now.host,
+            roles: &now.roles,
+            plan_error: now.plan_error.as_deref(),
+            branch: &now.branch,
+            tip: id(now.tip),
+            deployed: id(now.deployed),
+            deployed_ref: id(now.deployed_ref),
+            remotes: now
+                .remotes
+                .iter()
+                .map(|r| RemoteReport { name: &r.name, url: &r.url, last_fetch: r.last_fetch.as_ref() })
+                .collect(),
+            daemon: match &daemon {
                 Daemon::Absent => serde_json::Value::Null,
-                Daemon::Serving(d) => json!(d),
-                Daemon::Refused(e) => json!({ "error": e }),
-                Daemon::NotServing(e) => json!({ "error": e, "serving": false }),
+                Daemon::Serving(d) => serde_json::to_value(d)?,
+                Daemon::Refused(e) => serde_json::json!({ "error": e }),
+                Daemon::NotServing(e) => serde_json::json!({ "error": e, "serving": false }),
             },
-            "running": running,
-            "last_run": last,
-            "next": next_json,
-            "quarantined": quarantined.iter().map(|q| json!({"commit": q.commit.to_string(), "reason": q.reason, "at": q.at})).collect::<Vec<_>>(),
-            "unreadable_runs": history.unreadable,
-            "others_runs": history.others,
-            "wave": wave.as_ref().map(ToString::to_string),
-            "fleet": fleet,
-            "verify": {
-                "require_signed": verify.require_signed,
-                "scope": scope,
-                "keyring": verify.keyring,
-                "allowed_signers": verify.allowed_signers,
-                "keyring_error": keyring_error,
-                "last_refusal": last_refusal,
+            running: now.running.as_ref(),
+            last_run: now.last.as_ref(),
+            next: match &now.next {
+                Decision::Run(r) => {
+                    Next::Run { commit: r.commit.to_string(), trigger: r.trigger, why: &r.why }
+                }
+                Decision::Wait { until, why } => {
+                    Next::Wait { until: humantime::format_rfc3339_seconds(*until).to_string(), why }
+                }
+                Decision::Idle { why } | Decision::Refuse { why } => Next::Idle { why },
+                Decision::Hold { why, until } => {
+                    Next::Hold { why, until: until.map(|u| humantime::format_rfc3339_seconds(u).to_string()) }
+                }
             },
-        });
-        writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&status)?)?;
+            quarantined: now
+                .quarantined
+                .iter()
+                .map(|q| QuarantineReport {
+                    commit: q.commit.to_string(),
+                    reason: &q.reason,
+                    at: q.at.as_deref(),
+                })
+                .collect(),
+            unreadable_runs: &now.unreadable,
+            others_runs: &now.others,
+            wave: now.wave.as_ref().map(ToString::to_string),
+            state: now.state,
+            since: now.since.as_deref(),
+            fleet: now.status_doc(node),
+            verify: VerifyReport {
+                require_signed: verify.require_signed,
+                scope,
+                keyring: &verify.keyring,
+                allowed_signers: verify.allowed_signers.as_deref(),
+                keyring_error,
+                last_refusal,
+            },
+        };
+        writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let commit = |c: &Option<String>| c.as_deref().map_or("none".to_owned(), |c| short(c).to_owned());
-    writeln!(std::io::stdout(), "host      {host}")?;
-    writeln!(
-        std::io::stdout(),
-        "roles     {}",
-        if roles.is_empty() { "none".into() } else { roles.join(", ") }
-    )?;
-    if let Some(e) = plan_error {
-        writeln!(std::io::stdout(), "plan      invalid at the tip: {e}")?;
+    let mut out = std::io::stdout();
+    writeln!(out, "host      {}", now.host)?;
+    writeln!(out, "roles     {}", if now.roles.is_empty() { "none".into() } else { now.roles.join(", ") })?;
+    if let Some(e) = &now.plan_error {
+        writeln!(out, "plan      invalid at the tip: {e}")?;
     }
-    writeln!(std::io::stdout(), "branch    {} at {}", node.config.branch, commit(&tip))?;
-    let pending = if tip.is_some() && tip != deployed { " (the tip is not deployed)" } else { "" };
-    writeln!(std::io::stdout(), "deployed  {}{pending}", commit(&deployed))?;
-    if deployed_ref != deployed {
+    writeln!(out, "branch    {} at {}", now.branch, commit(now.tip))?;
+    let pending =
+        if now.tip.is_some() && now.tip != now.deployed { " (the tip is not deployed)" } else { "" };
+    writeln!(out, "deployed  {}{pending}", commit(now.deployed))?;
+    if now.deployed_ref != now.deployed {
         writeln!(
-            std::io::stdout(),
+            out,
             "          (refs/troops/deployed says {}: moved by another user's run or by hand; not gone by)",
-            commit(&deployed_ref)
+            commit(now.deployed_ref)
         )?;
     }
-    if let Some(wave) = &wave {
-        writeln!(std::io::stdout(), "wave      {wave}")?;
+    if let Some(wave) = &now.wave {
+        writeln!(out, "wave      {wave}")?;
     }
-    let since = fleet.since.as_deref().map_or(String::new(), |s| format!(" since {s}"));
-    match &fleet.hold {
-        Some(hold) => writeln!(std::io::stdout(), "state     held{since}: {}", escape(&hold.why))?,
-        None => writeln!(std::io::stdout(), "state     {}{since}", fleet.state)?,
+    let since = now.since.as_deref().map_or(String::new(), |s| format!(" since {s}"));
+    match &now.hold {
+        Some(hold) => writeln!(out, "state     held{since}: {}", escape(&hold.why))?,
+        None => writeln!(out, "state     {}{since}", now.state)?,
     }
-    for (name, url, last) in &remotes {
-        let last = match last {
+    for r in &now.remotes {
+        let last = match &r.last_fetch {
             None => "never fetched".to_owned(),
             Some(s) => match (&s.error, &s.refused, &s.tip) {
                 (Some(e), _, _) => format!("fetch failed at {}: {}", s.fetched_at, escape(e)),
-                (None, Some(r), _) => format!("fetched at {}: {}", s.fetched_at, escape(r)),
-                (None, None, tip) => format!("fetched at {}: {}", s.fetched_at, commit(tip)),
+                (None, Some(why), _) => format!("fetched at {}: {}", s.fetched_at, escape(why)),
+                (None, None, tip) => format!(
+                    "fetched at {}: {}",
+                    s.fetched_at,
+                    tip.as_deref().map_or("none".to_owned(), |t| short(t).to_owned())
+                ),
             },
         };
-        writeln!(std::io::stdout(), "remote    {name} {url} ({last})")?;
+        writeln!(out, "remote    {} {} ({last})", r.name, r.url)?;
     }
     match &daemon {
-        Daemon::Absent => {
-            writeln!(std::io::stdout(), "daemon    not running (each trigger runs the plan itself)")?
-        }
+        Daemon::Absent => writeln!(out, "daemon    not running (each trigger runs the plan itself)")?,
         Daemon::Serving(d) => {
             let retry =
                 d.retry_at.as_ref().map_or(String::new(), |at| format!("; the failed tip again at {at}"));
             let next = d.next_pull_at.as_deref().unwrap_or("not scheduled");
-            writeln!(
-                std::io::stdout(),
-                "daemon    pid {} since {}; next pull at {next}{retry}",
-                d.pid,
-                d.started_at
-            )?;
+            writeln!(out, "daemon    pid {} since {}; next pull at {next}{retry}", d.pid, d.started_at)?;
             if let Some(e) = &d.metrics_error {
-                writeln!(std::io::stdout(), "metrics   NOT SERVED: {e}")?;
+                writeln!(out, "metrics   NOT SERVED: {e}")?;
             }
         }
-        Daemon::Refused(e) => {
-            writeln!(std::io::stdout(), "daemon    running, but it does not tell us how: {e}")?
-        }
+        Daemon::Refused(e) => writeln!(out, "daemon    running, but it does not tell us how: {e}")?,
         Daemon::NotServing(e) => writeln!(
-            std::io::stdout(),
+            out,
             "daemon    NOT SERVING: {e}; pushes and pulls sent to it hang or fail until it is restarted"
         )?,
     }
-    match &running {
+    match &now.running {
         Some(r) => writeln!(
-            std::io::stdout(),
+            out,
             "running   run {} ({}) of {} since {}{}",
             r.id,
             r.trigger,
             short(&r.commit),
             r.started_at,
-            if r.status == troops_core::model::records::RunStatus::Checking {
-                ", checking health"
-            } else {
-                ""
-            }
+            if r.status == RunStatus::Checking { ", checking health" } else { "" }
         )?,
-        None => writeln!(std::io::stdout(), "running   nothing")?,
+        None => writeln!(out, "running   nothing")?,
     }
-    match &last {
-        Some(r) => writeln!(std::io::stdout(), "last run  {}", last_run(r))?,
-        None => writeln!(std::io::stdout(), "last run  none")?,
+    match &now.last {
+        Some(r) => writeln!(out, "last run  {}", last_run(r))?,
+        None => writeln!(out, "last run  none")?,
     }
-    if let Some(others) = &others {
-        writeln!(std::io::stdout(), "others    {others}")?;
+    if let Some(others) = others(&now.others) {
+        writeln!(out, "others    {others}")?;
     }
-    match &next {
-        Decision::Run(r) => writeln!(
-            std::io::stdout(),
-            "next      run {} ({}): {}",
-            short(&r.commit.to_string()),
-            r.trigger,
-            r.why
-        )?,
-        Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {}", escape(why))?,
-        Decision::Idle { why } | Decision::Refuse { why } => {
-            writeln!(std::io::stdout(), "next      nothing: {}", escape(why))?
+    match &now.next {
+        Decision::Run(r) => {
+            writeln!(out, "next      run {} ({}): {}", short(&r.commit.to_string()), r.trigger, r.why)?
         }
-        Decision::Hold { why, .. } => writeln!(std::io::stdout(), "next      held: {}", escape(why))?,
+        Decision::Wait { why, .. } => writeln!(out, "next      waiting: {}", escape(why))?,
+        Decision::Idle { why } | Decision::Refuse { why } => {
+            writeln!(out, "next      nothing: {}", escape(why))?
+        }
+        Decision::Hold { why, .. } => writeln!(out, "next      held: {}", escape(why))?,
     }
-    for q in &quarantined {
+    for q in &now.quarantined {
         writeln!(
-            std::io::stdout(),
+            out,
             "bad       {} quarantined{}: {}",
             short(&q.commit.to_string()),
             q.at.as_deref().map_or(String::new(), |at| format!(" at {at}")),
@@ -237,21 +267,14 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         )?;
     }
     match (&policy, &keyring_error) {
-        (None, _) => writeln!(std::io::stdout(), "verify    off (unsigned commits are deployed)")?,
+        (None, _) => writeln!(out, "verify    off (unsigned commits are deployed)")?,
         (Some(_), Some(e)) => {
-            writeln!(std::io::stdout(), "verify    on (scope {scope}), but nothing can be verified: {e}")?
+            writeln!(out, "verify    on (scope {scope}), but nothing can be verified: {e}")?
         }
-        (Some(_), None) => writeln!(std::io::stdout(), "verify    on (scope {scope}, {lists})")?,
+        (Some(_), None) => writeln!(out, "verify    on (scope {scope}, {lists})")?,
     }
     if let Some(r) = &last_refusal {
-        writeln!(
-            std::io::stdout(),
-            "refused   {} from {} at {}: {}",
-            short(&r.commit),
-            r.source,
-            r.at,
-            r.reason
-        )?;
+        writeln!(out, "refused   {} from {} at {}: {}", short(&r.commit), r.source, r.at, r.reason)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -290,13 +313,4 @@ fn last_run(r: &RunRecord) -> String {
         r.status.to_string().replace('_', " "),
         r.id
     )
-}
-
-/// A record as it stands: one left unfinished while nobody holds the lock is what the next run
-/// will make of it (`runs::abandon`).
-pub fn effective(node: &Node, mut record: RunRecord) -> RunRecord {
-    if record.status.unfinished() && matches!(NodeLock::try_acquire(&node.lock_path()), Ok(Some(_))) {
-        troops_core::model::records::abandon(&mut record);
-    }
-    record
 }

@@ -36,12 +36,11 @@ pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunE
             (Done { exit: e.exit(), error: Some(e.to_string()) }, run::next_due(node), Vec::new())
         }
     };
-    let deployed = node.repo().and_then(|r| r.deployed()).ok().flatten();
-    let summary = format!(
-        "deployed {}{}",
-        deployed.map_or("nothing".into(), |d| troops_core::model::names::short(&d.to_string()).to_owned()),
-        if next_due.is_some() { "; a failed commit waits for its retry" } else { "" }
-    );
+    // What systemd's status line says, from the same read of the node as `troops status`.
+    let summary = match troops_core::node::state::read(node) {
+        Ok(now) => now.summary(),
+        Err(e) => format!("cannot read the node: {e}"),
+    };
     RunEnd { done, next_due, summary, tell }
 }
 

@@ -152,10 +152,7 @@ async fn answer(mut stream: TcpStream, node: Node) {
     if method != "GET" {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n").await;
     }
-    let rendered = tokio::task::spawn_blocking(move || {
-        troops_core::mech::metrics::snapshot(&node).map(|s| troops_core::mech::metrics::render(&s))
-    })
-    .await;
+    let rendered = tokio::task::spawn_blocking(move || troops_core::node::state::metrics(&node)).await;
     match rendered {
         Ok(Ok(text)) => {
             respond(&mut stream, "200 OK", troops_core::mech::metrics::CONTENT_TYPE, text.as_bytes()).await

@@ -2,8 +2,8 @@
 //! last successful fetch of each remote live in `<state>/metrics/counters.json`, so they survive
 //! restarts and run pruning; everything else is read fresh (refs, config). Whoever changes the
 //! counters (a run, the daemon's fetcher, a hook run in-process by a member of the admin group)
-//! does it under a flock on `<state>/metrics/`, and then rewrites the `[metrics] textfile` if there
-//! is one. A node with neither `textfile` nor `listen` keeps no counters. Nothing here ever fails
+//! does it under a flock on `<state>/metrics/`; the gauges are read fresh from the node by
+//! `node::state`, which also writes the `[metrics] textfile` after each change. A node with neither `textfile` nor `listen` keeps no counters. Nothing here ever fails
 //! a run or a fetch, nor holds one up: the admin group may write `metrics/`, so the counters are
 //! read as [`crate::mech::trust::read_state_file`] reads (never waiting on a FIFO planted there), and the
 //! flock, which a member can hold, is waited for at most [`LOCK_WAIT`]; a problem is logged and
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::mech::fetch::Fetched;
 use crate::model::error::{Context, Error, Result};
 use crate::model::node::Node;
-use crate::model::records::{CheckStatus, RunRecord, RunStatus, Trigger};
+use crate::model::records::{RunRecord, RunStatus, Trigger};
 
 /// The `Content-Type` of what [`render`] gives (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -55,15 +55,8 @@ pub struct Counters {
     pub verify_refusals: BTreeMap<String, u64>,
     /// Runs with trigger `rollback`.
     pub rollbacks: u64,
-    pub last_run: Option<LastRun>,
     /// Unix seconds at the end of the last run that succeeded.
     pub last_success_at: Option<f64>,
-    /// The last run's checks: name and whether it passed (the run path passes them to
-    /// [`after_run`] from the run record's `checks[]`).
-    pub checks: BTreeMap<String, bool>,
-    /// Whether the rollout holds this node's next commit back (the run path sets it with
-    /// [`set_rollout_held`]).
-    pub rollout_held: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -97,19 +90,33 @@ impl Histogram {
     }
 }
 
+/// What the metrics show of the node now, from the one read of it (`node::state`): the same
+/// things `troops status` and the status document say.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub deployed: Option<String>,
+    pub tip: Option<String>,
+    /// The node's state (`deploying`, `healthy`, ...), as the status document says it.
+    pub state: String,
+    /// How many commits are quarantined after a failure (as root's ledger says).
+    pub quarantined: usize,
+    /// The newest run that is over, as it stands (a run whose troops died included).
+    pub last_run: Option<LastRun>,
+    /// That run's checks: name and whether it passed.
+    pub checks: BTreeMap<String, bool>,
+    /// Whether the rollout holds this node's tip back.
+    pub rollout_held: bool,
+}
+
 /// Everything the metrics show at one moment.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub deployed: Option<String>,
-    pub tip: Option<String>,
-    /// How many commits are quarantined after a failure (`refs/troops/bad/*`, as root's ledger says).
-    pub quarantined: usize,
+    pub gauges: Gauges,
     pub counters: Counters,
 }
 
 /// After a run's record is final (and `refs/troops/deployed` moved if it succeeded): observes its
-/// duration, keeps the checks it probed (its `checks[]`) as the node's current check results,
-/// counts the runs of `results` by final status and trigger, and rewrites the textfile. `results`
+/// duration and counts the runs of `results` by final status and trigger. `results`
 /// is the run itself, unless a rollback of it follows (which knows its final status), and the
 /// failed run a rollback undid, with the status the rollback left it (`rolled_back`, or `failed`).
 pub fn after_run(node: &Node, record: &RunRecord, results: &[&RunRecord]) {
@@ -126,19 +133,9 @@ pub fn after_run(node: &Node, record: &RunRecord, results: &[&RunRecord]) {
         if record.trigger == Trigger::Rollback {
             increment(&mut c.rollbacks);
         }
-        let succeeded = record.status == RunStatus::Succeeded;
-        c.last_run = Some(LastRun { succeeded, at: now });
-        if succeeded {
+        if record.status == RunStatus::Succeeded {
             c.last_success_at = Some(now);
         }
-        c.checks = record
-            .checks
-            .iter()
-            .filter(|check| !matches!(check.status, CheckStatus::Skipped | CheckStatus::NotRun))
-            .map(|check| {
-                (check.name.clone(), matches!(check.status, CheckStatus::Passed | CheckStatus::Passing))
-            })
-            .collect();
     });
 }
 
@@ -165,19 +162,10 @@ pub fn count_refusal(node: &Node, reason: &str) {
     update(node, |c| increment(c.verify_refusals.entry(reason.to_owned()).or_default()));
 }
 
-/// Whether the rollout holds this node back (a commit failed in an earlier wave).
-pub fn set_rollout_held(node: &Node, held: bool) {
-    update(node, |c| c.rollout_held = held);
-}
-
-/// Reads what the metrics show now. Counters that cannot be read start from zero (logged).
-pub fn snapshot(node: &Node) -> Result<Snapshot> {
-    let repo = node.repo()?;
-    let deployed = repo.deployed()?.map(|c| c.to_string());
-    let tip = repo.tip()?.map(|c| c.to_string());
-    // As this process goes by them (root: its ledger, not refs a member can add).
-    let quarantined = repo.all_quarantined()?.len();
-    Ok(Snapshot { deployed, tip, quarantined, counters: load(&counters_path(node)) })
+/// The metrics now: `gauges`, and the counters as kept. Counters that cannot be read start from
+/// zero (logged).
+pub fn snapshot(node: &Node, gauges: Gauges) -> Snapshot {
+    Snapshot { gauges, counters: load(&counters_path(node)) }
 }
 
 /// The exposition text of `snapshot` (Prometheus text format 0.0.4, no timestamps).
@@ -190,14 +178,6 @@ pub fn render(snapshot: &Snapshot) -> String {
     text
 }
 
-/// Writes the textfile now, if one is configured.
-pub fn write_textfile(node: &Node) -> Result<()> {
-    let Some(path) = &node.config.metrics.textfile else { return Ok(()) };
-    let text = render(&snapshot(node)?);
-    // node_exporter runs as its own user: the file is for everyone to read.
-    crate::mech::atomic::write_mode(path, text.as_bytes(), 0o644)
-}
-
 /// `<state>/metrics/`: the counters and their lock; the admin group may write it (`init`).
 pub fn dir(node: &Node) -> PathBuf {
     node.state_dir.join("metrics")
@@ -207,7 +187,8 @@ fn counters_path(node: &Node) -> PathBuf {
     dir(node).join("counters.json")
 }
 
-/// Changes the counters under the metrics lock, then rewrites the textfile; logs what fails.
+/// Changes the counters under the metrics lock; logs what fails. Whoever changed them rewrites the
+/// textfile after (`node::state::write_textfile`), from the node as it is then.
 fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
     // A node that exports no metrics pays nothing for them (they count from when it starts to).
     let settings = &node.config.metrics;
@@ -221,11 +202,7 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
         let path = counters_path(node);
         let mut counters = load(&path);
         change(&mut counters);
-        crate::mech::atomic::write(
-            &path,
-            &serde_json::to_vec_pretty(&counters).expect("counters serialize"),
-        )?;
-        write_textfile(node)
+        crate::mech::atomic::write(&path, &serde_json::to_vec_pretty(&counters).expect("counters serialize"))
     })();
     if let Err(e) = result {
         tracing::warn!(error = %e, "metrics not updated");
@@ -283,7 +260,7 @@ fn unix_now() -> f64 {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
-        let c = &self.counters;
+        let (c, g) = (&self.counters, &self.gauges);
         let mut info = |name: &str, help: &str, labels: Option<[(&str, &str); 1]>| {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Info)?;
             match labels {
@@ -295,12 +272,12 @@ impl Collector for Snapshot {
         info(
             "troops_deployed",
             "The commit of refs/troops/deployed, the last commit whose run succeeded",
-            self.deployed.as_deref().map(|commit| [("commit", commit)]),
+            g.deployed.as_deref().map(|commit| [("commit", commit)]),
         )?;
         info(
             "troops_tip",
             "The commit at the tip of the followed branch",
-            self.tip.as_deref().map(|commit| [("commit", commit)]),
+            g.tip.as_deref().map(|commit| [("commit", commit)]),
         )?;
 
         let mut gauge = |name: &str, help: &str, value: Option<f64>| match value {
@@ -312,7 +289,7 @@ impl Collector for Snapshot {
             )?),
             None => encoder.encode_descriptor(name, help, None, MetricType::Gauge).map(drop),
         };
-        let last = c.last_run;
+        let last = g.last_run;
         gauge(
             "troops_last_run_success",
             "1 if the last run succeeded, 0 if it did not",
@@ -407,7 +384,7 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        for (check, up) in &c.checks {
+        for (check, up) in &g.checks {
             ConstGauge::new(i64::from(*up)).encode(checks.encode_family(&[("check", check.as_str())])?)?;
         }
 
@@ -417,18 +394,25 @@ impl Collector for Snapshot {
             None,
             MetricType::Counter,
         )?)?;
-        ConstGauge::new(self.quarantined as i64).encode(encoder.encode_descriptor(
+        ConstGauge::new(g.quarantined as i64).encode(encoder.encode_descriptor(
             "troops_quarantined_commits",
             "Commits quarantined after a failure (refs/troops/bad/*), never run again by a pull",
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(i64::from(c.rollout_held)).encode(encoder.encode_descriptor(
+        ConstGauge::new(i64::from(g.rollout_held)).encode(encoder.encode_descriptor(
             "troops_rollout_held",
-            "1 if the rollout holds this node's next commit back, because it failed in an earlier wave",
+            "1 if the rollout holds this node's next commit back",
             None,
             MetricType::Gauge,
-        )?)
+        )?)?;
+        let mut state = encoder.encode_descriptor(
+            "troops_state",
+            "1 for the node's state (as troops status and its status document say it)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(state.encode_family(&[("state", g.state.as_str())])?)
     }
 }
 

@@ -1,7 +1,17 @@
 use crate::mech::metrics::*;
 
+fn gauges() -> Gauges {
+    Gauges {
+        deployed: Some("d".repeat(40)),
+        tip: Some("e".repeat(40)),
+        state: "idle".into(),
+        quarantined: 2,
+        ..Gauges::default()
+    }
+}
+
 fn snapshot(counters: Counters) -> Snapshot {
-    Snapshot { deployed: Some("d".repeat(40)), tip: Some("e".repeat(40)), quarantined: 2, counters }
+    Snapshot { gauges: gauges(), counters }
 }
 
 #[test]
@@ -23,12 +33,14 @@ fn every_metric_of_the_spec_is_rendered_with_help_and_type() {
         "troops_rollbacks_total",
         "troops_quarantined_commits",
         "troops_rollout_held",
+        "troops_state",
     ] {
         assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name} in\n{text}");
         assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE for {name} in\n{text}");
     }
     assert!(text.contains(&format!("troops_deployed_info{{commit=\"{}\"}} 1\n", "d".repeat(40))), "{text}");
     assert!(text.contains("troops_quarantined_commits 2\n"), "{text}");
+    assert!(text.contains("troops_state{state=\"idle\"} 1\n"), "{text}");
     assert!(!text.contains("# EOF"), "OpenMetrics, not the text format node_exporter reads:\n{text}");
 }
 
@@ -40,9 +52,10 @@ fn counters_and_histogram_render_from_what_was_counted() {
         c.run_duration.observe(seconds);
     }
     c.fetches.entry("a\"b".into()).or_default().insert("failed".into(), 2);
-    c.checks.insert("web".into(), false);
-    c.rollout_held = true;
-    let text = render(&snapshot(c));
+    let mut g = gauges();
+    g.checks.insert("web".into(), false);
+    g.rollout_held = true;
+    let text = render(&Snapshot { gauges: g, counters: c });
     assert!(text.contains("troops_runs_total{result=\"failed\",trigger=\"push\"} 3\n"), "{text}");
     assert!(text.contains("troops_run_duration_seconds_bucket{le=\"1\"} 1\n"), "{text}");
     assert!(text.contains("troops_run_duration_seconds_bucket{le=\"5\"} 2\n"), "{text}");

@@ -95,6 +95,7 @@ pub(super) fn finalize(
         });
     let results: Vec<&RunRecord> = undone.iter().chain((!rollback_follows).then_some(&*record)).collect();
     crate::mech::metrics::after_run(node, record, &results);
+    crate::node::state::write_textfile(node);
     Ok(())
 }
 

@@ -91,14 +91,15 @@ impl Outcome {
 pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
     let repo = node.repo()?;
     // What nearly every poll finds: nothing to do. Decided from refs and the newest record,
-    // without waiting for the lock; but a run on record as under way may be one whose troops
-    // died, which only the lock tells, so then the decision waits for it. A person's ask always
-    // goes to the lock.
+    // without waiting for the lock; but a run under way is waited for (a push then runs the tip
+    // after it), and one whose troops died is cleaned up after under the lock, and the decision
+    // made then. A person's ask always goes to the lock.
     if ask.follows_tip() {
         let facts = facts(node, &repo, ask)?;
         let decision = decide(node, ask, &facts)?;
-        let under_way = facts.recent.first().is_some_and(|r| r.status.unfinished());
-        if !matches!(decision, Decision::Run(_)) && !under_way {
+        let newest = facts.recent.first();
+        let to_lock = newest.is_some_and(|r| r.status.unfinished() || r.abandoned);
+        if !matches!(decision, Decision::Run(_)) && !to_lock {
             return Ok(Outcome::Nothing(decision));
         }
     }
@@ -202,6 +203,8 @@ pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Resu
     let mut recent: Vec<PastRun> = Vec::new();
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
+        let was = record.status;
+        let record = crate::mech::runs::as_it_stands(node, record);
         let commit = Oid::from_str(&record.commit).ok();
         if recent.first().is_some_and(|first| first.commit != commit) {
             break;
@@ -219,6 +222,7 @@ pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Resu
             finished_at,
             quarantined,
             rolled_back: record.rolled_back_by.is_some(),
+            abandoned: record.status != was,
         });
         if !matches!(record.status, RunStatus::Failed | RunStatus::RolledBack) {
             break;

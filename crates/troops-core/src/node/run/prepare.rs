@@ -129,6 +129,7 @@ pub(super) fn vouch(
     let source = format!("{trigger} run");
     let _ = crate::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
     crate::mech::metrics::count_refusal(node, refusal.verification.kind());
+    crate::node::state::write_textfile(node);
     Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
 }
 
@@ -269,6 +270,8 @@ pub(super) fn record(
         rolled_back_by: None,
     };
     runs.save(&record)?;
+    // The metrics say the node is deploying from the run's first moment, not from its end.
+    crate::node::state::write_textfile(node);
     Ok(record)
 }
 
