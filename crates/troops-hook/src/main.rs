@@ -1,6 +1,6 @@
 //! `troops-hook`: the node repo's `pre-receive` and `post-receive`, installed by `troops init`.
 //! It reads git's `<old> <new> <ref>` lines, lets troops-core decide (`receive`) and run
-//! (`control`, `deploy`), and maps the outcome to an exit code. Everything it says goes to stderr,
+//! (`dispatch`: through the daemon, or here), and maps the outcome to an exit code. Everything it says goes to stderr,
 //! unbuffered, which git relays to the pusher as `remote:` lines as they come. Small and
 //! synchronous on purpose: it runs on every push, often as the pushing user, with nothing of
 //! troops in its environment but what `troops init` recorded in the repo's config.

@@ -1,5 +1,5 @@
 //! Who asks for a run: one type, carried unchanged from the CLI, the hook and the daemon's socket
-//! to the run's decision (`deploy`, `schedule`), so a trigger means the same whichever way it came.
+//! to the run's decision (`dispatch`, `schedule`), so a trigger means the same whichever way it came.
 
 use serde::{Deserialize, Serialize};
 

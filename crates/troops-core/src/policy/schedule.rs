@@ -59,7 +59,7 @@ pub struct Asked {
     pub quarantined: Option<String>,
 }
 
-/// The rollout holds the tip back: this node's wave, and why (`fleet::waves::gate`).
+/// The rollout holds the tip back: this node's wave, and why (`waves::gate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutHold {
     /// "wave 2 of 3 (early)".

@@ -34,10 +34,10 @@ pub struct Plan {
     pub release: Option<Release>,
     /// The oldest troops this plan is for, as written ("0.2"); an older troops refuses the plan.
     pub min_troops: Option<String>,
-    /// `[hosts]`: a host's git URL for `troops push` (see `fanout`); to nodes, only one more way the
-    /// plan names a host (`fleet::waves::Known`).
+    /// `[hosts]`: a host's git URL for `troops push` (see `troops_operator::push`); to nodes, only one more way the
+    /// plan names a host (`waves::Known`).
     pub hosts: BTreeMap<String, String>,
-    /// `[rollout]`: the waves a pulled commit goes through (see `fleet::waves`).
+    /// `[rollout]`: the waves a pulled commit goes through (see `policy::waves`).
     pub rollout: Option<rollout::Rollout>,
 }
 
