@@ -19,6 +19,7 @@ pub mod output;
 pub mod probe;
 pub mod recorded;
 pub mod releases;
+pub mod remotes;
 pub mod repo;
 pub mod runner;
 pub mod runs;

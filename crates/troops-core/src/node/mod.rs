@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod dispatch;
+pub mod facts;
 pub mod init;
 pub mod pull;
 pub mod receive;

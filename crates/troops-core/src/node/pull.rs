@@ -1,6 +1,6 @@
 //! One pull cycle: fetch every remote, apply the fast-forward rules, move the branch by a
 //! compare-and-swap ref update whose reflog names the remote, and record what each remote said
-//! (`<state>/remotes.json`, for `troops status`). Running the plan afterwards is the caller's call.
+//! (`mech::remotes`, for `troops status`). Running the plan afterwards is the caller's call.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,31 +9,13 @@ use std::io::Write;
 use git2::Oid;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 
 use crate::mech::fetch::{self, Fetched};
 use crate::mech::verify;
-use crate::model::error::{Context, Error, Result};
+use crate::model::error::{Context, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
-use crate::model::records::now;
 use crate::policy::fastforward::{self, Decision, Refusal};
-
-/// The last fetch of one remote, as `troops status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RemoteState {
-    pub url: String,
-    pub fetched_at: String,
-    pub duration_ms: u64,
-    /// The remote's branch tip, when the fetch worked.
-    pub tip: Option<String>,
-    pub error: Option<String>,
-    /// Why its tip was not taken, if it was not.
-    pub refused: Option<String>,
-    /// True when its probe said the tip was unchanged, and no fetch ran (`probe`).
-    #[serde(default)]
-    pub probed: bool,
-}
 
 pub struct Cycle {
     pub fetched: Vec<Fetched>,
@@ -212,7 +194,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
         );
         moved = Some((local, *to));
     }
-    save_states(node, &fetched, &refusals)?;
+    crate::mech::remotes::save(node, &fetched, &refusals)?;
     Ok(Cycle { fetched, status_error: None, decision, moved })
 }
 
@@ -266,40 +248,4 @@ fn verify_tips(
         }
     }
     Ok((accepted, refused))
-}
-
-fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>) -> Result<()> {
-    let at = now();
-    let states: BTreeMap<&str, RemoteState> = fetched
-        .iter()
-        .map(|f| {
-            let state = RemoteState {
-                url: f.url.clone(),
-                fetched_at: at.clone(),
-                duration_ms: f.duration.as_millis() as u64,
-                tip: f.tip.as_ref().ok().copied().flatten().map(|t| t.to_string()),
-                error: f.tip.as_ref().err().cloned(),
-                refused: refusals.get(f.remote.as_str()).cloned(),
-                probed: f.probed,
-            };
-            (f.remote.as_str(), state)
-        })
-        .collect();
-    let json = serde_json::to_vec_pretty(&states).expect("states serialize");
-    crate::mech::atomic::write(&node.state_dir.join("remotes.json"), &json)
-}
-
-/// More than the states of any number of remotes a node has.
-const MAX_STATES_BYTES: u64 = 16 << 20;
-
-/// The last recorded fetch of each remote.
-pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
-    let path = node.state_dir.join("remotes.json");
-    match crate::mech::trust::read_state_file(&path, MAX_STATES_BYTES) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(Error::path("reading", &path, e)),
-    }
 }

@@ -85,14 +85,14 @@ fn evidence(node: &Node) -> Evidence {
 /// Keeps what the rollout holds (`schedule`'s hold of `commit`, with this node's `wave` and the
 /// gate's answer), or clears it: for `troops status`, the node's status document and the metric.
 /// The file is written only when the hold says something new: a node waits through many polls.
-pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<()> {
+/// True when the node went from held to not held or back (what the metrics show).
+pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<bool> {
     let old = load_hold(node)?;
     let Some((commit, held)) = held else {
         if old.is_some() {
             clear_hold(node)?;
-            crate::node::state::write_textfile(node);
         }
-        return Ok(());
+        return Ok(old.is_some());
     };
     let commit = commit.to_string();
     let since = match &old {
@@ -105,11 +105,8 @@ pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<()> {
     if old.as_ref() != Some(&hold) {
         let json = serde_json::to_vec_pretty(&hold).expect("a hold serializes");
         crate::mech::atomic::write(&node.state_dir.join(FILE), &json)?;
-        if old.is_none() {
-            crate::node::state::write_textfile(node);
-        }
     }
-    Ok(())
+    Ok(old.is_none())
 }
 
 /// The hold recorded by the last gate decision, if it held.

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use git2::Oid;
 
 use crate::mech::metrics::{Gauges, LastRun};
+use crate::mech::remotes::RemoteState;
 use crate::mech::repo::Quarantined;
 use crate::mech::runs::{Other, Unreadable};
 use crate::model::ask::Ask;
@@ -16,7 +17,6 @@ use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::records::{CheckStatus, RunRecord, RunStatus};
 use crate::model::status::{state_of, Hold, Quarantine, RunSummary, State, StatusDoc, SCHEMA};
-use crate::node::pull::RemoteState;
 use crate::policy::schedule::Decision;
 use crate::policy::waves::Place;
 
@@ -71,7 +71,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         Ok(roles) => (roles.into_iter().collect(), None),
         Err(e) => (node.config.roles.clone(), Some(e.to_string())),
     };
-    let fetched = crate::node::pull::remote_states(node)?;
+    let fetched = crate::mech::remotes::load(node)?;
     let remotes = repo
         .git
         .remotes()
@@ -107,7 +107,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         last,
         unreadable: history.unreadable,
         others: history.others,
-        next: crate::node::run::decision(node, &Ask::Tick)?,
+        next: crate::node::facts::decision(node, &Ask::Tick)?,
         hold: hold.filter(|_| state == State::Held),
         wave,
         quarantined: repo.all_quarantined()?,

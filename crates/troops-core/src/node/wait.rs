@@ -82,7 +82,7 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
         None => match tip {
             Some(tip) if tip == commit => Ok(Progress::Pending(format!(
                 "{name} has not run yet: {}",
-                match crate::node::run::decision(node, &Ask::Tick)? {
+                match crate::node::facts::decision(node, &Ask::Tick)? {
                     Decision::Run(now) => format!("it runs next ({})", now.why),
                     Decision::Wait { why, .. } => format!("waiting: {why}"),
                     Decision::Hold { why, .. } => format!("held: {why}"),

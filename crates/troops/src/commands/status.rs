@@ -8,6 +8,7 @@ use anyhow::Result;
 use git2::Oid;
 use serde::Serialize;
 use troops_core::mech::control::Daemon;
+use troops_core::mech::remotes::RemoteState;
 use troops_core::mech::runs::{Other, Unreadable};
 use troops_core::mech::verify::LastRefusal;
 use troops_core::model::names::short;
@@ -15,7 +16,6 @@ use troops_core::model::node::Node;
 use troops_core::model::records::{RunRecord, RunStatus, Trigger};
 use troops_core::model::shown::escape;
 use troops_core::model::status::{State, StatusDoc};
-use troops_core::node::pull::RemoteState;
 use troops_core::policy::schedule::Decision;
 
 /// The layout of `troops status --json`; a reader tolerates fields it does not know.

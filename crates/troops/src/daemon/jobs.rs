@@ -13,7 +13,7 @@ use troops_core::mech::probe::News as ProbeNews;
 use troops_core::model::node::Node;
 use troops_core::node::dispatch::{self, Work};
 use troops_core::node::pull;
-use troops_core::node::run::{self, Outcome};
+use troops_core::node::run::Outcome;
 
 use super::events::{Event, Events, Pulled, RunEnd};
 
@@ -26,14 +26,18 @@ pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunE
     let mut out = Output::new(events.clone(), Event::RunOutput);
     let (done, next_due, tell) = match dispatch::perform(node, work, &mut out, stop) {
         Ok(outcome) => {
-            let next_due = run::next_due(node);
+            let next_due = troops_core::node::facts::next_due(node);
             log(&outcome, next_due);
             let tell = outcome.records().filter(|r| notify::worth_telling(node, r)).map(|r| r.id).collect();
             (Done { exit: dispatch::conclude(&outcome, &mut out), error: None }, next_due, tell)
         }
         Err(e) => {
             tracing::error!(error = %e, "run failed to start");
-            (Done { exit: e.exit(), error: Some(e.to_string()) }, run::next_due(node), Vec::new())
+            (
+                Done { exit: e.exit(), error: Some(e.to_string()) },
+                troops_core::node::facts::next_due(node),
+                Vec::new(),
+            )
         }
     };
     // What systemd's status line says, from the same read of the node as `troops status`.

@@ -197,7 +197,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
     daemon.publisher.poke();
     daemon.job("startup", {
         let node = daemon.snapshot();
-        move || Event::NextDue(troops_core::node::run::next_due(&node))
+        move || Event::NextDue(troops_core::node::facts::next_due(&node))
     });
     let mut upgrade = None;
     loop {

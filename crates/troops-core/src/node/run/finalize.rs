@@ -89,7 +89,7 @@ pub(super) fn finalize(
     // Each run counts once, by its final status: a failed run that a rollback undoes next is
     // counted when that rollback ends, as it leaves it (`rolled_back`, or still `failed`).
     let rollback_follows = record.status == RunStatus::Failed
-        && super::decision(node, &Ask::Tick).is_ok_and(|next| match next {
+        && crate::node::facts::decision(node, &Ask::Tick).is_ok_and(|next| match next {
             Decision::Run(next) => next.undoes.is_some_and(|failed| failed.run == Some(record.id)),
             _ => false,
         });

@@ -31,7 +31,7 @@ use crate::model::node::Node;
 use crate::model::plan::Plan;
 use crate::model::records::{now as now_text, RunRecord, RunStatus, StepStatus, Trigger};
 use crate::model::roles;
-use crate::policy::schedule::{self, Asked, Decision, Facts, PastRun, RunNow};
+use crate::policy::schedule::{self, Decision, Facts, RunNow};
 
 /// How an ask ended: the one source of a trigger's exit code.
 #[derive(Debug)]
@@ -95,7 +95,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     // after it), and one whose troops died is cleaned up after under the lock, and the decision
     // made then. A person's ask always goes to the lock.
     if ask.follows_tip() {
-        let facts = facts(node, &repo, ask)?;
+        let facts = crate::node::facts::facts(node, &repo, ask)?;
         let decision = decide(node, ask, &facts)?;
         let newest = facts.recent.first();
         let to_lock = newest.is_some_and(|r| r.status.unfinished() || r.abandoned);
@@ -109,7 +109,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
     while ran.len() < 2 {
-        let decision = decide(node, &ask, &facts(node, &repo, &ask)?)?;
+        let decision = decide(node, &ask, &crate::node::facts::facts(node, &repo, &ask)?)?;
         let Decision::Run(now) = decision else {
             if ran.is_empty() {
                 return Ok(Outcome::Nothing(decision));
@@ -157,89 +157,6 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     Ok(Outcome::Ran { run, rollback })
 }
 
-/// The newest commit other than `deployed` whose run succeeded and that is not quarantined.
-fn previous_good(node: &Node, repo: &crate::mech::repo::NodeRepo, deployed: Oid) -> Result<Option<Oid>> {
-    let runs = node.runs();
-    for id in runs.ids()?.into_iter().rev() {
-        let Ok(record) = runs.load(id) else { continue };
-        let Ok(commit) = Oid::from_str(&record.commit) else { continue };
-        if record.status == RunStatus::Succeeded && commit != deployed && repo.quarantined(commit)?.is_none()
-        {
-            return Ok(Some(commit));
-        }
-    }
-    Ok(None)
-}
-
-/// What a person's ask names, resolved: for `troops deploy` the named revision or the tip, for
-/// `troops rollback` the named revision or the newest other good commit; an unknown revision is
-/// bad input.
-fn asked(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Result<Option<Asked>> {
-    let commit = match ask {
-        Ask::Tick | Ask::Push => return Ok(None),
-        Ask::Deploy { rev: Some(rev) } | Ask::Rollback { to: Some(rev) } => Some(repo.resolve(rev)?),
-        Ask::Deploy { rev: None } => repo.tip()?,
-        Ask::Rollback { to: None } => match repo.deployed()? {
-            Some(deployed) => previous_good(node, repo, deployed)?,
-            None => None,
-        },
-    };
-    let quarantined = match commit {
-        Some(commit) => repo.quarantined(commit)?.map(|q| q.reason),
-        None => None,
-    };
-    Ok(Some(Asked { commit, quarantined }))
-}
-
-/// What [`schedule::decide`] needs for `ask`, read from disk: refs, quarantine, the newest runs
-/// (the newest, then as long as they are of the same commit), and what a person named.
-pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Result<Facts> {
-    let tip = repo.tip()?;
-    let tip_quarantined = match tip {
-        Some(tip) => repo.quarantined(tip)?.map(|q| q.reason),
-        None => None,
-    };
-    let runs = node.runs();
-    let mut recent: Vec<PastRun> = Vec::new();
-    for id in runs.ids()?.into_iter().rev() {
-        let Ok(record) = runs.load(id) else { continue };
-        let was = record.status;
-        let record = crate::mech::runs::as_it_stands(node, record);
-        let commit = Oid::from_str(&record.commit).ok();
-        if recent.first().is_some_and(|first| first.commit != commit) {
-            break;
-        }
-        let quarantined = match commit {
-            Some(commit) => repo.quarantined(commit)?.is_some(),
-            None => false,
-        };
-        let finished_at = record.finished_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-        recent.push(PastRun {
-            id,
-            commit,
-            status: record.status,
-            trigger: record.trigger,
-            finished_at,
-            quarantined,
-            rolled_back: record.rolled_back_by.is_some(),
-            abandoned: record.status != was,
-        });
-        if !matches!(record.status, RunStatus::Failed | RunStatus::RolledBack) {
-            break;
-        }
-    }
-    let deployed = repo.deployed()?;
-    // The rollout is asked only when the tip may be due: a no-change poll reads no status refs.
-    let rollout = match tip {
-        Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => {
-            crate::node::rollout::verdict(node, repo, tip)
-        }
-        _ => None,
-    };
-    let asked = asked(node, repo, ask)?;
-    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, asked })
-}
-
 /// [`schedule::decide`] now, keeping what the rollout holds for status and the fleet; what a
 /// person asked for that cannot be is bad input.
 fn decide(node: &Node, ask: &Ask, facts: &Facts) -> Result<Decision> {
@@ -251,24 +168,10 @@ fn decide(node: &Node, ask: &Ask, facts: &Facts) -> Result<Decision> {
         (Decision::Hold { .. }, Some(tip), Some(hold)) => Some((tip, hold)),
         _ => None,
     };
-    crate::node::rollout::record(node, held)?;
-    Ok(decision)
-}
-
-/// What `schedule` decides for `ask` now, from the node's state on disk, with no side effect:
-/// for `troops status`, the daemon's retry timer and `troops wait`.
-pub fn decision(node: &Node, ask: &Ask) -> Result<Decision> {
-    let repo = node.repo()?;
-    Ok(schedule::decide(ask, &facts(node, &repo, ask)?, SystemTime::now(), &node.config.retry))
-}
-
-/// When the daemon should look again on its own: the end of a failed commit's backoff, or of the
-/// earlier wave's soak.
-pub fn next_due(node: &Node) -> Option<SystemTime> {
-    match decision(node, &Ask::Tick).ok()? {
-        Decision::Wait { until, .. } | Decision::Hold { until: Some(until), .. } => Some(until),
-        _ => None,
+    if crate::node::rollout::record(node, held)? {
+        crate::node::state::write_textfile(node);
     }
+    Ok(decision)
 }
 
 /// One run of `now.commit`, start to end, under the lock: vouched for and recorded, then its

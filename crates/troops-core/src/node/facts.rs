@@ -1,0 +1,114 @@
+//! What `schedule` decides from, read from disk without taking anything: the refs, quarantine,
+//! the newest runs as they stand (one whose troops died included), the rollout's verdict and what
+//! a person named. A run decides from it under the lock; `troops status`, `troops wait` and the
+//! daemon's retry timer from it as it is.
+
+use std::time::SystemTime;
+
+use git2::Oid;
+
+use crate::mech::repo::NodeRepo;
+use crate::model::ask::Ask;
+use crate::model::error::Result;
+use crate::model::node::Node;
+use crate::model::records::RunStatus;
+use crate::policy::schedule::{self, Asked, Decision, Facts, PastRun};
+
+/// What [`schedule::decide`] needs for `ask`, read from disk: refs, quarantine, the newest runs
+/// (the newest, then as long as they are of the same commit), and what a person named.
+pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
+    let tip = repo.tip()?;
+    let tip_quarantined = match tip {
+        Some(tip) => repo.quarantined(tip)?.map(|q| q.reason),
+        None => None,
+    };
+    let runs = node.runs();
+    let mut recent: Vec<PastRun> = Vec::new();
+    for id in runs.ids()?.into_iter().rev() {
+        let Ok(record) = runs.load(id) else { continue };
+        let was = record.status;
+        let record = crate::mech::runs::as_it_stands(node, record);
+        let commit = Oid::from_str(&record.commit).ok();
+        if recent.first().is_some_and(|first| first.commit != commit) {
+            break;
+        }
+        let quarantined = match commit {
+            Some(commit) => repo.quarantined(commit)?.is_some(),
+            None => false,
+        };
+        let finished_at = record.finished_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        recent.push(PastRun {
+            id,
+            commit,
+            status: record.status,
+            trigger: record.trigger,
+            finished_at,
+            quarantined,
+            rolled_back: record.rolled_back_by.is_some(),
+            abandoned: record.status != was,
+        });
+        if !matches!(record.status, RunStatus::Failed | RunStatus::RolledBack) {
+            break;
+        }
+    }
+    let deployed = repo.deployed()?;
+    // The rollout is asked only when the tip may be due: a no-change poll reads no status refs.
+    let rollout = match tip {
+        Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => {
+            crate::node::rollout::verdict(node, repo, tip)
+        }
+        _ => None,
+    };
+    let asked = asked(node, repo, ask)?;
+    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, asked })
+}
+
+/// What a person's ask names, resolved: for `troops deploy` the named revision or the tip, for
+/// `troops rollback` the named revision or the newest other good commit; an unknown revision is
+/// bad input.
+fn asked(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Option<Asked>> {
+    let commit = match ask {
+        Ask::Tick | Ask::Push => return Ok(None),
+        Ask::Deploy { rev: Some(rev) } | Ask::Rollback { to: Some(rev) } => Some(repo.resolve(rev)?),
+        Ask::Deploy { rev: None } => repo.tip()?,
+        Ask::Rollback { to: None } => match repo.deployed()? {
+            Some(deployed) => previous_good(node, repo, deployed)?,
+            None => None,
+        },
+    };
+    let quarantined = match commit {
+        Some(commit) => repo.quarantined(commit)?.map(|q| q.reason),
+        None => None,
+    };
+    Ok(Some(Asked { commit, quarantined }))
+}
+
+/// The newest commit other than `deployed` whose run succeeded and that is not quarantined.
+fn previous_good(node: &Node, repo: &NodeRepo, deployed: Oid) -> Result<Option<Oid>> {
+    let runs = node.runs();
+    for id in runs.ids()?.into_iter().rev() {
+        let Ok(record) = runs.load(id) else { continue };
+        let Ok(commit) = Oid::from_str(&record.commit) else { continue };
+        if record.status == RunStatus::Succeeded && commit != deployed && repo.quarantined(commit)?.is_none()
+        {
+            return Ok(Some(commit));
+        }
+    }
+    Ok(None)
+}
+
+/// What `schedule` decides for `ask` now, from the node's state on disk, with no side effect:
+/// for `troops status`, the daemon's retry timer and `troops wait`.
+pub fn decision(node: &Node, ask: &Ask) -> Result<Decision> {
+    let repo = node.repo()?;
+    Ok(schedule::decide(ask, &facts(node, &repo, ask)?, SystemTime::now(), &node.config.retry))
+}
+
+/// When the daemon should look again on its own: the end of a failed commit's backoff, or of the
+/// earlier wave's soak.
+pub fn next_due(node: &Node) -> Option<SystemTime> {
+    match decision(node, &Ask::Tick).ok()? {
+        Decision::Wait { until, .. } | Decision::Hold { until: Some(until), .. } => Some(until),
+        _ => None,
+    }
+}
