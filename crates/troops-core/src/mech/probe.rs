@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use git2::Oid;
 use serde::{Deserialize, Serialize};
 
+use crate::mech::state_file::{self, StateFile};
+
 /// The most of `info/refs` that is read: a branch listed past it counts as not listed (a fetch).
 const MAX_REFS: usize = 1024 * 1024;
 
@@ -87,14 +89,42 @@ impl Probing {
         Probing { path: state_dir.join("probes.json"), trust }
     }
 
-    /// The saved states by remote name; a missing or unreadable file is no state (fetch).
+    /// The saved states by remote name; a missing or unreadable file is no state (fetch), and
+    /// an unreadable one is said in the log.
     pub fn load(&self) -> BTreeMap<String, ProbeState> {
-        std::fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        match state_file::load::<Probes>(&self.path) {
+            Ok(probes) => probes.map(|p| p.probes).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the probe states are ignored: every remote is fetched");
+                BTreeMap::new()
+            }
+        }
     }
 
-    pub fn save(&self, states: &BTreeMap<String, ProbeState>) -> crate::Result<()> {
-        let json = serde_json::to_vec_pretty(states).expect("probe states serialize");
-        crate::mech::atomic::write(&self.path, &json)
+    pub fn save(&self, probes: BTreeMap<String, ProbeState>) -> crate::Result<()> {
+        state_file::save(&self.path, &Probes { probes })
+    }
+}
+
+/// `<state>/probes.json`: the probe state of each remote, by name.
+#[derive(Serialize, Deserialize)]
+struct Probes {
+    probes: BTreeMap<String, ProbeState>,
+}
+
+impl StateFile for Probes {
+    const WHAT: &'static str = "the probe states";
+    /// 2: the map in a field of its own, beside the schema (1 was the map itself).
+    const SCHEMA: u32 = 2;
+    /// Far more than the states of any number of remotes a node has.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+
+    fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Probes, String> {
+        match schema {
+            1 => serde_json::from_value(old).map(|probes| Probes { probes }).map_err(|e| e.to_string()),
+            _ => Err(state_file::unknown(schema)),
+        }
     }
 }
 

@@ -12,8 +12,9 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::mech::fetch::{self, Fetched};
+use crate::mech::state_file::{self, StateFile};
 use crate::mech::verify;
-use crate::model::error::{Context, Error, Result};
+use crate::model::error::{Context, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::records::now;
@@ -99,14 +100,11 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     node.repo()?; // a node that was never initialised fails here, with the reason
     let path = node.state_dir.join("fetch.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .ctx(|| format!("opening {}", path.display()))?;
+    let file = crate::mech::files::open(
+        &path,
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600),
+    )
+    .ctx(|| format!("opening {}", path.display()))?;
     let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
         lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
     };
@@ -269,7 +267,7 @@ fn verify_tips(
 
 fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>) -> Result<()> {
     let at = now();
-    let states: BTreeMap<&str, RemoteState> = fetched
+    let remotes = fetched
         .iter()
         .map(|f| {
             let state = RemoteState {
@@ -281,24 +279,36 @@ fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, Strin
                 refused: refusals.get(f.remote.as_str()).cloned(),
                 probed: f.probed,
             };
-            (f.remote.as_str(), state)
+            (f.remote.clone(), state)
         })
         .collect();
-    let json = serde_json::to_vec_pretty(&states).expect("states serialize");
-    crate::mech::atomic::write(&node.state_dir.join("remotes.json"), &json)
+    state_file::save(&node.state_dir.join("remotes.json"), &Remotes { remotes })
 }
 
-/// More than the states of any number of remotes a node has.
-const MAX_STATES_BYTES: u64 = 16 << 20;
+/// `<state>/remotes.json`: the last fetch of each remote, by name.
+#[derive(Serialize, Deserialize)]
+struct Remotes {
+    remotes: BTreeMap<String, RemoteState>,
+}
+
+impl StateFile for Remotes {
+    const WHAT: &'static str = "the remotes' last fetches";
+    /// 2: the map in a field of its own, beside the schema (1 was the map itself).
+    const SCHEMA: u32 = 2;
+    /// More than the states of any number of remotes a node has.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+
+    fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Remotes, String> {
+        match schema {
+            1 => serde_json::from_value(old).map(|remotes| Remotes { remotes }).map_err(|e| e.to_string()),
+            _ => Err(state_file::unknown(schema)),
+        }
+    }
+}
 
 /// The last recorded fetch of each remote.
 pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
-    let path = node.state_dir.join("remotes.json");
-    match crate::mech::trust::read_state_file(&path, MAX_STATES_BYTES) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(Error::path("reading", &path, e)),
-    }
+    let remotes: Option<Remotes> = state_file::load(&node.state_dir.join("remotes.json"))?;
+    Ok(remotes.map(|r| r.remotes).unwrap_or_default())
 }
