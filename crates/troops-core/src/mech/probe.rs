@@ -365,4 +365,25 @@ mod tests {
         assert!(!seen[2].contains("If-None-Match"), "no Date: cannot tell, {}", seen[2]);
         assert!(seen[3].contains("If-None-Match: \"v1\"") && seen[3].contains(earlier), "{}", seen[3]);
     }
+
+    #[test]
+    fn probes_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let probing = Probing::new(dir.path(), TRUST);
+        let state = ProbeState {
+            url: "http://mirror/deploy.git".into(),
+            listed: Some(A.into()),
+            fetched_at: 1_700_000_000,
+            ..ProbeState::default()
+        };
+        let old = serde_json::json!({ "origin": state });
+        std::fs::write(&probing.path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(probing.load(), BTreeMap::from([("origin".to_owned(), state.clone())]));
+        probing.save(probing.load()).unwrap();
+        let new: serde_json::Value = serde_json::from_slice(&std::fs::read(&probing.path).unwrap()).unwrap();
+        assert_eq!((&new["schema"], &new["probes"]), (&serde_json::json!(2), &old));
+        // Garbage is no state: every remote is fetched.
+        std::fs::write(&probing.path, "{\"schema\": 2, \"probes\": [").unwrap();
+        assert!(probing.load().is_empty());
+    }
 }

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::mech::files;
 use crate::model::error::{Error, Result};
 
 /// A state file's contents: a JSON object of named fields (none of them `schema`), in the layout
@@ -55,16 +56,16 @@ pub fn load<T: StateFile>(path: &Path) -> Result<Option<T>> {
 /// [`load`], going by the file only when `believe` says yes to its owner's uid (taken from what was
 /// opened); a file of anybody else is none.
 pub fn load_believed<T: StateFile>(path: &Path, believe: impl Fn(u32) -> bool) -> Result<Option<T>> {
-    let read = crate::mech::files::open(path, std::fs::OpenOptions::new().read(true)).and_then(|file| {
-        let uid = file.metadata()?.uid();
-        Ok(believe(uid).then_some(file).map(|f| crate::mech::files::read_at_most(f, T::MAX_BYTES)))
-    });
-    let bytes = match read {
-        Ok(None) => return Ok(None),
-        Ok(Some(Ok(bytes))) => bytes,
-        Err(e) | Ok(Some(Err(e))) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) | Ok(Some(Err(e))) => return Err(Error::path("reading", path, e)),
+    let file = match files::open(path, std::fs::OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path("reading", path, e)),
     };
+    let owner = file.metadata().map_err(|e| Error::path("reading", path, e))?.uid();
+    if !believe(owner) {
+        return Ok(None);
+    }
+    let bytes = files::read_at_most(file, T::MAX_BYTES).map_err(|e| Error::path("reading", path, e))?;
     parse(&bytes).map(Some).map_err(|why| Error::Env(format!("{} is not {}: {why}", path.display(), T::WHAT)))
 }
 
@@ -101,7 +102,7 @@ pub fn save<T: StateFile>(path: &Path, state: &T) -> Result<()> {
     }
     let json = serde_json::to_vec_pretty(&Versioned { schema: T::SCHEMA, state })
         .unwrap_or_else(|e| panic!("{} serializes: {e}", T::WHAT));
-    crate::mech::files::write(path, &json, T::MODE)
+    files::write(path, &json, T::MODE)
 }
 
 #[cfg(test)]

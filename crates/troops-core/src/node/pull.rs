@@ -312,3 +312,35 @@ pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
     let remotes: Option<Remotes> = state_file::load(&node.state_dir.join("remotes.json"))?;
     Ok(remotes.map(|r| r.remotes).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("remotes.json");
+        let state = |url: &str| RemoteState {
+            url: url.into(),
+            fetched_at: "2024-01-01T00:00:00.000Z".into(),
+            duration_ms: 5,
+            tip: None,
+            error: Some("unreachable".into()),
+            refused: None,
+            probed: false,
+        };
+        // A remote may be named "schema": in a bare map it is a remote, not a version.
+        let old = serde_json::json!({"origin": state("/srv/a.git"), "schema": state("/srv/b.git")});
+        std::fs::write(&path, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+        let remotes: Remotes = state_file::load(&path).unwrap().unwrap();
+        assert_eq!(remotes.remotes.keys().collect::<Vec<_>>(), ["origin", "schema"]);
+        assert_eq!(remotes.remotes["schema"], state("/srv/b.git"));
+
+        state_file::save(&path, &remotes).unwrap();
+        let new: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!((&new["schema"], &new["remotes"]), (&serde_json::json!(2), &old));
+        let again: Remotes = state_file::load(&path).unwrap().unwrap();
+        assert_eq!(again.remotes, remotes.remotes);
+    }
+}

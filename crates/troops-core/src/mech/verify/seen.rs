@@ -124,6 +124,22 @@ mod tests {
     }
 
     #[test]
+    fn seen_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Oid::from_str(&"a".repeat(40)).unwrap();
+        std::fs::write(dir.path().join(FILE), format!("{{\"{a}\": \"2020-01-01T00:00:00Z\"}}")).unwrap();
+        let mut seen = FirstSeen::load(dir.path());
+        assert_eq!(seen.time_of(a), humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap());
+        seen.mark(Oid::from_str(&"b".repeat(40)).unwrap());
+        seen.save().unwrap();
+        let new: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        assert_eq!(new["schema"], 2);
+        assert_eq!(new["first_seen"][a.to_string()], "2020-01-01T00:00:00Z");
+        assert_eq!(FirstSeen::load(dir.path()).time_of(a), seen.time_of(a));
+    }
+
+    #[test]
     fn root_ignores_times_it_did_not_write() {
         if !troops_testkit::require_root("root's ownership rule") {
             return;
