@@ -468,7 +468,7 @@ fn troops_check_places_every_new_keys_bad_value() {
         ("[[check]]\nname = \"w\"\nrun = \"x\"\nstart_period = \"-1s\"\n", "4:16: check `w`: `start_period`"),
         (
             "[[check]]\nname = \"w\"\nrun = \"x\"\ntimeout = \"0s\"\n",
-            "4:11: check `w`: `timeout` must be more than zero",
+            "4:11: check `w`: `timeout` \"0s\" is too short; at least 100ms",
         ),
         ("[[check]]\nname = \"w\"\ntcp = \"x:1\"\nexpect = \"ok\"\n", "4:10: check `w`: `expect`"),
         (

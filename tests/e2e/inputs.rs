@@ -61,14 +61,22 @@ fn durations_past_their_bound_are_refused_naming_the_bound() {
         let (code, out) = troops(&env, args);
         assert_eq!(code, 2, "troops {args:?}: {out}");
         assert!(
-            out.contains("troops.toml:2:12: `interval`: \"1000000000years\" is too long; at most 1year"),
+            out.contains("troops.toml:2:12: `interval` \"1000000000years\" is too long; at most 1year"),
             "{out}"
         );
     }
     env.write_config("hostname = \"web-1\"\nfetch_timeout = \"2days\"\n");
     let (code, out) = troops(&env, &["status"]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("`fetch_timeout`: \"2days\" is too long; at most 1day"), "{out}");
+    assert!(out.contains("`fetch_timeout` \"2days\" is too long; at most 1day"), "{out}");
+
+    // The command line's, in the same words after the flag: `troops push` is refused before it
+    // looks for a clone, as `troops wait` is before it looks at the node.
+    for args in [&["push", "--timeout", "2years"][..], &["wait", "--timeout", "2years"]] {
+        let (code, out) = troops(&env, args);
+        assert_eq!(code, 2, "troops {args:?}: {out}");
+        assert!(out.contains("'--timeout <DURATION>': \"2years\" is too long; at most 1year"), "{out}");
+    }
 }
 
 #[test]

@@ -791,11 +791,14 @@ impl Drop for StepGroup {
     }
 }
 
-/// This node's document as published to `status.git` (fetched with `troops fleet`).
+/// This node's document as `status.git` holds it (null before the first publish).
 fn published(env: &Env) -> serde_json::Value {
-    let fleet: serde_json::Value =
-        serde_json::from_str(&env.ok(&["fleet", "--remote", "status", "--json"])).unwrap();
-    fleet["nodes"][0].clone()
+    let mut git = Command::new("git");
+    env.hermetic(&mut git);
+    let remote = env.path("status.git");
+    let out =
+        git.arg("--git-dir").arg(remote).args(["show", "refs/troops/status/web-1:status.json"]).output();
+    serde_json::from_slice(&out.unwrap().stdout).unwrap_or_default()
 }
 
 /// The node's state and its last run that is over, as `troops status` (text and `--json`), the

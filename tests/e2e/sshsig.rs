@@ -283,11 +283,12 @@ fn the_validity_window_is_judged_when_the_node_first_accepted_the_commit() {
     // A first-seen time that is not root's (a member of the admin group wrote it) is not
     // believed: backdating the late commit does not get it run.
     let seen = env.state.join("seen.json");
-    let mut times: serde_json::Map<String, Value> =
-        serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(file["schema"], 2, "{file}");
+    let times = file["first_seen"].as_object_mut().unwrap();
     assert!(times.contains_key(&early), "{times:?}");
     times.insert(late.clone(), Value::from("2020-01-01T00:00:00Z"));
-    std::fs::write(&seen, serde_json::to_vec(&times).unwrap()).unwrap();
+    std::fs::write(&seen, serde_json::to_vec(&file).unwrap()).unwrap();
     if crate::support::require_root("a seen.json another user wrote") {
         std::os::unix::fs::chown(&seen, Some(65534), Some(65534)).unwrap();
         let out = env.run(&["deploy", "--commit", &late]);

@@ -186,7 +186,7 @@ pub struct PushArgs {
     #[arg(long, value_name = "B")]
     pub branch: Option<String>,
     /// Kill a host's push (git and its ssh) that has not ended after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::timeout_arg)]
     pub timeout: std::time::Duration,
 }
 
@@ -217,7 +217,7 @@ pub struct WaitArgs {
     /// default: the branch tip.
     pub commit: Option<String>,
     /// Give up (exit 3) after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::timeout_arg)]
     pub timeout: std::time::Duration,
 }
 

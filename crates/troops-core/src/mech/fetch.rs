@@ -97,7 +97,7 @@ pub fn fetch_all(
     }
     // A 304 changes nothing: no write, so that a no-change poll costs the node little too.
     if !probing.trust.is_zero() && probes != saved {
-        probing.save(&probes)?;
+        probing.save(probes)?;
     }
     Ok(results
         .into_iter()

@@ -2,22 +2,19 @@
 //! repo is (whoever can commit can put a symlink, a FIFO or a huge file there), for the secrets
 //! tooling. What must stay true: a path is followed one directory at a time from the tree's
 //! root, never through a symlink (`O_NOFOLLOW`); only a regular file is read, and at most the
-//! size it is allowed; a file is written to a fresh temp file beside its place and renamed there,
-//! onto a regular file or nothing, never into wherever a symlink points. Every refusal names the
-//! path, as the tree knows it.
+//! size it is allowed; a file is written to a fresh temp file beside its place and renamed there
+//! (as `files` reads and writes), onto a regular file or nothing, never into wherever a symlink
+//! points. Every refusal names the path, as the tree knows it.
 
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, AtFlags, OFlag};
-use nix::sys::stat::{fstat, fstatat, mkdirat, Mode};
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, mkdirat, Mode};
 
+use crate::mech::files::{self, describe};
 use crate::model::error::{Context, Error, Result};
 
 /// Reads the file at `relative` in the tree at `root`: `None` when it (or a directory on the way)
@@ -27,34 +24,21 @@ pub fn read(root: &Path, relative: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     let (parent, name) = split(relative)?;
     let Some(dir) = open_dir(root, parent, false)? else { return Ok(None) };
     // Looked at before it is opened: opening a FIFO would wait for a writer, a device may act.
-    match kind_at(&dir, name) {
+    match kind_at(dir.as_fd(), name) {
         None => return Ok(None),
         Some(libc::S_IFREG) => {}
         Some(kind) => return Err(not_a_file(relative, kind)),
     }
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-    let file = match open_at(Some(&dir), name, flags, Mode::empty()) {
-        Ok(fd) => File::from(fd),
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => return Err(not_a_file(relative, libc::S_IFLNK)),
-        Err(e) => return Err(e).ctx(|| format!("reading {}", relative.display())),
+    // What is opened may have been swapped in since it was looked at: checked again.
+    let refused = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::Input(format!("{} is {e}", relative.display())),
+        _ => Error::path("reading", relative, e),
     };
-    // What was opened, which may have been swapped in since it was looked at.
-    let stat = fstat(file.as_raw_fd()).ctx(|| format!("reading {}", relative.display()))?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(not_a_file(relative, stat.st_mode & libc::S_IFMT));
-    }
-    let mut bytes = Vec::new();
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .ctx(|| format!("reading {}", relative.display()))?;
-    if bytes.len() as u64 > max {
-        return Err(Error::Input(format!(
-            "{} is larger than {max} bytes, more than troops reads there",
-            relative.display()
-        )));
-    }
-    Ok(Some(bytes))
+    let file = match files::open_in(dir.as_fd(), name) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        opened => opened.map_err(refused)?,
+    };
+    files::read_at_most(file, max).map(Some).map_err(refused)
 }
 
 /// The names in the directory at `relative` in the tree at `root` (none when it does not exist);
@@ -82,8 +66,7 @@ pub fn write(root: &Path, relative: &Path, bytes: &[u8], mode: u32) -> Result<()
 /// A file written in full to a temp file beside its place, not yet in it; the temp file is
 /// removed if this is dropped before [`Staged::commit`].
 pub struct Staged {
-    dir: OwnedFd,
-    temp: Option<String>,
+    staged: files::Staged,
     name: std::ffi::OsString,
     shown: PathBuf,
 }
@@ -94,55 +77,17 @@ pub struct Staged {
 pub fn stage(root: &Path, relative: &Path, bytes: &[u8], mode: u32) -> Result<Staged> {
     let (parent, name) = split(relative)?;
     let dir = open_dir(root, parent, true)?.expect("made when missing");
-    refuse_all_but_a_file(&dir, name, relative)?;
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
-    let mut attempt = 0u32;
-    let (file, temp) = loop {
-        // Created exclusively: a name someone made first only costs another try.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let temp = format!(
-            ".{}.{}-{}-{attempt}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            nanos.subsec_nanos()
-        );
-        match open_at(Some(&dir), OsStr::new(&temp), flags, Mode::from_bits_truncate(0o600)) {
-            Ok(fd) => break (File::from(fd), temp),
-            Err(Errno::EEXIST) if attempt < 100 => attempt += 1,
-            Err(e) => return Err(e).ctx(|| format!("creating a temp file beside {}", relative.display())),
-        }
-    };
-    let staged = Staged { dir, temp: Some(temp), name: name.to_owned(), shown: relative.to_owned() };
-    (|| {
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        (&file).write_all(bytes)?;
-        file.sync_all()
-    })()
-    .ctx(|| format!("writing {} (a temp file beside it)", relative.display()))?;
-    Ok(staged)
+    refuse_all_but_a_file(dir.as_fd(), name, relative)?;
+    let staged = files::stage(dir, name, bytes, mode).ctx(|| format!("writing {}", relative.display()))?;
+    Ok(Staged { staged, name: name.to_owned(), shown: relative.to_owned() })
 }
 
 impl Staged {
     /// Renames the temp file into place, onto a regular file or nothing (refused, and the temp
     /// file removed, when something else came there since), and syncs the directory.
-    pub fn commit(mut self) -> Result<()> {
-        refuse_all_but_a_file(&self.dir, &self.name, &self.shown)?;
-        let temp = self.temp.take().expect("committed once");
-        let dir = Some(self.dir.as_raw_fd());
-        if let Err(e) = renameat(dir, temp.as_str(), dir, self.name.as_os_str()) {
-            let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(e).ctx(|| format!("replacing {}", self.shown.display()));
-        }
-        nix::unistd::fsync(self.dir.as_raw_fd())
-            .ctx(|| format!("syncing the directory of {}", self.shown.display()))
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(temp) = &self.temp {
-            let _ = unlinkat(Some(self.dir.as_raw_fd()), temp.as_str(), UnlinkatFlags::NoRemoveDir);
-        }
+    pub fn commit(self) -> Result<()> {
+        refuse_all_but_a_file(self.staged.dir(), &self.name, &self.shown)?;
+        self.staged.commit().ctx(|| format!("replacing {}", self.shown.display()))
     }
 }
 
@@ -177,7 +122,7 @@ fn open_dir(root: &Path, relative: &Path, make: bool) -> Result<Option<OwnedFd>>
             Ok(next) => next,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
-                return Err(match kind_at(&dir, name) {
+                return Err(match kind_at(dir.as_fd(), name) {
                     Some(libc::S_IFLNK) => Error::Input(format!(
                         "{} is a symlink, not a directory; troops never follows a symlink there",
                         shown.display()
@@ -195,7 +140,7 @@ fn open_dir(root: &Path, relative: &Path, make: bool) -> Result<Option<OwnedFd>>
 }
 
 /// Refuses `name` in `dir` when something other than a regular file is there.
-fn refuse_all_but_a_file(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<()> {
+fn refuse_all_but_a_file(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<()> {
     match kind_at(dir, name) {
         None | Some(libc::S_IFREG) => Ok(()),
         Some(kind) => Err(Error::Input(format!(
@@ -226,20 +171,8 @@ fn never_through(kind: u32) -> &'static str {
 
 /// The file type (`S_IFMT` bits) of `name` in `dir` itself, a symlink not followed; `None` when
 /// nothing is there.
-fn kind_at(dir: &OwnedFd, name: &OsStr) -> Option<u32> {
+fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<u32> {
     fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok().map(|s| s.st_mode & libc::S_IFMT)
-}
-
-fn describe(kind: u32) -> &'static str {
-    match kind {
-        libc::S_IFLNK => "a symlink",
-        libc::S_IFDIR => "a directory",
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFCHR | libc::S_IFBLK => "a device",
-        libc::S_IFSOCK => "a socket",
-        libc::S_IFREG => "a regular file",
-        _ => "not a regular file",
-    }
 }
 
 fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
@@ -251,7 +184,7 @@ fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, mode: Mode) -> nix
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn tree() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

@@ -13,12 +13,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Error, Result};
 
 pub const FILE: &str = "ledger.json";
-
-/// Far more than any ledger holds (a commit and a reason per quarantined commit).
-const MAX_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -36,24 +34,28 @@ pub struct Entry {
     pub at: Option<String>,
 }
 
-/// The ledger at `path`; `None` when there is none yet.
-pub fn load(path: &Path) -> Result<Option<Ledger>> {
-    match crate::mech::trust::read_state_file(path, MAX_BYTES) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::Env(format!(
-                "{}: not a ledger ({e}); troops wrote it, so the disk or a hand changed it: \
-                 put it back from a backup, or remove it to take refs/troops/* as the ledger again",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::path("reading", path, e)),
-    }
+impl StateFile for Ledger {
+    const WHAT: &'static str = "a ledger";
+    const SCHEMA: u32 = 1;
+    /// Far more than any ledger holds (a commit and a reason per quarantined commit).
+    const MAX_BYTES: u64 = 16 << 20;
+    /// The group may read what root goes by.
+    const MODE: u32 = 0o640;
 }
 
-/// Writes the ledger at `path` atomically (0640: the group may read what root goes by).
+/// The ledger at `path`; `None` when there is none yet.
+pub fn load(path: &Path) -> Result<Option<Ledger>> {
+    state_file::load(path).map_err(|e| {
+        Error::Env(format!(
+            "{e}; troops wrote it, so the disk or a hand changed it: put it back from a backup, or \
+             remove it to take refs/troops/* as the ledger again"
+        ))
+    })
+}
+
+/// Writes the ledger at `path` atomically.
 pub fn save(path: &Path, ledger: &Ledger) -> Result<()> {
-    crate::mech::atomic::write(path, &serde_json::to_vec_pretty(ledger).expect("a ledger serializes"))
+    state_file::save(path, ledger)
 }
 
 #[cfg(test)]
@@ -71,6 +73,13 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some(ledger));
         std::fs::write(&path, "{\"deployed\": 7}").unwrap();
         let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains(&path.display().to_string()) && e.contains("not a ledger"), "{e}");
+        assert!(e.contains(&path.display().to_string()) && e.contains("is not a ledger"), "{e}");
+        assert!(e.contains("remove it to take refs/troops/* as the ledger again"), "{e}");
+        // What an older troops wrote, without a schema.
+        std::fs::write(&path, format!("{{\"deployed\": \"{}\"}}", "c".repeat(40))).unwrap();
+        assert_eq!(
+            load(&path).unwrap(),
+            Some(Ledger { deployed: Some("c".repeat(40)), ..Ledger::default() })
+        );
     }
 }

@@ -98,15 +98,11 @@ impl Drop for NodeLock {
 /// The lock file, shared with the admin group (0660), never opened through a symlink.
 fn open(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o660)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ctx(|| format!("opening lock {}", path.display()))
+    crate::mech::files::open(
+        path,
+        OpenOptions::new().create(true).truncate(false).read(true).write(true).mode(0o660),
+    )
+    .ctx(|| format!("opening lock {}", path.display()))
 }
 
 /// How long a reader's glance at the lock may last before a waiter says what it waits for.
@@ -122,7 +118,7 @@ const MAX_HOLDER_BYTES: u64 = 512;
 /// nothing yet.
 fn holder(path: &Path) -> String {
     let mut bytes = Vec::new();
-    if let Ok(file) = crate::mech::trust::open_state_file(path) {
+    if let Ok(file) = crate::mech::files::open(path, OpenOptions::new().read(true)) {
         let _ = file.take(MAX_HOLDER_BYTES).read_to_end(&mut bytes);
     }
     match String::from_utf8_lossy(&bytes).trim() {

@@ -3,10 +3,10 @@
 //! control socket, signatures, secrets, metrics). Each does what it is told; none decides what a
 //! node should do next.
 
-pub mod atomic;
 pub mod background;
 pub mod control;
 pub mod fetch;
+pub mod files;
 pub mod fs_safe;
 pub mod git;
 pub mod http;
@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod sightings;
 pub mod signals;
 pub mod ssh;
+pub mod state_file;
 pub mod statusrefs;
 pub mod supervise;
 pub mod trust;

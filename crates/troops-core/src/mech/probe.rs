@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use git2::Oid;
 use serde::{Deserialize, Serialize};
 
+use crate::mech::state_file::{self, StateFile};
+
 /// The most of `info/refs` that is read: a branch listed past it counts as not listed (a fetch).
 const MAX_REFS: usize = 1024 * 1024;
 
@@ -87,14 +89,42 @@ impl Probing {
         Probing { path: state_dir.join("probes.json"), trust }
     }
 
-    /// The saved states by remote name; a missing or unreadable file is no state (fetch).
+    /// The saved states by remote name; a missing or unreadable file is no state (fetch), and
+    /// an unreadable one is said in the log.
     pub fn load(&self) -> BTreeMap<String, ProbeState> {
-        std::fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        match state_file::load::<Probes>(&self.path) {
+            Ok(probes) => probes.map(|p| p.probes).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the probe states are ignored: every remote is fetched");
+                BTreeMap::new()
+            }
+        }
     }
 
-    pub fn save(&self, states: &BTreeMap<String, ProbeState>) -> crate::Result<()> {
-        let json = serde_json::to_vec_pretty(states).expect("probe states serialize");
-        crate::mech::atomic::write(&self.path, &json)
+    pub fn save(&self, probes: BTreeMap<String, ProbeState>) -> crate::Result<()> {
+        state_file::save(&self.path, &Probes { probes })
+    }
+}
+
+/// `<state>/probes.json`: the probe state of each remote, by name.
+#[derive(Serialize, Deserialize)]
+struct Probes {
+    probes: BTreeMap<String, ProbeState>,
+}
+
+impl StateFile for Probes {
+    const WHAT: &'static str = "the probe states";
+    /// 2: the map in a field of its own, beside the schema (1 was the map itself).
+    const SCHEMA: u32 = 2;
+    /// Far more than the states of any number of remotes a node has.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+
+    fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Probes, String> {
+        match schema {
+            1 => serde_json::from_value(old).map(|probes| Probes { probes }).map_err(|e| e.to_string()),
+            _ => Err(state_file::unknown(schema)),
+        }
     }
 }
 
@@ -334,5 +364,26 @@ mod tests {
         assert!(!seen[1].contains("If-None-Match") && !seen[1].contains("If-Modified-Since"), "{}", seen[1]);
         assert!(!seen[2].contains("If-None-Match"), "no Date: cannot tell, {}", seen[2]);
         assert!(seen[3].contains("If-None-Match: \"v1\"") && seen[3].contains(earlier), "{}", seen[3]);
+    }
+
+    #[test]
+    fn probes_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let probing = Probing::new(dir.path(), TRUST);
+        let state = ProbeState {
+            url: "http://mirror/deploy.git".into(),
+            listed: Some(A.into()),
+            fetched_at: 1_700_000_000,
+            ..ProbeState::default()
+        };
+        let old = serde_json::json!({ "origin": state });
+        std::fs::write(&probing.path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(probing.load(), BTreeMap::from([("origin".to_owned(), state.clone())]));
+        probing.save(probing.load()).unwrap();
+        let new: serde_json::Value = serde_json::from_slice(&std::fs::read(&probing.path).unwrap()).unwrap();
+        assert_eq!((&new["schema"], &new["probes"]), (&serde_json::json!(2), &old));
+        // Garbage is no state: every remote is fetched.
+        std::fs::write(&probing.path, "{\"schema\": 2, \"probes\": [").unwrap();
+        assert!(probing.load().is_empty());
     }
 }

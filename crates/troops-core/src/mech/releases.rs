@@ -19,6 +19,7 @@ use git2::Oid;
 use serde::{Deserialize, Serialize};
 
 use crate::mech::runs::Runs;
+use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Context, Error, Result};
 use crate::model::records::RunStatus;
 
@@ -64,8 +65,14 @@ struct Switch {
 }
 
 const INDEX: &str = "releases.json";
-/// Far beyond what an index of kept releases holds.
-const MAX_INDEX_BYTES: u64 = 16 << 20;
+
+impl StateFile for Index {
+    const WHAT: &'static str = "an index of releases";
+    const SCHEMA: u32 = 1;
+    /// Far beyond what an index of kept releases holds.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+}
 
 impl Releases {
     pub fn new(state_dir: &Path, link: Option<&Path>) -> Releases {
@@ -318,11 +325,9 @@ impl Releases {
     /// The index; a node whose releases an older troops made has none yet, and it is made from
     /// the run records there still are (a release whose record is gone is not known to be good).
     fn index(&self, runs: &Runs) -> Result<Index> {
-        let path = &self.index;
-        match crate::mech::trust::read_state_file(path, MAX_INDEX_BYTES) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Env(format!("{}: not an index of releases: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match state_file::load(&self.index)? {
+            Some(index) => Ok(index),
+            None => {
                 let mut index = Index::default();
                 let believed = runs.ids()?;
                 for release in self.all()? {
@@ -338,13 +343,11 @@ impl Releases {
                 }
                 Ok(index)
             }
-            Err(e) => Err(Error::path("reading", path, e)),
         }
     }
 
     fn save(&self, index: &Index) -> Result<()> {
-        let json = serde_json::to_vec_pretty(index).expect("an index serializes");
-        crate::mech::atomic::write(&self.index, &json)
+        state_file::save(&self.index, index)
     }
 }
 

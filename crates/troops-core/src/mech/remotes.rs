@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::mech::fetch::Fetched;
-use crate::model::error::{Error, Result};
+use crate::mech::state_file::{self, StateFile};
+use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::records::now;
 
@@ -28,7 +29,7 @@ pub struct RemoteState {
 
 pub fn save(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>) -> Result<()> {
     let at = now();
-    let states: BTreeMap<&str, RemoteState> = fetched
+    let remotes = fetched
         .iter()
         .map(|f| {
             let state = RemoteState {
@@ -40,24 +41,68 @@ pub fn save(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>)
                 refused: refusals.get(f.remote.as_str()).cloned(),
                 probed: f.probed,
             };
-            (f.remote.as_str(), state)
+            (f.remote.clone(), state)
         })
         .collect();
-    let json = serde_json::to_vec_pretty(&states).expect("states serialize");
-    crate::mech::atomic::write(&node.state_dir.join("remotes.json"), &json)
+    state_file::save(&node.state_dir.join("remotes.json"), &Remotes { remotes })
 }
 
-/// More than the states of any number of remotes a node has.
-const MAX_STATES_BYTES: u64 = 16 << 20;
+/// `<state>/remotes.json`: the last fetch of each remote, by name.
+#[derive(Serialize, Deserialize)]
+struct Remotes {
+    remotes: BTreeMap<String, RemoteState>,
+}
+
+impl StateFile for Remotes {
+    const WHAT: &'static str = "the remotes' last fetches";
+    /// 2: the map in a field of its own, beside the schema (1 was the map itself).
+    const SCHEMA: u32 = 2;
+    /// More than the states of any number of remotes a node has.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+
+    fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Remotes, String> {
+        match schema {
+            1 => serde_json::from_value(old).map(|remotes| Remotes { remotes }).map_err(|e| e.to_string()),
+            _ => Err(state_file::unknown(schema)),
+        }
+    }
+}
 
 /// The last recorded fetch of each remote.
 pub fn load(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
-    let path = node.state_dir.join("remotes.json");
-    match crate::mech::trust::read_state_file(&path, MAX_STATES_BYTES) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(Error::path("reading", &path, e)),
+    let remotes: Option<Remotes> = state_file::load(&node.state_dir.join("remotes.json"))?;
+    Ok(remotes.map(|r| r.remotes).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("remotes.json");
+        let state = |url: &str| RemoteState {
+            url: url.into(),
+            fetched_at: "2024-01-01T00:00:00.000Z".into(),
+            duration_ms: 5,
+            tip: None,
+            error: Some("unreachable".into()),
+            refused: None,
+            probed: false,
+        };
+        // A remote may be named "schema": in a bare map it is a remote, not a version.
+        let old = serde_json::json!({"origin": state("/srv/a.git"), "schema": state("/srv/b.git")});
+        std::fs::write(&path, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+        let remotes: Remotes = state_file::load(&path).unwrap().unwrap();
+        assert_eq!(remotes.remotes.keys().collect::<Vec<_>>(), ["origin", "schema"]);
+        assert_eq!(remotes.remotes["schema"], state("/srv/b.git"));
+
+        state_file::save(&path, &remotes).unwrap();
+        let new: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!((&new["schema"], &new["remotes"]), (&serde_json::json!(2), &old));
+        let again: Remotes = state_file::load(&path).unwrap().unwrap();
+        assert_eq!(again.remotes, remotes.remotes);
     }
 }

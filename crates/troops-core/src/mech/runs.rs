@@ -155,11 +155,10 @@ impl Runs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
             Err(e) => return Err(Error::path("reading", &self.dir(id), e)),
         }
-        let bytes =
-            crate::mech::trust::read_state_file(&path, MAX_RECORD_BYTES).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => missing(),
-                _ => Error::path("reading", &path, e),
-            })?;
+        let bytes = crate::mech::files::read(&path, MAX_RECORD_BYTES).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing(),
+            _ => Error::path("reading", &path, e),
+        })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Env(format!("{}: not a run record: {e}", path.display())))
     }
@@ -231,18 +230,16 @@ impl Runs {
         Ok(id)
     }
 
-    /// Opens the output log of run `id` to append to, made private (0640) and never through a
-    /// symlink.
+    /// Opens the output log of run `id` to append to, made private (0640), as `files::open`
+    /// opens: never through a symlink, only a regular file.
     pub fn open_log(&self, id: u64) -> Result<std::fs::File> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = self.log_path(id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ctx(|| format!("opening {}", path.display()))?;
+        let log = crate::mech::files::open(
+            &path,
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o640),
+        )
+        .ctx(|| format!("opening {}", path.display()))?;
         log.set_permissions(std::fs::Permissions::from_mode(0o640))
             .ctx(|| format!("making {} private", path.display()))?;
         Ok(log)
@@ -250,7 +247,7 @@ impl Runs {
 
     pub fn save(&self, record: &RunRecord) -> Result<()> {
         let json = serde_json::to_vec_pretty(record).expect("run records serialize");
-        crate::mech::atomic::write(&self.dir(record.id).join("run.json"), &json)
+        crate::mech::files::write(&self.dir(record.id).join("run.json"), &json, 0o640)
     }
 
     /// Marks this process's own newest record, left `running`, as `interrupted`: under the lock,

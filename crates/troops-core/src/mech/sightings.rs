@@ -19,9 +19,18 @@ use std::time::SystemTime;
 use git2::Repository;
 use serde::{Deserialize, Serialize};
 
+use crate::mech::state_file::{self, StateFile};
 use crate::model::status::State;
 
 const FILE: &str = "sightings.json";
+
+impl StateFile for Sightings {
+    const WHAT: &'static str = "the sightings of the fleet's status refs";
+    const SCHEMA: u32 = 1;
+    /// A few hundred bytes a host: far more hosts than a fleet has.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sightings {
@@ -54,17 +63,17 @@ pub struct Healthy {
 }
 
 impl Sightings {
-    /// The sightings recorded in `state_dir`; none when the file is missing, unreadable, or (read
-    /// by root) not root's.
+    /// The sightings recorded in `state_dir`; none when the file is missing, (read by root) not
+    /// root's, or unreadable (said in the log): every soak and heartbeat is then measured afresh.
     pub fn load(state_dir: &Path) -> Sightings {
-        let path = state_dir.join(FILE);
         let root = nix::unistd::geteuid().is_root();
-        std::fs::symlink_metadata(&path)
-            .ok()
-            .filter(|meta| meta.is_file() && (!root || meta.uid() == 0))
-            .and_then(|_| std::fs::read(&path).ok())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        match state_file::load_believed(&state_dir.join(FILE), |uid| !root || uid == 0) {
+            Ok(sightings) => sightings.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the sightings are ignored: every report is seen afresh");
+                Sightings::default()
+            }
+        }
     }
 
     /// Takes in the status refs of `git` as they are `now`: a ref at a new commit is a change seen
@@ -129,8 +138,7 @@ pub fn record(
     if sightings == before {
         return Ok(());
     }
-    let json = serde_json::to_vec_pretty(&sightings).expect("sightings serialize");
-    crate::mech::atomic::write(&state_dir.join(FILE), &json).map_err(|e| e.to_string())
+    state_file::save(&state_dir.join(FILE), &sightings).map_err(|e| e.to_string())
 }
 
 fn time(at: SystemTime) -> String {

@@ -128,11 +128,14 @@ fn push(
 /// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo of
 /// `state_dir` with root's `git`, whatever the URL: newest commits only, at most [`MAX_FETCH`]
 /// bytes. Then records what came of it, and what the refs say now, for the rollout gate
-/// (`sightings`). Errors quote the remote escaped.
+/// (`sightings`). Errors quote the remote escaped. The node's own ref (`host`) is never fetched:
+/// the node is its only writer, and what the remote holds of it is at best an older document,
+/// one a publish under way has not replaced yet.
 pub fn fetch(
     node_repo: &Path,
     state_dir: &Path,
     remote: &str,
+    host: &str,
     ssh_dir: &Path,
     deadline: Instant,
 ) -> std::result::Result<(), String> {
@@ -152,7 +155,8 @@ pub fn fetch(
         command.args(["-c", "protocol.file.allow=always"]);
         // One pack, however few objects: a stopped download leaves a file this can find.
         command.args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"]);
-        command.args(FETCH_ARGS).args([url.as_str(), REFSPEC]);
+        let own = format!("^{}{host}", status::REF_PREFIX);
+        command.args(FETCH_ARGS).args([url.as_str(), REFSPEC, &own]);
         let fetched =
             git_with_key(capped(command), &url, ssh_dir, deadline, "fetch").map_err(|e| over_cap(&path, e));
         clear_leftovers(&path);
@@ -509,9 +513,38 @@ mod tests {
 
         let deadline = Instant::now() + Duration::from_secs(30);
         // The status remote has no status ref yet: that is no failure.
-        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
+        fetch(node.path(), &state, "status", "web-1", &state.join("ssh"), deadline).unwrap();
         assert!(Repository::open_bare(repo_path(&state)).is_ok());
         assert!(node.find_reference("refs/troops/status/web-1").is_err(), "the old ref is still there");
+    }
+
+    #[test]
+    fn a_fetch_never_takes_the_nodes_own_ref_from_the_remote_nor_prunes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, remote) = (dir.path().join("state"), dir.path().join("status.git"));
+        let peer = Repository::init_bare(&remote).unwrap();
+        let tree = peer.find_tree(peer.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        let who = git2::Signature::now("troops", "troops@localhost").unwrap();
+        let older = peer.commit(None, &who, &who, "web-1, older", &tree, &[]).unwrap();
+        let other = peer.commit(None, &who, &who, "web-2", &tree, &[]).unwrap();
+        peer.reference("refs/troops/status/web-2", other, false, "").unwrap();
+        let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
+        node.remote("status", &remote.display().to_string()).unwrap();
+        let status = open(&state).unwrap();
+        let empty = status.find_tree(status.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        let mine = status.commit(None, &who, &who, "web-1, newer, its push under way", &empty, &[]).unwrap();
+        status.reference("refs/troops/status/web-1", mine, false, "").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let own = || status.refname_to_id("refs/troops/status/web-1").unwrap();
+
+        // The remote has none of web-1's yet: the node's own is not pruned.
+        fetch(node.path(), &state, "status", "web-1", &state.join("ssh"), deadline).unwrap();
+        assert_eq!(own(), mine);
+        assert_eq!(status.refname_to_id("refs/troops/status/web-2").unwrap(), other);
+        // It has an older one: still the node's own stays.
+        peer.reference("refs/troops/status/web-1", older, false, "").unwrap();
+        fetch(node.path(), &state, "status", "web-1", &state.join("ssh"), deadline).unwrap();
+        assert_eq!(own(), mine);
     }
 
     #[test]
@@ -535,7 +568,7 @@ mod tests {
             std::fs::write(status.join(file), "").unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
+        fetch(node.path(), &state, "status", "web-2", &state.join("ssh"), deadline).unwrap();
         let fetched =
             Repository::open_bare(&status).unwrap().refname_to_id("refs/troops/status/web-1").unwrap();
         assert_eq!(fetched, doc);

@@ -3,7 +3,7 @@
 //! `troops-hook`), the node's SSH key, and records branch, roles and remotes where they belong.
 //! Run as root, it shares the node with `admin_group`, whose members may push and run plans.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -312,11 +312,7 @@ fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<(
     // The reflogs root appends to exist from the start, root's: nobody plants a symlink there.
     for log in [format!("logs/refs/heads/{branch}"), format!("logs/{}", crate::mech::repo::DEPLOYED_REF)] {
         let log = path.join(log);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&log)
+        crate::mech::files::open(&log, std::fs::OpenOptions::new().create(true).append(true))
             .ctx(|| format!("creating {}", log.display()))?;
     }
     // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
@@ -335,7 +331,7 @@ fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<(
         let script = format!(
             "#!/bin/sh\n# Written by `troops init`; runs again on every init.\nexec '{hook}' {kind} \"$@\"\n"
         );
-        crate::mech::atomic::write_mode(&file, script.as_bytes(), 0o755)?;
+        crate::mech::files::write(&file, script.as_bytes(), 0o755)?;
     }
     crate::mech::repo::lock_down_repo_config(&path)
 }
@@ -396,7 +392,7 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String], hostname: 
     }
     // Pushers' hooks read it: its mode stays as it was, or readable by all when new.
     let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
-    crate::mech::atomic::write_mode(path, text.as_bytes(), mode)
+    crate::mech::files::write(path, text.as_bytes(), mode)
 }
 
 /// The node's SSH key for fetching (and the secrets of its roles), `troops@HOSTNAME`: made once,

@@ -66,8 +66,15 @@ pub fn fetch_status(
     remote: &str,
     deadline: std::time::Instant,
 ) -> std::result::Result<(), String> {
-    let fetched =
-        crate::mech::statusrefs::fetch(&node.repo_path(), &node.state_dir, remote, &node.ssh_dir(), deadline);
+    let host = node.config.hostname();
+    let fetched = crate::mech::statusrefs::fetch(
+        &node.repo_path(),
+        &node.state_dir,
+        remote,
+        &host,
+        &node.ssh_dir(),
+        deadline,
+    );
     let git = crate::mech::statusrefs::open(&node.state_dir).map_err(|e| e.to_string())?;
     let recorded = crate::mech::sightings::record(&node.state_dir, remote, fetched.as_ref().err(), &git)
         .map_err(|e| format!("recording what the status refs say: {e}"));
@@ -82,14 +89,11 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     node.repo()?; // a node that was never initialised fails here, with the reason
     let path = node.state_dir.join("fetch.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .ctx(|| format!("opening {}", path.display()))?;
+    let file = crate::mech::files::open(
+        &path,
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600),
+    )
+    .ctx(|| format!("opening {}", path.display()))?;
     let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
         lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
     };

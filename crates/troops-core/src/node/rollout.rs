@@ -10,6 +10,7 @@ use git2::Oid;
 
 use crate::mech::repo::NodeRepo;
 use crate::mech::sightings::Sightings;
+use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Error, Result};
 use crate::model::node::Node;
 use crate::model::plan::rollout::Rollout;
@@ -103,22 +104,22 @@ pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<bool> {
     let hold =
         Hold { commit, wave: held.wave.clone(), why: held.why.clone(), until, halted: held.halted, since };
     if old.as_ref() != Some(&hold) {
-        let json = serde_json::to_vec_pretty(&hold).expect("a hold serializes");
-        crate::mech::atomic::write(&node.state_dir.join(FILE), &json)?;
+        state_file::save(&node.state_dir.join(FILE), &hold)?;
     }
     Ok(old.is_none())
 }
 
+impl StateFile for Hold {
+    const WHAT: &'static str = "a rollout hold";
+    const SCHEMA: u32 = 1;
+    /// Far more than a hold's few sentences.
+    const MAX_BYTES: u64 = 1 << 20;
+    const MODE: u32 = 0o640;
+}
+
 /// The hold recorded by the last gate decision, if it held.
 pub fn load_hold(node: &Node) -> Result<Option<Hold>> {
-    let path = node.state_dir.join(FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Env(format!("{}: not a rollout hold: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::path("reading", &path, e)),
-    }
+    state_file::load(&node.state_dir.join(FILE))
 }
 
 fn clear_hold(node: &Node) -> Result<()> {

@@ -214,7 +214,7 @@ pub fn write_textfile(node: &Node) {
     let Some(path) = &node.config.metrics.textfile else { return };
     let written = metrics(node).and_then(|text| {
         // node_exporter runs as its own user: the file is for everyone to read.
-        crate::mech::atomic::write_mode(path, text.as_bytes(), 0o644)
+        crate::mech::files::write(path, text.as_bytes(), 0o644)
     });
     if let Err(e) = written {
         tracing::warn!(error = %e, textfile = %path.display(), "metrics textfile not written");

@@ -84,8 +84,8 @@ pub fn log(node: &Node, args: LogArgs) -> Result<ExitCode> {
     };
     let path = runs.log_path(id);
     // A member's run folder may hold anything at that name: never wait on a FIFO there.
-    let mut file =
-        troops_core::mech::trust::open_state_file(&path).map_err(|e| Error::path("opening", &path, e))?;
+    let mut file = troops_core::mech::files::open(&path, std::fs::OpenOptions::new().read(true))
+        .map_err(|e| Error::path("opening", &path, e))?;
     // Streamed, not read whole: a log can be large.
     let mut stdout = std::io::stdout().lock();
     loop {

@@ -3,11 +3,12 @@
 //! restarts and run pruning; everything else is read fresh (refs, config). Whoever changes the
 //! counters (a run, the daemon's fetcher, a hook run in-process by a member of the admin group)
 //! does it under a flock on `<state>/metrics/`; the gauges are read fresh from the node by
-//! `node::state`, which also writes the `[metrics] textfile` after each change. A node with neither `textfile` nor `listen` keeps no counters. Nothing here ever fails
+//! `node::state`, which also writes the `[metrics] textfile` after each change. A node with
+//! neither `textfile` nor `listen` keeps no counters. Nothing here ever fails
 //! a run or a fetch, nor holds one up: the admin group may write `metrics/`, so the counters are
-//! read as [`crate::mech::trust::read_state_file`] reads (never waiting on a FIFO planted there), and the
-//! flock, which a member can hold, is waited for at most [`LOCK_WAIT`]; a problem is logged and
-//! the caller goes on.
+//! read as every state file is (`state_file`: never through a symlink, never waiting on a FIFO
+//! planted there, only up to a bound), and the flock, which a member can hold, is waited for at
+//! most [`LOCK_WAIT`]; a problem is logged and the caller goes on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use prometheus_client::metrics::MetricType;
 use serde::{Deserialize, Serialize};
 
 use crate::mech::fetch::Fetched;
+use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Context, Error, Result};
 use crate::model::node::Node;
 use crate::model::records::{RunRecord, RunStatus, Trigger};
@@ -31,9 +33,6 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// Upper bounds (seconds) of the `troops_run_duration_seconds` buckets: a run takes seconds to an
 /// hour (a step's default timeout is 30m).
 pub const DURATION_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
-
-/// A counters file larger than this is not ours (nothing we write comes near it).
-const MAX_COUNTERS_BYTES: u64 = 1 << 20;
 
 /// The longest a change of the counters waits for another's: each takes milliseconds, so a
 /// holder that takes longer is stuck or hostile, and the change is skipped (logged).
@@ -202,7 +201,7 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
         let path = counters_path(node);
         let mut counters = load(&path);
         change(&mut counters);
-        crate::mech::atomic::write(&path, &serde_json::to_vec_pretty(&counters).expect("counters serialize"))
+        state_file::save(&path, &counters)
     })();
     if let Err(e) = result {
         tracing::warn!(error = %e, "metrics not updated");
@@ -238,20 +237,23 @@ fn increment(n: &mut u64) {
     *n = n.saturating_add(1);
 }
 
-/// The counters at `path`; none yet, or a file that is not counters: zero (said in the log).
-/// Read as a file the admin group may have put there (`trust::read_state_file`): never through a
-/// symlink, never waiting on a FIFO, only up to a bound.
+impl StateFile for Counters {
+    const WHAT: &'static str = "a counters file";
+    const SCHEMA: u32 = 1;
+    /// Nothing troops writes comes near it.
+    const MAX_BYTES: u64 = 1 << 20;
+    const MODE: u32 = 0o640;
+}
+
+/// The counters at `path`; none yet, or a file that cannot be read as counters: zero (said in
+/// the log).
 fn load(path: &Path) -> Counters {
-    let problem = match crate::mech::trust::read_state_file(path, MAX_COUNTERS_BYTES) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Counters::default(),
-        Err(e) => format!("cannot be read: {e}"),
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(counters) => return counters,
-            Err(e) => format!("is not a counters file: {e}"),
-        },
-    };
-    tracing::warn!(path = %path.display(), "{} {problem}; the counters start from zero", path.display());
-    Counters::default()
+    state_file::load(path)
+        .unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), "{e}; the counters start from zero");
+            None
+        })
+        .unwrap_or_default()
 }
 
 fn unix_now() -> f64 {

@@ -30,6 +30,7 @@ use openpgp::{Cert, Packet, PacketPile};
 use sequoia_openpgp as openpgp;
 use serde::{Deserialize, Serialize};
 
+use crate::mech::state_file::{self, StateFile};
 use crate::model::config::{Scope, Verify};
 use crate::model::error::{Context, Error, Result};
 use crate::model::names::short;
@@ -561,6 +562,14 @@ pub struct LastRefusal {
 
 const REFUSED_FILE: &str = "refused.json";
 
+impl StateFile for LastRefusal {
+    const WHAT: &'static str = "a refused commit";
+    const SCHEMA: u32 = 1;
+    /// Far more than one refusal's reason.
+    const MAX_BYTES: u64 = 1 << 20;
+    const MODE: u32 = 0o640;
+}
+
 /// Records `refusal` as the node's last, atomically.
 pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Result<()> {
     let record = LastRefusal {
@@ -570,22 +579,12 @@ pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Resu
         outcome: refusal.verification.kind().to_owned(),
         reason: refusal.to_string(),
     };
-    crate::mech::atomic::write(
-        &state_dir.join(REFUSED_FILE),
-        &serde_json::to_vec_pretty(&record).expect("records serialize"),
-    )
+    state_file::save(&state_dir.join(REFUSED_FILE), &record)
 }
 
 /// The last commit refused for its signature, if any was.
 pub fn last_refusal(state_dir: &Path) -> Result<Option<LastRefusal>> {
-    let path = state_dir.join(REFUSED_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Env(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::path("reading", &path, e)),
-    }
+    state_file::load(&state_dir.join(REFUSED_FILE))
 }
 
 #[cfg(test)]

@@ -18,17 +18,43 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use git2::Oid;
+use serde::{Deserialize, Serialize};
 
+use crate::mech::state_file::{self, StateFile};
 use crate::model::error::Result;
 
 const FILE: &str = "seen.json";
+
+/// `<state>/seen.json`: commit id to the RFC 3339 time it was first accepted.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Times {
+    first_seen: BTreeMap<String, String>,
+}
+
+impl StateFile for Times {
+    const WHAT: &'static str = "the first-seen times of commits";
+    /// 2: the map in a field of its own, beside the schema (1 was the map itself).
+    const SCHEMA: u32 = 2;
+    /// Some 80 bytes a commit: far more SSH-signed commits than a node accepts in years. A larger
+    /// file is not read, and the next commit accepted starts a new one.
+    const MAX_BYTES: u64 = 16 << 20;
+    const MODE: u32 = 0o640;
+
+    fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Times, String> {
+        match schema {
+            1 => {
+                serde_json::from_value(old).map(|first_seen| Times { first_seen }).map_err(|e| e.to_string())
+            }
+            _ => Err(state_file::unknown(schema)),
+        }
+    }
+}
 
 /// The first-seen times of a node, and the time of the check under way (`now`).
 #[derive(Debug)]
 pub struct FirstSeen {
     path: PathBuf,
-    /// Commit id to RFC 3339 time.
-    times: BTreeMap<String, String>,
+    times: Times,
     now: SystemTime,
     changed: bool,
     /// Whether this process may record (see the module doc).
@@ -36,30 +62,30 @@ pub struct FirstSeen {
 }
 
 impl FirstSeen {
-    /// The times recorded in `state_dir`; none when the file is missing, unreadable, or (read by
-    /// root) not root's.
+    /// The times recorded in `state_dir`; none when the file is missing, (read by root) not
+    /// root's, or unreadable (said in the log).
     pub fn load(state_dir: &Path) -> FirstSeen {
         let path = state_dir.join(FILE);
         let root = nix::unistd::geteuid().is_root();
-        let trusted = |meta: &std::fs::Metadata| !root || meta.uid() == 0;
         let records = root || std::fs::metadata(state_dir).is_ok_and(|meta| meta.uid() != 0);
-        let times = std::fs::symlink_metadata(&path)
-            .ok()
-            .filter(|meta| meta.is_file() && trusted(meta))
-            .and_then(|_| std::fs::read(&path).ok())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        FirstSeen { path, times, now: SystemTime::now(), changed: false, records }
+        let times = state_file::load_believed(&path, |uid| !root || uid == 0).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the first-seen times are ignored: each commit is judged now");
+            None
+        });
+        FirstSeen { path, times: times.unwrap_or_default(), now: SystemTime::now(), changed: false, records }
     }
 
     /// When `commit` was first accepted, or now if it never was.
     pub fn time_of(&self, commit: Oid) -> SystemTime {
-        self.times.get(&commit.to_string()).and_then(|t| humantime::parse_rfc3339(t).ok()).unwrap_or(self.now)
+        let time = self.times.first_seen.get(&commit.to_string());
+        time.and_then(|t| humantime::parse_rfc3339(t).ok()).unwrap_or(self.now)
     }
 
     /// Records that `commit` was accepted now, unless it was before.
     pub fn mark(&mut self, commit: Oid) {
-        if let std::collections::btree_map::Entry::Vacant(entry) = self.times.entry(commit.to_string()) {
+        if let std::collections::btree_map::Entry::Vacant(entry) =
+            self.times.first_seen.entry(commit.to_string())
+        {
             entry.insert(humantime::format_rfc3339_seconds(self.now).to_string());
             self.changed = true;
         }
@@ -70,8 +96,7 @@ impl FirstSeen {
         if !self.changed || !self.records {
             return Ok(());
         }
-        let json = serde_json::to_vec_pretty(&self.times).expect("times serialize");
-        crate::mech::atomic::write(&self.path, &json)?;
+        state_file::save(&self.path, &self.times)?;
         self.changed = false;
         Ok(())
     }
@@ -96,6 +121,22 @@ mod tests {
         later.mark(a);
         assert_eq!(later.time_of(a), first, "a second acceptance does not move the first");
         assert_eq!(later.time_of(b), later.now);
+    }
+
+    #[test]
+    fn seen_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Oid::from_str(&"a".repeat(40)).unwrap();
+        std::fs::write(dir.path().join(FILE), format!("{{\"{a}\": \"2020-01-01T00:00:00Z\"}}")).unwrap();
+        let mut seen = FirstSeen::load(dir.path());
+        assert_eq!(seen.time_of(a), humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap());
+        seen.mark(Oid::from_str(&"b".repeat(40)).unwrap());
+        seen.save().unwrap();
+        let new: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        assert_eq!(new["schema"], 2);
+        assert_eq!(new["first_seen"][a.to_string()], "2020-01-01T00:00:00Z");
+        assert_eq!(FirstSeen::load(dir.path()).time_of(a), seen.time_of(a));
     }
 
     #[test]

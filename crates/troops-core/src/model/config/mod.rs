@@ -12,14 +12,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::error::{from_toml, line_col, Error, Result};
+use crate::model::limits::{self, Limit};
 
 pub const DEFAULT_PATH: &str = "/etc/troops/troops.toml";
-
-/// The longest `interval`, `jitter` and `retry` wait: a year (the daemon adds them to clocks, which
-/// overflow not far past the largest durations humantime reads, and no fleet means more).
-pub const MAX_PERIOD: Duration = Duration::from_secs(31_557_600);
-/// The longest `fetch_timeout`: a day (a fetch that takes longer is not going to end).
-pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -169,23 +164,9 @@ impl Config {
         };
         let raw: RawConfig = from_toml(text, err)?;
 
-        let duration = |value: Option<Spanned<String>>, key: &str, default: &str, max: Duration| match value {
-            None => Ok(humantime::parse_duration(default).expect("default durations parse")),
-            Some(v) => match humantime::parse_duration(v.get_ref()) {
-                Ok(d) if d <= max => Ok(d),
-                Ok(_) => Err(err(
-                    v.span(),
-                    format!(
-                        "`{key}`: {:?} is too long; at most {}",
-                        v.get_ref(),
-                        humantime::format_duration(max)
-                    ),
-                )),
-                Err(e) => Err(err(
-                    v.span(),
-                    format!("`{key}`: {e} in {:?} (expected e.g. \"60s\" or \"5m\")", v.get_ref()),
-                )),
-            },
+        let secs = Duration::from_secs;
+        let duration = |value: Option<Spanned<String>>, key: &str, limit: Limit, default: Duration| {
+            limit.key(&format!("`{key}`"), value, default).map_err(|(span, m)| err(span, m))
         };
         let word = |value: Option<Spanned<String>>, key: &str, default: &str| match value {
             None => Ok(default.to_owned()),
@@ -202,13 +183,7 @@ impl Config {
                 format!("`branch`: {branch:?} is not a valid branch name"),
             ));
         }
-        let interval = duration(raw.interval.clone(), "interval", "60s", MAX_PERIOD)?;
-        if interval.is_zero() {
-            return Err(err(
-                raw.interval.expect("default is not zero").span(),
-                "`interval` must be more than zero".into(),
-            ));
-        }
+        let interval = duration(raw.interval, "interval", limits::INTERVAL, secs(60))?;
         let keep_runs = match raw.keep_runs {
             None => 100,
             Some(v) if *v.get_ref() >= 1 => *v.get_ref() as usize,
@@ -222,20 +197,17 @@ impl Config {
             roles.push(role.into_inner());
         }
         let retry = Retry {
-            initial: duration(raw.retry.initial.clone(), "retry.initial", "30s", MAX_PERIOD)?,
-            max: duration(raw.retry.max.clone(), "retry.max", "30m", MAX_PERIOD)?,
+            initial: duration(raw.retry.initial.clone(), "retry.initial", limits::RETRY, secs(30))?,
+            max: duration(raw.retry.max.clone(), "retry.max", limits::RETRY, secs(1800))?,
         };
-        if retry.initial.is_zero() || retry.initial > retry.max {
+        if retry.initial > retry.max {
             let span = raw.retry.initial.or(raw.retry.max).map_or(0..0, |v| v.span());
-            return Err(err(span, "`retry.initial` must be more than zero and at most `retry.max`".into()));
+            return Err(err(span, "`retry.initial` must be at most `retry.max`".into()));
         }
         let metrics = metrics::Settings::parse(raw.metrics, err)?;
         let notify = notify::Settings::parse(raw.notify, err)?;
-        let status_heartbeat = duration(raw.status_heartbeat.clone(), "status_heartbeat", "1h", MAX_PERIOD)?;
-        if status_heartbeat.is_zero() {
-            let span = raw.status_heartbeat.expect("default is not zero").span();
-            return Err(err(span, "`status_heartbeat` must be more than zero".into()));
-        }
+        let status_heartbeat =
+            duration(raw.status_heartbeat, "status_heartbeat", limits::STATUS_HEARTBEAT, secs(3600))?;
         let secrets_dir = match raw.secrets_dir {
             None => None,
             // Its files are created where it says, whatever the cwd of whoever runs.
@@ -254,9 +226,9 @@ impl Config {
             path: path.to_owned(),
             branch,
             interval,
-            jitter: duration(raw.jitter, "jitter", "10s", MAX_PERIOD)?,
-            fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", "120s", MAX_FETCH_TIMEOUT)?,
-            probe_trust: duration(raw.probe_trust, "probe_trust", "30m", MAX_PERIOD)?,
+            jitter: duration(raw.jitter, "jitter", limits::JITTER, secs(10))?,
+            fetch_timeout: duration(raw.fetch_timeout, "fetch_timeout", limits::FETCH_TIMEOUT, secs(120))?,
+            probe_trust: duration(raw.probe_trust, "probe_trust", limits::PROBE_TRUST, secs(1800))?,
             hostname: raw.hostname.map(|h| word(Some(h), "hostname", "")).transpose()?,
             roles,
             keep_runs,
@@ -366,20 +338,26 @@ mod tests {
 
     #[test]
     fn durations_are_bounded_and_the_error_says_the_bound() {
-        assert_eq!(parse("interval = \"1year\"\njitter = \"1year\"").unwrap().interval, MAX_PERIOD);
+        assert_eq!(parse("interval = \"1year\"\njitter = \"1year\"").unwrap().interval, limits::YEAR);
         let e = parse("\ninterval = \"1000000000years\"").unwrap_err().to_string();
         assert!(
             e.starts_with(
-                "/etc/troops/troops.toml:2:12: `interval`: \"1000000000years\" is too long; at most 1year"
+                "/etc/troops/troops.toml:2:12: `interval` \"1000000000years\" is too long; at most 1year"
             ),
             "{e}"
         );
         let e = parse("fetch_timeout = \"25h\"").unwrap_err().to_string();
-        assert!(e.contains("`fetch_timeout`: \"25h\" is too long; at most 1day"), "{e}");
+        assert!(e.contains("`fetch_timeout` \"25h\" is too long; at most 1day"), "{e}");
+        let e = parse("fetch_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(e.contains(":1:17: `fetch_timeout` \"0s\" must be more than zero"), "{e}");
         assert!(parse("probe_trust = \"2years\"").unwrap_err().to_string().contains("`probe_trust`"));
         assert_eq!(parse("probe_trust = \"0s\"").unwrap().probe_trust, Duration::ZERO);
         let e = parse("[retry]\nmax = \"2years\"").unwrap_err().to_string();
         assert!(e.contains("`retry.max`"), "{e}");
+        let e = parse("[retry]\nmax = \"0s\"").unwrap_err().to_string();
+        assert!(e.contains(":2:7: `retry.max` \"0s\" must be more than zero"), "{e}");
+        let e = parse("[retry]\ninitial = \"1h\"\nmax = \"1m\"").unwrap_err().to_string();
+        assert!(e.contains(":2:11: `retry.initial` must be at most `retry.max`"), "{e}");
         assert_eq!(parse("keep_runs = 9223372036854775807").unwrap().keep_runs, i64::MAX as usize);
     }
 
@@ -405,7 +383,7 @@ mod tests {
             (Some("origin"), Duration::from_secs(300))
         );
         let e = parse("status_heartbeat = \"0s\"").unwrap_err().to_string();
-        assert!(e.contains(":1:20: `status_heartbeat` must be more than zero"), "{e}");
+        assert!(e.contains(":1:20: `status_heartbeat` \"0s\" must be more than zero"), "{e}");
     }
 
     #[test]

@@ -9,9 +9,6 @@ use toml::Spanned;
 
 use crate::model::error::{Error, Result};
 
-/// The longest `[notify] timeout`: a notification that takes longer is not arriving.
-const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
-
 /// The node config's `[notify]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -35,24 +32,9 @@ pub(crate) struct RawSettings {
 
 impl Settings {
     pub(crate) fn parse(raw: RawSettings, err: impl Fn(Range<usize>, String) -> Error) -> Result<Settings> {
-        let timeout = match raw.timeout {
-            None => Settings::default().timeout,
-            Some(v) => match humantime::parse_duration(v.get_ref()) {
-                Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => d,
-                Ok(_) => {
-                    return Err(err(
-                        v.span(),
-                        "`notify.timeout` must be more than zero and at most 1h".into(),
-                    ))
-                }
-                Err(e) => {
-                    return Err(err(
-                        v.span(),
-                        format!("`notify.timeout`: {e} in {:?} (expected e.g. \"30s\")", v.get_ref()),
-                    ))
-                }
-            },
-        };
+        let timeout = crate::model::limits::NOTIFY_TIMEOUT
+            .key("`notify.timeout`", raw.timeout, Settings::default().timeout)
+            .map_err(|(span, message)| err(span, message))?;
         let command = match raw.command {
             Some(c) if c.get_ref().trim().is_empty() => {
                 return Err(err(c.span(), "`notify.command` is empty; leave it out to notify nobody".into()))

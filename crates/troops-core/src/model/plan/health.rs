@@ -7,16 +7,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::plan::{
-    duration, duration_or_zero, role_list, Check, Expect, Health, OnFailure, Probe, Problem,
-};
+use crate::model::limits::{CHECK_PROBE, CHECK_START_PERIOD, HEALTH_SOAK};
+use crate::model::plan::{role_list, Check, Expect, Health, OnFailure, Probe, Problem};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_RETRIES: u32 = 3;
-/// The shortest check duration (`interval` and `timeout`; `start_period` and `soak` unless zero,
-/// for none). Each probe saves the run record with an fsync: at most ten a second per check.
-const MIN_DURATION: Duration = Duration::from_millis(100);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,15 +125,13 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
         roles: role_list(&owner, raw.roles)?,
         probe,
         expect: expect.map(|(_, _, expect)| expect),
-        start_period: not_too_short(&owner, "start_period", raw.start_period, |v| {
-            duration_or_zero(&owner, "start_period", v, Duration::ZERO)
-        })?,
-        interval: not_too_short(&owner, "interval", raw.interval, |v| {
-            duration(&owner, "interval", v, DEFAULT_INTERVAL)
-        })?,
-        timeout: not_too_short(&owner, "timeout", raw.timeout, |v| {
-            duration(&owner, "timeout", v, DEFAULT_TIMEOUT)
-        })?,
+        start_period: CHECK_START_PERIOD.key(
+            &format!("{owner}: `start_period`"),
+            raw.start_period,
+            Duration::ZERO,
+        )?,
+        interval: CHECK_PROBE.key(&format!("{owner}: `interval`"), raw.interval, DEFAULT_INTERVAL)?,
+        timeout: CHECK_PROBE.key(&format!("{owner}: `timeout`"), raw.timeout, DEFAULT_TIMEOUT)?,
         retries,
         name,
     })
@@ -160,29 +154,6 @@ pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {
             }
         },
     };
-    let soak =
-        not_too_short("health", "soak", raw.soak, |v| duration_or_zero("health", "soak", v, Duration::ZERO))?;
+    let soak = HEALTH_SOAK.key("health: `soak`", raw.soak, Duration::ZERO)?;
     Ok(Health { soak, on_failure })
-}
-
-/// The duration `key` of `owner` as `parse` reads it, refused at its value when it is shorter
-/// than [`MIN_DURATION`] and not zero.
-fn not_too_short(
-    owner: &str,
-    key: &str,
-    value: Option<Spanned<String>>,
-    parse: impl FnOnce(Option<Spanned<String>>) -> Result<Duration, Problem>,
-) -> Result<Duration, Problem> {
-    let given = value.as_ref().map(|v| (v.span(), v.get_ref().clone()));
-    let d = parse(value)?;
-    match given {
-        Some((span, text)) if !d.is_zero() && d < MIN_DURATION => Err((
-            span,
-            format!(
-                "{owner}: `{key}` {text:?} is too short; at least {}",
-                humantime::format_duration(MIN_DURATION)
-            ),
-        )),
-        _ => Ok(d),
-    }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::error::{from_toml, line_col, Error, Result};
+use crate::model::limits;
 
 mod health;
 pub mod hosts;
@@ -18,8 +19,6 @@ mod version;
 
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// The longest step `timeout`: a year (the deadline is added to a clock; no step means more).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(31_557_600);
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
@@ -324,9 +323,11 @@ impl Plan {
                 (None, None) => return Err(err(span, format!("step `{name}` needs `run` or `script`"))),
             };
             let owner = format!("step `{name}`");
-            let timeout =
-                duration(&owner, "timeout", step.timeout, DEFAULT_TIMEOUT).map_err(|(s, m)| err(s, m))?;
-            let kill_grace = duration(&owner, "kill_grace", step.kill_grace, DEFAULT_KILL_GRACE)
+            let timeout = limits::STEP_TIMEOUT
+                .key(&format!("{owner}: `timeout`"), step.timeout, DEFAULT_TIMEOUT)
+                .map_err(|(s, m)| err(s, m))?;
+            let kill_grace = limits::KILL_GRACE
+                .key(&format!("{owner}: `kill_grace`"), step.kill_grace, DEFAULT_KILL_GRACE)
                 .map_err(|(s, m)| err(s, m))?;
             let phase = phase(&owner, step.phase, release.is_some()).map_err(|(s, m)| err(s, m))?;
             let env = match step.env {
@@ -492,43 +493,6 @@ pub fn text(path: &Path, bytes: Vec<u8>) -> Result<String> {
 /// A misplaced value: its span in the plan and what is wrong, for the caller to place.
 type Problem = (std::ops::Range<usize>, String);
 
-/// The duration `key` of `owner` (e.g. "step `a`"): humantime, more than zero, at most
-/// [`MAX_TIMEOUT`]; `default` without one.
-fn duration(
-    owner: &str,
-    key: &str,
-    value: Option<Spanned<String>>,
-    default: Duration,
-) -> Result<Duration, Problem> {
-    let Some(value) = value else { return Ok(default) };
-    match humantime::parse_duration(value.get_ref()) {
-        Ok(d) if d > MAX_TIMEOUT => Err((
-            value.span(),
-            format!(
-                "{owner}: `{key}` {:?} is too long; at most {}",
-                value.get_ref(),
-                humantime::format_duration(MAX_TIMEOUT)
-            ),
-        )),
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err((value.span(), format!("{owner}: `{key}` must be more than zero"))),
-        Err(e) => Err((value.span(), format!("{owner}: `{key}` {:?}: {e}", value.get_ref()))),
-    }
-}
-
-/// [`duration`], where zero ("0s") is a value too: "none of it".
-fn duration_or_zero(
-    owner: &str,
-    key: &str,
-    value: Option<Spanned<String>>,
-    default: Duration,
-) -> Result<Duration, Problem> {
-    match &value {
-        Some(v) if humantime::parse_duration(v.get_ref()).is_ok_and(|d| d.is_zero()) => Ok(Duration::ZERO),
-        _ => duration(owner, key, value, default),
-    }
-}
-
 /// The `roles` of `owner` (a step or check): `None` without the key (every host), never empty.
 fn role_list(
     owner: &str,
@@ -673,7 +637,7 @@ mod tests {
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nkill_grace = \"soon\"\n")
             .contains(":4:14: step `a`: `kill_grace` \"soon\""));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nkill_grace = \"0s\"\n")
-            .contains("`kill_grace` must be more than zero"));
+            .contains("`kill_grace` \"0s\" must be more than zero"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = []\n").contains("`roles` is empty"));
         assert!(error("[roles.web]\nmatch = [\"[\"]\n").contains(":2:10: role `web`: bad pattern"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nenv = { TROOPS_HOST = \"x\" }\n")
@@ -729,7 +693,7 @@ mod tests {
         assert!(e.contains(":4:11: step `a`: `timeout` \"2years\" is too long; at most 1year"), "{e}");
         assert_eq!(
             parse("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"1year\"\n").unwrap().steps[0].timeout,
-            MAX_TIMEOUT
+            limits::YEAR
         );
     }
 
@@ -802,7 +766,10 @@ mod tests {
             ),
             ("run = \"x\"\nretries = 0\n", ":4:11: check `web`: `retries` 0 must be a number from 1 up"),
             ("run = \"x\"\nretries = -1\n", ":4:11: check `web`: `retries` -1 must be"),
-            ("run = \"x\"\ninterval = \"0s\"\n", ":4:12: check `web`: `interval` must be more than zero"),
+            (
+                "run = \"x\"\ninterval = \"0s\"\n",
+                ":4:12: check `web`: `interval` \"0s\" is too short; at least 100ms",
+            ),
             (
                 "run = \"x\"\ninterval = \"1ns\"\n",
                 ":4:12: check `web`: `interval` \"1ns\" is too short; at least 100ms",
@@ -810,7 +777,7 @@ mod tests {
             ("run = \"x\"\ntimeout = \"99ms\"\n", ":4:11: check `web`: `timeout` \"99ms\" is too short"),
             (
                 "run = \"x\"\nstart_period = \"1us\"\n",
-                ":4:16: check `web`: `start_period` \"1us\" is too short",
+                ":4:16: check `web`: `start_period` \"1us\" is too short; at least 100ms, or 0s for none",
             ),
             ("run = \"x\"\ntimeout = \"soon\"\n", ":4:11: check `web`: `timeout` \"soon\""),
             (

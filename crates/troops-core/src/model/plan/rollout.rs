@@ -115,19 +115,7 @@ pub fn validate(raw: RawRollout) -> Result<Rollout, (std::ops::Range<usize>, Str
         };
         waves.push(Wave { name, members });
     }
-    let soak = match raw.soak {
-        None => DEFAULT_SOAK,
-        Some(soak) => match humantime::parse_duration(soak.get_ref()) {
-            Ok(d) if d <= crate::model::config::MAX_PERIOD => d,
-            Ok(_) => {
-                return Err((
-                    soak.span(),
-                    format!("`rollout.soak` {:?} is too long; at most 1year", soak.get_ref()),
-                ))
-            }
-            Err(e) => return Err((soak.span(), format!("`rollout.soak` {:?}: {e}", soak.get_ref()))),
-        },
-    };
+    let soak = crate::model::limits::ROLLOUT_SOAK.key("`rollout.soak`", raw.soak, DEFAULT_SOAK)?;
     let quorum = match raw.quorum {
         None => 1.0,
         Some(q) if *q.get_ref() > 0.0 && *q.get_ref() <= 1.0 => *q.get_ref(),
