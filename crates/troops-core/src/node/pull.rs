@@ -172,12 +172,12 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
             let _ = writeln!(out, "troops: remote {} ({}): {news}", f.remote, f.url);
         }
     }
-    let local_name = local.map_or("none".to_owned(), |l| short(&l.to_string()).to_owned());
+    let local_name = local.map_or("none".to_owned(), short);
     for (remote, tip, refusal) in &decision.refused {
         let why = match refusal {
-            Refusal::Behind => format!("{} is behind the local tip {local_name}", short(&tip.to_string())),
-            Refusal::Diverged => format!("{} does not descend from the local tip {local_name} (force-push or rewritten history); refused", short(&tip.to_string())),
-            Refusal::Unverified(why) => format!("{} refused: {why}", short(&tip.to_string())),
+            Refusal::Behind => format!("{} is behind the local tip {local_name}", short(tip)),
+            Refusal::Diverged => format!("{} does not descend from the local tip {local_name} (force-push or rewritten history); refused", short(tip)),
+            Refusal::Unverified(why) => format!("{} refused: {why}", short(tip)),
         };
         let _ = writeln!(out, "troops: remote {remote}: {why}");
         refusals.insert(remote, why);
@@ -206,7 +206,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
             out,
             "troops: {} moved {local_name} -> {} from remote {}",
             node.config.branch,
-            short(&to.to_string()),
+            short(to),
             remotes.join(", ")
         );
         moved = Some((local, *to));

@@ -9,7 +9,7 @@ use crate::model::status::{state_of, Quarantine, RunSummary, State, StatusDoc, S
 pub fn status_doc(node: &Node) -> Result<StatusDoc> {
     let repo = node.repo()?;
     let tip = repo.tip()?;
-    let deployed = repo.deployed()?.map(|c| c.to_string());
+    let deployed = repo.deployed()?;
     let host = node.config.hostname();
     let last = node.runs().latest()?;
     let hold = crate::node::rollout::load_hold(node)?;
@@ -20,8 +20,7 @@ pub fn status_doc(node: &Node) -> Result<StatusDoc> {
     let wave = tip
         .and_then(|tip| crate::node::rollout::rollout_at(&repo, tip))
         .map(|rollout| crate::policy::waves::wave_of(&host, &rollout).name);
-    let tip = tip.map(|t| t.to_string());
-    let (state, since) = state_of(last.as_ref(), deployed.as_deref(), tip.as_deref(), hold.as_ref());
+    let (state, since) = state_of(last.as_ref(), deployed, tip, hold.as_ref());
     let quarantined = repo
         .all_quarantined()?
         .into_iter()
@@ -34,8 +33,8 @@ pub fn status_doc(node: &Node) -> Result<StatusDoc> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         roles,
         wave,
-        tip,
-        deployed,
+        tip: tip.map(|c| c.to_string()),
+        deployed: deployed.map(|c| c.to_string()),
         state,
         since,
         run: last.map(|r| RunSummary {

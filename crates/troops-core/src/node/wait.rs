@@ -33,7 +33,7 @@ pub enum Progress {
 /// the branch yet, or it waits for its turn (the rollout, a run under way).
 pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
     let repo = node.repo()?;
-    let name = short_id(commit);
+    let name = short(commit);
     if repo.git.find_commit(commit).is_err() {
         return Ok(Progress::Pending(format!("{name} is not in the node repo yet (not pushed or fetched)")));
     }
@@ -55,7 +55,7 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
     if let Some(rollback) = run.as_ref().and_then(|r| r.rolled_back_by).and_then(|id| runs.load(id).ok()) {
         lines.push(format!(
             "troops: rolled back to {} by run {}, which {} (troops log {})",
-            short(&rollback.commit),
+            short(rollback.commit),
             rollback.id,
             rollback.status,
             rollback.id
@@ -93,7 +93,7 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
             Some(tip) if repo.git.graph_descendant_of(tip, commit).unwrap_or(false) => {
                 let moved_on = format!(
                     "{name} did not run by itself: the branch moved on to {}, which holds it",
-                    short_id(tip)
+                    short(tip)
                 );
                 Ok(match progress(node, tip)? {
                     Progress::Pending(why) => Progress::Pending(format!("{moved_on}; {why}")),
@@ -112,12 +112,11 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
 /// unfinished while nobody holds the node lock is what the next run will make of it.
 fn newest_runs(node: &Node, commit: Oid) -> Result<(Option<RunRecord>, Option<RunRecord>)> {
     let runs = node.runs();
-    let hex = commit.to_string();
     let mut newest = None;
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
         let record = as_it_stands(node, record);
-        if record.commit == hex {
+        if record.commit == commit {
             return Ok((newest.or_else(|| Some(record.clone())), Some(record)));
         }
         newest.get_or_insert(record);
@@ -130,8 +129,4 @@ fn as_it_stands(node: &Node, mut record: RunRecord) -> RunRecord {
         crate::model::records::abandon(&mut record);
     }
     record
-}
-
-fn short_id(commit: Oid) -> String {
-    short(&commit.to_string()).to_owned()
 }

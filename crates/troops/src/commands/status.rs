@@ -125,7 +125,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&status)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let commit = |c: &Option<String>| c.as_deref().map_or("none".to_owned(), |c| short(c).to_owned());
+    let commit = |c: &Option<String>| c.as_deref().map_or("none".to_owned(), short);
     writeln!(std::io::stdout(), "host      {host}")?;
     writeln!(
         std::io::stdout(),
@@ -196,7 +196,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "running   run {} ({}) of {} since {}{}",
             r.id,
             r.trigger,
-            short(&r.commit),
+            short(r.commit),
             r.started_at,
             if r.status == troops_core::model::records::RunStatus::Checking {
                 ", checking health"
@@ -214,13 +214,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         writeln!(std::io::stdout(), "others    {others}")?;
     }
     match &next {
-        Decision::Run(r) => writeln!(
-            std::io::stdout(),
-            "next      run {} ({}): {}",
-            short(&r.commit.to_string()),
-            r.trigger,
-            r.why
-        )?,
+        Decision::Run(r) => {
+            writeln!(std::io::stdout(), "next      run {} ({}): {}", short(r.commit), r.trigger, r.why)?
+        }
         Decision::Wait { why, .. } => writeln!(std::io::stdout(), "next      waiting: {}", escape(why))?,
         Decision::Idle { why } | Decision::Refuse { why } => {
             writeln!(std::io::stdout(), "next      nothing: {}", escape(why))?
@@ -231,7 +227,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         writeln!(
             std::io::stdout(),
             "bad       {} quarantined{}: {}",
-            short(&q.commit.to_string()),
+            short(q.commit),
             q.at.as_deref().map_or(String::new(), |at| format!(" at {at}")),
             q.reason
         )?;
@@ -278,7 +274,7 @@ pub fn others(others: &[troops_core::mech::runs::Other]) -> Option<String> {
 /// The last run in one sentence: "run 3 (pull) of 2fcbae4df3f5 succeeded at ... after 4.2s; its
 /// output: troops log 3", with why it failed before the output.
 fn last_run(r: &RunRecord) -> String {
-    let at = r.finished_at.as_deref().map_or(String::new(), |at| format!(" at {at}"));
+    let at = r.finished_at.map_or(String::new(), |at| format!(" at {at}"));
     let took =
         r.wall_time(SystemTime::now()).map_or(String::new(), |d| format!(" after {:.1}s", d.as_secs_f64()));
     let why = r.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
@@ -286,7 +282,7 @@ fn last_run(r: &RunRecord) -> String {
         "run {} ({}) of {} {}{at}{took}{why}; its output: troops log {}",
         r.id,
         r.trigger,
-        short(&r.commit),
+        short(r.commit),
         r.status.to_string().replace('_', " "),
         r.id
     )

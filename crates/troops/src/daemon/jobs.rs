@@ -39,7 +39,7 @@ pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunE
     let deployed = node.repo().and_then(|r| r.deployed()).ok().flatten();
     let summary = format!(
         "deployed {}{}",
-        deployed.map_or("nothing".into(), |d| troops_core::model::names::short(&d.to_string()).to_owned()),
+        deployed.map_or("nothing".into(), troops_core::model::names::short),
         if next_due.is_some() { "; a failed commit waits for its retry" } else { "" }
     );
     RunEnd { done, next_due, summary, tell }

@@ -488,11 +488,7 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let runs = Runs::new(dir.path());
-        let mut record: RunRecord = serde_json::from_str(
-            r#"{"id": 1, "trigger": "manual", "commit": "c", "previous_commit": null, "host": "h", "roles": [],
-                "started_at": "now", "finished_at": null, "status": "running", "error": null, "steps": []}"#,
-        )
-        .unwrap();
+        let mut record = RunRecord::for_test(1, "c", RunStatus::Running);
         std::fs::create_dir_all(runs.dir(1)).unwrap();
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
         let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &Masker::default() };

@@ -31,6 +31,7 @@ use crate::model::node::Node;
 use crate::model::plan::Plan;
 use crate::model::records::{now as now_text, RunRecord, RunStatus, StepStatus, Trigger};
 use crate::model::roles;
+use crate::model::time::Timestamp;
 use crate::policy::schedule::{self, Asked, Decision, Facts, PastRun, RunNow};
 
 /// How an ask ended: the one source of a trigger's exit code.
@@ -119,14 +120,14 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             let _ = writeln!(
                 out,
                 "troops: rolling back to {}, the last good commit: {}",
-                short(&now.commit.to_string()),
+                short(now.commit),
                 now.why
             );
         }
         let record = run_one(node, &repo, &mut lock, &now, out, stop)?;
         let quarantined = record.status == RunStatus::Failed
             && now.quarantines.is_none()
-            && Oid::from_str(&record.commit).is_ok_and(|c| repo.quarantined(c).ok().flatten().is_some());
+            && repo.quarantined(record.commit).ok().flatten().is_some();
         ran.push(record);
         if !quarantined {
             break;
@@ -147,7 +148,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             "troops: run {} {}; rolled back to {} by run {}, which {} (troops log {})",
             run.id,
             RunStatus::Failed,
-            short(&rollback.commit),
+            short(rollback.commit),
             rollback.id,
             rollback.status,
             rollback.id
@@ -161,7 +162,7 @@ fn previous_good(node: &Node, repo: &crate::mech::repo::NodeRepo, deployed: Oid)
     let runs = node.runs();
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
-        let Ok(commit) = Oid::from_str(&record.commit) else { continue };
+        let commit = record.commit;
         if record.status == RunStatus::Succeeded && commit != deployed && repo.quarantined(commit)?.is_none()
         {
             return Ok(Some(commit));
@@ -202,22 +203,16 @@ pub fn facts(node: &Node, repo: &crate::mech::repo::NodeRepo, ask: &Ask) -> Resu
     let mut recent: Vec<PastRun> = Vec::new();
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
-        let commit = Oid::from_str(&record.commit).ok();
-        if recent.first().is_some_and(|first| first.commit != commit) {
+        if recent.first().is_some_and(|first| first.commit != record.commit) {
             break;
         }
-        let quarantined = match commit {
-            Some(commit) => repo.quarantined(commit)?.is_some(),
-            None => false,
-        };
-        let finished_at = record.finished_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
         recent.push(PastRun {
             id,
-            commit,
+            commit: record.commit,
             status: record.status,
             trigger: record.trigger,
-            finished_at,
-            quarantined,
+            finished_at: record.finished_at.map(Timestamp::time),
+            quarantined: repo.quarantined(record.commit)?.is_some(),
             rolled_back: record.rolled_back_by.is_some(),
         });
         if !matches!(record.status, RunStatus::Failed | RunStatus::RolledBack) {
@@ -283,7 +278,7 @@ fn run_one(
     if let Some(leaving) = now.quarantines {
         let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
         repo.quarantine(leaving, &reason)?;
-        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&leaving.to_string()));
+        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(leaving));
     }
     let mut record = prepare::record(node, lock, now, deployed)?;
     let runs = node.runs();
@@ -296,13 +291,13 @@ fn run_one(
         record: &mut record,
         out: &mut out,
         stop,
-        failed_commit: now.undoes.map(|f| f.commit.to_string()),
+        failed_commit: now.undoes.map(|f| f.commit),
         plan: None,
         release: None,
     };
     let result = run.phases();
     let (plan, release) = (run.plan.take(), run.release.take());
-    record.finished_at = Some(now_text());
+    record.finished_at = Some(Timestamp::now());
     // What a step's output held back is written before troops' last lines, not after them.
     let _ = out.release();
     if let Err(e) = &result {
@@ -331,7 +326,7 @@ struct Run<'a, 'o> {
     out: &'a mut Output<'o>,
     stop: &'a AtomicBool,
     /// For a rollback: the commit it undoes (`TROOPS_FAILED_COMMIT`).
-    failed_commit: Option<String>,
+    failed_commit: Option<Oid>,
     /// The plan, once loaded (finalize needs its `[release]`).
     plan: Option<Plan>,
     /// The release the run switched to, once it did (finalize notes it good on success).
