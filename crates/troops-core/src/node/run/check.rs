@@ -71,7 +71,7 @@ pub fn run_phase(
     stop: &AtomicBool,
 ) -> Result<()> {
     let checks: Vec<&Check> =
-        plan.checks.iter().filter(|c| crate::model::roles::selects_check(c, roles).0).collect();
+        plan.checks.iter().filter(|c| crate::model::roles::selects_check(c, roles).runs()).collect();
     if checks.is_empty() {
         return Ok(());
     }

@@ -422,11 +422,10 @@ pub struct DryRun {
     pub checks: Vec<Selected>,
 }
 
-/// Whether a step or check runs on this host, and why (its roles, or every host).
+/// A step or check of the plan, and whether it runs on this host and why.
 pub struct Selected {
     pub name: String,
-    pub runs: bool,
-    pub why: String,
+    pub selection: roles::Selection,
 }
 
 /// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps, running none.
@@ -451,18 +450,12 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
     let steps = plan
         .steps
         .iter()
-        .map(|s| {
-            let (runs, why) = roles::selects(s, &roles);
-            Selected { name: s.name.clone(), runs, why }
-        })
+        .map(|s| Selected { name: s.name.clone(), selection: roles::selects(s, &roles) })
         .collect();
     let checks = plan
         .checks
         .iter()
-        .map(|c| {
-            let (runs, why) = roles::selects_check(c, &roles);
-            Selected { name: c.name.clone(), runs, why }
-        })
+        .map(|c| Selected { name: c.name.clone(), selection: roles::selects_check(c, &roles) })
         .collect();
     Ok(DryRun { commit, roles, steps, checks })
 }

@@ -146,7 +146,7 @@ impl Run<'_, '_> {
         self.record.roles = roles.iter().cloned().collect();
         let reused = matches!(layout, Layout::Release { reused: true, .. });
         let selected: Vec<usize> = (0..plan.steps.len())
-            .filter(|&i| roles::selects(&plan.steps[i], &roles).0)
+            .filter(|&i| roles::selects(&plan.steps[i], &roles).runs())
             .filter(|&i| !reused || plan.steps[i].phase == Phase::Activate)
             .collect();
         // Build steps first, then (with releases) the switch, then activate steps.
