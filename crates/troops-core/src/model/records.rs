@@ -143,10 +143,15 @@ pub mod commit_id {
         serializer.collect_str(commit)
     }
 
+    /// `text` as a whole commit id, if it is one.
+    pub fn parse(text: &str) -> Option<Oid> {
+        let whole = text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        whole.then(|| Oid::from_str(text).ok()).flatten()
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Oid, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let whole = text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit());
-        whole.then(|| Oid::from_str(&text).ok()).flatten().ok_or_else(|| {
+        parse(&text).ok_or_else(|| {
             de::Error::invalid_value(de::Unexpected::Str(&text), &"a commit id (40 hex digits)")
         })
     }

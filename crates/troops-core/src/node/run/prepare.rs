@@ -127,7 +127,7 @@ pub(super) fn vouch(
     let source = format!("{trigger} run");
     let _ = crate::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
     crate::mech::metrics::count_refusal(node, refusal.verification.kind());
-    Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(commit))))
+    Err(Error::Refused { commit, reason: refusal.to_string() })
 }
 
 impl Run<'_, '_> {
