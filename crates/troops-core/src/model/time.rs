@@ -9,7 +9,7 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// A time to the millisecond, between 1970 and the year 9999 (what RFC 3339 can write); the
 /// precision a record keeps, so one read back equals the one written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(SystemTime);
 
 impl Timestamp {
@@ -23,8 +23,8 @@ impl Timestamp {
 }
 
 impl From<SystemTime> for Timestamp {
-    /// `time` to the millisecond; a time before 1970 (a clock gone wrong) is taken as 1970, the
-    /// earliest a record can write.
+    /// `time` to the millisecond; one RFC 3339 cannot write (a clock gone wrong: before 1970, after
+    /// 9999) is taken as the nearest it can.
     fn from(time: SystemTime) -> Timestamp {
         let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         let millis = Duration::from_millis(since.as_millis().try_into().unwrap_or(u64::MAX));
