@@ -358,14 +358,22 @@ fn corrupt_run_records_are_reported_and_skipped_and_their_ids_never_reused() {
     env.ok(&["deploy"]);
     assert_eq!(env.run_ids(), [1, 2, 3, 4]);
     std::fs::write(record(4), "garbage\n").unwrap();
-    // A record that parses but holds no commit id there: shown as it is, never sliced mid-character.
+    // A record that parses but holds no commit id there is no record either: skipped, and the
+    // warning quotes what it holds, escaped.
     let mut three = env.run_record(3);
-    three["commit"] = format!("x{}", "é".repeat(13)).into();
+    let held = format!("x{}\u{1b}[2J", "é".repeat(13));
+    three["commit"] = held.clone().into();
     std::fs::write(record(3), three.to_string()).unwrap();
-    let out = env.ok(&["runs"]);
-    assert!(out.lines().nth(1).unwrap().trim_start().starts_with("3 "), "{out}");
-    assert!(out.contains(&format!("x{}  ", "é".repeat(11))), "{out}");
-    assert!(env.ok(&["status"]).contains("last run  run 3 (manual) of "));
+    let out = env.run(&["runs"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 1, "the header alone: {}", text(&out.stdout));
+    let skipped = format!(
+        "warning: run 3 is skipped: {}: not a run record: invalid value: string {held:?}, expected a commit id",
+        record(3).display()
+    );
+    assert!(text(&out.stderr).contains(&skipped), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains('\u{1b}'), "{}", text(&out.stderr));
+    assert!(env.ok(&["status"]).contains("last run  none"));
     for args in [&["log"][..], &["log", "4"], &["log", "--follow"], &["log", "2"]] {
         let out = env.run(args);
         assert!(out.status.success(), "troops {args:?}: {}", text(&out.stderr));

@@ -76,12 +76,12 @@ pub fn summary(nodes: &[Row]) -> String {
     if nodes.is_empty() {
         return "no node has published its status".into();
     }
-    let mut healthy: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut healthy: BTreeMap<String, usize> = BTreeMap::new();
     for row in nodes.iter().filter(|r| r.doc.state == State::Healthy) {
-        *healthy.entry(row.doc.deployed.as_deref().map_or("nothing", short)).or_default() += 1;
+        *healthy.entry(row.doc.deployed.as_deref().map_or("nothing".into(), short)).or_default() += 1;
     }
-    let mut healthy: Vec<(&str, usize)> = healthy.into_iter().collect();
-    healthy.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut healthy: Vec<(String, usize)> = healthy.into_iter().collect();
+    healthy.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut parts: Vec<String> =
         healthy.iter().map(|(commit, n)| format!("{n} healthy on {commit}")).collect();
     for state in

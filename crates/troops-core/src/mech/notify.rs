@@ -117,7 +117,7 @@ fn notify(command: &str, timeout: Duration, record: &RunRecord, event: Event) ->
     }
     for (name, value) in [
         ("TROOPS_RUN_ID", record.id.to_string()),
-        ("TROOPS_COMMIT", record.commit.clone()),
+        ("TROOPS_COMMIT", record.commit.to_string()),
         ("TROOPS_STATUS", record.status.to_string()),
         ("TROOPS_HOST", record.host.clone()),
         ("TROOPS_EVENT", event.name().to_owned()),

@@ -61,9 +61,7 @@ pub enum News {
 
 impl std::fmt::Display for News {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tip = |t: &Option<Oid>| {
-            t.map_or("nothing".to_owned(), |t| crate::model::names::short(&t.to_string()).to_owned())
-        };
+        let tip = |t: &Option<Oid>| t.map_or("nothing".to_owned(), crate::model::names::short);
         match self {
             News::Lags { listed, found } => write!(
                 f,

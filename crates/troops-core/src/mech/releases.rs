@@ -85,7 +85,7 @@ impl Releases {
 
     /// Where run `run` of `commit` builds its release.
     pub fn path_for(&self, run: u64, commit: Oid) -> PathBuf {
-        self.dir.join(format!("{run}-{}", crate::model::names::short(&commit.to_string())))
+        self.dir.join(format!("{run}-{}", crate::model::names::short(commit)))
     }
 
     /// Every release directory, oldest first. Entries that are not one (a stray file, a symlink
@@ -176,7 +176,7 @@ impl Releases {
     /// The newest release of `commit` whose run succeeded: what a rollback to it switches back to.
     pub fn last_good(&self, commit: Oid, runs: &Runs) -> Result<Option<Release>> {
         let index = self.index(runs)?;
-        let short = crate::model::names::short(&commit.to_string()).to_owned();
+        let short = crate::model::names::short(commit);
         Ok(self.all()?.into_iter().rev().find(|r| {
             index.releases.get(&name_of(&r.path)).is_some_and(|e| e.good && e.commit.starts_with(&short))
         }))
@@ -332,13 +332,15 @@ impl Releases {
                 let believed = runs.ids()?;
                 for release in self.all()? {
                     let Ok(record) = runs.load(release.run) else { continue };
-                    if !record.commit.starts_with(&release.short) || !believed.contains(&release.run) {
+                    if !record.commit.to_string().starts_with(&release.short)
+                        || !believed.contains(&release.run)
+                    {
                         continue;
                     }
                     let good = record.status == RunStatus::Succeeded;
                     index.releases.insert(
                         name_of(&release.path),
-                        Entry { commit: record.commit, good, switched: Vec::new() },
+                        Entry { commit: record.commit.to_string(), good, switched: Vec::new() },
                     );
                 }
                 Ok(index)

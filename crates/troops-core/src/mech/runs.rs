@@ -14,7 +14,8 @@ use crate::mech::lock::NodeLock;
 use crate::mech::trust::Believer;
 use crate::model::error::{Context, Error, Result};
 use crate::model::node::Node;
-use crate::model::records::{abandon, now, RunRecord};
+use crate::model::records::{abandon, RunRecord};
+use crate::model::time::Timestamp;
 
 impl Node {
     pub fn runs(&self) -> Runs {
@@ -261,7 +262,7 @@ impl Runs {
             return Ok(None);
         }
         abandon(&mut record);
-        record.finished_at = Some(now());
+        record.finished_at = Some(Timestamp::now());
         self.save(&record)?;
         Ok(Some(record))
     }
@@ -312,5 +313,38 @@ mod tests {
         let e = runs.create(&lock).unwrap_err().to_string();
         assert!(e.contains("no run id is left"), "{e}");
         assert!(!runs.dir(0).exists());
+    }
+
+    #[test]
+    fn a_record_whose_commit_or_time_does_not_parse_is_skipped_as_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Runs::new(dir.path().join("runs"));
+        let lock = NodeLock::try_acquire(&dir.path().join("lock")).unwrap().unwrap();
+        let good = RunRecord::for_test(1, &"a".repeat(40), RunStatus::Succeeded);
+        assert_eq!(runs.create(&lock).unwrap(), 1);
+        runs.save(&good).unwrap();
+        let json = serde_json::to_string(&good).unwrap();
+        for (id, bad) in
+            [(2, json.replace(&"a".repeat(40), "HEAD")), (3, json.replace("2020-01-01T", "when "))]
+        {
+            assert_eq!(runs.create(&lock).unwrap(), id);
+            std::fs::write(runs.dir(id).join("run.json"), bad).unwrap();
+        }
+        let history = runs.all().unwrap();
+        assert_eq!(history.records, std::slice::from_ref(&good));
+        let unreadable: Vec<(u64, &str)> =
+            history.unreadable.iter().map(|u| (u.id, u.error.as_str())).collect();
+        assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+        assert!(
+            unreadable[0].1.contains("runs/2/run.json: not a run record")
+                && unreadable[0].1.contains("commit id")
+        );
+        assert!(
+            unreadable[1].1.contains("runs/3/run.json: not a run record")
+                && unreadable[1].1.contains("RFC 3339")
+        );
+        assert_eq!(runs.latest().unwrap(), Some(good));
+        // Under the lock, the newest readable record is the one recovered from (finished already).
+        assert_eq!(runs.recover(&lock).unwrap(), None);
     }
 }

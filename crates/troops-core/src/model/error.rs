@@ -4,6 +4,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::model::names::short;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +28,10 @@ pub enum Error {
     /// The environment failed in a way that has no underlying error value.
     #[error("{0}")]
     Env(String),
-    /// A commit this node may not run (its signature is refused): the commit and why.
-    #[error("{0}")]
-    Refused(String),
+    /// A commit this node may not run: the commit, and why (its signature, or that of a commit
+    /// under it, is refused).
+    #[error("refusing to run {}: {reason}; nothing ran", short(.commit))]
+    Refused { commit: git2::Oid, reason: String },
     /// The daemon did the work and it ended in this error, told over the control socket.
     #[error("{message}")]
     Daemon { exit: Exit, message: String },
@@ -98,7 +101,7 @@ impl Error {
         match self {
             Error::Config { .. } | Error::Plan { .. } | Error::Input(_) => Exit::Input,
             Error::Git { .. } | Error::Io { .. } | Error::Env(_) => Exit::Environment,
-            Error::Refused(_) => Exit::Failed,
+            Error::Refused { .. } => Exit::Failed,
             Error::Daemon { exit, .. } => *exit,
         }
     }
@@ -187,7 +190,18 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::line_col;
+    use super::{line_col, Error, Exit};
+
+    #[test]
+    fn a_refused_commit_is_named_short_and_is_a_no() {
+        let commit = git2::Oid::from_str("2fcbae4df3f5a1b2c3d4e5f60718293a4b5c6d7e").unwrap();
+        let e = Error::Refused { commit, reason: "commit 0123456789ab is not signed".into() };
+        assert_eq!(
+            e.to_string(),
+            "refusing to run 2fcbae4df3f5: commit 0123456789ab is not signed; nothing ran"
+        );
+        assert_eq!(e.exit(), Exit::Failed);
+    }
 
     #[test]
     fn line_col_is_one_based() {

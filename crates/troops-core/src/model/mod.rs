@@ -1,6 +1,6 @@
 //! The ground floor: what troops knows and says, as plain data that reads and checks itself (the
-//! node config, the plan, run records, status documents, names, limits, errors). Nothing here
-//! touches a repo, a process or the network, and nothing here names a floor above.
+//! node config, the plan, run records and their times, status documents, names, limits, errors).
+//! Nothing here touches a repo, a process or the network, and nothing here names a floor above.
 
 pub mod ask;
 pub mod config;
@@ -14,4 +14,5 @@ pub mod records;
 pub mod roles;
 pub mod shown;
 pub mod status;
+pub mod time;
 pub mod url;

@@ -18,7 +18,8 @@ pub fn role_name_problem(name: &str) -> Option<String> {
     name_problem(name).or_else(|| name.contains(',').then(|| "has a comma".into()))
 }
 
-/// The first 12 characters of `commit` (a record read from disk may hold anything there).
-pub fn short(commit: &str) -> &str {
-    &commit[..commit.char_indices().nth(12).map_or(commit.len(), |(i, _)| i)]
+/// The first 12 characters of `commit`: of a commit id, or of what a file or a peer's document
+/// holds where one should be (which may be anything).
+pub fn short(commit: impl std::fmt::Display) -> String {
+    commit.to_string().chars().take(12).collect()
 }

@@ -16,23 +16,51 @@ pub fn resolve(host: &str, configured: &[String], plan: Option<&Plan>) -> BTreeS
     roles
 }
 
-/// Whether a step runs on a node with `roles`, and why, in words for `--dry-run`.
-pub fn selects(step: &Step, roles: &BTreeSet<String>) -> (bool, String) {
+/// Whether a step or check is a node's, and why; in words (`Display`) for `--dry-run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// It names no roles: it is every host's.
+    EveryHost,
+    /// One of the node's roles is one it names.
+    Role(String),
+    /// None of the roles it names is the node's.
+    Needs(Vec<String>),
+}
+
+impl Selection {
+    /// The node runs the step (or probes the check).
+    pub fn runs(&self) -> bool {
+        !matches!(self, Selection::Needs(_))
+    }
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selection::EveryHost => f.write_str("every host"),
+            Selection::Role(role) => write!(f, "role {role}"),
+            Selection::Needs(roles) => write!(f, "needs role {}", roles.join(" or ")),
+        }
+    }
+}
+
+/// Whether a step runs on a node with `roles`, and why.
+pub fn selects(step: &Step, roles: &BTreeSet<String>) -> Selection {
     wanted_by(step.roles.as_deref(), roles)
 }
 
 /// Whether a check probes on a node with `roles`, and why, like [`selects`] for steps.
-pub fn selects_check(check: &Check, roles: &BTreeSet<String>) -> (bool, String) {
+pub fn selects_check(check: &Check, roles: &BTreeSet<String>) -> Selection {
     wanted_by(check.roles.as_deref(), roles)
 }
 
 /// Whether a node with `roles` is one of those `wanted` (`None`: every host), and why.
-fn wanted_by(wanted: Option<&[String]>, roles: &BTreeSet<String>) -> (bool, String) {
+fn wanted_by(wanted: Option<&[String]>, roles: &BTreeSet<String>) -> Selection {
     match wanted {
-        None => (true, "every host".to_owned()),
+        None => Selection::EveryHost,
         Some(wanted) => match wanted.iter().find(|r| roles.contains(*r)) {
-            Some(role) => (true, format!("role {role}")),
-            None => (false, format!("needs role {}", wanted.join(" or "))),
+            Some(role) => Selection::Role(role.clone()),
+            None => Selection::Needs(wanted.to_vec()),
         },
     }
 }
@@ -62,19 +90,20 @@ mod tests {
     fn steps_are_selected_by_any_of_their_roles() {
         let plan = plan();
         let roles = resolve("box", &["cache".into()], Some(&plan));
-        assert_eq!(selects(&plan.steps[0], &roles), (true, "every host".into()));
-        assert_eq!(selects(&plan.steps[1], &roles), (true, "role cache".into()));
-        assert_eq!(selects(&plan.steps[1], &BTreeSet::new()), (false, "needs role db or cache".into()));
+        assert_eq!(selects(&plan.steps[0], &roles), Selection::EveryHost);
+        assert_eq!(selects(&plan.steps[1], &roles), Selection::Role("cache".into()));
+        let needs = selects(&plan.steps[1], &BTreeSet::new());
+        assert!(!needs.runs());
+        assert_eq!(needs.to_string(), "needs role db or cache");
     }
 
     #[test]
     fn checks_are_selected_like_steps() {
         let plan = plan();
-        assert_eq!(selects_check(&plan.checks[0], &BTreeSet::new()), (true, "every host".into()));
-        assert_eq!(
-            selects_check(&plan.checks[1], &resolve("box", &[], Some(&plan))),
-            (true, "role web".into())
-        );
-        assert!(!selects_check(&plan.checks[1], &resolve("db-1", &[], Some(&plan))).0);
+        assert_eq!(selects_check(&plan.checks[0], &BTreeSet::new()).to_string(), "every host");
+        let web = selects_check(&plan.checks[1], &resolve("box", &[], Some(&plan)));
+        assert!(web.runs());
+        assert_eq!(web.to_string(), "role web");
+        assert!(!selects_check(&plan.checks[1], &resolve("db-1", &[], Some(&plan))).runs());
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use git2::Oid;
 use serde::{Deserialize, Serialize};
 
-use crate::model::records::{RunRecord, RunStatus, Trigger};
+use crate::model::records::{commit_id, RunRecord, RunStatus, Trigger};
+use crate::model::time::Timestamp;
 
 /// Where each node's status chain lives, in the node repo and on the status remote.
 pub const REF_PREFIX: &str = "refs/troops/status/";
@@ -86,15 +87,16 @@ pub struct Quarantine {
     pub reason: String,
 }
 
-/// The newest run, in short.
+/// The newest run, in short, written as its record writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub id: u64,
-    pub commit: String,
+    #[serde(with = "commit_id")]
+    pub commit: Oid,
     pub trigger: Trigger,
     pub status: RunStatus,
-    pub started_at: String,
-    pub finished_at: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
     pub error: Option<String>,
 }
 
@@ -128,35 +130,36 @@ impl std::fmt::Display for State {
 /// rollout's hold on it. The one place that maps a node's records to a state.
 pub fn state_of(
     last: Option<&RunRecord>,
-    deployed: Option<&str>,
-    tip: Option<&str>,
+    deployed: Option<Oid>,
+    tip: Option<Oid>,
     hold: Option<&Hold>,
 ) -> (State, Option<String>) {
+    let at = |time: Option<Timestamp>| time.map(|t| t.to_string());
     if let Some(run) = last.filter(|r| matches!(r.status, RunStatus::Running | RunStatus::Interrupted)) {
         // An interrupted run is run again: it is under way, not a verdict on its commit.
-        return (State::Deploying, Some(run.started_at.clone()));
+        return (State::Deploying, at(Some(run.started_at)));
     }
     if let Some(run) = last.filter(|r| r.status == RunStatus::Checking) {
-        return (State::Soaking, Some(run.started_at.clone()));
+        return (State::Soaking, at(Some(run.started_at)));
     }
-    if let Some(hold) =
-        hold.filter(|h| Some(h.commit.as_str()) == tip && last.is_none_or(|r| r.commit != h.commit))
-    {
+    // The hold is of the tip, and the newest run is not one of the held commit (which ends it).
+    let held = |commit: Oid| hold.is_some_and(|h| h.commit == commit.to_string());
+    if let Some(hold) = hold.filter(|_| tip.is_some_and(held) && last.is_none_or(|r| !held(r.commit))) {
         return (State::Held, Some(hold.since.clone()));
     }
     match last {
         None => (State::Idle, None),
         Some(run) if matches!(run.status, RunStatus::Failed | RunStatus::RolledBack) => {
-            (State::Failed, run.finished_at.clone())
+            (State::Failed, at(run.finished_at))
         }
         // Back on the last good commit after the tip failed here: the tip is what failed.
         Some(run)
             if run.trigger == crate::model::records::Trigger::Rollback
                 && run.status == RunStatus::Succeeded =>
         {
-            (State::RolledBack, run.finished_at.clone())
+            (State::RolledBack, at(run.finished_at))
         }
-        Some(run) if Some(run.commit.as_str()) == deployed => (State::Healthy, run.finished_at.clone()),
+        Some(run) if Some(run.commit) == deployed => (State::Healthy, at(run.finished_at)),
         Some(_) => (State::Idle, None),
     }
 }
@@ -188,11 +191,10 @@ impl StatusDoc {
     /// The commit a failure report is about: the newest run's, or after a rollback the tip (the
     /// commit that failed and stays quarantined there).
     pub fn failed_commit(&self) -> Option<Oid> {
-        let commit = match self.state {
-            State::RolledBack => self.tip.as_ref(),
-            _ => self.run.as_ref().map(|r| &r.commit),
-        };
-        commit.and_then(|c| Oid::from_str(c).ok())
+        match self.state {
+            State::RolledBack => self.tip.as_deref().and_then(|c| Oid::from_str(c).ok()),
+            _ => self.run.as_ref().map(|r| r.commit),
+        }
     }
 
     pub fn updated_time(&self) -> Option<SystemTime> {
@@ -232,8 +234,9 @@ mod tests {
     #[test]
     #[allow(clippy::type_complexity)]
     fn state_of_as_a_table() {
+        let oid = |c: Option<&str>| c.map(|c| Oid::from_str(c).unwrap());
         let hold = Hold {
-            commit: "c2".into(),
+            commit: oid(Some("c2")).unwrap().to_string(),
             wave: "wave 2 of 2 (later)".into(),
             why: "waiting".into(),
             until: None,
@@ -262,8 +265,17 @@ mod tests {
             ("checks and soak under way", Some(&checking2), Some("c1"), Some("c2"), None, State::Soaking, Some("start")),
             ("back on the last good commit", Some(&rollback1), Some("c1"), Some("c2"), None, State::RolledBack, Some("end")),
         ];
+        // Since: the run's start or end, as its record writes it, or the hold's.
+        let since_as_written = |since: Option<&str>| {
+            since.map(|s| match s {
+                "start" => RunRecord::TEST_START.to_owned(),
+                "end" => RunRecord::TEST_END.to_owned(),
+                held => held.to_owned(),
+            })
+        };
         for (case, last, deployed, tip, hold, state, since) in cases {
-            assert_eq!(state_of(last, deployed, tip, hold), (state, since.map(str::to_owned)), "{case}");
+            let found = state_of(last, oid(deployed), oid(tip), hold);
+            assert_eq!(found, (state, since_as_written(since)), "{case}");
         }
     }
 }

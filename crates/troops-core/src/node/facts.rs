@@ -12,6 +12,7 @@ use crate::model::ask::Ask;
 use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::records::RunStatus;
+use crate::model::time::Timestamp;
 use crate::policy::schedule::{self, Asked, Decision, Facts, PastRun};
 
 /// What [`schedule::decide`] needs for `ask`, read from disk: refs, quarantine, the newest runs
@@ -28,22 +29,16 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
         let Ok(record) = runs.load(id) else { continue };
         let was = record.status;
         let record = crate::mech::runs::as_it_stands(node, record);
-        let commit = Oid::from_str(&record.commit).ok();
-        if recent.first().is_some_and(|first| first.commit != commit) {
+        if recent.first().is_some_and(|first| first.commit != record.commit) {
             break;
         }
-        let quarantined = match commit {
-            Some(commit) => repo.quarantined(commit)?.is_some(),
-            None => false,
-        };
-        let finished_at = record.finished_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
         recent.push(PastRun {
             id,
-            commit,
+            commit: record.commit,
             status: record.status,
             trigger: record.trigger,
-            finished_at,
-            quarantined,
+            finished_at: record.finished_at.map(Timestamp::time),
+            quarantined: repo.quarantined(record.commit)?.is_some(),
             rolled_back: record.rolled_back_by.is_some(),
             abandoned: record.status != was,
         });
@@ -88,7 +83,7 @@ fn previous_good(node: &Node, repo: &NodeRepo, deployed: Oid) -> Result<Option<O
     let runs = node.runs();
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
-        let Ok(commit) = Oid::from_str(&record.commit) else { continue };
+        let commit = record.commit;
         if record.status == RunStatus::Succeeded && commit != deployed && repo.quarantined(commit)?.is_none()
         {
             return Ok(Some(commit));

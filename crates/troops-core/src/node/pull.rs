@@ -15,15 +15,22 @@ use crate::mech::verify;
 use crate::model::error::{Context, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
-use crate::policy::fastforward::{self, Decision, Refusal};
+use crate::policy::fastforward::{self, Advance, Decision, Refusal, Refused, RemoteTip};
 
 pub struct Cycle {
     pub fetched: Vec<Fetched>,
     /// Why the fleet's status refs could not be fetched from the `status_remote`, if they could not.
     pub status_error: Option<String>,
     pub decision: Decision,
-    /// `(from, to)` when the branch moved.
-    pub moved: Option<(Option<Oid>, Oid)>,
+    /// Where the branch moved, if it did.
+    pub moved: Option<Moved>,
+}
+
+/// The branch moved from a commit (or from nothing yet) to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub from: Option<Oid>,
+    pub to: Oid,
 }
 
 impl Cycle {
@@ -136,8 +143,10 @@ fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
 /// branch, and records what each remote said.
 fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cycle> {
     let repo = node.repo()?;
-    let tips: Vec<(String, Oid)> =
-        fetched.iter().filter_map(|f| Some((f.remote.clone(), (*f.tip.as_ref().ok()?)?))).collect();
+    let tips: Vec<RemoteTip> = fetched
+        .iter()
+        .filter_map(|f| Some(RemoteTip { remote: f.remote.clone(), tip: (*f.tip.as_ref().ok()?)? }))
+        .collect();
     let local = repo.tip()?;
     let descends = |a, b| repo.git.graph_descendant_of(a, b).unwrap_or(false);
     let (tips, unverified) = verify_tips(node, &repo.git, local, tips, descends)?;
@@ -159,12 +168,12 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
             let _ = writeln!(out, "troops: remote {} ({}): {news}", f.remote, f.url);
         }
     }
-    let local_name = local.map_or("none".to_owned(), |l| short(&l.to_string()).to_owned());
-    for (remote, tip, refusal) in &decision.refused {
+    let local_name = local.map_or("none".to_owned(), short);
+    for Refused { remote, tip, refusal } in &decision.refused {
         let why = match refusal {
-            Refusal::Behind => format!("{} is behind the local tip {local_name}", short(&tip.to_string())),
-            Refusal::Diverged => format!("{} does not descend from the local tip {local_name} (force-push or rewritten history); refused", short(&tip.to_string())),
-            Refusal::Unverified(why) => format!("{} refused: {why}", short(&tip.to_string())),
+            Refusal::Behind => format!("{} is behind the local tip {local_name}", short(tip)),
+            Refusal::Diverged => format!("{} does not descend from the local tip {local_name} (force-push or rewritten history); refused", short(tip)),
+            Refusal::Unverified(why) => format!("{} refused: {why}", short(tip)),
         };
         let _ = writeln!(out, "troops: remote {remote}: {why}");
         refusals.insert(remote, why);
@@ -181,7 +190,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
     }
 
     let mut moved = None;
-    if let Some((to, remotes)) = &decision.advance {
+    if let Some(Advance { to, remotes }) = &decision.advance {
         let message = format!("troops pull: fast-forward from remote {}", remotes.join(", "));
         let name = repo.branch_ref();
         let updated = match local {
@@ -193,10 +202,10 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
             out,
             "troops: {} moved {local_name} -> {} from remote {}",
             node.config.branch,
-            short(&to.to_string()),
+            short(to),
             remotes.join(", ")
         );
-        moved = Some((local, *to));
+        moved = Some(Moved { from: local, to: *to });
     }
     crate::mech::remotes::save(node, &fetched, &refusals)?;
     Ok(Cycle { fetched, status_error: None, decision, moved })
@@ -206,24 +215,24 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
 /// of `local`) but whose signature, or with `scope = "all"` that of a commit it would add, is
 /// refused; those come back as refusals, also recorded for `troops status`. A tip that cannot be
 /// checked is refused too. A missing or bad keyring or allowed signers fails the cycle: nothing moves.
-#[allow(clippy::type_complexity)]
 fn verify_tips(
     node: &Node,
     git: &git2::Repository,
     local: Option<Oid>,
-    tips: Vec<(String, Oid)>,
+    tips: Vec<RemoteTip>,
     descends: impl Fn(Oid, Oid) -> bool,
-) -> Result<(Vec<(String, Oid)>, Vec<(String, Oid, Refusal)>)> {
+) -> Result<(Vec<RemoteTip>, Vec<Refused>)> {
     let Some(policy) = verify::enforced(&node.config.verify, &node.state_dir)? else {
         return Ok((tips, Vec::new()));
     };
     let scope = node.config.verify.scope;
     let mut checked: BTreeMap<Oid, Option<(verify::Refusal, String)>> = BTreeMap::new();
     let (mut accepted, mut refused) = (Vec::new(), Vec::new());
-    for (remote, tip) in tips {
+    for remote_tip in tips {
+        let tip = remote_tip.tip;
         let moves = Some(tip) != local && local.is_none_or(|local| descends(tip, local));
         if !moves {
-            accepted.push((remote, tip));
+            accepted.push(remote_tip);
             continue;
         }
         let verdict = checked.entry(tip).or_insert_with(|| {
@@ -243,11 +252,12 @@ fn verify_tips(
             }
         });
         match verdict {
-            None => accepted.push((remote, tip)),
+            None => accepted.push(remote_tip),
             Some((refusal, why)) => {
+                let remote = remote_tip.remote;
                 let _ = verify::record_refusal(&node.state_dir, &format!("remote {remote}"), refusal);
                 crate::mech::metrics::count_refusal(node, refusal.verification.kind());
-                refused.push((remote, tip, Refusal::Unverified(why.clone())));
+                refused.push(Refused { remote, tip, refusal: Refusal::Unverified(why.clone()) });
             }
         }
     }

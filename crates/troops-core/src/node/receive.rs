@@ -91,7 +91,7 @@ pub fn check(repo: &Repository, config: &Config, state_dir: &Path, update: &Upda
         return Ok(Verdict::Accept);
     }
     let Some(new) = update.new else {
-        let at = update.old.map_or(String::new(), |old| format!(" (at {})", short(&old.to_string())));
+        let at = update.old.map_or(String::new(), |old| format!(" (at {})", short(old)));
         return Ok(Verdict::Refuse(format!(
             "troops: refusing to delete {name}{at}, the branch this node deploys"
         )));
@@ -102,22 +102,20 @@ pub fn check(repo: &Repository, config: &Config, state_dir: &Path, update: &Upda
         if !forward {
             return Ok(Verdict::Refuse(format!(
                 "troops: refusing non-fast-forward update of {name} ({} does not descend from {})",
-                short(&new.to_string()),
-                short(&old.to_string())
+                short(new),
+                short(old)
             )));
         }
     }
     if let Some(refusal) = signatures(repo, &config.verify, state_dir, update.old, new)? {
         return Ok(Verdict::Unverified {
-            message: format!("troops: refusing {name} at {}: {refusal}", short(&new.to_string())),
+            message: format!("troops: refusing {name} at {}: {refusal}", short(new)),
             refusal,
         });
     }
     Ok(match plan_error(repo, new)? {
         None => Verdict::Accept,
-        Some(error) => {
-            Verdict::Refuse(format!("troops: refusing {name} at {}: {error}", short(&new.to_string())))
-        }
+        Some(error) => Verdict::Refuse(format!("troops: refusing {name} at {}: {error}", short(new))),
     })
 }
 

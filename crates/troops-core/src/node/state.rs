@@ -92,9 +92,8 @@ pub fn read(node: &Node) -> Result<NodeState> {
     };
     let hold = crate::node::rollout::load_hold(node)?;
     let wave = tip.and_then(|tip| crate::node::rollout::place(node, &repo, tip));
-    let (tip_text, deployed_text) = (tip.map(|t| t.to_string()), deployed.map(|d| d.to_string()));
     let newest = running.as_ref().or(last.as_ref());
-    let (state, since) = state_of(newest, deployed_text.as_deref(), tip_text.as_deref(), hold.as_ref());
+    let (state, since) = state_of(newest, deployed, tip, hold.as_ref());
     Ok(NodeState {
         host: node.config.hostname(),
         roles,
@@ -138,11 +137,11 @@ impl NodeState {
             since: self.since.clone(),
             run: newest.map(|r| RunSummary {
                 id: r.id,
-                commit: r.commit.clone(),
+                commit: r.commit,
                 trigger: r.trigger,
                 status: r.status,
-                started_at: r.started_at.clone(),
-                finished_at: r.finished_at.clone(),
+                started_at: r.started_at,
+                finished_at: r.finished_at,
                 error: r.error.clone(),
             }),
             hold: self.hold.clone(),
@@ -161,8 +160,7 @@ impl NodeState {
     pub fn gauges(&self) -> Gauges {
         let last = self.last.as_ref();
         let ended = |r: &RunRecord| {
-            let at = r.finished_at.as_deref().unwrap_or(&r.started_at);
-            humantime::parse_rfc3339_weak(at).ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            r.finished_at.unwrap_or(r.started_at).time().duration_since(SystemTime::UNIX_EPOCH).ok()
         };
         Gauges {
             deployed: self.deployed.map(|d| d.to_string()),
@@ -190,9 +188,8 @@ impl NodeState {
 
     /// What systemd's status line says of the node: its state and what is deployed.
     pub fn summary(&self) -> String {
-        let deployed = self
-            .deployed
-            .map_or("nothing".to_owned(), |d| crate::model::names::short(&d.to_string()).to_owned());
+        let deployed =
+            self.deployed.map_or("nothing".to_owned(), |d| crate::model::names::short(d).to_owned());
         format!("{}; deployed {deployed}", self.state)
     }
 }

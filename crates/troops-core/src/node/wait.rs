@@ -32,7 +32,7 @@ pub enum Progress {
 /// the branch yet, or it waits for its turn (the rollout, a run under way).
 pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
     let repo = node.repo()?;
-    let name = short_id(commit);
+    let name = short(commit);
     if repo.git.find_commit(commit).is_err() {
         return Ok(Progress::Pending(format!("{name} is not in the node repo yet (not pushed or fetched)")));
     }
@@ -54,7 +54,7 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
     if let Some(rollback) = run.as_ref().and_then(|r| r.rolled_back_by).and_then(|id| runs.load(id).ok()) {
         lines.push(format!(
             "troops: rolled back to {} by run {}, which {} (troops log {})",
-            short(&rollback.commit),
+            short(rollback.commit),
             rollback.id,
             rollback.status,
             rollback.id
@@ -92,7 +92,7 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
             Some(tip) if repo.git.graph_descendant_of(tip, commit).unwrap_or(false) => {
                 let moved_on = format!(
                     "{name} did not run by itself: the branch moved on to {}, which holds it",
-                    short_id(tip)
+                    short(tip)
                 );
                 Ok(match progress(node, tip)? {
                     Progress::Pending(why) => Progress::Pending(format!("{moved_on}; {why}")),
@@ -111,19 +111,14 @@ pub fn progress(node: &Node, commit: Oid) -> Result<Progress> {
 /// unfinished while nobody holds the node lock is what the next run will make of it.
 fn newest_runs(node: &Node, commit: Oid) -> Result<(Option<RunRecord>, Option<RunRecord>)> {
     let runs = node.runs();
-    let hex = commit.to_string();
     let mut newest = None;
     for id in runs.ids()?.into_iter().rev() {
         let Ok(record) = runs.load(id) else { continue };
         let record = crate::mech::runs::as_it_stands(node, record);
-        if record.commit == hex {
+        if record.commit == commit {
             return Ok((newest.or_else(|| Some(record.clone())), Some(record)));
         }
         newest.get_or_insert(record);
     }
     Ok((newest, None))
-}
-
-fn short_id(commit: Oid) -> String {
-    short(&commit.to_string()).to_owned()
 }

@@ -16,22 +16,43 @@ pub enum Refusal {
     Unverified(String),
 }
 
+/// A remote's fetched branch tip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTip {
+    pub remote: String,
+    pub tip: Oid,
+}
+
+/// Where the branch moves: a commit, and the remotes that offered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    pub to: Oid,
+    pub remotes: Vec<String>,
+}
+
+/// A remote whose tip is no candidate, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub remote: String,
+    pub tip: Oid,
+    pub refusal: Refusal,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
-    /// The commit to move to and the remotes that offered it.
-    pub advance: Option<(Oid, Vec<String>)>,
+    pub advance: Option<Advance>,
     /// Remotes whose candidates fork from one another (nothing moves then).
     pub conflict: Vec<String>,
-    /// Remotes whose tips are not candidates, and why.
-    pub refused: Vec<(String, Oid, Refusal)>,
+    pub refused: Vec<Refused>,
 }
 
 /// Decides for `local` given each remote's fetched tip; `descends(a, b)` is true when `a` is a
 /// strict descendant of `b`.
-pub fn decide(local: Option<Oid>, tips: &[(String, Oid)], descends: impl Fn(Oid, Oid) -> bool) -> Decision {
+pub fn decide(local: Option<Oid>, tips: &[RemoteTip], descends: impl Fn(Oid, Oid) -> bool) -> Decision {
     let mut decision = Decision::default();
-    let mut candidates: Vec<(Oid, Vec<String>)> = Vec::new();
-    for (remote, tip) in tips {
+    // Each tip that may be moved to, with the remotes offering it.
+    let mut candidates: Vec<Advance> = Vec::new();
+    for RemoteTip { remote, tip } in tips {
         let verdict = match local {
             None => None,
             Some(local) if *tip == local => continue,
@@ -40,19 +61,19 @@ pub fn decide(local: Option<Oid>, tips: &[(String, Oid)], descends: impl Fn(Oid,
             Some(_) => Some(Refusal::Diverged),
         };
         match verdict {
-            Some(refusal) => decision.refused.push((remote.clone(), *tip, refusal)),
-            None => match candidates.iter_mut().find(|(oid, _)| oid == tip) {
-                Some((_, remotes)) => remotes.push(remote.clone()),
-                None => candidates.push((*tip, vec![remote.clone()])),
+            Some(refusal) => decision.refused.push(Refused { remote: remote.clone(), tip: *tip, refusal }),
+            None => match candidates.iter_mut().find(|c| c.to == *tip) {
+                Some(candidate) => candidate.remotes.push(remote.clone()),
+                None => candidates.push(Advance { to: *tip, remotes: vec![remote.clone()] }),
             },
         }
     }
     let newest = candidates
         .iter()
-        .find(|(tip, _)| candidates.iter().all(|(other, _)| other == tip || descends(*tip, *other)));
+        .find(|c| candidates.iter().all(|other| other.to == c.to || descends(c.to, other.to)));
     match newest {
         Some(newest) => decision.advance = Some(newest.clone()),
-        None => decision.conflict = candidates.into_iter().flat_map(|(_, remotes)| remotes).collect(),
+        None => decision.conflict = candidates.into_iter().flat_map(|c| c.remotes).collect(),
     }
     decision
 }
@@ -82,20 +103,24 @@ mod tests {
         Oid::from_bytes(&[n; 20]).unwrap()
     }
 
-    fn tips(list: &[(&str, u8)]) -> Vec<(String, Oid)> {
-        list.iter().map(|(r, n)| (r.to_string(), c(*n))).collect()
+    fn tips(list: &[(&str, u8)]) -> Vec<RemoteTip> {
+        list.iter().map(|(r, n)| RemoteTip { remote: r.to_string(), tip: c(*n) }).collect()
+    }
+
+    fn to(n: u8, remotes: &[&str]) -> Option<Advance> {
+        Some(Advance { to: c(n), remotes: remotes.iter().map(|r| r.to_string()).collect() })
     }
 
     #[test]
     fn moves_to_the_candidate_that_descends_from_all_others() {
         let d = decide(Some(c(1)), &tips(&[("a", 2), ("b", 3), ("c", 3)]), descends);
-        assert_eq!(d.advance, Some((c(3), vec!["b".into(), "c".into()])));
+        assert_eq!(d.advance, to(3, &["b", "c"]));
         assert!(d.conflict.is_empty() && d.refused.is_empty());
     }
 
     #[test]
     fn an_empty_branch_takes_any_agreeing_tip() {
-        assert_eq!(decide(None, &tips(&[("a", 1)]), descends).advance, Some((c(1), vec!["a".into()])));
+        assert_eq!(decide(None, &tips(&[("a", 1)]), descends).advance, to(1, &["a"]));
     }
 
     #[test]
@@ -106,10 +131,13 @@ mod tests {
     #[test]
     fn rewritten_and_older_tips_are_refused_by_name() {
         let d = decide(Some(c(2)), &tips(&[("old", 1), ("forked", 4), ("good", 3)]), descends);
-        assert_eq!(d.advance, Some((c(3), vec!["good".into()])));
+        assert_eq!(d.advance, to(3, &["good"]));
         assert_eq!(
             d.refused,
-            vec![("old".into(), c(1), Refusal::Behind), ("forked".into(), c(4), Refusal::Diverged)]
+            vec![
+                Refused { remote: "old".into(), tip: c(1), refusal: Refusal::Behind },
+                Refused { remote: "forked".into(), tip: c(4), refusal: Refusal::Diverged }
+            ]
         );
     }
 

@@ -11,13 +11,14 @@ use git2::Oid;
 
 use crate::model::ask::Ask;
 use crate::model::config::Retry;
+use crate::model::names::short;
 use crate::model::records::{RunStatus, Trigger};
 
 /// One finished or unfinished run, as far as deciding needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PastRun {
     pub id: u64,
-    pub commit: Option<Oid>,
+    pub commit: Oid,
     pub status: RunStatus,
     pub trigger: Trigger,
     pub finished_at: Option<SystemTime>,
@@ -146,10 +147,10 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
     // commit ran again, that is what runs.
     if let (Some(newest), Some(deployed)) = (newest, facts.deployed) {
         let undone = newest.status == RunStatus::Failed && newest.quarantined && !newest.rolled_back;
-        if undone && newest.commit != Some(deployed) {
-            let failed = newest.commit.map(|commit| Failed { run: Some(newest.id), commit });
+        if undone && newest.commit != deployed {
+            let failed = Failed { run: Some(newest.id), commit: newest.commit };
             let why = format!("run {} failed and its commit is quarantined", newest.id);
-            return run(deployed, Trigger::Rollback, failed, &why);
+            return run(deployed, Trigger::Rollback, Some(failed), &why);
         }
     }
     let target = match (&facts.tip_quarantined, facts.deployed) {
@@ -168,15 +169,13 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
     let failures: Vec<&PastRun> = facts
         .recent
         .iter()
-        .take_while(|r| {
-            r.commit == Some(target) && matches!(r.status, RunStatus::Failed | RunStatus::RolledBack)
-        })
+        .take_while(|r| r.commit == target && matches!(r.status, RunStatus::Failed | RunStatus::RolledBack))
         .collect();
     if Some(target) == facts.deployed {
         // Deployed: nothing to do, unless going back to it did not succeed (failed: it is retried
         // after backoff; interrupted: at once).
         let rollback_unfinished = newest.is_some_and(|r| {
-            r.commit == Some(target) && r.trigger == Trigger::Rollback && r.status != RunStatus::Succeeded
+            r.commit == target && r.trigger == Trigger::Rollback && r.status != RunStatus::Succeeded
         });
         if !rollback_unfinished {
             return Decision::Idle {
@@ -186,9 +185,7 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
                         short(tip),
                         short(target)
                     ),
-                    None => match newest
-                        .filter(|r| r.commit == Some(target) && r.status == RunStatus::Succeeded)
-                    {
+                    None => match newest.filter(|r| r.commit == target && r.status == RunStatus::Succeeded) {
                         Some(run) => format!(
                             "{}, the tip of refs/heads/{}, is deployed already by run {} (troops log {})",
                             short(target),
@@ -287,10 +284,6 @@ fn run(commit: Oid, trigger: Trigger, undoes: Option<Failed>, why: &str) -> Deci
     Decision::Run(RunNow { commit, trigger, undoes, quarantines: None, why: why.to_owned() })
 }
 
-fn short(commit: Oid) -> String {
-    commit.to_string()[..12].to_owned()
-}
-
 fn round(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs().max(1))
 }
@@ -314,7 +307,7 @@ mod tests {
     fn past(id: u64, commit: u8, status: RunStatus, trigger: Trigger, quarantined: bool) -> PastRun {
         PastRun {
             id,
-            commit: Some(oid(commit)),
+            commit: oid(commit),
             status,
             trigger,
             finished_at: (!status.unfinished()).then(|| at(0)),

@@ -148,7 +148,7 @@ pub fn gate(
     if me.index == 0 {
         return Gate::Go;
     }
-    let short = crate::model::names::short(&candidate.to_string()).to_owned();
+    let short = crate::model::names::short(candidate);
     let failed = evidence.reports.iter().filter(|r| known.knows(&r.host)).find_map(|r| {
         let doc = r.doc.as_ref().ok()?;
         (doc.state.reports_failure() && doc.failed_commit() == Some(candidate)).then_some((r, doc))
@@ -337,11 +337,11 @@ mod tests {
             since: Some(stamp.clone()),
             run: Some(RunSummary {
                 id: 1,
-                commit: oid(on).to_string(),
+                commit: oid(on),
                 trigger: crate::model::records::Trigger::Pull,
                 status: if failed { RunStatus::Failed } else { RunStatus::Succeeded },
-                started_at: stamp.clone(),
-                finished_at: Some(stamp.clone()),
+                started_at: stamp.parse().unwrap(),
+                finished_at: Some(stamp.parse().unwrap()),
                 error: failed.then(|| "step `x` failed (exit 1)".into()),
             }),
             hold: None,

@@ -29,12 +29,12 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
                 "{wave}: a pulled commit waits for the earlier waves; this deploy would not"
             )?;
         }
-        let verb = |runs: bool| if runs { "run " } else { "skip" };
-        for s in dry.steps {
-            writeln!(std::io::stdout(), "{} {}: {}", verb(s.runs), s.name, s.why)?;
+        let verb = |s: &run::Selected| if s.selection.runs() { "run " } else { "skip" };
+        for s in &dry.steps {
+            writeln!(std::io::stdout(), "{} {}: {}", verb(s), s.name, s.selection)?;
         }
-        for c in dry.checks {
-            writeln!(std::io::stdout(), "{} check {}: {}", verb(c.runs), c.name, c.why)?;
+        for c in &dry.checks {
+            writeln!(std::io::stdout(), "{} check {}: {}", verb(c), c.name, c.selection)?;
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -115,7 +115,7 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
             escape(&doc.host).into_owned(),
             if doc.roles.is_empty() { "-".into() } else { escape(&doc.roles.join(",")).into_owned() },
             escape(doc.wave.as_deref().unwrap_or("-")).into_owned(),
-            doc.deployed.as_deref().map_or("-".into(), |d| escape(short(d)).into_owned()),
+            doc.deployed.as_deref().map_or("-".into(), |d| escape(&short(d)).into_owned()),
             row.behind.map_or("?".into(), |b| b.to_string()),
             doc.state.to_string(),
             row.age_seconds.map_or("?".into(), |s| age(Duration::from_secs(s))),

@@ -38,8 +38,8 @@ pub fn runs(node: &Node, json: bool) -> Result<ExitCode> {
                 r.id.to_string(),
                 r.status.to_string(),
                 r.trigger.to_string(),
-                short(&r.commit).to_owned(),
-                r.started_at.clone(),
+                short(r.commit),
+                r.started_at.to_string(),
                 r.wall_time(now).map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
                 r.error.clone().unwrap_or_default(),
             ]

@@ -107,7 +107,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let last_refusal = troops_core::mech::verify::last_refusal(&node.state_dir)?;
     let daemon = troops_core::mech::control::daemon_status(&node.socket_path());
     let id = |c: Option<Oid>| c.map(|c| c.to_string());
-    let commit = |c: Option<Oid>| c.map_or("none".to_owned(), |c| short(&c.to_string()).to_owned());
+    let commit = |c: Option<Oid>| c.map_or("none".to_owned(), |c| short(c).to_owned());
 
     if json {
         let report = Report {
@@ -234,7 +234,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             "running   run {} ({}) of {} since {}{}",
             r.id,
             r.trigger,
-            short(&r.commit),
+            short(r.commit),
             r.started_at,
             if r.status == RunStatus::Checking { ", checking health" } else { "" }
         )?,
@@ -248,9 +248,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         writeln!(out, "others    {others}")?;
     }
     match &now.next {
-        Decision::Run(r) => {
-            writeln!(out, "next      run {} ({}): {}", short(&r.commit.to_string()), r.trigger, r.why)?
-        }
+        Decision::Run(r) => writeln!(out, "next      run {} ({}): {}", short(r.commit), r.trigger, r.why)?,
         Decision::Wait { why, .. } => writeln!(out, "next      waiting: {}", escape(why))?,
         Decision::Idle { why } | Decision::Refuse { why } => {
             writeln!(out, "next      nothing: {}", escape(why))?
@@ -261,7 +259,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         writeln!(
             out,
             "bad       {} quarantined{}: {}",
-            short(&q.commit.to_string()),
+            short(q.commit),
             q.at.as_deref().map_or(String::new(), |at| format!(" at {at}")),
             q.reason
         )?;
@@ -301,7 +299,7 @@ pub fn others(others: &[troops_core::mech::runs::Other]) -> Option<String> {
 /// The last run in one sentence: "run 3 (pull) of 2fcbae4df3f5 succeeded at ... after 4.2s; its
 /// output: troops log 3", with why it failed before the output.
 fn last_run(r: &RunRecord) -> String {
-    let at = r.finished_at.as_deref().map_or(String::new(), |at| format!(" at {at}"));
+    let at = r.finished_at.map_or(String::new(), |at| format!(" at {at}"));
     let took =
         r.wall_time(SystemTime::now()).map_or(String::new(), |d| format!(" after {:.1}s", d.as_secs_f64()));
     let why = r.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
@@ -309,7 +307,7 @@ fn last_run(r: &RunRecord) -> String {
         "run {} ({}) of {} {}{at}{took}{why}; its output: troops log {}",
         r.id,
         r.trigger,
-        short(&r.commit),
+        short(r.commit),
         r.status.to_string().replace('_', " "),
         r.id
     )

@@ -58,9 +58,9 @@ fn commit(node: &Node, rev: Option<&str>) -> Result<Oid> {
             Error::Input(format!("branch {} has no commits yet; name the commit to wait for", repo.branch))
         })?);
     };
-    match (repo.resolve(rev), Oid::from_str(rev)) {
+    match (repo.resolve(rev), troops_core::model::records::commit_id::parse(rev)) {
         (Ok(commit), _) => Ok(commit),
-        (Err(_), Ok(id)) if rev.len() == 40 && repo.git.find_object(id, None).is_err() => Ok(id),
+        (Err(_), Some(id)) if repo.git.find_object(id, None).is_err() => Ok(id),
         (Err(e), _) => Err(e.into()),
     }
 }

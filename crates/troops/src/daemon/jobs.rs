@@ -86,14 +86,14 @@ pub fn pull(node: &Node, events: &Events) -> Result<Pulled, Done> {
             None => {}
         }
     }
-    for (remote, tip, why) in &cycle.decision.refused {
-        tracing::warn!(remote = %remote, commit = %tip, reason = ?why, "remote tip refused");
+    for refused in &cycle.decision.refused {
+        tracing::warn!(remote = %refused.remote, commit = %refused.tip, reason = ?refused.refusal, "remote tip refused");
     }
     if !cycle.decision.conflict.is_empty() {
         tracing::warn!(remotes = %cycle.decision.conflict.join(","), "remotes forked; nothing moves");
     }
-    if let Some((from, to)) = cycle.moved {
-        tracing::info!(from = %from.map_or("none".into(), |f| f.to_string()), to = %to, "fast-forwarded");
+    if let Some(moved) = cycle.moved {
+        tracing::info!(from = %moved.from.map_or("none".into(), |f| f.to_string()), to = %moved.to, "fast-forwarded");
     }
     Ok(Pulled { tip: tip(node), no_remote: cycle.all_failed() })
 }

@@ -413,7 +413,7 @@ pub struct Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "commit {} {}", short(&self.commit.to_string()), self.verification)
+        write!(f, "commit {} {}", short(self.commit), self.verification)
     }
 }
 

@@ -71,7 +71,7 @@ pub fn run_phase(
     stop: &AtomicBool,
 ) -> Result<()> {
     let checks: Vec<&Check> =
-        plan.checks.iter().filter(|c| crate::model::roles::selects_check(c, roles).0).collect();
+        plan.checks.iter().filter(|c| crate::model::roles::selects_check(c, roles).runs()).collect();
     if checks.is_empty() {
         return Ok(());
     }
@@ -488,11 +488,7 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let runs = Runs::new(dir.path());
-        let mut record: RunRecord = serde_json::from_str(
-            r#"{"id": 1, "trigger": "manual", "commit": "c", "previous_commit": null, "host": "h", "roles": [],
-                "started_at": "now", "finished_at": null, "status": "running", "error": null, "steps": []}"#,
-        )
-        .unwrap();
+        let mut record = RunRecord::for_test(1, "c", RunStatus::Running);
         std::fs::create_dir_all(runs.dir(1)).unwrap();
         let env = [("PATH", "/usr/bin:/bin".to_owned())];
         let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &Masker::default() };

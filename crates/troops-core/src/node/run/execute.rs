@@ -7,8 +7,6 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use git2::Oid;
-
 use super::prepare::Prepared;
 use super::{Layout, Run};
 use crate::mech::releases::Releases;
@@ -30,7 +28,7 @@ impl Run<'_, '_> {
         }
         // A rollback first puts back every link the failed run switched (its plan may have
         // named another link than this one).
-        if let Some(failed) = self.failed_commit.as_deref().and_then(|f| Oid::from_str(f).ok()) {
+        if let Some(failed) = self.failed_commit {
             for line in Releases::new(&self.node.state_dir, None).undo(failed, &self.node.runs())? {
                 let _ = writeln!(self.out, "==> {line}");
             }

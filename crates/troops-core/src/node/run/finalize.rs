@@ -51,13 +51,13 @@ pub(super) fn finalize(
                     let _ = writeln!(
                         out,
                         "troops: {} is no longer quarantined: the branch has moved past it (it was: {})",
-                        short(&q.commit.to_string()),
+                        short(q.commit),
                         q.reason
                     );
                 }
             }
         }
-        RunStatus::Failed => quarantine_if_asked(repo, record, commit, out)?,
+        RunStatus::Failed => quarantine_if_asked(repo, record, out)?,
         _ => {}
     }
     let mut undone = None;
@@ -99,21 +99,18 @@ pub(super) fn finalize(
     Ok(())
 }
 
-/// A failed run of `commit` whose plan says `on_failure = "rollback"` quarantines it, unless it is
-/// the deployed commit (the last good one is never quarantined: there would be nothing to go back to).
-pub(super) fn quarantine_if_asked(
-    repo: &NodeRepo,
-    record: &RunRecord,
-    commit: Oid,
-    out: &mut dyn Write,
-) -> Result<()> {
+/// A failed run whose commit's plan says `on_failure = "rollback"` quarantines that commit, unless
+/// it is the deployed commit (the last good one is never quarantined: there would be nothing to go
+/// back to).
+pub(super) fn quarantine_if_asked(repo: &NodeRepo, record: &RunRecord, out: &mut dyn Write) -> Result<()> {
+    let commit = record.commit;
     let rollback = on_failure(repo, commit) == OnFailure::Rollback;
     if !rollback || repo.deployed()? == Some(commit) || record.trigger == Trigger::Rollback {
         return Ok(());
     }
     let reason = format!("run {}: {}", record.id, record.error.as_deref().unwrap_or("failed"));
     repo.quarantine(commit, &reason)?;
-    let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&commit.to_string()));
+    let _ = writeln!(out, "troops: quarantined {} ({reason})", short(commit));
     Ok(())
 }
 

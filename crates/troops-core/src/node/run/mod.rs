@@ -31,6 +31,7 @@ use crate::model::node::Node;
 use crate::model::plan::Plan;
 use crate::model::records::{now as now_text, RunRecord, RunStatus, StepStatus, Trigger};
 use crate::model::roles;
+use crate::model::time::Timestamp;
 use crate::policy::schedule::{self, Decision, Facts, RunNow};
 
 /// How an ask ended: the one source of a trigger's exit code.
@@ -120,14 +121,14 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             let _ = writeln!(
                 out,
                 "troops: rolling back to {}, the last good commit: {}",
-                short(&now.commit.to_string()),
+                short(now.commit),
                 now.why
             );
         }
         let record = run_one(node, &repo, &mut lock, &now, out, stop)?;
         let quarantined = record.status == RunStatus::Failed
             && now.quarantines.is_none()
-            && Oid::from_str(&record.commit).is_ok_and(|c| repo.quarantined(c).ok().flatten().is_some());
+            && repo.quarantined(record.commit).ok().flatten().is_some();
         ran.push(record);
         if !quarantined {
             break;
@@ -148,7 +149,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             "troops: run {} {}; rolled back to {} by run {}, which {} (troops log {})",
             run.id,
             RunStatus::Failed,
-            short(&rollback.commit),
+            short(rollback.commit),
             rollback.id,
             rollback.status,
             rollback.id
@@ -190,7 +191,7 @@ fn run_one(
     if let Some(leaving) = now.quarantines {
         let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
         repo.quarantine(leaving, &reason)?;
-        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(&leaving.to_string()));
+        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(leaving));
     }
     let mut record = prepare::record(node, lock, now, deployed)?;
     let runs = node.runs();
@@ -203,13 +204,13 @@ fn run_one(
         record: &mut record,
         out: &mut out,
         stop,
-        failed_commit: now.undoes.map(|f| f.commit.to_string()),
+        failed_commit: now.undoes.map(|f| f.commit),
         plan: None,
         release: None,
     };
     let result = run.phases();
     let (plan, release) = (run.plan.take(), run.release.take());
-    record.finished_at = Some(now_text());
+    record.finished_at = Some(Timestamp::now());
     // What a step's output held back is written before troops' last lines, not after them.
     let _ = out.release();
     if let Err(e) = &result {
@@ -238,7 +239,7 @@ struct Run<'a, 'o> {
     out: &'a mut Output<'o>,
     stop: &'a AtomicBool,
     /// For a rollback: the commit it undoes (`TROOPS_FAILED_COMMIT`).
-    failed_commit: Option<String>,
+    failed_commit: Option<Oid>,
     /// The plan, once loaded (finalize needs its `[release]`).
     plan: Option<Plan>,
     /// The release the run switched to, once it did (finalize notes it good on success).
@@ -334,11 +335,10 @@ pub struct DryRun {
     pub checks: Vec<Selected>,
 }
 
-/// Whether a step or check runs on this host, and why (its roles, or every host).
+/// A step or check of the plan, and whether it runs on this host and why.
 pub struct Selected {
     pub name: String,
-    pub runs: bool,
-    pub why: String,
+    pub selection: roles::Selection,
 }
 
 /// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps, running none.
@@ -363,18 +363,12 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
     let steps = plan
         .steps
         .iter()
-        .map(|s| {
-            let (runs, why) = roles::selects(s, &roles);
-            Selected { name: s.name.clone(), runs, why }
-        })
+        .map(|s| Selected { name: s.name.clone(), selection: roles::selects(s, &roles) })
         .collect();
     let checks = plan
         .checks
         .iter()
-        .map(|c| {
-            let (runs, why) = roles::selects_check(c, &roles);
-            Selected { name: c.name.clone(), runs, why }
-        })
+        .map(|c| Selected { name: c.name.clone(), selection: roles::selects_check(c, &roles) })
         .collect();
     Ok(DryRun { commit, roles, steps, checks })
 }

@@ -79,9 +79,7 @@ fn recover(node: &Node, repo: &NodeRepo, lock: &NodeLock, out: &mut dyn Write) -
             ),
         };
         if old.status == RunStatus::Failed {
-            if let Ok(commit) = Oid::from_str(&old.commit) {
-                finalize::quarantine_if_asked(repo, old, commit, out)?;
-            }
+            finalize::quarantine_if_asked(repo, old, out)?;
         }
     }
     // Plaintext secrets a run left when its troops died are removed before anything else runs.
@@ -130,7 +128,7 @@ pub(super) fn vouch(
     let _ = crate::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
     crate::mech::metrics::count_refusal(node, refusal.verification.kind());
     crate::node::state::write_textfile(node);
-    Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
+    Err(Error::Refused { commit, reason: refusal.to_string() })
 }
 
 impl Run<'_, '_> {
@@ -138,7 +136,7 @@ impl Run<'_, '_> {
     /// roles and steps, the record's step list, the run's header line, its secrets (a secret
     /// this node cannot decrypt fails the run before any step) and its environment.
     pub(super) fn prepare(&mut self) -> Result<Prepared> {
-        let commit = Oid::from_str(&self.record.commit).expect("record holds a commit id");
+        let commit = self.record.commit;
         let plan_path = Path::new(crate::model::plan::FILE_NAME);
         let text = self.repo.plan_text(commit)?.ok_or_else(|| crate::model::plan::missing(plan_path))?;
         let layout = self.layout(commit, &Plan::parse(plan_path, &text, None)?)?;
@@ -149,7 +147,7 @@ impl Run<'_, '_> {
         self.record.roles = roles.iter().cloned().collect();
         let reused = matches!(layout, Layout::Release { reused: true, .. });
         let selected: Vec<usize> = (0..plan.steps.len())
-            .filter(|&i| roles::selects(&plan.steps[i], &roles).0)
+            .filter(|&i| roles::selects(&plan.steps[i], &roles).runs())
             .filter(|&i| !reused || plan.steps[i].phase == Phase::Activate)
             .collect();
         // Build steps first, then (with releases) the switch, then activate steps.
@@ -171,7 +169,7 @@ impl Run<'_, '_> {
             "troops: run {} ({}) of {} on {} [{}]: {} of {} steps{}",
             self.record.id,
             self.record.trigger,
-            short(&self.record.commit),
+            short(self.record.commit),
             self.record.host,
             self.record.roles.join(","),
             selected.len(),
@@ -202,8 +200,8 @@ impl Run<'_, '_> {
             }
         }
         let mut env = step_env(self.node, self.record, &roles, secrets.as_ref());
-        if let Some(failed) = &self.failed_commit {
-            env.push(("TROOPS_FAILED_COMMIT", failed.clone()));
+        if let Some(failed) = self.failed_commit {
+            env.push(("TROOPS_FAILED_COMMIT", failed.to_string()));
         }
         if let Layout::Release { releases, dir, .. } = &layout {
             env.push(("TROOPS_RELEASE_DIR", dir.display().to_string()));
@@ -250,17 +248,16 @@ pub(super) fn record(
     let runs = node.runs();
     let id = runs.create(lock)?;
     lock.describe(&format!("run {id} ({}) of {}", now.trigger, now.commit));
-    let failed_commit = now.undoes.map(|f| f.commit.to_string());
     let record = RunRecord {
         schema: crate::model::records::SCHEMA,
         id,
         trigger: now.trigger,
-        commit: now.commit.to_string(),
+        commit: now.commit,
         // A rollback comes from the failed commit the host was left with.
-        previous_commit: failed_commit.or(deployed.map(|p| p.to_string())),
+        previous_commit: now.undoes.map(|f| f.commit).or(deployed),
         host: node.config.hostname(),
         roles: node.config.roles.clone(),
-        started_at: crate::model::records::now(),
+        started_at: crate::model::time::Timestamp::now(),
         finished_at: None,
         status: RunStatus::Running,
         error: None,
@@ -351,8 +348,8 @@ fn step_env(
         env.push(("LOGNAME", user.name));
     }
     env.extend([
-        ("TROOPS_COMMIT", record.commit.clone()),
-        ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.clone().unwrap_or_default()),
+        ("TROOPS_COMMIT", record.commit.to_string()),
+        ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.map(|c| c.to_string()).unwrap_or_default()),
         ("TROOPS_HOST", record.host.clone()),
         ("TROOPS_ROLES", roles.iter().cloned().collect::<Vec<_>>().join(",")),
         ("TROOPS_RUN_ID", record.id.to_string()),
