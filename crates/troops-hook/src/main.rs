@@ -89,7 +89,6 @@ fn post_receive() -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    forget_git_environment();
     let stop = outlive_the_pusher();
     troops_core::node::init::use_group_umask(&node.state_dir);
 
@@ -133,40 +132,6 @@ fn node(git_dir: &Path) -> Result<Node> {
         .or_else(|| env_path("TROOPS_CONFIG"))
         .unwrap_or_else(|| troops_core::model::config::DEFAULT_PATH.into());
     Ok(Node::load(state_dir, &config)?)
-}
-
-/// Steps must see the environment of a run, not of a hook: git points these at the node repo
-/// (or at its quarantine) and a step's own `git` would obey them. The list is git's own
-/// `local_repo_env`, plus what receive-pack adds for hooks.
-fn forget_git_environment() {
-    const REPO_ENV: &[&str] = &[
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_COMMON_DIR",
-        "GIT_CONFIG",
-        "GIT_CONFIG_COUNT",
-        "GIT_CONFIG_PARAMETERS",
-        "GIT_DIR",
-        "GIT_EXEC_PATH",
-        "GIT_GRAFT_FILE",
-        "GIT_IMPLICIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_NAMESPACE",
-        "GIT_NO_REPLACE_OBJECTS",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_PREFIX",
-        "GIT_QUARANTINE_PATH",
-        "GIT_REPLACE_REF_BASE",
-        "GIT_SHALLOW_FILE",
-        "GIT_WORK_TREE",
-        "GIT_REFLOG_ACTION",
-    ];
-    let numbered = ["GIT_PUSH_OPTION_", "GIT_PUSH_CERT", "GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"];
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if REPO_ENV.contains(&name.as_ref()) || numbered.iter().any(|prefix| name.starts_with(prefix)) {
-            std::env::remove_var(name.as_ref());
-        }
-    }
 }
 
 /// The pusher going away (Ctrl-C on a local push, a dropped SSH connection, a closed terminal)

@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod background;
 pub mod control;
+pub mod env;
 pub mod fetch;
 pub mod fs_safe;
 pub mod git;

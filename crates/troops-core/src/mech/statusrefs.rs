@@ -161,7 +161,7 @@ fn forget_old_refs(repo_path: &Path) {
 /// caller's own `git`, SSH keys and config, bounded as a node's fetch is: `troops fleet` in a clone
 /// of the deploy repo. Errors quote the remote escaped.
 pub fn fetch_as_caller(status_repo: &Path, url: &str) -> std::result::Result<(), String> {
-    let mut command = Command::new("git");
+    let mut command = crate::mech::env::as_caller("git");
     command.arg("--git-dir").arg(status_repo).args(["-c", "fetch.unpackLimit=1"]);
     command.args(FETCH_ARGS).args([url, REFSPEC]).stdin(Stdio::null());
     let out = capped(command).output().map_err(|e| format!("running git fetch: {e}"))?;

@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use git2::{Repository, RepositoryInitMode, RepositoryInitOptions};
 
@@ -408,7 +407,7 @@ fn ssh_key(dir: &Path, hostname: &str) -> Result<String> {
     let key = dir.join("id_ed25519");
     if !key.exists() {
         let comment = format!("troops@{hostname}");
-        let output = Command::new("ssh-keygen")
+        let output = crate::mech::env::command("ssh-keygen", crate::mech::env::base())
             .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f"])
             .arg(&key)
             .output()

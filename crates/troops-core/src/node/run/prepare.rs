@@ -329,24 +329,16 @@ fn make_writable(path: &Path) {
     }
 }
 
-/// The PATH of every step: fixed, so that no trigger's PATH leaks in.
-const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// The whole environment of every step but `TROOPS_STEP` and the step's own `env`, the same for
-/// every trigger (SPEC, "The trust boundary"): nothing of the pusher's, the caller's or systemd's.
-/// `TROOPS_SECRETS` is there only when the node has secrets in this run.
+/// every trigger (SPEC, "The trust boundary"): every child's (`mech::env`) and the run's
+/// `TROOPS_*`. `TROOPS_SECRETS` is there only when the node has secrets in this run.
 fn step_env(
     node: &Node,
     record: &RunRecord,
     roles: &BTreeSet<String>,
     secrets: Option<&crate::mech::secrets::RunSecrets>,
 ) -> Vec<(&'static str, String)> {
-    let mut env = vec![("PATH", step_path()), ("LANG", "C.UTF-8".to_owned())];
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
-        env.push(("HOME", user.dir.display().to_string()));
-        env.push(("USER", user.name.clone()));
-        env.push(("LOGNAME", user.name));
-    }
+    let mut env = crate::mech::env::base();
     env.extend([
         ("TROOPS_COMMIT", record.commit.clone()),
         ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.clone().unwrap_or_default()),
@@ -361,14 +353,4 @@ fn step_env(
         env.push(("TROOPS_SECRETS", secrets.dir.display().to_string()));
     }
     env
-}
-
-/// [`STEP_PATH`], with the directory of the running troops binary in front when it is not in it,
-/// so that a step's `troops has-role` is this troops.
-fn step_path() -> String {
-    let exe_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.display().to_string()));
-    match exe_dir {
-        Some(dir) if !STEP_PATH.split(':').any(|d| d == dir) => format!("{dir}:{STEP_PATH}"),
-        _ => STEP_PATH.to_owned(),
-    }
 }
