@@ -54,7 +54,7 @@ fn pre_receive() -> Result<ExitCode> {
     let repo = receive::open_pushed(&git_dir, quarantine.as_deref())?;
     let mut refused = false;
     for update in &updates {
-        match receive::check(&repo, &node.config, &node.state_dir, update)? {
+        match receive::check(&repo, &node.config, &node.seen_path(), update)? {
             Verdict::Accept => {}
             Verdict::Refuse(reason) => {
                 say(&reason);
@@ -64,7 +64,7 @@ fn pre_receive() -> Result<ExitCode> {
                 say(&message);
                 // For `troops status`; a pusher who may not write the state dir still sees why.
                 let source = format!("push to {}", update.refname);
-                let _ = troops_core::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
+                let _ = troops_core::mech::verify::record_refusal(&node.refused_path(), &source, &refusal);
                 troops_core::mech::metrics::count_refusal(&node, refusal.verification.kind());
                 refused = true;
             }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mech::runs::Runs;
 use crate::model::error::{Context, Error, Result};
+use crate::model::node::Node;
 use crate::model::records::RunStatus;
 
 pub struct Releases {
@@ -63,16 +64,16 @@ struct Switch {
     from: Option<PathBuf>,
 }
 
-const INDEX: &str = "releases.json";
 /// Far beyond what an index of kept releases holds.
 const MAX_INDEX_BYTES: u64 = 16 << 20;
 
 impl Releases {
-    pub fn new(state_dir: &Path, link: Option<&Path>) -> Releases {
+    /// The releases of `node`, switched by `link` (the plan's, else `<state>/current`).
+    pub fn new(node: &Node, link: Option<&Path>) -> Releases {
         Releases {
-            dir: state_dir.join("releases"),
-            index: state_dir.join(INDEX),
-            link: link.map_or_else(|| state_dir.join("current"), Path::to_owned),
+            dir: node.releases_dir(),
+            index: node.releases_index_path(),
+            link: node.current_link(link),
         }
     }
 
@@ -367,6 +368,12 @@ fn remove_release(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The releases of a node whose state dir is `state`, as `Releases::new` lays them out.
+    fn at(state: &Path, link: Option<&Path>) -> Releases {
+        let link = link.map_or_else(|| state.join("current"), Path::to_owned);
+        Releases { dir: state.join("releases"), index: state.join("releases.json"), link }
+    }
     use crate::model::records::RunRecord;
 
     fn record(id: u64, status: RunStatus) -> RunRecord {
@@ -376,7 +383,7 @@ mod tests {
     #[test]
     fn the_link_is_only_ever_old_or_new() {
         let tmp = tempfile::tempdir().unwrap();
-        let releases = Releases::new(tmp.path(), None);
+        let releases = at(tmp.path(), None);
         let (a, b) = (releases.dir.join("1-aaaa"), releases.dir.join("2-bbbb"));
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
@@ -409,7 +416,7 @@ mod tests {
     fn retention_keeps_good_and_failed_apart_and_never_the_current_or_last_good() {
         let tmp = tempfile::tempdir().unwrap();
         let runs = Runs::new(tmp.path().join("runs"));
-        let releases = Releases::new(tmp.path(), None);
+        let releases = at(tmp.path(), None);
         let statuses = [
             (1, RunStatus::Succeeded),
             (2, RunStatus::Failed),
@@ -435,7 +442,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let runs = Runs::new(tmp.path().join("runs"));
         let (a, b) = (tmp.path().join("srv/a/current"), tmp.path().join("srv/b/current"));
-        let (via_a, via_b) = (Releases::new(tmp.path(), Some(&a)), Releases::new(tmp.path(), Some(&b)));
+        let (via_a, via_b) = (at(tmp.path(), Some(&a)), at(tmp.path(), Some(&b)));
         via_a.make_dir().unwrap();
         let commit = |n: u8| Oid::from_bytes(&[n; 20]).unwrap();
         // Run 1 (good) through b, run 2 (good) through a, run 3 (failed) through b again.
@@ -464,7 +471,7 @@ mod tests {
 
         // A link that was not there before the failed run is removed by the undo.
         let c = tmp.path().join("srv/c/current");
-        let via_c = Releases::new(tmp.path(), Some(&c));
+        let via_c = at(tmp.path(), Some(&c));
         let dir = via_c.path_for(4, commit(4));
         std::fs::create_dir(&dir).unwrap();
         via_c.note_made(&dir, commit(4), &runs).unwrap();

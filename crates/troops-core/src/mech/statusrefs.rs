@@ -31,20 +31,14 @@ pub const REFSPEC: &str = "+refs/troops/status/*:refs/troops/status/*";
 /// average for a thousand nodes), so even a first fetch of a fleet of 30,000 fits.
 pub const MAX_FETCH: u64 = 32 << 20;
 
-/// The status repo of the node with state dir `state_dir`.
-pub fn repo_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("status.git")
-}
-
-/// Opens the status repo of `state_dir`, creating it if it is missing (which only whoever may
-/// write the state dir can: root on a node).
-pub fn open(state_dir: &Path) -> Result<Repository> {
-    let path = repo_path(state_dir);
-    crate::mech::repo::refuse_redirects(&path)?;
-    match Repository::open_bare(&path) {
+/// Opens the status repo at `path` (`Node::status_repo_path`), creating it if it is missing
+/// (which only whoever may write the state dir can: root on a node).
+pub fn open(path: &Path) -> Result<Repository> {
+    crate::mech::repo::refuse_redirects(path)?;
+    match Repository::open_bare(path) {
         Ok(git) => Ok(git),
         Err(e) if e.code() == git2::ErrorCode::NotFound => {
-            Repository::init_bare(&path).ctx(|| format!("creating the status repo {}", path.display()))
+            Repository::init_bare(path).ctx(|| format!("creating the status repo {}", path.display()))
         }
         Err(e) => Err(Error::git(format!("opening the status repo {}", path.display()), e)),
     }
@@ -72,8 +66,8 @@ pub fn publish(node: &Node, doc: &StatusDoc, remote: &str, timeout: Duration) ->
     let started = Instant::now();
     let url = url_of(&node.repo_path(), remote)
         .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
-    let path = repo_path(&node.state_dir);
-    let git = open(&node.state_dir)?;
+    let path = node.status_repo_path();
+    let git = open(&path)?;
     let (reference, commit) = {
         let _lock = lock(&path).map_err(Error::Env)?;
         commit(&git, doc)?
@@ -108,19 +102,19 @@ fn push(
         .map_err(|e| crate::model::shown::escape(&e).into_owned())
 }
 
-/// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo of
-/// `state_dir` with root's `git`, whatever the URL: newest commits only, at most [`MAX_FETCH`]
+/// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo at
+/// `status_repo` with root's `git`, whatever the URL: newest commits only, at most [`MAX_FETCH`]
 /// bytes. Then records what came of it, and what the refs say now, for the rollout gate
 /// (`sightings`). Errors quote the remote escaped.
 pub fn fetch(
     node_repo: &Path,
-    state_dir: &Path,
+    status_repo: &Path,
     remote: &str,
     ssh_dir: &Path,
     deadline: Instant,
 ) -> std::result::Result<(), String> {
-    let created = !repo_path(state_dir).exists();
-    let git = open(state_dir).map_err(|e| e.to_string())?;
+    let created = !status_repo.exists();
+    let git = open(status_repo).map_err(|e| e.to_string())?;
     if created {
         forget_old_refs(node_repo);
     }
@@ -477,8 +471,8 @@ mod tests {
 
         let deadline = Instant::now() + Duration::from_secs(30);
         // The status remote has no status ref yet: that is no failure.
-        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
-        assert!(Repository::open_bare(repo_path(&state)).is_ok());
+        fetch(node.path(), &state.join("status.git"), "status", &state.join("ssh"), deadline).unwrap();
+        assert!(Repository::open_bare(state.join("status.git")).is_ok());
         assert!(node.find_reference("refs/troops/status/web-1").is_err(), "the old ref is still there");
     }
 
@@ -493,7 +487,7 @@ mod tests {
         peer.reference("refs/troops/status/web-1", doc, false, "").unwrap();
         let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
         node.remote("status", &remote.display().to_string()).unwrap();
-        let status = open(&state).unwrap().path().to_owned();
+        let status = open(&state.join("status.git")).unwrap().path().to_owned();
         // A fetch killed at its deadline (SIGKILL: git cleans up nothing) leaves its locks and
         // its half-written pack.
         std::fs::create_dir_all(status.join("refs/troops/status")).unwrap();
@@ -503,7 +497,7 @@ mod tests {
             std::fs::write(status.join(file), "").unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        fetch(node.path(), &state, "status", &state.join("ssh"), deadline).unwrap();
+        fetch(node.path(), &status, "status", &state.join("ssh"), deadline).unwrap();
         let fetched =
             Repository::open_bare(&status).unwrap().refname_to_id("refs/troops/status/web-1").unwrap();
         assert_eq!(fetched, doc);

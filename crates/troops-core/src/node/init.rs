@@ -42,22 +42,22 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
         };
         remotes.push((name.clone(), url));
     }
-    keep_remotes(&state_dir.join("repo/main.git"), &remotes)?;
+    keep_remotes(&Node::repo_path_in(state_dir), &remotes)?;
     if options.branch.is_some() || !options.roles.is_empty() || options.hostname.is_some() {
         update_config(config_path, options.branch.as_deref(), &options.roles, options.hostname.as_deref())?;
     }
     let node = Node::load(state_dir.to_owned(), config_path)?;
-    for dir in [node.state_dir.clone(), node.runs().dir(0).with_file_name(""), node.work_dir()] {
+    for dir in [node.state_dir.clone(), node.runs_dir(), node.work_dir()] {
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     }
     // Private by default: run records, logs and checkouts are nobody's business but root's and
     // the admin group's, and nothing under the state dir is reachable by others.
     private(&node.state_dir)?;
     init_repo(&node, &remotes, &options.hook)?;
-    let public_key = ssh_key(&node.ssh_dir(), &node.config.hostname())?;
+    let public_key = ssh_key(&node.ssh_key_path(), &node.config.hostname())?;
     share_with_group(&node)?;
     start_ledger(&node)?;
-    crate::mech::releases::Releases::new(&node.state_dir, None).secure_dir()?;
+    crate::mech::releases::Releases::new(&node, None).secure_dir()?;
     Ok((node, public_key))
 }
 
@@ -130,9 +130,9 @@ fn share_with_group(node: &Node) -> Result<()> {
         share_tree(&repo.join(dir), gid)?;
     }
     share_read_only(&repo.join("logs/refs/remotes"), gid)?;
-    let (runs, work) = (node.runs().dir(0).with_file_name(""), node.work_dir());
+    let (runs, work) = (node.runs_dir(), node.work_dir());
     // Metrics counters: a member's in-process run counts too (they are only ever read as numbers).
-    let metrics = crate::mech::metrics::dir(node);
+    let metrics = node.metrics_dir();
     std::fs::create_dir_all(&metrics).ctx(|| format!("creating {}", metrics.display()))?;
     for tree in [&runs, &work, &lock, &metrics] {
         share_tree(tree, gid)?;
@@ -398,18 +398,18 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String], hostname: 
     crate::mech::atomic::write_mode(path, text.as_bytes(), mode)
 }
 
-/// The node's SSH key for fetching (and the secrets of its roles), `troops@HOSTNAME`: made once,
-/// kept forever. Returns the public half.
-fn ssh_key(dir: &Path, hostname: &str) -> Result<String> {
+/// The node's SSH key `key` for fetching (and the secrets of its roles), `troops@HOSTNAME`: made
+/// once, kept forever, with an empty `known_hosts` beside it. Returns the public half.
+fn ssh_key(key: &Path, hostname: &str) -> Result<String> {
+    let dir = key.parent().expect("the key is in the ssh dir");
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("securing {}", dir.display()))?;
-    let key = dir.join("id_ed25519");
     if !key.exists() {
         let comment = format!("troops@{hostname}");
         let output = crate::mech::env::command("ssh-keygen", crate::mech::env::base())
             .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f"])
-            .arg(&key)
+            .arg(key)
             .output()
             .ctx(|| "running ssh-keygen (is openssh-client installed?)".into())?;
         if !output.status.success() {

@@ -83,11 +83,13 @@ pub fn fetch_status(
     remote: &str,
     deadline: std::time::Instant,
 ) -> std::result::Result<(), String> {
+    let status_repo = node.status_repo_path();
     let fetched =
-        crate::mech::statusrefs::fetch(&node.repo_path(), &node.state_dir, remote, &node.ssh_dir(), deadline);
-    let git = crate::mech::statusrefs::open(&node.state_dir).map_err(|e| e.to_string())?;
-    let recorded = crate::mech::sightings::record(&node.state_dir, remote, fetched.as_ref().err(), &git)
-        .map_err(|e| format!("recording what the status refs say: {e}"));
+        crate::mech::statusrefs::fetch(&node.repo_path(), &status_repo, remote, &node.ssh_dir(), deadline);
+    let git = crate::mech::statusrefs::open(&status_repo).map_err(|e| e.to_string())?;
+    let recorded =
+        crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &git)
+            .map_err(|e| format!("recording what the status refs say: {e}"));
     fetched.and(recorded)
 }
 
@@ -98,7 +100,7 @@ pub fn fetch_status(
 fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     node.repo()?; // a node that was never initialised fails here, with the reason
-    let path = node.state_dir.join("fetch.lock");
+    let path = node.fetch_lock_path();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -121,7 +123,7 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
 
 fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
     let repo_path = node.repo_path();
-    let probing = crate::mech::probe::Probing::new(&node.state_dir, node.config.probe_trust);
+    let probing = crate::mech::probe::Probing::new(node.probes_path(), node.config.probe_trust);
     let fetched = fetch::fetch_all(
         &repo_path,
         &node.config.branch,
@@ -227,7 +229,7 @@ fn verify_tips(
     tips: Vec<(String, Oid)>,
     descends: impl Fn(Oid, Oid) -> bool,
 ) -> Result<(Vec<(String, Oid)>, Vec<(String, Oid, Refusal)>)> {
-    let Some(policy) = verify::enforced(&node.config.verify, &node.state_dir)? else {
+    let Some(policy) = verify::enforced(&node.config.verify, &node.seen_path())? else {
         return Ok((tips, Vec::new()));
     };
     let scope = node.config.verify.scope;
@@ -258,7 +260,7 @@ fn verify_tips(
         match verdict {
             None => accepted.push((remote, tip)),
             Some((refusal, why)) => {
-                let _ = verify::record_refusal(&node.state_dir, &format!("remote {remote}"), refusal);
+                let _ = verify::record_refusal(&node.refused_path(), &format!("remote {remote}"), refusal);
                 crate::mech::metrics::count_refusal(node, refusal.verification.kind());
                 refused.push((remote, tip, Refusal::Unverified(why.clone())));
             }
@@ -285,7 +287,7 @@ fn save_states(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, Strin
         })
         .collect();
     let json = serde_json::to_vec_pretty(&states).expect("states serialize");
-    crate::mech::atomic::write(&node.state_dir.join("remotes.json"), &json)
+    crate::mech::atomic::write(&node.remotes_path(), &json)
 }
 
 /// More than the states of any number of remotes a node has.
@@ -293,7 +295,7 @@ const MAX_STATES_BYTES: u64 = 16 << 20;
 
 /// The last recorded fetch of each remote.
 pub fn remote_states(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
-    let path = node.state_dir.join("remotes.json");
+    let path = node.remotes_path();
     match crate::mech::trust::read_state_file(&path, MAX_STATES_BYTES) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).map_err(|e| Error::Env(format!("{}: {e}", path.display())))

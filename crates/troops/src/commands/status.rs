@@ -55,8 +55,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         troops_core::model::config::Scope::All => "all",
     };
     // Loaded only to tell whether it works: a broken keyring or allowed signers stops every update.
-    let policy =
-        verify.require_signed.then(|| troops_core::mech::verify::TrustPolicy::load(verify, &node.state_dir));
+    let policy = verify
+        .require_signed
+        .then(|| troops_core::mech::verify::TrustPolicy::load(verify, &node.seen_path()));
     let keyring_error = policy.as_ref().and_then(|p| p.as_ref().err().map(|e| e.to_string()));
     let lists = match policy.as_ref().and_then(|p| p.as_ref().ok()) {
         Some(p) => {
@@ -66,7 +67,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         }
         None => String::new(),
     };
-    let last_refusal = troops_core::mech::verify::last_refusal(&node.state_dir)?;
+    let last_refusal = troops_core::mech::verify::last_refusal(&node.refused_path())?;
     let quarantined = repo.all_quarantined()?;
     // What the node does next on its own, and why: the same decision every trigger obeys.
     let next = troops_core::node::run::decision(node, &troops_core::model::ask::Ask::Tick)?;

@@ -198,13 +198,9 @@ pub fn write_textfile(node: &Node) -> Result<()> {
     crate::mech::atomic::write_mode(path, text.as_bytes(), 0o644)
 }
 
-/// `<state>/metrics/`: the counters and their lock; the admin group may write it (`init`).
-pub fn dir(node: &Node) -> PathBuf {
-    node.state_dir.join("metrics")
-}
-
+/// The counters, in `Node::metrics_dir` (which the admin group may write, `init`), with their lock.
 fn counters_path(node: &Node) -> PathBuf {
-    dir(node).join("counters.json")
+    node.metrics_dir().join("counters.json")
 }
 
 /// Changes the counters under the metrics lock, then rewrites the textfile; logs what fails.
@@ -215,7 +211,7 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
         return;
     }
     let result = (|| {
-        let dir = dir(node);
+        let dir = node.metrics_dir();
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let _lock = lock(&dir)?;
         let path = counters_path(node);

@@ -471,11 +471,11 @@ pub struct TrustPolicy {
 }
 
 impl TrustPolicy {
-    /// Loads the lists `verify` names, with the first-seen times of the node at `state_dir`. The
+    /// Loads the lists `verify` names, with the first-seen times kept at `seen`. The
     /// keyring must exist unless `allowed_signers` is set (then OpenPGP signatures are refused
     /// without it); anything that exists and cannot be read fails, so nothing is verified by a
     /// list that is only partly understood.
-    pub fn load(verify: &Verify, state_dir: &Path) -> Result<TrustPolicy> {
+    pub fn load(verify: &Verify, seen: &Path) -> Result<TrustPolicy> {
         let keyring_missing = std::fs::symlink_metadata(&verify.keyring)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         let keyring = if verify.allowed_signers.is_some() && keyring_missing {
@@ -488,7 +488,7 @@ impl TrustPolicy {
             keyring,
             keyring_path: verify.keyring.clone(),
             signers,
-            seen: RefCell::new(FirstSeen::load(state_dir)),
+            seen: RefCell::new(FirstSeen::load(seen)),
         })
     }
 
@@ -541,13 +541,13 @@ impl Verifier for TrustPolicy {
     }
 }
 
-/// The trust policy of a node's `[verify]`, when it requires signed commits; `None` when it does
-/// not.
-pub fn enforced(verify: &Verify, state_dir: &Path) -> Result<Option<TrustPolicy>> {
-    verify.require_signed.then(|| TrustPolicy::load(verify, state_dir)).transpose()
+/// The trust policy of a node's `[verify]`, with first-seen times at `seen`, when it requires
+/// signed commits; `None` when it does not.
+pub fn enforced(verify: &Verify, seen: &Path) -> Result<Option<TrustPolicy>> {
+    verify.require_signed.then(|| TrustPolicy::load(verify, seen)).transpose()
 }
 
-/// The last commit refused for its signature, for `troops status` (`<state>/refused.json`).
+/// The last commit refused for its signature, for `troops status` (`Node::refused_path`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRefusal {
     pub at: String,
@@ -559,10 +559,8 @@ pub struct LastRefusal {
     pub reason: String,
 }
 
-const REFUSED_FILE: &str = "refused.json";
-
-/// Records `refusal` as the node's last, atomically.
-pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Result<()> {
+/// Records `refusal` as the node's last, atomically, at `path`.
+pub fn record_refusal(path: &Path, source: &str, refusal: &Refusal) -> Result<()> {
     let record = LastRefusal {
         at: crate::model::records::now(),
         source: source.to_owned(),
@@ -570,21 +568,17 @@ pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Resu
         outcome: refusal.verification.kind().to_owned(),
         reason: refusal.to_string(),
     };
-    crate::mech::atomic::write(
-        &state_dir.join(REFUSED_FILE),
-        &serde_json::to_vec_pretty(&record).expect("records serialize"),
-    )
+    crate::mech::atomic::write(path, &serde_json::to_vec_pretty(&record).expect("records serialize"))
 }
 
-/// The last commit refused for its signature, if any was.
-pub fn last_refusal(state_dir: &Path) -> Result<Option<LastRefusal>> {
-    let path = state_dir.join(REFUSED_FILE);
-    match std::fs::read(&path) {
+/// The last commit refused for its signature, recorded at `path`, if any was.
+pub fn last_refusal(path: &Path) -> Result<Option<LastRefusal>> {
+    match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::Env(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::path("reading", &path, e)),
+        Err(e) => Err(Error::path("reading", path, e)),
     }
 }
 

@@ -21,8 +21,6 @@ use git2::Oid;
 
 use crate::model::error::Result;
 
-const FILE: &str = "seen.json";
-
 /// The first-seen times of a node, and the time of the check under way (`now`).
 #[derive(Debug)]
 pub struct FirstSeen {
@@ -36,10 +34,10 @@ pub struct FirstSeen {
 }
 
 impl FirstSeen {
-    /// The times recorded in `state_dir`; none when the file is missing, unreadable, or (read by
-    /// root) not root's.
-    pub fn load(state_dir: &Path) -> FirstSeen {
-        let path = state_dir.join(FILE);
+    /// The times recorded at `path` (`Node::seen_path`); none when the file is missing,
+    /// unreadable, or (read by root) not root's.
+    pub fn load(path: &Path) -> FirstSeen {
+        let (path, state_dir) = (path.to_owned(), path.parent().unwrap_or(Path::new(".")));
         let root = nix::unistd::geteuid().is_root();
         let trusted = |meta: &std::fs::Metadata| !root || meta.uid() == 0;
         let records = root || std::fs::metadata(state_dir).is_ok_and(|meta| meta.uid() != 0);
@@ -81,17 +79,19 @@ impl FirstSeen {
 mod tests {
     use super::*;
 
+    const FILE: &str = "seen.json";
+
     #[test]
     fn a_recorded_time_is_kept_and_an_unknown_commit_is_seen_now() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Oid::from_str(&"a".repeat(40)).unwrap(), Oid::from_str(&"b".repeat(40)).unwrap());
-        let mut seen = FirstSeen::load(dir.path());
+        let mut seen = FirstSeen::load(&dir.path().join(FILE));
         assert_eq!(seen.time_of(a), seen.now);
         seen.mark(a);
         seen.save().unwrap();
         let first = seen.time_of(a);
 
-        let mut later = FirstSeen::load(dir.path());
+        let mut later = FirstSeen::load(&dir.path().join(FILE));
         later.now += std::time::Duration::from_secs(3600);
         later.mark(a);
         assert_eq!(later.time_of(a), first, "a second acceptance does not move the first");
@@ -107,9 +107,9 @@ mod tests {
         let a = Oid::from_str(&"a".repeat(40)).unwrap();
         std::fs::write(dir.path().join(FILE), format!("{{\"{a}\": \"2020-01-01T00:00:00Z\"}}")).unwrap();
         let old = humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap();
-        assert_eq!(FirstSeen::load(dir.path()).time_of(a), old);
+        assert_eq!(FirstSeen::load(&dir.path().join(FILE)).time_of(a), old);
         std::os::unix::fs::chown(dir.path().join(FILE), Some(65534), None).unwrap();
-        let seen = FirstSeen::load(dir.path());
+        let seen = FirstSeen::load(&dir.path().join(FILE));
         assert_eq!(seen.time_of(a), seen.now);
     }
 }

@@ -116,7 +116,7 @@ pub(super) fn vouch(
     deployed: Option<Oid>,
     trigger: Trigger,
 ) -> Result<()> {
-    let Some(policy) = crate::mech::verify::enforced(&node.config.verify, &node.state_dir)? else {
+    let Some(policy) = crate::mech::verify::enforced(&node.config.verify, &node.seen_path())? else {
         return Ok(());
     };
     let scope = node.config.verify.scope;
@@ -127,7 +127,7 @@ pub(super) fn vouch(
         return Ok(());
     };
     let source = format!("{trigger} run");
-    let _ = crate::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
+    let _ = crate::mech::verify::record_refusal(&node.refused_path(), &source, &refusal);
     crate::mech::metrics::count_refusal(node, refusal.verification.kind());
     Err(Error::Refused(format!("refusing to run {}: {refusal}; nothing ran", short(&commit.to_string()))))
 }
@@ -220,7 +220,7 @@ impl Run<'_, '_> {
             self.repo.checkout(commit, &checkout)?;
             return Ok(Layout::Work(checkout));
         };
-        let releases = Releases::new(&self.node.state_dir, release.link.as_deref());
+        let releases = Releases::new(self.node, release.link.as_deref());
         if self.record.trigger == Trigger::Rollback {
             if let Some(good) = releases.last_good(commit, &self.node.runs())? {
                 return Ok(Layout::Release { releases, dir: good.path, reused: true });
