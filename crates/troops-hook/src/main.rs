@@ -1,14 +1,18 @@
 //! `troops-hook`: the node repo's `pre-receive` and `post-receive`, installed by `troops init`.
 //! It reads git's `<old> <new> <ref>` lines, lets troops-core decide (`receive`) and run
-//! (`control`, `deploy`), and maps the outcome to an exit code. Everything it says goes to stderr,
-//! unbuffered, which git relays to the pusher as `remote:` lines as they come. Small and
+//! (`control`, `deploy`), and maps the outcome to an exit code. Everything it says, and what core
+//! reports (`report`), goes to stderr, unbuffered, which git relays to the pusher as `remote:`
+//! lines as they come, and never waits long for a pusher who stopped reading (`pusher`). Small and
 //! synchronous on purpose: it runs on every push, often as the pushing user, with nothing of
 //! troops in its environment but what `troops init` recorded in the repo's config.
+
+mod pusher;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use troops_core::mech::control;
@@ -18,12 +22,15 @@ use troops_core::node::dispatch::dispatch;
 use troops_core::node::receive::{self, Update, Verdict};
 use troops_core::{Error, Exit};
 
+use crate::pusher::Pusher;
+
 fn main() -> ExitCode {
     troops_core::mech::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
-                                                    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
-                                                    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
-                                                    // which may read another system config than git, must not refuse the same repository when a
-                                                    // member of admin_group pushes to the root-owned repo.
+    troops_core::mech::report::to(pusher());
+    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
+    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
+    // which may read another system config than git, must not refuse the same repository when a
+    // member of admin_group pushes to the root-owned repo.
     let _ = unsafe { git2::opts::set_verify_owner_validation(false) };
     let mode = std::env::args().nth(1).unwrap_or_default();
     let result = match mode.as_str() {
@@ -93,7 +100,7 @@ fn post_receive() -> Result<ExitCode> {
     troops_core::node::init::use_group_umask(&node.state_dir);
 
     let request = control::Request::Run(Ask::Push);
-    Ok(dispatch(&node, &request, &mut std::io::stderr(), stop)?.into())
+    Ok(dispatch(&node, &request, &mut pusher(), stop)?.into())
 }
 
 /// git's `<old> <new> <ref>` lines on stdin.
@@ -155,7 +162,15 @@ fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
+/// The pusher, at the other end of stderr.
+fn pusher() -> &'static Pusher<'static> {
+    static PUSHER: OnceLock<Pusher<'static>> = OnceLock::new();
+    // SAFETY: stderr is open for as long as the process lives; nothing here closes it.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::STDERR_FILENO) };
+    PUSHER.get_or_init(|| Pusher::new(stderr, pusher::PATIENCE))
+}
+
 /// One line to the pusher; a pusher who is gone is no error.
 fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = writeln!(pusher(), "{line}");
 }

@@ -21,6 +21,7 @@ pub mod probe;
 pub mod recorded;
 pub mod releases;
 pub mod repo;
+pub mod report;
 pub mod runner;
 pub mod runs;
 pub mod secrets;
