@@ -97,8 +97,6 @@ fn post_receive() -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let stop = outlive_the_pusher();
-    troops_core::node::init::use_group_umask(&node.state_dir);
-
     let request = control::Request::Run(Ask::Push);
     Ok(dispatch(&node, &request, &mut pusher(), stop)?.into())
 }

@@ -81,7 +81,7 @@ impl Drop for NodeLock {
 /// The lock file, shared with the admin group (0660), never opened through a symlink.
 fn open(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
@@ -89,7 +89,9 @@ fn open(path: &Path) -> Result<File> {
         .mode(0o660)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .ctx(|| format!("opening lock {}", path.display()))
+        .ctx(|| format!("opening lock {}", path.display()))?;
+    crate::mech::modes::set_file(&file, path, 0o660)?;
+    Ok(file)
 }
 
 /// How often a waiter tries the lock again.

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod lock;
 pub mod mask;
 pub mod metrics;
+pub mod modes;
 pub mod notify;
 pub mod output;
 pub mod probe;

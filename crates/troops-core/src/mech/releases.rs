@@ -116,13 +116,7 @@ impl Releases {
 
     /// Makes `releases/` if it is not there: the owner's alone (0755), whatever the umask.
     pub fn make_dir(&self) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o755).create(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::path("creating", &self.dir, e));
-            }
-            _ => {}
-        }
+        crate::mech::modes::dir(&self.dir, 0o755)?;
         self.secure_dir()
     }
 
@@ -242,7 +236,7 @@ impl Releases {
     /// over it (rename(2) is atomic), then the directory synced so the switch survives a crash.
     pub fn switch(&self, release: &Path) -> Result<()> {
         let parent = self.link.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        crate::mech::modes::dir_all(parent, 0o755)?;
         let name = self.link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // A name nobody can guess and plant first; removed again if the rename fails.
         let temp = tempfile::Builder::new()

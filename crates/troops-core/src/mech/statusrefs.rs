@@ -37,11 +37,35 @@ pub fn open(path: &Path) -> Result<Repository> {
     crate::mech::repo::refuse_redirects(path)?;
     match Repository::open_bare(path) {
         Ok(git) => Ok(git),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => {
-            Repository::init_bare(path).ctx(|| format!("creating the status repo {}", path.display()))
-        }
+        Err(e) if e.code() == git2::ErrorCode::NotFound => create(path),
         Err(e) => Err(Error::git(format!("opening the status repo {}", path.display()), e)),
     }
+}
+
+/// Makes the status repo at `path`: its maker's to write, the admin group's to read (what a
+/// member's in-process run reads for the rollout), nobody else's: directories 0750 and files 0640,
+/// which git keeps as it writes (`core.sharedRepository=0640`), as `modes::settle` does where
+/// troops writes with libgit2. No hook samples: nothing there is ever run.
+fn create(path: &Path) -> Result<Repository> {
+    let context = || format!("creating the status repo {}", path.display());
+    let mut options = git2::RepositoryInitOptions::new();
+    options.bare(true).external_template(false);
+    let git = Repository::init_opts(path, &options).ctx(context)?;
+    git.config().and_then(|mut c| c.set_str("core.sharedRepository", "0640")).ctx(context)?;
+    // Where troops writes refs, made now with the rest (`modes::settle` leaves these as made).
+    std::fs::create_dir_all(path.join("refs/troops/status")).ctx(context)?;
+    fn private(path: &Path) -> Result<()> {
+        let is_dir = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.is_dir();
+        crate::mech::modes::set(path, if is_dir { 0o750 } else { 0o640 })?;
+        if is_dir {
+            for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+                private(&entry.ctx(|| format!("listing {}", path.display()))?.path())?;
+            }
+        }
+        Ok(())
+    }
+    private(path)?;
+    Ok(git)
 }
 
 /// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears what
@@ -149,6 +173,7 @@ fn forget_old_refs(repo_path: &Path) {
     for mut reference in refs.flatten() {
         let _ = reference.delete();
     }
+    let _ = crate::mech::modes::settle(repo_path, &["packed-refs"]);
 }
 
 /// Fetches every status ref of `url` into the (new, scratch) status repo at `status_repo` with the
@@ -421,7 +446,7 @@ pub const PUBLISHED: &str = "refs/troops/published";
 pub fn commit(git: &Repository, doc: &StatusDoc) -> Result<(String, Oid)> {
     let name = format!("{REF_PREFIX}{}", doc.host);
     let json = serde_json::to_vec_pretty(doc).expect("a status doc serializes");
-    let write = || -> std::result::Result<Oid, git2::Error> {
+    let write = || -> std::result::Result<[Oid; 3], git2::Error> {
         let blob = git.blob(&json)?;
         let mut tree = git.treebuilder(None)?;
         tree.insert(FILE, blob, 0o100644)?;
@@ -436,10 +461,15 @@ pub fn commit(git: &Repository, doc: &StatusDoc) -> Result<(String, Oid)> {
         let commit = git.commit(None, &who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
         git.reference(PUBLISHED, commit, true, &message)?;
         git.reference(&name, commit, true, &message)?;
-        Ok(commit)
+        Ok([blob, tree.id(), commit])
     };
-    let commit = write().ctx(|| format!("committing {name} in {}", git.path().display()))?;
-    Ok((name, commit))
+    let objects = write().ctx(|| format!("committing {name} in {}", git.path().display()))?;
+    let mut written: Vec<PathBuf> = objects.iter().map(|&o| crate::mech::modes::loose_object(o)).collect();
+    written.extend(
+        crate::mech::repo::ref_files(PUBLISHED).into_iter().chain(crate::mech::repo::ref_files(&name)),
+    );
+    crate::mech::modes::settle(git.path(), &written)?;
+    Ok((name, objects[2]))
 }
 
 /// How many commits the first-parent chain from `commit` has here, counting at most to `MAX_CHAIN`.

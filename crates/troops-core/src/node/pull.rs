@@ -109,6 +109,7 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .ctx(|| format!("opening {}", path.display()))?;
+    crate::mech::modes::set_file(&file, &path, 0o600)?;
     let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
         lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
     };
@@ -204,6 +205,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
             None => repo.git.reference(&name, *to, false, &message),
         };
         updated.ctx(|| format!("moving {name} to {to} (did a push move it meanwhile?)"))?;
+        repo.settle(&crate::mech::repo::ref_files(&name))?;
         let _ = writeln!(
             out,
             "troops: {} moved {local_name} -> {} from remote {}",

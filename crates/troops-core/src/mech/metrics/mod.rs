@@ -212,7 +212,7 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
     }
     let result = (|| {
         let dir = node.metrics_dir();
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::mech::modes::dir_all(&dir, 0o750)?;
         let _lock = lock(&dir)?;
         let path = counters_path(node);
         let mut counters = load(&path);

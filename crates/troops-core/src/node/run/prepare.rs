@@ -290,7 +290,7 @@ pub(super) fn relative_to(error: Error, checkout: &Path) -> Error {
 /// (root's) alone; root clears them all.
 fn clear_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    crate::mech::modes::dir_all(dir, 0o750)?;
     let me = nix::unistd::geteuid();
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
         let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
