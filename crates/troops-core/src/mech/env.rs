@@ -7,8 +7,8 @@
 //! - the notify command: the run it tells of (`TROOPS_RUN_ID`, `TROOPS_EVENT`, ...);
 //! - `systemctl` and `ssh-keygen`: nothing;
 //! - root's `git` (and the `ssh` it runs): what `git::root_git` and its callers set (`GIT_SSH_COMMAND`
-//!   with the node's key, no prompts), and [`PROXY`], the one thing it takes from troops' own
-//!   environment (see [`network`]); git over SSH needs nothing of the caller's (no agent: the
+//!   with the node's key, no prompts), and the proxy settings, the one thing it takes from troops'
+//!   own environment ([`network`]); git over SSH needs nothing of the caller's (no agent: the
 //!   node's key is in the state dir);
 //! - a detached troops (`background`): [`network`], as it publishes;
 //! - the supervisor of a run's steps: the run's environment, by which its leftovers are found.
@@ -23,10 +23,10 @@ use std::sync::OnceLock;
 /// The PATH of every child, before the running troops' directory.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// How this host reaches the network through a proxy, as git (libcurl) reads it: the node's
-/// setting, given where troops is started (a unit's `Environment=`), not a caller's whim; a child
-/// that fetches or pushes over HTTP(S) needs it. Curl reads `http_proxy` only in lower case.
-pub const PROXY: &[&str] =
+/// How this host reaches the network through a proxy, as git (libcurl) reads it, set where troops
+/// is started (a unit's `Environment=`): a child that fetches or pushes over HTTP(S) needs it, and
+/// nothing else gets it (never a step). Curl reads `http_proxy` only in lower case.
+const PROXY: &[&str] =
     &["http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"];
 
 /// The whole environment every child starts from: `PATH`, `LANG=C.UTF-8`, and `HOME`, `USER` and
@@ -45,13 +45,13 @@ pub fn base() -> Vec<(&'static str, String)> {
     .clone()
 }
 
-/// [`base`] and the [`PROXY`] settings troops itself was started with: for a child that reaches
-/// the network (root's `git`, a detached troops).
+/// [`base`] and the proxy settings troops itself was started with: for a child that reaches the
+/// network (root's `git`, a detached troops).
 pub fn network() -> Vec<(&'static str, String)> {
     with_proxy(|name| std::env::var(name).ok())
 }
 
-/// [`base`] and the [`PROXY`] settings that `lookup` finds.
+/// [`base`] and the proxy settings that `lookup` finds.
 fn with_proxy(lookup: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
     let mut env = base();
     env.extend(PROXY.iter().filter_map(|&name| Some((name, lookup(name)?))));
