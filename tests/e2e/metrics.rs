@@ -281,6 +281,33 @@ fn quarantines_the_branch_has_moved_past_end_with_the_next_deploy() {
     assert_eq!(env.deployed().as_deref(), Some(fixed.as_str()));
 }
 
+#[test]
+fn a_textfile_that_cannot_be_written_is_said_on_the_stderr_of_a_cli_run_and_a_push() {
+    // Its directory is a file: no user, root neither, can write it.
+    let (env, work) = node("");
+    let blocked = env.path("not-a-dir");
+    std::fs::write(&blocked, "").unwrap();
+    let prom = blocked.join("troops.prom");
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    let said = format!("troops: metrics not updated: writing {}: ", prom.display());
+
+    work.publish_plan(&env, OK_PLAN);
+    let out = env.run(&["deploy"]);
+    assert_eq!(out.status.code(), Some(0), "the run's result is the run's: {}", combined(&out));
+    let stderr = text(&out.stderr);
+    assert!(stderr.lines().any(|l| l.starts_with(&said)), "no {said:?} on stderr:\n{stderr}");
+
+    // A push run in-process by the hook: the pusher sees it.
+    work.commit(&env, &[("troops.toml", &format!("{OK_PLAN}# again\n"))], "again");
+    let out = work.push(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("remote: {said}")), "the pusher was not told:\n{stderr}");
+    assert_eq!(env.run_record(2)["status"], "succeeded");
+}
+
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -510,6 +510,36 @@ fn ctrl_c_on_a_local_push_does_not_stop_the_run() {
 }
 
 #[test]
+fn a_pusher_who_stops_reading_does_not_stall_a_run_in_process() {
+    let env = Env::new();
+    env.init();
+    let repo = env.deploy_repo("deploy");
+    // Far more output than the pipes between the step and the pusher hold, then another step.
+    let plan = "[[step]]\nname = \"loud\"\nrun = \"yes 'output nobody reads' | head -c 8000000\"\n\
+                [[step]]\nname = \"later\"\nrun = \"echo later step ran\"\n";
+    let commit = repo.commit(&env, &[("troops.toml", plan)], "plan");
+    // The pusher's stderr is a pipe that nobody reads, held open until the test ends: git push
+    // stops reading receive-pack's side band, which stops reading the hook's stderr.
+    let mut command = repo.push_command(&env, &env.repo().display().to_string(), &["main"]);
+    command.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    let mut child = command.spawn().unwrap();
+    let _unread = child.stderr.take();
+    let pushing = Pushing { child, lines: mpsc::channel().1, seen: Vec::new() };
+
+    // The hook waits for the pusher at most its patience (15 s), once; then the run goes on.
+    wait_until("run 1 to end and free the node", LIMIT, || {
+        env.run_ids().contains(&1) && env.run_record(1)["status"] != "running" && lock_is_free(&env)
+    });
+    let record = env.run_record(1);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let log = env.run_log(1);
+    assert!(log.len() > 8_000_000 && log.contains("later step ran"), "the log lost output");
+    assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
+    let mut pushing = pushing;
+    assert!(matches!(pushing.child.try_wait(), Ok(None)), "the pusher was never stalled");
+}
+
+#[test]
 fn the_hook_asks_a_listening_daemon_to_run_the_tip_and_relays_its_answer() {
     let env = Env::new();
     env.init();

@@ -3,6 +3,7 @@
 //! run records and checkouts are private; nothing troops writes as root follows a planted symlink;
 //! bytes that are not UTF-8 are bad input.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -378,6 +379,166 @@ fn records_logs_and_checkouts_are_private_whatever_the_umask() {
     }
 }
 
+/// `name` with what differs from one node to the next made generic: runs of 7 or more hex digits
+/// (commit, object and pack ids), and a loose object's two-digit directory.
+fn generic(name: &str) -> String {
+    if name.len() == 2 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return "<id>".into();
+    }
+    let (mut out, mut run) = (String::new(), String::new());
+    for c in name.chars().chain(std::iter::once('/')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        out += if run.len() >= 7 { "<id>" } else { &run };
+        run.clear();
+        if c != '/' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every path under `dir` (but `skip`) and its type and mode, names made [`generic`].
+fn modes(dir: &Path, skip: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+    fn walk(dir: &Path, root: &Path, skip: &[&str], found: &mut BTreeMap<String, BTreeSet<String>>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            if skip.contains(&relative.as_str()) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let kind = match meta.file_type() {
+                t if t.is_symlink() => "link",
+                t if t.is_dir() => "dir",
+                _ => "file",
+            };
+            let generic: Vec<String> = relative.split('/').map(generic).collect();
+            let mode = if kind == "link" { String::new() } else { format!(" {:o}", meta.mode() & 0o7777) };
+            found.entry(generic.join("/")).or_default().insert(format!("{kind}{mode}"));
+            if kind == "dir" {
+                walk(&path, root, skip, found);
+            }
+        }
+    }
+    let mut found = BTreeMap::new();
+    let mode = std::fs::metadata(dir).unwrap().mode() & 0o7777;
+    found.insert(".".to_owned(), BTreeSet::from([format!("dir {mode:o}")]));
+    walk(dir, dir, skip, &mut found);
+    found
+}
+
+/// `troops ARGS` (or `git push`, with `push`) under `umask`, as a careless shell or pusher has it.
+fn under_umask(env: &Env, umask: &str, dir: &Path, program: &str, args: &[&str]) -> Output {
+    let mut command = Command::new("sh");
+    env.hermetic(&mut command);
+    command.current_dir(dir).args(["-c", &format!("umask {umask}; exec \"$0\" \"$@\""), program]).args(args);
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{program} {args:?} under umask {umask}: {}", combined(&out));
+    out
+}
+
+#[test]
+fn what_troops_creates_has_the_same_modes_whatever_the_umask() {
+    // A node shared with GROUP where root may, with releases, a check, a rollback, metrics and a
+    // status remote: init, a push run by the hook, a pull and its rollback, a daemon's runs, all
+    // under the loosest umask, then the strictest; every file and directory troops made, in the
+    // state dir and beside it, must come out the same.
+    let shared = require_root(AS_MEMBER);
+    let plan = |exit: u8| {
+        format!(
+            "[health]\non_failure = \"rollback\"\n[release]\n[[check]]\nname = \"up\"\nrun = \"true\"\n\
+             [[step]]\nname = \"build\"\nrun = \"mkdir -p out && echo built > out/file && exit {exit}\"\n"
+        )
+    };
+    let mut seen = Vec::new();
+    for umask in ["000", "077"] {
+        let env = Env::new();
+        std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let group = if shared { format!("admin_group = \"{GROUP}\"\n") } else { String::new() };
+        let prom = env.path("prom/troops.prom");
+        std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+        env.write_config(&format!(
+            "hostname = \"web-1\"\ninterval = \"1h\"\nstatus_remote = \"status\"\n{group}\
+             [metrics]\ntextfile = {:?}\n",
+            prom.display().to_string()
+        ));
+        let (a, status) = (env.path("a.git"), env.path("status.git"));
+        for bare in [&a, &status] {
+            env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()]);
+        }
+        let tmp = env.tmp.path();
+        let troops = crate::support::bin("troops").display().to_string();
+        let remotes =
+            [format!("--remote=a={}", a.display()), format!("--remote=status={}", status.display())];
+        under_umask(&env, umask, tmp, &troops, &["init", &remotes[0], &remotes[1]]);
+        let work = env.deploy_repo("work");
+
+        // A push, run in-process by the hook; a pull of a failing commit, rolled back.
+        work.commit(&env, &[("troops.toml", &plan(0))], "good");
+        under_umask(
+            &env,
+            umask,
+            &work.path,
+            "git",
+            &["push", "-q", &env.repo().display().to_string(), "main"],
+        );
+        work.commit(&env, &[("troops.toml", &plan(1))], "bad");
+        push_to_a(&env, &work);
+        let mut command = Command::new("sh");
+        env.hermetic(&mut command);
+        let out = command.args(["-c", &format!("umask {umask}; exec troops pull")]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+        // Through a daemon: a pull of a fixed commit, and a deploy.
+        work.commit(&env, &[("troops.toml", &format!("{}# fixed\n", plan(0)))], "fixed");
+        push_to_a(&env, &work);
+        let mut command = Command::new("sh");
+        env.hermetic(&mut command);
+        command.args(["-c", &format!("umask {umask}; exec troops daemon")]);
+        let daemon = Daemon::start_command(&env, command);
+        under_umask(&env, umask, tmp, &troops, &["pull"]);
+        under_umask(&env, umask, tmp, &troops, &["deploy"]);
+        // Its publishing of run 5 done, the daemon stops as systemd stops it.
+        wait_until("the daemon to publish run 5", LIMIT, || {
+            let mut show = Command::new("git");
+            env.hermetic(&mut show);
+            let doc =
+                show.arg("--git-dir").arg(&status).args(["show", "refs/troops/status/web-1:status.json"]);
+            let doc = doc.output().map(|out| text(&out.stdout)).unwrap_or_default();
+            doc.contains("\"id\": 5,") && doc.contains("\"state\": \"healthy\"")
+        });
+        let mut daemon = daemon;
+        daemon.signal(nix::sys::signal::Signal::SIGTERM);
+        daemon.wait_exit(LIMIT);
+        assert_eq!(env.run_ids(), [1, 2, 3, 4, 5], "{}", env.ok(&["runs"]));
+        // What the runs left to detached troopses (publishing) is done too.
+        let state = env.state.display().to_string();
+        wait_until("the detached troopses to end", LIMIT, || {
+            !std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+                std::fs::read(p.path().join("cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == state.as_bytes()))
+            })
+        });
+        // The daemon's socket and log, and the test's own files, are not the product's.
+        let mut modes_seen = modes(&env.state, &["troops.sock"]);
+        modes_seen
+            .extend(modes(prom.parent().unwrap(), &[]).into_iter().map(|(p, m)| (format!("prom/{p}"), m)));
+        seen.push((umask, modes_seen));
+    }
+    let [(_, loose), (_, strict)] = &seen[..] else { unreachable!() };
+    let differ: Vec<String> = loose
+        .keys()
+        .chain(strict.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|path| loose.get(*path) != strict.get(*path))
+        .map(|path| format!("{path}: umask 000 {:?}, umask 077 {:?}", loose.get(path), strict.get(path)))
+        .collect();
+    assert!(differ.is_empty(), "modes that depend on the umask:\n{}", differ.join("\n"));
+}
+
 #[test]
 fn symlinks_planted_at_run_and_state_files_are_not_followed() {
     let env = Env::new();
@@ -641,10 +802,10 @@ fn quarantine_refs_a_member_removes_or_plants_do_not_change_what_root_runs() {
     env.ok(&["deploy"]);
     let bad = work.commit(&env, &[("troops.toml", &plan(1))], "bad");
     work.publish(&env);
-    // With the daemon's umask, which keeps what root adds to the repo the group's to write.
+    // Under the strictest umask: what root adds to the repo is the group's to write all the same.
     let mut command = Command::new("sh");
     env.hermetic(&mut command);
-    let out = command.args(["-c", "umask 002; exec troops deploy"]).output().unwrap();
+    let out = command.args(["-c", "umask 077; exec troops deploy"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
     assert_eq!((env.deployed().as_deref(), env.run_ids()), (Some(good.as_str()), vec![1, 2, 3]));
 

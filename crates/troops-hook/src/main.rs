@@ -1,14 +1,19 @@
 //! `troops-hook`: the node repo's `pre-receive` and `post-receive`, installed by `troops init`.
 //! It reads git's `<old> <new> <ref>` lines, lets troops-core decide (`receive`) and run
-//! (`dispatch`: through the daemon, or here), and maps the outcome to an exit code. Everything it says goes to stderr,
-//! unbuffered, which git relays to the pusher as `remote:` lines as they come. Small and
+//! (`dispatch`: through the daemon, or here), and maps the outcome to an exit code. Everything it
+//! says, and what core reports (`report`), goes to stderr, unbuffered, which git relays to the
+//! pusher as `remote:` lines as they come, and never waits long for a pusher who stopped reading
+//! (`pusher`). Small and
 //! synchronous on purpose: it runs on every push, often as the pushing user, with nothing of
 //! troops in its environment but what `troops init` recorded in the repo's config.
+
+mod pusher;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use troops_core::mech::control;
@@ -18,12 +23,15 @@ use troops_core::node::dispatch::dispatch;
 use troops_core::node::receive::{self, Update, Verdict};
 use troops_core::{Error, Exit};
 
+use crate::pusher::Pusher;
+
 fn main() -> ExitCode {
     troops_core::mech::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
-                                                    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
-                                                    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
-                                                    // which may read another system config than git, must not refuse the same repository when a
-                                                    // member of admin_group pushes to the root-owned repo.
+    troops_core::mech::report::to(pusher());
+    // SAFETY: set once, before any other libgit2 call, while the process has one thread.
+    // Git runs the hooks only of a repository it trusts (its `safe.directory` check); libgit2,
+    // which may read another system config than git, must not refuse the same repository when a
+    // member of admin_group pushes to the root-owned repo.
     let _ = unsafe { git2::opts::set_verify_owner_validation(false) };
     let mode = std::env::args().nth(1).unwrap_or_default();
     let result = match mode.as_str() {
@@ -54,7 +62,7 @@ fn pre_receive() -> Result<ExitCode> {
     let repo = receive::open_pushed(&git_dir, quarantine.as_deref())?;
     let mut refused = false;
     for update in &updates {
-        match receive::check(&repo, &node.config, &node.state_dir, update)? {
+        match receive::check(&repo, &node.config, &node.seen_path(), update)? {
             Verdict::Accept => {}
             Verdict::Refuse(reason) => {
                 say(&reason);
@@ -64,7 +72,7 @@ fn pre_receive() -> Result<ExitCode> {
                 say(&message);
                 // For `troops status`; a pusher who may not write the state dir still sees why.
                 let source = format!("push to {}", update.refname);
-                let _ = troops_core::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
+                let _ = troops_core::mech::verify::record_refusal(&node.refused_path(), &source, &refusal);
                 troops_core::mech::metrics::count_refusal(&node, refusal.verification.kind());
                 troops_core::node::state::write_textfile(&node);
                 refused = true;
@@ -90,12 +98,9 @@ fn post_receive() -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    forget_git_environment();
     let stop = outlive_the_pusher();
-    troops_core::node::init::use_group_umask(&node.state_dir);
-
     let request = control::Request::Run(Ask::Push);
-    Ok(dispatch(&node, &request, &mut std::io::stderr(), stop)?.into())
+    Ok(dispatch(&node, &request, &mut pusher(), stop)?.into())
 }
 
 /// git's `<old> <new> <ref>` lines on stdin.
@@ -136,40 +141,6 @@ fn node(git_dir: &Path) -> Result<Node> {
     Ok(Node::load(state_dir, &config)?)
 }
 
-/// Steps must see the environment of a run, not of a hook: git points these at the node repo
-/// (or at its quarantine) and a step's own `git` would obey them. The list is git's own
-/// `local_repo_env`, plus what receive-pack adds for hooks.
-fn forget_git_environment() {
-    const REPO_ENV: &[&str] = &[
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_COMMON_DIR",
-        "GIT_CONFIG",
-        "GIT_CONFIG_COUNT",
-        "GIT_CONFIG_PARAMETERS",
-        "GIT_DIR",
-        "GIT_EXEC_PATH",
-        "GIT_GRAFT_FILE",
-        "GIT_IMPLICIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_NAMESPACE",
-        "GIT_NO_REPLACE_OBJECTS",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_PREFIX",
-        "GIT_QUARANTINE_PATH",
-        "GIT_REPLACE_REF_BASE",
-        "GIT_SHALLOW_FILE",
-        "GIT_WORK_TREE",
-        "GIT_REFLOG_ACTION",
-    ];
-    let numbered = ["GIT_PUSH_OPTION_", "GIT_PUSH_CERT", "GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"];
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if REPO_ENV.contains(&name.as_ref()) || numbered.iter().any(|prefix| name.starts_with(prefix)) {
-            std::env::remove_var(name.as_ref());
-        }
-    }
-}
-
 /// The pusher going away (Ctrl-C on a local push, a dropped SSH connection, a closed terminal)
 /// must not stop a run that started: SIGINT and SIGHUP are caught and dropped (by a handler, not
 /// SIG_IGN, so that steps still start with the default dispositions). SIGTERM, the system
@@ -191,7 +162,15 @@ fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
+/// The pusher, at the other end of stderr.
+fn pusher() -> &'static Pusher<'static> {
+    static PUSHER: OnceLock<Pusher<'static>> = OnceLock::new();
+    // SAFETY: stderr is open for as long as the process lives; nothing here closes it.
+    let stderr = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::STDERR_FILENO) };
+    PUSHER.get_or_init(|| Pusher::new(stderr, pusher::PATIENCE))
+}
+
 /// One line to the pusher; a pusher who is gone is no error.
 fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = writeln!(pusher(), "{line}");
 }

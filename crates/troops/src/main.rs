@@ -13,6 +13,11 @@ use troops::cli;
 fn main() -> ExitCode {
     troops_core::mech::supervise::enter_if_asked(); // a step's supervisor is this binary, re-executed
     let cli = cli::Cli::parse();
+    // What core reports beside a command's own output (a notify command that could not start,
+    // metrics that could not be written) is said on stderr; the daemon logs it instead.
+    if !matches!(cli.command, cli::Command::Daemon) {
+        troops_core::mech::report::to(std::io::stderr());
+    }
     match commands::run(cli) {
         Ok(code) => code,
         // A reader that stopped reading (`troops log | head`) wanted no more: not an error.

@@ -1,8 +1,8 @@
 //! What a run in-process (no daemon: a push hook, cron's `troops pull`, `troops deploy`) leaves to
 //! be done after it, publishing the node's status and the notify command, handed to a detached
 //! `troops` so that whoever waits for the run (a pusher's `git push`, cron, a terminal) never
-//! waits for that too. The process has a session of its own, holds none of its starter's
-//! descriptors (stdin, stdout and stderr are `/dev/null`, every other descriptor closes at exec),
+//! waits for that too. The process has a session of its own, none of its starter's environment
+//! but a networked child's (`env::network`), none of its starter's descriptors (stdin, stdout and stderr are `/dev/null`, every other descriptor closes at exec),
 //! and is never waited for.
 
 use std::os::unix::process::CommandExt;
@@ -19,7 +19,7 @@ pub fn troops(node: &Node, args: &[&str]) -> std::io::Result<()> {
         .and_then(|exe| Some(exe.parent()?.join("troops")))
         .filter(|path| path.is_file())
         .unwrap_or_else(|| "troops".into());
-    let mut command = Command::new(troops);
+    let mut command = crate::mech::env::command(troops, crate::mech::env::network());
     command.arg("--state-dir").arg(&node.state_dir).arg("--config").arg(&node.config.path).args(args);
     detached(command)
 }

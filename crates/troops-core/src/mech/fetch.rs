@@ -222,6 +222,7 @@ fn fetch_with_libgit2(
     // libgit2 rewrites `shallow` under `shallow.lock` after each download, so two remotes that
     // finish together collide; the loser's objects are in by then, and trying again is cheap.
     let mut attempts = 0;
+    let packs = crate::mech::modes::packs(repo.path());
     while let Err(e) = remote.fetch(&[&refspec], Some(&mut options), Some(&reflog)) {
         attempts += 1;
         if e.code() != git2::ErrorCode::Locked || attempts == 5 || Instant::now() >= deadline {
@@ -229,6 +230,11 @@ fn fetch_with_libgit2(
         }
         std::thread::sleep(Duration::from_millis(5 * attempts));
     }
+    // What libgit2 wrote: the pack, the tracking ref and its reflog (and `packed-refs`, pruned).
+    let mut written = crate::mech::repo::ref_files(tracking).to_vec();
+    written.push("FETCH_HEAD".into());
+    written.extend(crate::mech::modes::packs(repo.path()).difference(&packs).cloned());
+    crate::mech::modes::settle(repo.path(), &written).map_err(|e| e.to_string())?;
     Ok((repo.refname_to_id(tracking).ok(), remote.stats().received_objects() > 0))
 }
 
@@ -275,6 +281,8 @@ fn fetch_with_git(
         Some(_) if stderr.contains("couldn't find remote ref") => {
             let _ = Repository::open_bare(repo_path)
                 .and_then(|repo| repo.find_reference(tracking).and_then(|mut r| r.delete()));
+            crate::mech::modes::settle(repo_path, &crate::mech::repo::ref_files(tracking))
+                .map_err(|e| e.to_string())?;
             Ok(false)
         }
         Some(_) => Err(crate::mech::ssh::host_key_refusal(url, &stderr, ssh_dir).unwrap_or_else(|| {

@@ -10,9 +10,10 @@ use std::process::Command;
 /// see `init::share_with_group`; this holds even if they were not), git runs no hook and no
 /// command the repo names (core.fsmonitor, credential helpers, askpass, ext:: remotes, proxies).
 /// The ssh command comes from `GIT_SSH_COMMAND`, which outranks `core.sshCommand`. It writes no
-/// commit-graph.
+/// commit-graph. Its environment is a networked child's (`env::network`): nothing of whoever
+/// started troops (no `GIT_DIR` of a hook, no askpass, no agent).
 pub fn root_git(repo_path: &Path) -> Command {
-    let mut command = Command::new("git");
+    let mut command = crate::mech::env::command("git", crate::mech::env::network());
     command.arg("--git-dir").arg(repo_path);
     for setting in [
         "core.hooksPath=/dev/null",
@@ -29,7 +30,7 @@ pub fn root_git(repo_path: &Path) -> Command {
     ] {
         command.args(["-c", setting]);
     }
-    command.env("GIT_COMMON_DIR", repo_path).env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
+    command.env("GIT_COMMON_DIR", repo_path);
     command
 }
 

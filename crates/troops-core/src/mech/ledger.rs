@@ -16,8 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Error, Result};
 
-pub const FILE: &str = "ledger.json";
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     /// The last commit whose run by the owner succeeded.
@@ -65,7 +63,7 @@ mod tests {
     #[test]
     fn a_ledger_round_trips_and_a_broken_one_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILE);
+        let path = dir.path().join("ledger.json");
         assert_eq!(load(&path).unwrap(), None);
         let mut ledger = Ledger { deployed: Some("a".repeat(40)), ..Ledger::default() };
         ledger.quarantined.insert("b".repeat(40), Entry { reason: "run 2: failed".into(), at: None });

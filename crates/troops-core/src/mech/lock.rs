@@ -98,11 +98,13 @@ impl Drop for NodeLock {
 /// The lock file, shared with the admin group (0660), never opened through a symlink.
 fn open(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    crate::mech::files::open(
+    let file = crate::mech::files::open(
         path,
         OpenOptions::new().create(true).truncate(false).read(true).write(true).mode(0o660),
     )
-    .ctx(|| format!("opening lock {}", path.display()))
+    .ctx(|| format!("opening lock {}", path.display()))?;
+    crate::mech::modes::set_file(&file, path, 0o660)?;
+    Ok(file)
 }
 
 /// How long a reader's glance at the lock may last before a waiter says what it waits for.

@@ -5,6 +5,7 @@
 
 pub mod background;
 pub mod control;
+pub mod env;
 pub mod fetch;
 pub mod files;
 pub mod fs_safe;
@@ -14,6 +15,7 @@ pub mod ledger;
 pub mod lock;
 pub mod mask;
 pub mod metrics;
+pub mod modes;
 pub mod notify;
 pub mod output;
 pub mod probe;
@@ -21,6 +23,7 @@ pub mod recorded;
 pub mod releases;
 pub mod remotes;
 pub mod repo;
+pub mod report;
 pub mod runner;
 pub mod runs;
 pub mod secrets;

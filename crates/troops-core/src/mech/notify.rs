@@ -1,6 +1,7 @@
 //! `[notify] command`: tells a person (a chat webhook, a pager, via curl) when a run failed, was
 //! rolled back, or recovered (succeeded after the node's previous run failed). The command gets
-//! the run record as JSON on stdin and a clean environment, and runs under a supervisor, as a
+//! the run record as JSON on stdin and a clean environment (`env`: every child's, and the run's
+//! `TROOPS_*`), and runs under a supervisor, as a
 //! step does (`runner`): at its timeout it is ended with everything it started, also what left
 //! its process group or session. Nobody who waits for the run waits for it: the daemon runs it
 //! as a job of its own, one at a time, after the run's listeners heard its end; any other process
@@ -106,28 +107,20 @@ fn log_result(run: u64, event: Event, result: &Result<()>) {
     }
 }
 
-/// The PATH of the notify command: fixed, like a step's.
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// Runs `command` for `record` under a supervisor of its own, for at most `timeout`.
 fn notify(command: &str, timeout: Duration, record: &RunRecord, event: Event) -> Result<()> {
-    let mut env = vec![("PATH".to_owned(), PATH.to_owned()), ("LANG".to_owned(), "C.UTF-8".to_owned())];
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
-        env.push(("HOME".to_owned(), user.dir.display().to_string()));
-    }
-    for (name, value) in [
+    let mut env = crate::mech::env::base();
+    env.extend([
         ("TROOPS_RUN_ID", record.id.to_string()),
         ("TROOPS_COMMIT", record.commit.to_string()),
         ("TROOPS_STATUS", record.status.to_string()),
         ("TROOPS_HOST", record.host.clone()),
         ("TROOPS_EVENT", event.name().to_owned()),
-    ] {
-        env.push((name.to_owned(), value));
-    }
+    ]);
     let request = supervise::Request {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), "--".into(), command.to_owned()],
-        env,
+        env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         dir: "/".into(),
         grace_ms: KILL_GRACE.as_millis() as u64,
         input: Some(serde_json::to_string_pretty(record).expect("run records serialize")),

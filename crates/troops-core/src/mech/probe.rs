@@ -13,7 +13,7 @@
 //! `probe_trust`, once; after that the node fetches at every poll and says why.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use git2::Oid;
@@ -82,9 +82,9 @@ pub struct Probing {
 }
 
 impl Probing {
-    /// Probing for the node whose state dir is `state_dir` (`<state>/probes.json`).
-    pub fn new(state_dir: &Path, trust: Duration) -> Probing {
-        Probing { path: state_dir.join("probes.json"), trust }
+    /// Probing with the states kept at `path` (`Node::probes_path`).
+    pub fn new(path: PathBuf, trust: Duration) -> Probing {
+        Probing { path, trust }
     }
 
     /// The saved states by remote name; a missing or unreadable file is no state (fetch), and
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn probes_json_as_an_older_troops_wrote_it_a_bare_map_is_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let probing = Probing::new(dir.path(), TRUST);
+        let probing = Probing::new(dir.path().join("probes.json"), TRUST);
         let state = ProbeState {
             url: "http://mirror/deploy.git".into(),
             listed: Some(A.into()),

@@ -46,7 +46,7 @@ const SCOPE: &str = "troops.verifyScope";
 /// sets `require_signed` records its policy for next time.
 pub fn load_config(state_dir: &Path, path: &Path) -> Result<Config> {
     let mut config = Config::load(path)?;
-    let repo = Node { state_dir: state_dir.to_owned(), config: config.clone() }.repo_path();
+    let repo = Node::repo_path_in(state_dir);
     let verify = &mut config.verify;
     if verify.given.require_signed {
         if nix::unistd::geteuid().is_root() && repo.is_dir() {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::mech::runs::Runs;
 use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Context, Error, Result};
+use crate::model::node::Node;
 use crate::model::records::RunStatus;
 
 pub struct Releases {
@@ -64,8 +65,6 @@ struct Switch {
     from: Option<PathBuf>,
 }
 
-const INDEX: &str = "releases.json";
-
 impl StateFile for Index {
     const WHAT: &'static str = "an index of releases";
     const SCHEMA: u32 = 1;
@@ -75,11 +74,12 @@ impl StateFile for Index {
 }
 
 impl Releases {
-    pub fn new(state_dir: &Path, link: Option<&Path>) -> Releases {
+    /// The releases of `node`, switched by `link` (the plan's, else `<state>/current`).
+    pub fn new(node: &Node, link: Option<&Path>) -> Releases {
         Releases {
-            dir: state_dir.join("releases"),
-            index: state_dir.join(INDEX),
-            link: link.map_or_else(|| state_dir.join("current"), Path::to_owned),
+            dir: node.releases_dir(),
+            index: node.releases_index_path(),
+            link: node.current_link(link),
         }
     }
 
@@ -122,13 +122,7 @@ impl Releases {
 
     /// Makes `releases/` if it is not there: the owner's alone (0755), whatever the umask.
     pub fn make_dir(&self) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o755).create(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::path("creating", &self.dir, e));
-            }
-            _ => {}
-        }
+        crate::mech::modes::dir(&self.dir, 0o755)?;
         self.secure_dir()
     }
 
@@ -248,7 +242,7 @@ impl Releases {
     /// over it (rename(2) is atomic), then the directory synced so the switch survives a crash.
     pub fn switch(&self, release: &Path) -> Result<()> {
         let parent = self.link.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        crate::mech::modes::dir_all(parent, 0o755)?;
         let name = self.link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // A name nobody can guess and plant first; removed again if the rename fails.
         let temp = tempfile::Builder::new()
@@ -372,6 +366,12 @@ fn remove_release(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The releases of a node whose state dir is `state`, as `Releases::new` lays them out.
+    fn at(state: &Path, link: Option<&Path>) -> Releases {
+        let link = link.map_or_else(|| state.join("current"), Path::to_owned);
+        Releases { dir: state.join("releases"), index: state.join("releases.json"), link }
+    }
     use crate::model::records::RunRecord;
 
     fn record(id: u64, status: RunStatus) -> RunRecord {
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn the_link_is_only_ever_old_or_new() {
         let tmp = tempfile::tempdir().unwrap();
-        let releases = Releases::new(tmp.path(), None);
+        let releases = at(tmp.path(), None);
         let (a, b) = (releases.dir.join("1-aaaa"), releases.dir.join("2-bbbb"));
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
@@ -414,7 +414,7 @@ mod tests {
     fn retention_keeps_good_and_failed_apart_and_never_the_current_or_last_good() {
         let tmp = tempfile::tempdir().unwrap();
         let runs = Runs::new(tmp.path().join("runs"));
-        let releases = Releases::new(tmp.path(), None);
+        let releases = at(tmp.path(), None);
         let statuses = [
             (1, RunStatus::Succeeded),
             (2, RunStatus::Failed),
@@ -440,7 +440,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let runs = Runs::new(tmp.path().join("runs"));
         let (a, b) = (tmp.path().join("srv/a/current"), tmp.path().join("srv/b/current"));
-        let (via_a, via_b) = (Releases::new(tmp.path(), Some(&a)), Releases::new(tmp.path(), Some(&b)));
+        let (via_a, via_b) = (at(tmp.path(), Some(&a)), at(tmp.path(), Some(&b)));
         via_a.make_dir().unwrap();
         let commit = |n: u8| Oid::from_bytes(&[n; 20]).unwrap();
         // Run 1 (good) through b, run 2 (good) through a, run 3 (failed) through b again.
@@ -469,7 +469,7 @@ mod tests {
 
         // A link that was not there before the failed run is removed by the undo.
         let c = tmp.path().join("srv/c/current");
-        let via_c = Releases::new(tmp.path(), Some(&c));
+        let via_c = at(tmp.path(), Some(&c));
         let dir = via_c.path_for(4, commit(4));
         std::fs::create_dir(&dir).unwrap();
         via_c.note_made(&dir, commit(4), &runs).unwrap();

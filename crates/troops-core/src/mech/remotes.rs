@@ -44,7 +44,7 @@ pub fn save(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>)
             (f.remote.clone(), state)
         })
         .collect();
-    state_file::save(&node.state_dir.join("remotes.json"), &Remotes { remotes })
+    state_file::save(&node.remotes_path(), &Remotes { remotes })
 }
 
 /// `<state>/remotes.json`: the last fetch of each remote, by name.
@@ -71,7 +71,7 @@ impl StateFile for Remotes {
 
 /// The last recorded fetch of each remote.
 pub fn load(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
-    let remotes: Option<Remotes> = state_file::load(&node.state_dir.join("remotes.json"))?;
+    let remotes: Option<Remotes> = state_file::load(&node.remotes_path())?;
     Ok(remotes.map(|r| r.remotes).unwrap_or_default())
 }
 

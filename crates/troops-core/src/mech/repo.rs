@@ -76,7 +76,7 @@ impl NodeRepo {
         self.git
             .reference(DEPLOYED_REF, commit, true, message)
             .ctx(|| format!("moving {DEPLOYED_REF} to {commit}"))?;
-        Ok(())
+        self.settle(&ref_files(DEPLOYED_REF))
     }
 
     /// Quarantines `commit` with `reason` (replacing an earlier reason): in the ledger (the
@@ -98,7 +98,9 @@ impl NodeRepo {
         self.git
             .reference(&name, tag, true, &format!("troops: quarantined: {reason}"))
             .ctx(|| format!("writing {name}"))?;
-        Ok(())
+        let mut written = ref_files(&name).to_vec();
+        written.push(crate::mech::modes::loose_object(tag));
+        self.settle(&written)
     }
 
     /// Lifts the quarantine of `commit` (a person ran it and it succeeded); no error if it had none.
@@ -108,10 +110,17 @@ impl NodeRepo {
         })?;
         let name = format!("{QUARANTINE_PREFIX}{commit}");
         match self.git.find_reference(&name) {
-            Ok(mut reference) => reference.delete().ctx(|| format!("deleting {name}")),
-            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(()),
-            Err(e) => Err(Error::git(format!("reading {name}"), e)),
+            Ok(mut reference) => reference.delete().ctx(|| format!("deleting {name}"))?,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(()),
+            Err(e) => return Err(Error::git(format!("reading {name}"), e)),
         }
+        self.settle(&ref_files(&name))
+    }
+
+    /// Gives what libgit2 just wrote into the repo (`written`, relative to it) the modes the
+    /// repo's permission model says (`modes::settle`).
+    pub fn settle(&self, written: &[PathBuf]) -> Result<()> {
+        crate::mech::modes::settle(self.git.path(), written)
     }
 
     /// Lifts the quarantine of every commit the branch can no longer come to: all but `tip`,
@@ -271,8 +280,29 @@ impl NodeRepo {
                 dest.display(),
                 e.message()
             ))
-        })
+        })?;
+        checkout_modes(dest)
     }
+}
+
+/// Gives what libgit2 checked out below `dir` the modes of the tree, whatever the umask: files
+/// 0755 if executable, else 0644 (read by anyone who may enter the checkout: the group in `work/`,
+/// a service in a release), directories 0750. Nobody else writes a fresh checkout meanwhile, and
+/// symlinks are left as they are, never followed.
+fn checkout_modes(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
+        let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            crate::mech::modes::set(&path, 0o750)?;
+            checkout_modes(&path)?;
+        } else if meta.is_file() {
+            let executable = meta.permissions().mode() & 0o100 != 0;
+            crate::mech::modes::set(&path, if executable { 0o755 } else { 0o644 })?;
+        }
+    }
+    Ok(())
 }
 
 /// The plan file of `commit` in `git`, if it has one, read straight from the object store (the
@@ -344,6 +374,12 @@ fn refused(path: &Path, what: &str) -> Error {
     Error::Env(format!("{} {what}; troops never makes one: remove it", path.display()))
 }
 
+/// What writing or deleting ref `name` may write, relative to the repo: its loose file, its
+/// reflog, and `packed-refs` (rewritten when a packed ref is deleted).
+pub fn ref_files(name: &str) -> [PathBuf; 3] {
+    [PathBuf::from(name), Path::new("logs").join(name), PathBuf::from("packed-refs")]
+}
+
 /// Where git keeps a commit-graph, and a chain of them.
 pub const COMMIT_GRAPH: &str = "objects/info/commit-graph";
 pub const COMMIT_GRAPHS: &str = "objects/info/commit-graphs";
@@ -356,23 +392,17 @@ impl Node {
     }
 }
 
-/// Keeps the repo's `config` root's alone to write after a root process rewrote it (git writes a
-/// new file with the umask, which may let the group write): a member who could write it could
-/// make root's `git` run anything (`core.sshCommand`, `core.fsmonitor`...). Refuses a `config`
-/// that is not a plain file.
+/// Keeps the repo's `config` root's alone to write (0640) after a root process rewrote it (git and
+/// libgit2 write a new file with the umask, or as shared as the repo): a member who could write
+/// it could make root's `git` run anything (`core.sshCommand`, `core.fsmonitor`...). Refuses a
+/// `config` that is not a plain file.
 pub fn lock_down_repo_config(git_dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let path = git_dir.join("config");
     let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
     if !meta.is_file() {
         return Err(Error::Env(format!("{} is not a plain file; refusing to use it", path.display())));
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o7022 != 0 {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o755))
-            .ctx(|| format!("making {} writable by its owner only", path.display()))?;
-    }
-    Ok(())
+    crate::mech::modes::set(&path, 0o640)
 }
 
 #[cfg(test)]

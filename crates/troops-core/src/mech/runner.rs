@@ -78,14 +78,8 @@ impl Supervisor {
         let (output, writer) = std::io::pipe()?;
         let (requests, theirs) = UnixStream::pair()?;
         let stderr = writer.try_clone()?;
-        let mut command = supervise::command();
-        command
-            .current_dir("/")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(writer)
-            .stderr(stderr)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut command = supervise::command(&self.env);
+        command.current_dir("/").stdin(Stdio::from(OwnedFd::from(theirs))).stdout(writer).stderr(stderr);
         let child = command.spawn()?;
         drop(command); // closes our copies of its ends
         let exited = pidfd_open(child.id() as i32)?;

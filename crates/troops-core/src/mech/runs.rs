@@ -201,7 +201,7 @@ impl Runs {
     /// setgid kept from `runs/`).
     pub fn create(&self, _lock: &NodeLock) -> Result<u64> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::create_dir_all(&self.dir).ctx(|| format!("creating {}", self.dir.display()))?;
+        crate::mech::modes::dir_all(&self.dir, 0o750)?;
         let listing =
             self.listing()?.ok_or_else(|| Error::Env(format!("{} vanished", self.dir.display())))?;
         let exhausted = || Error::Env(format!("no run id is left after the runs in {}", self.dir.display()));

@@ -117,25 +117,10 @@ pub fn read_key_file(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The directory under which this node's runs keep their secrets, on tmpfs: `<base>/<node>`, the
-/// base being the node config's `secrets_dir`, else as root `/run/troops/secrets`, else
-/// `/dev/shm/troops-<uid>`, and `<node>` the start of the SHA-256 of the state dir's path
-/// (several nodes, as in tests, never share one).
-pub fn node_dir(node: &Node) -> PathBuf {
-    let uid = nix::unistd::geteuid();
-    let base = match &node.config.secrets_dir {
-        Some(dir) => dir.clone(),
-        None if uid.is_root() => PathBuf::from("/run/troops/secrets"),
-        None => PathBuf::from(format!("/dev/shm/troops-{uid}")),
-    };
-    let digest = Sha256::digest(node.state_dir.as_os_str().as_encoded_bytes());
-    base.join(digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
-}
-
-/// Removes what runs of this node left in `node_dir` (a troops that died mid-run). Call under
+/// Removes what runs of this node left in its secrets dir (`Node::secrets_dir`) (a troops that died mid-run). Call under
 /// the node lock.
 pub fn remove_leftovers(node: &Node) -> Result<()> {
-    let dir = node_dir(node);
+    let dir = node.secrets_dir();
     match std::fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Ok(meta) if meta.is_dir() => {
@@ -193,7 +178,7 @@ pub fn decrypt_for_run(
     if wanted.is_empty() {
         return Ok(None);
     }
-    let key = node.state_dir.join("ssh/id_ed25519");
+    let key = node.ssh_key_path();
     let identity = Identity::load(&key).map_err(|e| Error::Env(format!("the node's key: {e}")))?;
     let root = checkout.canonicalize().ctx(|| format!("resolving {}", checkout.display()))?;
     let mut values = Vec::new();
@@ -218,7 +203,7 @@ pub fn decrypt_for_run(
         values.push((secret, plaintext));
     }
 
-    let node_dir = node_dir(node);
+    let node_dir = node.secrets_dir();
     let base = node_dir.parent().expect("the node's secrets dir has a parent");
     std::fs::DirBuilder::new()
         .recursive(true)

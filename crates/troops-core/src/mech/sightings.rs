@@ -22,8 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::mech::state_file::{self, StateFile};
 use crate::model::status::State;
 
-const FILE: &str = "sightings.json";
-
 impl StateFile for Sightings {
     const WHAT: &'static str = "the sightings of the fleet's status refs";
     const SCHEMA: u32 = 1;
@@ -63,11 +61,12 @@ pub struct Healthy {
 }
 
 impl Sightings {
-    /// The sightings recorded in `state_dir`; none when the file is missing, (read by root) not
-    /// root's, or unreadable (said in the log): every soak and heartbeat is then measured afresh.
-    pub fn load(state_dir: &Path) -> Sightings {
+    /// The sightings recorded at `path` (`Node::sightings_path`); none when the file is missing,
+    /// (read by root) not root's, or unreadable (said in the log): every soak and heartbeat is
+    /// then measured afresh.
+    pub fn load(path: &Path) -> Sightings {
         let root = nix::unistd::geteuid().is_root();
-        match state_file::load_believed(&state_dir.join(FILE), |uid| !root || uid == 0) {
+        match state_file::load_believed(path, |uid| !root || uid == 0) {
             Ok(sightings) => sightings.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(error = %e, "the sightings are ignored: every report is seen afresh");
@@ -120,16 +119,17 @@ impl Sightings {
 /// (with `error` if it failed) and, if it worked, what the refs say now. Written only when it says
 /// something new, and only by whoever may record (see the module doc).
 pub fn record(
-    state_dir: &Path,
+    path: &Path,
     remote: &str,
     error: Option<&String>,
     git: &Repository,
 ) -> std::result::Result<(), String> {
     let root = nix::unistd::geteuid().is_root();
+    let state_dir = path.parent().unwrap_or(Path::new("."));
     if !root && std::fs::metadata(state_dir).is_ok_and(|meta| meta.uid() == 0) {
         return Ok(());
     }
-    let mut sightings = Sightings::load(state_dir);
+    let mut sightings = Sightings::load(path);
     let before = sightings.clone();
     sightings.fetch = Some(LastFetch { remote: remote.to_owned(), error: error.cloned() });
     if error.is_none() {
@@ -138,7 +138,7 @@ pub fn record(
     if sightings == before {
         return Ok(());
     }
-    state_file::save(&state_dir.join(FILE), &sightings).map_err(|e| e.to_string())
+    state_file::save(path, &sightings).map_err(|e| e.to_string())
 }
 
 fn time(at: SystemTime) -> String {
@@ -152,6 +152,8 @@ fn parse(stamp: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FILE: &str = "sightings.json";
     use std::time::Duration;
 
     /// A status ref of `host` in `git` holding `json`, as a peer would publish it.
@@ -228,19 +230,19 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let git = Repository::init_bare(state.path().join("status.git")).unwrap();
         put(&git, "web-1", &doc("web-1", "healthy", &"a".repeat(40), "2001-01-01T00:00:00Z"));
-        record(state.path(), "status", None, &git).unwrap();
+        record(&state.path().join(FILE), "status", None, &git).unwrap();
         let path = state.path().join(FILE);
         // Each write is a new file renamed into place: a new inode.
         let written = std::fs::metadata(&path).unwrap().ino();
-        let seen = Sightings::load(state.path());
+        let seen = Sightings::load(&state.path().join(FILE));
         assert_eq!(seen.fetch, Some(LastFetch { remote: "status".into(), error: None }));
         assert_eq!(seen.hosts.len(), 1);
 
-        record(state.path(), "status", None, &git).unwrap();
+        record(&state.path().join(FILE), "status", None, &git).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), written, "nothing new, no write");
 
-        record(state.path(), "status", Some(&"connection refused".to_owned()), &git).unwrap();
-        let seen = Sightings::load(state.path());
+        record(&state.path().join(FILE), "status", Some(&"connection refused".to_owned()), &git).unwrap();
+        let seen = Sightings::load(&state.path().join(FILE));
         assert_eq!(seen.fetch.unwrap().error.as_deref(), Some("connection refused"));
         assert_eq!(seen.hosts.len(), 1, "a failed fetch forgets nothing");
     }
@@ -251,12 +253,12 @@ mod tests {
         let forged = r#"{"fetch": {"remote": "status", "error": null}, "hosts": {"web-1": {"commit": "aa", "changed": "2001-01-01T00:00:00Z", "healthy": {"on": "bb", "since": "2001-01-01T00:00:00Z"}}}}"#;
         let path = state.path().join(FILE);
         std::fs::write(&path, forged).unwrap();
-        assert_eq!(Sightings::load(state.path()).hosts.len(), 1, "its owner's own file");
+        assert_eq!(Sightings::load(&state.path().join(FILE)).hosts.len(), 1, "its owner's own file");
         // A symlink to a file with old times in it is no record, whoever owns either.
         let elsewhere = state.path().join("elsewhere.json");
         std::fs::rename(&path, &elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        assert_eq!(Sightings::load(state.path()), Sightings::default());
+        assert_eq!(Sightings::load(&state.path().join(FILE)), Sightings::default());
         std::fs::remove_file(&path).unwrap();
         // Root believes no file another user wrote: a member of the admin group could backdate.
         // (Anyone else believes its own: it is the only one who records there.)
@@ -264,9 +266,9 @@ mod tests {
         match nix::unistd::geteuid().is_root() {
             true => {
                 std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
-                assert_eq!(Sightings::load(state.path()), Sightings::default());
+                assert_eq!(Sightings::load(&state.path().join(FILE)), Sightings::default());
             }
-            false => assert_eq!(Sightings::load(state.path()).hosts.len(), 1),
+            false => assert_eq!(Sightings::load(&state.path().join(FILE)).hosts.len(), 1),
         }
     }
 }

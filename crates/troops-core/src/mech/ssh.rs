@@ -1,6 +1,6 @@
-//! SSH for fetching, through OpenSSH (which the `git` command runs): the node's own key (and an
-//! agent, if one is set up), and host keys checked against `<state>/ssh/known_hosts` alone, never
-//! trusted on first use. OpenSSH rather than libgit2's libssh2 keeps OpenSSL out of the daemon and
+//! SSH for fetching, through OpenSSH (which the `git` command runs): the node's own key, never an
+//! agent of whoever started troops (`env`), and host keys checked against `<state>/ssh/known_hosts`
+//! alone, never trusted on first use. OpenSSH rather than libgit2's libssh2 keeps OpenSSL out of the daemon and
 //! gives operators the SSH they know: their `ssh_config`, jump hosts, every key type.
 
 use std::path::Path;

@@ -31,32 +31,36 @@ pub const REFSPEC: &str = "+refs/troops/status/*:refs/troops/status/*";
 /// average for a thousand nodes), so even a first fetch of a fleet of 30,000 fits.
 pub const MAX_FETCH: u64 = 32 << 20;
 
-/// The status repo of the node with state dir `state_dir`.
-pub fn repo_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("status.git")
-}
-
-/// Opens the status repo of `state_dir`, creating it if it is missing (which only whoever may
-/// write the state dir can: root on a node).
-pub fn open(state_dir: &Path) -> Result<Repository> {
-    let path = repo_path(state_dir);
-    crate::mech::repo::refuse_redirects(&path)?;
-    match Repository::open_bare(&path) {
+/// Opens the status repo at `path` (`Node::status_repo_path`), creating it if it is missing
+/// (which only whoever may write the state dir can: root on a node).
+pub fn open(path: &Path) -> Result<Repository> {
+    crate::mech::repo::refuse_redirects(path)?;
+    match Repository::open_bare(path) {
         Ok(git) => Ok(git),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => create(&path),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => create(path),
         Err(e) => Err(Error::git(format!("opening the status repo {}", path.display()), e)),
     }
 }
 
-/// Creates the status repo whole or not at all: made beside `path` and renamed into place, so
-/// that processes racing to create it (a run's background publish and `troops fleet`) each open
-/// a whole repo, never one another is still making.
+/// Makes the status repo at `path`, whole or not at all: built beside it and renamed into place,
+/// so that processes racing to create it (a run's background publish and `troops fleet`) each
+/// open a whole repo, never one another is still making. Its maker's to write, the admin group's
+/// to read (what a member's in-process run reads for the rollout), nobody else's: directories
+/// 0750 and files 0640, which git keeps as it writes (`core.sharedRepository=0640`), as
+/// `modes::settle` does where troops writes with libgit2. No hook samples: nothing there is ever run.
 fn create(path: &Path) -> Result<Repository> {
     let creating = || format!("creating the status repo {}", path.display());
     let parent = path.parent().unwrap_or(Path::new("."));
     // Removed when dropped, unless renamed into place.
     let building = tempfile::Builder::new().prefix("status.git.new-").tempdir_in(parent).ctx(creating)?;
-    Repository::init_bare(building.path()).ctx(creating)?;
+    let mut options = git2::RepositoryInitOptions::new();
+    options.bare(true).external_template(false);
+    let git = Repository::init_opts(building.path(), &options).ctx(creating)?;
+    git.config().and_then(|mut c| c.set_str("core.sharedRepository", "0640")).ctx(creating)?;
+    // Where troops writes refs, made now with the rest (`modes::settle` leaves these as made).
+    std::fs::create_dir_all(building.path().join("refs/troops/status")).ctx(creating)?;
+    drop(git);
+    private(building.path())?;
     match std::fs::rename(building.path(), path) {
         Ok(()) => {}
         // Another process made it first: theirs is the repo.
@@ -65,6 +69,18 @@ fn create(path: &Path) -> Result<Repository> {
     }
     Repository::open_bare(path)
         .map_err(|e| Error::git(format!("opening the status repo {}", path.display()), e))
+}
+
+/// Directories 0750 and files 0640, all the way down.
+fn private(path: &Path) -> Result<()> {
+    let is_dir = std::fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.is_dir();
+    crate::mech::modes::set(path, if is_dir { 0o750 } else { 0o640 })?;
+    if is_dir {
+        for entry in std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))? {
+            private(&entry.ctx(|| format!("listing {}", path.display()))?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears what
@@ -89,8 +105,8 @@ pub fn publish(node: &Node, doc: &StatusDoc, remote: &str, timeout: Duration) ->
     let started = Instant::now();
     let url = url_of(&node.repo_path(), remote)
         .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
-    let path = repo_path(&node.state_dir);
-    let git = open(&node.state_dir)?;
+    let path = node.status_repo_path();
+    let git = open(&path)?;
     let (reference, commit) = {
         let _lock = lock(&path).map_err(Error::Env)?;
         commit(&git, doc)?
@@ -125,22 +141,22 @@ fn push(
         .map_err(|e| crate::model::shown::escape(&e).into_owned())
 }
 
-/// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo of
-/// `state_dir` with root's `git`, whatever the URL: newest commits only, at most [`MAX_FETCH`]
+/// Fetches every status ref of `remote` (of the node repo at `node_repo`) into the status repo at
+/// `status_repo` with root's `git`, whatever the URL: newest commits only, at most [`MAX_FETCH`]
 /// bytes. Then records what came of it, and what the refs say now, for the rollout gate
 /// (`sightings`). Errors quote the remote escaped. The node's own ref (`host`) is never fetched:
 /// the node is its only writer, and what the remote holds of it is at best an older document,
 /// one a publish under way has not replaced yet.
 pub fn fetch(
     node_repo: &Path,
-    state_dir: &Path,
+    status_repo: &Path,
     remote: &str,
     host: &str,
     ssh_dir: &Path,
     deadline: Instant,
 ) -> std::result::Result<(), String> {
-    let created = !repo_path(state_dir).exists();
-    let git = open(state_dir).map_err(|e| e.to_string())?;
+    let created = !status_repo.exists();
+    let git = open(status_repo).map_err(|e| e.to_string())?;
     if created {
         forget_old_refs(node_repo);
     }
@@ -176,13 +192,14 @@ fn forget_old_refs(repo_path: &Path) {
     for mut reference in refs.flatten() {
         let _ = reference.delete();
     }
+    let _ = crate::mech::modes::settle(repo_path, &["packed-refs"]);
 }
 
 /// Fetches every status ref of `url` into the (new, scratch) status repo at `status_repo` with the
 /// caller's own `git`, SSH keys and config, bounded as a node's fetch is: `troops fleet` in a clone
 /// of the deploy repo. Errors quote the remote escaped.
 pub fn fetch_as_caller(status_repo: &Path, url: &str) -> std::result::Result<(), String> {
-    let mut command = Command::new("git");
+    let mut command = crate::mech::env::as_caller("git");
     command.arg("--git-dir").arg(status_repo).args(["-c", "fetch.unpackLimit=1"]);
     command.args(FETCH_ARGS).args([url, REFSPEC]).stdin(Stdio::null());
     let out = capped(command).output().map_err(|e| format!("running git fetch: {e}"))?;
@@ -448,7 +465,7 @@ pub const PUBLISHED: &str = "refs/troops/published";
 pub fn commit(git: &Repository, doc: &StatusDoc) -> Result<(String, Oid)> {
     let name = format!("{REF_PREFIX}{}", doc.host);
     let json = serde_json::to_vec_pretty(doc).expect("a status doc serializes");
-    let write = || -> std::result::Result<Oid, git2::Error> {
+    let write = || -> std::result::Result<[Oid; 3], git2::Error> {
         let blob = git.blob(&json)?;
         let mut tree = git.treebuilder(None)?;
         tree.insert(FILE, blob, 0o100644)?;
@@ -463,10 +480,15 @@ pub fn commit(git: &Repository, doc: &StatusDoc) -> Result<(String, Oid)> {
         let commit = git.commit(None, &who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
         git.reference(PUBLISHED, commit, true, &message)?;
         git.reference(&name, commit, true, &message)?;
-        Ok(commit)
+        Ok([blob, tree.id(), commit])
     };
-    let commit = write().ctx(|| format!("committing {name} in {}", git.path().display()))?;
-    Ok((name, commit))
+    let objects = write().ctx(|| format!("committing {name} in {}", git.path().display()))?;
+    let mut written: Vec<PathBuf> = objects.iter().map(|&o| crate::mech::modes::loose_object(o)).collect();
+    written.extend(
+        crate::mech::repo::ref_files(PUBLISHED).into_iter().chain(crate::mech::repo::ref_files(&name)),
+    );
+    crate::mech::modes::settle(git.path(), &written)?;
+    Ok((name, objects[2]))
 }
 
 /// How many commits the first-parent chain from `commit` has here, counting at most to `MAX_CHAIN`.
@@ -513,8 +535,9 @@ mod tests {
 
         let deadline = Instant::now() + Duration::from_secs(30);
         // The status remote has no status ref yet: that is no failure.
-        fetch(node.path(), &state, "status", "web-1", &state.join("ssh"), deadline).unwrap();
-        assert!(Repository::open_bare(repo_path(&state)).is_ok());
+        fetch(node.path(), &state.join("status.git"), "status", "web-1", &state.join("ssh"), deadline)
+            .unwrap();
+        assert!(Repository::open_bare(state.join("status.git")).is_ok());
         assert!(node.find_reference("refs/troops/status/web-1").is_err(), "the old ref is still there");
     }
 
@@ -558,7 +581,7 @@ mod tests {
         peer.reference("refs/troops/status/web-1", doc, false, "").unwrap();
         let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
         node.remote("status", &remote.display().to_string()).unwrap();
-        let status = open(&state).unwrap().path().to_owned();
+        let status = open(&state.join("status.git")).unwrap().path().to_owned();
         // A fetch killed at its deadline (SIGKILL: git cleans up nothing) leaves its locks and
         // its half-written pack.
         std::fs::create_dir_all(status.join("refs/troops/status")).unwrap();
@@ -568,7 +591,7 @@ mod tests {
             std::fs::write(status.join(file), "").unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        fetch(node.path(), &state, "status", "web-2", &state.join("ssh"), deadline).unwrap();
+        fetch(node.path(), &status, "status", "web-2", &state.join("ssh"), deadline).unwrap();
         let fetched =
             Repository::open_bare(&status).unwrap().refname_to_id("refs/troops/status/web-1").unwrap();
         assert_eq!(fetched, doc);

@@ -70,10 +70,10 @@ pub struct Request {
     pub input: Option<String>,
 }
 
-/// The supervisor's command, for the runner to complete with its stdin (the request socket),
-/// output and environment.
-pub fn command() -> Command {
-    let mut c = Command::new("/proc/self/exe");
+/// The supervisor's command, with the environment `env` (the run's), for the runner to complete
+/// with its stdin (the request socket) and output.
+pub fn command(env: &[(String, String)]) -> Command {
+    let mut c = crate::mech::env::command("/proc/self/exe", env.iter().map(|(k, v)| (k, v)));
     c.arg(ARG)
         .arg(std::process::id().to_string())
         // Its own process group: a terminal's Ctrl-C reaches troops, which decides, not the steps.
@@ -130,10 +130,8 @@ fn supervise(args: Vec<OsString>) -> i32 {
 
 /// Runs one step to its end and ends all it left; the answer, and whether a signal ended it.
 fn run(request: &Request, signals: &SigSet) -> (Answer, bool) {
-    let mut step = Command::new(&request.program);
+    let mut step = crate::mech::env::command(&request.program, request.env.iter().map(|(k, v)| (k, v)));
     step.args(&request.args)
-        .env_clear()
-        .envs(request.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&request.dir)
         .stdin(if request.input.is_some() { Stdio::piped() } else { Stdio::null() })
         .process_group(0);

@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use git2::{Repository, RepositoryInitMode, RepositoryInitOptions};
 
@@ -43,22 +42,22 @@ pub fn init(state_dir: &Path, config_path: &Path, options: &Options) -> Result<(
         };
         remotes.push((name.clone(), url));
     }
-    keep_remotes(&state_dir.join("repo/main.git"), &remotes)?;
+    keep_remotes(&Node::repo_path_in(state_dir), &remotes)?;
     if options.branch.is_some() || !options.roles.is_empty() || options.hostname.is_some() {
         update_config(config_path, options.branch.as_deref(), &options.roles, options.hostname.as_deref())?;
     }
     let node = Node::load(state_dir.to_owned(), config_path)?;
-    for dir in [node.state_dir.clone(), node.runs().dir(0).with_file_name(""), node.work_dir()] {
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    for dir in [node.state_dir.clone(), node.runs_dir(), node.work_dir()] {
+        crate::mech::modes::dir_all(&dir, 0o750)?;
     }
     // Private by default: run records, logs and checkouts are nobody's business but root's and
     // the admin group's, and nothing under the state dir is reachable by others.
     private(&node.state_dir)?;
     init_repo(&node, &remotes, &options.hook)?;
-    let public_key = ssh_key(&node.ssh_dir(), &node.config.hostname())?;
+    let public_key = ssh_key(&node.ssh_key_path(), &node.config.hostname())?;
     share_with_group(&node)?;
     start_ledger(&node)?;
-    crate::mech::releases::Releases::new(&node.state_dir, None).secure_dir()?;
+    crate::mech::releases::Releases::new(&node, None).secure_dir()?;
     Ok((node, public_key))
 }
 
@@ -102,7 +101,9 @@ fn start_ledger(node: &Node) -> Result<()> {
 /// Directories the group writes are setgid, so what anyone creates in them stays the group's.
 /// Only root can give files to a group, so this happens when root runs `troops init` and the
 /// group exists; otherwise nothing changes. Git keeps the repo shared as it writes
-/// (`core.sharedRepository=0660`); troops processes keep the rest shared with [`use_group_umask`].
+/// (`core.sharedRepository=0660`), and so does troops where it writes with libgit2
+/// (`modes::settle`); everything else troops makes gets its mode where it is made (`modes`),
+/// whatever the umask.
 fn share_with_group(node: &Node) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
@@ -114,11 +115,9 @@ fn share_with_group(node: &Node) -> Result<()> {
     };
     let gid = group.gid.as_raw();
     let lock = node.lock_path();
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&lock)
+    let file = crate::mech::files::open(&lock, std::fs::OpenOptions::new().create(true).append(true))
         .ctx(|| format!("creating {}", lock.display()))?;
+    crate::mech::modes::set_file(&file, &lock, 0o660)?;
     let repo = node.repo_path();
     for dir in [node.state_dir.as_path(), repo.parent().unwrap_or(&node.state_dir)] {
         share(dir, gid, 0o050)?;
@@ -131,10 +130,10 @@ fn share_with_group(node: &Node) -> Result<()> {
         share_tree(&repo.join(dir), gid)?;
     }
     share_read_only(&repo.join("logs/refs/remotes"), gid)?;
-    let (runs, work) = (node.runs().dir(0).with_file_name(""), node.work_dir());
+    let (runs, work) = (node.runs_dir(), node.work_dir());
     // Metrics counters: a member's in-process run counts too (they are only ever read as numbers).
-    let metrics = crate::mech::metrics::dir(node);
-    std::fs::create_dir_all(&metrics).ctx(|| format!("creating {}", metrics.display()))?;
+    let metrics = node.metrics_dir();
+    crate::mech::modes::dir_all(&metrics, 0o750)?;
     for tree in [&runs, &work, &lock, &metrics] {
         share_tree(tree, gid)?;
     }
@@ -238,22 +237,11 @@ fn share(path: &Path, gid: u32, bits: u32) -> Result<std::fs::Metadata> {
     Ok(meta)
 }
 
-/// For a process that writes node state, possibly as a member of `admin_group` (the hook running a
-/// push in-process as the pusher): when the state dir is shared with a group (setgid, as `troops
-/// init` leaves it), clears the group bits of the umask, so the refs and objects it writes stay
-/// writable for the next member or root. Run records and checkouts get their own modes whatever
-/// the umask (0640 files, 0750 directories: their owner's). Steps the process runs inherit it.
-pub fn use_group_umask(state_dir: &Path) {
-    use nix::sys::stat::{umask, Mode};
-    let shared = std::fs::metadata(state_dir).is_ok_and(|m| m.permissions().mode() & 0o2000 != 0);
-    if shared {
-        let old = umask(Mode::empty());
-        umask(old & !Mode::S_IRWXG);
-    }
-}
-
 fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<()> {
     let path = node.repo_path();
+    if let Some(parent) = path.parent() {
+        crate::mech::modes::dir_all(parent, 0o750)?;
+    }
     let branch = &node.config.branch;
     // What an older troops's `git gc` left: group-writable, so not to be believed
     // (`repo::guard_node_repo`); git builds it again only when asked to.
@@ -303,17 +291,19 @@ fn init_repo(node: &Node, remotes: &[(String, String)], hook: &Path) -> Result<(
     if node.config.verify.given.require_signed {
         crate::mech::recorded::record_policy(&path, &node.config.verify)?;
     }
-    // Made before any member can plant something at their names: the dirs root writes refs in.
+    // Made before any member can plant something at their names: the dirs root writes refs in,
+    // with the mode libgit2 gives the repo's own (SHARED_GROUP: 2775, setgid passed on).
     let dirs = ["refs/heads", "refs/tags", "refs/troops", "refs/remotes"];
     for dir in dirs.iter().flat_map(|d| [d.to_string(), format!("logs/{d}")]) {
-        let dir = path.join(dir);
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::mech::modes::dir_all(&path.join(dir), 0o775)?;
     }
     // The reflogs root appends to exist from the start, root's: nobody plants a symlink there.
     for log in [format!("logs/refs/heads/{branch}"), format!("logs/{}", crate::mech::repo::DEPLOYED_REF)] {
         let log = path.join(log);
-        crate::mech::files::open(&log, std::fs::OpenOptions::new().create(true).append(true))
+        let file = crate::mech::files::open(&log, std::fs::OpenOptions::new().create(true).append(true))
             .ctx(|| format!("creating {}", log.display()))?;
+        // As git writes a reflog in a repo shared with the group (`core.sharedRepository`).
+        crate::mech::modes::set_file(&file, &log, 0o660)?;
     }
     // A push updates HEAD's branch name in clones; keep HEAD on the followed branch.
     git.set_head(&format!("refs/heads/{branch}"))
@@ -387,26 +377,26 @@ fn update_config(path: &Path, branch: Option<&str>, roles: &[String], hostname: 
     }
     let text = doc.to_string();
     Config::parse(path, &text)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::mech::modes::dir_all(dir, 0o755)?;
     }
     // Pushers' hooks read it: its mode stays as it was, or readable by all when new.
     let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
     crate::mech::files::write(path, text.as_bytes(), mode)
 }
 
-/// The node's SSH key for fetching (and the secrets of its roles), `troops@HOSTNAME`: made once,
-/// kept forever. Returns the public half.
-fn ssh_key(dir: &Path, hostname: &str) -> Result<String> {
-    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+/// The node's SSH key `key` for fetching (and the secrets of its roles), `troops@HOSTNAME`: made
+/// once, kept forever, with an empty `known_hosts` beside it. Returns the public half.
+fn ssh_key(key: &Path, hostname: &str) -> Result<String> {
+    let dir = key.parent().expect("the key is in the ssh dir");
+    crate::mech::modes::dir_all(dir, 0o700)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("securing {}", dir.display()))?;
-    let key = dir.join("id_ed25519");
     if !key.exists() {
         let comment = format!("troops@{hostname}");
-        let output = Command::new("ssh-keygen")
+        let output = crate::mech::env::command("ssh-keygen", crate::mech::env::base())
             .args(["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f"])
-            .arg(&key)
+            .arg(key)
             .output()
             .ctx(|| "running ssh-keygen (is openssh-client installed?)".into())?;
         if !output.status.success() {
@@ -417,11 +407,13 @@ fn ssh_key(dir: &Path, hostname: &str) -> Result<String> {
             )));
         }
     }
+    // ssh-keygen writes the private key 0600 itself, the public one as the umask has it.
+    let public = key.with_extension("pub");
+    crate::mech::modes::set(&public, 0o644)?;
     let known_hosts = dir.join("known_hosts");
     if !known_hosts.exists() {
-        std::fs::write(&known_hosts, "").ctx(|| format!("creating {}", known_hosts.display()))?;
+        crate::mech::files::write(&known_hosts, b"", 0o644)?;
     }
-    let public = key.with_extension("pub");
     std::fs::read_to_string(&public)
         .map(|k| k.trim().to_owned())
         .ctx(|| format!("reading {}", public.display()))

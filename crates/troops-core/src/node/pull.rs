@@ -73,18 +73,19 @@ pub fn fetch_status(
     remote: &str,
     deadline: std::time::Instant,
 ) -> std::result::Result<(), String> {
-    let host = node.config.hostname();
+    let (host, status_repo) = (node.config.hostname(), node.status_repo_path());
     let fetched = crate::mech::statusrefs::fetch(
         &node.repo_path(),
-        &node.state_dir,
+        &status_repo,
         remote,
         &host,
         &node.ssh_dir(),
         deadline,
     );
-    let git = crate::mech::statusrefs::open(&node.state_dir).map_err(|e| e.to_string())?;
-    let recorded = crate::mech::sightings::record(&node.state_dir, remote, fetched.as_ref().err(), &git)
-        .map_err(|e| format!("recording what the status refs say: {e}"));
+    let git = crate::mech::statusrefs::open(&status_repo).map_err(|e| e.to_string())?;
+    let recorded =
+        crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &git)
+            .map_err(|e| format!("recording what the status refs say: {e}"));
     fetched.and(recorded)
 }
 
@@ -95,12 +96,13 @@ pub fn fetch_status(
 fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     node.repo()?; // a node that was never initialised fails here, with the reason
-    let path = node.state_dir.join("fetch.lock");
+    let path = node.fetch_lock_path();
     let file = crate::mech::files::open(
         &path,
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600),
     )
     .ctx(|| format!("opening {}", path.display()))?;
+    crate::mech::modes::set_file(&file, &path, 0o600)?;
     let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
         lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
     };
@@ -115,7 +117,7 @@ fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
 
 fn fetch_unlocked(node: &Node, out: &mut dyn Write) -> Result<Vec<Fetched>> {
     let repo_path = node.repo_path();
-    let probing = crate::mech::probe::Probing::new(&node.state_dir, node.config.probe_trust);
+    let probing = crate::mech::probe::Probing::new(node.probes_path(), node.config.probe_trust);
     let fetched = fetch::fetch_all(
         &repo_path,
         &node.config.branch,
@@ -198,6 +200,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
             None => repo.git.reference(&name, *to, false, &message),
         };
         updated.ctx(|| format!("moving {name} to {to} (did a push move it meanwhile?)"))?;
+        repo.settle(&crate::mech::repo::ref_files(&name))?;
         let _ = writeln!(
             out,
             "troops: {} moved {local_name} -> {} from remote {}",
@@ -222,7 +225,7 @@ fn verify_tips(
     tips: Vec<RemoteTip>,
     descends: impl Fn(Oid, Oid) -> bool,
 ) -> Result<(Vec<RemoteTip>, Vec<Refused>)> {
-    let Some(policy) = verify::enforced(&node.config.verify, &node.state_dir)? else {
+    let Some(policy) = verify::enforced(&node.config.verify, &node.seen_path())? else {
         return Ok((tips, Vec::new()));
     };
     let scope = node.config.verify.scope;
@@ -255,7 +258,7 @@ fn verify_tips(
             None => accepted.push(remote_tip),
             Some((refusal, why)) => {
                 let remote = remote_tip.remote;
-                let _ = verify::record_refusal(&node.state_dir, &format!("remote {remote}"), refusal);
+                let _ = verify::record_refusal(&node.refused_path(), &format!("remote {remote}"), refusal);
                 crate::mech::metrics::count_refusal(node, refusal.verification.kind());
                 refused.push(Refused { remote, tip, refusal: Refusal::Unverified(why.clone()) });
             }

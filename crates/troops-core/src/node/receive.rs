@@ -79,8 +79,9 @@ pub fn open_pushed(git_dir: &Path, quarantine: Option<&Path>) -> Result<Reposito
 }
 
 /// Decides whether the node accepts `update`, with `config` the node config (its `branch` is the
-/// deploy branch) of the node at `state_dir` (where SSH-signed commits' first-seen times are).
-pub fn check(repo: &Repository, config: &Config, state_dir: &Path, update: &Update) -> Result<Verdict> {
+/// deploy branch) of a node whose SSH-signed commits' first-seen times are at `seen`
+/// (`Node::seen_path`).
+pub fn check(repo: &Repository, config: &Config, seen: &Path, update: &Update) -> Result<Verdict> {
     let name = &update.refname;
     if let Some(space) = NODE_REFS.iter().find(|space| name.starts_with(*space)) {
         return Ok(Verdict::Refuse(format!(
@@ -107,7 +108,7 @@ pub fn check(repo: &Repository, config: &Config, state_dir: &Path, update: &Upda
             )));
         }
     }
-    if let Some(refusal) = signatures(repo, &config.verify, state_dir, update.old, new)? {
+    if let Some(refusal) = signatures(repo, &config.verify, seen, update.old, new)? {
         return Ok(Verdict::Unverified {
             message: format!("troops: refusing {name} at {}: {refusal}", short(new)),
             refusal,
@@ -141,11 +142,11 @@ fn plan_error(repo: &Repository, commit: Oid) -> Result<Option<Error>> {
 fn signatures(
     repo: &Repository,
     verify: &Verify,
-    state_dir: &Path,
+    seen: &Path,
     old: Option<Oid>,
     new: Oid,
 ) -> Result<Option<Refusal>> {
-    match verify::enforced(verify, state_dir)? {
+    match verify::enforced(verify, seen)? {
         Some(policy) => verify::check_update(repo, &policy, old, new, verify.scope),
         None => Ok(None),
     }
@@ -191,7 +192,13 @@ mod tests {
         }
 
         fn check(&self, config: &Config, old: Option<Oid>, new: Option<Oid>, refname: &str) -> Verdict {
-            check(&self.repo, config, &self.dir, &Update { old, new, refname: refname.into() }).unwrap()
+            check(
+                &self.repo,
+                config,
+                &self.dir.join("seen.json"),
+                &Update { old, new, refname: refname.into() },
+            )
+            .unwrap()
         }
     }
 

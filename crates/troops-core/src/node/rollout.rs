@@ -18,8 +18,6 @@ use crate::model::status::Hold;
 use crate::policy::schedule::RolloutHold;
 use crate::policy::waves::{self, Evidence, Gate, Report};
 
-const FILE: &str = "rollout.json";
-
 /// The `[rollout]` of the plan at `commit`, if it has one. A plan that cannot be read or does not
 /// parse has none: the run fails on that plan error anyway, and `troops status` shows it.
 pub fn rollout_at(repo: &NodeRepo, commit: Oid) -> Option<Rollout> {
@@ -52,7 +50,7 @@ pub fn verdict(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<RolloutHold>
 /// What this node knows of the others' status: their refs in the status repo as its last fetch
 /// left them, with when it saw each change (`sightings`), and whether that fetch worked.
 fn evidence(node: &Node) -> Evidence {
-    let sightings = Sightings::load(&node.state_dir);
+    let sightings = Sightings::load(&node.sightings_path());
     let blind = match (&node.config.status_remote, &sightings.fetch) {
         (None, _) => {
             Some("this node has no `status_remote` to read the earlier waves' status from".to_owned())
@@ -63,7 +61,7 @@ fn evidence(node: &Node) -> Evidence {
         (Some(remote), _) => Some(format!("the status refs were not fetched from remote {remote} here yet")),
     };
     let me = node.config.hostname();
-    let reports = match git2::Repository::open_bare(crate::mech::statusrefs::repo_path(&node.state_dir)) {
+    let reports = match git2::Repository::open_bare(node.status_repo_path()) {
         Ok(git) => crate::mech::statusrefs::read_refs(&git)
             .into_iter()
             .filter(|read| read.host != me)
@@ -104,7 +102,7 @@ pub fn record(node: &Node, held: Option<(Oid, &RolloutHold)>) -> Result<bool> {
     let hold =
         Hold { commit, wave: held.wave.clone(), why: held.why.clone(), until, halted: held.halted, since };
     if old.as_ref() != Some(&hold) {
-        state_file::save(&node.state_dir.join(FILE), &hold)?;
+        state_file::save(&node.rollout_path(), &hold)?;
     }
     Ok(old.is_none())
 }
@@ -119,11 +117,11 @@ impl StateFile for Hold {
 
 /// The hold recorded by the last gate decision, if it held.
 pub fn load_hold(node: &Node) -> Result<Option<Hold>> {
-    state_file::load(&node.state_dir.join(FILE))
+    state_file::load(&node.rollout_path())
 }
 
 fn clear_hold(node: &Node) -> Result<()> {
-    let path = node.state_dir.join(FILE);
+    let path = node.rollout_path();
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::path("removing", &path, e)),
         _ => Ok(()),

@@ -34,7 +34,7 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
             })?;
             let deadline = Instant::now() + node.config.fetch_timeout;
             let fetched = troops_core::node::pull::fetch_status(node, &remote, deadline);
-            let status = statusrefs::repo_path(&node.state_dir);
+            let status = node.status_repo_path();
             (git2::Repository::open_bare(node.repo_path())?, status, remote, fetched)
         }
         None => {

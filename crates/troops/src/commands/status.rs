@@ -93,8 +93,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         troops_core::model::config::Scope::All => "all",
     };
     // Loaded only to tell whether it works: a broken keyring or allowed signers stops every update.
-    let policy =
-        verify.require_signed.then(|| troops_core::mech::verify::TrustPolicy::load(verify, &node.state_dir));
+    let policy = verify
+        .require_signed
+        .then(|| troops_core::mech::verify::TrustPolicy::load(verify, &node.seen_path()));
     let keyring_error = policy.as_ref().and_then(|p| p.as_ref().err().map(|e| e.to_string()));
     let lists = match policy.as_ref().and_then(|p| p.as_ref().ok()) {
         Some(p) => {
@@ -104,7 +105,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         }
         None => String::new(),
     };
-    let last_refusal = troops_core::mech::verify::last_refusal(&node.state_dir)?;
+    let last_refusal = troops_core::mech::verify::last_refusal(&node.refused_path())?;
     let daemon = troops_core::mech::control::daemon_status(&node.socket_path());
     let id = |c: Option<Oid>| c.map(|c| c.to_string());
     let commit = |c: Option<Oid>| c.map_or("none".to_owned(), |c| short(c).to_owned());

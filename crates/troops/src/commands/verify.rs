@@ -21,7 +21,7 @@ pub fn run(node: &Node, args: VerifyArgs) -> Result<ExitCode> {
             Error::Input(format!("branch {} has no commits yet; name a revision", repo.branch))
         })?,
     };
-    let policy = TrustPolicy::load(&node.config.verify, &node.state_dir)?;
+    let policy = TrustPolicy::load(&node.config.verify, &node.seen_path())?;
     let verification = verify::verify_commit(&repo.git, &policy, commit)?;
     if verification.is_good() {
         writeln!(std::io::stdout(), "commit {commit} {verification}")?;

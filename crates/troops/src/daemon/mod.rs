@@ -49,7 +49,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub fn run(node: Node) -> Result<ExitCode> {
     init_logging();
     node.repo()?; // a node that was never initialised fails here, with the reason
-    troops_core::node::init::use_group_umask(&node.state_dir);
+
     // Every thread glibc gives an allocation arena of its own keeps what it once held, and the
     // blocking pool's threads come and go: two arenas bound what the daemon keeps after a storm
     // of connections, and the pool has a ceiling.

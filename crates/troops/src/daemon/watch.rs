@@ -38,6 +38,8 @@ impl Watch {
         let branch_ref = repo.join("refs/heads").join(branch);
         let ref_dir = branch_ref.parent().expect("a ref has a directory").to_owned();
         std::fs::create_dir_all(&ref_dir)?;
+        // A branch with a `/` in its name: the directories made get the mode of `refs/heads`.
+        troops_core::mech::modes::settle(repo, &[Path::new("refs/heads").join(branch)])?;
         let config_dir =
             config.parent().map(|dir| if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
         let paths = Paths {

@@ -177,13 +177,9 @@ pub fn render(snapshot: &Snapshot) -> String {
     text
 }
 
-/// `<state>/metrics/`: the counters and their lock; the admin group may write it (`init`).
-pub fn dir(node: &Node) -> PathBuf {
-    node.state_dir.join("metrics")
-}
-
+/// The counters, in `Node::metrics_dir` (which the admin group may write, `init`), with their lock.
 fn counters_path(node: &Node) -> PathBuf {
-    dir(node).join("counters.json")
+    node.metrics_dir().join("counters.json")
 }
 
 /// Changes the counters under the metrics lock; logs what fails. Whoever changed them rewrites the
@@ -195,8 +191,8 @@ fn update(node: &Node, change: impl FnOnce(&mut Counters)) {
         return;
     }
     let result = (|| {
-        let dir = dir(node);
-        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let dir = node.metrics_dir();
+        crate::mech::modes::dir_all(&dir, 0o750)?;
         let _lock = lock(&dir)?;
         let path = counters_path(node);
         let mut counters = load(&path);

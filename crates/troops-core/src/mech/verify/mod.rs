@@ -472,11 +472,11 @@ pub struct TrustPolicy {
 }
 
 impl TrustPolicy {
-    /// Loads the lists `verify` names, with the first-seen times of the node at `state_dir`. The
+    /// Loads the lists `verify` names, with the first-seen times kept at `seen`. The
     /// keyring must exist unless `allowed_signers` is set (then OpenPGP signatures are refused
     /// without it); anything that exists and cannot be read fails, so nothing is verified by a
     /// list that is only partly understood.
-    pub fn load(verify: &Verify, state_dir: &Path) -> Result<TrustPolicy> {
+    pub fn load(verify: &Verify, seen: &Path) -> Result<TrustPolicy> {
         let keyring_missing = std::fs::symlink_metadata(&verify.keyring)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         let keyring = if verify.allowed_signers.is_some() && keyring_missing {
@@ -489,7 +489,7 @@ impl TrustPolicy {
             keyring,
             keyring_path: verify.keyring.clone(),
             signers,
-            seen: RefCell::new(FirstSeen::load(state_dir)),
+            seen: RefCell::new(FirstSeen::load(seen)),
         })
     }
 
@@ -542,13 +542,13 @@ impl Verifier for TrustPolicy {
     }
 }
 
-/// The trust policy of a node's `[verify]`, when it requires signed commits; `None` when it does
-/// not.
-pub fn enforced(verify: &Verify, state_dir: &Path) -> Result<Option<TrustPolicy>> {
-    verify.require_signed.then(|| TrustPolicy::load(verify, state_dir)).transpose()
+/// The trust policy of a node's `[verify]`, with first-seen times at `seen`, when it requires
+/// signed commits; `None` when it does not.
+pub fn enforced(verify: &Verify, seen: &Path) -> Result<Option<TrustPolicy>> {
+    verify.require_signed.then(|| TrustPolicy::load(verify, seen)).transpose()
 }
 
-/// The last commit refused for its signature, for `troops status` (`<state>/refused.json`).
+/// The last commit refused for its signature, for `troops status` (`Node::refused_path`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRefusal {
     pub at: String,
@@ -560,8 +560,6 @@ pub struct LastRefusal {
     pub reason: String,
 }
 
-const REFUSED_FILE: &str = "refused.json";
-
 impl StateFile for LastRefusal {
     const WHAT: &'static str = "a refused commit";
     const SCHEMA: u32 = 1;
@@ -570,8 +568,8 @@ impl StateFile for LastRefusal {
     const MODE: u32 = 0o640;
 }
 
-/// Records `refusal` as the node's last, atomically.
-pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Result<()> {
+/// Records `refusal` as the node's last, atomically, at `path`.
+pub fn record_refusal(path: &Path, source: &str, refusal: &Refusal) -> Result<()> {
     let record = LastRefusal {
         at: crate::model::records::now(),
         source: source.to_owned(),
@@ -579,12 +577,12 @@ pub fn record_refusal(state_dir: &Path, source: &str, refusal: &Refusal) -> Resu
         outcome: refusal.verification.kind().to_owned(),
         reason: refusal.to_string(),
     };
-    state_file::save(&state_dir.join(REFUSED_FILE), &record)
+    state_file::save(path, &record)
 }
 
-/// The last commit refused for its signature, if any was.
-pub fn last_refusal(state_dir: &Path) -> Result<Option<LastRefusal>> {
-    state_file::load(&state_dir.join(REFUSED_FILE))
+/// The last commit refused for its signature, recorded at `path`, if any was.
+pub fn last_refusal(path: &Path) -> Result<Option<LastRefusal>> {
+    state_file::load(path)
 }
 
 #[cfg(test)]

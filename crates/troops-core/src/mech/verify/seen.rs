@@ -23,8 +23,6 @@ use serde::{Deserialize, Serialize};
 use crate::mech::state_file::{self, StateFile};
 use crate::model::error::Result;
 
-const FILE: &str = "seen.json";
-
 /// `<state>/seen.json`: commit id to the RFC 3339 time it was first accepted.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Times {
@@ -62,10 +60,10 @@ pub struct FirstSeen {
 }
 
 impl FirstSeen {
-    /// The times recorded in `state_dir`; none when the file is missing, (read by root) not
-    /// root's, or unreadable (said in the log).
-    pub fn load(state_dir: &Path) -> FirstSeen {
-        let path = state_dir.join(FILE);
+    /// The times recorded at `path` (`Node::seen_path`); none when the file is missing, (read by
+    /// root) not root's, or unreadable (said in the log).
+    pub fn load(path: &Path) -> FirstSeen {
+        let (path, state_dir) = (path.to_owned(), path.parent().unwrap_or(Path::new(".")));
         let root = nix::unistd::geteuid().is_root();
         let records = root || std::fs::metadata(state_dir).is_ok_and(|meta| meta.uid() != 0);
         let times = state_file::load_believed(&path, |uid| !root || uid == 0).unwrap_or_else(|e| {
@@ -106,17 +104,19 @@ impl FirstSeen {
 mod tests {
     use super::*;
 
+    const FILE: &str = "seen.json";
+
     #[test]
     fn a_recorded_time_is_kept_and_an_unknown_commit_is_seen_now() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Oid::from_str(&"a".repeat(40)).unwrap(), Oid::from_str(&"b".repeat(40)).unwrap());
-        let mut seen = FirstSeen::load(dir.path());
+        let mut seen = FirstSeen::load(&dir.path().join(FILE));
         assert_eq!(seen.time_of(a), seen.now);
         seen.mark(a);
         seen.save().unwrap();
         let first = seen.time_of(a);
 
-        let mut later = FirstSeen::load(dir.path());
+        let mut later = FirstSeen::load(&dir.path().join(FILE));
         later.now += std::time::Duration::from_secs(3600);
         later.mark(a);
         assert_eq!(later.time_of(a), first, "a second acceptance does not move the first");
@@ -148,9 +148,9 @@ mod tests {
         let a = Oid::from_str(&"a".repeat(40)).unwrap();
         std::fs::write(dir.path().join(FILE), format!("{{\"{a}\": \"2020-01-01T00:00:00Z\"}}")).unwrap();
         let old = humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap();
-        assert_eq!(FirstSeen::load(dir.path()).time_of(a), old);
+        assert_eq!(FirstSeen::load(&dir.path().join(FILE)).time_of(a), old);
         std::os::unix::fs::chown(dir.path().join(FILE), Some(65534), None).unwrap();
-        let seen = FirstSeen::load(dir.path());
+        let seen = FirstSeen::load(&dir.path().join(FILE));
         assert_eq!(seen.time_of(a), seen.now);
     }
 }

@@ -305,10 +305,11 @@ fn each_outcome_is_its_own_refusal_and_an_altered_commit_is_bad() {
 #[test]
 fn refusals_are_recorded_for_status() {
     let r = TempRepo::new("record");
-    assert_eq!(last_refusal(&r.dir).unwrap(), None);
+    let path = r.dir.join("refused.json");
+    assert_eq!(last_refusal(&path).unwrap(), None);
     let commit = r.commit(&[], "a", None);
-    record_refusal(&r.dir, "remote a", &Refusal { commit, verification: Verification::Unsigned }).unwrap();
-    let last = last_refusal(&r.dir).unwrap().unwrap();
+    record_refusal(&path, "remote a", &Refusal { commit, verification: Verification::Unsigned }).unwrap();
+    let last = last_refusal(&path).unwrap().unwrap();
     assert_eq!((last.source.as_str(), last.outcome.as_str()), ("remote a", "unsigned"));
     assert_eq!(last.commit, commit.to_string());
     assert!(last.reason.ends_with("is not signed"), "{}", last.reason);

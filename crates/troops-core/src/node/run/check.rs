@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -383,10 +383,8 @@ fn unit_active(unit: &str, timeout: Duration) -> Probed {
             "systemd is not running on this host (no {SYSTEMD_RUNNING}), so unit {unit} cannot be checked"
         ));
     }
-    let child = Command::new("systemctl")
+    let child = crate::mech::env::command("systemctl", crate::mech::env::base())
         .args(["is-active", "--quiet", "--", unit])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

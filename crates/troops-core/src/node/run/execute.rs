@@ -29,7 +29,7 @@ impl Run<'_, '_> {
         // A rollback first puts back every link the failed run switched (its plan may have
         // named another link than this one).
         if let Some(failed) = self.failed_commit {
-            for line in Releases::new(&self.node.state_dir, None).undo(failed, &self.node.runs())? {
+            for line in Releases::new(self.node, None).undo(failed, &self.node.runs())? {
                 let _ = writeln!(self.out, "==> {line}");
             }
         }

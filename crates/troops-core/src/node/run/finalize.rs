@@ -38,7 +38,7 @@ pub(super) fn finalize(
     match record.status {
         RunStatus::Succeeded => {
             if let Some(release) = release {
-                Releases::new(&node.state_dir, None).note_good(release, &runs)?;
+                Releases::new(node, None).note_good(release, &runs)?;
             }
             repo.set_deployed(commit, &format!("troops: run {} ({}) succeeded", record.id, record.trigger))?;
             // A person ran a quarantined commit on purpose, and it worked.
@@ -73,7 +73,7 @@ pub(super) fn finalize(
     }
     runs.prune(node.config.keep_runs, lock)?;
     if let Some(release) = plan.and_then(|p| p.release.as_ref()) {
-        let releases = Releases::new(&node.state_dir, release.link.as_deref());
+        let releases = Releases::new(node, release.link.as_deref());
         let current = releases.current();
         let last_good = match repo.deployed()? {
             Some(deployed) => releases.last_good(deployed, &runs)?.map(|r| r.path),

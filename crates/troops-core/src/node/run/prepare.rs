@@ -114,7 +114,7 @@ pub(super) fn vouch(
     deployed: Option<Oid>,
     trigger: Trigger,
 ) -> Result<()> {
-    let Some(policy) = crate::mech::verify::enforced(&node.config.verify, &node.state_dir)? else {
+    let Some(policy) = crate::mech::verify::enforced(&node.config.verify, &node.seen_path())? else {
         return Ok(());
     };
     let scope = node.config.verify.scope;
@@ -125,7 +125,7 @@ pub(super) fn vouch(
         return Ok(());
     };
     let source = format!("{trigger} run");
-    let _ = crate::mech::verify::record_refusal(&node.state_dir, &source, &refusal);
+    let _ = crate::mech::verify::record_refusal(&node.refused_path(), &source, &refusal);
     crate::mech::metrics::count_refusal(node, refusal.verification.kind());
     crate::node::state::write_textfile(node);
     Err(Error::Refused { commit, reason: refusal.to_string() })
@@ -219,7 +219,7 @@ impl Run<'_, '_> {
             self.repo.checkout(commit, &checkout)?;
             return Ok(Layout::Work(checkout));
         };
-        let releases = Releases::new(&self.node.state_dir, release.link.as_deref());
+        let releases = Releases::new(self.node, release.link.as_deref());
         if self.record.trigger == Trigger::Rollback {
             if let Some(good) = releases.last_good(commit, &self.node.runs())? {
                 return Ok(Layout::Release { releases, dir: good.path, reused: true });
@@ -290,7 +290,7 @@ pub(super) fn relative_to(error: Error, checkout: &Path) -> Error {
 /// (root's) alone; root clears them all.
 fn clear_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    crate::mech::modes::dir_all(dir, 0o750)?;
     let me = nix::unistd::geteuid();
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
         let path = entry.ctx(|| format!("listing {}", dir.display()))?.path();
@@ -329,24 +329,16 @@ fn make_writable(path: &Path) {
     }
 }
 
-/// The PATH of every step: fixed, so that no trigger's PATH leaks in.
-const STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// The whole environment of every step but `TROOPS_STEP` and the step's own `env`, the same for
-/// every trigger (SPEC, "The trust boundary"): nothing of the pusher's, the caller's or systemd's.
-/// `TROOPS_SECRETS` is there only when the node has secrets in this run.
+/// every trigger (SPEC, "The trust boundary"): every child's (`mech::env`) and the run's
+/// `TROOPS_*`. `TROOPS_SECRETS` is there only when the node has secrets in this run.
 fn step_env(
     node: &Node,
     record: &RunRecord,
     roles: &BTreeSet<String>,
     secrets: Option<&crate::mech::secrets::RunSecrets>,
 ) -> Vec<(&'static str, String)> {
-    let mut env = vec![("PATH", step_path()), ("LANG", "C.UTF-8".to_owned())];
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
-        env.push(("HOME", user.dir.display().to_string()));
-        env.push(("USER", user.name.clone()));
-        env.push(("LOGNAME", user.name));
-    }
+    let mut env = crate::mech::env::base();
     env.extend([
         ("TROOPS_COMMIT", record.commit.to_string()),
         ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.map(|c| c.to_string()).unwrap_or_default()),
@@ -361,14 +353,4 @@ fn step_env(
         env.push(("TROOPS_SECRETS", secrets.dir.display().to_string()));
     }
     env
-}
-
-/// [`STEP_PATH`], with the directory of the running troops binary in front when it is not in it,
-/// so that a step's `troops has-role` is this troops.
-fn step_path() -> String {
-    let exe_dir = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.display().to_string()));
-    match exe_dir {
-        Some(dir) if !STEP_PATH.split(':').any(|d| d == dir) => format!("{dir}:{STEP_PATH}"),
-        _ => STEP_PATH.to_owned(),
-    }
 }
