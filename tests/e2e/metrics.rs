@@ -24,10 +24,7 @@ const FAILING_PLAN: &str = "[[step]]\nname = \"broken\"\nrun = \"exit 1\"\n";
 fn node(extra: &str) -> (Env, DeployRepo) {
     let env = Env::new();
     env.write_config(&format!("hostname = \"web-1\"\n{extra}"));
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     (env, work)
 }
 
@@ -692,10 +689,7 @@ fn refused_commits_are_counted_by_reason_from_a_push_and_a_pull() {
         keyring.display().to_string(),
         prom.display().to_string()
     ));
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     let base = gpg.commit(&env, &work, &trusted, &[("troops.toml", OK_PLAN)], "base");
     publish_to_a(&env, &work);
     pull_deploys(&env, &base);

@@ -6,19 +6,12 @@
 
 use std::path::Path;
 
-use crate::support::{combined, publish_to_a, text, DeployRepo, Env};
-
-fn short(commit: &str) -> &str {
-    &commit[..12]
-}
+use crate::support::{combined, publish_to_a, short, text, DeployRepo, Env};
 
 /// A node following the bare repo `a.git`, and a deploy repo to commit to.
 fn node() -> (Env, DeployRepo) {
     let env = Env::new();
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     (env, work)
 }
 

@@ -12,14 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::daemon::Daemon;
 use crate::support::sshd::Sshd;
-use crate::support::{text, wait_until, DeployRepo, Env};
+use crate::support::{short, text, wait_until, DeployRepo, Env};
 
 /// How long anything in these tests may take before the test fails.
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn short(commit: &str) -> &str {
-    &commit[..12]
-}
 
 /// `git push` over SSH to the node's repo (the hook then runs in sshd's session environment,
 /// with nothing of the test's).

@@ -11,21 +11,14 @@ use std::time::Duration;
 
 use crate::support::daemon::Daemon;
 use crate::support::http::{HttpServer, Reply};
-use crate::support::{combined, publish_to_a, text, wait_until, DeployRepo, Env};
+use crate::support::{combined, publish_to_a, short, text, wait_until, DeployRepo, Env};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn short(commit: &str) -> &str {
-    &commit[..12]
-}
 
 /// A node following the bare repo `a.git`, and a deploy repo to push from.
 fn node() -> (Env, DeployRepo) {
     let env = Env::new();
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     (env, work)
 }
 

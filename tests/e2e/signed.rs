@@ -40,10 +40,7 @@ fn signed_node(scope: &str, armor: bool) -> (Env, Gpg, Keys, DeployRepo) {
         "hostname = \"web-1\"\n[verify]\nrequire_signed = true\nkeyring = \"{}\"\nscope = \"{scope}\"\n",
         keyring_path.display()
     ));
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     (env, gpg, keys, work)
 }
 

@@ -117,10 +117,7 @@ fn ssh_node(scope: &str, extra_verify: &str) -> (Env, Keys, DeployRepo) {
         "hostname = \"web-1\"\n[verify]\nrequire_signed = true\nallowed_signers = \"{}\"\nscope = \"{scope}\"\n{extra_verify}",
         env.path("allowed_signers").display()
     ));
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     (env, keys, work)
 }
 

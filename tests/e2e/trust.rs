@@ -59,10 +59,7 @@ fn signed_node(extra: &str) -> (Env, Gpg, Key, DeployRepo, String) {
     let trusted = gpg.generate("Trusted");
     std::fs::write(env.path("trusted.pgp"), gpg.export(&[&trusted], true)).unwrap();
     env.write_config(&signed_config(&env, extra));
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     let base = gpg.commit(&env, &work, &trusted, &[("troops.toml", PLAN)], "base");
     push_to_a(&env, &work);
     let out = env.run(&["pull"]);
@@ -542,10 +539,7 @@ fn what_troops_creates_has_the_same_modes_whatever_the_umask() {
 #[test]
 fn symlinks_planted_at_run_and_state_files_are_not_followed() {
     let env = Env::new();
-    let a = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &a.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", a.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     work.publish_plan(&env, PLAN);
     env.ok(&["deploy"]);
 

@@ -6,13 +6,9 @@ use std::fs::File;
 use std::process::{Child, Output};
 use std::time::Duration;
 
-use crate::support::{combined, text, wait_until, DeployRepo, Env};
+use crate::support::{combined, short, text, wait_until, DeployRepo, Env};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn short(commit: &str) -> &str {
-    &commit[..12]
-}
 
 /// A plan of one step running `run`, rolled back when it fails.
 fn plan(run: &str) -> String {

@@ -90,10 +90,7 @@ fn only_the_config_file_itself_reloads_the_config() {
 fn a_push_and_the_daemons_own_pull_are_heard_once_and_a_hand_moved_branch_as_a_tick() {
     let env = Env::new();
     env.write_config("hostname = \"web-1\"\ninterval = \"1h\"\n");
-    let mirror = env.path("a.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
-    env.ok(&["init", &format!("--remote=a={}", mirror.display())]);
-    let work = env.deploy_repo("work");
+    let work = env.init_following_a();
     let daemon = Daemon::start(&env);
     let node = env.repo().display().to_string();
 

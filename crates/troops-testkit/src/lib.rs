@@ -180,6 +180,21 @@ impl Env {
         self.ok(&["init"])
     }
 
+    /// A new bare repo `name` in the test dir, on branch `main`.
+    pub fn bare(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        self.git(self.tmp.path(), &["init", "-q", "--bare", "-b", "main", &path.display().to_string()]);
+        path
+    }
+
+    /// Initialises the node (its config as written) following remote `a`, a new bare repo
+    /// `a.git` in the test dir, and returns the deploy repo `work` to commit to.
+    pub fn init_following_a(&self) -> DeployRepo {
+        let a = self.bare("a.git");
+        self.ok(&["init", &format!("--remote=a={}", a.display())]);
+        self.deploy_repo("work")
+    }
+
     pub fn git(&self, dir: &Path, args: &[&str]) -> String {
         self.git_with(dir, args, &[])
     }
@@ -377,6 +392,11 @@ pub fn ssh_keygen(path: &Path, comment: &str) {
         .output()
         .expect("running ssh-keygen");
     assert!(out.status.success(), "ssh-keygen {}: {}", path.display(), text(&out.stderr));
+}
+
+/// The short form of a full commit id, as troops prints it.
+pub fn short(commit: &str) -> &str {
+    &commit[..12]
 }
 
 pub fn text(bytes: &[u8]) -> String {

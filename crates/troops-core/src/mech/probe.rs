@@ -119,10 +119,7 @@ impl StateFile for Probes {
     const MODE: u32 = 0o640;
 
     fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Probes, String> {
-        match schema {
-            1 => serde_json::from_value(old).map(|probes| Probes { probes }).map_err(|e| e.to_string()),
-            _ => Err(state_file::unknown(schema)),
-        }
+        state_file::from_bare_map(schema, old, |probes| Probes { probes })
     }
 }
 

@@ -62,10 +62,7 @@ impl StateFile for Remotes {
     const MODE: u32 = 0o640;
 
     fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Remotes, String> {
-        match schema {
-            1 => serde_json::from_value(old).map(|remotes| Remotes { remotes }).map_err(|e| e.to_string()),
-            _ => Err(state_file::unknown(schema)),
-        }
+        state_file::from_bare_map(schema, old, |remotes| Remotes { remotes })
     }
 }
 

@@ -48,6 +48,19 @@ pub fn unknown(schema: u64) -> String {
     format!("schema {schema} is not one troops wrote")
 }
 
+/// `StateFile::upgrade` for a file that was a bare map at schema 1 and keeps it in a field of its
+/// own since (`wrap`), beside the schema: in a bare map, a key "schema" is one more entry.
+pub fn from_bare_map<V: DeserializeOwned, T>(
+    schema: u64,
+    old: Value,
+    wrap: impl FnOnce(std::collections::BTreeMap<String, V>) -> T,
+) -> std::result::Result<T, String> {
+    match schema {
+        1 => serde_json::from_value(old).map(wrap).map_err(|e| e.to_string()),
+        _ => Err(unknown(schema)),
+    }
+}
+
 /// The state in the file at `path`; `None` when there is none yet.
 pub fn load<T: StateFile>(path: &Path) -> Result<Option<T>> {
     load_believed(path, |_| true)

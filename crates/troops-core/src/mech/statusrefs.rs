@@ -509,7 +509,9 @@ mod tests {
         for _ in 0..20 {
             let state = tempfile::tempdir().unwrap();
             let opened: Vec<_> = std::thread::scope(|scope| {
-                let racers: Vec<_> = (0..4).map(|_| scope.spawn(|| open(state.path()).map(drop))).collect();
+                let racers: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| open(&state.path().join("status.git")).map(drop)))
+                    .collect();
                 racers.into_iter().map(|r| r.join().unwrap()).collect()
             });
             assert!(opened.iter().all(|o| o.is_ok()), "{opened:?}");
@@ -553,7 +555,7 @@ mod tests {
         peer.reference("refs/troops/status/web-2", other, false, "").unwrap();
         let node = Repository::init_bare(state.join("repo/main.git")).unwrap();
         node.remote("status", &remote.display().to_string()).unwrap();
-        let status = open(&state).unwrap();
+        let status = open(&state.join("status.git")).unwrap();
         let empty = status.find_tree(status.treebuilder(None).unwrap().write().unwrap()).unwrap();
         let mine = status.commit(None, &who, &who, "web-1, newer, its push under way", &empty, &[]).unwrap();
         status.reference("refs/troops/status/web-1", mine, false, "").unwrap();
@@ -561,12 +563,14 @@ mod tests {
         let own = || status.refname_to_id("refs/troops/status/web-1").unwrap();
 
         // The remote has none of web-1's yet: the node's own is not pruned.
-        fetch(node.path(), &state, "status", "web-1", &state.join("ssh"), deadline).unwrap();
+        fetch(node.path(), &state.join("status.git"), "status", "web-1", &state.join("ssh"), deadline)
+            .unwrap();
         assert_eq!(own(), mine);
         assert_eq!(status.refname_to_id("refs/troops/status/web-2").unwrap(), other);
         // It has an older one: still the node's own stays.
         peer.reference("refs/troops/status/web-1", older, false, "").unwrap();
-        fetch(node.path(), &state, "status", "web-1", &state.join("ssh"), deadline).unwrap();
+        fetch(node.path(), &state.join("status.git"), "status", "web-1", &state.join("ssh"), deadline)
+            .unwrap();
         assert_eq!(own(), mine);
     }
 

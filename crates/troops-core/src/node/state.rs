@@ -214,6 +214,6 @@ pub fn write_textfile(node: &Node) {
         crate::mech::files::write(path, text.as_bytes(), 0o644)
     });
     if let Err(e) = written {
-        tracing::warn!(error = %e, textfile = %path.display(), "metrics textfile not written");
+        tracing::warn!(error = %e, "metrics not updated");
     }
 }

@@ -39,12 +39,7 @@ impl StateFile for Times {
     const MODE: u32 = 0o640;
 
     fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Times, String> {
-        match schema {
-            1 => {
-                serde_json::from_value(old).map(|first_seen| Times { first_seen }).map_err(|e| e.to_string())
-            }
-            _ => Err(state_file::unknown(schema)),
-        }
+        state_file::from_bare_map(schema, old, |first_seen| Times { first_seen })
     }
 }
 
@@ -128,7 +123,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Oid::from_str(&"a".repeat(40)).unwrap();
         std::fs::write(dir.path().join(FILE), format!("{{\"{a}\": \"2020-01-01T00:00:00Z\"}}")).unwrap();
-        let mut seen = FirstSeen::load(dir.path());
+        let mut seen = FirstSeen::load(&dir.path().join(FILE));
         assert_eq!(seen.time_of(a), humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap());
         seen.mark(Oid::from_str(&"b".repeat(40)).unwrap());
         seen.save().unwrap();
@@ -136,7 +131,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
         assert_eq!(new["schema"], 2);
         assert_eq!(new["first_seen"][a.to_string()], "2020-01-01T00:00:00Z");
-        assert_eq!(FirstSeen::load(dir.path()).time_of(a), seen.time_of(a));
+        assert_eq!(FirstSeen::load(&dir.path().join(FILE)).time_of(a), seen.time_of(a));
     }
 
     #[test]
