@@ -285,7 +285,7 @@ case_idle() {
     stop_daemon
     row "5. idle daemon, 3 remotes, 1 s" "resident memory, median of ${IDLE} samples (max; anonymous part)" "" "$(calc "'%.1f MiB (%.1f; %.1f)' % ($rss, $rss_max, $anon)")" "" "< 10 MiB" "$(verdict "$rss_max < 10")"
     row "" "CPU, all threads (per 1 s cycle)" "" "$(calc "'%.2f %% (%.1f ms)' % ($cpu, $cpu * 10)")" "" "" ""
-    row "" "wake-ups of the main, worker and notify threads" "" "$(calc "'%.1f /s' % $wakeups")" "" "" ""
+    row "" "wake-ups of the daemon's threads (its loop and blocking pool)" "" "$(calc "'%.1f /s' % $wakeups")" "" "" ""
 
     # The same node with metrics on: the /metrics listener, scraped once a second (Prometheus
     # scrapes every 15 s or more), and the textfile rewritten after every cycle.

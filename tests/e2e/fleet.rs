@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::support::daemon::Daemon;
 use crate::support::sshd::Sshd;
-use crate::support::{accept_within, still_open, text, wait_until, DeployRepo, Env, BUDGET};
+use crate::support::{accept_within, combined, still_open, text, wait_until, DeployRepo, Env, BUDGET};
 
 const NODES: usize = 12;
 const SOAK: Duration = Duration::from_secs(2);
@@ -785,4 +785,119 @@ fn a_nodes_status_chain_stays_short_however_often_it_publishes() {
         ],
     );
     assert_eq!(fetched.trim(), "1", "the reader fetched more than the newest commit");
+}
+
+#[test]
+fn in_a_clone_fleet_says_where_to_look_takes_a_url_and_strict_gates_on_failures() {
+    let hub = Env::new();
+    let status = bare(&hub, "status.git");
+    let mirror = bare(&hub, "mirror.git");
+    let clone = hub.path("clone");
+    hub.git(hub.tmp.path(), &["init", "-q", &clone.display().to_string()]);
+    hub.git(&clone, &["remote", "add", "origin", &mirror.display().to_string()]);
+    let fleet = |args: &[&str], vars: &[(&str, &Path)]| {
+        let mut command = hub.troops(&["fleet"]);
+        command.env_remove("TROOPS_STATE_DIR").args(args).envs(vars.iter().copied()).current_dir(&clone);
+        command.output().unwrap()
+    };
+    let none = hub.path("no-state");
+
+    // origin holds no status refs: the node's documents are elsewhere, and it says so.
+    let out = fleet(&["--state-dir", &none.display().to_string()], &[]);
+    assert!(out.status.success(), "{}", combined(&out));
+    let said = text(&out.stderr);
+    assert!(said.contains("remote origin (") && said.contains("holds no status refs"), "{said}");
+    assert!(said.contains("name that remote or its URL with --remote"), "{said}");
+
+    // A URL is a remote too; --strict fails on a failure report and not on a node under way.
+    let commit = "1".repeat(40);
+    forge(&hub, &status, "refs/troops/status/web-1", &status_doc("web-1", "healthy", &commit));
+    forge(&hub, &status, "refs/troops/status/web-2", &status_doc("web-2", "deploying", &commit));
+    let url = status.display().to_string();
+    let strict = |args: &[&str]| {
+        let mut all = vec!["--state-dir", none.to_str().unwrap(), "--remote", &url];
+        all.extend_from_slice(args);
+        fleet(&all, &[])
+    };
+    let out = strict(&["--strict"]);
+    assert_eq!(out.status.code(), Some(1), "the reports are old, so stale: {}", combined(&out));
+    let fresh = |host: &str, state: &str| {
+        let mut doc = status_doc(host, state, &commit);
+        doc["updated_at"] = humantime::format_rfc3339_millis(SystemTime::now()).to_string().into();
+        forge(&hub, &status, &format!("refs/troops/status/{host}"), &doc);
+    };
+    fresh("web-1", "healthy");
+    fresh("web-2", "deploying");
+    let out = strict(&["--strict"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("web-2"), "{}", combined(&out));
+    fresh("web-2", "rolled_back");
+    assert_eq!(strict(&["--strict"]).status.code(), Some(1));
+    assert_eq!(strict(&[]).status.code(), Some(0), "without --strict it only shows");
+
+    // TROOPS_STATE_DIR left in the shell: the fleet is read as that node sees it, and it says so.
+    let node = Env::new();
+    node.ok(&["init"]);
+    let out = fleet(&["--remote", &url], &[("TROOPS_STATE_DIR", &node.state)]);
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("(TROOPS_STATE_DIR is set); unset it to read this clone's remote instead"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_node_whose_branch_forked_from_its_mirror_says_so_everywhere_and_recovers_by_the_readme() {
+    let hub = Env::new();
+    let mirror = bare(&hub, "mirror.git");
+    let status = bare(&hub, "status.git");
+    let env = Env::new();
+    env.write_config("hostname = \"web-1\"\nstatus_remote = \"status\"\n");
+    env.ok(&["init", "--remote", &format!("origin={}", mirror.display())]);
+    env.git(&env.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    let work = hub.deploy_repo("work");
+    let plan = "[[step]]\nname = \"deploy\"\nrun = \"echo deployed $TROOPS_COMMIT\"\n";
+    let base = work.commit(&hub, &[("troops.toml", plan)], "base");
+    let old = work.commit(&hub, &[("x", "old")], "old history");
+    let push = |args: &[&str]| {
+        let out = work.push(&hub, &mirror.display().to_string(), args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    push(&["HEAD:main"]);
+    env.ok(&["pull"]);
+    assert_eq!(env.deployed().as_deref(), Some(old.as_str()));
+
+    // The mirror is force-pushed onto another history.
+    hub.git(&work.path, &["reset", "-q", "--hard", &base]);
+    let new = work.commit(&hub, &[("x", "new")], "new history");
+    push(&["--force", "HEAD:main"]);
+    let out = env.run(&["pull"]);
+    let said = combined(&out);
+    assert!(said.contains("and remotes origin have forked (a force-pushed mirror?)"), "{said}");
+    assert!(said.contains("When a node and its remotes fork"), "{said}");
+    assert_eq!(env.node_ref("refs/heads/main").as_deref(), Some(old.as_str()), "nothing moved");
+
+    let human = env.ok(&["status"]);
+    assert!(human.contains("\ndiverged  remote origin has forked from branch main at "), "{human}");
+    let json = env.status_json();
+    assert_eq!(json["diverged"]["remotes"], serde_json::json!(["origin"]), "{json}");
+    assert_eq!(json["diverged"]["tip"], old, "{json}");
+    assert_eq!(json["fleet"]["diverged"], json["diverged"], "the status document says it too");
+    env.ok(&["fleet", "--publish"]);
+    let table = env.ok(&["fleet"]);
+    assert!(table.contains("healthy, diverged"), "{table}");
+    assert!(table.contains("web-1: remote origin has forked from branch main at"), "{table}");
+    assert!(table.contains("1 diverged from their remotes (web-1)"), "{table}");
+
+    // The README's recovery when the mirror's history is the right one.
+    let repo = env.repo().display().to_string();
+    env.git(
+        env.tmp.path(),
+        &["--git-dir", &repo, "update-ref", "refs/heads/main", "refs/remotes/origin/main"],
+    );
+    assert!(env.status_json()["diverged"].is_null(), "the branch moved: no longer what was found");
+    env.ok(&["deploy"]);
+    assert_eq!(env.deployed().as_deref(), Some(new.as_str()));
+    env.ok(&["pull"]);
+    assert!(env.status_json()["diverged"].is_null());
 }

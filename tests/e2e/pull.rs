@@ -233,6 +233,23 @@ fn no_remote_fetched_is_exit_3() {
 }
 
 #[test]
+fn a_due_tip_runs_when_no_remote_answers_as_the_daemon_runs_it() {
+    let extra = [("closed", format!("ssh://git@127.0.0.1:{}/x.git", closed_port()))];
+    let env = Env::new();
+    env.ok(&["init", &format!("--remote={}={}", extra[0].0, extra[0].1)]);
+    // The branch moved while no remote answers (a push whose run was killed, say).
+    let tip = env.deploy_repo("work").publish_plan(&env, PLAN);
+    let (code, out) = pull(&env);
+    assert!(out.contains("remote closed (ssh://") && out.contains("could not be fetched"), "{out}");
+    assert_eq!(env.deployed().as_deref(), Some(tip.as_str()), "{out}");
+    assert_eq!(code, 0, "the run that was due ran, and succeeded: {out}");
+    // Nothing is due any more: then no remote answering is exit 3.
+    let (code, out) = pull(&env);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("no remote could be fetched"), "{out}");
+}
+
+#[test]
 fn the_daemon_picks_up_a_new_commit_within_interval_and_jitter() {
     let (env, work) = fleet("interval = \"1s\"\njitter = \"1s\"\n", &[]);
     work.commit(&env, &[("troops.toml", PLAN)], "first");

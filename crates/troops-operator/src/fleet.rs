@@ -27,7 +27,8 @@ pub struct Row {
 
 #[derive(Debug, Serialize)]
 pub struct View {
-    /// The branch tip the nodes are compared with.
+    /// The branch the nodes are compared with, and its tip.
+    pub branch: String,
     pub tip: Option<String>,
     pub nodes: Vec<Row>,
     pub unreadable: Vec<Unreadable>,
@@ -68,7 +69,7 @@ pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>
             .cmp(&(b.wave_index.unwrap_or(usize::MAX), &b.doc.host))
     });
     let summary = summary(&nodes);
-    View { tip: tip.map(|t| t.to_string()), nodes, unreadable, summary }
+    View { branch: branch.to_owned(), tip: tip.map(|t| t.to_string()), nodes, unreadable, summary }
 }
 
 /// "42 healthy on abc123, 3 held, 1 failed (web-7: step `migrate` failed (exit 1)), 2 stale".
@@ -84,9 +85,15 @@ pub fn summary(nodes: &[Row]) -> String {
     healthy.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut parts: Vec<String> =
         healthy.iter().map(|(commit, n)| format!("{n} healthy on {commit}")).collect();
-    for state in
-        [State::Deploying, State::Soaking, State::Held, State::Failed, State::RolledBack, State::Idle]
-    {
+    for state in [
+        State::Deploying,
+        State::Soaking,
+        State::Held,
+        State::Failed,
+        State::RolledBack,
+        State::Idle,
+        State::Other,
+    ] {
         let rows: Vec<&Row> = nodes.iter().filter(|r| r.doc.state == state).collect();
         if rows.is_empty() {
             continue;
@@ -102,6 +109,11 @@ pub fn summary(nodes: &[Row]) -> String {
             part += &format!(" ({}{more})", why.join("; "));
         }
         parts.push(part);
+    }
+    let diverged: Vec<&str> =
+        nodes.iter().filter(|r| r.doc.diverged.is_some()).map(|r| r.doc.host.as_str()).collect();
+    if !diverged.is_empty() {
+        parts.push(format!("{} diverged from their remotes ({})", diverged.len(), diverged.join(", ")));
     }
     let stale = nodes.iter().filter(|r| r.stale).count();
     if stale > 0 {

@@ -209,6 +209,10 @@ pub struct FleetArgs {
     /// this in the background; the daemon publishes on its own).
     #[arg(long, conflicts_with = "json")]
     pub publish: bool,
+    /// Exit 1 when a node reports a failure (failed, rolled back, or a rollout halted by one) or
+    /// its report is stale: a gate for CI. Nodes still deploying, soaking or held do not fail it.
+    #[arg(long, conflicts_with = "publish")]
+    pub strict: bool,
 }
 
 #[derive(Args)]

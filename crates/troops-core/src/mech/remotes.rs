@@ -1,5 +1,6 @@
 //! What each remote said at the node's last pull cycle (`<state>/remotes.json`): its tip or why
-//! it could not be fetched, and why its tip was refused, for `troops status` and the metrics.
+//! it could not be fetched, and why its tip was refused, and whether the node's branch and its
+//! remotes have forked; for `troops status`, the status document and the metrics.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use crate::mech::state_file::{self, StateFile};
 use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::records::now;
+use crate::model::status::Diverged;
 
 /// The last fetch of one remote, as `troops status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -27,7 +29,15 @@ pub struct RemoteState {
     pub probed: bool,
 }
 
-pub fn save(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>) -> Result<()> {
+/// Records a pull cycle: what each of `fetched` said, with its refusal if any, and the remotes the
+/// node's branch at `tip` forked from (`diverged`; none: it has not), since when it first did.
+pub fn save(
+    node: &Node,
+    fetched: &[Fetched],
+    refusals: &BTreeMap<&str, String>,
+    tip: Option<git2::Oid>,
+    diverged: &[String],
+) -> Result<()> {
     let at = now();
     let remotes = fetched
         .iter()
@@ -44,13 +54,24 @@ pub fn save(node: &Node, fetched: &[Fetched], refusals: &BTreeMap<&str, String>)
             (f.remote.clone(), state)
         })
         .collect();
-    state_file::save(&node.remotes_path(), &Remotes { remotes })
+    let diverged = match tip {
+        Some(tip) if !diverged.is_empty() => {
+            let tip = tip.to_string();
+            let before = load(node).ok().and_then(|r| r.diverged).filter(|d| d.tip == tip);
+            Some(Diverged { remotes: diverged.to_vec(), since: before.map_or_else(now, |d| d.since), tip })
+        }
+        _ => None,
+    };
+    state_file::save(&node.remotes_path(), &Remotes { remotes, diverged })
 }
 
-/// `<state>/remotes.json`: the last fetch of each remote, by name.
-#[derive(Serialize, Deserialize)]
-struct Remotes {
-    remotes: BTreeMap<String, RemoteState>,
+/// `<state>/remotes.json`: the last fetch of each remote, by name, and whether the node's branch
+/// and its remotes have forked.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Remotes {
+    pub remotes: BTreeMap<String, RemoteState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Diverged>,
 }
 
 impl StateFile for Remotes {
@@ -62,14 +83,13 @@ impl StateFile for Remotes {
     const MODE: u32 = 0o640;
 
     fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Remotes, String> {
-        state_file::from_bare_map(schema, old, |remotes| Remotes { remotes })
+        state_file::from_bare_map(schema, old, |remotes| Remotes { remotes, diverged: None })
     }
 }
 
-/// The last recorded fetch of each remote.
-pub fn load(node: &Node) -> Result<BTreeMap<String, RemoteState>> {
-    let remotes: Option<Remotes> = state_file::load(&node.remotes_path())?;
-    Ok(remotes.map(|r| r.remotes).unwrap_or_default())
+/// What the last pull cycle recorded (nothing before the first).
+pub fn load(node: &Node) -> Result<Remotes> {
+    Ok(state_file::load(&node.remotes_path())?.unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -631,14 +631,18 @@ mod tests {
         put("web-5", b"{ not json");
         let mut newer = serde_json::to_value(doc("web-6")).unwrap();
         newer["schema"] = 2.into();
-        newer["state"] = "a state troops 0.2 never heard of".into();
         put("web-6", newer.to_string().as_bytes());
         let mut hostile = serde_json::to_value(doc("web-7")).unwrap();
-        hostile["state"] = "\u{1b}[2J\nweb-9 healthy".into();
+        hostile["host"] = "\u{1b}[2J\nweb-9".into();
         put("web-7", hostile.to_string().as_bytes());
+        // A state this troops does not know is read, as a state it does not know (SPEC).
+        let mut later = serde_json::to_value(doc("web-8")).unwrap();
+        later["state"] = "paused".into();
+        put("web-8", later.to_string().as_bytes());
         let (docs, bad) = read_all(&git);
         let hosts: Vec<&str> = docs.iter().map(|d| d.host.as_str()).collect();
-        assert_eq!(hosts, ["web-1", "web-2"]);
+        assert_eq!(hosts, ["web-1", "web-2", "web-8"]);
+        assert_eq!(docs[2].state, crate::model::status::State::Other);
         let why: Vec<(&str, &str)> = bad.iter().map(|b| (b.reference.as_str(), b.error.as_str())).collect();
         assert_eq!(why.len(), 5, "{why:?}");
         assert!(why[0].0.ends_with("web-3") && why[0].1.contains("another host, \"web-2\""), "{why:?}");

@@ -39,6 +39,9 @@ pub struct StatusDoc {
     pub run: Option<RunSummary>,
     /// Why the tip does not run yet, when the rollout holds it.
     pub hold: Option<Hold>,
+    /// When the node's branch and its remotes forked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<Diverged>,
     /// Commits quarantined here (`refs/troops/bad/<sha>`), and why.
     pub quarantined: Vec<Quarantine>,
     /// The newest run's health checks.
@@ -47,6 +50,33 @@ pub struct StatusDoc {
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
+}
+
+/// The node's branch and every remote that answered have forked (a force-pushed mirror, say):
+/// nothing moves until a person says which history is right (README: "When a node and its
+/// remotes fork").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diverged {
+    /// The remotes whose branch forked from the node's.
+    pub remotes: Vec<String>,
+    /// The node's tip they forked from.
+    pub tip: String,
+    /// When this node first found it so.
+    pub since: String,
+}
+
+impl Diverged {
+    /// "remotes a, b have forked from branch main at 1a2b3c4d5e6f (since T)".
+    pub fn sentence(&self, branch: &str) -> String {
+        let (noun, verb) = if self.remotes.len() == 1 { ("remote", "has") } else { ("remotes", "have") };
+        format!(
+            "{noun} {} {verb} forked from branch {branch} at {} (since {}): nothing moves until a person \
+             decides which history is right",
+            self.remotes.join(", "),
+            crate::model::names::short(&self.tip),
+            self.since
+        )
+    }
 }
 
 /// Why the rollout keeps a commit from running here.
@@ -78,6 +108,10 @@ pub enum State {
     RolledBack,
     /// The rollout keeps the tip from running (see `hold`).
     Held,
+    /// A state this troops does not know, said by a newer peer (`paused`, ...): readers tolerate
+    /// it. Never healthy and never a failure report, so the rollout waits on such a node.
+    #[serde(other)]
+    Other,
 }
 
 /// A commit quarantined on the node, and why.
@@ -116,6 +150,7 @@ impl State {
             State::Failed => "failed",
             State::RolledBack => "rolled back",
             State::Held => "held",
+            State::Other => "in a state this troops does not know",
         }
     }
 }
@@ -173,6 +208,12 @@ impl StatusDoc {
 
     pub fn deployed_oid(&self) -> Option<Oid> {
         self.deployed.as_deref().and_then(|c| Oid::from_str(c).ok())
+    }
+
+    /// Whether the node reports a failure: it failed or rolled back, or its rollout was halted by
+    /// another's failure (what `troops fleet --strict` fails on).
+    pub fn reports_failure(&self) -> bool {
+        self.state.reports_failure() || self.hold.as_ref().is_some_and(|h| h.halted)
     }
 
     /// Why the node reports a failure: the newest run's error, or after a rollback why the tip

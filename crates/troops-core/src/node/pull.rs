@@ -210,7 +210,16 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
         );
         moved = Some(Moved { from: local, to: *to });
     }
-    crate::mech::remotes::save(node, &fetched, &refusals)?;
+    if !decision.diverged.is_empty() {
+        let _ = writeln!(
+            out,
+            "troops: branch {} at {local_name} and remotes {} have forked (a force-pushed mirror?); nothing moves \
+             until a person decides which history is right (README: \"When a node and its remotes fork\")",
+            node.config.branch,
+            decision.diverged.join(", ")
+        );
+    }
+    crate::mech::remotes::save(node, &fetched, &refusals, local, &decision.diverged)?;
     Ok(Cycle { fetched, status_error: None, decision, moved })
 }
 

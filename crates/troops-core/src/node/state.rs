@@ -16,7 +16,7 @@ use crate::model::ask::Ask;
 use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::records::{CheckStatus, RunRecord, RunStatus};
-use crate::model::status::{state_of, Hold, Quarantine, RunSummary, State, StatusDoc, SCHEMA};
+use crate::model::status::{state_of, Diverged, Hold, Quarantine, RunSummary, State, StatusDoc, SCHEMA};
 use crate::policy::schedule::Decision;
 use crate::policy::waves::Place;
 
@@ -49,6 +49,8 @@ pub struct NodeState {
     pub wave: Option<Place>,
     pub quarantined: Vec<Quarantined>,
     pub remotes: Vec<Remote>,
+    /// When the branch and its remotes have forked (as the last pull cycle found).
+    pub diverged: Option<Diverged>,
     /// The node's state, and since when.
     pub state: State,
     pub since: Option<String>,
@@ -81,7 +83,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         .map(|name| Remote {
             name: name.to_owned(),
             url: repo.git.find_remote(name).ok().and_then(|r| r.url().map(str::to_owned)).unwrap_or_default(),
-            last_fetch: fetched.get(name).cloned(),
+            last_fetch: fetched.remotes.get(name).cloned(),
         })
         .collect();
     let history = node.runs().all()?;
@@ -111,6 +113,8 @@ pub fn read(node: &Node) -> Result<NodeState> {
         wave,
         quarantined: repo.all_quarantined()?,
         remotes,
+        // Until the next pull, what the last one found holds only while the branch is where it was.
+        diverged: fetched.diverged.clone().filter(|d| tip.is_some_and(|t| t.to_string() == d.tip)),
         state,
         since,
     })
@@ -145,6 +149,7 @@ impl NodeState {
                 error: r.error.clone(),
             }),
             hold: self.hold.clone(),
+            diverged: self.diverged.clone(),
             quarantined: self
                 .quarantined
                 .iter()

@@ -44,6 +44,10 @@ pub struct Decision {
     /// Remotes whose candidates fork from one another (nothing moves then).
     pub conflict: Vec<String>,
     pub refused: Vec<Refused>,
+    /// The remotes whose history forked from the local branch, when no remote that answered is
+    /// at the local tip or ahead of it: the node is diverged from its remotes (a force-pushed
+    /// mirror), and only a person can say which history is right.
+    pub diverged: Vec<String>,
 }
 
 /// Decides for `local` given each remote's fetched tip; `descends(a, b)` is true when `a` is a
@@ -67,6 +71,14 @@ pub fn decide(local: Option<Oid>, tips: &[RemoteTip], descends: impl Fn(Oid, Oid
                 None => candidates.push(Advance { to: *tip, remotes: vec![remote.clone()] }),
             },
         }
+    }
+    if candidates.is_empty() && local.is_some_and(|local| tips.iter().all(|t| t.tip != local)) {
+        decision.diverged = decision
+            .refused
+            .iter()
+            .filter(|r| r.refusal == Refusal::Diverged)
+            .map(|r| r.remote.clone())
+            .collect();
     }
     let newest = candidates
         .iter()
@@ -121,6 +133,21 @@ mod tests {
     #[test]
     fn an_empty_branch_takes_any_agreeing_tip() {
         assert_eq!(decide(None, &tips(&[("a", 1)]), descends).advance, to(1, &["a"]));
+    }
+
+    #[test]
+    fn a_branch_no_remote_is_at_or_ahead_of_is_diverged_from_those_that_forked() {
+        let names = |d: Decision| d.diverged;
+        // The mirror was force-pushed onto another history: the node's branch and it forked.
+        assert_eq!(names(decide(Some(c(3)), &tips(&[("a", 4)]), descends)), ["a"]);
+        // One forked, one lags behind: still nobody agrees with the node.
+        assert_eq!(names(decide(Some(c(3)), &tips(&[("a", 4), ("b", 2)]), descends)), ["a"]);
+        // Another remote is at the tip, or ahead of it: the forked one is only a bad remote.
+        assert!(names(decide(Some(c(3)), &tips(&[("a", 4), ("b", 3)]), descends)).is_empty());
+        assert!(names(decide(Some(c(2)), &tips(&[("a", 4), ("b", 3)]), descends)).is_empty());
+        // Only behind, or nothing fetched: not diverged.
+        assert!(names(decide(Some(c(3)), &tips(&[("a", 2)]), descends)).is_empty());
+        assert!(names(decide(Some(c(3)), &[], descends)).is_empty());
     }
 
     #[test]

@@ -202,6 +202,14 @@ pub fn gate(
                 humantime::format_duration(doc.heartbeat())
             ));
         }
+        if let Some(diverged) = &doc.diverged {
+            return Shows::Missing(format!(
+                "{} cannot take {short}: its branch and its remotes {} have forked (since {}); a person must decide",
+                escape(host),
+                escape(&diverged.remotes.join(", ")),
+                escape(&diverged.since)
+            ));
+        }
         let on_it = doc.state == State::Healthy && doc.deployed_oid().is_some_and(|c| descends(c, candidate));
         match report.healthy_since.filter(|_| on_it) {
             Some(since) => Shows::Healthy(since),
@@ -345,6 +353,7 @@ mod tests {
                 error: failed.then(|| "step `x` failed (exit 1)".into()),
             }),
             hold: None,
+            diverged: None,
             quarantined: vec![],
             checks: vec![],
             heartbeat_seconds: 3600,
@@ -529,6 +538,23 @@ mod tests {
             panic!()
         };
         assert!(why.contains("failed on x\\u{9b}2J (rest)"), "{why}");
+
+        // A canary whose branch forked from its remotes, healthy on its old commit, is named as such.
+        let mut forked = report("c1", State::Healthy, 9, 0);
+        forked.doc.as_mut().unwrap().diverged = Some(crate::model::status::Diverged {
+            remotes: vec!["origin".into()],
+            tip: oid(9).to_string(),
+            since: "2026-01-01T00:00:00.000Z".into(),
+        });
+        let Gate::Wait { why, .. } =
+            gate(oid(1), &wave_of("e1", &r), &seen(vec![forked]), &k, at(0), &r, descends)
+        else {
+            panic!()
+        };
+        assert!(
+            why.ends_with("none healthy yet; c1 cannot take 010101010101: its branch and its remotes origin have forked (since 2026-01-01T00:00:00.000Z); a person must decide"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
         return publish_now(&Node::load(global.state_dir.clone(), &global.config)?, args.remote.as_deref());
     }
     let node = Node::load(global.state_dir.clone(), &global.config).ok().filter(|n| n.repo().is_ok());
+    if node.is_some() && from_environment(&global.state_dir) && git2::Repository::discover(".").is_ok() {
+        eprintln!(
+            "troops: the fleet as the node in {} sees it (TROOPS_STATE_DIR is set); unset it to read \
+             this clone's remote instead",
+            global.state_dir.display()
+        );
+    }
     let branch = node.as_ref().map_or("main".to_owned(), |n| n.config.branch.clone());
     // In a clone, the status refs go to a scratch repo of their own, never into the clone.
     let mut scratch = None;
@@ -44,11 +51,24 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
                     global.state_dir.display()
                 ))
             })?;
+            // A remote of the clone, or a URL.
             let remote = args.remote.clone().unwrap_or_else(|| "origin".to_owned());
             let url = git.find_remote(&remote).ok().and_then(|r| r.url().map(str::to_owned));
             let dir = scratch.insert(tempfile::tempdir()?).path().to_owned();
             git2::Repository::init_bare(&dir)?;
-            let fetched = statusrefs::fetch_as_caller(&dir, url.as_deref().unwrap_or(&remote));
+            let url = url.unwrap_or_else(|| remote.clone());
+            let fetched = statusrefs::fetch_as_caller(&dir, &url);
+            if fetched.is_ok() && statusrefs::read_all(&git2::Repository::open_bare(&dir)?).0.is_empty() {
+                eprintln!(
+                    "troops: {} holds no status refs; nodes publish where their `status_remote` points: \
+                     name that remote or its URL with --remote",
+                    if url == remote {
+                        escape(&url).into_owned()
+                    } else {
+                        format!("remote {remote} ({})", escape(&url))
+                    }
+                );
+            }
             (git, dir, remote, fetched)
         }
     };
@@ -80,7 +100,17 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     } else {
         print_table(&mut out, &view)?;
     }
-    Ok(if fetched.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    if fetched.is_err() {
+        return Ok(ExitCode::from(3));
+    }
+    let failing = view.nodes.iter().filter(|row| row.stale || row.doc.reports_failure()).count();
+    Ok(if args.strict && failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Whether the state dir is the one `TROOPS_STATE_DIR` names (left in a shell, it makes a clone's
+/// `troops fleet` read that node instead).
+fn from_environment(state_dir: &std::path::Path) -> bool {
+    std::env::var_os("TROOPS_STATE_DIR").is_some_and(|dir| std::path::Path::new(&dir) == state_dir)
 }
 
 /// Publishes this node's status document to `remote` (default: `status_remote`).
@@ -117,7 +147,7 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
             escape(doc.wave.as_deref().unwrap_or("-")).into_owned(),
             doc.deployed.as_deref().map_or("-".into(), |d| escape(&short(d)).into_owned()),
             row.behind.map_or("?".into(), |b| b.to_string()),
-            doc.state.to_string(),
+            if doc.diverged.is_some() { format!("{}, diverged", doc.state) } else { doc.state.to_string() },
             row.age_seconds.map_or("?".into(), |s| age(Duration::from_secs(s))),
             if row.stale { "stale".into() } else { String::new() },
         ]);
@@ -131,6 +161,12 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
     for row in view.nodes.iter().filter(|r| r.doc.hold.is_some()) {
         let hold = row.doc.hold.as_ref().expect("filtered");
         writeln!(out, "{}: {}", escape(&row.doc.host), escape(&hold.why))?;
+    }
+    for row in &view.nodes {
+        if let Some(diverged) = &row.doc.diverged {
+            // Its branch name is not in the document: the one compared with here stands for it.
+            writeln!(out, "{}: {}", escape(&row.doc.host), escape(&diverged.sentence(&view.branch)))?;
+        }
     }
     writeln!(out, "{}", escape(&view.summary))?;
     Ok(())

@@ -15,7 +15,7 @@ use troops_core::model::names::short;
 use troops_core::model::node::Node;
 use troops_core::model::records::{RunRecord, RunStatus, Trigger};
 use troops_core::model::shown::escape;
-use troops_core::model::status::{State, StatusDoc};
+use troops_core::model::status::{Diverged, State, StatusDoc};
 use troops_core::policy::schedule::Decision;
 
 /// The layout of `troops status --json`; a reader tolerates fields it does not know.
@@ -44,6 +44,7 @@ struct Report<'a> {
     wave: Option<String>,
     state: State,
     since: Option<&'a str>,
+    diverged: Option<&'a Diverged>,
     fleet: StatusDoc,
     verify: VerifyReport<'a>,
 }
@@ -159,6 +160,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             wave: now.wave.as_ref().map(ToString::to_string),
             state: now.state,
             since: now.since.as_deref(),
+            diverged: now.diverged.as_ref(),
             fleet: now.status_doc(node),
             verify: VerifyReport {
                 require_signed: verify.require_signed,
@@ -196,6 +198,10 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     match &now.hold {
         Some(hold) => writeln!(out, "state     held{since}: {}", escape(&hold.why))?,
         None => writeln!(out, "state     {}{since}", now.state)?,
+    }
+    if let Some(diverged) = &now.diverged {
+        writeln!(out, "diverged  {}", escape(&diverged.sentence(&now.branch)))?;
+        writeln!(out, "          (README: \"When a node and its remotes fork\")")?;
     }
     for r in &now.remotes {
         let last = match &r.last_fetch {
