@@ -4,6 +4,7 @@
 //! has soaked; a commit that fails on the canary is held everywhere else; `troops fleet` says so.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -785,6 +786,41 @@ fn a_nodes_status_chain_stays_short_however_often_it_publishes() {
         ],
     );
     assert_eq!(fetched.trim(), "1", "the reader fetched more than the newest commit");
+}
+
+#[test]
+fn publishers_at_once_on_one_node_each_land_in_turn_and_the_newest_stays() {
+    let hub = Env::new();
+    let status = bare(&hub, "status.git");
+    let node = Env::new();
+    node.write_config("hostname = \"node-00\"\nstatus_remote = \"status\"\n");
+    node.init();
+    node.git(&node.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    let git = status.display().to_string();
+    for round in 0..5 {
+        // A run's background publish, the daemon's and a person's, all at once.
+        let publishers: Vec<_> = (0..4)
+            .map(|_| {
+                let mut troops = node.troops(&["fleet", "--publish"]);
+                troops.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting troops")
+            })
+            .collect();
+        for publisher in publishers {
+            let out = publisher.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", combined(&out));
+        }
+        let remote = hub.git(hub.tmp.path(), &["--git-dir", &git, "rev-parse", "refs/troops/status/node-00"]);
+        let own = node.git(
+            node.tmp.path(),
+            &[
+                "--git-dir",
+                &node.state.join("status.git").display().to_string(),
+                "rev-parse",
+                "refs/troops/published",
+            ],
+        );
+        assert_eq!(remote, own, "round {round}: the remote holds an older document than the node's last");
+    }
 }
 
 #[test]

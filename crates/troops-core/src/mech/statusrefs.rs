@@ -99,21 +99,40 @@ pub struct Published {
     pub duration: Duration,
 }
 
-/// Commits `doc` in the status repo and pushes it to `remote` of the node repo, giving up after
-/// `timeout`.
-pub fn publish(node: &Node, doc: &StatusDoc, remote: &str, timeout: Duration) -> Result<Published> {
-    let started = Instant::now();
-    let url = url_of(&node.repo_path(), remote)
-        .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
-    let path = node.status_repo_path();
-    let git = open(&path)?;
-    let (reference, commit) = {
-        let _lock = lock(&path).map_err(Error::Env)?;
-        commit(&git, doc)?
-    };
-    push(&git, &url, &format!("+{commit}:{reference}"), &node.ssh_dir(), started + timeout)
-        .map_err(|e| Error::Env(format!("pushing {reference} to remote {remote}: {e}")))?;
-    Ok(Published { reference, remote: remote.to_owned(), duration: started.elapsed() })
+/// This node's turn to publish: one publisher at a time (the daemon's, a run's in the background,
+/// `troops fleet --publish` by hand), each building its document and pushing it within its turn.
+/// Two pushes of one ref at once would fail one of them at the remote ("failed to update ref"),
+/// and a document built before another's push could land after it, older over newer. A turn
+/// lasts at most the publish's timeout: its push is killed then.
+pub struct Turn {
+    git: Repository,
+    _lock: Flock<File>,
+}
+
+impl Turn {
+    /// Waits for this node's turn to publish, creating the status repo if it is missing.
+    pub fn take(node: &Node) -> Result<Turn> {
+        let git = open(&node.status_repo_path())?;
+        // Not the fetch's lock: a fetch need not wait for a slow push. `refs` is in every repo,
+        // and is no `*.lock` file that clearing a fetch's leftovers would remove.
+        let lock = lock(&git.path().join("refs")).map_err(Error::Env)?;
+        Ok(Turn { git, _lock: lock })
+    }
+
+    /// Commits `doc` in the status repo and pushes it to `remote` of the node repo, giving up
+    /// after `timeout`.
+    pub fn publish(self, node: &Node, doc: &StatusDoc, remote: &str, timeout: Duration) -> Result<Published> {
+        let started = Instant::now();
+        let url = url_of(&node.repo_path(), remote)
+            .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
+        let (reference, commit) = {
+            let _lock = lock(self.git.path()).map_err(Error::Env)?;
+            commit(&self.git, doc)?
+        };
+        push(&self.git, &url, &format!("+{commit}:{reference}"), &node.ssh_dir(), started + timeout)
+            .map_err(|e| Error::Env(format!("pushing {reference} to remote {remote}: {e}")))?;
+        Ok(Published { reference, remote: remote.to_owned(), duration: started.elapsed() })
+    }
 }
 
 /// The URL of `remote` in the node repo at `repo_path`.

@@ -121,8 +121,9 @@ fn publish_now(node: &Node, remote: Option<&str>) -> Result<ExitCode> {
             node.config.path.display()
         ))
     })?;
+    let turn = statusrefs::Turn::take(node)?;
     let doc = troops_core::node::state::status_doc(node)?;
-    let done = statusrefs::publish(node, &doc, &remote, node.config.fetch_timeout)?;
+    let done = turn.publish(node, &doc, &remote, node.config.fetch_timeout)?;
     writeln!(
         std::io::stdout(),
         "troops: published {} ({}) to remote {} in {} ms",

@@ -97,10 +97,12 @@ impl Publisher {
 impl Round {
     /// Builds the document and publishes it when it is news or a heartbeat is due (blocking).
     pub fn run(mut self, node: &Node) -> Round {
-        let doc = match troops_core::node::state::status_doc(node) {
-            Ok(doc) => doc,
+        let built = statusrefs::Turn::take(node)
+            .and_then(|turn| Ok((turn, troops_core::node::state::status_doc(node)?)));
+        let (turn, doc) = match built {
+            Ok(built) => built,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot build the status document");
+                tracing::warn!(error = %e, "status not built");
                 self.outcome = Outcome::NotRun;
                 return self;
             }
@@ -110,7 +112,7 @@ impl Round {
             self.outcome = Outcome::Unchanged;
             return self;
         }
-        self.outcome = match statusrefs::publish(node, &doc, &self.remote, node.config.fetch_timeout) {
+        self.outcome = match turn.publish(node, &doc, &self.remote, node.config.fetch_timeout) {
             Ok(done) => {
                 tracing::info!(reference = %done.reference, remote = %done.remote, state = %doc.state, deployed = %doc.deployed.as_deref().unwrap_or("none"), ms = done.duration.as_millis() as u64, "status published");
                 Outcome::Published(Box::new(doc))
