@@ -749,14 +749,20 @@ fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
     assert_eq!(json["nodes"][0]["roles"][1], "\u{1b}[2J\u{1b}[H");
 }
 
-#[test]
-fn a_nodes_status_chain_stays_short_however_often_it_publishes() {
+/// A status remote `status.git` in a hub, and node-00 publishing to it.
+fn publishing_node() -> (Env, PathBuf, Env) {
     let hub = Env::new();
     let status = bare(&hub, "status.git");
     let node = Env::new();
     node.write_config("hostname = \"node-00\"\nstatus_remote = \"status\"\n");
     node.init();
     node.git(&node.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    (hub, status, node)
+}
+
+#[test]
+fn a_nodes_status_chain_stays_short_however_often_it_publishes() {
+    let (hub, status, node) = publishing_node();
     let git = status.display().to_string();
     let mut lengths = Vec::new();
     for _ in 0..40 {
@@ -790,12 +796,7 @@ fn a_nodes_status_chain_stays_short_however_often_it_publishes() {
 
 #[test]
 fn publishers_at_once_on_one_node_each_land_in_turn_and_the_newest_stays() {
-    let hub = Env::new();
-    let status = bare(&hub, "status.git");
-    let node = Env::new();
-    node.write_config("hostname = \"node-00\"\nstatus_remote = \"status\"\n");
-    node.init();
-    node.git(&node.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    let (hub, status, node) = publishing_node();
     let git = status.display().to_string();
     for round in 0..5 {
         // A run's background publish, the daemon's and a person's, all at once.

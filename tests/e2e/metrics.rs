@@ -33,6 +33,18 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A node following `a` whose metrics go to the textfile `node-exporter/troops.prom` (see `textfile`).
+fn node_with_textfile() -> (Env, DeployRepo) {
+    let (env, work) = node("");
+    let prom = env.path("node-exporter/troops.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    env.write_config(&format!(
+        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
+        prom.display().to_string()
+    ));
+    (env, work)
+}
+
 fn textfile(env: &Env) -> String {
     std::fs::read_to_string(env.path("node-exporter/troops.prom")).unwrap_or_default()
 }
@@ -71,13 +83,7 @@ fn assert_no_timestamps(text: &str) {
 
 #[test]
 fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
-    let (env, work) = node("");
-    let prom = env.path("node-exporter/troops.prom");
-    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
-    env.write_config(&format!(
-        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
-        prom.display().to_string()
-    ));
+    let (env, work) = node_with_textfile();
     // A second remote that cannot be fetched.
     env.git(&env.repo(), &["remote", "add", "gone", &env.path("gone.git").display().to_string()]);
 
@@ -140,19 +146,13 @@ fn the_textfile_after_a_success_a_failure_and_a_fetch_error() {
     assert_eq!(sample(&text, "troops_last_run_success"), Some(1.0), "{text}");
     // Only the textfile and nothing beside it: the temp file was renamed into place.
     let names: Vec<_> =
-        std::fs::read_dir(prom.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        std::fs::read_dir(env.path("node-exporter")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["troops.prom"]);
 }
 
 #[test]
 fn each_run_counts_once_by_its_final_status_a_rolled_back_one_as_rolled_back() {
-    let (env, work) = node("");
-    let prom = env.path("node-exporter/troops.prom");
-    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
-    env.write_config(&format!(
-        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
-        prom.display().to_string()
-    ));
+    let (env, work) = node_with_textfile();
     let runs = |text: &str, result: &str, trigger: &str| {
         sample(text, &format!("troops_runs_total{{result=\"{result}\",trigger=\"{trigger}\"}}"))
     };
@@ -208,13 +208,7 @@ fn each_run_counts_once_by_its_final_status_a_rolled_back_one_as_rolled_back() {
 
 #[test]
 fn quarantines_the_branch_has_moved_past_end_with_the_next_deploy() {
-    let (env, work) = node("");
-    let prom = env.path("node-exporter/troops.prom");
-    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
-    env.write_config(&format!(
-        "hostname = \"web-1\"\n[metrics]\ntextfile = {:?}\n",
-        prom.display().to_string()
-    ));
+    let (env, work) = node_with_textfile();
     let quarantined = || sample(&textfile(&env), "troops_quarantined_commits");
     let bad_lines = || -> Vec<String> {
         env.ok(&["status"]).lines().filter(|l| l.starts_with("bad ")).map(str::to_owned).collect()
