@@ -108,3 +108,33 @@ fn init_never_quietly_replaces_a_remote_or_the_hostname() {
     );
     assert_eq!(std::fs::read_to_string(&env.config).unwrap(), "");
 }
+
+#[test]
+fn a_node_named_by_relative_paths_runs_its_steps_by_deploy_pull_and_push() {
+    let env = Env::new();
+    let work = env.deploy_repo("work");
+    let mirror = env.bare("mirror.git");
+    let plan = "[[step]]\nname = \"x\"\nrun = \"echo ran in $PWD\"\n";
+    work.commit(&env, &[("troops.toml", plan)], "first");
+    let pushed = work.push(&env, &mirror.display().to_string(), &["HEAD:main"]);
+    assert!(pushed.status.success(), "{}", combined(&pushed));
+    // As an operator types them in the test dir: the state dir and config relative to it.
+    let relative = |args: &[&str]| {
+        let mut command = env.troops(&[&["--state-dir", "state", "--config", "troops.toml"], args].concat());
+        command.current_dir(env.tmp.path()).env_remove("TROOPS_STATE_DIR").env_remove("TROOPS_CONFIG");
+        command.output().unwrap()
+    };
+    let out = relative(&["init", "--remote", "origin=mirror.git"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    let out = relative(&["pull"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    assert!(text(&out.stdout).contains("ran in /"), "{}", combined(&out));
+    let out = relative(&["deploy"]);
+    assert!(out.status.success(), "{}", combined(&out));
+    // The hooks find the node by what init recorded, from the node repo's directory.
+    let second = work.commit(&env, &[("x", "2")], "second");
+    let mut push = work.push_command(&env, &env.repo().display().to_string(), &["HEAD:main"]);
+    let pushed = push.env_remove("TROOPS_STATE_DIR").env_remove("TROOPS_CONFIG").output().unwrap();
+    assert!(pushed.status.success(), "{}", combined(&pushed));
+    assert_eq!(env.deployed().as_deref(), Some(second.as_str()));
+}

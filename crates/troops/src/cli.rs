@@ -20,11 +20,18 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// The node's state dir.
-    #[arg(long, global = true, env = "TROOPS_STATE_DIR", default_value = troops_core::model::node::DEFAULT_STATE_DIR)]
+    #[arg(long, global = true, env = "TROOPS_STATE_DIR", default_value = troops_core::model::node::DEFAULT_STATE_DIR, value_parser = absolute)]
     pub state_dir: PathBuf,
     /// The node config file (a missing file means defaults).
-    #[arg(long, global = true, env = "TROOPS_CONFIG", default_value = troops_core::model::config::DEFAULT_PATH)]
+    #[arg(long, global = true, env = "TROOPS_CONFIG", default_value = troops_core::model::config::DEFAULT_PATH, value_parser = absolute)]
     pub config: PathBuf,
+}
+
+/// `path` made absolute against the working directory, as given: a step runs in its checkout,
+/// a hook in the node repo and the daemon in `/`, and each must find the same state dir and config
+/// (and `troops init` records them for the hooks).
+fn absolute(path: &str) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("{path:?}: {e}"))
 }
 
 #[derive(Args)]

@@ -120,8 +120,8 @@ struct RawRetry {
 #[serde(deny_unknown_fields)]
 struct RawVerify {
     require_signed: Option<bool>,
-    keyring: Option<String>,
-    allowed_signers: Option<String>,
+    keyring: Option<Spanned<String>>,
+    allowed_signers: Option<Spanned<String>>,
     scope: Option<Scope>,
 }
 
@@ -208,17 +208,17 @@ impl Config {
         let notify = notify::Settings::parse(raw.notify, err)?;
         let status_heartbeat =
             duration(raw.status_heartbeat, "status_heartbeat", limits::STATUS_HEARTBEAT, secs(3600))?;
-        let secrets_dir = match raw.secrets_dir {
-            None => None,
-            // Its files are created where it says, whatever the cwd of whoever runs.
+        // Files read or made where these say, whatever the working directory of whoever runs (the
+        // daemon's is `/`, a hook's the node repo, a step's its checkout).
+        let absolute = |value: Option<Spanned<String>>, key: &str| match value {
             Some(v) if !Path::new(v.get_ref()).is_absolute() => {
-                return Err(err(
-                    v.span(),
-                    format!("`secrets_dir`: {:?} must be an absolute path", v.get_ref()),
-                ))
+                Err(err(v.span(), format!("`{key}`: {:?} must be an absolute path", v.get_ref())))
             }
-            Some(v) => Some(PathBuf::from(v.into_inner())),
+            v => Ok(v.map(|v| PathBuf::from(v.into_inner()))),
         };
+        let secrets_dir = absolute(raw.secrets_dir, "secrets_dir")?;
+        let keyring = absolute(raw.verify.keyring, "verify.keyring")?;
+        let allowed_signers = absolute(raw.verify.allowed_signers, "verify.allowed_signers")?;
         Ok(Config {
             secrets_dir,
             status_remote: raw.status_remote.map(|r| word(Some(r), "status_remote", "")).transpose()?,
@@ -237,13 +237,13 @@ impl Config {
             verify: Verify {
                 given: Given {
                     require_signed: raw.verify.require_signed.is_some(),
-                    keyring: raw.verify.keyring.is_some(),
-                    allowed_signers: raw.verify.allowed_signers.is_some(),
+                    keyring: keyring.is_some(),
+                    allowed_signers: allowed_signers.is_some(),
                     scope: raw.verify.scope.is_some(),
                 },
                 require_signed: raw.verify.require_signed.unwrap_or(false),
-                keyring: raw.verify.keyring.map_or_else(|| PathBuf::from(DEFAULT_KEYRING), PathBuf::from),
-                allowed_signers: raw.verify.allowed_signers.map(PathBuf::from),
+                keyring: keyring.unwrap_or_else(|| PathBuf::from(DEFAULT_KEYRING)),
+                allowed_signers,
                 scope: raw.verify.scope.unwrap_or(Scope::Tip),
             },
             metrics,
@@ -313,6 +313,38 @@ mod tests {
         assert!(e.starts_with("/etc/troops/troops.toml:4:18: `verify.require_signed`: invalid type"), "{e}");
         let e = parse("roles = [\n  \"web\",\n  7,\n]\n").unwrap_err().to_string();
         assert!(e.starts_with("/etc/troops/troops.toml:3:3: `roles`: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn every_toml_example_of_the_readme_is_a_node_config_or_a_plan_troops_accepts() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let blocks: Vec<&str> =
+            readme.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        assert!(blocks.len() >= 9, "{} blocks", blocks.len());
+        for block in blocks {
+            let plan = crate::model::plan::Plan::parse(Path::new("troops.toml"), block, None);
+            if let (Err(as_plan), Err(as_config)) = (plan, parse(block)) {
+                panic!("neither a plan ({as_plan}) nor a node config ({as_config}):\n{block}");
+            }
+        }
+    }
+
+    #[test]
+    fn paths_a_node_reads_are_absolute_whoever_runs_where() {
+        for (key, table) in
+            [("keyring", "[verify]\n"), ("allowed_signers", "[verify]\n"), ("secrets_dir", "")]
+        {
+            let e = parse(&format!("{table}{key} = \"keys/trusted\"\n")).unwrap_err().to_string();
+            let named = if table.is_empty() { key.to_owned() } else { format!("verify.{key}") };
+            assert!(e.contains(&format!("`{named}`: \"keys/trusted\" must be an absolute path")), "{e}");
+        }
+        let c =
+            parse("[verify]\nkeyring = \"/etc/troops/k.pgp\"\nallowed_signers = \"/etc/troops/signers\"\n")
+                .unwrap();
+        assert_eq!(c.verify.keyring, Path::new("/etc/troops/k.pgp"));
+        assert_eq!(c.verify.allowed_signers.as_deref(), Some(Path::new("/etc/troops/signers")));
+        assert!(c.verify.given.keyring && c.verify.given.allowed_signers);
     }
 
     #[test]
