@@ -538,3 +538,28 @@ fn the_daemon_reloads_its_config_on_edit_and_on_sighup() {
         env.deployed().as_deref() == Some(second.as_str())
     });
 }
+
+#[test]
+fn a_remotes_file_cut_short_by_a_crash_is_nothing_known_until_the_next_pull() {
+    let env = Env::new();
+    let work = env.init_following_a();
+    work.commit(&env, &[("troops.toml", "[[step]]\nname = \"x\"\nrun = \"true\"\n")], "plan");
+    crate::support::publish_to_a(&env, &work);
+    env.ok(&["pull"]);
+    let remotes = env.state.join("remotes.json");
+    let whole = std::fs::read(&remotes).unwrap();
+    // remotes.json is written every cycle without a disk flush: a crash of the machine can cut it.
+    for cut in [&whole[..whole.len() / 2], b"".as_slice()] {
+        std::fs::write(&remotes, cut).unwrap();
+        let out = env.run(&["status"]);
+        assert!(out.status.success(), "{}", combined(&out));
+        let said = text(&out.stderr);
+        assert!(said.contains("the remotes' last fetches are unknown until the next pull"), "{said}");
+        assert!(said.contains(&remotes.display().to_string()), "the file is named: {said}");
+        assert!(env.status_json()["remotes"][0]["last_fetch"].is_null(), "nothing known");
+        env.ok(&["pull"]);
+        let out = env.run(&["status"]);
+        assert!(text(&out.stderr).is_empty(), "{}", combined(&out));
+        assert!(!env.status_json()["remotes"][0]["last_fetch"].is_null(), "written anew");
+    }
+}

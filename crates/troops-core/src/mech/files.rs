@@ -101,14 +101,30 @@ pub fn read(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     read_at_most(open(path, OpenOptions::new().read(true))?, max)
 }
 
+/// Whether a file written must survive a crash of the machine as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced to disk, and its directory too, before the write returns.
+    Synced,
+    /// An observation the next write makes anew (what the remotes said at the last pull): not
+    /// synced, so it costs no disk flush. After a crash of the machine it may be the old file,
+    /// or one its reader refuses as unreadable, until the next write.
+    Unsynced,
+}
+
 /// Replaces the file at `path` with `bytes`, of exactly `mode`, atomically ([`stage`] then
-/// [`Staged::commit`], in the directory `path` names).
+/// [`Staged::commit`], in the directory `path` names), synced.
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace(path, bytes, mode, Durability::Synced)
+}
+
+/// [`write`], as durable as `durability` says.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or(path.as_os_str());
     (|| {
         let dir = OwnedFd::from(File::open(dir)?);
-        stage(dir, name, bytes, mode)?.commit()
+        stage_as(dir, name, bytes, mode, durability)?.commit()
     })()
     .ctx(|| format!("writing {}", path.display()))
 }
@@ -119,10 +135,21 @@ pub struct Staged {
     dir: OwnedFd,
     temp: Option<OsString>,
     name: OsString,
+    durability: Durability,
 }
 
 /// Writes `bytes` with exactly `mode` to a new temp file in `dir`, beside `name`, and syncs it.
 pub fn stage(dir: OwnedFd, name: &OsStr, bytes: &[u8], mode: u32) -> io::Result<Staged> {
+    stage_as(dir, name, bytes, mode, Durability::Synced)
+}
+
+fn stage_as(
+    dir: OwnedFd,
+    name: &OsStr,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> io::Result<Staged> {
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut attempt = 0u32;
     let (file, temp) = loop {
@@ -138,10 +165,12 @@ pub fn stage(dir: OwnedFd, name: &OsStr, bytes: &[u8], mode: u32) -> io::Result<
             Err(e) => return Err(e.into()),
         }
     };
-    let staged = Staged { dir, temp: Some(temp), name: name.to_owned() };
+    let staged = Staged { dir, temp: Some(temp), name: name.to_owned(), durability };
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     (&file).write_all(bytes)?;
-    file.sync_all()?;
+    if durability == Durability::Synced {
+        file.sync_all()?;
+    }
     Ok(staged)
 }
 
@@ -151,7 +180,7 @@ impl Staged {
         self.dir.as_fd()
     }
 
-    /// Renames the temp file over its place and syncs the directory.
+    /// Renames the temp file over its place and, if it is to be synced, syncs the directory.
     pub fn commit(mut self) -> io::Result<()> {
         let temp = self.temp.take().expect("committed once");
         let dir = Some(self.dir.as_raw_fd());
@@ -159,7 +188,10 @@ impl Staged {
             let _ = unlinkat(dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
             return Err(e.into());
         }
-        nix::unistd::fsync(self.dir.as_raw_fd()).map_err(io::Error::from)
+        match self.durability {
+            Durability::Synced => nix::unistd::fsync(self.dir.as_raw_fd()).map_err(io::Error::from),
+            Durability::Unsynced => Ok(()),
+        }
     }
 }
 

@@ -57,7 +57,7 @@ pub fn save(
     let diverged = match tip {
         Some(tip) if !diverged.is_empty() => {
             let tip = tip.to_string();
-            let before = load(node).ok().and_then(|r| r.diverged).filter(|d| d.tip == tip);
+            let before = load(node).diverged.filter(|d| d.tip == tip);
             Some(Diverged { remotes: diverged.to_vec(), since: before.map_or_else(now, |d| d.since), tip })
         }
         _ => None,
@@ -81,15 +81,22 @@ impl StateFile for Remotes {
     /// More than the states of any number of remotes a node has.
     const MAX_BYTES: u64 = 16 << 20;
     const MODE: u32 = 0o640;
+    /// Written every pull cycle, each time whole: after a crash the next cycle writes it anew.
+    const DURABILITY: crate::mech::files::Durability = crate::mech::files::Durability::Unsynced;
 
     fn upgrade(schema: u64, old: serde_json::Value) -> std::result::Result<Remotes, String> {
         state_file::from_bare_map(schema, old, |remotes| Remotes { remotes, diverged: None })
     }
 }
 
-/// What the last pull cycle recorded (nothing before the first).
-pub fn load(node: &Node) -> Result<Remotes> {
-    Ok(state_file::load(&node.remotes_path())?.unwrap_or_default())
+/// What the last pull cycle recorded (nothing before the first). A file that cannot be read (cut
+/// short by a crash of the machine: it is not synced) is nothing known, said as a warning, until
+/// the next cycle writes it anew.
+pub fn load(node: &Node) -> Remotes {
+    state_file::load(&node.remotes_path()).map(Option::unwrap_or_default).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the remotes' last fetches are unknown until the next pull");
+        Remotes::default()
+    })
 }
 
 #[cfg(test)]

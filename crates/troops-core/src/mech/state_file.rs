@@ -6,7 +6,8 @@
 //! - a missing file is "none yet"; one that is there but is no regular file, is over its bound, is
 //!   not JSON, is not of its layout or is of a newer one is an error naming the file, and the
 //!   reader decides what that means for it;
-//! - a file is replaced whole (`files::write`), with its mode;
+//! - a file is replaced whole (`files::replace`), with its mode, synced to disk unless it is an
+//!   observation the next cycle writes anew ([`StateFile::DURABILITY`]);
 //! - a file says which layout it has (`"schema": N`, beside its fields), so a newer troops can
 //!   change one and still read the old. A file without a `schema` number is of schema 1: what
 //!   troops wrote before state files had one (a `schema` that is no number is an entry of such a
@@ -34,6 +35,9 @@ pub trait StateFile: Serialize + DeserializeOwned {
     const MAX_BYTES: u64;
     /// The file's permissions, exactly.
     const MODE: u32;
+    /// Whether the file must survive a crash of the machine as written: most must (a ledger, a
+    /// release index); what the next pull cycle writes anew need not, and saves a disk flush.
+    const DURABILITY: files::Durability = files::Durability::Synced;
 
     /// This state from a file of the older layout `schema` (its `schema` taken out). A file type
     /// that never changed its layout has no older one: a file that says it has is refused.
@@ -115,7 +119,7 @@ pub fn save<T: StateFile>(path: &Path, state: &T) -> Result<()> {
     }
     let json = serde_json::to_vec_pretty(&Versioned { schema: T::SCHEMA, state })
         .unwrap_or_else(|e| panic!("{} serializes: {e}", T::WHAT));
-    files::write(path, &json, T::MODE)
+    files::replace(path, &json, T::MODE, T::DURABILITY)
 }
 
 #[cfg(test)]

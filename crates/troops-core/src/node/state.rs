@@ -73,7 +73,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         Ok(roles) => (roles.into_iter().collect(), None),
         Err(e) => (node.config.roles.clone(), Some(e.to_string())),
     };
-    let fetched = crate::mech::remotes::load(node)?;
+    let fetched = crate::mech::remotes::load(node);
     let remotes = repo
         .git
         .remotes()
