@@ -625,12 +625,25 @@ fn locks_and_files_a_member_holds_or_plants_hold_no_root_run_up() {
     let env = shared_node("");
     let prom = env.path("troops.prom").display().to_string();
     env.write_config(&format!(
-        "hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\ninterval = \"1h\"\n[metrics]\ntextfile = {prom:?}\n"
+        "hostname = \"web-1\"\nadmin_group = \"{GROUP}\"\ninterval = \"1h\"\nstatus_remote = \"status\"\n\
+         [metrics]\ntextfile = {prom:?}\n"
     ));
+    let status = env.bare("status.git");
+    env.git(&env.repo(), &["remote", "add", "status", &status.display().to_string()]);
     let work = env.deploy_repo("work");
     work.publish_plan(&env, PLAN);
     env.ok(&["deploy"]);
+    env.ok(&["fleet", "--publish"]);
     assert!(env.state.join("metrics/counters.json").is_file());
+
+    // The status repo is the group's to read: the member holds the flock on it and on its refs,
+    // and root's status fetches and publishes go on (their locks are files only root can open).
+    let status_repo = hold_as_member(&env, "status.git", None);
+    let status_refs = hold_as_member(&env, "status.git/refs", None);
+    let out = run_within(&env, &["fleet", "--publish"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    let out = run_within(&env, &["fleet"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
 
     // The member swaps the counters (metrics/ is the group's) for a FIFO nobody writes to, and
     // holds the flock on metrics/ and on the repo directory (where fetches once took turns).
@@ -647,7 +660,7 @@ fn locks_and_files_a_member_holds_or_plants_hold_no_root_run_up() {
     let status = env.status_json();
     assert!(status["running"].is_null(), "{status}");
     assert_eq!(status["last_run"]["id"], 2, "{status}");
-    drop((metrics, repo));
+    drop((metrics, repo, status_repo, status_refs));
     // Once the member lets go, root's counters are a file of root's again.
     env.ok(&["deploy"]);
     let counters = std::fs::symlink_metadata(env.state.join("metrics/counters.json")).unwrap();

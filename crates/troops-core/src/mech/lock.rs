@@ -16,6 +16,21 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::model::error::{Context, Error, Result};
 
+/// Opens the lock file at `path`, made if missing, as only its owner may open it: 0600, set on what
+/// was opened, never through a symlink. A lock nobody else can hold: flock needs only an open
+/// file, so a lock on anything the admin group may read (a directory, a repo) is one a member
+/// could take and keep, holding up root's fetches or publishes for as long as they like.
+pub fn private_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = crate::mech::files::open(
+        path,
+        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600),
+    )
+    .ctx(|| format!("opening {}", path.display()))?;
+    crate::mech::modes::set_file(&file, path, 0o600)?;
+    Ok(file)
+}
+
 /// Held while a plan runs; released on drop (or when the process dies).
 pub struct NodeLock {
     file: Flock<File>,

@@ -83,11 +83,26 @@ fn private(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears what
-/// a stopped download left behind and prunes, which must not meet another's objects half written.
-fn lock(path: &Path) -> std::result::Result<Flock<File>, String> {
-    let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+/// The status repo's locks: files in it only its owner can open (`lock::private_file`), though
+/// the admin group may read the repo. Not `*.lock`: those are git's, which `clear_leftovers` removes.
+#[derive(Clone, Copy)]
+enum Lock {
+    /// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears
+    /// what a stopped download left behind and prunes, which must not meet another's objects half
+    /// written.
+    Writer,
+    /// One publisher at a time (`Turn`).
+    Publisher,
+}
+
+/// Takes `which` lock of the status repo at `git_dir`, waiting for it.
+fn lock(git_dir: &Path, which: Lock) -> std::result::Result<Flock<File>, String> {
+    let path = git_dir.join(match which {
+        Lock::Writer => "troops-writer.flock",
+        Lock::Publisher => "troops-publisher.flock",
+    });
+    let file = crate::mech::lock::private_file(&path).map_err(|e| e.to_string())?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| format!("locking {}: {e}", path.display()))
 }
 
 /// What one publish did.
@@ -113,9 +128,8 @@ impl Turn {
     /// Waits for this node's turn to publish, creating the status repo if it is missing.
     pub fn take(node: &Node) -> Result<Turn> {
         let git = open(&node.status_repo_path())?;
-        // Not the fetch's lock: a fetch need not wait for a slow push. `refs` is in every repo,
-        // and is no `*.lock` file that clearing a fetch's leftovers would remove.
-        let lock = lock(&git.path().join("refs")).map_err(Error::Env)?;
+        // Not the writers' lock: a fetch need not wait for a slow push.
+        let lock = lock(git.path(), Lock::Publisher).map_err(Error::Env)?;
         Ok(Turn { git, _lock: lock })
     }
 
@@ -126,7 +140,7 @@ impl Turn {
         let url = url_of(&node.repo_path(), remote)
             .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
         let (reference, commit) = {
-            let _lock = lock(self.git.path()).map_err(Error::Env)?;
+            let _lock = lock(self.git.path(), Lock::Writer).map_err(Error::Env)?;
             commit(&self.git, doc)?
         };
         push(&self.git, &url, &format!("+{commit}:{reference}"), &node.ssh_dir(), started + timeout)
@@ -180,7 +194,7 @@ pub fn fetch(
         forget_old_refs(node_repo);
     }
     let path = git.path().to_owned();
-    let _lock = lock(&path)?;
+    let _lock = lock(&path, Lock::Writer)?;
     clear_leftovers(&path);
     let fetched = url_of(node_repo, remote).and_then(|url| {
         let packs = packs(&path);

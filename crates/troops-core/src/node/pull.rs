@@ -94,15 +94,9 @@ pub fn fetch_status(
 /// state dir the admin group may only read): a member, who could open the repo directory and
 /// flock that, cannot hold up root's fetches. It goes with the returned handle.
 fn lock_fetches(node: &Node, out: &mut dyn Write) -> Result<Flock<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
     node.repo()?; // a node that was never initialised fails here, with the reason
     let path = node.fetch_lock_path();
-    let file = crate::mech::files::open(
-        &path,
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600),
-    )
-    .ctx(|| format!("opening {}", path.display()))?;
-    crate::mech::modes::set_file(&file, &path, 0o600)?;
+    let file = crate::mech::lock::private_file(&path)?;
     let locked = |lock: std::result::Result<Flock<File>, (File, Errno)>| {
         lock.map_err(|(_, e)| e).ctx(|| format!("locking {} for a fetch", path.display()))
     };
