@@ -24,9 +24,7 @@ const RSS_GROWTH_LIMIT_KB: u64 = 24 * 1024;
 
 /// A plan whose step prints BIG bytes in lines, after waiting for `gate` when given.
 fn big_plan(gate: Option<&Path>) -> String {
-    let wait = gate.map_or(String::new(), |gate| {
-        format!("i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; ", gate.display())
-    });
+    let wait = gate.map_or(String::new(), |gate| format!("{}; ", crate::support::block_until(gate)));
     format!("[[step]]\nname = \"big\"\nrun = '{wait}head -c {BIG} /dev/zero | tr \"\\0\" x | fold -w 99'\n")
 }
 

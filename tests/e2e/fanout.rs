@@ -259,8 +259,8 @@ fn a_hanging_host_is_killed_at_its_timeout_and_the_others_go_on() {
     let fleet = Fleet::new(|_| String::new());
     let gate = fleet.op.path("gate");
     let hang = format!(
-        "[[step]]\nname = \"hang\"\nrun = 'if [ $TROOPS_HOST = node-{SSH_NODE} ]; then while [ ! -e {} ]; do sleep 0.05; done; fi'\n",
-        gate.display()
+        "[[step]]\nname = \"hang\"\nrun = 'if [ $TROOPS_HOST = node-{SSH_NODE} ]; then {}; fi'\n",
+        crate::support::block_until(&gate)
     );
     let commit = fleet.commit_plan(&format!("{DEPLOY}{hang}"));
 
@@ -288,10 +288,7 @@ fn a_hanging_host_is_killed_at_its_timeout_and_the_others_go_on() {
 fn ctrl_c_stops_the_pushes_but_not_the_runs_they_started() {
     let fleet = Fleet::new(|_| String::new());
     let gate = fleet.op.path("gate");
-    let wait = format!(
-        "[[step]]\nname = \"wait\"\nrun = 'while [ ! -e {} ]; do sleep 0.05; done'\n",
-        gate.display()
-    );
+    let wait = format!("[[step]]\nname = \"wait\"\nrun = '{}'\n", crate::support::block_until(&gate));
     let commit = fleet.commit_plan(&format!("{DEPLOY}{wait}"));
 
     let mut command = fleet.op.troops(&["push", "--parallel", "1"]);

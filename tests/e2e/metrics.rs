@@ -870,9 +870,9 @@ fn status_the_status_document_and_the_metrics_say_the_same_of_a_killed_run_and_i
     let (go, pid) = (env.path("go"), env.path("step.pid"));
     let step = StepGroup(pid.clone());
     let run = format!(
-        "echo $$ > {pid:?}; i=0; while [ ! -e {go:?} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {go:?} ]",
+        "echo $$ > {pid:?}; {go}",
         pid = pid.display().to_string(),
-        go = go.display().to_string()
+        go = crate::support::block_until(&go)
     );
     work.publish_plan(&env, &format!("[[step]]\nname = \"gate\"\nrun = {:?}\n", run));
     let mut deploy = env.troops(&["deploy"]).stdout(std::process::Stdio::null()).spawn().unwrap();

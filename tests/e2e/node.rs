@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{text, wait_until, DeployRepo, Env, BUDGET};
+use crate::support::{block_until, text, wait_until, DeployRepo, Env, BUDGET};
 
 /// How long a test waits for something that takes milliseconds when all is well.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -54,13 +54,6 @@ fn quoted(s: &str) -> String {
 /// A `[[step]]` table that runs `run` with `/bin/sh -c`.
 fn step(name: &str, run: &str) -> String {
     format!("[[step]]\nname = \"{name}\"\nrun = {}\n\n", quoted(run))
-}
-
-/// A shell snippet that waits until `file` exists and fails if it never does. Bounded (~20 s), so
-/// a step left behind by a failed test ends by itself.
-fn block_until(file: &Path) -> String {
-    let f = file.display();
-    format!("i=0; while [ ! -e \"{f}\" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e \"{f}\" ]")
 }
 
 fn code(out: &Output) -> Option<i32> {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::daemon::Daemon;
 use crate::support::sshd::{closed_port, Sshd};
-use crate::support::{combined, output_within, text, wait_until, DeployRepo, Env, BUDGET};
+use crate::support::{block_until, combined, output_within, text, wait_until, DeployRepo, Env, BUDGET};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
 
@@ -52,11 +52,6 @@ fn publish(env: &Env, work: &DeployRepo, name: &str, args: &[&str]) {
 fn pull(env: &Env) -> (i32, String) {
     let out = env.run(&["pull"]);
     (out.status.code().unwrap_or(-1), format!("{}{}", text(&out.stdout), text(&out.stderr)))
-}
-
-/// Shell that waits for `gate` to exist, giving up after 30 s so a broken test cannot hang.
-fn gate_wait(gate: &std::path::Path) -> String {
-    format!("i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done", gate.display())
 }
 
 /// An sshd that lets the node in: its key authorised, the server's key in the node's known_hosts.
@@ -308,7 +303,7 @@ fn deploy_through_the_socket_streams_output() {
     // Only the manual run waits for the gate; the daemon's start-up cycle runs straight through.
     let plan = format!(
         "[[step]]\nname = \"slow\"\nrun = \"if [ $TROOPS_TRIGGER = manual ]; then echo first-line; {}; fi; echo last-line\"\n",
-        gate_wait(&gate)
+        block_until(&gate)
     );
     work.commit(&env, &[("troops.toml", &plan)], "slow");
     work.publish(&env);
@@ -341,7 +336,7 @@ fn sigterm_mid_step_ends_the_step_then_exits_0() {
     let plan = format!(
         "[[step]]\nname = \"slow\"\nrun = \"echo started; {}; echo finished\"\n\
          [[step]]\nname = \"next\"\nrun = \"echo next\"\n",
-        gate_wait(&gate)
+        block_until(&gate)
     );
     work.commit(&env, &[("troops.toml", &plan)], "slow");
     publish(&env, &work, "a", &[]);
@@ -372,7 +367,7 @@ fn a_daemon_killed_mid_run_marks_it_interrupted_and_runs_the_tip_again_on_restar
     let (env, work) = fleet("interval = \"1h\"\n", &[]);
     let gate = env.path("go");
     let plan =
-        format!("[[step]]\nname = \"slow\"\nrun = \"echo started; {}; echo finished\"\n", gate_wait(&gate));
+        format!("[[step]]\nname = \"slow\"\nrun = \"echo started; {}; echo finished\"\n", block_until(&gate));
     let commit = work.commit(&env, &[("troops.toml", &plan)], "slow");
     publish(&env, &work, "a", &[]);
     let mut daemon = Daemon::start(&env);

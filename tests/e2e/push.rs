@@ -51,8 +51,8 @@ fn assert_in_order(lines: &[&str], needles: &[&str]) {
 /// leaves no step behind).
 fn gated_step(name: &str, says: &str, gate: &Path) -> String {
     format!(
-        "[[step]]\nname = \"{name}\"\nrun = '''\necho \"{says}\"\ni=0\nwhile [ ! -e '{gate}' ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done\n[ -e '{gate}' ]\n'''\n",
-        gate = gate.display()
+        "[[step]]\nname = \"{name}\"\nrun = '''\necho \"{says}\"\n{gate}\n'''\n",
+        gate = crate::support::block_until(gate)
     )
 }
 

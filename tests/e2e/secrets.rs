@@ -636,9 +636,9 @@ fn secrets_a_killed_run_left_are_removed_when_the_next_run_starts() {
     let go = db.path("go");
     let plan = std::fs::read_to_string(repo.path.join("troops.toml")).unwrap();
     let hold = format!(
-        "[[step]]\nname = \"hold\"\nrun = 'echo \"$TROOPS_SECRETS\" > {out}/held; while [ ! -e {go} ]; do sleep 0.05; done'\n",
+        "[[step]]\nname = \"hold\"\nrun = 'echo \"$TROOPS_SECRETS\" > {out}/held; {go}'\n",
         out = out.display(),
-        go = go.display()
+        go = crate::support::block_until(&go)
     );
     let holding = plan.replace("[[step]]\nname = \"use\"", &format!("{hold}\n[[step]]\nname = \"use\""));
     repo.commit(&db, &[("troops.toml", &holding)], "hold");

@@ -308,9 +308,9 @@ fn leftover_plan(pids: &Path, ticks: &Path, gate: &Path) -> String {
          setsid sh -c 'while :; do echo tick >> \"{ticks}\"; sleep 0.05; done' & echo $! > \"{p}/leftover\"\n\
          echo $PPID > \"{p}/supervisor\"\n\
          echo started\n\
-         i=0; while [ ! -e \"{gate}\" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\n'''\n",
+         {gate}\n'''\n",
         ticks = ticks.display(),
-        gate = gate.display()
+        gate = crate::support::block_until(gate)
     )
 }
 

@@ -120,11 +120,7 @@ fn troops_wait_waits_for_a_run_under_way_and_gives_up_at_its_timeout() {
     env.init();
     let work = env.deploy_repo("work");
     let (started, go) = (env.path("started"), env.path("go"));
-    let run = format!(
-        "touch {}; while [ ! -e {} ]; do sleep 0.02; done; echo released",
-        started.display(),
-        go.display()
-    );
+    let run = format!("touch {}; {}; echo released", started.display(), crate::support::block_until(&go));
     let commit = work.commit(&env, &[("troops.toml", &plan(&run))], "gated");
     work.publish(&env);
 
@@ -205,9 +201,9 @@ fn a_failed_run_has_ended_once_the_rollback_it_led_to_has() {
     let (started, go) = (env.path("started"), env.path("go"));
     // The good plan's step holds the rollback until the test lets it go.
     let hold = format!(
-        "if [ \"$TROOPS_TRIGGER\" = rollback ]; then touch {}; while [ ! -e {} ]; do sleep 0.02; done; fi",
+        "if [ \"$TROOPS_TRIGGER\" = rollback ]; then touch {}; {}; fi",
         started.display(),
-        go.display()
+        crate::support::block_until(&go)
     );
     let good = work.commit(&env, &[("troops.toml", &plan(&hold))], "good");
     work.publish(&env);

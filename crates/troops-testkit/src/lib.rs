@@ -40,6 +40,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A shell snippet that waits until `file` exists, and fails if it never does: a step's gate, which
+/// the test opens by creating the file. Bounded (60 s), so a step a failed test left behind ends by
+/// itself. The path goes in unquoted, so the snippet fits in any kind of TOML string: test paths
+/// are temp dirs, with neither spaces nor quotes.
+pub fn block_until(file: &Path) -> String {
+    let f = file.display();
+    format!("i=0; while [ ! -e {f} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; [ -e {f} ]")
+}
+
 /// Waits until `condition` holds, polling every 10 ms, and panics after `limit` naming `what`.
 pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
