@@ -173,6 +173,9 @@ pub struct DeployArgs {
     /// List the steps this host would run and why; run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run every step of this host's, also those whose `paths` saw no change.
+    #[arg(long)]
+    pub all_steps: bool,
 }
 
 #[derive(Args)]

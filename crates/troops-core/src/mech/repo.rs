@@ -1,6 +1,7 @@
 //! The node's bare repository (`repo/main.git`): its refs (the followed branch, the deployed
 //! commit), resolving revisions and writing a commit's tree into a fresh directory for a run.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
@@ -250,6 +251,31 @@ impl NodeRepo {
     /// The plan file of `commit`, if it has one (see [`plan_text`]).
     pub fn plan_text(&self, commit: Oid) -> Result<Option<String>> {
         plan_text(&self.git, commit)
+    }
+
+    /// The files that differ between the trees of `from` and `to`: added, removed, modified or
+    /// changed in mode, and both names of a file renamed or copied (as `git diff -M` finds them);
+    /// paths as in the repo, `/`-separated. `None` when `from` is not in the repo (pruned, or a
+    /// record of another repo): what changed since then is unknown.
+    pub fn changed_files(&self, from: Oid, to: Oid) -> Result<Option<BTreeSet<String>>> {
+        let tree_of = |commit: Oid| self.git.find_commit(commit).and_then(|c| c.tree());
+        let Ok(old) = tree_of(from) else { return Ok(None) };
+        let new = tree_of(to).ctx(|| format!("reading commit {to}"))?;
+        let mut diff = self
+            .git
+            .diff_tree_to_tree(Some(&old), Some(&new), None)
+            .ctx(|| format!("comparing commits {from} and {to}"))?;
+        diff.find_similar(Some(git2::DiffFindOptions::new().renames(true).copies(true)))
+            .ctx(|| format!("finding renames between commits {from} and {to}"))?;
+        let mut files = BTreeSet::new();
+        for delta in diff.deltas() {
+            for file in [delta.old_file(), delta.new_file()] {
+                if let Some(path) = file.path() {
+                    files.insert(path.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(Some(files))
     }
 
     /// Writes the tree of `commit` into `dest`, which must not exist (an existing path, even a

@@ -311,6 +311,7 @@ mod tests {
         Step {
             name: "t".into(),
             roles: None,
+            paths: Vec::new(),
             action: Action::Run(run.into()),
             timeout: Duration::from_millis(timeout_ms),
             kill_grace: Duration::from_millis(300),

@@ -11,8 +11,13 @@ pub enum Ask {
     Tick,
     /// A push moved the branch: run the tip as the push's (a person's: no rollout holds it).
     Push,
-    /// A person's `troops deploy` of `rev` (default: the tip), whatever the state.
-    Deploy { rev: Option<String> },
+    /// A person's `troops deploy` of `rev` (default: the tip), whatever the state; with
+    /// `all_steps`, every step of the host's, whatever the commit changed (`policy::paths`).
+    Deploy {
+        rev: Option<String>,
+        #[serde(default)]
+        all_steps: bool,
+    },
     /// A person's `troops rollback`: quarantine the deployed commit and run `to` (default: the
     /// newest other commit that succeeded here).
     Rollback { to: Option<String> },
@@ -23,5 +28,10 @@ impl Ask {
     /// other such asks), rather than a person's explicit choice.
     pub fn follows_tip(&self) -> bool {
         matches!(self, Ask::Tick | Ask::Push)
+    }
+
+    /// Whether a person asked for every step, whatever the commit changed.
+    pub fn all_steps(&self) -> bool {
+        matches!(self, Ask::Deploy { all_steps: true, .. })
     }
 }

@@ -49,6 +49,8 @@ pub enum StepStatus {
     /// Ended because troops was asked to stop (daemon SIGTERM, Ctrl-C of `troops deploy`).
     Interrupted,
     NotRun,
+    /// Not run, since nothing under its `paths` changed (`policy::paths`); `skipped` says so.
+    Skipped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,9 @@ pub struct StepRecord {
     pub status: StepStatus,
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
+    /// Why a step was skipped: "no change under nginx/** since abc1234".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// One health check of a run: how it ended (or stands), after how many probes, and why it last failed.

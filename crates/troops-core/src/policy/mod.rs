@@ -1,7 +1,8 @@
 //! The third floor: pure decisions, as functions of facts and a clock, tested as tables: what a
 //! node runs now (`schedule`), whether a wave may go (`waves`), where the branch moves
-//! (`fastforward`).
+//! (`fastforward`), which steps a commit's changes call for (`paths`).
 
 pub mod fastforward;
+pub mod paths;
 pub mod schedule;
 pub mod waves;

@@ -371,8 +371,8 @@ mod tests {
         use RunStatus::*;
         use Trigger::{Manual, Pull, Push as PushT, Rollback as RollbackT};
         let (tick, push) = (Ask::Tick, Ask::Push);
-        let person = Ask::Deploy { rev: None };
-        let person_a = Ask::Deploy { rev: Some("a".into()) };
+        let person = Ask::Deploy { rev: None, all_steps: false };
+        let person_a = Ask::Deploy { rev: Some("a".into()), all_steps: false };
         let back = Ask::Rollback { to: None };
         #[rustfmt::skip]
         let table: Vec<(&str, Ask, Facts, u64, &str)> = vec![

@@ -14,7 +14,7 @@ use crate::cli::{DeployArgs, Global};
 pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
     let node = super::node(global)?;
     if args.dry_run {
-        let dry = run::dry_run(&node, args.commit.as_deref())?;
+        let dry = run::dry_run(&node, args.commit.as_deref(), args.all_steps)?;
         let roles: Vec<&str> = dry.roles.iter().map(String::as_str).collect();
         writeln!(
             std::io::stdout(),
@@ -29,14 +29,14 @@ pub fn run(global: &Global, args: DeployArgs) -> Result<ExitCode> {
                 "{wave}: a pulled commit waits for the earlier waves; this deploy would not"
             )?;
         }
-        let verb = |s: &run::Selected| if s.selection.runs() { "run " } else { "skip" };
+        let verb = |s: &run::Selected| if s.runs() { "run " } else { "skip" };
         for s in &dry.steps {
-            writeln!(std::io::stdout(), "{} {}: {}", verb(s), s.name, s.selection)?;
+            writeln!(std::io::stdout(), "{} {}: {}", verb(s), s.name, s.why())?;
         }
         for c in &dry.checks {
-            writeln!(std::io::stdout(), "{} check {}: {}", verb(c), c.name, c.selection)?;
+            writeln!(std::io::stdout(), "{} check {}: {}", verb(c), c.name, c.why())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    super::dispatch(&node, Request::Run(Ask::Deploy { rev: args.commit }))
+    super::dispatch(&node, Request::Run(Ask::Deploy { rev: args.commit, all_steps: args.all_steps }))
 }

@@ -83,7 +83,7 @@ mod tests {
     }
 
     fn deploy() -> Ask {
-        Ask::Deploy { rev: None }
+        Ask::Deploy { rev: None, all_steps: false }
     }
 
     /// One row: the case, what waits, the batches it makes.

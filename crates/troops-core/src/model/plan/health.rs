@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::limits::{CHECK_PROBE, CHECK_START_PERIOD, HEALTH_SOAK};
-use crate::model::plan::{role_list, Check, Expect, Health, OnFailure, Probe, Problem};
+use crate::model::plan::{path_globs, role_list, Check, Expect, Health, OnFailure, Probe, Problem};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,6 +29,7 @@ pub(super) struct RawCheck {
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
+    paths: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +124,7 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
     };
     Ok(Check {
         roles: role_list(&owner, raw.roles)?,
+        paths: path_globs(&owner, raw.paths)?,
         probe,
         expect: expect.map(|(_, _, expect)| expect),
         start_period: CHECK_START_PERIOD.key(

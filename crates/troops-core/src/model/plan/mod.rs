@@ -41,11 +41,14 @@ pub struct Plan {
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     pub name: String,
     /// `None`: the check runs on every host.
     pub roles: Option<Vec<String>>,
+    /// `paths`: the check probes only when a file they match changed (`policy::paths`); empty:
+    /// on every run.
+    pub paths: Vec<glob::Pattern>,
     pub probe: Probe,
     /// What the body (http) or the output (run) must be. `None`: 2xx / exit 0 is enough.
     pub expect: Option<Expect>,
@@ -157,11 +160,14 @@ pub struct Role {
     pub patterns: Vec<glob::Pattern>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub name: String,
     /// `None`: the step runs on every host.
     pub roles: Option<Vec<String>>,
+    /// `paths`: the step runs only when a file they match changed (`policy::paths`); empty: on
+    /// every run.
+    pub paths: Vec<glob::Pattern>,
     pub action: Action,
     pub timeout: Duration,
     /// When the step ends, times out or is stopped, how long what it started has between SIGTERM
@@ -240,6 +246,7 @@ struct RawStep {
     kill_grace: Option<Spanned<String>>,
     env: Option<Spanned<BTreeMap<String, String>>>,
     phase: Option<Spanned<String>>,
+    paths: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl Plan {
@@ -344,7 +351,8 @@ impl Plan {
                 },
             };
             let roles = role_list(&owner, step.roles).map_err(|(s, m)| err(s, m))?;
-            steps.push(Step { name, roles, action, timeout, kill_grace, env, phase });
+            let paths = path_globs(&owner, step.paths).map_err(|(s, m)| err(s, m))?;
+            steps.push(Step { name, roles, paths, action, timeout, kill_grace, env, phase });
         }
         let mut secrets = Vec::new();
         let mut secret_names = HashSet::new();
@@ -513,6 +521,32 @@ fn role_list(
         .map(Some)
 }
 
+/// The `paths` of `owner` (a step or check): globs of files in the repo, relative, without `..`;
+/// without the key, none (it runs every time), and never an empty list.
+pub(super) fn path_globs(
+    owner: &str,
+    paths: Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Vec<glob::Pattern>, Problem> {
+    let Some(paths) = paths else { return Ok(Vec::new()) };
+    if paths.get_ref().is_empty() {
+        return Err((paths.span(), format!("{owner}: `paths` is empty; leave it out to run every time")));
+    }
+    paths
+        .into_inner()
+        .into_iter()
+        .map(|path| {
+            let text = path.get_ref();
+            repo_path(text.trim_end_matches('/'))
+                .map_err(|m| format!("`paths` {m}"))
+                .and_then(|_| {
+                    glob::Pattern::new(text.trim_end_matches('/'))
+                        .map_err(|e| format!("`paths` {text:?} is not a glob: {}", e.msg))
+                })
+                .map_err(|m| (path.span(), format!("{owner}: {m}")))
+        })
+        .collect()
+}
+
 /// The `phase` of step `owner`; `activate` only in a plan with `[release]`.
 fn phase(owner: &str, phase: Option<Spanned<String>>, releases: bool) -> Result<Phase, Problem> {
     let Some(phase) = phase else { return Ok(Phase::Build) };
@@ -636,6 +670,20 @@ mod tests {
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\ntimeout = \"never\"\n").contains(":4:11:"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nkill_grace = \"soon\"\n")
             .contains(":4:14: step `a`: `kill_grace` \"soon\""));
+        for (paths, want) in [
+            ("[]", ":4:9: step `a`: `paths` is empty; leave it out to run every time"),
+            ("[\"/etc/x\"]", ":4:10: step `a`: `paths` \"/etc/x\" is absolute"),
+            (
+                "[\"ok\", \"a/../../x\"]",
+                ":4:16: step `a`: `paths` \"a/../../x\" leaves the repo through `..`",
+            ),
+            ("[\"a/[\"]", ":4:10: step `a`: `paths` \"a/[\" is not a glob: invalid range pattern"),
+        ] {
+            let text = format!("[[step]]\nname = \"a\"\nrun = \"x\"\npaths = {paths}\n");
+            assert!(error(&text).contains(want), "{paths}: {}", error(&text));
+        }
+        assert!(error("[[check]]\nname = \"c\"\ntcp = \"h:1\"\npaths = []\n")
+            .contains(":4:9: check `c`: `paths` is empty"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nkill_grace = \"0s\"\n")
             .contains("`kill_grace` \"0s\" must be more than zero"));
         assert!(error("[[step]]\nname = \"a\"\nrun = \"x\"\nroles = []\n").contains("`roles` is empty"));

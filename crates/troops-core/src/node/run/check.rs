@@ -22,6 +22,7 @@ use crate::mech::runs::Runs;
 use crate::model::error::Result;
 use crate::model::plan::{Action, Check, Expect, Phase, Plan, Probe, Step};
 use crate::model::records::{CheckRecord, CheckStatus, RunRecord, RunStatus, StepStatus};
+use crate::policy::paths::{self, Changes};
 
 /// How often a wait between probes looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -56,23 +57,52 @@ enum Probed {
     Skipped(String),
 }
 
-/// The health-check phase of a run whose steps all succeeded: with checks for this host, the
-/// record becomes `checking` (saved, so a crash during the checks is seen), then `succeeded`, or
+/// The checks a run probes: this host's (by role) whose `paths` saw a change, and the soak;
+/// those skipped by their paths are on record as skipped, saying why.
+pub struct Due<'p> {
+    pub checks: Vec<&'p Check>,
+    pub skipped: Vec<CheckRecord>,
+    pub soak: Duration,
+}
+
+impl<'p> Due<'p> {
+    pub fn of(plan: &'p Plan, roles: &BTreeSet<String>, changes: &Changes) -> Due<'p> {
+        let mut due = Due { checks: Vec::new(), skipped: Vec::new(), soak: plan.health.soak };
+        for check in plan.checks.iter().filter(|c| crate::model::roles::selects_check(c, roles).runs()) {
+            match paths::check(check, changes) {
+                by_path if by_path.runs() => due.checks.push(check),
+                by_path => due.skipped.push(CheckRecord {
+                    name: check.name.clone(),
+                    status: CheckStatus::Skipped,
+                    probes: 0,
+                    last_error: Some(by_path.to_string()),
+                }),
+            }
+        }
+        due
+    }
+}
+
+/// The health-check phase of a run whose steps all succeeded: with checks `due`, the record
+/// becomes `checking` (saved, so a crash during the checks is seen), then `succeeded`, or
 /// `failed` naming the failed check, or `interrupted` when `stop` ended the checks; the caller
 /// saves that end, as it saves every run's. The record keeps `checks[]` up to date on disk as
-/// probes go. Without checks for this host, nothing changes.
+/// probes go. Without checks to probe, only the skipped ones are noted.
 pub fn run_phase(
-    plan: &Plan,
-    roles: &BTreeSet<String>,
+    due: Due,
     record: &mut RunRecord,
     runs: &Runs,
     ctx: &ProbeEnv,
     out: &mut Output,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let checks: Vec<&Check> =
-        plan.checks.iter().filter(|c| crate::model::roles::selects_check(c, roles).runs()).collect();
+    for skipped in &due.skipped {
+        let why = skipped.last_error.as_deref().unwrap_or_default();
+        let _ = writeln!(out, "==> check {} skipped: {why}", skipped.name);
+    }
+    let Due { checks, skipped, soak } = due;
     if checks.is_empty() {
+        record.checks = skipped;
         return Ok(());
     }
     // The first `progress` saves the record `checking`, with every check pending.
@@ -81,7 +111,8 @@ pub fn run_phase(
         record.checks = checks.to_vec();
         runs.save(record)
     };
-    let checks = run_checks(&checks, plan.health.soak, ctx, out, stop, &mut progress)?;
+    let mut checks = run_checks(&checks, soak, ctx, out, stop, &mut progress)?;
+    checks.extend(skipped);
     (record.status, record.error) = if stop.load(Ordering::SeqCst) {
         (RunStatus::Interrupted, Some("troops was asked to stop during the health checks".to_owned()))
     } else {
@@ -348,6 +379,7 @@ fn run(
     let step = Step {
         name: format!("check {}", check.name),
         roles: None,
+        paths: Vec::new(),
         action: Action::Run(command.to_owned()),
         timeout: check.timeout,
         kill_grace: PROBE_KILL_GRACE,
@@ -369,7 +401,7 @@ fn run(
             format!("`{command}` timed out after {}", humantime::format_duration(check.timeout))
         }
         StepStatus::Interrupted => "troops was asked to stop".to_owned(),
-        StepStatus::Failed | StepStatus::NotRun => format!("`{command}` exited{code}"),
+        StepStatus::Failed | StepStatus::NotRun | StepStatus::Skipped => format!("`{command}` exited{code}"),
     };
     let masked = ctx.mask.masked(&output);
     shown.extend_from_slice(&masked[masked.len().saturating_sub(OUTPUT_SHOWN)..]);
@@ -419,6 +451,7 @@ mod tests {
         Check {
             name: name.into(),
             roles: None,
+            paths: Vec::new(),
             probe,
             expect: None,
             start_period: Duration::ZERO,
@@ -492,8 +525,7 @@ mod tests {
         let ctx = ProbeEnv { checkout: Path::new("/"), env: &env, mask: &Masker::default() };
         let started = Instant::now();
         run_phase(
-            &plan,
-            &BTreeSet::new(),
+            Due::of(&plan, &BTreeSet::new(), &crate::policy::paths::Changes::all("a test")),
             &mut record,
             &runs,
             &ctx,

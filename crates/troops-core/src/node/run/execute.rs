@@ -60,6 +60,10 @@ impl Run<'_, '_> {
                 self.record.error = Some("troops was asked to stop; the remaining steps did not run".into());
                 return Ok(false);
             }
+            if let Some(why) = &self.record.steps[first + i].skipped {
+                let _ = writeln!(self.out, "==> {} skipped: {why}", step.name);
+                continue;
+            }
             let _ = writeln!(self.out, "==> {}", step.name);
             let mut env = env.to_vec();
             env.push(("TROOPS_STEP", step.name.clone()));

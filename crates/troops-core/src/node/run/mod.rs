@@ -125,7 +125,7 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
                 now.why
             );
         }
-        let record = run_one(node, &repo, &mut lock, &now, out, stop)?;
+        let record = run_one(node, &repo, &mut lock, &now, ask.all_steps(), out, stop)?;
         let quarantined = record.status == RunStatus::Failed
             && now.quarantines.is_none()
             && repo.quarantined(record.commit).ok().flatten().is_some();
@@ -182,6 +182,7 @@ fn run_one(
     repo: &crate::mech::repo::NodeRepo,
     lock: &mut NodeLock,
     now: &RunNow,
+    all_steps: bool,
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<RunRecord> {
@@ -205,6 +206,7 @@ fn run_one(
         out: &mut out,
         stop,
         failed_commit: now.undoes.map(|f| f.commit),
+        all_steps,
         plan: None,
         release: None,
     };
@@ -240,6 +242,8 @@ struct Run<'a, 'o> {
     stop: &'a AtomicBool,
     /// For a rollback: the commit it undoes (`TROOPS_FAILED_COMMIT`).
     failed_commit: Option<Oid>,
+    /// A person asked for every step, whatever the commit changed.
+    all_steps: bool,
     /// The plan, once loaded (finalize needs its `[release]`).
     plan: Option<Plan>,
     /// The release the run switched to, once it did (finalize notes it good on success).
@@ -273,8 +277,7 @@ impl Run<'_, '_> {
             let mask = self.out.mask().clone();
             let ctx = check::ProbeEnv { checkout: prepared.root(), env: &prepared.env, mask: &mask };
             check::run_phase(
-                &prepared.plan,
-                &prepared.roles,
+                check::Due::of(&prepared.plan, &prepared.roles, &prepared.changes),
                 self.record,
                 &self.node.runs(),
                 &ctx,
@@ -293,7 +296,8 @@ impl Run<'_, '_> {
 /// One line on how a run went, e.g.
 /// "run 4 failed: step `migrate` failed (exit 1); 2 of 3 steps ran in 1.2s (troops log 4)".
 pub fn summary(record: &RunRecord) -> String {
-    let ran = record.steps.iter().filter(|s| s.status != StepStatus::NotRun).count();
+    let ran =
+        record.steps.iter().filter(|s| !matches!(s.status, StepStatus::NotRun | StepStatus::Skipped)).count();
     let seconds = record.steps.iter().map(|s| s.duration_ms).sum::<u64>() as f64 / 1000.0;
     let reason = record.error.as_deref().map_or(String::new(), |e| format!(" {e};"));
     format!(
@@ -335,14 +339,32 @@ pub struct DryRun {
     pub checks: Vec<Selected>,
 }
 
-/// A step or check of the plan, and whether it runs on this host and why.
+/// A step or check of the plan, and whether it runs on this host and why: its roles, then what
+/// the commit changed under its paths.
 pub struct Selected {
     pub name: String,
     pub selection: roles::Selection,
+    pub by_path: crate::policy::paths::ByPath,
 }
 
-/// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps, running none.
-pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
+impl Selected {
+    pub fn runs(&self) -> bool {
+        self.selection.runs() && self.by_path.runs()
+    }
+
+    /// Why it runs or not, in words: "role web; changed: nginx/site.conf".
+    pub fn why(&self) -> String {
+        match &self.by_path {
+            _ if !self.selection.runs() => self.selection.to_string(),
+            crate::policy::paths::ByPath::Always => self.selection.to_string(),
+            by_path => format!("{}; {by_path}", self.selection),
+        }
+    }
+}
+
+/// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps as a run
+/// of it would now (`all_steps`: as `troops deploy --all-steps` would), running none.
+pub fn dry_run(node: &Node, rev: Option<&str>, all_steps: bool) -> Result<DryRun> {
     let repo = node.repo()?;
     let commit = match rev {
         Some(rev) => repo.resolve(rev)?,
@@ -360,15 +382,25 @@ pub fn dry_run(node: &Node, rev: Option<&str>) -> Result<DryRun> {
     repo.checkout(commit, &checkout)?;
     let plan = Plan::load(&checkout).map_err(|e| prepare::relative_to(e, &checkout))?;
     let roles = roles::resolve(&node.config.hostname(), &node.config.roles, Some(&plan));
+    let changes = prepare::changes(&repo, repo.deployed()?, commit, all_steps)?;
+    use crate::policy::paths;
     let steps = plan
         .steps
         .iter()
-        .map(|s| Selected { name: s.name.clone(), selection: roles::selects(s, &roles) })
+        .map(|s| Selected {
+            name: s.name.clone(),
+            selection: roles::selects(s, &roles),
+            by_path: paths::step(s, &changes),
+        })
         .collect();
     let checks = plan
         .checks
         .iter()
-        .map(|c| Selected { name: c.name.clone(), selection: roles::selects_check(c, &roles) })
+        .map(|c| Selected {
+            name: c.name.clone(),
+            selection: roles::selects_check(c, &roles),
+            by_path: paths::check(c, &changes),
+        })
         .collect();
     Ok(DryRun { commit, roles, steps, checks })
 }

@@ -21,6 +21,7 @@ use crate::model::node::Node;
 use crate::model::plan::{Phase, Plan};
 use crate::model::records::{RunRecord, RunStatus, StepRecord, StepStatus, Trigger};
 use crate::model::roles;
+use crate::policy::paths::{self, Changes};
 
 /// What a run goes on with once prepared.
 pub(super) struct Prepared {
@@ -30,6 +31,8 @@ pub(super) struct Prepared {
     /// Indices into the plan's steps: those before the switch, and (with releases) after it.
     pub build: Vec<usize>,
     pub activate: Vec<usize>,
+    /// What the commit changed since the baseline, for steps and checks with `paths`.
+    pub changes: Changes,
     /// Held for the run: dropped when it ends, which removes the plaintext.
     pub _secrets: Option<RunSecrets>,
     pub env: Vec<(&'static str, String)>,
@@ -153,27 +156,42 @@ impl Run<'_, '_> {
         // Build steps first, then (with releases) the switch, then activate steps.
         let (build, activate): (Vec<usize>, Vec<usize>) =
             selected.iter().partition(|&&i| plan.steps[i].phase == Phase::Build || plan.release.is_none());
+        let with_paths = selected.iter().map(|&i| &plan.steps[i].paths);
+        let changes = if with_paths.chain(plan.checks.iter().map(|c| &c.paths)).all(Vec::is_empty) {
+            Changes::all("no step or check names `paths`")
+        } else {
+            changes(self.repo, self.record.previous_commit, commit, self.all_steps)?
+        };
         self.record.steps = build
             .iter()
             .chain(activate.iter())
-            .map(|&i| StepRecord {
-                name: plan.steps[i].name.clone(),
-                status: StepStatus::NotRun,
-                exit_code: None,
-                duration_ms: 0,
+            .map(|&i| {
+                let by_path = paths::step(&plan.steps[i], &changes);
+                StepRecord {
+                    name: plan.steps[i].name.clone(),
+                    status: if by_path.runs() { StepStatus::NotRun } else { StepStatus::Skipped },
+                    exit_code: None,
+                    duration_ms: 0,
+                    skipped: (!by_path.runs()).then(|| by_path.to_string()),
+                }
             })
             .collect();
         self.node.runs().save(self.record)?;
+        let skipped = self.record.steps.iter().filter(|s| s.status == StepStatus::Skipped).count();
         let _ = writeln!(
             self.out,
-            "troops: run {} ({}) of {} on {} [{}]: {} of {} steps{}",
+            "troops: run {} ({}) of {} on {} [{}]: {} of {} steps{}{}",
             self.record.id,
             self.record.trigger,
             short(self.record.commit),
             self.record.host,
             self.record.roles.join(","),
-            selected.len(),
+            selected.len() - skipped,
             plan.steps.len(),
+            match skipped {
+                0 => String::new(),
+                n => format!(" ({n} skipped: nothing under their paths changed)"),
+            },
             if reused {
                 format!(" (the activate steps of release {})", root.display())
             } else {
@@ -207,7 +225,7 @@ impl Run<'_, '_> {
             env.push(("TROOPS_RELEASE_DIR", dir.display().to_string()));
             env.push(("TROOPS_CURRENT", releases.link.display().to_string()));
         }
-        Ok(Prepared { plan, roles, layout, build, activate, _secrets: secrets, env })
+        Ok(Prepared { plan, roles, layout, build, activate, changes, _secrets: secrets, env })
     }
 
     /// Where this run's steps run; checks the commit out unless a rollback reuses its release.
@@ -235,6 +253,32 @@ impl Run<'_, '_> {
             .ctx(|| format!("opening {} to readers", dir.display()))?;
         Ok(Layout::Release { releases, dir, reused: false })
     }
+}
+
+/// What `commit` changed since `baseline`: the last successful deploy, or for a rollback the
+/// commit it undoes (a run record's previous commit); everything, when a person asked for every
+/// step (`all_steps`) or the baseline cannot be compared.
+pub(super) fn changes(
+    repo: &NodeRepo,
+    baseline: Option<Oid>,
+    commit: Oid,
+    all_steps: bool,
+) -> Result<Changes> {
+    if all_steps {
+        return Ok(Changes::all("a person asked for every step (--all-steps)"));
+    }
+    let Some(baseline) = baseline else {
+        return Ok(Changes::all("this node's first deploy"));
+    };
+    let Some(files) = repo.changed_files(baseline, commit)? else {
+        return Ok(Changes::all(format!("the last deploy, {}, is not in the node repo", short(baseline))));
+    };
+    let path = Path::new(crate::model::plan::FILE_NAME);
+    let plan = repo.plan_text(baseline).ok().flatten().and_then(|text| Plan::parse(path, &text, None).ok());
+    Ok(match plan {
+        Some(plan) => Changes::Since { baseline, files, plan: Box::new(plan) },
+        None => Changes::all(format!("the plan of the last deploy, {}, cannot be read", short(baseline))),
+    })
 }
 
 /// Writes the record of a new run of `now` (id, trigger, commit, where the node came from), as
