@@ -15,6 +15,7 @@ mod changes;
 mod checks;
 mod daemon;
 mod dispatch;
+mod drift;
 mod fanout;
 mod fleet;
 mod hostile;

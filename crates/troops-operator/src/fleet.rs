@@ -89,6 +89,7 @@ pub fn summary(nodes: &[Row]) -> String {
         State::Deploying,
         State::Soaking,
         State::Held,
+        State::Drifted,
         State::Failed,
         State::RolledBack,
         State::Idle,

@@ -1,6 +1,7 @@
 //! `[notify] command`: tells a person (a chat webhook, a pager, via curl) when a run failed, was
-//! rolled back, or recovered (succeeded after the node's previous run failed). The command gets
-//! the run record as JSON on stdin and a clean environment (`env`: every child's, and the run's
+//! rolled back, or recovered (succeeded after the node's previous run failed), and when a recheck
+//! found the host drifted from its deployed commit. The command gets the run record (or the
+//! drift found) as JSON on stdin and a clean environment (`env`: every child's, and the run's
 //! `TROOPS_*`), and runs under a supervisor, as a
 //! step does (`runner`): at its timeout it is ended with everything it started, also what left
 //! its process group or session. Nobody who waits for the run waits for it: the daemon runs it
@@ -34,6 +35,8 @@ pub enum Event {
     RolledBack,
     /// It succeeded, and the node's run before it had failed.
     Recovered,
+    /// A recheck found the host drifted from the deployed commit (`node::drift`).
+    Drifted,
 }
 
 impl Event {
@@ -42,6 +45,7 @@ impl Event {
             Event::Failed => "failed",
             Event::RolledBack => "rolled_back",
             Event::Recovered => "recovered",
+            Event::Drifted => "drifted",
         }
     }
 }
@@ -89,8 +93,37 @@ pub fn now(node: &Node, id: u64) -> Result<()> {
     let Some(command) = &node.config.notify.command else { return Ok(()) };
     let record = node.runs().load(id)?;
     let Some(event) = event(&record, previous(node, &record).as_ref()) else { return Ok(()) };
-    let result = notify(command, node.config.notify.timeout, &record, event);
+    let result = for_run(command, node.config.notify.timeout, &record, event);
     log_result(id, event, &result);
+    result
+}
+
+/// Runs `command` for `event` of `record`, the record as JSON on its stdin.
+fn for_run(command: &str, timeout: Duration, record: &RunRecord, event: Event) -> Result<()> {
+    let env = [
+        ("TROOPS_RUN_ID", record.id.to_string()),
+        ("TROOPS_COMMIT", record.commit.to_string()),
+        ("TROOPS_STATUS", record.status.to_string()),
+        ("TROOPS_HOST", record.host.clone()),
+    ];
+    let input = serde_json::to_string_pretty(record).expect("run records serialize");
+    notify(command, timeout, record.id, event, &env, input)
+}
+
+/// Tells the notify command, if there is one, that the recheck after run `run` found the host
+/// drifted from `commit` (`found`, as JSON on stdin), and waits for it like [`now`].
+pub fn drift(node: &Node, run: u64, commit: &str, found: &[String]) -> Result<()> {
+    let Some(command) = &node.config.notify.command else { return Ok(()) };
+    let env = [
+        ("TROOPS_RUN_ID", run.to_string()),
+        ("TROOPS_COMMIT", commit.to_owned()),
+        ("TROOPS_STATUS", "drifted".to_owned()),
+        ("TROOPS_HOST", node.config.hostname()),
+    ];
+    let input =
+        serde_json::json!({ "host": node.config.hostname(), "commit": commit, "run": run, "drift": found });
+    let result = notify(command, node.config.notify.timeout, run, Event::Drifted, &env, input.to_string());
+    log_result(run, Event::Drifted, &result);
     result
 }
 
@@ -107,25 +140,27 @@ fn log_result(run: u64, event: Event, result: &Result<()>) {
     }
 }
 
-/// Runs `command` for `record` under a supervisor of its own, for at most `timeout`.
-fn notify(command: &str, timeout: Duration, record: &RunRecord, event: Event) -> Result<()> {
+/// Runs `command` for `event` of run `run` under a supervisor of its own, for at most `timeout`,
+/// with `vars` added to its environment and `input` on its stdin.
+fn notify(
+    command: &str,
+    timeout: Duration,
+    run: u64,
+    event: Event,
+    vars: &[(&'static str, String)],
+    input: String,
+) -> Result<()> {
     let mut env = crate::mech::env::base();
-    env.extend([
-        ("TROOPS_RUN_ID", record.id.to_string()),
-        ("TROOPS_COMMIT", record.commit.to_string()),
-        ("TROOPS_STATUS", record.status.to_string()),
-        ("TROOPS_HOST", record.host.clone()),
-        ("TROOPS_EVENT", event.name().to_owned()),
-    ]);
+    env.extend(vars.iter().cloned());
+    env.push(("TROOPS_EVENT", event.name().to_owned()));
     let request = supervise::Request {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), "--".into(), command.to_owned()],
         env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         dir: "/".into(),
         grace_ms: KILL_GRACE.as_millis() as u64,
-        input: Some(serde_json::to_string_pretty(record).expect("run records serialize")),
+        input: Some(input),
     };
-    let run = record.id;
     let mut output = Logged::new(|line: &[u8]| {
         tracing::info!(run, output = %String::from_utf8_lossy(line), "notify command");
     });
@@ -254,7 +289,7 @@ mod tests {
         let command =
             format!("sleep 600 & echo $! > {0}; setsid sleep 600 & echo $! >> {0}; wait", pids.display());
         let started = std::time::Instant::now();
-        let e = notify(&command, Duration::from_millis(500), &record(1, RunStatus::Failed), Event::Failed)
+        let e = for_run(&command, Duration::from_millis(500), &record(1, RunStatus::Failed), Event::Failed)
             .unwrap_err()
             .to_string();
         assert!(e.contains("took longer than 500ms; it was ended with everything it started"), "{e}");
@@ -299,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let command = format!("cat > {0}.json; env | sort > {0}.env", out.display());
-        notify(&command, Duration::from_secs(30), &record(7, RunStatus::Failed), Event::Failed).unwrap();
+        for_run(&command, Duration::from_secs(30), &record(7, RunStatus::Failed), Event::Failed).unwrap();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
         assert_eq!((json["id"].as_u64(), json["status"].as_str()), (Some(7), Some("failed")));

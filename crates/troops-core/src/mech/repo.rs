@@ -278,6 +278,41 @@ impl NodeRepo {
         Ok(Some(files))
     }
 
+    /// How the files under `dir` differ from the tree of `commit`, as "changed: PATH", "added:
+    /// PATH" and "removed: PATH", sorted by path: content by git's blob hash, and for each entry
+    /// whether it is a file, an executable or a symlink (and where it points). Directories count
+    /// only for what they hold; a submodule, an empty directory in a checkout, is not compared.
+    pub fn differences(&self, commit: Oid, dir: &Path) -> Result<Vec<String>> {
+        let tree =
+            self.git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
+        let mut want = std::collections::BTreeMap::new();
+        let mut walked = Ok(());
+        tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| match entry.kind() {
+            Some(git2::ObjectType::Blob) => {
+                let path = format!("{parent}{}", String::from_utf8_lossy(entry.name_bytes()));
+                want.insert(path, (entry.id(), entry.filemode()));
+                git2::TreeWalkResult::Ok
+            }
+            Some(git2::ObjectType::Tree) => git2::TreeWalkResult::Ok,
+            _ => git2::TreeWalkResult::Skip,
+        })
+        .unwrap_or_else(|e| walked = Err(e));
+        walked.ctx(|| format!("reading the tree of commit {commit}"))?;
+        let mut have = std::collections::BTreeMap::new();
+        files_under(dir, "", &mut have)?;
+        let mut found = Vec::new();
+        for (path, wanted) in &want {
+            match have.get(path) {
+                None => found.push(format!("removed: {path}")),
+                Some(had) if had != wanted => found.push(format!("changed: {path}")),
+                Some(_) => {}
+            }
+        }
+        found.extend(have.keys().filter(|p| !want.contains_key(*p)).map(|p| format!("added: {p}")));
+        found.sort_by(|a, b| a.split_once(' ').map(|x| x.1).cmp(&b.split_once(' ').map(|x| x.1)));
+        Ok(found)
+    }
+
     /// Writes the tree of `commit` into `dest`, which must not exist (an existing path, even a
     /// symlink, is an error, never reused): a plain directory, no `.git`, which only its owner
     /// can write and the group can only read (mode 0750, whatever the umask), so that nobody
@@ -309,6 +344,36 @@ impl NodeRepo {
         })?;
         checkout_modes(dest)
     }
+}
+
+/// Every file and symlink under `dir` (never followed), as its repo path (`prefix` + name) with
+/// the blob hash and mode git would record for it.
+fn files_under(
+    dir: &Path,
+    prefix: &str,
+    into: &mut std::collections::BTreeMap<String, (Oid, i32)>,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        let path = entry.path();
+        let name = format!("{prefix}{}", String::from_utf8_lossy(entry.file_name().as_bytes()));
+        let meta = std::fs::symlink_metadata(&path).ctx(|| format!("reading {}", path.display()))?;
+        let hashed = if meta.is_dir() {
+            files_under(&path, &format!("{name}/"), into)?;
+            continue;
+        } else if meta.is_symlink() {
+            let target = std::fs::read_link(&path).ctx(|| format!("reading {}", path.display()))?;
+            (Oid::hash_object(git2::ObjectType::Blob, target.as_os_str().as_bytes()), 0o120000)
+        } else {
+            let mode = if meta.permissions().mode() & 0o100 != 0 { 0o100755 } else { 0o100644 };
+            (Oid::hash_file(git2::ObjectType::Blob, &path), mode)
+        };
+        let oid = hashed.0.ctx(|| format!("hashing {}", path.display()))?;
+        into.insert(name, (oid, hashed.1));
+    }
+    Ok(())
 }
 
 /// Gives what libgit2 checked out below `dir` the modes of the tree, whatever the umask: files

@@ -21,6 +21,9 @@ pub enum Ask {
     /// A person's `troops rollback`: quarantine the deployed commit and run `to` (default: the
     /// newest other commit that succeeded here).
     Rollback { to: Option<String> },
+    /// The daemon's recheck found drift and the plan says `on_drift = "redeploy"`: run the
+    /// deployed commit again, unless something else is due (which runs instead).
+    Drift,
 }
 
 impl Ask {

@@ -47,6 +47,8 @@ pub const CHECK_START_PERIOD: Limit = Limit::up_to(YEAR).at_least(CHECK_FLOOR).o
 pub const CHECK_PROBE: Limit = Limit::up_to(YEAR).at_least(CHECK_FLOOR);
 /// `[health] soak`: zero for none.
 pub const HEALTH_SOAK: Limit = Limit::up_to(YEAR).at_least(CHECK_FLOOR).or_none();
+/// `[health] recheck`: zero for none (no drift watch).
+pub const HEALTH_RECHECK: Limit = Limit::up_to(YEAR).at_least(Duration::from_secs(1)).or_none();
 /// `[rollout] soak`: zero for none.
 pub const ROLLOUT_SOAK: Limit = Limit::up_to(YEAR).or_none();
 

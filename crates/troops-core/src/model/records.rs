@@ -18,6 +18,9 @@ pub enum Trigger {
     Retry,
     /// The last good commit, run again after a commit failed with `on_failure = "rollback"`.
     Rollback,
+    /// The deployed commit, run again because a recheck found the host drifted from it
+    /// (`[health] on_drift = "redeploy"`): a corrective run, counted apart.
+    Drift,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

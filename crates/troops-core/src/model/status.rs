@@ -47,6 +47,9 @@ pub struct StatusDoc {
     /// The newest run's health checks.
     #[serde(default)]
     pub checks: Vec<crate::model::records::CheckRecord>,
+    /// What the last recheck found drifted since the newest run (state `drifted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
@@ -108,6 +111,8 @@ pub enum State {
     RolledBack,
     /// The rollout keeps the tip from running (see `hold`).
     Held,
+    /// A recheck found the host drifted from its deployed commit (see `drift`): not healthy.
+    Drifted,
     /// A state this troops does not know, said by a newer peer (`paused`, ...): readers tolerate
     /// it. Never healthy and never a failure report, so the rollout waits on such a node.
     #[serde(other)]
@@ -150,6 +155,7 @@ impl State {
             State::Failed => "failed",
             State::RolledBack => "rolled back",
             State::Held => "held",
+            State::Drifted => "drifted",
             State::Other => "in a state this troops does not know",
         }
     }

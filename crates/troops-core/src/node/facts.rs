@@ -63,7 +63,7 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
 /// bad input.
 fn asked(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Option<Asked>> {
     let commit = match ask {
-        Ask::Tick | Ask::Push => return Ok(None),
+        Ask::Tick | Ask::Push | Ask::Drift => return Ok(None),
         Ask::Deploy { rev: Some(rev), .. } | Ask::Rollback { to: Some(rev) } => Some(repo.resolve(rev)?),
         Ask::Deploy { rev: None, .. } => repo.tip()?,
         Ask::Rollback { to: None } => match repo.deployed()? {

@@ -51,6 +51,8 @@ pub struct NodeState {
     pub remotes: Vec<Remote>,
     /// When the branch and its remotes have forked (as the last pull cycle found).
     pub diverged: Option<Diverged>,
+    /// What the last recheck found drifted since the newest run, if anything.
+    pub drift: Option<crate::node::drift::Drift>,
     /// The node's state, and since when.
     pub state: State,
     pub since: Option<String>,
@@ -96,6 +98,11 @@ pub fn read(node: &Node) -> Result<NodeState> {
     let wave = tip.and_then(|tip| crate::node::rollout::place(node, &repo, tip));
     let newest = running.as_ref().or(last.as_ref());
     let (state, since) = state_of(newest, deployed, tip, hold.as_ref());
+    let drift = crate::node::drift::current(node, newest).filter(|_| state == State::Healthy);
+    let (state, since) = match &drift {
+        Some(drift) => (State::Drifted, Some(drift.checked_at.clone())),
+        None => (state, since),
+    };
     Ok(NodeState {
         host: node.config.hostname(),
         roles,
@@ -115,6 +122,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         remotes,
         // Until the next pull, what the last one found holds only while the branch is where it was.
         diverged: fetched.diverged.clone().filter(|d| tip.is_some_and(|t| t.to_string() == d.tip)),
+        drift,
         state,
         since,
     })
@@ -156,6 +164,7 @@ impl NodeState {
                 .map(|q| Quarantine { commit: q.commit.to_string(), reason: q.reason.clone() })
                 .collect(),
             checks: newest.map(|r| r.checks.clone()).unwrap_or_default(),
+            drift: self.drift.as_ref().map(|d| d.found.clone()).unwrap_or_default(),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }
@@ -188,6 +197,7 @@ impl NodeState {
                 })
                 .unwrap_or_default(),
             rollout_held: self.hold.is_some(),
+            drifted: self.drift.is_some(),
         }
     }
 

@@ -126,6 +126,15 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
             }
         }
         Ask::Rollback { .. } => return persons_rollback(facts),
+        // What a tick would run goes first; only a node with nothing else to do redeploys.
+        Ask::Drift => {
+            return match (decide(&Ask::Tick, facts, now, retry), facts.deployed) {
+                (Decision::Idle { .. }, Some(deployed)) if newest.is_none_or(|r| !r.status.unfinished()) => {
+                    run(deployed, Trigger::Drift, None, "a recheck found the host drifted from it")
+                }
+                (decision, _) => decision,
+            }
+        }
         Ask::Tick | Ask::Push => {}
     }
     let Some(tip) = facts.tip else {

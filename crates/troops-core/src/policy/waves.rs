@@ -341,6 +341,7 @@ mod tests {
             wave: None,
             tip: Some(oid(on).to_string()),
             deployed: (!failed).then(|| oid(on).to_string()),
+            drift: Vec::new(),
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

@@ -163,6 +163,9 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
         let hold = row.doc.hold.as_ref().expect("filtered");
         writeln!(out, "{}: {}", escape(&row.doc.host), escape(&hold.why))?;
     }
+    for row in view.nodes.iter().filter(|r| !r.doc.drift.is_empty()) {
+        writeln!(out, "{}: drifted: {}", escape(&row.doc.host), escape(&row.doc.drift.join("; ")))?;
+    }
     for row in &view.nodes {
         if let Some(diverged) = &row.doc.diverged {
             // Its branch name is not in the document: the one compared with here stands for it.

@@ -199,6 +199,10 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         Some(hold) => writeln!(out, "state     held{since}: {}", escape(&hold.why))?,
         None => writeln!(out, "state     {}{since}", now.state)?,
     }
+    if let Some(drift) = &now.drift {
+        let when = format!("the recheck at {} found", drift.checked_at);
+        writeln!(out, "drift     {when}: {}", escape(&drift.found.join("; ")))?;
+    }
     if let Some(diverged) = &now.diverged {
         writeln!(out, "diverged  {}", escape(&diverged.sentence(&now.branch)))?;
         writeln!(out, "          (README: \"When a node and its remotes fork\")")?;

@@ -36,6 +36,8 @@ pub enum Event {
     Reloaded(Box<Option<Config>>),
     /// When a failed commit is due again, read at start.
     NextDue(Option<SystemTime>),
+    /// A recheck ended, or the recheck period was read (after a run, at start).
+    Rechecked(troops_core::node::drift::Rechecked),
     /// A notify command ended.
     Told,
     /// Why `/metrics` is not served (another process holds its port), or `None`: it is again.

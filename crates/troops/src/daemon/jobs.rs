@@ -17,6 +17,24 @@ use troops_core::node::run::Outcome;
 
 use super::events::{Event, Events, Pulled, RunEnd};
 
+/// A recheck of what is deployed (`drift::recheck`); its probes' lines go to the log at debug
+/// level, what drifted at warning level. A recheck that cannot be made is logged, and the next
+/// one is due as the plan says.
+pub fn recheck(node: &Node, stop: &AtomicBool) -> troops_core::node::drift::Rechecked {
+    let mut lines = Vec::new();
+    let rechecked = troops_core::node::drift::recheck(node, &mut lines, stop);
+    for line in String::from_utf8_lossy(&lines).lines() {
+        tracing::debug!(output = line, "recheck");
+    }
+    rechecked.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "recheck failed");
+        troops_core::node::drift::Rechecked {
+            period: troops_core::node::drift::period(node),
+            redeploy: false,
+        }
+    })
+}
+
 /// Runs `work`, its output going to the loop as it comes. A run that follows the tip first tells
 /// the loop which tip it read, so that a push of that tip can join it.
 pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunEnd {

@@ -141,6 +141,8 @@ struct Daemon {
     settle: Option<Instant>,
     next_tick: Instant,
     retry_at: Option<Instant>,
+    /// When the deployed commit's checks are run again (`[health] recheck`); `None`: not now.
+    recheck_at: Option<Instant>,
     started_at: String,
     /// Runs whose notify command waits for the one under way (`telling`), oldest first.
     to_tell: std::collections::VecDeque<u64>,
@@ -186,6 +188,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         settle: None,
         next_tick: Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64)),
         retry_at: None,
+        recheck_at: None,
         started_at: troops_core::model::records::now(),
         to_tell: Default::default(),
         telling: false,
@@ -199,6 +202,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         let node = daemon.snapshot();
         move || Event::NextDue(troops_core::node::facts::next_due(&node))
     });
+    daemon.read_recheck_period();
     let mut upgrade = None;
     loop {
         daemon.start_work();
@@ -223,6 +227,14 @@ async fn serve(node: Node) -> Result<ExitCode> {
             }
             _ = sleep_until(publish_at.unwrap_or(daemon.next_tick)), if publish_at.is_some() => {
                 daemon.publish();
+            }
+            _ = sleep_until(daemon.recheck_at.unwrap_or(daemon.next_tick)), if daemon.recheck_at.is_some() => {
+                daemon.recheck_at = None;
+                // A run's own checks are newer than any recheck: the run's end reads the period anew.
+                if daemon.running.is_none() && !daemon.stopping {
+                    let node = daemon.snapshot();
+                    daemon.job("recheck", move || Event::Rechecked(jobs::recheck(&node, &STOP)));
+                }
             }
             Some(event) = heard.recv() => {
                 if let Some(code) = daemon.hear(event) {
@@ -313,6 +325,7 @@ impl Daemon {
                 self.due_at(end.next_due);
                 self.tell(end.tell);
                 self.summary = end.summary;
+                self.read_recheck_period();
                 notify(&format!("STATUS={}", systemd_status(&self.summary, self.metrics_error.as_deref())));
                 self.publisher.poke();
             }
@@ -362,6 +375,13 @@ impl Daemon {
                 }
             }
             Event::NextDue(at) => self.due_at(at),
+            Event::Rechecked(rechecked) => {
+                self.recheck_at = rechecked.period.map(|period| Instant::now() + period);
+                if rechecked.redeploy {
+                    tracing::info!("redeploying the deployed commit after drift (on_drift = \"redeploy\")");
+                    self.ask(Ask::Drift, Vec::new());
+                }
+            }
             Event::Told => {
                 self.telling = false;
                 self.tell(Vec::new());
@@ -490,6 +510,15 @@ impl Daemon {
                 Event::Told
             });
         }
+    }
+
+    /// Reads when the deployed commit's plan wants its next recheck (after a run, at start).
+    fn read_recheck_period(&self) {
+        let node = self.snapshot();
+        self.job("recheck period", move || {
+            let period = troops_core::node::drift::period(&node);
+            Event::Rechecked(troops_core::node::drift::Rechecked { period, redeploy: false })
+        });
     }
 
     fn due_at(&mut self, at: Option<SystemTime>) {

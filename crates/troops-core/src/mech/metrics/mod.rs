@@ -105,6 +105,8 @@ pub struct Gauges {
     pub checks: BTreeMap<String, bool>,
     /// Whether the rollout holds this node's tip back.
     pub rollout_held: bool,
+    /// Whether the last recheck found the host drifted from its deployed commit.
+    pub drifted: bool,
 }
 
 /// Everything the metrics show at one moment.
@@ -401,6 +403,12 @@ impl Collector for Snapshot {
         ConstGauge::new(i64::from(g.rollout_held)).encode(encoder.encode_descriptor(
             "troops_rollout_held",
             "1 if the rollout holds this node's next commit back",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.drifted)).encode(encoder.encode_descriptor(
+            "troops_drifted",
+            "1 if the last recheck found the host drifted from its deployed commit",
             None,
             MetricType::Gauge,
         )?)?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::limits::{CHECK_PROBE, CHECK_START_PERIOD, HEALTH_SOAK};
-use crate::model::plan::{path_globs, role_list, Check, Expect, Health, OnFailure, Probe, Problem};
+use crate::model::limits::{CHECK_PROBE, CHECK_START_PERIOD, HEALTH_RECHECK, HEALTH_SOAK};
+use crate::model::plan::{path_globs, role_list, Check, Expect, Health, OnDrift, OnFailure, Probe, Problem};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +37,8 @@ pub(super) struct RawCheck {
 pub(super) struct RawHealth {
     soak: Option<Spanned<String>>,
     on_failure: Option<Spanned<String>>,
+    recheck: Option<Spanned<String>>,
+    on_drift: Option<Spanned<String>>,
 }
 
 pub(super) fn checks(raw: Vec<Spanned<RawCheck>>) -> Result<Vec<Check>, Problem> {
@@ -141,7 +143,12 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
 
 pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {
     let Some(raw) = raw else {
-        return Ok(Health { soak: Duration::ZERO, on_failure: OnFailure::Retry });
+        return Ok(Health {
+            soak: Duration::ZERO,
+            on_failure: OnFailure::Retry,
+            recheck: Duration::ZERO,
+            on_drift: OnDrift::Report,
+        });
     };
     let on_failure = match raw.on_failure {
         None => OnFailure::Retry,
@@ -156,6 +163,20 @@ pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {
             }
         },
     };
+    let on_drift = match raw.on_drift {
+        None => OnDrift::Report,
+        Some(value) => match value.get_ref().as_str() {
+            "report" => OnDrift::Report,
+            "redeploy" => OnDrift::Redeploy,
+            other => {
+                return Err((
+                    value.span(),
+                    format!("health: `on_drift` {other:?} is not \"report\" or \"redeploy\""),
+                ))
+            }
+        },
+    };
     let soak = HEALTH_SOAK.key("health: `soak`", raw.soak, Duration::ZERO)?;
-    Ok(Health { soak, on_failure })
+    let recheck = HEALTH_RECHECK.key("health: `recheck`", raw.recheck, Duration::ZERO)?;
+    Ok(Health { soak, on_failure, recheck, on_drift })
 }

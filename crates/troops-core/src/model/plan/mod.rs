@@ -102,12 +102,25 @@ pub enum Probe {
     Unit(String),
 }
 
-/// `[health]`: how long checks must keep passing, and what a failed run leads to.
+/// `[health]`: how long checks must keep passing, what a failed run leads to, and how the
+/// deployed commit is watched for drift.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// After every check passed once, how long they must keep passing; zero: no soak.
     pub soak: Duration,
     pub on_failure: OnFailure,
+    /// How often the daemon runs the deployed commit's checks again (`node::drift`); zero: never.
+    pub recheck: Duration,
+    pub on_drift: OnDrift,
+}
+
+/// What drift leads to (`[health] on_drift`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrift {
+    /// The node says so (status, fleet, metrics, notification); the default.
+    Report,
+    /// It also runs the deployed commit again, as a run of its own (`TROOPS_TRIGGER=drift`).
+    Redeploy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +140,8 @@ pub struct Release {
     pub keep_failed: u32,
     /// An absolute path for the `current` symlink; `None`: `current` in the state dir.
     pub link: Option<PathBuf>,
+    /// A recheck also compares the current release's files with the commit's tree.
+    pub verify: bool,
 }
 
 /// When a step runs, with `[release]`: before the switch of `current` or after it.
@@ -211,6 +226,7 @@ struct RawRelease {
     keep: Option<Spanned<i64>>,
     keep_failed: Option<Spanned<i64>>,
     link: Option<Spanned<String>>,
+    verify: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -590,7 +606,7 @@ fn release(raw: RawRelease) -> Result<Release, Problem> {
             Some(path.to_owned())
         }
     };
-    Ok(Release { keep, keep_failed, link })
+    Ok(Release { keep, keep_failed, link, verify: raw.verify.unwrap_or(false) })
 }
 
 /// Checks that `script` names an executable file inside `root`, without `..`, absolute paths or
@@ -775,15 +791,35 @@ mod tests {
         );
         assert_eq!(plan.checks[2].probe, Probe::Run("true".into()));
         assert_eq!(plan.checks[3].probe, Probe::Unit("nginx.service".into()));
-        assert_eq!(plan.health, Health { soak: Duration::from_secs(60), on_failure: OnFailure::Rollback });
+        assert_eq!(
+            plan.health,
+            Health {
+                soak: Duration::from_secs(60),
+                on_failure: OnFailure::Rollback,
+                recheck: Duration::ZERO,
+                on_drift: OnDrift::Report
+            }
+        );
         assert_eq!(
             plan.release,
-            Some(Release { keep: 5, keep_failed: 3, link: Some("/srv/app/current".into()) })
+            Some(Release { keep: 5, keep_failed: 3, link: Some("/srv/app/current".into()), verify: false })
         );
         assert_eq!((plan.steps[0].phase, plan.steps[1].phase), (Phase::Build, Phase::Activate));
 
         let bare = parse("[[step]]\nname = \"a\"\nrun = \"x\"\n").unwrap();
-        assert_eq!(bare.health, Health { soak: Duration::ZERO, on_failure: OnFailure::Retry });
+        assert_eq!(
+            bare.health,
+            Health {
+                soak: Duration::ZERO,
+                on_failure: OnFailure::Retry,
+                recheck: Duration::ZERO,
+                on_drift: OnDrift::Report
+            }
+        );
+        let watched = parse("[health]\nrecheck = \"1m\"\non_drift = \"redeploy\"\n").unwrap().health;
+        assert_eq!((watched.recheck, watched.on_drift), (Duration::from_secs(60), OnDrift::Redeploy));
+        assert!(error("[health]\non_drift = \"fix\"\n").contains(":2:12: health: `on_drift` \"fix\" is not"));
+        assert!(error("[health]\nrecheck = \"10ms\"\n").contains(":2:11: health: `recheck` \"10ms\""));
         assert!(bare.checks.is_empty() && bare.release.is_none() && bare.min_troops.is_none());
         let zero =
             parse("[health]\nsoak = \"0s\"\n[[check]]\nname = \"a\"\nrun = \"x\"\nstart_period = \"0s\"\n")

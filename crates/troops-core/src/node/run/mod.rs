@@ -330,6 +330,40 @@ impl Write for Tee<'_> {
     }
 }
 
+/// A recheck of `record`, the run that deployed the commit the node stands on, by the checks of
+/// `plan` this host probes (all of them: nothing changed since that run), in `dir` (where the run
+/// left its checkout or release) and the environment its steps had but for secrets, which only a
+/// run decrypts; no soak. Returns the checks that failed, as "check `web` failed: why".
+pub fn recheck(
+    node: &Node,
+    record: &RunRecord,
+    plan: &Plan,
+    dir: &Path,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<Vec<String>> {
+    let roles = roles::resolve(&record.host, &node.config.roles, Some(plan));
+    let due = check::Due::of(plan, &roles, &crate::policy::paths::Changes::all("a recheck"));
+    let env = prepare::step_env(node, record, &roles, None);
+    let mask = crate::mech::mask::Masker::default();
+    let ctx = check::ProbeEnv { checkout: dir, env: &env, mask: &mask };
+    let checks = check::run_checks(
+        &due.checks,
+        std::time::Duration::ZERO,
+        &ctx,
+        &mut Output::new(out),
+        stop,
+        &mut |_| Ok(()),
+    )?;
+    Ok(checks
+        .iter()
+        .filter(|c| c.status == crate::model::records::CheckStatus::Failed)
+        .map(|c| {
+            format!("check `{}` failed: {}", c.name, c.last_error.as_deref().unwrap_or("no probe passed"))
+        })
+        .collect())
+}
+
 /// What `--dry-run` shows: the commit, this host's roles, and for each step and check whether it
 /// runs and why.
 pub struct DryRun {

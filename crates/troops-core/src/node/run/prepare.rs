@@ -376,7 +376,7 @@ fn make_writable(path: &Path) {
 /// The whole environment of every step but `TROOPS_STEP` and the step's own `env`, the same for
 /// every trigger (SPEC, "The trust boundary"): every child's (`mech::env`) and the run's
 /// `TROOPS_*`. `TROOPS_SECRETS` is there only when the node has secrets in this run.
-fn step_env(
+pub(super) fn step_env(
     node: &Node,
     record: &RunRecord,
     roles: &BTreeSet<String>,
