@@ -26,6 +26,7 @@ mod masking;
 mod metrics;
 mod node;
 mod plans;
+mod preview;
 mod probe;
 mod pull;
 mod push;

@@ -59,10 +59,15 @@ fn pre_receive() -> Result<ExitCode> {
     let git_dir = git_dir()?;
     let node = node(&git_dir)?;
     let quarantine = env_path("GIT_QUARANTINE_PATH");
-    let repo = receive::open_pushed(&git_dir, quarantine.as_deref())?;
+    let repo = receive::open_pushed(&node, &git_dir, quarantine.as_deref())?;
     let mut refused = false;
     for update in &updates {
-        match receive::check(&repo, &node.config, &node.seen_path(), update)? {
+        if update.refname == receive::PREVIEW_REF {
+            preview(&node, &repo, update);
+            refused = true;
+            continue;
+        }
+        match receive::check(&repo.git, &node.config, &node.seen_path(), update)? {
             Verdict::Accept => {}
             Verdict::Refuse(reason) => {
                 say(&reason);
@@ -80,6 +85,20 @@ fn pre_receive() -> Result<ExitCode> {
         }
     }
     Ok(Exit::ok_if(!refused).into())
+}
+
+/// Shows the pusher the preview of the commit pushed to `refs/troops/preview`, each line marked
+/// (`troops push --preview` gathers them), then refuses the ref: nothing moves.
+fn preview(node: &Node, repo: &troops_core::mech::repo::NodeRepo, update: &Update) {
+    if let Some(commit) = update.new {
+        match troops_core::node::run::preview::preview(node, repo, commit, false, outlive_the_pusher()) {
+            Ok(preview) => {
+                preview.to_string().lines().for_each(|line| say(&format!("{}{line}", receive::PREVIEW_MARK)))
+            }
+            Err(e) => say(&format!("{}no preview of {commit}: {e}", receive::PREVIEW_MARK)),
+        }
+    }
+    say(&format!("troops: refusing {}: a preview only; nothing moved", receive::PREVIEW_REF));
 }
 
 /// Runs the plan when the deploy branch moved: through the daemon if one listens, else here, as

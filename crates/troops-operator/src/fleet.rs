@@ -39,7 +39,7 @@ pub struct View {
 /// repo `git` to compare with).
 pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
     let (docs, unreadable) = troops_core::mech::statusrefs::read_all(status);
-    let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None };
+    let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None, pushed: None };
     let rollout = tip.and_then(|t| troops_core::node::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs
         .into_iter()

@@ -246,6 +246,78 @@ pub fn clean(line: &str) -> &str {
     line.trim_end_matches("\x1b[K").trim_end()
 }
 
+/// One host's preview of a push (`troops push --preview`), as its node showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPreview {
+    /// The preview's lines, as the node wrote them.
+    pub text: String,
+    pub runs: Vec<String>,
+    pub skipped: Vec<String>,
+    pub held: Vec<String>,
+}
+
+/// The preview in what a push to `refs/troops/preview` said (`stderr`: the node's `remote: `
+/// lines), if the node showed one.
+pub fn preview_of(stderr: &str) -> Option<HostPreview> {
+    let mark = troops_core::node::receive::PREVIEW_MARK;
+    let lines: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| clean(l).strip_prefix("remote: ")?.strip_prefix(mark))
+        .map(|l| troops_core::model::shown::escape(l).into_owned())
+        .collect();
+    lines.first().filter(|l| l.starts_with("commit "))?;
+    let named = |verb: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(verb))
+            .filter(|rest| !rest.starts_with("check "))
+            .filter_map(|rest| Some(rest.split_once(": ")?.0.to_owned()))
+            .collect()
+    };
+    Some(HostPreview {
+        runs: named("run  "),
+        skipped: named("skip "),
+        held: lines.iter().filter_map(|l| l.strip_prefix("held: ")).map(str::to_owned).collect(),
+        text: lines.join("\n"),
+    })
+}
+
+/// Every host's preview as Markdown, ready to paste into a pull request: a table (host, steps that
+/// run, steps skipped, holds), then each host's whole preview, folded. `hosts`: each host and its
+/// preview, or why it has none. Every word a node wrote is its own: kept out of the table's syntax.
+pub fn preview_markdown(what: &str, hosts: &[(String, std::result::Result<HostPreview, String>)]) -> String {
+    let cell = |text: &str| text.replace('|', "\\|").replace(['\n', '\r'], " ");
+    let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { cell(&items.join(", ")) };
+    let mut out = format!(
+        "### troops preview of {}\n\n| host | runs | skipped | held |\n|---|---|---|---|\n",
+        cell(what)
+    );
+    for (host, preview) in hosts {
+        match preview {
+            Ok(p) => out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                cell(host),
+                list(&p.runs),
+                list(&p.skipped),
+                list(&p.held)
+            )),
+            Err(why) => out.push_str(&format!("| {} | no preview: {} | | |\n", cell(host), cell(why))),
+        }
+    }
+    for (host, preview) in hosts {
+        if let Ok(p) = preview {
+            let fence = "```";
+            // A node's text cannot end the fence early: its own fences are spaced apart.
+            let text = p.text.replace(fence, "` ` `");
+            out.push_str(&format!(
+                "\n<details><summary>{}</summary>\n\n{fence}\n{text}\n{fence}\n</details>\n",
+                cell(host).replace('<', "&lt;")
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,5 +467,38 @@ mod tests {
             Outcome::Unreachable("ssh: connect to host 10.0.0.5 port 22: Connection refused".into())
         );
         assert!(!gone.is_ok() && !Outcome::NotPushed(String::new()).is_ok() && Outcome::UpToDate.is_ok());
+    }
+
+    #[test]
+    fn a_preview_is_read_from_the_nodes_marked_lines_and_kept_out_of_the_tables_syntax() {
+        let stderr = "remote: troops: preview | commit abc on web-1 [web]: 1 file changed since def (deployed)      \n\
+                      remote: step output that is not marked\n\
+                      remote: troops: preview | run  nginx: every host; changed: nginx/a\n\
+                      remote: troops: preview |   | a | pipe and ``` a fence\n\
+                      remote: troops: preview | skip app|x: every host; no change under app since def\n\
+                      remote: troops: preview | run  check up: every host\n\
+                      remote: troops: preview | held: wave 2 of 2 (later): waiting\x1b[K\n\
+                      remote: troops: refusing refs/troops/preview: a preview only; nothing moved\n";
+        let preview = preview_of(stderr).unwrap();
+        assert_eq!(
+            (&preview.runs[..], &preview.skipped[..]),
+            (&["nginx".to_owned()][..], &["app|x".to_owned()][..])
+        );
+        assert_eq!(preview.held, ["wave 2 of 2 (later): waiting"]);
+        assert_eq!(preview.text.lines().count(), 6, "{}", preview.text);
+        let markdown = preview_markdown(
+            "main",
+            &[("web-1".into(), Ok(preview)), ("web-2".into(), Err("unreachable: no such repo".into()))],
+        );
+        assert!(
+            markdown.contains("| web-1 | nginx | app\\|x | wave 2 of 2 (later): waiting |\n"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("| web-2 | no preview: unreachable: no such repo | | |\n"), "{markdown}");
+        assert_eq!(markdown.matches("```").count(), 2, "the node's fence is broken up:\n{markdown}");
+        assert!(preview_of("remote: troops: refusing refs/troops/preview: nothing moved\n").is_none());
+        // A node's control bytes are escaped, not relayed.
+        let hostile = preview_of("remote: troops: preview | commit abc \x1b]0;title\x07 on x\n").unwrap();
+        assert!(!hostile.text.contains('\x1b'), "{:?}", hostile.text);
     }
 }

@@ -90,6 +90,14 @@ pub enum Command {
     Push(PushArgs),
     /// The fleet at a glance, from the status refs the nodes publish (on a node, or in a clone of the deploy repo).
     Fleet(FleetArgs),
+    /// What a run of REV (default: the branch tip) would do on this node, running nothing for real.
+    ///
+    /// Per step and check: runs or skipped, and why (roles, and what changed under its `paths`
+    /// since the deployed commit); the wave and what would hold the commit; and what each running
+    /// step's `preview` command prints, run in a private checkout without secrets, only for a
+    /// commit the node's [verify] policy accepts. Nothing is recorded. With --host, in a clone of
+    /// the deploy repo: the answer of the plan alone for that host, running no command.
+    Preview(PreviewArgs),
     /// Manage the plan's secrets, in a clone of the deploy repo (the current directory).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -170,7 +178,7 @@ pub struct DeployArgs {
     /// The commit to run (any git revision); default: the branch tip.
     #[arg(long, value_name = "REV")]
     pub commit: Option<String>,
-    /// List the steps this host would run and why; run nothing.
+    /// Show what the run would do and why, as `troops preview` does; run nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Run every step of this host's, also those whose `paths` saw no change.
@@ -180,6 +188,10 @@ pub struct DeployArgs {
 
 #[derive(Args)]
 pub struct PushArgs {
+    /// Push nowhere: show what each host would do with the branch (`troops preview` there, through
+    /// a push to refs/troops/preview that the host refuses), as Markdown for a pull request.
+    #[arg(long)]
+    pub preview: bool,
     /// Push to the hosts that ROLE lists by name; repeat for several (default: every role's).
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
@@ -198,6 +210,18 @@ pub struct PushArgs {
     /// Kill a host's push (git and its ssh) that has not ended after this long.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::timeout_arg)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Args)]
+pub struct PreviewArgs {
+    /// The commit to preview (any git revision); default: the branch tip (HEAD in a clone).
+    pub rev: Option<String>,
+    /// As `troops deploy --all-steps` would run: every step, whatever changed.
+    #[arg(long)]
+    pub all_steps: bool,
+    /// In a clone of the deploy repo: preview for this host, from the plan alone.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 #[derive(Args)]

@@ -30,6 +30,9 @@ pub struct NodeRepo {
     /// the deployed and quarantined commits, and writes along with the refs. `None` in any other
     /// process (a member's push run in-process), which goes by the refs it can write.
     pub ledger: Option<PathBuf>,
+    /// A push's objects, not yet in the repo (git's quarantine, as a pre-receive hook sees it):
+    /// read as well, by `git` and by checkouts (`NodeRepo::with_pushed`).
+    pub pushed: Option<PathBuf>,
 }
 
 impl NodeRepo {
@@ -42,7 +45,14 @@ impl NodeRepo {
         let git = Repository::open_bare(path).map_err(|e| {
             Error::git(format!("opening the node repo {} (did you run `troops init`?)", path.display()), e)
         })?;
-        Ok(NodeRepo { git, branch: branch.to_owned(), ledger })
+        Ok(NodeRepo { git, branch: branch.to_owned(), ledger, pushed: None })
+    }
+
+    /// This repo as a pre-receive hook sees it: with the pushed objects in `quarantine` too.
+    pub fn with_pushed(mut self, quarantine: &Path) -> Result<NodeRepo> {
+        add_alternate(&self.git, quarantine)?;
+        self.pushed = Some(quarantine.to_owned());
+        Ok(self)
     }
 
     pub fn branch_ref(&self) -> String {
@@ -331,6 +341,9 @@ impl NodeRepo {
         let git = Repository::open_bare(self.git.path())
             .and_then(|git| git.set_workdir(dest, false).map(|()| git))
             .ctx(|| format!("opening {} to check out {commit}", self.git.path().display()))?;
+        if let Some(pushed) = &self.pushed {
+            add_alternate(&git, pushed)?;
+        }
         let tree =
             git.find_commit(commit).and_then(|c| c.tree()).ctx(|| format!("reading commit {commit}"))?;
         let mut options = git2::build::CheckoutBuilder::new();
@@ -344,6 +357,13 @@ impl NodeRepo {
         })?;
         checkout_modes(dest)
     }
+}
+
+/// Reads the objects in `dir` (a push's quarantine) through `git` as well.
+fn add_alternate(git: &Repository, dir: &Path) -> Result<()> {
+    git.odb()
+        .and_then(|odb| odb.add_disk_alternate(&dir.to_string_lossy()))
+        .ctx(|| format!("reading the pushed objects in {}", dir.display()))
 }
 
 /// Every file and symlink under `dir` (never followed), as its repo path (`prefix` + name) with
@@ -529,7 +549,7 @@ mod tests {
             let sig = git2::Signature::now("t", "t@t").unwrap();
             git.commit(Some("refs/heads/main"), &sig, &sig, "m", &tree, &[]).unwrap()
         };
-        let repo = NodeRepo { git, branch: "main".into(), ledger: None };
+        let repo = NodeRepo { git, branch: "main".into(), ledger: None, pushed: None };
         assert_eq!(repo.tip().unwrap(), Some(oid));
         assert_eq!(repo.resolve("main").unwrap(), oid);
         assert!(matches!(repo.resolve("nope"), Err(Error::Input(_))));

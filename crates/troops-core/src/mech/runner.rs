@@ -313,6 +313,7 @@ mod tests {
             roles: None,
             paths: Vec::new(),
             action: Action::Run(run.into()),
+            preview: None,
             timeout: Duration::from_millis(timeout_ms),
             kill_grace: Duration::from_millis(300),
             env: BTreeMap::from([("LEVEL".into(), "prod".into())]),

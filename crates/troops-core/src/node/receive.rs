@@ -65,17 +65,26 @@ pub enum Verdict {
     },
 }
 
-/// Opens the repo as a pre-receive hook sees it: the pushed objects are still in git's quarantine
-/// directory (`GIT_QUARANTINE_PATH`) until every hook accepts, so it is added as an alternate.
-pub fn open_pushed(git_dir: &Path, quarantine: Option<&Path>) -> Result<Repository> {
-    let repo =
-        Repository::open_bare(git_dir).ctx(|| format!("opening the node repo {}", git_dir.display()))?;
-    if let Some(quarantine) = quarantine {
-        repo.odb()
-            .and_then(|odb| odb.add_disk_alternate(&quarantine.to_string_lossy()))
-            .ctx(|| format!("reading the pushed objects in {}", quarantine.display()))?;
+/// A push of a commit to this ref asks for its preview (`node::run::preview`), which the pusher
+/// reads; the push itself is refused, so nothing moves and nothing of it stays.
+pub const PREVIEW_REF: &str = "refs/troops/preview";
+/// What starts each line of such a preview the node shows the pusher.
+pub const PREVIEW_MARK: &str = "troops: preview | ";
+
+/// Opens the repo at `git_dir` of `node` as a pre-receive hook sees it: the pushed objects are
+/// still in git's quarantine directory (`GIT_QUARANTINE_PATH`) until every hook accepts, so it is
+/// added as an alternate.
+pub fn open_pushed(
+    node: &crate::model::node::Node,
+    git_dir: &Path,
+    quarantine: Option<&Path>,
+) -> Result<crate::mech::repo::NodeRepo> {
+    let ledger = node.is_owner().then(|| node.ledger_path());
+    let repo = crate::mech::repo::NodeRepo::open(git_dir, &node.config.branch, ledger)?;
+    match quarantine {
+        Some(quarantine) => repo.with_pushed(quarantine),
+        None => Ok(repo),
     }
-    Ok(repo)
 }
 
 /// Decides whether the node accepts `update`, with `config` the node config (its `branch` is the
@@ -328,10 +337,12 @@ mod tests {
         assert_eq!(elsewhere.commit(&[], "a"), a);
         let b = elsewhere.commit(&[a], "b");
         assert!(f.repo.find_commit(b).is_err());
-        let pushed = open_pushed(&f.dir, Some(&elsewhere.dir.join("objects"))).unwrap();
+        let pushed = crate::mech::repo::NodeRepo::open(&f.dir, "main", None)
+            .and_then(|repo| repo.with_pushed(&elsewhere.dir.join("objects")))
+            .unwrap();
         assert_eq!(
             check(
-                &pushed,
+                &pushed.git,
                 &config(""),
                 &f.dir,
                 &Update { old: Some(a), new: Some(b), refname: "refs/heads/main".into() }

@@ -7,6 +7,7 @@ mod fleet;
 mod init;
 mod log;
 mod notify;
+mod preview;
 mod push;
 mod roles;
 mod secrets;
@@ -27,7 +28,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     // What is done in a clone of the deploy repo, not on a node, is no business of admin_group.
     let on_node = !matches!(
         cli.command,
-        Command::Check(_) | Command::Push(_) | Command::Secrets(_) | Command::Fleet(_)
+        Command::Check(_)
+            | Command::Push(_)
+            | Command::Secrets(_)
+            | Command::Fleet(_)
+            | Command::Preview(crate::cli::PreviewArgs { host: Some(_), .. })
     );
     let global = cli.global.clone();
     command(cli).map_err(|error| match on_node.then(|| refused(&global, &error)).flatten() {
@@ -54,6 +59,7 @@ fn command(cli: Cli) -> Result<ExitCode> {
         Command::Verify(args) => verify::run(&node(&global)?, args),
         Command::Push(args) => push::run(args),
         Command::Fleet(args) => fleet::run(&global, args),
+        Command::Preview(args) => preview::run(&global, args),
         Command::Secrets(command) => secrets::run(command),
         Command::Notify(args) => notify::run(&node(&global)?, args.run),
     }

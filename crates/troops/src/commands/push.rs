@@ -42,14 +42,39 @@ pub fn run(args: PushArgs) -> Result<ExitCode> {
     }
     let fleet = Fleet {
         targets: selection.targets,
+        to: if args.preview {
+            troops_core::node::receive::PREVIEW_REF.to_owned()
+        } else {
+            format!("refs/heads/{branch}")
+        },
         branch,
         parallel: args.parallel as usize,
-        canary: args.canary,
+        // A preview deploys nothing: no host goes first.
+        canary: if args.preview { 0 } else { args.canary },
         timeout: args.timeout,
     };
     let results = fleet.push();
+    if args.preview {
+        return print_previews(&fleet, &results);
+    }
     print_table(&fleet.targets, &results)?;
     Ok(troops_core::Exit::ok_if(results.iter().all(|r| r.outcome.is_ok())).into())
+}
+
+/// Every host's preview, as Markdown; exit 0 when every host showed one.
+fn print_previews(fleet: &Fleet, results: &[Report]) -> Result<ExitCode> {
+    let hosts: Vec<(String, std::result::Result<fanout::HostPreview, String>)> = fleet
+        .targets
+        .iter()
+        .zip(results)
+        .map(|(target, report)| {
+            let preview = fanout::preview_of(&report.said)
+                .ok_or_else(|| format!("{}: {}", report.outcome.word(), report.outcome.detail()));
+            (target.host.clone(), preview)
+        })
+        .collect();
+    write!(std::io::stdout(), "\n{}", fanout::preview_markdown(&fleet.branch, &hosts))?;
+    Ok(troops_core::Exit::ok_if(hosts.iter().all(|(_, p)| p.is_ok())).into())
 }
 
 /// The branch HEAD is on.
@@ -97,6 +122,8 @@ fn plan_of(repo: &git2::Repository, branch: &str) -> Result<Plan> {
 struct Fleet {
     targets: Vec<Target>,
     branch: String,
+    /// The ref each host is pushed: the branch, or `refs/troops/preview`.
+    to: String,
     parallel: usize,
     canary: usize,
     timeout: Duration,
@@ -106,6 +133,8 @@ struct Fleet {
 struct Report {
     outcome: Outcome,
     took: Option<Duration>,
+    /// What git and the node said (git's lines and the node's `troops:` lines).
+    said: String,
 }
 
 /// What a push thread tells the main thread, which alone prints and keeps time.
@@ -122,6 +151,7 @@ enum Event {
     Finished {
         index: usize,
         outcome: Outcome,
+        said: String,
     },
 }
 
@@ -155,6 +185,8 @@ impl Fleet {
     fn push(&self) -> Vec<Report> {
         let stop = troops_core::mech::signals::stop_flag();
         let mut screen = Screen::new(&self.targets);
+        // A preview's lines are in its Markdown, which alone goes to stdout.
+        screen.lines = !self.previews();
         // Bounded: a node that prints faster than the operator's terminal takes waits at its push.
         let (tx, rx) = mpsc::sync_channel(1024);
         let mut reports: Vec<Option<Report>> = self.targets.iter().map(|_| None).collect();
@@ -164,7 +196,8 @@ impl Fleet {
         loop {
             while next < self.targets.len() && halted.is_none() && self.may_start(next, &running) {
                 running[next] = Some(Running { since: Instant::now(), pid: None, killed: None });
-                spawn_push(next, self.targets[next].url.clone(), self.branch.clone(), tx.clone());
+                let refspec = format!("refs/heads/{}:{}", self.branch, self.to);
+                spawn_push(next, self.targets[next].url.clone(), refspec, tx.clone());
                 next += 1;
             }
             if running.iter().all(Option::is_none) {
@@ -200,7 +233,7 @@ impl Fleet {
                     }
                 }
                 Event::Line { index, line } => screen.line(index, &line),
-                Event::Finished { index, outcome } => {
+                Event::Finished { index, outcome, said } => {
                     let push = running[index].take().expect("a finished push was running");
                     let outcome = push.killed.unwrap_or(outcome);
                     if index < self.canary && !outcome.is_ok() && halted.is_none() {
@@ -212,7 +245,7 @@ impl Fleet {
                             self.targets.len() - next
                         ));
                     }
-                    reports[index] = Some(Report { outcome, took: Some(push.since.elapsed()) });
+                    reports[index] = Some(Report { outcome, took: Some(push.since.elapsed()), said });
                 }
             }
             screen.progress(&reports, running.iter().flatten().count());
@@ -221,8 +254,18 @@ impl Fleet {
         let why = halted.unwrap_or_default();
         reports
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Report { outcome: Outcome::NotPushed(why.clone()), took: None }))
+            .map(|r| {
+                r.unwrap_or_else(|| Report {
+                    outcome: Outcome::NotPushed(why.clone()),
+                    took: None,
+                    said: String::new(),
+                })
+            })
             .collect()
+    }
+
+    fn previews(&self) -> bool {
+        self.to == troops_core::node::receive::PREVIEW_REF
     }
 
     /// Whether host `index` may start now: a canary, and the first host after the canaries, only
@@ -237,23 +280,28 @@ impl Fleet {
     }
 }
 
-/// Starts `git push` of `branch` to `url` on a thread that relays its stderr line by line and
+/// Starts `git push` of `refspec` to `url` on a thread that relays its stderr line by line and
 /// ends with the push's outcome. git runs in a session of its own, without a terminal: a prompt
 /// (an unknown host key, a passphrase) fails that host's push instead of waiting for a person
 /// among many pushes at once, and a timeout kills git with its ssh as one process group.
-fn spawn_push(index: usize, url: String, branch: String, tx: SyncSender<Event>) {
+fn spawn_push(index: usize, url: String, refspec: String, tx: SyncSender<Event>) {
     std::thread::spawn(move || {
-        let outcome = push_one(index, &url, &branch, &tx)
-            .unwrap_or_else(|e| Outcome::Unreachable(format!("running git push: {e}")));
-        let _ = tx.send(Event::Finished { index, outcome });
+        let (outcome, said) = push_one(index, &url, &refspec, &tx)
+            .unwrap_or_else(|e| (Outcome::Unreachable(format!("running git push: {e}")), String::new()));
+        let _ = tx.send(Event::Finished { index, outcome, said });
     });
 }
 
-fn push_one(index: usize, url: &str, branch: &str, tx: &SyncSender<Event>) -> std::io::Result<Outcome> {
+fn push_one(
+    index: usize,
+    url: &str,
+    refspec: &str,
+    tx: &SyncSender<Event>,
+) -> std::io::Result<(Outcome, String)> {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("git");
     command
-        .args(["push", "--porcelain", "--", url, &format!("refs/heads/{branch}:refs/heads/{branch}")])
+        .args(["push", "--porcelain", "--", url, refspec])
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -289,13 +337,15 @@ fn push_one(index: usize, url: &str, branch: &str, tx: &SyncSender<Event>) -> st
     }
     let status = child.wait()?;
     let porcelain = porcelain.join().unwrap_or_default();
-    Ok(fanout::classify(status.success(), &porcelain, &said))
+    Ok((fanout::classify(status.success(), &porcelain, &said), said))
 }
 
 /// The operator's view: live lines on stdout, prefixed by host; a progress line on stderr when
 /// it is a terminal, cleared before each line so that nothing is ever printed mid-line.
 struct Screen {
     hosts: Vec<String>,
+    /// Whether the nodes' lines are shown as they come.
+    lines: bool,
     width: usize,
     tty: bool,
     shown: bool,
@@ -305,6 +355,7 @@ impl Screen {
     fn new(targets: &[Target]) -> Screen {
         Screen {
             hosts: targets.iter().map(|t| t.host.clone()).collect(),
+            lines: true,
             width: targets.iter().map(|t| t.host.chars().count()).max().unwrap_or(0),
             tty: std::io::stderr().is_terminal(),
             shown: false,
@@ -314,6 +365,9 @@ impl Screen {
     /// A node's line, escaped: it is the node's bytes, which must not move the cursor, clear the
     /// screen or start lines of their own.
     fn line(&mut self, index: usize, line: &str) {
+        if !self.lines {
+            return;
+        }
         self.clear();
         let mut out = std::io::stdout().lock();
         let line = escape(line);

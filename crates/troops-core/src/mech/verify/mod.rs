@@ -420,7 +420,21 @@ impl fmt::Display for Refusal {
 /// Checks what moving a branch from `old` to `new` would add: with `Scope::Tip`, `new` alone;
 /// with `Scope::All`, every commit reachable from `new` and not from `old` (all of `new`'s history
 /// when `old` is `None`), oldest first. The first commit refused, or `None`: the update may go.
+/// The commits are then seen (`verifier.remember`): a check that moves a branch, or runs a commit.
 pub fn check_update(
+    repo: &Repository,
+    verifier: &dyn Verifier,
+    old: Option<Oid>,
+    new: Oid,
+    scope: Scope,
+) -> Result<Option<Refusal>> {
+    let refusal = judge(repo, verifier, old, new, scope);
+    verifier.remember();
+    refusal
+}
+
+/// [`check_update`] for a look only (a preview): when the commits were first seen stays as it was.
+pub fn judge(
     repo: &Repository,
     verifier: &dyn Verifier,
     old: Option<Oid>,
@@ -445,9 +459,7 @@ pub fn check_update(
             walk.collect::<std::result::Result<Vec<Oid>, _>>().ctx(context)?
         }
     };
-    let refusal = first_refusal(repo, verifier, &commits);
-    verifier.remember();
-    refusal
+    first_refusal(repo, verifier, &commits)
 }
 
 fn first_refusal(repo: &Repository, verifier: &dyn Verifier, commits: &[Oid]) -> Result<Option<Refusal>> {

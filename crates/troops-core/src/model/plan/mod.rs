@@ -184,6 +184,9 @@ pub struct Step {
     /// every run.
     pub paths: Vec<glob::Pattern>,
     pub action: Action,
+    /// `preview`: a command that shows what the step would change, run by previews only
+    /// (`node::run::preview`).
+    pub preview: Option<String>,
     pub timeout: Duration,
     /// When the step ends, times out or is stopped, how long what it started has between SIGTERM
     /// and SIGKILL.
@@ -263,6 +266,7 @@ struct RawStep {
     env: Option<Spanned<BTreeMap<String, String>>>,
     phase: Option<Spanned<String>>,
     paths: Option<Spanned<Vec<Spanned<String>>>>,
+    preview: Option<Spanned<String>>,
 }
 
 impl Plan {
@@ -368,7 +372,13 @@ impl Plan {
             };
             let roles = role_list(&owner, step.roles).map_err(|(s, m)| err(s, m))?;
             let paths = path_globs(&owner, step.paths).map_err(|(s, m)| err(s, m))?;
-            steps.push(Step { name, roles, paths, action, timeout, kill_grace, env, phase });
+            let preview = match step.preview {
+                Some(p) if p.get_ref().trim().is_empty() => {
+                    return Err(err(p.span(), format!("{owner}: `preview` is empty; leave it out")))
+                }
+                preview => preview.map(Spanned::into_inner),
+            };
+            steps.push(Step { name, roles, paths, action, preview, timeout, kill_grace, env, phase });
         }
         let mut secrets = Vec::new();
         let mut secret_names = HashSet::new();

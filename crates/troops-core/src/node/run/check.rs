@@ -381,6 +381,7 @@ fn run(
         roles: None,
         paths: Vec::new(),
         action: Action::Run(command.to_owned()),
+        preview: None,
         timeout: check.timeout,
         kill_grace: PROBE_KILL_GRACE,
         env: Default::default(),

@@ -9,8 +9,8 @@ pub mod check;
 mod execute;
 mod finalize;
 mod prepare;
+pub mod preview;
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -25,7 +25,7 @@ use crate::mech::lock::NodeLock;
 use crate::mech::output::Output;
 use crate::mech::releases::Releases;
 use crate::model::ask::Ask;
-use crate::model::error::{Context, Error, Exit, Result};
+use crate::model::error::{Error, Exit, Result};
 use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::plan::Plan;
@@ -362,79 +362,4 @@ pub fn recheck(
             format!("check `{}` failed: {}", c.name, c.last_error.as_deref().unwrap_or("no probe passed"))
         })
         .collect())
-}
-
-/// What `--dry-run` shows: the commit, this host's roles, and for each step and check whether it
-/// runs and why.
-pub struct DryRun {
-    pub commit: Oid,
-    pub roles: BTreeSet<String>,
-    pub steps: Vec<Selected>,
-    pub checks: Vec<Selected>,
-}
-
-/// A step or check of the plan, and whether it runs on this host and why: its roles, then what
-/// the commit changed under its paths.
-pub struct Selected {
-    pub name: String,
-    pub selection: roles::Selection,
-    pub by_path: crate::policy::paths::ByPath,
-}
-
-impl Selected {
-    pub fn runs(&self) -> bool {
-        self.selection.runs() && self.by_path.runs()
-    }
-
-    /// Why it runs or not, in words: "role web; changed: nginx/site.conf".
-    pub fn why(&self) -> String {
-        match &self.by_path {
-            _ if !self.selection.runs() => self.selection.to_string(),
-            crate::policy::paths::ByPath::Always => self.selection.to_string(),
-            by_path => format!("{}; {by_path}", self.selection),
-        }
-    }
-}
-
-/// Checks out `rev` (default: the tip) outside `work/`, loads its plan and selects steps as a run
-/// of it would now (`all_steps`: as `troops deploy --all-steps` would), running none.
-pub fn dry_run(node: &Node, rev: Option<&str>, all_steps: bool) -> Result<DryRun> {
-    let repo = node.repo()?;
-    let commit = match rev {
-        Some(rev) => repo.resolve(rev)?,
-        None => {
-            repo.tip()?.ok_or_else(|| Error::Input(format!("branch {} has no commits yet", repo.branch)))?
-        }
-    };
-    // Outside work/, which a concurrent run empties, in a private directory of a name nobody
-    // can guess and plant first; removed when dropped.
-    let tmp = tempfile::Builder::new()
-        .prefix("troops-dry-run-")
-        .tempdir()
-        .ctx(|| format!("creating a temporary directory in {}", std::env::temp_dir().display()))?;
-    let checkout = tmp.path().join("checkout");
-    repo.checkout(commit, &checkout)?;
-    let plan = Plan::load(&checkout).map_err(|e| prepare::relative_to(e, &checkout))?;
-    let roles = roles::resolve(&node.config.hostname(), &node.config.roles, Some(&plan));
-    let changes = prepare::changes(&repo, repo.deployed()?, commit, all_steps)?;
-    use crate::policy::paths;
-    let steps = plan
-        .steps
-        .iter()
-        .map(|s| Selected {
-            name: s.name.clone(),
-            selection: roles::selects(s, &roles),
-            by_path: paths::step(s, &changes),
-        })
-        .collect();
-    let checks = plan
-        .checks
-        .iter()
-        .map(|c| Selected {
-            name: c.name.clone(),
-            selection: roles::selects_check(c, &roles),
-            by_path: paths::check(c, &changes),
-        })
-        .collect();
-    Ok(DryRun { commit, roles, steps, checks })
 }

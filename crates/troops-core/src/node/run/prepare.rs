@@ -382,19 +382,44 @@ pub(super) fn step_env(
     roles: &BTreeSet<String>,
     secrets: Option<&crate::mech::secrets::RunSecrets>,
 ) -> Vec<(&'static str, String)> {
-    let mut env = crate::mech::env::base();
-    env.extend([
-        ("TROOPS_COMMIT", record.commit.to_string()),
-        ("TROOPS_PREVIOUS_COMMIT", record.previous_commit.map(|c| c.to_string()).unwrap_or_default()),
-        ("TROOPS_HOST", record.host.clone()),
-        ("TROOPS_ROLES", roles.iter().cloned().collect::<Vec<_>>().join(",")),
-        ("TROOPS_RUN_ID", record.id.to_string()),
-        ("TROOPS_TRIGGER", record.trigger.to_string()),
-        ("TROOPS_STATE_DIR", node.state_dir.display().to_string()),
-        ("TROOPS_CONFIG", node.config.path.display().to_string()),
-    ]);
+    let mut env = commit_env(node, record.commit, record.previous_commit, &record.host, roles);
+    env.extend([("TROOPS_RUN_ID", record.id.to_string()), ("TROOPS_TRIGGER", record.trigger.to_string())]);
     if let Some(secrets) = secrets {
         env.push(("TROOPS_SECRETS", secrets.dir.display().to_string()));
     }
+    env
+}
+
+/// What a step's `preview` command sees: a step's environment for `commit` but for what only a
+/// run has (`TROOPS_RUN_ID`, secrets), with `TROOPS_TRIGGER=preview`.
+pub(super) fn preview_env(
+    node: &Node,
+    commit: Oid,
+    previous: Option<Oid>,
+    host: &str,
+    roles: &BTreeSet<String>,
+) -> Vec<(&'static str, String)> {
+    let mut env = commit_env(node, commit, previous, host, roles);
+    env.push(("TROOPS_TRIGGER", "preview".to_owned()));
+    env
+}
+
+/// Every child's environment (`mech::env`) and what a step knows of the commit it is for.
+fn commit_env(
+    node: &Node,
+    commit: Oid,
+    previous: Option<Oid>,
+    host: &str,
+    roles: &BTreeSet<String>,
+) -> Vec<(&'static str, String)> {
+    let mut env = crate::mech::env::base();
+    env.extend([
+        ("TROOPS_COMMIT", commit.to_string()),
+        ("TROOPS_PREVIOUS_COMMIT", previous.map(|c| c.to_string()).unwrap_or_default()),
+        ("TROOPS_HOST", host.to_owned()),
+        ("TROOPS_ROLES", roles.iter().cloned().collect::<Vec<_>>().join(",")),
+        ("TROOPS_STATE_DIR", node.state_dir.display().to_string()),
+        ("TROOPS_CONFIG", node.config.path.display().to_string()),
+    ]);
     env
 }
