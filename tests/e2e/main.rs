@@ -23,6 +23,7 @@ mod lines;
 mod masking;
 mod metrics;
 mod node;
+mod page;
 mod plans;
 mod probe;
 mod pull;
