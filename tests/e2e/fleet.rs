@@ -750,7 +750,7 @@ fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
 }
 
 /// A status remote `status.git` in a hub, and node-00 publishing to it.
-fn publishing_node() -> (Env, PathBuf, Env) {
+pub(super) fn publishing_node() -> (Env, PathBuf, Env) {
     let hub = Env::new();
     let status = bare(&hub, "status.git");
     let node = Env::new();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::fleet::{fleet, fleet_json, forge, last_published, status_doc};
+use super::fleet::{fleet, fleet_json, forge, last_published, publishing_node, status_doc};
 use crate::support::{bin, text, wait_until, Env, BUDGET};
 
 /// In the wave `early` by its hash (the plan names the canary alone): its check fails.
@@ -43,6 +43,36 @@ struct Serve {
 }
 
 impl Serve {
+    /// Starts `command` (a `troops fleet serve` on port 0) and waits until it says where it listens.
+    fn start(mut command: Command, log: PathBuf) -> (Serve, SocketAddr) {
+        command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        let mut serve = Serve { child: command.spawn().unwrap(), log };
+        let mut addr = None;
+        wait_until("troops fleet serve listening", Duration::from_secs(30), || {
+            assert!(serve.child.try_wait().unwrap().is_none(), "troops fleet serve ended:\n{}", serve.log());
+            addr = serve
+                .log()
+                .split("serving the fleet page on http://")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next()?.parse::<SocketAddr>().ok());
+            addr.is_some()
+        });
+        (serve, addr.unwrap())
+    }
+
+    /// Sends `signal`, and waits for it to end on its own, successfully, saying so.
+    fn stop(&mut self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        let mut status = None;
+        wait_until("troops fleet serve ending on a signal", BUDGET, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(status.unwrap().success(), "{}", self.log());
+        let said = format!("{}: the fleet page is no longer served", signal.as_str());
+        assert!(self.log().contains(&said), "{}", self.log());
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -191,7 +221,6 @@ fn the_fleet_page_shows_waves_holds_and_failures_in_a_real_browser() {
     }
 
     // Served live: the page as it is, and a new document in it within a refresh or two.
-    let log = hub.path("serve.log");
     let mut command = hub.troops(&[
         "--state-dir",
         "/nonexistent",
@@ -204,19 +233,8 @@ fn the_fleet_page_shows_waves_holds_and_failures_in_a_real_browser() {
         "--refresh",
         "1s",
     ]);
-    command.current_dir(&clone).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
-    let mut serve = Serve { child: command.spawn().unwrap(), log };
-    let mut addr = None;
-    wait_until("troops fleet serve listening", Duration::from_secs(30), || {
-        assert!(serve.child.try_wait().unwrap().is_none(), "troops fleet serve ended:\n{}", serve.log());
-        addr = serve
-            .log()
-            .split("serving the fleet page on http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next()?.parse::<SocketAddr>().ok());
-        addr.is_some()
-    });
-    let addr = addr.unwrap();
+    command.current_dir(&clone);
+    let (mut serve, addr) = Serve::start(command, hub.path("serve.log"));
     let page = get(addr, "/");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"), "{page}");
     assert!(!page.contains("intruder"), "{page}");
@@ -276,16 +294,18 @@ fn the_fleet_page_shows_waves_holds_and_failures_in_a_real_browser() {
     }
 
     // SIGTERM ends it, at once and cleanly.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(serve.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut status = None;
-    wait_until("troops fleet serve ending on SIGTERM", BUDGET, || {
-        status = serve.child.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(status.unwrap().success(), "{}", serve.log());
-    assert!(serve.log().contains("SIGTERM: the fleet page is no longer served"), "{}", serve.log());
+    serve.stop(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn on_a_node_fleet_serve_reads_the_nodes_status_remote_and_ends_on_ctrl_c() {
+    let (_hub, _status, node) = publishing_node();
+    node.ok(&["fleet", "--publish"]);
+    let (mut serve, addr) =
+        Serve::start(node.troops(&["fleet", "serve", "--listen", "127.0.0.1:0"]), node.path("serve.log"));
+    let page = get(addr, "/");
+    assert!(page.contains("<tr class=\"st-idle\" data-host=\"node-00\">"), "{page}");
+    assert!(page.contains("<p id=\"summary\" class=\"summary\">1 idle</p>"), "{page}");
+    assert!(serve.log().contains("the status refs of remote status, fetched every 10s"), "{}", serve.log());
+    serve.stop(nix::sys::signal::Signal::SIGINT);
 }
