@@ -165,7 +165,8 @@ fn failures(page: &mut String, view: &View) {
         let run = doc.run.as_ref().map_or(String::new(), |r| format!(" · run {}", r.id));
         let _ = write!(
             page,
-            "<article class=\"failure\" data-host=\"{host}\"><h3>{host} <span class=\"chip {}\">{}</span></h3>\
+            "<article class=\"failure\" data-host=\"{host}\">\
+             <h3>{host} <span class=\"chip {}\">{}</span></h3>\
              <p class=\"muted\">commit <code>{commit}</code>{run} · since {}</p>",
             class(doc.state),
             doc.state,
@@ -381,46 +382,60 @@ fn host(page: &mut String, view: &View, row: &Row) {
     );
 }
 
-/// The page's style: readable at a hundred hosts (compact rows, sticky headers) and on a phone
-/// (below 700px, each row a card of labelled lines). Every state has its colour and its word.
+/// The page's style: readable at a hundred hosts (compact rows, sticky headers, the same columns
+/// in every wave) and on a phone (below 700px, each row a card of labelled lines). Every state
+/// has its colour and its word.
 const CSS: &str = "\
-:root{--ok:#1a7f37;--ok-bg:#dafbe1;--bad:#cf222e;--bad-bg:#ffebe9;--held:#9a6700;--held-bg:#fff8c5;\
---busy:#0969da;--busy-bg:#ddf4ff;--idle:#57606a;--idle-bg:#eaeef2;--line:#d0d7de}\
-*{box-sizing:border-box}\
-body{margin:0;font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1f2328;background:#f6f8fa}\
-main{max-width:1200px;margin:0 auto;padding:12px}\
-h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:0 0 8px}h3{font-size:15px;margin:0 0 4px}\
-code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}\
-.muted{color:#57606a;font-weight:normal}\
-.summary{font-size:15px;overflow-wrap:anywhere}\
-.problem{background:var(--bad-bg);border:1px solid var(--bad);padding:8px;border-radius:6px;overflow-wrap:anywhere}\
-.box,.wave{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px;margin:12px 0}\
-.box.bad{border-color:var(--bad)}\
-.wave.held{border-left:6px solid var(--held)}\
-.chip{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}\
-.chip.st-healthy,.bar .st-healthy{background:var(--ok-bg);color:var(--ok)}\
-.chip.st-failed,.chip.st-rolled_back,.bar .st-failed,.bar .st-rolled_back{background:var(--bad-bg);color:var(--bad)}\
-.chip.st-held,.bar .st-held{background:var(--held-bg);color:var(--held)}\
-.chip.st-deploying,.chip.st-soaking,.bar .st-deploying,.bar .st-soaking{background:var(--busy-bg);color:var(--busy)}\
-.chip.st-idle,.chip.st-other,.bar .st-idle,.bar .st-other,.chip.stale{background:var(--idle-bg);color:var(--idle)}\
-.bar{display:flex;height:18px;border-radius:4px;overflow:hidden;margin:4px 0 8px;font-size:11px;font-weight:600}\
-.bar span{display:flex;align-items:center;justify-content:center;min-width:18px}\
-.holds{margin:0 0 8px;padding-left:20px}.holds li{overflow-wrap:anywhere}\
-.failure{border-top:1px solid var(--line);padding:8px 0}.failure:first-of-type{border-top:0}\
-.error{color:var(--bad);overflow-wrap:anywhere}.checks{margin:4px 0;padding-left:20px}\
-table{width:100%;border-collapse:collapse}\
-th{position:sticky;top:0;background:#fff;text-align:left;font-size:12px;color:#57606a;border-bottom:1px solid var(--line)}\
-th,td{padding:3px 8px;vertical-align:top;overflow-wrap:anywhere}\
-tbody tr{border-bottom:1px solid #eaeef2}\
-tr.st-failed,tr.st-rolled_back{background:var(--bad-bg)}tr.stale td{color:#8c959f}\
-.note{overflow-wrap:anywhere;max-width:420px}\
-@media (max-width:700px){main{padding:6px}table,thead,tbody{display:block}thead{display:none}\
-tbody tr{display:grid;grid-template-columns:1fr 1fr;gap:0 8px;border:1px solid var(--line);border-radius:6px;\
-margin:6px 0;padding:4px 8px;background:#fff}\
-tr.st-failed,tr.st-rolled_back{border-color:var(--bad)}\
-td{display:block;padding:1px 0}td:empty{display:none}.note{grid-column:1/-1;max-width:none}\
-td::before{content:attr(data-label) ' ';color:#57606a;font-size:11px}\
-td[data-label=Host]::before,td[data-label=State]::before,td[data-label=Note]::before{content:none}}\
+    :root{--ok:#1a7f37;--ok-bg:#dafbe1;--bad:#cf222e;--bad-bg:#ffebe9;--held:#9a6700;--held-bg:#fff8c5;\
+    --busy:#0969da;--busy-bg:#ddf4ff;--idle:#57606a;--idle-bg:#eaeef2;--line:#d0d7de}\
+    *{box-sizing:border-box}\
+    body{margin:0;font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
+    color:#1f2328;background:#f6f8fa}\
+    main{max-width:1200px;margin:0 auto;padding:12px}\
+    h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:0 0 8px}h3{font-size:15px;margin:0 0 4px}\
+    code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}\
+    .muted{color:#57606a;font-weight:normal}\
+    .summary{font-size:15px;overflow-wrap:anywhere}\
+    .problem{background:var(--bad-bg);border:1px solid var(--bad);padding:8px;border-radius:6px;\
+    overflow-wrap:anywhere}\
+    .box,.wave{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px;margin:12px 0}\
+    .box.bad{border-color:var(--bad)}\
+    .wave.held{border-left:6px solid var(--held)}\
+    .chip{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;\
+    white-space:nowrap}\
+    .chip.st-healthy,.bar .st-healthy{background:var(--ok-bg);color:var(--ok)}\
+    .chip.st-failed,.chip.st-rolled_back,.bar .st-failed,.bar .st-rolled_back{\
+    background:var(--bad-bg);color:var(--bad)}\
+    .chip.st-held,.bar .st-held{background:var(--held-bg);color:var(--held)}\
+    .chip.st-deploying,.chip.st-soaking,.bar .st-deploying,.bar .st-soaking{\
+    background:var(--busy-bg);color:var(--busy)}\
+    .chip.st-idle,.chip.st-other,.bar .st-idle,.bar .st-other,.chip.stale{\
+    background:var(--idle-bg);color:var(--idle)}\
+    .bar{display:flex;height:18px;border-radius:4px;overflow:hidden;margin:4px 0 8px;\
+    font-size:11px;font-weight:600}\
+    .bar span{display:flex;align-items:center;justify-content:center;min-width:18px}\
+    .holds{margin:0 0 8px;padding-left:20px}\
+    .failure{border-top:1px solid var(--line);padding:8px 0}.failure:first-of-type{border-top:0}\
+    .error{color:var(--bad)}.checks{margin:4px 0;padding-left:20px}\
+    .holds li,.error,th,td{overflow-wrap:anywhere}\
+    table{width:100%;border-collapse:collapse;table-layout:fixed}\
+    th:nth-child(1){width:13%}th:nth-child(2),th:nth-child(3),th:nth-child(6){width:12%}\
+    th:nth-child(4),th:nth-child(5){width:9%}\
+    th{position:sticky;top:0;background:#fff;text-align:left;font-size:12px;color:#57606a;\
+    border-bottom:1px solid var(--line)}\
+    th,td{padding:3px 8px;vertical-align:top}\
+    tbody tr{border-bottom:1px solid #eaeef2}\
+    tr.st-failed,tr.st-rolled_back{background:var(--bad-bg)}\
+    tr.stale td{color:#8c959f}\
+    @media (max-width:700px){\
+    main{padding:6px}\
+    table,thead,tbody{display:block}thead{display:none}\
+    tbody tr{display:grid;grid-template-columns:1fr 1fr;gap:0 8px;border:1px solid var(--line);\
+    border-radius:6px;margin:6px 0;padding:4px 8px;background:#fff}\
+    tr.st-failed,tr.st-rolled_back{border-color:var(--bad)}\
+    td{display:block;padding:1px 0}td:empty{display:none}.note{grid-column:1/-1}\
+    td::before{content:attr(data-label) ' ';color:#57606a;font-size:11px}\
+    td[data-label=Host]::before,td[data-label=State]::before,td[data-label=Note]::before{content:none}}\
 ";
 
 #[cfg(test)]

@@ -279,7 +279,7 @@ fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> {
         let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::select! {
-            () = crate::daemon::metrics::serve(listener, route) => unreachable!("the responder serves until dropped"),
+            () = crate::daemon::metrics::serve(listener, route) => unreachable!("it serves until dropped"),
             _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
             _ = int.recv() => Ok("SIGINT"),
         }
