@@ -229,6 +229,13 @@ const RELOAD_FLOOR: Duration = Duration::from_secs(5);
 /// slow status remote never keeps a request waiting; a request never starts a fetch), answered
 /// by the daemon's bounded responder. Ends on SIGTERM or Ctrl-C.
 fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Heard from the start: a signal during the first fetch ends it after that, scratch repo removed.
+    let (mut term, mut int) = {
+        let _entered = runtime.enter();
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
+    };
     let (source, _scratch) = Source::open(global, args.remote.as_deref())?;
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| troops_core::Error::Env(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -273,10 +280,7 @@ fn serve(global: &Global, args: ServeArgs) -> Result<ExitCode> {
         content_type: "text/html; charset=utf-8",
         body: std::sync::Arc::new(move || Ok(shown.lock().unwrap().clone())),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let signal = runtime.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::select! {
             () = crate::daemon::metrics::serve(listener, route) => unreachable!("it serves until dropped"),
