@@ -263,7 +263,7 @@ fn hosts_list(hosts: &[&str]) -> String {
 
 /// One wave's hosts, in the view's order.
 struct Group<'a> {
-    /// "wave 2 of 3: early", or what stands for it when no rollout is known.
+    /// "Wave 2 of 3: early", or what stands for it when no rollout is known; HTML, escaped.
     title: String,
     rows: Vec<&'a Row>,
 }
