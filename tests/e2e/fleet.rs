@@ -35,17 +35,17 @@ const GOOD: &str = "true";
 /// Fails on the canary only: the later waves would pass it, if anything let them run it.
 const BAD_ON_CANARY: &str = "test \"$TROOPS_HOST\" != node-00";
 
-struct Member {
-    name: String,
+pub(super) struct Member {
+    pub(super) name: String,
     env: Env,
     daemon: Daemon,
 }
 
-struct Fleet {
-    hub: Env,
-    mirror: PathBuf,
+pub(super) struct Fleet {
+    pub(super) hub: Env,
+    pub(super) mirror: PathBuf,
     work: DeployRepo,
-    members: Vec<Member>,
+    pub(super) members: Vec<Member>,
     _sshd: Sshd,
 }
 
@@ -56,7 +56,7 @@ fn bare(hub: &Env, name: &str) -> PathBuf {
 }
 
 /// Twelve nodes following `mirror`, publishing to `status.git` (node-11 over SSH), daemons running.
-fn fleet() -> Fleet {
+pub(super) fn fleet() -> Fleet {
     let hub = Env::new();
     let mirror = bare(&hub, "mirror.git");
     let status = bare(&hub, "status.git");
@@ -89,7 +89,7 @@ fn fleet() -> Fleet {
 
 impl Fleet {
     /// Commits a plan whose check runs `check`, pushes it to the mirror, returns it and when.
-    fn release(&self, check: &str, message: &str) -> (String, Instant) {
+    pub(super) fn release(&self, check: &str, message: &str) -> (String, Instant) {
         let commit = self.work.commit(&self.hub, &[("troops.toml", &plan(check))], message);
         let out = self.work.push(&self.hub, &self.mirror.display().to_string(), &["HEAD:main"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -150,7 +150,7 @@ impl Fleet {
 }
 
 /// The daemon's log line of its newest status publish.
-fn last_published(member: &Member) -> Option<String> {
+pub(super) fn last_published(member: &Member) -> Option<String> {
     member.daemon.log().lines().rev().find(|l| l.contains("status published")).map(str::to_owned)
 }
 
@@ -165,7 +165,7 @@ fn time(value: &Value) -> SystemTime {
 }
 
 /// `troops fleet --json` in `clone` (not a node), against the status remote.
-fn fleet_json(hub: &Env, clone: &Path) -> Value {
+pub(super) fn fleet_json(hub: &Env, clone: &Path) -> Value {
     let out = hub
         .troops(&["--state-dir", "/nonexistent", "fleet", "--remote", "status", "--json"])
         .current_dir(clone)
@@ -410,7 +410,7 @@ fn forge_file(hub: &Env, status: &Path, reference: &str, file: &Path) {
 }
 
 /// A status document of `host`, `state` on `deployed`, as troops writes one.
-fn status_doc(host: &str, state: &str, deployed: &str) -> Value {
+pub(super) fn status_doc(host: &str, state: &str, deployed: &str) -> Value {
     serde_json::json!({
         "schema": 1, "host": host, "version": "0.2.0", "roles": [], "wave": "canary",
         "tip": deployed, "deployed": deployed, "state": state, "since": "2020-01-01T00:00:00.000Z",
@@ -699,7 +699,7 @@ fn a_huge_status_ref_is_stopped_as_it_downloads_and_leaves_the_node_as_it_was() 
 }
 
 /// Writes `doc` at `reference` of the status remote `status`, as whoever can write there.
-fn forge(hub: &Env, status: &Path, reference: &str, doc: &Value) {
+pub(super) fn forge(hub: &Env, status: &Path, reference: &str, doc: &Value) {
     let file = hub.path("forged.json");
     std::fs::write(&file, doc.to_string()).unwrap();
     forge_file(hub, status, reference, &file);
@@ -750,7 +750,7 @@ fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
 }
 
 /// A status remote `status.git` in a hub, and node-00 publishing to it.
-fn publishing_node() -> (Env, PathBuf, Env) {
+pub(super) fn publishing_node() -> (Env, PathBuf, Env) {
     let hub = Env::new();
     let status = bare(&hub, "status.git");
     let node = Env::new();

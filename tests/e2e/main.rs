@@ -25,6 +25,7 @@ mod lines;
 mod masking;
 mod metrics;
 mod node;
+mod page;
 mod plans;
 mod preview;
 mod probe;

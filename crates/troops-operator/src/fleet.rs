@@ -3,7 +3,7 @@
 //! then host, and a one-line summary.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use git2::{Oid, Repository};
 use serde::Serialize;
@@ -30,6 +30,9 @@ pub struct View {
     /// The branch the nodes are compared with, and its tip.
     pub branch: String,
     pub tip: Option<String>,
+    /// The waves' names by the plan at the tip, in order (`Row::wave_index` points here); empty
+    /// when it has no `[rollout]` or no tip is known.
+    pub waves: Vec<String>,
     pub nodes: Vec<Row>,
     pub unreadable: Vec<Unreadable>,
     pub summary: String,
@@ -69,7 +72,8 @@ pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>
             .cmp(&(b.wave_index.unwrap_or(usize::MAX), &b.doc.host))
     });
     let summary = summary(&nodes);
-    View { branch: branch.to_owned(), tip: tip.map(|t| t.to_string()), nodes, unreadable, summary }
+    let waves = rollout.map(|r| r.waves.into_iter().map(|w| w.name).collect()).unwrap_or_default();
+    View { branch: branch.to_owned(), tip: tip.map(|t| t.to_string()), waves, nodes, unreadable, summary }
 }
 
 /// "42 healthy on abc123, 3 held, 1 failed (web-7: step `migrate` failed (exit 1)), 2 stale".
@@ -121,4 +125,15 @@ pub fn summary(nodes: &[Row]) -> String {
         parts.push(format!("{stale} stale"));
     }
     parts.join(", ")
+}
+
+/// "42s", "7m", "3h", "12d": how old a report is, roughly.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
 }

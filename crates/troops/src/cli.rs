@@ -232,13 +232,19 @@ pub struct JsonArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct FleetArgs {
+    #[command(subcommand)]
+    pub command: Option<FleetCommand>,
     /// The remote to fetch the status refs from; default: the node's `status_remote`, or `origin` in a clone.
     #[arg(long, value_name = "REMOTE")]
     pub remote: Option<String>,
     /// Print JSON for scripts: each node's status document plus `behind`, `age_seconds`, `stale`.
     #[arg(long)]
     pub json: bool,
+    /// Write the fleet as one self-contained HTML page to FILE (replaced whole), instead of the table.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "publish"], value_parser = absolute)]
+    pub html: Option<PathBuf>,
     /// Publish this node's status to its `status_remote` now, and exit (an in-process run starts
     /// this in the background; the daemon publishes on its own).
     #[arg(long, conflicts_with = "json")]
@@ -247,6 +253,25 @@ pub struct FleetArgs {
     /// its report is stale: a gate for CI. Nodes still deploying, soaking or held do not fail it.
     #[arg(long, conflicts_with = "publish")]
     pub strict: bool,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Serve the fleet page over HTTP (GET /), fetching the status refs anew every --refresh.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The address and port to listen on, e.g. 127.0.0.1:9470 (port 0: any free one, printed).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The remote to fetch the status refs from; default: the node's `status_remote`, or `origin` in a clone.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Option<String>,
+    /// How often to fetch the status refs anew; the page reloads itself as often (every 5s at most).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = troops_core::model::limits::refresh_arg)]
+    pub refresh: std::time::Duration,
 }
 
 #[derive(Args)]

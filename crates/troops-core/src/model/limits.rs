@@ -55,6 +55,8 @@ pub const ROLLOUT_SOAK: Limit = Limit::up_to(YEAR).or_none();
 // The command line.
 /// `troops push --timeout` and `troops wait --timeout`.
 pub const TIMEOUT_FLAG: Limit = Limit::up_to(YEAR);
+/// `troops fleet serve --refresh`: a fetch of the status refs a second at most.
+pub const REFRESH_FLAG: Limit = Limit::up_to(DAY).at_least(Duration::from_secs(1));
 
 /// What one duration key or flag takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,11 @@ impl Limit {
 /// A `--timeout` on the command line, for clap, which puts the error after the flag's name.
 pub fn timeout_arg(text: &str) -> Result<Duration, String> {
     TIMEOUT_FLAG.parse(text)
+}
+
+/// A `--refresh` on the command line, for clap.
+pub fn refresh_arg(text: &str) -> Result<Duration, String> {
+    REFRESH_FLAG.parse(text)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! and the metrics read on a blocking thread, so that no client can stall the loop or grow the
 //! daemon. Open connections are bounded too, and a new one past the bound closes the oldest: a
 //! scraper's connection is always the newest, so clients that connect and say nothing never keep
-//! a scrape waiting. Anything but `GET /metrics` gets 404 (or 405).
+//! a scrape waiting. Anything but `GET /metrics` gets 404 (or 405). The responder serves one
+//! [`Route`]; `troops fleet serve` answers its page with it too, bounded alike.
 //!
 //! A port that cannot be bound (another process holds it: one that could answer scrapes with
 //! numbers of its own) does not stop the daemon, since deploys matter more than metrics, but it
@@ -81,7 +82,28 @@ async fn bind_and_serve(
         let _ = events.send(Event::MetricsServed(None));
     }
     tracing::info!(%addr, "serving /metrics");
-    serve(listener, state_dir, config).await
+    serve(listener, metrics(state_dir, config)).await
+}
+
+/// `GET /metrics`: the node's metrics, read with the config as it is now.
+fn metrics(state_dir: PathBuf, config: watch::Receiver<Arc<Config>>) -> Route {
+    Route {
+        path: "/metrics",
+        content_type: troops_core::mech::metrics::CONTENT_TYPE,
+        body: Arc::new(move || {
+            let node = Node { state_dir: state_dir.clone(), config: (**config.borrow()).clone() };
+            troops_core::node::state::metrics(&node).map_err(|error| error.to_string())
+        }),
+    }
+}
+
+/// The one path a listener answers, and its body, made afresh on a blocking thread for each GET
+/// (an `Err` is answered 500, with its words).
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub path: &'static str,
+    pub content_type: &'static str,
+    pub body: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
 }
 
 /// Logs that `addr` cannot be bound, and says why for `troops status` and systemd.
@@ -100,7 +122,8 @@ fn problem(addr: SocketAddr, error: &std::io::Error) -> String {
     }
 }
 
-async fn serve(listener: TcpListener, state_dir: PathBuf, config: watch::Receiver<Arc<Config>>) {
+/// Answers `route` on `listener`'s connections until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, route: Route) {
     let mut open: VecDeque<AbortHandle> = VecDeque::new();
     loop {
         let stream = match listener.accept().await {
@@ -119,9 +142,9 @@ async fn serve(listener: TcpListener, state_dir: PathBuf, config: watch::Receive
                 tracing::debug!("metrics listener: {MAX_CONNECTIONS} connections open; closed the oldest");
             }
         }
-        let node = Node { state_dir: state_dir.clone(), config: (**config.borrow()).clone() };
+        let route = route.clone();
         let task = tokio::spawn(async move {
-            if tokio::time::timeout(TIMEOUT, answer(stream, node)).await.is_err() {
+            if tokio::time::timeout(TIMEOUT, answer(stream, route)).await.is_err() {
                 tracing::debug!("metrics listener: a client was too slow; dropped");
             }
         });
@@ -130,7 +153,7 @@ async fn serve(listener: TcpListener, state_dir: PathBuf, config: watch::Receive
 }
 
 /// Reads one request head and answers it; the connection closes after.
-async fn answer(mut stream: TcpStream, node: Node) {
+async fn answer(mut stream: TcpStream, route: Route) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -146,24 +169,24 @@ async fn answer(mut stream: TcpStream, node: Node) {
     let mut words = std::str::from_utf8(line).unwrap_or_default().split_whitespace();
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return respond(&mut stream, "404 Not Found", "text/plain", b"not found; try /metrics\n").await;
+    if path != route.path {
+        let body = format!("not found; try {}\n", route.path);
+        return respond(&mut stream, "404 Not Found", "text/plain", body.as_bytes()).await;
     }
     if method != "GET" {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n").await;
     }
-    let rendered = tokio::task::spawn_blocking(move || troops_core::node::state::metrics(&node)).await;
+    let body = route.body.clone();
+    let rendered = tokio::task::spawn_blocking(move || body()).await;
     match rendered {
-        Ok(Ok(text)) => {
-            respond(&mut stream, "200 OK", troops_core::mech::metrics::CONTENT_TYPE, text.as_bytes()).await
-        }
+        Ok(Ok(text)) => respond(&mut stream, "200 OK", route.content_type, text.as_bytes()).await,
         Ok(Err(error)) => {
-            tracing::warn!(%error, "metrics could not be read");
+            tracing::warn!(path = route.path, %error, "could not be read");
             let body = format!("{error}\n");
             respond(&mut stream, "500 Internal Server Error", "text/plain", body.as_bytes()).await
         }
         Err(error) => {
-            tracing::error!(%error, "reading the metrics panicked");
+            tracing::error!(path = route.path, %error, "reading it panicked");
             respond(&mut stream, "500 Internal Server Error", "text/plain", b"").await
         }
     }

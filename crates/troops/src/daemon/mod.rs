@@ -11,7 +11,7 @@
 mod events;
 mod jobs;
 mod listener;
-mod metrics;
+pub(crate) mod metrics;
 mod publisher;
 mod queue;
 mod socket;
