@@ -323,6 +323,36 @@ PY
     read -r rss rss_max anon cpu wakeups < <("$PY" "$ROOT/tests/bench/sample.py" "$DAEMON" "$quiet")
     stop_daemon
     row "" "with nothing due (interval 1 h): wake-ups over ${quiet} s; resident memory" "" "$(calc "'%d; %.1f MiB' % ($wakeups * $quiet, $rss)")" "" "0" "$(verdict "$wakeups == 0")"
+
+    # Drift watch: a node whose deployed plan rechecks one HTTP check (a static server on
+    # loopback), pulls once an hour; every 1 s (what one recheck costs) and every 1 min (the goal).
+    mkdir -p "$W/recheck-www" && echo ok > "$W/recheck-www/health"
+    "$PY" -u -m http.server --bind 127.0.0.1 --directory "$W/recheck-www" 0 > "$W/recheck-www.log" 2>&1 &
+    local server=$! hport=""
+    for _ in $(seq 100); do hport=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$W/recheck-www.log" | head -1); [ -n "$hport" ] && break; sleep 0.05; done
+    [ -n "$hport" ] || { echo "the health server did not start" >&2; kill "$server"; exit 3; }
+    local every window
+    for every in 1s 1m; do
+        window=$([ "$every" = 1s ] && echo "$IDLE" || echo $((IDLE + 70)))
+        say "5. idle daemon with a recheck of one HTTP check every $every, ${window} s"
+        git init -q -b main "$W/recheck-$every.src"
+        printf '[health]\nrecheck = "%s"\n[[step]]\nname = "step"\nrun = "true"\n[[check]]\nname = "web"\nhttp = "http://127.0.0.1:%s/health"\nexpect = "ok"\n' "$every" "$hport" > "$W/recheck-$every.src/troops.toml"
+        git -C "$W/recheck-$every.src" add -A && git -C "$W/recheck-$every.src" commit -q -m "rechecked plan"
+        git clone -q --bare "$W/recheck-$every.src" "$W/recheck-$every.git"
+        node "recheck-$every-node" 'interval = "1h"\n' --remote "origin=$W/recheck-$every.git"
+        troops pull >/dev/null
+        start_daemon "recheck-$every"
+        sleep 3
+        read -r rss rss_max anon cpu wakeups < <("$PY" "$ROOT/tests/bench/sample.py" "$DAEMON" "$window")
+        stop_daemon
+        if [ "$every" = 1s ]; then
+            row "" "with a recheck of one HTTP check every 1 s: resident memory, median (max); CPU per recheck" "" "$(calc "'%.1f MiB (%.1f); %.1f ms' % ($rss, $rss_max, $cpu * 10)")" "" "< 10 MiB" "$(verdict "$rss_max < 10")"
+        else
+            row "" "with a recheck of one HTTP check every 1 min: resident memory, median (max; anonymous part)" "" "$(calc "'%.1f MiB (%.1f; %.1f)' % ($rss, $rss_max, $anon)")" "" "< 10 MiB" "$(verdict "$rss_max < 10")"
+        fi
+    done
+    kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true
+    export TROOPS_CONFIG=$PULL_CONFIG TROOPS_STATE_DIR=$PULL_NODE
 }
 
 # 7. Health and rollback. (a) What one HTTP check that passes at once adds to a run: troops deploy
