@@ -28,6 +28,9 @@ impl Changes {
     }
 }
 
+/// The most changed files a step's reason names; the rest are counted.
+const SHOWN: usize = 3;
+
 /// Whether a step or check runs for the changes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ByPath {
@@ -57,10 +60,13 @@ impl std::fmt::Display for ByPath {
             ByPath::Always => f.write_str("runs every time (no `paths`)"),
             ByPath::All(why) => f.write_str(why),
             ByPath::Redefined(baseline) => write!(f, "its definition changed since {}", short(*baseline)),
-            ByPath::Changed(files) => match files.len() {
-                1 => write!(f, "changed: {}", files[0]),
-                n => write!(f, "changed: {} and {} more", files[0], n - 1),
-            },
+            ByPath::Changed(files) => {
+                write!(f, "changed: {}", files.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "))?;
+                match files.len().saturating_sub(SHOWN) {
+                    0 => Ok(()),
+                    more => write!(f, " and {more} more"),
+                }
+            }
             ByPath::Unchanged { paths, baseline } => {
                 write!(f, "no change under {} since {}", paths.join(", "), short(*baseline))
             }
@@ -186,7 +192,9 @@ mod tests {
     fn why_a_step_runs_or_is_skipped_is_said() {
         let changes = since(&["nginx/a", "nginx/b"], PLAN);
         let plan = plan(PLAN);
-        assert_eq!(step(&plan.steps[0], &changes).to_string(), "changed: nginx/a and 1 more");
+        assert_eq!(step(&plan.steps[0], &changes).to_string(), "changed: nginx/a, nginx/b");
+        let many = since(&["nginx/a", "nginx/b", "nginx/c", "nginx/d", "nginx/e"], PLAN);
+        assert_eq!(step(&plan.steps[0], &many).to_string(), "changed: nginx/a, nginx/b, nginx/c and 2 more");
         assert_eq!(
             step(&plan.steps[1], &changes).to_string(),
             "no change under app/*.py, lib since 123456789012"
