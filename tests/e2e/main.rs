@@ -26,6 +26,7 @@ mod masking;
 mod metrics;
 mod node;
 mod page;
+mod pause;
 mod plans;
 mod preview;
 mod probe;

@@ -94,6 +94,7 @@ pub fn summary(nodes: &[Row]) -> String {
         State::Soaking,
         State::Held,
         State::Drifted,
+        State::Paused,
         State::Failed,
         State::RolledBack,
         State::Idle,

@@ -35,10 +35,11 @@ pub struct Context<'a> {
 const FAILURES_SHOWN: usize = 10;
 
 /// The states in the order the page counts them, worst first.
-const STATES: [State; 9] = [
+const STATES: [State; 10] = [
     State::Failed,
     State::RolledBack,
     State::Drifted,
+    State::Paused,
     State::Held,
     State::Other,
     State::Deploying,
@@ -95,7 +96,7 @@ fn class(state: State) -> &'static str {
         State::RolledBack => "st-rolled_back",
         State::Held => "st-held",
         // Not what was deployed any more: a warning, like a hold, not a failure.
-        State::Drifted => "st-held",
+        State::Drifted | State::Paused => "st-held",
         State::Other => "st-other",
     }
 }
@@ -367,6 +368,7 @@ fn host(page: &mut String, view: &View, row: &Row) {
     let note = match &doc.diverged {
         Some(diverged) => html(&diverged.sentence(&view.branch)),
         None if !doc.drift.is_empty() => html(&format!("drifted: {}", doc.drift.join("; "))),
+        None if doc.paused.is_some() => html(doc.paused.as_deref().unwrap_or_default()),
         None if doc.state.reports_failure() => html(doc.failure().unwrap_or("no error in its document")),
         None => String::new(),
     };
@@ -466,6 +468,7 @@ mod tests {
                 hold: None,
                 diverged: None,
                 drift: vec![],
+                paused: None,
                 quarantined: vec![],
                 checks: vec![],
                 heartbeat_seconds: 3600,

@@ -80,6 +80,11 @@ pub enum Command {
     Check(CheckArgs),
     /// Who signed REV, or why this node refuses it ([verify] keyring, allowed_signers); exit 0 if good, 1 if not.
     Verify(VerifyArgs),
+    /// Pause the node: nothing automatic runs a commit (pulls, retries, corrective runs) until
+    /// `troops resume` or --until; fetching goes on, and a person's push or deploy still runs.
+    Pause(PauseArgs),
+    /// End the node's pause; the daemon's next cycle runs what is due.
+    Resume,
     /// Push a branch to the plan's hosts (in a clone of the deploy repo), canaries first; a table of how each went.
     ///
     /// The hosts are those the plan of the pushed branch lists in its roles' `hosts` (globs in
@@ -210,6 +215,16 @@ pub struct PushArgs {
     /// Kill a host's push (git and its ssh) that has not ended after this long.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = troops_core::model::limits::timeout_arg)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Args)]
+pub struct PauseArgs {
+    /// Why, for status, the fleet and whoever reads them.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// When the pause ends by itself: a time (2026-12-24T18:00:00Z) or a duration from now (2h).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
 }
 
 #[derive(Args)]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod modes;
 pub mod notify;
 pub mod output;
+pub mod pause;
 pub mod probe;
 pub mod recorded;
 pub mod releases;

@@ -50,6 +50,9 @@ pub struct StatusDoc {
     /// What the last recheck found drifted since the newest run (state `drifted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// Why nothing automatic runs here, when a person paused the node (state `paused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
@@ -113,6 +116,8 @@ pub enum State {
     Held,
     /// A recheck found the host drifted from its deployed commit (see `drift`): not healthy.
     Drifted,
+    /// A person paused the node (see `paused`): nothing automatic runs, so not healthy.
+    Paused,
     /// A state this troops does not know, said by a newer peer (`paused`, ...): readers tolerate
     /// it. Never healthy and never a failure report, so the rollout waits on such a node.
     #[serde(other)]
@@ -156,6 +161,7 @@ impl State {
             State::RolledBack => "rolled back",
             State::Held => "held",
             State::Drifted => "drifted",
+            State::Paused => "paused",
             State::Other => "in a state this troops does not know",
         }
     }

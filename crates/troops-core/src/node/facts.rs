@@ -55,7 +55,22 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
         _ => None,
     };
     let asked = asked(node, repo, ask)?;
-    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, asked })
+    let paused = paused(node);
+    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, asked, paused })
+}
+
+/// The node's pause, if one stands; a pause file that cannot be read holds the node too, saying
+/// why, until it is fixed or `troops resume` removes it.
+pub fn paused(node: &Node) -> Option<schedule::Paused> {
+    match crate::mech::pause::current(node) {
+        Ok(pause) => {
+            pause.map(|p| schedule::Paused { why: p.sentence(), until: p.until.map(Timestamp::time) })
+        }
+        Err(e) => Some(schedule::Paused {
+            why: format!("paused, as far as can be told: {e} (troops resume removes it)"),
+            until: None,
+        }),
+    }
 }
 
 /// What a person's ask names, resolved: for `troops deploy` the named revision or the tip, for

@@ -53,6 +53,8 @@ pub struct NodeState {
     pub diverged: Option<Diverged>,
     /// What the last recheck found drifted since the newest run, if anything.
     pub drift: Option<crate::node::drift::Drift>,
+    /// Why nothing automatic runs, when a person paused the node.
+    pub paused: Option<String>,
     /// The node's state, and since when.
     pub state: State,
     pub since: Option<String>,
@@ -103,6 +105,15 @@ pub fn read(node: &Node) -> Result<NodeState> {
         Some(drift) => (State::Drifted, Some(drift.checked_at.clone())),
         None => (state, since),
     };
+    // Paused says more than healthy, idle or held (each of which it keeps so); what runs or
+    // failed says more than paused.
+    let paused = crate::node::facts::paused(node).map(|p| p.why);
+    let (state, since) = match &paused {
+        Some(_) if matches!(state, State::Healthy | State::Idle | State::Held | State::Drifted) => {
+            (State::Paused, crate::mech::pause::current(node).ok().flatten().map(|p| p.since.to_string()))
+        }
+        _ => (state, since),
+    };
     Ok(NodeState {
         host: node.config.hostname(),
         roles,
@@ -123,6 +134,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         // Until the next pull, what the last one found holds only while the branch is where it was.
         diverged: fetched.diverged.clone().filter(|d| tip.is_some_and(|t| t.to_string() == d.tip)),
         drift,
+        paused,
         state,
         since,
     })
@@ -165,6 +177,7 @@ impl NodeState {
                 .collect(),
             checks: newest.map(|r| r.checks.clone()).unwrap_or_default(),
             drift: self.drift.as_ref().map(|d| d.found.clone()).unwrap_or_default(),
+            paused: self.paused.clone(),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }
@@ -198,6 +211,7 @@ impl NodeState {
                 .unwrap_or_default(),
             rollout_held: self.hold.is_some(),
             drifted: self.drift.is_some(),
+            paused: self.paused.is_some(),
         }
     }
 

@@ -48,6 +48,17 @@ pub struct Facts {
     /// What a person named (`troops deploy`, `troops rollback`), resolved; `None` for the asks
     /// that follow the tip.
     pub asked: Option<Asked>,
+    /// A person paused the node (`troops pause`): nothing automatic runs a commit.
+    pub paused: Option<Paused>,
+}
+
+/// The node's pause, as deciding needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paused {
+    /// "paused by alice since T until U: kernel upgrade".
+    pub why: String,
+    /// When it ends by itself, if it does.
+    pub until: Option<SystemTime>,
 }
 
 /// The commit a person's ask names, as the node knows it.
@@ -116,6 +127,23 @@ pub struct Failed {
 }
 
 pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
+    let decision = decide_unpaused(ask, facts, now, retry);
+    // A pause holds what runs a commit by itself (a pull, a retry, a corrective run); never a
+    // person's push or deploy, nor a rollback to the last good commit.
+    match (decision, &facts.paused) {
+        (Decision::Run(run), Some(paused))
+            if matches!(run.trigger, Trigger::Pull | Trigger::Retry | Trigger::Drift) =>
+        {
+            Decision::Hold {
+                why: format!("{} is not run yet: the node is {}", short(run.commit), paused.why),
+                until: paused.until,
+            }
+        }
+        (decision, _) => decision,
+    }
+}
+
+fn decide_unpaused(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
     let newest = facts.recent.first();
     let asked = facts.asked.as_ref().and_then(|a| a.commit);
     match ask {
@@ -335,6 +363,7 @@ mod tests {
             recent,
             rollout: None,
             asked: None,
+            paused: None,
         }
     }
 
@@ -347,6 +376,11 @@ mod tests {
             halted: false,
         };
         Facts { rollout: Some(hold), ..facts }
+    }
+
+    fn paused(facts: Facts) -> Facts {
+        let paused = Paused { why: "paused by alice since T until troops resume".into(), until: None };
+        Facts { paused: Some(paused), ..facts }
     }
 
     /// `facts` for a person's ask naming `commit` (quarantined when `bad`), as read from disk.
@@ -427,6 +461,14 @@ mod tests {
             ("a person's rollback to the deployed commit", back.clone(), naming(facts(Some(B), Some(B), false, vec![]), Some(B), false), 0, "refuse"),
             ("a person's rollback to a quarantined commit", back.clone(), naming(facts(Some(B), Some(B), false, vec![]), Some(A), true), 0, "refuse"),
             ("a person's rollback is not held", back.clone(), naming(held(facts(Some(B), Some(B), false, vec![])), Some(A), false), 0, "run a rollback"),
+            ("a pause holds a pulled tip", tick.clone(), paused(facts(Some(B), Some(A), false, vec![])), 0, "hold"),
+            ("a pause holds a retry", tick.clone(), paused(facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)])), 60, "hold"),
+            ("a pause holds a corrective run", Ask::Drift, paused(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "hold"),
+            ("unpaused, drift redeploys the deployed commit", Ask::Drift, facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "run a drift"),
+            ("drift, a newer tip runs instead", Ask::Drift, facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "run b pull"),
+            ("a pause holds no push", push.clone(), paused(facts(Some(B), Some(A), false, vec![])), 0, "run b push"),
+            ("a pause holds no person's deploy", person.clone(), naming(paused(facts(Some(B), Some(A), false, vec![])), Some(B), false), 0, "run b manual"),
+            ("a pause holds no rollback", tick.clone(), paused(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
             ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
         let mut wrong = Vec::new();

@@ -342,6 +342,7 @@ mod tests {
             tip: Some(oid(on).to_string()),
             deployed: (!failed).then(|| oid(on).to_string()),
             drift: Vec::new(),
+            paused: None,
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

@@ -352,6 +352,14 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
         let hold = row.doc.hold.as_ref().expect("filtered");
         writeln!(out, "{}: {}", escape(&row.doc.host), escape(&hold.why))?;
     }
+    for row in view.nodes.iter().filter(|r| r.doc.paused.is_some()) {
+        writeln!(
+            out,
+            "{}: {}",
+            escape(&row.doc.host),
+            escape(row.doc.paused.as_deref().unwrap_or_default())
+        )?;
+    }
     for row in view.nodes.iter().filter(|r| !r.doc.drift.is_empty()) {
         writeln!(out, "{}: drifted: {}", escape(&row.doc.host), escape(&row.doc.drift.join("; ")))?;
     }

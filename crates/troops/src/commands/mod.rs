@@ -7,6 +7,7 @@ mod fleet;
 mod init;
 mod log;
 mod notify;
+mod pause;
 mod preview;
 mod push;
 mod roles;
@@ -60,6 +61,8 @@ fn command(cli: Cli) -> Result<ExitCode> {
         Command::Push(args) => push::run(args),
         Command::Fleet(args) => fleet::run(&global, args),
         Command::Preview(args) => preview::run(&global, args),
+        Command::Pause(args) => pause::pause(&node(&global)?, args),
+        Command::Resume => pause::resume(&node(&global)?),
         Command::Secrets(command) => secrets::run(command),
         Command::Notify(args) => notify::run(&node(&global)?, args.run),
     }

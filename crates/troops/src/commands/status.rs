@@ -199,6 +199,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         Some(hold) => writeln!(out, "state     held{since}: {}", escape(&hold.why))?,
         None => writeln!(out, "state     {}{since}", now.state)?,
     }
+    if let Some(paused) = &now.paused {
+        writeln!(out, "paused    {}", escape(paused))?;
+    }
     if let Some(drift) = &now.drift {
         let when = format!("the recheck at {} found", drift.checked_at);
         writeln!(out, "drift     {when}: {}", escape(&drift.found.join("; ")))?;

@@ -107,6 +107,8 @@ pub struct Gauges {
     pub rollout_held: bool,
     /// Whether the last recheck found the host drifted from its deployed commit.
     pub drifted: bool,
+    /// Whether a person paused the node.
+    pub paused: bool,
 }
 
 /// Everything the metrics show at one moment.
@@ -409,6 +411,12 @@ impl Collector for Snapshot {
         ConstGauge::new(i64::from(g.drifted)).encode(encoder.encode_descriptor(
             "troops_drifted",
             "1 if the last recheck found the host drifted from its deployed commit",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.paused)).encode(encoder.encode_descriptor(
+            "troops_paused",
+            "1 if a person paused the node (troops pause): nothing automatic runs a commit",
             None,
             MetricType::Gauge,
         )?)?;

@@ -117,6 +117,15 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             }
             break;
         };
+        if matches!(now.trigger, Trigger::Push | Trigger::Manual) {
+            if let Some(paused) = crate::node::facts::paused(node) {
+                let _ = writeln!(
+                    out,
+                    "troops: the node is {}; a person's {} runs anyway",
+                    paused.why, now.trigger
+                );
+            }
+        }
         if now.trigger == Trigger::Rollback && now.quarantines.is_none() {
             let _ = writeln!(
                 out,
