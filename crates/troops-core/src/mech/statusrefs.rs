@@ -670,7 +670,7 @@ mod tests {
         put("web-7", hostile.to_string().as_bytes());
         // A state this troops does not know is read, as a state it does not know (SPEC).
         let mut later = serde_json::to_value(doc("web-8")).unwrap();
-        later["state"] = "paused".into();
+        later["state"] = "waiting_slot".into();
         put("web-8", later.to_string().as_bytes());
         let (docs, bad) = read_all(&git);
         let hosts: Vec<&str> = docs.iter().map(|d| d.host.as_str()).collect();
