@@ -5,6 +5,7 @@
 
 pub mod background;
 pub mod control;
+pub mod drift;
 pub mod env;
 pub mod fetch;
 pub mod files;

@@ -9,38 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use crate::mech::drift::Drift;
 use crate::mech::lock::NodeLock;
 use crate::mech::releases::Releases;
-use crate::mech::state_file::{self, StateFile};
 use crate::model::error::{Context, Result};
 use crate::model::node::Node;
 use crate::model::plan::{OnDrift, Plan};
-use crate::model::records::{RunRecord, RunStatus};
+use crate::model::records::RunStatus;
 
 /// The most drifted files one recheck names; the rest are counted.
 const MAX_FILES: usize = 20;
-
-/// What the last recheck found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Drift {
-    /// The run whose result was rechecked: the newest, a success of the deployed commit.
-    pub run: u64,
-    pub commit: String,
-    pub checked_at: String,
-    /// What drifted ("check `web` failed: ...", "changed: index.html"); empty: nothing.
-    pub found: Vec<String>,
-}
-
-impl StateFile for Drift {
-    const WHAT: &'static str = "the last recheck";
-    const SCHEMA: u32 = 1;
-    const MAX_BYTES: u64 = 1 << 20;
-    const MODE: u32 = 0o640;
-    /// The next recheck writes it anew.
-    const DURABILITY: crate::mech::files::Durability = crate::mech::files::Durability::Unsynced;
-}
 
 /// What the daemon does after a recheck: when the next is due (`None`: no drift watch), and
 /// whether to run the deployed commit again.
@@ -48,17 +26,6 @@ impl StateFile for Drift {
 pub struct Rechecked {
     pub period: Option<Duration>,
     pub redeploy: bool,
-}
-
-/// The drift the node stands in now: what the last recheck found, while it is about the node's
-/// newest run (`newest`); none once a run came after it, or when it found nothing.
-pub fn current(node: &Node, newest: Option<&RunRecord>) -> Option<Drift> {
-    let root = nix::unistd::geteuid().is_root();
-    // In a root-owned state dir only root's file is believed: the admin group may write there.
-    let drift: Drift = state_file::load_believed(&path(node), |uid| !root || uid == 0).ok().flatten()?;
-    let newest = newest?;
-    (drift.run == newest.id && drift.commit == newest.commit.to_string() && !drift.found.is_empty())
-        .then_some(drift)
 }
 
 /// How often the deployed commit's plan asks for a recheck; `None`: never, or nothing deployed.
@@ -119,10 +86,10 @@ pub fn recheck(node: &Node, out: &mut dyn std::io::Write, stop: &AtomicBool) -> 
             found.push(format!("and {more} more files"));
         }
     }
-    let before = current(node, Some(&run));
+    let before = crate::mech::drift::current(node, Some(&run));
     let drift =
         Drift { run: run.id, commit: deployed.to_string(), checked_at: crate::model::records::now(), found };
-    state_file::save(&path(node), &drift)?;
+    crate::mech::drift::save(node, &drift)?;
     drop(lock);
     let drifted = !drift.found.is_empty();
     if drifted && before.as_ref().is_none_or(|b| b.found != drift.found) {
@@ -134,10 +101,6 @@ pub fn recheck(node: &Node, out: &mut dyn std::io::Write, stop: &AtomicBool) -> 
         crate::node::state::write_textfile(node);
     }
     Ok(Rechecked { period, redeploy: drifted && plan.health.on_drift == OnDrift::Redeploy })
-}
-
-fn path(node: &Node) -> PathBuf {
-    node.state_dir.join("drift.json")
 }
 
 /// The deployed commit's plan, if it can be read.

@@ -52,7 +52,7 @@ pub struct NodeState {
     /// When the branch and its remotes have forked (as the last pull cycle found).
     pub diverged: Option<Diverged>,
     /// What the last recheck found drifted since the newest run, if anything.
-    pub drift: Option<crate::node::drift::Drift>,
+    pub drift: Option<crate::mech::drift::Drift>,
     /// Why nothing automatic runs, when a person paused the node.
     pub paused: Option<String>,
     /// The node's state, and since when.
@@ -100,7 +100,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
     let wave = tip.and_then(|tip| crate::node::rollout::place(node, &repo, tip));
     let newest = running.as_ref().or(last.as_ref());
     let (state, since) = state_of(newest, deployed, tip, hold.as_ref());
-    let drift = crate::node::drift::current(node, newest).filter(|_| state == State::Healthy);
+    let drift = crate::mech::drift::current(node, newest).filter(|_| state == State::Healthy);
     let (state, since) = match &drift {
         Some(drift) => (State::Drifted, Some(drift.checked_at.clone())),
         None => (state, since),
