@@ -41,3 +41,4 @@ mod trust;
 mod wait;
 mod watch;
 mod webapp;
+mod windows;

@@ -369,6 +369,9 @@ fn host(page: &mut String, view: &View, row: &Row) {
         Some(diverged) => html(&diverged.sentence(&view.branch)),
         None if !doc.drift.is_empty() => html(&format!("drifted: {}", doc.drift.join("; "))),
         None if doc.paused.is_some() => html(doc.paused.as_deref().unwrap_or_default()),
+        None if doc.window.is_some() => {
+            html(&format!("tip waits: {}", doc.window.as_deref().unwrap_or_default()))
+        }
         None if doc.state.reports_failure() => html(doc.failure().unwrap_or("no error in its document")),
         None => String::new(),
     };
@@ -469,6 +472,7 @@ mod tests {
                 diverged: None,
                 drift: vec![],
                 paused: None,
+                window: None,
                 quarantined: vec![],
                 checks: vec![],
                 heartbeat_seconds: 3600,

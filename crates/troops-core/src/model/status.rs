@@ -53,6 +53,9 @@ pub struct StatusDoc {
     /// Why nothing automatic runs here, when a person paused the node (state `paused`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// Why the tip waits, when it is not deployed and the deploy windows are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,

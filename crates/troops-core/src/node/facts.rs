@@ -56,7 +56,41 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
     };
     let asked = asked(node, repo, ask)?;
     let paused = paused(node);
-    Ok(Facts { branch: repo.branch.clone(), tip, deployed, tip_quarantined, recent, rollout, asked, paused })
+    let window = match tip {
+        Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => window_closed(node, repo, tip),
+        _ => None,
+    };
+    Ok(Facts {
+        branch: repo.branch.clone(),
+        tip,
+        deployed,
+        tip_quarantined,
+        recent,
+        rollout,
+        asked,
+        paused,
+        window,
+    })
+}
+
+/// Whether the deploy windows of the plan at `tip` are all closed for this host now, and when
+/// the next opens.
+pub fn window_closed(node: &Node, repo: &NodeRepo, tip: git2::Oid) -> Option<schedule::WindowClosed> {
+    let plan = crate::node::rollout::plan_at(repo, tip).filter(|p| !p.windows.is_empty())?;
+    let roles = crate::model::roles::resolve(&node.config.hostname(), &node.config.roles, Some(&plan));
+    match crate::policy::windows::verdict(&plan.windows, &roles, SystemTime::now()) {
+        crate::policy::windows::Verdict::Open => None,
+        crate::policy::windows::Verdict::Closed { next, windows } => Some(schedule::WindowClosed {
+            why: match next {
+                Some(next) => format!(
+                    "outside its deploy windows ({windows}); the next opens at {}",
+                    Timestamp::from(next)
+                ),
+                None => format!("outside its deploy windows ({windows})"),
+            },
+            next,
+        }),
+    }
 }
 
 /// The node's pause, if one stands; a pause file that cannot be read holds the node too, saying

@@ -24,7 +24,8 @@ pub fn rollout_at(repo: &NodeRepo, commit: Oid) -> Option<Rollout> {
     plan_at(repo, commit)?.rollout
 }
 
-fn plan_at(repo: &NodeRepo, commit: Oid) -> Option<crate::model::plan::Plan> {
+/// The plan at `commit`, if it has one that parses.
+pub fn plan_at(repo: &NodeRepo, commit: Oid) -> Option<crate::model::plan::Plan> {
     let text = repo.plan_text(commit).ok()??;
     let path = std::path::Path::new(crate::model::plan::FILE_NAME);
     crate::model::plan::Plan::parse(path, &text, None).ok()

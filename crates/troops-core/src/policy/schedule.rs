@@ -50,6 +50,16 @@ pub struct Facts {
     pub asked: Option<Asked>,
     /// A person paused the node (`troops pause`): nothing automatic runs a commit.
     pub paused: Option<Paused>,
+    /// The deploy windows of the tip's plan are closed now (read only when the tip may be due).
+    pub window: Option<WindowClosed>,
+}
+
+/// The tip's plan's deploy windows are all closed for this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowClosed {
+    /// "outside its deploy windows (mon,tue 08:00-17:00 Europe/Berlin); the next opens at T".
+    pub why: String,
+    pub next: Option<SystemTime>,
 }
 
 /// The node's pause, as deciding needs it.
@@ -139,6 +149,19 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
                 until: paused.until,
             }
         }
+        (Decision::Run(run), _) => match &facts.window {
+            // A window holds a new commit that would run by itself; not the deployed one again.
+            Some(closed)
+                if matches!(run.trigger, Trigger::Pull | Trigger::Retry)
+                    && Some(run.commit) != facts.deployed =>
+            {
+                Decision::Hold {
+                    why: format!("{} is not run yet: {}", short(run.commit), closed.why),
+                    until: closed.next,
+                }
+            }
+            _ => Decision::Run(run),
+        },
         (decision, _) => decision,
     }
 }
@@ -364,6 +387,7 @@ mod tests {
             rollout: None,
             asked: None,
             paused: None,
+            window: None,
         }
     }
 
@@ -376,6 +400,11 @@ mod tests {
             halted: false,
         };
         Facts { rollout: Some(hold), ..facts }
+    }
+
+    fn closed(facts: Facts) -> Facts {
+        let closed = WindowClosed { why: "outside its deploy windows".into(), next: Some(at(3600)) };
+        Facts { window: Some(closed), ..facts }
     }
 
     fn paused(facts: Facts) -> Facts {
@@ -469,6 +498,12 @@ mod tests {
             ("a pause holds no push", push.clone(), paused(facts(Some(B), Some(A), false, vec![])), 0, "run b push"),
             ("a pause holds no person's deploy", person.clone(), naming(paused(facts(Some(B), Some(A), false, vec![])), Some(B), false), 0, "run b manual"),
             ("a pause holds no rollback", tick.clone(), paused(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
+            ("a closed window holds a pulled tip", tick.clone(), closed(facts(Some(B), Some(A), false, vec![])), 0, "hold"),
+            ("a closed window holds the retry of a new commit", tick.clone(), closed(facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)])), 60, "hold"),
+            ("a closed window holds no push", push.clone(), closed(facts(Some(B), Some(A), false, vec![])), 0, "run b push"),
+            ("a closed window holds no rollback", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
+            ("a closed window holds no retry of the deployed commit", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(3, A, Failed, RollbackT, false)])), 31, "run a retry"),
+            ("a closed window holds no corrective run", Ask::Drift, closed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a drift"),
             ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
         let mut wrong = Vec::new();

@@ -343,6 +343,7 @@ mod tests {
             deployed: (!failed).then(|| oid(on).to_string()),
             drift: Vec::new(),
             paused: None,
+            window: None,
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

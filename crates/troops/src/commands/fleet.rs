@@ -360,6 +360,10 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
             escape(row.doc.paused.as_deref().unwrap_or_default())
         )?;
     }
+    for row in view.nodes.iter().filter(|r| r.doc.window.is_some()) {
+        let why = row.doc.window.as_deref().unwrap_or_default();
+        writeln!(out, "{}: the tip waits: {}", escape(&row.doc.host), escape(why))?;
+    }
     for row in view.nodes.iter().filter(|r| !r.doc.drift.is_empty()) {
         writeln!(out, "{}: drifted: {}", escape(&row.doc.host), escape(&row.doc.drift.join("; ")))?;
     }

@@ -109,6 +109,8 @@ pub struct Gauges {
     pub drifted: bool,
     /// Whether a person paused the node.
     pub paused: bool,
+    /// Whether the tip's plan lets a new commit start now (a deploy window is open, or it has none).
+    pub window_open: bool,
 }
 
 /// Everything the metrics show at one moment.
@@ -417,6 +419,12 @@ impl Collector for Snapshot {
         ConstGauge::new(i64::from(g.paused)).encode(encoder.encode_descriptor(
             "troops_paused",
             "1 if a person paused the node (troops pause): nothing automatic runs a commit",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.window_open)).encode(encoder.encode_descriptor(
+            "troops_window_open",
+            "1 if a deploy window of the tip's plan is open for this host now (or the plan has none)",
             None,
             MetricType::Gauge,
         )?)?;

@@ -16,6 +16,7 @@ mod health;
 pub mod hosts;
 pub mod rollout;
 mod version;
+pub mod window;
 
 pub const FILE_NAME: &str = "troops.toml";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -38,6 +39,9 @@ pub struct Plan {
     pub hosts: BTreeMap<String, String>,
     /// `[rollout]`: the waves a pulled commit goes through (see `policy::waves`).
     pub rollout: Option<rollout::Rollout>,
+    /// `[[window]]`: when automatic runs of a new commit may start (see `policy::windows`); none:
+    /// at any time.
+    pub windows: Vec<window::Window>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -221,6 +225,8 @@ struct RawPlan {
     #[serde(default)]
     hosts: BTreeMap<Spanned<String>, Spanned<String>>,
     rollout: Option<rollout::RawRollout>,
+    #[serde(default)]
+    window: Vec<Spanned<window::RawWindow>>,
 }
 
 #[derive(Deserialize)]
@@ -449,7 +455,8 @@ impl Plan {
         let min_troops = raw.min_troops.map(Spanned::into_inner);
         let hosts = hosts::parse_hosts(raw.hosts, err)?;
         let rollout = raw.rollout.map(rollout::validate).transpose().map_err(|(s, m)| err(s, m))?;
-        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts, rollout })
+        let windows = window::validate(raw.window).map_err(|(s, m)| err(s, m))?;
+        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts, rollout, windows })
     }
 }
 

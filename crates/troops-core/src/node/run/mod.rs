@@ -178,7 +178,8 @@ fn decide(node: &Node, ask: &Ask, facts: &Facts) -> Result<Decision> {
         (Decision::Hold { .. }, Some(tip), Some(hold)) => Some((tip, hold)),
         _ => None,
     };
-    if crate::node::rollout::record(node, held)? {
+    // The textfile shows a hold (the rollout's, a pause, a closed window) as it happens.
+    if crate::node::rollout::record(node, held)? || matches!(decision, Decision::Hold { .. }) {
         crate::node::state::write_textfile(node);
     }
     Ok(decision)

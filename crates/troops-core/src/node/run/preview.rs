@@ -213,13 +213,20 @@ fn selected(name: &str, selection: roles::Selection, by_path: ByPath) -> Selecte
     Selected { name: name.to_owned(), selection, by_path, shown: None }
 }
 
-/// What would keep a pull from running `commit` now: its quarantine, the rollout.
+/// What would keep a pull from running `commit` now: its quarantine, a pause, its plan's deploy
+/// windows, the rollout.
 fn holds(node: &Node, repo: &NodeRepo, commit: Oid, deployed: Option<Oid>) -> Result<Vec<String>> {
     let mut holds = Vec::new();
     if let Some(q) = repo.quarantined(commit)? {
         holds.push(format!("quarantined ({}): no pull or retry runs it", q.reason));
     }
+    if let Some(paused) = crate::node::facts::paused(node) {
+        holds.push(format!("the node is {}", paused.why));
+    }
     if deployed != Some(commit) {
+        if let Some(closed) = crate::node::facts::window_closed(node, repo, commit) {
+            holds.push(closed.why);
+        }
         if let Some(hold) = crate::node::rollout::verdict(node, repo, commit) {
             holds.push(format!("{}: {}", hold.wave, hold.why));
         }
