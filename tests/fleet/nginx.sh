@@ -15,7 +15,8 @@
 start_nginx() {
     local dir=$1 root=$2 port=$3 cert=${4:-} key=${5:-} ca=${6:-} user="" tls="" scheme=http
     if [ -n "$cert" ]; then
-        tls="ssl_certificate $cert; ssl_certificate_key $key;"
+        # TLS 1.3 as well: nginx before 1.23.4 (bookworm has 1.22) leaves it out unless told.
+        tls="ssl_certificate $cert; ssl_certificate_key $key; ssl_protocols TLSv1.2 TLSv1.3;"
         scheme=https
     fi
     mkdir -p "$dir/tmp"
