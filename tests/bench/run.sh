@@ -389,7 +389,7 @@ case_health() {
 # it costs the mirror is tests/fleet/run.sh's to measure (BENCHMARKS.md, "Fleet scale").
 case_probe() {
     say "8. no-change poll of an HTTP mirror (nginx), http and https"
-    [ -x /usr/sbin/nginx ] && [ -x /usr/sbin/fcgiwrap ] || need_packages nginx fcgiwrap
+    [ -x /usr/sbin/nginx ] && [ -x /usr/sbin/fcgiwrap ] && command -v openssl >/dev/null || need_packages nginx fcgiwrap openssl
     local t=$W/tls www=$W/www-git
     mkdir -p "$t" "$www"
     deploy_repo probe 1

@@ -103,6 +103,7 @@ CA=""
 case $TRANSPORT in
 https)
     [ "$SERVER_KIND" = nginx ] || { echo "--transport https needs nginx (Debian nginx, fcgiwrap)" >&2; exit 2; }
+    command -v openssl >/dev/null || { echo "--transport https needs openssl (Debian openssl)" >&2; exit 2; }
     T=$TMP/tls PORT=$(free_port)
     mkdir -p "$T"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=troops fleet CA" \
