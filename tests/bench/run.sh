@@ -424,7 +424,9 @@ case_probe() {
         commands+=("troops --state-dir $TROOPS_STATE_DIR --config $TROOPS_CONFIG pull" "git --git-dir=$W/peer-$scheme.git fetch --quiet origin")
     done
     bench probe "$FAST" "${commands[@]}"
-    kill "${servers[@]}" 2>/dev/null || true
+    # fcgiwrap's workers outlive their parent: they go first, then nginx (which ends its own).
+    local pid
+    for pid in "${servers[@]}"; do kill $(pgrep -P "$pid") "$pid" 2>/dev/null || true; done
     local th gh ts gs
     th=$(median probe 0) gh=$(median probe 1) ts=$(median probe 2) gs=$(median probe 3)
     row "8. no-change poll of an HTTP mirror (nginx)" "http: troops pull (probe, 304) / git fetch" "$(calc "'%.2fx' % ($th/$gh)")" "$(ms "$th")" "$(ms "$gh")" "" ""
