@@ -4,7 +4,7 @@
 #
 #   tests/bench/run.sh [--quick] [--out FILE] [CASE...]
 #
-# CASE: pull, plan, push, checkout, idle, hostile, health (default: all seven, in that order).
+# CASE: pull, plan, push, checkout, idle, hostile, health, probe (default: all eight, in that order).
 # It builds release binaries, installs ansible-core from PyPI into target/bench/venv (reused; pin
 # with BENCH_ANSIBLE=ansible-core==X), and needs hyperfine (installed with apt-get when run as
 # root). Everything happens in a temp dir, with loopback file remotes, no root-owned paths and no
@@ -19,12 +19,12 @@ while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --out) OUT=$2; shift ;;
-        pull | plan | push | checkout | idle | hostile | health) CASES+=("$1") ;;
-        *) echo "usage: tests/bench/run.sh [--quick] [--out FILE] [pull|plan|push|checkout|idle|hostile|health]..." >&2; exit 2 ;;
+        pull | plan | push | checkout | idle | hostile | health | probe) CASES+=("$1") ;;
+        *) echo "usage: tests/bench/run.sh [--quick] [--out FILE] [pull|plan|push|checkout|idle|hostile|health|probe]..." >&2; exit 2 ;;
     esac
     shift
 done
-[ ${#CASES[@]} -gt 0 ] || CASES=(pull plan push checkout idle hostile health)
+[ ${#CASES[@]} -gt 0 ] || CASES=(pull plan push checkout idle hostile health probe)
 # hyperfine runs: the fast cases, the checkout of 20,000 files, ansible (seconds per run).
 if [ $QUICK = 1 ]; then FAST=5 SLOW=3 ANSIBLE=2 IDLE=10; else FAST=30 SLOW=10 ANSIBLE=7 IDLE=60; fi
 FILES=${BENCH_FILES:-20000}
@@ -42,6 +42,17 @@ need_hyperfine() {
             { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >&2; }
     else
         echo "tests/bench/run.sh needs hyperfine: sudo apt-get install hyperfine" >&2
+        exit 3
+    fi
+}
+
+need_packages() {
+    if [ "$(id -u)" = 0 ]; then
+        say "installing $* (Debian packages)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 ||
+            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; }
+    else
+        echo "tests/bench/run.sh needs $*: sudo apt-get install $*" >&2
         exit 3
     fi
 }
@@ -398,6 +409,59 @@ case_health() {
     c=$(median health 0) p=$(median health 1) r=$(median rollback 0) s=$(median rollback 1)
     row "7. health and rollback" "deploy with one passing HTTP check − without" "$(calc "'%+.1f ms' % ($c-$p)")" "$(ms "$c")" "$(ms "$p")" "≤ +20 ms" "$(verdict "$c - $p <= 20")"
     row "" "troops rollback of a release (switch + 1 activate step) − the step alone" "$(calc "'%+.1f ms' % ($r-$s)")" "$(ms "$r")" "$(ms "$s")" "≤ +100 ms" "$(verdict "$r - $s <= 100")"
+}
+
+# 8. A no-change poll of one HTTP mirror as users run one (tests/fleet/nginx.sh: nginx serving the
+# repo's files with ETags and 304s, `git http-backend` behind fcgiwrap for smart requests), over
+# http and over https (a certificate for 127.0.0.1 from a CA made here with openssl, ECDSA P-256,
+# which the node trusts as the system store by SSL_CERT_FILE, and its git by http.sslCAInfo):
+# `troops pull` (its probe answered 304, no fetch) against `git fetch` of the same mirror. What
+# it costs the mirror is tests/fleet/run.sh's to measure (BENCHMARKS.md, "Fleet scale").
+case_probe() {
+    say "8. no-change poll of an HTTP mirror (nginx), http and https"
+    [ -x /usr/sbin/nginx ] && [ -x /usr/sbin/fcgiwrap ] && command -v openssl >/dev/null || need_packages nginx fcgiwrap openssl
+    local t=$W/tls www=$W/www-git
+    mkdir -p "$t" "$www"
+    deploy_repo probe 1
+    git clone -q --bare "$W/probe.src" "$www/deploy.git"
+    git --git-dir "$www/deploy.git" update-server-info
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=troops bench CA" \
+        -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' > "$t/san.ext"
+    openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 2 \
+        -extfile "$t/san.ext" -out "$t/server.pem" 2>/dev/null
+    export SSL_CERT_FILE=$t/ca.pem GIT_SSL_CAINFO=$t/ca.pem
+    # nginx.sh runs its servers in the fleet harness' cgroup; here they just run.
+    in_cgroup() { exec "$@"; }
+    # shellcheck source=tests/fleet/nginx.sh
+    . "$ROOT/tests/fleet/nginx.sh"
+    local servers=() scheme port commands=()
+    for scheme in http https; do
+        port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        if [ $scheme = http ]; then
+            start_nginx "$W/nginx-$scheme" "$www" "$port"
+        else
+            start_nginx "$W/nginx-$scheme" "$www" "$port" "$t/server.pem" "$t/server.key" "$t/ca.pem"
+        fi
+        servers+=("${SERVERS[@]}")
+        node "probe-$scheme" "" --remote "origin=$scheme://127.0.0.1:$port/deploy.git"
+        git --git-dir "$TROOPS_STATE_DIR/repo/main.git" config http.sslCAInfo "$t/ca.pem"
+        troops pull >/dev/null # deploys; from now on each pull is a probe answered 304
+        troops pull >/dev/null
+        git clone -q --bare "$scheme://127.0.0.1:$port/deploy.git" "$W/peer-$scheme.git"
+        commands+=("troops --state-dir $TROOPS_STATE_DIR --config $TROOPS_CONFIG pull" "git --git-dir=$W/peer-$scheme.git fetch --quiet origin")
+    done
+    bench probe "$FAST" "${commands[@]}"
+    # fcgiwrap's workers outlive their parent: they go first, then nginx (which ends its own).
+    local pid
+    for pid in "${servers[@]}"; do kill $(pgrep -P "$pid") "$pid" 2>/dev/null || true; done
+    local th gh ts gs
+    th=$(median probe 0) gh=$(median probe 1) ts=$(median probe 2) gs=$(median probe 3)
+    row "8. no-change poll of an HTTP mirror (nginx)" "http: troops pull (probe, 304) / git fetch" "$(calc "'%.2fx' % ($th/$gh)")" "$(ms "$th")" "$(ms "$gh")" "" ""
+    row "" "https: troops pull (probe, 304) / git fetch" "$(calc "'%.2fx' % ($ts/$gs)")" "$(ms "$ts")" "$(ms "$gs")" "" ""
+    row "" "troops pull: https − http (the TLS handshake, and reading the CA store)" "$(calc "'%+.1f ms' % ($ts-$th)")" "$(ms "$ts")" "$(ms "$th")" "" ""
 }
 
 # --- the table ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 use crate::support::daemon::Daemon;
 use crate::support::http::{HttpServer, Reply};
+use crate::support::tls::TestCa;
 use crate::support::{combined, text, wait_until, DeployRepo, Env, BUDGET};
 
 /// A node with a deploy repo whose first commit (a plan with one step, no checks) is deployed.
@@ -100,6 +101,65 @@ fn a_passing_http_check_lets_the_run_succeed_and_is_recorded() {
     assert!(stderr.contains("succeeded"), "{stderr}");
     assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
     assert_eq!(server.requests(), 2);
+}
+
+#[test]
+fn an_https_check_passes_with_its_ca_and_a_bad_certificate_fails_it_saying_why() {
+    let (env, repo, good) = node();
+    let ca = TestCa::new();
+    let server = HttpServer::start_tls(&ca.server("127.0.0.1"), |_| Reply::new(200, "ok"));
+    let url = server.url("/health");
+    let check = |keys: &str| {
+        plan(&format!("[[check]]\nname = \"web\"\nhttp = \"{url}\"\nexpect = \"ok\"\nretries = 1\n{keys}"))
+    };
+    let (out, commit) = deploy(&env, &repo, &check(&format!("ca = \"{}\"\n", ca.path().display())));
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
+    let (_, record) = latest(&env);
+    assert_eq!(checks(&record), [check_of("web", "passed", 1)]);
+
+    // The system's CAs do not know the test's CA: unknown issuer.
+    let (out, _) = deploy(&env, &repo, &check(""));
+    assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+    let (_, record) = latest(&env);
+    let error = record["error"].as_str().unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "check `web` failed: GET {url} failed: the certificate of 127.0.0.1 is not trusted: unknown issuer: it is not signed by a CA of this host's store (a private CA? name it with `ca`)"
+        )
+    );
+    assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
+
+    // Signed by the CA named, but for another name; then expired.
+    let ca_key = format!("ca = \"{}\"\n", ca.path().display());
+    for (cert, why) in
+        [(ca.server("mirror.example"), "name mismatch: "), (ca.expired_server("127.0.0.1"), "expired: ")]
+    {
+        let bad = HttpServer::start_tls(&cert, |_| Reply::new(200, "ok"));
+        let plan_text = plan(&format!(
+            "[[check]]\nname = \"web\"\nhttp = \"{}\"\nretries = 1\n{ca_key}",
+            bad.url("/health")
+        ));
+        let (out, _) = deploy(&env, &repo, &plan_text);
+        assert_eq!(out.status.code(), Some(1), "{}", combined(&out));
+        let (id, record) = latest(&env);
+        let error = record["error"].as_str().unwrap();
+        let said = format!("failed: the certificate of 127.0.0.1 is not trusted: {why}");
+        assert!(error.contains(&said), "{error}");
+        assert!(env.run_log(id).contains(&said), "{}", env.run_log(id));
+        assert_eq!(bad.requests(), 0, "a request went to a server whose certificate was refused");
+    }
+
+    // Told not to verify, it passes, and says so in the run's output every time.
+    let (out, commit) = deploy(&env, &repo, &check("insecure_skip_verify = true\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    assert_eq!(env.deployed().as_deref(), Some(commit.as_str()));
+    let (id, _) = latest(&env);
+    let warning =
+        format!("==> check web: WARNING: insecure_skip_verify: the certificate of {url} is not checked");
+    assert!(env.run_log(id).contains(&warning), "{}", env.run_log(id));
+    assert_ne!(commit, good);
 }
 
 #[test]
@@ -455,7 +515,11 @@ fn troops_check_places_every_new_keys_bad_value() {
     let dir = env.path("plans");
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        ("[[check]]\nname = \"w\"\nhttp = \"https://x/\"\n", "3:8: check `w`: `http`"),
+        ("[[check]]\nname = \"w\"\nhttp = \"ftp://x/\"\n", "3:8: check `w`: `http`"),
+        (
+            "[[check]]\nname = \"w\"\nhttp = \"http://x/\"\nca = \"/ca.pem\"\n",
+            "4:6: check `w`: `ca` and `insecure_skip_verify` are for https:// URLs",
+        ),
         ("[[check]]\nname = \"w\"\ntcp = \"x\"\n", "3:7: check `w`: `tcp`"),
         ("[[check]]\nname = \"w\"\nunit = \"-x\"\n", "3:8: check `w`: `unit`"),
         ("[[check]]\nname = \"w\"\nrun = \"x\"\nretries = 0\n", "4:11: check `w`: `retries`"),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::support::daemon::Daemon;
 use crate::support::http::{HttpServer, Reply, Request, Served};
+use crate::support::tls::{ServerCert, TestCa};
 use crate::support::{text, wait_until, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"hello\"\nrun = \"echo hello from $TROOPS_COMMIT\"\n";
@@ -35,10 +36,15 @@ struct Mirror {
 }
 
 impl Mirror {
-    fn start(root: PathBuf) -> Mirror {
+    /// Serves `root` over HTTP, or over HTTPS with `tls`.
+    fn start(root: PathBuf, tls: Option<&ServerCert>) -> Mirror {
         let copy = Arc::new(Mutex::new(Vec::new()));
         let (files, copied) = (root.clone(), copy.clone());
-        let server = HttpServer::start(move |request| answer(request, &files, &copied.lock().unwrap()));
+        let answering = move |request: &Request| answer(request, &files, &copied.lock().unwrap());
+        let server = match tls {
+            Some(cert) => HttpServer::start_tls(cert, answering),
+            None => HttpServer::start(answering),
+        };
         let mirror = Mirror { root, copy, server };
         mirror.catch_up();
         mirror
@@ -108,12 +114,17 @@ struct Serving {
 }
 
 fn serve(env: &Env) -> Serving {
+    serve_over(env, None)
+}
+
+/// A bare mirror with the plan committed and published, served over HTTPS with `tls` if given.
+fn serve_over(env: &Env, tls: Option<&ServerCert>) -> Serving {
     let mirror = env.path("mirror.git");
     env.git(env.tmp.path(), &["init", "-q", "--bare", "-b", "main", &mirror.display().to_string()]);
     let work = env.deploy_repo("work");
     let first = work.commit(env, &[("troops.toml", PLAN)], "plan");
     publish(env, &work, &mirror);
-    let server = Mirror::start(mirror.clone());
+    let server = Mirror::start(mirror.clone(), tls);
     Serving { mirror, work, first, server }
 }
 
@@ -255,4 +266,47 @@ fn a_probe_target_that_never_answers_takes_half_the_fetch_timeout_and_the_fetch_
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
     assert!(server.served("stall").iter().any(is_fetch), "{:#?}", server.served("stall"));
+}
+
+#[test]
+fn an_https_mirror_is_probed_with_304s_and_a_change_is_still_fetched() {
+    let env = Env::new();
+    let ca = TestCa::new();
+    let Serving { mirror, work, first, server } = serve_over(&env, Some(&ca.server("127.0.0.1")));
+    env.write_config("hostname = \"web-1\"\n");
+    let url = server.url("fresh");
+    assert!(url.starts_with("https://"), "{url}");
+    env.ok(&["init", &format!("--remote=origin={url}")]);
+    // The node trusts the test's CA as a host trusts a private one: git's fetch by its config
+    // (the node repo's here, /etc/gitconfig or the system store on a host), the probe by the
+    // system's store, which SSL_CERT_FILE stands for here.
+    env.git(&env.repo(), &["config", "http.sslCAInfo", &ca.path().display().to_string()]);
+    let pull = || {
+        let out = env.troops(&["pull"]).env("SSL_CERT_FILE", ca.path()).output().unwrap();
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    };
+    for _ in 0..3 {
+        pull();
+    }
+    assert_eq!(env.deployed().as_deref(), Some(first.as_str()));
+    let fresh = server.served("fresh");
+    let probes: Vec<Option<u16>> = fresh.iter().filter(|s| is_probe(s)).map(|s| s.status).collect();
+    assert_eq!(probes, [Some(200), Some(304), Some(304)], "{fresh:#?}");
+    assert_eq!(fresh.iter().filter(|s| is_fetch(s)).count(), 1, "one fetch, then 304s: {fresh:#?}");
+    let remotes = std::fs::read_to_string(env.state.join("remotes.json")).unwrap();
+    assert!(remotes.contains("\"probed\": true"), "{remotes}");
+
+    // A change: the probe lists the new tip (a 200), and the fetch that follows brings it.
+    let second = work.commit(&env, &[("note", "2")], "second");
+    publish(&env, &work, &mirror);
+    pull();
+    assert_eq!(env.deployed().as_deref(), Some(second.as_str()));
+
+    // Without the CA, the probe is not answered (its certificate is not believed) and the
+    // fetch decides, as for any probe that goes unanswered.
+    let out = env.run(&["pull"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let last = server.served("fresh").into_iter().filter(is_probe).count();
+    assert_eq!(last, 4, "a probe was answered without the CA: {said}");
 }

@@ -3,16 +3,22 @@
 # statically (its default strong-enough ETag from mtime and size, and 304 to If-None-Match or
 # If-Modified-Since) and smart HTTP through `git http-backend` behind fcgiwrap. Sourced by run.sh.
 #
-#   start_nginx DIR ROOT PORT
+#   start_nginx DIR ROOT PORT [CERT KEY CA]
 #
 # Starts a private fcgiwrap and a private nginx (own config, pid file, logs and temp dirs under
-# DIR; no system service) serving the repos under ROOT on 127.0.0.1:PORT, and waits until it
-# answers, both in the mirror's cgroup (run.sh's `in_cgroup`: fcgiwrap ignores SIGCHLD, so the
+# DIR; no system service) serving the repos under ROOT on 127.0.0.1:PORT, over HTTPS with the
+# certificate CERT and its key KEY (PEM files, signed by the CA in CA) when they are given, and
+# waits until it answers, both in the mirror's cgroup (run.sh's `in_cgroup`: fcgiwrap ignores SIGCHLD, so the
 # kernel reaps its http-backends and their CPU is in no parent's cutime, only in the cgroup's).
 # Sets SERVERS to their pids and defines `polls`, which prints the polls and the smart fetches
 # served so far, counted from nginx's access log.
 start_nginx() {
-    local dir=$1 root=$2 port=$3 user=""
+    local dir=$1 root=$2 port=$3 cert=${4:-} key=${5:-} ca=${6:-} user="" tls="" scheme=http
+    if [ -n "$cert" ]; then
+        # TLS 1.3 as well: nginx before 1.23.4 (bookworm has 1.22) leaves it out unless told.
+        tls="ssl_certificate $cert; ssl_certificate_key $key; ssl_protocols TLSv1.2 TLSv1.3;"
+        scheme=https
+    fi
     mkdir -p "$dir/tmp"
     # As root, nginx's workers would switch to `nobody`, who cannot read a mktemp dir.
     [ "$(id -u)" = 0 ] && user="user root;"
@@ -43,7 +49,8 @@ http {
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
     server {
-        listen 127.0.0.1:$port backlog=4096;
+        listen 127.0.0.1:$port ${tls:+ssl} backlog=4096;
+        $tls
         root $root;
         fastcgi_param SCRIPT_FILENAME /usr/lib/git-core/git-http-backend;
         fastcgi_param GIT_PROJECT_ROOT $root;
@@ -67,7 +74,7 @@ http {
 CONF
     in_cgroup /usr/sbin/nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" &
     SERVERS+=("$!")
-    until curl -sf "http://127.0.0.1:$port/deploy.git/HEAD" >/dev/null; do sleep 0.1; done
+    until curl -sf ${ca:+--cacert "$ca"} "$scheme://127.0.0.1:$port/deploy.git/HEAD" >/dev/null; do sleep 0.1; done
     NGINX_LOG=$dir/access.log
     # Polls: probes, GETs of info/refs with no query (each poll of a node opens with one); fetches:
     # smart GETs of it.

@@ -3,14 +3,18 @@
 # config, polling ONE mirror, and what that costs the mirror. Not part of the test suite.
 #
 #   tests/fleet/run.sh [--nodes N] [--interval 2s] [--jitter 2s] [--window SECONDS]
-#                      [--transport http|ssh] [--server nginx|python] [--probe-trust DURATION]
+#                      [--transport http|https|ssh] [--server nginx|python] [--probe-trust DURATION]
 #                      [--bin PATH]
 #
 # The mirror is a bare repo (the repo keeps `info/refs` fresh with receive.updateServerInfo)
 # served over HTTP, static files with ETags and 304s first and `git http-backend` for smart
 # requests, by --server: `nginx` (the default when /usr/sbin/nginx and /usr/sbin/fcgiwrap are
 # installed: a private nginx with http-backend behind a private fcgiwrap, see tests/fleet/nginx.sh)
-# or `python` (tests/fleet/mirror.py); or over SSH by a private sshd on 127.0.0.1 (MaxStartups
+# or `python` (tests/fleet/mirror.py); over HTTPS by the same nginx (`--transport https`, nginx
+# only) with a certificate for 127.0.0.1 signed by a CA made for the run (openssl, ECDSA P-256),
+# which the nodes trust as a host trusts a private CA: git by `http.sslCAInfo` in the node repo's
+# config, the probe by the system store that SSL_CERT_FILE names; or over SSH by a private sshd
+# on 127.0.0.1 (MaxStartups
 # raised so that no connection is dropped, and an empty ~/.bashrc: see below). It measures, and
 # prints as one markdown table row:
 #   - mirror CPU per no-change poll: the CPU time of a cgroup that holds the mirror's servers and
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
         --server) SERVER_KIND=$2; shift ;;
         --probe-trust) TRUST=$2; shift ;;
         --bin) BIN=$(realpath "$2"); shift ;;
-        *) echo "usage: tests/fleet/run.sh [--nodes N] [--interval D] [--jitter D] [--window S] [--transport http|ssh] [--server nginx|python] [--probe-trust D] [--bin PATH]" >&2; exit 2 ;;
+        *) echo "usage: tests/fleet/run.sh [--nodes N] [--interval D] [--jitter D] [--window S] [--transport http|https|ssh] [--server nginx|python] [--probe-trust D] [--bin PATH]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -95,7 +99,28 @@ git -C "$TMP/work" add -A && git -C "$TMP/work" commit -qm plan
 git -C "$TMP/work" push -q "$MIRROR" main
 FIRST=$(git -C "$TMP/work" rev-parse HEAD)
 
+CA=""
 case $TRANSPORT in
+https)
+    [ "$SERVER_KIND" = nginx ] || { echo "--transport https needs nginx (Debian nginx, fcgiwrap)" >&2; exit 2; }
+    command -v openssl >/dev/null || { echo "--transport https needs openssl (Debian openssl)" >&2; exit 2; }
+    T=$TMP/tls PORT=$(free_port)
+    mkdir -p "$T"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=troops fleet CA" \
+        -keyout "$T/ca.key" -out "$T/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$T/server.key" -out "$T/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$T/san.ext"
+    openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
+        -extfile "$T/san.ext" -out "$T/server.pem" 2>/dev/null
+    CA=$T/ca.pem URL=https://127.0.0.1:$PORT/deploy.git
+    # The harness' own `git fetch` baseline trusts the CA by GIT_SSL_CAINFO; the daemons' probes
+    # by SSL_CERT_FILE (as the system store), their git fetches by their repo's config (below).
+    export GIT_SSL_CAINFO=$CA SSL_CERT_FILE=$CA
+    # shellcheck source=tests/fleet/nginx.sh
+    . "$ROOT/tests/fleet/nginx.sh"
+    start_nginx "$TMP/nginx" "$TMP/mirror" "$PORT" "$T/server.pem" "$T/server.key" "$CA" # sets SERVERS, defines polls
+    ;;
 http)
     PORT=$(free_port)
     URL=http://127.0.0.1:$PORT/deploy.git
@@ -151,7 +176,7 @@ EOF
     export GIT_SSH_COMMAND="ssh -F /dev/null -i $D/client -o UserKnownHostsFile=$D/known_hosts -o BatchMode=yes"
     polls() { local n; n=$(grep -c "Accepted publickey" "$D/log" || true); echo "$n $n"; }
     ;;
-*) echo "--transport is http or ssh" >&2; exit 2 ;;
+*) echo "--transport is http, https or ssh" >&2; exit 2 ;;
 esac
 PIDS+=("${SERVERS[@]}")
 
@@ -180,6 +205,7 @@ start_node() {
     printf 'hostname = "node-%s"\ninterval = "%s"\njitter = "%s"\nprobe_trust = "%s"\n' \
         "$n" "$INTERVAL" "$JITTER" "$TRUST" >"$dir/troops.toml"
     TROOPS_STATE_DIR=$dir/state TROOPS_CONFIG=$dir/troops.toml "$BIN" init --remote=origin="$URL" >/dev/null
+    [ -n "$CA" ] && git --git-dir "$dir/state/repo/main.git" config http.sslCAInfo "$CA"
     if [ "$TRANSPORT" = ssh ]; then
         cat "$dir/state/ssh/id_ed25519.pub" >>"$D/authorized_keys"
         cp "$D/known_hosts" "$dir/state/ssh/known_hosts"
@@ -250,7 +276,7 @@ say "commit to deployed on half, 90% and all: $HALF $MOST $ALL s (interval + jit
 
 # | transport | nodes | interval + jitter | troops | git fetch | ratio | polls/s | fetches/s | Pss (per node) | Rss | deployed on half / 90% / all | all / period |
 LABEL=$TRANSPORT
-[ "$TRANSPORT" = http ] && LABEL="http ($SERVER_KIND)"
+[ "$TRANSPORT" != ssh ] && LABEL="$TRANSPORT ($SERVER_KIND)"
 python3 - "$LABEL" "$NODES" "$INTERVAL" "$JITTER" "$POLL_MS" "$PLAIN_MS" "$POLLS" "$FETCHES" "$WINDOW" "$PSS" "$RSS" "$ALL" "$PERIOD" "$HALF" "$MOST" <<'EOF'
 import sys
 t, n, i, j, poll, plain, polls, fetches, window, pss, rss, all_, period, half, most = sys.argv[1:]

@@ -1,6 +1,7 @@
 //! The one fake HTTP server of the tests, on 127.0.0.1: health checks to make healthy, failing,
 //! late or turning bad, mirrors to serve `info/refs` with ETags and 304s, and targets that never
-//! answer or answer a byte at a time. A test's function picks the reply to each request (numbered
+//! answer or answer a byte at a time; over plain HTTP, or over TLS with a certificate of the test's
+//! own (`start_tls`, see `crate::tls`). A test's function picks the reply to each request (numbered
 //! from 1); the server records every request it got and what it answered. Each connection is
 //! served on a thread of its own, so one held open holds up no other. Dropping the server closes
 //! its port (before `drop` returns) and ends the connections it holds.
@@ -9,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::tls::ServerCert;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -134,6 +137,8 @@ struct Shared {
     /// The connections held open (silent replies), by a number of their own, to end on drop.
     held: Mutex<Vec<(u64, TcpStream)>>,
     next_held: AtomicU64,
+    /// Serving HTTPS with this.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct HttpServer {
@@ -145,6 +150,21 @@ pub struct HttpServer {
 impl HttpServer {
     /// Answers each request with `answer(request)`.
     pub fn start(answer: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> HttpServer {
+        HttpServer::listen(None, answer)
+    }
+
+    /// Answers each request with `answer(request)`, over TLS with `cert`; `url` says `https://`.
+    pub fn start_tls(
+        cert: &ServerCert,
+        answer: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> HttpServer {
+        HttpServer::listen(Some(cert.server_config()), answer)
+    }
+
+    fn listen(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        answer: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a port on 127.0.0.1");
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
@@ -154,6 +174,7 @@ impl HttpServer {
             stopped: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
             next_held: AtomicU64::new(0),
+            tls,
         });
         let accepting = {
             let shared = shared.clone();
@@ -188,7 +209,8 @@ impl HttpServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.shared.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     /// How many requests it has read (answered, being answered, or held unanswered).
@@ -216,8 +238,65 @@ impl Drop for HttpServer {
     }
 }
 
+/// One connection, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(conn) => conn.read(buf),
+            Conn::Tls(conn) => conn.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(conn) => conn.write(buf),
+            Conn::Tls(conn) => conn.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(conn) => conn.flush(),
+            Conn::Tls(conn) => conn.flush(),
+        }
+    }
+}
+
+impl Conn {
+    /// The TCP connection under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(conn) => conn,
+            Conn::Tls(conn) => &conn.sock,
+        }
+    }
+
+    /// Ends what was written: over TLS, with the close_notify that tells the client the
+    /// connection's end is the body's (a reply with no length) and not a cut.
+    fn finish(&mut self) {
+        if let Conn::Tls(conn) = self {
+            conn.conn.send_close_notify();
+            let _ = conn.flush();
+        }
+    }
+}
+
 /// Reads one request head from `conn` and answers it as the test's function says.
-fn serve(mut conn: TcpStream, shared: &Shared) {
+fn serve(conn: TcpStream, shared: &Shared) {
+    let mut conn = match &shared.tls {
+        None => Conn::Plain(conn),
+        Some(config) => match rustls::ServerConnection::new(config.clone()) {
+            Ok(tls) => Conn::Tls(Box::new(rustls::StreamOwned::new(tls, conn))),
+            Err(_) => return,
+        },
+    };
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -236,7 +315,9 @@ fn serve(mut conn: TcpStream, shared: &Shared) {
     match (&reply.what, reply.pause) {
         (What::Silent, _) => hold(conn, shared),
         (_, None) => {
-            let _ = conn.write_all(&reply.bytes());
+            if conn.write_all(&reply.bytes()).is_ok() {
+                conn.finish();
+            }
         }
         (_, Some(pause)) => {
             for byte in reply.bytes() {
@@ -245,14 +326,15 @@ fn serve(mut conn: TcpStream, shared: &Shared) {
                 }
                 std::thread::sleep(pause);
             }
+            conn.finish();
         }
     }
 }
 
 /// Keeps `conn` open, answering nothing, until the client closes it or the server is dropped.
-fn hold(mut conn: TcpStream, shared: &Shared) {
+fn hold(mut conn: Conn, shared: &Shared) {
     let id = shared.next_held.fetch_add(1, Ordering::SeqCst);
-    if let Ok(clone) = conn.try_clone() {
+    if let Ok(clone) = conn.tcp().try_clone() {
         shared.held.lock().unwrap().push((id, clone));
     }
     if !shared.stopped.load(Ordering::SeqCst) {

@@ -1,6 +1,6 @@
 //! What troops' tests share, so that every test builds on the same real parts: a node in a temp
 //! dir (`Env`), deploy repos to commit to and push from, a `troops daemon` child, a real sshd and
-//! gpg, one fake HTTP server, waiting on conditions with a deadline (never sleeping as
+//! gpg, one fake HTTP server (plain or TLS, with certificates made in the test), waiting on conditions with a deadline (never sleeping as
 //! synchronisation), one time budget for what must not wait for a long timeout, and the rule that a
 //! test that cannot run here fails unless the run allows skips (`skip`).
 //!
@@ -12,6 +12,7 @@ pub mod gpg;
 pub mod http;
 mod skip;
 pub mod sshd;
+pub mod tls;
 
 pub use skip::{require, require_root, require_tool};
 

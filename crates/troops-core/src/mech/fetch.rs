@@ -1,6 +1,6 @@
 //! Fetching the followed branch from every remote of the node repo, all at once, each bounded by
 //! `fetch_timeout`: one slow or dead remote never holds up the others. A remote whose advertised
-//! tip is already here costs one connection and no download; an `http://` one whose probe says
+//! tip is already here costs one connection and no download; an `http(s)://` one whose probe says
 //! its tip is already here (see `probe`) costs one conditional GET and no fetch.
 
 use std::os::unix::process::CommandExt;

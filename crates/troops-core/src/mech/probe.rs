@@ -1,4 +1,4 @@
-//! A cheap look at an `http://` remote before fetching it, so that a no-change poll costs its
+//! A cheap look at an `http://` or `https://` remote before fetching it, so that a no-change poll costs its
 //! mirror one conditional GET of a static file instead of a fetch. The file is the repo's
 //! `info/refs` (what `git update-server-info` writes for "dumb" HTTP, which any web server, object
 //! store or CDN serves and answers with 304 when it has not changed). When it lists the branch at
@@ -20,6 +20,7 @@ use git2::Oid;
 use serde::{Deserialize, Serialize};
 
 use crate::mech::state_file::{self, StateFile};
+use crate::model::url::Verify;
 
 /// The most of `info/refs` that is read: a branch listed past it counts as not listed (a fetch).
 const MAX_REFS: usize = 1024 * 1024;
@@ -123,9 +124,10 @@ impl StateFile for Probes {
     }
 }
 
-/// The remotes a probe can look at: plain `http://` ones (troops' HTTP client speaks no TLS).
+/// The remotes a probe can look at: `http://` and `https://` ones (an `https://` mirror's
+/// certificate must be signed by a CA of this host's store, as for git's fetch of it).
 pub fn applies(url: &str) -> bool {
-    url.starts_with("http://")
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 /// Looks at `<url>/info/refs` by a conditional GET within `timeout`, for where it lists `branch`;
@@ -142,7 +144,7 @@ pub fn look(state: &mut ProbeState, url: &str, branch: &str, timeout: Duration) 
         headers.push(("If-Modified-Since", since.as_str()));
     }
     let target = format!("{}/info/refs", url.trim_end_matches('/'));
-    let Ok(response) = crate::mech::http::get(&target, &headers, timeout, MAX_REFS) else {
+    let Ok(response) = crate::mech::http::get(&target, &Verify::System, &headers, timeout, MAX_REFS) else {
         return Look::Unanswered;
     };
     match response.status {
@@ -227,9 +229,9 @@ mod tests {
         (server, url)
     }
 
-    /// The request heads `server` saw.
+    /// The request heads `server` saw, in lower case (header names are any case).
     fn heads(server: &HttpServer) -> Vec<String> {
-        server.served().into_iter().map(|s| s.request.head).collect()
+        server.served().into_iter().map(|s| s.request.head.to_ascii_lowercase()).collect()
     }
 
     fn ok(body: &str) -> String {
@@ -261,8 +263,8 @@ mod tests {
         assert!(skip(&mut state, &url, oid(A)));
         assert!(skip(&mut state, &url, oid(A)));
         let seen = heads(&server);
-        assert!(seen[0].starts_with("GET /deploy.git/info/refs HTTP/1.1"), "{}", seen[0]);
-        assert!(seen[1].contains("If-None-Match: \"v1\""), "{}", seen[1]);
+        assert!(seen[0].starts_with("get /deploy.git/info/refs http/1.1"), "{}", seen[0]);
+        assert!(seen[1].contains("if-none-match: \"v1\""), "{}", seen[1]);
     }
 
     #[test]
@@ -295,7 +297,7 @@ mod tests {
         };
         assert_eq!(look(&mut old, &url, "main", WAIT), Look::Listed(oid(A)));
         assert!(!skips(&old, Look::Listed(oid(A)), oid(A), TRUST));
-        assert!(heads(&server)[0].contains("If-None-Match"));
+        assert!(heads(&server)[0].contains("if-none-match"));
         // Stamped in the future (the clock stepped back since): not trusted, however near.
         for ahead in [1, 60, TRUST.as_secs(), 10 * 365 * 86400] {
             let future = ProbeState { fetched_at: now() + ahead, ..old.clone() };
@@ -356,9 +358,13 @@ mod tests {
         assert_eq!(state.etag.as_deref(), Some("\"v1\""));
         assert!(skip(&mut state, &url, oid(A)));
         let seen = heads(&server);
-        assert!(!seen[1].contains("If-None-Match") && !seen[1].contains("If-Modified-Since"), "{}", seen[1]);
-        assert!(!seen[2].contains("If-None-Match"), "no Date: cannot tell, {}", seen[2]);
-        assert!(seen[3].contains("If-None-Match: \"v1\"") && seen[3].contains(earlier), "{}", seen[3]);
+        assert!(!seen[1].contains("if-none-match") && !seen[1].contains("if-modified-since"), "{}", seen[1]);
+        assert!(!seen[2].contains("if-none-match"), "no Date: cannot tell, {}", seen[2]);
+        assert!(
+            seen[3].contains("if-none-match: \"v1\"") && seen[3].contains(&earlier.to_ascii_lowercase()),
+            "{}",
+            seen[3]
+        );
     }
 
     #[test]

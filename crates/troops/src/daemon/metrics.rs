@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -152,23 +152,46 @@ pub(crate) async fn serve(listener: TcpListener, route: Route) {
     }
 }
 
-/// Reads one request head and answers it; the connection closes after.
-async fn answer(mut stream: TcpStream, route: Route) {
+/// What a client's first bytes asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    /// The request line's method and path (without the query); empty when it has none.
+    Request { method: String, path: String },
+    /// A head longer than [`MAX_HEAD`].
+    TooLarge,
+    /// The client closed, or failed, before its head ended.
+    Gone,
+}
+
+/// Reads a request head from `stream`, at most [`MAX_HEAD`] bytes and one read more.
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Asked {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
         match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Asked::Gone,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"").await;
+            return Asked::TooLarge;
         }
     }
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut words = std::str::from_utf8(line).unwrap_or_default().split_whitespace();
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default();
+    Asked::Request { method: method.to_owned(), path: path.to_owned() }
+}
+
+/// Reads one request head and answers it; the connection closes after.
+async fn answer(mut stream: TcpStream, route: Route) {
+    let (method, path) = match read_head(&mut stream).await {
+        Asked::Request { method, path } => (method, path),
+        Asked::TooLarge => {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"").await
+        }
+        Asked::Gone => return,
+    };
     if path != route.path {
         let body = format!("not found; try {}\n", route.path);
         return respond(&mut stream, "404 Not Found", "text/plain", body.as_bytes()).await;
@@ -200,4 +223,58 @@ async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body:
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(body).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `read_head` makes of `bytes` sent at once, and how many of them it read.
+    fn asked(bytes: &[u8]) -> (Asked, usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut rest = bytes;
+        let asked = runtime.block_on(read_head(&mut rest));
+        (asked, bytes.len() - rest.len())
+    }
+
+    #[test]
+    fn a_scrape_is_read_and_anything_else_is_told_apart() {
+        let request = |method: &str, path: &str| Asked::Request { method: method.into(), path: path.into() };
+        assert_eq!(asked(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").0, request("GET", "/metrics"));
+        assert_eq!(asked(b"POST /metrics\n\n").0, request("POST", "/metrics"));
+        assert_eq!(asked(b"\r\n\r\n").0, request("", ""));
+        assert_eq!(asked(b"GET /metrics HTTP/1.1\r\n").0, Asked::Gone);
+        assert_eq!(asked(&[b'x'; MAX_HEAD + 1]).0, Asked::TooLarge);
+    }
+
+    proptest! {
+        /// Whatever a client sends, reading its head never panics, reads at most one buffer past
+        /// `MAX_HEAD`, and a request it finds has a method and a path without whitespace.
+        #[test]
+        fn any_bytes_are_read_within_the_bound_and_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            repeat in 0usize..12,
+        ) {
+            let sent = bytes.repeat(repeat.max(1));
+            let (asked, read) = asked(&sent);
+            prop_assert!(read <= MAX_HEAD + 1024, "read {read} bytes");
+            match asked {
+                Asked::Request { method, path } => {
+                    prop_assert!(!method.contains(char::is_whitespace) && !path.contains(char::is_whitespace));
+                    prop_assert!(!path.contains('?'));
+                }
+                Asked::TooLarge => prop_assert!(read > MAX_HEAD),
+                Asked::Gone => prop_assert_eq!(read, sent.len()),
+            }
+        }
+
+        /// A scrape with any headers after its request line is a scrape.
+        #[test]
+        fn a_get_of_metrics_with_any_headers_is_a_scrape(headers in "([A-Za-z-]{1,20}: [ -~]{0,40}\r\n){0,20}") {
+            let sent = format!("GET /metrics HTTP/1.1\r\n{headers}\r\n");
+            let expected = Asked::Request { method: "GET".into(), path: "/metrics".into() };
+            prop_assert_eq!(asked(sent.as_bytes()).0, expected);
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub struct Config {
     pub interval: Duration,
     pub jitter: Duration,
     pub fetch_timeout: Duration,
-    /// How long after a real fetch an `http://` remote's probe may say "unchanged" and skip the
+    /// How long after a real fetch an `http(s)://` remote's probe may say "unchanged" and skip the
     /// next fetches (`probe`); zero: no probes.
     pub probe_trust: Duration,
     /// `None`: this machine's fully qualified name, looked up only when needed.

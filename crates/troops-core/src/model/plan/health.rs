@@ -8,7 +8,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::limits::{CHECK_PROBE, CHECK_START_PERIOD, HEALTH_RECHECK, HEALTH_SOAK};
-use crate::model::plan::{path_globs, role_list, Check, Expect, Health, OnDrift, OnFailure, Probe, Problem};
+use crate::model::plan::{
+    path_globs, role_list, Check, Expect, Health, HttpProbe, OnDrift, OnFailure, Probe, Problem,
+};
+use crate::model::url::{Scheme, Url, Verify};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,6 +28,8 @@ pub(super) struct RawCheck {
     unit: Option<Spanned<String>>,
     expect: Option<Spanned<String>>,
     expect_exact: Option<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+    insecure_skip_verify: Option<Spanned<bool>>,
     start_period: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
@@ -74,9 +79,19 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
     let problem =
         |what: String| Err((value.span(), format!("{owner}: `{key}` {:?} {what}", value.get_ref())));
     let text = value.get_ref().clone();
+    if key != "http" {
+        if let Some(span) =
+            raw.ca.as_ref().map(|v| v.span()).or(raw.insecure_skip_verify.as_ref().map(|v| v.span()))
+        {
+            return Err((span, format!("{owner}: `ca` and `insecure_skip_verify` are for `http` checks")));
+        }
+    }
     let probe = match key {
-        "http" => match crate::model::url::Url::parse(&text) {
-            Ok(_) => Probe::Http(text),
+        "http" => match Url::parse(&text) {
+            Ok(url) => {
+                let verify = verify(&owner, url.scheme, raw.ca, raw.insecure_skip_verify)?;
+                Probe::Http(HttpProbe { url: text, verify })
+            }
             Err(e) => return problem(format!("is not a URL to probe: {e}")),
         },
         "tcp" => match text.rsplit_once(':') {
@@ -96,6 +111,7 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
         }
         _ => Probe::Unit(text),
     };
+
     let expect = match (raw.expect, raw.expect_exact) {
         (Some(_), Some(exact)) => {
             return Err((exact.span(), format!("{owner} has both `expect` and `expect_exact`; keep one")))
@@ -139,6 +155,34 @@ fn check_of(name: String, check: Spanned<RawCheck>) -> Result<Check, Problem> {
         retries,
         name,
     })
+}
+
+/// Whose certificate an `http` check of a `scheme` URL must show: `ca`'s, none
+/// (`insecure_skip_verify`), or the system's; both, or either for `http://`, is a mistake.
+fn verify(
+    owner: &str,
+    scheme: Scheme,
+    ca: Option<Spanned<String>>,
+    insecure: Option<Spanned<bool>>,
+) -> Result<Verify, Problem> {
+    let insecure = insecure.filter(|skip| *skip.get_ref());
+    if scheme == Scheme::Http {
+        if let Some(span) = ca.map(|v| v.span()).or(insecure.map(|v| v.span())) {
+            return Err((span, format!("{owner}: `ca` and `insecure_skip_verify` are for https:// URLs")));
+        }
+        return Ok(Verify::System);
+    }
+    match (ca, insecure) {
+        (Some(_), Some(skip)) => {
+            Err((skip.span(), format!("{owner} has both `ca` and `insecure_skip_verify`; keep one")))
+        }
+        (Some(ca), None) if ca.get_ref().trim().is_empty() => {
+            Err((ca.span(), format!("{owner}: `ca` is empty; a PEM file of the CAs to trust")))
+        }
+        (Some(ca), None) => Ok(Verify::CaFile(ca.into_inner().into())),
+        (None, Some(_)) => Ok(Verify::Off),
+        (None, None) => Ok(Verify::System),
+    }
 }
 
 pub(super) fn health(raw: Option<RawHealth>) -> Result<Health, Problem> {

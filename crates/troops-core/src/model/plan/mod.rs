@@ -96,14 +96,22 @@ impl Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// GET this `http://` URL; 2xx passes.
-    Http(String),
+    /// GET this `http://` or `https://` URL; 2xx passes.
+    Http(HttpProbe),
     /// Connect to this `host:port`.
     Tcp(String),
     /// A shell command, run with `/bin/sh -c` in the checkout, like a step; exit 0 passes.
     Run(String),
     /// A systemd unit that must be active.
     Unit(String),
+}
+
+/// An `http` check's URL, and whose certificate an `https://` one must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub url: String,
+    /// `ca` or `insecure_skip_verify`; `System` when neither (and for every `http://` URL).
+    pub verify: crate::model::url::Verify,
 }
 
 /// `[health]`: how long checks must keep passing, what a failed run leads to, and how the
@@ -791,7 +799,8 @@ mod tests {
         .unwrap();
         assert_eq!(plan.min_troops.as_deref(), Some("0.2"));
         let web = &plan.checks[0];
-        assert_eq!(web.probe, Probe::Http("http://127.0.0.1:8080/health".into()));
+        let url = "http://127.0.0.1:8080/health".to_owned();
+        assert_eq!(web.probe, Probe::Http(HttpProbe { url, verify: crate::model::url::Verify::System }));
         assert_eq!(
             (web.expect.as_ref(), web.roles.as_deref()),
             (Some(&Expect::Contains("ok".into())), Some(&["web".to_owned()][..]))
@@ -845,6 +854,24 @@ mod tests {
     }
 
     #[test]
+    fn an_https_check_trusts_the_system_its_ca_or_nothing() {
+        use crate::model::url::Verify;
+        let verify = |keys: &str| {
+            let plan =
+                parse(&format!("[[check]]\nname = \"web\"\nhttp = \"https://web:8443/health\"\n{keys}"))
+                    .unwrap();
+            match &plan.checks[0].probe {
+                Probe::Http(probe) => probe.verify.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(verify(""), Verify::System);
+        assert_eq!(verify("ca = \"certs/ca.pem\"\n"), Verify::CaFile("certs/ca.pem".into()));
+        assert_eq!(verify("insecure_skip_verify = true\n"), Verify::Off);
+        assert_eq!(verify("insecure_skip_verify = false\n"), Verify::System);
+    }
+
+    #[test]
     fn every_new_key_places_its_mistakes() {
         let check = |body: &str| error(&format!("[[check]]\nname = \"web\"\n{body}"));
         let cases: &[(&str, &str)] = &[
@@ -853,7 +880,20 @@ mod tests {
                 "http = \"http://a/\"\ntcp = \"a:1\"\n",
                 ":4:7: check `web` has both `http` and `tcp`; keep one",
             ),
-            ("http = \"https://a/\"\n", ":3:8: check `web`: `http` \"https://a/\" is not a URL to probe"),
+            ("http = \"ftp://a/\"\n", ":3:8: check `web`: `http` \"ftp://a/\" is not a URL to probe"),
+            (
+                "http = \"http://a/\"\nca = \"ca.pem\"\n",
+                ":4:6: check `web`: `ca` and `insecure_skip_verify` are for https:// URLs",
+            ),
+            (
+                "http = \"https://a/\"\nca = \"ca.pem\"\ninsecure_skip_verify = true\n",
+                ":5:24: check `web` has both `ca` and `insecure_skip_verify`; keep one",
+            ),
+            ("http = \"https://a/\"\nca = \" \"\n", ":4:6: check `web`: `ca` is empty"),
+            (
+                "tcp = \"a:1\"\ninsecure_skip_verify = true\n",
+                ":4:24: check `web`: `ca` and `insecure_skip_verify` are for `http` checks",
+            ),
             ("tcp = \"localhost\"\n", ":3:7: check `web`: `tcp` \"localhost\" is not `host:port`"),
             ("tcp = \"a:99999\"\n", ":3:7: check `web`: `tcp` \"a:99999\" is not `host:port`"),
             ("run = \" \"\n", ":3:7: check `web`: `run` \" \" is empty"),

@@ -14,14 +14,14 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::mech::http::HttpError;
 use crate::mech::mask::Masker;
 use crate::mech::output::Output;
 use crate::mech::runner::{self, Supervisor};
 use crate::mech::runs::Runs;
 use crate::model::error::Result;
-use crate::model::plan::{Action, Check, Expect, Phase, Plan, Probe, Step};
+use crate::model::plan::{Action, Check, Expect, HttpProbe, Phase, Plan, Probe, Step};
 use crate::model::records::{CheckRecord, CheckStatus, RunRecord, RunStatus, StepStatus};
+use crate::model::url::Verify;
 use crate::policy::paths::{self, Changes};
 
 /// How often a wait between probes looks at the stop flag.
@@ -159,6 +159,15 @@ pub fn run_checks(
     let mut failed_in_a_row = vec![0u32; checks.len()];
     let mut supervisor = Supervisor::new(ctx.env);
     let mut soak_ends = None;
+    for check in checks {
+        if let Probe::Http(HttpProbe { url, verify: Verify::Off }) = &check.probe {
+            let _ = writeln!(
+                out,
+                "==> check {}: WARNING: insecure_skip_verify: the certificate of {url} is not checked; anyone on the way can answer for it",
+                check.name
+            );
+        }
+    }
     for check in checks.iter().filter(|c| !c.start_period.is_zero()) {
         let wait = humantime::format_duration(check.start_period);
         let _ = writeln!(out, "==> check {}: first probe in {wait} (start_period)", check.name);
@@ -299,23 +308,30 @@ fn probe(
     shown: &mut Vec<u8>,
 ) -> Result<Probed> {
     Ok(match &check.probe {
-        Probe::Http(url) => http(url, check.expect.as_ref(), check.timeout, ctx.mask),
+        Probe::Http(target) => http(target, ctx.checkout, check.expect.as_ref(), check.timeout, ctx.mask),
         Probe::Tcp(addr) => tcp(addr, check.timeout),
         Probe::Run(command) => run(check, command, ctx, supervisor, stop, shown)?,
         Probe::Unit(unit) => unit_active(unit, check.timeout),
     })
 }
 
-/// An `http` probe. What it quotes of the server (the start of the body, a line that is not
-/// HTTP) is masked first, then cut and escaped.
-fn http(url: &str, expect: Option<&Expect>, timeout: Duration, mask: &Masker) -> Probed {
-    let response = match crate::mech::http::get(url, &[], timeout, MAX_BODY) {
+/// An `http` probe; a relative `ca` is the checkout's. What it quotes of the server's body is
+/// masked first, then cut and escaped.
+fn http(
+    target: &HttpProbe,
+    checkout: &Path,
+    expect: Option<&Expect>,
+    timeout: Duration,
+    mask: &Masker,
+) -> Probed {
+    let url = &target.url;
+    let verify = match &target.verify {
+        Verify::CaFile(path) => Verify::CaFile(checkout.join(path)),
+        verify => verify.clone(),
+    };
+    let response = match crate::mech::http::get(url, &verify, &[], timeout, MAX_BODY) {
         Ok(response) => response,
-        Err(HttpError::StatusLine(line)) => {
-            let shown = excerpt(&mask.masked(line.as_bytes()), false);
-            return Probed::Failed(format!("GET {url}: the response is not HTTP: status line {shown}"));
-        }
-        Err(e) => return Probed::Failed(format!("GET {url}: {e}")),
+        Err(e) => return Probed::Failed(format!("GET {url} failed: {e}")),
     };
     let shown = || {
         // A body as long as the cap may go on beyond it: a tail that may begin a value is dropped.
@@ -448,6 +464,10 @@ mod tests {
     use troops_testkit::http::{HttpServer, Reply};
     use troops_testkit::BUDGET;
 
+    fn get(url: String) -> Probe {
+        Probe::Http(HttpProbe { url, verify: Verify::System })
+    }
+
     fn check(name: &str, probe: Probe) -> Check {
         Check {
             name: name.into(),
@@ -493,7 +513,7 @@ mod tests {
     #[test]
     fn an_http_check_that_passes_at_once_takes_one_probe_and_no_wait() {
         let server = HttpServer::answering(200, "ok");
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         web.expect = Some(Expect::Contains("ok".into()));
         web.interval = Duration::from_secs(60);
         let (records, out, took) = run_all(&[web.clone()], Duration::ZERO);
@@ -556,7 +576,7 @@ mod tests {
     fn what_a_failed_probe_says_is_masked_before_it_is_recorded() {
         let mask = Masker::new(&[("db".into(), b"hunter2-secret".to_vec())]).unwrap();
         let server = HttpServer::answering(500, "config: password=hunter2-secret");
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         let mut leaky = check("leaky", Probe::Run("echo password is hunter2-secret; exit 1".into()));
         (web.retries, leaky.retries) = (1, 1);
         for check in [web, leaky] {
@@ -572,14 +592,14 @@ mod tests {
         let value = r#"pa"ss\word-4711"#;
         let mask = Masker::new(&[("db".into(), value.as_bytes().to_vec())]).unwrap();
         let server = HttpServer::answering(500, r#"raw pa"ss\word-4711, json {"pw": "pa"ss\word-4711"}"#);
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         web.retries = 1;
         let (why, out) = probe_masked(&web, &mask);
         for shown in [why.as_str(), out.as_str()] {
             assert!(!shown.contains("word-4711"), "{shown}");
             assert!(shown.contains(r#": "raw [secret:db], json {\"pw\": \"[secret:db]\"}""#), "{shown}");
         }
-        // Not HTTP at all: the line that came is masked before it is quoted.
+        // Not HTTP at all: whatever is said of what came is masked.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         std::thread::spawn(move || {
@@ -587,10 +607,52 @@ mod tests {
             let _ = conn.write_all(br#"pa"ss\word-4711 says hello"#);
             let _ = conn.write_all(b"\r\n\r\n");
         });
-        let mut banner = check("banner", Probe::Http(url));
+        let mut banner = check("banner", get(url));
         banner.retries = 1;
         let (why, _) = probe_masked(&banner, &mask);
-        assert!(why.ends_with(r#"the response is not HTTP: status line "[secret:db] says hello""#), "{why}");
+        assert!(why.contains(" failed: the response is not HTTP: ") && !why.contains("word-4711"), "{why}");
+    }
+
+    #[test]
+    fn an_https_check_trusts_its_ca_from_the_checkout_and_says_when_it_trusts_nothing() {
+        let ca = troops_testkit::tls::TestCa::new();
+        let server = HttpServer::start_tls(&ca.server("127.0.0.1"), |_| Reply::new(200, "ok"));
+        let checkout = ca.path().parent().unwrap().to_owned();
+        let env = [("PATH", "/usr/bin:/bin".to_owned())];
+        let ctx = ProbeEnv { checkout: &checkout, env: &env, mask: &Masker::default() };
+        let https = |verify: Verify| {
+            let mut web = check("web", Probe::Http(HttpProbe { url: server.url("/health"), verify }));
+            web.retries = 1;
+            let mut out = Vec::new();
+            let records = run_checks(
+                &[&web],
+                Duration::ZERO,
+                &ctx,
+                &mut Output::new(&mut out),
+                &AtomicBool::new(false),
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+            (records[0].clone(), String::from_utf8(out).unwrap())
+        };
+        let (record, out) = https(Verify::CaFile("ca.pem".into()));
+        assert_eq!(record.status, CheckStatus::Passed, "{out}");
+        assert!(!out.contains("WARNING"), "{out}");
+        let (record, _) = https(Verify::System);
+        let why = record.last_error.unwrap();
+        assert!(
+            why.contains(" failed: the certificate of 127.0.0.1 is not trusted: unknown issuer"),
+            "{why}"
+        );
+        let (record, out) = https(Verify::Off);
+        assert_eq!(record.status, CheckStatus::Passed, "{out}");
+        assert!(
+            out.starts_with(&format!(
+                "==> check web: WARNING: insecure_skip_verify: the certificate of {} is not checked",
+                server.url("/health")
+            )),
+            "{out}"
+        );
     }
 
     #[test]
@@ -604,7 +666,7 @@ mod tests {
         .unwrap();
         let body: &'static str = Box::leak(format!("{big}hunter2-secret and more").into_boxed_str());
         let server = HttpServer::answering(500, body);
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         web.retries = 1;
         let (why, _) = probe_masked(&web, &mask);
         assert!(why.ends_with(": \"[secret:big]\"..."), "{why}");
@@ -633,7 +695,7 @@ mod tests {
     #[test]
     fn retries_failed_probes_in_a_row_fail_the_check_and_fewer_do_not() {
         let server = HttpServer::answering(503, "down");
-        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url("/health")))], Duration::ZERO);
+        let (records, out, _) = run_all(&[check("web", get(server.url("/health")))], Duration::ZERO);
         assert_eq!((records[0].status, records[0].probes, server.requests()), (CheckStatus::Failed, 3, 3));
         let why = format!("GET {} answered 503: \"down\"", server.url("/health"));
         assert_eq!(records[0].last_error.as_deref(), Some(&*format!("3 probes in a row: {why}")));
@@ -646,7 +708,7 @@ mod tests {
         // Two bad probes, then a good one: within three retries, the check passes.
         let server =
             HttpServer::start(|r| if r.n <= 2 { Reply::new(500, "starting") } else { Reply::new(200, "ok") });
-        let (records, out, _) = run_all(&[check("web", Probe::Http(server.url("/health")))], Duration::ZERO);
+        let (records, out, _) = run_all(&[check("web", get(server.url("/health")))], Duration::ZERO);
         assert_eq!((records[0].status, records[0].probes), (CheckStatus::Passed, 3), "{out}");
         assert!(out.contains("==> check web passed (probe 3, "), "{out}");
         assert_eq!(failure(&records), None);
@@ -655,7 +717,7 @@ mod tests {
     #[test]
     fn expect_wants_its_text_in_the_body() {
         let server = HttpServer::answering(200, "degraded");
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         (web.expect, web.retries) = (Some(Expect::Contains("ok".into())), 1);
         let (records, _, _) = run_all(&[web], Duration::ZERO);
         let error = records[0].last_error.as_deref().unwrap();
@@ -667,7 +729,7 @@ mod tests {
         // "broken" holds "ok": a substring passes it, an exact match does not.
         let server = HttpServer::answering(200, "broken");
         let web = |expect: Expect| {
-            let mut web = check("web", Probe::Http(server.url("/health")));
+            let mut web = check("web", get(server.url("/health")));
             (web.expect, web.retries) = (Some(expect), 1);
             web
         };
@@ -683,7 +745,7 @@ mod tests {
         );
         // Whitespace at either end aside, as `echo` and most health endpoints end with a newline.
         let server = HttpServer::answering(200, "ok\r\n");
-        let mut exact = check("web", Probe::Http(server.url("/health")));
+        let mut exact = check("web", get(server.url("/health")));
         exact.expect = Some(Expect::Exact("ok".into()));
         let (records, _, _) = run_all(&[exact], Duration::ZERO);
         assert_eq!(records[0].status, CheckStatus::Passed);
@@ -704,7 +766,7 @@ mod tests {
     #[test]
     fn start_period_delays_the_first_probe() {
         let server = HttpServer::answering(200, "");
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         web.start_period = Duration::from_millis(300);
         let (records, out, took) = run_all(&[web], Duration::ZERO);
         assert_eq!((records[0].status, server.requests()), (CheckStatus::Passed, 1));
@@ -716,7 +778,7 @@ mod tests {
     fn a_soak_holds_only_while_the_checks_keep_passing() {
         let server = HttpServer::answering(200, "ok");
         let (records, out, took) =
-            run_all(&[check("web", Probe::Http(server.url("/health")))], Duration::from_millis(300));
+            run_all(&[check("web", get(server.url("/health")))], Duration::from_millis(300));
         assert_eq!(records[0].status, CheckStatus::Passed);
         assert!(records[0].probes > 3 && took >= Duration::from_millis(300), "{records:?} {took:?}");
         assert_eq!(out.matches("passed (probe").count(), 1, "one line per event, not per probe: {out}");
@@ -729,7 +791,7 @@ mod tests {
         // Good for five probes, then bad: the soak fails two bad probes later.
         let server =
             HttpServer::start(|r| if r.n <= 5 { Reply::new(200, "ok") } else { Reply::new(500, "broken") });
-        let mut web = check("web", Probe::Http(server.url("/health")));
+        let mut web = check("web", get(server.url("/health")));
         web.retries = 2;
         let (records, out, took) = run_all(&[web], Duration::from_secs(30));
         assert_eq!((records[0].status, records[0].probes), (CheckStatus::Failed, 7), "{out}");
@@ -744,7 +806,7 @@ mod tests {
     #[test]
     fn one_failed_check_ends_the_others() {
         let server = HttpServer::answering(500, "");
-        let mut bad = check("bad", Probe::Http(server.url("/health")));
+        let mut bad = check("bad", get(server.url("/health")));
         bad.retries = 1;
         let mut late = check("late", Probe::Tcp("127.0.0.1:1".into()));
         late.start_period = Duration::from_secs(30);
