@@ -1,8 +1,8 @@
 //! A person's pause of the node (`troops pause`, `troops resume`), kept in `<state>/pause.json` so
 //! that it outlives restarts: while it stands, nothing automatic runs a commit (`schedule` holds
 //! pulls, retries and corrective runs; a person's push or deploy, and a rollback, still run).
-//! In a root-owned state dir only root's file is believed: the admin group may write there, and
-//! a pause it planted would hold the node's deploys, one it removed would not matter.
+//! In a root-owned state dir only root's file is believed, as for every file root decides from:
+//! a pause someone else put there would hold the node's deploys.
 
 use std::time::SystemTime;
 
