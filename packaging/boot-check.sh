@@ -47,6 +47,10 @@ show_logs() { # the tails of what the last VM said, where there is one
         printf '\n-- the last 40 lines of its /var/log/cloud-init-output.log:\n'
         tail -n 40 "$tmp/$vm/results/cloud-init-output.log"
     fi
+    if [ -s "$tmp/$vm/results/troops.journal" ]; then
+        printf '\n-- the last 20 lines of its journalctl -u troops:\n'
+        tail -n 20 "$tmp/$vm/results/troops.journal"
+    fi
 }
 check() { # check DESCRIPTION COMMAND...: runs COMMAND quietly; says ok, or fails with DESCRIPTION.
     local what=$1; shift
@@ -319,6 +323,7 @@ cat /var/lib/boot-check/marker > marker 2>&1
 cp /etc/troops/troops.toml troops.toml 2>&1
 cp /var/lib/troops/ssh/id_ed25519.pub node-key.pub 2>&1
 journalctl -b --no-pager > journal 2>&1
+journalctl -b -u troops --no-pager > troops.journal 2>&1
 echo "boot-check: report written"
 touch done
 sync
@@ -341,8 +346,13 @@ check "troops init kept the fleet deploy key cloud-init wrote" \
     test "$(cut -d' ' -f1,2 "$tmp/vm1/results/node-key.pub")" = "$(cut -d' ' -f1,2 "$tmp/deploy_key.pub")"
 check "troops init printed the node's key into cloud-init-output.log" \
     grep -qF "$(cut -d' ' -f1,2 "$tmp/deploy_key.pub")" "$tmp/vm1/results/cloud-init-output.log"
-check "the first deploy's output is in cloud-init-output.log" \
-    grep -qx "boot-check: deployed $first" "$tmp/vm1/results/cloud-init-output.log"
+# troops pull ran the first deploy (its output), or the daemon did and pull waited for it.
+check "troops pull reported the first deploy in cloud-init-output.log" \
+    grep -qE "^(boot-check: deployed $first|troops: $short, the tip of refs/heads/main, is deployed already by run 1 .*)$" \
+    "$tmp/vm1/results/cloud-init-output.log"
+grep -E "^boot-check: deployed|is deployed already by run" "$tmp/vm1/results/cloud-init-output.log" | sed 's/^/  | /'
+check "troops status in cloud-init-output.log: deployed $short" \
+    grep -q "^deployed  $short" "$tmp/vm1/results/cloud-init-output.log"
 check "the first deploy ran the signed commit $short" test "$(result marker)" = "$first"
 check "refs/troops/deployed is $short" test "$(result deployed)" = "$first"
 check "troops status: deployed $short" grep -q "^deployed  $short" "$tmp/vm1/results/status"
@@ -363,10 +373,10 @@ short=${second:0:12}
 check "cloud-init status: done" grep -qx 'status: done' "$tmp/vm2/results/cloud-init-status"
 check "troops.service is enabled and running" test "$(result enabled) $(result active)" = "enabled active"
 check "the new host deployed the newer commit $short" test "$(result marker)" = "$second"
-check "its first deploy's output is in cloud-init-output.log" \
-    grep -qx "boot-check: deployed $second" "$tmp/vm2/results/cloud-init-output.log"
+check "troops status in cloud-init-output.log: deployed $short" \
+    grep -q "^deployed  $short" "$tmp/vm2/results/cloud-init-output.log"
 check "it fast-forwarded to origin's tip, the lagging mirror no obstacle" \
-    grep -q "main moved none -> $short from remote origin\$" "$tmp/vm2/results/cloud-init-output.log"
+    grep -q "main moved none -> $short from remote origin" "$tmp/vm2/results/journal"
 check "troops status: deployed $short" grep -q "^deployed  $short" "$tmp/vm2/results/status"
 check "troops status: healthy" grep -q '^state     healthy' "$tmp/vm2/results/status"
 sed 's/^/  | /' "$tmp/vm2/results/status"
