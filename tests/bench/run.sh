@@ -425,18 +425,12 @@ case_probe() {
     deploy_repo probe 1
     git clone -q --bare "$W/probe.src" "$www/deploy.git"
     git --git-dir "$www/deploy.git" update-server-info
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=troops bench CA" \
-        -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
-        -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1\n' > "$t/san.ext"
-    openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 2 \
-        -extfile "$t/san.ext" -out "$t/server.pem" 2>/dev/null
-    export SSL_CERT_FILE=$t/ca.pem GIT_SSL_CAINFO=$t/ca.pem
     # nginx.sh runs its servers in the fleet harness' cgroup; here they just run.
     in_cgroup() { exec "$@"; }
     # shellcheck source=tests/fleet/nginx.sh
     . "$ROOT/tests/fleet/nginx.sh"
+    test_ca "$t"
+    export SSL_CERT_FILE=$t/ca.pem GIT_SSL_CAINFO=$t/ca.pem
     local servers=() scheme port commands=()
     for scheme in http https; do
         port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

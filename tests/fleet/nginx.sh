@@ -12,6 +12,21 @@
 # kernel reaps its http-backends and their CPU is in no parent's cutime, only in the cgroup's).
 # Sets SERVERS to their pids and defines `polls`, which prints the polls and the smart fetches
 # served so far, counted from nginx's access log.
+#   test_ca DIR
+#
+# Makes a CA for one run and a certificate for 127.0.0.1 signed by it (ECDSA P-256, two days) in
+# DIR: ca.pem, server.pem, server.key.
+test_ca() {
+    local d=$1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=troops test CA" \
+        -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$d/san.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/san.ext" -out "$d/server.pem" 2>/dev/null
+}
+
 start_nginx() {
     local dir=$1 root=$2 port=$3 cert=${4:-} key=${5:-} ca=${6:-} user="" tls="" scheme=http
     if [ -n "$cert" ]; then

@@ -106,13 +106,7 @@ https)
     command -v openssl >/dev/null || { echo "--transport https needs openssl (Debian openssl)" >&2; exit 2; }
     T=$TMP/tls PORT=$(free_port)
     mkdir -p "$T"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=troops fleet CA" \
-        -keyout "$T/ca.key" -out "$T/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
-        -keyout "$T/server.key" -out "$T/server.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1\n' >"$T/san.ext"
-    openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 2 \
-        -extfile "$T/san.ext" -out "$T/server.pem" 2>/dev/null
+    test_ca "$T"
     CA=$T/ca.pem URL=https://127.0.0.1:$PORT/deploy.git
     # The harness' own `git fetch` baseline trusts the CA by GIT_SSL_CAINFO; the daemons' probes
     # by SSL_CERT_FILE (as the system store), their git fetches by their repo's config (below).
