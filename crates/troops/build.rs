@@ -9,7 +9,8 @@ fn main() {
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let linux_gnu = std::env::var("TARGET").is_ok_and(|t| t.ends_with("-linux-gnu"));
     if release && linux_gnu {
-        let list = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("hot-symbols.txt");
+        let list =
+            std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("hot-symbols.txt");
         println!("cargo:rustc-link-arg-bin=troops=-Wl,--symbol-ordering-file={}", list.display());
         println!("cargo:rustc-link-arg-bin=troops=-Wl,--no-warn-symbol-ordering");
     }
