@@ -55,7 +55,8 @@ pub struct NodeState {
     pub drift: Option<crate::mech::drift::Drift>,
     /// Why nothing automatic runs, when a person paused the node.
     pub paused: Option<String>,
-    /// Why the tip's plan's deploy windows are closed for this host now, if they are.
+    /// Why the tip waits for a deploy window of its plan, if it does (a tip that is deployed
+    /// waits for nothing: its plan is not read for this).
     pub window_closed: Option<String>,
     /// The node's state, and since when.
     pub state: State,
@@ -137,7 +138,10 @@ pub fn read(node: &Node) -> Result<NodeState> {
         diverged: fetched.diverged.clone().filter(|d| tip.is_some_and(|t| t.to_string() == d.tip)),
         drift,
         paused,
-        window_closed: tip.and_then(|tip| crate::node::facts::window_closed(node, &repo, tip)).map(|w| w.why),
+        window_closed: tip
+            .filter(|tip| Some(*tip) != deployed)
+            .and_then(|tip| crate::node::facts::window_closed(node, &repo, tip))
+            .map(|w| w.why),
         state,
         since,
     })
@@ -181,7 +185,7 @@ impl NodeState {
             checks: newest.map(|r| r.checks.clone()).unwrap_or_default(),
             drift: self.drift.as_ref().map(|d| d.found.clone()).unwrap_or_default(),
             paused: self.paused.clone(),
-            window: self.window_closed.clone().filter(|_| self.tip.is_some() && self.tip != self.deployed),
+            window: self.window_closed.clone(),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }

@@ -109,7 +109,7 @@ pub struct Gauges {
     pub drifted: bool,
     /// Whether a person paused the node.
     pub paused: bool,
-    /// Whether the tip's plan lets a new commit start now (a deploy window is open, or it has none).
+    /// Whether no new tip waits for a deploy window of its plan.
     pub window_open: bool,
 }
 
@@ -424,7 +424,7 @@ impl Collector for Snapshot {
         )?)?;
         ConstGauge::new(i64::from(g.window_open)).encode(encoder.encode_descriptor(
             "troops_window_open",
-            "1 if a deploy window of the tip's plan is open for this host now (or the plan has none)",
+            "0 while a new tip waits for a deploy window of its plan (troops status says until when)",
             None,
             MetricType::Gauge,
         )?)?;
