@@ -23,7 +23,7 @@ fn deployed(on_drift: &str) -> (Env, PathBuf, PathBuf) {
     std::fs::create_dir_all(&notified).unwrap();
     env.write_config(&format!(
         "hostname = \"web-1\"\ninterval = \"1h\"\n[metrics]\ntextfile = {:?}\n\
-         [notify]\ncommand = 'cat > {}/$TROOPS_EVENT-$TROOPS_STATUS.json'\n",
+         [notify]\ncommand = 'cat > {1}/.tmp-$$ && mv {1}/.tmp-$$ {1}/$TROOPS_EVENT-$TROOPS_STATUS.json'\n",
         env.path("troops.prom"),
         notified.display()
     ));
