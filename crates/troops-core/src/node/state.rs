@@ -248,8 +248,10 @@ pub fn metrics(node: &Node) -> Result<String> {
 pub fn write_textfile(node: &Node) {
     let Some(path) = &node.config.metrics.textfile else { return };
     let written = metrics(node).and_then(|text| {
-        // node_exporter runs as its own user: the file is for everyone to read.
-        crate::mech::files::write(path, text.as_bytes(), 0o644)
+        // node_exporter runs as its own user: the file is for everyone to read. It is an
+        // observation the next change writes anew (a held node's every tick, say): replaced
+        // atomically, never flushed to disk.
+        crate::mech::files::replace(path, text.as_bytes(), 0o644, crate::mech::files::Durability::Unsynced)
     });
     if let Err(e) = written {
         tracing::warn!(error = %e, "metrics not updated");
