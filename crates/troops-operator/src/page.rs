@@ -473,6 +473,7 @@ mod tests {
                 drift: vec![],
                 paused: None,
                 window: None,
+                exports: Default::default(),
                 quarantined: vec![],
                 checks: vec![],
                 heartbeat_seconds: 3600,

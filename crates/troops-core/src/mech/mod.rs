@@ -7,6 +7,7 @@ pub mod background;
 pub mod control;
 pub mod drift;
 pub mod env;
+pub mod exports;
 pub mod fetch;
 pub mod files;
 pub mod fs_safe;

@@ -107,6 +107,11 @@ impl Sightings {
         parse(&sighting.changed)
     }
 
+    /// When this node last saw the status ref of `host` move, wherever it moved.
+    pub fn last_changed(&self, host: &str) -> Option<SystemTime> {
+        parse(&self.hosts.get(host)?.changed)
+    }
+
     /// Since when this node has seen `host` (its status ref at `commit`) healthy on `on`.
     pub fn healthy_since(&self, host: &str, commit: git2::Oid, on: git2::Oid) -> Option<SystemTime> {
         let sighting = self.hosts.get(host).filter(|s| s.commit == commit.to_string())?;

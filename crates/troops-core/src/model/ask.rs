@@ -24,6 +24,10 @@ pub enum Ask {
     /// The daemon's recheck found drift and the plan says `on_drift = "redeploy"`: run the
     /// deployed commit again, unless something else is due (which runs instead).
     Drift,
+    /// The peers' exports this host watches (`[[watch]]`) differ from what the run that deployed
+    /// its commit saw, and have settled: run the deployed commit again, unless something else is
+    /// due (which runs instead).
+    Fleet,
 }
 
 impl Ask {

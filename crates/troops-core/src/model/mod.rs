@@ -5,6 +5,8 @@
 pub mod ask;
 pub mod config;
 pub mod error;
+pub mod exports;
+pub mod fleet;
 pub mod host;
 pub mod limits;
 pub mod names;

@@ -21,6 +21,9 @@ pub enum Trigger {
     /// The deployed commit, run again because a recheck found the host drifted from it
     /// (`[health] on_drift = "redeploy"`): a corrective run, counted apart.
     Drift,
+    /// The deployed commit, run again because the peers' exports it watches changed
+    /// (`[[watch]]`): `fleet_changes` in its record says which.
+    Fleet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +125,10 @@ pub struct RunRecord {
     /// For a run that failed and was rolled back: the rollback run.
     #[serde(default)]
     pub rolled_back_by: Option<u64>,
+    /// How the peers' exports this host watches differ from what the run that deployed the
+    /// commit before saw (`policy::watch`): why a `fleet` run runs, and news for any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet_changes: Vec<String>,
 }
 
 fn schema_1() -> u32 {
@@ -210,6 +217,7 @@ impl RunRecord {
             checks: Vec::new(),
             rollback_of: None,
             rolled_back_by: None,
+            fleet_changes: Vec::new(),
         }
     }
 }

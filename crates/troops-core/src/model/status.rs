@@ -56,6 +56,10 @@ pub struct StatusDoc {
     /// Why the tip waits, when it is not deployed and the deploy windows are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// What the node tells its peers (`$TROOPS_EXPORTS`), as its last run that succeeded left
+    /// them; absent in older documents.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub exports: crate::model::exports::Exports,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,

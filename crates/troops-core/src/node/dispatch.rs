@@ -44,14 +44,23 @@ pub fn dispatch(node: &Node, request: &Request, out: &mut dyn Write, stop: &Atom
             None => Ok(exit),
         };
     }
-    let work = match request {
-        Request::Run(ask) => Work { ask: ask.clone(), no_remote: false },
+    let (work, fleet) = match request {
+        Request::Run(ask) => (Work { ask: ask.clone(), no_remote: false }, None),
         Request::Pull => {
-            Work { ask: Ask::Tick, no_remote: crate::node::pull::cycle(node, out)?.all_failed() }
+            let cycle = crate::node::pull::cycle(node, out)?;
+            (Work { ask: Ask::Tick, no_remote: cycle.all_failed() }, cycle.fleet)
         }
         Request::Status => return Err(Error::Input("no daemon runs to say how it is".into())),
     };
     let outcome = perform(node, &work, out, stop)?;
+    // A pull from cron follows the watched exports as the daemon's cycle does; one that finds them
+    // still settling leaves them to the next pull.
+    let outcome = match (&outcome, fleet) {
+        (Outcome::Nothing(_), Some(crate::policy::watch::Verdict::Due { .. })) => {
+            perform(node, &Work { ask: Ask::Fleet, no_remote: false }, out, stop)?
+        }
+        _ => outcome,
+    };
     for record in outcome.records() {
         crate::mech::notify::in_background(node, record);
     }

@@ -60,7 +60,13 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
         Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => window_closed(node, repo, tip),
         _ => None,
     };
+    // The peers are read only when asked to follow them.
+    let fleet = match ask {
+        Ask::Fleet => crate::node::fleet::changed(node),
+        _ => None,
+    };
     Ok(Facts {
+        fleet,
         branch: repo.branch.clone(),
         tip,
         deployed,
@@ -112,7 +118,7 @@ pub fn paused(node: &Node) -> Option<schedule::Paused> {
 /// bad input.
 fn asked(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Option<Asked>> {
     let commit = match ask {
-        Ask::Tick | Ask::Push | Ask::Drift => return Ok(None),
+        Ask::Tick | Ask::Push | Ask::Drift | Ask::Fleet => return Ok(None),
         Ask::Deploy { rev: Some(rev), .. } | Ask::Rollback { to: Some(rev) } => Some(repo.resolve(rev)?),
         Ask::Deploy { rev: None, .. } => repo.tip()?,
         Ask::Rollback { to: None } => match repo.deployed()? {

@@ -7,6 +7,7 @@ pub mod access;
 pub mod dispatch;
 pub mod drift;
 pub mod facts;
+pub mod fleet;
 pub mod init;
 pub mod pull;
 pub mod receive;

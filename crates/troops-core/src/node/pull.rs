@@ -24,6 +24,9 @@ pub struct Cycle {
     pub decision: Decision,
     /// Where the branch moved, if it did.
     pub moved: Option<Moved>,
+    /// What the deployed commit's `[[watch]]`es call for, as the status refs now say; `None`:
+    /// nothing is watched here.
+    pub fleet: Option<crate::policy::watch::Verdict>,
 }
 
 /// The branch moved from a commit (or from nothing yet) to another.
@@ -61,6 +64,7 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     }
     let mut cycle = advance(node, fetched?, out)?;
     cycle.status_error = status_error;
+    cycle.fleet = crate::node::fleet::look(node);
     crate::node::state::write_textfile(node);
     Ok(cycle)
 }
@@ -214,7 +218,7 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
         );
     }
     crate::mech::remotes::save(node, &fetched, &refusals, local, &decision.diverged)?;
-    Ok(Cycle { fetched, status_error: None, decision, moved })
+    Ok(Cycle { fetched, status_error: None, decision, moved, fleet: None })
 }
 
 /// With `require_signed`, takes out of `tips` each one that would move the branch (a descendant

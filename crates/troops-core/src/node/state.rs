@@ -58,6 +58,8 @@ pub struct NodeState {
     /// Why the tip waits for a deploy window of its plan, if it does (a tip that is deployed
     /// waits for nothing: its plan is not read for this).
     pub window_closed: Option<String>,
+    /// What the node tells its peers: the exports of its last run that succeeded.
+    pub exports: crate::model::exports::Exports,
     /// The node's state, and since when.
     pub state: State,
     pub since: Option<String>,
@@ -142,6 +144,13 @@ pub fn read(node: &Node) -> Result<NodeState> {
             .filter(|tip| Some(*tip) != deployed)
             .and_then(|tip| crate::node::facts::window_closed(node, &repo, tip))
             .map(|w| w.why),
+        exports: match crate::mech::exports::kept(node) {
+            Ok(kept) => kept.map(|k| k.exports).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the node's exports cannot be read; none are published");
+                Default::default()
+            }
+        },
         state,
         since,
     })
@@ -186,6 +195,7 @@ impl NodeState {
             drift: self.drift.as_ref().map(|d| d.found.clone()).unwrap_or_default(),
             paused: self.paused.clone(),
             window: self.window_closed.clone(),
+            exports: self.exports.clone(),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }

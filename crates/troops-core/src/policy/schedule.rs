@@ -52,6 +52,16 @@ pub struct Facts {
     pub paused: Option<Paused>,
     /// The deploy windows of the tip's plan are closed now (read only when the tip may be due).
     pub window: Option<WindowClosed>,
+    /// The watched exports differ from what the deployed run saw, and have settled (read only for
+    /// `Ask::Fleet`).
+    pub fleet: Option<FleetChanged>,
+}
+
+/// The peers' exports this host watches changed (`policy::watch`), and have settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetChanged {
+    /// "app-3 addr appeared (\"10.0.0.3:80\")", one a change.
+    pub changes: Vec<String>,
 }
 
 /// The tip's plan's deploy windows are all closed for this host.
@@ -142,7 +152,7 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
     // person's push or deploy, nor a rollback to the last good commit.
     match (decision, &facts.paused) {
         (Decision::Run(run), Some(paused))
-            if matches!(run.trigger, Trigger::Pull | Trigger::Retry | Trigger::Drift) =>
+            if matches!(run.trigger, Trigger::Pull | Trigger::Retry | Trigger::Drift | Trigger::Fleet) =>
         {
             Decision::Hold {
                 why: format!("{} is not run yet: the node is {}", short(run.commit), paused.why),
@@ -182,6 +192,14 @@ fn decide_unpaused(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> 
             return match (decide(&Ask::Tick, facts, now, retry), facts.deployed) {
                 (Decision::Idle { .. }, Some(deployed)) if newest.is_none_or(|r| !r.status.unfinished()) => {
                     run(deployed, Trigger::Drift, None, "a recheck found the host drifted from it")
+                }
+                (decision, _) => decision,
+            }
+        }
+        Ask::Fleet => {
+            return match (decide(&Ask::Tick, facts, now, retry), facts.deployed) {
+                (Decision::Idle { .. }, Some(deployed)) if newest.is_none_or(|r| !r.status.unfinished()) => {
+                    fleet_run(facts, deployed, now, retry)
                 }
                 (decision, _) => decision,
             }
@@ -303,6 +321,36 @@ fn decide_unpaused(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> 
     )
 }
 
+/// The deployed commit again, for the watched exports that changed; after a failed run of it, once
+/// its backoff is over. Its failure never quarantines it (the deployed commit never is).
+fn fleet_run(facts: &Facts, deployed: Oid, now: SystemTime, retry: &Retry) -> Decision {
+    let Some(changed) = &facts.fleet else {
+        return Decision::Idle { why: "the watched exports are as the deployed run saw them".into() };
+    };
+    let failures: Vec<&PastRun> =
+        facts.recent.iter().take_while(|r| r.commit == deployed && r.status == RunStatus::Failed).collect();
+    if let Some(last) = failures.first() {
+        let due = last.finished_at.unwrap_or(now) + retry.backoff(failures.len() as u32);
+        if now < due {
+            return Decision::Wait {
+                until: due,
+                why: format!(
+                    "the run of {} for the watched exports failed (run {}); it is retried in {}",
+                    short(deployed),
+                    last.id,
+                    humantime::format_duration(round(due.duration_since(now).unwrap_or_default()))
+                ),
+            };
+        }
+    }
+    run(
+        deployed,
+        Trigger::Fleet,
+        None,
+        &format!("the watched exports changed: {}", changed.changes.join("; ")),
+    )
+}
+
 /// A person's `troops rollback`: back from the deployed commit, which it quarantines, to the one
 /// they named or the newest other good one; never to a quarantined commit (running one on purpose
 /// is `troops deploy --commit`), and never held.
@@ -388,7 +436,12 @@ mod tests {
             asked: None,
             paused: None,
             window: None,
+            fleet: None,
         }
+    }
+
+    fn fleet_changed(facts: Facts) -> Facts {
+        Facts { fleet: Some(FleetChanged { changes: vec!["app-3 addr appeared".into()] }), ..facts }
     }
 
     /// `facts`, with the rollout holding the tip back.
@@ -504,6 +557,18 @@ mod tests {
             ("a closed window holds no rollback", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
             ("a closed window holds no retry of the deployed commit", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(3, A, Failed, RollbackT, false)])), 31, "run a retry"),
             ("a closed window holds no corrective run", Ask::Drift, closed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a drift"),
+            ("fleet: as seen, nothing", Ask::Fleet, facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "idle"),
+            ("fleet: changed, the deployed commit again", Ask::Fleet, fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a fleet"),
+            ("fleet: a newer tip runs instead", Ask::Fleet, fleet_changed(facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run b pull"),
+            ("fleet: nothing deployed, the tip runs", Ask::Fleet, fleet_changed(facts(Some(A), None, false, vec![])), 0, "run a pull"),
+            ("fleet: a run under way", Ask::Fleet, fleet_changed(facts(Some(A), Some(A), false, vec![past(2, A, Running, Trigger::Fleet, false)])), 0, "idle"),
+            ("fleet: failed once, in backoff", Ask::Fleet, fleet_changed(facts(Some(A), Some(A), false, vec![past(2, A, Failed, Trigger::Fleet, false)])), 10, "wait 30s"),
+            ("fleet: failed twice, longer backoff", Ask::Fleet, fleet_changed(facts(Some(A), Some(A), false, vec![past(3, A, Failed, Trigger::Fleet, false), past(2, A, Failed, Trigger::Fleet, false)])), 30, "wait 60s"),
+            ("fleet: backoff over", Ask::Fleet, fleet_changed(facts(Some(A), Some(A), false, vec![past(2, A, Failed, Trigger::Fleet, false)])), 30, "run a fleet"),
+            ("fleet: its failure leaves the tick idle (no quarantine, no rollback)", tick.clone(), fleet_changed(facts(Some(A), Some(A), false, vec![past(2, A, Failed, Trigger::Fleet, false)])), 0, "idle"),
+            ("fleet: a pause holds it", Ask::Fleet, paused(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "hold"),
+            ("fleet: a closed window does not (the deployed commit)", Ask::Fleet, closed(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "run a fleet"),
+            ("fleet: the rollback of a failed tip goes first", Ask::Fleet, fleet_changed(facts(Some(B), Some(A), true, vec![past(2, B, Failed, Pull, true)])), 0, "run a rollback undoing run 2"),
             ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
         let mut wrong = Vec::new();

@@ -344,6 +344,7 @@ mod tests {
             drift: Vec::new(),
             paused: None,
             window: None,
+            exports: Default::default(),
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

@@ -64,4 +64,6 @@ pub struct RunEnd {
 pub struct Pulled {
     pub tip: Option<Oid>,
     pub no_remote: bool,
+    /// What the watched exports call for after the cycle's fetch of the status refs.
+    pub fleet: Option<troops_core::policy::watch::Verdict>,
 }

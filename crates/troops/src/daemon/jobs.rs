@@ -113,7 +113,7 @@ pub fn pull(node: &Node, events: &Events) -> Result<Pulled, Done> {
     if let Some(moved) = cycle.moved {
         tracing::info!(from = %moved.from.map_or("none".into(), |f| f.to_string()), to = %moved.to, "fast-forwarded");
     }
-    Ok(Pulled { tip: tip(node), no_remote: cycle.all_failed() })
+    Ok(Pulled { tip: tip(node), no_remote: cycle.all_failed(), fleet: cycle.fleet })
 }
 
 /// The node's branch tip, if it can be read.

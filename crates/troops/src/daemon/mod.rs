@@ -31,6 +31,7 @@ use troops_core::mech::control::{DaemonStatus, Done, Request};
 use troops_core::model::ask::Ask;
 use troops_core::model::config::Config;
 use troops_core::model::node::Node;
+use troops_core::policy::watch::Verdict;
 use troops_core::Exit;
 
 use events::{Event, Events};
@@ -141,6 +142,9 @@ struct Daemon {
     settle: Option<Instant>,
     next_tick: Instant,
     retry_at: Option<Instant>,
+    /// When the watched exports will have settled (`[[watch]] settle`): then the deployed commit
+    /// runs again for them, if they still differ.
+    fleet_at: Option<Instant>,
     /// When the deployed commit's checks are run again (`[health] recheck`); `None`: not now.
     recheck_at: Option<Instant>,
     started_at: String,
@@ -188,6 +192,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
         settle: None,
         next_tick: Instant::now() + Duration::from_millis(fastrand::u64(..=first.as_millis() as u64)),
         retry_at: None,
+        fleet_at: None,
         recheck_at: None,
         started_at: troops_core::model::records::now(),
         to_tell: Default::default(),
@@ -219,6 +224,10 @@ async fn serve(node: Node) -> Result<ExitCode> {
             _ = sleep_until(daemon.retry_at.unwrap_or(daemon.next_tick)), if daemon.retry_at.is_some() => {
                 daemon.retry_at = None;
                 daemon.ask(Ask::Tick, Vec::new());
+            }
+            _ = sleep_until(daemon.fleet_at.unwrap_or(daemon.next_tick)), if daemon.fleet_at.is_some() => {
+                daemon.fleet_at = None;
+                daemon.ask(Ask::Fleet, Vec::new());
             }
             _ = sleep_until(daemon.settle.unwrap_or(daemon.next_tick)), if daemon.settle.is_some() => {
                 daemon.settle = None;
@@ -345,6 +354,7 @@ impl Daemon {
                                 no_remote: pulled.no_remote,
                                 listeners,
                             });
+                            self.follow_fleet(pulled.fleet);
                         }
                     }
                     Err(done) => listeners.into_iter().for_each(|l| l.done(done.clone())),
@@ -424,6 +434,24 @@ impl Daemon {
                 }
                 self.ask(ask, vec![listener]);
             }
+        }
+    }
+
+    /// The watched exports changed: the deployed commit runs again once they settled (at once when
+    /// they have; `schedule` decides then whether it may).
+    fn follow_fleet(&mut self, verdict: Option<Verdict>) {
+        match verdict {
+            Some(Verdict::Due { changes }) => {
+                tracing::info!(changes = %changes.join("; "), "the watched exports changed; running the deployed commit again");
+                self.fleet_at = None;
+                self.ask(Ask::Fleet, Vec::new());
+            }
+            Some(Verdict::Settling { until, changes }) => {
+                tracing::info!(changes = %changes.join("; "), "the watched exports changed; waiting for them to settle");
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                self.fleet_at = Some(Instant::now() + wait);
+            }
+            _ => self.fleet_at = None,
         }
     }
 

@@ -16,6 +16,7 @@ mod health;
 pub mod hosts;
 pub mod rollout;
 mod version;
+pub mod watch;
 pub mod window;
 
 pub const FILE_NAME: &str = "troops.toml";
@@ -42,6 +43,9 @@ pub struct Plan {
     /// `[[window]]`: when automatic runs of a new commit may start (see `policy::windows`); none:
     /// at any time.
     pub windows: Vec<window::Window>,
+    /// `[[watch]]`: the peers' exports a host runs its deployed commit again for when they change
+    /// (see `policy::watch`).
+    pub watches: Vec<watch::Watch>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -235,6 +239,8 @@ struct RawPlan {
     rollout: Option<rollout::RawRollout>,
     #[serde(default)]
     window: Vec<Spanned<window::RawWindow>>,
+    #[serde(default)]
+    watch: Vec<Spanned<watch::RawWatch>>,
 }
 
 #[derive(Deserialize)]
@@ -464,7 +470,20 @@ impl Plan {
         let hosts = hosts::parse_hosts(raw.hosts, err)?;
         let rollout = raw.rollout.map(rollout::validate).transpose().map_err(|(s, m)| err(s, m))?;
         let windows = window::validate(raw.window).map_err(|(s, m)| err(s, m))?;
-        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts, rollout, windows })
+        let watches = watch::validate(raw.watch).map_err(|(s, m)| err(s, m))?;
+        Ok(Plan {
+            roles,
+            steps,
+            secrets,
+            checks,
+            health,
+            release,
+            min_troops,
+            hosts,
+            rollout,
+            windows,
+            watches,
+        })
     }
 }
 
@@ -1031,5 +1050,25 @@ mod tests {
         );
         assert!(load("nothing").to_string().contains("no such plan file"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn watches_name_a_role_an_export_and_maybe_who_watches_and_a_settle() {
+        let plan = parse(
+            "[[watch]]\nrole = \"app\"\nexport = \"addr\"\n[[watch]]\nrole = \"db\"\nexport = \"dsn\"\nroles = [\"lb\"]\nsettle = \"1m\"\n",
+        )
+        .unwrap();
+        let w = &plan.watches;
+        assert_eq!((w[0].role.as_str(), w[0].export.as_str(), &w[0].roles), ("app", "addr", &None));
+        assert_eq!(w[0].settle, watch::DEFAULT_SETTLE);
+        assert_eq!((w[1].roles.clone(), w[1].settle), (Some(vec!["lb".to_owned()]), Duration::from_secs(60)));
+        assert!(error("[[watch]]\nrole = \"app\"\nexport = \"a/b\"\n")
+            .contains(":3:10: watch 1: export name \"a/b\" has '/'"));
+        assert!(error("[[watch]]\nrole = \"app\"\nexport = \"a\"\nsettle = \"soon\"\n")
+            .contains(":4:10: watch 1: `settle`"));
+        assert!(error("[[watch]]\nrole = \"app\"\n").contains("missing field `export`"));
+        assert!(
+            error("[[watch]]\nrole = \"app\"\nexport = \"a\"\nevery = 1\n").contains("unknown field `every`")
+        );
     }
 }

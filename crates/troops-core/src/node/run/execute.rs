@@ -95,6 +95,17 @@ impl Run<'_, '_> {
                 runs.save(self.record)?;
                 return Ok(false);
             }
+            // A bad export fails the step that left it: the node keeps publishing the last good ones.
+            let exports = crate::mech::exports::dir(self.node, self.record.id);
+            if let Err(why) = crate::mech::exports::collect(&exports) {
+                let _ = writeln!(self.out, "==> {} left a bad export in $TROOPS_EXPORTS: {why}", step.name);
+                self.record.steps[first + i].status = StepStatus::Failed;
+                self.record.status = RunStatus::Failed;
+                self.record.error =
+                    Some(format!("step `{}` left a bad export in {}: {why}", step.name, exports.display()));
+                runs.save(self.record)?;
+                return Ok(false);
+            }
             runs.save(self.record)?;
         }
         Ok(true)

@@ -19,20 +19,26 @@ use crate::model::plan::{OnFailure, Plan};
 use crate::model::records::{RunRecord, RunStatus, Trigger};
 use crate::policy::schedule::{Decision, RunNow};
 
+/// What the run's phases left for its last one.
+pub(super) struct Done<'a> {
+    pub plan: Option<&'a Plan>,
+    pub release: Option<&'a Path>,
+    pub told: Option<&'a super::Told>,
+}
+
 /// After a run: the deployed commit on success (and its release known good), quarantine on a
 /// failure the plan rolls back, the undone run's record, then pruning (runs, releases), best
 /// effort last.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn finalize(
     node: &Node,
     repo: &NodeRepo,
     lock: &NodeLock,
     record: &mut RunRecord,
-    plan: Option<&Plan>,
-    release: Option<&Path>,
+    done: &Done,
     now: &RunNow,
     out: &mut dyn Write,
 ) -> Result<()> {
+    let Done { plan, release, told } = *done;
     let runs = node.runs();
     let commit = now.commit;
     match record.status {
@@ -41,6 +47,12 @@ pub(super) fn finalize(
                 Releases::new(node, None).note_good(release, &runs)?;
             }
             repo.set_deployed(commit, &format!("troops: run {} ({}) succeeded", record.id, record.trigger))?;
+            // What it told its peers is what the node publishes now; what it saw of theirs is
+            // what a change of the watched exports is measured against.
+            if let Some(told) = told {
+                crate::mech::exports::keep(node, record.id, told.exports.clone())?;
+                crate::node::fleet::note_seen(node, record.id, told.watched.clone())?;
+            }
             // A person ran a quarantined commit on purpose, and it worked.
             if record.trigger == Trigger::Manual {
                 repo.unquarantine(commit)?;

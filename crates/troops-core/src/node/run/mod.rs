@@ -21,11 +21,14 @@ use git2::Oid;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use std::collections::BTreeSet;
+
 use crate::mech::lock::NodeLock;
 use crate::mech::output::Output;
 use crate::mech::releases::Releases;
 use crate::model::ask::Ask;
 use crate::model::error::{Error, Exit, Result};
+use crate::model::exports::Exports;
 use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::plan::Plan;
@@ -33,6 +36,7 @@ use crate::model::records::{now as now_text, RunRecord, RunStatus, StepStatus, T
 use crate::model::roles;
 use crate::model::time::Timestamp;
 use crate::policy::schedule::{self, Decision, Facts, RunNow};
+use crate::policy::watch::Watched;
 
 /// How an ask ended: the one source of a trigger's exit code.
 #[derive(Debug)]
@@ -219,9 +223,11 @@ fn run_one(
         all_steps,
         plan: None,
         release: None,
+        watched: None,
+        told: None,
     };
     let result = run.phases();
-    let (plan, release) = (run.plan.take(), run.release.take());
+    let (plan, release, told) = (run.plan.take(), run.release.take(), run.told.take());
     record.finished_at = Some(Timestamp::now());
     // What a step's output held back is written before troops' last lines, not after them.
     let _ = out.release();
@@ -239,7 +245,8 @@ fn run_one(
             return Err(e);
         }
     }
-    finalize::finalize(node, repo, lock, &mut record, plan.as_ref(), release.as_deref(), now, &mut out)?;
+    let done = finalize::Done { plan: plan.as_ref(), release: release.as_deref(), told: told.as_ref() };
+    finalize::finalize(node, repo, lock, &mut record, &done, now, &mut out)?;
     Ok(record)
 }
 
@@ -258,6 +265,17 @@ struct Run<'a, 'o> {
     plan: Option<Plan>,
     /// The release the run switched to, once it did (finalize notes it good on success).
     release: Option<PathBuf>,
+    /// The peers' exports the plan watches, as the run found them at its start.
+    watched: Option<BTreeSet<Watched>>,
+    /// What the run tells its peers and what it saw of them, once it succeeded.
+    told: Option<Told>,
+}
+
+/// What a run that succeeded leaves for its peers and for the next fleet run: its exports, and
+/// the watched values it saw at its start.
+pub(super) struct Told {
+    pub exports: Exports,
+    pub watched: BTreeSet<Watched>,
 }
 
 /// Where a run's steps run.
@@ -296,6 +314,13 @@ impl Run<'_, '_> {
             )?;
         }
         if self.record.status == RunStatus::Running {
+            // What the checks wrote counts too: the exports are read once more, at the end.
+            let exports =
+                crate::mech::exports::collect(&crate::mech::exports::dir(self.node, self.record.id))
+                    .map_err(|why| {
+                        Error::Input(format!("the checks left a bad export in $TROOPS_EXPORTS: {why}"))
+                    })?;
+            self.told = Some(Told { exports, watched: self.watched.take().unwrap_or_default() });
             self.record.status = RunStatus::Succeeded;
         }
         self.plan = Some(prepared.plan);

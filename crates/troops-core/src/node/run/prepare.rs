@@ -217,6 +217,18 @@ impl Run<'_, '_> {
                 );
             }
         }
+        // The peers as the run finds them at its start: what its steps and checks read, and what
+        // its plan watches (recorded against what the deployed run saw).
+        crate::mech::exports::make_dir(self.node, self.record.id)?;
+        let peers = crate::node::fleet::snapshot(self.node, std::time::SystemTime::now());
+        crate::node::fleet::write_snapshot(&fleet_file(self.node, self.record.id), &peers)?;
+        let watches = crate::policy::watch::applying(&plan.watches, &roles);
+        let (watched, fleet_changes) = crate::node::fleet::inputs(self.node, &watches, &peers);
+        if !watches.is_empty() {
+            self.record.fleet_changes = fleet_changes;
+            self.node.runs().save(self.record)?;
+        }
+        self.watched = Some(watched);
         let mut env = step_env(self.node, self.record, &roles, secrets.as_ref());
         if let Some(failed) = self.failed_commit {
             env.push(("TROOPS_FAILED_COMMIT", failed.to_string()));
@@ -309,6 +321,7 @@ pub(super) fn record(
         checks: Vec::new(),
         rollback_of: now.undoes.and_then(|f| f.run),
         rolled_back_by: None,
+        fleet_changes: Vec::new(),
     };
     runs.save(&record)?;
     // The metrics say the node is deploying from the run's first moment, not from its end.
@@ -383,11 +396,21 @@ pub(super) fn step_env(
     secrets: Option<&crate::mech::secrets::RunSecrets>,
 ) -> Vec<(&'static str, String)> {
     let mut env = commit_env(node, record.commit, record.previous_commit, &record.host, roles);
-    env.extend([("TROOPS_RUN_ID", record.id.to_string()), ("TROOPS_TRIGGER", record.trigger.to_string())]);
+    env.extend([
+        ("TROOPS_RUN_ID", record.id.to_string()),
+        ("TROOPS_TRIGGER", record.trigger.to_string()),
+        ("TROOPS_EXPORTS", crate::mech::exports::dir(node, record.id).display().to_string()),
+        ("TROOPS_FLEET", fleet_file(node, record.id).display().to_string()),
+    ]);
     if let Some(secrets) = secrets {
         env.push(("TROOPS_SECRETS", secrets.dir.display().to_string()));
     }
     env
+}
+
+/// `runs/<id>/fleet.json`: the peers as run `id` found them at its start (`$TROOPS_FLEET`).
+fn fleet_file(node: &Node, run: u64) -> std::path::PathBuf {
+    node.runs().dir(run).join("fleet.json")
 }
 
 /// What a step's `preview` command sees: a step's environment for `commit` but for what only a
