@@ -3,6 +3,7 @@
 //! edit, rekey, check), and the fleet as the status refs tell it (`troops fleet`, a table or a
 //! page). It builds on troops-core's model and mechanisms; no node code imports it.
 
+pub mod exports;
 pub mod fleet;
 pub mod page;
 pub mod push;

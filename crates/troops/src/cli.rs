@@ -274,6 +274,23 @@ pub struct FleetArgs {
 pub enum FleetCommand {
     /// Serve the fleet page over HTTP (GET /), fetching the status refs anew every --refresh.
     Serve(ServeArgs),
+    /// What each node exports (`$TROOPS_EXPORTS` of its last run that succeeded), per host.
+    Exports(ExportsArgs),
+}
+
+#[derive(Args)]
+pub struct ExportsArgs {
+    /// Only this export.
+    pub name: Option<String>,
+    /// Only the hosts with this role (as their status says).
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+    /// The remote to fetch the status refs from; default: the node's `status_remote`, or `origin` in a clone.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Option<String>,
+    /// Print JSON for scripts: one object per (host, export), values as written.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -18,11 +18,13 @@ use troops_core::model::shown::escape;
 use troops_operator::fleet::{self as fleet_view, age, View};
 use troops_operator::page;
 
-use crate::cli::{FleetArgs, FleetCommand, Global, ServeArgs};
+use crate::cli::{ExportsArgs, FleetArgs, FleetCommand, Global, ServeArgs};
 
 pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
-    if let Some(FleetCommand::Serve(serve_args)) = args.command {
-        return serve(global, serve_args);
+    match args.command {
+        Some(FleetCommand::Serve(serve_args)) => return serve(global, serve_args),
+        Some(FleetCommand::Exports(exports_args)) => return exports(global, exports_args),
+        None => {}
     }
     if args.publish {
         return publish_now(&Node::load(global.state_dir.clone(), &global.config)?, args.remote.as_deref());
@@ -51,6 +53,39 @@ pub fn run(global: &Global, args: FleetArgs) -> Result<ExitCode> {
     }
     let failing = reading.view.nodes.iter().filter(|row| row.stale || row.doc.reports_failure()).count();
     Ok(if args.strict && failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `troops fleet exports`: every node's exports, read as `troops fleet` reads the fleet; a value
+/// is a peer's bytes, so the table shows it escaped (JSON carries it as written).
+fn exports(global: &Global, args: ExportsArgs) -> Result<ExitCode> {
+    let (source, _scratch) = Source::open(global, args.remote.as_deref())?;
+    let reading = source.read()?;
+    for note in &reading.notes {
+        eprintln!("troops: {note}");
+    }
+    let found = troops_operator::exports::exports(&reading.view, args.name.as_deref(), args.role.as_deref());
+    let mut out = std::io::stdout();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
+    } else {
+        let mut rows = vec![["HOST", "NAME", "VALUE", "AGE", "STALE"].map(String::from)];
+        for e in &found {
+            rows.push([
+                escape(&e.host).into_owned(),
+                e.name.clone(),
+                escape(e.value.trim_end_matches('\n')).into_owned(),
+                e.age_seconds.map_or("?".into(), |s| age(Duration::from_secs(s))),
+                if e.stale { "stale".into() } else { String::new() },
+            ]);
+        }
+        let widths: Vec<usize> =
+            (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+        for row in &rows {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            writeln!(out, "{}", cells.join("  ").trim_end())?;
+        }
+    }
+    Ok(if reading.fetch_error.is_some() { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }
 
 /// Where the status refs are read: a node's status repo, fetched from its status remote, or in a

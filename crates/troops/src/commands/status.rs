@@ -45,6 +45,8 @@ struct Report<'a> {
     state: State,
     since: Option<&'a str>,
     diverged: Option<&'a Diverged>,
+    /// What the deployed commit's `[[watch]]`es say now, when it has some for this host.
+    watching: Option<&'a str>,
     fleet: StatusDoc,
     verify: VerifyReport<'a>,
 }
@@ -161,6 +163,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             state: now.state,
             since: now.since.as_deref(),
             diverged: now.diverged.as_ref(),
+            watching: now.watching.as_deref(),
             fleet: now.status_doc(node),
             verify: VerifyReport {
                 require_signed: verify.require_signed,
@@ -205,6 +208,12 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     if let Some(drift) = &now.drift {
         let when = format!("the recheck at {} found", drift.checked_at);
         writeln!(out, "drift     {when}: {}", escape(&drift.found.join("; ")))?;
+    }
+    if let Some(watching) = &now.watching {
+        writeln!(out, "watching  {}", escape(watching))?;
+    }
+    for (name, value) in &now.exports {
+        writeln!(out, "export    {name} = {}", escape(value.trim_end_matches('\n')))?;
     }
     if let Some(diverged) = &now.diverged {
         writeln!(out, "diverged  {}", escape(&diverged.sentence(&now.branch)))?;
@@ -317,8 +326,12 @@ fn last_run(r: &RunRecord) -> String {
     let took =
         r.wall_time(SystemTime::now()).map_or(String::new(), |d| format!(" after {:.1}s", d.as_secs_f64()));
     let why = r.error.as_deref().map_or(String::new(), |e| format!(": {e}"));
+    let fleet = match r.fleet_changes.is_empty() {
+        true => String::new(),
+        false => format!(" (watched exports: {})", r.fleet_changes.join("; ")),
+    };
     format!(
-        "run {} ({}) of {} {}{at}{took}{why}; its output: troops log {}",
+        "run {} ({}) of {} {}{at}{took}{why}{fleet}; its output: troops log {}",
         r.id,
         r.trigger,
         short(r.commit),

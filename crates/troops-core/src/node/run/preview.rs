@@ -39,6 +39,9 @@ pub struct Preview {
     pub wave: Option<String>,
     /// What would keep a pull from running the commit now (a person's deploy runs it anyway).
     pub holds: Vec<String>,
+    /// The plan's `[[watch]]`es for this host, and on a node how the watched values stand
+    /// against what the deployed run saw (what a `fleet` run would be for).
+    pub watching: Vec<String>,
     pub steps: Vec<Selected>,
     pub checks: Vec<Selected>,
     /// Why no preview command ran, when the plan has some for running steps and none ran.
@@ -110,6 +113,7 @@ pub fn preview(
         }),
         wave: crate::node::rollout::place(node, repo, commit).map(wave_line),
         holds: holds(node, repo, commit, deployed)?,
+        watching: watching(&plan, &roles, Some(node)),
         steps: steps(&plan, &roles, &changes),
         checks: checks(&plan, &roles, &changes),
         roles,
@@ -172,6 +176,7 @@ pub fn of_plan(plan: &Plan, host: &str, commit: Oid) -> Preview {
         baseline: names_paths(plan).then_some(baseline),
         wave: plan.rollout.as_ref().map(|r| wave_line(crate::policy::waves::wave_of(host, r))),
         holds: Vec::new(),
+        watching: watching(plan, &roles, None),
         checks: checks(plan, &roles, &changes),
         steps,
         roles,
@@ -180,6 +185,36 @@ pub fn of_plan(plan: &Plan, host: &str, commit: Oid) -> Preview {
                 .to_owned()
         }),
     }
+}
+
+/// "watches export addr of role app (settle 5s)" for each of the plan's watches this host has;
+/// on a node, then what the peers export now against what the deployed run saw.
+fn watching(plan: &Plan, roles: &BTreeSet<String>, node: Option<&Node>) -> Vec<String> {
+    let watches = crate::policy::watch::applying(&plan.watches, roles);
+    let mut lines: Vec<String> = watches
+        .iter()
+        .map(|w| {
+            format!(
+                "watches export {} of role {} (settle {})",
+                w.export,
+                w.role,
+                humantime::format_duration(w.settle)
+            )
+        })
+        .collect();
+    if let (Some(node), false) = (node, watches.is_empty()) {
+        let peers = crate::node::fleet::snapshot(node, std::time::SystemTime::now());
+        let (values, changes) = crate::node::fleet::inputs(node, &watches, &peers);
+        lines.push(match changes.is_empty() {
+            true => format!("{} watched value(s) now, as the deployed run saw them", values.len()),
+            false => format!(
+                "{} watched value(s) now; since the deployed run: {} (a fleet run follows once they settle)",
+                values.len(),
+                changes.join("; ")
+            ),
+        });
+    }
+    lines
 }
 
 /// Whether a step or check of `plan` names `paths`.
@@ -289,6 +324,9 @@ impl std::fmt::Display for Preview {
         }
         for hold in &self.holds {
             writeln!(f, "held: {hold}")?;
+        }
+        for line in &self.watching {
+            writeln!(f, "fleet: {line}")?;
         }
         let verb = |s: &Selected| if s.runs() { "run " } else { "skip" };
         for step in &self.steps {
