@@ -18,6 +18,7 @@ mod dispatch;
 mod drift;
 mod fanout;
 mod fleet;
+mod haproxy_pool;
 mod hostile;
 mod init;
 mod inputs;
