@@ -16,6 +16,7 @@ mod checks;
 mod daemon;
 mod dispatch;
 mod drift;
+mod exports;
 mod fanout;
 mod fleet;
 mod haproxy_pool;

@@ -51,8 +51,9 @@ pub const HEALTH_SOAK: Limit = Limit::up_to(YEAR).at_least(CHECK_FLOOR).or_none(
 pub const HEALTH_RECHECK: Limit = Limit::up_to(YEAR).at_least(Duration::from_secs(1)).or_none();
 /// `[rollout] soak`: zero for none.
 pub const ROLLOUT_SOAK: Limit = Limit::up_to(YEAR).or_none();
-/// `[[watch]] settle`: how long the watched exports stay as they are before the run for them.
-pub const WATCH_SETTLE: Limit = Limit::up_to(DAY);
+/// `[[watch]] settle`: how long the watched exports stay as they are before the run for them; zero:
+/// the first pull that finds them changed runs.
+pub const WATCH_SETTLE: Limit = Limit::up_to(DAY).or_none();
 
 // The command line.
 /// `troops push --timeout` and `troops wait --timeout`.

@@ -98,8 +98,9 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     // What nearly every poll finds: nothing to do. Decided from refs and the newest record,
     // without waiting for the lock; but a run under way is waited for (a push then runs the tip
     // after it), and one whose troops died is cleaned up after under the lock, and the decision
-    // made then. A person's ask always goes to the lock.
-    if ask.follows_tip() {
+    // made then. A person's ask always goes to the lock. So does a drift redeploy; a fleet ask,
+    // which every poll makes while a failed fleet run waits for its backoff, does not.
+    if ask.follows_tip() || *ask == Ask::Fleet {
         let facts = crate::node::facts::facts(node, &repo, ask)?;
         let decision = decide(node, ask, &facts)?;
         let newest = facts.recent.first();
