@@ -187,3 +187,49 @@ fn a_cron_pull_follows_the_watched_exports() {
     assert!(combined(&out).contains("for the watched exports failed"), "{}", combined(&out));
     assert_eq!(lb.run_ids().len(), runs, "in backoff: no run");
 }
+
+#[test]
+fn hosts_that_join_within_the_settle_make_one_fleet_run_of_the_daemon() {
+    let hub = Env::new();
+    let (mirror, status) = (hub.bare("mirror.git"), hub.bare("status.git"));
+    let lb = node("lb-1", &mirror, &status);
+    lb.write_config(&std::fs::read_to_string(&lb.config).unwrap().replace(
+        "status_remote",
+        "interval = \"500ms\"\njitter = \"100ms\"\nstatus_remote",
+    ));
+    let apps: Vec<Env> = (1..=4).map(|i| node(&format!("app-{i}"), &mirror, &status)).collect();
+    let plan = "[roles.app]\nmatch = [\"app-*\"]\n[roles.lb]\nmatch = [\"lb-*\"]\n\n\
+         [[watch]]\nrole = \"app\"\nexport = \"addr\"\nroles = [\"lb\"]\nsettle = \"3s\"\n\n\
+         [[step]]\nname = \"app\"\nroles = [\"app\"]\nrun = \"echo $TROOPS_HOST:80 > $TROOPS_EXPORTS/addr\"\n\n\
+         [[step]]\nname = \"render\"\nroles = [\"lb\"]\nrun = \"cat $TROOPS_FLEET\"\n";
+    let key = |env: &Env| std::fs::read_to_string(env.state.join("ssh/id_ed25519.pub")).unwrap();
+    let mut files = vec![("troops.toml".to_owned(), plan.to_owned()), ("keys/lb-1.pub".to_owned(), key(&lb))];
+    for (i, app) in apps.iter().enumerate() {
+        files.push((format!("keys/app-{}.pub", i + 1), key(app)));
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let work = hub.deploy_repo("work");
+    let first = release(&hub, &work, &mirror, &files);
+    let _daemon = crate::support::daemon::Daemon::start(&lb);
+    crate::support::wait_until("the balancer's first deploy", std::time::Duration::from_secs(20), || {
+        lb.deployed().as_deref() == Some(first.as_str())
+    });
+    let runs = lb.run_ids().len();
+    for app in &apps {
+        app.ok(&["pull"]);
+        app.ok(&["fleet", "--publish"]);
+    }
+    crate::support::wait_until("the balancer's fleet run", std::time::Duration::from_secs(30), || {
+        lb.run_ids().len() > runs && newest(&lb)["status"] == "succeeded"
+    });
+    // Another poll and more: nothing changed since, so nothing more runs.
+    let log_lines = |env: &Env| std::fs::read_to_string(env.path("daemon.log")).unwrap_or_default().lines().count();
+    let seen = log_lines(&lb);
+    crate::support::wait_until("two more polls", std::time::Duration::from_secs(20), || log_lines(&lb) > seen + 4);
+    assert_eq!(lb.run_ids().len(), runs + 1, "one run for four hosts joining");
+    let record = newest(&lb);
+    assert_eq!(record["trigger"], "fleet");
+    let changes: Vec<&str> = record["fleet_changes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert!(changes.iter().all(|c| c.contains(" addr appeared (")), "{changes:?}");
+}
