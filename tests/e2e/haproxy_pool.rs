@@ -223,10 +223,16 @@ fn the_balancer_serves_the_app_servers_that_exist_now() {
     // app-2 stops (its daemon and its app): once its news is stale, the balancer drops it.
     nodes[1].daemon = None;
     nodes[1].app = None;
+    let stopped = Instant::now();
     wait_until("the balancer to drop app-2", Duration::from_secs(40), || listed(&["app-1", "app-3"]));
     wait_until("haproxy to serve app-1 and app-3 only", Duration::from_secs(20), || {
         served(port, 4) == set(&["app-1", "app-3"])
     });
+    eprintln!(
+        "haproxy-pool: app-2 dropped {:.1}s after it stopped (stale after 3 x heartbeat {HEARTBEAT}, then \
+         poll {INTERVAL} + settle 2s)",
+        stopped.elapsed().as_secs_f64()
+    );
     let last = nodes[lb].runs().pop().unwrap();
     assert_eq!(last["trigger"], "fleet", "{last:#}");
     assert!(last["fleet_changes"].to_string().contains("app-2 addr is gone"), "{last:#}");
