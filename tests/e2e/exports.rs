@@ -193,10 +193,11 @@ fn hosts_that_join_within_the_settle_make_one_fleet_run_of_the_daemon() {
     let hub = Env::new();
     let (mirror, status) = (hub.bare("mirror.git"), hub.bare("status.git"));
     let lb = node("lb-1", &mirror, &status);
-    lb.write_config(&std::fs::read_to_string(&lb.config).unwrap().replace(
-        "status_remote",
-        "interval = \"500ms\"\njitter = \"100ms\"\nstatus_remote",
-    ));
+    lb.write_config(
+        &std::fs::read_to_string(&lb.config)
+            .unwrap()
+            .replace("status_remote", "interval = \"500ms\"\njitter = \"100ms\"\nstatus_remote"),
+    );
     let apps: Vec<Env> = (1..=4).map(|i| node(&format!("app-{i}"), &mirror, &status)).collect();
     let plan = "[roles.app]\nmatch = [\"app-*\"]\n[roles.lb]\nmatch = [\"lb-*\"]\n\n\
          [[watch]]\nrole = \"app\"\nexport = \"addr\"\nroles = [\"lb\"]\nsettle = \"3s\"\n\n\
@@ -223,13 +224,17 @@ fn hosts_that_join_within_the_settle_make_one_fleet_run_of_the_daemon() {
         lb.run_ids().len() > runs && newest(&lb)["status"] == "succeeded"
     });
     // Another poll and more: nothing changed since, so nothing more runs.
-    let log_lines = |env: &Env| std::fs::read_to_string(env.path("daemon.log")).unwrap_or_default().lines().count();
+    let log_lines =
+        |env: &Env| std::fs::read_to_string(env.path("daemon.log")).unwrap_or_default().lines().count();
     let seen = log_lines(&lb);
-    crate::support::wait_until("two more polls", std::time::Duration::from_secs(20), || log_lines(&lb) > seen + 4);
+    crate::support::wait_until("two more polls", std::time::Duration::from_secs(20), || {
+        log_lines(&lb) > seen + 4
+    });
     assert_eq!(lb.run_ids().len(), runs + 1, "one run for four hosts joining");
     let record = newest(&lb);
     assert_eq!(record["trigger"], "fleet");
-    let changes: Vec<&str> = record["fleet_changes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let changes: Vec<&str> =
+        record["fleet_changes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(changes.len(), 4, "{changes:?}");
     assert!(changes.iter().all(|c| c.contains(" addr appeared (")), "{changes:?}");
 }

@@ -64,7 +64,10 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     }
     let mut cycle = advance(node, fetched?, out)?;
     cycle.status_error = status_error;
-    cycle.fleet = crate::node::fleet::look(node);
+    // Without a status remote there is nothing to watch: a poll then reads no plan for it.
+    if node.config.status_remote.is_some() {
+        cycle.fleet = crate::node::fleet::look(node);
+    }
     crate::node::state::write_textfile(node);
     Ok(cycle)
 }

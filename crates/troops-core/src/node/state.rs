@@ -58,9 +58,6 @@ pub struct NodeState {
     /// Why the tip waits for a deploy window of its plan, if it does (a tip that is deployed
     /// waits for nothing: its plan is not read for this).
     pub window_closed: Option<String>,
-    /// What the deployed commit's `[[watch]]`es say now ("2 watched value(s), as run 4 saw
-    /// them"); `None` when it watches nothing here.
-    pub watching: Option<String>,
     /// What the node tells its peers: the exports of its last run that succeeded.
     pub exports: crate::model::exports::Exports,
     /// The node's state, and since when.
@@ -147,7 +144,6 @@ pub fn read(node: &Node) -> Result<NodeState> {
             .filter(|tip| Some(*tip) != deployed)
             .and_then(|tip| crate::node::facts::window_closed(node, &repo, tip))
             .map(|w| w.why),
-        watching: crate::node::fleet::describe(node),
         exports: match crate::mech::exports::kept(node) {
             Ok(kept) => kept.map(|k| k.exports).unwrap_or_default(),
             Err(e) => {

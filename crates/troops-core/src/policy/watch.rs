@@ -184,6 +184,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn verdicts_as_a_table() {
         let two = set(&[("app-1", "a1"), ("app-2", "a2")]);
         let three = set(&[("app-1", "a1"), ("app-2", "a2"), ("app-3", "a3")]);

@@ -87,6 +87,8 @@ struct VerifyReport<'a> {
 
 pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     let now = troops_core::node::state::read(node)?;
+    // What the deployed commit's `[[watch]]`es see: read here alone, not by every reading of the node.
+    let watching = troops_core::node::fleet::describe(node);
     for skipped in &now.unreadable {
         eprintln!("troops: warning: {skipped}");
     }
@@ -163,7 +165,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
             state: now.state,
             since: now.since.as_deref(),
             diverged: now.diverged.as_ref(),
-            watching: now.watching.as_deref(),
+            watching: watching.as_deref(),
             fleet: now.status_doc(node),
             verify: VerifyReport {
                 require_signed: verify.require_signed,
@@ -209,7 +211,7 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
         let when = format!("the recheck at {} found", drift.checked_at);
         writeln!(out, "drift     {when}: {}", escape(&drift.found.join("; ")))?;
     }
-    if let Some(watching) = &now.watching {
+    if let Some(watching) = &watching {
         writeln!(out, "watching  {}", escape(watching))?;
     }
     for (name, value) in &now.exports {

@@ -49,9 +49,14 @@ pub(super) fn finalize(
             repo.set_deployed(commit, &format!("troops: run {} ({}) succeeded", record.id, record.trigger))?;
             // What it told its peers is what the node publishes now; what it saw of theirs is
             // what a change of the watched exports is measured against.
+            // The run succeeded whatever befalls these files: a failure is said, not made a
+            // failure of the run.
             if let Some(told) = told {
-                crate::mech::exports::keep(node, record.id, told.exports.clone())?;
-                crate::node::fleet::note_seen(node, record.id, told.watched.clone())?;
+                let kept = crate::mech::exports::keep(node, record.id, told.exports.clone())
+                    .and_then(|()| crate::node::fleet::note_seen(node, record.id, told.watched.clone()));
+                if let Err(e) = kept {
+                    let _ = writeln!(out, "troops: warning: the run's exports are not kept: {e}");
+                }
             }
             // A person ran a quarantined commit on purpose, and it worked.
             if record.trigger == Trigger::Manual {
