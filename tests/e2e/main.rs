@@ -25,6 +25,7 @@ mod lines;
 mod masking;
 mod metrics;
 mod node;
+mod orders;
 mod page;
 mod pause;
 mod plans;

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod drift;
 pub mod facts;
 pub mod init;
+pub mod orders;
 pub mod pull;
 pub mod receive;
 pub mod rollout;
