@@ -7,8 +7,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
-use crate::support::{combined, pull_deploys, ssh_keygen, text, DeployRepo, Env};
+use serde_json::Value;
+
+use crate::support::{combined, pull_deploys, ssh_keygen, text, wait_until, DeployRepo, Env};
 
 const PLAN: &str = "[[step]]\nname = \"apply\"\nrun = \"true\"\n";
 
@@ -47,7 +50,8 @@ fn in_clone(env: &Env, work: &DeployRepo, args: &[&str]) -> std::process::Output
 }
 
 /// Nodes `web-1`.. following the remote `a.git` of `hub`, trusting `signers` (an allowed-signers
-/// file's text; `None`: no trusted keys at all), metrics in a textfile.
+/// file's text; `None`: no trusted keys at all), metrics in a textfile, publishing their status
+/// to `a.git` too.
 fn nodes(hub: &Env, count: usize, signers: Option<&str>) -> Vec<Env> {
     let a = hub.bare("a.git");
     (1..=count)
@@ -61,13 +65,41 @@ fn nodes(hub: &Env, count: usize, signers: Option<&str>) -> Vec<Env> {
                 None => String::new(),
             };
             env.write_config(&format!(
-                "hostname = \"web-{n}\"\n{verify}[metrics]\ntextfile = {:?}\n",
+                "hostname = \"web-{n}\"\nstatus_remote = \"a\"\n{verify}[metrics]\ntextfile = {:?}\n",
                 env.path("troops.prom")
             ));
             env.ok(&["init", &format!("--remote=a={}", a.display())]);
             env
         })
         .collect()
+}
+
+/// The clone gets each node's key at `keys/<host>.pub`, as an operator adds a node: what the
+/// fleet's readers check a node's status against.
+fn add_keys(hub: &Env, work: &DeployRepo, fleet: &[Env]) {
+    let keys: Vec<(String, String)> = fleet
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let key = std::fs::read_to_string(node.state.join("ssh/id_ed25519.pub")).unwrap();
+            (format!("keys/web-{}.pub", i + 1), key)
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = keys.iter().map(|(p, k)| (p.as_str(), k.as_str())).collect();
+    work.commit(hub, &files, "the nodes' keys");
+}
+
+/// The status document `host` published on `a.git`, if any.
+fn published(hub: &Env, host: &str) -> Option<Value> {
+    let mut command = Command::new("git");
+    hub.hermetic(&mut command);
+    let out = command
+        .arg("--git-dir")
+        .arg(hub.path("a.git"))
+        .args(["show", &format!("refs/troops/status/{host}:status.json")])
+        .output()
+        .unwrap();
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
 fn publish(hub: &Env, work: &DeployRepo) {
@@ -91,6 +123,7 @@ fn a_signed_freeze_holds_the_fleet_until_its_lift_and_its_replay_is_refused() {
     let alice = key(&hub, "alice");
     let fleet = nodes(&hub, 3, Some(&format!("{}\n", alice.line)));
     let work = clone(&hub, &alice);
+    add_keys(&hub, &work, &fleet);
     let first = work.commit(&hub, &[("troops.toml", PLAN)], "first");
     publish(&hub, &work);
     for node in &fleet {
@@ -127,7 +160,14 @@ fn a_signed_freeze_holds_the_fleet_until_its_lift_and_its_replay_is_refused() {
         assert!(textfile(node).contains("troops_frozen 1\n"), "{}", textfile(node));
     }
 
-    // A person's deploy is not held, and says what it would have been.
+    // The fleet hears it from each node, with the same reason.
+    wait_until("web-1's frozen status on the remote", Duration::from_secs(20), || {
+        published(&hub, "web-1").is_some_and(|doc| doc["state"] == "frozen")
+    });
+    let seen = fleet[1].ok(&["fleet"]);
+    assert!(seen.contains("web-1: the fleet is frozen by alice@example.com"), "{seen}");
+
+    // A person's deploy is not held.
     let out = fleet[2].run(&["deploy"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
     assert_eq!(fleet[2].deployed().as_deref(), Some(second.as_str()));
@@ -243,6 +283,7 @@ fn a_wave_that_wants_approval_runs_a_commit_once_a_trusted_key_approved_it() {
     let fleet = nodes(&hub, 1, Some(&format!("{}\n", alice.line)));
     let node = &fleet[0];
     let work = clone(&hub, &alice);
+    add_keys(&hub, &work, &fleet);
     let plan =
         format!("{PLAN}[rollout]\nwaves = [{{ name = \"canary\", hosts = [\"web-1\"], approve = true }}]\n");
     let first = work.commit(&hub, &[("troops.toml", &plan)], "first");
@@ -255,6 +296,14 @@ fn a_wave_that_wants_approval_runs_a_commit_once_a_trusted_key_approved_it() {
     assert!(status.contains("approval  wave canary waits for 1 more"), "{status}");
     assert!(node.status_json()["fleet"]["approval"].as_str().unwrap().contains("wave canary waits"));
     assert!(textfile(node).contains("troops_awaiting_approval 1\n"), "{}", textfile(node));
+    wait_until("web-1's waiting status on the remote", Duration::from_secs(20), || {
+        published(&hub, "web-1").is_some_and(|doc| doc["approval"].is_string())
+    });
+    let seen = node.ok(&["fleet"]);
+    assert!(
+        seen.contains("web-1: the tip waits: wave canary waits for 1 more trusted approval(s)"),
+        "{seen}"
+    );
 
     // A wave the plan does not have is bad input; an untrusted key's approval does not count.
     let out = in_clone(&hub, &work, &["approve", "HEAD", "--wave", "rest"]);
