@@ -158,6 +158,8 @@ fn a_signed_freeze_holds_the_fleet_until_its_lift_and_its_replay_is_refused() {
         assert_eq!(json["state"], "frozen");
         assert!(json["fleet"]["frozen"].as_str().unwrap().ends_with("year-end freeze"), "{json}");
         assert!(textfile(node).contains("troops_frozen 1\n"), "{}", textfile(node));
+        let preview = node.ok(&["deploy", "--dry-run"]);
+        assert!(preview.contains("held: the fleet is frozen by alice@example.com"), "{preview}");
     }
 
     // The fleet hears it from each node, with the same reason.
@@ -294,6 +296,8 @@ fn a_wave_that_wants_approval_runs_a_commit_once_a_trusted_key_approved_it() {
     assert_eq!(node.deployed(), None);
     let status = node.ok(&["status"]);
     assert!(status.contains("approval  wave canary waits for 1 more"), "{status}");
+    let preview = node.ok(&["deploy", "--dry-run"]);
+    assert!(preview.contains("held: wave canary waits for 1 more trusted approval(s) of it"), "{preview}");
     assert!(node.status_json()["fleet"]["approval"].as_str().unwrap().contains("wave canary waits"));
     assert!(textfile(node).contains("troops_awaiting_approval 1\n"), "{}", textfile(node));
     wait_until("web-1's waiting status on the remote", Duration::from_secs(20), || {
