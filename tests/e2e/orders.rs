@@ -102,6 +102,14 @@ fn published(hub: &Env, host: &str) -> Option<Value> {
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// One node, `web-1`, trusting alice's key and not mallory's.
+fn one_node() -> (Env, Key, Key, Vec<Env>) {
+    let hub = Env::new();
+    let (alice, mallory) = (key(&hub, "alice"), key(&hub, "mallory"));
+    let fleet = nodes(&hub, 1, Some(&format!("{}\n", alice.line)));
+    (hub, alice, mallory, fleet)
+}
+
 fn publish(hub: &Env, work: &DeployRepo) {
     let out = work.push(hub, &hub.path("a.git").display().to_string(), &["--force", "HEAD:main"]);
     assert!(out.status.success(), "{}", combined(&out));
@@ -236,9 +244,7 @@ fn plant_freeze(hub: &Env, work: &DeployRepo, signed: bool) -> String {
 
 #[test]
 fn unsigned_untrusted_and_unverifiable_freezes_are_ignored_and_said_so() {
-    let hub = Env::new();
-    let (alice, mallory) = (key(&hub, "alice"), key(&hub, "mallory"));
-    let fleet = nodes(&hub, 1, Some(&format!("{}\n", alice.line)));
+    let (hub, alice, mallory, fleet) = one_node();
     let node = &fleet[0];
     let work = clone(&hub, &mallory);
     let first = work.commit(&hub, &[("troops.toml", PLAN)], "first");
@@ -280,9 +286,7 @@ fn unsigned_untrusted_and_unverifiable_freezes_are_ignored_and_said_so() {
 
 #[test]
 fn a_wave_that_wants_approval_runs_a_commit_once_a_trusted_key_approved_it() {
-    let hub = Env::new();
-    let (alice, mallory) = (key(&hub, "alice"), key(&hub, "mallory"));
-    let fleet = nodes(&hub, 1, Some(&format!("{}\n", alice.line)));
+    let (hub, alice, mallory, fleet) = one_node();
     let node = &fleet[0];
     let work = clone(&hub, &alice);
     add_keys(&hub, &work, &fleet);
