@@ -180,6 +180,9 @@ fn a_signed_freeze_holds_the_fleet_until_its_lift_and_its_replay_is_refused() {
     // A person's deploy is not held.
     let out = fleet[2].run(&["deploy"]);
     assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    let said = combined(&out);
+    assert!(said.contains("troops: the fleet is frozen by alice@example.com"), "{said}");
+    assert!(said.contains(": year-end freeze; a person's deploy runs anyway"), "{said}");
     assert_eq!(fleet[2].deployed().as_deref(), Some(second.as_str()));
 
     let out = in_clone(&hub, &work, &["unfreeze", "--reason", "all clear"]);

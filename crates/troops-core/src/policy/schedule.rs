@@ -150,12 +150,20 @@ pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decis
 /// corrective run); a freeze, a window and a wave's approvals hold only a new commit that would
 /// run by itself, not the deployed one again.
 fn holding(run: &RunNow, facts: &Facts) -> Option<Held> {
-    let automatic = matches!(run.trigger, Trigger::Pull | Trigger::Retry | Trigger::Drift);
-    let new = matches!(run.trigger, Trigger::Pull | Trigger::Retry) && Some(run.commit) != facts.deployed;
-    if let Some(paused) = facts.paused.as_ref().filter(|_| automatic) {
-        return Some(Held { why: format!("the node is {}", paused.why), until: paused.until });
+    match run.trigger {
+        Trigger::Pull | Trigger::Retry | Trigger::Drift => holds_on(run.commit, facts).into_iter().next(),
+        Trigger::Push | Trigger::Manual | Trigger::Rollback => None,
     }
-    [&facts.frozen, &facts.window, &facts.approval].into_iter().flatten().find(|_| new).cloned()
+}
+
+/// Every hold that would keep `commit` from running by itself now, the pause first: what a
+/// person's push or deploy of it says it runs in spite of.
+pub fn holds_on(commit: Oid, facts: &Facts) -> Vec<Held> {
+    let paused =
+        facts.paused.as_ref().map(|p| Held { why: format!("the node is {}", p.why), until: p.until });
+    let new = Some(commit) != facts.deployed;
+    let others = [&facts.frozen, &facts.window, &facts.approval].into_iter().flatten().filter(|_| new);
+    paused.into_iter().chain(others.cloned()).collect()
 }
 
 fn decide_unheld(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
