@@ -27,6 +27,7 @@ mod lines;
 mod masking;
 mod metrics;
 mod node;
+mod orders;
 mod page;
 mod pause;
 mod plans;

@@ -95,6 +95,7 @@ pub fn summary(nodes: &[Row]) -> String {
         State::Held,
         State::Drifted,
         State::Paused,
+        State::Frozen,
         State::Failed,
         State::RolledBack,
         State::Idle,

@@ -35,11 +35,12 @@ pub struct Context<'a> {
 const FAILURES_SHOWN: usize = 10;
 
 /// The states in the order the page counts them, worst first.
-const STATES: [State; 10] = [
+const STATES: [State; 11] = [
     State::Failed,
     State::RolledBack,
     State::Drifted,
     State::Paused,
+    State::Frozen,
     State::Held,
     State::Other,
     State::Deploying,
@@ -96,7 +97,7 @@ fn class(state: State) -> &'static str {
         State::RolledBack => "st-rolled_back",
         State::Held => "st-held",
         // Not what was deployed any more: a warning, like a hold, not a failure.
-        State::Drifted | State::Paused => "st-held",
+        State::Drifted | State::Paused | State::Frozen => "st-held",
         State::Other => "st-other",
     }
 }
@@ -369,6 +370,10 @@ fn host(page: &mut String, view: &View, row: &Row) {
         Some(diverged) => html(&diverged.sentence(&view.branch)),
         None if !doc.drift.is_empty() => html(&format!("drifted: {}", doc.drift.join("; "))),
         None if doc.paused.is_some() => html(doc.paused.as_deref().unwrap_or_default()),
+        None if doc.frozen.is_some() => html(doc.frozen.as_deref().unwrap_or_default()),
+        None if doc.approval.is_some() => {
+            html(&format!("tip waits: {}", doc.approval.as_deref().unwrap_or_default()))
+        }
         None if doc.window.is_some() => {
             html(&format!("tip waits: {}", doc.window.as_deref().unwrap_or_default()))
         }
@@ -474,6 +479,8 @@ mod tests {
                 paused: None,
                 window: None,
                 exports: Default::default(),
+                frozen: None,
+                approval: None,
                 quarantined: vec![],
                 checks: vec![],
                 heartbeat_seconds: 3600,

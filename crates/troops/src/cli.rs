@@ -85,6 +85,23 @@ pub enum Command {
     Pause(PauseArgs),
     /// End the node's pause; the daemon's next cycle runs what is due.
     Resume,
+    /// Freeze the fleet (in a clone of the deploy repo): no node runs a new commit by itself until --until.
+    ///
+    /// Makes a freeze signed with your git signing key (`git commit-tree -S`: user.signingkey,
+    /// gpg.format) and pushes it to `refs/troops/freeze` on the remotes (default: all of the
+    /// clone's). Nodes fetch it with every pull and believe it only when a key of their [verify]
+    /// keyring or allowed_signers signed it and it is newer than the freeze or lift they believe.
+    /// A person's push or deploy, and rollbacks, still run.
+    Freeze(FreezeArgs),
+    /// Lift the fleet's freeze (in a clone of the deploy repo), signed and pushed as `troops freeze`.
+    Unfreeze(UnfreezeArgs),
+    /// Approve REV for a wave (in a clone of the deploy repo), for waves with `approve` or `approvals`.
+    ///
+    /// Signed with your git signing key and pushed to
+    /// `refs/troops/approve/<commit>/<wave>/<your key>` on the remotes (default: all of the
+    /// clone's); a node of that wave runs the commit by itself once enough distinct keys its
+    /// [verify] trusts approved it.
+    Approve(ApproveArgs),
     /// Push a branch to the plan's hosts (in a clone of the deploy repo), canaries first; a table of how each went.
     ///
     /// The hosts are those the plan of the pushed branch lists in its roles' `hosts` (globs in
@@ -225,6 +242,41 @@ pub struct PauseArgs {
     /// When the pause ends by itself: a time (2026-12-24T18:00:00Z) or a duration from now (2h).
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+}
+
+#[derive(Args)]
+pub struct FreezeArgs {
+    /// When the freeze ends by itself: a time (2026-12-27T08:00:00Z) or a duration from now (3d).
+    #[arg(long, value_name = "TIME")]
+    pub until: String,
+    /// Why, for every node's status and the fleet.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// Push to this remote of the clone (repeatable); default: all of them.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UnfreezeArgs {
+    /// Why, for the record.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Push to this remote of the clone (repeatable); default: all of them.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The commit to approve (any git revision of the clone).
+    pub rev: String,
+    /// The wave of the plan at REV that may run it.
+    #[arg(long, value_name = "NAME")]
+    pub wave: String,
+    /// Push to this remote of the clone (repeatable); default: all of them.
+    #[arg(long, value_name = "REMOTE")]
+    pub remote: Vec<String>,
 }
 
 #[derive(Args)]

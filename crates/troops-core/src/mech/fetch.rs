@@ -160,6 +160,17 @@ fn fetch_one(
     }
 }
 
+/// What operators order the fleet (a freeze, approvals: `node::orders`) comes with the branch,
+/// into refs of the remote's own under `refs/troops/remotes/<remote>/`; as globs, so that a remote
+/// without them is no error.
+fn order_refspecs(name: &str) -> [String; 2] {
+    let tracking = format!("{}{name}", crate::mech::repo::ORDERS_TRACKING);
+    [
+        format!("+{}*:{tracking}/freeze*", crate::model::orders::FREEZE_REF),
+        format!("+{}*:{tracking}/approve/*", crate::model::orders::APPROVE_PREFIX),
+    ]
+}
+
 /// libgit2 fetches local paths, `file://` and `git://` in-process, which is cheapest. SSH and
 /// http(s) go through the `git` command, so that only they pay for OpenSSH or TLS, and the daemon
 /// links neither libssh2 nor OpenSSL.
@@ -217,13 +228,14 @@ fn fetch_with_libgit2(
         .download_tags(AutotagOption::None)
         .update_fetchhead(false)
         .prune(FetchPrune::On);
-    let refspec = format!("+refs/heads/{branch}:{tracking}");
+    let [freeze, approvals] = order_refspecs(name);
+    let refspecs = [format!("+refs/heads/{branch}:{tracking}"), freeze, approvals];
     let reflog = format!("troops: fetch {name}");
     // libgit2 rewrites `shallow` under `shallow.lock` after each download, so two remotes that
     // finish together collide; the loser's objects are in by then, and trying again is cheap.
     let mut attempts = 0;
     let packs = crate::mech::modes::packs(repo.path());
-    while let Err(e) = remote.fetch(&[&refspec], Some(&mut options), Some(&reflog)) {
+    while let Err(e) = remote.fetch(&refspecs, Some(&mut options), Some(&reflog)) {
         attempts += 1;
         if e.code() != git2::ErrorCode::Locked || attempts == 5 || Instant::now() >= deadline {
             return Err(e.message().to_owned());
@@ -232,6 +244,10 @@ fn fetch_with_libgit2(
     }
     // What libgit2 wrote: the pack, the tracking ref and its reflog (and `packed-refs`, pruned).
     let mut written = crate::mech::repo::ref_files(tracking).to_vec();
+    let orders = format!("{}{name}/*", crate::mech::repo::ORDERS_TRACKING);
+    for order in repo.references_glob(&orders).into_iter().flatten().flatten() {
+        written.extend(order.name().map(crate::mech::repo::ref_files).into_iter().flatten());
+    }
     written.push("FETCH_HEAD".into());
     written.extend(crate::mech::modes::packs(repo.path()).difference(&packs).cloned());
     crate::mech::modes::settle(repo.path(), &written).map_err(|e| e.to_string())?;
@@ -256,6 +272,7 @@ fn fetch_with_git(
         .args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"])
         .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--prune", "--end-of-options", name])
         .arg(format!("+refs/heads/{branch}:{tracking}"))
+        .args(order_refspecs(name))
         .env(
             "GIT_SSH_COMMAND",
             crate::mech::ssh::command(ssh_dir, deadline.saturating_duration_since(Instant::now())),

@@ -40,6 +40,12 @@ pub struct ProbeState {
     /// Caught saying "unchanged" when the branch had moved, and not believed since.
     #[serde(default)]
     pub lags: bool,
+    /// What that 200 listed of the operators' orders (the freeze, approvals), as a digest, and
+    /// what it listed at the last real fetch: an order that changed is fetched at once.
+    #[serde(default)]
+    pub orders: Option<String>,
+    #[serde(default)]
+    pub orders_fetched: Option<String>,
 }
 
 /// What one look at the probe target found.
@@ -154,6 +160,7 @@ pub fn look(state: &mut ProbeState, url: &str, branch: &str, timeout: Duration) 
             state.etag = response.header("etag").filter(|_| holds).map(str::to_owned);
             state.last_modified = response.header("last-modified").filter(|_| holds).map(str::to_owned);
             state.listed = listed_tip(&response.body, branch).map(|tip| tip.to_string());
+            state.orders = listed_orders(&response.body);
         }
         _ => return Look::Unanswered,
     }
@@ -168,6 +175,7 @@ pub fn skips(state: &ProbeState, look: Look, have: Option<Oid>, trust: Duration)
     have.is_some()
         && look == Look::Listed(have)
         && !state.lags
+        && state.orders == state.orders_fetched
         && now().checked_sub(state.fetched_at).is_some_and(|age| age < trust.as_secs())
 }
 
@@ -175,6 +183,7 @@ pub fn skips(state: &ProbeState, look: Look, have: Option<Oid>, trust: Duration)
 /// had `had`; news when that shows the target lagging, or no longer.
 pub fn fetched(state: &mut ProbeState, look: Look, had: Option<Oid>, found: Option<Oid>) -> Option<News> {
     state.fetched_at = now();
+    state.orders_fetched = state.orders.clone();
     let Look::Listed(listed) = look else { return None };
     if listed == had && found != had && !state.lags {
         state.lags = true;
@@ -207,6 +216,22 @@ fn listed_tip(refs: &[u8], branch: &str) -> Option<Oid> {
         .filter_map(|line| line.split_once('\t'))
         .find(|(_, name)| *name == wanted)
         .and_then(|(sha, _)| Oid::from_str(sha).ok())
+}
+
+/// A digest of the operators' order refs `info/refs` lists (`None`: it lists none).
+fn listed_orders(refs: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    let text = String::from_utf8_lossy(refs);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            line.split_once('\t').is_some_and(|(_, name)| {
+                name == crate::model::orders::FREEZE_REF
+                    || name.starts_with(crate::model::orders::APPROVE_PREFIX)
+            })
+        })
+        .collect();
+    (!lines.is_empty()).then(|| format!("{:x}", sha2::Sha256::digest(lines.join("\n"))))
 }
 
 fn now() -> u64 {
@@ -265,6 +290,25 @@ mod tests {
         let seen = heads(&server);
         assert!(seen[0].starts_with("get /deploy.git/info/refs http/1.1"), "{}", seen[0]);
         assert!(seen[1].contains("if-none-match: \"v1\""), "{}", seen[1]);
+    }
+
+    #[test]
+    fn a_freeze_or_an_approval_listed_anew_means_a_fetch_though_the_tip_is_the_same() {
+        let plain = format!("{A}\trefs/heads/main\n{B}\trefs/troops/status/web-2\n");
+        let frozen = format!("{plain}{B}\trefs/troops/freeze\n");
+        let approved = format!("{frozen}{B}\trefs/troops/approve/{A}/canary/k\n");
+        let (_server, url) = serve(vec![ok(&plain), ok(&frozen), ok(&frozen), ok(&approved), ok(&plain)]);
+        let mut state = fresh(&url);
+        assert!(skip(&mut state, &url, oid(A)), "no orders then, none now");
+        for (after, want_skip) in [("a freeze", false), ("the freeze fetched", true), ("an approval", false)]
+        {
+            let look = look(&mut state, &url, "main", WAIT);
+            assert_eq!(skips(&state, look, oid(A), TRUST), want_skip, "{after}");
+            if !want_skip {
+                fetched(&mut state, look, oid(A), oid(A));
+            }
+        }
+        assert!(!skip(&mut state, &url, oid(A)), "orders gone is news too");
     }
 
     #[test]

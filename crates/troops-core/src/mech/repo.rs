@@ -485,6 +485,10 @@ fn refused(path: &Path, what: &str) -> Error {
     Error::Env(format!("{} {what}; troops never makes one: remove it", path.display()))
 }
 
+/// Where a node keeps what each remote's order refs say (`refs/troops/remotes/<remote>/freeze`,
+/// `.../approve/...`): read by `node::orders`, never pushed to.
+pub const ORDERS_TRACKING: &str = "refs/troops/remotes/";
+
 /// What writing or deleting ref `name` may write, relative to the repo: its loose file, its
 /// reflog, and `packed-refs` (rewritten when a packed ref is deleted).
 pub fn ref_files(name: &str) -> [PathBuf; 3] {

@@ -11,6 +11,7 @@ pub mod host;
 pub mod limits;
 pub mod names;
 pub mod node;
+pub mod orders;
 pub mod plan;
 pub mod records;
 pub mod roles;

@@ -60,6 +60,12 @@ pub struct StatusDoc {
     /// them; absent in older documents.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub exports: crate::model::exports::Exports,
+    /// The fleet's freeze as this node believes it, while it stands (who froze it, until when, why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
+    /// Why the tip waits for approvals of this node's wave, and who approved it so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
@@ -125,6 +131,8 @@ pub enum State {
     Drifted,
     /// A person paused the node (see `paused`): nothing automatic runs, so not healthy.
     Paused,
+    /// A freeze of the fleet holds the node's new tip (see `frozen`).
+    Frozen,
     /// A state this troops does not know, said by a newer peer (`paused`, ...): readers tolerate
     /// it. Never healthy and never a failure report, so the rollout waits on such a node.
     #[serde(other)]
@@ -169,6 +177,7 @@ impl State {
             State::Held => "held",
             State::Drifted => "drifted",
             State::Paused => "paused",
+            State::Frozen => "frozen",
             State::Other => "in a state this troops does not know",
         }
     }

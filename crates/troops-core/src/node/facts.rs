@@ -56,10 +56,11 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
     };
     let asked = asked(node, repo, ask)?;
     let paused = paused(node);
-    let window = match tip {
-        Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => window_closed(node, repo, tip),
-        _ => None,
-    };
+    // The holds of a new tip are read only when it may be due, as the rollout is.
+    let due = tip.filter(|&tip| Some(tip) != deployed && tip_quarantined.is_none());
+    let frozen = due.and_then(|_| crate::node::orders::frozen(node));
+    let window = due.and_then(|tip| window_closed(node, repo, tip));
+    let approval = due.and_then(|tip| crate::node::orders::awaiting_approval(node, repo, tip));
     // The peers are read only when asked to follow them.
     let fleet = match ask {
         Ask::Fleet => crate::node::fleet::changed(node),
@@ -75,18 +76,20 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
         rollout,
         asked,
         paused,
+        frozen,
         window,
+        approval,
     })
 }
 
 /// Whether the deploy windows of the plan at `tip` are all closed for this host now, and when
 /// the next opens.
-pub fn window_closed(node: &Node, repo: &NodeRepo, tip: git2::Oid) -> Option<schedule::WindowClosed> {
+pub fn window_closed(node: &Node, repo: &NodeRepo, tip: git2::Oid) -> Option<schedule::Held> {
     let plan = crate::node::rollout::plan_at(repo, tip).filter(|p| !p.windows.is_empty())?;
     let roles = crate::model::roles::resolve(&node.config.hostname(), &node.config.roles, Some(&plan));
     match crate::policy::windows::verdict(&plan.windows, &roles, SystemTime::now()) {
         crate::policy::windows::Verdict::Open => None,
-        crate::policy::windows::Verdict::Closed { next, windows } => Some(schedule::WindowClosed {
+        crate::policy::windows::Verdict::Closed { next, windows } => Some(schedule::Held {
             why: match next {
                 Some(next) => format!(
                     "outside its deploy windows ({windows}); the next opens at {}",
@@ -94,19 +97,17 @@ pub fn window_closed(node: &Node, repo: &NodeRepo, tip: git2::Oid) -> Option<sch
                 ),
                 None => format!("outside its deploy windows ({windows})"),
             },
-            next,
+            until: next,
         }),
     }
 }
 
 /// The node's pause, if one stands; a pause file that cannot be read holds the node too, saying
 /// why, until it is fixed or `troops resume` removes it.
-pub fn paused(node: &Node) -> Option<schedule::Paused> {
+pub fn paused(node: &Node) -> Option<schedule::Held> {
     match crate::mech::pause::current(node) {
-        Ok(pause) => {
-            pause.map(|p| schedule::Paused { why: p.sentence(), until: p.until.map(Timestamp::time) })
-        }
-        Err(e) => Some(schedule::Paused {
+        Ok(pause) => pause.map(|p| schedule::Held { why: p.sentence(), until: p.until.map(Timestamp::time) }),
+        Err(e) => Some(schedule::Held {
             why: format!("paused, as far as can be told: {e} (troops resume removes it)"),
             until: None,
         }),

@@ -9,6 +9,7 @@ pub mod drift;
 pub mod facts;
 pub mod fleet;
 pub mod init;
+pub mod orders;
 pub mod pull;
 pub mod receive;
 pub mod rollout;

@@ -221,6 +221,10 @@ fn advance(node: &Node, fetched: Vec<Fetched>, out: &mut dyn Write) -> Result<Cy
         );
     }
     crate::mech::remotes::save(node, &fetched, &refusals, local, &decision.diverged)?;
+    match crate::node::orders::refresh(node, &repo.git) {
+        Ok(said) => said.iter().for_each(|line| drop(writeln!(out, "{line}"))),
+        Err(e) => drop(writeln!(out, "troops: the fleet's freeze documents could not be checked: {e}")),
+    }
     Ok(Cycle { fetched, status_error: None, decision, moved, fleet: None })
 }
 

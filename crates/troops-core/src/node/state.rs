@@ -60,6 +60,12 @@ pub struct NodeState {
     pub window_closed: Option<String>,
     /// What the node tells its peers: the exports of its last run that succeeded.
     pub exports: crate::model::exports::Exports,
+    /// The fleet's freeze as this node believes it, while it stands.
+    pub frozen: Option<String>,
+    /// Why the tip waits for approvals of this node's wave, if it does.
+    pub approval: Option<String>,
+    /// The newest freeze document this node refused, and why.
+    pub order_refused: Option<String>,
     /// The node's state, and since when.
     pub state: State,
     pub since: Option<String>,
@@ -119,6 +125,20 @@ pub fn read(node: &Node) -> Result<NodeState> {
         }
         _ => (state, since),
     };
+    // A freeze says more than healthy, idle or held when it holds a new tip; a pause says more.
+    let frozen = crate::node::orders::frozen(node).map(|f| f.why);
+    let due = tip.filter(|&t| Some(t) != deployed && repo.quarantined(t).ok().flatten().is_none());
+    let state = match &frozen {
+        Some(_)
+            if due.is_some()
+                && matches!(state, State::Healthy | State::Idle | State::Held | State::Drifted) =>
+        {
+            State::Frozen
+        }
+        _ => state,
+    };
+    let approval =
+        due.and_then(|tip| crate::node::orders::awaiting_approval(node, &repo, tip)).map(|a| a.why);
     Ok(NodeState {
         host: node.config.hostname(),
         roles,
@@ -151,6 +171,18 @@ pub fn read(node: &Node) -> Result<NodeState> {
                 Default::default()
             }
         },
+        frozen,
+        approval,
+        order_refused: crate::node::orders::load(node).ok().and_then(|f| f.refused.into_iter().next()).map(
+            |r| {
+                format!(
+                    "remote {}: the freeze document {} is refused: {}",
+                    r.remote,
+                    &r.commit[..r.commit.len().min(12)],
+                    r.why
+                )
+            },
+        ),
         state,
         since,
     })
@@ -196,6 +228,8 @@ impl NodeState {
             paused: self.paused.clone(),
             window: self.window_closed.clone(),
             exports: self.exports.clone(),
+            frozen: self.frozen.clone(),
+            approval: self.approval.clone(),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }
@@ -231,6 +265,8 @@ impl NodeState {
             drifted: self.drift.is_some(),
             paused: self.paused.is_some(),
             window_open: self.window_closed.is_none(),
+            frozen: self.frozen.is_some(),
+            awaiting_approval: self.approval.is_some(),
         }
     }
 

@@ -49,9 +49,13 @@ pub struct Facts {
     /// that follow the tip.
     pub asked: Option<Asked>,
     /// A person paused the node (`troops pause`): nothing automatic runs a commit.
-    pub paused: Option<Paused>,
+    pub paused: Option<Held>,
+    /// A believed freeze of the fleet stands (`troops freeze`; read only when the tip may be due).
+    pub frozen: Option<Held>,
     /// The deploy windows of the tip's plan are closed now (read only when the tip may be due).
-    pub window: Option<WindowClosed>,
+    pub window: Option<Held>,
+    /// The tip's wave wants more trusted approvals of it (read only when the tip may be due).
+    pub approval: Option<Held>,
     /// The watched exports differ from what the deployed run saw, and have settled (read only for
     /// `Ask::Fleet`).
     pub fleet: Option<FleetChanged>,
@@ -64,20 +68,12 @@ pub struct FleetChanged {
     pub changes: Vec<String>,
 }
 
-/// The tip's plan's deploy windows are all closed for this host.
+/// One hold on what would run by itself, as deciding needs it: why ("paused by alice since T
+/// until U: kernel upgrade", "outside its deploy windows (...); the next opens at T") and when it
+/// ends by itself, if it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowClosed {
-    /// "outside its deploy windows (mon,tue 08:00-17:00 Europe/Berlin); the next opens at T".
+pub struct Held {
     pub why: String,
-    pub next: Option<SystemTime>,
-}
-
-/// The node's pause, as deciding needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paused {
-    /// "paused by alice since T until U: kernel upgrade".
-    pub why: String,
-    /// When it ends by itself, if it does.
     pub until: Option<SystemTime>,
 }
 
@@ -147,36 +143,42 @@ pub struct Failed {
 }
 
 pub fn decide(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
-    let decision = decide_unpaused(ask, facts, now, retry);
-    // A pause holds what runs a commit by itself (a pull, a retry, a corrective run); never a
-    // person's push or deploy, nor a rollback to the last good commit.
-    match (decision, &facts.paused) {
-        (Decision::Run(run), Some(paused))
-            if matches!(run.trigger, Trigger::Pull | Trigger::Retry | Trigger::Drift | Trigger::Fleet) =>
-        {
-            Decision::Hold {
-                why: format!("{} is not run yet: the node is {}", short(run.commit), paused.why),
-                until: paused.until,
-            }
-        }
-        (Decision::Run(run), _) => match &facts.window {
-            // A window holds a new commit that would run by itself; not the deployed one again.
-            Some(closed)
-                if matches!(run.trigger, Trigger::Pull | Trigger::Retry)
-                    && Some(run.commit) != facts.deployed =>
-            {
-                Decision::Hold {
-                    why: format!("{} is not run yet: {}", short(run.commit), closed.why),
-                    until: closed.next,
-                }
-            }
-            _ => Decision::Run(run),
+    match decide_unheld(ask, facts, now, retry) {
+        Decision::Run(run) => match holding(&run, facts) {
+            Some(held) => Decision::Hold {
+                why: format!("{} is not run yet: {}", short(run.commit), held.why),
+                until: held.until,
+            },
+            None => Decision::Run(run),
         },
-        (decision, _) => decision,
+        decision => decision,
     }
 }
 
-fn decide_unpaused(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
+/// The first hold on `run`, if one holds it. None holds a person's push or deploy, nor a rollback
+/// to the last good commit. A pause holds whatever runs a commit by itself (a pull, a retry, a
+/// corrective run); a freeze, a window and a wave's approvals hold only a new commit that would
+/// run by itself, not the deployed one again.
+fn holding(run: &RunNow, facts: &Facts) -> Option<Held> {
+    match run.trigger {
+        Trigger::Pull | Trigger::Retry | Trigger::Drift | Trigger::Fleet => {
+            holds_on(run.commit, facts).into_iter().next()
+        }
+        Trigger::Push | Trigger::Manual | Trigger::Rollback => None,
+    }
+}
+
+/// Every hold that would keep `commit` from running by itself now, the pause first: what a
+/// person's push or deploy of it says it runs in spite of.
+pub fn holds_on(commit: Oid, facts: &Facts) -> Vec<Held> {
+    let paused =
+        facts.paused.as_ref().map(|p| Held { why: format!("the node is {}", p.why), until: p.until });
+    let new = Some(commit) != facts.deployed;
+    let others = [&facts.frozen, &facts.window, &facts.approval].into_iter().flatten().filter(|_| new);
+    paused.into_iter().chain(others.cloned()).collect()
+}
+
+fn decide_unheld(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> Decision {
     let newest = facts.recent.first();
     let asked = facts.asked.as_ref().and_then(|a| a.commit);
     match ask {
@@ -435,7 +437,9 @@ mod tests {
             rollout: None,
             asked: None,
             paused: None,
+            frozen: None,
             window: None,
+            approval: None,
             fleet: None,
         }
     }
@@ -456,12 +460,24 @@ mod tests {
     }
 
     fn closed(facts: Facts) -> Facts {
-        let closed = WindowClosed { why: "outside its deploy windows".into(), next: Some(at(3600)) };
+        let closed = Held { why: "outside its deploy windows".into(), until: Some(at(3600)) };
         Facts { window: Some(closed), ..facts }
     }
 
+    fn frozen(facts: Facts) -> Facts {
+        let frozen =
+            Held { why: "the fleet is frozen by alice until T: holidays".into(), until: Some(at(7200)) };
+        Facts { frozen: Some(frozen), ..facts }
+    }
+
+    fn unapproved(facts: Facts) -> Facts {
+        let waits =
+            Held { why: "wave canary waits for 1 more trusted approval(s) of it".into(), until: None };
+        Facts { approval: Some(waits), ..facts }
+    }
+
     fn paused(facts: Facts) -> Facts {
-        let paused = Paused { why: "paused by alice since T until troops resume".into(), until: None };
+        let paused = Held { why: "paused by alice since T until troops resume".into(), until: None };
         Facts { paused: Some(paused), ..facts }
     }
 
@@ -557,6 +573,16 @@ mod tests {
             ("a closed window holds no rollback", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
             ("a closed window holds no retry of the deployed commit", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(3, A, Failed, RollbackT, false)])), 31, "run a retry"),
             ("a closed window holds no corrective run", Ask::Drift, closed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a drift"),
+            ("a freeze holds a pulled tip", tick.clone(), frozen(facts(Some(B), Some(A), false, vec![])), 0, "hold"),
+            ("a freeze holds the retry of a new commit", tick.clone(), frozen(facts(Some(B), Some(A), false, vec![past(2, B, Failed, Pull, false)])), 60, "hold"),
+            ("a freeze holds no push", push.clone(), frozen(facts(Some(B), Some(A), false, vec![])), 0, "run b push"),
+            ("a freeze holds no person's deploy", person.clone(), naming(frozen(facts(Some(B), Some(A), false, vec![])), Some(B), false), 0, "run b manual"),
+            ("a freeze holds no rollback", tick.clone(), frozen(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
+            ("a freeze holds no retry of the deployed commit", tick.clone(), frozen(facts(Some(A), Some(A), false, vec![past(3, A, Failed, RollbackT, false)])), 31, "run a retry"),
+            ("a freeze holds no corrective run", Ask::Drift, frozen(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a drift"),
+            ("a wave's approvals hold a pulled tip", tick.clone(), unapproved(facts(Some(B), Some(A), false, vec![])), 0, "hold"),
+            ("a wave's approvals hold no push", push.clone(), unapproved(facts(Some(B), Some(A), false, vec![])), 0, "run b push"),
+            ("a wave's approvals hold no rollback", tick.clone(), unapproved(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
             ("fleet: as seen, nothing", Ask::Fleet, facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), 0, "idle"),
             ("fleet: changed, the deployed commit again", Ask::Fleet, fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a fleet"),
             ("fleet: a newer tip runs instead", Ask::Fleet, fleet_changed(facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run b pull"),
@@ -579,6 +605,20 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn each_hold_says_why_and_until_when_and_a_pause_says_it_first() {
+        let f = frozen(closed(facts(Some(B), Some(A), false, vec![])));
+        let Decision::Hold { why, until } = decide(&Ask::Tick, &f, at(0), &RETRY) else { panic!() };
+        assert_eq!(why, "0b0b0b0b0b0b is not run yet: the fleet is frozen by alice until T: holidays");
+        assert_eq!(until, Some(at(7200)));
+        let Decision::Hold { why, until } = decide(&Ask::Tick, &paused(f), at(0), &RETRY) else { panic!() };
+        assert_eq!(
+            why,
+            "0b0b0b0b0b0b is not run yet: the node is paused by alice since T until troops resume"
+        );
+        assert_eq!(until, None);
     }
 
     #[test]

@@ -267,12 +267,13 @@ mod tests {
     fn rollout(soak: u64, quorum: f64) -> Rollout {
         Rollout {
             waves: vec![
-                Wave { name: "canary".into(), members: Members::Hosts(vec!["c1".into()]) },
+                Wave { name: "canary".into(), members: Members::Hosts(vec!["c1".into()]), approvals: 0 },
                 Wave {
                     name: "early".into(),
                     members: Members::Hosts(vec!["e1".into(), "e2".into(), "e3".into(), "e4".into()]),
+                    approvals: 0,
                 },
-                Wave { name: "rest".into(), members: Members::Percent(100) },
+                Wave { name: "rest".into(), members: Members::Percent(100), approvals: 0 },
             ],
             soak: Duration::from_secs(soak),
             quorum,
@@ -283,9 +284,9 @@ mod tests {
     fn by_percent(soak: u64) -> Rollout {
         Rollout {
             waves: vec![
-                Wave { name: "canary".into(), members: Members::Hosts(vec!["c1".into()]) },
-                Wave { name: "early".into(), members: Members::Percent(40) },
-                Wave { name: "rest".into(), members: Members::Percent(100) },
+                Wave { name: "canary".into(), members: Members::Hosts(vec!["c1".into()]), approvals: 0 },
+                Wave { name: "early".into(), members: Members::Percent(40), approvals: 0 },
+                Wave { name: "rest".into(), members: Members::Percent(100), approvals: 0 },
             ],
             soak: Duration::from_secs(soak),
             quorum: 1.0,
@@ -296,8 +297,8 @@ mod tests {
     fn percent_only(soak: u64) -> Rollout {
         Rollout {
             waves: vec![
-                Wave { name: "first".into(), members: Members::Percent(1) },
-                Wave { name: "rest".into(), members: Members::Percent(100) },
+                Wave { name: "first".into(), members: Members::Percent(1), approvals: 0 },
+                Wave { name: "rest".into(), members: Members::Percent(100), approvals: 0 },
             ],
             soak: Duration::from_secs(soak),
             quorum: 1.0,
@@ -345,6 +346,8 @@ mod tests {
             paused: None,
             window: None,
             exports: Default::default(),
+            frozen: None,
+            approval: None,
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {
@@ -565,9 +568,9 @@ mod tests {
     fn waves_are_explicit_hosts_first_then_a_stable_hash() {
         let r = Rollout {
             waves: vec![
-                Wave { name: "canary".into(), members: Members::Hosts(vec!["web-1".into()]) },
-                Wave { name: "half".into(), members: Members::Percent(50) },
-                Wave { name: "rest".into(), members: Members::Percent(100) },
+                Wave { name: "canary".into(), members: Members::Hosts(vec!["web-1".into()]), approvals: 0 },
+                Wave { name: "half".into(), members: Members::Percent(50), approvals: 0 },
+                Wave { name: "rest".into(), members: Members::Percent(100), approvals: 0 },
             ],
             soak: Duration::ZERO,
             quorum: 1.0,
@@ -585,8 +588,8 @@ mod tests {
         // Hosts named nowhere and beyond every percent go to the last wave.
         let named = Rollout {
             waves: vec![
-                Wave { name: "a".into(), members: Members::Hosts(vec!["x".into()]) },
-                Wave { name: "b".into(), members: Members::Percent(1) },
+                Wave { name: "a".into(), members: Members::Hosts(vec!["x".into()]), approvals: 0 },
+                Wave { name: "b".into(), members: Members::Percent(1), approvals: 0 },
             ],
             ..r
         };

@@ -399,6 +399,14 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
         let why = row.doc.window.as_deref().unwrap_or_default();
         writeln!(out, "{}: the tip waits: {}", escape(&row.doc.host), escape(why))?;
     }
+    for row in view.nodes.iter().filter(|r| r.doc.frozen.is_some()) {
+        let why = row.doc.frozen.as_deref().unwrap_or_default();
+        writeln!(out, "{}: {}", escape(&row.doc.host), escape(why))?;
+    }
+    for row in view.nodes.iter().filter(|r| r.doc.approval.is_some()) {
+        let why = row.doc.approval.as_deref().unwrap_or_default();
+        writeln!(out, "{}: the tip waits: {}", escape(&row.doc.host), escape(why))?;
+    }
     for row in view.nodes.iter().filter(|r| !r.doc.drift.is_empty()) {
         writeln!(out, "{}: drifted: {}", escape(&row.doc.host), escape(&row.doc.drift.join("; ")))?;
     }

@@ -7,6 +7,7 @@ mod fleet;
 mod init;
 mod log;
 mod notify;
+mod orders;
 mod pause;
 mod preview;
 mod push;
@@ -33,6 +34,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             | Command::Push(_)
             | Command::Secrets(_)
             | Command::Fleet(_)
+            | Command::Freeze(_)
+            | Command::Unfreeze(_)
+            | Command::Approve(_)
             | Command::Preview(crate::cli::PreviewArgs { host: Some(_), .. })
     );
     let global = cli.global.clone();
@@ -63,6 +67,9 @@ fn command(cli: Cli) -> Result<ExitCode> {
         Command::Preview(args) => preview::run(&global, args),
         Command::Pause(args) => pause::pause(&node(&global)?, args),
         Command::Resume => pause::resume(&node(&global)?),
+        Command::Freeze(args) => orders::freeze(args),
+        Command::Unfreeze(args) => orders::unfreeze(args),
+        Command::Approve(args) => orders::approve(args),
         Command::Secrets(command) => secrets::run(command),
         Command::Notify(args) => notify::run(&node(&global)?, args.run),
     }

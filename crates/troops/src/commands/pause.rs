@@ -18,12 +18,8 @@ pub fn pause(node: &Node, args: PauseArgs) -> Result<ExitCode> {
     node.repo()?; // a wrong --state-dir is an error, not a pause of nothing
     let now = SystemTime::now();
     let until = args.until.as_deref().map(|text| until(text, now)).transpose()?;
-    if let Some(reason) = &args.reason {
-        if reason.len() > 1024 || reason.chars().any(char::is_control) {
-            return Err(Error::Input("--reason must be one line of at most 1024 bytes".into()).into());
-        }
-    }
-    let pause = Pause { by: who(), reason: args.reason, since: Timestamp::from(now), until };
+    let pause =
+        Pause { by: who(), reason: args.reason.map(reason).transpose()?, since: Timestamp::from(now), until };
     pause::pause(node, &pause)?;
     troops_core::node::state::write_textfile(node);
     writeln!(
@@ -50,7 +46,7 @@ pub fn resume(node: &Node) -> Result<ExitCode> {
 }
 
 /// `--until`: a time, or a duration from `now`; one that has passed is bad input.
-fn until(text: &str, now: SystemTime) -> Result<Timestamp> {
+pub(crate) fn until(text: &str, now: SystemTime) -> Result<Timestamp> {
     let at = match text.parse::<Timestamp>() {
         Ok(at) => at.time(),
         Err(_) => {
@@ -63,6 +59,14 @@ fn until(text: &str, now: SystemTime) -> Result<Timestamp> {
         return Err(Error::Input(format!("--until {text:?} has passed already")).into());
     }
     Ok(Timestamp::from(at))
+}
+
+/// `--reason`: one line of at most 1024 bytes, as every reader shows it.
+pub(crate) fn reason(text: String) -> Result<String> {
+    if text.len() > 1024 || text.chars().any(char::is_control) {
+        return Err(Error::Input("--reason must be one line of at most 1024 bytes".into()).into());
+    }
+    Ok(text)
 }
 
 /// Who pauses: the person behind sudo, else the user troops runs as.

@@ -207,6 +207,15 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     if let Some(paused) = &now.paused {
         writeln!(out, "paused    {}", escape(paused))?;
     }
+    if let Some(frozen) = &now.frozen {
+        writeln!(out, "frozen    {}", escape(frozen))?;
+    }
+    if let Some(approval) = &now.approval {
+        writeln!(out, "approval  {}", escape(approval))?;
+    }
+    if let Some(refused) = &now.order_refused {
+        writeln!(out, "refused   {}", escape(refused))?;
+    }
     if let Some(drift) = &now.drift {
         let when = format!("the recheck at {} found", drift.checked_at);
         writeln!(out, "drift     {when}: {}", escape(&drift.found.join("; ")))?;

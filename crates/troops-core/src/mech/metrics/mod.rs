@@ -111,6 +111,10 @@ pub struct Gauges {
     pub paused: bool,
     /// Whether no new tip waits for a deploy window of its plan.
     pub window_open: bool,
+    /// Whether a freeze of the fleet this node believes stands.
+    pub frozen: bool,
+    /// Whether the tip waits for approvals of this node's wave.
+    pub awaiting_approval: bool,
 }
 
 /// Everything the metrics show at one moment.
@@ -425,6 +429,18 @@ impl Collector for Snapshot {
         ConstGauge::new(i64::from(g.window_open)).encode(encoder.encode_descriptor(
             "troops_window_open",
             "0 while a new tip waits for a deploy window of its plan (troops status says until when)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.frozen)).encode(encoder.encode_descriptor(
+            "troops_frozen",
+            "1 while a signed freeze of the fleet stands (troops freeze): no new commit runs by itself",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.awaiting_approval)).encode(encoder.encode_descriptor(
+            "troops_awaiting_approval",
+            "1 while the tip waits for trusted approvals of this node's wave (troops approve)",
             None,
             MetricType::Gauge,
         )?)?;

@@ -87,6 +87,29 @@ impl Verification {
         }
     }
 
+    /// Who a good signature is by, for a person: the key's user id or principal, and the key.
+    pub fn signer(&self) -> Option<String> {
+        match self {
+            Verification::Good { fingerprint, user_id: Some(user_id) } => {
+                Some(format!("{user_id} ({fingerprint})"))
+            }
+            Verification::Good { fingerprint, user_id: None } => Some(fingerprint.clone()),
+            Verification::GoodSsh { fingerprint, principal } => Some(format!("{principal} ({fingerprint})")),
+            _ => None,
+        }
+    }
+
+    /// The key a good signature is by (the certificate's fingerprint, or the SSH key's): one
+    /// signer, however many names it has.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Verification::Good { fingerprint, .. } | Verification::GoodSsh { fingerprint, .. } => {
+                Some(fingerprint)
+            }
+            _ => None,
+        }
+    }
+
     /// Of two refusals, which one to report: the most serious.
     fn severity(&self) -> u8 {
         match self {
@@ -389,6 +412,19 @@ fn parse_signatures(bytes: &[u8]) -> std::result::Result<Vec<Signature>, String>
         return Err("it holds no OpenPGP signature".into());
     }
     Ok(signatures)
+}
+
+/// The key a `gpgsig` value says made it, unverified, in a form a ref name can hold: an OpenPGP
+/// signature's first issuer (hex), or an SSH signature's key (`SHA256-` and its URL-safe base64).
+/// What names an operator's approval ref (`troops approve`); no reader trusts it.
+pub fn claimed_key(signature: &[u8]) -> Option<String> {
+    if let Ok(sig) = ssh_key::SshSig::from_pem(signature) {
+        let fingerprint = sig.public_key().fingerprint(ssh_key::HashAlg::Sha256).to_string();
+        let base64 = fingerprint.strip_prefix("SHA256:")?;
+        return Some(format!("SHA256-{}", base64.replace('/', "_").replace('+', "-")));
+    }
+    let signatures = parse_signatures(signature).ok()?;
+    signatures.first()?.get_issuers().first().map(|issuer| issuer.to_hex())
 }
 
 /// Verifies the commit `oid` of `repo` with `verifier`.

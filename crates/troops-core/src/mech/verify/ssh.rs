@@ -334,6 +334,23 @@ mod tests {
     }
 
     #[test]
+    fn the_claimed_key_of_an_ssh_signature_is_its_fingerprint_as_a_ref_name_holds_it() {
+        for _ in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let (public, signature) = ssh_keygen_sign(dir.path(), &["ed25519"], NAMESPACE, b"payload");
+            let key: PublicKey = public.trim().parse().unwrap();
+            let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+            let claimed = crate::mech::verify::claimed_key(&signature).unwrap();
+            let want = fingerprint.replace("SHA256:", "SHA256-").replace('/', "_").replace('+', "-");
+            assert_eq!(claimed, want);
+            assert!(
+                git2::Reference::is_valid_name(&format!("refs/troops/approve/c/w/{claimed}")),
+                "{claimed}"
+            );
+        }
+    }
+
+    #[test]
     fn the_window_is_judged_at_the_time_given_not_now() {
         let dir = tempfile::tempdir().unwrap();
         let (public, signature) = ssh_keygen_sign(dir.path(), &["ed25519"], NAMESPACE, b"payload");

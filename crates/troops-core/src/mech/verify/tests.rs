@@ -488,3 +488,18 @@ fn keyring_errors_name_the_file() {
     let empty = Keyring::parse(Path::new("/etc/k.pgp"), b"").err().unwrap();
     assert!(empty.to_string().contains("holds no OpenPGP certificates"), "{empty}");
 }
+
+#[test]
+fn the_claimed_key_of_a_signature_is_its_issuer_and_fits_in_a_ref_name() {
+    let (alice, _) = cert("Alice <alice@example.com>", 10 * DAY, Some(365 * DAY));
+    let by_subkey = claimed_key(&sign(&alice, PAYLOAD, now() - DAY, false)).unwrap();
+    let by_primary = claimed_key(&sign(&alice, PAYLOAD, now() - DAY, true)).unwrap();
+    let keys: Vec<String> = alice.keys().map(|k| k.key().fingerprint().to_hex()).collect();
+    assert!(keys.contains(&by_subkey) && keys.contains(&by_primary), "{by_subkey} {by_primary} {keys:?}");
+    assert_eq!(by_primary, alice.fingerprint().to_hex());
+    for garbage in
+        [&b""[..], b"not a signature", b"-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n"]
+    {
+        assert_eq!(claimed_key(garbage), None);
+    }
+}

@@ -21,6 +21,9 @@ pub struct Rollout {
 pub struct Wave {
     pub name: String,
     pub members: Members,
+    /// How many distinct trusted signers must approve a commit for this wave before it runs here
+    /// by itself (`approve = true`: one; `approvals = N`); 0: none.
+    pub approvals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +48,12 @@ struct RawWave {
     name: Spanned<String>,
     hosts: Option<Vec<Spanned<String>>>,
     percent: Option<Spanned<i64>>,
+    approve: Option<Spanned<bool>>,
+    approvals: Option<Spanned<i64>>,
 }
+
+/// The most approvals a wave may ask for: more signers than any team has.
+const MAX_APPROVALS: i64 = 100;
 
 pub const DEFAULT_SOAK: Duration = Duration::from_secs(600);
 
@@ -113,7 +121,27 @@ pub fn validate(raw: RawRollout) -> Result<Rollout, (std::ops::Range<usize>, Str
             }
             (None, None) => return Err((span, format!("rollout wave `{name}` needs `hosts` or `percent`"))),
         };
-        waves.push(Wave { name, members });
+        let approvals = match (wave.approve, wave.approvals) {
+            (None, None) => 0,
+            (Some(approve), None) => u32::from(*approve.get_ref()),
+            (None, Some(n)) if (1..=MAX_APPROVALS).contains(n.get_ref()) => *n.get_ref() as u32,
+            (None, Some(n)) => {
+                return Err((
+                    n.span(),
+                    format!(
+                        "rollout wave `{name}`: `approvals` {} must be from 1 to {MAX_APPROVALS}",
+                        n.get_ref()
+                    ),
+                ))
+            }
+            (Some(_), Some(n)) => {
+                return Err((
+                    n.span(),
+                    format!("rollout wave `{name}` has both `approve` and `approvals`; keep one"),
+                ))
+            }
+        };
+        waves.push(Wave { name, members, approvals });
     }
     let soak = crate::model::limits::ROLLOUT_SOAK.key("`rollout.soak`", raw.soak, DEFAULT_SOAK)?;
     let quorum = match raw.quorum {
@@ -147,6 +175,11 @@ mod tests {
         assert_eq!(rollout.waves.len(), 3);
         assert_eq!((rollout.soak, rollout.quorum), (Duration::from_secs(2), 0.5));
         assert_eq!(rollout.waves[1].members, Members::Percent(10));
+        assert_eq!(rollout.waves.iter().map(|w| w.approvals).collect::<Vec<_>>(), [0, 0, 0]);
+        let approving = "[rollout]\nwaves = [{ name = \"a\", hosts = [\"x\"], approve = true }, { name = \"b\", percent = 100, approvals = 2 }]\n";
+        let plan =
+            crate::model::plan::Plan::parse(std::path::Path::new("troops.toml"), approving, None).unwrap();
+        assert_eq!(plan.rollout.unwrap().waves.iter().map(|w| w.approvals).collect::<Vec<_>>(), [1, 2]);
         #[rustfmt::skip]
         let cases = [
             ("[rollout]\nwaves = []\n", "troops.toml:2:9: `rollout.waves` is empty"),
@@ -159,6 +192,8 @@ mod tests {
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoak = \"soon\"\n", "troops.toml:3:8: `rollout.soak` \"soon\""),
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nquorum = 1.5\n", "troops.toml:3:10: `rollout.quorum` 1.5 must be more than 0 and at most 1"),
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoaks = \"1s\"\n", "troops.toml:3:1: unknown field `soaks`"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5, approvals = 0 }]\n", "troops.toml:2:49: rollout wave `a`: `approvals` 0 must be from 1 to 100"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5, approve = true, approvals = 2 }]\n", "troops.toml:2:65: rollout wave `a` has both `approve` and `approvals`"),
         ];
         for (text, want) in cases {
             let got = plan_error(text);

@@ -115,7 +115,8 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
     // At most two runs: what was asked for, then, if it failed and its commit was quarantined,
     // the last good commit again.
     while ran.len() < 2 {
-        let decision = decide(node, &ask, &crate::node::facts::facts(node, &repo, &ask)?)?;
+        let facts = crate::node::facts::facts(node, &repo, &ask)?;
+        let decision = decide(node, &ask, &facts)?;
         let Decision::Run(now) = decision else {
             if ran.is_empty() {
                 return Ok(Outcome::Nothing(decision));
@@ -123,12 +124,9 @@ pub fn deploy(node: &Node, ask: &Ask, out: &mut dyn Write, stop: &AtomicBool) ->
             break;
         };
         if matches!(now.trigger, Trigger::Push | Trigger::Manual) {
-            if let Some(paused) = crate::node::facts::paused(node) {
-                let _ = writeln!(
-                    out,
-                    "troops: the node is {}; a person's {} runs anyway",
-                    paused.why, now.trigger
-                );
+            let what = if now.trigger == Trigger::Push { "push" } else { "deploy" };
+            for held in crate::policy::schedule::holds_on(now.commit, &facts) {
+                let _ = writeln!(out, "troops: {}; a person's {what} runs anyway", held.why);
             }
         }
         if now.trigger == Trigger::Rollback && now.quarantines.is_none() {

@@ -248,8 +248,8 @@ fn selected(name: &str, selection: roles::Selection, by_path: ByPath) -> Selecte
     Selected { name: name.to_owned(), selection, by_path, shown: None }
 }
 
-/// What would keep a pull from running `commit` now: its quarantine, a pause, its plan's deploy
-/// windows, the rollout.
+/// What would keep a pull from running `commit` now: its quarantine, a pause, a freeze, its
+/// plan's deploy windows, its wave's approvals, the rollout.
 fn holds(node: &Node, repo: &NodeRepo, commit: Oid, deployed: Option<Oid>) -> Result<Vec<String>> {
     let mut holds = Vec::new();
     if let Some(q) = repo.quarantined(commit)? {
@@ -259,9 +259,10 @@ fn holds(node: &Node, repo: &NodeRepo, commit: Oid, deployed: Option<Oid>) -> Re
         holds.push(format!("the node is {}", paused.why));
     }
     if deployed != Some(commit) {
-        if let Some(closed) = crate::node::facts::window_closed(node, repo, commit) {
-            holds.push(closed.why);
-        }
+        let frozen = crate::node::orders::frozen(node);
+        let window = crate::node::facts::window_closed(node, repo, commit);
+        let approval = crate::node::orders::awaiting_approval(node, repo, commit);
+        holds.extend([frozen, window, approval].into_iter().flatten().map(|held| held.why));
         if let Some(hold) = crate::node::rollout::verdict(node, repo, commit) {
             holds.push(format!("{}: {}", hold.wave, hold.why));
         }
