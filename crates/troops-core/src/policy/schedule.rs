@@ -594,6 +594,7 @@ mod tests {
             ("fleet: its failure leaves the tick idle (no quarantine, no rollback)", tick.clone(), fleet_changed(facts(Some(A), Some(A), false, vec![past(2, A, Failed, Trigger::Fleet, false)])), 0, "idle"),
             ("fleet: a pause holds it", Ask::Fleet, paused(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "hold"),
             ("fleet: a closed window does not (the deployed commit)", Ask::Fleet, closed(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "run a fleet"),
+            ("fleet: a freeze does not hold it (the deployed commit)", Ask::Fleet, frozen(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "run a fleet"),
             ("fleet: the rollback of a failed tip goes first", Ask::Fleet, fleet_changed(facts(Some(B), Some(A), true, vec![past(2, B, Failed, Pull, true)])), 0, "run a rollback undoing run 2"),
             ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
