@@ -28,6 +28,8 @@ const STEP_VARS: &[&str] = &[
     "PWD",
     "TROOPS_COMMIT",
     "TROOPS_CONFIG",
+    "TROOPS_EXPORTS",
+    "TROOPS_FLEET",
     "TROOPS_HOST",
     "TROOPS_PREVIOUS_COMMIT",
     "TROOPS_ROLES",
