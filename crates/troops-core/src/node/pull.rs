@@ -83,8 +83,13 @@ pub fn fetch_status(
         deadline,
     );
     let git = crate::mech::statusrefs::open(&status_repo).map_err(|e| e.to_string())?;
+    let belief = crate::mech::believe::on_node(node, &git);
     let recorded =
-        crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &git)
+        crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &belief)
+            .and_then(|()| match fetched.is_ok() {
+                true => crate::mech::believe::remember(&node.believed_path(), &belief),
+                false => Ok(()),
+            })
             .map_err(|e| format!("recording what the status refs say: {e}"));
     fetched.and(recorded)
 }

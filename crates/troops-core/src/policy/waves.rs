@@ -102,7 +102,7 @@ impl Known {
 pub struct Report {
     /// The host the ref is named for.
     pub host: String,
-    /// Its document, or why it cannot be believed (too large, not JSON, another host's, newer).
+    /// Its document as believed (`believe`), or why it is not (unsigned, another key's, rewound...).
     pub doc: std::result::Result<StatusDoc, String>,
     /// When this node saw the ref change to what it holds now, by this node's clock (`None`: not
     /// recorded yet as it is now).
@@ -188,7 +188,7 @@ pub fn gate(
         };
         let doc = match &report.doc {
             Ok(doc) => doc,
-            Err(e) => return Shows::Missing(format!("{}'s document is unreadable: {e}", escape(host))),
+            Err(e) => return Shows::Missing(format!("{}'s document is not believed: {e}", escape(host))),
         };
         let Some(changed) = report.changed else {
             return Shows::Missing(format!("{}: its status is not recorded here yet", escape(host)));
@@ -449,8 +449,8 @@ mod tests {
             ("nobody reports: the named canary has no document", r(5, 1.0), early.clone(), k(&r(5, 1.0)), seen(vec![]), 99, "wait", "c1: no status document"),
             ("a named host that never reported is expected", r(5, 1.0), rest.clone(), k(&r(5, 1.0)), seen(healthy3()), 5, "wait", "e4: no status document"),
             ("...but quorum may do without it", r(5, 0.75), rest.clone(), k(&r(5, 0.75)), seen(healthy3()), 5, "go", ""),
-            ("the canary's document is over the size limit", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "status.json of 01 is 999999 bytes, over the 262144 a status document may have")]), 9, "wait", "c1's document is unreadable: status.json of 01 is 999999 bytes"),
-            ("the canary's ref holds another host's document", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "it speaks for another host, \"c2\"")]), 9, "wait", "c1's document is unreadable: it speaks for another host"),
+            ("the canary's document is over the size limit", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "status.json of 01 is 999999 bytes, over the 262144 a status document may have")]), 9, "wait", "c1's document is not believed: status.json of 01 is 999999 bytes"),
+            ("the canary's ref holds another host's document", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "it speaks for another host, \"c2\"")]), 9, "wait", "c1's document is not believed: it speaks for another host"),
             ("the canary's document has a newer schema", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "status.json of 01 has schema 2; this troops reads 1")]), 9, "wait", "has schema 2"),
             ("the canary died healthy: its report went stale", r(10, 1.0), early.clone(), k(&r(10, 1.0)), seen(vec![stale(report("c1", Healthy, 1, 0))]), 20, "wait", "c1 is stale: its status has not changed here since"),
             ("...and a member that went stale is missing, not absent", r(10, 1.0), rest.clone(), k(&r(10, 1.0)), seen(vec![report("c1", Healthy, 1, 0), stale(report("e1", Deploying, 1, 0))]), 20, "wait", "e1 is stale"),
