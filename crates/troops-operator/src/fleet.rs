@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use git2::{Oid, Repository};
 use serde::Serialize;
 
+use troops_core::mech::believe::{Belief, Refused};
 use troops_core::mech::repo::NodeRepo;
-use troops_core::mech::statusrefs::Unreadable;
 use troops_core::model::names::short;
 use troops_core::model::status::{State, StatusDoc};
 
@@ -33,19 +33,21 @@ pub struct View {
     /// The waves' names by the plan at the tip, in order (`Row::wave_index` points here); empty
     /// when it has no `[rollout]` or no tip is known.
     pub waves: Vec<String>,
+    /// The believed documents (`believe`), one a host.
     pub nodes: Vec<Row>,
-    pub unreadable: Vec<Unreadable>,
+    /// The status refs whose documents are not believed, each with its reason: listed, never obeyed.
+    pub refused: Vec<Refused>,
     pub summary: String,
 }
 
-/// The fleet as the status refs in `status` tell it, against `tip` (the branch tip of the deploy
-/// repo `git` to compare with).
-pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
-    let (docs, unreadable) = troops_core::mech::statusrefs::read_all(status);
+/// The fleet as the believed documents of the status refs tell it (`belief`), against `tip` (the
+/// branch tip of the deploy repo `git` to compare with).
+pub fn view(belief: Belief, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
+    let Belief { believed, refused } = belief;
+    let docs = believed.into_iter().map(|b| b.doc);
     let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None, pushed: None };
     let rollout = tip.and_then(|t| troops_core::node::rollout::rollout_at(&repo, t));
     let mut nodes: Vec<Row> = docs
-        .into_iter()
         .map(|doc| {
             let behind = match (tip, doc.deployed_oid()) {
                 (Some(tip), Some(deployed)) => {
@@ -71,9 +73,12 @@ pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>
         (a.wave_index.unwrap_or(usize::MAX), &a.doc.host)
             .cmp(&(b.wave_index.unwrap_or(usize::MAX), &b.doc.host))
     });
-    let summary = summary(&nodes);
+    let mut summary = summary(&nodes);
+    if !refused.is_empty() {
+        summary += &format!(", {} not believed", refused.len());
+    }
     let waves = rollout.map(|r| r.waves.into_iter().map(|w| w.name).collect()).unwrap_or_default();
-    View { branch: branch.to_owned(), tip: tip.map(|t| t.to_string()), waves, nodes, unreadable, summary }
+    View { branch: branch.to_owned(), tip: tip.map(|t| t.to_string()), waves, nodes, refused, summary }
 }
 
 /// "42 healthy on abc123, 3 held, 1 failed (web-7: step `migrate` failed (exit 1)), 2 stale".

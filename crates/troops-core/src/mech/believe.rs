@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use git2::{Oid, Repository};
 use serde::{Deserialize, Serialize};
@@ -41,9 +41,9 @@ pub enum Reason {
     NoKey,
     /// The document speaks for another host than its ref is named for.
     Misnamed,
-    /// Older than the newest document of its host believed here: a ref set back to a replay.
+    /// Not newer than the newest document of its host believed here: a ref set back to a replay.
     Rewound,
-    /// No commit, no document, too large, not JSON, a newer schema, no date.
+    /// No commit, no document, too large, not JSON, a newer schema, no date or one too far ahead.
     Unreadable,
 }
 
@@ -78,11 +78,13 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// A document believed: its commit (what its status ref points at) and what it says.
+/// A document believed: its commit (what its status ref points at), what it says, and the key
+/// that signed it (`SHA256:...`).
 #[derive(Debug, Clone)]
 pub struct Believed {
     pub commit: Oid,
     pub doc: StatusDoc,
+    pub key: String,
 }
 
 /// A status ref whose document is not believed, and why. `detail` quotes a peer's bytes escaped.
@@ -171,14 +173,18 @@ fn read_key(git: &Repository, id: Oid) -> std::result::Result<PublicKey, String>
     PublicKey::from_openssh(text.trim()).map_err(|e| format!("is no SSH public key ({e})"))
 }
 
-/// Which documents of the status refs in `status` to believe, checked against `keys` and the
-/// `newest` documents believed before.
-pub fn believe(status: &Repository, keys: &Keys, newest: &Newest) -> Belief {
+/// How far ahead of the reader's clock a document may be dated. One dated later would, once
+/// believed, hold back every newer document of its host until then: it is refused instead.
+pub const MAX_AHEAD: Duration = Duration::from_secs(300);
+
+/// Which documents of the status refs in `status` to believe at `now`, checked against `keys` and
+/// the `newest` documents believed before.
+pub fn believe(status: &Repository, keys: &Keys, newest: &Newest, now: SystemTime) -> Belief {
     let mut refs = crate::mech::statusrefs::hosts(status);
     refs.sort();
     let mut belief = Belief::default();
     for (host, target) in refs {
-        match check(status, &host, target, keys, newest) {
+        match check(status, &host, target, keys, newest, now) {
             Ok(believed) => belief.believed.push(believed),
             Err((reason, detail)) => belief.refused.push(Refused {
                 reference: format!("{REF_PREFIX}{}", escape(&host)),
@@ -199,6 +205,7 @@ fn check(
     target: Option<Oid>,
     keys: &Keys,
     newest: &Newest,
+    now: SystemTime,
 ) -> std::result::Result<Believed, (Reason, String)> {
     let unreadable = |e: String| (Reason::Unreadable, escape(&e).into_owned());
     let commit = target
@@ -213,10 +220,48 @@ fn check(
         Err(e) => return Err(unreadable(e.message().to_owned())),
     };
     let key = keys.of(host)?;
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    // The commit this reader believed last, by this key: its id is a hash of the signature and
+    // what it signs, checked then. Nothing to verify again (a fleet's heartbeats change a few).
+    let known =
+        newest.hosts.get(host).is_some_and(|s| s.commit == commit.id().to_string() && s.key == fingerprint);
+    if !known {
+        verify(host, key, &signature, &payload)?;
+    }
+    let doc = crate::mech::statusrefs::read_doc(status, &commit).map_err(unreadable)?;
+    if doc.host != host {
+        return Err((Reason::Misnamed, format!("it speaks for another host, \"{}\"", escape(&doc.host))));
+    }
+    let updated =
+        doc.updated_time().ok_or_else(|| unreadable(format!("its date {:?} is no time", doc.updated_at)))?;
+    if updated.duration_since(now).is_ok_and(|ahead| ahead > MAX_AHEAD) {
+        return Err(unreadable(format!(
+            "it is dated {}, more than {} ahead of this reader's clock",
+            doc.updated_at,
+            humantime::format_duration(MAX_AHEAD)
+        )));
+    }
+    if let Some(why) = rewound(commit.id(), updated, newest.hosts.get(host)) {
+        return Err((Reason::Rewound, why));
+    }
+    Ok(Believed { commit: commit.id(), doc, key: fingerprint })
+}
+
+/// Whether `signature` (a `gpgsig` header) is `host`'s `key`'s, for namespace `git`, over `payload`.
+fn verify(
+    host: &str,
+    key: &PublicKey,
+    signature: &[u8],
+    payload: &[u8],
+) -> std::result::Result<(), (Reason, String)> {
     let bad = |e: String| (Reason::BadSignature, escape(&e).into_owned());
-    let sig = sshsig::read_signature(&signature).map_err(bad)?;
+    let sig = sshsig::read_signature(signature).map_err(bad)?;
     if sig.namespace() != sshsig::NAMESPACE {
-        return Err(bad(format!("it was made for namespace {:?}, not {:?}", sig.namespace(), sshsig::NAMESPACE)));
+        return Err(bad(format!(
+            "it was made for namespace {:?}, not {:?}",
+            sig.namespace(),
+            sshsig::NAMESPACE
+        )));
     }
     if sig.public_key() != key.key_data() {
         let signer = PublicKey::from(sig.public_key().clone()).fingerprint(HashAlg::Sha256);
@@ -229,17 +274,7 @@ fn check(
             ),
         ));
     }
-    sshsig::check(key, &payload, &sig).map_err(bad)?;
-    let doc = crate::mech::statusrefs::read_doc(status, &commit).map_err(unreadable)?;
-    if doc.host != host {
-        return Err((Reason::Misnamed, format!("it speaks for another host, \"{}\"", escape(&doc.host))));
-    }
-    let updated =
-        doc.updated_time().ok_or_else(|| unreadable(format!("its date {:?} is no time", doc.updated_at)))?;
-    if let Some(why) = rewound(commit.id(), updated, newest.hosts.get(host)) {
-        return Err((Reason::Rewound, why));
-    }
-    Ok(Believed { commit: commit.id(), doc })
+    sshsig::check(key, payload, &sig).map_err(bad)
 }
 
 /// Why a document of `commit`, dated `updated` by its node, is older than `newest`, the newest of
@@ -270,11 +305,13 @@ pub struct Newest {
     pub refused: BTreeMap<Reason, usize>,
 }
 
-/// One host's newest believed document: its commit and its date, as it says.
+/// One host's newest believed document: its commit, its date as it says, and the key it was
+/// verified with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
     pub commit: String,
     pub updated_at: String,
+    pub key: String,
 }
 
 impl StateFile for Newest {
@@ -304,7 +341,11 @@ impl Newest {
     pub fn with(&self, belief: &Belief) -> Newest {
         let mut next = self.clone();
         for believed in &belief.believed {
-            let seen = Seen { commit: believed.commit.to_string(), updated_at: believed.doc.updated_at.clone() };
+            let seen = Seen {
+                commit: believed.commit.to_string(),
+                updated_at: believed.doc.updated_at.clone(),
+                key: believed.key.clone(),
+            };
             next.hosts.insert(believed.doc.host.clone(), seen);
         }
         next.refused = belief.refused_by_reason().into_iter().filter(|(_, n)| *n > 0).collect();
@@ -338,7 +379,7 @@ pub fn on_node(node: &crate::model::node::Node, status: &Repository) -> Belief {
         Some(repo) => Keys::at(&repo.git, trusted),
         None => Keys { commit: None, by_host: BTreeMap::new() },
     };
-    believe(status, &keys, &Newest::load(&node.believed_path()))
+    believe(status, &keys, &Newest::load(&node.believed_path()), SystemTime::now())
 }
 
 #[cfg(test)]

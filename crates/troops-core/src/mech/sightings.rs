@@ -165,7 +165,8 @@ mod tests {
         fn put(&mut self, host: &str, json: &serde_json::Value) -> git2::Oid {
             let commit = git2::Oid::hash_object(git2::ObjectType::Blob, json.to_string().as_bytes()).unwrap();
             let doc = serde_json::from_value(json.clone()).unwrap();
-            self.0.insert(host.to_owned(), crate::mech::believe::Believed { commit, doc });
+            let key = String::new();
+            self.0.insert(host.to_owned(), crate::mech::believe::Believed { commit, doc, key });
             commit
         }
 

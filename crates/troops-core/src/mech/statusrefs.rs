@@ -483,9 +483,11 @@ pub fn commit(git: &Repository, doc: &StatusDoc, key: &ssh_key::PrivateKey) -> R
             .filter(|p| chain_length(p) < MAX_CHAIN);
         let who = git2::Signature::now(&format!("troops on {}", doc.host), "troops@localhost")?;
         let message = format!("{}: {}", doc.host, doc.state);
-        let buffer = git.commit_create_buffer(&who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
+        let buffer =
+            git.commit_create_buffer(&who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
         let signature = sign(key, &buffer).map_err(|e| git2::Error::from_str(&e))?;
-        let text = std::str::from_utf8(&buffer).map_err(|_| git2::Error::from_str("a commit that is not UTF-8"))?;
+        let text =
+            std::str::from_utf8(&buffer).map_err(|_| git2::Error::from_str("a commit that is not UTF-8"))?;
         let commit = git.commit_signed(text, &signature, Some("gpgsig"))?;
         git.reference(PUBLISHED, commit, true, &message)?;
         git.reference(&name, commit, true, &message)?;

@@ -221,6 +221,7 @@ impl NodeState {
             drifted: self.drift.is_some(),
             paused: self.paused.is_some(),
             window_open: self.window_closed.is_none(),
+            fleet_refused: std::collections::BTreeMap::new(),
         }
     }
 
@@ -239,7 +240,9 @@ pub fn status_doc(node: &Node) -> Result<StatusDoc> {
 
 /// The metrics of this node now, as the textfile and `/metrics` show them.
 pub fn metrics(node: &Node) -> Result<String> {
-    let gauges = read(node)?.gauges();
+    let mut gauges = read(node)?.gauges();
+    let refused = crate::mech::believe::Newest::load(&node.believed_path()).refused;
+    gauges.fleet_refused = refused.into_iter().map(|(reason, n)| (reason.as_str().to_owned(), n)).collect();
     Ok(crate::mech::metrics::render(&crate::mech::metrics::snapshot(node, gauges)))
 }
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use troops_core::mech::statusrefs;
+use troops_core::mech::{believe, statusrefs};
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
 use troops_core::model::shown::escape;
@@ -160,7 +160,7 @@ impl Source {
                 e.message()
             ))
         })?;
-        if self.node.is_none() && fetched.is_ok() && statusrefs::read_all(&status).0.is_empty() {
+        if self.node.is_none() && fetched.is_ok() && statusrefs::hosts(&status).is_empty() {
             notes.push(format!(
                 "{} holds no status refs; nodes publish where their `status_remote` points: name that \
                  remote or its URL with --remote",
@@ -192,14 +192,35 @@ impl Source {
         ]
         .iter()
         .find_map(|name| git.refname_to_id(name).ok());
+        let belief = match &self.node {
+            Some(node) => believe::on_node(node, &status),
+            None => {
+                // A clone trusts the keys of what it has checked out (the branch tip before it
+                // has), and remembers the newest documents it believed in its git dir, so that a
+                // ref set back is refused here too.
+                let head = git.head().ok().and_then(|h| h.peel_to_commit().ok()).map(|c| c.id());
+                let trusted = head.or(tip);
+                let remembered = self.git_dir.join(CLONE_BELIEVED);
+                let belief = believe::believe(
+                    &status,
+                    &believe::Keys::at(&git, trusted),
+                    &believe::Newest::load(&remembered),
+                    SystemTime::now(),
+                );
+                if let Err(e) = believe::remember(&remembered, &belief) {
+                    notes.push(format!("the newest documents believed are not remembered: {e}"));
+                }
+                belief
+            }
+        };
         let at = SystemTime::now();
-        let view = fleet_view::view(&status, git, branch, tip, at);
-        for bad in &view.unreadable {
-            notes.push(format!("warning: {} is skipped: {}", escape(&bad.reference), escape(&bad.error)));
-        }
+        let view = fleet_view::view(belief, git, branch, tip, at);
         Ok(Reading { view, at, remote: self.remote.clone(), fetch_error: fetched.err(), notes })
     }
 }
+
+/// Where a clone remembers the newest status documents it believed, in its git dir.
+const CLONE_BELIEVED: &str = "troops-believed.json";
 
 /// Writes `page` to `file` whole: a temp file beside it, renamed over it, readable by all (a web
 /// server may serve it), so a reader never sees half a page.
@@ -372,6 +393,10 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
             // Its branch name is not in the document: the one compared with here stands for it.
             writeln!(out, "{}: {}", escape(&row.doc.host), escape(&diverged.sentence(&view.branch)))?;
         }
+    }
+    for refused in &view.refused {
+        // `reference` and `detail` are escaped already.
+        writeln!(out, "{}: not believed ({}): {}", refused.reference, refused.reason, refused.detail)?;
     }
     writeln!(out, "{}", escape(&view.summary))?;
     Ok(())

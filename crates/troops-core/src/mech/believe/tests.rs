@@ -31,6 +31,11 @@ fn put(git: &Repository, host: &str, bytes: &[u8], key: Option<&ssh_key::Private
     commit
 }
 
+/// The reader's clock: just after the documents' dates.
+fn now() -> SystemTime {
+    humantime::parse_rfc3339("2026-12-06T10:01:00Z").unwrap()
+}
+
 fn json(value: &serde_json::Value) -> Vec<u8> {
     value.to_string().into_bytes()
 }
@@ -60,7 +65,16 @@ fn each_status_ref_is_believed_or_refused_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (deploy, trusted) = deploy_repo(
         &dir.path().join("deploy"),
-        &[(1, "web-1"), (3, "web-3"), (5, "web-5"), (6, "web-6"), (7, "web-7"), (8, "web-8"), (9, "junk")],
+        &[
+            (1, "web-1"),
+            (3, "web-3"),
+            (5, "web-5"),
+            (6, "web-6"),
+            (7, "web-7"),
+            (8, "web-8"),
+            (9, "junk"),
+            (10, "web-9"),
+        ],
     );
     let status = Repository::init_bare(dir.path().join("status")).unwrap();
     let t = "2026-12-06T10:00:00.000Z";
@@ -80,17 +94,23 @@ fn each_status_ref_is_believed_or_refused_with_its_reason() {
     put(&status, "web-8", &huge, Some(&k8), false);
     put(&status, "junk", &json(&doc("junk", t)), Some(&test_key(9)), false);
     put(&status, "web-3x", &json(&doc("web-3x", t)), Some(&k3), false);
+    put(&status, "web-9", &json(&doc("web-9", "2026-12-06T10:06:01.000Z")), Some(&test_key(10)), false);
     let newest = Newest {
         hosts: [(
             "web-7".to_owned(),
-            Seen { commit: "a".repeat(40), updated_at: "2026-12-06T09:30:00.000Z".to_owned() },
+            Seen {
+                commit: "a".repeat(40),
+                updated_at: "2026-12-06T09:30:00.000Z".to_owned(),
+                key: String::new(),
+            },
         )]
         .into(),
         refused: BTreeMap::new(),
     };
 
-    let belief = believe(&status, &Keys::at(&deploy, Some(trusted)), &newest);
-    let believed: Vec<(&str, Oid)> = belief.believed.iter().map(|b| (b.doc.host.as_str(), b.commit)).collect();
+    let belief = believe(&status, &Keys::at(&deploy, Some(trusted)), &newest, now());
+    let believed: Vec<(&str, Oid)> =
+        belief.believed.iter().map(|b| (b.doc.host.as_str(), b.commit)).collect();
     assert_eq!(believed, [("web-1", good)]);
     let refused: Vec<(&str, Reason, &str)> =
         belief.refused.iter().map(|r| (r.host.as_str(), r.reason, r.detail.as_str())).collect();
@@ -105,6 +125,7 @@ fn each_status_ref_is_believed_or_refused_with_its_reason() {
         ("web-6", Reason::BadSignature, "does not verify with key"),
         ("web-7", Reason::Rewound, "not newer than 2026-12-06T09:30:00.000Z of aaaaaaaaaaaa, believed here before"),
         ("web-8", Reason::Unreadable, "over the 262144 a status document may have"),
+        ("web-9", Reason::Unreadable, "more than 5m ahead of this reader's clock"),
     ];
     assert_eq!(refused.len(), expected.len(), "{refused:?}");
     for ((host, reason, detail), (want_host, want_reason, says)) in refused.iter().zip(&expected) {
@@ -115,7 +136,7 @@ fn each_status_ref_is_believed_or_refused_with_its_reason() {
     assert_eq!(belief.refused_by_reason()[&Reason::NoKey], 3);
 
     // A reader that trusts no commit yet believes nothing.
-    let blind = believe(&status, &Keys::at(&deploy, None), &Newest::default());
+    let blind = believe(&status, &Keys::at(&deploy, None), &Newest::default(), now());
     assert!(blind.believed.is_empty());
     assert!(blind.refused.iter().filter(|r| r.reason == Reason::NoKey).count() >= 7, "{:?}", blind.refused);
 }
@@ -128,18 +149,18 @@ fn a_ref_set_back_to_an_older_signed_document_is_refused_and_stays_so() {
     let keys = Keys::at(&deploy, Some(trusted));
     let key = test_key(1);
     let old = put(&status, "web-1", &json(&doc("web-1", "2026-12-06T09:00:00.000Z")), Some(&key), false);
-    let first = believe(&status, &keys, &Newest::default());
+    let first = believe(&status, &keys, &Newest::default(), now());
     assert_eq!(first.believed[0].commit, old);
     let newest = Newest::default().with(&first);
     // Believed again as long as it is the same.
-    assert_eq!(believe(&status, &keys, &newest).believed.len(), 1);
+    assert_eq!(believe(&status, &keys, &newest, now()).believed.len(), 1);
     let new = put(&status, "web-1", &json(&doc("web-1", "2026-12-06T10:00:00.000Z")), Some(&key), false);
-    let second = believe(&status, &keys, &newest);
+    let second = believe(&status, &keys, &newest, now());
     assert_eq!(second.believed[0].commit, new);
     let newest = newest.with(&second);
     // The writer of the status remote sets the ref back to the old, genuinely signed document.
     status.reference("refs/troops/status/web-1", old, true, "").unwrap();
-    let replayed = believe(&status, &keys, &newest);
+    let replayed = believe(&status, &keys, &newest, now());
     assert!(replayed.believed.is_empty());
     assert_eq!(replayed.refused[0].reason, Reason::Rewound);
     // Taking the refusal in forgets nothing; deleting the ref first does not help either.
@@ -147,16 +168,20 @@ fn a_ref_set_back_to_an_older_signed_document_is_refused_and_stays_so() {
     assert_eq!(newest.hosts["web-1"].commit, new.to_string());
     assert_eq!(newest.refused, [(Reason::Rewound, 1)].into());
     status.find_reference("refs/troops/status/web-1").unwrap().delete().unwrap();
-    let newest = newest.with(&believe(&status, &keys, &newest));
+    let newest = newest.with(&believe(&status, &keys, &newest, now()));
     status.reference("refs/troops/status/web-1", old, true, "").unwrap();
-    assert_eq!(believe(&status, &keys, &newest).refused[0].reason, Reason::Rewound);
+    assert_eq!(believe(&status, &keys, &newest, now()).refused[0].reason, Reason::Rewound);
 }
 
 #[test]
 fn rewound_as_a_table() {
     let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
     let (a, b) = (Oid::from_bytes(&[1; 20]).unwrap(), Oid::from_bytes(&[2; 20]).unwrap());
-    let seen = |commit: Oid, t: &str| Seen { commit: commit.to_string(), updated_at: t.to_owned() };
+    let seen = |commit: Oid, t: &str| Seen {
+        commit: commit.to_string(),
+        updated_at: t.to_owned(),
+        key: String::new(),
+    };
     #[rustfmt::skip]
     let cases: Vec<(&str, Oid, &str, Option<Seen>, bool)> = vec![
         ("nothing believed before", a, "2026-01-01T00:00:00Z", None, false),
@@ -199,4 +224,19 @@ fn git_verify_commit_accepts_a_published_status_commit() {
     // Another key in the list: git refuses it too.
     std::fs::write(&signers, format!("web-1 {}\n", test_key(2).public_key().to_openssh().unwrap())).unwrap();
     assert!(!verify(&signers).status.success());
+}
+
+#[test]
+fn a_believed_commit_is_verified_again_once_its_hosts_key_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (deploy, trusted) = deploy_repo(&dir.path().join("deploy"), &[(1, "web-1")]);
+    let (rekeyed, retrusted) = deploy_repo(&dir.path().join("rekeyed"), &[(2, "web-1")]);
+    let status = Repository::init_bare(dir.path().join("status")).unwrap();
+    put(&status, "web-1", &json(&doc("web-1", "2026-12-06T09:00:00.000Z")), Some(&test_key(1)), false);
+    let first = believe(&status, &Keys::at(&deploy, Some(trusted)), &Newest::default(), now());
+    let newest = Newest::default().with(&first);
+    assert_eq!(newest.hosts["web-1"].key, test_key(1).public_key().fingerprint(HashAlg::Sha256).to_string());
+    // The same commit, known here, under the key the repo names now: not web-1's any more.
+    let after = believe(&status, &Keys::at(&rekeyed, Some(retrusted)), &newest, now());
+    assert_eq!(after.refused[0].reason, Reason::WrongKey, "{:?}", after.refused);
 }

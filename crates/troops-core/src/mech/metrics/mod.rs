@@ -111,6 +111,9 @@ pub struct Gauges {
     pub paused: bool,
     /// Whether no new tip waits for a deploy window of its plan.
     pub window_open: bool,
+    /// The status documents the last fetch of the status refs did not believe, by reason
+    /// (`believe::Reason`); reasons with none are left out.
+    pub fleet_refused: BTreeMap<String, usize>,
 }
 
 /// Everything the metrics show at one moment.
@@ -428,6 +431,16 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?)?;
+        let mut refused = encoder.encode_descriptor(
+            "troops_fleet_refused",
+            "Status documents of the fleet not believed at the last fetch, by reason (unsigned, wrong_key, rewound, ...)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for reason in crate::mech::believe::Reason::ALL {
+            let n = g.fleet_refused.get(reason.as_str()).copied().unwrap_or(0);
+            ConstGauge::new(n as i64).encode(refused.encode_family(&[("reason", reason.as_str())])?)?;
+        }
         let mut state = encoder.encode_descriptor(
             "troops_state",
             "1 for the node's state (as troops status and its status document say it)",
