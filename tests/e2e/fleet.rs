@@ -770,7 +770,8 @@ fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
     assert_eq!(json["nodes"][0]["roles"][1], "\u{1b}[2J\u{1b}[H");
 }
 
-/// A status remote `status.git` in a hub, and node-00 publishing to it.
+/// A status remote `status.git` in a hub, and node-00 publishing to it (its branch has a commit
+/// with its key, none deployed).
 pub(super) fn publishing_node() -> (Env, PathBuf, Env) {
     let hub = Env::new();
     let status = bare(&hub, "status.git");
@@ -778,6 +779,11 @@ pub(super) fn publishing_node() -> (Env, PathBuf, Env) {
     node.write_config("hostname = \"node-00\"\nstatus_remote = \"status\"\n");
     node.init();
     node.git(&node.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    // Its branch holds its key: the node believes its own status by it.
+    let work = node.deploy_repo("work");
+    work.add_node_key(&node, "node-00");
+    work.commit(&node, &[], "node-00's key");
+    work.publish(&node);
     (hub, status, node)
 }
 

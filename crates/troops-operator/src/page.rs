@@ -499,6 +499,7 @@ mod tests {
             waves: waves.iter().map(|w| w.to_string()).collect(),
             nodes,
             refused: vec![],
+            fleet_rollbacks: vec![],
             summary,
         }
     }

@@ -60,7 +60,19 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
         Some(tip) if Some(tip) != deployed && tip_quarantined.is_none() => window_closed(node, repo, tip),
         _ => None,
     };
+    let fleet_failed = match deployed {
+        Some(deployed) => match crate::node::rollout::fleet_failure(node, repo, deployed) {
+            Some(why) => Some(schedule::FleetFailed {
+                commit: deployed,
+                why,
+                back_to: previous_good(node, repo, deployed)?,
+            }),
+            None => None,
+        },
+        None => None,
+    };
     Ok(Facts {
+        fleet_failed,
         branch: repo.branch.clone(),
         tip,
         deployed,

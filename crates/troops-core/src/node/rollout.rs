@@ -48,6 +48,17 @@ pub fn verdict(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<RolloutHold>
     }
 }
 
+/// With `[rollout] fleet_rollback` in the plan at `deployed`: why the fleet's believed reports
+/// say, at quorum, that `deployed` failed (`waves::fleet_failure`), if they do. Reads the status
+/// refs only for a node with a `status_remote` and such a plan.
+pub fn fleet_failure(node: &Node, repo: &NodeRepo, deployed: Oid) -> Option<String> {
+    node.config.status_remote.as_ref()?;
+    let plan = plan_at(repo, deployed)?;
+    let rollout = plan.rollout.as_ref().filter(|r| r.fleet_rollback)?;
+    let (failure, of) = waves::fleet_failure(deployed, &evidence(node), &waves::Known::of(&plan), rollout)?;
+    Some(failure.sentence(of, rollout.quorum))
+}
+
 /// What this node knows of the others' status: the documents it believes of their refs in the
 /// status repo as its last fetch left them (`believe`; the refused ones with why), with when it
 /// saw each change (`sightings`), and whether that fetch worked.

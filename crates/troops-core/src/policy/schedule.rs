@@ -52,6 +52,20 @@ pub struct Facts {
     pub paused: Option<Paused>,
     /// The deploy windows of the tip's plan are closed now (read only when the tip may be due).
     pub window: Option<WindowClosed>,
+    /// With `[rollout] fleet_rollback` in the deployed commit's plan: the fleet's believed
+    /// reports say, at quorum, that the deployed commit failed.
+    pub fleet_failed: Option<FleetFailed>,
+}
+
+/// The fleet reports the deployed commit failed (`waves::fleet_failure`): it is quarantined and
+/// the node goes back to `back_to`, the newest other commit that succeeded here and is not
+/// quarantined (`None`: there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFailed {
+    pub commit: Oid,
+    /// "the fleet reports 1a2b3c4d5e6f failed: 1 of 1 canary nodes (web-1) at quorum 1".
+    pub why: String,
+    pub back_to: Option<Oid>,
 }
 
 /// The tip's plan's deploy windows are all closed for this host.
@@ -124,9 +138,16 @@ pub struct RunNow {
     pub trigger: Trigger,
     /// For a rollback: the run whose failure it undoes, and its commit.
     pub undoes: Option<Failed>,
-    /// A person's rollback quarantines the commit it leaves before it runs.
-    pub quarantines: Option<Oid>,
+    /// A rollback by a person or by the fleet quarantines the commit it leaves before it runs.
+    pub quarantines: Option<Leaving>,
     pub why: String,
+}
+
+/// The commit a rollback leaves, and who decided it ("a person (troops rollback)").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaving {
+    pub commit: Oid,
+    pub by: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +223,26 @@ fn decide_unpaused(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> 
                 newest.id
             ),
         };
+    }
+    // The fleet says the deployed commit failed: it goes, as with a person's rollback (a person's
+    // push runs what they pushed).
+    let fleet_failed = facts.fleet_failed.as_ref().filter(|f| Some(f.commit) == facts.deployed);
+    if let Some(failed) = fleet_failed.filter(|_| *ask == Ask::Tick) {
+        let Some(back_to) = failed.back_to else {
+            return Decision::Idle {
+                why: format!("{}; no other commit succeeded here to go back to", failed.why),
+            };
+        };
+        return Decision::Run(RunNow {
+            commit: back_to,
+            trigger: Trigger::Rollback,
+            undoes: Some(Failed { run: None, commit: failed.commit }),
+            quarantines: Some(Leaving {
+                commit: failed.commit,
+                by: format!("fleet_rollback ({})", failed.why),
+            }),
+            why: failed.why.clone(),
+        });
     }
     // A commit that failed with `on_failure = "rollback"` is quarantined; until the last good
     // commit ran again, that is what runs.
@@ -335,7 +376,7 @@ fn persons_rollback(facts: &Facts) -> Decision {
         commit: target,
         trigger: Trigger::Rollback,
         undoes: Some(Failed { run: None, commit: deployed }),
-        quarantines: Some(deployed),
+        quarantines: Some(Leaving { commit: deployed, by: "a person (troops rollback)".into() }),
         why: "asked for by a person".into(),
     })
 }
@@ -388,6 +429,7 @@ mod tests {
             asked: None,
             paused: None,
             window: None,
+            fleet_failed: None,
         }
     }
 
@@ -410,6 +452,15 @@ mod tests {
     fn paused(facts: Facts) -> Facts {
         let paused = Paused { why: "paused by alice since T until troops resume".into(), until: None };
         Facts { paused: Some(paused), ..facts }
+    }
+
+    /// `facts` with the fleet reporting `commit` failed; `back_to`: the newest other good one.
+    fn fleet_failed(facts: Facts, commit: u8, back_to: Option<u8>) -> Facts {
+        let why = "the fleet reports it failed".to_owned();
+        Facts {
+            fleet_failed: Some(FleetFailed { commit: oid(commit), why, back_to: back_to.map(oid) }),
+            ..facts
+        }
     }
 
     /// `facts` for a person's ask naming `commit` (quarantined when `bad`), as read from disk.
@@ -504,6 +555,14 @@ mod tests {
             ("a closed window holds no rollback", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(2, C, Failed, Manual, true)])), 0, "run a rollback undoing run 2"),
             ("a closed window holds no retry of the deployed commit", tick.clone(), closed(facts(Some(A), Some(A), false, vec![past(3, A, Failed, RollbackT, false)])), 31, "run a retry"),
             ("a closed window holds no corrective run", Ask::Drift, closed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)])), 0, "run a drift"),
+            ("the fleet reports the deployed commit failed: back", tick.clone(), fleet_failed(facts(Some(B), Some(B), false, vec![past(2, B, Succeeded, Pull, false)]), B, Some(A)), 0, "run a rollback"),
+            ("...with nothing to go back to", tick.clone(), fleet_failed(facts(Some(B), Some(B), false, vec![past(1, B, Succeeded, Pull, false)]), B, None), 0, "idle"),
+            ("...not held by a pause", tick.clone(), paused(fleet_failed(facts(Some(B), Some(B), false, vec![]), B, Some(A))), 0, "run a rollback"),
+            ("...nor by a closed window", tick.clone(), closed(fleet_failed(facts(Some(B), Some(B), false, vec![]), B, Some(A))), 0, "run a rollback"),
+            ("...nor by the rollout", tick.clone(), held(fleet_failed(facts(Some(C), Some(B), false, vec![]), B, Some(A))), 0, "run a rollback"),
+            ("...but not while a run is under way", tick.clone(), fleet_failed(facts(Some(B), Some(A), false, vec![past(2, B, Running, Pull, false)]), B, Some(A)), 0, "idle"),
+            ("a failure of a commit not deployed here rolls nothing back", tick.clone(), fleet_failed(facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), B, Some(A)), 0, "run b pull"),
+            ("a push is a person's: its commit runs", push.clone(), fleet_failed(facts(Some(C), Some(B), false, vec![]), B, Some(A)), 0, "run c push"),
             ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
         let mut wrong = Vec::new();

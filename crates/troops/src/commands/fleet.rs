@@ -394,6 +394,9 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
             writeln!(out, "{}: {}", escape(&row.doc.host), escape(&diverged.sentence(&view.branch)))?;
         }
     }
+    for sentence in &view.fleet_rollbacks {
+        writeln!(out, "fleet rollback: {sentence}; every node that runs it rolls back")?;
+    }
     for refused in &view.refused {
         // `reference` and `detail` are escaped already.
         writeln!(out, "{}: not believed ({}): {}", refused.reference, refused.reason, refused.detail)?;
