@@ -1,8 +1,10 @@
 //! Publishing a node's status and fetching the fleet's, each bounded. The documents live in a repo
 //! of their own on the node (`<state>/status.git`), apart from the node repo: what peers publish
 //! never enters the deploy code's object store, and what nothing points at any more is pruned at
-//! the next repack, not two weeks later. Publishing commits the node's document there (on a short chain, `commit`) and
-//! force-pushes that one ref to the status remote: only the node writes its ref. Fetching brings
+//! the next repack, not two weeks later. Publishing commits the node's document there (on a short chain, `commit`),
+//! signed with the node's own key as git signs with `gpg.format=ssh` (what `believe` checks), and
+//! force-pushes that one ref to the status remote. Anyone with the remote's write key may write
+//! any ref there; only the node can sign its documents. Fetching brings
 //! each node's newest commit only (depth 1) and at most `MAX_FETCH` bytes, stopped while it
 //! downloads, so a peer's ref cannot fill a node's memory or disk. Both go through root's hardened
 //! `git` (fetch.rs) with the node's SSH key, whatever the URL: a child process can be bounded

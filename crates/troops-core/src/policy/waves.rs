@@ -304,7 +304,8 @@ pub fn fleet_failure(
             .collect();
         let needed = ((rollout.quorum * members.len() as f64).ceil() as usize).max(1);
         let name = rollout.waves[wave].name.clone();
-        (failed.len() >= needed).then(|| (FleetFailure { commit, wave: name, hosts: failed }, members.len()))
+        (failed.len() >= needed)
+            .then_some((FleetFailure { commit, wave: name, hosts: failed }, members.len()))
     })
 }
 
