@@ -164,7 +164,7 @@ mod tests {
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoak = \"soon\"\n", "troops.toml:3:8: `rollout.soak` \"soon\""),
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nquorum = 1.5\n", "troops.toml:3:10: `rollout.quorum` 1.5 must be more than 0 and at most 1"),
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoaks = \"1s\"\n", "troops.toml:3:1: unknown field `soaks`"),
-            ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nfleet_rollback = \"yes\"\n", "troops.toml:3:18: invalid type: string \"yes\", expected a boolean"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nfleet_rollback = \"yes\"\n", "troops.toml:3:18: `rollout.fleet_rollback`: invalid type: string \"yes\", expected a boolean"),
         ];
         for (text, want) in cases {
             let got = plan_error(text);
