@@ -25,8 +25,8 @@ printf '[[step]]\nname = "a"\nrun = "true"\n' > "$dir/work/troops.toml"
 now=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)
 commit=$(printf '%040d' 1)
 echo "making $HOSTS hosts' keys and signed status documents" >&2
-for i in $(seq -w 0 $((HOSTS - 1))); do
-    host=host-$i
+for i in $(seq 0 $((HOSTS - 1))); do
+    host=$(printf 'host-%04d' "$i")
     ssh-keygen -q -t ed25519 -N '' -C "troops@$host" -f "$dir/keys/$host"
     cp "$dir/keys/$host.pub" "$dir/work/keys/$host.pub"
     doc=$(printf '{"schema":1,"host":"%s","version":"0.2.0","roles":["web"],"wave":null,"tip":"%s","deployed":"%s","state":"healthy","since":"%s","run":null,"hold":null,"quarantined":[],"checks":[],"heartbeat_seconds":3600,"updated_at":"%s"}' "$host" "$commit" "$commit" "$now" "$now")

@@ -58,7 +58,8 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let advanced = fetched.and_then(|fetched| advance(node, fetched, out));
     // Recorded once the branch moved: a node that had deployed nothing believes its peers by the
     // keys of its new tip.
-    let status_error = status.and_then(|(remote, fetched)| record_status(node, remote, fetched).err());
+    let status_error =
+        status.and_then(|(remote, fetched)| record_status(node, remote, fetched).fetched.err());
     if let Some(e) = &status_error {
         let remote = node.config.status_remote.as_deref().unwrap_or_default();
         let _ =
@@ -70,14 +71,17 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     Ok(cycle)
 }
 
+/// How a fetch of the status refs went, and what the node believes of them after it.
+pub struct StatusRead {
+    /// Why the fetch failed or could not be recorded, if so.
+    pub fetched: std::result::Result<(), String>,
+    pub belief: crate::mech::believe::Belief,
+}
+
 /// Fetches the fleet's status refs from `remote` into the node's status repo, and records what
 /// this node believes of them and when it saw them (`believe`, `sightings`), a failure too: the
 /// rollout believes only what it saw itself.
-pub fn fetch_status(
-    node: &Node,
-    remote: &str,
-    deadline: std::time::Instant,
-) -> std::result::Result<(), String> {
+pub fn fetch_status(node: &Node, remote: &str, deadline: std::time::Instant) -> StatusRead {
     record_status(node, remote, fetch_status_refs(node, remote, deadline))
 }
 
@@ -99,12 +103,11 @@ fn fetch_status_refs(
 
 /// Records how the fetch of the status refs from `remote` went (`fetched`) and, if it worked,
 /// which documents this node believes now and when it saw them change.
-fn record_status(
-    node: &Node,
-    remote: &str,
-    fetched: std::result::Result<(), String>,
-) -> std::result::Result<(), String> {
-    let git = crate::mech::statusrefs::open(&node.status_repo_path()).map_err(|e| e.to_string())?;
+fn record_status(node: &Node, remote: &str, fetched: std::result::Result<(), String>) -> StatusRead {
+    let git = match crate::mech::statusrefs::open(&node.status_repo_path()) {
+        Ok(git) => git,
+        Err(e) => return StatusRead { fetched: Err(e.to_string()), belief: Default::default() },
+    };
     let belief = crate::mech::believe::on_node(node, &git);
     let recorded =
         crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &belief)
@@ -113,7 +116,7 @@ fn record_status(
                 false => Ok(()),
             })
             .map_err(|e| format!("recording what the status refs say: {e}"));
-    fetched.and(recorded)
+    StatusRead { fetched: fetched.and(recorded), belief }
 }
 
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.

@@ -146,12 +146,14 @@ impl Source {
     /// the fleet from them.
     fn read(&self) -> Result<Reading> {
         let mut notes = Vec::new();
-        let fetched = match &self.node {
+        // On a node, what it believes now, as its fetch recorded it.
+        let (fetched, on_node) = match &self.node {
             Some(node) => {
                 let deadline = Instant::now() + node.config.fetch_timeout;
-                troops_core::node::pull::fetch_status(node, &self.remote, deadline)
+                let read = troops_core::node::pull::fetch_status(node, &self.remote, deadline);
+                (read.fetched, Some(read.belief))
             }
-            None => statusrefs::fetch_as_caller(&self.status_dir, &self.url),
+            None => (statusrefs::fetch_as_caller(&self.status_dir, &self.url), None),
         };
         let status = git2::Repository::open_bare(&self.status_dir).map_err(|e| {
             troops_core::Error::Env(format!(
@@ -192,8 +194,8 @@ impl Source {
         ]
         .iter()
         .find_map(|name| git.refname_to_id(name).ok());
-        let belief = match &self.node {
-            Some(node) => believe::on_node(node, &status),
+        let belief = match on_node {
+            Some(belief) => belief,
             None => {
                 // A clone trusts the keys of what it has checked out (the branch tip before it
                 // has), and remembers the newest documents it believed in its git dir, so that a
