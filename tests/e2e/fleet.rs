@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use crate::support::daemon::Daemon;
 use crate::support::sshd::Sshd;
-use crate::support::{accept_within, combined, still_open, text, wait_until, DeployRepo, Env, BUDGET};
+use crate::support::{
+    accept_within, combined, put_status, still_open, text, wait_until, DeployRepo, Env, BUDGET,
+};
 
 const NODES: usize = 12;
 const SOAK: Duration = Duration::from_secs(2);
@@ -82,6 +84,7 @@ pub(super) fn fleet() -> Fleet {
         };
         env.git(&env.repo(), &["remote", "add", "status", &url]);
         let daemon = Daemon::start(&env);
+        work.add_node_key(&env, &name);
         members.push(Member { name, env, daemon });
     }
     Fleet { hub, mirror, work, members, _sshd: sshd }
@@ -197,6 +200,8 @@ fn a_fleet_rolls_out_in_waves_and_holds_what_failed_on_the_canary() {
     // A first commit: canary, then early, then the rest, each after the soak.
     let (first, _) = fleet.release(GOOD, "first");
     fleet.goes_through_the_waves(&first);
+    // The operator's clone believes the nodes' status by the keys of what it has checked out.
+    fleet.hub.git(&clone, &["pull", "-q", "origin", "main"]);
 
     // A commit whose check fails on the canary is rolled back there and runs nowhere else: every
     // other node holds it.
@@ -354,6 +359,8 @@ fn pair(soak: &str) -> Pair {
     };
     let (canary, later) = (node("node-00"), node("node-01"));
     let work = hub.deploy_repo("work");
+    work.add_node_key(&canary, "node-00");
+    work.add_node_key(&later, "node-01");
     work.commit(&hub, &[("troops.toml", &pair_plan(soak))], "plan");
     Pair { hub, work, status, canary, later }
 }
@@ -381,32 +388,28 @@ impl Pair {
         out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
-    /// Writes `doc` at `reference` on the status remote, as whoever can write there.
+    /// Writes `doc` at `reference` on the status remote, as whoever can write there (unsigned).
     fn forge(&self, reference: &str, doc: &Value) {
-        let file = self.hub.path("forged.json");
-        std::fs::write(&file, doc.to_string()).unwrap();
-        forge_file(&self.hub, &self.status, reference, &file);
+        put_status(&self.hub, &self.status, reference, doc.to_string().as_bytes(), None);
+    }
+
+    /// Writes `doc` at `reference` on the status remote signed with `node`'s key: what that node
+    /// says (or whoever stole its key).
+    fn say(&self, reference: &str, doc: &Value, node: &Env) {
+        let key = node.state.join("ssh/id_ed25519");
+        put_status(&self.hub, &self.status, reference, doc.to_string().as_bytes(), Some(&key));
     }
 }
 
-/// Points `reference` of the status remote `status` at a commit whose `status.json` is `file`.
-fn forge_file(hub: &Env, status: &Path, reference: &str, file: &Path) {
-    let git = status.display().to_string();
-    let blob =
-        hub.git(hub.tmp.path(), &["--git-dir", &git, "hash-object", "-w", &file.display().to_string()]);
-    let mut command = std::process::Command::new("git");
-    hub.hermetic(&mut command);
-    let mut child = command
-        .args(["--git-dir", &git, "mktree"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "100644 blob {blob}\tstatus.json").unwrap();
-    let tree = text(&child.wait_with_output().unwrap().stdout).trim().to_owned();
-    let commit = hub.git(hub.tmp.path(), &["--git-dir", &git, "commit-tree", &tree, "-m", "forged"]);
-    hub.git(hub.tmp.path(), &["--git-dir", &git, "update-ref", reference, &commit]);
+/// The time now, as a status document writes it.
+pub(super) fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// `doc` dated now: newer than any document of its host written before.
+pub(super) fn dated(mut doc: Value) -> Value {
+    doc["updated_at"] = now().into();
+    doc
 }
 
 /// A status document of `host`, `state` on `deployed`, as troops writes one.
@@ -467,14 +470,18 @@ fn a_pulled_commit_waits_for_the_canary_but_a_push_or_a_deploy_by_a_person_does_
     assert_eq!(deployed(&p.later).as_deref(), Some(first.as_str()));
     let fleet = p.later.run(&["fleet"]);
     assert!(
-        text(&fleet.stderr)
-            .contains("refs/troops/status/impostor is skipped: it speaks for another host, \"node-00\""),
+        text(&fleet.stdout).contains("refs/troops/status/impostor: not believed (unsigned): commit "),
         "{}",
         crate::support::combined(&fleet)
     );
-    // The same words from the canary's own ref, backdated by years, do not skip the soak: it is
-    // measured from when this node first saw the canary healthy on the commit.
+    // The same words at the canary's own ref, by anyone who may write there, are not the canary's.
     p.forge("refs/troops/status/node-00", &forged);
+    let out = p.later.ok(&["pull"]);
+    assert!(out.contains(&format!("{} is not run yet: wave 2 of 2 (later): waiting for 1 of 1 canary nodes healthy on {} for 1h; none healthy yet; node-00's document is not believed: unsigned: commit ", &second[..12], &second[..12])), "{out}");
+    // The canary's own words, backdated by years, do not skip the soak: it is measured from when
+    // this node first saw the canary healthy on the commit.
+    forged["updated_at"] = now().into();
+    p.say("refs/troops/status/node-00", &forged, &p.canary);
     let out = p.later.ok(&["pull"]);
     assert!(out.contains(&format!("{} is not run yet: wave 2 of 2 (later): waiting for 1 of 1 canary nodes healthy on {} for 1h; 1 healthy since ", &second[..12], &second[..12])), "{out}");
     assert_eq!(deployed(&p.later).as_deref(), Some(first.as_str()), "{out}");
@@ -557,24 +564,29 @@ fn the_next_wave_goes_only_on_evidence_it_can_read_and_date_itself() {
     // Nobody has reported: the plan names the canary, and it has said nothing.
     holds("none healthy yet; node-00: no status document");
 
-    // A document for another host at the canary's ref; a newer schema; one over the size limit.
-    p.forge(canary, &status_doc("node-05", "healthy", &first));
-    holds("node-00's document is unreadable: it speaks for another host, \"node-05\"");
-    let mut newer = status_doc("node-00", "healthy", &first);
+    // Signed by the canary: a document for another host at its ref; a newer schema; one over the
+    // size limit; one dated far ahead of node-01's clock.
+    let said = |doc: Value| p.say(canary, &doc, &p.canary);
+    said(dated(status_doc("node-05", "healthy", &first)));
+    holds("node-00's document is not believed: misnamed: it speaks for another host, \"node-05\"");
+    let mut newer = dated(status_doc("node-00", "healthy", &first));
     newer["schema"] = 2.into();
-    p.forge(canary, &newer);
+    said(newer);
     holds("has schema 2; this troops reads 1");
-    let mut large = status_doc("node-00", "healthy", &first);
+    let mut large = dated(status_doc("node-00", "healthy", &first));
     large["padding"] = "x".repeat(300 * 1024).into();
-    p.forge(canary, &large);
+    said(large);
     holds("bytes, over the 262144 a status document may have");
+    let mut ahead = status_doc("node-00", "healthy", &first);
+    ahead["updated_at"] = "2100-01-01T00:00:00.000Z".into();
+    said(ahead);
+    holds("unreadable: it is dated 2100-01-01T00:00:00.000Z, more than 5m ahead of this reader's clock");
 
     // The canary died deploying it: its report goes stale three heartbeats after node-01 last saw
     // it change, by node-01's clock, and a stale member is missing evidence, not absent.
-    let mut dying = status_doc("node-00", "deploying", &first);
+    let mut dying = dated(status_doc("node-00", "deploying", &first));
     dying["heartbeat_seconds"] = 1.into();
-    dying["updated_at"] = "2100-01-01T00:00:00.000Z".into();
-    p.forge(canary, &dying);
+    said(dying);
     holds("none healthy yet");
     wait_until("node-01 saying the canary is stale", Duration::from_secs(20), || {
         holds("").contains("node-00 is stale: its status has not changed here since ")
@@ -582,7 +594,7 @@ fn the_next_wave_goes_only_on_evidence_it_can_read_and_date_itself() {
 
     // The canary healthy on it, but the status remote cannot be fetched: node-01 does not know
     // what the canary says now.
-    p.forge(canary, &status_doc("node-00", "healthy", &first));
+    said(dated(status_doc("node-00", "healthy", &first)));
     let status = p.status.display().to_string();
     p.later.git(&p.later.repo(), &["remote", "set-url", "status", "/nonexistent/status.git"]);
     holds("the status remote status could not be fetched: ");
@@ -636,15 +648,13 @@ fn a_huge_status_ref_is_stopped_as_it_downloads_and_leaves_the_node_as_it_was() 
     std::fs::write(node.state.join("ssh/known_hosts"), known).unwrap();
     node.git(&node.repo(), &["remote", "add", "status", &sshd.url(&status)]);
     let daemon = Daemon::start(&node);
-    // The node's own status published and fetched back over SSH: the node as a fleet of one has it.
-    wait_until("the node's status published and fetched back", Duration::from_secs(30), || {
-        let seen = sightings(&node);
-        seen["fetch"]["error"].is_null() && seen["hosts"]["node-01"].is_object()
+    // The node's own status published, and the status refs fetched over SSH.
+    wait_until("the node's status published and fetched", Duration::from_secs(30), || {
+        sightings(&node)["fetch"]["error"].is_null() && daemon.log().contains("status published")
     });
     let (repo_before, peak_before) = (size_of(&node.state), peak_kib(daemon.child.id()));
 
     // A peer's ref holding 48 MB, random so that no compression makes it small on the wire.
-    let hog = hub.path("hog.json");
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let bytes: Vec<u8> = (0..48 << 20)
         .map(|_| {
@@ -654,8 +664,7 @@ fn a_huge_status_ref_is_stopped_as_it_downloads_and_leaves_the_node_as_it_was() 
             x as u8
         })
         .collect();
-    std::fs::write(&hog, bytes).unwrap();
-    forge_file(&hub, &status, "refs/troops/status/hog", &hog);
+    put_status(&hub, &status, "refs/troops/status/hog", &bytes, None);
     let started = Instant::now();
     wait_until("the node stopping the huge download", Duration::from_secs(60), || {
         sightings(&node)["fetch"]["error"]
@@ -698,11 +707,22 @@ fn a_huge_status_ref_is_stopped_as_it_downloads_and_leaves_the_node_as_it_was() 
     );
 }
 
-/// Writes `doc` at `reference` of the status remote `status`, as whoever can write there.
-pub(super) fn forge(hub: &Env, status: &Path, reference: &str, doc: &Value) {
-    let file = hub.path("forged.json");
-    std::fs::write(&file, doc.to_string()).unwrap();
-    forge_file(hub, status, reference, &file);
+/// Writes `doc` at `reference` of the status remote `status`, as whoever can write there: signed
+/// with the private key file `key` if one is given.
+pub(super) fn forge(hub: &Env, status: &Path, reference: &str, doc: &Value, key: Option<&Path>) {
+    put_status(hub, status, reference, doc.to_string().as_bytes(), key);
+}
+
+/// A new SSH key of `host`, its public half committed as `keys/<host>.pub` in the operator's
+/// `clone` (a host that clone believes); returns the private key file.
+pub(super) fn trusted_key(hub: &Env, clone: &Path, host: &str) -> PathBuf {
+    let key = hub.path(&format!("{host}-key"));
+    crate::support::ssh_keygen(&key, host);
+    std::fs::create_dir_all(clone.join("keys")).unwrap();
+    std::fs::copy(key.with_extension("pub"), clone.join(format!("keys/{host}.pub"))).unwrap();
+    hub.git(clone, &["add", "keys"]);
+    hub.git(clone, &["commit", "-q", "-m", &format!("{host}'s key")]);
+    key
 }
 
 #[test]
@@ -726,7 +746,8 @@ fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
         "commit": commit, "wave": "wave 1 of 1 (x)", "why": "\u{1b}]0;owned\u{7}waiting",
         "until": null, "halted": false, "since": "2020-01-01T00:00:00.000Z"
     });
-    forge(&hub, &status, "refs/troops/status/evil", &doc);
+    let key = trusted_key(&hub, &clone, "evil");
+    forge(&hub, &status, "refs/troops/status/evil", &doc, Some(&key));
     let fleet = |args: &[&str]| {
         let mut command = hub.troops(&["--state-dir", "/nonexistent", "fleet", "--remote", "status"]);
         let out = command.args(args).current_dir(&clone).output().unwrap();
@@ -749,7 +770,8 @@ fn a_status_document_that_would_drive_the_terminal_prints_escaped() {
     assert_eq!(json["nodes"][0]["roles"][1], "\u{1b}[2J\u{1b}[H");
 }
 
-/// A status remote `status.git` in a hub, and node-00 publishing to it.
+/// A status remote `status.git` in a hub, and node-00 publishing to it (its branch has a commit
+/// with its key, none deployed).
 pub(super) fn publishing_node() -> (Env, PathBuf, Env) {
     let hub = Env::new();
     let status = bare(&hub, "status.git");
@@ -757,6 +779,11 @@ pub(super) fn publishing_node() -> (Env, PathBuf, Env) {
     node.write_config("hostname = \"node-00\"\nstatus_remote = \"status\"\n");
     node.init();
     node.git(&node.repo(), &["remote", "add", "status", &status.display().to_string()]);
+    // Its branch holds its key: the node believes its own status by it.
+    let work = node.deploy_repo("work");
+    work.add_node_key(&node, "node-00");
+    work.commit(&node, &[], "node-00's key");
+    work.publish(&node);
     (hub, status, node)
 }
 
@@ -848,8 +875,16 @@ fn in_a_clone_fleet_says_where_to_look_takes_a_url_and_strict_gates_on_failures(
 
     // A URL is a remote too; --strict fails on a failure report and not on a node under way.
     let commit = "1".repeat(40);
-    forge(&hub, &status, "refs/troops/status/web-1", &status_doc("web-1", "healthy", &commit));
-    forge(&hub, &status, "refs/troops/status/web-2", &status_doc("web-2", "deploying", &commit));
+    let keys = [trusted_key(&hub, &clone, "web-1"), trusted_key(&hub, &clone, "web-2")];
+    let key = |host: &str| Some(if host == "web-1" { keys[0].as_path() } else { keys[1].as_path() });
+    forge(&hub, &status, "refs/troops/status/web-1", &status_doc("web-1", "healthy", &commit), key("web-1"));
+    forge(
+        &hub,
+        &status,
+        "refs/troops/status/web-2",
+        &status_doc("web-2", "deploying", &commit),
+        key("web-2"),
+    );
     let url = status.display().to_string();
     let strict = |args: &[&str]| {
         let mut all = vec!["--state-dir", none.to_str().unwrap(), "--remote", &url];
@@ -861,7 +896,7 @@ fn in_a_clone_fleet_says_where_to_look_takes_a_url_and_strict_gates_on_failures(
     let fresh = |host: &str, state: &str| {
         let mut doc = status_doc(host, state, &commit);
         doc["updated_at"] = humantime::format_rfc3339_millis(SystemTime::now()).to_string().into();
-        forge(&hub, &status, &format!("refs/troops/status/{host}"), &doc);
+        forge(&hub, &status, &format!("refs/troops/status/{host}"), &doc, key(host));
     };
     fresh("web-1", "healthy");
     fresh("web-2", "deploying");
@@ -893,6 +928,7 @@ fn a_node_whose_branch_forked_from_its_mirror_says_so_everywhere_and_recovers_by
     env.ok(&["init", "--remote", &format!("origin={}", mirror.display())]);
     env.git(&env.repo(), &["remote", "add", "status", &status.display().to_string()]);
     let work = hub.deploy_repo("work");
+    work.add_node_key(&env, "web-1");
     let plan = "[[step]]\nname = \"deploy\"\nrun = \"echo deployed $TROOPS_COMMIT\"\n";
     let base = work.commit(&hub, &[("troops.toml", plan)], "base");
     let old = work.commit(&hub, &[("x", "old")], "old history");

@@ -3,7 +3,7 @@
 //! reloads a real haproxy (this test's child, on a free loopback port). Four nodes with daemons
 //! share one mirror and one status repo. Two app nodes are served; a third that joins is served
 //! within one poll and the settle time (one `fleet` run, which says what changed); one that stops
-//! is dropped once its news is stale. The reaction time is printed (BENCHMARKS.md).
+//! is dropped once its news is stale, and a forged node that does not exist is never served. The reaction time is printed (BENCHMARKS.md).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -220,6 +220,33 @@ fn the_balancer_serves_the_app_servers_that_exist_now() {
     let status = nodes[lb].env.ok(&["status"]);
     assert!(status.contains("watching  3 watched value(s), as run"), "{status}");
 
+    // Whoever holds the status remote's write key plants a healthy app node that does not exist,
+    // exporting an address of its choosing, signed by a key no `keys/<host>.pub` names: the
+    // balancer does not believe it, says so, and serves what it served.
+    let forger = hub.path("forger");
+    crate::support::ssh_keygen(&forger, "forger");
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let forged = serde_json::json!({
+        "schema": 1, "host": "app-9", "version": "0.2.0", "roles": ["app"], "wave": null,
+        "tip": null, "deployed": null, "state": "healthy", "since": now, "run": null, "hold": null,
+        "quarantined": [], "checks": [], "exports": { "addr": "127.0.0.1:1" },
+        "heartbeat_seconds": 3600, "updated_at": now
+    });
+    let forged = forged.to_string();
+    crate::support::put_status(
+        &hub,
+        &hub.path("status.git"),
+        "refs/troops/status/app-9",
+        forged.as_bytes(),
+        Some(&forger),
+    );
+    wait_until("the balancer to refuse app-9's document", Duration::from_secs(30), || {
+        nodes[lb].env.ok(&["fleet"]).contains("refs/troops/status/app-9: not believed (no_key)")
+    });
+    assert!(listed(&["app-1", "app-2", "app-3"]), "the forged node is not in the balancer's config");
+    // (Its document is fresh for three hours: had the balancer believed it, the config below,
+    // polls and fleet runs later, would list it.)
+
     // app-2 stops (its daemon and its app): once its news is stale, the balancer drops it.
     nodes[1].daemon = None;
     nodes[1].app = None;
@@ -236,4 +263,5 @@ fn the_balancer_serves_the_app_servers_that_exist_now() {
     let last = nodes[lb].runs().pop().unwrap();
     assert_eq!(last["trigger"], "fleet", "{last:#}");
     assert!(last["fleet_changes"].to_string().contains("app-2 addr is gone"), "{last:#}");
+    assert!(!last["fleet_changes"].to_string().contains("app-9"), "{last:#}");
 }

@@ -11,6 +11,7 @@
 use troops_testkit as support;
 
 mod access;
+mod believe;
 mod changes;
 mod checks;
 mod daemon;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::fleet::{fleet, fleet_json, forge, last_published, publishing_node, status_doc};
+use super::fleet::{fleet, fleet_json, forge, last_published, publishing_node, status_doc, trusted_key};
 use crate::support::{bin, text, wait_until, Env, BUDGET};
 
 /// In the wave `early` by its hash (the plan names the canary alone): its check fails.
@@ -244,7 +244,9 @@ fn the_fleet_page_shows_waves_holds_and_failures_in_a_real_browser() {
     hostile["roles"] = serde_json::json!(["<script>document.title='owned'</script>"]);
     hostile["quarantined"] =
         serde_json::json!([{ "commit": commit, "reason": "<img src=x onerror=alert(1)>" }]);
-    forge(hub, &hub.path("status.git"), "refs/troops/status/intruder", &hostile);
+    // A host whose key the operator's clone has (a new node, say): believed, and shown as text.
+    let key = trusted_key(hub, &clone, "intruder");
+    forge(hub, &hub.path("status.git"), "refs/troops/status/intruder", &hostile, Some(&key));
     wait_until("the served page showing the new document", Duration::from_secs(30), || {
         get(addr, "/").contains("data-host=\"intruder\"")
     });

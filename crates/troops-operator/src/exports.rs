@@ -68,7 +68,8 @@ mod tests {
                 row("app-1", "app", &[("addr", "10.0.0.1:80")]),
                 row("lb-1", "lb", &[("addr", "10.0.0.9:443")]),
             ],
-            unreadable: vec![],
+            refused: vec![],
+            fleet_rollbacks: vec![],
             summary: String::new(),
         };
         let hosts = |e: Vec<Export>| e.iter().map(|e| format!("{}:{}", e.host, e.name)).collect::<Vec<_>>();

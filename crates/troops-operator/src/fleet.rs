@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use git2::{Oid, Repository};
 use serde::Serialize;
 
+use troops_core::mech::believe::{Belief, Refused};
 use troops_core::mech::repo::NodeRepo;
-use troops_core::mech::statusrefs::Unreadable;
 use troops_core::model::names::short;
 use troops_core::model::status::{State, StatusDoc};
 
@@ -33,19 +33,26 @@ pub struct View {
     /// The waves' names by the plan at the tip, in order (`Row::wave_index` points here); empty
     /// when it has no `[rollout]` or no tip is known.
     pub waves: Vec<String>,
+    /// The believed documents (`believe`), one a host.
     pub nodes: Vec<Row>,
-    pub unreadable: Vec<Unreadable>,
+    /// The status refs whose documents are not believed, each with its reason: listed, never obeyed.
+    pub refused: Vec<Refused>,
+    /// With `[rollout] fleet_rollback` in the plan at the tip: each commit the believed reports
+    /// say failed, at quorum, and which reports decided it; every node that runs it rolls back.
+    pub fleet_rollbacks: Vec<String>,
     pub summary: String,
 }
 
-/// The fleet as the status refs in `status` tell it, against `tip` (the branch tip of the deploy
-/// repo `git` to compare with).
-pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
-    let (docs, unreadable) = troops_core::mech::statusrefs::read_all(status);
+/// The fleet as the believed documents of the status refs tell it (`belief`), against `tip` (the
+/// branch tip of the deploy repo `git` to compare with).
+pub fn view(belief: Belief, git: Repository, branch: &str, tip: Option<Oid>, now: SystemTime) -> View {
     let repo = NodeRepo { git, branch: branch.to_owned(), ledger: None, pushed: None };
-    let rollout = tip.and_then(|t| troops_core::node::rollout::rollout_at(&repo, t));
+    let plan = tip.and_then(|t| troops_core::node::rollout::plan_at(&repo, t));
+    let fleet_rollbacks = plan.as_ref().map(|p| fleet_rollbacks(&belief, p)).unwrap_or_default();
+    let Belief { believed, refused } = belief;
+    let docs = believed.into_iter().map(|b| b.doc);
+    let rollout = plan.and_then(|p| p.rollout);
     let mut nodes: Vec<Row> = docs
-        .into_iter()
         .map(|doc| {
             let behind = match (tip, doc.deployed_oid()) {
                 (Some(tip), Some(deployed)) => {
@@ -71,9 +78,45 @@ pub fn view(status: &Repository, git: Repository, branch: &str, tip: Option<Oid>
         (a.wave_index.unwrap_or(usize::MAX), &a.doc.host)
             .cmp(&(b.wave_index.unwrap_or(usize::MAX), &b.doc.host))
     });
-    let summary = summary(&nodes);
+    let mut summary = summary(&nodes);
+    if !refused.is_empty() {
+        summary += &format!(", {} not believed", refused.len());
+    }
     let waves = rollout.map(|r| r.waves.into_iter().map(|w| w.name).collect()).unwrap_or_default();
-    View { branch: branch.to_owned(), tip: tip.map(|t| t.to_string()), waves, nodes, unreadable, summary }
+    View {
+        branch: branch.to_owned(),
+        tip: tip.map(|t| t.to_string()),
+        waves,
+        nodes,
+        refused,
+        fleet_rollbacks,
+        summary,
+    }
+}
+
+/// What `fleet_rollback` in `plan` makes of the believed reports: for each commit they report
+/// failed, the sentence of the reports that decided its rollback, if they are quorum of a wave.
+fn fleet_rollbacks(belief: &Belief, plan: &troops_core::model::plan::Plan) -> Vec<String> {
+    use troops_core::policy::waves::{self, Evidence, Report};
+    let Some(rollout) = plan.rollout.as_ref().filter(|r| r.fleet_rollback) else { return Vec::new() };
+    let reports = belief
+        .docs()
+        .map(|doc| Report {
+            host: doc.host.clone(),
+            doc: Ok(doc.clone()),
+            changed: None,
+            healthy_since: None,
+        })
+        .collect();
+    let evidence = Evidence { reports, blind: None };
+    let known = waves::Known::of(plan);
+    let failed: std::collections::BTreeSet<Oid> =
+        belief.docs().filter(|d| d.state.reports_failure()).filter_map(|d| d.failed_commit()).collect();
+    failed
+        .into_iter()
+        .filter_map(|commit| waves::fleet_failure(commit, &evidence, &known, rollout))
+        .map(|(failure, of)| failure.sentence(of, rollout.quorum))
+        .collect()
 }
 
 /// "42 healthy on abc123, 3 held, 1 failed (web-7: step `migrate` failed (exit 1)), 2 stale".

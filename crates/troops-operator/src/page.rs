@@ -58,10 +58,16 @@ pub fn render(view: &View, context: &Context) -> String {
     for group in waves(view) {
         wave(&mut page, view, &group);
     }
-    if !view.unreadable.is_empty() {
-        page.push_str("<section class=\"box\"><h2>Unreadable status documents</h2><ul>");
-        for bad in &view.unreadable {
-            let _ = write!(page, "<li><code>{}</code>: {}</li>", html(&bad.reference), html(&bad.error));
+    if !view.refused.is_empty() {
+        page.push_str("<section class=\"box\"><h2>Status documents not believed</h2><ul>");
+        for bad in &view.refused {
+            let _ = write!(
+                page,
+                "<li><code>{}</code>: {}: {}</li>",
+                html(&bad.reference),
+                bad.reason,
+                html(&bad.detail)
+            );
         }
         page.push_str("</ul></section>");
     }
@@ -500,7 +506,8 @@ mod tests {
             tip: Some("1".repeat(40)),
             waves: waves.iter().map(|w| w.to_string()).collect(),
             nodes,
-            unreadable: vec![],
+            refused: vec![],
+            fleet_rollbacks: vec![],
             summary,
         }
     }
@@ -547,9 +554,12 @@ mod tests {
         });
         let mut view = view(vec![hostile, held], &[MARKUP, "rest"]);
         view.branch = MARKUP.into();
-        view.unreadable = vec![troops_core::mech::statusrefs::Unreadable {
+        view.refused = vec![troops_core::mech::believe::Refused {
+            host: MARKUP.into(),
             reference: MARKUP.into(),
-            error: MARKUP.into(),
+            commit: None,
+            reason: troops_core::mech::believe::Reason::Misnamed,
+            detail: MARKUP.into(),
         }];
         let page = render(&view, &Context { fetch_error: Some(MARKUP), remote: MARKUP, ..context() });
 
@@ -559,7 +569,7 @@ mod tests {
         let escaped =
             "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;&quot;&#39;&amp;";
         // The host, roles, wave name, branch, since, hold, run error, quarantine, check name and
-        // error, the unreadable ref and the fetch error: each is there, as text.
+        // error, the refused ref and its reason, and the fetch error: each is there, as text.
         assert!(page.matches(escaped).count() >= 12, "{page}");
         // The only tags are the page's own.
         let tags: std::collections::BTreeSet<&str> = page

@@ -315,6 +315,15 @@ impl DeployRepo {
         env.git(&self.path, &["rev-parse", "HEAD"])
     }
 
+    /// Puts `node`'s public key (`<state>/ssh/id_ed25519.pub`, made by `troops init`) at
+    /// `keys/<host>.pub`, for the next commit to take in: what the fleet believes `host`'s signed
+    /// status by.
+    pub fn add_node_key(&self, node: &Env, host: &str) {
+        let key = std::fs::read_to_string(node.state.join("ssh/id_ed25519.pub")).unwrap();
+        std::fs::create_dir_all(self.path.join("keys")).unwrap();
+        std::fs::write(self.path.join(format!("keys/{host}.pub")), key).unwrap();
+    }
+
     /// Moves the node's branch to this repo's `main` without running the node's hooks (a fetch
     /// into the node repo, not a push): for tests of `troops deploy`.
     pub fn publish(&self, env: &Env) -> String {
@@ -345,6 +354,46 @@ impl DeployRepo {
         command.current_dir(&self.path).arg("push").arg(url).args(args);
         command
     }
+}
+
+/// Points `reference` of the bare repo `status` (a status remote) at a new commit whose
+/// `status.json` is `doc`, as anyone who may write there can: signed by real git
+/// (`gpg.format=ssh`) with the private key file `key` when one is given, unsigned otherwise.
+/// Returns the commit.
+pub fn put_status(env: &Env, status: &Path, reference: &str, doc: &[u8], key: Option<&Path>) -> String {
+    let git = status.display().to_string();
+    let mut command = Command::new("git");
+    env.hermetic(&mut command);
+    let mut child = command
+        .args(["--git-dir", &git, "hash-object", "-w", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(doc).unwrap();
+    let blob = text(&child.wait_with_output().unwrap().stdout).trim().to_owned();
+    let mut command = Command::new("git");
+    env.hermetic(&mut command);
+    let mut child = command
+        .args(["--git-dir", &git, "mktree"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "100644 blob {blob}\tstatus.json").unwrap();
+    let tree = text(&child.wait_with_output().unwrap().stdout).trim().to_owned();
+    let commit = match key {
+        Some(key) => {
+            let signing = format!("user.signingKey={}", key.display());
+            let args =
+                ["--git-dir", &git, "-c", "gpg.format=ssh", "-c", &signing, "commit-tree", "-S", &tree];
+            env.git(env.tmp.path(), &[&args[..], &["-m", "status"]].concat())
+        }
+        None => env.git(env.tmp.path(), &["--git-dir", &git, "commit-tree", &tree, "-m", "status"]),
+    };
+    env.git(env.tmp.path(), &["--git-dir", &git, "update-ref", reference, &commit]);
+    commit
 }
 
 /// Force-pushes the work repo's HEAD to the bare repo `a.git` in the test dir, the remote `a`

@@ -4,6 +4,7 @@
 //! node should do next.
 
 pub mod background;
+pub mod believe;
 pub mod control;
 pub mod drift;
 pub mod env;

@@ -16,9 +16,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-use git2::Repository;
 use serde::{Deserialize, Serialize};
 
+use crate::mech::believe::Belief;
 use crate::mech::state_file::{self, StateFile};
 use crate::model::status::State;
 
@@ -75,20 +75,20 @@ impl Sightings {
         }
     }
 
-    /// Takes in the status refs of `git` as they are `now`: a ref at a new commit is a change seen
-    /// now, and its document is read; a host reporting healthy on the commit it reported healthy on
-    /// before keeps its time; a ref that is gone is forgotten.
-    pub fn observe(&mut self, git: &Repository, now: SystemTime) {
+    /// Takes in the believed documents of the status refs (`believe`) as they are `now`: a ref at
+    /// a new commit is a change seen now; a host reporting healthy on the commit it reported
+    /// healthy on before keeps its time; a ref that is gone or no longer believed is forgotten.
+    pub fn observe(&mut self, belief: &Belief, now: SystemTime) {
         let stamp = time(now);
         let mut hosts = BTreeMap::new();
-        for (host, commit) in crate::mech::statusrefs::hosts(git) {
-            let commit = commit.map(|c| c.to_string()).unwrap_or_default();
+        for believed in &belief.believed {
+            let (host, commit) = (believed.doc.host.clone(), believed.commit.to_string());
             let old = self.hosts.remove(&host);
             let sighting = match old {
                 Some(old) if old.commit == commit => old,
                 old => {
-                    let read = crate::mech::statusrefs::read_host(git, &host);
-                    let on = read.doc.ok().filter(|d| d.state == State::Healthy).and_then(|d| d.deployed);
+                    let doc = &believed.doc;
+                    let on = doc.deployed.clone().filter(|_| doc.state == State::Healthy);
                     let healthy = on.map(|on| match old.and_then(|o| o.healthy).filter(|h| h.on == on) {
                         Some(kept) => kept,
                         None => Healthy { on, since: stamp.clone() },
@@ -120,14 +120,14 @@ impl Sightings {
     }
 }
 
-/// Records the fetch of the status refs from `remote` into the status repo `git` that just ended
-/// (with `error` if it failed) and, if it worked, what the refs say now. Written only when it says
-/// something new, and only by whoever may record (see the module doc).
+/// Records the fetch of the status refs from `remote` that just ended (with `error` if it failed)
+/// and, if it worked, what the believed documents say now. Written only when it says something
+/// new, and only by whoever may record (see the module doc).
 pub fn record(
     path: &Path,
     remote: &str,
     error: Option<&String>,
-    git: &Repository,
+    belief: &Belief,
 ) -> std::result::Result<(), String> {
     let root = nix::unistd::geteuid().is_root();
     let state_dir = path.parent().unwrap_or(Path::new("."));
@@ -138,7 +138,7 @@ pub fn record(
     let before = sightings.clone();
     sightings.fetch = Some(LastFetch { remote: remote.to_owned(), error: error.cloned() });
     if error.is_none() {
-        sightings.observe(git, SystemTime::now());
+        sightings.observe(belief, SystemTime::now());
     }
     if sightings == before {
         return Ok(());
@@ -161,16 +161,23 @@ mod tests {
     const FILE: &str = "sightings.json";
     use std::time::Duration;
 
-    /// A status ref of `host` in `git` holding `json`, as a peer would publish it.
-    fn put(git: &Repository, host: &str, json: &serde_json::Value) -> git2::Oid {
-        let mut tree = git.treebuilder(None).unwrap();
-        tree.insert(crate::model::status::FILE, git.blob(json.to_string().as_bytes()).unwrap(), 0o100644)
-            .unwrap();
-        let tree = git.find_tree(tree.write().unwrap()).unwrap();
-        let who = git2::Signature::now("peer", "p@example.com").unwrap();
-        let commit = git.commit(None, &who, &who, &json.to_string(), &tree, &[]).unwrap();
-        git.reference(&format!("{}{host}", crate::model::status::REF_PREFIX), commit, true, "").unwrap();
-        commit
+    /// The believed documents, by host (what `believe` would give): `put` sets one.
+    #[derive(Default)]
+    struct Refs(BTreeMap<String, crate::mech::believe::Believed>);
+
+    impl Refs {
+        /// `host`'s ref now at a commit holding `json`; returns that commit.
+        fn put(&mut self, host: &str, json: &serde_json::Value) -> git2::Oid {
+            let commit = git2::Oid::hash_object(git2::ObjectType::Blob, json.to_string().as_bytes()).unwrap();
+            let doc = serde_json::from_value(json.clone()).unwrap();
+            let key = String::new();
+            self.0.insert(host.to_owned(), crate::mech::believe::Believed { commit, doc, key });
+            commit
+        }
+
+        fn belief(&self) -> Belief {
+            Belief { believed: self.0.values().cloned().collect(), refused: Vec::new() }
+        }
     }
 
     fn doc(host: &str, state: &str, deployed: &str, since: &str) -> serde_json::Value {
@@ -183,17 +190,16 @@ mod tests {
 
     #[test]
     fn times_are_this_nodes_not_the_documents() {
-        let dir = tempfile::tempdir().unwrap();
-        let git = Repository::init_bare(dir.path()).unwrap();
+        let mut refs = Refs::default();
         let (a, b) = ("a".repeat(40), "b".repeat(40));
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let later = |s: u64| t0 + Duration::from_secs(s);
         let oid = |s: &str| git2::Oid::from_str(s).unwrap();
 
         // Healthy since 2001 by its own word: since this node saw it, t0, by this node's.
-        let first = put(&git, "web-1", &doc("web-1", "healthy", &a, "2001-01-01T00:00:00Z"));
+        let first = refs.put("web-1", &doc("web-1", "healthy", &a, "2001-01-01T00:00:00Z"));
         let mut seen = Sightings::default();
-        seen.observe(&git, t0);
+        seen.observe(&refs.belief(), t0);
         assert_eq!(seen.changed("web-1", first), Some(t0));
         assert_eq!(seen.healthy_since("web-1", first, oid(&a)), Some(t0));
         assert_eq!(seen.healthy_since("web-1", first, oid(&b)), None, "healthy on a, not b");
@@ -201,41 +207,42 @@ mod tests {
         // A heartbeat (a new commit, healthy on the same commit) is a change; the soak goes on.
         let mut next = doc("web-1", "healthy", &a, "2001-01-01T00:00:00Z");
         next["updated_at"] = "2001-01-01T01:00:00Z".into();
-        let beat = put(&git, "web-1", &next);
-        seen.observe(&git, later(10));
+        let beat = refs.put("web-1", &next);
+        seen.observe(&refs.belief(), later(10));
         assert_eq!(seen.changed("web-1", beat), Some(later(10)));
         assert_eq!(seen.changed("web-1", first), None, "the ref is no longer there");
         assert_eq!(seen.healthy_since("web-1", beat, oid(&a)), Some(t0));
 
         // Nothing new: nothing changes, however late.
-        seen.observe(&git, later(99));
+        seen.observe(&refs.belief(), later(99));
         assert_eq!(seen.changed("web-1", beat), Some(later(10)));
 
         // Deploying b, then healthy on it: a new soak, from when this node saw it.
-        put(&git, "web-1", &doc("web-1", "deploying", &a, "2099-01-01T00:00:00Z"));
-        seen.observe(&git, later(100));
-        let on_b = put(&git, "web-1", &doc("web-1", "healthy", &b, "2001-01-01T00:00:00Z"));
-        seen.observe(&git, later(200));
+        refs.put("web-1", &doc("web-1", "deploying", &a, "2099-01-01T00:00:00Z"));
+        seen.observe(&refs.belief(), later(100));
+        let on_b = refs.put("web-1", &doc("web-1", "healthy", &b, "2001-01-01T00:00:00Z"));
+        seen.observe(&refs.belief(), later(200));
         assert_eq!(seen.healthy_since("web-1", on_b, oid(&b)), Some(later(200)));
 
-        // A document for another host under this ref is no health report.
-        let forged = put(&git, "web-2", &doc("web-1", "healthy", &a, "2001-01-01T00:00:00Z"));
-        seen.observe(&git, later(300));
-        assert_eq!(seen.changed("web-2", forged), Some(later(300)));
-        assert_eq!(seen.healthy_since("web-2", forged, oid(&a)), None);
-
-        // A ref that is gone is forgotten.
-        git.find_reference("refs/troops/status/web-2").unwrap().delete().unwrap();
-        seen.observe(&git, later(400));
+        // A host no longer believed (its ref gone, or refused) is forgotten: believed again, its
+        // soak starts afresh.
+        let web2 = refs.put("web-2", &doc("web-2", "healthy", &a, "2001-01-01T00:00:00Z"));
+        seen.observe(&refs.belief(), later(300));
+        assert_eq!(seen.healthy_since("web-2", web2, oid(&a)), Some(later(300)));
+        let mut without = refs.belief();
+        without.believed.retain(|b| b.doc.host != "web-2");
+        seen.observe(&without, later(400));
         assert!(!seen.hosts.contains_key("web-2"));
+        seen.observe(&refs.belief(), later(500));
+        assert_eq!(seen.healthy_since("web-2", web2, oid(&a)), Some(later(500)));
     }
 
     #[test]
     fn a_fetch_is_recorded_and_only_news_is_written() {
         let state = tempfile::tempdir().unwrap();
-        let git = Repository::init_bare(state.path().join("status.git")).unwrap();
-        put(&git, "web-1", &doc("web-1", "healthy", &"a".repeat(40), "2001-01-01T00:00:00Z"));
-        record(&state.path().join(FILE), "status", None, &git).unwrap();
+        let mut refs = Refs::default();
+        refs.put("web-1", &doc("web-1", "healthy", &"a".repeat(40), "2001-01-01T00:00:00Z"));
+        record(&state.path().join(FILE), "status", None, &refs.belief()).unwrap();
         let path = state.path().join(FILE);
         // Each write is a new file renamed into place: a new inode.
         let written = std::fs::metadata(&path).unwrap().ino();
@@ -243,10 +250,11 @@ mod tests {
         assert_eq!(seen.fetch, Some(LastFetch { remote: "status".into(), error: None }));
         assert_eq!(seen.hosts.len(), 1);
 
-        record(&state.path().join(FILE), "status", None, &git).unwrap();
+        record(&state.path().join(FILE), "status", None, &refs.belief()).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), written, "nothing new, no write");
 
-        record(&state.path().join(FILE), "status", Some(&"connection refused".to_owned()), &git).unwrap();
+        let refused = Some(&"connection refused".to_owned());
+        record(&state.path().join(FILE), "status", refused, &Belief::default()).unwrap();
         let seen = Sightings::load(&state.path().join(FILE));
         assert_eq!(seen.fetch.unwrap().error.as_deref(), Some("connection refused"));
         assert_eq!(seen.hosts.len(), 1, "a failed fetch forgets nothing");

@@ -1,8 +1,10 @@
 //! Publishing a node's status and fetching the fleet's, each bounded. The documents live in a repo
 //! of their own on the node (`<state>/status.git`), apart from the node repo: what peers publish
 //! never enters the deploy code's object store, and what nothing points at any more is pruned at
-//! the next repack, not two weeks later. Publishing commits the node's document there (on a short chain, `commit`) and
-//! force-pushes that one ref to the status remote: only the node writes its ref. Fetching brings
+//! the next repack, not two weeks later. Publishing commits the node's document there (on a short chain, `commit`),
+//! signed with the node's own key as git signs with `gpg.format=ssh` (what `believe` checks), and
+//! force-pushes that one ref to the status remote. Anyone with the remote's write key may write
+//! any ref there; only the node can sign its documents. Fetching brings
 //! each node's newest commit only (depth 1) and at most `MAX_FETCH` bytes, stopped while it
 //! downloads, so a peer's ref cannot fill a node's memory or disk. Both go through root's hardened
 //! `git` (fetch.rs) with the node's SSH key, whatever the URL: a child process can be bounded
@@ -19,7 +21,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::model::error::{Context, Error, Result};
 use crate::model::node::Node;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::model::status::{self, StatusDoc, FILE, MAX_DOC, REF_PREFIX, SCHEMA};
 
@@ -139,9 +141,10 @@ impl Turn {
         let started = Instant::now();
         let url = url_of(&node.repo_path(), remote)
             .map_err(|e| Error::Env(format!("publishing the status to remote {remote}: {e}")))?;
+        let key = signing_key(&node.ssh_key_path())?;
         let (reference, commit) = {
             let _lock = lock(self.git.path(), Lock::Writer).map_err(Error::Env)?;
-            commit(&self.git, doc)?
+            commit(&self.git, doc, &key)?
         };
         push(&self.git, &url, &format!("+{commit}:{reference}"), &node.ssh_dir(), started + timeout)
             .map_err(|e| Error::Env(format!("pushing {reference} to remote {remote}: {e}")))?;
@@ -397,31 +400,6 @@ pub fn in_background(node: &Node) {
     let _ = crate::mech::background::troops(node, &["fleet", "--publish"]);
 }
 
-/// Where the newest documents of the fleet are read from and this node's are written to: the
-/// status refs of a repo (the node's status repo, or a throwaway one in a clone).
-/// One status ref that could not be read: which, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Unreadable {
-    pub reference: String,
-    pub error: String,
-}
-
-/// One node's status ref as read: the host its name is for, its commit, and its document or why
-/// there is none to believe (too large, not JSON, another host's, a newer schema).
-#[derive(Debug, Clone)]
-pub struct Read {
-    pub host: String,
-    pub commit: Option<Oid>,
-    pub doc: std::result::Result<StatusDoc, String>,
-}
-
-/// Every status ref in `git`'s `refs/troops/status/*`, each read (sorted by host).
-pub fn read_refs(git: &Repository) -> Vec<Read> {
-    let mut reads: Vec<Read> = hosts(git).into_iter().map(|(host, _)| read_host(git, &host)).collect();
-    reads.sort_by(|a, b| a.host.cmp(&b.host));
-    reads
-}
-
 /// The hosts that have a status ref in `git`, and what each ref points at: cheap, nothing read.
 pub fn hosts(git: &Repository) -> Vec<(String, Option<Oid>)> {
     let Ok(refs) = git.references_glob(&format!("{REF_PREFIX}*")) else { return Vec::new() };
@@ -430,23 +408,8 @@ pub fn hosts(git: &Repository) -> Vec<(String, Option<Oid>)> {
         .collect()
 }
 
-/// The status ref of `host` in `git`, read. Errors quote what they found escaped: a peer's bytes.
-pub fn read_host(git: &Repository, host: &str) -> Read {
-    let commit = git.find_reference(&format!("{REF_PREFIX}{host}")).and_then(|r| r.peel_to_commit()).ok();
-    let doc = match &commit {
-        Some(commit) => read_doc(git, commit),
-        None => Err("it names no commit here".to_owned()),
-    };
-    let doc = doc.and_then(|doc| match doc.host == host {
-        true => Ok(doc),
-        false => Err(format!("it speaks for another host, {:?}", doc.host)),
-    });
-    let doc = doc.map_err(|e| crate::model::shown::escape(&e).into_owned());
-    Read { host: host.to_owned(), commit: commit.map(|c| c.id()), doc }
-}
-
 /// The document of status commit `commit`, read only if it is small enough and of a schema known here.
-fn read_doc(git: &Repository, commit: &git2::Commit) -> std::result::Result<StatusDoc, String> {
+pub fn read_doc(git: &Repository, commit: &git2::Commit) -> std::result::Result<StatusDoc, String> {
     let entry = commit.tree().map_err(|e| e.message().to_owned())?.get_name(FILE).map(|e| e.id());
     let id = entry.ok_or(format!("no {FILE} in {}", commit.id()))?;
     // The size from the object's header, not by inflating it.
@@ -471,18 +434,6 @@ fn read_doc(git: &Repository, commit: &git2::Commit) -> std::result::Result<Stat
     serde_json::from_slice(blob.content()).map_err(|e| format!("{FILE} of {}: {e}", commit.id()))
 }
 
-/// Every node's newest document in `git`'s `refs/troops/status/*`, and the refs that hold none.
-pub fn read_all(git: &Repository) -> (Vec<StatusDoc>, Vec<Unreadable>) {
-    let (mut docs, mut bad) = (Vec::new(), Vec::new());
-    for read in read_refs(git) {
-        match read.doc {
-            Ok(doc) => docs.push(doc),
-            Err(error) => bad.push(Unreadable { reference: format!("{REF_PREFIX}{}", read.host), error }),
-        }
-    }
-    (docs, bad)
-}
-
 /// A node's status chain is at most this many commits long: the next document starts a new chain
 /// (a root commit), which the publish's force push puts in place of the old one. Readers fetch the
 /// newest commit only; the chain is a short history of the node for a person (`git log`).
@@ -492,10 +443,34 @@ pub const MAX_CHAIN: usize = 16;
 /// (they move `refs/troops/status/*`), so the next document parents on this node's own.
 pub const PUBLISHED: &str = "refs/troops/published";
 
-/// Commits `doc` in the status repo `git`, onto this node's last status commit unless that chain
-/// is [`MAX_CHAIN`] long already; points [`PUBLISHED`] and the node's status ref at it. Returns the
-/// status ref and the commit.
-pub fn commit(git: &Repository, doc: &StatusDoc) -> Result<(String, Oid)> {
+/// The node's own key (`<state>/ssh/id_ed25519`, made by `troops init`), which signs its status:
+/// readers believe a document only when `keys/<host>.pub` of the deploy repo verifies it.
+pub fn signing_key(path: &Path) -> Result<ssh_key::PrivateKey> {
+    let bytes = crate::mech::secrets::read_key_file(path)?;
+    let key = ssh_key::PrivateKey::from_openssh(&bytes)
+        .map_err(|e| Error::Input(format!("{}: not an OpenSSH private key: {e}", path.display())))?;
+    match key.is_encrypted() {
+        true => Err(Error::Input(format!(
+            "{} is passphrase-protected; the node signs its status with it unattended",
+            path.display()
+        ))),
+        false => Ok(key),
+    }
+}
+
+/// Signs the commit `buffer` (`commit_create_buffer`) with `key` as git does with
+/// `gpg.format=ssh`: an SSHSIG of namespace `git`, armored, for the commit's `gpgsig` header.
+pub(crate) fn sign(key: &ssh_key::PrivateKey, buffer: &[u8]) -> std::result::Result<String, String> {
+    let signature = key
+        .sign(crate::mech::verify::ssh::NAMESPACE, ssh_key::HashAlg::Sha512, buffer)
+        .map_err(|e| format!("signing with the node's key: {e}"))?;
+    signature.to_pem(ssh_key::LineEnding::LF).map_err(|e| format!("armoring the signature: {e}"))
+}
+
+/// Commits `doc` in the status repo `git`, signed with the node's `key`, onto this node's last
+/// status commit unless that chain is [`MAX_CHAIN`] long already; points [`PUBLISHED`] and the
+/// node's status ref at it. Returns the status ref and the commit.
+pub fn commit(git: &Repository, doc: &StatusDoc, key: &ssh_key::PrivateKey) -> Result<(String, Oid)> {
     let name = format!("{REF_PREFIX}{}", doc.host);
     let json = serde_json::to_vec_pretty(doc).expect("a status doc serializes");
     let write = || -> std::result::Result<[Oid; 3], git2::Error> {
@@ -510,7 +485,12 @@ pub fn commit(git: &Repository, doc: &StatusDoc) -> Result<(String, Oid)> {
             .filter(|p| chain_length(p) < MAX_CHAIN);
         let who = git2::Signature::now(&format!("troops on {}", doc.host), "troops@localhost")?;
         let message = format!("{}: {}", doc.host, doc.state);
-        let commit = git.commit(None, &who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
+        let buffer =
+            git.commit_create_buffer(&who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
+        let signature = sign(key, &buffer).map_err(|e| git2::Error::from_str(&e))?;
+        let text =
+            std::str::from_utf8(&buffer).map_err(|_| git2::Error::from_str("a commit that is not UTF-8"))?;
+        let commit = git.commit_signed(text, &signature, Some("gpgsig"))?;
         git.reference(PUBLISHED, commit, true, &message)?;
         git.reference(&name, commit, true, &message)?;
         Ok([blob, tree.id(), commit])
@@ -533,6 +513,12 @@ fn chain_length(commit: &git2::Commit) -> usize {
         at = commit.parent(0).ok();
     }
     length
+}
+
+/// An ed25519 key made from `seed`, for tests: the same seed, the same key.
+#[cfg(test)]
+pub(crate) fn test_key(seed: u8) -> ssh_key::PrivateKey {
+    ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]))
 }
 
 #[cfg(test)]
@@ -636,60 +622,6 @@ mod tests {
     }
 
     #[test]
-    fn documents_too_large_unparsable_or_for_another_host_are_set_aside_unread() {
-        let dir = tempfile::tempdir().unwrap();
-        let git = Repository::init_bare(dir.path()).unwrap();
-        let doc = |host: &str| -> StatusDoc {
-            serde_json::from_value(serde_json::json!({
-                "schema": 1, "host": host, "version": "0.2.0", "roles": [], "wave": null, "tip": null,
-                "deployed": null, "state": "idle", "since": null, "run": null, "hold": null,
-                "quarantined": [], "heartbeat_seconds": 60, "updated_at": "2026-12-02T06:00:00Z"
-            }))
-            .unwrap()
-        };
-        commit(&git, &doc("web-1")).unwrap();
-        let (name, _) = commit(&git, &doc("web-2")).unwrap();
-        git.reference("refs/troops/status/web-3", git.refname_to_id(&name).unwrap(), true, "").unwrap();
-        let put = |host: &str, bytes: &[u8]| {
-            let mut tree = git.treebuilder(None).unwrap();
-            tree.insert(FILE, git.blob(bytes).unwrap(), 0o100644).unwrap();
-            let tree = git.find_tree(tree.write().unwrap()).unwrap();
-            let who = git2::Signature::now("hostile", "h@example.com").unwrap();
-            let commit = git.commit(None, &who, &who, "x", &tree, &[]).unwrap();
-            git.reference(&format!("{REF_PREFIX}{host}"), commit, true, "").unwrap();
-        };
-        let mut huge = serde_json::to_vec(&doc("web-4")).unwrap();
-        huge.extend(std::iter::repeat_n(b' ', MAX_DOC));
-        put("web-4", &huge);
-        put("web-5", b"{ not json");
-        let mut newer = serde_json::to_value(doc("web-6")).unwrap();
-        newer["schema"] = 2.into();
-        put("web-6", newer.to_string().as_bytes());
-        let mut hostile = serde_json::to_value(doc("web-7")).unwrap();
-        hostile["host"] = "\u{1b}[2J\nweb-9".into();
-        put("web-7", hostile.to_string().as_bytes());
-        // A state this troops does not know is read, as a state it does not know (SPEC).
-        let mut later = serde_json::to_value(doc("web-8")).unwrap();
-        later["state"] = "waiting_slot".into();
-        put("web-8", later.to_string().as_bytes());
-        let (docs, bad) = read_all(&git);
-        let hosts: Vec<&str> = docs.iter().map(|d| d.host.as_str()).collect();
-        assert_eq!(hosts, ["web-1", "web-2", "web-8"]);
-        assert_eq!(docs[2].state, crate::model::status::State::Other);
-        let why: Vec<(&str, &str)> = bad.iter().map(|b| (b.reference.as_str(), b.error.as_str())).collect();
-        assert_eq!(why.len(), 5, "{why:?}");
-        assert!(why[0].0.ends_with("web-3") && why[0].1.contains("another host, \"web-2\""), "{why:?}");
-        assert!(why[1].0.ends_with("web-4") && why[1].1.contains("over the 262144"), "{why:?}");
-        assert!(why[2].0.ends_with("web-5") && why[2].1.contains("status.json of"), "{why:?}");
-        assert!(
-            why[3].0.ends_with("web-6") && why[3].1.ends_with("has schema 2; this troops reads 1"),
-            "{why:?}"
-        );
-        assert!(why[4].0.ends_with("web-7") && why[4].1.contains("\\u{1b}[2J\\nweb-9"), "{why:?}");
-        assert!(!why[4].1.chars().any(char::is_control), "a peer's words, escaped: {why:?}");
-    }
-
-    #[test]
     fn a_status_chain_is_re_rooted_when_it_is_long_enough() {
         let dir = tempfile::tempdir().unwrap();
         let git = Repository::init_bare(dir.path()).unwrap();
@@ -702,7 +634,7 @@ mod tests {
         let mut lengths = Vec::new();
         for n in 0..(MAX_CHAIN * 3) {
             doc.updated_at = format!("beat {n}");
-            let (name, id) = commit(&git, &doc).unwrap();
+            let (name, id) = commit(&git, &doc, &test_key(1)).unwrap();
             assert_eq!(git.refname_to_id(&name).unwrap(), id);
             assert_eq!(git.refname_to_id(PUBLISHED).unwrap(), id);
             // A fetch moves the status ref back to what the remote had: the chain goes on from

@@ -99,6 +99,11 @@ impl Node {
         self.state_dir.join("sightings.json")
     }
 
+    /// `<state>/believed.json`: the newest status document believed of each host (`believe`).
+    pub fn believed_path(&self) -> PathBuf {
+        self.state_dir.join("believed.json")
+    }
+
     /// `<state>/rollout.json`: the hold the rollout gate last decided, if it held.
     pub fn rollout_path(&self) -> PathBuf {
         self.state_dir.join("rollout.json")

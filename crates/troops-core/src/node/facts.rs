@@ -66,8 +66,20 @@ pub fn facts(node: &Node, repo: &NodeRepo, ask: &Ask) -> Result<Facts> {
         Ask::Fleet => crate::node::fleet::changed(node),
         _ => None,
     };
+    let fleet_failed = match deployed {
+        Some(deployed) => match crate::node::rollout::fleet_failure(node, repo, deployed) {
+            Some(why) => Some(schedule::FleetFailed {
+                commit: deployed,
+                why,
+                back_to: previous_good(node, repo, deployed)?,
+            }),
+            None => None,
+        },
+        None => None,
+    };
     Ok(Facts {
         fleet,
+        fleet_failed,
         branch: repo.branch.clone(),
         tip,
         deployed,

@@ -23,11 +23,13 @@ use crate::policy::schedule::FleetChanged;
 use crate::policy::watch::{self, Observed, Verdict, Watched};
 
 /// The documents of this node's peers (every host but itself) in its status repo, as the last
-/// fetch left them: the one place the run path reads them.
+/// fetch left them and as `believe` believes them (signed by the host's key in the deployed
+/// commit, not rewound): the one place the run path reads them.
 pub fn peers(node: &Node) -> Vec<StatusDoc> {
     let Ok(git) = git2::Repository::open_bare(node.status_repo_path()) else { return Vec::new() };
     let me = node.config.hostname();
-    crate::mech::statusrefs::read_all(&git).0.into_iter().filter(|doc| doc.host != me).collect()
+    let belief = crate::mech::believe::on_node(node, &git);
+    belief.believed.into_iter().map(|b| b.doc).filter(|doc| doc.host != me).collect()
 }
 
 /// The peers as a run sees them `now`: age from when this node last saw each one's status ref

@@ -49,20 +49,26 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     let _lock = lock_fetches(node, out)?;
     // The fleet's status refs come meanwhile, from the status remote, so a slow one holds up
     // nothing but itself.
-    let (fetched, status_error) = std::thread::scope(|scope| {
+    let (fetched, status) = std::thread::scope(|scope| {
         let status = node.config.status_remote.as_deref().map(|remote| {
             let deadline = std::time::Instant::now() + node.config.fetch_timeout;
-            scope.spawn(move || fetch_status(node, remote, deadline).err())
+            scope.spawn(move || (remote, fetch_status_refs(node, remote, deadline)))
         });
         let fetched = fetch_unlocked(node, out);
-        (fetched, status.and_then(|s| s.join().unwrap_or(Some("the status fetch panicked".into()))))
+        let status = status.map(|s| s.join().unwrap_or(("", Err("the status fetch panicked".into()))));
+        (fetched, status)
     });
+    let advanced = fetched.and_then(|fetched| advance(node, fetched, out));
+    // Recorded once the branch moved: a node that had deployed nothing believes its peers by the
+    // keys of its new tip.
+    let status_error =
+        status.and_then(|(remote, fetched)| record_status(node, remote, fetched).fetched.err());
     if let Some(e) = &status_error {
         let remote = node.config.status_remote.as_deref().unwrap_or_default();
         let _ =
             writeln!(out, "troops: the fleet's status refs could not be fetched from remote {remote}: {e}");
     }
-    let mut cycle = advance(node, fetched?, out)?;
+    let mut cycle = advanced?;
     cycle.status_error = status_error;
     // Without a status remote there is nothing to watch: a poll then reads no plan for it.
     if node.config.status_remote.is_some() {
@@ -72,28 +78,52 @@ pub fn cycle(node: &Node, out: &mut dyn Write) -> Result<Cycle> {
     Ok(cycle)
 }
 
+/// How a fetch of the status refs went, and what the node believes of them after it.
+pub struct StatusRead {
+    /// Why the fetch failed or could not be recorded, if so.
+    pub fetched: std::result::Result<(), String>,
+    pub belief: crate::mech::believe::Belief,
+}
+
 /// Fetches the fleet's status refs from `remote` into the node's status repo, and records what
-/// this node saw of them and when (`sightings`), a failure too: the rollout believes only
-/// what it saw itself.
-pub fn fetch_status(
+/// this node believes of them and when it saw them (`believe`, `sightings`), a failure too: the
+/// rollout believes only what it saw itself.
+pub fn fetch_status(node: &Node, remote: &str, deadline: std::time::Instant) -> StatusRead {
+    record_status(node, remote, fetch_status_refs(node, remote, deadline))
+}
+
+/// Fetches the fleet's status refs from `remote` into the node's status repo.
+fn fetch_status_refs(
     node: &Node,
     remote: &str,
     deadline: std::time::Instant,
 ) -> std::result::Result<(), String> {
-    let (host, status_repo) = (node.config.hostname(), node.status_repo_path());
-    let fetched = crate::mech::statusrefs::fetch(
+    crate::mech::statusrefs::fetch(
         &node.repo_path(),
-        &status_repo,
+        &node.status_repo_path(),
         remote,
-        &host,
+        &node.config.hostname(),
         &node.ssh_dir(),
         deadline,
-    );
-    let git = crate::mech::statusrefs::open(&status_repo).map_err(|e| e.to_string())?;
+    )
+}
+
+/// Records how the fetch of the status refs from `remote` went (`fetched`) and, if it worked,
+/// which documents this node believes now and when it saw them change.
+fn record_status(node: &Node, remote: &str, fetched: std::result::Result<(), String>) -> StatusRead {
+    let git = match crate::mech::statusrefs::open(&node.status_repo_path()) {
+        Ok(git) => git,
+        Err(e) => return StatusRead { fetched: Err(e.to_string()), belief: Default::default() },
+    };
+    let belief = crate::mech::believe::on_node(node, &git);
     let recorded =
-        crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &git)
+        crate::mech::sightings::record(&node.sightings_path(), remote, fetched.as_ref().err(), &belief)
+            .and_then(|()| match fetched.is_ok() {
+                true => crate::mech::believe::remember(&node.believed_path(), &belief),
+                false => Ok(()),
+            })
             .map_err(|e| format!("recording what the status refs say: {e}"));
-    fetched.and(recorded)
+    StatusRead { fetched: fetched.and(recorded), belief }
 }
 
 /// One fetch into the node repo at a time: concurrent fetches fail on each other's ref locks.

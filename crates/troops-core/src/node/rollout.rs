@@ -48,8 +48,20 @@ pub fn verdict(node: &Node, repo: &NodeRepo, commit: Oid) -> Option<RolloutHold>
     }
 }
 
-/// What this node knows of the others' status: their refs in the status repo as its last fetch
-/// left them, with when it saw each change (`sightings`), and whether that fetch worked.
+/// With `[rollout] fleet_rollback` in the plan at `deployed`: why the fleet's believed reports
+/// say, at quorum, that `deployed` failed (`waves::fleet_failure`), if they do. Reads the status
+/// refs only for a node with a `status_remote` and such a plan.
+pub fn fleet_failure(node: &Node, repo: &NodeRepo, deployed: Oid) -> Option<String> {
+    node.config.status_remote.as_ref()?;
+    let plan = plan_at(repo, deployed)?;
+    let rollout = plan.rollout.as_ref().filter(|r| r.fleet_rollback)?;
+    let (failure, of) = waves::fleet_failure(deployed, &evidence(node), &waves::Known::of(&plan), rollout)?;
+    Some(failure.sentence(of, rollout.quorum))
+}
+
+/// What this node knows of the others' status: the documents it believes of their refs in the
+/// status repo as its last fetch left them (`believe`; the refused ones with why), with when it
+/// saw each change (`sightings`), and whether that fetch worked.
 fn evidence(node: &Node) -> Evidence {
     let sightings = Sightings::load(&node.sightings_path());
     let blind = match (&node.config.status_remote, &sightings.fetch) {
@@ -63,20 +75,22 @@ fn evidence(node: &Node) -> Evidence {
     };
     let me = node.config.hostname();
     let reports = match git2::Repository::open_bare(node.status_repo_path()) {
-        Ok(git) => crate::mech::statusrefs::read_refs(&git)
-            .into_iter()
-            .filter(|read| read.host != me)
-            .map(|read| {
-                let changed = read.commit.and_then(|c| sightings.changed(&read.host, c));
-                let healthy_since = match (&read.doc, read.commit) {
-                    (Ok(doc), Some(c)) => {
-                        doc.deployed_oid().and_then(|on| sightings.healthy_since(&read.host, c, on))
-                    }
-                    _ => None,
-                };
-                Report { host: read.host, doc: read.doc, changed, healthy_since }
-            })
-            .collect(),
+        Ok(git) => {
+            let belief = crate::mech::believe::on_node(node, &git);
+            let believed = belief.believed.into_iter().map(|b| {
+                let changed = sightings.changed(&b.doc.host, b.commit);
+                let healthy_since =
+                    b.doc.deployed_oid().and_then(|on| sightings.healthy_since(&b.doc.host, b.commit, on));
+                Report { host: b.doc.host.clone(), doc: Ok(b.doc), changed, healthy_since }
+            });
+            let refused = belief.refused.into_iter().map(|r| Report {
+                doc: Err(format!("{}: {}", r.reason, r.detail)),
+                host: r.host,
+                changed: None,
+                healthy_since: None,
+            });
+            believed.chain(refused).filter(|report| report.host != me).collect()
+        }
         Err(_) => Vec::new(),
     };
     Evidence { reports, blind }

@@ -267,6 +267,7 @@ impl NodeState {
             window_open: self.window_closed.is_none(),
             frozen: self.frozen.is_some(),
             awaiting_approval: self.approval.is_some(),
+            fleet_refused: std::collections::BTreeMap::new(),
         }
     }
 
@@ -285,7 +286,9 @@ pub fn status_doc(node: &Node) -> Result<StatusDoc> {
 
 /// The metrics of this node now, as the textfile and `/metrics` show them.
 pub fn metrics(node: &Node) -> Result<String> {
-    let gauges = read(node)?.gauges();
+    let mut gauges = read(node)?.gauges();
+    let refused = crate::mech::believe::Newest::load(&node.believed_path()).refused;
+    gauges.fleet_refused = refused.into_iter().map(|(reason, n)| (reason.as_str().to_owned(), n)).collect();
     Ok(crate::mech::metrics::render(&crate::mech::metrics::snapshot(node, gauges)))
 }
 

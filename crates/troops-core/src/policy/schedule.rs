@@ -59,6 +59,20 @@ pub struct Facts {
     /// The watched exports differ from what the deployed run saw, and have settled (read only for
     /// `Ask::Fleet`).
     pub fleet: Option<FleetChanged>,
+    /// With `[rollout] fleet_rollback` in the deployed commit's plan: the fleet's believed
+    /// reports say, at quorum, that the deployed commit failed.
+    pub fleet_failed: Option<FleetFailed>,
+}
+
+/// The fleet reports the deployed commit failed (`waves::fleet_failure`): it is quarantined and
+/// the node goes back to `back_to`, the newest other commit that succeeded here and is not
+/// quarantined (`None`: there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFailed {
+    pub commit: Oid,
+    /// "the fleet reports 1a2b3c4d5e6f failed: 1 of 1 canary nodes (web-1) at quorum 1".
+    pub why: String,
+    pub back_to: Option<Oid>,
 }
 
 /// The peers' exports this host watches changed (`policy::watch`), and have settled.
@@ -130,9 +144,16 @@ pub struct RunNow {
     pub trigger: Trigger,
     /// For a rollback: the run whose failure it undoes, and its commit.
     pub undoes: Option<Failed>,
-    /// A person's rollback quarantines the commit it leaves before it runs.
-    pub quarantines: Option<Oid>,
+    /// A rollback by a person or by the fleet quarantines the commit it leaves before it runs.
+    pub quarantines: Option<Leaving>,
     pub why: String,
+}
+
+/// The commit a rollback leaves, and who decided it ("a person (troops rollback)").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaving {
+    pub commit: Oid,
+    pub by: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +243,26 @@ fn decide_unheld(ask: &Ask, facts: &Facts, now: SystemTime, retry: &Retry) -> De
                 newest.id
             ),
         };
+    }
+    // The fleet says the deployed commit failed: it goes, as with a person's rollback (a person's
+    // push runs what they pushed).
+    let fleet_failed = facts.fleet_failed.as_ref().filter(|f| Some(f.commit) == facts.deployed);
+    if let Some(failed) = fleet_failed.filter(|_| *ask == Ask::Tick) {
+        let Some(back_to) = failed.back_to else {
+            return Decision::Idle {
+                why: format!("{}; no other commit succeeded here to go back to", failed.why),
+            };
+        };
+        return Decision::Run(RunNow {
+            commit: back_to,
+            trigger: Trigger::Rollback,
+            undoes: Some(Failed { run: None, commit: failed.commit }),
+            quarantines: Some(Leaving {
+                commit: failed.commit,
+                by: format!("fleet_rollback ({})", failed.why),
+            }),
+            why: failed.why.clone(),
+        });
     }
     // A commit that failed with `on_failure = "rollback"` is quarantined; until the last good
     // commit ran again, that is what runs.
@@ -385,7 +426,7 @@ fn persons_rollback(facts: &Facts) -> Decision {
         commit: target,
         trigger: Trigger::Rollback,
         undoes: Some(Failed { run: None, commit: deployed }),
-        quarantines: Some(deployed),
+        quarantines: Some(Leaving { commit: deployed, by: "a person (troops rollback)".into() }),
         why: "asked for by a person".into(),
     })
 }
@@ -441,6 +482,7 @@ mod tests {
             window: None,
             approval: None,
             fleet: None,
+            fleet_failed: None,
         }
     }
 
@@ -479,6 +521,15 @@ mod tests {
     fn paused(facts: Facts) -> Facts {
         let paused = Held { why: "paused by alice since T until troops resume".into(), until: None };
         Facts { paused: Some(paused), ..facts }
+    }
+
+    /// `facts` with the fleet reporting `commit` failed; `back_to`: the newest other good one.
+    fn fleet_failed(facts: Facts, commit: u8, back_to: Option<u8>) -> Facts {
+        let why = "the fleet reports it failed".to_owned();
+        Facts {
+            fleet_failed: Some(FleetFailed { commit: oid(commit), why, back_to: back_to.map(oid) }),
+            ..facts
+        }
     }
 
     /// `facts` for a person's ask naming `commit` (quarantined when `bad`), as read from disk.
@@ -596,6 +647,14 @@ mod tests {
             ("fleet: a closed window does not (the deployed commit)", Ask::Fleet, closed(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "run a fleet"),
             ("fleet: a freeze does not hold it (the deployed commit)", Ask::Fleet, frozen(fleet_changed(facts(Some(A), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]))), 0, "run a fleet"),
             ("fleet: the rollback of a failed tip goes first", Ask::Fleet, fleet_changed(facts(Some(B), Some(A), true, vec![past(2, B, Failed, Pull, true)])), 0, "run a rollback undoing run 2"),
+            ("the fleet reports the deployed commit failed: back", tick.clone(), fleet_failed(facts(Some(B), Some(B), false, vec![past(2, B, Succeeded, Pull, false)]), B, Some(A)), 0, "run a rollback"),
+            ("...with nothing to go back to", tick.clone(), fleet_failed(facts(Some(B), Some(B), false, vec![past(1, B, Succeeded, Pull, false)]), B, None), 0, "idle"),
+            ("...not held by a pause", tick.clone(), paused(fleet_failed(facts(Some(B), Some(B), false, vec![]), B, Some(A))), 0, "run a rollback"),
+            ("...nor by a closed window", tick.clone(), closed(fleet_failed(facts(Some(B), Some(B), false, vec![]), B, Some(A))), 0, "run a rollback"),
+            ("...nor by the rollout", tick.clone(), held(fleet_failed(facts(Some(C), Some(B), false, vec![]), B, Some(A))), 0, "run a rollback"),
+            ("...but not while a run is under way", tick.clone(), fleet_failed(facts(Some(B), Some(A), false, vec![past(2, B, Running, Pull, false)]), B, Some(A)), 0, "idle"),
+            ("a failure of a commit not deployed here rolls nothing back", tick.clone(), fleet_failed(facts(Some(B), Some(A), false, vec![past(1, A, Succeeded, Pull, false)]), B, Some(A)), 0, "run b pull"),
+            ("a push is a person's: its commit runs", push.clone(), fleet_failed(facts(Some(C), Some(B), false, vec![]), B, Some(A)), 0, "run c push"),
             ("nor does it wait for a backoff", back, naming(facts(Some(B), Some(B), false, vec![past(2, B, Failed, Pull, false)]), Some(A), false), 1, "run a rollback"),
         ];
         let mut wrong = Vec::new();

@@ -102,7 +102,7 @@ impl Known {
 pub struct Report {
     /// The host the ref is named for.
     pub host: String,
-    /// Its document, or why it cannot be believed (too large, not JSON, another host's, newer).
+    /// Its document as believed (`believe`), or why it is not (unsigned, another key's, rewound...).
     pub doc: std::result::Result<StatusDoc, String>,
     /// When this node saw the ref change to what it holds now, by this node's clock (`None`: not
     /// recorded yet as it is now).
@@ -188,7 +188,7 @@ pub fn gate(
         };
         let doc = match &report.doc {
             Ok(doc) => doc,
-            Err(e) => return Shows::Missing(format!("{}'s document is unreadable: {e}", escape(host))),
+            Err(e) => return Shows::Missing(format!("{}'s document is not believed: {e}", escape(host))),
         };
         let Some(changed) = report.changed else {
             return Shows::Missing(format!("{}: its status is not recorded here yet", escape(host)));
@@ -249,6 +249,66 @@ pub fn gate(
     Gate::Wait { why, until: since.get(needed - 1).map(|s| *s + rollout.soak) }
 }
 
+/// What decided a fleet rollback of a commit: the wave whose believed reports say, at quorum, that
+/// it failed or was rolled back, and those reports' hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFailure {
+    pub commit: Oid,
+    pub wave: String,
+    pub hosts: Vec<String>,
+}
+
+impl FleetFailure {
+    /// "the fleet reports 1a2b3c4d5e6f failed: 2 of 4 early nodes (e1, e2) at quorum 0.5".
+    pub fn sentence(&self, of: usize, quorum: f64) -> String {
+        let hosts: Vec<String> = self.hosts.iter().map(|h| escape(h).into_owned()).collect();
+        format!(
+            "the fleet reports {} failed: {} of {of} {} nodes ({}) at quorum {quorum}",
+            crate::model::names::short(self.commit),
+            self.hosts.len(),
+            self.wave,
+            hosts.join(", ")
+        )
+    }
+}
+
+/// With `[rollout] fleet_rollback`: whether `quorum` of some wave's expected members (the hosts
+/// the plan names in it, and the hosts whose believed reports place them there) report `commit`
+/// failed or rolled back, by `evidence` (the believed documents: a refused one is no report) of
+/// hosts the plan `known`s. The first such wave, with the reports that decided it, and how many
+/// members it has.
+pub fn fleet_failure(
+    commit: Oid,
+    evidence: &Evidence,
+    known: &Known,
+    rollout: &Rollout,
+) -> Option<(FleetFailure, usize)> {
+    if !rollout.fleet_rollback {
+        return None;
+    }
+    let believed: Vec<&StatusDoc> = evidence
+        .reports
+        .iter()
+        .filter(|r| known.knows(&r.host))
+        .filter_map(|r| r.doc.as_ref().ok())
+        .collect();
+    (0..rollout.waves.len()).find_map(|wave| {
+        let in_wave = |host: &str| wave_of(host, rollout).index == wave;
+        let mut members: BTreeSet<&str> =
+            known.named.iter().map(String::as_str).filter(|h| in_wave(h)).collect();
+        members.extend(believed.iter().map(|d| d.host.as_str()).filter(|h| in_wave(h)));
+        let failed: Vec<String> = believed
+            .iter()
+            .filter(|d| in_wave(&d.host) && d.state.reports_failure() && d.failed_commit() == Some(commit))
+            .map(|d| d.host.clone())
+            .collect();
+        let needed = ((rollout.quorum * members.len() as f64).ceil() as usize).max(1);
+        let name = rollout.waves[wave].name.clone();
+        (failed.len() >= needed)
+            .then_some((FleetFailure { commit, wave: name, hosts: failed }, members.len()))
+    })
+}
+
 /// A time of day in UTC, `12:01:07`, for sentences a person reads.
 pub fn clock(at: SystemTime) -> String {
     let stamp = humantime::format_rfc3339_seconds(at).to_string();
@@ -277,6 +337,7 @@ mod tests {
             ],
             soak: Duration::from_secs(soak),
             quorum,
+            fleet_rollback: true,
         }
     }
 
@@ -290,6 +351,7 @@ mod tests {
             ],
             soak: Duration::from_secs(soak),
             quorum: 1.0,
+            fleet_rollback: false,
         }
     }
 
@@ -302,6 +364,7 @@ mod tests {
             ],
             soak: Duration::from_secs(soak),
             quorum: 1.0,
+            fleet_rollback: false,
         }
     }
 
@@ -453,8 +516,8 @@ mod tests {
             ("nobody reports: the named canary has no document", r(5, 1.0), early.clone(), k(&r(5, 1.0)), seen(vec![]), 99, "wait", "c1: no status document"),
             ("a named host that never reported is expected", r(5, 1.0), rest.clone(), k(&r(5, 1.0)), seen(healthy3()), 5, "wait", "e4: no status document"),
             ("...but quorum may do without it", r(5, 0.75), rest.clone(), k(&r(5, 0.75)), seen(healthy3()), 5, "go", ""),
-            ("the canary's document is over the size limit", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "status.json of 01 is 999999 bytes, over the 262144 a status document may have")]), 9, "wait", "c1's document is unreadable: status.json of 01 is 999999 bytes"),
-            ("the canary's ref holds another host's document", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "it speaks for another host, \"c2\"")]), 9, "wait", "c1's document is unreadable: it speaks for another host"),
+            ("the canary's document is over the size limit", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "status.json of 01 is 999999 bytes, over the 262144 a status document may have")]), 9, "wait", "c1's document is not believed: status.json of 01 is 999999 bytes"),
+            ("the canary's ref holds another host's document", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "it speaks for another host, \"c2\"")]), 9, "wait", "c1's document is not believed: it speaks for another host"),
             ("the canary's document has a newer schema", r(0, 1.0), early.clone(), k(&r(0, 1.0)), seen(vec![unreadable("c1", "status.json of 01 has schema 2; this troops reads 1")]), 9, "wait", "has schema 2"),
             ("the canary died healthy: its report went stale", r(10, 1.0), early.clone(), k(&r(10, 1.0)), seen(vec![stale(report("c1", Healthy, 1, 0))]), 20, "wait", "c1 is stale: its status has not changed here since"),
             ("...and a member that went stale is missing, not absent", r(10, 1.0), rest.clone(), k(&r(10, 1.0)), seen(vec![report("c1", Healthy, 1, 0), stale(report("e1", Deploying, 1, 0))]), 20, "wait", "e1 is stale"),
@@ -565,6 +628,55 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
+    fn a_fleet_rollback_as_a_table() {
+        use State::*;
+        let r = rollout(0, 0.5);
+        let k = known(&r, &["web-*"]);
+        let unbelieved = |host: &str| Report {
+            doc: Err("unsigned: commit is not signed".into()),
+            ..report(host, Failed, 1, 0)
+        };
+        let off = Rollout { fleet_rollback: false, ..rollout(0, 0.5) };
+        let one = Rollout { quorum: 1.0, ..rollout(0, 1.0) };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &Rollout, Vec<Report>, Option<(&str, Vec<&str>, usize)>)> = vec![
+            ("nobody reports", &r, vec![], None),
+            ("the canary failed: the whole canary wave", &r, vec![report("c1", Failed, 1, 0)], Some(("canary", vec!["c1"], 1))),
+            ("...rolled back counts as failed", &r, vec![report("c1", RolledBack, 1, 0)], Some(("canary", vec!["c1"], 1))),
+            ("...but not without fleet_rollback", &off, vec![report("c1", Failed, 1, 0)], None),
+            ("a failure of another commit", &r, vec![report("c1", Failed, 9, 0)], None),
+            ("healthy on it", &r, vec![report("c1", Healthy, 1, 0)], None),
+            ("1 of 4 early nodes is under quorum 0.5", &r, vec![report("e1", Failed, 1, 0)], None),
+            ("2 of 4 early nodes is quorum 0.5", &r, vec![report("e1", Failed, 1, 0), report("e3", RolledBack, 1, 0)], Some(("early", vec!["e1", "e3"], 4))),
+            ("3 of 4 is not quorum 1.0", &one, vec![report("e1", Failed, 1, 0), report("e2", Failed, 1, 0), report("e3", Failed, 1, 0)], None),
+            ("a forged (unbelieved) failure of the canary is none", &r, vec![unbelieved("c1")], None),
+            ("...nor forged ones of a wave's quorum", &r, vec![unbelieved("e1"), unbelieved("e2"), unbelieved("e3")], None),
+            ("a host the plan does not know reports nothing", &r, vec![report("stranger", Failed, 1, 0)], None),
+            ("a host a role's match knows does, in its wave", &r, vec![report("web-7", Failed, 1, 0)], Some(("rest", vec!["web-7"], 1))),
+            ("a node held by another's failure is no failure report", &r, vec![report("e1", Held, 1, 0), report("e2", Held, 1, 0)], None),
+        ];
+        for (case, rollout, reports, want) in cases {
+            let got = fleet_failure(oid(1), &seen(reports), &k, rollout);
+            let got = got.as_ref().map(|(f, of)| {
+                (f.wave.as_str(), f.hosts.iter().map(String::as_str).collect::<Vec<_>>(), *of)
+            });
+            assert_eq!(got, want, "{case}");
+        }
+        let (failure, of) = fleet_failure(
+            oid(1),
+            &seen(vec![report("e1", Failed, 1, 0), report("e3", Failed, 1, 0)]),
+            &k,
+            &r,
+        )
+        .unwrap();
+        assert_eq!(
+            failure.sentence(of, r.quorum),
+            "the fleet reports 010101010101 failed: 2 of 4 early nodes (e1, e3) at quorum 0.5"
+        );
+    }
+
+    #[test]
     fn waves_are_explicit_hosts_first_then_a_stable_hash() {
         let r = Rollout {
             waves: vec![
@@ -574,6 +686,7 @@ mod tests {
             ],
             soak: Duration::ZERO,
             quorum: 1.0,
+            fleet_rollback: false,
         };
         assert_eq!(wave_of("web-1", &r).index, 0);
         let hosts: Vec<String> = (0..1000).map(|i| format!("node-{i}")).collect();

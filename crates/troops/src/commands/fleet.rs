@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use troops_core::mech::statusrefs;
+use troops_core::mech::{believe, statusrefs};
 use troops_core::model::names::short;
 use troops_core::model::node::Node;
 use troops_core::model::shown::escape;
@@ -181,12 +181,14 @@ impl Source {
     /// the fleet from them.
     fn read(&self) -> Result<Reading> {
         let mut notes = Vec::new();
-        let fetched = match &self.node {
+        // On a node, what it believes now, as its fetch recorded it.
+        let (fetched, on_node) = match &self.node {
             Some(node) => {
                 let deadline = Instant::now() + node.config.fetch_timeout;
-                troops_core::node::pull::fetch_status(node, &self.remote, deadline)
+                let read = troops_core::node::pull::fetch_status(node, &self.remote, deadline);
+                (read.fetched, Some(read.belief))
             }
-            None => statusrefs::fetch_as_caller(&self.status_dir, &self.url),
+            None => (statusrefs::fetch_as_caller(&self.status_dir, &self.url), None),
         };
         let status = git2::Repository::open_bare(&self.status_dir).map_err(|e| {
             troops_core::Error::Env(format!(
@@ -195,7 +197,7 @@ impl Source {
                 e.message()
             ))
         })?;
-        if self.node.is_none() && fetched.is_ok() && statusrefs::read_all(&status).0.is_empty() {
+        if self.node.is_none() && fetched.is_ok() && statusrefs::hosts(&status).is_empty() {
             notes.push(format!(
                 "{} holds no status refs; nodes publish where their `status_remote` points: name that \
                  remote or its URL with --remote",
@@ -227,14 +229,35 @@ impl Source {
         ]
         .iter()
         .find_map(|name| git.refname_to_id(name).ok());
+        let belief = match on_node {
+            Some(belief) => belief,
+            None => {
+                // A clone trusts the keys of what it has checked out (the branch tip before it
+                // has), and remembers the newest documents it believed in its git dir, so that a
+                // ref set back is refused here too.
+                let head = git.head().ok().and_then(|h| h.peel_to_commit().ok()).map(|c| c.id());
+                let trusted = head.or(tip);
+                let remembered = self.git_dir.join(CLONE_BELIEVED);
+                let belief = believe::believe(
+                    &status,
+                    &believe::Keys::at(&git, trusted),
+                    &believe::Newest::load(&remembered),
+                    SystemTime::now(),
+                );
+                if let Err(e) = believe::remember(&remembered, &belief) {
+                    notes.push(format!("the newest documents believed are not remembered: {e}"));
+                }
+                belief
+            }
+        };
         let at = SystemTime::now();
-        let view = fleet_view::view(&status, git, branch, tip, at);
-        for bad in &view.unreadable {
-            notes.push(format!("warning: {} is skipped: {}", escape(&bad.reference), escape(&bad.error)));
-        }
+        let view = fleet_view::view(belief, git, branch, tip, at);
         Ok(Reading { view, at, remote: self.remote.clone(), fetch_error: fetched.err(), notes })
     }
 }
+
+/// Where a clone remembers the newest status documents it believed, in its git dir.
+const CLONE_BELIEVED: &str = "troops-believed.json";
 
 /// Writes `page` to `file` whole: a temp file beside it, renamed over it, readable by all (a web
 /// server may serve it), so a reader never sees half a page.
@@ -415,6 +438,13 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
             // Its branch name is not in the document: the one compared with here stands for it.
             writeln!(out, "{}: {}", escape(&row.doc.host), escape(&diverged.sentence(&view.branch)))?;
         }
+    }
+    for sentence in &view.fleet_rollbacks {
+        writeln!(out, "fleet rollback: {sentence}; every node that runs it rolls back")?;
+    }
+    for refused in &view.refused {
+        // `reference` and `detail` are escaped already.
+        writeln!(out, "{}: not believed ({}): {}", refused.reference, refused.reason, refused.detail)?;
     }
     writeln!(out, "{}", escape(&view.summary))?;
     Ok(())

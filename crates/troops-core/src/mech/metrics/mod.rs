@@ -115,6 +115,9 @@ pub struct Gauges {
     pub frozen: bool,
     /// Whether the tip waits for approvals of this node's wave.
     pub awaiting_approval: bool,
+    /// The status documents the last fetch of the status refs did not believe, by reason
+    /// (`believe::Reason`); reasons with none are left out.
+    pub fleet_refused: BTreeMap<String, usize>,
 }
 
 /// Everything the metrics show at one moment.
@@ -444,6 +447,16 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?)?;
+        let mut refused = encoder.encode_descriptor(
+            "troops_fleet_refused",
+            "Status documents of the fleet not believed at the last fetch, by reason (unsigned, wrong_key, rewound, ...)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for reason in crate::mech::believe::Reason::ALL {
+            let n = g.fleet_refused.get(reason.as_str()).copied().unwrap_or(0);
+            ConstGauge::new(n as i64).encode(refused.encode_family(&[("reason", reason.as_str())])?)?;
+        }
         let mut state = encoder.encode_descriptor(
             "troops_state",
             "1 for the node's state (as troops status and its status document say it)",

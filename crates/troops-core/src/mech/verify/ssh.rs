@@ -96,9 +96,9 @@ impl AllowedSigners {
     /// Checks an armored SSH signature over `payload`, the key's validity judged at `seen`.
     pub fn verify(&self, payload: &[u8], signature: &[u8], seen: SystemTime) -> Verification {
         let bad = |reason: String| Verification::Bad { reason };
-        let sig = match SshSig::from_pem(signature) {
+        let sig = match read_signature(signature) {
             Ok(sig) => sig,
-            Err(e) => return bad(format!("it is not a readable SSH signature ({e})")),
+            Err(e) => return bad(e),
         };
         let fingerprint = sig.public_key().fingerprint(HashAlg::Sha256).to_string();
         let listed: Vec<&Entry> =
@@ -117,10 +117,8 @@ impl AllowedSigners {
             );
             return Verification::WrongNamespace { fingerprint, detail };
         };
-        if let Err(e) = entry.key.verify(NAMESPACE, payload, &sig) {
-            return bad(format!(
-                "it does not verify with key {fingerprint} ({e}): the commit or its signature was altered"
-            ));
+        if let Err(e) = check(&entry.key, payload, &sig) {
+            return bad(e);
         }
         let Some(entry) = listed.iter().find(|e| e.allows(NAMESPACE) && e.valid_at(seen)) else {
             return Verification::OutsideWindow {
@@ -132,6 +130,21 @@ impl AllowedSigners {
         };
         Verification::GoodSsh { fingerprint, principal: entry.principals.clone() }
     }
+}
+
+/// The armored SSH signature `signature` (a `gpgsig` header's), read; or why it cannot be.
+pub fn read_signature(signature: &[u8]) -> std::result::Result<SshSig, String> {
+    SshSig::from_pem(signature).map_err(|e| format!("it is not a readable SSH signature ({e})"))
+}
+
+/// Whether `sig`, made by `key` for namespace `git`, verifies over `payload`; the error says so.
+pub fn check(key: &PublicKey, payload: &[u8], sig: &SshSig) -> std::result::Result<(), String> {
+    key.verify(NAMESPACE, payload, sig).map_err(|e| {
+        format!(
+            "it does not verify with key {} ({e}): the commit or its signature was altered",
+            key.fingerprint(HashAlg::Sha256)
+        )
+    })
 }
 
 /// One non-empty, non-comment line, or what is wrong with it.

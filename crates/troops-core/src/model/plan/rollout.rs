@@ -15,6 +15,9 @@ pub struct Rollout {
     pub soak: Duration,
     /// The share (0, 1] of the previous wave's reporting nodes that must be healthy on it.
     pub quorum: f64,
+    /// Once `quorum` of any wave's believed reports say a commit failed or was rolled back, every
+    /// node that runs it quarantines it and rolls back (`policy::waves::fleet_failure`).
+    pub fleet_rollback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,7 @@ pub struct RawRollout {
     waves: Spanned<Vec<Spanned<RawWave>>>,
     soak: Option<Spanned<String>>,
     quorum: Option<Spanned<f64>>,
+    fleet_rollback: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +158,7 @@ pub fn validate(raw: RawRollout) -> Result<Rollout, (std::ops::Range<usize>, Str
             ))
         }
     };
-    Ok(Rollout { waves, soak, quorum })
+    Ok(Rollout { waves, soak, quorum, fleet_rollback: raw.fleet_rollback.unwrap_or(false) })
 }
 
 #[cfg(test)]
@@ -169,9 +173,10 @@ mod tests {
 
     #[test]
     fn the_plan_reads_rollout_and_names_file_line_and_column_of_each_mistake() {
-        let text = "[rollout]\nwaves = [ { name = \"canary\", hosts = [\"web-1\"] }, { name = \"early\", percent = 10 }, { name = \"rest\", percent = 100 } ]\nsoak = \"2s\"\nquorum = 0.5\n";
+        let text = "[rollout]\nwaves = [ { name = \"canary\", hosts = [\"web-1\"] }, { name = \"early\", percent = 10 }, { name = \"rest\", percent = 100 } ]\nsoak = \"2s\"\nquorum = 0.5\nfleet_rollback = true\n";
         let plan = crate::model::plan::Plan::parse(std::path::Path::new("troops.toml"), text, None).unwrap();
         let rollout = plan.rollout.unwrap();
+        assert!(rollout.fleet_rollback);
         assert_eq!(rollout.waves.len(), 3);
         assert_eq!((rollout.soak, rollout.quorum), (Duration::from_secs(2), 0.5));
         assert_eq!(rollout.waves[1].members, Members::Percent(10));
@@ -194,6 +199,7 @@ mod tests {
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nsoaks = \"1s\"\n", "troops.toml:3:1: unknown field `soaks`"),
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5, approvals = 0 }]\n", "troops.toml:2:49: rollout wave `a`: `approvals` 0 must be from 1 to 100"),
             ("[rollout]\nwaves = [{ name = \"a\", percent = 5, approve = true, approvals = 2 }]\n", "troops.toml:2:65: rollout wave `a` has both `approve` and `approvals`"),
+            ("[rollout]\nwaves = [{ name = \"a\", percent = 5 }]\nfleet_rollback = \"yes\"\n", "troops.toml:3:18: `rollout.fleet_rollback`: invalid type: string \"yes\", expected a boolean"),
         ];
         for (text, want) in cases {
             let got = plan_error(text);

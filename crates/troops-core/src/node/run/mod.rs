@@ -201,11 +201,12 @@ fn run_one(
 ) -> Result<RunRecord> {
     let deployed = repo.deployed()?;
     prepare::vouch(node, repo, now.commit, deployed, now.trigger)?;
-    // A person's rollback: the commit it leaves is quarantined first, so nothing runs it again.
-    if let Some(leaving) = now.quarantines {
-        let reason = format!("rolled back by a person at {} (troops rollback)", now_text());
-        repo.quarantine(leaving, &reason)?;
-        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(leaving));
+    // A rollback by a person or the fleet: the commit it leaves is quarantined first, so nothing
+    // runs it again.
+    if let Some(leaving) = &now.quarantines {
+        let reason = format!("rolled back by {} at {}", leaving.by, now_text());
+        repo.quarantine(leaving.commit, &reason)?;
+        let _ = writeln!(out, "troops: quarantined {} ({reason})", short(leaving.commit));
     }
     let mut record = prepare::record(node, lock, now, deployed)?;
     let runs = node.runs();
