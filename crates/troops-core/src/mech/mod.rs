@@ -31,6 +31,7 @@ pub mod runs;
 pub mod secrets;
 pub mod sightings;
 pub mod signals;
+pub mod slots;
 pub mod ssh;
 pub mod state_file;
 pub mod statusrefs;

@@ -86,7 +86,7 @@ fn private(path: &Path) -> Result<()> {
 /// The status repo's locks: files in it only its owner can open (`lock::private_file`), though
 /// the admin group may read the repo. Not `*.lock`: those are git's, which `clear_leftovers` removes.
 #[derive(Clone, Copy)]
-enum Lock {
+pub(crate) enum Lock {
     /// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears
     /// what a stopped download left behind and prunes, which must not meet another's objects half
     /// written.
@@ -96,7 +96,7 @@ enum Lock {
 }
 
 /// Takes `which` lock of the status repo at `git_dir`, waiting for it.
-fn lock(git_dir: &Path, which: Lock) -> std::result::Result<Flock<File>, String> {
+pub(crate) fn lock(git_dir: &Path, which: Lock) -> std::result::Result<Flock<File>, String> {
     let path = git_dir.join(match which {
         Lock::Writer => "troops-writer.flock",
         Lock::Publisher => "troops-publisher.flock",
@@ -150,7 +150,7 @@ impl Turn {
 }
 
 /// The URL of `remote` in the node repo at `repo_path`.
-fn url_of(repo_path: &Path, remote: &str) -> std::result::Result<String, String> {
+pub(crate) fn url_of(repo_path: &Path, remote: &str) -> std::result::Result<String, String> {
     crate::mech::repo::refuse_redirects(repo_path).map_err(|e| e.to_string())?;
     let git = Repository::open_bare(repo_path).map_err(|e| e.message().to_owned())?;
     let found = git.find_remote(remote).map_err(|_| format!("the node repo has no remote {remote:?}"))?;
@@ -252,12 +252,12 @@ fn nothing_matched(status: std::process::ExitStatus, stderr: &str) -> bool {
 }
 
 /// `git fetch`'s options for the status refs: the newest commit of each, nothing else.
-const FETCH_ARGS: [&str; 6] =
+pub(crate) const FETCH_ARGS: [&str; 6] =
     ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--end-of-options"];
 
 /// `command` (a `git fetch`) unable to write a file larger than [`MAX_FETCH`]: its pack, which it
 /// writes as the bytes arrive. The kernel stops it (SIGXFSZ) at the limit.
-fn capped(mut command: Command) -> Command {
+pub(crate) fn capped(mut command: Command) -> Command {
     // SAFETY: setrlimit is async-signal-safe and changes only the child's own limits.
     unsafe {
         command.pre_exec(|| {
@@ -314,7 +314,7 @@ fn leftovers(git_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes what a stopped `git` left: under the lock, nothing else writes there.
-fn clear_leftovers(git_dir: &Path) {
+pub(crate) fn clear_leftovers(git_dir: &Path) {
     for file in leftovers(git_dir) {
         let _ = std::fs::remove_file(file);
     }
@@ -335,7 +335,7 @@ fn prune(git_dir: &Path) {
 
 /// Root's hardened `git` (fetch.rs) in the status repo, with no maintenance of its own: `prune`
 /// does it, under the lock.
-fn quiet_git(git_dir: &Path) -> Command {
+pub(crate) fn quiet_git(git_dir: &Path) -> Command {
     let mut command = crate::mech::git::root_git(git_dir);
     command.args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"]);
     command
@@ -343,7 +343,7 @@ fn quiet_git(git_dir: &Path) -> Command {
 
 /// Runs `command` (`quiet_git`'s `push` or `fetch`) with the node's key, killed with its children
 /// at `deadline`; its error says why, from git's words.
-fn git_with_key(
+pub(crate) fn git_with_key(
     mut command: Command,
     url: &str,
     ssh_dir: &Path,
@@ -670,7 +670,7 @@ mod tests {
         put("web-7", hostile.to_string().as_bytes());
         // A state this troops does not know is read, as a state it does not know (SPEC).
         let mut later = serde_json::to_value(doc("web-8")).unwrap();
-        later["state"] = "waiting_slot".into();
+        later["state"] = "rebooting".into();
         put("web-8", later.to_string().as_bytes());
         let (docs, bad) = read_all(&git);
         let hosts: Vec<&str> = docs.iter().map(|d| d.host.as_str()).collect();

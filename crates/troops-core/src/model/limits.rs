@@ -51,6 +51,11 @@ pub const HEALTH_SOAK: Limit = Limit::up_to(YEAR).at_least(CHECK_FLOOR).or_none(
 pub const HEALTH_RECHECK: Limit = Limit::up_to(YEAR).at_least(Duration::from_secs(1)).or_none();
 /// `[rollout] soak`: zero for none.
 pub const ROLLOUT_SOAK: Limit = Limit::up_to(YEAR).or_none();
+/// `[disruption] ttl`: a slot's lease. At least a second (the holder renews at a third of it, each
+/// renewal a push); at most a day, also the most a slot document's own lease is believed.
+pub const SLOT_TTL: Limit = Limit::up_to(DAY).at_least(Duration::from_secs(1));
+/// `[disruption] poll`: from one look at the slots to the next while a node waits for one.
+pub const SLOT_POLL: Limit = Limit::up_to(HOUR).at_least(CHECK_FLOOR);
 
 // The command line.
 /// `troops push --timeout` and `troops wait --timeout`.

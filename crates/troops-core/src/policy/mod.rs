@@ -6,5 +6,6 @@
 pub mod fastforward;
 pub mod paths;
 pub mod schedule;
+pub mod slots;
 pub mod waves;
 pub mod windows;

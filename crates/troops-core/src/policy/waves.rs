@@ -347,6 +347,7 @@ mod tests {
             window: None,
             frozen: None,
             approval: None,
+            slot: None,
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

@@ -115,6 +115,10 @@ pub struct Gauges {
     pub frozen: bool,
     /// Whether the tip waits for approvals of this node's wave.
     pub awaiting_approval: bool,
+    /// Whether the run under way holds a disruption slot.
+    pub slot_held: bool,
+    /// Whether the run under way waits for a disruption slot.
+    pub slot_waiting: bool,
 }
 
 /// Everything the metrics show at one moment.
@@ -441,6 +445,18 @@ impl Collector for Snapshot {
         ConstGauge::new(i64::from(g.awaiting_approval)).encode(encoder.encode_descriptor(
             "troops_awaiting_approval",
             "1 while the tip waits for trusted approvals of this node's wave (troops approve)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.slot_held)).encode(encoder.encode_descriptor(
+            "troops_slot_held",
+            "1 while the run under way holds a disruption slot (its disruptive steps and checks)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.slot_waiting)).encode(encoder.encode_descriptor(
+            "troops_slot_waiting",
+            "1 while the run under way waits for a disruption slot (troops status says for whom)",
             None,
             MetricType::Gauge,
         )?)?;

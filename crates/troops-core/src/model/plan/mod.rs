@@ -12,6 +12,7 @@ use toml::Spanned;
 use crate::model::error::{from_toml, line_col, Error, Result};
 use crate::model::limits;
 
+pub mod disruption;
 mod health;
 pub mod hosts;
 pub mod rollout;
@@ -42,6 +43,8 @@ pub struct Plan {
     /// `[[window]]`: when automatic runs of a new commit may start (see `policy::windows`); none:
     /// at any time.
     pub windows: Vec<window::Window>,
+    /// `[disruption]`: how many hosts may run their `disruptive` steps at once (`node::slots`).
+    pub disruption: Option<disruption::Disruption>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -205,6 +208,9 @@ pub struct Step {
     pub kill_grace: Duration,
     pub env: BTreeMap<String, String>,
     pub phase: Phase,
+    /// `disruptive = true`: the step takes the host out of service, so it runs only while the
+    /// node holds a disruption slot (`node::slots`).
+    pub disruptive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +241,7 @@ struct RawPlan {
     rollout: Option<rollout::RawRollout>,
     #[serde(default)]
     window: Vec<Spanned<window::RawWindow>>,
+    disruption: Option<disruption::RawDisruption>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +288,7 @@ struct RawStep {
     phase: Option<Spanned<String>>,
     paths: Option<Spanned<Vec<Spanned<String>>>>,
     preview: Option<Spanned<String>>,
+    disruptive: Option<Spanned<bool>>,
 }
 
 impl Plan {
@@ -339,6 +347,8 @@ impl Plan {
 
         let mut names = HashSet::new();
         let mut steps = Vec::new();
+        // The first `disruptive = true`, which needs a `[disruption]`.
+        let mut first_disruptive = None;
         for step in raw.step {
             let span = step.span();
             let step = step.into_inner();
@@ -392,7 +402,25 @@ impl Plan {
                 }
                 preview => preview.map(Spanned::into_inner),
             };
-            steps.push(Step { name, roles, paths, action, preview, timeout, kill_grace, env, phase });
+            let disruptive = match step.disruptive {
+                Some(d) if *d.get_ref() => {
+                    first_disruptive.get_or_insert((d.span(), name.clone()));
+                    true
+                }
+                _ => false,
+            };
+            steps.push(Step {
+                name,
+                roles,
+                paths,
+                action,
+                preview,
+                timeout,
+                kill_grace,
+                env,
+                phase,
+                disruptive,
+            });
         }
         let mut secrets = Vec::new();
         let mut secret_names = HashSet::new();
@@ -464,7 +492,34 @@ impl Plan {
         let hosts = hosts::parse_hosts(raw.hosts, err)?;
         let rollout = raw.rollout.map(rollout::validate).transpose().map_err(|(s, m)| err(s, m))?;
         let windows = window::validate(raw.window).map_err(|(s, m)| err(s, m))?;
-        Ok(Plan { roles, steps, secrets, checks, health, release, min_troops, hosts, rollout, windows })
+        let named: Vec<&String> = hosts.keys().collect();
+        let disruption = raw
+            .disruption
+            .map(|d| disruption::validate(d, &roles, &named))
+            .transpose()
+            .map_err(|(s, m)| err(s, m))?;
+        if let (Some((span, name)), None) = (first_disruptive, &disruption) {
+            return Err(err(
+                span,
+                format!(
+                    "step `{name}` is disruptive, and the plan has no `[disruption]` saying how many hosts \
+                     may be disrupted at once (e.g. `[disruption]` `max = 1`)"
+                ),
+            ));
+        }
+        Ok(Plan {
+            roles,
+            steps,
+            secrets,
+            checks,
+            health,
+            release,
+            min_troops,
+            hosts,
+            rollout,
+            windows,
+            disruption,
+        })
     }
 }
 

@@ -219,8 +219,18 @@ fn run_one(
         all_steps,
         plan: None,
         release: None,
+        slot: None,
     };
     let result = run.phases();
+    // The slot goes back once the checks passed (the node serves again), or once the run failed:
+    // a failed run holds nothing up (README, Disruption slots).
+    if let Some(slot) = run.slot.take() {
+        let why = match (&result, run.record.status) {
+            (Ok(()), RunStatus::Succeeded) => "the run's checks passed".to_owned(),
+            (_, status) => format!("the run {}", if result.is_err() { RunStatus::Failed } else { status }),
+        };
+        slot.release(run.out, &why);
+    }
     let (plan, release) = (run.plan.take(), run.release.take());
     record.finished_at = Some(Timestamp::now());
     // What a step's output held back is written before troops' last lines, not after them.
@@ -258,6 +268,9 @@ struct Run<'a, 'o> {
     plan: Option<Plan>,
     /// The release the run switched to, once it did (finalize notes it good on success).
     release: Option<PathBuf>,
+    /// The disruption slot taken before its first disruptive step, held until its checks passed
+    /// (or it failed).
+    slot: Option<crate::node::slots::Holding>,
 }
 
 /// Where a run's steps run.

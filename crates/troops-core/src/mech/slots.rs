@@ -1,0 +1,148 @@
+//! Disruption slots on the status remote: fetching a group's slot refs into the node's status repo,
+//! reading each slot's document, and the compare-and-swap that takes, renews and gives back a
+//! slot. The swap is one `git push --force-with-lease=<ref>:<old>`: the remote's receive-pack
+//! updates the ref only if it still holds `old` (nothing, for a slot never taken), under the ref's
+//! lock, so of nodes racing for one slot exactly one wins. What a slot is worth (free, held,
+//! expired) is `policy::slots`'; when a node takes one is `node::slots`'.
+//!
+//! Every slot document this node writes is made by [`commit_doc`], and every one it reads is
+//! believed by [`believe`]: the one place each where a node's signature is to be made and checked
+//! (slots are signed node documents, SPEC "Believed documents"). Today both make and accept
+//! unsigned commits.
+
+use std::time::Instant;
+
+use git2::{Oid, Repository};
+
+use crate::mech::statusrefs::{self, Lock};
+use crate::model::node::Node;
+use crate::model::slot::{self, SlotDoc, FILE, MAX_DOC, SCHEMA};
+
+/// A slot ref as read: the commit it names, and its document or why there is none to believe.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub commit: Option<Oid>,
+    pub doc: Result<SlotDoc, String>,
+}
+
+/// Fetches every slot ref of `group` from `remote` of the node repo into the node's status repo,
+/// replacing what it held of them (a slot ref the remote no longer has is gone here too), giving
+/// up at `deadline`. The error is git's words, escaped.
+pub fn fetch(node: &Node, remote: &str, group: &str, deadline: Instant) -> Result<(), String> {
+    let git = statusrefs::open(&node.status_repo_path()).map_err(|e| e.to_string())?;
+    let _lock = statusrefs::lock(git.path(), Lock::Writer)?;
+    statusrefs::clear_leftovers(git.path());
+    let prefix = format!("{}{group}/", slot::REF_PREFIX);
+    if let Ok(refs) = git.references_glob(&format!("{prefix}*")) {
+        for mut reference in refs.flatten() {
+            let _ = reference.delete();
+        }
+    }
+    let url = statusrefs::url_of(&node.repo_path(), remote)?;
+    let mut command = statusrefs::quiet_git(git.path());
+    command.args(["-c", "protocol.file.allow=always"]);
+    command.args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"]);
+    let refspec = format!("+{prefix}*:{prefix}*");
+    command.args(statusrefs::FETCH_ARGS).args([url.as_str(), &refspec]);
+    let fetched =
+        statusrefs::git_with_key(statusrefs::capped(command), &url, &node.ssh_dir(), deadline, "fetch");
+    statusrefs::clear_leftovers(git.path());
+    fetched.map_err(|e| crate::model::shown::escape(&e).into_owned())
+}
+
+/// Slot `n` of `group` as the node's status repo holds it (after [`fetch`]).
+pub fn read(node: &Node, group: &str, n: u32) -> Result<Read, String> {
+    let git = statusrefs::open(&node.status_repo_path()).map_err(|e| e.to_string())?;
+    let commit = git.refname_to_id(&slot::reference(group, n)).ok();
+    let doc = match commit {
+        None => Err("no such ref".to_owned()),
+        Some(commit) => believe(&git, commit, group, n),
+    };
+    Ok(Read { commit, doc: doc.map_err(|e| crate::model::shown::escape(&e).into_owned()) })
+}
+
+/// The document of slot commit `commit`, if it is to be believed as slot `n` of `group`: small
+/// enough, of a schema known here, and about that slot. The place where the holder's signature
+/// (its node key, `keys/<host>.pub` of the trusted commit) is to be checked; today any commit
+/// that says so is believed.
+pub fn believe(git: &Repository, commit: Oid, group: &str, n: u32) -> Result<SlotDoc, String> {
+    let commit = git.find_commit(commit).map_err(|e| e.message().to_owned())?;
+    let entry = commit.tree().map_err(|e| e.message().to_owned())?.get_name(FILE).map(|e| e.id());
+    let id = entry.ok_or(format!("no {FILE} in {}", commit.id()))?;
+    let (size, _) = git.odb().and_then(|odb| odb.read_header(id)).map_err(|e| e.message().to_owned())?;
+    if size > MAX_DOC {
+        return Err(format!(
+            "{FILE} of {} is {size} bytes, over the {MAX_DOC} a slot document may have",
+            commit.id()
+        ));
+    }
+    let blob = git.find_blob(id).map_err(|e| e.message().to_owned())?;
+    let doc: SlotDoc =
+        serde_json::from_slice(blob.content()).map_err(|e| format!("{FILE} of {}: {e}", commit.id()))?;
+    if doc.schema != SCHEMA {
+        return Err(format!(
+            "{FILE} of {} has schema {}; this troops reads {SCHEMA}",
+            commit.id(),
+            doc.schema
+        ));
+    }
+    if doc.group != group || doc.slot != n {
+        return Err(format!("{FILE} of {} speaks for slot {}/{}", commit.id(), doc.group, doc.slot));
+    }
+    Ok(doc)
+}
+
+/// Commits `doc` in the status repo `git` as a root commit (a slot's history is of no use to
+/// anyone, and readers fetch one commit) that no ref names yet. The one place a slot document is
+/// made: where the node is to sign it with its own key.
+pub fn commit_doc(git: &Repository, doc: &SlotDoc) -> Result<Oid, String> {
+    let json = serde_json::to_vec_pretty(doc).expect("a slot doc serializes");
+    let write = || -> Result<Oid, git2::Error> {
+        let blob = git.blob(&json)?;
+        let mut tree = git.treebuilder(None)?;
+        tree.insert(FILE, blob, 0o100644)?;
+        let tree = git.find_tree(tree.write()?)?;
+        let who = git2::Signature::now(&format!("troops on {}", doc.holder), "troops@localhost")?;
+        let state = if doc.released { "given back" } else { "held" };
+        let message = format!("slot {}/{}: {state} by {} (run {})", doc.group, doc.slot, doc.holder, doc.run);
+        git.commit(None, &who, &who, &message, &tree, &[])
+    };
+    write().map_err(|e| {
+        format!("committing slot {}/{} in {}: {}", doc.group, doc.slot, git.path().display(), e.message())
+    })
+}
+
+/// Writes `doc` as slot `doc.slot` of `doc.group` on `remote`, if and only if the remote's ref is
+/// still `expect` (`None`: no ref at all). Returns the commit now there. Fails when anyone moved
+/// the ref first (git's "stale info"), when the remote cannot be reached, or at `deadline`.
+pub fn swap(
+    node: &Node,
+    remote: &str,
+    doc: &SlotDoc,
+    expect: Option<Oid>,
+    deadline: Instant,
+) -> Result<Oid, String> {
+    let git = statusrefs::open(&node.status_repo_path()).map_err(|e| e.to_string())?;
+    // Under the writers' lock from commit to push: a status fetch's `gc` would prune the new
+    // commit, which no ref names here.
+    let _lock = statusrefs::lock(git.path(), Lock::Writer)?;
+    let commit = commit_doc(&git, doc)?;
+    let reference = slot::reference(&doc.group, doc.slot);
+    let url = statusrefs::url_of(&node.repo_path(), remote)?;
+    let lease =
+        format!("--force-with-lease={reference}:{}", expect.map(|e| e.to_string()).unwrap_or_default());
+    let mut command = statusrefs::quiet_git(git.path());
+    command.args(["-c", "protocol.file.allow=always"]);
+    command.args([
+        "push",
+        "--quiet",
+        "--porcelain",
+        &lease,
+        "--end-of-options",
+        &url,
+        &format!("{commit}:{reference}"),
+    ]);
+    statusrefs::git_with_key(command, &url, &node.ssh_dir(), deadline, "push")
+        .map_err(|e| crate::model::shown::escape(&e).into_owned())?;
+    Ok(commit)
+}
