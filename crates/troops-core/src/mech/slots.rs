@@ -146,3 +146,128 @@ pub fn swap(
         .map_err(|e| crate::model::shown::escape(&e).into_owned())?;
     Ok(commit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// A node (`host`) of its own in `dir`, whose remote `status` is the bare repo `remote`.
+    fn node(dir: &Path, host: &str, remote: &Path) -> Node {
+        let state_dir = dir.join(host);
+        let repo = Repository::init_bare(Node::repo_path_in(&state_dir)).unwrap();
+        repo.remote("status", &remote.display().to_string()).unwrap();
+        let text = format!("hostname = \"{host}\"\nstatus_remote = \"status\"\n");
+        let config = crate::model::config::Config::parse(Path::new("troops.toml"), &text).unwrap();
+        Node { state_dir, config }
+    }
+
+    fn doc(holder: &str, slot: u32) -> SlotDoc {
+        SlotDoc {
+            schema: SCHEMA,
+            group: "fleet".into(),
+            slot,
+            holder: holder.into(),
+            run: 1,
+            since: "2026-12-06T12:00:00Z".into(),
+            lease_seconds: 60,
+            renewals: 0,
+            released: false,
+        }
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn of_many_nodes_racing_for_one_slot_exactly_one_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("status.git");
+        Repository::init_bare(&remote).unwrap();
+        for round in 0..3 {
+            let nodes: Vec<Node> =
+                (0..8).map(|i| node(dir.path(), &format!("r{round}-web-{i}"), &remote)).collect();
+            // Every racer read the slot as it was before any of them moved it.
+            let before =
+                Repository::open_bare(&remote).unwrap().refname_to_id(&slot::reference("fleet", 0)).ok();
+            let won: Vec<bool> = std::thread::scope(|scope| {
+                let racers: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        let holder = n.config.hostname();
+                        scope.spawn(move || swap(n, "status", &doc(&holder, 0), before, deadline()).is_ok())
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "round {round}: {won:?}");
+            let winner = nodes.iter().zip(&won).find(|(_, w)| **w).unwrap().0;
+            fetch(&nodes[0], "status", "fleet", deadline()).unwrap();
+            let read = read(&nodes[0], "fleet", 0).unwrap();
+            assert_eq!(read.doc.unwrap().holder, winner.config.hostname(), "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_swap_that_names_an_old_value_the_ref_no_longer_has_fails_and_moves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("status.git");
+        let bare = Repository::init_bare(&remote).unwrap();
+        let (a, b) = (node(dir.path(), "web-1", &remote), node(dir.path(), "web-2", &remote));
+        let first = swap(&a, "status", &doc("web-1", 0), None, deadline()).unwrap();
+        // "Never taken" is an old value too: the slot is taken now.
+        let e = swap(&b, "status", &doc("web-2", 0), None, deadline()).unwrap_err();
+        assert!(e.contains("stale info"), "{e}");
+        // A renewal from the holder's own last commit works; a rewind to a value older than that fails.
+        let renewed =
+            swap(&a, "status", &SlotDoc { renewals: 1, ..doc("web-1", 0) }, Some(first), deadline()).unwrap();
+        let e = swap(&b, "status", &doc("web-2", 0), Some(first), deadline()).unwrap_err();
+        assert!(e.contains("stale info"), "{e}");
+        assert_eq!(bare.refname_to_id(&slot::reference("fleet", 0)).unwrap(), renewed);
+        // A remote that is gone is an error too, not a slot.
+        std::fs::rename(&remote, dir.path().join("gone.git")).unwrap();
+        assert!(swap(&b, "status", &doc("web-2", 0), Some(renewed), deadline()).is_err());
+        assert!(fetch(&b, "status", "fleet", deadline()).is_err());
+    }
+
+    #[test]
+    fn only_a_small_document_of_this_slot_and_schema_is_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Repository::init_bare(dir.path()).unwrap();
+        let put = |bytes: &[u8]| -> Oid {
+            let mut tree = git.treebuilder(None).unwrap();
+            tree.insert(FILE, git.blob(bytes).unwrap(), 0o100644).unwrap();
+            let tree = git.find_tree(tree.write().unwrap()).unwrap();
+            let who = git2::Signature::now("hostile", "h@example.com").unwrap();
+            git.commit(None, &who, &who, "x", &tree, &[]).unwrap()
+        };
+        let json = |d: &SlotDoc| serde_json::to_vec(d).unwrap();
+        let good = commit_doc(&git, &doc("web-1", 1)).unwrap();
+        assert_eq!(believe(&git, good, "fleet", 1).unwrap(), doc("web-1", 1));
+        let cases: Vec<(Oid, &str)> = vec![
+            (good, "speaks for slot fleet/1"),
+            (put(&json(&SlotDoc { group: "db".into(), ..doc("web-1", 0) })), "speaks for slot db/0"),
+            (put(&json(&SlotDoc { schema: 2, ..doc("web-1", 0) })), "has schema 2; this troops reads 1"),
+            (put(b"{ not json"), "slot.json of"),
+            (put(&[b' '; MAX_DOC + 1]), "over the 4096 a slot document may have"),
+            (
+                git.commit(
+                    None,
+                    &git2::Signature::now("a", "b").unwrap(),
+                    &git2::Signature::now("a", "b").unwrap(),
+                    "empty",
+                    &git.find_tree(git.treebuilder(None).unwrap().write().unwrap()).unwrap(),
+                    &[],
+                )
+                .unwrap(),
+                "no slot.json in",
+            ),
+        ];
+        for (commit, want) in cases {
+            let e = believe(&git, commit, "fleet", 0).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+}

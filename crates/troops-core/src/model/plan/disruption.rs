@@ -144,3 +144,80 @@ pub fn validate(raw: RawDisruption, roles: &[Role], hosts: &[&String]) -> Result
     let groups = names.into_iter().zip(slots).map(|(name, slots)| Group { name, slots }).collect();
     Ok(Disruption { groups, by_role: listed.is_some(), max, ttl, poll })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::plan::Plan;
+
+    fn parse(text: &str) -> Result<Plan, String> {
+        Plan::parse(std::path::Path::new("troops.toml"), text, None).map_err(|e| e.to_string())
+    }
+
+    const STEP: &str = "[[step]]\nname = \"reboot\"\nrun = \"x\"\ndisruptive = true\n";
+    const ROLES: &str = "[roles.web]\nhosts = [\"web-1\", \"web-2\", \"web-3\", \"web-4\", \"web-5\"]\n\
+                         [roles.db]\nhosts = [\"db-1\", \"db-2\"]\nmatch = [\"db-*\"]\n";
+
+    type Groups = Vec<(String, u32)>;
+
+    #[test]
+    fn slots_per_group_by_number_or_share_of_the_hosts_the_plan_names() {
+        let groups = |text: &str| -> Vec<(String, u32)> {
+            let plan = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            plan.disruption.unwrap().groups.into_iter().map(|g| (g.name, g.slots)).collect()
+        };
+        let g = |list: &[(&str, u32)]| list.iter().map(|(n, s)| (n.to_string(), *s)).collect::<Vec<_>>();
+        #[rustfmt::skip]
+        let cases: Vec<(&str, String, Groups)> = vec![
+            ("one for the fleet", format!("{STEP}[disruption]\nmax = 1\n"), g(&[("fleet", 1)])),
+            ("two per role", format!("{ROLES}[disruption]\nmax = 2\nroles = [\"db\", \"web\"]\n"), g(&[("db", 2), ("web", 2)])),
+            ("a share of the fleet: 7 hosts named", format!("{ROLES}[hosts]\nweb-1 = \"ssh://a/\"\nlb-1 = \"ssh://b/\"\n[disruption]\nmax = \"25%\"\n"), g(&[("fleet", 2)])),
+            ("a share of each role, at least one", format!("{ROLES}[disruption]\nmax = \"40%\"\nroles = [\"web\", \"db\"]\n"), g(&[("web", 2), ("db", 1)])),
+            ("all of them", format!("{ROLES}[disruption]\nmax = \"100%\"\nroles = [\"web\"]\n"), g(&[("web", 5)])),
+        ];
+        for (case, text, want) in cases {
+            assert_eq!(groups(&text), want, "{case}");
+        }
+        let plan = parse(&format!("{STEP}[disruption]\nmax = 1\nttl = \"90s\"\npoll = \"1s\"\n")).unwrap();
+        let d = plan.disruption.unwrap();
+        assert_eq!((d.ttl, d.poll, d.max.as_str()), (Duration::from_secs(90), Duration::from_secs(1), "1"));
+        assert!(plan.steps[0].disruptive);
+        let d = parse("[disruption]\nmax = 1\n").unwrap().disruption.unwrap();
+        assert_eq!((d.ttl, d.poll), (DEFAULT_TTL, DEFAULT_POLL));
+        let web: Vec<String> = vec!["web".into()];
+        let by_role = parse(&format!("{ROLES}[disruption]\nmax = 1\nroles = [\"db\", \"web\"]\n")).unwrap();
+        let by_role = by_role.disruption.unwrap();
+        assert_eq!(by_role.group(&web).map(|g| g.name.as_str()), Some("web"));
+        assert_eq!(by_role.group(&["db".into(), "web".into()]).map(|g| g.name.as_str()), Some("db"));
+        assert_eq!(by_role.group(&["lb".into()]), None);
+    }
+
+    #[test]
+    fn every_mistake_is_placed() {
+        #[rustfmt::skip]
+        let cases: Vec<(String, &str)> = vec![
+            (STEP.to_owned(), ":4:14: step `reboot` is disruptive, and the plan has no `[disruption]`"),
+            ("[[step]]\nname = \"a\"\nrun = \"x\"\ndisruptive = \"yes\"\n[disruption]\nmax = 1\n".into(), ":4:14: `step.disruptive`: invalid type"),
+            ("[disruption]\nmax = 0\n".into(), ":2:7: disruption: `max` 0 must be a number from 1 to 1000"),
+            ("[disruption]\nmax = 1001\n".into(), ":2:7: disruption: `max` 1001 must be"),
+            ("[disruption]\nmax = -1\n".into(), ":2:7: disruption: `max` -1 must be"),
+            ("[disruption]\nmax = \"half\"\n".into(), ":2:7: disruption: `max` \"half\" is not a number or a share like \"25%\""),
+            ("[disruption]\nmax = \"0%\"\n".into(), ":2:7: disruption: `max` \"0%\" is not"),
+            ("[disruption]\nmax = \"101%\"\n".into(), ":2:7: disruption: `max` \"101%\" is not"),
+            ("[disruption]\nmax = \"25%\"\n".into(), ":2:7: disruption: `max` \"25%\" is a share of the hosts the plan names, and the plan names no host"),
+            (format!("{ROLES}[disruption]\nmax = \"25%\"\nroles = [\"lb\"]\n"), ":7:7: disruption: `max` \"25%\" is a share of the hosts the plan names, and role `lb` names no host in its `hosts`"),
+            ("[disruption]\nmax = 1\nroles = []\n".into(), ":3:9: disruption: `roles` is empty"),
+            ("[disruption]\nmax = 1\nroles = [\"a b\"]\n".into(), ":3:10: disruption: role \"a b\" cannot name a git ref"),
+            ("[disruption]\nmax = 1\nroles = [\"x..y\"]\n".into(), ":3:10: disruption: role \"x..y\" cannot name a git ref"),
+            ("[disruption]\nmax = 1\nttl = \"10ms\"\n".into(), ":3:7: disruption: `ttl` \"10ms\" is too short; at least 1s"),
+            ("[disruption]\nmax = 1\nttl = \"2days\"\n".into(), ":3:7: disruption: `ttl` \"2days\" is too long; at most 1day"),
+            ("[disruption]\nmax = 1\npoll = \"1ms\"\n".into(), ":3:8: disruption: `poll` \"1ms\" is too short"),
+            ("[disruption]\nroles = [\"web\"]\n".into(), ":1:1: missing field `max`"),
+            ("[disruption]\nmax = 1\nlock = \"etcd\"\n".into(), ":3:1: unknown field `lock`"),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text).map(|_| ()).unwrap_err();
+            assert!(e.starts_with("troops.toml:") && e.contains(want), "{text:?}: {e}");
+        }
+    }
+}
