@@ -6,10 +6,13 @@
 //! a holder killed with SIGKILL loses its slot when its lease ends; with the status remote gone,
 //! no node enters its disruptive step, and each says why.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::http::{HttpServer, Reply};
 use crate::support::{combined, text, wait_until, DeployRepo, Env, BUDGET};
 
 struct Node {
@@ -255,4 +258,131 @@ fn with_the_status_remote_gone_no_node_disrupts_and_each_says_why() {
         assert!(combined(&out).contains("cannot be reached"), "{}", combined(&out));
         assert_eq!(fleet.nodes[i].env.deployed().as_deref(), Some(commit.as_str()));
     }
+}
+
+/// What a FleetLock server did: `lock` or `unlock`, the client id, when (ns since the epoch).
+type Events = Arc<Mutex<Vec<(String, String, u128)>>>;
+
+/// A FleetLock server as the protocol describes it (Zincati's docs/development/fleetlock): a
+/// counting semaphore of `max` per group, locks owned by client id and recursive, unlocking what
+/// is not held a success; requests without `fleet-lock-protocol: true`, or without a client id
+/// and a group of `[a-zA-Z0-9.-]+`, refused. It records each lock and unlock as (what, id, ns).
+fn fleetlock_server(max: usize) -> (HttpServer, Events) {
+    let holders: Mutex<BTreeMap<String, Vec<String>>> = Mutex::new(BTreeMap::new());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let recorded = events.clone();
+    let error = |status: u16, kind: &str, value: &str| {
+        Reply::new(status, serde_json::json!({ "kind": kind, "value": value }).to_string())
+    };
+    let server = HttpServer::start(move |request| {
+        if request.method != "POST" {
+            return error(405, "method_not_allowed", "only POST");
+        }
+        if request.header("fleet-lock-protocol") != Some("true") {
+            return error(400, "missing_header", "fleet-lock-protocol header missing");
+        }
+        let body: serde_json::Value = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(e) => return error(400, "bad_body", &e.to_string()),
+        };
+        let (id, group) = (&body["client_params"]["id"], &body["client_params"]["group"]);
+        let (Some(id), Some(group)) = (id.as_str(), group.as_str()) else {
+            return error(400, "bad_client_params", "client_params.id and .group are mandatory");
+        };
+        if id.is_empty()
+            || group.is_empty()
+            || !group.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+        {
+            return error(400, "bad_client_params", "bad id or group");
+        }
+        let mut holders = holders.lock().unwrap();
+        let held = holders.entry(group.to_owned()).or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        match request.target.as_str() {
+            "/v1/pre-reboot" if held.iter().any(|h| h == id) => Reply::new(200, ""),
+            "/v1/pre-reboot" if held.len() < max => {
+                held.push(id.to_owned());
+                recorded.lock().unwrap().push(("lock".into(), id.to_owned(), now));
+                Reply::new(200, "")
+            }
+            "/v1/pre-reboot" => error(
+                409,
+                "failed_lock_semaphore_full",
+                "semaphore currently full, all slots are locked already",
+            ),
+            "/v1/steady-state" => {
+                if held.iter().any(|h| h == id) {
+                    recorded.lock().unwrap().push(("unlock".into(), id.to_owned(), now));
+                }
+                held.retain(|h| h != id);
+                Reply::new(200, "")
+            }
+            _ => error(404, "not_found", "no such endpoint"),
+        }
+    });
+    (server, events)
+}
+
+#[test]
+fn a_fleetlock_server_gives_the_slots_with_the_same_semantics_and_messages() {
+    let fleet = fleet(3);
+    let (server, events) = fleetlock_server(1);
+    let log = fleet.log.display();
+    let plan = format!(
+        "[disruption]\nfleetlock = \"{}\"\npoll = \"200ms\"\n\n\
+         [[step]]\nname = \"restart\"\ndisruptive = true\n\
+         run = '''echo start $TROOPS_HOST $(date +%s%N) >> {log}; sleep 0.5; echo end $TROOPS_HOST $(date +%s%N) >> {log}'''\n\n\
+         [[check]]\nname = \"serves\"\nrun = '''echo checked $TROOPS_HOST $(date +%s%N) >> {log}'''\n",
+        server.url("/")
+    );
+    let commit = fleet.release(&plan);
+    let children: Vec<Child> = (0..3).map(|i| fleet.pull(i)).collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| finish(c, &format!("node-{i}'s pull"), BUDGET * 3))
+        .collect();
+    let log = fleet.log();
+    let (most, closed) =
+        most_at_once(&log.iter().filter(|(w, ..)| w != "checked").cloned().collect::<Vec<_>>());
+    assert_eq!((most, closed), (1, 3), "{log:?}");
+    let events = events.lock().unwrap().clone();
+    for (node, out) in fleet.nodes.iter().zip(&outputs) {
+        let said = combined(out);
+        assert_eq!(out.status.code(), Some(0), "{}: {said}", node.name);
+        assert_eq!(node.env.deployed().as_deref(), Some(commit.as_str()));
+        assert!(
+            said.contains("troops: took disruption slot fleet from the FleetLock server http://127.0.0.1:"),
+            "{said}"
+        );
+        assert!(said.contains("(the run's checks passed)"), "{said}");
+        let checked: u128 =
+            log.iter().find(|(w, h, _)| w == "checked" && h == &node.name).unwrap().2.parse().unwrap();
+        let unlocked = events.iter().find(|(w, id, _)| w == "unlock" && id == &node.name).unwrap().2;
+        assert!(unlocked > checked, "{} gave its slot back before its check: {events:?} {log:?}", node.name);
+    }
+    let waited = outputs.iter().map(combined).filter(|s| {
+        s.contains("waiting for a disruption slot of fleet (as the FleetLock server says): http://127.0.0.1:")
+            && s.contains(
+                "semaphore currently full, all slots are locked already (failed_lock_semaphore_full, 409)",
+            )
+    });
+    assert!(waited.count() >= 1, "{:?}", outputs.iter().map(combined).collect::<Vec<_>>());
+
+    // A server that cannot be reached is no slot either.
+    let gone = server.url("/");
+    drop(server);
+    let next = fleet.work.commit(&fleet.hub, &[("v", "2")], "again");
+    let out = fleet.work.push(&fleet.hub, &fleet.mirror.display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success());
+    let child = fleet.pull(0);
+    let run = fleet.nodes[0].env.run_ids().len() as u64 + 1;
+    wait_until("node-0 saying it cannot reach the FleetLock server", BUDGET, || {
+        fleet.nodes[0].env.run_log(run).contains(&format!("POST {gone}v1/pre-reboot failed: cannot connect"))
+    });
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_ne!(fleet.nodes[0].env.deployed().as_deref(), Some(next.as_str()));
+    assert_eq!(fleet.log().iter().filter(|(w, ..)| w == "start").count(), 3, "no fourth disruption");
 }

@@ -9,6 +9,7 @@ pub mod drift;
 pub mod env;
 pub mod fetch;
 pub mod files;
+pub mod fleetlock;
 pub mod fs_safe;
 pub mod git;
 pub mod http;

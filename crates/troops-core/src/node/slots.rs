@@ -51,26 +51,26 @@ pub struct SlotNow {
     pub group: String,
     /// Since when it waits or holds.
     pub since: String,
-    /// It waits: why ("waiting for a disruption slot: held by web-3 since ..., lease until ...").
+    /// It waits: why ("waiting for a disruption slot of fleet (2 at once): held by web-3 since ...,
+    /// lease until ...").
     pub waiting: Option<String>,
-    /// It holds slot `held` of the group, its lease (by its own clock) until `until`.
-    pub held: Option<u32>,
+    /// It holds this slot ("fleet/1", "fleet from the FleetLock server URL").
+    pub held: Option<String>,
+    /// Its lease ends then, by this node's clock, unless renewed (none from a FleetLock server).
     pub until: Option<String>,
 }
 
 impl SlotNow {
     /// What `troops status` and the status document say, e.g. "holds disruption slot fleet/1
-    /// since T, lease until U" or the waiting sentence.
+    /// since T, lease until U", or the waiting sentence.
     pub fn sentence(&self) -> String {
-        match (&self.waiting, self.held) {
+        match (&self.waiting, &self.held) {
             (Some(why), _) => why.clone(),
-            (None, Some(n)) => format!(
-                "holds disruption slot {}/{n} since {}, lease until {}",
-                self.group,
-                self.since,
-                self.until.as_deref().unwrap_or("?")
-            ),
-            (None, None) => format!("about disruption slots of {}", self.group),
+            (None, Some(held)) => {
+                let until = self.until.as_ref().map_or(String::new(), |u| format!(", lease until {u}"));
+                format!("holds disruption slot {held} since {}{until}", self.since)
+            }
+            (None, None) => format!("about to look for a disruption slot of {}", self.group),
         }
     }
 }
@@ -94,14 +94,36 @@ fn stamp(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// A slot this node holds for a run, renewed in the background until it is given back.
+/// A slot this node holds for a run, until it is given back.
 pub struct Holding {
     node: Node,
-    remote: String,
-    doc: SlotDoc,
-    /// The commit the remote's ref holds since this node's last swap (taking, renewing).
-    last: std::sync::Arc<std::sync::Mutex<Oid>>,
-    renewer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    held: Held,
+}
+
+/// Where the slot is held.
+enum Held {
+    /// On the status remote, renewed in the background.
+    Ref {
+        remote: String,
+        doc: SlotDoc,
+        /// The commit the remote's ref holds since this node's last swap (taking, renewing).
+        last: std::sync::Arc<std::sync::Mutex<Oid>>,
+        renewer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    },
+    /// By a FleetLock server, for `group`.
+    FleetLock { url: String, group: String },
+}
+
+/// One look for a slot: taken, or why not.
+enum Look {
+    Took {
+        held: Held,
+        name: String,
+        until: Option<SystemTime>,
+    },
+    /// Someone moved a slot's ref first: look again at once.
+    Lost,
+    Wait(String),
 }
 
 /// The group of a host with `roles` in `disruption`: a run whose disruptive step has none fails.
@@ -127,13 +149,16 @@ pub fn take(
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<Option<Holding>> {
-    let Some(remote) = node.config.status_remote.clone() else {
-        return Err(Error::Input(format!(
-            "step `{step}` is disruptive, and a slot is taken on the status remote: the node config has no \
-             `status_remote`"
-        )));
+    let remote = match (&disruption.fleetlock, &node.config.status_remote) {
+        (Some(_), _) => String::new(),
+        (None, Some(remote)) => remote.clone(),
+        (None, None) => {
+            return Err(Error::Input(format!(
+                "step `{step}` is disruptive, and a slot is taken on the status remote: the node config has \
+                 no `status_remote`"
+            )))
+        }
     };
-    let me = node.config.hostname();
     let since = stamp(SystemTime::now());
     let mut said: Option<String> = None;
     loop {
@@ -141,97 +166,132 @@ pub fn take(
             let mut file = load(node);
             file.now = None;
             save(node, &file);
+            told(node);
             return Ok(None);
         }
-        let now = SystemTime::now();
-        let deadline = Instant::now() + node.config.fetch_timeout;
-        let mut file = load(node);
-        let why = match crate::mech::slots::fetch(node, &remote, &group.name, deadline) {
-            Err(e) => format!(
-                "waiting for a disruption slot: the status remote {remote} cannot be reached ({e}); no \
-                 disruptive step runs without a slot"
-            ),
-            Ok(()) => {
-                let mut verdicts = Vec::new();
-                let mut commits = Vec::new();
-                for n in 0..group.slots {
-                    let read = crate::mech::slots::read(node, &group.name, n).map_err(Error::Env)?;
-                    let seen = observe(&mut file, &slot::reference(&group.name, n), &read, now);
-                    verdicts.push(judge(&seen, &me, disruption.ttl, now));
-                    commits.push(read.commit);
-                }
-                match pick(&verdicts) {
-                    Some(n) => {
-                        let doc = SlotDoc {
-                            schema: SCHEMA,
-                            group: group.name.clone(),
-                            slot: n as u32,
-                            holder: me.clone(),
-                            run,
-                            since: stamp(now),
-                            lease_seconds: disruption.ttl.as_secs(),
-                            renewals: 0,
-                            released: false,
-                        };
-                        match crate::mech::slots::swap(node, &remote, &doc, commits[n], deadline) {
-                            Ok(commit) => {
-                                let until = stamp(now + disruption.ttl);
-                                let _ = writeln!(
-                                    out,
-                                    "troops: took disruption slot {}/{n} ({} at once), lease until {until}",
-                                    group.name, disruption.max
-                                );
-                                file.now = Some(SlotNow {
-                                    run,
-                                    group: group.name.clone(),
-                                    since: doc.since.clone(),
-                                    waiting: None,
-                                    held: Some(n as u32),
-                                    until: Some(until),
-                                });
-                                save(node, &file);
-                                told(node);
-                                return Ok(Some(Holding::start(node, remote, doc, commit, disruption.ttl)));
-                            }
-                            // Another node moved the ref first: look again at once.
-                            Err(e) if e.contains("stale info") => {
-                                save(node, &file);
-                                continue;
-                            }
-                            Err(e) => format!(
-                                "waiting for a disruption slot: slot {}/{n} could not be taken on the status \
-                                 remote {remote} ({e})",
-                                group.name
-                            ),
-                        }
-                    }
-                    None => format!(
-                        "waiting for a disruption slot of {} ({} at once): {}",
-                        group.name,
-                        disruption.max,
-                        waiting_for(&verdicts).unwrap_or_default()
-                    ),
-                }
+        let look = match &disruption.fleetlock {
+            Some(url) => look_fleetlock(node, url, disruption, group),
+            None => look_ref(node, &remote, disruption, group, run)?,
+        };
+        let why = match look {
+            Look::Took { held, name, until } => {
+                let until = until.map(stamp);
+                let lease = until.as_ref().map_or(String::new(), |u| format!(", lease until {u}"));
+                let _ =
+                    writeln!(out, "troops: took disruption slot {name} ({} at once){lease}", disruption.max);
+                let mut file = load(node);
+                let now = SlotNow {
+                    run,
+                    group: group.name.clone(),
+                    since: stamp(SystemTime::now()),
+                    waiting: None,
+                    held: Some(name),
+                    until,
+                };
+                file.now = Some(now);
+                save(node, &file);
+                told(node);
+                return Ok(Some(Holding { node: node.clone(), held }));
             }
+            Look::Lost => continue,
+            Look::Wait(why) => why,
         };
         if said.as_ref() != Some(&why) {
             let _ = writeln!(out, "troops: {why}");
             let _ = out.flush();
-            file.now = Some(SlotNow {
+            let mut file = load(node);
+            let now = SlotNow {
                 run,
                 group: group.name.clone(),
                 since: since.clone(),
                 waiting: Some(why.clone()),
                 held: None,
                 until: None,
-            });
+            };
+            file.now = Some(now);
             save(node, &file);
             told(node);
             said = Some(why);
-        } else {
-            save(node, &file);
         }
         pause(disruption.poll, stop);
+    }
+}
+
+/// One look at the slots of `group` on the status remote `remote`: the first this node may take
+/// (`policy::slots`), taken by a swap from what its ref held.
+fn look_ref(node: &Node, remote: &str, disruption: &Disruption, group: &Group, run: u64) -> Result<Look> {
+    let me = node.config.hostname();
+    let now = SystemTime::now();
+    let deadline = Instant::now() + node.config.fetch_timeout;
+    if let Err(e) = crate::mech::slots::fetch(node, remote, &group.name, deadline) {
+        return Ok(Look::Wait(format!(
+            "waiting for a disruption slot of {}: the status remote {remote} cannot be reached ({e}); no \
+             disruptive step runs without a slot",
+            group.name
+        )));
+    }
+    let mut file = load(node);
+    let mut verdicts = Vec::new();
+    let mut commits = Vec::new();
+    for n in 0..group.slots {
+        let read = crate::mech::slots::read(node, &group.name, n).map_err(Error::Env)?;
+        let seen = observe(&mut file, &slot::reference(&group.name, n), &read, now);
+        verdicts.push(judge(&seen, &me, disruption.ttl, now));
+        commits.push(read.commit);
+    }
+    save(node, &file);
+    let Some(n) = pick(&verdicts) else {
+        return Ok(Look::Wait(format!(
+            "waiting for a disruption slot of {} ({} at once): {}",
+            group.name,
+            disruption.max,
+            waiting_for(&verdicts).unwrap_or_default()
+        )));
+    };
+    let doc = SlotDoc {
+        schema: SCHEMA,
+        group: group.name.clone(),
+        slot: n as u32,
+        holder: me,
+        run,
+        since: stamp(now),
+        lease_seconds: disruption.ttl.as_secs(),
+        renewals: 0,
+        released: false,
+    };
+    match crate::mech::slots::swap(node, remote, &doc, commits[n], deadline) {
+        Ok(commit) => {
+            let name = format!("{}/{n}", group.name);
+            let held = Held::start(node, remote.to_owned(), doc, commit, disruption.ttl);
+            Ok(Look::Took { held, name, until: Some(now + disruption.ttl) })
+        }
+        Err(e) if e.contains("stale info") => Ok(Look::Lost),
+        Err(e) => Ok(Look::Wait(format!(
+            "waiting for a disruption slot of {}: slot {}/{n} could not be taken on the status remote {remote} ({e})",
+            group.name, group.name
+        ))),
+    }
+}
+
+/// One ask of the FleetLock server at `url` for a slot of `group`.
+fn look_fleetlock(node: &Node, url: &str, disruption: &Disruption, group: &Group) -> Look {
+    let me = node.config.hostname();
+    match crate::mech::fleetlock::ask(
+        url,
+        crate::mech::fleetlock::Op::Lock,
+        &me,
+        &group.name,
+        node.config.fetch_timeout,
+    ) {
+        Ok(()) => Look::Took {
+            held: Held::FleetLock { url: url.to_owned(), group: group.name.clone() },
+            name: format!("{} from the FleetLock server {url}", group.name),
+            until: None,
+        },
+        Err(e) => Look::Wait(format!(
+            "waiting for a disruption slot of {} ({}): {e}; no disruptive step runs without a slot",
+            group.name, disruption.max
+        )),
     }
 }
 
@@ -272,13 +332,14 @@ fn observe(file: &mut SlotFile, reference: &str, read: &crate::mech::slots::Read
     }
 }
 
-impl Holding {
-    fn start(node: &Node, remote: String, doc: SlotDoc, commit: Oid, ttl: Duration) -> Holding {
+impl Held {
+    /// A slot just taken on the status remote, renewed from now on at a third of its lease: two
+    /// renewals may fail before it ends.
+    fn start(node: &Node, remote: String, doc: SlotDoc, commit: Oid, ttl: Duration) -> Held {
         let last = std::sync::Arc::new(std::sync::Mutex::new(commit));
         let (tx, rx) = mpsc::channel::<()>();
         let renewer = {
             let (node, remote, mut doc, last) = (node.clone(), remote.clone(), doc.clone(), last.clone());
-            // Renewed at a third of the lease: two renewals may fail before it ends.
             std::thread::spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(ttl / 3) {
                     doc.renewals += 1;
@@ -286,36 +347,46 @@ impl Holding {
                 }
             })
         };
-        Holding { node: node.clone(), remote, doc, last, renewer: Some((tx, renewer)) }
+        Held::Ref { remote, doc, last, renewer: Some((tx, renewer)) }
     }
+}
 
+impl Holding {
     /// Gives the slot back (the run's checks passed, or it failed), after its last renewal; says
-    /// so to `out`. A slot that cannot be given back (the remote is gone) is free when its lease
-    /// ends.
-    pub fn release(mut self, out: &mut dyn Write, why: &str) {
-        if let Some((tx, renewer)) = self.renewer.take() {
-            drop(tx);
-            let _ = renewer.join();
-        }
-        let doc = SlotDoc { released: true, ..self.doc.clone() };
-        let expect = *self.last.lock().expect("not poisoned");
-        let deadline = Instant::now() + self.node.config.fetch_timeout;
-        let name = format!("{}/{}", doc.group, doc.slot);
-        match crate::mech::slots::swap(&self.node, &self.remote, &doc, Some(expect), deadline) {
-            Ok(_) => {
-                let _ = writeln!(out, "troops: gave back disruption slot {name} ({why})");
+    /// so to `out`. A slot on the status remote that cannot be given back (the remote is gone) is
+    /// free when its lease ends.
+    pub fn release(self, out: &mut dyn Write, why: &str) {
+        let node = &self.node;
+        let (name, given) = match self.held {
+            Held::Ref { remote, doc, last, mut renewer } => {
+                if let Some((tx, renewer)) = renewer.take() {
+                    drop(tx);
+                    let _ = renewer.join();
+                }
+                let doc = SlotDoc { released: true, ..doc };
+                let expect = *last.lock().expect("not poisoned");
+                let deadline = Instant::now() + node.config.fetch_timeout;
+                let given = crate::mech::slots::swap(node, &remote, &doc, Some(expect), deadline)
+                    .map(drop)
+                    .map_err(|e| format!("{e}; it is free when its lease ends"));
+                (format!("{}/{}", doc.group, doc.slot), given)
             }
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "troops: could not give back disruption slot {name} ({e}); it is free when its lease ends"
-                );
+            Held::FleetLock { url, group } => {
+                let me = node.config.hostname();
+                let op = crate::mech::fleetlock::Op::Unlock;
+                let given = crate::mech::fleetlock::ask(&url, op, &me, &group, node.config.fetch_timeout)
+                    .map_err(|e| format!("{e}; the server keeps it until this node gives it back"));
+                (format!("{group} from the FleetLock server {url}"), given)
             }
-        }
-        let mut file = load(&self.node);
+        };
+        let _ = match given {
+            Ok(()) => writeln!(out, "troops: gave back disruption slot {name} ({why})"),
+            Err(e) => writeln!(out, "troops: could not give back disruption slot {name} ({e})"),
+        };
+        let mut file = load(node);
         file.now = None;
-        save(&self.node, &file);
-        told(&self.node);
+        save(node, &file);
+        told(node);
     }
 }
 
@@ -333,7 +404,7 @@ fn renew(node: &Node, remote: &str, doc: &SlotDoc, last: &std::sync::Mutex<Oid>,
         Ok(commit) => {
             *last.lock().expect("not poisoned") = commit;
             let mut file = load(node);
-            if let Some(held) = file.now.as_mut().filter(|n| n.run == doc.run) {
+            if let Some(held) = file.now.as_mut().filter(|n| n.run == doc.run && n.held.is_some()) {
                 held.until = Some(stamp(now + ttl));
             }
             save(node, &file);

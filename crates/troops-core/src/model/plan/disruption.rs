@@ -1,6 +1,7 @@
 //! The plan's `[disruption]`: how many hosts may be in their disruptive steps at once (a number, or
 //! a share of the hosts the plan names), per role or for the whole fleet, and how long a slot's
-//! lease lasts, read and checked with the rest of the plan. How slots are taken is `node::slots`'.
+//! lease lasts; or the FleetLock server that says so instead. Read and checked with the rest of
+//! the plan. How slots are taken is `node::slots`'.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub struct Disruption {
     pub ttl: Duration,
     /// From one look at the slots to the next, while waiting for one.
     pub poll: Duration,
+    /// `fleetlock`: the base URL of a FleetLock server that gives the slots instead of the status
+    /// remote (its groups' sizes are its own; no lease).
+    pub fleetlock: Option<String>,
 }
 
 /// A set of hosts that share `slots` slots: `refs/troops/slots/<name>/<n>`, n in 0..slots.
@@ -53,7 +57,8 @@ impl Disruption {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDisruption {
-    max: Spanned<RawMax>,
+    max: Option<Spanned<RawMax>>,
+    fleetlock: Option<Spanned<String>>,
     roles: Option<Spanned<Vec<Spanned<String>>>>,
     ttl: Option<Spanned<String>>,
     poll: Option<Spanned<String>>,
@@ -71,8 +76,14 @@ const MAX_SLOTS: i64 = 1000;
 
 /// Validates a parsed `[disruption]`, given the plan's roles and `[hosts]` (a share is of the
 /// hosts they name: the same number on every node that reads the same plan).
-pub fn validate(raw: RawDisruption, roles: &[Role], hosts: &[&String]) -> Result<Disruption, Problem> {
+pub fn validate(
+    raw: Spanned<RawDisruption>,
+    roles: &[Role],
+    hosts: &[&String],
+) -> Result<Disruption, Problem> {
     let owner = "disruption";
+    let table = raw.span();
+    let raw = raw.into_inner();
     for role in raw.roles.iter().flat_map(|r| r.get_ref()) {
         let name = role.get_ref();
         if !name.is_empty() && !git2::Reference::is_valid_name(&format!("refs/troops/slots/{name}/0")) {
@@ -101,8 +112,17 @@ pub fn validate(raw: RawDisruption, roles: &[Role], hosts: &[&String]) -> Result
                 .len(),
         }
     };
-    let span = raw.max.span();
-    let (max, slots): (String, Vec<u32>) = match raw.max.into_inner() {
+    if let Some(url) = raw.fleetlock {
+        return fleetlock(url, raw.max.is_some(), raw.ttl, raw.poll, names, listed.is_some());
+    }
+    let Some(max) = raw.max else {
+        return Err((
+            table,
+            format!("{owner}: `max` is missing: how many hosts may be disrupted at once (1, or a share like \"25%\")"),
+        ));
+    };
+    let span = max.span();
+    let (max, slots): (String, Vec<u32>) = match max.into_inner() {
         RawMax::Count(n) if (1..=MAX_SLOTS).contains(&n) => {
             (n.to_string(), names.iter().map(|_| n as u32).collect())
         }
@@ -142,7 +162,49 @@ pub fn validate(raw: RawDisruption, roles: &[Role], hosts: &[&String]) -> Result
     let ttl = limits::SLOT_TTL.key(&format!("{owner}: `ttl`"), raw.ttl, DEFAULT_TTL)?;
     let poll = limits::SLOT_POLL.key(&format!("{owner}: `poll`"), raw.poll, DEFAULT_POLL)?;
     let groups = names.into_iter().zip(slots).map(|(name, slots)| Group { name, slots }).collect();
-    Ok(Disruption { groups, by_role: listed.is_some(), max, ttl, poll })
+    Ok(Disruption { groups, by_role: listed.is_some(), max, ttl, poll, fleetlock: None })
+}
+
+/// A `[disruption]` whose slots a FleetLock server at `url` gives: its groups' names must be
+/// FleetLock groups (`^[a-zA-Z0-9.-]+$`), and `max` and `ttl` are the server's business.
+fn fleetlock(
+    url: Spanned<String>,
+    max: bool,
+    ttl: Option<Spanned<String>>,
+    poll: Option<Spanned<String>>,
+    names: Vec<String>,
+    by_role: bool,
+) -> Result<Disruption, Problem> {
+    let owner = "disruption";
+    if let Err(e) = crate::model::url::Url::parse(url.get_ref()) {
+        return Err((
+            url.span(),
+            format!("{owner}: `fleetlock` {:?} is not an http(s) URL: {e}", url.get_ref()),
+        ));
+    }
+    if max {
+        return Err((url.span(), format!("{owner}: with `fleetlock`, how many at once is the FleetLock server's to say; leave `max` out")));
+    }
+    if let Some(ttl) = ttl {
+        return Err((ttl.span(), format!("{owner}: `ttl` is the lease of a slot on the status remote; a FleetLock server keeps its locks until they are given back")));
+    }
+    if let Some(bad) =
+        names.iter().find(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+    {
+        return Err((
+            url.span(),
+            format!("{owner}: role {bad:?} is no FleetLock group (letters, digits, `.` and `-` only)"),
+        ));
+    }
+    let poll = limits::SLOT_POLL.key(&format!("{owner}: `poll`"), poll, DEFAULT_POLL)?;
+    Ok(Disruption {
+        groups: names.into_iter().map(|name| Group { name, slots: 0 }).collect(),
+        by_role,
+        max: "as the FleetLock server says".into(),
+        ttl: Duration::ZERO,
+        poll,
+        fleetlock: Some(url.into_inner()),
+    })
 }
 
 #[cfg(test)]
@@ -212,7 +274,11 @@ mod tests {
             ("[disruption]\nmax = 1\nttl = \"10ms\"\n".into(), ":3:7: disruption: `ttl` \"10ms\" is too short; at least 1s"),
             ("[disruption]\nmax = 1\nttl = \"2days\"\n".into(), ":3:7: disruption: `ttl` \"2days\" is too long; at most 1day"),
             ("[disruption]\nmax = 1\npoll = \"1ms\"\n".into(), ":3:8: disruption: `poll` \"1ms\" is too short"),
-            ("[disruption]\nroles = [\"web\"]\n".into(), ":1:1: missing field `max`"),
+            ("[disruption]\nroles = [\"web\"]\n".into(), ":1:1: disruption: `max` is missing"),
+            ("[disruption]\nfleetlock = \"etcd://a\"\n".into(), ":2:13: disruption: `fleetlock` \"etcd://a\" is not an http(s) URL"),
+            ("[disruption]\nfleetlock = \"http://a/\"\nmax = 1\n".into(), ":2:13: disruption: with `fleetlock`, how many at once is the FleetLock server's to say"),
+            ("[disruption]\nfleetlock = \"http://a/\"\nttl = \"1m\"\n".into(), ":3:7: disruption: `ttl` is the lease of a slot on the status remote"),
+            ("[disruption]\nfleetlock = \"http://a/\"\nroles = [\"web_1\"]\n".into(), ":2:13: disruption: role \"web_1\" is no FleetLock group"),
             ("[disruption]\nmax = 1\nlock = \"etcd\"\n".into(), ":3:1: unknown field `lock`"),
         ];
         for (text, want) in cases {

@@ -241,7 +241,7 @@ struct RawPlan {
     rollout: Option<rollout::RawRollout>,
     #[serde(default)]
     window: Vec<Spanned<window::RawWindow>>,
-    disruption: Option<disruption::RawDisruption>,
+    disruption: Option<Spanned<disruption::RawDisruption>>,
 }
 
 #[derive(Deserialize)]
