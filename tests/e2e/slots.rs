@@ -245,11 +245,16 @@ fn a_holder_killed_mid_step_loses_its_slot_when_its_lease_ends() {
 
 #[test]
 fn with_the_status_remote_gone_no_node_disrupts_and_each_says_why() {
-    let fleet = fleet(2);
+    let fleet = fleet(3);
     let commit = fleet.release(&plan(&fleet.log, &fleet.status, 2, "10s", "0"));
     let away = fleet.hub.path("status.git.away");
     std::fs::rename(&fleet.status, &away).unwrap();
-    let children: Vec<Child> = (0..2).map(|i| fleet.pull(i)).collect();
+    let mut children: Vec<Child> = (0..2).map(|i| fleet.pull(i)).collect();
+    // A person's `troops deploy` of the commit needs a slot too: the slot is about the fleet's
+    // capacity, not about who asked.
+    let person = &fleet.nodes[2].env;
+    person.git(&person.repo(), &["fetch", "-q", &fleet.mirror.display().to_string(), "main:main"]);
+    children.push(person.troops(&["deploy"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
     for node in &fleet.nodes {
         wait_until(&format!("{} saying it cannot reach the status remote", node.name), BUDGET, || {
             let doc = node.env.status_json();
@@ -259,15 +264,23 @@ fn with_the_status_remote_gone_no_node_disrupts_and_each_says_why() {
                     .is_some_and(|s| s.contains("the status remote status cannot be reached"))
         });
     }
-    // Polled several times over: still nobody disrupted.
     let run = fleet.nodes[0].env.run_ids()[0];
-    wait_until("node-0 polling", BUDGET, || {
-        fleet.nodes[0].env.run_log(run).contains("no disruptive step runs without a slot")
-    });
+    assert!(fleet.nodes[0].env.run_log(run).contains("no disruptive step runs without a slot"));
     assert!(fleet.log().is_empty(), "a node disrupted without a slot: {:?}", fleet.log());
     assert!(fleet.nodes.iter().all(|n| n.env.deployed().is_none()));
 
-    // The remote back: both go through.
+    // Asked to stop while it waits, the person's run ends, interrupted, its step not run.
+    let deploy = children.pop().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(deploy.id() as i32), nix::sys::signal::SIGTERM)
+        .unwrap();
+    let out = finish(deploy, "the person's deploy", BUDGET);
+    assert_ne!(out.status.code(), Some(0), "{}", combined(&out));
+    let record = person.run_record(person.run_ids()[0]);
+    assert_eq!(record["status"], "interrupted", "{record}");
+    assert!(record["error"].as_str().unwrap().contains("while waiting for a disruption slot"), "{record}");
+    assert!(person.status_json()["fleet"]["slot"].is_null());
+
+    // The remote back: both pulls go through.
     std::fs::rename(&away, &fleet.status).unwrap();
     for (i, child) in children.into_iter().enumerate() {
         let out = finish(child, &format!("node-{i}'s pull"), BUDGET * 2);
@@ -275,6 +288,7 @@ fn with_the_status_remote_gone_no_node_disrupts_and_each_says_why() {
         assert!(combined(&out).contains("cannot be reached"), "{}", combined(&out));
         assert_eq!(fleet.nodes[i].env.deployed().as_deref(), Some(commit.as_str()));
     }
+    assert!(!fleet.logged("start", "node-2"));
 }
 
 /// What a FleetLock server did: `lock` or `unlock`, the client id, when (ns since the epoch).

@@ -226,6 +226,14 @@ mod tests {
         let e = swap(&b, "status", &doc("web-2", 0), Some(first), deadline()).unwrap_err();
         assert!(e.contains("stale info"), "{e}");
         assert_eq!(bare.refname_to_id(&slot::reference("fleet", 0)).unwrap(), renewed);
+        // A remote that rejects pushes (a hook, a full disk) takes no slot, and is no lost race.
+        let hook = remote.join("hooks/pre-receive");
+        std::fs::write(&hook, "#!/bin/sh\necho no room >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let e = swap(&b, "status", &doc("web-2", 0), Some(renewed), deadline()).unwrap_err();
+        assert!(!e.contains("stale info") && e.contains("pre-receive hook declined"), "{e}");
+        assert_eq!(bare.refname_to_id(&slot::reference("fleet", 0)).unwrap(), renewed);
+        std::fs::remove_file(&hook).unwrap();
         // A remote that is gone is an error too, not a slot.
         std::fs::rename(&remote, dir.path().join("gone.git")).unwrap();
         assert!(swap(&b, "status", &doc("web-2", 0), Some(renewed), deadline()).is_err());
