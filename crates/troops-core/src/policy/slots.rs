@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::model::limits::DAY;
+use crate::model::shown::escape;
 use crate::model::slot::SlotDoc;
 
 /// What this node found at a slot's ref.
@@ -80,8 +81,11 @@ pub fn waiting_for(verdicts: &[Verdict]) -> Option<String> {
         })
         .min()
         .map(|(until, holder, since)| {
+            // The holder's words: escaped, as everything another machine says.
             format!(
-                "held by {holder} since {since}, lease until {}",
+                "held by {} since {}, lease until {}",
+                escape(holder),
+                escape(since),
                 humantime::format_rfc3339_seconds(*until)
             )
         })
@@ -164,5 +168,7 @@ mod tests {
             waiting_for(&[held("web-4", 90), held("web-3", 30)]).unwrap(),
             "held by web-3 since s, lease until 2027-01-15T08:00:30Z"
         );
+        let hostile = waiting_for(&[held("\u{1b}[2Jweb-9\n", 30)]).unwrap();
+        assert!(hostile.starts_with("held by \\u{1b}[2Jweb-9\\n since"), "{hostile}");
     }
 }

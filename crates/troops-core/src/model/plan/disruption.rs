@@ -252,6 +252,14 @@ mod tests {
         assert_eq!(by_role.group(&web).map(|g| g.name.as_str()), Some("web"));
         assert_eq!(by_role.group(&["db".into(), "web".into()]).map(|g| g.name.as_str()), Some("db"));
         assert_eq!(by_role.group(&["lb".into()]), None);
+        let served = parse(&format!(
+            "{STEP}[disruption]\nfleetlock = \"https://airlock.example/\"\nroles = [\"db.1\"]\n"
+        ))
+        .unwrap()
+        .disruption
+        .unwrap();
+        assert_eq!(served.fleetlock.as_deref(), Some("https://airlock.example/"));
+        assert_eq!((served.groups[0].name.as_str(), served.poll), ("db.1", DEFAULT_POLL));
     }
 
     #[test]
