@@ -12,6 +12,7 @@ use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::Daemon;
 use crate::support::http::{HttpServer, Reply};
 use crate::support::{combined, text, wait_until, DeployRepo, Env, BUDGET};
 
@@ -416,4 +417,52 @@ fn a_fleetlock_server_gives_the_slots_with_the_same_semantics_and_messages() {
     let _ = child.wait();
     assert_ne!(fleet.nodes[0].env.deployed().as_deref(), Some(next.as_str()));
     assert_eq!(fleet.log().iter().filter(|(w, ..)| w == "start").count(), 3, "no fourth disruption");
+}
+
+#[test]
+fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
+    let fleet = fleet(3);
+    for node in &fleet.nodes {
+        let config = std::fs::read_to_string(&node.env.config).unwrap();
+        node.env.write_config(&format!("interval = \"300ms\"\n{config}"));
+    }
+    let commit = fleet.release(&plan(&fleet.log, &fleet.status, 1, "10s", "1"));
+    let daemons: Vec<Daemon> = fleet.nodes.iter().map(|n| Daemon::start(&n.env)).collect();
+    wait_until("every daemon's node deployed", BUDGET * 3, || {
+        fleet.nodes.iter().all(|n| n.env.deployed().as_deref() == Some(commit.as_str()))
+    });
+    let log = fleet.log();
+    let disruptions: Vec<_> = log.iter().filter(|(w, ..)| w != "checked-held").cloned().collect();
+    assert_eq!(most_at_once(&disruptions), (1, 3), "{log:?}");
+    assert!(!log.iter().any(|(w, ..)| w == "checked-NOT-held"), "{log:?}");
+    for node in &fleet.nodes {
+        let said = node.env.run_log(node.env.run_ids()[0]);
+        assert!(
+            said.contains("troops: gave back disruption slot fleet/0 (the run's checks passed)"),
+            "{said}"
+        );
+    }
+
+    // A daemon stopped while its run waits for a slot: the run ends interrupted, the wait with it.
+    let next = fleet.work.commit(
+        &fleet.hub,
+        &[("troops.toml", &plan(&fleet.log, &fleet.status, 1, "10s", "60"))],
+        "long",
+    );
+    let out = fleet.work.push(&fleet.hub, &fleet.mirror.display().to_string(), &["HEAD:main"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until("one node in its long disruptive step", BUDGET, || {
+        fleet.log().iter().filter(|(w, ..)| w == "start").count() == 4
+    });
+    let waiting = |n: &Node| n.env.status_json()["fleet"]["state"] == "waiting_slot";
+    wait_until("the other two waiting", BUDGET, || fleet.nodes.iter().filter(|n| waiting(n)).count() == 2);
+    let (i, stopped) = fleet.nodes.iter().enumerate().find(|(_, n)| waiting(n)).unwrap();
+    daemons[i].signal(nix::sys::signal::Signal::SIGTERM);
+    wait_until("the stopped daemon's run interrupted", BUDGET, || {
+        let record = stopped.env.run_record(*stopped.env.run_ids().last().unwrap());
+        record["status"] == "interrupted"
+            && record["error"].as_str().is_some_and(|e| e.contains("while waiting for a disruption slot"))
+    });
+    assert_ne!(stopped.env.deployed().as_deref(), Some(next.as_str()));
+    assert_eq!(fleet.log().iter().filter(|(w, ..)| w == "start").count(), 4, "one holder at a time");
 }
