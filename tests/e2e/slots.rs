@@ -465,4 +465,42 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
     });
     assert_ne!(stopped.env.deployed().as_deref(), Some(next.as_str()));
     assert_eq!(fleet.log().iter().filter(|(w, ..)| w == "start").count(), 4, "one holder at a time");
+
+    // The holder stopped half-way keeps its slot (its host may be down) and its restarted daemon
+    // runs the commit again, taking the slot back at once, long before its lease (10 s) ends.
+    let holder_host = fleet.log().iter().rfind(|(w, ..)| w == "start").unwrap().1.clone();
+    let h = fleet.nodes.iter().position(|n| n.name == holder_host).unwrap();
+    let holder = &fleet.nodes[h];
+    let mut daemons = daemons;
+    daemons[h].signal(nix::sys::signal::Signal::SIGTERM);
+    let stopped_run = *holder.env.run_ids().last().unwrap();
+    wait_until("the holder's run interrupted, keeping its slot", BUDGET, || {
+        holder.env.run_record(stopped_run)["status"] == "interrupted"
+            && holder
+                .env
+                .run_log(stopped_run)
+                .contains("troops: keeps disruption slot fleet/0 until its lease ends")
+    });
+    let slot = fleet.hub.git(
+        fleet.hub.tmp.path(),
+        &[
+            "--git-dir",
+            &fleet.status.display().to_string(),
+            "cat-file",
+            "-p",
+            "refs/troops/slots/fleet/0:slot.json",
+        ],
+    );
+    assert!(
+        slot.contains(&format!("\"holder\": \"{holder_host}\"")) && slot.contains("\"released\": false"),
+        "{slot}"
+    );
+    daemons[h].wait_exit(BUDGET);
+    let restarted = Instant::now();
+    daemons[h] = Daemon::start(&holder.env);
+    wait_until("the holder in its step again", BUDGET, || {
+        fleet.log().iter().filter(|(w, ..)| w == "start").count() == 5
+    });
+    assert!(restarted.elapsed() < Duration::from_secs(10), "it waited for its own lease");
+    assert_eq!(fleet.log().iter().rfind(|(w, ..)| w == "start").unwrap().1, holder_host);
 }

@@ -356,6 +356,30 @@ impl Held {
 }
 
 impl Holding {
+    /// Stops renewing the slot without giving it back (a run stopped half-way, whose host may be
+    /// down): it stays this node's until its lease ends, and this node's next run takes it again
+    /// at once (a FleetLock server's lock, until then). Says so to `out`.
+    pub fn keep(self, out: &mut dyn Write) {
+        let name = match self.held {
+            Held::Ref { doc, mut renewer, .. } => {
+                if let Some((tx, renewer)) = renewer.take() {
+                    drop(tx);
+                    let _ = renewer.join();
+                }
+                format!("{}/{} until its lease ends", doc.group, doc.slot)
+            }
+            Held::FleetLock { url, group } => format!("{group} from the FleetLock server {url}"),
+        };
+        let _ = writeln!(
+            out,
+            "troops: keeps disruption slot {name}: the run was stopped half-way; its next run takes it again"
+        );
+        let mut file = load(&self.node);
+        file.now = None;
+        save(&self.node, &file);
+        told(&self.node);
+    }
+
     /// Gives the slot back (the run's checks passed, or it failed), after its last renewal; says
     /// so to `out`. A slot on the status remote that cannot be given back (the remote is gone) is
     /// free when its lease ends.

@@ -223,13 +223,14 @@ fn run_one(
     };
     let result = run.phases();
     // The slot goes back once the checks passed (the node serves again), or once the run failed:
-    // a failed run holds nothing up (README, Disruption slots).
+    // a failed run holds nothing up. A run stopped half-way keeps it: the host may be down, and
+    // the next run (the stopped one again) takes it back at once (README, Disruption slots).
     if let Some(slot) = run.slot.take() {
-        let why = match (&result, run.record.status) {
-            (Ok(()), RunStatus::Succeeded) => "the run's checks passed".to_owned(),
-            (_, status) => format!("the run {}", if result.is_err() { RunStatus::Failed } else { status }),
-        };
-        slot.release(run.out, &why);
+        match (&result, run.record.status) {
+            (Ok(()), RunStatus::Succeeded) => slot.release(run.out, "the run's checks passed"),
+            (Ok(()), RunStatus::Interrupted) => slot.keep(run.out),
+            _ => slot.release(run.out, "the run failed"),
+        }
     }
     let (plan, release) = (run.plan.take(), run.release.take());
     record.finished_at = Some(Timestamp::now());
