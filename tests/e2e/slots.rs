@@ -235,9 +235,13 @@ fn a_holder_killed_mid_step_loses_its_slot_when_its_lease_ends() {
     wait_until("node-1 in its disruptive step", ttl + BUDGET, || fleet.logged("start", "node-1"));
     let after = killed.elapsed();
     assert!(after >= ttl * 2 / 3, "node-1 took the slot {after:?} after the kill: before the lease ended");
+    // Within the lease and one poll, plus what the push and the step's start take: on a quiet
+    // machine about ttl + 0.5 s; the house's budget for a loaded one.
     let poll = Duration::from_millis(200);
-    // A second for the push, the step's start, and a loaded machine.
-    assert!(after <= ttl + poll + Duration::from_secs(1), "node-1 took the slot {after:?} after the kill");
+    assert!(after <= ttl + poll + BUDGET, "node-1 took the slot {after:?} after the kill");
+    eprintln!(
+        "MEASURE: a killed holder's slot taken over {after:?} after the kill (ttl {ttl:?}, poll {poll:?})"
+    );
     assert!(!fleet.logged("end", "node-0"), "the killed step ended with its troops");
     let mut waiter = waiter;
     let _ = waiter.kill();
@@ -446,7 +450,7 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
     // A daemon stopped while its run waits for a slot: the run ends interrupted, the wait with it.
     let next = fleet.work.commit(
         &fleet.hub,
-        &[("troops.toml", &plan(&fleet.log, &fleet.status, 1, "10s", "60"))],
+        &[("troops.toml", &plan(&fleet.log, &fleet.status, 1, "30s", "60"))],
         "long",
     );
     let out = fleet.work.push(&fleet.hub, &fleet.mirror.display().to_string(), &["HEAD:main"]);
@@ -467,7 +471,7 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
     assert_eq!(fleet.log().iter().filter(|(w, ..)| w == "start").count(), 4, "one holder at a time");
 
     // The holder stopped half-way keeps its slot (its host may be down) and its restarted daemon
-    // runs the commit again, taking the slot back at once, long before its lease (10 s) ends.
+    // runs the commit again, taking the slot back at once, long before its lease (30 s) ends.
     let holder_host = fleet.log().iter().rfind(|(w, ..)| w == "start").unwrap().1.clone();
     let h = fleet.nodes.iter().position(|n| n.name == holder_host).unwrap();
     let holder = &fleet.nodes[h];
@@ -501,6 +505,6 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
     wait_until("the holder in its step again", BUDGET, || {
         fleet.log().iter().filter(|(w, ..)| w == "start").count() == 5
     });
-    assert!(restarted.elapsed() < Duration::from_secs(10), "it waited for its own lease");
+    assert!(restarted.elapsed() < Duration::from_secs(30), "it waited for its own lease");
     assert_eq!(fleet.log().iter().rfind(|(w, ..)| w == "start").unwrap().1, holder_host);
 }
