@@ -39,6 +39,7 @@ mod push;
 mod rollback;
 mod secrets;
 mod signed;
+mod slots;
 mod sshsig;
 mod steps;
 mod trust;

@@ -134,6 +134,7 @@ pub fn summary(nodes: &[Row]) -> String {
         healthy.iter().map(|(commit, n)| format!("{n} healthy on {commit}")).collect();
     for state in [
         State::Deploying,
+        State::WaitingSlot,
         State::Soaking,
         State::Held,
         State::Drifted,

@@ -35,7 +35,7 @@ pub struct Context<'a> {
 const FAILURES_SHOWN: usize = 10;
 
 /// The states in the order the page counts them, worst first.
-const STATES: [State; 11] = [
+const STATES: [State; 12] = [
     State::Failed,
     State::RolledBack,
     State::Drifted,
@@ -43,6 +43,7 @@ const STATES: [State; 11] = [
     State::Frozen,
     State::Held,
     State::Other,
+    State::WaitingSlot,
     State::Deploying,
     State::Soaking,
     State::Idle,
@@ -104,6 +105,8 @@ fn class(state: State) -> &'static str {
         State::Held => "st-held",
         // Not what was deployed any more: a warning, like a hold, not a failure.
         State::Drifted | State::Paused | State::Frozen => "st-held",
+        // A run under way, waiting its turn.
+        State::WaitingSlot => "st-deploying",
         State::Other => "st-other",
     }
 }
@@ -487,6 +490,7 @@ mod tests {
                 exports: Default::default(),
                 frozen: None,
                 approval: None,
+                slot: None,
                 quarantined: vec![],
                 checks: vec![],
                 heartbeat_seconds: 3600,

@@ -25,6 +25,8 @@ pub struct Request {
     pub target: String,
     /// The whole head as sent, request line first, without the blank line that ends it.
     pub head: String,
+    /// The body, as long as its `Content-Length` says (none without one).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -309,7 +311,12 @@ fn serve(conn: TcpStream, shared: &Shared) {
     let mut words = head.split(' ');
     let (method, target) = (words.next().unwrap_or_default().to_owned(), words.next().unwrap_or_default());
     let n = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let request = Request { n, method, target: target.to_owned(), head };
+    let mut request = Request { n, method, target: target.to_owned(), head, body: Vec::new() };
+    let length: usize = request.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    request.body.resize(length.min(1 << 20), 0);
+    if conn.read_exact(&mut request.body).is_err() {
+        return;
+    }
     let reply = (shared.answer)(&request);
     shared.served.lock().unwrap().push(Served { request, status: reply.status() });
     match (&reply.what, reply.pause) {

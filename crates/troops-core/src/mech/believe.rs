@@ -148,6 +148,12 @@ impl Keys {
         Keys { commit, by_host }
     }
 
+    /// These hosts' keys, as if a trusted commit had them: for tests.
+    #[cfg(test)]
+    pub(crate) fn of_hosts(keys: impl IntoIterator<Item = (String, PublicKey)>) -> Keys {
+        Keys { commit: Some(Oid::zero()), by_host: keys.into_iter().map(|(h, k)| (h, Ok(k))).collect() }
+    }
+
     /// `host`'s key, or why there is none to check its documents with.
     fn of(&self, host: &str) -> std::result::Result<&PublicKey, (Reason, String)> {
         let Some(commit) = self.commit else {
@@ -245,6 +251,24 @@ fn check(
         return Err((Reason::Rewound, why));
     }
     Ok(Believed { commit: commit.id(), doc, key: fingerprint })
+}
+
+/// Whether the commit `commit` of `status` is signed by `host`'s key in `keys`: the check of every
+/// other document a node writes for the fleet (its disruption slots), as of its status.
+pub fn signed_by(
+    status: &Repository,
+    commit: Oid,
+    host: &str,
+    keys: &Keys,
+) -> std::result::Result<(), (Reason, String)> {
+    let (signature, payload) = match status.extract_signature(&commit, Some("gpgsig")) {
+        Ok(signed) => signed,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => {
+            return Err((Reason::Unsigned, format!("commit {commit} is not signed")))
+        }
+        Err(e) => return Err((Reason::Unreadable, escape(e.message()).into_owned())),
+    };
+    verify(host, keys.of(host)?, &signature, &payload)
 }
 
 /// Whether `signature` (a `gpgsig` header) is `host`'s `key`'s, for namespace `git`, over `payload`.
@@ -373,13 +397,18 @@ pub fn remember(path: &Path, belief: &Belief) -> std::result::Result<(), String>
 /// commit it trusts: the one it deployed, else its branch tip (which holds only what the node
 /// accepted); and the newest documents it believed before.
 pub fn on_node(node: &crate::model::node::Node, status: &Repository) -> Belief {
+    believe(status, &node_keys(node), &Newest::load(&node.believed_path()), SystemTime::now())
+}
+
+/// The hosts' keys `node` checks the fleet's documents with: `keys/` of the commit it trusts, the
+/// one it deployed, else its branch tip (which holds only what the node accepted).
+pub fn node_keys(node: &crate::model::node::Node) -> Keys {
     let repo = node.repo().ok();
     let trusted = repo.as_ref().and_then(|r| r.deployed().ok().flatten().or_else(|| r.tip().ok().flatten()));
-    let keys = match &repo {
+    match &repo {
         Some(repo) => Keys::at(&repo.git, trusted),
         None => Keys { commit: None, by_host: BTreeMap::new() },
-    };
-    believe(status, &keys, &Newest::load(&node.believed_path()), SystemTime::now())
+    }
 }
 
 #[cfg(test)]

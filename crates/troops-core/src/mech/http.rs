@@ -1,5 +1,6 @@
 //! troops' one HTTP client: a GET over `http://` or `https://`, for health checks and the cheap
-//! probe of a mirror's `info/refs`. A deadline on the whole exchange (name lookup, connecting, the
+//! probe of a mirror's `info/refs`, and a POST of JSON, for a FleetLock server (`fleetlock`), which
+//! follows no redirect. A deadline on the whole exchange (name lookup, connecting, the
 //! TLS handshake, the answer), a cap on the body read, no connection kept between GETs, no proxy
 //! (the probe is only ever a shortcut, and a check is of this host's own services). Redirects are
 //! followed at most [`MAX_REDIRECTS`] times and never to another scheme: an `https://` check or
@@ -94,7 +95,7 @@ pub fn get(
         if left.is_zero() {
             return Err(HttpError::Timeout(timeout));
         }
-        let response = once(&url, roots.clone(), verify, headers, left, max_body)
+        let response = once(&url, roots.clone(), verify, headers, None, left, max_body)
             .map_err(|e| explain(e, &url, verify, timeout))?;
         if !matches!(response.status, 301 | 302 | 303 | 307 | 308) {
             return Ok(response);
@@ -117,12 +118,33 @@ pub fn get(
     Err(HttpError::Redirect(format!("more than {MAX_REDIRECTS} redirects (the last to {url})")))
 }
 
-/// One GET of `url`, no redirect followed.
+/// POSTs the JSON `body` to `url` with `headers` added, within `timeout`, reading at most
+/// `max_body` bytes of the answer; a redirect is an answer like any other (not followed: a POST
+/// that was meant for one server goes to no other).
+pub fn post_json(
+    url: &str,
+    verify: &Verify,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, HttpError> {
+    let url = Url::parse(url).map_err(HttpError::Url)?;
+    let roots = match url.scheme {
+        Scheme::Https => Some(roots(verify)?),
+        Scheme::Http => None,
+    };
+    once(&url, roots, verify, headers, Some(body), timeout, max_body)
+        .map_err(|e| explain(e, &url, verify, timeout))
+}
+
+/// One GET of `url` (or, with a `body`, a POST of JSON), no redirect followed.
 fn once(
     url: &Url,
     roots: Option<RootCerts>,
     verify: &Verify,
     headers: &[(&str, &str)],
+    body: Option<&[u8]>,
     timeout: Duration,
     max_body: usize,
 ) -> Result<Response, ureq::Error> {
@@ -154,11 +176,22 @@ fn once(
             .tls_config(tls.build())
             .build(),
     );
-    let mut request = agent.get(url.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.call()?;
+    let response = match body {
+        None => {
+            let mut request = agent.get(url.to_string());
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.call()?
+        }
+        Some(body) => {
+            let mut request = agent.post(url.to_string()).header("content-type", "application/json");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.send(body)?
+        }
+    };
     let status = response.status().as_u16();
     let headers = response
         .headers()

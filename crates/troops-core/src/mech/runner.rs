@@ -318,6 +318,7 @@ mod tests {
             kill_grace: Duration::from_millis(300),
             env: BTreeMap::from([("LEVEL".into(), "prod".into())]),
             phase: crate::model::plan::Phase::Build,
+            disruptive: false,
         }
     }
 

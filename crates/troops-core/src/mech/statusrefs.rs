@@ -88,7 +88,7 @@ fn private(path: &Path) -> Result<()> {
 /// The status repo's locks: files in it only its owner can open (`lock::private_file`), though
 /// the admin group may read the repo. Not `*.lock`: those are git's, which `clear_leftovers` removes.
 #[derive(Clone, Copy)]
-enum Lock {
+pub(crate) enum Lock {
     /// One writer of the status repo at a time (fetches, and a publish's commit): a fetch clears
     /// what a stopped download left behind and prunes, which must not meet another's objects half
     /// written.
@@ -98,7 +98,7 @@ enum Lock {
 }
 
 /// Takes `which` lock of the status repo at `git_dir`, waiting for it.
-fn lock(git_dir: &Path, which: Lock) -> std::result::Result<Flock<File>, String> {
+pub(crate) fn lock(git_dir: &Path, which: Lock) -> std::result::Result<Flock<File>, String> {
     let path = git_dir.join(match which {
         Lock::Writer => "troops-writer.flock",
         Lock::Publisher => "troops-publisher.flock",
@@ -153,7 +153,7 @@ impl Turn {
 }
 
 /// The URL of `remote` in the node repo at `repo_path`.
-fn url_of(repo_path: &Path, remote: &str) -> std::result::Result<String, String> {
+pub(crate) fn url_of(repo_path: &Path, remote: &str) -> std::result::Result<String, String> {
     crate::mech::repo::refuse_redirects(repo_path).map_err(|e| e.to_string())?;
     let git = Repository::open_bare(repo_path).map_err(|e| e.message().to_owned())?;
     let found = git.find_remote(remote).map_err(|_| format!("the node repo has no remote {remote:?}"))?;
@@ -255,12 +255,12 @@ fn nothing_matched(status: std::process::ExitStatus, stderr: &str) -> bool {
 }
 
 /// `git fetch`'s options for the status refs: the newest commit of each, nothing else.
-const FETCH_ARGS: [&str; 6] =
+pub(crate) const FETCH_ARGS: [&str; 6] =
     ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--end-of-options"];
 
 /// `command` (a `git fetch`) unable to write a file larger than [`MAX_FETCH`]: its pack, which it
 /// writes as the bytes arrive. The kernel stops it (SIGXFSZ) at the limit.
-fn capped(mut command: Command) -> Command {
+pub(crate) fn capped(mut command: Command) -> Command {
     // SAFETY: setrlimit is async-signal-safe and changes only the child's own limits.
     unsafe {
         command.pre_exec(|| {
@@ -317,7 +317,7 @@ fn leftovers(git_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes what a stopped `git` left: under the lock, nothing else writes there.
-fn clear_leftovers(git_dir: &Path) {
+pub(crate) fn clear_leftovers(git_dir: &Path) {
     for file in leftovers(git_dir) {
         let _ = std::fs::remove_file(file);
     }
@@ -338,7 +338,7 @@ fn prune(git_dir: &Path) {
 
 /// Root's hardened `git` (fetch.rs) in the status repo, with no maintenance of its own: `prune`
 /// does it, under the lock.
-fn quiet_git(git_dir: &Path) -> Command {
+pub(crate) fn quiet_git(git_dir: &Path) -> Command {
     let mut command = crate::mech::git::root_git(git_dir);
     command.args(["-c", "maintenance.auto=false", "-c", "gc.auto=0"]);
     command
@@ -346,7 +346,7 @@ fn quiet_git(git_dir: &Path) -> Command {
 
 /// Runs `command` (`quiet_git`'s `push` or `fetch`) with the node's key, killed with its children
 /// at `deadline`; its error says why, from git's words.
-fn git_with_key(
+pub(crate) fn git_with_key(
     mut command: Command,
     url: &str,
     ssh_dir: &Path,
@@ -467,6 +467,25 @@ pub(crate) fn sign(key: &ssh_key::PrivateKey, buffer: &[u8]) -> std::result::Res
     signature.to_pem(ssh_key::LineEnding::LF).map_err(|e| format!("armoring the signature: {e}"))
 }
 
+/// A commit of `tree` by the node `host`, signed with its `key` (an SSHSIG in `gpgsig`, as
+/// `git commit -S` with `gpg.format=ssh` makes it): what every document a node writes for the
+/// fleet is (its status, its disruption slots), and what `believe` checks.
+pub(crate) fn signed_commit(
+    git: &Repository,
+    key: &ssh_key::PrivateKey,
+    host: &str,
+    message: &str,
+    tree: &git2::Tree,
+    parents: &[&git2::Commit],
+) -> std::result::Result<Oid, git2::Error> {
+    let who = git2::Signature::now(&format!("troops on {host}"), "troops@localhost")?;
+    let buffer = git.commit_create_buffer(&who, &who, message, tree, parents)?;
+    let signature = sign(key, &buffer).map_err(|e| git2::Error::from_str(&e))?;
+    let text =
+        std::str::from_utf8(&buffer).map_err(|_| git2::Error::from_str("a commit that is not UTF-8"))?;
+    git.commit_signed(text, &signature, Some("gpgsig"))
+}
+
 /// Commits `doc` in the status repo `git`, signed with the node's `key`, onto this node's last
 /// status commit unless that chain is [`MAX_CHAIN`] long already; points [`PUBLISHED`] and the
 /// node's status ref at it. Returns the status ref and the commit.
@@ -483,14 +502,9 @@ pub fn commit(git: &Repository, doc: &StatusDoc, key: &ssh_key::PrivateKey) -> R
             .ok()
             .and_then(|p| git.find_commit(p).ok())
             .filter(|p| chain_length(p) < MAX_CHAIN);
-        let who = git2::Signature::now(&format!("troops on {}", doc.host), "troops@localhost")?;
         let message = format!("{}: {}", doc.host, doc.state);
-        let buffer =
-            git.commit_create_buffer(&who, &who, &message, &tree, &parent.iter().collect::<Vec<_>>())?;
-        let signature = sign(key, &buffer).map_err(|e| git2::Error::from_str(&e))?;
-        let text =
-            std::str::from_utf8(&buffer).map_err(|_| git2::Error::from_str("a commit that is not UTF-8"))?;
-        let commit = git.commit_signed(text, &signature, Some("gpgsig"))?;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let commit = signed_commit(git, key, &doc.host, &message, &tree, &parents)?;
         git.reference(PUBLISHED, commit, true, &message)?;
         git.reference(&name, commit, true, &message)?;
         Ok([blob, tree.id(), commit])

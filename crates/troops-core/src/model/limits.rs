@@ -54,6 +54,11 @@ pub const ROLLOUT_SOAK: Limit = Limit::up_to(YEAR).or_none();
 /// `[[watch]] settle`: how long the watched exports stay as they are before the run for them; zero:
 /// the first pull that finds them changed runs.
 pub const WATCH_SETTLE: Limit = Limit::up_to(DAY).or_none();
+/// `[disruption] ttl`: a slot's lease. At least a second (the holder renews at a third of it, each
+/// renewal a push); at most a day, also the most a slot document's own lease is believed.
+pub const SLOT_TTL: Limit = Limit::up_to(DAY).at_least(Duration::from_secs(1));
+/// `[disruption] poll`: from one look at the slots to the next while a node waits for one.
+pub const SLOT_POLL: Limit = Limit::up_to(HOUR).at_least(CHECK_FLOOR);
 
 // The command line.
 /// `troops push --timeout` and `troops wait --timeout`.

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod records;
 pub mod roles;
 pub mod shown;
+pub mod slot;
 pub mod status;
 pub mod time;
 pub mod url;

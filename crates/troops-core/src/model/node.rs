@@ -104,6 +104,11 @@ impl Node {
         self.state_dir.join("believed.json")
     }
 
+    /// `<state>/slots.json`: the disruption slots this node saw, and what its run does about one.
+    pub fn slots_path(&self) -> PathBuf {
+        self.state_dir.join("slots.json")
+    }
+
     /// `<state>/rollout.json`: the hold the rollout gate last decided, if it held.
     pub fn rollout_path(&self) -> PathBuf {
         self.state_dir.join("rollout.json")

@@ -66,6 +66,10 @@ pub struct StatusDoc {
     /// Why the tip waits for approvals of this node's wave, and who approved it so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// The disruption slot the node's run holds or waits for: "holds disruption slot fleet/1 since
+    /// T, lease until U", "waiting for a disruption slot of fleet (2 at once): held by web-3 ...".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
@@ -133,6 +137,8 @@ pub enum State {
     Paused,
     /// A freeze of the fleet holds the node's new tip (see `frozen`).
     Frozen,
+    /// A run waits for a disruption slot before its first disruptive step (see `slot`).
+    WaitingSlot,
     /// A state this troops does not know, said by a newer peer (`paused`, ...): readers tolerate
     /// it. Never healthy and never a failure report, so the rollout waits on such a node.
     #[serde(other)]
@@ -178,6 +184,7 @@ impl State {
             State::Drifted => "drifted",
             State::Paused => "paused",
             State::Frozen => "frozen",
+            State::WaitingSlot => "waiting_slot",
             State::Other => "in a state this troops does not know",
         }
     }

@@ -14,6 +14,7 @@ pub mod pull;
 pub mod receive;
 pub mod rollout;
 pub mod run;
+pub mod slots;
 pub mod state;
 pub mod wait;
 

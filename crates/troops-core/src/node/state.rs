@@ -64,6 +64,8 @@ pub struct NodeState {
     pub frozen: Option<String>,
     /// Why the tip waits for approvals of this node's wave, if it does.
     pub approval: Option<String>,
+    /// The disruption slot the run under way holds or waits for.
+    pub slot: Option<crate::node::slots::SlotNow>,
     /// The newest freeze document this node refused, and why.
     pub order_refused: Option<String>,
     /// The node's state, and since when.
@@ -139,6 +141,12 @@ pub fn read(node: &Node) -> Result<NodeState> {
     };
     let approval =
         due.and_then(|tip| crate::node::orders::awaiting_approval(node, &repo, tip)).map(|a| a.why);
+    // What the run under way does about a disruption slot; waiting for one says more than deploying.
+    let slot = running.as_ref().and_then(|r| crate::node::slots::current(node, r.id));
+    let state = match &slot {
+        Some(s) if s.waiting.is_some() && state == State::Deploying => State::WaitingSlot,
+        _ => state,
+    };
     Ok(NodeState {
         host: node.config.hostname(),
         roles,
@@ -173,6 +181,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         },
         frozen,
         approval,
+        slot,
         order_refused: crate::node::orders::load(node).ok().and_then(|f| f.refused.into_iter().next()).map(
             |r| {
                 format!(
@@ -230,6 +239,7 @@ impl NodeState {
             exports: self.exports.clone(),
             frozen: self.frozen.clone(),
             approval: self.approval.clone(),
+            slot: self.slot.as_ref().map(|s| s.sentence()),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }
@@ -268,6 +278,8 @@ impl NodeState {
             frozen: self.frozen.is_some(),
             awaiting_approval: self.approval.is_some(),
             fleet_refused: std::collections::BTreeMap::new(),
+            slot_held: self.slot.as_ref().is_some_and(|s| s.held.is_some()),
+            slot_waiting: self.slot.as_ref().is_some_and(|s| s.waiting.is_some()),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod fastforward;
 pub mod paths;
 pub mod schedule;
+pub mod slots;
 pub mod watch;
 pub mod waves;
 pub mod windows;

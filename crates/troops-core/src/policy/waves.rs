@@ -411,6 +411,7 @@ mod tests {
             exports: Default::default(),
             frozen: None,
             approval: None,
+            slot: None,
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

@@ -430,6 +430,10 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
         let why = row.doc.approval.as_deref().unwrap_or_default();
         writeln!(out, "{}: the tip waits: {}", escape(&row.doc.host), escape(why))?;
     }
+    for row in view.nodes.iter().filter(|r| r.doc.slot.is_some()) {
+        let slot = row.doc.slot.as_deref().unwrap_or_default();
+        writeln!(out, "{}: {}", escape(&row.doc.host), escape(slot))?;
+    }
     for row in view.nodes.iter().filter(|r| !r.doc.drift.is_empty()) {
         writeln!(out, "{}: drifted: {}", escape(&row.doc.host), escape(&row.doc.drift.join("; ")))?;
     }

@@ -213,6 +213,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     if let Some(approval) = &now.approval {
         writeln!(out, "approval  {}", escape(approval))?;
     }
+    if let Some(slot) = &now.slot {
+        writeln!(out, "slot      {}", escape(&slot.sentence()))?;
+    }
     if let Some(refused) = &now.order_refused {
         writeln!(out, "refused   {}", escape(refused))?;
     }

@@ -118,6 +118,10 @@ pub struct Gauges {
     /// The status documents the last fetch of the status refs did not believe, by reason
     /// (`believe::Reason`); reasons with none are left out.
     pub fleet_refused: BTreeMap<String, usize>,
+    /// Whether the run under way holds a disruption slot.
+    pub slot_held: bool,
+    /// Whether the run under way waits for a disruption slot.
+    pub slot_waiting: bool,
 }
 
 /// Everything the metrics show at one moment.
@@ -457,6 +461,18 @@ impl Collector for Snapshot {
             let n = g.fleet_refused.get(reason.as_str()).copied().unwrap_or(0);
             ConstGauge::new(n as i64).encode(refused.encode_family(&[("reason", reason.as_str())])?)?;
         }
+        ConstGauge::new(i64::from(g.slot_held)).encode(encoder.encode_descriptor(
+            "troops_slot_held",
+            "1 while the run under way holds a disruption slot (its disruptive steps and checks)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(g.slot_waiting)).encode(encoder.encode_descriptor(
+            "troops_slot_waiting",
+            "1 while the run under way waits for a disruption slot (troops status says for whom)",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let mut state = encoder.encode_descriptor(
             "troops_state",
             "1 for the node's state (as troops status and its status document say it)",

@@ -12,6 +12,7 @@ use toml::Spanned;
 use crate::model::error::{from_toml, line_col, Error, Result};
 use crate::model::limits;
 
+pub mod disruption;
 mod health;
 pub mod hosts;
 pub mod rollout;
@@ -46,6 +47,8 @@ pub struct Plan {
     /// `[[watch]]`: the peers' exports a host runs its deployed commit again for when they change
     /// (see `policy::watch`).
     pub watches: Vec<watch::Watch>,
+    /// `[disruption]`: how many hosts may run their `disruptive` steps at once (`node::slots`).
+    pub disruption: Option<disruption::Disruption>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -209,6 +212,9 @@ pub struct Step {
     pub kill_grace: Duration,
     pub env: BTreeMap<String, String>,
     pub phase: Phase,
+    /// `disruptive = true`: the step takes the host out of service, so it runs only while the
+    /// node holds a disruption slot (`node::slots`).
+    pub disruptive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +247,7 @@ struct RawPlan {
     window: Vec<Spanned<window::RawWindow>>,
     #[serde(default)]
     watch: Vec<Spanned<watch::RawWatch>>,
+    disruption: Option<Spanned<disruption::RawDisruption>>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +294,7 @@ struct RawStep {
     phase: Option<Spanned<String>>,
     paths: Option<Spanned<Vec<Spanned<String>>>>,
     preview: Option<Spanned<String>>,
+    disruptive: Option<Spanned<bool>>,
 }
 
 impl Plan {
@@ -345,6 +353,8 @@ impl Plan {
 
         let mut names = HashSet::new();
         let mut steps = Vec::new();
+        // The first `disruptive = true`, which needs a `[disruption]`.
+        let mut first_disruptive = None;
         for step in raw.step {
             let span = step.span();
             let step = step.into_inner();
@@ -398,7 +408,25 @@ impl Plan {
                 }
                 preview => preview.map(Spanned::into_inner),
             };
-            steps.push(Step { name, roles, paths, action, preview, timeout, kill_grace, env, phase });
+            let disruptive = match step.disruptive {
+                Some(d) if *d.get_ref() => {
+                    first_disruptive.get_or_insert((d.span(), name.clone()));
+                    true
+                }
+                _ => false,
+            };
+            steps.push(Step {
+                name,
+                roles,
+                paths,
+                action,
+                preview,
+                timeout,
+                kill_grace,
+                env,
+                phase,
+                disruptive,
+            });
         }
         let mut secrets = Vec::new();
         let mut secret_names = HashSet::new();
@@ -471,6 +499,21 @@ impl Plan {
         let rollout = raw.rollout.map(rollout::validate).transpose().map_err(|(s, m)| err(s, m))?;
         let windows = window::validate(raw.window).map_err(|(s, m)| err(s, m))?;
         let watches = watch::validate(raw.watch).map_err(|(s, m)| err(s, m))?;
+        let named: Vec<&String> = hosts.keys().collect();
+        let disruption = raw
+            .disruption
+            .map(|d| disruption::validate(d, &roles, &named))
+            .transpose()
+            .map_err(|(s, m)| err(s, m))?;
+        if let (Some((span, name)), None) = (first_disruptive, &disruption) {
+            return Err(err(
+                span,
+                format!(
+                    "step `{name}` is disruptive, and the plan has no `[disruption]` saying how many hosts \
+                     may be disrupted at once (e.g. `[disruption]` `max = 1`)"
+                ),
+            ));
+        }
         Ok(Plan {
             roles,
             steps,
@@ -483,6 +526,7 @@ impl Plan {
             rollout,
             windows,
             watches,
+            disruption,
         })
     }
 }

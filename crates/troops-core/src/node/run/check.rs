@@ -402,6 +402,7 @@ fn run(
         kill_grace: PROBE_KILL_GRACE,
         env: Default::default(),
         phase: Phase::Build,
+        disruptive: false,
     };
     let mut output = Vec::new();
     let result =

@@ -4,7 +4,6 @@
 //! activate steps. The first step that does not succeed ends the phase, and the record says why.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::prepare::Prepared;
@@ -22,7 +21,7 @@ impl Run<'_, '_> {
         let mut supervisor = runner::Supervisor::new(&prepared.env);
         let steps =
             |indices: &[usize]| -> Vec<&Step> { indices.iter().map(|&i| &prepared.plan.steps[i]).collect() };
-        let ok = self.steps(&mut supervisor, &steps(&prepared.build), 0, prepared.root(), &prepared.env)?;
+        let ok = self.steps(&mut supervisor, &steps(&prepared.build), 0, prepared)?;
         if !ok {
             return Ok(());
         }
@@ -39,7 +38,7 @@ impl Run<'_, '_> {
             let _ = writeln!(self.out, "==> {} -> {}", releases.link.display(), dir.display());
         }
         let first = prepared.build.len();
-        self.steps(&mut supervisor, &steps(&prepared.activate), first, prepared.root(), &prepared.env)?;
+        self.steps(&mut supervisor, &steps(&prepared.activate), first, prepared)?;
         Ok(())
     }
 
@@ -50,9 +49,9 @@ impl Run<'_, '_> {
         supervisor: &mut runner::Supervisor,
         steps: &[&Step],
         first: usize,
-        root: &Path,
-        env: &[(&'static str, String)],
+        prepared: &Prepared,
     ) -> Result<bool> {
+        let (root, env) = (prepared.root(), &prepared.env);
         let runs = self.node.runs();
         for (i, step) in steps.iter().enumerate() {
             if self.stop.load(Ordering::SeqCst) {
@@ -63,6 +62,9 @@ impl Run<'_, '_> {
             if let Some(why) = &self.record.steps[first + i].skipped {
                 let _ = writeln!(self.out, "==> {} skipped: {why}", step.name);
                 continue;
+            }
+            if step.disruptive && self.slot.is_none() && !self.take_slot(prepared, step)? {
+                return Ok(false);
             }
             let _ = writeln!(self.out, "==> {}", step.name);
             let mut env = env.to_vec();
@@ -108,6 +110,35 @@ impl Run<'_, '_> {
             }
             runs.save(self.record)?;
         }
+        Ok(true)
+    }
+
+    /// Takes a disruption slot before disruptive `step`, waiting for one as long as it takes;
+    /// false when troops was asked to stop first (the record says so).
+    fn take_slot(&mut self, prepared: &Prepared, step: &Step) -> Result<bool> {
+        let disruption =
+            prepared.plan.disruption.as_ref().expect("a plan with a disruptive step has [disruption]");
+        let roles: Vec<String> = prepared.roles.iter().cloned().collect();
+        let group = crate::node::slots::group(disruption, &roles, &step.name)?;
+        let taken = crate::node::slots::take(
+            self.node,
+            disruption,
+            group,
+            self.record.id,
+            &step.name,
+            self.out,
+            self.stop,
+        )?;
+        let Some(holding) = taken else {
+            self.record.status = RunStatus::Interrupted;
+            self.record.error = Some(format!(
+                "troops was asked to stop while waiting for a disruption slot for step `{}`; it did not run",
+                step.name
+            ));
+            self.node.runs().save(self.record)?;
+            return Ok(false);
+        };
+        self.slot = Some(holding);
         Ok(true)
     }
 }

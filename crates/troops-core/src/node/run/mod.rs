@@ -225,8 +225,19 @@ fn run_one(
         release: None,
         watched: None,
         told: None,
+        slot: None,
     };
     let result = run.phases();
+    // The slot goes back once the checks passed (the node serves again), or once the run failed:
+    // a failed run holds nothing up. A run stopped half-way keeps it: the host may be down, and
+    // the next run (the stopped one again) takes it back at once (README, Disruption slots).
+    if let Some(slot) = run.slot.take() {
+        match (&result, run.record.status) {
+            (Ok(()), RunStatus::Succeeded) => slot.release(run.out, "the run's checks passed"),
+            (Ok(()), RunStatus::Interrupted) => slot.keep(run.out),
+            _ => slot.release(run.out, "the run failed"),
+        }
+    }
     let (plan, release, told) = (run.plan.take(), run.release.take(), run.told.take());
     record.finished_at = Some(Timestamp::now());
     // What a step's output held back is written before troops' last lines, not after them.
@@ -269,6 +280,9 @@ struct Run<'a, 'o> {
     watched: Option<BTreeSet<Watched>>,
     /// What the run tells its peers and what it saw of them, once it succeeded.
     told: Option<Told>,
+    /// The disruption slot taken before its first disruptive step, held until its checks passed
+    /// (or it failed).
+    slot: Option<crate::node::slots::Holding>,
 }
 
 /// What a run that succeeded leaves for its peers and for the next fleet run: its exports, and
