@@ -22,6 +22,7 @@ use crate::model::error::Result;
 use crate::model::names::short;
 use crate::model::node::Node;
 use crate::model::orders::{Order, FILE};
+use crate::model::shown::escape;
 use crate::policy::schedule::Held;
 
 use crate::mech::repo::ORDERS_TRACKING as TRACKING;
@@ -69,7 +70,12 @@ impl Believed {
     pub fn holds(&self, now: SystemTime) -> Option<Held> {
         match &self.order {
             Order::Freeze { until, reason, .. } if now < until.time() => Some(Held {
-                why: format!("the fleet is frozen by {} until {until}: {reason}", self.signer),
+                // An operator's words, though signed: escaped, as every reader prints them.
+                why: format!(
+                    "the fleet is frozen by {} until {until}: {}",
+                    escape(&self.signer),
+                    escape(reason)
+                ),
                 until: Some(until.time()),
             }),
             _ => None,
@@ -154,9 +160,10 @@ pub fn refresh(node: &Node, git: &Repository) -> Result<Vec<String>> {
         match verdict {
             Ok(Signed { order, signer, .. }) => {
                 said.push(format!(
-                    "troops: remote {remote}: believed the {} {} by {signer}",
+                    "troops: remote {remote}: believed the {} {} by {}",
                     kind(&order),
-                    short(commit)
+                    short(commit),
+                    escape(&signer)
                 ));
                 freezes.believed = Some(Believed { commit: id, order, signer, remote });
             }
@@ -211,7 +218,7 @@ pub fn awaiting_approval(node: &Node, repo: &NodeRepo, tip: Oid) -> Option<Held>
             Ok(Signed { order: Order::Approve { commit: of, wave: to, .. }, signer, key })
                 if of == tip.to_string() && to == *wave =>
             {
-                signers.insert(key, signer);
+                signers.insert(key, escape(&signer).into_owned());
             }
             Ok(Signed { .. }) => {
                 refused.push(format!("{} approves another commit or wave than its ref says", short(commit)))
@@ -375,5 +382,14 @@ mod tests {
         assert_eq!(freeze.holds(at("2026-12-24T00:00:00Z").time()), None);
         let lift = believed(Order::Lift { reason: None, by: "a".into(), at: at("2026-12-02T00:00:00Z") });
         assert_eq!(lift.holds(at("2026-12-03T00:00:00Z").time()), None);
+        // A signer's words reach a terminal escaped, even a trusted one's.
+        let sneaky = believed(Order::Freeze {
+            until: at("2026-12-24T00:00:00Z"),
+            reason: "ok\u{1b}[2J\nfine".into(),
+            by: "a".into(),
+            at: at("2026-12-01T00:00:00Z"),
+        });
+        let why = sneaky.holds(at("2026-12-02T00:00:00Z").time()).unwrap().why;
+        assert!(!why.chars().any(char::is_control), "{why}");
     }
 }
