@@ -510,3 +510,157 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
     assert!(restarted.elapsed() < Duration::from_secs(30), "it waited for its own lease");
     assert_eq!(fleet.log().iter().rfind(|(w, ..)| w == "start").unwrap().1, holder_host);
 }
+
+/// A plan with `[reboot]` under `[disruption] max = max`: the host needs a reboot while
+/// `$TROOPS_STATE_DIR/reboot-required` exists; its pre_reboot step logs the disruption's start,
+/// `command` reboots; once `$TROOPS_STATE_DIR/rebooted` exists (the reboot made it), its check logs
+/// whether the slot is still held and the disruption's end.
+fn reboot_plan(log: &Path, status: &Path, max: u32, command: &str, timeout: &str) -> String {
+    let (log_path, status_path) = (log.display(), status.display());
+    let held = format!(
+        "for r in $(git --git-dir={status_path} for-each-ref --format='%(refname)' refs/troops/slots/fleet/); do \
+         git --git-dir={status_path} cat-file -p $r:slot.json | tr -d ' \\n'; echo; done | \
+         grep \"\\\"holder\\\":\\\"$TROOPS_HOST\\\"\" | grep -q '\"released\":false'"
+    );
+    format!(
+        "[disruption]\nmax = {max}\nttl = \"10s\"\npoll = \"200ms\"\n\n\
+         [reboot]\ncheck = 'test -e \"$TROOPS_STATE_DIR/reboot-required\"'\ncommand = '''{command}'''\ntimeout = \"{timeout}\"\n\n\
+         [[step]]\nname = \"prepare\"\nrun = \"true\"\n\n\
+         [[step]]\nname = \"drain\"\nphase = \"pre_reboot\"\n\
+         run = '''echo start $TROOPS_HOST $(date +%s%N) >> {log_path}'''\n\n\
+         [[check]]\nname = \"serves\"\n\
+         run = '''if [ -e \"$TROOPS_STATE_DIR/rebooted\" ]; then if {held}; then h=checked-held; else h=checked-NOT-held; fi; \
+         echo $h $TROOPS_HOST $(date +%s%N) >> {log_path}; echo end $TROOPS_HOST $(date +%s%N) >> {log_path}; fi'''\n"
+    )
+}
+
+/// The node's `reboot.json`.
+fn reboot_record(node: &Node) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(node.env.state.join("reboot.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[test]
+fn six_hosts_reboot_through_two_slots_each_giving_its_slot_back_after_its_checks() {
+    let fleet = fleet(6);
+    for node in &fleet.nodes {
+        let config = std::fs::read_to_string(&node.env.config).unwrap();
+        node.env.write_config(&format!("interval = \"300ms\"\n{config}"));
+        std::fs::write(node.env.state.join("reboot-required"), "").unwrap();
+    }
+    // The reboot: what boots clear goes, and the daemon is stopped, as a shutdown stops it; the
+    // test starts it again, as the boot would.
+    let command = "rm -f \"$TROOPS_STATE_DIR/reboot-required\"; touch \"$TROOPS_STATE_DIR/rebooted\"; \
+                   kill -TERM $(cat \"$TROOPS_STATE_DIR/test-daemon.pid\")";
+    let commit = fleet.release(&reboot_plan(&fleet.log, &fleet.status, 2, command, "1m"));
+    let start = |node: &Node| {
+        let daemon = Daemon::start(&node.env);
+        std::fs::write(node.env.state.join("test-daemon.pid"), daemon.child.id().to_string()).unwrap();
+        daemon
+    };
+    let mut daemons: Vec<Daemon> = fleet.nodes.iter().map(start).collect();
+    let mut boots = [0; 6];
+    let mut waited = false;
+    wait_until("every host rebooted, checked and gave its slot back", BUDGET * 6, || {
+        for (i, node) in fleet.nodes.iter().enumerate() {
+            if daemons[i].child.try_wait().unwrap().is_some() {
+                boots[i] += 1;
+                daemons[i] = start(node);
+            }
+        }
+        waited |= fleet.nodes.iter().any(|n| {
+            std::fs::read_to_string(n.env.state.join("slots.json")).is_ok_and(|s| {
+                s.contains("waiting for a disruption slot of fleet (2 at once): held by node-")
+            })
+        });
+        fleet.nodes.iter().all(|n| reboot_record(n).is_some_and(|r| r["ended"]["ok"] == true))
+    });
+    let log = fleet.log();
+    let disruptions: Vec<_> = log.iter().filter(|(w, ..)| w == "start" || w == "end").cloned().collect();
+    let (most, closed) = most_at_once(&disruptions);
+    assert!(most <= 2, "{most} hosts were out of service at once: {log:?}");
+    assert_eq!(closed, 6, "every host went through: {log:?}");
+    assert!(
+        !log.iter().any(|(w, ..)| w == "checked-NOT-held"),
+        "a slot went back before its checks: {log:?}"
+    );
+    assert!(waited, "six hosts for two slots, and nobody waited");
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        assert_eq!(boots[i], 1, "{} rebooted {} times", node.name, boots[i]);
+        assert_eq!(node.env.deployed().as_deref(), Some(commit.as_str()));
+        assert!(fleet.logged("checked-held", &node.name), "{}: {log:?}", node.name);
+        let said = daemons[i].log();
+        assert!(said.contains("the checks after the reboot passed"), "{}: {said}", node.name);
+        let status = node.env.ok(&["status"]);
+        assert!(
+            status.contains("reboot    last at ")
+                && status.contains("the host came back and its checks passed"),
+            "{status}"
+        );
+        assert!(!status.contains("rebooting"), "{status}");
+    }
+    // Every slot is free again.
+    let refs = fleet.hub.git(&fleet.status, &["for-each-ref", "--format=%(refname)", "refs/troops/slots/"]);
+    for slot in refs.lines() {
+        let doc = fleet.hub.git(&fleet.status, &["cat-file", "-p", &format!("{slot}:slot.json")]);
+        assert!(doc.contains("\"released\": true") || doc.contains("\"released\":true"), "{slot}: {doc}");
+    }
+}
+
+#[test]
+fn a_reboot_waits_for_a_pause_and_for_a_slot_and_a_host_that_does_not_go_down_is_checked_and_said() {
+    let fleet = fleet(1);
+    let node = &fleet.nodes[0];
+    std::fs::write(node.env.state.join("reboot-required"), "").unwrap();
+    // A reboot command that returns, and a host that stays up.
+    let log = fleet.log.display().to_string();
+    let command = format!("touch \"$TROOPS_STATE_DIR/rebooted\"; echo command $TROOPS_HOST 0 >> {log}");
+    let commit = fleet.release(&reboot_plan(&fleet.log, &fleet.status, 1, &command, "1s"));
+    node.env.git(&node.env.repo(), &["fetch", "-q", &fleet.mirror.display().to_string(), "main:main"]);
+    node.env.ok(&["deploy"]);
+    assert_eq!(node.env.deployed().as_deref(), Some(commit.as_str()));
+
+    // Paused: no reboot begins, and the pull says why.
+    node.env.ok(&["pause", "--reason", "kernel upgrade"]);
+    let said = node.env.ok(&["pull"]);
+    assert!(
+        said.contains("the host needs a reboot (`test -e \"$TROOPS_STATE_DIR/reboot-required\"` says so); it waits: the node is paused by"),
+        "{said}"
+    );
+    node.env.ok(&["resume"]);
+
+    // The status remote gone: no slot, no reboot.
+    let away = fleet.hub.path("status.git.away");
+    std::fs::rename(&fleet.status, &away).unwrap();
+    let said = node.env.ok(&["pull"]);
+    assert!(said.contains("the status remote status cannot be reached"), "{said}");
+    let doc = node.env.status_json();
+    assert_eq!(doc["fleet"]["state"], "waiting_slot", "{doc}");
+    assert!(fleet.log().is_empty(), "a reboot began without a slot: {:?}", fleet.log());
+    std::fs::rename(&away, &fleet.status).unwrap();
+
+    // Its slot: the reboot begins, the host does not go down, it is checked and given back.
+    let out = node.env.run(&["pull"]);
+    let said = combined(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for line in [
+        "troops: took disruption slot fleet/0",
+        "troops: pre_reboot step `drain`",
+        "the host did not go down within 1s of the reboot command",
+        "troops: gave back disruption slot fleet/0 (the checks after the reboot passed)",
+    ] {
+        assert!(said.contains(line), "{line:?} in {said}");
+    }
+    let whats: Vec<String> = fleet.log().into_iter().map(|(w, ..)| w).collect();
+    assert_eq!(whats, ["start", "command", "checked-held", "end"]);
+    let record = reboot_record(node).unwrap();
+    assert_eq!(record["ended"]["ok"], false, "{record}");
+    let status = node.env.ok(&["status"]);
+    assert!(status.contains("state     healthy"), "{status}");
+    assert!(status.contains("the host did not go down within 1s"), "{status}");
+
+    // And the next tick does not begin another at once.
+    let said = node.env.ok(&["pull"]);
+    assert!(said.contains("it waits: the last reboot, ended at "), "{said}");
+    assert_eq!(fleet.log().len(), 4);
+}

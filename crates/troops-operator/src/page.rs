@@ -105,8 +105,8 @@ fn class(state: State) -> &'static str {
         State::Held => "st-held",
         // Not what was deployed any more: a warning, like a hold, not a failure.
         State::Drifted | State::Paused | State::Frozen => "st-held",
-        // A run under way, waiting its turn.
-        State::WaitingSlot => "st-deploying",
+        // A run or a reboot under way, or waiting its turn.
+        State::WaitingSlot | State::Rebooting => "st-deploying",
         State::Other => "st-other",
     }
 }
@@ -491,6 +491,7 @@ mod tests {
                 frozen: None,
                 approval: None,
                 slot: None,
+                reboot: None,
                 quarantined: vec![],
                 checks: vec![],
                 heartbeat_seconds: 3600,

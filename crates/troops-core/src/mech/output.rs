@@ -95,6 +95,44 @@ impl Write for Output<'_> {
     }
 }
 
+/// Output that goes to `sink` and, a line at a time, to the log as well (`what` names it there):
+/// for work of a trigger that no run record keeps, such as a reboot, so the daemon's log has it.
+pub struct Logged<'a> {
+    sink: &'a mut dyn Write,
+    what: &'static str,
+    line: Vec<u8>,
+}
+
+impl<'a> Logged<'a> {
+    pub fn new(sink: &'a mut dyn Write, what: &'static str) -> Logged<'a> {
+        Logged { sink, what, line: Vec::new() }
+    }
+}
+
+impl Write for Logged<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        while let Some(end) = self.line.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.line.drain(..=end).collect();
+            tracing::info!(what = self.what, "{}", String::from_utf8_lossy(&line[..end]).trim_end());
+        }
+        self.sink.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}
+
+impl Drop for Logged<'_> {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            tracing::info!(what = self.what, "{}", String::from_utf8_lossy(&self.line).trim_end());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,8 @@ pub const WATCH_SETTLE: Limit = Limit::up_to(DAY).or_none();
 pub const SLOT_TTL: Limit = Limit::up_to(DAY).at_least(Duration::from_secs(1));
 /// `[disruption] poll`: from one look at the slots to the next while a node waits for one.
 pub const SLOT_POLL: Limit = Limit::up_to(HOUR).at_least(CHECK_FLOOR);
+/// `[reboot] timeout`: how long a host has to go down once its reboot command returned.
+pub const REBOOT_TIMEOUT: Limit = Limit::up_to(DAY);
 
 // The command line.
 /// `troops push --timeout` and `troops wait --timeout`.

@@ -109,6 +109,11 @@ impl Node {
         self.state_dir.join("slots.json")
     }
 
+    /// The reboot under way or the last one (`mech::reboot`).
+    pub fn reboot_path(&self) -> PathBuf {
+        self.state_dir.join("reboot.json")
+    }
+
     /// `<state>/rollout.json`: the hold the rollout gate last decided, if it held.
     pub fn rollout_path(&self) -> PathBuf {
         self.state_dir.join("rollout.json")

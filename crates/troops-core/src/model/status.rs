@@ -70,6 +70,10 @@ pub struct StatusDoc {
     /// T, lease until U", "waiting for a disruption slot of fleet (2 at once): held by web-3 ...".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// The node's reboot under way ("begun T (why), holding disruption slot fleet/0; ..."), or how
+    /// the last one ended ("last at T: the host came back and its checks passed").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<String>,
     /// The node's `status_heartbeat`: a document that has not changed for three of these is stale.
     pub heartbeat_seconds: u64,
     pub updated_at: String,
@@ -139,6 +143,9 @@ pub enum State {
     Frozen,
     /// A run waits for a disruption slot before its first disruptive step (see `slot`).
     WaitingSlot,
+    /// The host reboots, holding a disruption slot, until its checks after the boot pass (see
+    /// `reboot`).
+    Rebooting,
     /// A state this troops does not know, said by a newer peer (`paused`, ...): readers tolerate
     /// it. Never healthy and never a failure report, so the rollout waits on such a node.
     #[serde(other)]
@@ -185,6 +192,7 @@ impl State {
             State::Paused => "paused",
             State::Frozen => "frozen",
             State::WaitingSlot => "waiting_slot",
+            State::Rebooting => "rebooting",
             State::Other => "in a state this troops does not know",
         }
     }

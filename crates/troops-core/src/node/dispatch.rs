@@ -19,12 +19,36 @@ pub struct Work {
     pub no_remote: bool,
 }
 
-/// Does `work`: runs what the ask and the node's state call for.
+/// Does `work`: runs what the ask and the node's state call for. A tick (the daemon's, a pull
+/// from cron) first finishes a reboot an earlier troops began, and after its run begins one if the
+/// host needs it and nothing holds it (`node::reboot`).
 pub fn perform(node: &Node, work: &Work, out: &mut dyn Write, stop: &AtomicBool) -> Result<Outcome> {
-    Ok(match run::deploy(node, &work.ask, out, stop)? {
+    let tick = work.ask == Ask::Tick;
+    if tick {
+        reboot(node, out, stop, crate::node::reboot::after_boot);
+    }
+    let outcome = match run::deploy(node, &work.ask, out, stop)? {
         Outcome::Nothing(decision) if work.no_remote => Outcome::Unreachable(decision),
         outcome => outcome,
-    })
+    };
+    if tick {
+        reboot(node, out, stop, crate::node::reboot::consider);
+    }
+    Ok(outcome)
+}
+
+/// One part of a reboot, its lines to `out` and to the log; its failure is said, and changes
+/// nothing of the tick's outcome.
+fn reboot(
+    node: &Node,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+    part: fn(&Node, &mut dyn Write, &AtomicBool) -> Result<()>,
+) {
+    let mut logged = crate::mech::output::Logged::new(out, "reboot");
+    if let Err(e) = part(node, &mut logged, stop) {
+        let _ = writeln!(logged, "troops: the reboot cannot go on: {e}");
+    }
 }
 
 /// The end of a trigger: says why when nothing ran, and gives the exit code.

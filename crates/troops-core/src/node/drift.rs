@@ -5,14 +5,14 @@
 //! and with `on_drift = "redeploy"` the daemon answers it with a run of the deployed commit
 //! (`Ask::Drift`, `TROOPS_TRIGGER=drift`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::mech::drift::Drift;
 use crate::mech::lock::NodeLock;
 use crate::mech::releases::Releases;
-use crate::model::error::{Context, Result};
+use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::plan::{OnDrift, Plan};
 use crate::model::records::RunStatus;
@@ -56,30 +56,13 @@ pub fn recheck(node: &Node, out: &mut dyn std::io::Write, stop: &AtomicBool) -> 
         return Ok(nothing);
     };
     let release = plan.release.as_ref().map(|r| Releases::new(node, r.link.as_deref()));
-    let dir = match &release {
-        Some(releases) => releases.current(),
-        None => Some(node.work_dir().join(run.id.to_string())).filter(|d| d.is_dir()),
-    };
-    // The run's checkout is gone (a later run that failed before its steps cleared `work/`):
-    // `run` checks probe in a fresh one.
-    let tmp;
-    let dir: PathBuf = match dir {
-        Some(dir) => dir,
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("troops-recheck-")
-                .tempdir()
-                .ctx(|| format!("creating a temporary directory in {}", std::env::temp_dir().display()))?;
-            let checkout = tmp.path().join("checkout");
-            repo.checkout(deployed, &checkout)?;
-            checkout
-        }
-    };
-    let mut found = crate::node::run::recheck(node, &run, &plan, &dir, out, stop)?;
+    let standing = crate::node::run::standing(node, &repo, &plan, &run)?;
+    let dir = &standing.dir;
+    let mut found = crate::node::run::recheck(node, &run, &plan, dir, out, stop)?;
     if plan.release.as_ref().is_some_and(|r| r.verify)
         && release.as_ref().and_then(Releases::current).is_some()
     {
-        let files = repo.differences(deployed, &dir)?;
+        let files = repo.differences(deployed, dir)?;
         let more = files.len().saturating_sub(MAX_FILES);
         found.extend(files.into_iter().take(MAX_FILES));
         if more > 0 {

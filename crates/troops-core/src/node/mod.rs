@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod init;
 pub mod orders;
 pub mod pull;
+pub mod reboot;
 pub mod receive;
 pub mod rollout;
 pub mod run;

@@ -5,7 +5,6 @@
 //! it first saw each slot document (its own clock: the lease is measured from that), for `troops
 //! status`, the status document and the metrics.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -13,86 +12,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use git2::Oid;
-use serde::{Deserialize, Serialize};
 
-use crate::mech::state_file::{self, StateFile};
+use crate::mech::slot_record::{load, save, Sighting, SlotFile, SlotNow};
 use crate::model::error::{Error, Result};
 use crate::model::node::Node;
 use crate::model::plan::disruption::{Disruption, Group};
 use crate::model::slot::{self, SlotDoc, SCHEMA};
 use crate::policy::slots::{judge, pick, waiting_for, Seen};
-
-/// `<state>/slots.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotFile {
-    /// By slot ref: the commit last seen there, and when this node first saw it there.
-    pub seen: BTreeMap<String, Sighting>,
-    /// What the run under way does about a slot, if anything.
-    pub now: Option<SlotNow>,
-}
-
-impl StateFile for SlotFile {
-    const WHAT: &'static str = "the disruption slots seen";
-    const SCHEMA: u32 = 1;
-    const MAX_BYTES: u64 = 1 << 20;
-    const MODE: u32 = 0o640;
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sighting {
-    pub commit: String,
-    pub first_seen: String,
-}
-
-/// What run `run` does about a slot of `group`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotNow {
-    pub run: u64,
-    pub group: String,
-    /// Since when it waits or holds.
-    pub since: String,
-    /// It waits: why ("waiting for a disruption slot of fleet (2 at once): held by web-3 since ...,
-    /// lease until ...").
-    pub waiting: Option<String>,
-    /// It holds this slot ("fleet/1", "fleet from the FleetLock server URL").
-    pub held: Option<String>,
-    /// Its lease ends then, by this node's clock, unless renewed (none from a FleetLock server).
-    pub until: Option<String>,
-}
-
-impl SlotNow {
-    /// What `troops status` and the status document say, e.g. "holds disruption slot fleet/1
-    /// since T, lease until U", or the waiting sentence.
-    pub fn sentence(&self) -> String {
-        match (&self.waiting, &self.held) {
-            (Some(why), _) => why.clone(),
-            (None, Some(held)) => {
-                let until = self.until.as_ref().map_or(String::new(), |u| format!(", lease until {u}"));
-                format!("holds disruption slot {held} since {}{until}", self.since)
-            }
-            (None, None) => format!("about to look for a disruption slot of {}", self.group),
-        }
-    }
-}
-
-/// What the run under way (`run`) waits for or holds, if anything.
-pub fn current(node: &Node, run: u64) -> Option<SlotNow> {
-    load(node).now.filter(|n| n.run == run)
-}
-
-/// The slots seen, as recorded; none when the file is missing or unreadable (every lease is then
-/// measured afresh: later, never sooner). As with the sightings of status refs, root believes only
-/// a file root owns: a member of the admin group who could write one could backdate a lease.
-fn load(node: &Node) -> SlotFile {
-    let root = nix::unistd::geteuid().is_root();
-    state_file::load_believed(&node.slots_path(), |uid| !root || uid == 0).ok().flatten().unwrap_or_default()
-}
-
-fn save(node: &Node, file: &SlotFile) {
-    if let Err(e) = state_file::save(&node.slots_path(), file) {
-        tracing::warn!(error = %e, "the disruption slots seen are not recorded");
-    }
-}
 
 fn stamp(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
@@ -130,94 +56,139 @@ enum Look {
     Wait(String),
 }
 
-/// The group of a host with `roles` in `disruption`: a run whose disruptive step has none fails.
-pub fn group<'a>(disruption: &'a Disruption, roles: &[String], step: &str) -> Result<&'a Group> {
+/// Who wants a slot: a run before its disruptive step, or a reboot.
+#[derive(Debug, Clone, Copy)]
+pub enum Taker<'a> {
+    /// Run `run`, before its disruptive step `step`.
+    Step { run: u64, step: &'a str },
+    /// A reboot of the host standing on run `run` (`node::reboot`).
+    Reboot { run: u64 },
+}
+
+impl Taker<'_> {
+    fn run(&self) -> u64 {
+        match self {
+            Taker::Step { run, .. } | Taker::Reboot { run } => *run,
+        }
+    }
+
+    /// "step `restart` is disruptive", "the host needs a reboot".
+    fn why(&self) -> String {
+        match self {
+            Taker::Step { step, .. } => format!("step `{step}` is disruptive"),
+            Taker::Reboot { .. } => "the host needs a reboot".to_owned(),
+        }
+    }
+
+    /// What `troops status` says of it while it waits or holds.
+    fn now(&self, group: &Group, since: String) -> SlotNow {
+        let reboot = matches!(self, Taker::Reboot { .. });
+        SlotNow {
+            run: self.run(),
+            reboot,
+            group: group.name.clone(),
+            since,
+            waiting: None,
+            held: None,
+            until: None,
+        }
+    }
+}
+
+/// The group of a host with `roles` in `disruption`: a taker of a host in none has no slot to take.
+pub fn group<'a>(disruption: &'a Disruption, roles: &[String], taker: Taker) -> Result<&'a Group> {
     disruption.group(roles).ok_or_else(|| {
         let listed: Vec<&str> = disruption.groups.iter().map(|g| g.name.as_str()).collect();
         Error::Input(format!(
-            "step `{step}` is disruptive, and this host has none of the roles [disruption] groups by ({}): \
-             no slot to take",
+            "{}, and this host has none of the roles [disruption] groups by ({}): no slot to take",
+            taker.why(),
             listed.join(", ")
         ))
     })
 }
 
-/// Takes a slot of `group` for run `run` before disruptive step `step`, waiting as long as it
-/// takes (saying why to `out` whenever that changes); `None` when asked to `stop` first.
+/// Takes a slot of `group` for `taker`, waiting as long as it takes (saying why to `out`
+/// whenever that changes); `None` when asked to `stop` first.
 pub fn take(
     node: &Node,
     disruption: &Disruption,
     group: &Group,
-    run: u64,
-    step: &str,
+    taker: Taker,
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<Option<Holding>> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            forget(node);
+            return Ok(None);
+        }
+        if let Ok(holding) = try_take(node, disruption, group, taker, out)? {
+            return Ok(Some(holding));
+        }
+        pause(disruption.poll, stop);
+    }
+}
+
+/// One look for a slot of `group` for `taker` (again at once when another node moved a slot's
+/// ref first): taken, or why it waits, said to `out` and recorded when that changed.
+pub fn try_take(
+    node: &Node,
+    disruption: &Disruption,
+    group: &Group,
+    taker: Taker,
+    out: &mut dyn Write,
+) -> Result<std::result::Result<Holding, String>> {
     let remote = match (&disruption.fleetlock, &node.config.status_remote) {
         (Some(_), _) => String::new(),
         (None, Some(remote)) => remote.clone(),
         (None, None) => {
             return Err(Error::Input(format!(
-                "step `{step}` is disruptive, and a slot is taken on the status remote: the node config has \
-                 no `status_remote`"
+                "{}, and a slot is taken on the status remote: the node config has no `status_remote`",
+                taker.why()
             )))
         }
     };
-    let since = stamp(SystemTime::now());
-    let mut said: Option<String> = None;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            let mut file = load(node);
-            file.now = None;
-            save(node, &file);
-            told(node);
-            return Ok(None);
-        }
+    let why = loop {
         let look = match &disruption.fleetlock {
             Some(url) => look_fleetlock(node, url, disruption, group),
-            None => look_ref(node, &remote, disruption, group, run)?,
+            None => look_ref(node, &remote, disruption, group, taker.run())?,
         };
-        let why = match look {
+        match look {
             Look::Took { held, name, until } => {
                 let until = until.map(stamp);
                 let lease = until.as_ref().map_or(String::new(), |u| format!(", lease until {u}"));
                 let _ =
                     writeln!(out, "troops: took disruption slot {name} ({} at once){lease}", disruption.max);
                 let mut file = load(node);
-                let now = SlotNow {
-                    run,
-                    group: group.name.clone(),
-                    since: stamp(SystemTime::now()),
-                    waiting: None,
-                    held: Some(name),
-                    until,
-                };
-                file.now = Some(now);
+                file.now =
+                    Some(SlotNow { held: Some(name), until, ..taker.now(group, stamp(SystemTime::now())) });
                 save(node, &file);
-                told(node);
-                return Ok(Some(Holding { node: node.clone(), held }));
+                crate::node::state::changed(node);
+                return Ok(Ok(Holding { node: node.clone(), held }));
             }
             Look::Lost => continue,
-            Look::Wait(why) => why,
-        };
-        if said.as_ref() != Some(&why) {
-            let _ = writeln!(out, "troops: {why}");
-            let _ = out.flush();
-            let mut file = load(node);
-            let now = SlotNow {
-                run,
-                group: group.name.clone(),
-                since: since.clone(),
-                waiting: Some(why.clone()),
-                held: None,
-                until: None,
-            };
-            file.now = Some(now);
-            save(node, &file);
-            told(node);
-            said = Some(why);
+            Look::Wait(why) => break why,
         }
-        pause(disruption.poll, stop);
+    };
+    let mut file = load(node);
+    let before = file.now.take().filter(|n| n.run == taker.run() && n.group == group.name);
+    if before.as_ref().and_then(|n| n.waiting.as_ref()) != Some(&why) {
+        let _ = writeln!(out, "troops: {why}");
+        let _ = out.flush();
+    }
+    let since = before.map_or_else(|| stamp(SystemTime::now()), |n| n.since);
+    file.now = Some(SlotNow { waiting: Some(why.clone()), ..taker.now(group, since) });
+    save(node, &file);
+    crate::node::state::changed(node);
+    Ok(Err(why))
+}
+
+/// Forgets what this node waited for (a run stopped while waiting, a reboot no longer due).
+pub fn forget(node: &Node) {
+    let mut file = load(node);
+    if file.now.take().is_some() {
+        save(node, &file);
+        crate::node::state::changed(node);
     }
 }
 
@@ -300,13 +271,6 @@ fn look_fleetlock(node: &Node, url: &str, disruption: &Disruption, group: &Group
     }
 }
 
-/// After the node took, gave back or began waiting for a slot: the metrics textfile and the
-/// status document say so now (the document in the background: the run never waits for it).
-fn told(node: &Node) {
-    crate::node::state::write_textfile(node);
-    crate::mech::statusrefs::in_background(node);
-}
-
 /// Waits `poll`, or less when asked to stop.
 fn pause(poll: Duration, stop: &AtomicBool) {
     let until = Instant::now() + poll;
@@ -357,10 +321,18 @@ impl Held {
 }
 
 impl Holding {
-    /// Stops renewing the slot without giving it back (a run stopped half-way, whose host may be
-    /// down): it stays this node's until its lease ends, and this node's next run takes it again
-    /// at once (a FleetLock server's lock, until then). Says so to `out`.
-    pub fn keep(self, out: &mut dyn Write) {
+    /// The slot's name: "fleet/1", "fleet from the FleetLock server URL".
+    pub fn name(&self) -> String {
+        match &self.held {
+            Held::Ref { doc, .. } => format!("{}/{}", doc.group, doc.slot),
+            Held::FleetLock { url, group } => format!("{group} from the FleetLock server {url}"),
+        }
+    }
+
+    /// Stops renewing the slot without giving it back (a run stopped half-way, a host that goes
+    /// down for its reboot): it stays this node's until its lease ends, and this node takes it
+    /// again at once (a FleetLock server's lock, until then). Says so to `out`, and `why`.
+    pub fn keep(self, out: &mut dyn Write, why: &str) {
         let name = match self.held {
             Held::Ref { doc, mut renewer, .. } => {
                 if let Some((tx, renewer)) = renewer.take() {
@@ -371,14 +343,11 @@ impl Holding {
             }
             Held::FleetLock { url, group } => format!("{group} from the FleetLock server {url}"),
         };
-        let _ = writeln!(
-            out,
-            "troops: keeps disruption slot {name}: the run was stopped half-way; its next run takes it again"
-        );
+        let _ = writeln!(out, "troops: keeps disruption slot {name}: {why}");
         let mut file = load(&self.node);
         file.now = None;
         save(&self.node, &file);
-        told(&self.node);
+        crate::node::state::changed(&self.node);
     }
 
     /// Gives the slot back (the run's checks passed, or it failed), after its last renewal; says
@@ -415,7 +384,7 @@ impl Holding {
         let mut file = load(node);
         file.now = None;
         save(node, &file);
-        told(node);
+        crate::node::state::changed(node);
     }
 }
 

@@ -64,8 +64,10 @@ pub struct NodeState {
     pub frozen: Option<String>,
     /// Why the tip waits for approvals of this node's wave, if it does.
     pub approval: Option<String>,
-    /// The disruption slot the run under way holds or waits for.
-    pub slot: Option<crate::node::slots::SlotNow>,
+    /// The reboot under way, or how the last one ended (`mech::reboot`).
+    pub reboot: Option<String>,
+    /// The disruption slot the run under way, or a reboot, holds or waits for.
+    pub slot: Option<crate::mech::slot_record::SlotNow>,
     /// The newest freeze document this node refused, and why.
     pub order_refused: Option<String>,
     /// The node's state, and since when.
@@ -141,11 +143,25 @@ pub fn read(node: &Node) -> Result<NodeState> {
     };
     let approval =
         due.and_then(|tip| crate::node::orders::awaiting_approval(node, &repo, tip)).map(|a| a.why);
-    // What the run under way does about a disruption slot; waiting for one says more than deploying.
-    let slot = running.as_ref().and_then(|r| crate::node::slots::current(node, r.id));
-    let state = match &slot {
-        Some(s) if s.waiting.is_some() && state == State::Deploying => State::WaitingSlot,
-        _ => state,
+    // What the run under way, or else a reboot, does about a disruption slot; waiting for one
+    // says more than deploying, or than healthy for a reboot. A reboot under way says more than
+    // healthy, idle, held, drifted, paused or frozen: the host is out of service.
+    let slot = match &running {
+        Some(r) => crate::mech::slot_record::current(node, r.id),
+        None => crate::mech::slot_record::rebooting(node),
+    };
+    let reboot = crate::mech::reboot::load(node).ok().flatten();
+    let rebooting = reboot.as_ref().filter(|r| r.ended.is_none() && running.is_none());
+    let quiet = matches!(
+        state,
+        State::Healthy | State::Idle | State::Held | State::Drifted | State::Paused | State::Frozen
+    );
+    let (state, since) = match (&slot, rebooting) {
+        (_, Some(r)) if quiet => (State::Rebooting, Some(r.begun_at.to_string())),
+        (Some(s), _) if s.waiting.is_some() && (state == State::Deploying || (s.reboot && quiet)) => {
+            (State::WaitingSlot, since)
+        }
+        _ => (state, since),
     };
     Ok(NodeState {
         host: node.config.hostname(),
@@ -181,6 +197,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         },
         frozen,
         approval,
+        reboot: reboot.map(|r| r.sentence()),
         slot,
         order_refused: crate::node::orders::load(node).ok().and_then(|f| f.refused.into_iter().next()).map(
             |r| {
@@ -240,6 +257,7 @@ impl NodeState {
             frozen: self.frozen.clone(),
             approval: self.approval.clone(),
             slot: self.slot.as_ref().map(|s| s.sentence()),
+            reboot: self.reboot.clone(),
             heartbeat_seconds: node.config.status_heartbeat.as_secs(),
             updated_at: crate::model::records::now(),
         }
@@ -302,6 +320,14 @@ pub fn metrics(node: &Node) -> Result<String> {
     let refused = crate::mech::believe::Newest::load(&node.believed_path()).refused;
     gauges.fleet_refused = refused.into_iter().map(|(reason, n)| (reason.as_str().to_owned(), n)).collect();
     Ok(crate::mech::metrics::render(&crate::mech::metrics::snapshot(node, gauges)))
+}
+
+/// After something changed the node outside a run (a slot taken or given back, a reboot's
+/// progress): the metrics textfile and the status document say so now (the document in the
+/// background: nobody waits for it).
+pub fn changed(node: &Node) {
+    write_textfile(node);
+    crate::mech::statusrefs::in_background(node);
 }
 
 /// Rewrites the `[metrics] textfile`, if there is one, after whatever changed the node; a

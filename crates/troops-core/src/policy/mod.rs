@@ -5,6 +5,7 @@
 
 pub mod fastforward;
 pub mod paths;
+pub mod reboot;
 pub mod schedule;
 pub mod slots;
 pub mod watch;

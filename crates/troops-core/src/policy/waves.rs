@@ -412,6 +412,7 @@ mod tests {
             frozen: None,
             approval: None,
             slot: None,
+            reboot: None,
             state,
             since: Some(stamp.clone()),
             run: Some(RunSummary {

@@ -434,6 +434,10 @@ fn print_table(out: &mut dyn Write, view: &View) -> Result<()> {
         let slot = row.doc.slot.as_deref().unwrap_or_default();
         writeln!(out, "{}: {}", escape(&row.doc.host), escape(slot))?;
     }
+    for row in view.nodes.iter().filter(|r| r.doc.state == troops_core::model::status::State::Rebooting) {
+        let reboot = row.doc.reboot.as_deref().unwrap_or("under way");
+        writeln!(out, "{}: rebooting: {}", escape(&row.doc.host), escape(reboot))?;
+    }
     for row in view.nodes.iter().filter(|r| !r.doc.drift.is_empty()) {
         writeln!(out, "{}: drifted: {}", escape(&row.doc.host), escape(&row.doc.drift.join("; ")))?;
     }

@@ -216,6 +216,9 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     if let Some(slot) = &now.slot {
         writeln!(out, "slot      {}", escape(&slot.sentence()))?;
     }
+    if let Some(reboot) = &now.reboot {
+        writeln!(out, "reboot    {}", escape(reboot))?;
+    }
     if let Some(refused) = &now.order_refused {
         writeln!(out, "refused   {}", escape(refused))?;
     }

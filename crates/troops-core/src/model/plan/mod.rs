@@ -15,6 +15,7 @@ use crate::model::limits;
 pub mod disruption;
 mod health;
 pub mod hosts;
+pub mod reboot;
 pub mod rollout;
 mod version;
 pub mod watch;
@@ -49,6 +50,8 @@ pub struct Plan {
     pub watches: Vec<watch::Watch>,
     /// `[disruption]`: how many hosts may run their `disruptive` steps at once (`node::slots`).
     pub disruption: Option<disruption::Disruption>,
+    /// `[reboot]` and its `pre_reboot` steps: when and how the host reboots (`node::reboot`).
+    pub reboot: Option<reboot::Reboot>,
 }
 
 /// A `[[check]]`: a probe of the host's health after the steps; every check must pass.
@@ -169,6 +172,9 @@ pub enum Phase {
     /// The default.
     Build,
     Activate,
+    /// Before a reboot (`[reboot]`), never in a run: such steps are `Reboot::pre_reboot`, not
+    /// `Plan::steps`.
+    PreReboot,
 }
 
 /// A `[[secret]]`: an age file in the repo, decrypted on the nodes it is for (see `secrets`).
@@ -248,6 +254,7 @@ struct RawPlan {
     #[serde(default)]
     watch: Vec<Spanned<watch::RawWatch>>,
     disruption: Option<Spanned<disruption::RawDisruption>>,
+    reboot: Option<Spanned<reboot::RawReboot>>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +362,9 @@ impl Plan {
         let mut steps = Vec::new();
         // The first `disruptive = true`, which needs a `[disruption]`.
         let mut first_disruptive = None;
+        let mut pre_reboot = Vec::new();
+        // The first `phase = "pre_reboot"`, which needs a `[reboot]`.
+        let mut first_pre_reboot = None;
         for step in raw.step {
             let span = step.span();
             let step = step.into_inner();
@@ -386,6 +396,7 @@ impl Plan {
             let kill_grace = limits::KILL_GRACE
                 .key(&format!("{owner}: `kill_grace`"), step.kill_grace, DEFAULT_KILL_GRACE)
                 .map_err(|(s, m)| err(s, m))?;
+            let phase_span = step.phase.as_ref().map(Spanned::span);
             let phase = phase(&owner, step.phase, release.is_some()).map_err(|(s, m)| err(s, m))?;
             let env = match step.env {
                 None => BTreeMap::new(),
@@ -401,6 +412,7 @@ impl Plan {
                 },
             };
             let roles = role_list(&owner, step.roles).map_err(|(s, m)| err(s, m))?;
+            let paths_span = step.paths.as_ref().map(Spanned::span);
             let paths = path_globs(&owner, step.paths).map_err(|(s, m)| err(s, m))?;
             let preview = match step.preview {
                 Some(p) if p.get_ref().trim().is_empty() => {
@@ -415,18 +427,23 @@ impl Plan {
                 }
                 _ => false,
             };
-            steps.push(Step {
-                name,
-                roles,
-                paths,
-                action,
-                preview,
-                timeout,
-                kill_grace,
-                env,
-                phase,
-                disruptive,
-            });
+            let step =
+                Step { name, roles, paths, action, preview, timeout, kill_grace, env, phase, disruptive };
+            match phase {
+                Phase::PreReboot => {
+                    if let Some(paths) = &paths_span {
+                        return Err(err(
+                            paths.clone(),
+                            format!(
+                                "{owner}: a pre_reboot step runs before every reboot; `paths` cannot choose"
+                            ),
+                        ));
+                    }
+                    first_pre_reboot.get_or_insert((phase_span.unwrap_or(span), step.name.clone()));
+                    pre_reboot.push(step);
+                }
+                _ => steps.push(step),
+            }
         }
         let mut secrets = Vec::new();
         let mut secret_names = HashSet::new();
@@ -514,6 +531,21 @@ impl Plan {
                 ),
             ));
         }
+        let reboot = match (raw.reboot, first_pre_reboot) {
+            (Some(raw), _) => {
+                Some(reboot::validate(raw, pre_reboot, disruption.is_some()).map_err(|(s, m)| err(s, m))?)
+            }
+            (None, Some((span, name))) => {
+                return Err(err(
+                    span,
+                    format!(
+                        "step `{name}`: `phase = \"pre_reboot\"` needs a `[reboot]`: pre_reboot steps run \
+                         before the reboots it makes, and only then"
+                    ),
+                ))
+            }
+            (None, None) => None,
+        };
         Ok(Plan {
             roles,
             steps,
@@ -527,6 +559,7 @@ impl Plan {
             windows,
             watches,
             disruption,
+            reboot,
         })
     }
 }
@@ -657,6 +690,7 @@ fn phase(owner: &str, phase: Option<Spanned<String>>, releases: bool) -> Result<
     match phase.get_ref().as_str() {
         "build" => Ok(Phase::Build),
         "activate" if releases => Ok(Phase::Activate),
+        "pre_reboot" => Ok(Phase::PreReboot),
         "activate" => Err((
             phase.span(),
             format!(
@@ -664,7 +698,10 @@ fn phase(owner: &str, phase: Option<Spanned<String>>, releases: bool) -> Result<
                  `current` is switched to the new release, and only releases have one"
             ),
         )),
-        other => Err((phase.span(), format!("{owner}: `phase` {other:?} is not \"build\" or \"activate\""))),
+        other => Err((
+            phase.span(),
+            format!("{owner}: `phase` {other:?} is not \"build\", \"activate\" or \"pre_reboot\""),
+        )),
     }
 }
 
@@ -1013,7 +1050,7 @@ mod tests {
             ":4:9: step `a`: `phase = \"activate\"` needs a `[release]`: activate steps run after `current`"
         ));
         assert!(error(&format!("[release]\n{step}\"deploy\"\n"))
-            .contains(":5:9: step `a`: `phase` \"deploy\" is not \"build\" or \"activate\""));
+            .contains(":5:9: step `a`: `phase` \"deploy\" is not \"build\", \"activate\" or \"pre_reboot\""));
     }
 
     #[test]

@@ -119,16 +119,9 @@ impl Run<'_, '_> {
         let disruption =
             prepared.plan.disruption.as_ref().expect("a plan with a disruptive step has [disruption]");
         let roles: Vec<String> = prepared.roles.iter().cloned().collect();
-        let group = crate::node::slots::group(disruption, &roles, &step.name)?;
-        let taken = crate::node::slots::take(
-            self.node,
-            disruption,
-            group,
-            self.record.id,
-            &step.name,
-            self.out,
-            self.stop,
-        )?;
+        let taker = crate::node::slots::Taker::Step { run: self.record.id, step: &step.name };
+        let group = crate::node::slots::group(disruption, &roles, taker)?;
+        let taken = crate::node::slots::take(self.node, disruption, group, taker, self.out, self.stop)?;
         let Some(holding) = taken else {
             self.record.status = RunStatus::Interrupted;
             self.record.error = Some(format!(

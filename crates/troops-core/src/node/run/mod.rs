@@ -27,7 +27,7 @@ use crate::mech::lock::NodeLock;
 use crate::mech::output::Output;
 use crate::mech::releases::Releases;
 use crate::model::ask::Ask;
-use crate::model::error::{Error, Exit, Result};
+use crate::model::error::{Context, Error, Exit, Result};
 use crate::model::exports::Exports;
 use crate::model::names::short;
 use crate::model::node::Node;
@@ -234,7 +234,9 @@ fn run_one(
     if let Some(slot) = run.slot.take() {
         match (&result, run.record.status) {
             (Ok(()), RunStatus::Succeeded) => slot.release(run.out, "the run's checks passed"),
-            (Ok(()), RunStatus::Interrupted) => slot.keep(run.out),
+            (Ok(()), RunStatus::Interrupted) => {
+                slot.keep(run.out, "the run was stopped half-way; its next run takes it again")
+            }
             _ => slot.release(run.out, "the run failed"),
         }
     }
@@ -383,6 +385,42 @@ impl Write for Tee<'_> {
 /// `plan` this host probes (all of them: nothing changed since that run), in `dir` (where the run
 /// left its checkout or release) and the environment its steps had but for secrets, which only a
 /// run decrypts; no soak. Returns the checks that failed, as "check `web` failed: why".
+/// Where the files of `run`, the run the node stands on, are, for what runs of it outside a run
+/// (a recheck, a reboot's steps and checks): the current release, the run's checkout, or (that
+/// gone: a later run that failed before its steps cleared `work/`) a fresh checkout of its commit
+/// in a temporary directory, removed with this.
+pub struct Standing {
+    pub dir: PathBuf,
+    _fresh: Option<tempfile::TempDir>,
+}
+
+pub fn standing(
+    node: &Node,
+    repo: &crate::mech::repo::NodeRepo,
+    plan: &Plan,
+    run: &RunRecord,
+) -> Result<Standing> {
+    let kept = match &plan.release {
+        Some(release) => Releases::new(node, release.link.as_deref()).current(),
+        None => Some(node.work_dir().join(run.id.to_string())).filter(|d| d.is_dir()),
+    };
+    if let Some(dir) = kept {
+        return Ok(Standing { dir, _fresh: None });
+    }
+    let fresh = tempfile::Builder::new()
+        .prefix("troops-standing-")
+        .tempdir()
+        .ctx(|| format!("creating a temporary directory in {}", std::env::temp_dir().display()))?;
+    let dir = fresh.path().join("checkout");
+    repo.checkout(run.commit, &dir)?;
+    Ok(Standing { dir, _fresh: Some(fresh) })
+}
+
+/// The environment of a step of `run` (`pre_reboot` steps run in it), without secrets.
+pub fn step_env(node: &Node, run: &RunRecord, roles: &BTreeSet<String>) -> Vec<(&'static str, String)> {
+    prepare::step_env(node, run, roles, None)
+}
+
 pub fn recheck(
     node: &Node,
     record: &RunRecord,
