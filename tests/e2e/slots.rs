@@ -55,16 +55,22 @@ fn fleet(n: usize) -> Fleet {
     Fleet { hub, mirror, status, log, work, nodes }
 }
 
-/// A plan whose one disruptive step logs its start, takes `seconds`, and logs its end; its check
-/// logs whether the node's slot is still held on the status remote.
-fn plan(log: &Path, status: &Path, max: u32, ttl: &str, seconds: &str) -> String {
-    let (log, status) = (log.display(), status.display());
-    // The node's slot document on the status remote, as it is when the check runs.
-    let held = format!(
+/// A shell condition: this node (`$TROOPS_HOST`) holds a slot on the status remote `status` now,
+/// as its slot document there says when the check runs.
+fn held_script(status: &Path) -> String {
+    let status = status.display();
+    format!(
         "for r in $(git --git-dir={status} for-each-ref --format='%(refname)' refs/troops/slots/fleet/); do \
          git --git-dir={status} cat-file -p $r:slot.json | tr -d ' \\n'; echo; done | \
          grep \"\\\"holder\\\":\\\"$TROOPS_HOST\\\"\" | grep -q '\"released\":false'"
-    );
+    )
+}
+
+/// A plan whose one disruptive step logs its start, takes `seconds`, and logs its end; its check
+/// logs whether the node's slot is still held on the status remote.
+fn plan(log: &Path, status: &Path, max: u32, ttl: &str, seconds: &str) -> String {
+    let held = held_script(status);
+    let log = log.display();
     format!(
         "[disruption]\nmax = {max}\nttl = \"{ttl}\"\npoll = \"200ms\"\n\n\
          [[step]]\nname = \"prepare\"\nrun = \"true\"\n\n\
@@ -516,12 +522,8 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
 /// `command` reboots; once `$TROOPS_STATE_DIR/rebooted` exists (the reboot made it), its check logs
 /// whether the slot is still held and the disruption's end.
 fn reboot_plan(log: &Path, status: &Path, max: u32, command: &str, timeout: &str) -> String {
-    let (log_path, status_path) = (log.display(), status.display());
-    let held = format!(
-        "for r in $(git --git-dir={status_path} for-each-ref --format='%(refname)' refs/troops/slots/fleet/); do \
-         git --git-dir={status_path} cat-file -p $r:slot.json | tr -d ' \\n'; echo; done | \
-         grep \"\\\"holder\\\":\\\"$TROOPS_HOST\\\"\" | grep -q '\"released\":false'"
-    );
+    let held = held_script(status);
+    let log_path = log.display();
     format!(
         "[disruption]\nmax = {max}\nttl = \"10s\"\npoll = \"200ms\"\n\n\
          [reboot]\ncheck = 'test -e \"$TROOPS_STATE_DIR/reboot-required\"'\ncommand = '''{command}'''\ntimeout = \"{timeout}\"\n\n\
@@ -599,6 +601,28 @@ fn six_hosts_reboot_through_two_slots_each_giving_its_slot_back_after_its_checks
         );
         assert!(!status.contains("rebooting"), "{status}");
     }
+    // For BENCHMARKS.md: from the first pre_reboot step to the last check after a boot, against
+    // three rounds of the slowest host's own disruption (pre_reboot step, reboot command, a new
+    // daemon, its first tick, the checks).
+    let at = |t: &String| -> u128 { t.parse().unwrap() };
+    let part = fleet
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let start = log.iter().find(|(w, h, _)| w == "start" && h == &n.name)?;
+            let end = log.iter().find(|(w, h, _)| w == "end" && h == &n.name)?;
+            Some(at(&end.2) - at(&start.2))
+        })
+        .max()
+        .unwrap();
+    let times =
+        |w: &str| log.iter().filter(|(what, ..)| what == w).map(|(_, _, t)| at(t)).collect::<Vec<_>>();
+    let span = times("end").into_iter().max().unwrap() - times("start").into_iter().min().unwrap();
+    let (span, ideal) = (Duration::from_nanos(span as u64), Duration::from_nanos(part as u64) * 3);
+    eprintln!(
+        "MEASURE: 6 hosts rebooted through max = 2 in {span:?}; the ideal, 3 x the slowest host's disruption: {ideal:?} ({:.2}x)",
+        span.as_secs_f64() / ideal.as_secs_f64()
+    );
     // Every slot is free again.
     let refs = fleet.hub.git(&fleet.status, &["for-each-ref", "--format=%(refname)", "refs/troops/slots/"]);
     for slot in refs.lines() {
