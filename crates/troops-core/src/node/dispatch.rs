@@ -37,6 +37,15 @@ pub fn perform(node: &Node, work: &Work, out: &mut dyn Write, stop: &AtomicBool)
     Ok(outcome)
 }
 
+/// When the daemon should run a tick on its own, before its timer's next pull: a failed commit's
+/// backoff or an earlier wave's soak ends (`facts::next_due`), or a reboot that waits for a slot
+/// looks again (`reboot::next_look`), whichever comes first.
+pub fn next_due(node: &Node) -> Option<std::time::SystemTime> {
+    let due = crate::node::facts::next_due(node);
+    let look = crate::node::reboot::next_look(node);
+    due.into_iter().chain(look).min()
+}
+
 /// One part of a reboot, its lines to `out` and to the log; its failure is said, and changes
 /// nothing of the tick's outcome.
 fn reboot(

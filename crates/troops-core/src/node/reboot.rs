@@ -29,6 +29,16 @@ use crate::policy::schedule::PastRun;
 /// How long the reboot command and a `check` command may take: both should answer at once.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
+/// When a reboot that waits for a slot looks again: a `poll` of the deployed plan's
+/// `[disruption]` from now, so that a freed slot is seen as a waiting disruptive step sees it,
+/// not a tick later. `None` when no reboot waits.
+pub fn next_look(node: &Node) -> Option<SystemTime> {
+    crate::mech::slot_record::rebooting(node).filter(|n| n.waiting.is_some())?;
+    let repo = node.repo().ok()?;
+    let plan = plan_with_reboot(&repo, repo.deployed().ok()??)?;
+    Some(SystemTime::now() + plan.disruption?.poll)
+}
+
 /// Finishes a reboot that an earlier troops began (the host is back, or troops was restarted):
 /// the slot taken again, the checks, the slot given back once they pass.
 pub fn after_boot(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<()> {

@@ -254,8 +254,16 @@ pub fn run(node: &Node, json: bool) -> Result<ExitCode> {
     match &daemon {
         Daemon::Absent => writeln!(out, "daemon    not running (each trigger runs the plan itself)")?,
         Daemon::Serving(d) => {
-            let retry =
-                d.retry_at.as_ref().map_or(String::new(), |at| format!("; the failed tip again at {at}"));
+            // The daemon's own wake-up before its next pull: a failed tip's backoff ends, or a wave's
+            // soak, or a reboot waiting for a slot looks again.
+            let what = match &now.next {
+                troops_core::policy::schedule::Decision::Wait { .. } => "the failed tip again",
+                _ if now.slot.as_ref().is_some_and(|s| s.reboot && s.waiting.is_some()) => {
+                    "the reboot looks for a slot again"
+                }
+                _ => "looks again",
+            };
+            let retry = d.retry_at.as_ref().map_or(String::new(), |at| format!("; {what} at {at}"));
             let next = d.next_pull_at.as_deref().unwrap_or("not scheduled");
             writeln!(out, "daemon    pid {} since {}; next pull at {next}{retry}", d.pid, d.started_at)?;
             if let Some(e) = &d.metrics_error {

@@ -44,18 +44,14 @@ pub fn run(node: &Node, work: &Work, events: &Events, stop: &AtomicBool) -> RunE
     let mut out = Output::new(events.clone(), Event::RunOutput);
     let (done, next_due, tell) = match dispatch::perform(node, work, &mut out, stop) {
         Ok(outcome) => {
-            let next_due = troops_core::node::facts::next_due(node);
-            log(&outcome, next_due);
+            log(&outcome, troops_core::node::facts::next_due(node));
+            let next_due = dispatch::next_due(node);
             let tell = outcome.records().filter(|r| notify::worth_telling(node, r)).map(|r| r.id).collect();
             (Done { exit: dispatch::conclude(&outcome, &mut out), error: None }, next_due, tell)
         }
         Err(e) => {
             tracing::error!(error = %e, "run failed to start");
-            (
-                Done { exit: e.exit(), error: Some(e.to_string()) },
-                troops_core::node::facts::next_due(node),
-                Vec::new(),
-            )
+            (Done { exit: e.exit(), error: Some(e.to_string()) }, dispatch::next_due(node), Vec::new())
         }
     };
     // What systemd's status line says, from the same read of the node as `troops status`.

@@ -205,7 +205,7 @@ async fn serve(node: Node) -> Result<ExitCode> {
     daemon.publisher.poke();
     daemon.job("startup", {
         let node = daemon.snapshot();
-        move || Event::NextDue(troops_core::node::facts::next_due(&node))
+        move || Event::NextDue(troops_core::node::dispatch::next_due(&node))
     });
     daemon.read_recheck_period();
     let mut upgrade = None;
