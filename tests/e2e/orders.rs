@@ -342,3 +342,36 @@ fn a_wave_that_wants_approval_runs_a_commit_once_a_trusted_key_approved_it() {
     assert_eq!(node.deployed().as_deref(), Some(first.as_str()));
     assert!(textfile(node).contains("troops_awaiting_approval 0\n"), "{}", textfile(node));
 }
+
+#[test]
+fn a_freeze_holds_a_reboot_the_host_needs_until_it_is_lifted() {
+    let (hub, alice, _, fleet) = one_node();
+    let node = &fleet[0];
+    let work = clone(&hub, &alice);
+    add_keys(&hub, &work, &fleet);
+    // A reboot whose command returns and a host that stays up a second: the pull ends by itself.
+    let plan = "[disruption]\nmax = 1\npoll = \"200ms\"\n\
+                [reboot]\ncheck = 'test -e \"$TROOPS_STATE_DIR/reboot-required\"'\ncommand = \"true\"\ntimeout = \"1s\"\n\
+                [[step]]\nname = \"apply\"\nrun = \"true\"\n\
+                [[step]]\nname = \"drain\"\nphase = \"pre_reboot\"\nrun = \"true\"\n";
+    let first = work.commit(&hub, &[("troops.toml", plan)], "first");
+    publish(&hub, &work);
+    pull_deploys(node, &first);
+    let out = in_clone(&hub, &work, &["freeze", "--until", "2h", "--reason", "year-end freeze"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    std::fs::write(node.state.join("reboot-required"), "").unwrap();
+
+    let said = pull(node);
+    assert!(said.contains("it waits: the fleet is frozen by alice@example.com"), "{said}");
+    assert!(!said.contains("pre_reboot step"), "{said}");
+    assert!(!node.state.join("reboot.json").exists(), "a reboot began during a freeze");
+
+    let out = in_clone(&hub, &work, &["unfreeze"]);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    let said = pull(node);
+    assert!(said.contains("troops: pre_reboot step `drain`"), "{said}");
+    assert!(
+        said.contains("troops: gave back disruption slot fleet/0 (the checks after the reboot passed)"),
+        "{said}"
+    );
+}

@@ -518,9 +518,10 @@ fn daemons_take_turns_too_and_a_stopped_daemon_gives_its_wait_up() {
 }
 
 /// A plan with `[reboot]` under `[disruption] max = max`: the host needs a reboot while
-/// `$TROOPS_STATE_DIR/reboot-required` exists; its pre_reboot step logs the disruption's start,
-/// `command` reboots; once `$TROOPS_STATE_DIR/rebooted` exists (the reboot made it), its check logs
-/// whether the slot is still held and the disruption's end.
+/// `$TROOPS_STATE_DIR/reboot-required` exists; its pre_reboot step logs the disruption's start
+/// (and lasts while `hold-drain` exists there), `command` reboots; its check fails while `broken`
+/// exists there, and once `rebooted` exists (the reboot made it) logs whether the slot is still
+/// held and the disruption's end.
 fn reboot_plan(log: &Path, status: &Path, max: u32, command: &str, timeout: &str) -> String {
     let held = held_script(status);
     let log_path = log.display();
@@ -529,9 +530,11 @@ fn reboot_plan(log: &Path, status: &Path, max: u32, command: &str, timeout: &str
          [reboot]\ncheck = 'test -e \"$TROOPS_STATE_DIR/reboot-required\"'\ncommand = '''{command}'''\ntimeout = \"{timeout}\"\n\n\
          [[step]]\nname = \"prepare\"\nrun = \"true\"\n\n\
          [[step]]\nname = \"drain\"\nphase = \"pre_reboot\"\n\
-         run = '''echo start $TROOPS_HOST $(date +%s%N) >> {log_path}'''\n\n\
-         [[check]]\nname = \"serves\"\n\
-         run = '''if [ -e \"$TROOPS_STATE_DIR/rebooted\" ]; then if {held}; then h=checked-held; else h=checked-NOT-held; fi; \
+         run = '''echo start $TROOPS_HOST $(date +%s%N) >> {log_path}; \
+         while [ -e \"$TROOPS_STATE_DIR/hold-drain\" ]; do sleep 0.05; done'''\n\n\
+         [[check]]\nname = \"serves\"\ninterval = \"100ms\"\n\
+         run = '''test ! -e \"$TROOPS_STATE_DIR/broken\" || exit 1; \
+         if [ -e \"$TROOPS_STATE_DIR/rebooted\" ]; then if {held}; then h=checked-held; else h=checked-NOT-held; fi; \
          echo $h $TROOPS_HOST $(date +%s%N) >> {log_path}; echo end $TROOPS_HOST $(date +%s%N) >> {log_path}; fi'''\n"
     )
 }
@@ -687,4 +690,103 @@ fn a_reboot_waits_for_a_pause_and_for_a_slot_and_a_host_that_does_not_go_down_is
     let said = node.env.ok(&["pull"]);
     assert!(said.contains("it waits: the last reboot, ended at "), "{said}");
     assert_eq!(fleet.log().len(), 4);
+}
+
+/// `troops pull` on `node` through a reboot: the reboot command marks `shutdown-now`, and this,
+/// the shutdown, stops the pull with SIGTERM then. Returns what the pull said.
+fn pull_through_a_reboot(node: &Node) -> String {
+    let mut child = node.env.troops(&["pull"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let marker = node.env.state.join("shutdown-now");
+    wait_until(&format!("{}'s reboot command", node.name), BUDGET, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{}'s pull ended before its reboot command ({status})", node.name);
+        }
+        marker.exists()
+    });
+    std::fs::remove_file(&marker).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    combined(&finish(child, &format!("{}'s pull", node.name), BUDGET))
+}
+
+#[test]
+fn a_host_whose_checks_fail_after_its_reboot_keeps_its_slot_and_a_killed_reboot_is_finished_not_begun_again()
+{
+    let fleet = fleet(2);
+    let command = "touch \"$TROOPS_STATE_DIR/rebooted\" \"$TROOPS_STATE_DIR/shutdown-now\"";
+    let commit = fleet.release(&reboot_plan(&fleet.log, &fleet.status, 1, command, "1m"));
+    for node in &fleet.nodes {
+        node.env.git(&node.env.repo(), &["fetch", "-q", &fleet.mirror.display().to_string(), "main:main"]);
+        node.env.ok(&["deploy"]);
+        assert_eq!(node.env.deployed().as_deref(), Some(commit.as_str()));
+        std::fs::write(node.env.state.join("reboot-required"), "").unwrap();
+    }
+    let (a, b) = (&fleet.nodes[0], &fleet.nodes[1]);
+    let starts = |host: &str| fleet.log().iter().filter(|(w, h, _)| w == "start" && h == host).count();
+
+    // node-0 reboots, and comes back broken: its checks fail, and it keeps its slot.
+    std::fs::write(a.env.state.join("broken"), "").unwrap();
+    let said = pull_through_a_reboot(a);
+    assert!(
+        said.contains("troops: keeps disruption slot fleet/0 until its lease ends: the host goes down"),
+        "{said}"
+    );
+    assert_eq!(a.env.status_json()["fleet"]["state"], "rebooting");
+    std::fs::remove_file(a.env.state.join("reboot-required")).unwrap(); // the boot clears /run
+    let said = a.env.ok(&["pull"]);
+    assert!(said.contains("troops is back after the reboot command (the same boot"), "{said}");
+    assert!(said.contains("troops: the checks after the reboot failed: check `serves` failed"), "{said}");
+    assert!(
+        said.contains(
+            "troops: keeps disruption slot fleet/0 until its lease ends: the host does not serve yet"
+        ),
+        "{said}"
+    );
+    let status = a.env.ok(&["status"]);
+    assert!(
+        status.contains("state     rebooting") && status.contains("the checks after the boot failed"),
+        "{status}"
+    );
+    // node-1 needs a reboot too, and waits for node-0's slot.
+    let said = b.env.ok(&["pull"]);
+    assert!(said.contains("waiting for a disruption slot of fleet (1 at once): held by node-0"), "{said}");
+    assert_eq!(starts("node-1"), 0);
+    // Every tick checks node-0 again and holds its slot meanwhile; fixed, it gives it back.
+    let said = a.env.ok(&["pull"]);
+    assert!(
+        said.contains("troops: took disruption slot fleet/0")
+            && said.contains("checks after the reboot failed"),
+        "{said}"
+    );
+    assert_eq!(starts("node-1"), 0);
+    std::fs::remove_file(a.env.state.join("broken")).unwrap();
+    let said = a.env.ok(&["pull"]);
+    assert!(
+        said.contains("troops: gave back disruption slot fleet/0 (the checks after the reboot passed)"),
+        "{said}"
+    );
+    assert_eq!(reboot_record(a).unwrap()["ended"]["ok"], true);
+    assert_eq!(starts("node-0"), 1, "node-0's reboot began once");
+
+    // node-1 begins; its troops is SIGKILLed during the pre_reboot step: the next tick finishes that
+    // reboot (the host did not reboot: checked, the slot given back) and does not begin another.
+    std::fs::write(b.env.state.join("hold-drain"), "").unwrap();
+    let mut child = b.env.troops(&["pull"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("node-1's pre_reboot step", BUDGET, || starts("node-1") == 1);
+    assert_eq!(b.env.status_json()["fleet"]["state"], "rebooting");
+    child.kill().unwrap();
+    let _ = child.wait();
+    std::fs::remove_file(b.env.state.join("hold-drain")).unwrap();
+    let said = b.env.ok(&["pull"]);
+    assert!(
+        said.contains("troops was stopped during the pre_reboot steps; the host did not reboot"),
+        "{said}"
+    );
+    assert!(
+        said.contains("troops: gave back disruption slot fleet/0 (the checks after the reboot passed)"),
+        "{said}"
+    );
+    assert!(said.contains("it waits: the last reboot, ended at "), "{said}");
+    let record = reboot_record(b).unwrap();
+    assert_eq!(record["ended"]["ok"], false, "{record}");
+    assert_eq!(starts("node-1"), 1, "node-1's reboot was not begun again");
 }

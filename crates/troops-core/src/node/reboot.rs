@@ -45,18 +45,19 @@ pub fn after_boot(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result
     let Some(mut reboot) = crate::mech::reboot::under_way(node) else { return Ok(()) };
     let Some(mut lock) = NodeLock::try_acquire(&node.lock_path())? else { return Ok(()) };
     lock.describe("the checks after a reboot");
-    let back = match (&reboot.command_at, &reboot.checks_failed) {
-        (_, Some(_)) => "checking the host again after its reboot".to_owned(),
-        (None, None) => "troops was stopped during the pre_reboot steps".to_owned(),
+    let stopped = "troops was stopped during the pre_reboot steps; the host did not reboot";
+    let (back, failed) = match (&reboot.command_at, &reboot.checks_failed) {
+        (_, Some(_)) => ("checking the host again after its reboot", None),
+        (None, None) => (stopped, Some(stopped.to_owned())),
         (Some(_), None) if reboot.boot_id.is_some() && reboot.boot_id != crate::mech::reboot::boot_id() => {
-            "the host is back from its reboot (a new boot)".to_owned()
+            ("the host is back from its reboot (a new boot)", None)
         }
         (Some(_), None) => {
-            "troops is back after the reboot command (the same boot: troops was restarted)".to_owned()
+            ("troops is back after the reboot command (the same boot: troops was restarted)", None)
         }
     };
-    let _ = writeln!(out, "troops: {back}, begun at {} ({})", reboot.begun_at, reboot.needed);
-    finish(node, &mut reboot, None, None, out, stop)
+    let _ = writeln!(out, "troops: {back}; the reboot was begun at {} ({})", reboot.begun_at, reboot.needed);
+    finish(node, &mut reboot, failed, None, out, stop)
 }
 
 /// Begins a reboot when the host needs one and `policy::reboot` says it may now; else says why it
