@@ -26,6 +26,10 @@ pub struct Reboot {
     pub boot_id: Option<String>,
     /// When the reboot command ran: before, the `pre_reboot` steps were under way.
     pub command_at: Option<Timestamp>,
+    /// Why the reboot itself did not go (a pre_reboot step failed, troops was stopped during
+    /// them, the reboot command failed, the host did not go down): it ends badly once checked.
+    #[serde(default)]
+    pub did_not_go: Option<String>,
     /// Why the checks after the boot failed, the last time they ran: the slot stays held, and
     /// every trigger checks again.
     pub checks_failed: Option<String>,

@@ -20,11 +20,10 @@ use crate::mech::runner::{self, Supervisor};
 use crate::model::error::Result;
 use crate::model::node::Node;
 use crate::model::plan::{self, Action, Phase, Plan, Step};
-use crate::model::records::{RunRecord, RunStatus, StepStatus};
+use crate::model::records::StepStatus;
 use crate::model::time::Timestamp;
 use crate::node::slots::{self, Holding, Taker};
-use crate::policy::reboot::{decide, Facts, Verdict};
-use crate::policy::schedule::PastRun;
+use crate::policy::reboot::{decide, Facts, Newest, Verdict};
 
 /// How long the reboot command and a `check` command may take: both should answer at once.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -46,26 +45,31 @@ pub fn after_boot(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result
     let Some(mut lock) = NodeLock::try_acquire(&node.lock_path())? else { return Ok(()) };
     lock.describe("the checks after a reboot");
     let stopped = "troops was stopped during the pre_reboot steps; the host did not reboot";
-    let (back, failed) = match (&reboot.command_at, &reboot.checks_failed) {
-        (_, Some(_)) => ("checking the host again after its reboot", None),
-        (None, None) => (stopped, Some(stopped.to_owned())),
+    let back = match (&reboot.command_at, &reboot.checks_failed) {
+        (_, Some(_)) => "checking the host again after its reboot",
+        (None, None) => {
+            reboot.did_not_go.get_or_insert_with(|| stopped.to_owned());
+            stopped
+        }
         (Some(_), None) if reboot.boot_id.is_some() && reboot.boot_id != crate::mech::reboot::boot_id() => {
-            ("the host is back from its reboot (a new boot)", None)
+            "the host is back from its reboot (a new boot)"
         }
-        (Some(_), None) => {
-            ("troops is back after the reboot command (the same boot: troops was restarted)", None)
-        }
+        (Some(_), None) => "troops is back after the reboot command (the same boot: troops was restarted)",
     };
     let _ = writeln!(out, "troops: {back}; the reboot was begun at {} ({})", reboot.begun_at, reboot.needed);
-    finish(node, &mut reboot, failed, None, out, stop)
+    finish(node, &mut reboot, None, out, stop)
 }
 
 /// Begins a reboot when the host needs one and `policy::reboot` says it may now; else says why it
 /// waits. Cheap when the deployed commit's plan has no `[reboot]`.
 pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<()> {
     let repo = node.repo()?;
-    let Some(deployed) = repo.deployed()? else { return Ok(()) };
-    let Some(plan) = plan_with_reboot(&repo, deployed) else { return Ok(()) };
+    let plan = repo.deployed()?.and_then(|deployed| Some((deployed, plan_with_reboot(&repo, deployed)?)));
+    let Some((deployed, plan)) = plan else {
+        // A reboot that waited for a slot under a plan that no longer asks for it waits no more.
+        forget_waiting(node);
+        return Ok(());
+    };
     let Some(config) = &plan.reboot else { return Ok(()) };
     if crate::mech::reboot::under_way(node).is_some() {
         return Ok(());
@@ -73,7 +77,9 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
     let Some(mut lock) = NodeLock::try_acquire(&node.lock_path())? else { return Ok(()) };
     lock.describe("a look at whether the host needs a reboot");
     // Nothing ran here yet: nothing to stand on, nor an environment to ask in.
-    let Some(newest) = node.runs().latest()? else { return Ok(()) };
+    let Some(newest) = node.runs().latest()?.map(|r| crate::mech::runs::as_it_stands(node, r)) else {
+        return Ok(());
+    };
     let roles = crate::model::roles::resolve(&newest.host, &node.config.roles, Some(&plan));
     let env = crate::node::run::step_env(node, &newest, &roles);
     let needed = needed(node, config, &env, out, stop);
@@ -81,20 +87,18 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
     let facts = Facts {
         needed: needed.clone(),
         deployed: Some(deployed),
-        newest: Some(past(&newest)),
+        newest: Some(Newest { id: newest.id, commit: newest.commit, status: newest.status }),
         paused: crate::node::facts::paused(node),
         frozen: crate::node::orders::frozen(node),
         window: crate::node::facts::window_closed(node, &repo, deployed),
         last_failed: last.map(|e| (e.at.time(), e.how)),
     };
-    let (Verdict::Begin, Some(needed)) = (decide(&facts, SystemTime::now()), needed) else {
-        if let Verdict::Held(held) = decide(&facts, SystemTime::now()) {
-            let why = facts.needed.as_deref().unwrap_or_default();
+    let verdict = decide(&facts, SystemTime::now());
+    let (Verdict::Begin, Some(needed)) = (&verdict, needed) else {
+        if let (Verdict::Held(held), Some(why)) = (&verdict, &facts.needed) {
             let _ = writeln!(out, "troops: the host needs a reboot ({why}); it waits: {}", held.why);
         }
-        if crate::mech::slot_record::rebooting(node).is_some() {
-            slots::forget(node);
-        }
+        forget_waiting(node);
         return Ok(());
     };
     let run = newest;
@@ -103,7 +107,7 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
     let group = slots::group(disruption, &roles.iter().cloned().collect::<Vec<_>>(), taker)?;
     let holding = match slots::try_take(node, disruption, group, taker, out)? {
         Ok(holding) => holding,
-        Err(_) => return Ok(()), // said and recorded: it waits, and looks again next tick
+        Err(_) => return Ok(()), // said and recorded: it waits, and looks again in a `poll`
     };
     let mut reboot = Reboot {
         run: run.id,
@@ -113,6 +117,7 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
         slot: holding.name(),
         boot_id: crate::mech::reboot::boot_id(),
         command_at: None,
+        did_not_go: None,
         checks_failed: None,
         ended: None,
     };
@@ -138,7 +143,8 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
         }
         if result.status != StepStatus::Succeeded {
             let why = format!("pre_reboot step `{}` {}", step.name, ended(&result));
-            return finish(node, &mut reboot, Some(why), Some(holding), out, stop);
+            reboot.did_not_go = Some(why);
+            return finish(node, &mut reboot, Some(holding), out, stop);
         }
     }
     reboot.command_at = Some(Timestamp::now());
@@ -149,7 +155,8 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
     drop(supervisor);
     if !stop.load(Ordering::SeqCst) && result.status != StepStatus::Succeeded {
         let why = format!("the reboot command `{}` {}", config.command, ended(&result));
-        return finish(node, &mut reboot, Some(why), Some(holding), out, stop);
+        reboot.did_not_go = Some(why);
+        return finish(node, &mut reboot, Some(holding), out, stop);
     }
     // The host goes down: troops is stopped, and the slot is renewed until it is.
     let deadline = Instant::now() + config.timeout;
@@ -164,16 +171,15 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
         "the host did not go down within {} of the reboot command",
         humantime::format_duration(config.timeout)
     );
-    finish(node, &mut reboot, Some(why), Some(holding), out, stop)
+    reboot.did_not_go = Some(why);
+    finish(node, &mut reboot, Some(holding), out, stop)
 }
 
 /// The end of a reboot: the slot (taken again, when not held), the deployed commit's checks, and
-/// the slot given back once they pass. `failed`: why the reboot itself did not go (a pre_reboot
-/// step, the reboot command, a host that did not go down): it ends, not well, once the checks pass.
+/// the slot given back once they pass; a reboot that did not go (`did_not_go`) ends badly then.
 fn finish(
     node: &Node,
     reboot: &mut Reboot,
-    failed: Option<String>,
     holding: Option<Holding>,
     out: &mut dyn Write,
     stop: &AtomicBool,
@@ -242,7 +248,7 @@ fn finish(
     if let Some(holding) = holding {
         holding.release(out, "the checks after the reboot passed");
     }
-    let (ok, how) = match failed {
+    let (ok, how) = match reboot.did_not_go.clone() {
         Some(why) => (false, format!("{why}; the checks passed and the slot was given back")),
         None => (true, "the host came back and its checks passed".to_owned()),
     };
@@ -293,6 +299,13 @@ fn needed(
     }
 }
 
+/// Forgets the slot a reboot waited for, if one did.
+fn forget_waiting(node: &Node) {
+    if crate::mech::slot_record::rebooting(node).is_some() {
+        slots::forget(node);
+    }
+}
+
 /// `command` as a step of its own, `what` in what troops says of it.
 fn command_step(what: &str, command: &str) -> Step {
     Step {
@@ -325,18 +338,4 @@ fn plan_with_reboot(repo: &crate::mech::repo::NodeRepo, deployed: Oid) -> Option
         return None;
     }
     Plan::parse(std::path::Path::new(plan::FILE_NAME), &text, None).ok().filter(|p| p.reboot.is_some())
-}
-
-/// A run's record as deciding needs it.
-fn past(run: &RunRecord) -> PastRun {
-    PastRun {
-        id: run.id,
-        commit: run.commit,
-        status: run.status,
-        trigger: run.trigger,
-        finished_at: run.finished_at.map(Timestamp::time),
-        quarantined: false,
-        rolled_back: run.status == RunStatus::RolledBack,
-        abandoned: false,
-    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use git2::Oid;
 
 use crate::model::records::RunStatus;
-use crate::policy::schedule::{Held, PastRun};
+use crate::policy::schedule::Held;
 
 /// What deciding needs.
 #[derive(Debug, Clone, Default)]
@@ -17,14 +17,21 @@ pub struct Facts {
     /// Why the host needs a reboot; `None`: it does not.
     pub needed: Option<String>,
     pub deployed: Option<Oid>,
-    /// The newest run.
-    pub newest: Option<PastRun>,
+    pub newest: Option<Newest>,
     pub paused: Option<Held>,
     pub frozen: Option<Held>,
     /// The deployed plan's windows are closed now.
     pub window: Option<Held>,
     /// The last reboot ended without success then, and how.
     pub last_failed: Option<(SystemTime, String)>,
+}
+
+/// The newest run, as it stands (one whose troops died is no longer under way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Newest {
+    pub id: u64,
+    pub commit: Oid,
+    pub status: RunStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,19 +97,9 @@ pub fn decide(facts: &Facts, now: SystemTime) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::records::Trigger;
 
-    fn run(id: u64, commit: Oid, status: RunStatus) -> PastRun {
-        PastRun {
-            id,
-            commit,
-            status,
-            trigger: Trigger::Pull,
-            finished_at: None,
-            quarantined: false,
-            rolled_back: false,
-            abandoned: false,
-        }
+    fn run(id: u64, commit: Oid, status: RunStatus) -> Newest {
+        Newest { id, commit, status }
     }
 
     #[test]
