@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # and the ssh client (a real sshd on 127.0.0.1), gpg (signed commits), setpriv (acting as a group
 # member or another user), python3 (the server of examples/webapp), promtool from prometheus
 # (the metrics and the example alert rules), chromium (the fleet page in a headless browser),
-# tzdata (deploy windows in named time zones), haproxy (the balancer of examples/haproxy-pool).
-packages=(git openssh-server openssh-client gnupg util-linux ca-certificates python3 prometheus chromium tzdata haproxy)
-commands=(git /usr/sbin/sshd ssh ssh-keygen gpg setpriv python3 promtool chromium /usr/sbin/haproxy)
+# tzdata (deploy windows in named time zones), haproxy (the balancer of examples/haproxy-pool),
+# faketime (nodes whose clocks are ten minutes apart, for the disruption slots' leases).
+packages=(git openssh-server openssh-client gnupg util-linux ca-certificates python3 prometheus chromium tzdata haproxy faketime)
+commands=(git /usr/sbin/sshd ssh ssh-keygen gpg setpriv python3 promtool chromium /usr/sbin/haproxy faketime)
 missing=()
 for c in "${commands[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 [ -e /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)

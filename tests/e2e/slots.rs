@@ -3,8 +3,11 @@
 //! Each disruptive step appends its start and end to one shared log; each check appends whether
 //! its node still held a slot on the status remote as it checked. Never more than `max` in their
 //! disruptive part at once; every node through; every slot given back only after the checks;
-//! a holder killed with SIGKILL loses its slot when its lease ends; with the status remote gone,
-//! no node enters its disruptive step, and each says why.
+//! a holder killed with SIGKILL loses its slot when its lease ends; with the status remote gone or
+//! rejecting pushes, no node enters its disruptive step, and each says why; clocks ten minutes
+//! apart (faketime) neither shorten nor stretch a lease. Reboots (`[reboot]`) go through the same
+//! slots: six daemons rebooting two at a time, a host whose checks fail after its reboot keeping
+//! its slot, a reboot cut short finished and not begun again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -789,4 +792,94 @@ fn a_host_whose_checks_fail_after_its_reboot_keeps_its_slot_and_a_killed_reboot_
     let record = reboot_record(b).unwrap();
     assert_eq!(record["ended"]["ok"], false, "{record}");
     assert_eq!(starts("node-1"), 1, "node-1's reboot was not begun again");
+}
+
+/// `troops pull` on `node` with its clock `offset` from this machine's (`+10m`, `-10m`), by
+/// libfaketime: every clock it and its children read is shifted.
+fn pull_with_clock(node: &Node, offset: &str) -> Child {
+    let mut command = std::process::Command::new("faketime");
+    node.env.hermetic(&mut command);
+    command.args(["-f", offset]).arg(crate::support::bin("troops")).arg("pull");
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting faketime")
+}
+
+#[test]
+fn clocks_ten_minutes_apart_neither_shorten_nor_stretch_a_lease() {
+    if !crate::support::require_tool(
+        "faketime",
+        "nodes whose clocks are ten minutes apart run under faketime",
+    ) {
+        return;
+    }
+    let ttl = Duration::from_secs(3);
+    // A holder whose clock is ten minutes behind, renewing: its documents look ten minutes stale,
+    // and still its slot stays its own until it gives it back after its checks.
+    let behind = fleet(2);
+    behind.release(&plan(&behind.log, &behind.status, 1, "3s", "5"));
+    let holder = pull_with_clock(&behind.nodes[0], "-10m");
+    wait_until("node-0 in its disruptive step", BUDGET, || behind.logged("start", "node-0"));
+    let waiter = behind.pull(1);
+    let said = combined(&finish(waiter, "node-1's pull", BUDGET * 2));
+    assert!(said.contains("held by node-0"), "{said}");
+    let out = finish(holder, "node-0's pull", BUDGET);
+    assert_eq!(out.status.code(), Some(0), "{}", combined(&out));
+    // The shared log is in the order things happened (node-0's times are ten minutes behind):
+    // node-1 began only after node-0's check, which found its slot still held.
+    let log = behind.log();
+    let at = |what: &str, host: &str| log.iter().position(|(w, h, _)| w == what && h == host);
+    assert!(at("checked-held", "node-0") < at("start", "node-1"), "{log:?}");
+    assert!(at("start", "node-1").is_some(), "node-1 went through: {log:?}");
+
+    // A holder whose clock is ten minutes ahead, killed: its last document claims a lease that
+    // ends ten minutes after it should; the waiter takes the slot over a ttl after it first saw it.
+    let fleet = fleet(2);
+    fleet.release(&plan(&fleet.log, &fleet.status, 1, "3s", "30"));
+    let mut holder = pull_with_clock(&fleet.nodes[0], "+10m");
+    wait_until("node-0 in its disruptive step", BUDGET, || fleet.logged("start", "node-0"));
+    let waiter = fleet.pull(1);
+    wait_until("node-1 waiting", BUDGET, || {
+        std::fs::read_to_string(fleet.nodes[1].env.state.join("slots.json"))
+            .is_ok_and(|s| s.contains("held by node-0"))
+    });
+    // Its document does say a time ten minutes ahead: the skew is real.
+    let doc = fleet.hub.git(&fleet.status, &["cat-file", "-p", "refs/troops/slots/fleet/0:slot.json"]);
+    let since: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let since = humantime::parse_rfc3339(since["since"].as_str().unwrap()).unwrap();
+    let ahead = since.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    assert!(ahead > Duration::from_secs(9 * 60), "node-0's clock is not ahead: {doc}");
+    holder.kill().unwrap();
+    let killed = Instant::now();
+    let _ = holder.wait();
+    wait_until("node-1 in its disruptive step", ttl + BUDGET, || fleet.logged("start", "node-1"));
+    let after = killed.elapsed();
+    assert!(after >= ttl * 2 / 3, "node-1 took the slot {after:?} after the kill: before the lease ended");
+    assert!(
+        after <= ttl + Duration::from_millis(200) + BUDGET,
+        "node-1 took the slot {after:?} after the kill"
+    );
+    let mut waiter = waiter;
+    let _ = waiter.kill();
+    let _ = waiter.wait();
+}
+
+/// A status remote whose hook refuses every slot push: no slot is taken, no node disrupts, and
+/// each says the remote's words.
+#[test]
+fn a_status_remote_that_rejects_the_pushes_of_slots_is_no_slot() {
+    let fleet = fleet(2);
+    let hook = fleet.status.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'slots are closed for maintenance' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fleet.release(&plan(&fleet.log, &fleet.status, 2, "10s", "0"));
+    let children: Vec<Child> = (0..2).map(|i| fleet.pull(i)).collect();
+    for node in &fleet.nodes {
+        wait_until(&format!("{} saying its slot could not be taken", node.name), BUDGET, || {
+            node.env.status_json()["fleet"]["slot"].as_str().is_some_and(|s| s.contains("could not be taken"))
+        });
+    }
+    assert!(fleet.log().is_empty(), "a node disrupted without a slot: {:?}", fleet.log());
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
