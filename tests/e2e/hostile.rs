@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::Daemon;
-use crate::support::{text, wait_until, Env};
+use crate::support::{text, wait_until, DeployRepo, Env};
 
 /// Every run prints this much, so that a pusher who stops reading has something to fall behind on.
 const PLAN: &str = r#"[[step]]
@@ -98,8 +98,8 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
             }
         });
 
-        // Commits: every one goes to the mirror (a pull deploy), every other one is also pushed
-        // to the node; every fifth push has a pusher that stops reading and is killed later.
+        // Commits: every one goes to the mirror (a pull deploy), every other one is pushed to the
+        // node first; every fifth push has a pusher that stops reading and is killed later.
         let pushes = s.spawn(|| {
             let mut ended: Vec<(String, String)> = Vec::new();
             let mut stalled: Vec<(Instant, Child)> = Vec::new();
@@ -107,7 +107,6 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
             while Instant::now() < deadline {
                 n += 1;
                 let commit = work.commit(&env, &[("n", &n.to_string())], &format!("commit {n}"));
-                env.git(&work.path, &["push", "-q", &mirror.display().to_string(), "main"]);
                 if n % 2 == 0 {
                     if n % 10 == 0 {
                         let child = work
@@ -118,10 +117,10 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
                             .unwrap();
                         stalled.push((Instant::now(), child));
                     } else {
-                        let out = work.push(&env, &node, &["main"]);
-                        ended.push((commit, text(&out.stderr)));
+                        ended.push((commit, push_racing_pulls(&env, &work, &node)));
                     }
                 }
+                env.git(&work.path, &["push", "-q", &mirror.display().to_string(), "main"]);
                 for (_, child) in stalled.iter_mut().filter(|(at, _)| at.elapsed() > Duration::from_secs(5)) {
                     let _ = child.kill();
                 }
@@ -161,10 +160,12 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
     wait_until("the newest commit deployed", Duration::from_secs(60), || {
         env.deployed().as_deref() == Some(newest.as_str())
     });
+    // The records asserted are those seen finished: a run that begins after is not yet one.
+    let mut ids = Vec::new();
     wait_until("no run in progress", Duration::from_secs(60), || {
-        env.run_ids().iter().all(|&id| env.run_record(id)["status"] != "running")
+        ids = env.run_ids();
+        ids.iter().all(|&id| env.run_record(id)["status"] != "running")
     });
-    let ids = env.run_ids();
     assert!(!ids.is_empty());
     let first = ids[0];
     assert_eq!(ids, (first..first + ids.len() as u64).collect::<Vec<_>>(), "a run record is missing");
@@ -176,6 +177,20 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(30)).success(), "{}", daemon.log());
     drop(silent);
+}
+
+/// Pushes `main` of `work` to the node and returns what the pusher heard, pushing again, as a
+/// person would, while git refuses the push because the branch moved while it was under way: the
+/// daemon's pull fast-forwarded it to a commit of the mirror, an ancestor of this one ("cannot
+/// lock ref 'refs/heads/main': is at X but expected Y"). Each lost race moves the branch closer to
+/// the mirror's newest commit, which this one descends from: it goes to the mirror only after.
+fn push_racing_pulls(env: &Env, work: &DeployRepo, node: &str) -> String {
+    let mut stderr = String::new();
+    wait_until("a push that no pull of the mirror raced", Duration::from_secs(60), || {
+        stderr = text(&work.push(env, node, &["main"]).stderr);
+        !stderr.contains("but expected")
+    });
+    stderr
 }
 
 /// Resident memory of a process, in KiB: all of it, and its own (not the binary's pages).

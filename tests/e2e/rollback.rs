@@ -271,10 +271,11 @@ fn service(state: PathBuf) -> HttpServer {
 }
 
 /// A plan whose step writes `health` into `state` and whose check probes `server` every 100 ms,
-/// failing after `retries` bad probes in a row.
-fn checked_plan(state: &Path, health: &str, server: &HttpServer, retries: u32) -> String {
+/// failing after `retries` bad probes in a row, and must keep passing for `soak` (a good plan's
+/// is short: every run of it waits it out).
+fn checked_plan(state: &Path, health: &str, server: &HttpServer, retries: u32, soak: &str) -> String {
     format!(
-        "[health]\non_failure = \"rollback\"\nsoak = \"1s\"\n\n[[step]]\nname = \"configure\"\n\
+        "[health]\non_failure = \"rollback\"\nsoak = \"{soak}\"\n\n[[step]]\nname = \"configure\"\n\
          run = \"echo {health} > {}\"\n\n[[check]]\nname = \"web\"\nhttp = \"{}\"\ninterval = \"100ms\"\nretries = {retries}\n",
         state.display(),
         server.url("/health")
@@ -286,12 +287,15 @@ fn a_failing_check_or_a_soak_that_turns_bad_rolls_back_and_the_good_plan_passes_
     let (env, work) = node();
     let state = env.path("service-state");
     let server = service(state.clone());
-    let good = work.commit(&env, &[("troops.toml", &checked_plan(&state, "ok", &server, 2))], "good");
+    let good = work.commit(&env, &[("troops.toml", &checked_plan(&state, "ok", &server, 2, "1s"))], "good");
     push(&env, &work);
     assert_eq!(env.deployed().as_deref(), Some(good.as_str()));
 
+    // The bad plans soak for a minute, which the test never waits out: a flaky service fails it
+    // after four probes, whatever the load, where a 1 s soak may end before the third.
     for (case, health) in [("a failing check", "broken"), ("a soak that turns bad halfway", "flaky")] {
-        let bad = work.commit(&env, &[("troops.toml", &checked_plan(&state, health, &server, 2))], case);
+        let bad =
+            work.commit(&env, &[("troops.toml", &checked_plan(&state, health, &server, 2, "60s"))], case);
         let said = push(&env, &work);
         assert!(said.contains("check `web` failed"), "{case}:\n{said}");
         assert!(said.contains(&format!("rolled back to {}", short(&good))), "{case}:\n{said}");
@@ -319,10 +323,10 @@ fn a_daemon_killed_while_checking_rolls_back_when_it_starts_again() {
     let (env, work) = node();
     let state = env.path("service-state");
     let server = service(state.clone());
-    let good = work.commit(&env, &[("troops.toml", &checked_plan(&state, "ok", &server, 2))], "good");
+    let good = work.commit(&env, &[("troops.toml", &checked_plan(&state, "ok", &server, 2, "1s"))], "good");
     push(&env, &work);
     // The bad commit's check keeps probing for a minute: long enough to kill the daemon meanwhile.
-    work.commit(&env, &[("troops.toml", &checked_plan(&state, "broken", &server, 600))], "bad");
+    work.commit(&env, &[("troops.toml", &checked_plan(&state, "broken", &server, 600, "1s"))], "bad");
     let mut daemon = Daemon::start(&env);
     let mut pusher =
         work.push_command(&env, &env.repo().display().to_string(), &["HEAD:main"]).spawn().unwrap();

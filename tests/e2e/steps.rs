@@ -277,9 +277,6 @@ fn a_timeout_or_a_stopped_daemon_ends_the_step_and_its_descendants() {
     assert!(!alive(Pid::from_raw(stubborn)), "the daemon exited before the step's setsid child was gone");
 }
 
-/// A plan whose step starts a `setsid` loop that appends to `ticks` (its pid in `pids/leftover`,
-/// its supervisor's in `pids/supervisor`) and waits for `gate`; a rerun records in `pids/overlap`
-/// whether the old loop was still alive when it started.
 /// A node whose tip's plan (`leftover_plan`, published) leaves a ticking process behind; its
 /// processes write their pids into `pids`, which is reaped at the end.
 struct Leaving {
@@ -302,6 +299,9 @@ fn leaving() -> Leaving {
     Leaving { _reap: Reap(pids.clone()), env, pids, ticks, commit }
 }
 
+/// A plan whose step starts a `setsid` loop that appends to `ticks` (its pid in `pids/leftover`,
+/// its supervisor's in `pids/supervisor`) and waits for `gate`; a rerun records in `pids/overlap`
+/// whether the old loop was still alive when it started.
 fn leftover_plan(pids: &Path, ticks: &Path, gate: &Path) -> String {
     let p = pids.display();
     format!(
@@ -316,8 +316,16 @@ fn leftover_plan(pids: &Path, ticks: &Path, gate: &Path) -> String {
     )
 }
 
+/// The pid a step writes into `file` (`echo $! > file`), once it is whole: the shell makes the
+/// file empty before it writes the line, and a step's background process may run (tick, say)
+/// before the step gets that far.
 fn pid_in(file: PathBuf) -> Pid {
-    Pid::from_raw(std::fs::read_to_string(&file).unwrap().trim().parse().unwrap())
+    let mut pid = None;
+    wait_until(&format!("a whole pid in {}", file.display()), DEADLINE, || {
+        pid = std::fs::read_to_string(&file).ok().and_then(|s| s.strip_suffix('\n')?.parse().ok());
+        pid.is_some()
+    });
+    Pid::from_raw(pid.unwrap())
 }
 
 /// Once the step of `leftover_plan` ticks, SIGKILLs the step's supervisor and then `troops`
@@ -326,13 +334,12 @@ fn pid_in(file: PathBuf) -> Pid {
 /// still alive.
 fn kill_troops_and_supervisor(pids: &Path, ticks: &Path, troops: Pid, reap: impl FnOnce()) -> Pid {
     wait_until("the leftover to tick", DEADLINE, || std::fs::metadata(ticks).is_ok_and(|m| m.len() > 0));
-    let supervisor = pid_in(pids.join("supervisor"));
+    let (leftover, supervisor) = (pid_in(pids.join("leftover")), pid_in(pids.join("supervisor")));
     kill(troops, Signal::SIGSTOP).unwrap();
     kill(supervisor, Signal::SIGKILL).unwrap();
     kill(troops, Signal::SIGKILL).unwrap();
     reap();
     wait_until("the supervisor to be gone", DEADLINE, || !alive(supervisor));
-    let leftover = pid_in(pids.join("leftover"));
     assert!(alive(leftover), "nothing left to recover from");
     leftover
 }
@@ -393,11 +400,11 @@ fn a_sigkilled_daemon_takes_its_step_and_what_it_started_along() {
 
     let mut daemon = Daemon::start(&env);
     wait_until("the leftover to tick", DEADLINE, || std::fs::metadata(&ticks).is_ok_and(|m| m.len() > 0));
+    // Read before the kill: the step's tree ends with the daemon, maybe before it wrote them.
+    let (leftover, supervisor) = (pid_in(pids.join("leftover")), pid_in(pids.join("supervisor")));
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit(DEADLINE);
     // Its supervisor, told by the kernel that its parent died, ends the step's whole tree.
-    let leftover = pid_in(pids.join("leftover"));
-    let supervisor = pid_in(pids.join("supervisor"));
     wait_until("the step's processes to end with the daemon", DEADLINE, || {
         !alive(leftover) && !alive(supervisor)
     });
