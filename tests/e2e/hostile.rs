@@ -88,8 +88,8 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
                 }
                 if round.is_multiple_of(10) && held.len() < 150 {
                     if let Ok(mut c) = UnixStream::connect(&socket) {
-                        let request =
-                            r#"{"op":"deploy","trigger":"manual","commit":null,"unless_deployed":false}"#;
+                        // A person's `troops deploy`, as the CLI sends it (`control::Request::Run`).
+                        let request = r#"{"op":"run","ask":"deploy","rev":null}"#;
                         let _ = c.write_all(format!("{request}\n").as_bytes());
                         held.push(c);
                     }
@@ -144,7 +144,12 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
             largest.rss,
             largest.anon
         );
-        assert!(largest.anon < 12 * 1024, "the daemon grew to {} KiB of its own", largest.anon);
+        // What the daemon holds is bounded (the output all stalled listeners hold together, the
+        // replay of a run, the queue of at most one ask per held connection); a debug build's own
+        // memory for the same is larger (9.1 MiB in release, 13.4 in debug, with the deploys of
+        // callers that never read running).
+        let most = if cfg!(debug_assertions) { 16 * 1024 } else { 12 * 1024 };
+        assert!(largest.anon < most, "the daemon grew to {} KiB of its own", largest.anon);
         for (commit, stderr) in &ended {
             let said = stderr.contains(" succeeded:")
                 || stderr.contains(" succeeded")
@@ -169,10 +174,14 @@ fn a_hostile_minute_leaves_the_daemon_serving_small_and_exact() {
     assert!(!ids.is_empty());
     let first = ids[0];
     assert_eq!(ids, (first..first + ids.len() as u64).collect::<Vec<_>>(), "a run record is missing");
+    let mut manual = 0;
     for id in ids {
         let record = env.run_record(id);
         assert_eq!(record["status"], "succeeded", "run {id}: {record}");
+        manual += usize::from(record["trigger"] == "manual");
     }
+    // The deploys of callers that never read ran too: the abuse reached the daemon's queue.
+    assert!(manual > 0, "no deploy asked for over the socket ran:\n{}", daemon.log());
     assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon died:\n{}", daemon.log());
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(30)).success(), "{}", daemon.log());
