@@ -215,7 +215,7 @@ fn a_holder_killed_mid_step_loses_its_slot_when_its_lease_ends() {
     let fleet = fleet(2);
     let ttl = Duration::from_secs(3);
     fleet.release(&plan(&fleet.log, &fleet.status, 1, "3s", "60"));
-    let mut holder = fleet.pull(0);
+    let holder = fleet.pull(0);
     wait_until("node-0 in its disruptive step", BUDGET, || fleet.logged("start", "node-0"));
     let waiter = fleet.pull(1);
     wait_until("node-1 waiting for node-0's slot", BUDGET, || {
@@ -238,6 +238,22 @@ fn a_holder_killed_mid_step_loses_its_slot_when_its_lease_ends() {
     wait_until("more than a lease", ttl * 2, || since.elapsed() > ttl + Duration::from_secs(1));
     assert!(!fleet.logged("start", "node-1"), "node-1 took a slot its holder renews");
 
+    let after = taken_over_after_killing(&fleet, holder, ttl);
+    let poll = Duration::from_millis(200);
+    eprintln!(
+        "MEASURE: a killed holder's slot taken over {after:?} after the kill (ttl {ttl:?}, poll {poll:?})"
+    );
+    assert!(!fleet.logged("end", "node-0"), "the killed step ended with its troops");
+    let mut waiter = waiter;
+    let _ = waiter.kill();
+    let _ = waiter.wait();
+}
+
+/// Kills `holder` (node-0's pull, holding the slot with lease `ttl`, `poll = "200ms"`) with
+/// SIGKILL and waits for node-1 in its disruptive step: it must come after the lease ended and
+/// within the lease and one poll (plus the house's budget for what the push and the step's start
+/// take on a loaded machine). Returns how long after the kill.
+fn taken_over_after_killing(fleet: &Fleet, mut holder: Child, ttl: Duration) -> Duration {
     holder.kill().unwrap();
     let killed = Instant::now();
     let _ = holder.wait();
@@ -246,17 +262,9 @@ fn a_holder_killed_mid_step_loses_its_slot_when_its_lease_ends() {
     wait_until("node-1 in its disruptive step", ttl + BUDGET, || fleet.logged("start", "node-1"));
     let after = killed.elapsed();
     assert!(after >= ttl * 2 / 3, "node-1 took the slot {after:?} after the kill: before the lease ended");
-    // Within the lease and one poll, plus what the push and the step's start take: on a quiet
-    // machine about ttl + 0.5 s; the house's budget for a loaded one.
     let poll = Duration::from_millis(200);
     assert!(after <= ttl + poll + BUDGET, "node-1 took the slot {after:?} after the kill");
-    eprintln!(
-        "MEASURE: a killed holder's slot taken over {after:?} after the kill (ttl {ttl:?}, poll {poll:?})"
-    );
-    assert!(!fleet.logged("end", "node-0"), "the killed step ended with its troops");
-    let mut waiter = waiter;
-    let _ = waiter.kill();
-    let _ = waiter.wait();
+    after
 }
 
 #[test]
@@ -834,7 +842,7 @@ fn clocks_ten_minutes_apart_neither_shorten_nor_stretch_a_lease() {
     // ends ten minutes after it should; the waiter takes the slot over a ttl after it first saw it.
     let fleet = fleet(2);
     fleet.release(&plan(&fleet.log, &fleet.status, 1, "3s", "30"));
-    let mut holder = pull_with_clock(&fleet.nodes[0], "+10m");
+    let holder = pull_with_clock(&fleet.nodes[0], "+10m");
     wait_until("node-0 in its disruptive step", BUDGET, || fleet.logged("start", "node-0"));
     let waiter = fleet.pull(1);
     wait_until("node-1 waiting", BUDGET, || {
@@ -847,16 +855,7 @@ fn clocks_ten_minutes_apart_neither_shorten_nor_stretch_a_lease() {
     let since = humantime::parse_rfc3339(since["since"].as_str().unwrap()).unwrap();
     let ahead = since.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     assert!(ahead > Duration::from_secs(9 * 60), "node-0's clock is not ahead: {doc}");
-    holder.kill().unwrap();
-    let killed = Instant::now();
-    let _ = holder.wait();
-    wait_until("node-1 in its disruptive step", ttl + BUDGET, || fleet.logged("start", "node-1"));
-    let after = killed.elapsed();
-    assert!(after >= ttl * 2 / 3, "node-1 took the slot {after:?} after the kill: before the lease ended");
-    assert!(
-        after <= ttl + Duration::from_millis(200) + BUDGET,
-        "node-1 took the slot {after:?} after the kill"
-    );
+    taken_over_after_killing(&fleet, holder, ttl);
     let mut waiter = waiter;
     let _ = waiter.kill();
     let _ = waiter.wait();
