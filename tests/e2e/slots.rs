@@ -882,3 +882,39 @@ fn a_status_remote_that_rejects_the_pushes_of_slots_is_no_slot() {
         let _ = child.wait();
     }
 }
+
+/// A careless operator: a reboot check that cannot tell and prints megabytes, and a reboot record
+/// that is garbage. Neither begins a reboot; each is said, and what the check printed is cut.
+#[test]
+fn a_check_that_cannot_tell_and_a_corrupt_reboot_record_begin_no_reboot_and_say_so() {
+    let fleet = fleet(1);
+    let node = &fleet.nodes[0];
+    let plan = reboot_plan(&fleet.log, &fleet.status, 1, "true", "1s").replace(
+        "check = 'test -e \"$TROOPS_STATE_DIR/reboot-required\"'",
+        "check = 'head -c 3000000 /dev/zero | tr \"\\\\0\" x; exit 2'",
+    );
+    let commit = fleet.release(&plan);
+    node.env.git(&node.env.repo(), &["fetch", "-q", &fleet.mirror.display().to_string(), "main:main"]);
+    node.env.ok(&["deploy"]);
+    assert_eq!(node.env.deployed().as_deref(), Some(commit.as_str()));
+    let said = node.env.ok(&["pull"]);
+    assert!(said.contains("troops: cannot tell whether the host needs a reboot: `head -c"), "{said:.2000}");
+    assert!(said.contains("more bytes not shown]"), "the check's output is cut: {} bytes", said.len());
+    assert!(said.len() < 200 * 1024, "the pull said {} bytes", said.len());
+    assert!(!node.env.state.join("reboot.json").exists());
+
+    // The check says yes now, and the record is garbage: no reboot begins, and status says why.
+    let plan = reboot_plan(&fleet.log, &fleet.status, 1, "true", "1s");
+    fleet.release(&plan);
+    std::fs::write(node.env.state.join("reboot-required"), "").unwrap();
+    std::fs::write(node.env.state.join("reboot.json"), "{ not json").unwrap();
+    let said = node.env.ok(&["pull"]);
+    assert!(said.contains("troops: no reboot begins: ") && said.contains("remove the file"), "{said}");
+    assert!(fleet.log().is_empty(), "a reboot began: {:?}", fleet.log());
+    let status = node.env.ok(&["status"]);
+    assert!(status.contains("reboot    ") && status.contains("reboot.json"), "{status}");
+    // Removed, the reboot goes on.
+    std::fs::remove_file(node.env.state.join("reboot.json")).unwrap();
+    let said = node.env.ok(&["pull"]);
+    assert!(said.contains("troops: pre_reboot step `drain`"), "{said}");
+}

@@ -95,6 +95,39 @@ impl Write for Output<'_> {
     }
 }
 
+/// The start of a command's output, up to [`Kept::MAX`], and how much more there was: what a
+/// person is shown of a preview command or of a reboot check that cannot tell, whatever it prints.
+#[derive(Default)]
+pub struct Kept {
+    bytes: Vec<u8>,
+    more: usize,
+}
+
+impl Kept {
+    pub const MAX: usize = 64 * 1024;
+
+    pub fn text(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.bytes).into_owned();
+        if self.more > 0 {
+            text.push_str(&format!("\n[{} more bytes not shown]\n", self.more));
+        }
+        text
+    }
+}
+
+impl Write for Kept {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = Kept::MAX.saturating_sub(self.bytes.len()).min(buf.len());
+        self.bytes.extend_from_slice(&buf[..room]);
+        self.more += buf.len() - room;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Output that goes to `sink` and, a line at a time, to the log as well (`what` names it there):
 /// for work of a trigger that no run record keeps, such as a reboot, so the daemon's log has it.
 pub struct Logged<'a> {

@@ -75,7 +75,12 @@ pub fn load(node: &Node) -> Result<Option<Reboot>> {
     state_file::load_believed(&node.reboot_path(), |uid| !root || uid == 0)
 }
 
-/// The reboot under way, if one is (begun, not ended); none when the record cannot be read.
+/// What a record that cannot be read means, said after the error.
+pub const UNREADABLE: &str =
+    "it may be a reboot under way: once the host is checked, remove the file, and reboots go on";
+
+/// The reboot under way, if one is (begun, not ended); none when the record cannot be read (the
+/// look for a new reboot says so, and begins none).
 pub fn under_way(node: &Node) -> Option<Reboot> {
     load(node).ok().flatten().filter(|r| r.ended.is_none())
 }

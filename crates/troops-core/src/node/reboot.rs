@@ -71,7 +71,15 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
         return Ok(());
     };
     let Some(config) = &plan.reboot else { return Ok(()) };
-    if crate::mech::reboot::under_way(node).is_some() {
+    // A record that cannot be read may be a reboot under way: none begins until it is fixed.
+    let last = match crate::mech::reboot::load(node) {
+        Ok(last) => last,
+        Err(e) => {
+            let _ = writeln!(out, "troops: no reboot begins: {e}; {}", crate::mech::reboot::UNREADABLE);
+            return Ok(());
+        }
+    };
+    if last.as_ref().is_some_and(|r| r.ended.is_none()) {
         return Ok(());
     }
     let Some(mut lock) = NodeLock::try_acquire(&node.lock_path())? else { return Ok(()) };
@@ -82,10 +90,13 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
     };
     let roles = crate::model::roles::resolve(&newest.host, &node.config.roles, Some(&plan));
     let env = crate::node::run::step_env(node, &newest, &roles);
-    let needed = needed(node, config, &env, out, stop);
-    let last = crate::mech::reboot::load(node).ok().flatten().and_then(|r| r.ended).filter(|e| !e.ok);
+    let Some(needed) = needed(node, config, &env, out, stop) else {
+        forget_waiting(node);
+        return Ok(());
+    };
+    let last = last.and_then(|r| r.ended).filter(|e| !e.ok);
     let facts = Facts {
-        needed: needed.clone(),
+        needed: Some(needed.clone()),
         deployed: Some(deployed),
         newest: Some(Newest { id: newest.id, commit: newest.commit, status: newest.status }),
         paused: crate::node::facts::paused(node),
@@ -94,9 +105,9 @@ pub fn consider(node: &Node, out: &mut dyn Write, stop: &AtomicBool) -> Result<(
         last_failed: last.map(|e| (e.at.time(), e.how)),
     };
     let verdict = decide(&facts, SystemTime::now());
-    let (Verdict::Begin, Some(needed)) = (&verdict, needed) else {
-        if let (Verdict::Held(held), Some(why)) = (&verdict, &facts.needed) {
-            let _ = writeln!(out, "troops: the host needs a reboot ({why}); it waits: {}", held.why);
+    if verdict != Verdict::Begin {
+        if let Verdict::Held(held) = &verdict {
+            let _ = writeln!(out, "troops: the host needs a reboot ({needed}); it waits: {}", held.why);
         }
         forget_waiting(node);
         return Ok(());
@@ -280,7 +291,7 @@ fn needed(
     let check = config.check.as_ref()?;
     let step = command_step("the reboot check", check);
     let mut supervisor = Supervisor::new(env);
-    let mut said = Vec::new();
+    let mut said = crate::mech::output::Kept::default();
     let result =
         runner::run_step(&mut supervisor, &step, &node.state_dir, env, stop, &mut Output::new(&mut said));
     match result {
@@ -289,7 +300,7 @@ fn needed(
         Ok(r) => {
             let _ =
                 writeln!(out, "troops: cannot tell whether the host needs a reboot: `{check}` {}", ended(&r));
-            let _ = out.write_all(&said);
+            let _ = out.write_all(said.text().as_bytes());
             None
         }
         Err(e) => {

@@ -150,7 +150,10 @@ pub fn read(node: &Node) -> Result<NodeState> {
         Some(r) => crate::mech::slot_record::current(node, r.id),
         None => crate::mech::slot_record::rebooting(node),
     };
-    let reboot = crate::mech::reboot::load(node).ok().flatten();
+    let (reboot, reboot_unreadable) = match crate::mech::reboot::load(node) {
+        Ok(reboot) => (reboot, None),
+        Err(e) => (None, Some(format!("{e}; {}", crate::mech::reboot::UNREADABLE))),
+    };
     let rebooting = reboot.as_ref().filter(|r| r.ended.is_none() && running.is_none());
     let quiet = matches!(
         state,
@@ -197,7 +200,7 @@ pub fn read(node: &Node) -> Result<NodeState> {
         },
         frozen,
         approval,
-        reboot: reboot.map(|r| r.sentence()),
+        reboot: reboot.map(|r| r.sentence()).or(reboot_unreadable),
         slot,
         order_refused: crate::node::orders::load(node).ok().and_then(|f| f.refused.into_iter().next()).map(
             |r| {

@@ -7,7 +7,6 @@
 //! private checkout, without secrets, with `TROOPS_TRIGGER=preview` and the step's timeout.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
 use git2::Oid;
@@ -23,9 +22,6 @@ use crate::model::plan::{Action, Plan, Step};
 use crate::model::records::StepStatus;
 use crate::model::roles;
 use crate::policy::paths::{self, ByPath, Changes};
-
-/// The most of one preview command's output kept; the rest is counted.
-const MAX_SHOWN: usize = 64 * 1024;
 
 /// What a run of `commit` would do here.
 pub struct Preview {
@@ -143,7 +139,7 @@ pub fn preview(
         };
         let mut env = env.clone();
         env.push(("TROOPS_STEP", step.name.clone()));
-        let mut kept = Kept::default();
+        let mut kept = crate::mech::output::Kept::default();
         let result =
             runner::run_step(&mut supervisor, &as_step, &checkout, &env, stop, &mut Output::new(&mut kept))?;
         let ended = match (result.status, result.exit_code, result.cannot_start) {
@@ -281,36 +277,6 @@ fn unverified(node: &Node, repo: &NodeRepo, commit: Oid, deployed: Option<Oid>) 
         if base == Some(commit) { crate::model::config::Scope::Tip } else { node.config.verify.scope };
     let refusal = crate::mech::verify::judge(&repo.git, &policy, base, commit, scope)?;
     Ok(refusal.map(|r| format!("the node's [verify] policy refuses it: {r}; no preview command ran")))
-}
-
-/// The start of a preview command's output, up to [`MAX_SHOWN`], and how much more there was.
-#[derive(Default)]
-struct Kept {
-    bytes: Vec<u8>,
-    more: usize,
-}
-
-impl Kept {
-    fn text(&self) -> String {
-        let mut text = String::from_utf8_lossy(&self.bytes).into_owned();
-        if self.more > 0 {
-            text.push_str(&format!("\n[{} more bytes not shown]\n", self.more));
-        }
-        text
-    }
-}
-
-impl Write for Kept {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = MAX_SHOWN.saturating_sub(self.bytes.len()).min(buf.len());
-        self.bytes.extend_from_slice(&buf[..room]);
-        self.more += buf.len() - room;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The preview as a person reads it (and `troops push --preview` gathers it): a head, then a line
